@@ -1,0 +1,224 @@
+//! Accounts and access: who is calling ([`Caller`]) and what they may do.
+//!
+//! Tokens travel as `Authorization: Bearer <token>`: session tokens (`kzs_…`, in Redis) from
+//! register/login, API keys (`kzk_…`, hashed in PostgreSQL) for machines. With
+//! `auth.mode: open` no token is needed and the evaluation contract holds; with `required`,
+//! writes act as the token's user, other users' data is for admins, and a link's public fields
+//! and the redirect stay open.
+
+pub mod lockout;
+pub mod password;
+pub mod sessions;
+
+use crate::config::{AuthConfig, AuthMode};
+use crate::db;
+use crate::db::users::User;
+use crate::error::ApiError;
+use crate::redis_handle::RedisHandle;
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use kurz_common::keys::KeySchema;
+use std::sync::Arc;
+
+pub struct Auth {
+    pub mode: AuthMode,
+    /// Admin emails, lower-cased.
+    admins: Vec<String>,
+    pub passwords: password::Passwords,
+    pub sessions: sessions::Sessions,
+    pub lockout: lockout::Lockout,
+}
+
+impl Auth {
+    pub fn new(cfg: &AuthConfig, redis: Arc<RedisHandle>, keys: KeySchema) -> Result<Self, String> {
+        Ok(Self {
+            mode: cfg.mode,
+            admins: cfg.admins.iter().map(|a| a.to_lowercase()).collect(),
+            passwords: password::Passwords::new(cfg)?,
+            sessions: sessions::Sessions::new(
+                redis.clone(),
+                keys.clone(),
+                cfg.session_ttl_seconds,
+                cfg.sliding_sessions,
+            ),
+            lockout: lockout::Lockout::new(redis, keys, cfg.lockout.clone()),
+        })
+    }
+
+    pub fn is_admin(&self, user: &User) -> bool {
+        self.admins.contains(&user.email.to_lowercase())
+    }
+}
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// The session token itself (needed to log it out).
+    Session(String),
+    ApiKey(i64),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub admin: bool,
+    pub credential: Credential,
+}
+
+/// Who is calling, and under which mode.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub mode: AuthMode,
+    pub user: Option<AuthUser>,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// No header: anonymous. A header with a bad, expired or revoked token: 401, in either mode
+    /// (a client that sends a token wants to know it is not accepted). Redis down while a
+    /// session must be checked: 503, never a silent pass.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let mode = state.auth.mode;
+        let Some(token) = bearer(parts) else {
+            return Ok(Caller { mode, user: None });
+        };
+        let invalid = || ApiError::Unauthorized("the token is invalid, expired or revoked".into());
+        let client = state.client().await?;
+        let (user_id, credential) = if token.starts_with(sessions::API_KEY_PREFIX) {
+            let key = db::api_keys::find_active(&client, &sessions::token_hash(token))
+                .await?
+                .ok_or_else(invalid)?;
+            (key.user_id, Credential::ApiKey(key.id))
+        } else {
+            let uid = state
+                .auth
+                .sessions
+                .user_of(token)
+                .await
+                .map_err(|_| {
+                    ApiError::Unavailable(
+                        "sessions are unavailable right now; retry shortly".into(),
+                    )
+                })?
+                .ok_or_else(invalid)?;
+            (uid, Credential::Session(token.to_owned()))
+        };
+        let user = db::users::find_user(&client, user_id)
+            .await?
+            .ok_or_else(invalid)?;
+        let admin = state.auth.is_admin(&user);
+        Ok(Caller {
+            mode,
+            user: Some(AuthUser {
+                user,
+                admin,
+                credential,
+            }),
+        })
+    }
+}
+
+impl Caller {
+    fn required(&self) -> bool {
+        self.mode == AuthMode::Required
+    }
+
+    fn must_log_in() -> ApiError {
+        ApiError::Unauthorized("this needs a token: Authorization: Bearer <token>".into())
+    }
+
+    /// The authenticated user, or 401 (in both modes: for the `/auth/*` routes).
+    pub fn authenticated(&self) -> Result<&AuthUser, ApiError> {
+        self.user.as_ref().ok_or_else(Self::must_log_in)
+    }
+
+    /// Who a write acts as: the token's user in required mode (401 without one); in open mode
+    /// the token's user if any, else nobody (the body says).
+    pub fn acting(&self) -> Result<Option<&AuthUser>, ApiError> {
+        match (&self.user, self.required()) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, true) => Err(Self::must_log_in()),
+            (None, false) => Ok(None),
+        }
+    }
+
+    /// Admin-only in required mode.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if !self.required() {
+            return Ok(());
+        }
+        match self.acting()? {
+            Some(u) if u.admin => Ok(()),
+            _ => Err(ApiError::Forbidden("only admins may do this".into())),
+        }
+    }
+
+    /// The user themself or an admin, in required mode.
+    pub fn require_self_or_admin(&self, user_id: i64) -> Result<(), ApiError> {
+        self.require_owner_or_admin(Some(user_id))
+    }
+
+    /// The owner of a resource or an admin, in required mode.
+    pub fn require_owner_or_admin(&self, owner: Option<i64>) -> Result<(), ApiError> {
+        if !self.required() {
+            return Ok(());
+        }
+        match self.acting()? {
+            Some(u) if u.admin || owner == Some(u.user.id) => Ok(()),
+            _ => Err(ApiError::Forbidden("this belongs to another user".into())),
+        }
+    }
+
+    /// The owner of a new resource: in required mode the caller, or (admins only) the
+    /// `user_id` the body names; in open mode the body's `user_id`. `None`: the body must name
+    /// one and did not.
+    pub fn owner_for_write(&self, from_body: Option<i64>) -> Result<Option<i64>, ApiError> {
+        if !self.required() {
+            return Ok(from_body);
+        }
+        let me = self.acting()?.expect("required mode has a user");
+        match from_body {
+            Some(other) if other != me.user.id && !me.admin => {
+                Err(ApiError::Forbidden("user_id must be your own".into()))
+            }
+            Some(id) => Ok(Some(id)),
+            None => Ok(Some(me.user.id)),
+        }
+    }
+
+    /// An id for scoping per-user state (idempotency keys): the caller's, or 0 when anonymous.
+    pub fn scope_id(&self) -> i64 {
+        self.user.as_ref().map_or(0, |u| u.user.id)
+    }
+
+    /// In required mode, the user whose data a non-admin list may show: their own. A filter
+    /// naming someone else is a 403. Admins and open mode: the filter as given.
+    pub fn scope_user_filter(&self, requested: Option<i64>) -> Result<Option<i64>, ApiError> {
+        if !self.required() {
+            return Ok(requested);
+        }
+        let me = self.acting()?.expect("required mode has a user");
+        if me.admin {
+            return Ok(requested);
+        }
+        match requested {
+            Some(other) if other != me.user.id => Err(ApiError::Forbidden(
+                "only admins may list other users' data".into(),
+            )),
+            _ => Ok(Some(me.user.id)),
+        }
+    }
+}

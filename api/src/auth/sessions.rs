@@ -1,0 +1,130 @@
+//! Sessions in Redis: a 256-bit random token goes to the client; Redis keeps only its hash, the
+//! user id and a TTL (sliding or fixed). Revocation deletes the key, so it takes effect at once.
+
+use crate::redis_handle::{RedisDown, RedisHandle};
+use blake2::{Blake2b, Digest};
+use kurz_common::keys::KeySchema;
+use std::sync::Arc;
+
+/// Session tokens start with this, API keys with [`API_KEY_PREFIX`], so one header carries
+/// either and the server knows where to look.
+pub const SESSION_PREFIX: &str = "kzs_";
+pub const API_KEY_PREFIX: &str = "kzk_";
+
+/// A new random token with `prefix`: 32 bytes from the CSPRNG, hex.
+pub fn new_token(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
+/// BLAKE2b-256 of a token, hex. Tokens carry 256 random bits, so a fast hash is enough: nobody
+/// can brute-force the preimage, and a leaked Redis or database holds no usable token.
+pub fn token_hash(token: &str) -> String {
+    let digest = Blake2b::<blake2::digest::consts::U32>::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Sessions {
+    redis: Arc<RedisHandle>,
+    keys: KeySchema,
+    ttl: u64,
+    sliding: bool,
+}
+
+impl Sessions {
+    pub fn new(redis: Arc<RedisHandle>, keys: KeySchema, ttl: u64, sliding: bool) -> Self {
+        Self {
+            redis,
+            keys,
+            ttl,
+            sliding,
+        }
+    }
+
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+
+    /// Whether sessions can be made now (checked before an account is created).
+    pub async fn available(&self) -> bool {
+        self.redis
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .is_ok()
+    }
+
+    /// A new session for `user_id`: the token (given to the client once).
+    pub async fn create(&self, user_id: i64) -> Result<String, RedisDown> {
+        let token = new_token(SESSION_PREFIX);
+        let hash = token_hash(&token);
+        let set = self.keys.user_sessions(user_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.session(&hash))
+            .arg(user_id)
+            .arg("EX")
+            .arg(self.ttl)
+            .ignore();
+        pipe.cmd("SADD").arg(&set).arg(&hash).ignore();
+        pipe.cmd("EXPIRE").arg(&set).arg(self.ttl).ignore();
+        self.redis.query::<()>(&pipe).await?;
+        Ok(token)
+    }
+
+    /// The user of a session token, extending it when sessions slide.
+    pub async fn user_of(&self, token: &str) -> Result<Option<i64>, RedisDown> {
+        let key = self.keys.session(&token_hash(token));
+        let mut cmd = if self.sliding {
+            redis::cmd("GETEX")
+        } else {
+            redis::cmd("GET")
+        };
+        cmd.arg(&key);
+        if self.sliding {
+            cmd.arg("EX").arg(self.ttl);
+        }
+        let raw: Option<String> = self.redis.query(&cmd).await?;
+        Ok(raw.and_then(|v| v.parse().ok()))
+    }
+
+    /// Ends one session.
+    pub async fn revoke(&self, token: &str, user_id: i64) -> Result<(), RedisDown> {
+        let hash = token_hash(token);
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(self.keys.session(&hash)).ignore();
+        pipe.cmd("SREM")
+            .arg(self.keys.user_sessions(user_id))
+            .arg(&hash)
+            .ignore();
+        self.redis.query::<()>(&pipe).await
+    }
+
+    /// Ends every session of a user (password change).
+    pub async fn revoke_all(&self, user_id: i64) -> Result<(), RedisDown> {
+        let set = self.keys.user_sessions(user_id);
+        let hashes: Vec<String> = self.redis.query(redis::cmd("SMEMBERS").arg(&set)).await?;
+        let mut pipe = redis::pipe();
+        for h in &hashes {
+            pipe.cmd("DEL").arg(self.keys.session(h)).ignore();
+        }
+        pipe.cmd("DEL").arg(&set).ignore();
+        self.redis.query::<()>(&pipe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hash_stably() {
+        let a = new_token(SESSION_PREFIX);
+        assert!(a.starts_with(SESSION_PREFIX));
+        assert_eq!(a.len(), SESSION_PREFIX.len() + 64);
+        assert_ne!(a, new_token(SESSION_PREFIX));
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), token_hash(&new_token(SESSION_PREFIX)));
+    }
+}

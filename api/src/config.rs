@@ -1,0 +1,524 @@
+//! kurz-api configuration: `conf/api.yaml`, then environment overrides, then validation.
+//!
+//! Precedence: environment > file > defaults. The environment accepts the seed projects'
+//! variable names (`DATABASE_URL` or `DATABASE_HOST`/`_PORT`/`_NAME`/`_USER`/`_PASSWORD`,
+//! `REDIS_URL`, `DB_MAX_CONNECTIONS`, `BASE_URL`, `LOG_LEVEL`, `EVENT_LOG_SAMPLE_RATE`) and
+//! `KURZ_*` names for the rest (see [`ApiConfig::apply_env`]).
+
+use kurz_common::env::{parse_var, EnvSource};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub use kurz_common::config::RedisSettings as RedisConfig;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Public listener (what the edge forwards to).
+    pub listen: SocketAddr,
+    /// Admin listener for `/metrics`; keep it off public interfaces.
+    pub admin_listen: SocketAddr,
+    /// Public base of short links: `short_url` = base_url + "/" + code. Its host is also refused
+    /// as a link target, so links cannot loop.
+    pub base_url: String,
+    /// Log filter: `info`, `debug`, or per module (`info,tokio_postgres=warn`).
+    pub log_level: String,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub cache: CacheConfig,
+    pub clicks: ClicksConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub links: LinksConfig,
+}
+
+/// `open`: the evaluation contract (no token needed, `user_id` from the body). `required`: writes
+/// need a token and act as its user; other users' data is for admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Open,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `required` (default) or `open` (`KURZ_AUTH_MODE`).
+    pub mode: AuthMode,
+    /// Emails of admins: they may list users, import in bulk and touch anyone's data.
+    pub admins: Vec<String>,
+    /// Session lifetime.
+    pub session_ttl_seconds: u64,
+    /// Each use of a session extends it by `session_ttl_seconds` (else it is fixed from login).
+    pub sliding_sessions: bool,
+    pub argon2: Argon2Config,
+    /// Password hashes computed at once; more wait. Keeps a login flood from starving the
+    /// runtime that serves redirects.
+    pub max_concurrent_hashes: usize,
+    pub lockout: LockoutConfig,
+}
+
+/// argon2id cost (OWASP's minimum: m=19 MiB, t=2, p=1).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// Failed-login back-off, per account and per client address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Failures allowed in `window_seconds` before back-off starts.
+    pub free_failures: u32,
+    /// First back-off; doubles with each further failure.
+    pub base_delay_seconds: u64,
+    pub max_delay_seconds: u64,
+    /// Failures are forgotten this long after the last one.
+    pub window_seconds: u64,
+    /// Per-address failures allowed before back-off (higher: many users may share an address).
+    pub free_failures_per_ip: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinksConfig {
+    /// Hosts refused as targets; an entry also refuses its subdomains.
+    pub deny_hosts: Vec<String>,
+    /// Allow targets on loopback, private, link-local addresses and `localhost`.
+    pub allow_private_targets: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Required,
+            admins: vec![],
+            session_ttl_seconds: 7 * 86_400,
+            sliding_sessions: true,
+            argon2: Argon2Config::default(),
+            max_concurrent_hashes: 2,
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            free_failures: 5,
+            base_delay_seconds: 1,
+            max_delay_seconds: 900,
+            window_seconds: 900,
+            free_failures_per_ip: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq-style URL, e.g. `postgres://postgres@127.0.0.1:5432/kurz`.
+    pub url: String,
+    /// Pool size. Each API process holds at most this many PostgreSQL connections.
+    pub max_connections: usize,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+    /// Connect timeout to PostgreSQL; also bounds how long a down database stalls a request.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// TTL of a cached link. Writes update the entry at once; the TTL only bounds memory.
+    pub link_ttl_seconds: u64,
+    /// TTL of a negative entry (unknown code), short so a new custom code works soon after a
+    /// miss was cached... though creating a link overwrites its entry anyway.
+    pub negative_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClicksConfig {
+    /// Share of clicks recorded, 0.0..=1.0 (`EVENT_LOG_SAMPLE_RATE`). Other events are never
+    /// sampled.
+    pub sample_rate: f64,
+    /// Most stream entries inserted in one transaction.
+    pub batch_size: usize,
+    /// How often the background consumer polls the streams when they were empty.
+    pub poll_interval_ms: u64,
+    /// Entries pending this long in another consumer are taken over (that consumer is presumed
+    /// dead). Replays are harmless: events are de-duplicated by stream id.
+    pub claim_idle_ms: u64,
+    /// Consumer group name shared by all API replicas.
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Rows a list returns when no `page`/`per_page` is given.
+    pub list_limit: i64,
+    /// Largest JSON body accepted (413 beyond).
+    pub body_bytes: usize,
+    /// Largest bulk CSV upload accepted (413 beyond).
+    pub bulk_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8000".parse().expect("static address"),
+            admin_listen: "127.0.0.1:9100".parse().expect("static address"),
+            base_url: "http://localhost:8000".into(),
+            log_level: "info".into(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            cache: CacheConfig::default(),
+            clicks: ClicksConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            links: LinksConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/kurz".into(),
+            max_connections: 16,
+            acquire_timeout_ms: 2000,
+            connect_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            link_ttl_seconds: 86_400,
+            negative_ttl_seconds: 30,
+        }
+    }
+}
+
+impl Default for ClicksConfig {
+    fn default() -> Self {
+        Self {
+            sample_rate: 1.0,
+            batch_size: 1000,
+            poll_interval_ms: 100,
+            claim_idle_ms: 30_000,
+            group: "kurz-api".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            list_limit: 10_000,
+            body_bytes: 1 << 20,
+            bulk_body_bytes: 32 << 20,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// File (if given) + environment, validated. Every error names the key or variable.
+    pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Self, String> {
+        let mut cfg: ApiConfig = match path {
+            Some(p) => kurz_common::config::load_yaml(p)?,
+            None => ApiConfig::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides.
+    pub fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), String> {
+        if let Some(url) = env.get("DATABASE_URL") {
+            self.database.url = url;
+        } else if env.get("DATABASE_HOST").is_some() || env.get("DATABASE_NAME").is_some() {
+            let host = env
+                .get("DATABASE_HOST")
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let port: u16 = parse_var(env, "DATABASE_PORT")?.unwrap_or(5432);
+            let name = env.get("DATABASE_NAME").unwrap_or_else(|| "kurz".into());
+            let user = env
+                .get("DATABASE_USER")
+                .unwrap_or_else(|| "postgres".into());
+            let auth = match env.get("DATABASE_PASSWORD") {
+                Some(pw) => format!("{}:{}", user, percent_encode(&pw)),
+                None => user,
+            };
+            self.database.url = format!("postgres://{auth}@{host}:{port}/{name}");
+        }
+        if let Some(n) = parse_var(env, "DB_MAX_CONNECTIONS")? {
+            self.database.max_connections = n;
+        }
+        if let Some(url) = env.get("REDIS_URL") {
+            self.redis.url = url;
+        }
+        if let Some(prefix) = env.get("KURZ_REDIS_PREFIX") {
+            self.redis.prefix = prefix;
+        }
+        if let Some(base) = env.get("BASE_URL") {
+            self.base_url = base;
+        }
+        if let Some(level) = env.get("LOG_LEVEL") {
+            self.log_level = level.to_ascii_lowercase();
+        }
+        if let Some(rate) = parse_var(env, "EVENT_LOG_SAMPLE_RATE")? {
+            self.clicks.sample_rate = rate;
+        }
+        if let Some(mode) = env.get("KURZ_AUTH_MODE") {
+            self.auth.mode = match mode.to_ascii_lowercase().as_str() {
+                "open" => AuthMode::Open,
+                "required" => AuthMode::Required,
+                _ => {
+                    return Err(format!(
+                        "environment variable KURZ_AUTH_MODE={mode:?} must be open or required"
+                    ))
+                }
+            };
+        }
+        if let Some(admins) = env.get("KURZ_ADMINS") {
+            self.auth.admins = admins
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect();
+        }
+        if let Some(addr) = parse_var(env, "KURZ_LISTEN")? {
+            self.listen = addr;
+        }
+        if let Some(addr) = parse_var(env, "KURZ_ADMIN_LISTEN")? {
+            self.admin_listen = addr;
+        }
+        Ok(())
+    }
+
+    /// Checks values serde cannot: ranges, URL shapes, names.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |key: &str, why: &str| Err(format!("config key `{key}` {why}"));
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return bad("database.url", "must start with postgres:// (DATABASE_URL)");
+        }
+        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
+            return bad(
+                "database.url",
+                "is not a valid PostgreSQL URL (DATABASE_URL)",
+            );
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return bad(
+                "database.max_connections",
+                "must be 1..=1000 (DB_MAX_CONNECTIONS)",
+            );
+        }
+        if self.database.acquire_timeout_ms == 0 || self.database.connect_timeout_ms == 0 {
+            return bad("database.*_timeout_ms", "must be above 0");
+        }
+        self.redis.validate("redis")?;
+        if self.cache.link_ttl_seconds == 0 || self.cache.negative_ttl_seconds == 0 {
+            return bad("cache.*_ttl_seconds", "must be above 0");
+        }
+        if !(0.0..=1.0).contains(&self.clicks.sample_rate) {
+            return bad(
+                "clicks.sample_rate",
+                "must be between 0.0 and 1.0 (EVENT_LOG_SAMPLE_RATE)",
+            );
+        }
+        if !(1..=10_000).contains(&self.clicks.batch_size) {
+            return bad("clicks.batch_size", "must be 1..=10000");
+        }
+        if self.clicks.poll_interval_ms == 0 || self.clicks.group.is_empty() {
+            return bad("clicks.poll_interval_ms/group", "must be set");
+        }
+        if self.limits.list_limit < 1 {
+            return bad("limits.list_limit", "must be at least 1");
+        }
+        if self.limits.body_bytes < 1024 || self.limits.bulk_body_bytes < 1024 {
+            return bad("limits.*_bytes", "must be at least 1024");
+        }
+        match url::Url::parse(&self.base_url) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {}
+            _ => return bad("base_url", "must be an absolute http(s) URL (BASE_URL)"),
+        }
+        let a = &self.auth;
+        if a.session_ttl_seconds < 60 {
+            return bad("auth.session_ttl_seconds", "must be at least 60");
+        }
+        if a.argon2.memory_kib < 8 * 1024 || a.argon2.iterations == 0 || a.argon2.parallelism == 0 {
+            return bad(
+                "auth.argon2",
+                "needs memory_kib >= 8192, iterations >= 1, parallelism >= 1",
+            );
+        }
+        if argon2::Params::new(
+            a.argon2.memory_kib,
+            a.argon2.iterations,
+            a.argon2.parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return bad("auth.argon2", "is not a valid argon2 parameter set");
+        }
+        if !(1..=64).contains(&a.max_concurrent_hashes) {
+            return bad("auth.max_concurrent_hashes", "must be 1..=64");
+        }
+        let l = &a.lockout;
+        if l.base_delay_seconds == 0
+            || l.max_delay_seconds < l.base_delay_seconds
+            || l.window_seconds == 0
+        {
+            return bad(
+                "auth.lockout",
+                "needs base_delay_seconds >= 1, max_delay_seconds >= base, window_seconds >= 1",
+            );
+        }
+        if a.admins.iter().any(|e| !e.contains('@')) {
+            return bad("auth.admins", "must list email addresses");
+        }
+        if self
+            .links
+            .deny_hosts
+            .iter()
+            .any(|h| h.trim().is_empty() || h.contains('/'))
+        {
+            return bad("links.deny_hosts", "must list host names");
+        }
+        if !kurz_common::logging::is_valid_level(&self.log_level) {
+            return bad(
+                "log_level",
+                "must be off, error, warn, info, debug or trace (LOG_LEVEL)",
+            );
+        }
+        Ok(())
+    }
+
+    /// What link targets must satisfy: not this service (`base_url`'s host), not a denied
+    /// host, and, unless allowed, not a private address.
+    pub fn target_policy(&self) -> kurz_common::target::TargetPolicy {
+        let own_hosts = url::Url::parse(&self.base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| vec![h.to_ascii_lowercase()]))
+            .unwrap_or_default();
+        kurz_common::target::TargetPolicy {
+            own_hosts,
+            deny_hosts: self
+                .links
+                .deny_hosts
+                .iter()
+                .map(|h| h.trim().trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
+            allow_private: self.links.allow_private_targets,
+        }
+    }
+
+    /// `base_url` without a trailing slash.
+    pub fn base(&self) -> &str {
+        self.base_url.trim_end_matches('/')
+    }
+}
+
+/// Percent-encodes a password for the URL userinfo.
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_config_file_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/api.yaml");
+        ApiConfig::load(Some(&path), &env(&[])).expect("conf/api.yaml is valid");
+    }
+
+    #[test]
+    fn seed_variables_override_the_file() {
+        let e = env(&[
+            ("DATABASE_HOST", "db.internal"),
+            ("DATABASE_NAME", "short"),
+            ("DATABASE_PASSWORD", "p@ss word"),
+            ("DB_MAX_CONNECTIONS", "7"),
+            ("EVENT_LOG_SAMPLE_RATE", "0.5"),
+            ("LOG_LEVEL", "DEBUG"),
+        ]);
+        let cfg = ApiConfig::load(None, &e).unwrap();
+        assert_eq!(
+            cfg.database.url,
+            "postgres://postgres:p%40ss%20word@db.internal:5432/short"
+        );
+        assert_eq!(cfg.database.max_connections, 7);
+        assert_eq!(cfg.clicks.sample_rate, 0.5);
+        assert_eq!(cfg.log_level, "debug");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = ApiConfig::load(None, &env(&[("EVENT_LOG_SAMPLE_RATE", "2")])).unwrap_err();
+        assert!(err.contains("clicks.sample_rate"), "{err}");
+        let err = ApiConfig::load(None, &env(&[("DB_MAX_CONNECTIONS", "many")])).unwrap_err();
+        assert!(err.contains("DB_MAX_CONNECTIONS"), "{err}");
+        let err = ApiConfig::load(None, &env(&[("REDIS_URL", "http://x")])).unwrap_err();
+        assert!(err.contains("redis.url"), "{err}");
+        let err = ApiConfig::load(None, &env(&[("BASE_URL", "nope")])).unwrap_err();
+        assert!(err.contains("base_url"), "{err}");
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let yaml = std::fs::read_to_string(root.join("conf/api.yaml")).unwrap();
+        let defaults = serde_json::to_value(ApiConfig::default()).unwrap();
+        let api_docs = &docs[..docs.find("## kurz-proxy").unwrap_or(docs.len())];
+        kurz_common::config::check_documented(&defaults, &yaml, api_docs).unwrap();
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_an_error_naming_the_key() {
+        let err = kurz_common::config::parse_yaml::<ApiConfig>("database:\n  max_conections: 3\n")
+            .unwrap_err();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+}

@@ -1,0 +1,96 @@
+//! `api_keys` table: hashed machine credentials.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::{json, Value};
+use tokio_postgres::{Error, Row};
+
+const COLUMNS: &str = "id, user_id, name, prefix, created_at, last_used_at";
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            user_id: row.get(1),
+            name: row.get(2),
+            prefix: row.get(3),
+            created_at: row.get(4),
+            last_used_at: row.get(5),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": kurz_common::time::format(self.created_at),
+            "last_used_at": self.last_used_at.map(kurz_common::time::format),
+        })
+    }
+}
+
+pub async fn insert_key(
+    c: &impl GenericClient,
+    user_id: i64,
+    name: &str,
+    prefix: &str,
+    hash: &str,
+) -> Result<ApiKey, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(ApiKey::from_row(
+        &c.query_one(&stmt, &[&user_id, &name, &prefix, &hash])
+            .await?,
+    ))
+}
+
+/// A live key of a live user by hash, marking it used (at most once a minute, to spare writes).
+pub async fn find_active(c: &impl GenericClient, hash: &str) -> Result<Option<ApiKey>, Error> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE api_keys k SET last_used_at = CASE WHEN k.last_used_at IS NULL \
+               OR k.last_used_at < now() - interval '1 minute' THEN now() ELSE k.last_used_at END \
+             FROM users u WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.id = k.user_id AND u.deleted_at IS NULL \
+             RETURNING k.id, k.user_id, k.name, k.prefix, k.created_at, k.last_used_at",
+        )
+        .await?;
+    Ok(c.query_opt(&stmt, &[&hash])
+        .await?
+        .as_ref()
+        .map(ApiKey::from_row))
+}
+
+pub async fn list_keys(c: &impl GenericClient, user_id: i64) -> Result<Vec<ApiKey>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL ORDER BY id"
+        ))
+        .await?;
+    Ok(c.query(&stmt, &[&user_id])
+        .await?
+        .iter()
+        .map(ApiKey::from_row)
+        .collect())
+}
+
+/// Revokes a user's key; `false` when they have no such live key.
+pub async fn revoke_key(c: &impl GenericClient, user_id: i64, id: i64) -> Result<bool, Error> {
+    let stmt = c
+        .prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+        .await?;
+    Ok(c.execute(&stmt, &[&id, &user_id]).await? == 1)
+}

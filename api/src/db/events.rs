@@ -1,0 +1,131 @@
+//! `events` table.
+
+use super::Filter;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::{json, Value};
+use tokio_postgres::{Error, Row};
+
+const COLUMNS: &str = "id, url_id, user_id, event_type, occurred_at, details";
+
+/// The event types the contract knows.
+pub const TYPES: &[&str] = &["created", "updated", "deleted", "click"];
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: i64,
+    pub url_id: i64,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub timestamp: DateTime<Utc>,
+    pub details: Value,
+}
+
+impl Event {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            url_id: row.get(1),
+            user_id: row.get(2),
+            event_type: row.get(3),
+            timestamp: row.get(4),
+            details: row.get(5),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "url_id": self.url_id,
+            "user_id": self.user_id,
+            "event_type": self.event_type,
+            "timestamp": kurz_common::time::format(self.timestamp),
+            "details": self.details,
+        })
+    }
+}
+
+pub async fn insert_event(
+    c: &impl GenericClient,
+    url_id: i64,
+    user_id: Option<i64>,
+    event_type: &str,
+    details: &Value,
+) -> Result<Event, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO events (url_id, user_id, event_type, details) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(Event::from_row(
+        &c.query_one(&stmt, &[&url_id, &user_id, &event_type, details])
+            .await?,
+    ))
+}
+
+/// List filters.
+#[derive(Default)]
+pub struct EventFilter {
+    pub url_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub event_type: Option<String>,
+}
+
+impl EventFilter {
+    fn filter(&self) -> Filter<'_> {
+        let mut f = Filter::new(&[]);
+        f.eq("url_id", &self.url_id);
+        f.eq("user_id", &self.user_id);
+        f.eq("event_type", &self.event_type);
+        f
+    }
+}
+
+pub async fn list_events(
+    c: &impl GenericClient,
+    filter: &EventFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Event>, Error> {
+    let rows = filter
+        .filter()
+        .page(c, &format!("SELECT {COLUMNS} FROM events"), limit, offset)
+        .await?;
+    Ok(rows.iter().map(Event::from_row).collect())
+}
+
+pub async fn count_events(c: &impl GenericClient, filter: &EventFilter) -> Result<i64, Error> {
+    filter.filter().count(c, "events").await
+}
+
+/// A click to insert from the stream.
+pub struct StreamClick {
+    pub stream_id: String,
+    pub url_id: i64,
+    pub ts: DateTime<Utc>,
+    pub details: Value,
+}
+
+/// Inserts a batch of stream clicks in one statement. Entries already inserted (same
+/// `stream_id`) are skipped, which makes replays after a crash harmless; clicks of a link that
+/// does not exist are dropped by the join rather than failing the whole batch forever. The
+/// event's `user_id` is the link owner's. Returns the number of rows inserted.
+pub async fn insert_stream_clicks(
+    c: &impl GenericClient,
+    clicks: &[StreamClick],
+) -> Result<u64, Error> {
+    let ids: Vec<&str> = clicks.iter().map(|c| c.stream_id.as_str()).collect();
+    let url_ids: Vec<i64> = clicks.iter().map(|c| c.url_id).collect();
+    let ts: Vec<DateTime<Utc>> = clicks.iter().map(|c| c.ts).collect();
+    let details: Vec<&Value> = clicks.iter().map(|c| &c.details).collect();
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, stream_id) \
+             SELECT u.id, u.user_id, 'click', t.ts, t.details, t.sid \
+             FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::jsonb[]) AS t(sid, url_id, ts, details) \
+             JOIN urls u ON u.id = t.url_id \
+             ON CONFLICT (stream_id) DO NOTHING",
+        )
+        .await?;
+    c.execute(&stmt, &[&ids, &url_ids, &ts, &details]).await
+}

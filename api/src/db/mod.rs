@@ -1,0 +1,98 @@
+//! SQL as small functions over `&impl GenericClient` (a pooled client or a transaction), one file
+//! per table. Statements go through `prepare_cached`, so each is parsed once per connection.
+
+pub mod api_keys;
+pub mod events;
+pub mod stats;
+pub mod urls;
+pub mod users;
+
+use crate::error::ApiError;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// Placeholder list builder for queries whose WHERE clause depends on the filters given.
+pub struct Filter<'a> {
+    clauses: Vec<String>,
+    params: Vec<&'a (dyn ToSql + Sync)>,
+}
+
+impl<'a> Filter<'a> {
+    /// Starts with fixed clauses that take no parameter (`deleted_at IS NULL`).
+    pub fn new(fixed: &[&str]) -> Self {
+        Self {
+            clauses: fixed.iter().map(|s| s.to_string()).collect(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds `<column> = $n` when `value` is set.
+    pub fn eq<T: ToSql + Sync>(&mut self, column: &str, value: &'a Option<T>) {
+        if let Some(v) = value {
+            self.params.push(v);
+            self.clauses
+                .push(format!("{column} = ${}", self.params.len()));
+        }
+    }
+
+    /// ` WHERE a AND b`, or nothing.
+    pub fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// One page of `select` (`SELECT <columns> FROM <table>`) under this filter, in id order.
+    pub async fn page(
+        &self,
+        c: &impl GenericClient,
+        select: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let n = self.params.len() + 1;
+        let sql = format!(
+            "{select}{} ORDER BY id LIMIT ${n} OFFSET ${}",
+            self.where_sql(),
+            n + 1
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = self.params.clone();
+        params.push(&limit);
+        params.push(&offset);
+        let stmt = c.prepare_cached(&sql).await?;
+        c.query(&stmt, &params).await
+    }
+
+    /// Rows of `table` under this filter.
+    pub async fn count(
+        &self,
+        c: &impl GenericClient,
+        table: &str,
+    ) -> Result<i64, tokio_postgres::Error> {
+        let stmt = c
+            .prepare_cached(&format!("SELECT count(*) FROM {table}{}", self.where_sql()))
+            .await?;
+        Ok(c.query_one(&stmt, &self.params).await?.get(0))
+    }
+}
+
+/// Name of the unique constraint a statement violated, if that is why it failed.
+pub fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
+    let db = e.as_db_error()?;
+    (db.code() == &SqlState::UNIQUE_VIOLATION).then(|| db.constraint().unwrap_or(""))
+}
+
+/// Maps a unique violation to the 409 the contract wants, anything else to the generic mapping.
+pub fn conflict_or(e: tokio_postgres::Error) -> ApiError {
+    match unique_violation(&e) {
+        Some("users_username_key") => ApiError::Conflict("username is already taken".into()),
+        Some("users_email_key") => ApiError::Conflict("email is already registered".into()),
+        Some("urls_short_code_key") => ApiError::Conflict("short_code is already taken".into()),
+        Some(other) => ApiError::Conflict(format!("duplicate value ({other})")),
+        None => e.into(),
+    }
+}

@@ -1,0 +1,224 @@
+//! `urls` table: links.
+
+use super::Filter;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use kurz_common::keys::{CachedLink, LinkEntry};
+use serde_json::{json, Value};
+use tokio_postgres::{Error, Row};
+
+const COLUMNS: &str =
+    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at";
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub short_code: String,
+    pub original_url: String,
+    pub title: Option<String>,
+    pub is_active: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+impl Link {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            user_id: row.get(1),
+            short_code: row.get(2),
+            original_url: row.get(3),
+            title: row.get(4),
+            is_active: row.get(5),
+            expires_at: row.get(6),
+            created_at: row.get(7),
+            updated_at: row.get(8),
+            deleted: row.get::<_, Option<DateTime<Utc>>>(9).is_some(),
+        }
+    }
+
+    /// The contract's link object; `base` is `BASE_URL` without a trailing slash.
+    pub fn to_json(&self, base: &str) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "user_id": self.user_id,
+            "short_code": self.short_code,
+            "short_url": format!("{base}/{}", self.short_code),
+            "original_url": self.original_url,
+            "title": self.title,
+            "is_active": self.is_active,
+            "created_at": kurz_common::time::format(self.created_at),
+            "updated_at": kurz_common::time::format(self.updated_at),
+        });
+        if let Some(exp) = self.expires_at {
+            v["expires_at"] = Value::String(kurz_common::time::format(exp));
+        }
+        v
+    }
+
+    /// What the link cache keeps for this link: deleted links are cached as missing.
+    pub fn cache_entry(&self) -> CachedLink {
+        if self.deleted {
+            return CachedLink::Missing;
+        }
+        CachedLink::Found(LinkEntry {
+            url_id: self.id,
+            user_id: self.user_id,
+            active: self.is_active,
+            expires_at: self.expires_at.map(|e| e.timestamp()),
+            target: self.original_url.clone(),
+        })
+    }
+}
+
+/// Fields of a new link.
+pub struct NewLink<'a> {
+    pub user_id: Option<i64>,
+    pub short_code: &'a str,
+    pub original_url: &'a str,
+    pub title: Option<&'a str>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts a link and its `created` event in one statement (atomic without a transaction, so a
+/// taken code can simply be retried). A taken code fails with a unique violation on
+/// `urls_short_code_key`, which the caller answers with a new code (generated) or a 409 (custom).
+pub async fn insert_url(c: &impl GenericClient, new: &NewLink<'_>) -> Result<Link, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH link AS ( \
+               INSERT INTO urls (user_id, short_code, original_url, title, expires_at) \
+               VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS} \
+             ), created AS ( \
+               INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
+               SELECT id, user_id, 'created', created_at, \
+                      jsonb_build_object('short_code', short_code, 'original_url', original_url) \
+               FROM link \
+             ) SELECT {COLUMNS} FROM link"
+        ))
+        .await?;
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &new.user_id,
+                &new.short_code,
+                &new.original_url,
+                &new.title,
+                &new.expires_at,
+            ],
+        )
+        .await?;
+    Ok(Link::from_row(&row))
+}
+
+/// A live (not deleted) link by id.
+pub async fn find_url(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM urls WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
+/// Like [`find_url`], locking the row for an update in the same transaction.
+pub async fn find_url_for_update(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM urls WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
+/// Any link by code, deleted ones included (they are cached as missing).
+pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM urls WHERE short_code = $1"))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&code])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
+/// List filters.
+#[derive(Default)]
+pub struct UrlFilter {
+    pub user_id: Option<i64>,
+    pub is_active: Option<bool>,
+}
+
+impl UrlFilter {
+    fn filter(&self) -> Filter<'_> {
+        let mut f = Filter::new(&["deleted_at IS NULL"]);
+        f.eq("user_id", &self.user_id);
+        f.eq("is_active", &self.is_active);
+        f
+    }
+}
+
+pub async fn list_urls(
+    c: &impl GenericClient,
+    filter: &UrlFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Link>, Error> {
+    let rows = filter
+        .filter()
+        .page(c, &format!("SELECT {COLUMNS} FROM urls"), limit, offset)
+        .await?;
+    Ok(rows.iter().map(Link::from_row).collect())
+}
+
+pub async fn count_urls(c: &impl GenericClient, filter: &UrlFilter) -> Result<i64, Error> {
+    filter.filter().count(c, "urls").await
+}
+
+/// Writes every mutable field of `link` back, moving `updated_at` forward.
+pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE urls SET title = $2, is_active = $3, original_url = $4, expires_at = $5, \
+             updated_at = GREATEST(now(), updated_at + interval '1 second') \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &link.id,
+                &link.title,
+                &link.is_active,
+                &link.original_url,
+                &link.expires_at,
+            ],
+        )
+        .await?;
+    Ok(Link::from_row(&row))
+}
+
+/// Soft delete.
+pub async fn delete_url(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE urls SET deleted_at = now(), updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}

@@ -1,0 +1,171 @@
+//! `users` table.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::{json, Value};
+use tokio_postgres::{Error, Row};
+
+const COLUMNS: &str = "id, username, email, created_at";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            username: row.get(1),
+            email: row.get(2),
+            created_at: row.get(3),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "username": self.username,
+            "email": self.email,
+            "created_at": kurz_common::time::format(self.created_at),
+        })
+    }
+}
+
+pub async fn insert_user(
+    c: &impl GenericClient,
+    username: &str,
+    email: &str,
+) -> Result<User, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO users (username, email) VALUES ($1, $2) RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(User::from_row(
+        &c.query_one(&stmt, &[&username, &email]).await?,
+    ))
+}
+
+pub async fn find_user(c: &impl GenericClient, id: i64) -> Result<Option<User>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(User::from_row))
+}
+
+pub async fn user_exists(c: &impl GenericClient, id: i64) -> Result<bool, Error> {
+    Ok(find_user(c, id).await?.is_some())
+}
+
+pub async fn list_users(
+    c: &impl GenericClient,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<User>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM users WHERE deleted_at IS NULL ORDER BY id LIMIT $1 OFFSET $2"
+        ))
+        .await?;
+    Ok(c.query(&stmt, &[&limit, &offset])
+        .await?
+        .iter()
+        .map(User::from_row)
+        .collect())
+}
+
+pub async fn count_users(c: &impl GenericClient) -> Result<i64, Error> {
+    let stmt = c
+        .prepare_cached("SELECT count(*) FROM users WHERE deleted_at IS NULL")
+        .await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Sets the given fields; `None` keeps the current value.
+pub async fn update_user(
+    c: &impl GenericClient,
+    id: i64,
+    username: Option<&str>,
+    email: Option<&str>,
+) -> Result<Option<User>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email) \
+             WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id, &username, &email])
+        .await?
+        .as_ref()
+        .map(User::from_row))
+}
+
+/// Soft delete; `false` when there was no such live user.
+pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error> {
+    let stmt = c
+        .prepare_cached("UPDATE users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(c.execute(&stmt, &[&id]).await? == 1)
+}
+
+/// A new account with a password.
+pub async fn insert_account(
+    c: &impl GenericClient,
+    username: &str,
+    email: &str,
+    password_hash: &str,
+) -> Result<User, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(User::from_row(
+        &c.query_one(&stmt, &[&username, &email, &password_hash])
+            .await?,
+    ))
+}
+
+/// A live user by email (case-insensitive) or username, with their password hash if any.
+pub async fn find_login(
+    c: &impl GenericClient,
+    email: Option<&str>,
+    username: Option<&str>,
+) -> Result<Option<(User, Option<String>)>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, password_hash FROM users WHERE deleted_at IS NULL \
+             AND (($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($1::text IS NULL AND username = $2))"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&email, &username])
+        .await?
+        .map(|r| (User::from_row(&r), r.get(4))))
+}
+
+pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<String>, Error> {
+    let stmt = c
+        .prepare_cached("SELECT password_hash FROM users WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id]).await?.and_then(|r| r.get(0)))
+}
+
+pub async fn set_password(
+    c: &impl GenericClient,
+    id: i64,
+    password_hash: &str,
+) -> Result<(), Error> {
+    let stmt = c
+        .prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .await?;
+    c.execute(&stmt, &[&id, &password_hash]).await.map(|_| ())
+}

@@ -1,0 +1,277 @@
+//! Request parsing at the boundary: JSON object bodies, typed fields with per-field errors, list
+//! query parameters and path ids. Every rejection is an [`ApiError`], so clients never see
+//! axum's plain-text rejections.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// A body that must be a JSON object. Anything else (empty, plain text, truncated JSON, a string,
+/// an array) is a 400 `bad_request`; over the body limit a 413. The Content-Type is not
+/// required: many clients omit it, and the body speaks for itself.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is too large".into())
+            } else {
+                ApiError::BadRequest(format!("cannot read request body: {rejection}"))
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest(
+                "request body is empty; send a JSON object".into(),
+            ));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(other) => Err(ApiError::BadRequest(format!(
+                "request body must be a JSON object, not {}",
+                kind(&other)
+            ))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "request body is not valid JSON: {e}"
+            ))),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A field that may be absent, explicitly null, or set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patch<T> {
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<T> Patch<T> {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Patch::Absent)
+    }
+}
+
+/// Pulls typed fields out of a JSON object, collecting every problem so one 400 names them all.
+pub struct Fields {
+    map: Map<String, Value>,
+    errors: Vec<(String, String)>,
+}
+
+impl Fields {
+    pub fn new(JsonObject(map): JsonObject) -> Self {
+        Self {
+            map,
+            errors: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, name: &str, why: &str) {
+        self.errors.push((name.to_owned(), why.to_owned()));
+    }
+
+    /// A non-empty string, required.
+    pub fn string(&mut self, name: &str) -> Option<String> {
+        match self.opt_string(name) {
+            Patch::Set(s) => Some(s),
+            Patch::Absent | Patch::Null => {
+                if !self.errors.iter().any(|(f, _)| f == name) {
+                    self.fail(name, "is required");
+                }
+                None
+            }
+        }
+    }
+
+    /// An optional string; an empty or blank string counts as a value error.
+    pub fn opt_string(&mut self, name: &str) -> Patch<String> {
+        match self.map.remove(name) {
+            None => Patch::Absent,
+            Some(Value::Null) => Patch::Null,
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.fail(name, "must not be empty");
+                Patch::Absent
+            }
+            Some(Value::String(s)) => Patch::Set(s),
+            Some(_) => {
+                self.fail(name, "must be a string");
+                Patch::Absent
+            }
+        }
+    }
+
+    /// A positive integer id, required.
+    pub fn id(&mut self, name: &str) -> Option<i64> {
+        match self.opt_id(name) {
+            Patch::Set(v) => Some(v),
+            _ => {
+                if !self.errors.iter().any(|(f, _)| f == name) {
+                    self.fail(name, "is required");
+                }
+                None
+            }
+        }
+    }
+
+    /// An optional positive integer id. Integers sent as strings (`"7"`) are refused: the
+    /// contract types ids as numbers.
+    pub fn opt_id(&mut self, name: &str) -> Patch<i64> {
+        match self.map.remove(name) {
+            None => Patch::Absent,
+            Some(Value::Null) => Patch::Null,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(v) if v > 0 => Patch::Set(v),
+                _ => {
+                    self.fail(name, "must be a positive integer");
+                    Patch::Absent
+                }
+            },
+            Some(_) => {
+                self.fail(name, "must be an integer");
+                Patch::Absent
+            }
+        }
+    }
+
+    /// An optional boolean (JSON `true`/`false` only).
+    pub fn opt_bool(&mut self, name: &str) -> Patch<bool> {
+        match self.map.remove(name) {
+            None => Patch::Absent,
+            Some(Value::Null) => Patch::Null,
+            Some(Value::Bool(b)) => Patch::Set(b),
+            Some(_) => {
+                self.fail(name, "must be a boolean");
+                Patch::Absent
+            }
+        }
+    }
+
+    /// An optional timestamp (ISO 8601; without a zone it is UTC).
+    pub fn opt_timestamp(&mut self, name: &str) -> Patch<DateTime<Utc>> {
+        match self.opt_string(name) {
+            Patch::Set(s) => match kurz_common::time::parse(&s) {
+                Some(ts) => Patch::Set(ts),
+                None => {
+                    self.fail(
+                        name,
+                        "must be an ISO 8601 timestamp such as 2030-01-31T12:00:00",
+                    );
+                    Patch::Absent
+                }
+            },
+            Patch::Null => Patch::Null,
+            Patch::Absent => Patch::Absent,
+        }
+    }
+
+    /// An optional JSON object.
+    pub fn opt_object(&mut self, name: &str) -> Patch<Map<String, Value>> {
+        match self.map.remove(name) {
+            None => Patch::Absent,
+            Some(Value::Null) => Patch::Null,
+            Some(Value::Object(m)) => Patch::Set(m),
+            Some(_) => {
+                self.fail(name, "must be a JSON object");
+                Patch::Absent
+            }
+        }
+    }
+
+    /// Adds a value-level problem found by the caller.
+    pub fn reject(&mut self, name: &str, why: impl Into<String>) {
+        self.errors.push((name.to_owned(), why.into()));
+    }
+
+    /// `Err(Validation)` naming every field that failed.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// An id from the path. A non-numeric id cannot name a resource, so it is a 404 like any other
+/// unknown id.
+pub fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("{what} {raw:?} not found")))
+}
+
+/// Query parameters of a list request.
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Self {
+        let pairs = raw
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { pairs }
+    }
+
+    /// Every parameter in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An optional positive integer parameter (`user_id=7`).
+    pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "query parameter {name}={v:?} must be a positive integer"
+                    ))
+                }),
+        }
+    }
+
+    /// An optional boolean parameter: `true`/`false`/`1`/`0`, any case.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => Ok(None),
+            Some("true" | "1") => Ok(Some(true)),
+            Some("false" | "0") => Ok(Some(false)),
+            Some(v) => Err(ApiError::BadRequest(format!(
+                "query parameter {name}={v:?} must be true or false"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Per-request bookkeeping: the request id, one JSON log line, and the HTTP metrics.
+//!
+//! The id comes from `X-Request-Id` (the edge sets it) or is generated, is echoed in the response
+//! and logged, so one request can be followed from the edge through the API.
+
+use crate::error::ErrorCause;
+use crate::metrics::status_class;
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::time::Instant;
+
+/// The request id, for handlers that want to log it.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Longest client-supplied request id kept; longer ones are replaced.
+const MAX_ID_LEN: usize = 128;
+
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    // Unmatched paths share one label so scanners cannot blow up the label set.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    state.metrics.in_flight.inc();
+    let mut response = next.run(req).await;
+    state.metrics.in_flight.dec();
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&route, method.as_str(), status_class(status)])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[&route])
+        .observe(elapsed.as_secs_f64());
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", v);
+    }
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if path.starts_with("/auth") || path.starts_with("/api/auth") {
+        headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    }
+    let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
+        log::error!(
+            target: "kurz_api::http",
+            request_id = id.as_str(), method = method.as_str(), route = route.as_str(), path = path.as_str(),
+            status = status, duration_ms = duration_ms, error = cause.as_str();
+            "request failed"
+        );
+    } else {
+        log::info!(
+            target: "kurz_api::http",
+            request_id = id.as_str(), method = method.as_str(), route = route.as_str(), path = path.as_str(),
+            status = status, duration_ms = duration_ms;
+            "request"
+        );
+    }
+    response
+}

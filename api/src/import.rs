@@ -1,0 +1,474 @@
+//! Bulk CSV imports of users, links and events, in the seed files' formats.
+//!
+//! All or nothing: every row is parsed and checked before anything is written, and the writes
+//! run in one transaction. Rows go in as `UNNEST`ed arrays, thousands per statement, so 100k rows
+//! take seconds. Rows with an `id` are upserted by id, and the id sequence is moved past every
+//! id in the file first, so rows without one can never take an id the file uses.
+
+use crate::db::conflict_or;
+use crate::error::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use kurz_common::shortcode;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+/// Rows per INSERT statement.
+const CHUNK: usize = 5000;
+
+/// A parsed CSV file with its header.
+struct Table {
+    columns: HashMap<String, usize>,
+    records: Vec<csv::StringRecord>,
+}
+
+/// Position of a row for error messages: `row` counts data rows from 1, `line` is the file line.
+#[derive(Clone, Copy)]
+struct At {
+    row: usize,
+    line: u64,
+}
+
+impl At {
+    fn err(self, column: &str, reason: impl Into<String>) -> ApiError {
+        ApiError::BadRow {
+            row: self.row,
+            line: self.line,
+            column: column.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Table {
+    fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(bytes);
+        let headers = reader
+            .headers()
+            .map_err(|e| ApiError::BadRequest(format!("CSV header cannot be read: {e}")))?;
+        let columns: HashMap<String, usize> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.trim_start_matches('\u{feff}').to_ascii_lowercase(), i))
+            .collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|c| !columns.contains_key(*c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "CSV header lacks column(s): {}",
+                missing.join(", ")
+            )));
+        }
+        let mut records = Vec::new();
+        for (i, rec) in reader.records().enumerate() {
+            let rec = rec.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line());
+                ApiError::BadRow {
+                    row: i + 1,
+                    line,
+                    column: "*".into(),
+                    reason: format!("not valid CSV: {e}"),
+                }
+            })?;
+            records.push(rec);
+        }
+        Ok(Self { columns, records })
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (At, Row<'_>)> {
+        self.records.iter().enumerate().map(|(i, rec)| {
+            let line = rec.position().map_or(0, |p| p.line());
+            (
+                At { row: i + 1, line },
+                Row {
+                    table: self,
+                    rec,
+                    at: At { row: i + 1, line },
+                },
+            )
+        })
+    }
+}
+
+/// One record with typed accessors whose errors name the row and column.
+struct Row<'a> {
+    table: &'a Table,
+    rec: &'a csv::StringRecord,
+    at: At,
+}
+
+impl Row<'_> {
+    fn text(&self, col: &str) -> &str {
+        self.table
+            .columns
+            .get(col)
+            .and_then(|i| self.rec.get(*i))
+            .unwrap_or("")
+    }
+
+    fn required(&self, col: &str) -> ApiResult<String> {
+        match self.text(col) {
+            "" => Err(self.at.err(col, "is required")),
+            v => Ok(v.to_owned()),
+        }
+    }
+
+    fn opt_id(&self, col: &str) -> ApiResult<Option<i64>> {
+        match self.text(col) {
+            "" => Ok(None),
+            v => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| self.at.err(col, "must be a positive integer")),
+        }
+    }
+
+    fn id(&self, col: &str) -> ApiResult<i64> {
+        self.opt_id(col)?
+            .ok_or_else(|| self.at.err(col, "is required"))
+    }
+
+    fn opt_time(&self, col: &str) -> ApiResult<Option<DateTime<Utc>>> {
+        match self.text(col) {
+            "" => Ok(None),
+            v => kurz_common::time::parse(v).map(Some).ok_or_else(|| {
+                self.at
+                    .err(col, "must be a timestamp like 2025-03-26 16:48:24")
+            }),
+        }
+    }
+
+    fn bool_or(&self, col: &str, default: bool) -> ApiResult<bool> {
+        match self.text(col).to_ascii_lowercase().as_str() {
+            "" => Ok(default),
+            "true" | "1" | "t" | "yes" => Ok(true),
+            "false" | "0" | "f" | "no" => Ok(false),
+            _ => Err(self.at.err(col, "must be True or False")),
+        }
+    }
+}
+
+/// Refuses a value seen on an earlier row.
+fn unique<T: std::hash::Hash + Eq>(
+    seen: &mut HashMap<T, usize>,
+    value: T,
+    at: At,
+    col: &str,
+) -> ApiResult<()> {
+    if let Some(first) = seen.insert(value, at.row) {
+        return Err(at.err(col, format!("repeats the value of row {first}")));
+    }
+    Ok(())
+}
+
+/// Ids of `ids` that exist in `table` (soft-deleted rows count: foreign keys accept them).
+async fn existing(
+    c: &impl GenericClient,
+    table: &str,
+    ids: &HashSet<i64>,
+) -> ApiResult<HashSet<i64>> {
+    let list: Vec<i64> = ids.iter().copied().collect();
+    let stmt = c
+        .prepare_cached(&format!("SELECT id FROM {table} WHERE id = ANY($1)"))
+        .await?;
+    Ok(c.query(&stmt, &[&list])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Moves `<table>_id_seq` past every id in the table and in the file.
+async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> ApiResult<()> {
+    let sql = format!(
+        "SELECT setval('{table}_id_seq', GREATEST($1::int8, (SELECT COALESCE(max(id), 1) FROM {table}), \
+         (SELECT last_value FROM {table}_id_seq)))"
+    );
+    c.query_one(&sql, &[&max_in_file]).await?;
+    Ok(())
+}
+
+/// Users: `id,username,email,created_at` (`id`, `created_at` optional).
+pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
+    let table = Table::parse(bytes, &["username", "email"])?;
+    let (mut ids, mut names, mut emails, mut created) = (vec![], vec![], vec![], vec![]);
+    let (mut seen_id, mut seen_name, mut seen_email) =
+        (HashMap::new(), HashMap::new(), HashMap::new());
+    for (at, row) in table.rows() {
+        let id = row.opt_id("id")?;
+        let name = row.required("username")?;
+        let email = row.required("email")?;
+        if name.chars().count() > 64 {
+            return Err(at.err("username", "must be at most 64 characters"));
+        }
+        if !email.contains('@') || email.contains(char::is_whitespace) {
+            return Err(at.err("email", "must be an email address"));
+        }
+        if let Some(id) = id {
+            unique(&mut seen_id, id, at, "id")?;
+        }
+        unique(&mut seen_name, name.clone(), at, "username")?;
+        unique(&mut seen_email, email.to_lowercase(), at, "email")?;
+        ids.push(id);
+        names.push(name);
+        emails.push(email);
+        created.push(row.opt_time("created_at")?);
+    }
+    let tx = c.transaction().await?;
+    reserve_ids(
+        &tx,
+        "users",
+        ids.iter().flatten().copied().max().unwrap_or(1),
+    )
+    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO users (id, username, email, created_at) \
+             SELECT COALESCE(t.id, nextval('users_id_seq')), t.username, t.email, COALESCE(t.created_at, now()) \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[]) AS t(id, username, email, created_at) \
+             ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, email = EXCLUDED.email, \
+               created_at = EXCLUDED.created_at, deleted_at = NULL",
+        )
+        .await?;
+    for start in (0..ids.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(ids.len());
+        tx.execute(
+            &stmt,
+            &[
+                &&ids[start..end],
+                &&names[start..end],
+                &&emails[start..end],
+                &&created[start..end],
+            ],
+        )
+        .await
+        .map_err(conflict_detail)?;
+    }
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
+/// What a link import changed, for the cache.
+pub struct ImportedUrls {
+    pub count: usize,
+    /// New and replaced codes: their cache entries must go.
+    pub codes: Vec<String>,
+}
+
+/// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
+/// (+ optional `expires_at`; `id`, `title`, `is_active`, timestamps optional).
+pub async fn urls(
+    c: &mut deadpool_postgres::Client,
+    bytes: &[u8],
+    policy: &kurz_common::target::TargetPolicy,
+) -> ApiResult<ImportedUrls> {
+    let table = Table::parse(bytes, &["user_id", "short_code", "original_url"])?;
+    let n = table.records.len();
+    let (mut ids, mut users, mut codes, mut targets, mut titles) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut active, mut created, mut updated, mut expires) = (vec![], vec![], vec![], vec![]);
+    let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
+    let mut user_rows: HashMap<i64, At> = HashMap::new();
+    for (at, row) in table.rows() {
+        let id = row.opt_id("id")?;
+        let user = row.opt_id("user_id")?;
+        let code = row.required("short_code")?;
+        if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
+            return Err(at.err(
+                "short_code",
+                "must be 3 to 64 characters of A-Z a-z 0-9 _ - and not a reserved word",
+            ));
+        }
+        let url = row.required("original_url")?;
+        policy
+            .check(&url)
+            .map_err(|why| at.err("original_url", why))?;
+        if let Some(id) = id {
+            unique(&mut seen_id, id, at, "id")?;
+        }
+        unique(&mut seen_code, code.clone(), at, "short_code")?;
+        if let Some(u) = user {
+            user_rows.entry(u).or_insert(at);
+        }
+        let title = row.text("title");
+        ids.push(id);
+        users.push(user);
+        codes.push(code);
+        targets.push(url);
+        titles.push((!title.is_empty()).then(|| title.to_owned()));
+        active.push(row.bool_or("is_active", true)?);
+        created.push(row.opt_time("created_at")?);
+        updated.push(row.opt_time("updated_at")?);
+        expires.push(row.opt_time("expires_at")?);
+    }
+    let tx = c.transaction().await?;
+    let wanted: HashSet<i64> = user_rows.keys().copied().collect();
+    let found = existing(&tx, "users", &wanted).await?;
+    if let Some((uid, at)) = user_rows
+        .iter()
+        .filter(|(u, _)| !found.contains(u))
+        .min_by_key(|(_, at)| at.row)
+    {
+        return Err(at.err("user_id", format!("user {uid} does not exist")));
+    }
+    // Codes the upserted ids had before: their cache entries are stale too.
+    let file_ids: Vec<i64> = ids.iter().flatten().copied().collect();
+    let old_codes: Vec<String> = tx
+        .query(
+            "SELECT short_code FROM urls WHERE id = ANY($1)",
+            &[&file_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at) \
+             SELECT COALESCE(t.id, nextval('urls_id_seq')), t.user_id, t.code, t.url, t.title, t.active, \
+                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires \
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::bool[], \
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) \
+                  AS t(id, user_id, code, url, title, active, created, updated, expires) \
+             ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, short_code = EXCLUDED.short_code, \
+               original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
+               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+               expires_at = EXCLUDED.expires_at, deleted_at = NULL",
+        )
+        .await?;
+    for s in (0..n).step_by(CHUNK) {
+        let e = (s + CHUNK).min(n);
+        tx.execute(
+            &stmt,
+            &[
+                &&ids[s..e],
+                &&users[s..e],
+                &&codes[s..e],
+                &&targets[s..e],
+                &&titles[s..e],
+                &&active[s..e],
+                &&created[s..e],
+                &&updated[s..e],
+                &&expires[s..e],
+            ],
+        )
+        .await
+        .map_err(conflict_detail)?;
+    }
+    tx.commit().await?;
+    codes.extend(old_codes);
+    Ok(ImportedUrls { count: n, codes })
+}
+
+/// Events: `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as text).
+pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
+    let table = Table::parse(bytes, &["url_id", "event_type"])?;
+    let n = table.records.len();
+    let (mut ids, mut urls, mut users, mut types, mut times, mut details) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut seen_id = HashMap::new();
+    let (mut url_rows, mut user_rows): (HashMap<i64, At>, HashMap<i64, At>) =
+        (HashMap::new(), HashMap::new());
+    for (at, row) in table.rows() {
+        let id = row.opt_id("id")?;
+        if let Some(id) = id {
+            unique(&mut seen_id, id, at, "id")?;
+        }
+        let url = row.id("url_id")?;
+        url_rows.entry(url).or_insert(at);
+        let user = row.opt_id("user_id")?;
+        if let Some(u) = user {
+            user_rows.entry(u).or_insert(at);
+        }
+        let kind = row.required("event_type")?;
+        if !crate::db::events::TYPES.contains(&kind.as_str()) {
+            return Err(at.err(
+                "event_type",
+                format!("must be one of {}", crate::db::events::TYPES.join(", ")),
+            ));
+        }
+        let detail = match row.text("details") {
+            "" => Value::Object(Default::default()),
+            raw => match serde_json::from_str::<Value>(raw) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => return Err(at.err("details", "must be a JSON object")),
+            },
+        };
+        ids.push(id);
+        urls.push(url);
+        users.push(user);
+        types.push(kind);
+        times.push(row.opt_time("timestamp")?);
+        details.push(detail);
+    }
+    let tx = c.transaction().await?;
+    for (table, rows, col) in [
+        ("urls", &url_rows, "url_id"),
+        ("users", &user_rows, "user_id"),
+    ] {
+        let found = existing(&tx, table, &rows.keys().copied().collect()).await?;
+        if let Some((id, at)) = rows
+            .iter()
+            .filter(|(i, _)| !found.contains(i))
+            .min_by_key(|(_, at)| at.row)
+        {
+            return Err(at.err(
+                col,
+                format!("{} {id} does not exist", &table[..table.len() - 1]),
+            ));
+        }
+    }
+    reserve_ids(
+        &tx,
+        "events",
+        ids.iter().flatten().copied().max().unwrap_or(1),
+    )
+    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, details) \
+             SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, t.user_id, t.kind, COALESCE(t.ts, now()), t.details \
+             FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[]) \
+                  AS t(id, url_id, user_id, kind, ts, details) \
+             ON CONFLICT (id) DO UPDATE SET url_id = EXCLUDED.url_id, user_id = EXCLUDED.user_id, \
+               event_type = EXCLUDED.event_type, occurred_at = EXCLUDED.occurred_at, details = EXCLUDED.details",
+        )
+        .await?;
+    for s in (0..n).step_by(CHUNK) {
+        let e = (s + CHUNK).min(n);
+        tx.execute(
+            &stmt,
+            &[
+                &&ids[s..e],
+                &&urls[s..e],
+                &&users[s..e],
+                &&types[s..e],
+                &&times[s..e],
+                &&details[s..e],
+            ],
+        )
+        .await
+        .map_err(conflict_detail)?;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// A unique violation against rows already stored names the value, from PostgreSQL's detail.
+fn conflict_detail(e: tokio_postgres::Error) -> ApiError {
+    let detail = e.as_db_error().and_then(|d| d.detail()).map(str::to_owned);
+    match (conflict_or(e), detail) {
+        (ApiError::Conflict(msg), Some(detail)) => {
+            ApiError::Conflict(format!("{msg}: {detail}; nothing was imported"))
+        }
+        (other, _) => other,
+    }
+}

@@ -1,0 +1,36 @@
+//! kurz-api: the REST upstream behind the kurz edge — users, links, events and redirects on
+//! PostgreSQL, with Redis as link cache, click stream and invalidation bus.
+//!
+//! # Layout
+//! - [`config`]: `conf/api.yaml` + environment overrides, validated.
+//! - [`startup`]: building the pools, migrating, binding, serving, graceful shutdown.
+//! - [`state`]: what handlers share.
+//! - [`routes`]: one module per resource; [`extract`] and [`pagination`] parse requests.
+//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`db`]: SQL as small functions, one module per table; [`import`]: bulk CSV imports.
+//! - [`cache`]: the Redis link cache; [`clicks`]: the click stream and its consumer.
+//! - [`auth`]: passwords, sessions, API keys, lock-out and the access policy ([`auth::Caller`]).
+//! - [`idempotency`]: `Idempotency-Key` for creates; [`client`]: the client's address.
+//! - [`redis_handle`]: a Redis connection that survives Redis going away.
+//! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics.
+//! - [`migrate`]: embedded schema migrations; [`sample`]: sample data sets in the seed format.
+
+pub mod auth;
+pub mod cache;
+pub mod clicks;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod http_log;
+pub mod idempotency;
+pub mod import;
+pub mod metrics;
+pub mod migrate;
+pub mod pagination;
+pub use kurz_common::redis_handle;
+pub mod routes;
+pub mod sample;
+pub mod startup;
+pub mod state;

@@ -1,0 +1,203 @@
+//! Prometheus metrics of kurz-api, on their own registry (so tests running several apps in one
+//! process do not collide), served on the admin listener.
+//!
+//! Names follow `kurz_api_<what>_<unit>`; labels come from small fixed sets (route templates,
+//! status classes, results), never from codes or raw paths.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// By matched route template, method and status class (`2xx` …).
+    pub requests: IntCounterVec,
+    /// By matched route template.
+    pub request_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    /// Link cache lookups by result: `hit`, `negative`, `miss`, `error`.
+    pub cache_lookups: IntCounterVec,
+    /// Clicks by path: `stream` (appended), `direct` (inserted, Redis down), `sampled_out`,
+    /// `lost` (neither Redis nor PostgreSQL took it).
+    pub clicks: IntCounterVec,
+    /// Entries per committed consumer batch.
+    pub click_batch_size: Histogram,
+    pub click_insert_duration: Histogram,
+    /// Stream entries not yet deleted (unread or pending), refreshed at each scrape.
+    pub click_stream_length: IntGauge,
+    pub redis_errors: IntCounter,
+    /// Entries delivered to a consumer but not yet acknowledged, refreshed at each scrape.
+    pub click_stream_pending: IntGauge,
+    pub db_pool_size: IntGauge,
+    pub db_pool_available: IntGauge,
+    pub db_pool_in_use: IntGauge,
+    pub db_pool_waiting: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("kurz_api_requests_total", "HTTP requests answered"),
+            &["route", "method", "status_class"],
+        )
+        .expect("metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("kurz_api_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            &["route"],
+        )
+        .expect("metric");
+        let in_flight =
+            IntGauge::new("kurz_api_requests_in_flight", "Requests being handled").expect("metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "kurz_api_cache_lookups_total",
+                "Link cache lookups by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let clicks = IntCounterVec::new(
+            Opts::new("kurz_api_clicks_total", "Clicks by recording path"),
+            &["path"],
+        )
+        .expect("metric");
+        let click_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "kurz_api_click_batch_size",
+                "Stream entries per committed batch",
+            )
+            .buckets(vec![1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
+        )
+        .expect("metric");
+        let click_insert_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "kurz_api_click_insert_duration_seconds",
+                "Time to commit one click batch",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+        )
+        .expect("metric");
+        let click_stream_length = IntGauge::new(
+            "kurz_api_click_stream_length",
+            "Click stream entries not yet consumed",
+        )
+        .expect("metric");
+        let redis_errors = IntCounter::new(
+            "kurz_api_redis_errors_total",
+            "Failed Redis commands and connects",
+        )
+        .expect("metric");
+        let db_pool_size = IntGauge::new(
+            "kurz_api_db_pool_connections",
+            "PostgreSQL connections open",
+        )
+        .expect("metric");
+        let db_pool_available = IntGauge::new(
+            "kurz_api_db_pool_idle_connections",
+            "PostgreSQL connections idle",
+        )
+        .expect("metric");
+        let click_stream_pending = IntGauge::new(
+            "kurz_api_click_stream_pending",
+            "Click entries delivered but not yet acknowledged",
+        )
+        .expect("metric");
+        let db_pool_in_use = IntGauge::new(
+            "kurz_api_db_pool_in_use_connections",
+            "PostgreSQL connections serving a request",
+        )
+        .expect("metric");
+        let db_pool_waiting = IntGauge::new(
+            "kurz_api_db_pool_waiters",
+            "Requests waiting for a PostgreSQL connection",
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(cache_lookups.clone()),
+            Box::new(clicks.clone()),
+            Box::new(click_batch_size.clone()),
+            Box::new(click_insert_duration.clone()),
+            Box::new(click_stream_length.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(click_stream_pending.clone()),
+            Box::new(db_pool_in_use.clone()),
+            Box::new(db_pool_size.clone()),
+            Box::new(db_pool_available.clone()),
+            Box::new(db_pool_waiting.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        let build = IntGauge::with_opts(
+            Opts::new("kurz_api_build_info", "Build of this process")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("git_sha", kurz_common::GIT_SHA),
+        )
+        .expect("metric");
+        build.set(1);
+        registry.register(Box::new(build)).expect("unique metric");
+        let metrics = Self {
+            registry,
+            requests,
+            request_duration,
+            in_flight,
+            cache_lookups,
+            clicks,
+            click_batch_size,
+            click_insert_duration,
+            click_stream_length,
+            redis_errors,
+            click_stream_pending,
+            db_pool_size,
+            db_pool_available,
+            db_pool_in_use,
+            db_pool_waiting,
+        };
+        metrics.init_series();
+        metrics
+    }
+
+    /// Creates the series of every known label value at zero, so rates and alerts work from
+    /// the first scrape instead of appearing with the first event.
+    pub fn init_series(&self) {
+        for result in ["hit", "negative", "miss", "error"] {
+            self.cache_lookups.with_label_values(&[result]);
+        }
+        for path in ["stream", "direct", "sampled_out", "lost"] {
+            self.clicks.with_label_values(&[path]);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, … for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,25 @@
+//! Schema migrations (`migrations/V<n>__<what>.sql`), embedded in the binary by refinery.
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Advisory lock key held while migrating, so API replicas starting together take turns.
+const LOCK_KEY: i64 = 0x6b75_727a; // "kurz"
+
+/// Applies pending migrations; replicas serialise on an advisory lock.
+pub async fn run(client: &mut deadpool_postgres::Client) -> Result<(), String> {
+    let pg: &mut tokio_postgres::Client = client.as_mut();
+    pg.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| format!("migration lock: {e}"))?;
+    let result = embedded::migrations::runner().run_async(pg).await;
+    let _ = pg
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let report = result.map_err(|e| format!("migration failed: {e}"))?;
+    for m in report.applied_migrations() {
+        log::info!(version = m.version(), name = m.name(); "migration applied");
+    }
+    Ok(())
+}

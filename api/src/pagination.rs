@@ -1,0 +1,116 @@
+//! `?page=N&per_page=M` and the `X-Total-Count` / `Link` headers of lists.
+
+use crate::error::ApiError;
+use crate::extract::Query;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+/// Largest `per_page` accepted.
+pub const MAX_PER_PAGE: i64 = 1000;
+/// `per_page` when only `page` is given.
+pub const DEFAULT_PER_PAGE: i64 = 50;
+
+/// Which slice of a list to return.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+    /// `(page, per_page)` when the client asked for pages.
+    requested: Option<(i64, i64)>,
+}
+
+impl Page {
+    /// With neither parameter: everything up to `list_limit`. Bad values are a 400.
+    pub fn from_query(q: &Query, list_limit: i64) -> Result<Self, ApiError> {
+        let page = positive(q, "page")?;
+        let per_page = positive(q, "per_page")?;
+        if let Some(pp) = per_page {
+            if pp > MAX_PER_PAGE {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter per_page must be at most {MAX_PER_PAGE}"
+                )));
+            }
+        }
+        if page.is_none() && per_page.is_none() {
+            return Ok(Self {
+                limit: list_limit,
+                offset: 0,
+                requested: None,
+            });
+        }
+        let page = page.unwrap_or(1);
+        let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
+        let offset = (page - 1)
+            .checked_mul(per_page)
+            .ok_or_else(|| ApiError::BadRequest("query parameter page is too large".into()))?;
+        Ok(Self {
+            limit: per_page,
+            offset,
+            requested: Some((page, per_page)),
+        })
+    }
+
+    /// A 200 with the items as a bare array, `X-Total-Count` and, when there are neighbours,
+    /// an RFC 8288 `Link` header. `path` and `query` rebuild the links with the same filters.
+    pub fn respond(&self, items: Vec<Value>, total: i64, path: &str, query: &Query) -> Response {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-total-count", HeaderValue::from(total));
+        let (page, per_page) = match self.requested {
+            Some(p) => p,
+            // An unpaginated list cut at the limit points at the rest in pages of the largest
+            // size, when the limit falls on a page boundary of that size.
+            None if total > self.limit && self.limit % MAX_PER_PAGE == 0 => {
+                (self.limit / MAX_PER_PAGE, MAX_PER_PAGE)
+            }
+            None => (1, self.limit),
+        };
+        let mut links = Vec::new();
+        if page * per_page < total {
+            links.push(format!(
+                "<{}>; rel=\"next\"",
+                page_url(path, query, page + 1, per_page)
+            ));
+        }
+        if self.requested.is_some() && page > 1 {
+            links.push(format!(
+                "<{}>; rel=\"prev\"",
+                page_url(path, query, page - 1, per_page)
+            ));
+        }
+        if !links.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+                headers.insert("link", v);
+            }
+        }
+        (StatusCode::OK, headers, axum::Json(Value::Array(items))).into_response()
+    }
+}
+
+fn positive(q: &Query, name: &str) -> Result<Option<i64>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "query parameter {name}={v:?} must be a positive integer"
+                ))
+            }),
+    }
+}
+
+fn page_url(path: &str, query: &Query, page: i64, per_page: i64) -> String {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in query.pairs() {
+        if k != "page" && k != "per_page" {
+            ser.append_pair(k, v);
+        }
+    }
+    ser.append_pair("page", &page.to_string());
+    ser.append_pair("per_page", &per_page.to_string());
+    format!("{path}?{}", ser.finish())
+}

@@ -1,0 +1,279 @@
+//! `/auth/*` (and `/api/auth/*`): register, login, logout, me, password change, API keys.
+//! Every answer carries `Cache-Control: no-store` (set by the request middleware).
+
+use crate::auth::sessions::{new_token, token_hash, API_KEY_PREFIX};
+use crate::auth::{Caller, Credential};
+use crate::db::{self, conflict_or, users::User};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{path_id, Fields, JsonObject, Patch};
+use crate::routes::users::{check_email, check_username};
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::net::SocketAddr;
+
+const MIN_PASSWORD: usize = 8;
+/// Long enough for any passphrase, short enough that hashing cannot be abused with megabytes.
+const MAX_PASSWORD: usize = 1024;
+
+fn check_password(f: &mut Fields, name: &str, pw: &str) {
+    let n = pw.chars().count();
+    if n < MIN_PASSWORD {
+        f.reject(name, format!("must be at least {MIN_PASSWORD} characters"));
+    } else if n > MAX_PASSWORD {
+        f.reject(name, format!("must be at most {MAX_PASSWORD} characters"));
+    }
+}
+
+fn sessions_down() -> ApiError {
+    ApiError::Unavailable(
+        "sessions are unavailable right now (Redis is down); retry shortly".into(),
+    )
+}
+
+/// `{"token","expires_at","user"}` for a new session of `user`.
+async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> ApiResult<Response> {
+    let token = state
+        .auth
+        .sessions
+        .create(user.id)
+        .await
+        .map_err(|_| sessions_down())?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(state.auth.sessions.ttl() as i64);
+    let body = json!({"token": token, "expires_at": kurz_common::time::format(expires), "user": user.to_json()});
+    Ok((status, Json(body)).into_response())
+}
+
+/// `POST /auth/register`.
+pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiResult<Response> {
+    let mut f = Fields::new(body);
+    let username = f.string("username");
+    let email = f.string("email");
+    let password = f.string("password");
+    if let Some(u) = &username {
+        check_username(&mut f, u);
+    }
+    if let Some(e) = &email {
+        check_email(&mut f, e);
+    }
+    if let Some(p) = &password {
+        check_password(&mut f, "password", p);
+    }
+    f.finish()?;
+    let (username, email, password) = (
+        username.unwrap_or_default(),
+        email.unwrap_or_default(),
+        password.unwrap_or_default(),
+    );
+    // Without Redis the new account could not get its session: refuse before creating it.
+    if !state.auth.sessions.available().await {
+        return Err(sessions_down());
+    }
+    let hash = state.auth.passwords.hash(password).await?;
+    let client = state.client().await?;
+    let user = db::users::insert_account(&client, &username, &email, &hash)
+        .await
+        .map_err(conflict_or)?;
+    session_answer(&state, &user, StatusCode::CREATED).await
+}
+
+/// `POST /auth/login`: the same 401 for an unknown account and a wrong password, after the same
+/// amount of hashing work.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut f = Fields::new(body);
+    let email = f.opt_string("email");
+    let username = f.opt_string("username");
+    let password = f.string("password");
+    let (email, username) = match (email, username) {
+        (Patch::Set(e), _) => (Some(e), None),
+        (_, Patch::Set(u)) => (None, Some(u)),
+        _ => {
+            f.reject("email", "email or username is required");
+            (None, None)
+        }
+    };
+    f.finish()?;
+    let password = password.unwrap_or_default();
+    let who = email
+        .as_deref()
+        .or(username.as_deref())
+        .unwrap_or("")
+        .to_lowercase();
+    let ip = crate::client::client_ip(peer, &headers);
+    let lockout = &state.auth.lockout;
+    if let Some(wait) = lockout
+        .locked_for(&who, ip)
+        .await
+        .map_err(|_| sessions_down())?
+    {
+        return Err(ApiError::TooManyRequests {
+            message: "too many failed logins; retry later".into(),
+            retry_after: wait,
+        });
+    }
+    let client = state.client().await?;
+    let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
+    let (user, stored) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, None),
+    };
+    let ok = state.auth.passwords.verify(password, stored).await?;
+    match user {
+        Some(user) if ok => {
+            lockout.succeeded(&who).await.map_err(|_| sessions_down())?;
+            session_answer(&state, &user, StatusCode::OK).await
+        }
+        _ => {
+            lockout
+                .failed(&who, ip)
+                .await
+                .map_err(|_| sessions_down())?;
+            Err(ApiError::Unauthorized("invalid credentials".into()))
+        }
+    }
+}
+
+/// `POST /auth/logout`: revokes the session at once.
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let me = caller.authenticated()?;
+    match &me.credential {
+        Credential::Session(token) => {
+            state
+                .auth
+                .sessions
+                .revoke(token, me.user.id)
+                .await
+                .map_err(|_| sessions_down())?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Credential::ApiKey(_) => Err(ApiError::BadRequest(
+            "API keys are revoked with DELETE /auth/keys/<id>".into(),
+        )),
+    }
+}
+
+/// `GET /auth/me`.
+pub async fn me(caller: Caller) -> ApiResult<Response> {
+    let me = caller.authenticated()?;
+    let mut body = me.user.to_json();
+    body["is_admin"] = json!(me.admin);
+    Ok(Json(body).into_response())
+}
+
+/// `PUT /auth/password`: needs the current password; ends every session of the user and
+/// answers with a fresh one.
+pub async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let me = caller.authenticated()?.user.clone();
+    let mut f = Fields::new(body);
+    let current = f.string("current_password");
+    let new = f.string("new_password");
+    if let Some(p) = &new {
+        check_password(&mut f, "new_password", p);
+    }
+    f.finish()?;
+    let client = state.client().await?;
+    let stored = db::users::password_hash(&client, me.id).await?;
+    let who = me.email.to_lowercase();
+    let ip = crate::client::client_ip(peer, &headers);
+    if let Some(wait) = state
+        .auth
+        .lockout
+        .locked_for(&who, ip)
+        .await
+        .map_err(|_| sessions_down())?
+    {
+        return Err(ApiError::TooManyRequests {
+            message: "too many failed attempts; retry later".into(),
+            retry_after: wait,
+        });
+    }
+    if !state
+        .auth
+        .passwords
+        .verify(current.unwrap_or_default(), stored)
+        .await?
+    {
+        state
+            .auth
+            .lockout
+            .failed(&who, ip)
+            .await
+            .map_err(|_| sessions_down())?;
+        return Err(ApiError::Forbidden("current_password is wrong".into()));
+    }
+    let hash = state.auth.passwords.hash(new.unwrap_or_default()).await?;
+    db::users::set_password(&client, me.id, &hash).await?;
+    state
+        .auth
+        .sessions
+        .revoke_all(me.id)
+        .await
+        .map_err(|_| sessions_down())?;
+    session_answer(&state, &me, StatusCode::OK).await
+}
+
+/// `POST /auth/keys`: the key is in this answer only.
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let me = caller.authenticated()?;
+    let mut f = Fields::new(body);
+    let name = f.string("name");
+    if name.as_ref().is_some_and(|n| n.chars().count() > 100) {
+        f.reject("name", "must be at most 100 characters");
+    }
+    f.finish()?;
+    let key = new_token(API_KEY_PREFIX);
+    let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
+    let client = state.client().await?;
+    let stored = db::api_keys::insert_key(
+        &client,
+        me.user.id,
+        &name.unwrap_or_default(),
+        &prefix,
+        &token_hash(&key),
+    )
+    .await?;
+    let mut body = stored.to_json();
+    body["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /auth/keys`: the caller's live keys, without the secrets.
+pub async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let me = caller.authenticated()?;
+    let client = state.client().await?;
+    let keys = db::api_keys::list_keys(&client, me.user.id).await?;
+    Ok(Json(keys.iter().map(|k| k.to_json()).collect::<Vec<_>>()).into_response())
+}
+
+/// `DELETE /auth/keys/<id>`.
+pub async fn delete_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let me = caller.authenticated()?;
+    let id = path_id(&id, "key")?;
+    let client = state.client().await?;
+    if !db::api_keys::revoke_key(&client, me.user.id, id).await? {
+        return Err(ApiError::NotFound(format!("key {id} not found")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

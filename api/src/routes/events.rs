@@ -1,0 +1,98 @@
+//! `/events`: list (after draining the click stream) and create.
+
+use crate::auth::Caller;
+use crate::db::{self, events::EventFilter, events::TYPES};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Fields, JsonObject, Patch, Query};
+use crate::pagination::Page;
+use crate::state::AppState;
+use axum::extract::{OriginalUri, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+/// Consumes the click backlog so this read sees every click answered before it started.
+pub async fn drain_clicks(state: &AppState) -> ApiResult<()> {
+    state.consumer.drain().await.map_err(|e| {
+        log::warn!(error = e.as_str(); "click backlog could not be drained before a read");
+        ApiError::Unavailable("recent clicks cannot be loaded right now; retry shortly".into())
+    })
+}
+
+fn event_type_param(q: &Query) -> ApiResult<Option<String>> {
+    match q.get("event_type") {
+        None | Some("") => Ok(None),
+        Some(t) if TYPES.contains(&t) => Ok(Some(t.to_owned())),
+        Some(t) => Err(ApiError::BadRequest(format!(
+            "query parameter event_type={t:?} must be one of {}",
+            TYPES.join(", ")
+        ))),
+    }
+}
+
+/// `GET /events`: oldest first, filters `url_id`, `user_id`, `event_type`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let page = Page::from_query(&q, state.config.limits.list_limit)?;
+    let filter = EventFilter {
+        url_id: q.id("url_id")?,
+        user_id: caller.scope_user_filter(q.id("user_id")?)?,
+        event_type: event_type_param(&q)?,
+    };
+    drain_clicks(&state).await?;
+    let client = state.client().await?;
+    let total = db::events::count_events(&client, &filter).await?;
+    let events = db::events::list_events(&client, &filter, page.limit, page.offset).await?;
+    Ok(page.respond(
+        events.iter().map(|e| e.to_json()).collect(),
+        total,
+        uri.path(),
+        &q,
+    ))
+}
+
+/// `POST /events`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut f = Fields::new(body);
+    let url_id = f.id("url_id");
+    let user_id = f.opt_id("user_id");
+    let event_type = f.string("event_type");
+    let details = f.opt_object("details");
+    if let Some(t) = &event_type {
+        if !TYPES.contains(&t.as_str()) {
+            f.reject("event_type", format!("must be one of {}", TYPES.join(", ")));
+        }
+    }
+    f.finish()?;
+    let (url_id, event_type) = (url_id.unwrap_or_default(), event_type.unwrap_or_default());
+    let user_id = caller.owner_for_write(match user_id {
+        Patch::Set(id) => Some(id),
+        _ => None,
+    })?;
+    let details = match details {
+        Patch::Set(map) => Value::Object(map),
+        _ => Value::Object(Default::default()),
+    };
+    let client = state.client().await?;
+    let link = db::urls::find_url(&client, url_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {url_id} not found")))?;
+    caller.require_owner_or_admin(link.user_id)?;
+    if let Some(uid) = user_id {
+        if !db::users::user_exists(&client, uid).await? {
+            return Err(ApiError::NotFound(format!("user {uid} not found")));
+        }
+    }
+    let event = db::events::insert_event(&client, url_id, user_id, &event_type, &details).await?;
+    Ok((StatusCode::CREATED, Json(event.to_json())).into_response())
+}

@@ -1,0 +1,38 @@
+//! Liveness and readiness.
+
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// `GET /health`, `/health/live`: the process answers; no dependency is checked, so an
+/// orchestrator never restarts the API because PostgreSQL hiccuped.
+pub async fn live() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /ready`, `/health/ready`: PostgreSQL is required (503 without it); Redis only degrades.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let db_ok = match state.db.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    let cache_ok = state
+        .redis
+        .query::<String>(&redis::cmd("PING"))
+        .await
+        .is_ok();
+    let (status, word) = match (db_ok, cache_ok) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        (true, true) => (StatusCode::OK, "ready"),
+        (true, false) => (StatusCode::OK, "degraded"),
+    };
+    let up = |ok: bool| if ok { "ok" } else { "down" };
+    (
+        status,
+        Json(json!({"status": word, "db": up(db_ok), "cache": up(cache_ok)})),
+    )
+        .into_response()
+}

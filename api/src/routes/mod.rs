@@ -1,0 +1,59 @@
+//! The HTTP surface: one file per resource, wired here.
+
+pub mod auth;
+pub mod bulk;
+pub mod events;
+pub mod health;
+pub mod redirect;
+pub mod urls;
+pub mod users;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+
+/// Every public route of API.md but `/auth/*`.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let bulk_limit = DefaultBodyLimit::max(limits.bulk_body_bytes);
+    let auth_routes = Router::new()
+        .route("/register", post(auth::register))
+        .route("/login", post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/me", get(auth::me))
+        .route("/password", put(auth::change_password))
+        .route("/keys", post(auth::create_key).get(auth::list_keys))
+        .route("/keys/{id}", delete(auth::delete_key));
+    Router::new()
+        .nest("/auth", auth_routes.clone())
+        .nest("/api/auth", auth_routes)
+        .route("/health", get(health::live))
+        .route("/health/live", get(health::live))
+        .route("/ready", get(health::ready))
+        .route("/health/ready", get(health::ready))
+        .route("/users", post(users::create).get(users::list))
+        .route("/users/bulk", post(bulk::users).layer(bulk_limit))
+        .route(
+            "/users/{id}",
+            get(users::get).put(users::update).delete(users::delete),
+        )
+        .route("/users/{id}/urls", get(users::urls))
+        .route("/urls", post(urls::create).get(urls::list))
+        .route("/urls/bulk", post(bulk::urls).layer(bulk_limit))
+        .route(
+            "/urls/{id}",
+            get(urls::get).put(urls::update).delete(urls::delete),
+        )
+        .route("/urls/{id}/stats", get(urls::stats))
+        .route("/links/create", post(urls::create))
+        .route("/links/{id}", get(urls::get))
+        .route("/events", get(events::list).post(events::create))
+        .route("/events/bulk", post(bulk::events).layer(bulk_limit))
+        .route("/{code}", get(redirect::redirect))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .with_state(state)
+}

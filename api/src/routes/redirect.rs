@@ -1,0 +1,110 @@
+//! `GET /<code>`: the redirect, answered from the Redis link cache, PostgreSQL on a miss.
+
+use crate::cache::Lookup;
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kurz_common::clicks::{clip, truncate_ip, Click};
+use kurz_common::keys::{CachedLink, LinkEntry};
+use kurz_common::shortcode;
+use std::net::SocketAddr;
+
+pub async fn redirect(
+    State(state): State<AppState>,
+    method: Method,
+    Path(code): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
+    if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
+        return Err(not_found());
+    }
+    let entry = match resolve(&state, &code).await? {
+        CachedLink::Found(entry) if entry.redirects_at(chrono::Utc::now().timestamp()) => entry,
+        _ => return Err(not_found()),
+    };
+    // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
+    if method == Method::GET {
+        state
+            .clicks
+            .record(click_of(&code, &entry, peer, &headers))
+            .await;
+    }
+    let location = HeaderValue::from_str(&entry.target).map_err(|_| {
+        ApiError::Internal(format!(
+            "stored target of {code} is not a valid header value"
+        ))
+    })?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// The link for `code`: cache first; on a miss PostgreSQL, then fill the cache (also with a
+/// negative entry for unknown codes). With Redis down, PostgreSQL alone.
+async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
+    let lookups = &state.metrics.cache_lookups;
+    let cached = match state.cache.lookup(code).await {
+        Ok(Lookup::Hit(entry)) => {
+            let result = if entry == CachedLink::Missing {
+                "negative"
+            } else {
+                "hit"
+            };
+            lookups.with_label_values(&[result]).inc();
+            return Ok(entry);
+        }
+        Ok(Lookup::Miss) => {
+            lookups.with_label_values(&["miss"]).inc();
+            true
+        }
+        Err(_) => {
+            lookups.with_label_values(&["error"]).inc();
+            false
+        }
+    };
+    let client = state.client().await?;
+    let entry = db::urls::find_url_by_code(&client, code)
+        .await?
+        .map_or(CachedLink::Missing, |link| link.cache_entry());
+    if cached {
+        if let Err(e) = state.cache.fill(code, &entry).await {
+            log::debug!(error = e.to_string(); "cache fill skipped");
+        }
+    }
+    Ok(entry)
+}
+
+/// The click of this request.
+fn click_of(code: &str, entry: &LinkEntry, peer: SocketAddr, headers: &HeaderMap) -> Click {
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(clip)
+            .unwrap_or_default()
+    };
+    let ip = crate::client::client_ip(peer, headers);
+    Click {
+        url_id: entry.url_id,
+        user_id: entry.user_id,
+        code: code.to_owned(),
+        target: entry.target.clone(),
+        referrer: header(header::REFERER),
+        user_agent: header(header::USER_AGENT),
+        ip: truncate_ip(ip),
+        ts_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}

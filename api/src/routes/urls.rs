@@ -1,0 +1,342 @@
+//! `/urls` (and the `/links` aliases): create, list, read, update, soft-delete, stats.
+
+use crate::auth::Caller;
+use crate::db::{self, conflict_or, unique_violation, urls::Link, urls::NewLink, urls::UrlFilter};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{path_id, Fields, JsonObject, Patch, Query};
+use crate::idempotency;
+use crate::pagination::Page;
+use crate::state::AppState;
+use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use kurz_common::shortcode;
+use serde_json::{json, Value};
+
+/// Longest title accepted.
+const MAX_TITLE: usize = 512;
+/// Attempts at a fresh generated code before giving up. With 62^7 codes a single collision is
+/// already rare; five in a row means something else is wrong.
+const CODE_ATTEMPTS: usize = 5;
+
+fn check_target(state: &AppState, f: &mut Fields, url: &str) {
+    if let Err(why) = state.targets.check(url) {
+        f.reject("original_url", why);
+    }
+}
+
+fn check_title(f: &mut Fields, title: &str) {
+    if title.chars().count() > MAX_TITLE {
+        f.reject("title", format!("must be at most {MAX_TITLE} characters"));
+    }
+}
+
+fn check_expiry(f: &mut Fields, at: DateTime<Utc>) {
+    if at <= Utc::now() {
+        f.reject("expires_at", "must be in the future");
+    }
+}
+
+/// `POST /urls`, `POST /links/create`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    caller.acting()?;
+    // Keys are per user: one user's key can never replay another's answer.
+    let key = idempotency::key_from(&headers)?.map(|k| format!("{}:{k}", caller.scope_id()));
+    let fingerprint = Value::Object(body.0.clone()).to_string();
+    if let Some(key) = &key {
+        if let Some(stored) = idempotency::begin(&state, key, &fingerprint).await? {
+            return Ok(stored);
+        }
+    }
+    let result = create_link(&state, &caller, body).await;
+    if let Some(key) = &key {
+        idempotency::finish(&state, key, &fingerprint, result.as_ref().ok()).await;
+    }
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
+/// Validates, inserts and caches a new link; returns its JSON.
+async fn create_link(state: &AppState, caller: &Caller, body: JsonObject) -> ApiResult<Value> {
+    let mut f = Fields::new(body);
+    let from_body = match f.opt_id("user_id") {
+        Patch::Set(id) => Some(id),
+        _ => None,
+    };
+    let user_id = caller.owner_for_write(from_body)?;
+    if user_id.is_none() {
+        f.reject("user_id", "is required");
+    }
+    let original_url = f.string("original_url");
+    let title = f.opt_string("title");
+    let custom = f.opt_string("short_code");
+    let expires_at = f.opt_timestamp("expires_at");
+    if let Some(url) = &original_url {
+        check_target(state, &mut f, url);
+    }
+    if let Patch::Set(t) = &title {
+        check_title(&mut f, t);
+    }
+    if let Patch::Set(code) = &custom {
+        if let Err(why) = shortcode::validate_custom(code) {
+            f.reject("short_code", why.to_string());
+        }
+    }
+    if let Patch::Set(at) = expires_at {
+        check_expiry(&mut f, at);
+    }
+    f.finish()?;
+    let (user_id, original_url) = (
+        user_id.unwrap_or_default(),
+        original_url.unwrap_or_default(),
+    );
+
+    let client = state.client().await?;
+    if !db::users::user_exists(&client, user_id).await? {
+        return Err(ApiError::NotFound(format!("user {user_id} not found")));
+    }
+    let title = match &title {
+        Patch::Set(t) => Some(t.as_str()),
+        _ => None,
+    };
+    let expires_at = match expires_at {
+        Patch::Set(at) => Some(at),
+        _ => None,
+    };
+    let link = match &custom {
+        Patch::Set(code) => {
+            let new = NewLink {
+                user_id: Some(user_id),
+                short_code: code,
+                original_url: &original_url,
+                title,
+                expires_at,
+            };
+            db::urls::insert_url(&client, &new)
+                .await
+                .map_err(conflict_or)?
+        }
+        _ => insert_generated(&client, user_id, &original_url, title, expires_at).await?,
+    };
+    refresh_cache(state, &link).await;
+    Ok(link.to_json(state.config.base()))
+}
+
+/// Inserts with a fresh random code, retrying on the (rare) collision. The unique index decides;
+/// there is no check-then-insert race.
+async fn insert_generated(
+    client: &deadpool_postgres::Client,
+    user_id: i64,
+    original_url: &str,
+    title: Option<&str>,
+    expires_at: Option<DateTime<Utc>>,
+) -> ApiResult<Link> {
+    for _ in 0..CODE_ATTEMPTS {
+        let code = shortcode::generate();
+        if shortcode::is_reserved(&code) {
+            continue; // e.g. "Metrics": a route, so it could never redirect
+        }
+        let new = NewLink {
+            user_id: Some(user_id),
+            short_code: &code,
+            original_url,
+            title,
+            expires_at,
+        };
+        match db::urls::insert_url(client, &new).await {
+            Ok(link) => return Ok(link),
+            Err(e) if unique_violation(&e) == Some("urls_short_code_key") => {
+                log::warn!(code = code.as_str(); "generated short code collided; retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Internal(format!(
+        "{CODE_ATTEMPTS} generated short codes in a row were taken"
+    )))
+}
+
+/// Writes the link's new state to Redis and tells the edges. A Redis failure is logged, not
+/// returned: PostgreSQL has the truth, and the negative-entry TTL bounds any staleness.
+pub async fn refresh_cache(state: &AppState, link: &Link) {
+    if let Err(e) = state
+        .cache
+        .publish(&link.short_code, &link.cache_entry())
+        .await
+    {
+        log::warn!(error = e.to_string(), short_code = link.short_code.as_str(); "cache update skipped");
+    }
+}
+
+/// `GET /urls`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let page = Page::from_query(&q, state.config.limits.list_limit)?;
+    let filter = UrlFilter {
+        user_id: caller.scope_user_filter(q.id("user_id")?)?,
+        is_active: q.bool("is_active")?,
+    };
+    let client = state.client().await?;
+    let total = db::urls::count_urls(&client, &filter).await?;
+    let links = db::urls::list_urls(&client, &filter, page.limit, page.offset).await?;
+    let base = state.config.base();
+    Ok(page.respond(
+        links.iter().map(|l| l.to_json(base)).collect(),
+        total,
+        uri.path(),
+        &q,
+    ))
+}
+
+async fn find_live(client: &deadpool_postgres::Client, id: i64) -> ApiResult<Link> {
+    db::urls::find_url(client, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))
+}
+
+/// `GET /urls/<id>`, `GET /links/<id>`.
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = path_id(&id, "url")?;
+    let client = state.client().await?;
+    let link = find_live(&client, id).await?;
+    Ok(Json(link.to_json(state.config.base())).into_response())
+}
+
+/// `PUT /urls/<id>`: partial update; one `updated` event per field that really changed.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let id = path_id(&id, "url")?;
+    let mut f = Fields::new(body);
+    let title = f.opt_string("title");
+    let is_active = f.opt_bool("is_active");
+    let original_url = f.opt_string("original_url");
+    let expires_at = f.opt_timestamp("expires_at");
+    if matches!(is_active, Patch::Null) {
+        f.reject("is_active", "must be true or false");
+    }
+    if matches!(original_url, Patch::Null) {
+        f.reject("original_url", "must not be null");
+    }
+    if let Patch::Set(url) = &original_url {
+        check_target(&state, &mut f, url);
+    }
+    if let Patch::Set(t) = &title {
+        check_title(&mut f, t);
+    }
+    if let Patch::Set(at) = expires_at {
+        check_expiry(&mut f, at);
+    }
+    f.finish()?;
+
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    let mut link = db::urls::find_url_for_update(&tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    caller.require_owner_or_admin(link.user_id)?;
+    let mut changes: Vec<(&str, Value)> = Vec::new();
+    match title {
+        Patch::Set(t) if link.title.as_deref() != Some(t.as_str()) => {
+            changes.push(("title", json!(t)));
+            link.title = Some(t);
+        }
+        Patch::Null if link.title.is_some() => {
+            changes.push(("title", Value::Null));
+            link.title = None;
+        }
+        _ => {}
+    }
+    if let Patch::Set(active) = is_active {
+        if active != link.is_active {
+            changes.push(("is_active", json!(active)));
+            link.is_active = active;
+        }
+    }
+    if let Patch::Set(url) = original_url {
+        if url != link.original_url {
+            changes.push(("original_url", json!(url)));
+            link.original_url = url;
+        }
+    }
+    match expires_at {
+        Patch::Set(at) if link.expires_at != Some(at) => {
+            changes.push(("expires_at", json!(kurz_common::time::format(at))));
+            link.expires_at = Some(at);
+        }
+        Patch::Null if link.expires_at.is_some() => {
+            changes.push(("expires_at", Value::Null));
+            link.expires_at = None;
+        }
+        _ => {}
+    }
+    if changes.is_empty() {
+        tx.rollback().await?;
+        return Ok(Json(link.to_json(state.config.base())).into_response());
+    }
+    let saved = db::urls::save_url(&tx, &link).await?;
+    for (field, new_value) in &changes {
+        let details = json!({"field": field, "new_value": new_value});
+        db::events::insert_event(&tx, saved.id, saved.user_id, "updated", &details).await?;
+    }
+    tx.commit().await?;
+    refresh_cache(&state, &saved).await;
+    Ok(Json(saved.to_json(state.config.base())).into_response())
+}
+
+/// `DELETE /urls/<id>`: soft delete, a `deleted` event, and the link stops redirecting at once.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = path_id(&id, "url")?;
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    let current = db::urls::find_url_for_update(&tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    caller.require_owner_or_admin(current.user_id)?;
+    let link = db::urls::delete_url(&tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    db::events::insert_event(
+        &tx,
+        link.id,
+        link.user_id,
+        "deleted",
+        &json!({"reason": "user_requested"}),
+    )
+    .await?;
+    tx.commit().await?;
+    refresh_cache(&state, &link).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /urls/<id>/stats`.
+pub async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = path_id(&id, "url")?;
+    let client = state.client().await?;
+    let link = find_live(&client, id).await?;
+    caller.require_owner_or_admin(link.user_id)?;
+    crate::routes::events::drain_clicks(&state).await?;
+    Ok(Json(db::stats::url_stats(&client, id).await?).into_response())
+}

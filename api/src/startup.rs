@@ -1,0 +1,250 @@
+//! Building the application from config and running it until shutdown.
+
+use crate::cache::LinkCache;
+use crate::clicks::consumer::Consumer;
+use crate::clicks::ClickRecorder;
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+use crate::redis_handle::RedisHandle;
+use crate::state::AppState;
+use crate::{http_log, migrate, routes};
+use axum::routing::get;
+use axum::Router;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use kurz_common::keys::KeySchema;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A built application whose listeners are bound (so tests can read the ports) but not yet
+/// serving.
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    pub state: AppState,
+}
+
+/// How long start-up waits for PostgreSQL to answer before giving up.
+const DB_WAIT: Duration = Duration::from_secs(30);
+
+pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
+    let mut pg: tokio_postgres::Config = config
+        .database
+        .url
+        .parse()
+        .map_err(|e| format!("config key `database.url` is invalid: {e}"))?;
+    pg.connect_timeout(Duration::from_millis(config.database.connect_timeout_ms));
+    pg.application_name("kurz-api");
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.database.max_connections)
+        .wait_timeout(Some(Duration::from_millis(
+            config.database.acquire_timeout_ms,
+        )))
+        .create_timeout(Some(Duration::from_millis(
+            config.database.connect_timeout_ms,
+        )))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("database pool: {e}"))
+}
+
+impl Application {
+    /// Connects, migrates and binds. Redis may be down: the API starts degraded.
+    pub async fn build(config: ApiConfig) -> Result<Self, String> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let db = build_pool(&config)?;
+        wait_for_db(&db).await?;
+        {
+            let mut client = db.get().await.map_err(|e| format!("database: {e}"))?;
+            migrate::run(&mut client).await?;
+        }
+        let redis = Arc::new(
+            RedisHandle::new(
+                &config.redis.url,
+                Duration::from_millis(config.redis.timeout_ms),
+                metrics.redis_errors.clone(),
+            )
+            .map_err(|e| format!("config key `redis.url` is invalid: {e}"))?,
+        );
+        let keys = KeySchema::new(&config.redis.prefix, config.redis.partitions);
+        let cache = LinkCache::new(
+            redis.clone(),
+            keys.clone(),
+            config.cache.link_ttl_seconds,
+            config.cache.negative_ttl_seconds,
+        );
+        let clicks = ClickRecorder::new(
+            redis.clone(),
+            db.clone(),
+            keys.clone(),
+            config.clicks.sample_rate,
+            metrics.clone(),
+        );
+        let consumer_name = format!("api-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let consumer = Arc::new(Consumer::new(
+            redis.clone(),
+            db.clone(),
+            keys.clone(),
+            config.clicks.group.clone(),
+            consumer_name,
+            config.clicks.batch_size,
+            config.clicks.claim_idle_ms,
+            Duration::from_millis(config.clicks.poll_interval_ms),
+            metrics.clone(),
+        ));
+        if let Err(e) = consumer.ensure_groups().await {
+            log::warn!(error = e.to_string(); "redis unavailable at start-up; running degraded until it answers");
+        }
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            format!(
+                "cannot listen on {} (config key `listen`): {e}",
+                config.listen
+            )
+        })?;
+        let admin_listener = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+            format!(
+                "cannot listen on {} (config key `admin_listen`): {e}",
+                config.admin_listen
+            )
+        })?;
+        let targets = Arc::new(config.target_policy());
+        let auth = Arc::new(crate::auth::Auth::new(
+            &config.auth,
+            redis.clone(),
+            keys.clone(),
+        )?);
+        let state = AppState {
+            db,
+            redis,
+            keys,
+            cache,
+            clicks,
+            consumer,
+            config,
+            metrics,
+            targets,
+            auth,
+        };
+        Ok(Self {
+            listener,
+            admin_listener,
+            state,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish,
+    /// and flushes the click consumer.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        let state = self.state;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let consumer = tokio::spawn(state.consumer.clone().run(stop_rx.clone()));
+
+        let app = routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http_log::track,
+        ));
+        let admin = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .with_state(state.clone());
+
+        let mut admin_stop = stop_rx.clone();
+        let admin_server = tokio::spawn(async move {
+            axum::serve(self.admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        log::info!(listen = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(); "kurz-api serving");
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            log::info!("shutdown requested; draining in-flight requests");
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        let _ = consumer.await;
+        let _ = admin_server.await;
+        log::info!("kurz-api stopped");
+        served.map_err(|e| format!("server error: {e}"))
+    }
+}
+
+async fn wait_for_db(db: &Pool) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    loop {
+        match db.get().await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() >= DB_WAIT => {
+                return Err(format!(
+                    "PostgreSQL did not answer within {}s: {e}",
+                    DB_WAIT.as_secs()
+                ))
+            }
+            Err(e) => {
+                log::warn!(error = e.to_string(); "waiting for PostgreSQL");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    let status = state.db.status();
+    state.metrics.db_pool_size.set(status.size as i64);
+    state.metrics.db_pool_available.set(status.available as i64);
+    state
+        .metrics
+        .db_pool_in_use
+        .set(status.size.saturating_sub(status.available) as i64);
+    state.metrics.db_pool_waiting.set(status.waiting as i64);
+    let _ = state.consumer.backlog().await;
+    let _ = state.consumer.pending().await;
+    state.metrics.render()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,34 @@
+//! What every handler shares.
+
+use crate::cache::LinkCache;
+use crate::clicks::consumer::Consumer;
+use crate::clicks::ClickRecorder;
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+use crate::redis_handle::RedisHandle;
+use deadpool_postgres::Pool;
+use kurz_common::keys::KeySchema;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Pool,
+    pub redis: Arc<RedisHandle>,
+    pub keys: KeySchema,
+    pub cache: LinkCache,
+    pub clicks: ClickRecorder,
+    pub consumer: Arc<Consumer>,
+    pub config: Arc<ApiConfig>,
+    pub metrics: Arc<Metrics>,
+    /// Rules link targets must meet.
+    pub targets: Arc<kurz_common::target::TargetPolicy>,
+    /// Passwords, sessions, API keys.
+    pub auth: Arc<crate::auth::Auth>,
+}
+
+impl AppState {
+    /// A pooled PostgreSQL connection, or 503 when none comes in time.
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, crate::error::ApiError> {
+        Ok(self.db.get().await?)
+    }
+}

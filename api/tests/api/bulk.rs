@@ -1,0 +1,229 @@
+//! Bulk CSV imports: the seed formats, all-or-nothing, sequences, cache.
+
+use crate::helpers::{error_of, spawn_app, TestApp};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// `../shared/seed-data/` beside the checkout, when present.
+fn seed_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed-data");
+    dir.join("users.csv").exists().then_some(dir)
+}
+
+async fn import(app: &TestApp, kind: &str, csv: Vec<u8>) -> Value {
+    let res = app.upload(&format!("/{kind}/bulk"), csv).await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{kind}: {body}");
+    body
+}
+
+async fn import_dir(app: &TestApp, dir: &Path) -> [i64; 3] {
+    let mut counts = [0; 3];
+    for (i, kind) in ["users", "urls", "events"].iter().enumerate() {
+        let csv = std::fs::read(dir.join(format!("{kind}.csv"))).unwrap();
+        counts[i] = import(app, kind, csv).await["count"].as_i64().unwrap();
+    }
+    counts
+}
+
+fn line_count(path: PathBuf) -> i64 {
+    std::fs::read_to_string(path).unwrap().lines().count() as i64 - 1
+}
+
+#[tokio::test]
+async fn generated_sample_data_imports_completely_and_moves_sequences() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("kurz-sample-{}", rand::random::<u64>()));
+    kurz_api::sample::write(
+        &dir,
+        kurz_api::sample::Sizes {
+            users: 300,
+            urls: 20_000,
+            events: 5_000,
+        },
+        7,
+    )
+    .unwrap();
+    let counts = import_dir(&app, &dir).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(counts, [300, 20_000, 5_000]);
+    let res = app.get("/urls?per_page=1").await;
+    assert_eq!(res.headers()["x-total-count"], "20000");
+    let first: Vec<Value> = res.json().await.unwrap();
+    let code = first[0]["short_code"].as_str().unwrap();
+    let redirect = app.get(&format!("/{code}")).await;
+    assert!(
+        redirect.status() == 302 || redirect.status() == 404,
+        "inactive sample links answer 404"
+    );
+    // Sequences moved past the imported ids.
+    assert_eq!(app.create_user("after-import").await, 301);
+    assert_eq!(
+        app.create_url(1, "https://example.com/after").await["id"],
+        20_001
+    );
+}
+
+#[tokio::test]
+async fn the_seed_files_import_when_present() {
+    let Some(dir) = seed_dir() else {
+        eprintln!("../shared/seed-data not present; covered by the generated sample test");
+        return;
+    };
+    let app = spawn_app().await;
+    let counts = import_dir(&app, &dir).await;
+    assert_eq!(
+        counts,
+        [
+            line_count(dir.join("users.csv")),
+            line_count(dir.join("urls.csv")),
+            line_count(dir.join("events.csv"))
+        ]
+    );
+    let link: Value = app.get("/urls/1").await.json().await.unwrap();
+    assert_eq!(link["short_code"], "qva5vT");
+    assert_eq!(link["created_at"], "2025-03-26T16:48:24");
+    let res = app.get("/qva5vT").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(
+        res.headers()["location"],
+        "https://example.com/calm/valley/1"
+    );
+    let events: Vec<Value> = app
+        .get("/events?url_id=1&event_type=created")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events[0]["details"]["short_code"], "qva5vT");
+}
+
+#[tokio::test]
+async fn a_bad_row_names_row_and_column_and_nothing_is_imported() {
+    let app = spawn_app().await;
+    let csv = "id,username,email,created_at\n1,ok,ok@example.com,2025-01-01 00:00:00\n2,bad,not-an-email,2025-01-01 00:00:00\n";
+    let err = error_of(app.upload("/users/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["row"], 2);
+    assert_eq!(err["details"]["column"], "email");
+    let res = app.get("/users").await;
+    assert_eq!(res.headers()["x-total-count"], "0");
+
+    import(
+        &app,
+        "users",
+        "id,username,email\n1,a,a@example.com\n".into(),
+    )
+    .await;
+    let csv = "id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n\
+               1,1,abc123,https://example.com/1,T,True,2025-01-01 00:00:00,2025-01-01 00:00:00\n\
+               2,99,abc124,https://example.com/2,T,True,2025-01-01 00:00:00,2025-01-01 00:00:00\n";
+    let err = error_of(app.upload("/urls/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "user_id");
+    assert_eq!(err["details"]["row"], 2);
+    let csv = "id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n\
+               1,1,abc123,https://example.com/1,T,Maybe,2025-01-01 00:00:00,2025-01-01 00:00:00\n";
+    assert_eq!(
+        error_of(app.upload("/urls/bulk", csv.into()).await, 400).await["details"]["column"],
+        "is_active"
+    );
+    let csv = "id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n\
+               1,1,abc123,https://example.com/1,T,True,,\n2,1,abc123,https://example.com/2,T,True,,\n";
+    let err = error_of(app.upload("/urls/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "short_code");
+    assert_eq!(app.get("/urls").await.headers()["x-total-count"], "0");
+
+    import(
+        &app,
+        "urls",
+        "id,user_id,short_code,original_url\n1,1,abc123,https://example.com/1\n".into(),
+    )
+    .await;
+    let csv = "id,url_id,user_id,event_type,timestamp,details\n1,1,1,click,2025-01-01 00:00:00,\"[1,2]\"\n";
+    assert_eq!(
+        error_of(app.upload("/events/bulk", csv.into()).await, 400).await["details"]["column"],
+        "details"
+    );
+    let csv =
+        "id,url_id,user_id,event_type,timestamp,details\n1,5,1,click,2025-01-01 00:00:00,{}\n";
+    assert_eq!(
+        error_of(app.upload("/events/bulk", csv.into()).await, 400).await["details"]["column"],
+        "url_id"
+    );
+}
+
+#[tokio::test]
+async fn rows_with_ids_are_upserted_and_conflicts_are_409() {
+    let app = spawn_app().await;
+    import(
+        &app,
+        "users",
+        "id,username,email\n5,a,a@example.com\n".into(),
+    )
+    .await;
+    import(
+        &app,
+        "users",
+        "id,username,email\n5,renamed,a@example.com\n".into(),
+    )
+    .await;
+    let user: Value = app.get("/users/5").await.json().await.unwrap();
+    assert_eq!(user["username"], "renamed");
+    let res = app
+        .upload(
+            "/users/bulk",
+            "id,username,email\n6,renamed,b@example.com\n".into(),
+        )
+        .await;
+    assert_eq!(error_of(res, 409).await["error"], "conflict");
+    assert_eq!(app.get("/users").await.headers()["x-total-count"], "1");
+}
+
+#[tokio::test]
+async fn imported_links_replace_stale_cache_entries() {
+    let app = spawn_app().await;
+    import(
+        &app,
+        "users",
+        "id,username,email\n1,a,a@example.com\n".into(),
+    )
+    .await;
+    error_of(app.get("/later1").await, 404).await; // cached negatively
+    import(
+        &app,
+        "urls",
+        "id,user_id,short_code,original_url\n1,1,later1,https://example.com/later\n".into(),
+    )
+    .await;
+    assert_eq!(app.get("/later1").await.status(), 302);
+    import(&app, "urls", "id,user_id,short_code,original_url,is_active\n1,1,later1,https://example.com/later,False\n".into()).await;
+    error_of(app.get("/later1").await, 404).await;
+}
+
+#[tokio::test]
+async fn uploads_need_multipart_with_a_file_field() {
+    let app = spawn_app().await;
+    let res = app
+        .post_raw("/users/bulk", "id,username,email\n", "text/csv")
+        .await;
+    assert_eq!(error_of(res, 415).await["error"], "unsupported_media_type");
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let res = app
+        .client
+        .post(app.url("/users/bulk"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(res, 400).await["details"]["file"].is_string());
+    let err = error_of(
+        app.upload("/users/bulk", "name,mail\nx,y\n".into()).await,
+        400,
+    )
+    .await;
+    assert!(
+        err["message"].as_str().unwrap().contains("username"),
+        "{err}"
+    );
+    let _ = json!({});
+}

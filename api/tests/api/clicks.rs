@@ -1,0 +1,174 @@
+//! The click pipeline: stream, consumer group, read-your-writes, exactly-once.
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use kurz_api::clicks::consumer::Consumer;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A second consumer in the app's group, as another replica (or a crashing one) would be.
+fn replica(app: &TestApp, name: &str) -> Consumer {
+    let s = &app.state;
+    Consumer::new(
+        s.redis.clone(),
+        s.db.clone(),
+        s.keys.clone(),
+        s.config.clicks.group.clone(),
+        name.to_owned(),
+        s.config.clicks.batch_size,
+        s.config.clicks.claim_idle_ms,
+        Duration::from_millis(50),
+        Arc::new(kurz_api::metrics::Metrics::new()),
+    )
+}
+
+/// An app whose background consumer effectively never polls, so tests decide who consumes.
+async fn idle_consumer_app() -> TestApp {
+    spawn_app_with(|c| c.clicks.poll_interval_ms = 3_600_000).await
+}
+
+async fn clicks_in_db(app: &TestApp, url_id: i64) -> i64 {
+    app.sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE url_id = $1 AND event_type = 'click'",
+            &[&url_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn redirect_n(app: &TestApp, code: &str, n: usize) {
+    for _ in 0..n {
+        assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    }
+}
+
+#[tokio::test]
+async fn a_click_is_visible_to_the_next_read_without_waiting() {
+    let app = idle_consumer_app().await;
+    let user = app.create_user("ryw").await;
+    let link = app.create_url(user, "https://example.com/ryw").await;
+    let id = link["id"].as_i64().unwrap();
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 1).await;
+    assert_eq!(
+        clicks_in_db(&app, id).await,
+        0,
+        "still in the stream: the consumer is idle"
+    );
+    assert_eq!(
+        app.clicks(id).await.len(),
+        1,
+        "GET /events drained it first"
+    );
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 1).await;
+    let stats: serde_json::Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 2);
+}
+
+#[tokio::test]
+async fn the_background_consumer_drains_the_stream() {
+    let app = spawn_app_with(|c| c.clicks.poll_interval_ms = 20).await;
+    let user = app.create_user("bg").await;
+    let link = app.create_url(user, "https://example.com/bg").await;
+    let id = link["id"].as_i64().unwrap();
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 5).await;
+    for _ in 0..100 {
+        if clicks_in_db(&app, id).await == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(clicks_in_db(&app, id).await, 5);
+    assert_eq!(
+        app.state.consumer.backlog().await.unwrap(),
+        0,
+        "acknowledged entries are deleted"
+    );
+}
+
+#[tokio::test]
+async fn no_click_is_lost_or_doubled_when_consumers_die_mid_batch() {
+    let app = idle_consumer_app().await;
+    let user = app.create_user("crash").await;
+    let link = app.create_url(user, "https://example.com/crash").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+
+    // Replica A commits a batch of 10 and dies before XACK.
+    redirect_n(&app, &code, 10).await;
+    let a = replica(&app, "replica-a");
+    assert_eq!(a.read_and_commit_without_ack().await.unwrap(), 10);
+    assert_eq!(clicks_in_db(&app, id).await, 10);
+    drop(a);
+
+    // Replica B reads the next 5 and dies before committing.
+    redirect_n(&app, &code, 5).await;
+    let b = replica(&app, "replica-b");
+    assert_eq!(b.read_without_commit().await.unwrap(), 5);
+    drop(b);
+
+    // Both batches sit pending in dead consumers; the next read claims them: 15, not 25 or 10.
+    assert_eq!(app.clicks(id).await.len(), 15);
+    assert_eq!(clicks_in_db(&app, id).await, 15);
+    assert_eq!(app.state.consumer.backlog().await.unwrap(), 0);
+
+    // A restarted replica claiming idle entries finds nothing left to double.
+    let c = replica(&app, "replica-c");
+    c.drain().await.unwrap();
+    assert_eq!(clicks_in_db(&app, id).await, 15);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_flushes_pending_clicks() {
+    let mut app = idle_consumer_app().await;
+    let user = app.create_user("flush").await;
+    let link = app.create_url(user, "https://example.com/flush").await;
+    let id = link["id"].as_i64().unwrap();
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 7).await;
+    assert_eq!(clicks_in_db(&app, id).await, 0);
+    app.stop().await;
+    assert_eq!(clicks_in_db(&app, id).await, 7);
+}
+
+#[tokio::test]
+async fn sample_rate_zero_records_no_clicks_but_still_redirects() {
+    let app = spawn_app_with(|c| c.clicks.sample_rate = 0.0).await;
+    let user = app.create_user("sample").await;
+    let link = app.create_url(user, "https://example.com/s").await;
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 3).await;
+    assert!(app.clicks(link["id"].as_i64().unwrap()).await.is_empty());
+    let created: Vec<serde_json::Value> = app
+        .get(&format!("/events?url_id={}&event_type=created", link["id"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 1, "only clicks are sampled");
+}
+
+#[tokio::test]
+async fn click_details_keep_only_a_truncated_address() {
+    let app = spawn_app().await;
+    let user = app.create_user("ip").await;
+    let link = app.create_url(user, "https://example.com/ip").await;
+    let res = app
+        .client
+        .get(app.url(&format!("/{}", link["short_code"].as_str().unwrap())))
+        .header("x-real-ip", "203.0.113.77")
+        .header("user-agent", "kurz-test/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    let clicks = app.clicks(link["id"].as_i64().unwrap()).await;
+    assert_eq!(clicks[0]["details"]["ip"], "203.0.113.0");
+    assert_eq!(clicks[0]["details"]["user_agent"], "kurz-test/1");
+}

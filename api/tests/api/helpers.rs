@@ -1,0 +1,293 @@
+//! Test harness: every test gets its own PostgreSQL database, its own Redis key prefix and an
+//! app on port 0, and leaves nothing behind.
+//!
+//! `KURZ_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) names the
+//! server and a database to connect to for creating and dropping the per-test ones;
+//! `KURZ_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) the Redis.
+
+use kurz_api::config::ApiConfig;
+use kurz_api::startup::Application;
+use kurz_api::state::AppState;
+use reqwest::{Client, Response};
+use serde_json::Value;
+use std::time::Duration;
+
+pub fn admin_db_url() -> String {
+    std::env::var("KURZ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("KURZ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// `admin_db_url` pointed at another database.
+pub fn db_url(name: &str) -> String {
+    let mut url = url::Url::parse(&admin_db_url()).expect("KURZ_TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub admin: String,
+    pub client: Client,
+    pub state: AppState,
+    pub db_name: String,
+    pub prefix: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A fresh database and prefix, config adjusted by `tweak`, the app serving on port 0.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let db_name = format!("kurz_test_{suffix}");
+    let (admin, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL for tests (KURZ_TEST_DATABASE_URL) must answer");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await
+        .expect("create test database");
+
+    let mut config = ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..ApiConfig::default()
+    };
+    config.database.url = db_url(&db_name);
+    config.database.max_connections = 8;
+    config.redis.url = redis_url();
+    config.redis.prefix = format!("kurztest{suffix}");
+    config.redis.partitions = 4;
+    config.base_url = "http://kurz.test".into();
+    config.log_level = "warn".into();
+    // The evaluation contract's mode; auth tests switch to `required`. Cheap hashes keep the
+    // suite fast; one test uses the production cost on purpose.
+    config.auth.mode = kurz_api::config::AuthMode::Open;
+    config.auth.argon2.memory_kib = 8192;
+    config.auth.argon2.iterations = 1;
+    tweak(&mut config);
+    config.validate().expect("test config is valid");
+    let prefix = config.redis.prefix.clone();
+
+    let app = Application::build(config).await.expect("app builds");
+    let base = format!("http://{}", app.addr());
+    let admin_addr = format!("http://{}", app.admin_addr());
+    let state = app.state.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    TestApp {
+        base,
+        admin: admin_addr,
+        client,
+        state,
+        db_name,
+        prefix,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST with a raw body (for malformed-body tests).
+    pub async fn post_raw(&self, path: &str, body: &str, content_type: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Uploads `csv` as multipart field `file`.
+    pub async fn upload(&self, path: &str, csv: Vec<u8>) -> Response {
+        let part = reqwest::multipart::Part::bytes(csv)
+            .file_name("data.csv")
+            .mime_str("text/csv")
+            .unwrap();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.client
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn create_user(&self, name: &str) -> i64 {
+        let body = serde_json::json!({"username": name, "email": format!("{name}@example.com")});
+        let res = self.post_json("/users", &body).await;
+        assert_eq!(res.status(), 201, "create user");
+        res.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    /// Creates a link and returns its JSON.
+    pub async fn create_url(&self, user_id: i64, target: &str) -> Value {
+        let res = self
+            .post_json(
+                "/urls",
+                &serde_json::json!({"user_id": user_id, "original_url": target}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "create url");
+        res.json().await.unwrap()
+    }
+
+    /// Click events of a link, through the public API.
+    pub async fn clicks(&self, url_id: i64) -> Vec<Value> {
+        let res = self
+            .get(&format!("/events?url_id={url_id}&event_type=click"))
+            .await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it (consumer flush included).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+
+    /// A direct PostgreSQL connection to this test's database.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&db_url(&self.db_name), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// Reads a JSON error body and checks its shape.
+pub async fn error_of(res: Response, status: u16) -> Value {
+    assert_eq!(res.status(), status, "status");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "error shape: {body}"
+    );
+    body
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        let (db_name, prefix) = (self.db_name.clone(), self.prefix.clone());
+        // Cleanup needs async clients, and Drop may run inside a runtime: use a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((admin, conn)) =
+                    tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                        delete_prefix(&mut conn, &prefix).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Deletes every key under `prefix:`.
+pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap_or((0, vec![]));
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(conn).await;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}

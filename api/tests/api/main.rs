@@ -1,0 +1,15 @@
+//! Integration tests of kurz-api against real PostgreSQL and Redis.
+
+mod auth;
+mod bulk;
+mod cli;
+mod clicks;
+mod contract;
+mod events;
+mod health;
+mod helpers;
+mod malformed;
+mod redirect;
+mod resilience;
+mod urls;
+mod users;

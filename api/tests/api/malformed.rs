@@ -1,0 +1,67 @@
+//! Bodies that are not JSON objects, on every JSON route: 400 with our error JSON, never a 500
+//! or axum's plain-text rejection.
+
+use crate::helpers::{error_of, spawn_app};
+
+const BAD_BODIES: &[(&str, &str)] = &[
+    ("\"just a string\"", "application/json"),
+    ("[1, 2, 3]", "application/json"),
+    ("", "application/json"),
+    ("hello world", "text/plain"),
+    ("{\"username\": \"x\"", "application/json"),
+    ("42", "application/json"),
+    ("null", "application/json"),
+];
+
+#[tokio::test]
+async fn every_json_route_refuses_bodies_that_are_not_objects() {
+    let app = spawn_app().await;
+    let user = app.create_user("mal").await;
+    let link = app.create_url(user, "https://example.com/m").await;
+    let routes = [
+        ("POST", "/users".to_owned()),
+        ("POST", "/urls".to_owned()),
+        ("POST", "/links/create".to_owned()),
+        ("POST", "/events".to_owned()),
+        ("PUT", format!("/users/{user}")),
+        ("PUT", format!("/urls/{}", link["id"])),
+    ];
+    for (method, path) in &routes {
+        for (body, ct) in BAD_BODIES {
+            let req = match *method {
+                "POST" => app.client.post(app.url(path)),
+                _ => app.client.put(app.url(path)),
+            };
+            let res = req
+                .header("content-type", *ct)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let err = error_of(res, 400).await;
+            assert_eq!(
+                err["error"], "bad_request",
+                "{method} {path} with {body:?}: {err}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_json() {
+    let app = spawn_app().await;
+    let big = format!("{{\"username\": \"{}\"}}", "x".repeat(2 << 20));
+    let res = app.post_raw("/users", &big, "application/json").await;
+    let err = error_of(res, 413).await;
+    assert_eq!(err["error"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let app = spawn_app().await;
+    let err = error_of(app.get("/users/1/nothing").await, 404).await;
+    assert_eq!(err["error"], "not_found");
+    let res = app.client.patch(app.url("/users")).send().await.unwrap();
+    let err = error_of(res, 405).await;
+    assert_eq!(err["error"], "method_not_allowed");
+}

@@ -1,0 +1,198 @@
+//! Degradation: Redis down (from the start, or killed mid-run) and PostgreSQL gone.
+
+use crate::helpers::{error_of, spawn_app, spawn_app_with};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private redis-server on a free loopback port, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        // Below the ephemeral range (32768+): no client socket can take it while Redis restarts.
+        let port = loop {
+            let p = 20_000 + (rand::random::<u16>() % 12_000);
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                break p;
+            }
+        };
+        let mut redis = Self {
+            child: spawn_redis(port),
+            port,
+        };
+        redis.wait_up();
+        redis
+    }
+
+    /// Starts a fresh (empty) server on the same port after [`Self::kill`].
+    fn restart(&mut self) {
+        self.child = spawn_redis(self.port);
+        self.wait_up();
+    }
+
+    fn wait_up(&mut self) {
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        panic!("private redis-server did not start on port {}", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed for the Redis failure tests")
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn with_redis_down_from_the_start_everything_still_works() {
+    let port = closed_port();
+    let app = spawn_app_with(|c| c.redis.url = format!("redis://127.0.0.1:{port}/0")).await;
+    let ready: Value = app.get("/ready").await.json().await.unwrap();
+    assert_eq!(
+        ready,
+        json!({"status": "degraded", "db": "ok", "cache": "down"})
+    );
+    let user = app.create_user("nored").await;
+    let link = app.create_url(user, "https://example.com/nored").await;
+    let code = link["short_code"].as_str().unwrap();
+    for _ in 0..3 {
+        let res = app.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 302);
+        assert_eq!(res.headers()["location"], "https://example.com/nored");
+    }
+    assert_eq!(
+        app.clicks(link["id"].as_i64().unwrap()).await.len(),
+        3,
+        "clicks inserted directly"
+    );
+    let res = app
+        .put_json(
+            &format!("/urls/{}", link["id"]),
+            &json!({"is_active": false}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    error_of(app.get(&format!("/{code}")).await, 404).await;
+    let res = app
+        .client
+        .post(app.url("/urls"))
+        .header("idempotency-key", "k")
+        .json(&json!({"user_id": user, "original_url": "https://example.com/i"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "idempotency degrades, creation does not");
+}
+
+#[tokio::test]
+async fn redis_killed_mid_run_then_restarted() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let user = app.create_user("kill").await;
+    let link = app.create_url(user, "https://example.com/kill").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    assert_eq!(app.clicks(id).await.len(), 1);
+
+    redis.kill();
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    }
+    assert_eq!(app.clicks(id).await.len(), 4);
+    let other = app.create_url(user, "https://example.com/while-down").await;
+    assert_eq!(
+        app.get(&format!("/{}", other["short_code"].as_str().unwrap()))
+            .await
+            .status(),
+        302
+    );
+
+    // Redis comes back empty (no persistence): streams and the group are recreated.
+    redis.restart();
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ready: Value = app.get("/ready").await.json().await.unwrap();
+        if ready["cache"] == "ok" {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "API reconnects to Redis");
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    assert_eq!(app.clicks(id).await.len(), 5);
+}
+
+#[tokio::test]
+async fn with_postgres_gone_requests_get_503_json_not_500() {
+    let app = spawn_app().await;
+    app.create_user("pg").await;
+    let (admin, conn) =
+        tokio_postgres::connect(&crate::helpers::admin_db_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db_name))
+        .await
+        .unwrap();
+    let res = app.get("/ready").await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "not_ready");
+    let res = app
+        .post_json(
+            "/users",
+            &json!({"username": "x", "email": "x@example.com"}),
+        )
+        .await;
+    assert_eq!(error_of(res, 503).await["error"], "service_unavailable");
+    let res = app.get("/users").await;
+    assert_eq!(error_of(res, 503).await["error"], "service_unavailable");
+}

@@ -1,0 +1,296 @@
+use crate::helpers::{error_of, spawn_app};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+#[tokio::test]
+async fn create_url_returns_the_contract_shape() {
+    let app = spawn_app().await;
+    let user = app.create_user("u").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/a", "title": "A"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    for key in [
+        "id",
+        "user_id",
+        "short_code",
+        "original_url",
+        "title",
+        "is_active",
+        "created_at",
+        "updated_at",
+        "short_url",
+    ] {
+        assert!(link.get(key).is_some(), "missing {key}: {link}");
+    }
+    assert_eq!(link["is_active"], true);
+    let code = link["short_code"].as_str().unwrap();
+    assert_eq!(code.len(), 7);
+    assert!(code.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(link["short_url"], format!("http://kurz.test/{code}"));
+    assert!(link.get("expires_at").is_none());
+}
+
+#[tokio::test]
+async fn create_url_returns_404_for_unknown_user() {
+    let app = spawn_app().await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": 424242, "original_url": "https://example.com"}),
+        )
+        .await;
+    assert_eq!(error_of(res, 404).await["error"], "not_found");
+}
+
+#[tokio::test]
+async fn invalid_targets_are_400_naming_original_url() {
+    let app = spawn_app().await;
+    let user = app.create_user("v").await;
+    let long = format!("https://example.com/{}", "a".repeat(2048));
+    for bad in [
+        "hello",
+        "example.com/x",
+        "ftp://example.com/f",
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        long.as_str(),
+        "http://kurz.test/loop",
+    ] {
+        let res = app
+            .post_json("/urls", &json!({"user_id": user, "original_url": bad}))
+            .await;
+        let err = error_of(res, 400).await;
+        assert_eq!(err["error"], "validation_error");
+        assert!(err["details"]["original_url"].is_string(), "{bad}: {err}");
+    }
+    let res = app
+        .post_json("/urls", &json!({"user_id": user, "original_url": 5}))
+        .await;
+    assert!(error_of(res, 400).await["details"]["original_url"].is_string());
+    let res = app.post_json("/urls", &json!({"user_id": user})).await;
+    assert!(error_of(res, 400).await["details"]["original_url"].is_string());
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": "1", "original_url": "https://e.com"}),
+        )
+        .await;
+    assert!(error_of(res, 400).await["details"]["user_id"].is_string());
+}
+
+#[tokio::test]
+async fn custom_codes_conflict_reserved_and_malformed() {
+    let app = spawn_app().await;
+    let user = app.create_user("w").await;
+    let body =
+        json!({"user_id": user, "original_url": "https://example.com", "short_code": "my-promo"});
+    let link: Value = app.post_json("/urls", &body).await.json().await.unwrap();
+    assert_eq!(link["short_code"], "my-promo");
+    assert_eq!(
+        error_of(app.post_json("/urls", &body).await, 409).await["error"],
+        "conflict"
+    );
+    for bad in ["users", "Health", "ab", "has space", "semi;colon"] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://e.com", "short_code": bad}),
+            )
+            .await;
+        assert!(
+            error_of(res, 400).await["details"]["short_code"].is_string(),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_creates_get_distinct_codes_and_no_5xx() {
+    let app = spawn_app().await;
+    let user = app.create_user("many").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = app.client.clone();
+        let url = app.url("/urls");
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .json(&json!({"user_id": user, "original_url": format!("https://example.com/same/{}", i % 3)}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut codes = HashSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        codes.insert(body["short_code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes.len(), 200);
+}
+
+#[tokio::test]
+async fn list_urls_filters_by_user_and_active() {
+    let app = spawn_app().await;
+    let a = app.create_user("fa").await;
+    let b = app.create_user("fb").await;
+    let l1 = app.create_url(a, "https://example.com/1").await;
+    app.create_url(a, "https://example.com/2").await;
+    app.create_url(b, "https://example.com/3").await;
+    app.put_json(&format!("/urls/{}", l1["id"]), &json!({"is_active": false}))
+        .await;
+    let all: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert_eq!(all.len(), 3);
+    let res = app.get(&format!("/urls?user_id={a}&is_active=true")).await;
+    assert_eq!(res.headers()["x-total-count"], "1");
+    let inactive: Vec<Value> = app.get("/urls?is_active=false").await.json().await.unwrap();
+    assert_eq!(inactive.len(), 1);
+    assert_eq!(inactive[0]["id"], l1["id"]);
+    error_of(app.get("/urls?user_id=abc").await, 400).await;
+    error_of(app.get("/urls?is_active=maybe").await, 400).await;
+}
+
+#[tokio::test]
+async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
+    let app = spawn_app().await;
+    let user = app.create_user("up").await;
+    let link = app.create_url(user, "https://example.com/old").await;
+    let id = link["id"].as_i64().unwrap();
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"title": "New", "original_url": "https://example.com/new", "is_active": true}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(updated["title"], "New");
+    assert_eq!(updated["original_url"], "https://example.com/new");
+    assert!(updated["updated_at"].as_str().unwrap() > link["updated_at"].as_str().unwrap());
+    let events: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fields: HashSet<&str> = events
+        .iter()
+        .map(|e| e["details"]["field"].as_str().unwrap())
+        .collect();
+    // is_active did not change, so it has no event.
+    assert_eq!(fields, HashSet::from(["title", "original_url"]));
+    let title_event = events
+        .iter()
+        .find(|e| e["details"]["field"] == "title")
+        .unwrap();
+    assert_eq!(title_event["details"]["new_value"], "New");
+
+    let err = error_of(
+        app.put_json(&format!("/urls/{id}"), &json!({"is_active": "no"}))
+            .await,
+        400,
+    )
+    .await;
+    assert!(err["details"]["is_active"].is_string());
+    error_of(
+        app.put_json(&format!("/urls/{id}"), &json!({"original_url": "nope"}))
+            .await,
+        400,
+    )
+    .await;
+    error_of(
+        app.put_json("/urls/987654", &json!({"title": "x"})).await,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn delete_hides_the_link_and_writes_a_deleted_event() {
+    let app = spawn_app().await;
+    let user = app.create_user("del").await;
+    let link = app.create_url(user, "https://example.com/bye").await;
+    let id = link["id"].as_i64().unwrap();
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    error_of(app.get(&format!("/urls/{id}")).await, 404).await;
+    error_of(app.delete(&format!("/urls/{id}")).await, 404).await;
+    let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert!(list.is_empty());
+    let code = link["short_code"].as_str().unwrap();
+    error_of(app.get(&format!("/{code}")).await, 404).await;
+    let events: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=deleted"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["details"], json!({"reason": "user_requested"}));
+}
+
+#[tokio::test]
+async fn links_aliases_create_and_read() {
+    let app = spawn_app().await;
+    let user = app.create_user("alias").await;
+    let res = app
+        .post_json(
+            "/links/create",
+            &json!({"user_id": user, "original_url": "https://example.com/alias"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    let read: Value = app
+        .get(&format!("/links/{}", link["id"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["short_code"], link["short_code"]);
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer() {
+    let app = spawn_app().await;
+    let user = app.create_user("idem").await;
+    let body = json!({"user_id": user, "original_url": "https://example.com/once"});
+    let send = |b: Value| {
+        app.client
+            .post(app.url("/urls"))
+            .header("idempotency-key", "k-1")
+            .json(&b)
+            .send()
+    };
+    let first: Value = send(body.clone()).await.unwrap().json().await.unwrap();
+    let res = send(body.clone()).await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert_eq!(list.len(), 1);
+    let other = json!({"user_id": user, "original_url": "https://example.com/other"});
+    error_of(send(other).await.unwrap(), 409).await;
+}
+
+#[tokio::test]
+async fn expires_at_is_accepted_shown_and_validated() {
+    let app = spawn_app().await;
+    let user = app.create_user("exp").await;
+    let res = app
+        .post_json("/urls", &json!({"user_id": user, "original_url": "https://example.com/e", "expires_at": "2099-01-02T03:04:05"}))
+        .await;
+    let link: Value = res.json().await.unwrap();
+    assert_eq!(link["expires_at"], "2099-01-02T03:04:05");
+    for bad in [json!("soon"), json!("2001-01-01T00:00:00"), json!(5)] {
+        let res = app.post_json("/urls", &json!({"user_id": user, "original_url": "https://example.com/e", "expires_at": bad})).await;
+        assert!(error_of(res, 400).await["details"]["expires_at"].is_string());
+    }
+}

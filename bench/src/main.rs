@@ -1,0 +1,209 @@
+//! `kurz-bench`: runs one scenario file against a target and prints a JSON summary.
+//!
+//! ```text
+//! kurz-bench --scenario bench/scenarios/mixed.yaml --target http://127.0.0.1:8180 \
+//!            --urls-csv target/bench/data/urls.csv [--duration 5] [--out result.json]
+//! ```
+//! `bench/run` drives it (and wrk, for raw redirect throughput and the baselines).
+
+mod keys;
+mod load;
+mod scenario;
+
+use keys::Codes;
+use load::Target;
+use scenario::{Keys, Scenario};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Args {
+    /// Print the scenario's metadata as JSON and exit (for `bench/run`).
+    meta: bool,
+    scenario: PathBuf,
+    target: String,
+    urls_csv: PathBuf,
+    duration: Option<u64>,
+    out: Option<PathBuf>,
+    /// Overrides the scenario's idle connections (smoke runs).
+    idle: Option<usize>,
+    /// Multiplies every open-loop rate (smoke runs on debug builds).
+    rate_scale: f64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut scenario, mut target, mut urls_csv, mut duration, mut out) =
+        (None, None, None, None, None);
+    let mut meta = false;
+    let (mut idle, mut rate_scale) = (None, 1.0);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--scenario" => scenario = Some(PathBuf::from(val()?)),
+            "--target" => target = Some(val()?),
+            "--urls-csv" => urls_csv = Some(PathBuf::from(val()?)),
+            "--duration" => {
+                duration = Some(val()?.parse().map_err(|_| "--duration takes seconds")?)
+            }
+            "--out" => out = Some(PathBuf::from(val()?)),
+            "--meta" => meta = true,
+            "--idle" => idle = Some(val()?.parse().map_err(|_| "--idle takes a count")?),
+            "--rate-scale" => {
+                rate_scale = val()?.parse().map_err(|_| "--rate-scale takes a number")?
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        meta,
+        scenario: scenario.ok_or("--scenario is required")?,
+        target: target.unwrap_or_default(),
+        urls_csv: urls_csv.unwrap_or_default(),
+        duration,
+        out,
+        idle,
+        rate_scale,
+    })
+}
+
+fn client(connections: usize, source: Option<IpAddr>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30));
+    if let Some(ip) = source {
+        b = b.local_address(ip);
+    }
+    b.build().expect("http client")
+}
+
+/// Opens `n` keep-alive connections, makes one request on each, and keeps them open.
+async fn hold_idle(target: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let addr = target
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+            break;
+        };
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        held.push(s);
+    }
+    held
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kurz-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut scenario = Scenario::load(&args.scenario).unwrap_or_else(|e| {
+        eprintln!("kurz-bench: {e}");
+        std::process::exit(2);
+    });
+    scenario.scale_rates(args.rate_scale);
+    if let Some(idle) = args.idle {
+        scenario.idle_connections = idle;
+    }
+    if args.meta {
+        let meta = serde_json::json!({
+            "name": scenario.name, "description": scenario.description, "target": scenario.target,
+            "baselines": scenario.baselines, "links": scenario.dataset.links, "users": scenario.dataset.users,
+            "duration_s": scenario.duration_s, "warmup_s": scenario.warmup_s, "connections": scenario.connections,
+        });
+        println!("{meta}");
+        return;
+    }
+    if args.target.is_empty() || args.urls_csv.as_os_str().is_empty() {
+        eprintln!("kurz-bench: --target and --urls-csv are required");
+        std::process::exit(2);
+    }
+    let zipf = match scenario.keys {
+        Keys::Zipf { exponent } => Some(exponent),
+        Keys::Uniform => None,
+    };
+    let codes = Arc::new(Codes::from_csv(&args.urls_csv, zipf).unwrap_or_else(|e| {
+        eprintln!("kurz-bench: {e}");
+        std::process::exit(2);
+    }));
+    let target = |source| {
+        Arc::new(Target {
+            base: args.target.trim_end_matches('/').to_owned(),
+            client: client(scenario.connections, source),
+            users: scenario.dataset.users,
+            links: scenario.dataset.links.min(codes.codes.len()),
+            codes: codes.clone(),
+        })
+    };
+    let normal = target(None);
+    let duration = Duration::from_secs(args.duration.unwrap_or(scenario.duration_s));
+    let held = hold_idle(&args.target, scenario.idle_connections).await;
+    if scenario.warmup_s > 0 && args.duration.is_none() {
+        load::run(
+            normal.clone(),
+            &scenario.load,
+            &scenario.mix,
+            Duration::from_secs(scenario.warmup_s),
+            1,
+            scenario.connections,
+        )
+        .await;
+    }
+    let abuse = scenario.abuser.as_ref().map(|a| {
+        let ip: IpAddr = a.source_ip.parse().expect("abuser source_ip");
+        let t = target(Some(ip));
+        let (load, mix, conns) = (
+            scenario::Load::Open { rate: a.rate },
+            a.mix.clone(),
+            scenario.connections,
+        );
+        tokio::spawn(async move { load::run(t, &load, &mix, duration, 99, conns).await })
+    });
+    let started = std::time::Instant::now();
+    let stats = load::run(
+        normal,
+        &scenario.load,
+        &scenario.mix,
+        duration,
+        7,
+        scenario.connections,
+    )
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut report = serde_json::json!({
+        "scenario": scenario.name,
+        "target": args.target,
+        "load": format!("{:?}", scenario.load),
+        "connections": scenario.connections,
+        "seconds": (seconds * 10.0).round() / 10.0,
+        "idle_connections_held": held.len(),
+        "result": stats.to_json(seconds),
+    });
+    if let Some(handle) = abuse {
+        if let Ok(a) = handle.await {
+            report["abuser"] = a.to_json(seconds);
+        }
+    }
+    drop(held);
+    let text = serde_json::to_string_pretty(&report).expect("json");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).expect("write --out");
+    }
+    println!("{text}");
+}

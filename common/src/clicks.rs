@@ -1,0 +1,155 @@
+//! The click stream's entry format, written by whoever answers a redirect (edge or API) and read
+//! by the API's consumer group.
+//!
+//! Each entry is a flat field map (`XADD <stream> * url_id 7 code abc …`). The stream id Redis
+//! assigns, prefixed with the partition (`p3-1700000000000-0`), is the event's de-duplication key
+//! in PostgreSQL, which makes a replayed entry harmless.
+
+use std::net::IpAddr;
+
+/// Longest referrer and user agent kept; longer values are cut (at a char boundary).
+pub const MAX_HEADER_LEN: usize = 1024;
+
+/// One click as it travels through the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Click {
+    pub url_id: i64,
+    pub user_id: Option<i64>,
+    pub code: String,
+    pub target: String,
+    pub referrer: String,
+    pub user_agent: String,
+    /// Truncated client address (see [`truncate_ip`]); never the whole address.
+    pub ip: String,
+    /// Unix milliseconds when the redirect was answered.
+    pub ts_ms: i64,
+}
+
+impl Click {
+    /// Field/value pairs for `XADD`.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("url_id", self.url_id.to_string()),
+            (
+                "user_id",
+                self.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            ),
+            ("code", self.code.clone()),
+            ("target", self.target.clone()),
+            ("referrer", self.referrer.clone()),
+            ("user_agent", self.user_agent.clone()),
+            ("ip", self.ip.clone()),
+            ("ts_ms", self.ts_ms.to_string()),
+        ]
+    }
+
+    /// Rebuilds a click from stream fields; `None` when a required field is missing or malformed
+    /// (such an entry is acknowledged and dropped by the consumer, with a log line).
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Click> {
+        let mut click = Click {
+            url_id: 0,
+            user_id: None,
+            code: String::new(),
+            target: String::new(),
+            referrer: String::new(),
+            user_agent: String::new(),
+            ip: String::new(),
+            ts_ms: 0,
+        };
+        let (mut has_id, mut has_ts) = (false, false);
+        for (k, v) in fields {
+            match k {
+                "url_id" => {
+                    click.url_id = v.parse().ok()?;
+                    has_id = true;
+                }
+                "user_id" if !v.is_empty() => click.user_id = Some(v.parse().ok()?),
+                "code" => click.code = v.to_owned(),
+                "target" => click.target = v.to_owned(),
+                "referrer" => click.referrer = v.to_owned(),
+                "user_agent" => click.user_agent = v.to_owned(),
+                "ip" => click.ip = v.to_owned(),
+                "ts_ms" => {
+                    click.ts_ms = v.parse().ok()?;
+                    has_ts = true;
+                }
+                _ => {}
+            }
+        }
+        (has_id && has_ts).then_some(click)
+    }
+}
+
+/// Keeps the network part only: IPv4 to /24 (`203.0.113.0`), IPv6 to /48. Enough for rough
+/// geography and abuse analysis, not enough to identify a person.
+pub fn truncate_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0")
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return truncate_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+        }
+    }
+}
+
+/// Cuts a header value to [`MAX_HEADER_LEN`] bytes at a char boundary.
+pub fn clip(value: &str) -> String {
+    if value.len() <= MAX_HEADER_LEN {
+        return value.to_owned();
+    }
+    let mut end = MAX_HEADER_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn click_round_trips_through_stream_fields() {
+        let click = Click {
+            url_id: 9,
+            user_id: None,
+            code: "abc1234".into(),
+            target: "https://example.com".into(),
+            referrer: "https://ref.example".into(),
+            user_agent: "curl/8".into(),
+            ip: "10.1.2.0".into(),
+            ts_ms: 1_700_000_000_123,
+        };
+        let fields = click.to_fields();
+        let back = Click::from_fields(fields.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+        assert_eq!(back, click);
+        assert!(Click::from_fields([("url_id", "x"), ("ts_ms", "1")]).is_none());
+        assert!(Click::from_fields([("code", "abc")]).is_none());
+    }
+
+    #[test]
+    fn addresses_are_truncated() {
+        assert_eq!(truncate_ip("203.0.113.77".parse().unwrap()), "203.0.113.0");
+        assert_eq!(
+            truncate_ip("2001:db8:1:2:3::4".parse().unwrap()),
+            "2001:db8:1::"
+        );
+        assert_eq!(
+            truncate_ip("::ffff:192.0.2.9".parse().unwrap()),
+            "192.0.2.0"
+        );
+    }
+
+    #[test]
+    fn long_headers_are_clipped_on_char_boundaries() {
+        let long = "é".repeat(MAX_HEADER_LEN);
+        let cut = clip(&long);
+        assert!(cut.len() <= MAX_HEADER_LEN && long.starts_with(&cut));
+    }
+}

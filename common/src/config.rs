@@ -1,0 +1,146 @@
+//! Strict loading of YAML config files.
+//!
+//! Config structs use `#[serde(default, deny_unknown_fields)]`, so a typo in a key is an error
+//! that names the key rather than a silently ignored setting.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where Redis is and how kurz names its keys there; the same section in the edge's and the
+/// API's config, because both must agree on prefix and partitions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (`REDIS_URL`).
+    pub url: String,
+    /// Prefix of every key and channel (see `crate::keys`); lets tenants and tests share one
+    /// Redis.
+    pub prefix: String,
+    /// Click stream partitions. The edge and the API must use the same number: both map codes
+    /// to partitions.
+    pub partitions: u16,
+    /// Upper bound on one Redis command; past it the request takes its Redis-down path.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "kurz".into(),
+            partitions: 16,
+            timeout_ms: 250,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Checks the values; `section` is the key's parent in the file (`redis`), for messages.
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        if redis::Client::open(self.url.as_str()).is_err() {
+            return Err(format!(
+                "config key `{section}.url` is not a valid redis:// URL (REDIS_URL)"
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ', ':']) {
+            return Err(format!(
+                "config key `{section}.prefix` must be non-empty without braces, colons or spaces"
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(format!(
+                "config key `{section}.partitions` must be 1..=1024"
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(format!("config key `{section}.timeout_ms` must be above 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads and parses `path`. The error names the file and, from serde, the offending key.
+pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    parse_yaml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// Parses YAML text; an empty document gives the defaults.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    if text.trim().is_empty() {
+        return serde_yaml::from_str("{}").map_err(|e| e.to_string());
+    }
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Dotted paths of the leaves of a JSON object (`redis.url`, …); lists are leaves. Used by the
+/// tests that keep `conf/*.yaml` and `docs/configuration.md` in step with the config structs.
+pub fn leaf_keys(value: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// Checks that every key of `defaults` (a config struct serialised) is in the YAML file and
+/// documented as `` `key` `` in the docs text, and that the file has no key the struct lacks.
+pub fn check_documented(
+    defaults: &serde_json::Value,
+    yaml: &str,
+    docs: &str,
+) -> Result<(), String> {
+    let file: serde_json::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+    let in_file = leaf_keys(&file);
+    let keys = leaf_keys(defaults);
+    for key in &keys {
+        if !docs.contains(&format!("`{key}`")) {
+            return Err(format!("docs/configuration.md lacks `{key}`"));
+        }
+        if !in_file.contains(key) {
+            return Err(format!("the config file lacks {key}"));
+        }
+    }
+    match in_file.iter().find(|k| !keys.contains(k)) {
+        Some(stale) => Err(format!("the config file has a stale key {stale}")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        port: u16,
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let err = parse_yaml::<Sample>("prot: 80").unwrap_err();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        assert_eq!(parse_yaml::<Sample>("").unwrap().port, 0);
+    }
+}

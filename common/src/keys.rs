@@ -1,0 +1,239 @@
+//! The Redis key schema: every key and channel name kurz uses, in one place, because the edge and
+//! the API read and write the same keys.
+//!
+//! ```text
+//! <prefix>:{p<N>}:link:<code>   cached link (see [`CachedLink`]), TTL; negative entries too
+//! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
+//! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
+//! <prefix>:idem:<key>           stored answer of a POST /urls with that Idempotency-Key
+//! <prefix>:session:<hash>       user id of a session token (hash of the token, never the token)
+//! <prefix>:user-sessions:<id>   set of a user's session hashes, for revoking them all
+//! <prefix>:login:<kind>:<who>   failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
+//!                               lock (`lock-acct`, `lock-ip`)
+//! ```
+//!
+//! A link key and the click stream it appends to share the hash tag `{p<N>}`, so one script can
+//! look a link up and append its click even on Redis Cluster, which refuses cross-slot scripts.
+//! `N` is a stable hash of the code modulo the partition count, so every process, whatever its
+//! language or version, maps a code to the same partition. The prefix lets tests and tenants
+//! share one Redis.
+
+/// Builds key names for one prefix and partition count.
+#[derive(Debug, Clone)]
+pub struct KeySchema {
+    prefix: String,
+    partitions: u16,
+}
+
+impl KeySchema {
+    /// `partitions` below 1 is treated as 1.
+    pub fn new(prefix: &str, partitions: u16) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// The partition of a code: FNV-1a (32 bit) of its bytes modulo the partition count. FNV is
+    /// fixed forever here; changing it would strand every cached link and pending click.
+    pub fn partition(&self, code: &str) -> u16 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in code.as_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        (hash % u32::from(self.partitions)) as u16
+    }
+
+    /// The cache entry of a link.
+    pub fn link(&self, code: &str) -> String {
+        format!("{}:{{p{}}}:link:{code}", self.prefix, self.partition(code))
+    }
+
+    /// The click stream of one partition.
+    pub fn clicks(&self, partition: u16) -> String {
+        format!("{}:{{p{partition}}}:clicks", self.prefix)
+    }
+
+    /// The click stream a code's clicks go to.
+    pub fn clicks_for(&self, code: &str) -> String {
+        self.clicks(self.partition(code))
+    }
+
+    /// Every click stream, in partition order.
+    pub fn all_clicks(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.clicks(p)).collect()
+    }
+
+    /// The pub/sub channel announcing changed links.
+    pub fn invalidations(&self) -> String {
+        format!("{}:invalidations", self.prefix)
+    }
+
+    /// A session, by the hash of its token.
+    pub fn session(&self, token_hash: &str) -> String {
+        format!("{}:session:{token_hash}", self.prefix)
+    }
+
+    /// The set of a user's session hashes.
+    pub fn user_sessions(&self, user_id: i64) -> String {
+        format!("{}:user-sessions:{user_id}", self.prefix)
+    }
+
+    /// Failed-login bookkeeping: `kind` is `fail-acct`, `fail-ip`, `lock-acct` or `lock-ip`.
+    pub fn login(&self, kind: &str, who: &str) -> String {
+        format!("{}:login:{kind}:{who}", self.prefix)
+    }
+
+    /// Where a POST answered under an `Idempotency-Key` is kept.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+}
+
+/// What the link cache holds for a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachedLink {
+    /// No such code (a negative entry, kept briefly so scanners cannot hammer PostgreSQL).
+    Missing,
+    Found(LinkEntry),
+}
+
+/// A cached link: just what a redirect and its click need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEntry {
+    pub url_id: i64,
+    pub user_id: Option<i64>,
+    pub active: bool,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub target: String,
+}
+
+impl LinkEntry {
+    /// Whether a redirect at `now` (unix seconds) should answer 302.
+    pub fn redirects_at(&self, now: i64) -> bool {
+        self.active && self.expires_at.is_none_or(|exp| now < exp)
+    }
+}
+
+impl CachedLink {
+    /// `1|url_id|user_id|active|expires_at|target`, or `0` for a missing code. A flat string
+    /// rather than JSON: the edge parses it on every redirect, and the target goes last so it may
+    /// hold any character.
+    pub fn encode(&self) -> String {
+        match self {
+            CachedLink::Missing => "0".to_owned(),
+            CachedLink::Found(l) => format!(
+                "1|{}|{}|{}|{}|{}",
+                l.url_id,
+                l.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                u8::from(l.active),
+                l.expires_at.map(|e| e.to_string()).unwrap_or_default(),
+                l.target
+            ),
+        }
+    }
+
+    /// `None` for anything malformed: callers treat that as a cache miss.
+    pub fn decode(raw: &str) -> Option<CachedLink> {
+        if raw == "0" {
+            return Some(CachedLink::Missing);
+        }
+        let mut parts = raw.splitn(6, '|');
+        if parts.next()? != "1" {
+            return None;
+        }
+        let url_id = parts.next()?.parse().ok()?;
+        let user_id = optional_i64(parts.next()?)?;
+        let active = match parts.next()? {
+            "1" => true,
+            "0" => false,
+            _ => return None,
+        };
+        let expires_at = optional_i64(parts.next()?)?;
+        let target = parts.next()?.to_owned();
+        Some(CachedLink::Found(LinkEntry {
+            url_id,
+            user_id,
+            active,
+            expires_at,
+            target,
+        }))
+    }
+}
+
+/// `Some(None)` for an empty field, `None` for garbage.
+fn optional_i64(field: &str) -> Option<Option<i64>> {
+    if field.is_empty() {
+        Some(None)
+    } else {
+        field.parse().ok().map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_and_its_click_stream_share_a_hash_tag() {
+        let keys = KeySchema::new("kurz", 16);
+        let link = keys.link("abc1234");
+        let stream = keys.clicks_for("abc1234");
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&link), tag(&stream));
+        assert!(link.starts_with("kurz:{p") && link.ends_with(":link:abc1234"));
+    }
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        let keys = KeySchema::new("t", 16);
+        // Pinned: other processes compute the same partition for the same code.
+        assert_eq!(keys.partition("abc1234"), keys.partition("abc1234"));
+        assert_eq!(KeySchema::new("t", 1).partition("anything"), 0);
+        let spread: std::collections::HashSet<u16> =
+            (0..500).map(|i| keys.partition(&format!("c{i}"))).collect();
+        assert_eq!(spread.len(), 16);
+        assert!(spread.iter().all(|p| *p < 16));
+    }
+
+    #[test]
+    fn cached_link_round_trips() {
+        let found = CachedLink::Found(LinkEntry {
+            url_id: 42,
+            user_id: None,
+            active: true,
+            expires_at: Some(1_900_000_000),
+            target: "https://example.com/a|b?c=1".into(),
+        });
+        assert_eq!(CachedLink::decode(&found.encode()), Some(found));
+        assert_eq!(CachedLink::decode("0"), Some(CachedLink::Missing));
+        assert_eq!(CachedLink::decode("1|x|||"), None);
+        assert_eq!(CachedLink::decode("garbage"), None);
+    }
+
+    #[test]
+    fn inactive_or_expired_links_do_not_redirect() {
+        let mut l = LinkEntry {
+            url_id: 1,
+            user_id: Some(1),
+            active: true,
+            expires_at: Some(100),
+            target: "https://example.com".into(),
+        };
+        assert!(l.redirects_at(99));
+        assert!(!l.redirects_at(100));
+        l.expires_at = None;
+        l.active = false;
+        assert!(!l.redirects_at(0));
+    }
+}

@@ -1,0 +1,58 @@
+//! The admin listener: `/metrics`, `/health/live`, `/health/ready`. Bound to loopback by
+//! default and separate from the public listeners, so metrics are never public.
+
+use crate::upstreams;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+
+pub struct Admin {
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static response")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let json = "application/json";
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                upstreams::export_health(&self.lb);
+                reply(200, "text/plain; version=0.0.4", crate::metrics::render())
+            }
+            "/health" | "/health/live" => reply(200, json, br#"{"status":"ok"}"#.to_vec()),
+            "/health/ready" | "/ready" => {
+                if upstreams::any_healthy(&self.lb) {
+                    reply(
+                        200,
+                        json,
+                        br#"{"status":"ready","upstreams":"ok"}"#.to_vec(),
+                    )
+                } else {
+                    reply(
+                        503,
+                        json,
+                        br#"{"status":"not_ready","upstreams":"none healthy"}"#.to_vec(),
+                    )
+                }
+            }
+            _ => reply(
+                404,
+                json,
+                br#"{"error":"not_found","message":"no such admin route","details":null}"#.to_vec(),
+            ),
+        }
+    }
+}

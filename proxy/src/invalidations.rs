@@ -1,0 +1,64 @@
+//! Listens on the API's invalidation channel and drops near-cache entries as links change.
+
+use crate::metrics::METRICS;
+use crate::near_cache::NearCache;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct InvalidationListener {
+    pub redis_url: String,
+    pub channel: String,
+    pub near: Arc<NearCache>,
+}
+
+impl InvalidationListener {
+    async fn listen(&self) -> Result<(), String> {
+        let client = redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
+        let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+        pubsub
+            .subscribe(&self.channel)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Messages may have been missed while not subscribed: start clean.
+        self.near.set_enabled(true);
+        log::info!(channel = self.channel.as_str(); "listening for link invalidations");
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let code: String = msg.get_payload().unwrap_or_default();
+            METRICS.invalidations.inc();
+            if code == "*" {
+                self.near.clear();
+            } else {
+                self.near.invalidate(&code);
+            }
+        }
+        Err("invalidation subscription closed".into())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for InvalidationListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                result = self.listen() => {
+                    // Without the channel the near-cache could serve stale links: empty it and
+                    // keep it empty until subscribed again (fills need the epoch unchanged).
+                    self.near.set_enabled(false);
+                    if let Err(e) = result {
+                        log::warn!(error = e; "invalidation listener lost; retrying");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

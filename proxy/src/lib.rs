@@ -1,0 +1,29 @@
+//! kurz-proxy: the edge. Terminates TLS, rate-limits, answers redirects from the near-cache and
+//! Redis (recording clicks into the API's click stream), and forwards everything else to the API
+//! pool with health-checked round robin.
+//!
+//! # Layout
+//! - [`config`]: `conf/proxy.yaml` + environment, validated (`--check`).
+//! - [`service`]: the `ProxyHttp` implementation; its phases hand off to the modules below.
+//! - [`redirect`]: the hot path (near-cache → one Redis script: lookup + click append).
+//! - [`near_cache`], [`invalidations`]: the in-process cache and the channel that keeps it true.
+//! - [`rate_limit`], [`client_ip`]: per-client token buckets; who the client really is.
+//! - [`upstreams`]: the API pool, its health checks and its reloadable list; [`reload`]: SIGHUP.
+//! - [`admin`]: `/metrics` and health on the admin listener; [`metrics`]: metric definitions.
+//! - [`respond`]: responses the edge writes itself; [`cert_expiry`]: the TLS expiry gauge.
+//! - [`server`]: assembling the Pingora server from the config.
+
+pub mod admin;
+pub mod cert_expiry;
+pub mod client_ip;
+pub mod config;
+pub mod invalidations;
+pub mod metrics;
+pub mod near_cache;
+pub mod rate_limit;
+pub mod redirect;
+pub mod reload;
+pub mod respond;
+pub mod server;
+pub mod service;
+pub mod upstreams;

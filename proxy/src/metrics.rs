@@ -1,0 +1,148 @@
+//! Prometheus metrics of the edge, in the default registry (Pingora's own metrics live there
+//! too), served by the admin listener. Names `kurz_proxy_<what>_<unit>`; labels from fixed sets.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    /// By route class and status class.
+    pub requests: IntCounterVec,
+    /// By route class.
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+    /// Link lookups by layer (`near`, `redis`) and result (`hit`, `negative`, `miss`, `error`).
+    pub cache_lookups: IntCounterVec,
+    /// 1 healthy, 0 ejected, per configured upstream.
+    pub upstream_healthy: IntGaugeVec,
+    pub retries: IntCounter,
+    /// By route class.
+    pub rate_limited: IntCounterVec,
+    /// Click-stream appends by result (`ok`, `failed`, `sampled_out`).
+    pub clicks: IntCounterVec,
+    /// SIGHUP reloads by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// Invalidation messages received.
+    pub invalidations: IntCounter,
+    /// `notAfter` of the served certificate, unix seconds.
+    pub tls_cert_expiry: IntGauge,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            "kurz_proxy_requests_total",
+            "Requests answered",
+            &["class", "status_class"]
+        )
+        .expect("metric"),
+        duration: register_histogram_vec!(
+            "kurz_proxy_request_duration_seconds",
+            "Request latency at the edge",
+            &["class"],
+            vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0
+            ]
+        )
+        .expect("metric"),
+        in_flight: register_int_gauge!("kurz_proxy_requests_in_flight", "Requests being handled")
+            .expect("metric"),
+        cache_lookups: register_int_counter_vec!(
+            "kurz_proxy_cache_lookups_total",
+            "Link lookups by layer and result",
+            &["layer", "result"]
+        )
+        .expect("metric"),
+        upstream_healthy: register_int_gauge_vec!(
+            "kurz_proxy_upstream_healthy",
+            "Upstream health (1 healthy, 0 ejected)",
+            &["upstream"]
+        )
+        .expect("metric"),
+        retries: register_int_counter!(
+            "kurz_proxy_upstream_retries_total",
+            "Requests retried on another upstream"
+        )
+        .expect("metric"),
+        rate_limited: register_int_counter_vec!(
+            "kurz_proxy_rate_limited_total",
+            "Requests answered 429",
+            &["class"]
+        )
+        .expect("metric"),
+        clicks: register_int_counter_vec!(
+            "kurz_proxy_click_appends_total",
+            "Click-stream appends by result",
+            &["result"]
+        )
+        .expect("metric"),
+        reloads: register_int_counter_vec!(
+            "kurz_proxy_config_reloads_total",
+            "Config reloads by result",
+            &["result"]
+        )
+        .expect("metric"),
+        invalidations: register_int_counter!(
+            "kurz_proxy_invalidations_total",
+            "Near-cache invalidation messages received"
+        )
+        .expect("metric"),
+        tls_cert_expiry: register_int_gauge!(
+            "kurz_proxy_tls_cert_expiry_timestamp_seconds",
+            "notAfter of the served TLS certificate (0: no TLS listener)"
+        )
+        .expect("metric"),
+    };
+    let build = register_int_gauge_vec!(
+        "kurz_proxy_build_info",
+        "Build of this process",
+        &["version", "git_sha"]
+    )
+    .expect("metric");
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), kurz_common::GIT_SHA])
+        .set(1);
+    // Every known label value from the start, so rates and alerts see zeros, not absent series.
+    for class in ["redirect", "write", "auth", "read"] {
+        m.rate_limited.with_label_values(&[class]);
+        for status in ["2xx", "3xx", "4xx", "5xx"] {
+            m.requests.with_label_values(&[class, status]);
+        }
+    }
+    for layer in ["near", "redis"] {
+        for result in ["hit", "negative", "miss", "error"] {
+            m.cache_lookups.with_label_values(&[layer, result]);
+        }
+    }
+    for result in ["ok", "failed", "sampled_out"] {
+        m.clicks.with_label_values(&[result]);
+    }
+    for result in ["ok", "error"] {
+        m.reloads.with_label_values(&[result]);
+    }
+    m
+});
+
+/// `2xx`, `4xx`, …
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        0..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The text exposition of the default registry.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&prometheus::gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    buf
+}

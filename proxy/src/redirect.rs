@@ -1,0 +1,153 @@
+//! The hot path: `GET /<code>` answered at the edge from the near-cache or Redis, with the click
+//! appended to the same stream the API consumes, in one Redis round trip at most.
+
+use crate::metrics::METRICS;
+use crate::near_cache::NearCache;
+use kurz_common::clicks::Click;
+use kurz_common::keys::{CachedLink, KeySchema, LinkEntry};
+use kurz_common::redis_handle::RedisHandle;
+use std::sync::Arc;
+
+/// Looks the link up and, when it redirects and `ARGV[1]` is `1`, appends the click: one round
+/// trip, atomic, and cluster-safe because both keys share the `{p<N>}` hash tag. The entry
+/// format is `kurz_common::keys::CachedLink`; the expiry check uses the edge's clock (`ARGV[2]`)
+/// so the script and the edge agree on whether the click happened.
+const LOOKUP_AND_RECORD: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if (not v) or ARGV[1] ~= '1' then return v end
+local _, e, url_id, user_id, active, exp = string.find(v, '^1|(%d+)|(%d*)|([01])|(%d*)|')
+if not e or active ~= '1' then return v end
+if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
+redis.call('XADD', KEYS[2], '*', 'url_id', url_id, 'user_id', user_id, 'code', ARGV[3],
+  'target', string.sub(v, e + 1), 'referrer', ARGV[4], 'user_agent', ARGV[5], 'ip', ARGV[6],
+  'ts_ms', ARGV[7])
+return v
+"#;
+
+/// What the edge does with a redirect request.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// 302 to this target (the click, if wanted, is recorded).
+    Redirect(String),
+    /// 404: unknown, inactive, deleted or expired.
+    NotFound,
+    /// Not answerable here (Redis miss or Redis down): the API answers and records the click.
+    Forward,
+}
+
+pub struct Redirector {
+    pub redis: Arc<RedisHandle>,
+    pub keys: KeySchema,
+    pub near: Arc<NearCache>,
+    script: redis::Script,
+}
+
+impl Redirector {
+    pub fn new(redis: Arc<RedisHandle>, keys: KeySchema, near: Arc<NearCache>) -> Self {
+        Self {
+            redis,
+            keys,
+            near,
+            script: redis::Script::new(LOOKUP_AND_RECORD),
+        }
+    }
+
+    /// `click` is `None` when no click should be recorded (HEAD, or sampled out).
+    pub async fn resolve(&self, code: &str, click: Option<&Click>) -> Outcome {
+        let now = chrono::Utc::now().timestamp();
+        let lookups = &METRICS.cache_lookups;
+        if let Some(entry) = self.near.get(code) {
+            return match entry {
+                CachedLink::Found(link) if link.redirects_at(now) => {
+                    lookups.with_label_values(&["near", "hit"]).inc();
+                    self.append(link, click).await
+                }
+                _ => {
+                    lookups.with_label_values(&["near", "negative"]).inc();
+                    Outcome::NotFound
+                }
+            };
+        }
+        lookups.with_label_values(&["near", "miss"]).inc();
+        let epoch = self.near.epoch();
+        let raw = match self.lookup_and_record(code, click, now).await {
+            Ok(raw) => raw,
+            Err(()) => {
+                lookups.with_label_values(&["redis", "error"]).inc();
+                return Outcome::Forward;
+            }
+        };
+        let Some(entry) = raw.as_deref().and_then(CachedLink::decode) else {
+            lookups.with_label_values(&["redis", "miss"]).inc();
+            return Outcome::Forward;
+        };
+        self.near.fill(code, entry.clone(), epoch);
+        match entry {
+            CachedLink::Found(link) if link.redirects_at(now) => {
+                lookups.with_label_values(&["redis", "hit"]).inc();
+                if click.is_some() {
+                    METRICS.clicks.with_label_values(&["ok"]).inc();
+                }
+                Outcome::Redirect(link.target)
+            }
+            _ => {
+                lookups.with_label_values(&["redis", "negative"]).inc();
+                Outcome::NotFound
+            }
+        }
+    }
+
+    async fn lookup_and_record(
+        &self,
+        code: &str,
+        click: Option<&Click>,
+        now: i64,
+    ) -> Result<Option<String>, ()> {
+        let mut conn = self.redis.conn().await.map_err(|_| ())?;
+        let mut inv = self.script.key(self.keys.link(code));
+        inv.key(self.keys.clicks_for(code));
+        match click {
+            Some(c) => inv
+                .arg("1")
+                .arg(now)
+                .arg(&c.code)
+                .arg(&c.referrer)
+                .arg(&c.user_agent)
+                .arg(&c.ip)
+                .arg(c.ts_ms),
+            None => inv.arg("0").arg(now),
+        };
+        inv.invoke_async(&mut conn).await.map_err(|e| {
+            self.redis.failed(e);
+        })
+    }
+
+    /// A near-cache hit still needs its click in the stream; if that fails the API takes the
+    /// request, so the click is recorded exactly once, by the API.
+    async fn append(&self, link: LinkEntry, click: Option<&Click>) -> Outcome {
+        let Some(c) = click else {
+            return Outcome::Redirect(link.target);
+        };
+        let full = Click {
+            url_id: link.url_id,
+            user_id: link.user_id,
+            target: link.target.clone(),
+            ..c.clone()
+        };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.clicks_for(&full.code)).arg("*");
+        for (field, value) in full.to_fields() {
+            cmd.arg(field).arg(value);
+        }
+        match self.redis.query::<String>(&cmd).await {
+            Ok(_) => {
+                METRICS.clicks.with_label_values(&["ok"]).inc();
+                Outcome::Redirect(link.target)
+            }
+            Err(_) => {
+                METRICS.clicks.with_label_values(&["failed"]).inc();
+                Outcome::Forward
+            }
+        }
+    }
+}

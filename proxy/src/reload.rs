@@ -1,0 +1,61 @@
+//! SIGHUP: re-read the config file and apply what can change without a restart — the upstream
+//! list and the rate limits. Listeners, TLS and Redis need a graceful upgrade instead.
+
+use crate::config::ProxyConfig;
+use crate::metrics::METRICS;
+use crate::rate_limit::RateLimiter;
+use crate::upstreams::UpstreamList;
+use async_trait::async_trait;
+use kurz_common::env::ProcessEnv;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub list: UpstreamList,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl Reloader {
+    async fn reload(&self) -> Result<(), String> {
+        let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
+        self.list
+            .set(&cfg.upstreams.servers)
+            .map_err(|e| e.to_string())?;
+        self.lb.update().await.map_err(|e| e.to_string())?;
+        self.limiter.set_limits(&cfg.rate_limits);
+        let upstreams: Vec<String> = self.list.addrs().iter().map(|a| a.to_string()).collect();
+        log::info!(upstreams = upstreams.join(","); "configuration reloaded");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(error = e.to_string(); "cannot listen for SIGHUP; reloads disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match self.reload().await {
+                    Ok(()) => METRICS.reloads.with_label_values(&["ok"]).inc(),
+                    Err(e) => {
+                        METRICS.reloads.with_label_values(&["error"]).inc();
+                        log::error!(error = e; "configuration reload failed; keeping the running configuration");
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Responses the edge writes itself: redirects and the contract's JSON errors.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Writes a complete response carrying the request id. HEAD requests get the head only.
+pub async fn send(
+    session: &mut Session,
+    rid: &str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+) -> Result<()> {
+    let len = body.as_ref().map_or(0, |b| b.len());
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    resp.insert_header("x-request-id", rid)?;
+    for (k, v) in headers {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    resp.insert_header("content-length", len.to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_none();
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(body, true).await?;
+    }
+    Ok(())
+}
+
+/// `{"error", "message", "details": null}` with `status`.
+pub async fn json_error(
+    session: &mut Session,
+    rid: &str,
+    status: u16,
+    code: &str,
+    message: &str,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let body = serde_json::json!({"error": code, "message": message, "details": null}).to_string();
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    headers.extend_from_slice(extra);
+    send(session, rid, status, &headers, Some(Bytes::from(body))).await
+}
+
+/// The 302 of a redirect.
+pub async fn redirect(session: &mut Session, rid: &str, location: &str) -> Result<()> {
+    send(
+        session,
+        rid,
+        302,
+        &[
+            ("location", location),
+            ("cache-control", "private, no-store"),
+        ],
+        None,
+    )
+    .await
+}

@@ -1,0 +1,133 @@
+//! Assembling the Pingora server: the proxy service with its listeners, the upstream health
+//! checks, the admin listener, the invalidation listener and the SIGHUP reloader.
+
+use crate::admin::Admin;
+use crate::config::ProxyConfig;
+use crate::invalidations::InvalidationListener;
+use crate::near_cache::NearCache;
+use crate::rate_limit::RateLimiter;
+use crate::redirect::Redirector;
+use crate::reload::Reloader;
+use crate::service::{Edge, EdgeSettings};
+use crate::upstreams;
+use kurz_common::keys::KeySchema;
+use kurz_common::redis_handle::RedisHandle;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// TLS settings for the HTTPS listeners (also used by `--check` to prove the files load).
+pub fn tls_settings(cfg: &ProxyConfig) -> Result<TlsSettings, String> {
+    let mut tls = TlsSettings::intermediate(&cfg.listen.tls_cert, &cfg.listen.tls_key)
+        .map_err(|e| format!("config keys `listen.tls_cert`/`listen.tls_key`: {e}"))?;
+    if cfg.listen.http2 {
+        tls.enable_h2();
+    }
+    Ok(tls)
+}
+
+fn server_conf(cfg: &ProxyConfig) -> ServerConf {
+    let s = &cfg.server;
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+/// Builds and runs the server; returns only on a start-up error.
+pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
+    let opt = Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&cfg));
+    server.bootstrap();
+
+    let (lb, list) = upstreams::build(&cfg.upstreams)
+        .map_err(|e| format!("config key `upstreams.servers`: {e}"))?;
+    let lb_service = background_service("upstream health", lb);
+    let lb = lb_service.task();
+
+    let near = Arc::new(NearCache::new(
+        cfg.cache.near_capacity,
+        Duration::from_millis(cfg.cache.near_ttl_ms),
+    ));
+    let redis_errors = prometheus::register_int_counter!(
+        "kurz_proxy_redis_errors_total",
+        "Failed Redis commands and connects"
+    )
+    .map_err(|e| e.to_string())?;
+    let redis = Arc::new(
+        RedisHandle::new(
+            &cfg.redis.url,
+            Duration::from_millis(cfg.redis.timeout_ms),
+            redis_errors,
+        )
+        .map_err(|e| format!("config key `redis.url`: {e}"))?,
+    );
+    let keys = KeySchema::new(&cfg.redis.prefix, cfg.redis.partitions);
+    let limiter = Arc::new(RateLimiter::new(&cfg.rate_limits));
+    let edge = Edge {
+        lb: lb.clone(),
+        limiter: limiter.clone(),
+        redirector: Redirector::new(redis, keys.clone(), near.clone()),
+        settings: EdgeSettings::from_config(&cfg),
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    for addr in &cfg.listen.http {
+        proxy.add_tcp(addr);
+    }
+    for addr in &cfg.listen.https {
+        proxy.add_tls_with_settings(addr, None, tls_settings(&cfg)?);
+    }
+    if !cfg.listen.https.is_empty() {
+        let pem = std::fs::read_to_string(&cfg.listen.tls_cert)
+            .map_err(|e| format!("config key `listen.tls_cert`: {e}"))?;
+        match crate::cert_expiry::not_after_pem(&pem) {
+            Some(t) => crate::metrics::METRICS.tls_cert_expiry.set(t),
+            None => log::warn!("cannot read the certificate's expiry; the expiry alert is blind"),
+        }
+    }
+    let _ = &*crate::metrics::METRICS;
+
+    let mut admin = Service::new("admin".to_owned(), Admin { lb: lb.clone() });
+    admin.add_tcp(&cfg.admin.listen);
+
+    let listener = InvalidationListener {
+        redis_url: cfg.redis.url.clone(),
+        channel: keys.invalidations(),
+        near,
+    };
+    let reloader = Reloader {
+        path: path.to_owned(),
+        list,
+        lb,
+        limiter,
+    };
+
+    server.add_service(proxy);
+    server.add_service(lb_service);
+    server.add_service(admin);
+    server.add_service(background_service("invalidations", listener));
+    server.add_service(background_service("reload", reloader));
+    log::info!(
+        http = cfg.listen.http.join(","), https = cfg.listen.https.join(","), admin = cfg.admin.listen.as_str(),
+        upstreams = cfg.upstreams.servers.join(",");
+        "kurz-proxy starting"
+    );
+    server.run_forever();
+}

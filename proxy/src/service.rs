@@ -1,0 +1,497 @@
+//! The edge's `ProxyHttp`: each phase is short and hands off to the module that owns the
+//! concern (rate limits, redirects, upstreams, responses).
+
+use crate::client_ip::{client_ip, Cidr};
+use crate::config::ProxyConfig;
+use crate::metrics::{status_class, METRICS};
+use crate::rate_limit::{Class, Decision, RateLimiter};
+use crate::redirect::{Outcome, Redirector};
+use crate::respond;
+use async_trait::async_trait;
+use kurz_common::clicks::{clip, truncate_ip, Click};
+use kurz_common::shortcode;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings the phases read on every request, fixed at start-up.
+pub struct EdgeSettings {
+    pub trusted: Vec<Cidr>,
+    pub max_body: u64,
+    pub client_body_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retry_idempotent: bool,
+    pub redirect_http_to_https: bool,
+    pub hsts: Option<String>,
+    pub click_sample_rate: f64,
+    pub access_log_sample_rate: f64,
+}
+
+impl EdgeSettings {
+    pub fn from_config(cfg: &ProxyConfig) -> Self {
+        let u = &cfg.upstreams;
+        Self {
+            trusted: cfg
+                .rate_limits
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| Cidr::parse(c).ok())
+                .collect(),
+            max_body: cfg.limits.max_request_body_bytes,
+            client_body_timeout: Duration::from_millis(cfg.limits.client_body_timeout_ms),
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            read_timeout: Duration::from_millis(u.read_timeout_ms),
+            idle_timeout: Duration::from_millis(u.idle_timeout_ms),
+            retry_idempotent: u.retry_idempotent,
+            redirect_http_to_https: cfg.listen.redirect_http_to_https,
+            hsts: (cfg.listen.hsts_max_age_seconds > 0)
+                .then(|| format!("max-age={}", cfg.listen.hsts_max_age_seconds)),
+            click_sample_rate: cfg.clicks.sample_rate,
+            access_log_sample_rate: cfg.log.access_log_sample_rate,
+        }
+    }
+}
+
+pub struct Edge {
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub limiter: Arc<RateLimiter>,
+    pub redirector: Redirector,
+    pub settings: EdgeSettings,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    client: IpAddr,
+    class: Class,
+    started: Instant,
+    tls: bool,
+    /// Status the edge answered itself (redirects, 404s, 429s…); `None` when proxied.
+    answered: Option<u16>,
+    /// Upstreams that failed this request, skipped on retry.
+    failed: Vec<SocketAddr>,
+    body_bytes: u64,
+}
+
+/// Route class of a request, for rate limits and metrics.
+fn classify(method: &http::Method, path: &str) -> Class {
+    if path.starts_with("/auth/") || path == "/auth" || path.starts_with("/api/auth") {
+        return Class::Auth;
+    }
+    if method == http::Method::GET || method == http::Method::HEAD {
+        if redirect_code(path).is_some() {
+            return Class::Redirect;
+        }
+        return Class::Read;
+    }
+    if method == http::Method::OPTIONS {
+        return Class::Read;
+    }
+    Class::Write
+}
+
+/// The code of a redirect path: one code-shaped segment that is not a reserved route.
+fn redirect_code(path: &str) -> Option<&str> {
+    let code = path.strip_prefix('/')?;
+    (shortcode::is_code_shaped(code) && !shortcode::is_reserved(code)).then_some(code)
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+impl Edge {
+    fn new_request_id(req: &RequestHeader) -> String {
+        let given = header(req, "x-request-id");
+        if !given.is_empty() && given.len() <= 128 && given.bytes().all(|b| b.is_ascii_graphic()) {
+            given.to_owned()
+        } else {
+            format!("{:032x}", rand::random::<u128>())
+        }
+    }
+
+    async fn answer_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        code: &str,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let record = req.method == http::Method::GET
+            && (self.settings.click_sample_rate >= 1.0
+                || rand::random::<f64>() < self.settings.click_sample_rate);
+        let click = record.then(|| Click {
+            url_id: 0,
+            user_id: None,
+            code: code.to_owned(),
+            target: String::new(),
+            referrer: clip(header(req, "referer")),
+            user_agent: clip(header(req, "user-agent")),
+            ip: truncate_ip(ctx.client),
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+        });
+        if req.method == http::Method::GET && !record {
+            METRICS.clicks.with_label_values(&["sampled_out"]).inc();
+        }
+        match self.redirector.resolve(code, click.as_ref()).await {
+            Outcome::Redirect(target) => {
+                respond::redirect(session, &ctx.request_id, &target).await?;
+                ctx.answered = Some(302);
+                Ok(true)
+            }
+            Outcome::NotFound => {
+                let msg = format!("short code {code:?} not found");
+                respond::json_error(session, &ctx.request_id, 404, "not_found", &msg, &[]).await?;
+                ctx.answered = Some(404);
+                Ok(true)
+            }
+            Outcome::Forward => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: String::new(),
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            class: Class::Read,
+            started: Instant::now(),
+            tls: false,
+            answered: None,
+            failed: Vec::new(),
+            body_bytes: 0,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        session.set_read_timeout(Some(self.settings.client_body_timeout));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        METRICS.in_flight.inc();
+        ctx.started = Instant::now();
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+        let req = session.req_header();
+        ctx.request_id = Self::new_request_id(req);
+        ctx.client = client_ip(peer, &req.headers, &self.settings.trusted);
+        let path = req.uri.path().to_owned();
+        ctx.class = classify(&req.method, &path);
+
+        if self.settings.redirect_http_to_https && !ctx.tls {
+            let host = header(req, "host")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let target = format!(
+                "https://{host}{}",
+                req.uri.path_and_query().map_or("/", |p| p.as_str())
+            );
+            respond::send(
+                session,
+                &ctx.request_id,
+                308,
+                &[("location", &target)],
+                None,
+            )
+            .await?;
+            ctx.answered = Some(308);
+            return Ok(true);
+        }
+        session
+            .req_header_mut()
+            .insert_header("x-request-id", &ctx.request_id)?;
+
+        match self.limiter.check(ctx.class, ctx.client) {
+            Decision::Deny { limit, retry_after } => {
+                METRICS
+                    .rate_limited
+                    .with_label_values(&[ctx.class.as_str()])
+                    .inc();
+                let (limit, retry) = (limit.to_string(), retry_after.to_string());
+                let headers = [
+                    ("retry-after", retry.as_str()),
+                    ("x-ratelimit-limit", limit.as_str()),
+                    ("x-ratelimit-remaining", "0"),
+                ];
+                respond::json_error(
+                    session,
+                    &ctx.request_id,
+                    429,
+                    "rate_limited",
+                    "too many requests; retry later",
+                    &headers,
+                )
+                .await?;
+                ctx.answered = Some(429);
+                return Ok(true);
+            }
+            Decision::Allow { .. } | Decision::Unlimited => {}
+        }
+        if path == "/metrics" || path.starts_with("/metrics/") || path.starts_with("/admin") {
+            respond::json_error(
+                session,
+                &ctx.request_id,
+                404,
+                "not_found",
+                "no such route",
+                &[],
+            )
+            .await?;
+            ctx.answered = Some(404);
+            return Ok(true);
+        }
+        let declared = header(session.req_header(), "content-length")
+            .parse::<u64>()
+            .unwrap_or(0);
+        if declared > self.settings.max_body {
+            respond::json_error(
+                session,
+                &ctx.request_id,
+                413,
+                "payload_too_large",
+                "request body is too large",
+                &[],
+            )
+            .await?;
+            ctx.answered = Some(413);
+            return Ok(true);
+        }
+        if ctx.class == Class::Redirect {
+            if let Some(code) = redirect_code(&path) {
+                let code = code.to_owned();
+                return self.answer_redirect(session, ctx, &code).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.settings.max_body {
+                return Error::e_explain(HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let failed = &ctx.failed;
+        let backend = self
+            .lb
+            .select_with(b"", 256, |b, healthy| {
+                healthy && !b.addr.as_inet().is_some_and(|a| failed.contains(a))
+            })
+            // Every healthy upstream failed or none is healthy: try any other one rather than
+            // fail outright (health checks lag reality by an interval).
+            .or_else(|| {
+                self.lb.select_with(b"", 256, |b, _| {
+                    !b.addr.as_inet().is_some_and(|a| failed.contains(a))
+                })
+            })
+            .ok_or_else(|| Error::explain(HTTPStatus(502), "no upstream available"))?;
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(self.settings.connect_timeout);
+        peer.options.read_timeout = Some(self.settings.read_timeout);
+        peer.options.idle_timeout = Some(self.settings.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let trusted_peer = peer
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| self.settings.trusted.iter().any(|c| c.contains(ip)));
+        let prior = header(upstream, "x-forwarded-for").to_owned();
+        let xff = if trusted_peer && !prior.is_empty() {
+            format!("{prior}, {peer}")
+        } else {
+            peer
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header("x-real-ip", ctx.client.to_string())?;
+        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        if ctx.tls {
+            if let Some(hsts) = &self.settings.hsts {
+                resp.insert_header("strict-transport-security", hsts)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.maybe_retry(session, peer, ctx, &mut e);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("upstream {peer}"));
+        e.set_retry(false);
+        // Only failures before any response byte reached the client are retried.
+        if session.response_written().is_none() && !session.as_ref().retry_buffer_truncated() {
+            self.maybe_retry(session, peer, ctx, &mut e);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, code, message) = match e.etype() {
+            HTTPStatus(413) => (413, "payload_too_large", "request body is too large"),
+            HTTPStatus(s) if *s == 502 => (502, "bad_gateway", "no API upstream could answer"),
+            HTTPStatus(s) => (*s, "error", "request failed"),
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Downstream => (
+                408,
+                "request_timeout",
+                "the request was not received in time",
+            ),
+            ReadTimedout => (
+                504,
+                "gateway_timeout",
+                "the API upstream did not answer in time",
+            ),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "bad_gateway", "no API upstream could answer"),
+                ErrorSource::Downstream => (0, "", ""),
+                _ => (500, "internal_error", "unexpected edge error"),
+            },
+        };
+        if status > 0 && session.response_written().is_none() {
+            if let Err(err) =
+                respond::json_error(session, &ctx.request_id, status, code, message, &[]).await
+            {
+                log::debug!(error = err.to_string(); "error response not sent");
+            }
+        }
+        ctx.answered = Some(status);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        METRICS.in_flight.dec();
+        let status = ctx
+            .answered
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        let class = ctx.class.as_str();
+        METRICS
+            .requests
+            .with_label_values(&[class, status_class(status)])
+            .inc();
+        METRICS
+            .duration
+            .with_label_values(&[class])
+            .observe(elapsed.as_secs_f64());
+        let sampled = self.settings.access_log_sample_rate >= 1.0
+            || rand::random::<f64>() < self.settings.access_log_sample_rate;
+        if !sampled && e.is_none() && status < 500 {
+            return;
+        }
+        let req = session.req_header();
+        let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let error = e.map(|e| e.to_string()).unwrap_or_default();
+        log::info!(
+            target: "kurz_proxy::access",
+            request_id = ctx.request_id.as_str(), method = req.method.as_str(), path = req.uri.path(),
+            class = class, status = status, duration_ms = duration_ms, client = ctx.client.to_string(),
+            edge = ctx.answered.is_some(), error = error.as_str();
+            "request"
+        );
+    }
+}
+
+impl Edge {
+    /// Marks `e` for one retry on another upstream when the request is idempotent.
+    fn maybe_retry(&self, session: &Session, peer: &HttpPeer, ctx: &mut Ctx, e: &mut Box<Error>) {
+        let idempotent = session.req_header().method.is_idempotent();
+        if self.settings.retry_idempotent && idempotent && ctx.failed.is_empty() {
+            if let Some(addr) = peer._address.as_inet() {
+                ctx.failed.push(*addr);
+            }
+            METRICS.retries.inc();
+            e.set_retry(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified() {
+        use http::Method;
+        assert_eq!(classify(&Method::GET, "/abc1234"), Class::Redirect);
+        assert_eq!(classify(&Method::HEAD, "/abc1234"), Class::Redirect);
+        assert_eq!(classify(&Method::GET, "/users"), Class::Read);
+        assert_eq!(classify(&Method::GET, "/health"), Class::Read);
+        assert_eq!(classify(&Method::GET, "/urls/1"), Class::Read);
+        assert_eq!(classify(&Method::POST, "/urls"), Class::Write);
+        assert_eq!(classify(&Method::POST, "/auth/login"), Class::Auth);
+        assert_eq!(classify(&Method::POST, "/api/auth/login"), Class::Auth);
+        assert_eq!(classify(&Method::GET, "/ab"), Class::Read);
+    }
+}

@@ -1,0 +1,404 @@
+//! End-to-end harness: a fresh database and Redis prefix, real `kurz-api` processes as the
+//! upstream pool, and the real `kurz-proxy` binary in front, all on free loopback ports.
+//!
+//! `KURZ_TEST_DATABASE_URL` and `KURZ_TEST_REDIS_URL` name the servers (defaults: the local
+//! ones), as for the API's tests.
+
+use reqwest::Client;
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn admin_db_url() -> String {
+    std::env::var("KURZ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn default_redis_url() -> String {
+    std::env::var("KURZ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A free loopback port below Linux's ephemeral range (32768+), so that no outgoing connection
+/// can take it while a test restarts the process that listens on it. Ports come from one
+/// counter (random start), so tests running in parallel never pick the same one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + rand::random::<u16>() % 8_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `target/<profile>/<name>`, next to the directory of this test binary.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", name, "--bin", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building {name} for the end-to-end tests");
+    }
+    path
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(admin_db_url())
+        .args(["-XAtqc", sql])
+        .output()
+        .expect("psql must be installed");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// One API upstream process.
+pub struct Upstream {
+    pub port: u16,
+    pub admin_port: u16,
+    child: Option<Child>,
+}
+
+impl Upstream {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no draining, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What to vary between tests.
+pub struct Options {
+    pub upstreams: usize,
+    /// Upstreams the proxy is configured with at start (indexes); all when `None`.
+    pub proxied: Option<Vec<usize>>,
+    pub redis_url: String,
+    /// Extra YAML appended to the proxy config (sections not otherwise written).
+    pub extra_yaml: String,
+    pub rate_limits: String,
+    pub read_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            upstreams: 2,
+            proxied: None,
+            redis_url: default_redis_url(),
+            extra_yaml: String::new(),
+            read_timeout_ms: 30_000,
+            rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
+        }
+    }
+}
+
+pub struct Stack {
+    pub dir: PathBuf,
+    pub db: String,
+    pub prefix: String,
+    pub redis_url: String,
+    pub upstreams: Vec<Upstream>,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    proxy: Option<Child>,
+    pub client: Client,
+}
+
+impl Stack {
+    pub fn start(opts: Options) -> Stack {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let dir = std::env::temp_dir().join(format!("kurz-edge-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("kurz_test_{id}");
+        psql(&format!("CREATE DATABASE {db}"));
+        let prefix = format!("kurztest{id}");
+        let mut stack = Stack {
+            dir: dir.clone(),
+            db,
+            prefix,
+            redis_url: opts.redis_url.clone(),
+            upstreams: Vec::new(),
+            http_port: free_port(),
+            https_port: free_port(),
+            admin_port: free_port(),
+            config_path: dir.join("proxy.yaml"),
+            proxy: None,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..opts.upstreams {
+            let up = Upstream {
+                port: free_port(),
+                admin_port: free_port(),
+                child: None,
+            };
+            stack.upstreams.push(up);
+        }
+        for i in 0..opts.upstreams {
+            stack.start_upstream(i);
+        }
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(status.success());
+        let proxied: Vec<usize> = opts
+            .proxied
+            .clone()
+            .unwrap_or_else(|| (0..opts.upstreams).collect());
+        stack.write_config(&proxied, &opts);
+        stack.start_proxy();
+        stack
+    }
+
+    pub fn start_upstream(&mut self, i: usize) {
+        let up = &mut self.upstreams[i];
+        let mut db_url = url::Url::parse(&admin_db_url()).unwrap();
+        db_url.set_path(&format!("/{}", self.db));
+        let log = std::fs::File::create(self.dir.join(format!("api{i}.log"))).unwrap();
+        let child = Command::new(binary("kurz-api"))
+            .arg("serve")
+            .current_dir(&self.dir)
+            .env("DATABASE_URL", db_url.as_str())
+            .env("REDIS_URL", &self.redis_url)
+            .env("KURZ_REDIS_PREFIX", &self.prefix)
+            .env("KURZ_LISTEN", format!("127.0.0.1:{}", up.port))
+            .env("KURZ_ADMIN_LISTEN", format!("127.0.0.1:{}", up.admin_port))
+            .env("LOG_LEVEL", "warn")
+            .env("KURZ_AUTH_MODE", "open")
+            .env_remove("KURZ_API_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        up.child = Some(child);
+        let port = up.port;
+        wait_until("the API upstream", Duration::from_secs(30), || {
+            port_open(port)
+        });
+    }
+
+    pub fn write_config(&self, proxied: &[usize], opts: &Options) {
+        let servers: Vec<String> = proxied.iter().map(|i| self.upstreams[*i].addr()).collect();
+        self.write_config_servers(&servers, opts);
+    }
+
+    /// Writes the proxy config with these upstream addresses.
+    pub fn write_config_servers(&self, servers: &[String], opts: &Options) {
+        let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+        let d = self.dir.display();
+        let yaml = format!(
+            "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
+             listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
+             admin: {{ listen: \"127.0.0.1:{}\" }}\n\
+             upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: 200, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
+             redis: {{ url: \"{}\", prefix: {}, timeout_ms: 1000 }}\n\
+             rate_limits: {}\n\
+             log: {{ level: warn }}\n{}",
+            self.http_port,
+            self.https_port,
+            self.admin_port,
+            servers.join(", "),
+            opts.read_timeout_ms,
+            self.redis_url,
+            self.prefix,
+            opts.rate_limits,
+            opts.extra_yaml
+        );
+        std::fs::write(&self.config_path, yaml).unwrap();
+    }
+
+    fn start_proxy(&mut self) {
+        let log = std::fs::File::create(self.dir.join("proxy.log")).unwrap();
+        let child = Command::new(binary("kurz-proxy"))
+            .arg("-c")
+            .arg(&self.config_path)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proxy = Some(child);
+        let admin = self.admin_port;
+        wait_until(
+            "the proxy to see a healthy upstream",
+            Duration::from_secs(30),
+            || {
+                let out = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                    .arg(format!("http://127.0.0.1:{admin}/health/ready"))
+                    .output();
+                out.is_ok_and(|o| o.stdout == b"200")
+            },
+        );
+    }
+
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "POST {path}: {}", res.status());
+        res.json().await.unwrap()
+    }
+
+    /// A user and a link through the edge; returns (url id, code).
+    pub async fn link(&self, target: &str) -> (i64, String) {
+        let name = format!("u{:08x}", rand::random::<u32>());
+        let user = self
+            .post(
+                "/users",
+                serde_json::json!({"username": name, "email": format!("{name}@example.com")}),
+            )
+            .await;
+        let link = self
+            .post(
+                "/urls",
+                serde_json::json!({"user_id": user["id"], "original_url": target}),
+            )
+            .await;
+        (
+            link["id"].as_i64().unwrap(),
+            link["short_code"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A metric's value summed over the series whose labels contain every `labels` pair.
+    pub async fn metric(&self, admin_port: u16, name: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .client
+            .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l.as_bytes().get(name.len()) == Some(&b'{')
+                        || l.as_bytes().get(name.len()) == Some(&b' '))
+            })
+            .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for up in &mut self.upstreams {
+            up.kill();
+        }
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}:*", self.prefix))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

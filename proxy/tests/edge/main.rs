@@ -1,0 +1,525 @@
+//! End-to-end tests of the edge: the real kurz-proxy binary in front of real kurz-api
+//! processes, PostgreSQL and Redis, all on loopback.
+
+mod harness;
+mod observability;
+
+use harness::{curl, free_port, Options, Stack};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests for `/{code}` the API pool answered, summed over upstreams.
+async fn api_redirects(stack: &Stack) -> f64 {
+    let mut total = 0.0;
+    for up in &stack.upstreams {
+        total += stack
+            .metric(
+                up.admin_port,
+                "kurz_api_requests_total",
+                &["route=\"/{code}\""],
+            )
+            .await;
+    }
+    total
+}
+
+async fn clicks(stack: &Stack, url_id: i64) -> usize {
+    let res = stack
+        .get(&format!("/events?url_id={url_id}&event_type=click"))
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json::<Vec<Value>>().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_answered_at_the_edge_and_its_click_is_visible_at_once() {
+    let stack = Stack::start(Options::default());
+    let (id, code) = stack.link("https://example.com/edge").await;
+    for _ in 0..3 {
+        let res = stack.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 302);
+        assert_eq!(res.headers()["location"], "https://example.com/edge");
+        assert!(res.headers().contains_key("x-request-id"));
+    }
+    assert_eq!(
+        api_redirects(&stack).await,
+        0.0,
+        "no upstream saw the redirects"
+    );
+    assert_eq!(clicks(&stack, id).await, 3);
+    let edge_302 = stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_requests_total",
+            &["class=\"redirect\"", "status_class=\"3xx\""],
+        )
+        .await;
+    assert_eq!(edge_302, 3.0);
+    let res = stack.get("/NoSuchCode1").await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+    // HEAD answers without counting a click.
+    let res = stack
+        .client
+        .head(stack.url(&format!("/{code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(clicks(&stack, id).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_link_stops_redirecting_through_the_edge_within_100ms() {
+    let stack = Stack::start(Options::default());
+    let (id, code) = stack.link("https://example.com/off").await;
+    for _ in 0..3 {
+        assert_eq!(stack.get(&format!("/{code}")).await.status(), 302); // now in the near-cache
+    }
+    let near_hits = stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_cache_lookups_total",
+            &["layer=\"near\"", "result=\"hit\""],
+        )
+        .await;
+    assert!(near_hits >= 1.0, "the near-cache served");
+    let res = stack
+        .client
+        .put(stack.url(&format!("/urls/{id}")))
+        .json(&json!({"is_active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let changed = Instant::now();
+    loop {
+        if stack.get(&format!("/{code}")).await.status() == 404 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_millis(100),
+            "still redirecting 100 ms after the PUT"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(clicks(&stack, id).await, 3, "no click for the 404s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http1_and_http2() {
+    let stack = Stack::start(Options::default());
+    let (_, code) = stack.link("https://example.com/tls").await;
+    let base = format!("https://127.0.0.1:{}", stack.https_port);
+    let h2 = curl(&[
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{base}/{code}"),
+    ]);
+    assert_eq!(h2, "2 302");
+    let h1 = curl(&[
+        "-sk",
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{base}/health"),
+    ]);
+    assert_eq!(h1, "1.1 200");
+    let h2_proxied = curl(&[
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{base}/users"),
+    ]);
+    assert_eq!(h2_proxied, "2 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_requests_across_upstreams() {
+    let stack = Stack::start(Options {
+        upstreams: 3,
+        ..Options::default()
+    });
+    for _ in 0..30 {
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    for up in &stack.upstreams {
+        let n = stack
+            .metric(
+                up.admin_port,
+                "kurz_api_requests_total",
+                &["route=\"/health\""],
+            )
+            .await;
+        assert_eq!(n, 10.0, "each of 3 upstreams gets a third");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_upstream_under_traffic_fails_no_idempotent_request() {
+    let mut stack = Stack::start(Options::default());
+    stack.link("https://example.com/k").await;
+    let stack_ref = Arc::new(std::sync::Mutex::new(()));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (client, url, ok, failed) = (
+            stack.client.clone(),
+            stack.url("/users?per_page=5"),
+            ok.clone(),
+            failed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = stack.upstreams[0].addr();
+    stack.upstreams[0].kill();
+    let label = format!("upstream=\"{victim}\"");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let healthy = stack
+            .metric(stack.admin_port, "kurz_proxy_upstream_healthy", &[&label])
+            .await;
+        if healthy == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead upstream was not ejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(stack_ref);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "idempotent requests failed while an upstream died"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert!(
+        stack
+            .metric(stack.admin_port, "kurz_proxy_upstream_retries_total", &[])
+            .await
+            >= 1.0
+    );
+
+    stack.start_upstream(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack
+        .metric(stack.admin_port, "kurz_proxy_upstream_healthy", &[&label])
+        .await
+        != 1.0
+    {
+        assert!(Instant::now() < deadline, "the upstream was not restored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    let back = stack
+        .metric(
+            stack.upstreams[0].admin_port,
+            "kurz_api_requests_total",
+            &["route=\"/health\""],
+        )
+        .await;
+    assert!(
+        back >= 4.0,
+        "the restored upstream takes traffic again ({back})"
+    );
+}
+
+/// A private redis-server for the test that kills it.
+fn private_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "private redis did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_killed_redirects_still_answer_through_the_api() {
+    let port = free_port();
+    let mut redis = private_redis(port);
+    let stack = Stack::start(Options {
+        redis_url: format!("redis://127.0.0.1:{port}/0"),
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/r").await;
+    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+    assert_eq!(api_redirects(&stack).await, 0.0);
+    assert_eq!(clicks(&stack, id).await, 1);
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    for _ in 0..3 {
+        let res = stack.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 302);
+        assert_eq!(res.headers()["location"], "https://example.com/r");
+    }
+    assert_eq!(
+        api_redirects(&stack).await,
+        3.0,
+        "the API answered while Redis was down"
+    );
+    assert_eq!(clicks(&stack, id).await, 4, "each click recorded once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_apply_per_client_address_and_ignore_spoofed_headers() {
+    let limits = "{ redirect: { rate: 1, burst: 3 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }";
+    let stack = Stack::start(Options {
+        rate_limits: limits.into(),
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/rl").await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("127.0.0.2"), from("127.0.0.3"));
+    let url = stack.url(&format!("/{code}"));
+    for _ in 0..3 {
+        assert_eq!(a.get(&url).send().await.unwrap().status(), 302);
+    }
+    let limited = a.get(&url).send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
+    assert_eq!(limited.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["error"],
+        "rate_limited"
+    );
+    // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    let spoofed = a
+        .get(&url)
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("cf-connecting-ip", "198.51.100.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 429);
+    // Another address is unaffected.
+    assert_eq!(b.get(&url).send().await.unwrap().status(), 302);
+    // The configured rate: one more token a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a.get(&url).send().await.unwrap().status(), 302);
+    assert_eq!(a.get(&url).send().await.unwrap().status(), 429);
+    let counted = stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_rate_limited_total",
+            &["class=\"redirect\""],
+        )
+        .await;
+    assert_eq!(counted, 3.0);
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_rejects_a_typo() {
+    let bin = env!("CARGO_BIN_EXE_kurz-proxy");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let ok = Command::new(bin)
+        .args(["--check", "-c", "conf/proxy.yaml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = std::env::temp_dir().join(format!("kurz-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("typo.yaml");
+    std::fs::write(&file, "upstreams:\n  severs: [\"127.0.0.1:8000\"]\n").unwrap();
+    let bad = Command::new(bin)
+        .arg("--check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::write(&file, "upstreams:\n  servers: [\"localhost\"]\n").unwrap();
+    let bad_value = Command::new(bin)
+        .arg("--check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("severs"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!bad_value.status.success());
+    assert!(String::from_utf8_lossy(&bad_value.stderr).contains("upstreams.servers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_picks_up_a_new_upstream_list() {
+    let opts = Options {
+        proxied: Some(vec![0]),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts);
+    for _ in 0..4 {
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    let second = stack.upstreams[1].admin_port;
+    assert_eq!(
+        stack
+            .metric(second, "kurz_api_requests_total", &["route=\"/health\""])
+            .await,
+        0.0
+    );
+    stack.write_config(&[1], &Options::default());
+    let status = Command::new("kill")
+        .args(["-HUP", &stack.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"ok\""],
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(
+            stack.get("/health").await.status(),
+            200,
+            "no request dropped during the reload"
+        );
+        if stack
+            .metric(second, "kurz_api_requests_total", &["route=\"/health\""])
+            .await
+            >= 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new upstream got no traffic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_and_time_limits_answer_413_and_504_with_json() {
+    let opts = || Options {
+        extra_yaml: "limits: { max_request_body_bytes: 1024 }\n".into(),
+        read_timeout_ms: 500,
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let res = stack
+        .client
+        .post(stack.url("/users"))
+        .body("x".repeat(4096))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "payload_too_large"
+    );
+
+    // An upstream that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    stack.write_config_servers(&[silent_addr], &opts());
+    let status = Command::new("kill")
+        .args(["-HUP", &stack.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"ok\""],
+        )
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // POST is not retried, so the upstream's silence is the answer: 504 after read_timeout_ms.
+    let res = stack
+        .client
+        .post(stack.url("/users"))
+        .json(&json!({"username": "slow", "email": "s@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "gateway_timeout"
+    );
+}
