@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 /// Where and how to send.
 pub struct Target {
     pub base: String,
-    pub client: reqwest::Client,
+    /// One client per source address; each request picks one.
+    pub clients: Vec<reqwest::Client>,
     pub users: usize,
     pub links: usize,
     pub codes: Arc<Codes>,
@@ -105,35 +106,35 @@ impl Mix {
 
 /// Sends one request of `kind`; whether the answer is the one the contract promises.
 async fn one(t: &Target, kind: Kind, rng: &mut StdRng) -> (bool, String) {
+    let client = &t.clients[rng.random_range(0..t.clients.len())];
     let (req, expected): (reqwest::RequestBuilder, &[u16]) = match kind {
         Kind::Redirect => {
             let (code, status) = t.codes.pick(rng);
             (
-                t.client.get(format!("{}/{code}", t.base)),
+                client.get(format!("{}/{code}", t.base)),
                 if *status == 302 { &[302] } else { &[404] },
             )
         }
         Kind::Create => {
             let body = serde_json::json!({"user_id": rng.random_range(1..=t.users), "original_url": format!("https://example.com/bench/{}", rng.random::<u32>())});
-            (
-                t.client.post(format!("{}/urls", t.base)).json(&body),
-                &[201],
-            )
+            (client.post(format!("{}/urls", t.base)).json(&body), &[201])
         }
+        // A user paging through their own links: what the dashboard of a signed-in user does
+        // (and all a non-admin may list when auth is required).
         Kind::List => (
-            t.client.get(format!(
-                "{}/urls?per_page=20&page={}",
+            client.get(format!(
+                "{}/urls?user_id={}&per_page=20&page={}",
                 t.base,
-                rng.random_range(1..=50)
+                rng.random_range(1..=t.users),
+                rng.random_range(1..=3)
             )),
             &[200],
         ),
         Kind::Get => (
-            t.client
-                .get(format!("{}/urls/{}", t.base, rng.random_range(1..=t.links))),
+            client.get(format!("{}/urls/{}", t.base, rng.random_range(1..=t.links))),
             &[200],
         ),
-        Kind::Health => (t.client.get(format!("{}/health", t.base)), &[200]),
+        Kind::Health => (client.get(format!("{}/health", t.base)), &[200]),
     };
     match req.send().await {
         Ok(res) => {

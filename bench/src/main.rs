@@ -80,16 +80,32 @@ fn client(connections: usize, source: Option<IpAddr>) -> reqwest::Client {
     b.build().expect("http client")
 }
 
-/// Opens `n` keep-alive connections, makes one request on each, and keeps them open.
+/// Opens `n` keep-alive connections, makes one request on each, and keeps them open. They come
+/// from 127.0.2.1, 127.0.2.2, … (10,000 each): one source address has only ~28k ephemeral
+/// ports, and earlier runs' TIME_WAIT sockets hold some of them.
 async fn hold_idle(target: &str, n: usize) -> Vec<tokio::net::TcpStream> {
-    let addr = target
+    let Ok(addr) = target
         .trim_start_matches("http://")
         .trim_end_matches('/')
-        .to_owned();
+        .parse::<std::net::SocketAddr>()
+    else {
+        eprintln!("kurz-bench: idle connections need an ip:port target, not {target}");
+        return Vec::new();
+    };
     let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
-            break;
+    for i in 0..n {
+        let source = std::net::SocketAddr::from(([127, 0, 2, (i / 10_000 + 1) as u8], 0));
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(source)?;
+            socket.connect(addr).await
+        };
+        let mut s = match connected.await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kurz-bench: idle connection {i}: {e}");
+                break;
+            }
         };
         if s.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
             .await
@@ -142,16 +158,23 @@ async fn main() {
         eprintln!("kurz-bench: {e}");
         std::process::exit(2);
     }));
-    let target = |source| {
+    let target = |sources: Vec<Option<IpAddr>>| {
+        let per_client = scenario.connections.div_ceil(sources.len()).max(1);
         Arc::new(Target {
             base: args.target.trim_end_matches('/').to_owned(),
-            client: client(scenario.connections, source),
+            clients: sources.into_iter().map(|s| client(per_client, s)).collect(),
             users: scenario.dataset.users,
             links: scenario.dataset.links.min(codes.codes.len()),
             codes: codes.clone(),
         })
     };
-    let normal = target(None);
+    let normal = target(if scenario.source_ips <= 1 {
+        vec![None]
+    } else {
+        (1..=scenario.source_ips)
+            .map(|i| Some(IpAddr::from([127, 0, 1, i as u8])))
+            .collect()
+    });
     let duration = Duration::from_secs(args.duration.unwrap_or(scenario.duration_s));
     let held = hold_idle(&args.target, scenario.idle_connections).await;
     if scenario.warmup_s > 0 && args.duration.is_none() {
@@ -167,7 +190,7 @@ async fn main() {
     }
     let abuse = scenario.abuser.as_ref().map(|a| {
         let ip: IpAddr = a.source_ip.parse().expect("abuser source_ip");
-        let t = target(Some(ip));
+        let t = target(vec![Some(ip)]);
         let (load, mix, conns) = (
             scenario::Load::Open { rate: a.rate },
             a.mix.clone(),

@@ -28,6 +28,11 @@ pub struct Scenario {
     /// Idle keep-alive connections held open during the run (the `connections` scenario).
     #[serde(default)]
     pub idle_connections: usize,
+    /// Loopback addresses the normal clients spread over (127.0.1.1, 127.0.1.2, …), so that
+    /// per-IP rate limits see many ordinary clients rather than one huge one. 1: the default
+    /// source address.
+    #[serde(default = "default_source_ips")]
+    pub source_ips: usize,
     /// Which `bench/run` baselines to run beside it with wrk (redirect scenarios).
     #[serde(default)]
     pub baselines: Vec<String>,
@@ -58,6 +63,10 @@ pub struct Dataset {
     pub links: usize,
     #[serde(default = "default_users")]
     pub users: usize,
+}
+
+fn default_source_ips() -> usize {
+    1
 }
 
 fn default_users() -> usize {
@@ -123,6 +132,9 @@ impl Scenario {
             serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if s.mix.is_empty() || s.mix.iter().all(|w| w.weight == 0) {
             return Err(format!("{}: mix needs a positive weight", path.display()));
+        }
+        if !(1..=250).contains(&s.source_ips) {
+            return Err(format!("{}: source_ips must be 1 to 250", path.display()));
         }
         if s.duration_s == 0 {
             return Err(format!("{}: duration_s must be above 0", path.display()));

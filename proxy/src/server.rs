@@ -13,6 +13,7 @@ use crate::upstreams;
 use kurz_common::keys::KeySchema;
 use kurz_common::redis_handle::RedisHandle;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
@@ -88,11 +89,16 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         settings: EdgeSettings::from_config(&cfg),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    let buffers = L4BufferSettings::default().read(cfg.listen.read_buffer_bytes);
     for addr in &cfg.listen.http {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));
     }
     for addr in &cfg.listen.https {
-        proxy.add_tls_with_settings(addr, None, tls_settings(&cfg)?);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(tls_settings(&cfg)?)
+                .l4_buffer(buffers),
+        );
     }
     if !cfg.listen.https.is_empty() {
         let pem = std::fs::read_to_string(&cfg.listen.tls_cert)

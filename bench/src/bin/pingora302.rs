@@ -8,6 +8,10 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::upstreams::peer::HttpPeer;
 
+// Same allocator as the edge, so the ratio compares the code, not the allocators.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Fixed302;
 
 #[async_trait]
