@@ -477,6 +477,12 @@ mod tests {
         let mut c = ProxyConfig::default();
         c.rate_limits.trusted_proxies = vec!["10.0.0.0/99".into()];
         assert!(c.validate().unwrap_err().contains("trusted_proxies"));
+        let mut c = ProxyConfig::default();
+        c.listen.read_buffer_bytes = 100;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("listen.read_buffer_bytes"));
     }
 
     #[test]
