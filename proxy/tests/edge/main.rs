@@ -303,6 +303,11 @@ async fn with_redis_killed_redirects_still_answer_through_the_api() {
         "the API answered while Redis was down"
     );
     assert_eq!(clicks(&stack, id).await, 4, "each click recorded once");
+    // What KurzRedisDown watches on the edge moved.
+    let errors = stack
+        .metric(stack.admin_port, "kurz_proxy_redis_errors_total", &[])
+        .await;
+    assert!(errors >= 1.0, "redis errors counted at the edge ({errors})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
