@@ -56,6 +56,16 @@ impl Both<'_> {
         seen(req.send().await.unwrap()).await
     }
 
+    /// A write through the edge that the contract refuses with `status` and error `code`.
+    async fn refused(&self, method: &str, path: &str, body: &str, status: u16, code: &str) {
+        let res = self.edge(method, path, Some(body)).await;
+        assert_eq!(
+            (res.status, error_code(&res)),
+            (status, code),
+            "{method} {path} {body}"
+        );
+    }
+
     /// A read through the edge and directly on the API; they must agree. Returns the answer.
     async fn read(&self, path: &str) -> Seen {
         let via_edge = self.edge("GET", path, None).await;
@@ -102,30 +112,26 @@ async fn the_contract_holds_through_the_edge_as_on_the_api() {
     assert_eq!(ann.status, 201, "{ann:?}");
     assert!(ann.content_type.starts_with("application/json"));
     let ann_id = ann.body["id"].as_i64().unwrap();
-    let dup = both
-        .edge(
-            "POST",
-            "/users",
-            Some(r#"{"username":"ann","email":"other@example.com"}"#),
-        )
-        .await;
-    assert_eq!((dup.status, error_code(&dup)), (409, "conflict"));
+    both.refused(
+        "POST",
+        "/users",
+        r#"{"username":"ann","email":"other@example.com"}"#,
+        409,
+        "conflict",
+    )
+    .await;
     for bad in ["\"ann\"", "[1,2]", "hello", "", "{\"username\":", "null"] {
-        let res = both.edge("POST", "/users", Some(bad)).await;
-        assert_eq!(res.status, 400, "body {bad:?}: {res:?}");
-        assert_eq!(error_code(&res), "bad_request", "body {bad:?}");
+        both.refused("POST", "/users", bad, 400, "bad_request")
+            .await;
     }
-    let wrong_type = both
-        .edge(
-            "POST",
-            "/users",
-            Some(r#"{"username":42,"email":"x@example.com"}"#),
-        )
-        .await;
-    assert_eq!(
-        (wrong_type.status, error_code(&wrong_type)),
-        (400, "validation_error")
-    );
+    both.refused(
+        "POST",
+        "/users",
+        r#"{"username":42,"email":"x@example.com"}"#,
+        400,
+        "validation_error",
+    )
+    .await;
     for i in 0..3 {
         let body = format!(r#"{{"username":"user{i}","email":"user{i}@example.com"}}"#);
         assert_eq!(both.edge("POST", "/users", Some(&body)).await.status, 201);
@@ -174,47 +180,35 @@ async fn the_contract_holds_through_the_edge_as_on_the_api() {
         first.body["short_code"].as_str().unwrap().to_owned(),
     );
     for target in ["hello", "ftp://example.com/x", "javascript:alert(1)"] {
-        let res = both.edge("POST", "/urls", Some(&create(target))).await;
-        assert_eq!(
-            (res.status, error_code(&res)),
-            (400, "validation_error"),
-            "{target}"
-        );
+        both.refused("POST", "/urls", &create(target), 400, "validation_error")
+            .await;
     }
-    let unknown_user = both
-        .edge(
-            "POST",
-            "/urls",
-            Some(r#"{"user_id":999999,"original_url":"https://example.com/"}"#),
-        )
-        .await;
-    assert_eq!(
-        (unknown_user.status, error_code(&unknown_user)),
-        (404, "not_found")
-    );
-    let event_details = both
-        .edge(
-            "POST",
-            "/events",
-            Some(&format!(
-                r#"{{"url_id":{url_id},"event_type":"click","details":"nope"}}"#
-            )),
-        )
-        .await;
-    assert_eq!(
-        (event_details.status, error_code(&event_details)),
-        (400, "validation_error")
-    );
-    let taken = both
-        .edge(
-            "POST",
-            "/urls",
-            Some(&format!(
-                r#"{{"user_id":{ann_id},"original_url":"https://example.com/b","short_code":"{code}"}}"#
-            )),
-        )
-        .await;
-    assert_eq!((taken.status, error_code(&taken)), (409, "conflict"));
+    both.refused(
+        "POST",
+        "/urls",
+        r#"{"user_id":999999,"original_url":"https://example.com/"}"#,
+        404,
+        "not_found",
+    )
+    .await;
+    both.refused(
+        "POST",
+        "/events",
+        &format!(r#"{{"url_id":{url_id},"event_type":"click","details":"nope"}}"#),
+        400,
+        "validation_error",
+    )
+    .await;
+    both.refused(
+        "POST",
+        "/urls",
+        &format!(
+            r#"{{"user_id":{ann_id},"original_url":"https://example.com/b","short_code":"{code}"}}"#
+        ),
+        409,
+        "conflict",
+    )
+    .await;
     let link = both.read(&format!("/urls/{url_id}")).await;
     assert_eq!(link.body["original_url"], "https://example.com/a");
     let listed = both.read(&format!("/urls?user_id={ann_id}")).await;
