@@ -10,24 +10,22 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use kurz_common::clicks;
 use std::time::Instant;
 
 /// The request id, for handlers that want to log it.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// Longest client-supplied request id kept; longer ones are replaced.
-const MAX_ID_LEN: usize = 128;
-
+/// The id the edge gave the request, or a fresh one. It is also the identity of the click a
+/// redirect records (`kurz_common::clicks`), which is why the rule is shared with the edge.
 fn request_id(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= MAX_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| clicks::is_valid_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+        .unwrap_or_else(clicks::new_id)
 }
 
 pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {

@@ -19,13 +19,17 @@ pub struct Metrics {
     /// Link cache lookups by result: `hit`, `negative`, `miss`, `error`.
     pub cache_lookups: IntCounterVec,
     /// Clicks by path: `stream` (appended), `direct` (inserted, Redis down), `sampled_out`,
-    /// `lost` (neither Redis nor PostgreSQL took it).
+    /// `lost` (neither Redis nor PostgreSQL took it, or the streams holding it were lost with
+    /// Redis's data: then the backlog last sampled, an estimate).
     pub clicks: IntCounterVec,
     /// Entries per committed consumer batch.
     pub click_batch_size: Histogram,
     pub click_insert_duration: Histogram,
     /// Stream entries not yet deleted (unread or pending), refreshed at each scrape.
     pub click_stream_length: IntGauge,
+    /// Times the consumer found its group gone: Redis lost the click streams (restarted without
+    /// persistence, or flushed). The entries lost then are added to `clicks{path="lost"}`.
+    pub click_stream_resets: IntCounter,
     pub redis_errors: IntCounter,
     /// Entries delivered to a consumer but not yet acknowledged, refreshed at each scrape.
     pub click_stream_pending: IntGauge,
@@ -87,6 +91,11 @@ impl Metrics {
             "Click stream entries not yet consumed",
         )
         .expect("metric");
+        let click_stream_resets = IntCounter::new(
+            "kurz_api_click_stream_resets_total",
+            "Times the click streams were found lost with Redis's data",
+        )
+        .expect("metric");
         let redis_errors = IntCounter::new(
             "kurz_api_redis_errors_total",
             "Failed Redis commands and connects",
@@ -126,6 +135,7 @@ impl Metrics {
             Box::new(click_batch_size.clone()),
             Box::new(click_insert_duration.clone()),
             Box::new(click_stream_length.clone()),
+            Box::new(click_stream_resets.clone()),
             Box::new(redis_errors.clone()),
             Box::new(click_stream_pending.clone()),
             Box::new(db_pool_in_use.clone()),
@@ -153,6 +163,7 @@ impl Metrics {
             click_batch_size,
             click_insert_duration,
             click_stream_length,
+            click_stream_resets,
             redis_errors,
             click_stream_pending,
             db_pool_size,

@@ -1,18 +1,39 @@
 //! The click stream's entry format, written by whoever answers a redirect (edge or API) and read
 //! by the API's consumer group.
 //!
-//! Each entry is a flat field map (`XADD <stream> * url_id 7 code abc …`). The stream id Redis
-//! assigns, prefixed with the partition (`p3-1700000000000-0`), is the event's de-duplication key
-//! in PostgreSQL, which makes a replayed entry harmless.
+//! Each entry is a flat field map (`XADD <stream> * id <click id> url_id 7 code abc …`).
+//!
+//! Every click carries an identity given when its request arrives: the request id the edge
+//! assigns (or the API, for a request that came straight to it). The same id travels through the
+//! stream, the edge→API fallback (as `X-Request-Id`) and the API's direct insert, and it is unique
+//! in `events.click_id`. So whatever path and however many attempts a click takes — an edge that
+//! timed out on an append that did apply and then forwarded the request, a consumer that died
+//! between commit and `XACK`, a replay — it is stored once.
 
 use std::net::IpAddr;
 
 /// Longest referrer and user agent kept; longer values are cut (at a char boundary).
 pub const MAX_HEADER_LEN: usize = 1024;
 
+/// Longest click id accepted; the same bound as a request id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Whether `id` can serve as a click (and request) id: 1 to [`MAX_ID_LEN`] visible ASCII
+/// characters, so it is safe in a header, a log line and a stream field.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A fresh random id (128 bits, hex): what the edge or the API assigns to a request.
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// One click as it travels through the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Click {
+    /// The click's identity: the id of the request that made it (see the module docs).
+    pub id: String,
     pub url_id: i64,
     pub user_id: Option<i64>,
     pub code: String,
@@ -29,6 +50,7 @@ impl Click {
     /// Field/value pairs for `XADD`.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("id", self.id.clone()),
             ("url_id", self.url_id.to_string()),
             (
                 "user_id",
@@ -44,9 +66,12 @@ impl Click {
     }
 
     /// Rebuilds a click from stream fields; `None` when a required field is missing or malformed
-    /// (such an entry is acknowledged and dropped by the consumer, with a log line).
+    /// (such an entry is acknowledged and dropped by the consumer, with a log line). An entry
+    /// without an `id` (written before click ids existed) gets an empty one: the consumer then
+    /// uses the entry's stream position, which is as stable.
     pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Click> {
         let mut click = Click {
+            id: String::new(),
             url_id: 0,
             user_id: None,
             code: String::new(),
@@ -59,6 +84,8 @@ impl Click {
         let (mut has_id, mut has_ts) = (false, false);
         for (k, v) in fields {
             match k {
+                "id" if is_valid_id(v) => click.id = v.to_owned(),
+                "id" => return None,
                 "url_id" => {
                     click.url_id = v.parse().ok()?;
                     has_id = true;
@@ -117,6 +144,7 @@ mod tests {
     #[test]
     fn click_round_trips_through_stream_fields() {
         let click = Click {
+            id: "4f0c2a".into(),
             url_id: 9,
             user_id: None,
             code: "abc1234".into(),
@@ -131,6 +159,21 @@ mod tests {
         assert_eq!(back, click);
         assert!(Click::from_fields([("url_id", "x"), ("ts_ms", "1")]).is_none());
         assert!(Click::from_fields([("code", "abc")]).is_none());
+        let bad_id = [("id", "a b"), ("url_id", "1"), ("ts_ms", "1")];
+        assert!(Click::from_fields(bad_id).is_none());
+        let legacy = Click::from_fields([("url_id", "1"), ("ts_ms", "1")]).unwrap();
+        assert_eq!(legacy.id, "");
+    }
+
+    #[test]
+    fn ids_are_bounded_visible_ascii() {
+        assert!(is_valid_id(&new_id()));
+        assert_eq!(new_id().len(), 32);
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("has space"));
+        assert!(!is_valid_id("ctl\u{1}"));
+        assert!(!is_valid_id(&"x".repeat(MAX_ID_LEN + 1)));
+        assert!(is_valid_id(&"x".repeat(MAX_ID_LEN)));
     }
 
     #[test]

@@ -132,6 +132,9 @@ impl Edge {
             && (self.settings.click_sample_rate >= 1.0
                 || rand::random::<f64>() < self.settings.click_sample_rate);
         let click = record.then(|| Click {
+            // The request id travels on to the API if this request is forwarded, so the click
+            // keeps one identity whichever process ends up recording it.
+            id: ctx.request_id.clone(),
             url_id: 0,
             user_id: None,
             code: code.to_owned(),

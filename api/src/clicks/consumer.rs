@@ -1,58 +1,86 @@
 //! The click stream consumer: drains every partition's stream into `events`.
 //!
-//! Exactly-once effect, across replicas and restarts: entries are read through one consumer
-//! group shared by all API replicas, inserted in one statement per batch keyed by their stream id
-//! (`ON CONFLICT DO NOTHING`), and only then acknowledged and deleted. A consumer dying between
-//! commit and acknowledgement leaves entries pending; whoever claims them next inserts nothing
-//! for them and acknowledges. Deleting acknowledged entries keeps `XLEN` equal to the backlog,
-//! which makes "is anything pending?" one cheap pipelined check for the read path.
+//! Exactly-once effect, across replicas, restarts and retries: entries are read through one
+//! consumer group shared by all API replicas, inserted in one statement per batch keyed by their
+//! click id (`ON CONFLICT DO NOTHING`), and only then acknowledged and deleted. A consumer dying
+//! between commit and acknowledgement leaves entries pending; whoever claims them next inserts
+//! nothing for them and acknowledges. Deleting acknowledged entries keeps `XLEN` equal to the
+//! backlog.
+//!
+//! While PostgreSQL is down the consumer holds the batch it read and retries committing it with
+//! a growing pause; it reads and claims nothing more until that batch is stored. So an outage
+//! costs Redis nothing but the appends themselves: the backlog waits in the streams, where
+//! persistence keeps it.
 
+use super::stream::{ClickStream, Entry, ReadError};
 use crate::clicks::click_details;
 use crate::db::events::{insert_stream_clicks, StreamClick};
 use crate::metrics::Metrics;
 use crate::redis_handle::{RedisDown, RedisHandle};
 use deadpool_postgres::Pool;
-use kurz_common::clicks::Click;
 use kurz_common::keys::KeySchema;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// One stream entry, parsed.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub partition: u16,
-    pub id: String,
-    /// `None` for a malformed entry: acknowledged and dropped, never retried forever.
-    pub click: Option<Click>,
+/// Longest pause between two attempts while PostgreSQL or Redis keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How often the backlog is sampled, for the metric and for counting clicks lost with Redis.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// How a read of events went about the clicks recorded before it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every click answered before the read began is stored.
+    Complete,
+    /// The budget ran out or Redis could not be asked: this many entries (`None`: unknown)
+    /// were still in the streams when the read gave up waiting.
+    Partial(Option<i64>),
+}
+
+/// Why a step failed.
+#[derive(Debug)]
+pub enum StepError {
+    /// PostgreSQL refused the batch; it is held and retried.
+    Db(String),
+    Redis(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Db(e) => write!(f, "postgres: {e}"),
+            StepError::Redis(e) => write!(f, "redis: {e}"),
+        }
+    }
+}
+
+/// What only the holder of the consumer's lock may touch.
+#[derive(Default)]
+struct Work {
+    /// Entries read but not yet committed and acknowledged (PostgreSQL or Redis failed).
+    held: Vec<Entry>,
+    /// Per partition, where the next claim scan starts.
+    cursors: Vec<String>,
+    /// Partition the next claim pass starts with.
+    next_claim: usize,
 }
 
 pub struct Consumer {
-    redis: Arc<RedisHandle>,
+    stream: ClickStream,
     db: Pool,
     keys: KeySchema,
-    group: String,
-    /// Unique per process, so pending entries can be told apart in `XPENDING`.
-    name: String,
     batch_size: usize,
     claim_idle_ms: u64,
     poll_interval: Duration,
     metrics: Arc<Metrics>,
-    groups_ready: AtomicBool,
-    /// One drain at a time in this process: concurrent readers wait for the running drain and
+    /// Backlog at the last sample: what is lost if Redis comes back empty right after.
+    last_backlog: AtomicI64,
+    /// One pass at a time in this process: readers of events wait for the running pass and
     /// then find the backlog empty, instead of all claiming the same entries.
-    drain_lock: tokio::sync::Mutex<()>,
-}
-
-/// Where to read from in one pass.
-#[derive(Clone, Copy)]
-enum Source {
-    /// Entries never delivered to the group (`>`).
-    New,
-    /// Entries pending in any consumer for at least this long (`XAUTOCLAIM`).
-    Claim(u64),
+    work: tokio::sync::Mutex<Work>,
 }
 
 impl Consumer {
@@ -68,154 +96,85 @@ impl Consumer {
         poll_interval: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let partitions = usize::from(keys.partitions());
         Self {
-            redis,
+            stream: ClickStream::new(redis, keys.clone(), group, name),
             db,
             keys,
-            group,
-            name,
             batch_size,
             claim_idle_ms,
             poll_interval,
             metrics,
-            groups_ready: AtomicBool::new(false),
-            drain_lock: tokio::sync::Mutex::new(()),
+            last_backlog: AtomicI64::new(0),
+            work: tokio::sync::Mutex::new(Work {
+                cursors: vec!["0-0".to_owned(); partitions],
+                ..Work::default()
+            }),
         }
     }
 
     /// Creates the consumer group on every partition's stream (idempotent).
     pub async fn ensure_groups(&self) -> Result<(), RedisDown> {
-        if self.groups_ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        for key in self.keys.all_clicks() {
-            let mut cmd = redis::cmd("XGROUP");
-            cmd.arg("CREATE")
-                .arg(&key)
-                .arg(&self.group)
-                .arg("0")
-                .arg("MKSTREAM");
-            let mut conn = self.redis.conn().await?;
-            match cmd.query_async::<()>(&mut conn).await {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(self.redis.failed(e)),
-            }
-        }
-        self.groups_ready.store(true, Ordering::Release);
-        Ok(())
+        self.stream.ensure_groups().await
     }
 
     /// Entries not yet consumed, summed over partitions (unread plus pending).
     pub async fn backlog(&self) -> Result<i64, RedisDown> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XLEN").arg(key);
-        }
-        let lens: Vec<i64> = self.redis.query(&pipe).await?;
-        let total = lens.iter().sum();
+        let total = self.stream.backlog().await?;
         self.metrics.click_stream_length.set(total);
+        self.last_backlog.store(total, Ordering::Release);
         Ok(total)
     }
 
     /// Entries delivered but not acknowledged, summed over partitions (consumer lag in flight).
     pub async fn pending(&self) -> Result<i64, RedisDown> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XPENDING").arg(key).arg(&self.group);
-        }
-        let replies: Vec<Value> = self.redis.query(&pipe).await?;
-        let total = replies
-            .into_iter()
-            .filter_map(|r| match r {
-                Value::Array(items) => items
-                    .into_iter()
-                    .next()
-                    .and_then(|c| redis::from_redis_value::<i64>(c).ok()),
-                _ => None,
-            })
-            .sum();
+        let total = self.stream.pending().await?;
         self.metrics.click_stream_pending.set(total);
         Ok(total)
     }
 
-    async fn fetch(&self, source: Source) -> Result<Vec<Entry>, RedisDown> {
-        match self.fetch_once(source).await {
-            // Redis came back empty (restart without persistence) and the group went with it:
-            // recreate it and read again, so the caller never sees the hiccup.
-            Err(FetchError::NoGroup) => {
-                self.ensure_groups().await?;
-                self.fetch_once(source).await.map_err(FetchError::into_down)
-            }
-            other => other.map_err(FetchError::into_down),
+    /// New entries per partition in one read, so one read returns at most about `batch_size`.
+    fn per_partition(&self) -> usize {
+        (self.batch_size / usize::from(self.keys.partitions())).max(10)
+    }
+
+    /// Redis came back without the consumer group: every entry that was in the streams is
+    /// gone. Counted as lost from the last backlog sample (at most [`BACKLOG_EVERY`] old), then
+    /// the groups are recreated so consuming goes on.
+    async fn on_group_lost(&self) -> StepError {
+        let lost = self.last_backlog.swap(0, Ordering::AcqRel).max(0);
+        self.metrics
+            .clicks
+            .with_label_values(&["lost"])
+            .inc_by(lost as u64);
+        self.metrics.click_stream_resets.inc();
+        log::error!(lost_estimate = lost; "click streams lost with Redis's data (consumer group missing); clicks that were not yet stored are gone");
+        match self.stream.ensure_groups().await {
+            Ok(()) => StepError::Redis("click streams were reset; groups recreated".into()),
+            Err(e) => StepError::Redis(e.to_string()),
         }
     }
 
-    async fn fetch_once(&self, source: Source) -> Result<Vec<Entry>, FetchError> {
-        self.ensure_groups().await?;
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            match source {
-                Source::New => pipe
-                    .cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(&self.group)
-                    .arg(&self.name)
-                    .arg("COUNT")
-                    .arg(self.batch_size)
-                    .arg("STREAMS")
-                    .arg(key)
-                    .arg(">"),
-                Source::Claim(idle) => pipe
-                    .cmd("XAUTOCLAIM")
-                    .arg(key)
-                    .arg(&self.group)
-                    .arg(&self.name)
-                    .arg(idle)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(self.batch_size),
-            };
+    async fn read_error(&self, e: ReadError) -> StepError {
+        match e {
+            ReadError::GroupLost => self.on_group_lost().await,
+            ReadError::Down(d) => StepError::Redis(d.to_string()),
         }
-        let mut conn = self.redis.conn().await?;
-        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            // A pipeline reports per-command failures in one error, so match on its text.
-            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
-                self.groups_ready.store(false, Ordering::Release);
-                return Err(FetchError::NoGroup);
-            }
-            Err(e) => return Err(self.redis.failed(e).into()),
-        };
-        let mut entries = Vec::new();
-        for (partition, reply) in replies.into_iter().enumerate() {
-            let ids: Vec<StreamId> = match source {
-                Source::New => redis::from_redis_value::<Option<StreamReadReply>>(reply)
-                    .map_err(|e| RedisDown(format!("unexpected XREADGROUP reply: {e}")))?
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                    .unwrap_or_default(),
-                Source::Claim(_) => {
-                    redis::from_redis_value::<StreamAutoClaimReply>(reply)
-                        .map_err(|e| RedisDown(format!("unexpected XAUTOCLAIM reply: {e}")))?
-                        .claimed
-                }
-            };
-            entries.extend(
-                ids.into_iter()
-                    .map(|sid| parse_entry(partition as u16, sid)),
-            );
-        }
-        Ok(entries)
     }
 
-    /// Inserts the batch in one transaction-sized statement.
-    async fn commit(&self, entries: &[Entry]) -> Result<u64, String> {
+    /// Inserts the batch in one statement.
+    async fn commit(&self, entries: &[Entry]) -> Result<u64, StepError> {
         let clicks: Vec<StreamClick> = entries
             .iter()
             .filter_map(|e| {
                 let click = e.click.as_ref()?;
                 Some(StreamClick {
-                    stream_id: format!("p{}-{}", e.partition, e.id),
+                    // Entries from before click ids existed: their stream position is as stable.
+                    click_id: if click.id.is_empty() {
+                        format!("p{}-{}", e.partition, e.id)
+                    } else {
+                        click.id.clone()
+                    },
                     url_id: click.url_id,
                     ts: chrono::DateTime::from_timestamp_millis(click.ts_ms)
                         .unwrap_or_else(chrono::Utc::now),
@@ -231,116 +190,163 @@ impl Consumer {
             .db
             .get()
             .await
-            .map_err(|e| format!("postgres pool: {e}"))?;
+            .map_err(|e| StepError::Db(format!("pool: {e}")))?;
         let inserted = insert_stream_clicks(&client, &clicks)
             .await
-            .map_err(|e| format!("postgres: {e}"))?;
+            .map_err(|e| StepError::Db(e.to_string()))?;
         timer.observe_duration();
         self.metrics.click_batch_size.observe(clicks.len() as f64);
         Ok(inserted)
     }
 
-    /// Acknowledges and deletes committed entries.
-    async fn ack(&self, entries: &[Entry]) -> Result<(), RedisDown> {
-        let mut pipe = redis::pipe();
-        for partition in 0..self.keys.partitions() {
-            let ids: Vec<&str> = entries
-                .iter()
-                .filter(|e| e.partition == partition)
-                .map(|e| e.id.as_str())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let key = self.keys.clicks(partition);
-            pipe.cmd("XACK")
-                .arg(&key)
-                .arg(&self.group)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
-        }
-        self.redis.query::<()>(&pipe).await
-    }
-
-    /// Reads from `source`, commits, acknowledges. Returns how many entries were handled.
-    async fn step(&self, source: Source) -> Result<usize, String> {
-        let entries = self.fetch(source).await.map_err(|e| e.to_string())?;
-        if entries.is_empty() {
+    /// Commits and acknowledges what `work` holds. Entries stay held on any failure.
+    async fn settle(&self, work: &mut Work) -> Result<usize, StepError> {
+        if work.held.is_empty() {
             return Ok(0);
         }
-        for bad in entries.iter().filter(|e| e.click.is_none()) {
+        for bad in work.held.iter().filter(|e| e.click.is_none()) {
             log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
         }
-        self.commit(&entries).await?;
-        self.ack(&entries).await.map_err(|e| e.to_string())?;
-        Ok(entries.len())
+        self.commit(&work.held).await?;
+        self.stream
+            .ack(&work.held)
+            .await
+            .map_err(|e| StepError::Redis(e.to_string()))?;
+        let n = work.held.len();
+        work.held.clear();
+        Ok(n)
+    }
+
+    /// Reads new entries and stores them. Returns how many were handled.
+    async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
+        self.settle(work).await?;
+        match self.stream.read_new(self.per_partition()).await {
+            Ok(entries) => work.held = entries,
+            Err(e) => return Err(self.read_error(e).await),
+        }
+        self.settle(work).await
+    }
+
+    /// Takes over entries pending at least `idle_ms` in the given partitions, one bounded
+    /// `XAUTOCLAIM` per partition, and stores them.
+    async fn step_claim(
+        &self,
+        work: &mut Work,
+        idle_ms: u64,
+        partitions: &[u16],
+    ) -> Result<usize, StepError> {
+        let mut handled = self.settle(work).await?;
+        let n = partitions.len();
+        for i in 0..n {
+            let p = partitions[(work.next_claim + i) % n];
+            let cursor = work.cursors[usize::from(p)].clone();
+            let (entries, next) = match self.stream.claim(p, idle_ms, &cursor).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.read_error(e).await),
+            };
+            work.cursors[usize::from(p)] = next;
+            work.held = entries;
+            handled += self.settle(work).await?;
+        }
+        work.next_claim = work.next_claim.wrapping_add(1);
+        Ok(handled)
+    }
+
+    fn all_partitions(&self) -> Vec<u16> {
+        (0..self.keys.partitions()).collect()
     }
 
     /// Test hook: read a batch and commit it without acknowledging, as a consumer that dies
     /// between commit and `XACK` would. Returns the entries read.
     pub async fn read_and_commit_without_ack(&self) -> Result<usize, String> {
-        let entries = self.fetch(Source::New).await.map_err(|e| e.to_string())?;
-        self.commit(&entries).await?;
+        let entries = match self.stream.read_new(self.per_partition()).await {
+            Ok(e) => e,
+            Err(e) => return Err(self.read_error(e).await.to_string()),
+        };
+        self.commit(&entries).await.map_err(|e| e.to_string())?;
         Ok(entries.len())
     }
 
     /// Test hook: read a batch and drop it, as a consumer that dies before committing would.
     pub async fn read_without_commit(&self) -> Result<usize, String> {
-        Ok(self
-            .fetch(Source::New)
-            .await
-            .map_err(|e| e.to_string())?
-            .len())
+        match self.stream.read_new(self.per_partition()).await {
+            Ok(e) => Ok(e.len()),
+            Err(e) => Err(self.read_error(e).await.to_string()),
+        }
     }
 
-    /// Consumes everything in the streams now, including entries pending in other consumers.
-    /// Reads of events call this first, which is what makes a click visible to any read that
-    /// starts after its 302. With Redis down it returns at once: clicks then went to PostgreSQL
-    /// directly.
-    pub async fn drain(&self) -> Result<(), String> {
-        match self.backlog().await {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(_) => {}
+    /// Stores every click that was in the streams when the call began, including entries
+    /// pending in other consumers, within `budget`. Reads of events call this first, which is
+    /// what makes a click visible to any read that starts after its 302. Clicks appended after
+    /// the call began are not waited for, so a steady stream of redirects cannot keep a read
+    /// spinning. With Redis down it returns at once: clicks then went to PostgreSQL directly.
+    pub async fn drain(&self, budget: Duration) -> Drained {
+        let deadline = Instant::now() + budget;
+        let heads = match self.stream.heads().await {
+            Ok(h) => h,
+            Err(_) => return Drained::Partial(None),
+        };
+        if heads.iter().all(Option::is_none) {
+            return Drained::Complete;
         }
-        let _guard = self.drain_lock.lock().await;
-        loop {
-            let claimed = self.step(Source::Claim(0)).await?;
-            let fresh = self.step(Source::New).await?;
-            if claimed == 0 && fresh == 0 {
-                return Ok(());
+        let Ok(mut work) = tokio::time::timeout_at(deadline, self.work.lock()).await else {
+            return self.partial().await;
+        };
+        // Each step is bounded (one batch, one statement), so the deadline is checked between
+        // steps rather than by cancelling one halfway through its commit.
+        while Instant::now() < deadline {
+            let left = match self.stream.unconsumed_up_to(&heads).await {
+                Ok(left) => left,
+                Err(_) => return Drained::Partial(None),
+            };
+            if left.is_empty() {
+                return Drained::Complete;
+            }
+            let result = match self.step_new(&mut work).await {
+                Ok(0) => self.step_claim(&mut work, 0, &left).await,
+                other => other,
+            };
+            if let Err(e) = result {
+                log::warn!(error = e.to_string(); "click backlog could not be drained before a read");
+                break;
             }
         }
+        drop(work);
+        self.partial().await
+    }
+
+    async fn partial(&self) -> Drained {
+        Drained::Partial(self.backlog().await.ok())
     }
 
     /// The background loop: consume new entries, and now and then take over entries a dead
-    /// consumer left pending. Returns after one last drain once `shutdown` fires.
+    /// consumer left pending. Returns after one last flush once `shutdown` fires.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let claim_every = Duration::from_millis((self.claim_idle_ms / 2).max(100));
-        let mut last_claim = tokio::time::Instant::now();
+        let mut last_claim = Instant::now();
+        let mut last_sample = Instant::now() - BACKLOG_EVERY;
         let mut failures: u32 = 0;
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            if last_sample.elapsed() >= BACKLOG_EVERY {
+                last_sample = Instant::now();
+                let _ = self.backlog().await;
+            }
             let result = {
-                let _guard = self.drain_lock.lock().await;
-                let mut handled = 0;
-                let mut outcome = Ok(());
-                if last_claim.elapsed() >= claim_every {
-                    last_claim = tokio::time::Instant::now();
-                    match self.step(Source::Claim(self.claim_idle_ms)).await {
-                        Ok(n) => handled += n,
-                        Err(e) => outcome = Err(e),
+                let mut work = self.work.lock().await;
+                let claim = last_claim.elapsed() >= claim_every;
+                let mut outcome = self.step_new(&mut work).await;
+                if claim && matches!(outcome, Ok(0)) {
+                    let all = self.all_partitions();
+                    outcome = self.step_claim(&mut work, self.claim_idle_ms, &all).await;
+                    // Keep claiming while there is something to take over.
+                    if matches!(outcome, Ok(0)) {
+                        last_claim = Instant::now();
                     }
                 }
-                if outcome.is_ok() {
-                    match self.step(Source::New).await {
-                        Ok(n) => handled += n,
-                        Err(e) => outcome = Err(e),
-                    }
-                }
-                outcome.map(|()| handled)
+                outcome
             };
             let pause = match result {
                 Ok(n) if n > 0 => {
@@ -353,13 +359,10 @@ impl Consumer {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
-                        log::warn!(error = e, failures = failures; "click consumer step failed; retrying");
+                    if failures == 1 || failures % 20 == 0 {
+                        log::warn!(error = e.to_string(), failures = failures; "click consumer step failed; holding the batch and retrying");
                     }
-                    // Own failed entries stay pending; claiming them needs them idle, so back off
-                    // and let the claim pass pick them up.
-                    last_claim = tokio::time::Instant::now() - claim_every;
-                    Duration::from_millis(200u64.saturating_mul(u64::from(failures.min(10))))
+                    backoff(failures)
                 }
             };
             tokio::select! {
@@ -368,22 +371,23 @@ impl Consumer {
             }
         }
         if let Err(e) = self.flush_own().await {
-            log::warn!(error = e; "click flush at shutdown incomplete; another replica will claim the rest");
+            log::warn!(error = e.to_string(); "click flush at shutdown incomplete; another replica will claim the rest");
         } else {
             log::info!("click consumer stopped after flushing");
         }
     }
 
-    /// At shutdown: consume what is new and what this process holds pending.
-    async fn flush_own(&self) -> Result<(), String> {
-        let _guard = self.drain_lock.lock().await;
+    /// At shutdown: store what is held, what is new, and what this process holds pending.
+    async fn flush_own(&self) -> Result<(), StepError> {
+        let mut work = self.work.lock().await;
         for _ in 0..1000 {
-            if self.step(Source::New).await? == 0 {
+            if self.step_new(&mut work).await? == 0 {
                 break;
             }
         }
+        let all = self.all_partitions();
         for _ in 0..1000 {
-            if self.step(Source::Claim(0)).await? == 0 {
+            if self.step_claim(&mut work, 0, &all).await? == 0 {
                 break;
             }
         }
@@ -391,41 +395,22 @@ impl Consumer {
     }
 }
 
-/// Why a read failed: the group is missing (recoverable at once) or Redis is unusable.
-enum FetchError {
-    NoGroup,
-    Down(RedisDown),
+/// 200 ms doubling per failure up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(8);
+    (Duration::from_millis(200) * (1u32 << shift)).min(MAX_BACKOFF)
 }
 
-impl FetchError {
-    fn into_down(self) -> RedisDown {
-        match self {
-            FetchError::NoGroup => RedisDown("click stream consumer group is missing".into()),
-            FetchError::Down(d) => d,
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<RedisDown> for FetchError {
-    fn from(d: RedisDown) -> Self {
-        FetchError::Down(d)
-    }
-}
-
-fn parse_entry(partition: u16, sid: StreamId) -> Entry {
-    let fields: Vec<(String, String)> = sid
-        .map
-        .into_iter()
-        .filter_map(|(k, v)| match v {
-            Value::BulkString(b) => Some((k, String::from_utf8_lossy(&b).into_owned())),
-            Value::SimpleString(s) => Some((k, s)),
-            _ => None,
-        })
-        .collect();
-    let click = Click::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Entry {
-        partition,
-        id: sid.id,
-        click,
+    #[test]
+    fn backoff_grows_to_a_ceiling() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

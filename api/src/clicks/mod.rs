@@ -6,6 +6,7 @@
 //! holds because every read of events drains the streams first.
 
 pub mod consumer;
+pub mod stream;
 
 use crate::metrics::Metrics;
 use crate::redis_handle::RedisHandle;
@@ -89,15 +90,21 @@ impl ClickRecorder {
             chrono::DateTime::from_timestamp_millis(click.ts_ms).unwrap_or_else(chrono::Utc::now);
         let stmt = client
             .prepare_cached(
-                "INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
-                 VALUES ($1, $2, 'click', $3, $4)",
+                "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \
+                 VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (click_id) DO NOTHING",
             )
             .await
             .map_err(|e| e.to_string())?;
         client
             .execute(
                 &stmt,
-                &[&click.url_id, &click.user_id, &ts, &click_details(click)],
+                &[
+                    &click.url_id,
+                    &click.user_id,
+                    &ts,
+                    &click_details(click),
+                    &click.id,
+                ],
             )
             .await
             .map(|_| ())

@@ -100,31 +100,33 @@ pub async fn count_events(c: &impl GenericClient, filter: &EventFilter) -> Resul
 
 /// A click to insert from the stream.
 pub struct StreamClick {
-    pub stream_id: String,
+    /// The click's identity (`kurz_common::clicks`), unique in `events.click_id`.
+    pub click_id: String,
     pub url_id: i64,
     pub ts: DateTime<Utc>,
     pub details: Value,
 }
 
-/// Inserts a batch of stream clicks in one statement. Entries already inserted (same
-/// `stream_id`) are skipped, which makes replays after a crash harmless; clicks of a link that
+/// Inserts a batch of stream clicks in one statement. Clicks already stored (same `click_id`,
+/// whichever path stored them, or twice in this batch) are skipped, which makes replays after a
+/// crash and doubled appends harmless; clicks of a link that
 /// does not exist are dropped by the join rather than failing the whole batch forever. The
 /// event's `user_id` is the link owner's. Returns the number of rows inserted.
 pub async fn insert_stream_clicks(
     c: &impl GenericClient,
     clicks: &[StreamClick],
 ) -> Result<u64, Error> {
-    let ids: Vec<&str> = clicks.iter().map(|c| c.stream_id.as_str()).collect();
+    let ids: Vec<&str> = clicks.iter().map(|c| c.click_id.as_str()).collect();
     let url_ids: Vec<i64> = clicks.iter().map(|c| c.url_id).collect();
     let ts: Vec<DateTime<Utc>> = clicks.iter().map(|c| c.ts).collect();
     let details: Vec<&Value> = clicks.iter().map(|c| &c.details).collect();
     let stmt = c
         .prepare_cached(
-            "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, stream_id) \
-             SELECT u.id, u.user_id, 'click', t.ts, t.details, t.sid \
-             FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::jsonb[]) AS t(sid, url_id, ts, details) \
+            "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \
+             SELECT u.id, u.user_id, 'click', t.ts, t.details, t.cid \
+             FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::jsonb[]) AS t(cid, url_id, ts, details) \
              JOIN urls u ON u.id = t.url_id \
-             ON CONFLICT (stream_id) DO NOTHING",
+             ON CONFLICT (click_id) DO NOTHING",
         )
         .await?;
     c.execute(&stmt, &[&ids, &url_ids, &ts, &details]).await

@@ -3,10 +3,12 @@
 use crate::cache::Lookup;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
+use crate::http_log::RequestId;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use kurz_common::clicks::{clip, truncate_ip, Click};
 use kurz_common::keys::{CachedLink, LinkEntry};
 use kurz_common::shortcode;
@@ -17,6 +19,7 @@ pub async fn redirect(
     method: Method,
     Path(code): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
@@ -31,7 +34,7 @@ pub async fn redirect(
     if method == Method::GET {
         state
             .clicks
-            .record(click_of(&code, &entry, peer, &headers))
+            .record(click_of(&request_id, &code, &entry, peer, &headers))
             .await;
     }
     let location = HeaderValue::from_str(&entry.target).map_err(|_| {
@@ -87,8 +90,15 @@ async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
     Ok(entry)
 }
 
-/// The click of this request.
-fn click_of(code: &str, entry: &LinkEntry, peer: SocketAddr, headers: &HeaderMap) -> Click {
+/// The click of this request. Its id is the request id, so a request the edge forwarded after
+/// its own append may have applied is still stored once.
+fn click_of(
+    request_id: &str,
+    code: &str,
+    entry: &LinkEntry,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Click {
     let header = |name: header::HeaderName| {
         headers
             .get(name)
@@ -98,6 +108,7 @@ fn click_of(code: &str, entry: &LinkEntry, peer: SocketAddr, headers: &HeaderMap
     };
     let ip = crate::client::client_ip(peer, headers);
     Click {
+        id: request_id.to_owned(),
         url_id: entry.url_id,
         user_id: entry.user_id,
         code: code.to_owned(),

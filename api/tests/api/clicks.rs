@@ -1,7 +1,7 @@
 //! The click pipeline: stream, consumer group, read-your-writes, exactly-once.
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use kurz_api::clicks::consumer::Consumer;
+use kurz_api::clicks::consumer::{Consumer, Drained};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +122,7 @@ async fn no_click_is_lost_or_doubled_when_consumers_die_mid_batch() {
 
     // A restarted replica claiming idle entries finds nothing left to double.
     let c = replica(&app, "replica-c");
-    c.drain().await.unwrap();
+    assert_eq!(c.drain(Duration::from_secs(30)).await, Drained::Complete);
     assert_eq!(clicks_in_db(&app, id).await, 15);
 }
 

@@ -1,0 +1,9 @@
+-- Clicks are identified by the request that made them (the edge's request id), not by their
+-- position in a Redis stream: the same click can reach PostgreSQL through the stream, through the
+-- API's direct insert when Redis is down, or twice through the stream when an edge's append timed
+-- out after it applied and the request was forwarded to an API. One unique key covers every path.
+ALTER TABLE events ADD COLUMN click_id TEXT;
+UPDATE events SET click_id = stream_id WHERE stream_id IS NOT NULL;
+ALTER TABLE events DROP CONSTRAINT events_stream_id_key;
+ALTER TABLE events DROP COLUMN stream_id;
+ALTER TABLE events ADD CONSTRAINT events_click_id_key UNIQUE (click_id);
