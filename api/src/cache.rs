@@ -80,6 +80,14 @@ impl LinkCache {
         self.redis.query::<()>(&pipe).await
     }
 
+    /// Publishes the key schema's fingerprint, which edges compare with their own before they
+    /// answer redirects from Redis (see `kurz_common::keys::KeySchema::fingerprint`).
+    pub async fn publish_schema(&self) -> Result<(), RedisDown> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.schema()).arg(self.keys.fingerprint());
+        self.redis.query::<()>(&cmd).await
+    }
+
     /// After a bulk import: drop the entries of `codes` and tell every edge to drop its whole
     /// near-cache (one message instead of one per row).
     pub async fn forget_many(&self, codes: &[String]) -> Result<(), RedisDown> {

@@ -163,10 +163,13 @@ pub struct ClicksConfig {
     /// How often the background consumer polls the streams when they were empty.
     pub poll_interval_ms: u64,
     /// Entries pending this long in another consumer are taken over (that consumer is presumed
-    /// dead). Replays are harmless: events are de-duplicated by stream id.
+    /// dead). Replays are harmless: events are de-duplicated by click id.
     pub claim_idle_ms: u64,
     /// Consumer group name shared by all API replicas.
     pub group: String,
+    /// A read of events or stats first stores the clicks recorded before it began, for at most
+    /// this long; past it the read answers from what is stored, with `X-Kurz-Clicks-Pending`.
+    pub read_drain_budget_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,6 +181,11 @@ pub struct LimitsConfig {
     pub body_bytes: usize,
     /// Largest bulk CSV upload accepted (413 beyond).
     pub bulk_body_bytes: usize,
+    /// A request still unanswered after this long gets 503 `timeout`, so a stuck dependency
+    /// cannot hold connections and the edge's retry budget for ever.
+    pub request_timeout_ms: u64,
+    /// The same for bulk imports, which legitimately take longer (1M links: ~30 s).
+    pub bulk_request_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -226,6 +234,7 @@ impl Default for ClicksConfig {
             poll_interval_ms: 100,
             claim_idle_ms: 30_000,
             group: "kurz-api".into(),
+            read_drain_budget_ms: 1000,
         }
     }
 }
@@ -236,6 +245,8 @@ impl Default for LimitsConfig {
             list_limit: 10_000,
             body_bytes: 1 << 20,
             bulk_body_bytes: 32 << 20,
+            request_timeout_ms: 10_000,
+            bulk_request_timeout_ms: 300_000,
         }
     }
 }
@@ -354,6 +365,12 @@ impl ApiConfig {
         }
         if self.clicks.poll_interval_ms == 0 || self.clicks.group.is_empty() {
             return bad("clicks.poll_interval_ms/group", "must be set");
+        }
+        if !(1..=60_000).contains(&self.clicks.read_drain_budget_ms) {
+            return bad("clicks.read_drain_budget_ms", "must be 1..=60000");
+        }
+        if self.limits.request_timeout_ms == 0 || self.limits.bulk_request_timeout_ms == 0 {
+            return bad("limits.*request_timeout_ms", "must be above 0");
         }
         if self.limits.list_limit < 1 {
             return bad("limits.list_limit", "must be at least 1");

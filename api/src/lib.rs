@@ -12,7 +12,8 @@
 //! - [`auth`]: passwords, sessions, API keys, lock-out and the access policy ([`auth::Caller`]).
 //! - [`idempotency`]: `Idempotency-Key` for creates; [`client`]: the client's address.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
-//! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics.
+//! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics;
+//!   [`deadline`]: the per-request time limit.
 //! - [`migrate`]: embedded schema migrations; [`sample`]: sample data sets in the seed format.
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod clicks;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod extract;
 pub mod http_log;

@@ -7,7 +7,7 @@ use crate::config::ApiConfig;
 use crate::metrics::Metrics;
 use crate::redis_handle::RedisHandle;
 use crate::state::AppState;
-use crate::{http_log, migrate, routes};
+use crate::{deadline, http_log, migrate, routes};
 use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -28,6 +28,9 @@ pub struct Application {
 
 /// How long start-up waits for PostgreSQL to answer before giving up.
 const DB_WAIT: Duration = Duration::from_secs(30);
+
+/// How often the key schema fingerprint is written again (see `republish_schema`).
+const SCHEMA_EVERY: Duration = Duration::from_secs(5);
 
 pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
     let mut pg: tokio_postgres::Config = config
@@ -105,6 +108,7 @@ impl Application {
         if let Err(e) = consumer.ensure_groups().await {
             log::warn!(error = e.to_string(); "redis unavailable at start-up; running degraded until it answers");
         }
+        let _ = cache.publish_schema().await;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             format!(
                 "cannot listen on {} (config key `listen`): {e}",
@@ -159,11 +163,18 @@ impl Application {
         let state = self.state;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let consumer = tokio::spawn(state.consumer.clone().run(stop_rx.clone()));
+        let schema = tokio::spawn(republish_schema(state.cache.clone(), stop_rx.clone()));
 
-        let app = routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            http_log::track,
-        ));
+        // The deadline sits inside the logger, so a timed-out request is still logged and counted.
+        let app = routes::router(state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                deadline::enforce,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                http_log::track,
+            ));
         let admin = Router::new()
             .route("/metrics", get(metrics_handler))
             .with_state(state.clone());
@@ -188,9 +199,22 @@ impl Application {
         .await;
         let _ = stop_tx.send(true);
         let _ = consumer.await;
+        let _ = schema.await;
         let _ = admin_server.await;
         log::info!("kurz-api stopped");
         served.map_err(|e| format!("server error: {e}"))
+    }
+}
+
+/// Keeps the key schema's fingerprint in Redis, which may restart empty or be flushed: edges
+/// answer redirects from Redis only while they find it.
+async fn republish_schema(cache: LinkCache, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let _ = cache.publish_schema().await;
+        tokio::select! {
+            _ = tokio::time::sleep(SCHEMA_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

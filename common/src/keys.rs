@@ -5,6 +5,7 @@
 //! <prefix>:{p<N>}:link:<code>   cached link (see [`CachedLink`]), TTL; negative entries too
 //! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
 //! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
+//! <prefix>:schema               the key schema's fingerprint (see [`KeySchema::fingerprint`])
 //! <prefix>:idem:<key>           stored answer of a POST /urls with that Idempotency-Key
 //! <prefix>:session:<hash>       user id of a session token (hash of the token, never the token)
 //! <prefix>:user-sessions:<id>   set of a user's session hashes, for revoking them all
@@ -71,6 +72,22 @@ impl KeySchema {
     /// Every click stream, in partition order.
     pub fn all_clicks(&self) -> Vec<String> {
         (0..self.partitions).map(|p| self.clicks(p)).collect()
+    }
+
+    /// What an edge and an API must agree on to share keys: the partition count, the partition
+    /// hash and the link entry format. The API publishes it under [`Self::schema`]; an edge that
+    /// finds another value (or none: a different prefix) answers no redirect from Redis, since
+    /// its lookups and click appends would miss what the API writes and reads.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=1 click-fields=2",
+            self.partitions
+        )
+    }
+
+    /// Where the API publishes [`Self::fingerprint`].
+    pub fn schema(&self) -> String {
+        format!("{}:schema", self.prefix)
     }
 
     /// The pub/sub channel announcing changed links.
@@ -197,13 +214,26 @@ mod tests {
     #[test]
     fn partition_is_stable_and_in_range() {
         let keys = KeySchema::new("t", 16);
-        // Pinned: other processes compute the same partition for the same code.
-        assert_eq!(keys.partition("abc1234"), keys.partition("abc1234"));
+        // Pinned values (FNV-1a 32 computed independently): a change to the hash would strand
+        // every cached link and pending click, and split edges from APIs of another version.
+        assert_eq!(keys.partition("abc1234"), 3);
+        assert_eq!(keys.partition("zzzzzzz"), 13);
+        assert_eq!(keys.partition("A"), 12);
+        assert_eq!(keys.partition("0000000"), 7);
+        assert_eq!(KeySchema::new("t", 1000).partition("abc1234"), 971);
         assert_eq!(KeySchema::new("t", 1).partition("anything"), 0);
         let spread: std::collections::HashSet<u16> =
             (0..500).map(|i| keys.partition(&format!("c{i}"))).collect();
         assert_eq!(spread.len(), 16);
         assert!(spread.iter().all(|p| *p < 16));
+    }
+
+    #[test]
+    fn fingerprints_differ_when_partitions_do() {
+        let a = KeySchema::new("kurz", 16);
+        assert_eq!(a.fingerprint(), KeySchema::new("other", 16).fingerprint());
+        assert_ne!(a.fingerprint(), KeySchema::new("kurz", 8).fingerprint());
+        assert_eq!(a.schema(), "kurz:schema");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/health/live`, `/health/ready`. Bound to loopback by
 //! default and separate from the public listeners, so metrics are never public.
 
+use crate::key_check::KeyGate;
 use crate::upstreams;
 use async_trait::async_trait;
 use http::Response;
@@ -12,6 +13,9 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Ready only after the first key schema check ran, so no traffic meets a gate closed just
+    /// because nobody looked yet.
+    pub key_gate: Arc<KeyGate>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -34,7 +38,13 @@ impl ServeHttp for Admin {
             }
             "/health" | "/health/live" => reply(200, json, br#"{"status":"ok"}"#.to_vec()),
             "/health/ready" | "/ready" => {
-                if upstreams::any_healthy(&self.lb) {
+                if !self.key_gate.attempted() {
+                    reply(
+                        503,
+                        json,
+                        br#"{"status":"not_ready","redis":"key schema not checked yet"}"#.to_vec(),
+                    )
+                } else if upstreams::any_healthy(&self.lb) {
                     reply(
                         200,
                         json,

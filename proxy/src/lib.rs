@@ -7,6 +7,7 @@
 //! - [`service`]: the `ProxyHttp` implementation; its phases hand off to the modules below.
 //! - [`redirect`]: the hot path (near-cache → one Redis script: lookup + click append).
 //! - [`near_cache`], [`invalidations`]: the in-process cache and the channel that keeps it true.
+//! - [`key_check`]: redirects come from Redis only while the API's key schema matches ours.
 //! - [`rate_limit`], [`client_ip`]: per-client token buckets; who the client really is.
 //! - [`upstreams`]: the API pool, its health checks and its reloadable list; [`reload`]: SIGHUP.
 //! - [`admin`]: `/metrics` and health on the admin listener; [`metrics`]: metric definitions.
@@ -18,6 +19,7 @@ pub mod cert_expiry;
 pub mod client_ip;
 pub mod config;
 pub mod invalidations;
+pub mod key_check;
 pub mod metrics;
 pub mod near_cache;
 pub mod rate_limit;

@@ -14,7 +14,8 @@ pub struct Metrics {
     /// By route class.
     pub duration: HistogramVec,
     pub in_flight: IntGauge,
-    /// Link lookups by layer (`near`, `redis`) and result (`hit`, `negative`, `miss`, `error`).
+    /// Link lookups by layer (`near`, `redis`) and result (`hit`, `negative`, `miss`, `error`;
+    /// `schema_mismatch`: not asked, see `key_check`).
     pub cache_lookups: IntCounterVec,
     /// 1 healthy, 0 ejected, per configured upstream.
     pub upstream_healthy: IntGaugeVec,
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// `notAfter` of the served certificate, unix seconds.
     pub tls_cert_expiry: IntGauge,
+    /// 1 when the API's published Redis key schema matches this edge's, else 0 (redirects are
+    /// then all forwarded to the API).
+    pub key_schema_match: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -96,6 +100,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "notAfter of the served TLS certificate (0: no TLS listener)"
         )
         .expect("metric"),
+        key_schema_match: register_int_gauge!(
+            "kurz_proxy_key_schema_match",
+            "1 when the API's Redis key schema matches this edge's; 0: redirects are forwarded"
+        )
+        .expect("metric"),
     };
     let build = register_int_gauge_vec!(
         "kurz_proxy_build_info",
@@ -118,6 +127,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             m.cache_lookups.with_label_values(&[layer, result]);
         }
     }
+    m.cache_lookups
+        .with_label_values(&["redis", "schema_mismatch"]);
     for result in ["ok", "failed", "sampled_out"] {
         m.clicks.with_label_values(&[result]);
     }

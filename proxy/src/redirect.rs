@@ -1,6 +1,7 @@
 //! The hot path: `GET /<code>` answered at the edge from the near-cache or Redis, with the click
 //! appended to the same stream the API consumes, in one Redis round trip at most.
 
+use crate::key_check::KeyGate;
 use crate::metrics::METRICS;
 use crate::near_cache::NearCache;
 use kurz_common::clicks::Click;
@@ -18,9 +19,9 @@ if (not v) or ARGV[1] ~= '1' then return v end
 local _, e, url_id, user_id, active, exp = string.find(v, '^1|(%d+)|(%d*)|([01])|(%d*)|')
 if not e or active ~= '1' then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
-redis.call('XADD', KEYS[2], '*', 'url_id', url_id, 'user_id', user_id, 'code', ARGV[3],
-  'target', string.sub(v, e + 1), 'referrer', ARGV[4], 'user_agent', ARGV[5], 'ip', ARGV[6],
-  'ts_ms', ARGV[7])
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[8], 'url_id', url_id, 'user_id', user_id,
+  'code', ARGV[3], 'target', string.sub(v, e + 1), 'referrer', ARGV[4], 'user_agent', ARGV[5],
+  'ip', ARGV[6], 'ts_ms', ARGV[7])
 return v
 "#;
 
@@ -39,15 +40,23 @@ pub struct Redirector {
     pub redis: Arc<RedisHandle>,
     pub keys: KeySchema,
     pub near: Arc<NearCache>,
+    /// Open once the API's key schema is known to match ours (`key_check`).
+    pub gate: Arc<KeyGate>,
     script: redis::Script,
 }
 
 impl Redirector {
-    pub fn new(redis: Arc<RedisHandle>, keys: KeySchema, near: Arc<NearCache>) -> Self {
+    pub fn new(
+        redis: Arc<RedisHandle>,
+        keys: KeySchema,
+        near: Arc<NearCache>,
+        gate: Arc<KeyGate>,
+    ) -> Self {
         Self {
             redis,
             keys,
             near,
+            gate,
             script: redis::Script::new(LOOKUP_AND_RECORD),
         }
     }
@@ -56,6 +65,12 @@ impl Redirector {
     pub async fn resolve(&self, code: &str, click: Option<&Click>) -> Outcome {
         let now = chrono::Utc::now().timestamp();
         let lookups = &METRICS.cache_lookups;
+        if !self.gate.open() {
+            lookups
+                .with_label_values(&["redis", "schema_mismatch"])
+                .inc();
+            return Outcome::Forward;
+        }
         if let Some(entry) = self.near.get(code) {
             return match entry {
                 CachedLink::Found(link) if link.redirects_at(now) => {
@@ -69,7 +84,7 @@ impl Redirector {
             };
         }
         lookups.with_label_values(&["near", "miss"]).inc();
-        let epoch = self.near.epoch();
+        let epoch = self.near.epoch(code);
         let raw = match self.lookup_and_record(code, click, now).await {
             Ok(raw) => raw,
             Err(()) => {
@@ -114,7 +129,8 @@ impl Redirector {
                 .arg(&c.referrer)
                 .arg(&c.user_agent)
                 .arg(&c.ip)
-                .arg(c.ts_ms),
+                .arg(c.ts_ms)
+                .arg(&c.id),
             None => inv.arg("0").arg(now),
         };
         inv.invoke_async(&mut conn).await.map_err(|e| {
@@ -149,5 +165,38 @@ impl Redirector {
                 Outcome::Forward
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Lua script repeats the click's field names (STYLE: a second language repeating a
+    /// definition is held to it by a test): the consumer must find every field it reads.
+    #[test]
+    fn the_script_appends_every_field_of_a_click() {
+        let start = LOOKUP_AND_RECORD.find("'XADD'").unwrap();
+        let end = start + LOOKUP_AND_RECORD[start..].find("\nreturn").unwrap();
+        // Every single-quoted word of the XADD call: the command, the id, then field names.
+        let names: Vec<&str> = LOOKUP_AND_RECORD[start..end]
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| !matches!(*t, "XADD" | "*"))
+            .collect();
+        let click = Click {
+            id: "i".into(),
+            url_id: 1,
+            user_id: None,
+            code: "c".into(),
+            target: "t".into(),
+            referrer: String::new(),
+            user_agent: String::new(),
+            ip: String::new(),
+            ts_ms: 1,
+        };
+        let fields: Vec<&str> = click.to_fields().iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, fields);
     }
 }

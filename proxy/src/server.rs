@@ -1,9 +1,11 @@
 //! Assembling the Pingora server: the proxy service with its listeners, the upstream health
-//! checks, the admin listener, the invalidation listener and the SIGHUP reloader.
+//! checks, the admin listener, the invalidation listener, the key schema check and the SIGHUP
+//! reloader.
 
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::invalidations::InvalidationListener;
+use crate::key_check::{KeyGate, KeySchemaCheck};
 use crate::near_cache::NearCache;
 use crate::rate_limit::RateLimiter;
 use crate::redirect::Redirector;
@@ -76,16 +78,27 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         RedisHandle::new(
             &cfg.redis.url,
             Duration::from_millis(cfg.redis.timeout_ms),
-            redis_errors,
+            redis_errors.clone(),
         )
         .map_err(|e| format!("config key `redis.url`: {e}"))?,
     );
     let keys = KeySchema::new(&cfg.redis.prefix, cfg.redis.partitions);
+    let gate = Arc::new(KeyGate::default());
+    let key_check = KeySchemaCheck {
+        redis: RedisHandle::new(
+            &cfg.redis.url,
+            Duration::from_millis(cfg.redis.timeout_ms),
+            redis_errors.clone(),
+        )
+        .map_err(|e| format!("config key `redis.url`: {e}"))?,
+        keys: keys.clone(),
+        gate: gate.clone(),
+    };
     let limiter = Arc::new(RateLimiter::new(&cfg.rate_limits));
     let edge = Edge {
         lb: lb.clone(),
         limiter: limiter.clone(),
-        redirector: Redirector::new(redis, keys.clone(), near.clone()),
+        redirector: Redirector::new(redis, keys.clone(), near.clone(), gate.clone()),
         settings: EdgeSettings::from_config(&cfg),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
@@ -110,7 +123,13 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     }
     let _ = &*crate::metrics::METRICS;
 
-    let mut admin = Service::new("admin".to_owned(), Admin { lb: lb.clone() });
+    let mut admin = Service::new(
+        "admin".to_owned(),
+        Admin {
+            lb: lb.clone(),
+            key_gate: gate,
+        },
+    );
     admin.add_tcp(&cfg.admin.listen);
 
     let listener = InvalidationListener {
@@ -129,6 +148,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     server.add_service(lb_service);
     server.add_service(admin);
     server.add_service(background_service("invalidations", listener));
+    server.add_service(background_service("key schema check", key_check));
     server.add_service(background_service("reload", reloader));
     log::info!(
         http = cfg.listen.http.join(","), https = cfg.listen.https.join(","), admin = cfg.admin.listen.as_str(),

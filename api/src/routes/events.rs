@@ -1,23 +1,44 @@
 //! `/events`: list (after draining the click stream) and create.
 
 use crate::auth::Caller;
+use crate::clicks::consumer::Drained;
 use crate::db::{self, events::EventFilter, events::TYPES};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Fields, JsonObject, Patch, Query};
 use crate::pagination::Page;
 use crate::state::AppState;
 use axum::extract::{OriginalUri, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
+use std::time::Duration;
 
-/// Consumes the click backlog so this read sees every click answered before it started.
-pub async fn drain_clicks(state: &AppState) -> ApiResult<()> {
-    state.consumer.drain().await.map_err(|e| {
-        log::warn!(error = e.as_str(); "click backlog could not be drained before a read");
-        ApiError::Unavailable("recent clicks cannot be loaded right now; retry shortly".into())
-    })
+/// Header on a read that may miss recent clicks: how many were still waiting in the click
+/// streams (`unknown` when Redis could not tell).
+pub const CLICKS_PENDING: &str = "x-kurz-clicks-pending";
+
+/// Stores the clicks recorded before this read began, within `clicks.read_drain_budget_ms`,
+/// so the read sees every click answered before it started. Returns the value of
+/// [`CLICKS_PENDING`] when that did not fully happen: the read then answers from what is stored
+/// rather than make its caller wait on a backlog.
+pub async fn drain_clicks(state: &AppState) -> Option<HeaderValue> {
+    let budget = Duration::from_millis(state.config.clicks.read_drain_budget_ms);
+    match state.consumer.drain(budget).await {
+        Drained::Complete => None,
+        Drained::Partial(left) => {
+            let value = left.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+            HeaderValue::from_str(&value).ok()
+        }
+    }
+}
+
+/// Adds [`CLICKS_PENDING`] to a read's response when its drain was partial.
+pub fn mark_pending(mut response: Response, pending: Option<HeaderValue>) -> Response {
+    if let Some(v) = pending {
+        response.headers_mut().insert(CLICKS_PENDING, v);
+    }
+    response
 }
 
 fn event_type_param(q: &Query) -> ApiResult<Option<String>> {
@@ -45,16 +66,17 @@ pub async fn list(
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         event_type: event_type_param(&q)?,
     };
-    drain_clicks(&state).await?;
+    let pending = drain_clicks(&state).await;
     let client = state.client().await?;
     let total = db::events::count_events(&client, &filter).await?;
     let events = db::events::list_events(&client, &filter, page.limit, page.offset).await?;
-    Ok(page.respond(
+    let response = page.respond(
         events.iter().map(|e| e.to_json()).collect(),
         total,
         uri.path(),
         &q,
-    ))
+    );
+    Ok(mark_pending(response, pending))
 }
 
 /// `POST /events`.

@@ -337,6 +337,7 @@ pub async fn stats(
     let client = state.client().await?;
     let link = find_live(&client, id).await?;
     caller.require_owner_or_admin(link.user_id)?;
-    crate::routes::events::drain_clicks(&state).await?;
-    Ok(Json(db::stats::url_stats(&client, id).await?).into_response())
+    let pending = crate::routes::events::drain_clicks(&state).await;
+    let response = Json(db::stats::url_stats(&client, id).await?).into_response();
+    Ok(crate::routes::events::mark_pending(response, pending))
 }
