@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Times the consumer found its group gone: Redis lost the click streams (restarted without
     /// persistence, or flushed). The entries lost then are added to `clicks{path="lost"}`.
     pub click_stream_resets: IntCounter,
+    /// Click batches PostgreSQL refused; the consumer holds the batch and retries it.
+    pub click_commit_failures: IntCounter,
     pub redis_errors: IntCounter,
     /// Entries delivered to a consumer but not yet acknowledged, refreshed at each scrape.
     pub click_stream_pending: IntGauge,
@@ -96,6 +98,11 @@ impl Metrics {
             "Times the click streams were found lost with Redis's data",
         )
         .expect("metric");
+        let click_commit_failures = IntCounter::new(
+            "kurz_api_click_commit_failures_total",
+            "Click batches PostgreSQL refused (held and retried)",
+        )
+        .expect("metric");
         let redis_errors = IntCounter::new(
             "kurz_api_redis_errors_total",
             "Failed Redis commands and connects",
@@ -136,6 +143,7 @@ impl Metrics {
             Box::new(click_insert_duration.clone()),
             Box::new(click_stream_length.clone()),
             Box::new(click_stream_resets.clone()),
+            Box::new(click_commit_failures.clone()),
             Box::new(redis_errors.clone()),
             Box::new(click_stream_pending.clone()),
             Box::new(db_pool_in_use.clone()),
@@ -164,6 +172,7 @@ impl Metrics {
             click_insert_duration,
             click_stream_length,
             click_stream_resets,
+            click_commit_failures,
             redis_errors,
             click_stream_pending,
             db_pool_size,

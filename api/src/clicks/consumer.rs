@@ -118,9 +118,22 @@ impl Consumer {
         self.stream.ensure_groups().await
     }
 
-    /// Entries not yet consumed, summed over partitions (unread plus pending).
+    /// Entries not yet consumed, summed over partitions (unread plus pending). Also the sample
+    /// of what would be lost if Redis lost its data now; if it already did, the loss is counted
+    /// from the previous sample first.
     pub async fn backlog(&self) -> Result<i64, RedisDown> {
-        let total = self.stream.backlog().await?;
+        let total = match self.stream.backlog().await {
+            Ok(total) => total,
+            Err(ReadError::GroupLost) => {
+                self.on_group_lost().await;
+                match self.stream.backlog().await {
+                    Ok(total) => total,
+                    Err(ReadError::GroupLost) => 0,
+                    Err(ReadError::Down(d)) => return Err(d),
+                }
+            }
+            Err(ReadError::Down(d)) => return Err(d),
+        };
         self.metrics.click_stream_length.set(total);
         self.last_backlog.store(total, Ordering::Release);
         Ok(total)
@@ -207,7 +220,10 @@ impl Consumer {
         for bad in work.held.iter().filter(|e| e.click.is_none()) {
             log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
         }
-        self.commit(&work.held).await?;
+        if let Err(e) = self.commit(&work.held).await {
+            self.metrics.click_commit_failures.inc();
+            return Err(e);
+        }
         self.stream
             .ack(&work.held)
             .await
@@ -220,7 +236,16 @@ impl Consumer {
     /// Reads new entries and stores them. Returns how many were handled.
     async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
         self.settle(work).await?;
-        match self.stream.read_new(self.per_partition()).await {
+        let read = match self.stream.read_new(self.per_partition()).await {
+            // Counted as lost and the groups recreated: read again, so the caller (a read of
+            // events) does not miss what was appended since Redis came back.
+            Err(ReadError::GroupLost) => {
+                self.on_group_lost().await;
+                self.stream.read_new(self.per_partition()).await
+            }
+            other => other,
+        };
+        match read {
             Ok(entries) => work.held = entries,
             Err(e) => return Err(self.read_error(e).await),
         }

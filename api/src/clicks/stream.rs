@@ -89,14 +89,68 @@ impl ClickStream {
     }
 
     /// Entries not yet consumed, summed over partitions (unread plus pending): acknowledged
-    /// entries are deleted, so `XLEN` is the backlog.
-    pub async fn backlog(&self) -> Result<i64, RedisDown> {
+    /// entries are deleted, so `XLEN` is the backlog. Reports [`ReadError::GroupLost`] instead
+    /// when a group this process created is gone, so a sample taken after Redis lost its data
+    /// never passes for the backlog that was lost.
+    pub async fn backlog(&self) -> Result<i64, ReadError> {
         let mut pipe = redis::pipe();
         for key in self.keys.all_clicks() {
-            pipe.cmd("XLEN").arg(key);
+            pipe.cmd("XLEN").arg(&key);
+            pipe.cmd("XINFO").arg("GROUPS").arg(&key);
         }
-        let lens: Vec<i64> = self.redis.query(&pipe).await?;
-        Ok(lens.iter().sum())
+        let replies: Vec<Value> = match self.redis.query(&pipe).await {
+            Ok(r) => r,
+            // XINFO on a stream that does not exist fails the pipeline: Redis came back empty.
+            Err(_) if self.groups_ready.load(Ordering::Acquire) && self.lost_stream().await? => {
+                self.groups_ready.store(false, Ordering::Release);
+                return Err(ReadError::GroupLost);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut total = 0;
+        for chunk in replies.chunks(2) {
+            let len = redis::from_redis_value::<i64>(chunk[0].clone()).unwrap_or(0);
+            if self.groups_ready.load(Ordering::Acquire) && !self.has_group(&chunk[1]) {
+                self.groups_ready.store(false, Ordering::Release);
+                return Err(ReadError::GroupLost);
+            }
+            total += len;
+        }
+        Ok(total)
+    }
+
+    /// Whether some partition's stream is missing altogether.
+    async fn lost_stream(&self) -> Result<bool, RedisDown> {
+        let mut pipe = redis::pipe();
+        for key in self.keys.all_clicks() {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        let exists: Vec<i64> = self.redis.query(&pipe).await?;
+        Ok(exists.contains(&0))
+    }
+
+    /// Whether an `XINFO GROUPS` reply lists our group.
+    fn has_group(&self, reply: &Value) -> bool {
+        let Value::Array(groups) = reply else {
+            return false;
+        };
+        groups.iter().any(|g| {
+            let fields: Vec<String> = match g {
+                Value::Array(f) => f
+                    .iter()
+                    .map(|v| redis::from_redis_value::<String>(v.clone()).unwrap_or_default())
+                    .collect(),
+                Value::Map(m) => m
+                    .iter()
+                    .flat_map(|(k, v)| [k.clone(), v.clone()])
+                    .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            fields
+                .chunks(2)
+                .any(|kv| kv.len() == 2 && kv[0] == "name" && kv[1] == self.group)
+        })
     }
 
     /// Entries delivered but not yet acknowledged, summed over partitions.

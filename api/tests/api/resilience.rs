@@ -1,82 +1,9 @@
 //! Degradation: Redis down (from the start, or killed mid-run) and PostgreSQL gone.
 
 use crate::helpers::{error_of, spawn_app, spawn_app_with};
+use crate::private::{Persistence, PrivateRedis};
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// A private redis-server on a free loopback port, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        // Below the ephemeral range (32768+): no client socket can take it while Redis restarts.
-        let port = loop {
-            let p = 20_000 + (rand::random::<u16>() % 12_000);
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                break p;
-            }
-        };
-        let mut redis = Self {
-            child: spawn_redis(port),
-            port,
-        };
-        redis.wait_up();
-        redis
-    }
-
-    /// Starts a fresh (empty) server on the same port after [`Self::kill`].
-    fn restart(&mut self) {
-        self.child = spawn_redis(self.port);
-        self.wait_up();
-    }
-
-    fn wait_up(&mut self) {
-        for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        panic!("private redis-server did not start on port {}", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_redis(port: u16) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed for the Redis failure tests")
-}
 
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,7 +56,7 @@ async fn with_redis_down_from_the_start_everything_still_works() {
 
 #[tokio::test]
 async fn redis_killed_mid_run_then_restarted() {
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::start(Persistence::None);
     let url = redis.url();
     let app = spawn_app_with(|c| c.redis.url = url).await;
     let user = app.create_user("kill").await;

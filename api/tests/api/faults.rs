@@ -1,0 +1,306 @@
+//! Clicks under faults: each click stored exactly once whatever path it takes, the consumer
+//! quiet while PostgreSQL is down, Redis losing its data counted, and reads that do not wait on
+//! a backlog. Every server broken here is private to the test (`private.rs`).
+
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::private::{Persistence, PrivatePg, PrivateRedis};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Polls `ok` every 50 ms until it holds or `limit` passes.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
+async fn redirect_with_id(app: &TestApp, code: &str, request_id: &str) -> u16 {
+    app.client
+        .get(app.url(&format!("/{code}")))
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn clicks_stored(app: &TestApp, url_id: i64) -> i64 {
+    clicks_stored_in(&app.state.config.database.url, url_id).await
+}
+
+async fn clicks_stored_in(db_url: &str, url_id: i64) -> i64 {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(
+            "SELECT count(*) FROM events WHERE url_id = $1 AND event_type = 'click'",
+            &[&url_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_cache_up(app: &TestApp) {
+    wait_for(
+        "the API to reconnect to Redis",
+        Duration::from_secs(20),
+        || async {
+            let ready: Value = app.get("/ready").await.json().await.unwrap();
+            ready["cache"] == "ok"
+        },
+    )
+    .await;
+}
+
+fn link_of(v: &Value) -> (i64, String) {
+    (
+        v["id"].as_i64().unwrap(),
+        v["short_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_click_retried_with_the_same_request_id_is_stored_once() {
+    let app = spawn_app_with(|c| c.clicks.poll_interval_ms = 3_600_000).await;
+    let user = app.create_user("retry").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/retry").await);
+    // An edge whose append timed out after it applied forwards the request with the same id.
+    assert_eq!(redirect_with_id(&app, &code, "req-retry-1").await, 302);
+    assert_eq!(redirect_with_id(&app, &code, "req-retry-1").await, 302);
+    assert_eq!(redirect_with_id(&app, &code, "req-retry-2").await, 302);
+    let clicks = app.clicks(id).await;
+    assert_eq!(clicks.len(), 2, "one per request id: {clicks:?}");
+}
+
+#[tokio::test]
+async fn a_click_stored_directly_while_redis_was_down_is_not_doubled_by_its_stream_copy() {
+    let mut redis = PrivateRedis::start(Persistence::AofAlways);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.clicks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let user = app.create_user("paths").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/paths").await);
+    assert_eq!(redirect_with_id(&app, &code, "req-paths-1").await, 302);
+    redis.kill();
+    // The same request again, now through the direct insert: stored at once.
+    assert_eq!(redirect_with_id(&app, &code, "req-paths-1").await, 302);
+    assert_eq!(clicks_stored(&app, id).await, 1);
+    // Redis comes back from its AOF with the first copy still in the stream.
+    redis.restart();
+    wait_cache_up(&app).await;
+    assert_eq!(app.clicks(id).await.len(), 1);
+    assert_eq!(
+        app.state.consumer.backlog().await.unwrap(),
+        0,
+        "stream copy consumed"
+    );
+    assert_eq!(clicks_stored(&app, id).await, 1);
+}
+
+#[tokio::test]
+async fn redis_restarted_from_its_aof_keeps_every_unconsumed_click() {
+    let mut redis = PrivateRedis::start(Persistence::AofAlways);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.clicks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let user = app.create_user("aof").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/aof").await);
+    for i in 0..5 {
+        assert_eq!(
+            redirect_with_id(&app, &code, &format!("req-aof-{i}")).await,
+            302
+        );
+    }
+    redis.kill();
+    redis.restart();
+    wait_cache_up(&app).await;
+    assert_eq!(app.clicks(id).await.len(), 5);
+    assert_eq!(
+        metric(&app, "kurz_api_clicks_total{path=\"lost\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&app, "kurz_api_click_stream_resets_total").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_counts_the_clicks_it_lost() {
+    let mut redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.clicks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let user = app.create_user("lost").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/lost").await);
+    for i in 0..5 {
+        assert_eq!(
+            redirect_with_id(&app, &code, &format!("req-lost-{i}")).await,
+            302
+        );
+    }
+    // The consumer's periodic sample, taken here so the test decides when.
+    assert_eq!(app.state.consumer.backlog().await.unwrap(), 5);
+    redis.kill();
+    redis.restart();
+    wait_cache_up(&app).await;
+    // The next read finds the group gone, counts the loss and goes on with a new group.
+    assert_eq!(redirect_with_id(&app, &code, "req-lost-after").await, 302);
+    assert_eq!(app.clicks(id).await.len(), 1);
+    assert_eq!(
+        metric(&app, "kurz_api_clicks_total{path=\"lost\"}").await,
+        5.0
+    );
+    assert_eq!(
+        metric(&app, "kurz_api_click_stream_resets_total").await,
+        1.0
+    );
+    // Consuming goes on with the recreated group.
+    assert_eq!(redirect_with_id(&app, &code, "req-lost-after").await, 302);
+    assert_eq!(app.clicks(id).await.len(), 1);
+}
+
+/// Per stream entry pending in the group: how many times it was delivered.
+async fn delivery_counts(app: &TestApp) -> Vec<i64> {
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut counts = Vec::new();
+    for key in app.state.keys.all_clicks() {
+        let rows: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg(&app.state.config.clicks.group)
+            .arg("-")
+            .arg("+")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        counts.extend(rows.into_iter().map(|(_, _, _, delivered)| delivered));
+    }
+    counts
+}
+
+#[tokio::test]
+async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_once() {
+    let pg = PrivatePg::start();
+    let pg_url = pg.url();
+    let app = spawn_app_with(|c| {
+        c.database.url = pg_url;
+        c.database.acquire_timeout_ms = 300;
+        c.database.connect_timeout_ms = 300;
+        c.clicks.poll_interval_ms = 20;
+        // Claims would re-deliver entries idle this long: keep it well inside the outage.
+        c.clicks.claim_idle_ms = 200;
+    })
+    .await;
+    let user = app.create_user("outage").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/outage").await);
+    assert_eq!(redirect_with_id(&app, &code, "req-outage-warm").await, 302);
+    wait_for("the warm-up click", Duration::from_secs(20), || async {
+        clicks_stored(&app, id).await == 1
+    })
+    .await;
+
+    pg.down();
+    for i in 0..40 {
+        assert_eq!(
+            redirect_with_id(&app, &code, &format!("req-outage-{i}")).await,
+            302,
+            "cached links keep redirecting while PostgreSQL is down"
+        );
+    }
+    wait_for(
+        "the consumer to fail a few times",
+        Duration::from_secs(30),
+        || async { metric(&app, "kurz_api_click_commit_failures_total").await >= 3.0 },
+    )
+    .await;
+    assert_eq!(
+        app.state.consumer.backlog().await.unwrap(),
+        40,
+        "every click waits in the stream"
+    );
+    let counts = delivery_counts(&app).await;
+    assert!(!counts.is_empty(), "the consumer holds a batch");
+    assert!(
+        counts.iter().all(|&n| n == 1),
+        "held, not re-read or re-claimed while PostgreSQL is down: {counts:?}"
+    );
+
+    pg.up();
+    wait_for(
+        "the held batch to be stored",
+        Duration::from_secs(30),
+        || async { app.state.consumer.backlog().await.unwrap_or(-1) == 0 },
+    )
+    .await;
+    assert_eq!(clicks_stored(&app, id).await, 41, "none lost, none doubled");
+}
+
+#[tokio::test]
+async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
+    let app = spawn_app_with(|c| {
+        c.clicks.poll_interval_ms = 3_600_000;
+        c.clicks.read_drain_budget_ms = 1;
+        c.clicks.batch_size = 10;
+    })
+    .await;
+    let user = app.create_user("budget").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/budget").await);
+    for i in 0..300 {
+        assert_eq!(
+            redirect_with_id(&app, &code, &format!("req-budget-{i}")).await,
+            302
+        );
+    }
+    let res = app
+        .get(&format!("/events?url_id={id}&event_type=click"))
+        .await;
+    assert_eq!(res.status(), 200);
+    let pending: i64 = res.headers()["x-kurz-clicks-pending"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shown = res.json::<Vec<Value>>().await.unwrap().len() as i64;
+    assert!(pending > 0, "the answer says clicks are missing");
+    assert_eq!(
+        shown + pending,
+        300,
+        "what is shown plus what is pending is everything"
+    );
+}
