@@ -1,8 +1,13 @@
 //! The link cache in Redis (cache-aside) and the invalidation channel.
 //!
-//! Reads fill entries with `SET NX`, writes overwrite them with `SET`: a read that fetched a row
-//! just before a concurrent write cannot put the old row back over the new one. Every write also
-//! publishes the code on the invalidation channel, so the edges drop their near-cache copies.
+//! A fill after a miss must never put a row read before a write back over that write. Reads
+//! note the write generation of the code's partition together with the lookup; every write
+//! bumps it before it stores the new entry (or unlinks entries, for bulk imports); a fill is a
+//! script that stores only while the generation is unchanged, and only where no entry is. So a
+//! read that fetched the old row from PostgreSQL just before a write committed finds the
+//! generation moved and fills nothing, whether the write overwrote the entry or deleted it.
+//! Every write also publishes the code on the invalidation channel, so the edges drop their
+//! near-cache copies.
 
 use crate::redis_handle::{RedisDown, RedisHandle};
 use kurz_common::keys::{CachedLink, KeySchema};
@@ -11,11 +16,24 @@ use std::sync::Arc;
 /// Message on the invalidation channel meaning "drop every cached link" (bulk imports).
 pub const INVALIDATE_ALL: &str = "*";
 
+/// Stores `ARGV[1]` for `ARGV[2]` seconds at `KEYS[1]` if the generation at `KEYS[2]` is still
+/// `ARGV[3]` and no entry is there. Both keys share the partition's hash tag (cluster-safe).
+const FILL: &str = r#"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 1 end
+return 0
+"#;
+
 /// What a lookup found.
 pub enum Lookup {
     Hit(CachedLink),
-    Miss,
+    /// No entry; a fill must carry this generation.
+    Miss(Generation),
 }
+
+/// A partition's write generation as a lookup saw it.
+#[derive(Debug, Clone)]
+pub struct Generation(String);
 
 #[derive(Clone)]
 pub struct LinkCache {
@@ -23,6 +41,7 @@ pub struct LinkCache {
     keys: KeySchema,
     ttl: u64,
     negative_ttl: u64,
+    fill: Arc<redis::Script>,
 }
 
 impl LinkCache {
@@ -32,17 +51,19 @@ impl LinkCache {
             keys,
             ttl,
             negative_ttl,
+            fill: Arc::new(redis::Script::new(FILL)),
         }
     }
 
+    /// The entry and the generation in one round trip.
     pub async fn lookup(&self, code: &str) -> Result<Lookup, RedisDown> {
-        let raw: Option<String> = self
-            .redis
-            .query(redis::cmd("GET").arg(self.keys.link(code)))
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.keys.link(code));
+        pipe.cmd("GET").arg(self.keys.generation_for(code));
+        let (raw, generation): (Option<String>, Option<String>) = self.redis.query(&pipe).await?;
         Ok(match raw.as_deref().and_then(CachedLink::decode) {
             Some(entry) => Lookup::Hit(entry),
-            None => Lookup::Miss,
+            None => Lookup::Miss(Generation(generation.unwrap_or_else(|| "0".into()))),
         })
     }
 
@@ -53,20 +74,32 @@ impl LinkCache {
         }
     }
 
-    /// Fills after a miss; never overwrites a fresher entry a write put there meanwhile.
-    pub async fn fill(&self, code: &str, entry: &CachedLink) -> Result<(), RedisDown> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.link(code))
+    /// Fills after a miss; a no-op if a write came in since the lookup (see the module docs).
+    /// Returns whether the entry was stored.
+    pub async fn fill(
+        &self,
+        code: &str,
+        entry: &CachedLink,
+        seen: &Generation,
+    ) -> Result<bool, RedisDown> {
+        let mut conn = self.redis.conn().await?;
+        let mut inv = self.fill.key(self.keys.link(code));
+        inv.key(self.keys.generation_for(code))
             .arg(entry.encode())
-            .arg("EX")
             .arg(self.ttl_of(entry))
-            .arg("NX");
-        self.redis.query::<Option<String>>(&cmd).await.map(|_| ())
+            .arg(&seen.0);
+        inv.invoke_async::<i64>(&mut conn)
+            .await
+            .map(|stored| stored == 1)
+            .map_err(|e| self.redis.failed(e))
     }
 
-    /// After a write: store the new entry and tell every edge.
+    /// After a write: move the generation, store the new entry and tell every edge.
     pub async fn publish(&self, code: &str, entry: &CachedLink) -> Result<(), RedisDown> {
         let mut pipe = redis::pipe();
+        pipe.cmd("INCR")
+            .arg(self.keys.generation_for(code))
+            .ignore();
         pipe.cmd("SET")
             .arg(self.keys.link(code))
             .arg(entry.encode())
@@ -88,9 +121,15 @@ impl LinkCache {
         self.redis.query::<()>(&cmd).await
     }
 
-    /// After a bulk import: drop the entries of `codes` and tell every edge to drop its whole
-    /// near-cache (one message instead of one per row).
+    /// After a bulk import: move every partition's generation (fills in flight from before the
+    /// import's commit then store nothing), drop the entries of `codes`, and tell every edge to
+    /// drop its whole near-cache (one message instead of one per row).
     pub async fn forget_many(&self, codes: &[String]) -> Result<(), RedisDown> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.keys.partitions() {
+            pipe.cmd("INCR").arg(self.keys.generation(p)).ignore();
+        }
+        self.redis.query::<()>(&pipe).await?;
         for chunk in codes.chunks(1000) {
             let mut cmd = redis::cmd("UNLINK");
             for code in chunk {

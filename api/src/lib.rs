@@ -8,7 +8,8 @@
 //! - [`routes`]: one module per resource; [`extract`] and [`pagination`] parse requests.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`db`]: SQL as small functions, one module per table; [`import`]: bulk CSV imports.
-//! - [`cache`]: the Redis link cache; [`clicks`]: the click stream and its consumer.
+//! - [`cache`]: the Redis link cache; [`cache_sync`]: link states reach it despite failures;
+//!   [`clicks`]: the click stream and its consumer.
 //! - [`auth`]: passwords, sessions, API keys, lock-out and the access policy ([`auth::Caller`]).
 //! - [`idempotency`]: `Idempotency-Key` for creates; [`client`]: the client's address.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cache_sync;
 pub mod clicks;
 pub mod client;
 pub mod config;

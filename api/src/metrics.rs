@@ -32,6 +32,8 @@ pub struct Metrics {
     pub click_stream_resets: IntCounter,
     /// Click batches PostgreSQL refused; the consumer holds the batch and retries it.
     pub click_commit_failures: IntCounter,
+    /// Links whose new state has not reached Redis yet (`link_outbox` rows), at the last replay.
+    pub link_outbox: IntGauge,
     pub redis_errors: IntCounter,
     /// Entries delivered to a consumer but not yet acknowledged, refreshed at each scrape.
     pub click_stream_pending: IntGauge,
@@ -103,6 +105,11 @@ impl Metrics {
             "Click batches PostgreSQL refused (held and retried)",
         )
         .expect("metric");
+        let link_outbox = IntGauge::new(
+            "kurz_api_link_outbox_pending",
+            "Link writes whose new state has not reached Redis yet",
+        )
+        .expect("metric");
         let redis_errors = IntCounter::new(
             "kurz_api_redis_errors_total",
             "Failed Redis commands and connects",
@@ -144,6 +151,7 @@ impl Metrics {
             Box::new(click_stream_length.clone()),
             Box::new(click_stream_resets.clone()),
             Box::new(click_commit_failures.clone()),
+            Box::new(link_outbox.clone()),
             Box::new(redis_errors.clone()),
             Box::new(click_stream_pending.clone()),
             Box::new(db_pool_in_use.clone()),
@@ -173,6 +181,7 @@ impl Metrics {
             click_stream_length,
             click_stream_resets,
             click_commit_failures,
+            link_outbox,
             redis_errors,
             click_stream_pending,
             db_pool_size,

@@ -164,6 +164,7 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let consumer = tokio::spawn(state.consumer.clone().run(stop_rx.clone()));
         let schema = tokio::spawn(republish_schema(state.cache.clone(), stop_rx.clone()));
+        let replayer = tokio::spawn(crate::cache_sync::run(state.clone(), stop_rx.clone()));
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
         let app = routes::router(state.clone())
@@ -200,6 +201,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = consumer.await;
         let _ = schema.await;
+        let _ = replayer.await;
         let _ = admin_server.await;
         log::info!("kurz-api stopped");
         served.map_err(|e| format!("server error: {e}"))

@@ -4,6 +4,9 @@
 //! ```text
 //! <prefix>:{p<N>}:link:<code>   cached link (see [`CachedLink`]), TTL; negative entries too
 //! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
+//! <prefix>:{p<N>}:gen           write generation of partition N's links: bumped by every link
+//!                               write, checked by every cache fill (a fill that read PostgreSQL
+//!                               before a write committed cannot land after it)
 //! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
 //! <prefix>:schema               the key schema's fingerprint (see [`KeySchema::fingerprint`])
 //! <prefix>:idem:<key>           stored answer of a POST /urls with that Idempotency-Key
@@ -57,6 +60,16 @@ impl KeySchema {
     /// The cache entry of a link.
     pub fn link(&self, code: &str) -> String {
         format!("{}:{{p{}}}:link:{code}", self.prefix, self.partition(code))
+    }
+
+    /// The write generation of one partition's links.
+    pub fn generation(&self, partition: u16) -> String {
+        format!("{}:{{p{partition}}}:gen", self.prefix)
+    }
+
+    /// The write generation guarding a code's cache entry (same hash tag as the entry).
+    pub fn generation_for(&self, code: &str) -> String {
+        self.generation(self.partition(code))
     }
 
     /// The click stream of one partition.
@@ -208,6 +221,7 @@ mod tests {
         let stream = keys.clicks_for("abc1234");
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&link), tag(&stream));
+        assert_eq!(tag(&link), tag(&keys.generation_for("abc1234")));
         assert!(link.starts_with("kurz:{p") && link.ends_with(":link:abc1234"));
     }
 

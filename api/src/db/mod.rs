@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod events;
+pub mod outbox;
 pub mod stats;
 pub mod urls;
 pub mod users;

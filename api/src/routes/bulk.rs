@@ -69,7 +69,8 @@ pub async fn urls(
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets).await?;
     if let Err(e) = state.cache.forget_many(&imported.codes).await {
-        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import");
+        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
+        crate::cache_sync::after_failed_import(&state, &imported.codes).await;
     }
     Ok(created(imported.count))
 }

@@ -59,7 +59,7 @@ pub async fn redirect(
 /// negative entry for unknown codes). With Redis down, PostgreSQL alone.
 async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
     let lookups = &state.metrics.cache_lookups;
-    let cached = match state.cache.lookup(code).await {
+    let seen = match state.cache.lookup(code).await {
         Ok(Lookup::Hit(entry)) => {
             let result = if entry == CachedLink::Missing {
                 "negative"
@@ -69,21 +69,21 @@ async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
             lookups.with_label_values(&[result]).inc();
             return Ok(entry);
         }
-        Ok(Lookup::Miss) => {
+        Ok(Lookup::Miss(generation)) => {
             lookups.with_label_values(&["miss"]).inc();
-            true
+            Some(generation)
         }
         Err(_) => {
             lookups.with_label_values(&["error"]).inc();
-            false
+            None
         }
     };
     let client = state.client().await?;
     let entry = db::urls::find_url_by_code(&client, code)
         .await?
         .map_or(CachedLink::Missing, |link| link.cache_entry());
-    if cached {
-        if let Err(e) = state.cache.fill(code, &entry).await {
+    if let Some(seen) = seen {
+        if let Err(e) = state.cache.fill(code, &entry, &seen).await {
             log::debug!(error = e.to_string(); "cache fill skipped");
         }
     }

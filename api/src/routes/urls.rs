@@ -162,16 +162,10 @@ async fn insert_generated(
     )))
 }
 
-/// Writes the link's new state to Redis and tells the edges. A Redis failure is logged, not
-/// returned: PostgreSQL has the truth, and the negative-entry TTL bounds any staleness.
+/// Writes a created link's state to Redis and tells the edges; queued for replay if Redis
+/// fails (see `cache_sync`).
 pub async fn refresh_cache(state: &AppState, link: &Link) {
-    if let Err(e) = state
-        .cache
-        .publish(&link.short_code, &link.cache_entry())
-        .await
-    {
-        log::warn!(error = e.to_string(), short_code = link.short_code.as_str(); "cache update skipped");
-    }
+    crate::cache_sync::after_write(state, link, None).await;
 }
 
 /// `GET /urls`.
@@ -293,8 +287,9 @@ pub async fn update(
         let details = json!({"field": field, "new_value": new_value});
         db::events::insert_event(&tx, saved.id, saved.user_id, "updated", &details).await?;
     }
+    let queued = db::outbox::enqueue(&tx, &saved.short_code).await?;
     tx.commit().await?;
-    refresh_cache(&state, &saved).await;
+    crate::cache_sync::after_write(&state, &saved, Some(queued)).await;
     Ok(Json(saved.to_json(state.config.base())).into_response())
 }
 
@@ -322,8 +317,9 @@ pub async fn delete(
         &json!({"reason": "user_requested"}),
     )
     .await?;
+    let queued = db::outbox::enqueue(&tx, &link.short_code).await?;
     tx.commit().await?;
-    refresh_cache(&state, &link).await;
+    crate::cache_sync::after_write(&state, &link, Some(queued)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

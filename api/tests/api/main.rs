@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod health;
 mod helpers;
+mod link_state;
 mod malformed;
 mod private;
 mod redirect;

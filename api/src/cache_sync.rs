@@ -1,0 +1,116 @@
+//! Getting a link's new state to Redis and every edge after a write, even when Redis fails.
+//!
+//! A write enqueues its code in `link_outbox` inside its own transaction (see
+//! `db::outbox`), then publishes. A publish that fails or times out leaves the row; the
+//! replayer here publishes the link's current row until Redis takes it. So once a write has
+//! answered 2xx, its state reaches every edge within the outage plus one replay interval, instead
+//! of the old entry redirecting until its TTL (24 h) ran out.
+
+use crate::db;
+use crate::db::urls::Link;
+use crate::state::AppState;
+use chrono::{DateTime, Utc};
+use kurz_common::keys::CachedLink;
+use std::time::Duration;
+
+/// How often queued codes are published again.
+pub const REPLAY_EVERY: Duration = Duration::from_millis(500);
+
+/// Codes replayed per round.
+const REPLAY_BATCH: i64 = 500;
+
+/// After a committed write of `link`. `queued` is the outbox stamp the write's transaction got;
+/// `None` for writes that enqueue only on failure (creates: a new code has no stale entry to
+/// outlive, at most a short negative one).
+pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<Utc>>) {
+    let code = link.short_code.as_str();
+    match state.cache.publish(code, &link.cache_entry()).await {
+        Ok(()) => {
+            if let Some(stamp) = queued {
+                if let Ok(client) = state.db.get().await {
+                    // Best effort: a row left behind is replayed once more, harmlessly.
+                    let _ = db::outbox::done(&client, code, stamp).await;
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!(error = e.to_string(), short_code = code; "cache update failed; queued for replay");
+            if queued.is_none() {
+                if let Ok(client) = state.db.get().await {
+                    let _ = db::outbox::enqueue(&client, code).await;
+                }
+            }
+        }
+    }
+}
+
+/// After a bulk import whose cache update failed: every imported code is replayed.
+pub async fn after_failed_import(state: &AppState, codes: &[String]) {
+    match state.db.get().await {
+        Ok(client) => {
+            for chunk in codes.chunks(10_000) {
+                if let Err(e) = db::outbox::enqueue_many(&client, chunk).await {
+                    log::error!(error = e.to_string(); "imported links could not be queued for cache replay");
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            log::error!(error = e.to_string(); "imported links could not be queued for cache replay")
+        }
+    }
+}
+
+/// One replay round: publishes the current state of the oldest queued codes. Returns how many
+/// were published.
+pub async fn replay_once(state: &AppState) -> Result<usize, String> {
+    let client = state.db.get().await.map_err(|e| e.to_string())?;
+    let queued = db::outbox::oldest(&client, REPLAY_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut published = 0;
+    for (code, stamp) in &queued {
+        let entry = db::urls::find_url_by_code(&client, code)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(CachedLink::Missing, |link| link.cache_entry());
+        state
+            .cache
+            .publish(code, &entry)
+            .await
+            .map_err(|e| e.to_string())?;
+        db::outbox::done(&client, code, *stamp)
+            .await
+            .map_err(|e| e.to_string())?;
+        published += 1;
+    }
+    if let Ok(left) = db::outbox::count(&client).await {
+        state.metrics.link_outbox.set(left);
+    }
+    Ok(published)
+}
+
+/// The replayer: a round every [`REPLAY_EVERY`] until `stop`.
+pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        match replay_once(&state).await {
+            Ok(n) => {
+                if n > 0 || failing {
+                    log::info!(published = n; "queued link states published");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!(error = e; "queued link states not published yet; retrying");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REPLAY_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `link_outbox`: codes whose new state must still reach Redis (see the migration's comment).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Error;
+
+/// Queues `code`; returns the stamp [`done`] needs. Call inside the write's transaction.
+pub async fn enqueue(c: &impl GenericClient, code: &str) -> Result<DateTime<Utc>, Error> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO link_outbox (short_code) VALUES ($1) \
+             ON CONFLICT (short_code) DO UPDATE SET queued_at = clock_timestamp() \
+             RETURNING queued_at",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&code]).await?.get(0))
+}
+
+/// Queues many codes at once (a bulk import whose cache update failed).
+pub async fn enqueue_many(c: &impl GenericClient, codes: &[String]) -> Result<u64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO link_outbox (short_code) SELECT UNNEST($1::text[]) \
+             ON CONFLICT (short_code) DO UPDATE SET queued_at = clock_timestamp()",
+        )
+        .await?;
+    c.execute(&stmt, &[&codes]).await
+}
+
+/// Removes `code` unless a later write queued it again.
+pub async fn done(c: &impl GenericClient, code: &str, stamp: DateTime<Utc>) -> Result<(), Error> {
+    let stmt = c
+        .prepare_cached("DELETE FROM link_outbox WHERE short_code = $1 AND queued_at = $2")
+        .await?;
+    c.execute(&stmt, &[&code, &stamp]).await.map(|_| ())
+}
+
+/// The oldest queued codes.
+pub async fn oldest(
+    c: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+    let stmt = c
+        .prepare_cached("SELECT short_code, queued_at FROM link_outbox ORDER BY queued_at LIMIT $1")
+        .await?;
+    Ok(c.query(&stmt, &[&limit])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+pub async fn count(c: &impl GenericClient) -> Result<i64, Error> {
+    let stmt = c.prepare_cached("SELECT count(*) FROM link_outbox").await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}

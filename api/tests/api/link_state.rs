@@ -1,0 +1,150 @@
+//! A link's state reaches Redis after every write, even when Redis stalls during the write, and
+//! no fill that read PostgreSQL before a write can put the old state back.
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::private::{Persistence, PrivateRedis};
+use kurz_api::cache::Lookup;
+use kurz_common::keys::{CachedLink, LinkEntry};
+use std::time::{Duration, Instant};
+
+fn entry(target: &str) -> CachedLink {
+    CachedLink::Found(LinkEntry {
+        url_id: 1,
+        user_id: None,
+        active: true,
+        expires_at: None,
+        target: target.into(),
+    })
+}
+
+async fn generation_seen(app: &TestApp, code: &str) -> kurz_api::cache::Generation {
+    match app.state.cache.lookup(code).await.unwrap() {
+        Lookup::Miss(g) => g,
+        Lookup::Hit(_) => panic!("{code} is cached"),
+    }
+}
+
+#[tokio::test]
+async fn a_fill_that_read_before_a_write_cannot_overwrite_it() {
+    let app = spawn_app().await;
+    let cache = &app.state.cache;
+    let seen = generation_seen(&app, "fence01").await;
+    // A write lands between the reader's lookup and its fill.
+    cache
+        .publish("fence01", &entry("https://new.example/"))
+        .await
+        .unwrap();
+    assert!(!cache
+        .fill("fence01", &entry("https://old.example/"), &seen)
+        .await
+        .unwrap());
+    match cache.lookup("fence01").await.unwrap() {
+        Lookup::Hit(e) => assert_eq!(e, entry("https://new.example/")),
+        Lookup::Miss(_) => panic!("the write's entry is gone"),
+    }
+    // Without a write in between, the fill stores.
+    let seen = generation_seen(&app, "fence02").await;
+    assert!(cache
+        .fill("fence02", &CachedLink::Missing, &seen)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn a_fill_that_read_before_a_bulk_import_committed_stores_nothing_after_it() {
+    let app = spawn_app().await;
+    let cache = &app.state.cache;
+    let seen = generation_seen(&app, "bulk001").await;
+    // The import commits and drops the cached entries of its codes (here none was cached yet).
+    cache.forget_many(&["bulk001".to_owned()]).await.unwrap();
+    assert!(
+        !cache
+            .fill("bulk001", &CachedLink::Missing, &seen)
+            .await
+            .unwrap(),
+        "the pre-import row must not be cached for a day"
+    );
+    assert!(matches!(
+        cache.lookup("bulk001").await.unwrap(),
+        Lookup::Miss(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_link_deleted_while_redis_stalls_writes_stops_redirecting_once_redis_recovers() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let user = app.create_user("stall").await;
+    let link = app.create_url(user, "https://example.com/stall").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+
+    // Writes (and PUBLISH) wait for 1.5 s; the API's 250 ms Redis timeout fires on them.
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+
+    // What every edge reads: the entry in Redis (reads are not paused).
+    let link_key = app.state.keys.link(&code);
+    let cached = |mut conn: redis::aio::MultiplexedConnection| {
+        let key = link_key.clone();
+        async move {
+            let raw: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            match raw.as_deref().and_then(CachedLink::decode) {
+                Some(CachedLink::Found(l)) => l.redirects_at(chrono::Utc::now().timestamp()),
+                _ => false,
+            }
+        }
+    };
+    let reader = admin.get_multiplexed_async_connection().await.unwrap();
+    assert!(
+        cached(reader.clone()).await,
+        "right after the 204 the stalled write has not reached Redis (the defect's setting)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cached(reader.clone()).await {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted link kept redirecting from Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_outbox_empty(&app).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+}
+
+async fn wait_outbox_empty(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let queued: i64 = app
+            .sql()
+            .await
+            .query_one("SELECT count(*) FROM link_outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if queued == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replayed write leaves the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
