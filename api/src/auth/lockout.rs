@@ -1,8 +1,16 @@
-//! Failed-login back-off, per account identifier and per client address, in Redis.
+//! Failed-login back-off, per account and per client address, in Redis.
 //!
-//! Counters are keyed by the identifier as typed (lower-cased), whether or not such an account
-//! exists, so the back-off itself reveals nothing. Past `free_failures` in the window, each
-//! further failure locks the key for `base * 2^(n - free - 1)` seconds, capped.
+//! Every attempt is admitted (or refused) by one Redis script *before* the password is checked:
+//! it refuses while a lock holds, and otherwise counts the attempt as a failure up front,
+//! locking the account once the count passes `free_failures`. A successful login then clears
+//! the account's count. Counting before checking is what makes the limit hold under
+//! concurrency: thirty simultaneous guesses cannot all pass a check that none of them has
+//! counted yet, so at most `free_failures + 1` passwords are checked before the lock engages,
+//! then one per lock period.
+//!
+//! Counters are per account (the user id) when the identifier names one, so locking an account
+//! by its email also locks it by its username; for an identifier that names nobody they are
+//! per identifier, so the back-off itself reveals nothing about who exists.
 
 use crate::config::LockoutConfig;
 use crate::redis_handle::{RedisDown, RedisHandle};
@@ -10,95 +18,97 @@ use kurz_common::keys::KeySchema;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// `KEYS`: account failures, account lock, address failures, address lock.
+/// `ARGV`: window, free per account, free per address, base delay, max delay.
+/// Returns 0 when the attempt may go on, else the seconds to wait.
+const ADMIT: &str = r#"
+local wait = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[4]))
+if wait > 0 then return math.ceil(wait / 1000) end
+local function delay(n, free)
+  if n <= free then return 0 end
+  local d = tonumber(ARGV[4]) * 2 ^ math.min(n - free - 1, 30)
+  return math.min(d, tonumber(ARGV[5]))
+end
+local a = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local i = redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+local da, di = delay(a, tonumber(ARGV[2])), delay(i, tonumber(ARGV[3]))
+if da > 0 then redis.call('SET', KEYS[2], 1, 'EX', da) end
+if di > 0 then redis.call('SET', KEYS[4], 1, 'EX', di) end
+return 0
+"#;
+
+/// Whose failures an attempt counts against.
+pub enum Subject<'a> {
+    /// An existing account.
+    Account(i64),
+    /// An identifier (email or username, lower-cased) that names no account.
+    Unknown(&'a str),
+}
+
+impl Subject<'_> {
+    fn key(&self) -> String {
+        match self {
+            Subject::Account(id) => format!("user:{id}"),
+            Subject::Unknown(who) => format!("id:{who}"),
+        }
+    }
+}
+
 pub struct Lockout {
     redis: Arc<RedisHandle>,
     keys: KeySchema,
     cfg: LockoutConfig,
+    admit: redis::Script,
 }
 
 impl Lockout {
     pub fn new(redis: Arc<RedisHandle>, keys: KeySchema, cfg: LockoutConfig) -> Self {
-        Self { redis, keys, cfg }
+        Self {
+            redis,
+            keys,
+            cfg,
+            admit: redis::Script::new(ADMIT),
+        }
     }
 
-    /// Seconds until `who` / `ip` may try again, if locked.
-    pub async fn locked_for(&self, who: &str, ip: IpAddr) -> Result<Option<u64>, RedisDown> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("TTL").arg(self.keys.login("lock-acct", who));
-        pipe.cmd("TTL")
-            .arg(self.keys.login("lock-ip", &ip.to_string()));
-        let (a, i): (i64, i64) = self.redis.query(&pipe).await?;
-        let wait = a.max(i);
+    /// Admits one attempt: `Some(seconds)` when it must wait instead (nothing is checked then).
+    /// An admitted attempt already counts as a failure until [`Self::succeeded`].
+    pub async fn admit(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<Option<u64>, RedisDown> {
+        let (who, ip) = (subject.key(), ip.to_string());
+        let mut inv = self.admit.key(self.keys.login("fail-acct", &who));
+        inv.key(self.keys.login("lock-acct", &who))
+            .key(self.keys.login("fail-ip", &ip))
+            .key(self.keys.login("lock-ip", &ip))
+            .arg(self.cfg.window_seconds)
+            .arg(self.cfg.free_failures)
+            .arg(self.cfg.free_failures_per_ip)
+            .arg(self.cfg.base_delay_seconds)
+            .arg(self.cfg.max_delay_seconds);
+        let mut conn = self.redis.conn().await?;
+        let wait: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.failed(e))?;
         Ok((wait > 0).then_some(wait as u64))
     }
 
-    fn delay(&self, failures: u32, free: u32) -> Option<u64> {
-        let over = failures.checked_sub(free)?.checked_sub(1)?;
-        let factor = 1u64.checked_shl(over.min(30)).unwrap_or(u64::MAX);
-        Some(
-            self.cfg
-                .base_delay_seconds
-                .saturating_mul(factor)
-                .min(self.cfg.max_delay_seconds),
-        )
-    }
-
-    /// Counts a failure; returns the back-off now in force, if any.
-    pub async fn failed(&self, who: &str, ip: IpAddr) -> Result<Option<u64>, RedisDown> {
-        let ip = ip.to_string();
-        let (fail_acct, fail_ip) = (
-            self.keys.login("fail-acct", who),
-            self.keys.login("fail-ip", &ip),
-        );
+    /// A successful login clears the account's failures and lock, and takes back the count
+    /// its own attempt added to the address (only that: one good password must not reset a
+    /// spray across many accounts, and users behind one NAT must not lock each other out by
+    /// logging in).
+    pub async fn succeeded(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<(), RedisDown> {
+        let who = subject.key();
         let mut pipe = redis::pipe();
-        pipe.cmd("INCR").arg(&fail_acct);
-        pipe.cmd("EXPIRE")
-            .arg(&fail_acct)
-            .arg(self.cfg.window_seconds)
-            .ignore();
-        pipe.cmd("INCR").arg(&fail_ip);
-        pipe.cmd("EXPIRE")
-            .arg(&fail_ip)
-            .arg(self.cfg.window_seconds)
-            .ignore();
-        let (acct, by_ip): (u32, u32) = self.redis.query(&pipe).await?;
-        let mut locks = redis::pipe();
-        let mut wait = None;
-        if let Some(d) = self.delay(acct, self.cfg.free_failures) {
-            locks
-                .cmd("SET")
-                .arg(self.keys.login("lock-acct", who))
-                .arg(1)
-                .arg("EX")
-                .arg(d)
-                .ignore();
-            wait = Some(d);
-        }
-        if let Some(d) = self.delay(by_ip, self.cfg.free_failures_per_ip) {
-            locks
-                .cmd("SET")
-                .arg(self.keys.login("lock-ip", &ip))
-                .arg(1)
-                .arg("EX")
-                .arg(d)
-                .ignore();
-            wait = Some(wait.map_or(d, |w: u64| w.max(d)));
-        }
-        if wait.is_some() {
-            self.redis.query::<()>(&locks).await?;
-        }
-        Ok(wait)
-    }
-
-    /// A successful login clears the account's failures (not the address's: one good password
-    /// must not reset a spray across many accounts).
-    pub async fn succeeded(&self, who: &str) -> Result<(), RedisDown> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.keys.login("fail-acct", who))
+        pipe.cmd("DECR")
+            .arg(self.keys.login("fail-ip", &ip.to_string()))
             .ignore();
         pipe.cmd("DEL")
-            .arg(self.keys.login("lock-acct", who))
+            .arg(self.keys.login("fail-acct", &who))
+            .ignore();
+        pipe.cmd("DEL")
+            .arg(self.keys.login("lock-acct", &who))
             .ignore();
         self.redis.query::<()>(&pipe).await
     }

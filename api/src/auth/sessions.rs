@@ -55,10 +55,15 @@ impl Sessions {
     }
 
     /// A new session for `user_id`: the token (given to the client once).
+    ///
+    /// The user's set of session hashes has no TTL: sliding sessions live as long as they are
+    /// used, and a set that expired before them would let a password change miss them. It stays
+    /// small because each new session first drops the hashes whose sessions have expired.
     pub async fn create(&self, user_id: i64) -> Result<String, RedisDown> {
         let token = new_token(SESSION_PREFIX);
         let hash = token_hash(&token);
         let set = self.keys.user_sessions(user_id);
+        self.prune(&set).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.keys.session(&hash))
@@ -67,9 +72,35 @@ impl Sessions {
             .arg(self.ttl)
             .ignore();
         pipe.cmd("SADD").arg(&set).arg(&hash).ignore();
-        pipe.cmd("EXPIRE").arg(&set).arg(self.ttl).ignore();
+        pipe.cmd("PERSIST").arg(&set).ignore();
         self.redis.query::<()>(&pipe).await?;
         Ok(token)
+    }
+
+    /// Drops the hashes of expired sessions from a user's set.
+    async fn prune(&self, set: &str) -> Result<(), RedisDown> {
+        let hashes: Vec<String> = self.redis.query(redis::cmd("SMEMBERS").arg(set)).await?;
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for h in &hashes {
+            pipe.cmd("EXISTS").arg(self.keys.session(h));
+        }
+        let alive: Vec<i64> = self.redis.query(&pipe).await?;
+        let dead: Vec<&String> = hashes
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| *a == 0)
+            .map(|(h, _)| h)
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        self.redis
+            .query::<i64>(redis::cmd("SREM").arg(set).arg(dead))
+            .await
+            .map(|_| ())
     }
 
     /// The user of a session token, extending it when sessions slide.

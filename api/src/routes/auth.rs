@@ -1,6 +1,7 @@
 //! `/auth/*` (and `/api/auth/*`): register, login, logout, me, password change, API keys.
 //! Every answer carries `Cache-Control: no-store` (set by the request middleware).
 
+use crate::auth::lockout::Subject;
 use crate::auth::sessions::{new_token, token_hash, API_KEY_PREFIX};
 use crate::auth::{Caller, Credential};
 use crate::db::{self, conflict_or, users::User};
@@ -108,9 +109,20 @@ pub async fn login(
         .unwrap_or("")
         .to_lowercase();
     let ip = crate::client::client_ip(peer, &headers);
+    let client = state.client().await?;
+    let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
+    let (user, stored) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, None),
+    };
+    // Admitted (and counted) before the password is checked: see `auth::lockout`.
+    let subject = match &user {
+        Some(u) => Subject::Account(u.id),
+        None => Subject::Unknown(&who),
+    };
     let lockout = &state.auth.lockout;
     if let Some(wait) = lockout
-        .locked_for(&who, ip)
+        .admit(&subject, ip)
         .await
         .map_err(|_| sessions_down())?
     {
@@ -119,25 +131,16 @@ pub async fn login(
             retry_after: wait,
         });
     }
-    let client = state.client().await?;
-    let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
-    let (user, stored) = match found {
-        Some((user, hash)) => (Some(user), hash),
-        None => (None, None),
-    };
     let ok = state.auth.passwords.verify(password, stored).await?;
     match user {
         Some(user) if ok => {
-            lockout.succeeded(&who).await.map_err(|_| sessions_down())?;
-            session_answer(&state, &user, StatusCode::OK).await
-        }
-        _ => {
             lockout
-                .failed(&who, ip)
+                .succeeded(&subject, ip)
                 .await
                 .map_err(|_| sessions_down())?;
-            Err(ApiError::Unauthorized("invalid credentials".into()))
+            session_answer(&state, &user, StatusCode::OK).await
         }
+        _ => Err(ApiError::Unauthorized("invalid credentials".into())),
     }
 }
 
@@ -187,12 +190,12 @@ pub async fn change_password(
     f.finish()?;
     let client = state.client().await?;
     let stored = db::users::password_hash(&client, me.id).await?;
-    let who = me.email.to_lowercase();
     let ip = crate::client::client_ip(peer, &headers);
+    let subject = Subject::Account(me.id);
     if let Some(wait) = state
         .auth
         .lockout
-        .locked_for(&who, ip)
+        .admit(&subject, ip)
         .await
         .map_err(|_| sessions_down())?
     {
@@ -207,14 +210,14 @@ pub async fn change_password(
         .verify(current.unwrap_or_default(), stored)
         .await?
     {
-        state
-            .auth
-            .lockout
-            .failed(&who, ip)
-            .await
-            .map_err(|_| sessions_down())?;
         return Err(ApiError::Forbidden("current_password is wrong".into()));
     }
+    state
+        .auth
+        .lockout
+        .succeeded(&subject, ip)
+        .await
+        .map_err(|_| sessions_down())?;
     let hash = state.auth.passwords.hash(new.unwrap_or_default()).await?;
     db::users::set_password(&client, me.id, &hash).await?;
     state

@@ -199,11 +199,17 @@ async fn find_live(client: &deadpool_postgres::Client, id: i64) -> ApiResult<Lin
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))
 }
 
-/// `GET /urls/<id>`, `GET /links/<id>`.
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+/// `GET /urls/<id>`, `GET /links/<id>`. In `required` mode only the owner or an admin may read
+/// a link (its target, owner and state are not public; ids are sequential and easy to walk).
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
     let client = state.client().await?;
     let link = find_live(&client, id).await?;
+    caller.require_owner_or_admin(link.user_id)?;
     Ok(Json(link.to_json(state.config.base())).into_response())
 }
 

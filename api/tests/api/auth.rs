@@ -33,6 +33,12 @@ async fn login(app: &TestApp, body: Value) -> reqwest::Response {
     app.post_json("/auth/login", &body).await
 }
 
+async fn me_id(app: &TestApp, token: &str) -> i64 {
+    me(app, token).await.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/auth/me"))
@@ -225,6 +231,18 @@ async fn a_password_change_revokes_every_session() {
         .to_owned();
     error_of(me(&app, &first).await, 401).await;
     error_of(me(&app, &second).await, 401).await;
+    // Sessions slide past any fixed TTL, so the set that finds them for revocation has none.
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(app.state.keys.user_sessions(me_id(&app, &fresh).await))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl, -1,
+        "the user's session set never expires before its sessions"
+    );
     assert_eq!(me(&app, &fresh).await.status(), 200);
     error_of(
         login(
@@ -311,11 +329,31 @@ async fn api_key_lifecycle() {
     error_of(res, 401).await;
 }
 
+/// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
+/// waiting on a clock.
+async fn expire_locks(app: &TestApp) {
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:login:lock-*", app.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn repeated_failures_back_off_with_429() {
     let app = spawn_app_with(|c| {
         c.auth.lockout.free_failures = 2;
-        c.auth.lockout.base_delay_seconds = 1;
+        c.auth.lockout.base_delay_seconds = 60;
+        c.auth.lockout.max_delay_seconds = 900;
     })
     .await;
     register(&app, "lock").await;
@@ -328,10 +366,15 @@ async fn repeated_failures_back_off_with_429() {
             .await;
         }
         let res = login(&app, json!({"email": who, "password": "pw-lock-secret"})).await;
-        assert_eq!(res.headers()["retry-after"], "1", "{who}");
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{who}: {wait}");
         assert_eq!(error_of(res, 429).await["error"], "rate_limited");
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expire_locks(&app).await;
     assert_eq!(
         login(
             &app,
@@ -339,9 +382,9 @@ async fn repeated_failures_back_off_with_429() {
         )
         .await
         .status(),
-        200
+        200,
+        "once the lock is over the right password works and clears the count"
     );
-    // The back-off doubles with each further failure.
     for _ in 0..3 {
         error_of(
             login(
@@ -353,12 +396,107 @@ async fn repeated_failures_back_off_with_429() {
         )
         .await;
     }
-    assert!(
-        login(&app, json!({"email": "lock@example.com", "password": "x"}))
-            .await
-            .status()
-            == 429
-    );
+    error_of(
+        login(&app, json!({"email": "lock@example.com", "password": "x"})).await,
+        429,
+    )
+    .await;
+    // Past the lock, one more failure locks again, for twice as long (120 s).
+    expire_locks(&app).await;
+    error_of(
+        login(
+            &app,
+            json!({"email": "lock@example.com", "password": "wrong-wrong"}),
+        )
+        .await,
+        401,
+    )
+    .await;
+    let res = login(&app, json!({"email": "lock@example.com", "password": "x"})).await;
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((61..=120).contains(&wait), "doubled: {wait}");
+}
+
+#[tokio::test]
+async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 3;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    register(&app, "victim").await;
+    // Concurrent guesses from three addresses, the right password among them: at most
+    // free_failures + 1 passwords are checked before the lock engages.
+    let attempts = (0..30).map(|i| {
+        let password = if i == 29 {
+            "pw-victim-secret".to_owned()
+        } else {
+            format!("guess-{i}")
+        };
+        let ip = format!("203.0.113.{}", i % 3);
+        let req = app
+            .client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": "victim@example.com", "password": password}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let checked = statuses.iter().filter(|s| **s != 429).count();
+    assert!(checked <= 4, "passwords checked: {checked} ({statuses:?})");
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 0);
+    // Now locked: the right password, by email or by username, is refused unchecked.
+    let by_email = login(
+        &app,
+        json!({"email": "victim@example.com", "password": "pw-victim-secret"}),
+    )
+    .await;
+    let by_name = login(
+        &app,
+        json!({"username": "victim", "password": "pw-victim-secret"}),
+    )
+    .await;
+    if statuses.contains(&200) {
+        // The right password came early enough to be checked: it cleared the count.
+        assert_eq!(by_email.status(), 200);
+    } else {
+        error_of(by_email, 429).await;
+        error_of(by_name, 429).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lock_by_email_holds_for_the_username_too() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 1;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    register(&app, "both").await;
+    for _ in 0..2 {
+        error_of(
+            login(
+                &app,
+                json!({"email": "both@example.com", "password": "nope-nope"}),
+            )
+            .await,
+            401,
+        )
+        .await;
+    }
+    error_of(
+        login(
+            &app,
+            json!({"username": "both", "password": "pw-both-secret"}),
+        )
+        .await,
+        429,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -448,7 +586,7 @@ async fn required_mode_enforces_ownership_and_admin_routes() {
         403,
     )
     .await;
-    assert_eq!(app.get(&format!("/urls/{id}")).await.status(), 200);
+    error_of(app.get(&format!("/urls/{id}")).await, 401).await;
     // The redirect never needs auth.
     assert_eq!(
         app.get(&format!("/{}", link["short_code"].as_str().unwrap()))
@@ -601,7 +739,11 @@ async fn fifty_concurrent_logins_do_not_stall_redirects() {
         c.auth.max_concurrent_hashes = 2;
     })
     .await;
-    register(&app, "flood").await;
+    // Ten accounts, five logins each: concurrent logins of one account beyond its free
+    // failures are held back by the lock-out (they count before they are checked).
+    for i in 0..10 {
+        register(&app, &format!("flood{i}")).await;
+    }
     let user = app.create_user("target").await;
     let code = app.create_url(user, "https://example.com/fast").await["short_code"]
         .as_str()
@@ -609,12 +751,13 @@ async fn fifty_concurrent_logins_do_not_stall_redirects() {
         .to_owned();
     let started = Instant::now();
     let mut logins = Vec::new();
-    for _ in 0..50 {
+    for i in 0..50 {
         let (client, url) = (app.client.clone(), app.url("/auth/login"));
+        let name = format!("flood{}", i % 10);
         logins.push(tokio::spawn(async move {
             let res = client
                 .post(url)
-                .json(&json!({"email": "flood@example.com", "password": "pw-flood-secret"}))
+                .json(&json!({"email": format!("{name}@example.com"), "password": format!("pw-{name}-secret")}))
                 .send()
                 .await
                 .unwrap();
@@ -644,4 +787,37 @@ async fn fifty_concurrent_logins_do_not_stall_redirects() {
         redirects_during_logins >= 50,
         "only {redirects_during_logins} redirects in {elapsed:?} of logins"
     );
+}
+
+#[tokio::test]
+async fn in_required_mode_a_link_is_readable_by_its_owner_and_admins_only() {
+    let app = required_app().await;
+    let (owner, _) = register(&app, "owner").await;
+    let (other, _) = register(&app, "other").await;
+    let (boss, _) = register(&app, "boss").await;
+    let link: Value = app
+        .client
+        .post(app.url("/urls"))
+        .header("authorization", bearer(&owner))
+        .json(&json!({"original_url": "https://example.com/private"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = link["id"].as_i64().unwrap();
+    for path in [format!("/urls/{id}"), format!("/links/{id}")] {
+        let get = |token: Option<&str>| {
+            let mut req = app.client.get(app.url(&path));
+            if let Some(t) = token {
+                req = req.header("authorization", bearer(t));
+            }
+            req.send()
+        };
+        error_of(get(None).await.unwrap(), 401).await;
+        error_of(get(Some(&other)).await.unwrap(), 403).await;
+        assert_eq!(get(Some(&owner)).await.unwrap().status(), 200, "{path}");
+        assert_eq!(get(Some(&boss)).await.unwrap().status(), 200, "{path}");
+    }
 }
