@@ -32,3 +32,17 @@ impl AppState {
         Ok(self.db.get().await?)
     }
 }
+
+/// For extractors that need only part of the state (`auth::Caller`), so their modules need not
+/// know `AppState`.
+impl axum::extract::FromRef<AppState> for Arc<crate::auth::Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Pool {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
+    }
+}

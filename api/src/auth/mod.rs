@@ -15,8 +15,7 @@ use crate::db;
 use crate::db::users::User;
 use crate::error::ApiError;
 use crate::redis_handle::RedisHandle;
-use crate::state::AppState;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use kurz_common::keys::KeySchema;
 use std::sync::Arc;
@@ -84,27 +83,34 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// Generic over the state (anything that yields the auth settings and the pool), so this
+/// module does not depend on `state`, which depends on it.
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+    deadpool_postgres::Pool: FromRef<S>,
+{
     type Rejection = ApiError;
 
     /// No header: anonymous. A header with a bad, expired or revoked token: 401, in either mode
     /// (a client that sends a token wants to know it is not accepted). Redis down while a
     /// session must be checked: 503, never a silent pass.
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let mode = state.auth.mode;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = Arc::<Auth>::from_ref(state);
+        let mode = auth.mode;
         let Some(token) = bearer(parts) else {
             return Ok(Caller { mode, user: None });
         };
         let invalid = || ApiError::Unauthorized("the token is invalid, expired or revoked".into());
-        let client = state.client().await?;
+        let client = deadpool_postgres::Pool::from_ref(state).get().await?;
         let (user_id, credential) = if token.starts_with(sessions::API_KEY_PREFIX) {
             let key = db::api_keys::find_active(&client, &sessions::token_hash(token))
                 .await?
                 .ok_or_else(invalid)?;
             (key.user_id, Credential::ApiKey(key.id))
         } else {
-            let uid = state
-                .auth
+            let uid = auth
                 .sessions
                 .user_of(token)
                 .await
@@ -119,7 +125,7 @@ impl FromRequestParts<AppState> for Caller {
         let user = db::users::find_user(&client, user_id)
             .await?
             .ok_or_else(invalid)?;
-        let admin = state.auth.is_admin(&user);
+        let admin = auth.is_admin(&user);
         Ok(Caller {
             mode,
             user: Some(AuthUser {
