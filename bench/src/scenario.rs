@@ -129,7 +129,7 @@ impl Scenario {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let s: Scenario =
-            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if s.mix.is_empty() || s.mix.iter().all(|w| w.weight == 0) {
             return Err(format!("{}: mix needs a positive weight", path.display()));
         }

@@ -70,9 +70,9 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
 /// Parses YAML text; an empty document gives the defaults.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     if text.trim().is_empty() {
-        return serde_yaml::from_str("{}").map_err(|e| e.to_string());
+        return serde_norway::from_str("{}").map_err(|e| e.to_string());
     }
-    serde_yaml::from_str(text).map_err(|e| e.to_string())
+    serde_norway::from_str(text).map_err(|e| e.to_string())
 }
 
 /// Dotted paths of the leaves of a JSON object (`redis.url`, …); lists are leaves. Used by the
@@ -105,7 +105,7 @@ pub fn check_documented(
     yaml: &str,
     docs: &str,
 ) -> Result<(), String> {
-    let file: serde_json::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+    let file: serde_json::Value = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
     let in_file = leaf_keys(&file);
     let keys = leaf_keys(defaults);
     for key in &keys {
