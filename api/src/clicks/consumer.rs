@@ -24,21 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+pub use super::drain::Drained;
+
 /// Longest pause between two attempts while PostgreSQL or Redis keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How often the backlog is sampled, for the metric and for counting clicks lost with Redis.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
-
-/// How a read of events went about the clicks recorded before it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Drained {
-    /// Every click answered before the read began is stored.
-    Complete,
-    /// The budget ran out or Redis could not be asked: this many entries (`None`: unknown)
-    /// were still in the streams when the read gave up waiting.
-    Partial(Option<i64>),
-}
 
 /// Why a step failed.
 #[derive(Debug)]
@@ -59,7 +51,7 @@ impl std::fmt::Display for StepError {
 
 /// What only the holder of the consumer's lock may touch.
 #[derive(Default)]
-struct Work {
+pub(super) struct Work {
     /// Entries read but not yet committed and acknowledged (PostgreSQL or Redis failed).
     held: Vec<Entry>,
     /// Per partition, where the next claim scan starts.
@@ -69,7 +61,7 @@ struct Work {
 }
 
 pub struct Consumer {
-    stream: ClickStream,
+    pub(super) stream: ClickStream,
     db: Pool,
     keys: KeySchema,
     batch_size: usize,
@@ -80,7 +72,7 @@ pub struct Consumer {
     last_backlog: AtomicI64,
     /// One pass at a time in this process: readers of events wait for the running pass and
     /// then find the backlog empty, instead of all claiming the same entries.
-    work: tokio::sync::Mutex<Work>,
+    pub(super) work: tokio::sync::Mutex<Work>,
 }
 
 impl Consumer {
@@ -234,7 +226,7 @@ impl Consumer {
     }
 
     /// Reads new entries and stores them. Returns how many were handled.
-    async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
+    pub(super) async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
         self.settle(work).await?;
         let read = match self.stream.read_new(self.per_partition()).await {
             // Counted as lost and the groups recreated: read again, so the caller (a read of
@@ -254,7 +246,7 @@ impl Consumer {
 
     /// Takes over entries pending at least `idle_ms` in the given partitions, one bounded
     /// `XAUTOCLAIM` per partition, and stores them.
-    async fn step_claim(
+    pub(super) async fn step_claim(
         &self,
         work: &mut Work,
         idle_ms: u64,
@@ -298,50 +290,6 @@ impl Consumer {
             Ok(e) => Ok(e.len()),
             Err(e) => Err(self.read_error(e).await.to_string()),
         }
-    }
-
-    /// Stores every click that was in the streams when the call began, including entries
-    /// pending in other consumers, within `budget`. Reads of events call this first, which is
-    /// what makes a click visible to any read that starts after its 302. Clicks appended after
-    /// the call began are not waited for, so a steady stream of redirects cannot keep a read
-    /// spinning. With Redis down it returns at once: clicks then went to PostgreSQL directly.
-    pub async fn drain(&self, budget: Duration) -> Drained {
-        let deadline = Instant::now() + budget;
-        let heads = match self.stream.heads().await {
-            Ok(h) => h,
-            Err(_) => return Drained::Partial(None),
-        };
-        if heads.iter().all(Option::is_none) {
-            return Drained::Complete;
-        }
-        let Ok(mut work) = tokio::time::timeout_at(deadline, self.work.lock()).await else {
-            return self.partial().await;
-        };
-        // Each step is bounded (one batch, one statement), so the deadline is checked between
-        // steps rather than by cancelling one halfway through its commit.
-        while Instant::now() < deadline {
-            let left = match self.stream.unconsumed_up_to(&heads).await {
-                Ok(left) => left,
-                Err(_) => return Drained::Partial(None),
-            };
-            if left.is_empty() {
-                return Drained::Complete;
-            }
-            let result = match self.step_new(&mut work).await {
-                Ok(0) => self.step_claim(&mut work, 0, &left).await,
-                other => other,
-            };
-            if let Err(e) = result {
-                log::warn!(error = e.to_string(); "click backlog could not be drained before a read");
-                break;
-            }
-        }
-        drop(work);
-        self.partial().await
-    }
-
-    async fn partial(&self) -> Drained {
-        Drained::Partial(self.backlog().await.ok())
     }
 
     /// The background loop: consume new entries, and now and then take over entries a dead

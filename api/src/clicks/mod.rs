@@ -6,6 +6,7 @@
 //! holds because every read of events drains the streams first.
 
 pub mod consumer;
+pub mod drain;
 pub mod stream;
 
 use crate::metrics::Metrics;
