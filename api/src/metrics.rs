@@ -220,13 +220,4 @@ impl Default for Metrics {
     }
 }
 
-/// `2xx`, `4xx`, … for a status code.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
+pub use kurz_common::http::status_class;

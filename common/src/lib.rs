@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`env`]: environment variables read through a source a test can replace.
 //! - [`config`]: loading a YAML config file strictly (unknown keys are errors).
+//! - [`http`]: the error body and the status classes both binaries answer with.
 //! - [`clicks`]: the click stream entry format and IP truncation.
 //! - [`keys`]: the Redis key schema and the cached-link encoding both sides read and write.
 //! - [`shortcode`]: generating and validating short codes, reserved words.
@@ -19,6 +20,7 @@ pub const GIT_SHA: &str = env!("KURZ_GIT_SHA");
 pub mod clicks;
 pub mod config;
 pub mod env;
+pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod redis_handle;

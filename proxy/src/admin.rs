@@ -9,6 +9,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::protocols::http::ServerSession;
+use serde_json::Value;
 use std::sync::Arc;
 
 pub struct Admin {
@@ -61,7 +62,8 @@ impl ServeHttp for Admin {
             _ => reply(
                 404,
                 json,
-                br#"{"error":"not_found","message":"no such admin route","details":null}"#.to_vec(),
+                kurz_common::http::error_body("not_found", "no such admin route", Value::Null)
+                    .into_bytes(),
             ),
         }
     }

@@ -118,7 +118,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // Every known label value from the start, so rates and alerts see zeros, not absent series.
     for class in ["redirect", "write", "auth", "read"] {
         m.rate_limited.with_label_values(&[class]);
-        for status in ["2xx", "3xx", "4xx", "5xx"] {
+        for status in kurz_common::http::STATUS_CLASSES {
             m.requests.with_label_values(&[class, status]);
         }
     }
@@ -138,16 +138,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     m
 });
 
-/// `2xx`, `4xx`, …
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        0..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
+pub use kurz_common::http::status_class;
 
 /// The text exposition of the default registry.
 pub fn render() -> Vec<u8> {

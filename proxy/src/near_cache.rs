@@ -64,12 +64,17 @@ impl NearCache {
     }
 
     pub fn get(&self, code: &str) -> Option<CachedLink> {
+        self.get_at(code, Instant::now())
+    }
+
+    /// [`Self::get`] at a given time (tests move the clock instead of sleeping).
+    pub fn get_at(&self, code: &str, now: Instant) -> Option<CachedLink> {
         if !self.enabled.load(Ordering::Acquire) {
             return None;
         }
         let mut map = self.shard(code).map.lock().expect("near cache lock");
         match map.get(code) {
-            Some((entry, expires)) if *expires > Instant::now() => Some(entry.clone()),
+            Some((entry, expires)) if *expires > now => Some(entry.clone()),
             Some(_) => {
                 map.remove(code);
                 None
@@ -86,19 +91,23 @@ impl NearCache {
     /// Stores `entry` unless an invalidation of a code of its shard arrived since `epoch` was
     /// read.
     pub fn fill(&self, code: &str, entry: CachedLink, epoch: u64) {
+        self.fill_at(code, entry, epoch, Instant::now());
+    }
+
+    /// [`Self::fill`] at a given time.
+    pub fn fill_at(&self, code: &str, entry: CachedLink, epoch: u64, now: Instant) {
         let shard = self.shard(code);
         let mut map = shard.map.lock().expect("near cache lock");
         if !self.enabled.load(Ordering::Acquire) || shard.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
         if map.len() >= self.per_shard && !map.contains_key(code) {
-            let now = Instant::now();
             map.retain(|_, (_, exp)| *exp > now);
             if map.len() >= self.per_shard {
                 map.clear();
             }
         }
-        map.insert(code.to_owned(), (entry, Instant::now() + self.ttl));
+        map.insert(code.to_owned(), (entry, now + self.ttl));
     }
 
     /// Drops one code (an invalidation message).
@@ -139,13 +148,15 @@ mod tests {
     fn entries_expire_and_invalidate() {
         let c = NearCache::new(100, Duration::from_millis(50));
         c.set_enabled(true);
-        c.fill("abc", CachedLink::Missing, c.epoch("abc"));
-        assert_eq!(c.get("abc"), Some(CachedLink::Missing));
+        let t0 = Instant::now();
+        c.fill_at("abc", CachedLink::Missing, c.epoch("abc"), t0);
+        assert_eq!(c.get_at("abc", t0), Some(CachedLink::Missing));
         c.invalidate("abc");
-        assert_eq!(c.get("abc"), None);
-        c.fill("abc", CachedLink::Missing, c.epoch("abc"));
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(c.get("abc"), None);
+        assert_eq!(c.get_at("abc", t0), None);
+        c.fill_at("abc", CachedLink::Missing, c.epoch("abc"), t0);
+        let just_before = t0 + Duration::from_millis(49);
+        assert_eq!(c.get_at("abc", just_before), Some(CachedLink::Missing));
+        assert_eq!(c.get_at("abc", t0 + Duration::from_millis(50)), None);
     }
 
     /// Two codes in different shards, and one sharing `abc`'s shard.

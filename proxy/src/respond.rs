@@ -39,7 +39,7 @@ pub async fn json_error(
     message: &str,
     extra: &[(&str, &str)],
 ) -> Result<()> {
-    let body = serde_json::json!({"error": code, "message": message, "details": null}).to_string();
+    let body = kurz_common::http::error_body(code, message, serde_json::Value::Null);
     let mut headers = vec![
         ("content-type", "application/json"),
         ("cache-control", "no-store"),
