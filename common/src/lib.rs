@@ -13,6 +13,7 @@
 //! - [`logging`]: the JSON line format every kurz log uses.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`time`]: the contract's timestamp format.
+//! - `testing` (feature `testing`, tests only): private Redis and PostgreSQL servers to break.
 
 /// The git commit this binary was built from (`unknown` outside a checkout).
 pub const GIT_SHA: &str = env!("KURZ_GIT_SHA");
@@ -26,4 +27,6 @@ pub mod logging;
 pub mod redis_handle;
 pub mod shortcode;
 pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;

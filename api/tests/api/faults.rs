@@ -3,7 +3,7 @@
 //! a backlog. Every server broken here is private to the test (`private.rs`).
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::private::{Persistence, PrivatePg, PrivateRedis};
+use kurz_common::testing::{Persistence, PrivatePg, PrivateRedis};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,8 @@ async fn a_click_stored_directly_while_redis_was_down_is_not_doubled_by_its_stre
 }
 
 #[tokio::test]
-async fn redis_restarted_from_its_aof_keeps_every_unconsumed_click() {
-    let mut redis = PrivateRedis::start(Persistence::AofAlways);
+async fn redis_restarted_with_the_shipped_persistence_keeps_every_unconsumed_click() {
+    let mut redis = PrivateRedis::start(Persistence::Shipped);
     let url = redis.url();
     let app = spawn_app_with(|c| {
         c.redis.url = url;

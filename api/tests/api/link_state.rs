@@ -2,9 +2,9 @@
 //! no fill that read PostgreSQL before a write can put the old state back.
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::private::{Persistence, PrivateRedis};
 use kurz_api::cache::Lookup;
 use kurz_common::keys::{CachedLink, LinkEntry};
+use kurz_common::testing::{Persistence, PrivateRedis};
 use std::time::{Duration, Instant};
 
 fn entry(target: &str) -> CachedLink {

@@ -11,7 +11,6 @@ mod health;
 mod helpers;
 mod link_state;
 mod malformed;
-mod private;
 mod redirect;
 mod resilience;
 mod urls;

@@ -1,7 +1,7 @@
 //! Degradation: Redis down (from the start, or killed mid-run) and PostgreSQL gone.
 
 use crate::helpers::{error_of, spawn_app, spawn_app_with};
-use crate::private::{Persistence, PrivateRedis};
+use kurz_common::testing::{Persistence, PrivateRedis};
 use serde_json::{json, Value};
 use std::time::Duration;
 

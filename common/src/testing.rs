@@ -1,5 +1,6 @@
-//! Servers a fault test owns: a private redis-server and a private PostgreSQL cluster on free
-//! loopback ports, so killing, stalling or stopping them never touches the shared services.
+//! For tests only (feature `testing`): servers a fault test owns — a private redis-server and a
+//! private PostgreSQL cluster on free loopback ports — so killing, stalling or stopping them
+//! never touches the shared services. The API's and the edge's test suites both use them.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,6 +34,10 @@ pub enum Persistence {
     None,
     /// An append-only file fsynced on every write: a restart comes back with every write.
     AofAlways,
+    /// The shipped `deploy/redis/redis.conf` (append-only file), with `appendfsync always` so
+    /// a test's kill loses nothing it could assert on; the shipped `everysec` may lose the last
+    /// second, which production counts as lost clicks.
+    Shipped,
 }
 
 /// A private redis-server, killed (`SIGKILL`) on drop.
@@ -84,11 +89,14 @@ impl Drop for PrivateRedis {
 }
 
 fn spawn_redis(port: u16, dir: &std::path::Path, persistence: Persistence) -> Child {
-    let aof: &[&str] = match persistence {
-        Persistence::None => &["--appendonly", "no"],
-        Persistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/redis/redis.conf");
+    let (conf, aof): (&[&str], &[&str]) = match persistence {
+        Persistence::None => (&[], &["--appendonly", "no"]),
+        Persistence::AofAlways => (&[], &["--appendonly", "yes", "--appendfsync", "always"]),
+        Persistence::Shipped => (&[shipped], &["--appendfsync", "always"]),
     };
     Command::new("redis-server")
+        .args(conf)
         .args([
             "--port",
             &port.to_string(),
