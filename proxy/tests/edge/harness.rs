@@ -41,25 +41,32 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// `target/<profile>/<name>`, next to the directory of this test binary.
+/// The binary of the same build as this test: the proxy's from Cargo; the API's (another
+/// package) built now for this test binary's profile, since a `kurz-api` left in the target
+/// directory by an earlier build may be stale. A no-op build when it is fresh.
 fn binary(name: &str) -> PathBuf {
+    if name == "kurz-proxy" {
+        return PathBuf::from(env!("CARGO_BIN_EXE_kurz-proxy"));
+    }
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join(name);
-    if !path.exists() {
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", name, "--bin", name])
-            .status()
-            .unwrap();
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", name, "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
         assert!(status.success(), "building {name} for the end-to-end tests");
-    }
-    path
+    });
+    dir.join(name)
 }
 
-fn psql(sql: &str) {
+fn psql(admin: &str, sql: &str) {
     let out = Command::new("psql")
-        .arg(admin_db_url())
+        .arg(admin)
         .args(["-XAtqc", sql])
         .output()
         .expect("psql must be installed");
@@ -116,6 +123,13 @@ pub struct Options {
     pub extra_yaml: String,
     pub rate_limits: String,
     pub read_timeout_ms: u64,
+    /// The PostgreSQL server (a URL to its maintenance database) the stack's database lives on;
+    /// a fault test passes its private one. Default: `KURZ_TEST_DATABASE_URL`.
+    pub pg_admin_url: Option<String>,
+    /// `redis.partitions` of the proxy only (the APIs keep the default), to make them disagree.
+    pub proxy_partitions: Option<u16>,
+    /// Extra environment for the API processes.
+    pub api_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -126,6 +140,9 @@ impl Default for Options {
             redis_url: default_redis_url(),
             extra_yaml: String::new(),
             read_timeout_ms: 30_000,
+            pg_admin_url: None,
+            proxy_partitions: None,
+            api_env: Vec::new(),
             rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         }
     }
@@ -133,6 +150,8 @@ impl Default for Options {
 
 pub struct Stack {
     pub dir: PathBuf,
+    /// URL of the PostgreSQL maintenance database the stack's database was created from.
+    pub pg_admin: String,
     pub db: String,
     pub prefix: String,
     pub redis_url: String,
@@ -143,6 +162,7 @@ pub struct Stack {
     pub config_path: PathBuf,
     proxy: Option<Child>,
     pub client: Client,
+    api_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -151,11 +171,14 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("kurz-edge-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let db = format!("kurz_test_{id}");
-        psql(&format!("CREATE DATABASE {db}"));
+        let pg_admin = opts.pg_admin_url.clone().unwrap_or_else(admin_db_url);
+        psql(&pg_admin, &format!("CREATE DATABASE {db}"));
         let prefix = format!("kurztest{id}");
         let mut stack = Stack {
             dir: dir.clone(),
+            pg_admin,
             db,
+            api_env: opts.api_env.clone(),
             prefix,
             redis_url: opts.redis_url.clone(),
             upstreams: Vec::new(),
@@ -213,9 +236,8 @@ impl Stack {
     }
 
     pub fn start_upstream(&mut self, i: usize) {
+        let db_url = self.db_url();
         let up = &mut self.upstreams[i];
-        let mut db_url = url::Url::parse(&admin_db_url()).unwrap();
-        db_url.set_path(&format!("/{}", self.db));
         let log = std::fs::File::create(self.dir.join(format!("api{i}.log"))).unwrap();
         let child = Command::new(binary("kurz-api"))
             .arg("serve")
@@ -228,6 +250,7 @@ impl Stack {
             .env("LOG_LEVEL", "warn")
             .env("KURZ_AUTH_MODE", "open")
             .env_remove("KURZ_API_CONFIG")
+            .envs(self.api_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -237,6 +260,13 @@ impl Stack {
         wait_until("the API upstream", Duration::from_secs(30), || {
             port_open(port)
         });
+    }
+
+    /// The URL of the stack's own database.
+    pub fn db_url(&self) -> String {
+        let mut db_url = url::Url::parse(&self.pg_admin).unwrap();
+        db_url.set_path(&format!("/{}", self.db));
+        db_url.to_string()
     }
 
     pub fn write_config(&self, proxied: &[usize], opts: &Options) {
@@ -253,7 +283,7 @@ impl Stack {
              listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: 200, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
-             redis: {{ url: \"{}\", prefix: {}, timeout_ms: 1000 }}\n\
+             redis: {{ url: \"{}\", prefix: {}, timeout_ms: 1000{} }}\n\
              rate_limits: {}\n\
              log: {{ level: warn }}\n{}",
             self.http_port,
@@ -263,6 +293,9 @@ impl Stack {
             opts.read_timeout_ms,
             self.redis_url,
             self.prefix,
+            opts.proxy_partitions
+                .map(|p| format!(", partitions: {p}"))
+                .unwrap_or_default(),
             opts.rate_limits,
             opts.extra_yaml
         );
@@ -375,7 +408,10 @@ impl Drop for Stack {
         for up in &mut self.upstreams {
             up.kill();
         }
-        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+        psql(
+            &self.pg_admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
+        );
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_connection() {
                 let keys: Vec<String> = redis::cmd("KEYS")
