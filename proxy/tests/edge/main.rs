@@ -2,6 +2,7 @@
 //! processes, PostgreSQL and Redis, all on loopback.
 
 mod contract;
+mod faults;
 mod harness;
 mod observability;
 
