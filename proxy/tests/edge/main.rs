@@ -4,6 +4,7 @@
 mod contract;
 mod faults;
 mod harness;
+mod keys;
 mod observability;
 
 use harness::{curl, free_port, Options, Stack};
