@@ -304,3 +304,28 @@ async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
         "what is shown plus what is pending is everything"
     );
 }
+
+#[tokio::test]
+async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
+    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
+    let user = app.create_user("stuck").await;
+    let (id, _) = link_of(&app.create_url(user, "https://example.com/stuck").await);
+    // Another transaction holds the row: the update waits on its lock until we let go.
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &serde_json::json!({"title": "late"}),
+        )
+        .await;
+    let body = crate::helpers::error_of(res, 503).await;
+    assert_eq!(body["error"], "service_unavailable");
+    tx.rollback().await.unwrap();
+    // The abandoned update changed nothing.
+    let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert!(link["title"].is_null(), "{link}");
+}
