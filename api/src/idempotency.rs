@@ -1,23 +1,20 @@
 //! `Idempotency-Key` on `POST /urls`: a retried create returns the first answer for 24 hours
 //! instead of making a second link.
 //!
-//! The key is reserved with `SET NX` before the work starts, so two concurrent requests with the
-//! same key cannot both create; the finished answer replaces the reservation. A failed request
-//! releases the key, so the client may retry it. Reusing a key with a different body is a 409,
-//! never a silent replay of an unrelated answer. With Redis down the request proceeds without
-//! the guarantee (logged): refusing creates would be worse.
+//! The key is a row in PostgreSQL written in the create's own transaction, so it exists exactly
+//! when the link does. A second request with the same key blocks on the first one's row lock:
+//! if the first commits, the second answers its link; if the first dies (its process killed,
+//! its connection dropped), PostgreSQL rolls it back and the second creates. That is what lets
+//! the edge retry a keyed create on another API when the one it sent it to died mid-request.
+//! Reusing a key with a different body is a 409, never a silent replay of an unrelated answer.
 
+use crate::db::urls::Link;
 use crate::error::ApiError;
-use crate::state::AppState;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use axum::http::HeaderMap;
+use deadpool_postgres::GenericClient;
 
 /// How long an answer is replayed.
-const KEEP_SECONDS: u64 = 24 * 3600;
-/// How long a reservation holds if the process dies mid-request.
-const RESERVE_SECONDS: u64 = 60;
-const PENDING: &str = "pending";
+const KEEP: &str = "24 hours";
 const MAX_KEY_LEN: usize = 255;
 
 /// The header's value, checked: 1 to 255 visible ASCII characters.
@@ -39,76 +36,67 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Reserves the key, or returns the stored answer of an earlier identical request.
-pub async fn begin(
-    state: &AppState,
+/// Claims `key` inside the create's transaction `tx`. `None`: the caller goes on to create and
+/// then calls [`bind`]. `Some(link)`: an earlier request with this key and body made `link`.
+pub async fn claim(
+    tx: &impl GenericClient,
     key: &str,
     fingerprint: &str,
-) -> Result<Option<Response>, ApiError> {
-    let redis_key = state.keys.idempotency(key);
-    let mut reserve = redis::cmd("SET");
-    reserve
-        .arg(&redis_key)
-        .arg(PENDING)
-        .arg("NX")
-        .arg("EX")
-        .arg(RESERVE_SECONDS);
-    let reserved: Option<String> = match state.redis.query(&reserve).await {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!(error = e.to_string(); "idempotency unavailable; creating without it");
-            return Ok(None);
-        }
-    };
-    if reserved.is_some() {
+) -> Result<Option<Link>, ApiError> {
+    // An expired key is free again; dropping it first keeps the insert below a plain claim.
+    let expire = tx
+        .prepare_cached(&format!(
+            "DELETE FROM idempotency_keys WHERE scope_key = $1 AND created_at < now() - interval '{KEEP}'"
+        ))
+        .await?;
+    tx.execute(&expire, &[&key]).await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope_key, fingerprint) VALUES ($1, $2) \
+             ON CONFLICT (scope_key) DO NOTHING",
+        )
+        .await?;
+    if tx.execute(&insert, &[&key, &fingerprint]).await? == 1 {
         return Ok(None);
     }
-    let stored: Option<String> = state
-        .redis
-        .query(redis::cmd("GET").arg(&redis_key))
-        .await
-        .unwrap_or(None);
-    let Some(stored) = stored else {
-        // Expired between the two commands: treat as new (best effort).
-        return Ok(None);
-    };
-    if stored == PENDING {
-        return Err(ApiError::Conflict(
-            "a request with this Idempotency-Key is still in progress".into(),
-        ));
-    }
-    let stored: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
-    if stored["fingerprint"].as_str() != Some(fingerprint) {
+    let stored = tx
+        .prepare_cached("SELECT fingerprint, url_id FROM idempotency_keys WHERE scope_key = $1")
+        .await?;
+    let row = tx.query_one(&stored, &[&key]).await?;
+    if row.get::<_, String>(0) != fingerprint {
         return Err(ApiError::Conflict(
             "this Idempotency-Key was used with a different request body".into(),
         ));
     }
-    let mut response = (StatusCode::CREATED, axum::Json(stored["body"].clone())).into_response();
-    response.headers_mut().insert(
-        "idempotent-replayed",
-        "true".parse().expect("static header"),
-    );
-    Ok(Some(response))
+    let url_id: Option<i64> = row.get(1);
+    match url_id {
+        Some(id) => crate::db::urls::find_url(tx, id)
+            .await?
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::Conflict("the link this Idempotency-Key created has been deleted".into())
+            }),
+        None => Err(ApiError::Conflict(
+            "the link this Idempotency-Key created has been deleted".into(),
+        )),
+    }
 }
 
-/// Stores the answer (`Some`) or releases the key after a failure (`None`).
-pub async fn finish(state: &AppState, key: &str, fingerprint: &str, body: Option<&Value>) {
-    let redis_key = state.keys.idempotency(key);
-    let result = match body {
-        Some(body) => {
-            let stored = json!({"fingerprint": fingerprint, "body": body}).to_string();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&redis_key).arg(stored).arg("EX").arg(KEEP_SECONDS);
-            state.redis.query::<()>(&cmd).await
-        }
-        None => {
-            state
-                .redis
-                .query::<()>(redis::cmd("DEL").arg(&redis_key))
-                .await
-        }
-    };
-    if let Err(e) = result {
-        log::warn!(error = e.to_string(); "idempotency record not stored");
-    }
+/// Records which link the claimed key made, in the same transaction.
+pub async fn bind(tx: &impl GenericClient, key: &str, url_id: i64) -> Result<(), ApiError> {
+    let stmt = tx
+        .prepare_cached("UPDATE idempotency_keys SET url_id = $2 WHERE scope_key = $1")
+        .await?;
+    tx.execute(&stmt, &[&key, &url_id]).await?;
+    Ok(())
+}
+
+/// Drops keys past their replay window; run from a periodic task.
+pub async fn prune(c: &impl GenericClient) -> Result<u64, ApiError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '{KEEP}'"
+        ))
+        .await?;
+    Ok(c.execute(&stmt, &[]).await?)
 }

@@ -165,6 +165,7 @@ impl Application {
         let consumer = tokio::spawn(state.consumer.clone().run(stop_rx.clone()));
         let schema = tokio::spawn(republish_schema(state.cache.clone(), stop_rx.clone()));
         let replayer = tokio::spawn(crate::cache_sync::run(state.clone(), stop_rx.clone()));
+        let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
         let app = routes::router(state.clone())
@@ -202,6 +203,7 @@ impl Application {
         let _ = consumer.await;
         let _ = schema.await;
         let _ = replayer.await;
+        let _ = pruner.await;
         let _ = admin_server.await;
         log::info!("kurz-api stopped");
         served.map_err(|e| format!("server error: {e}"))
@@ -216,6 +218,26 @@ async fn republish_schema(cache: LinkCache, mut stop: tokio::sync::watch::Receiv
         tokio::select! {
             _ = tokio::time::sleep(SCHEMA_EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Idempotency keys are replayed for 24 h; their rows go some time after. Claims ignore expired
+/// rows on their own, so this only bounds the table's size.
+async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let pruned = match state.client().await {
+            Ok(c) => crate::idempotency::prune(&c).await,
+            Err(e) => Err(e),
+        };
+        match pruned {
+            Ok(n) if n > 0 => log::info!(rows = n; "expired idempotency keys pruned"),
+            Ok(_) => {}
+            Err(e) => log::warn!(error = e.to_string(); "idempotency keys not pruned"),
         }
     }
 }

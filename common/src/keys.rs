@@ -9,7 +9,6 @@
 //!                               before a write committed cannot land after it)
 //! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
 //! <prefix>:schema               the key schema's fingerprint (see [`KeySchema::fingerprint`])
-//! <prefix>:idem:<key>           stored answer of a POST /urls with that Idempotency-Key
 //! <prefix>:session:<hash>       user id of a session token (hash of the token, never the token)
 //! <prefix>:user-sessions:<id>   set of a user's session hashes, for revoking them all
 //! <prefix>:login:<kind>:<who>   failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
@@ -121,11 +120,6 @@ impl KeySchema {
     /// Failed-login bookkeeping: `kind` is `fail-acct`, `fail-ip`, `lock-acct` or `lock-ip`.
     pub fn login(&self, kind: &str, who: &str) -> String {
         format!("{}:login:{kind}:{who}", self.prefix)
-    }
-
-    /// Where a POST answered under an `Idempotency-Key` is kept.
-    pub fn idempotency(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.prefix)
     }
 }
 

@@ -75,6 +75,7 @@ impl Link {
 }
 
 /// Fields of a new link.
+#[derive(Clone, Copy)]
 pub struct NewLink<'a> {
     pub user_id: Option<i64>,
     pub short_code: &'a str,
@@ -87,32 +88,51 @@ pub struct NewLink<'a> {
 /// taken code can simply be retried). A taken code fails with a unique violation on
 /// `urls_short_code_key`, which the caller answers with a new code (generated) or a 409 (custom).
 pub async fn insert_url(c: &impl GenericClient, new: &NewLink<'_>) -> Result<Link, Error> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "WITH link AS ( \
-               INSERT INTO urls (user_id, short_code, original_url, title, expires_at) \
-               VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS} \
-             ), created AS ( \
-               INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
-               SELECT id, user_id, 'created', created_at, \
-                      jsonb_build_object('short_code', short_code, 'original_url', original_url) \
-               FROM link \
-             ) SELECT {COLUMNS} FROM link"
-        ))
-        .await?;
     let row = c
-        .query_one(
-            &stmt,
-            &[
-                &new.user_id,
-                &new.short_code,
-                &new.original_url,
-                &new.title,
-                &new.expires_at,
-            ],
-        )
+        .query_one(&insert_statement(c, "").await?, &insert_params(new))
         .await?;
     Ok(Link::from_row(&row))
+}
+
+/// Like [`insert_url`], but `None` when the code is taken instead of an error: a generated code
+/// that collided can be retried inside a transaction, which a unique violation would abort.
+pub async fn insert_url_unless_taken(
+    c: &impl GenericClient,
+    new: &NewLink<'_>,
+) -> Result<Option<Link>, Error> {
+    let stmt = insert_statement(c, "ON CONFLICT (short_code) DO NOTHING").await?;
+    Ok(c.query_opt(&stmt, &insert_params(new))
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
+async fn insert_statement(
+    c: &impl GenericClient,
+    on_conflict: &str,
+) -> Result<tokio_postgres::Statement, Error> {
+    c.prepare_cached(&format!(
+        "WITH link AS ( \
+           INSERT INTO urls (user_id, short_code, original_url, title, expires_at) \
+           VALUES ($1, $2, $3, $4, $5) {on_conflict} RETURNING {COLUMNS} \
+         ), created AS ( \
+           INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
+           SELECT id, user_id, 'created', created_at, \
+                  jsonb_build_object('short_code', short_code, 'original_url', original_url) \
+           FROM link \
+         ) SELECT {COLUMNS} FROM link"
+    ))
+    .await
+}
+
+fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 5] {
+    [
+        &new.user_id,
+        &new.short_code,
+        &new.original_url,
+        &new.title,
+        &new.expires_at,
+    ]
 }
 
 /// A live (not deleted) link by id.

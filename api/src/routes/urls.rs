@@ -1,7 +1,7 @@
 //! `/urls` (and the `/links` aliases): create, list, read, update, soft-delete, stats.
 
 use crate::auth::Caller;
-use crate::db::{self, conflict_or, unique_violation, urls::Link, urls::NewLink, urls::UrlFilter};
+use crate::db::{self, conflict_or, urls::Link, urls::NewLink, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, Query};
 use crate::idempotency;
@@ -50,20 +50,26 @@ pub async fn create(
     // Keys are per user: one user's key can never replay another's answer.
     let key = idempotency::key_from(&headers)?.map(|k| format!("{}:{k}", caller.scope_id()));
     let fingerprint = Value::Object(body.0.clone()).to_string();
-    if let Some(key) = &key {
-        if let Some(stored) = idempotency::begin(&state, key, &fingerprint).await? {
-            return Ok(stored);
-        }
+    let idem = key.as_deref().map(|k| (k, fingerprint.as_str()));
+    let (link, replayed) = create_link(&state, &caller, body, idem).await?;
+    let mut response = (StatusCode::CREATED, Json(link)).into_response();
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
     }
-    let result = create_link(&state, &caller, body).await;
-    if let Some(key) = &key {
-        idempotency::finish(&state, key, &fingerprint, result.as_ref().ok()).await;
-    }
-    Ok((StatusCode::CREATED, Json(result?)).into_response())
+    Ok(response)
 }
 
-/// Validates, inserts and caches a new link; returns its JSON.
-async fn create_link(state: &AppState, caller: &Caller, body: JsonObject) -> ApiResult<Value> {
+/// Validates, inserts and caches a new link; returns its JSON, and whether it is the answer an
+/// earlier request with the same idempotency key (and fingerprint) got.
+async fn create_link(
+    state: &AppState,
+    caller: &Caller,
+    body: JsonObject,
+    idem: Option<(&str, &str)>,
+) -> ApiResult<(Value, bool)> {
     let mut f = Fields::new(body);
     let from_body = match f.opt_id("user_id") {
         Patch::Set(id) => Some(id),
@@ -97,64 +103,82 @@ async fn create_link(state: &AppState, caller: &Caller, body: JsonObject) -> Api
         original_url.unwrap_or_default(),
     );
 
-    let client = state.client().await?;
+    let mut client = state.client().await?;
     if !db::users::user_exists(&client, user_id).await? {
         return Err(ApiError::NotFound(format!("user {user_id} not found")));
     }
-    let title = match &title {
-        Patch::Set(t) => Some(t.as_str()),
+    let new = NewLink {
+        user_id: Some(user_id),
+        short_code: "",
+        original_url: &original_url,
+        title: match &title {
+            Patch::Set(t) => Some(t.as_str()),
+            _ => None,
+        },
+        expires_at: match expires_at {
+            Patch::Set(at) => Some(at),
+            _ => None,
+        },
+    };
+    let custom = match &custom {
+        Patch::Set(code) => Some(code.as_str()),
         _ => None,
     };
-    let expires_at = match expires_at {
-        Patch::Set(at) => Some(at),
-        _ => None,
-    };
-    let link = match &custom {
-        Patch::Set(code) => {
-            let new = NewLink {
-                user_id: Some(user_id),
-                short_code: code,
-                original_url: &original_url,
-                title,
-                expires_at,
-            };
-            db::urls::insert_url(&client, &new)
-                .await
-                .map_err(conflict_or)?
+    let link = match idem {
+        None => insert(&client, &new, custom).await?,
+        Some((key, fingerprint)) => {
+            let tx = client.transaction().await?;
+            if let Some(earlier) = idempotency::claim(&tx, key, fingerprint).await? {
+                return Ok((earlier.to_json(state.config.base()), true));
+            }
+            let link = insert(&tx, &new, custom).await?;
+            idempotency::bind(&tx, key, link.id).await?;
+            tx.commit().await?;
+            link
         }
-        _ => insert_generated(&client, user_id, &original_url, title, expires_at).await?,
     };
     refresh_cache(state, &link).await;
-    Ok(link.to_json(state.config.base()))
+    Ok((link.to_json(state.config.base()), false))
+}
+
+/// Inserts `new` under the custom code, or under a generated one.
+async fn insert(
+    c: &impl deadpool_postgres::GenericClient,
+    new: &NewLink<'_>,
+    custom: Option<&str>,
+) -> ApiResult<Link> {
+    match custom {
+        Some(code) => Ok(db::urls::insert_url(
+            c,
+            &NewLink {
+                short_code: code,
+                ..*new
+            },
+        )
+        .await
+        .map_err(conflict_or)?),
+        None => insert_generated(c, new).await,
+    }
 }
 
 /// Inserts with a fresh random code, retrying on the (rare) collision. The unique index decides;
-/// there is no check-then-insert race.
+/// there is no check-then-insert race, and a collision does not abort an enclosing transaction.
 async fn insert_generated(
-    client: &deadpool_postgres::Client,
-    user_id: i64,
-    original_url: &str,
-    title: Option<&str>,
-    expires_at: Option<DateTime<Utc>>,
+    c: &impl deadpool_postgres::GenericClient,
+    new: &NewLink<'_>,
 ) -> ApiResult<Link> {
     for _ in 0..CODE_ATTEMPTS {
         let code = shortcode::generate();
         if shortcode::is_reserved(&code) {
             continue; // e.g. "Metrics": a route, so it could never redirect
         }
-        let new = NewLink {
-            user_id: Some(user_id),
+        let attempt = NewLink {
             short_code: &code,
-            original_url,
-            title,
-            expires_at,
+            ..*new
         };
-        match db::urls::insert_url(client, &new).await {
-            Ok(link) => return Ok(link),
-            Err(e) if unique_violation(&e) == Some("urls_short_code_key") => {
-                log::warn!(code = code.as_str(); "generated short code collided; retrying");
-            }
-            Err(e) => return Err(e.into()),
+        match db::urls::insert_url_unless_taken(c, &attempt).await? {
+            Some(link) => return Ok(link),
+            None => log::warn!(code = code.as_str(); "generated short code collided; retrying"),
         }
     }
     Err(ApiError::Internal(format!(

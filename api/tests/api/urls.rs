@@ -281,6 +281,31 @@ async fn idempotency_key_replays_the_first_answer() {
 }
 
 #[tokio::test]
+async fn concurrent_creates_with_one_key_make_one_link_and_all_answer_it() {
+    let app = spawn_app().await;
+    let user = app.create_user("idemc").await;
+    let body = json!({"user_id": user, "original_url": "https://example.com/race"});
+    let sends = (0..8).map(|_| {
+        app.client
+            .post(app.url("/urls"))
+            .header("idempotency-key", "race-1")
+            .json(&body)
+            .send()
+    });
+    let mut ids = Vec::new();
+    for res in futures_util::future::join_all(sends).await {
+        let res = res.unwrap();
+        // The ones that met a running first attempt waited for it rather than failing.
+        assert_eq!(res.status(), 201);
+        let link: Value = res.json().await.unwrap();
+        ids.push(link["id"].clone());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert_eq!(list.len(), 1);
+}
+
+#[tokio::test]
 async fn expires_at_is_accepted_shown_and_validated() {
     let app = spawn_app().await;
     let user = app.create_user("exp").await;
