@@ -4,7 +4,7 @@
 use crate::config::ProxyConfig;
 use crate::metrics::METRICS;
 use crate::rate_limit::RateLimiter;
-use crate::upstreams::UpstreamList;
+use crate::upstreams::Probation;
 use async_trait::async_trait;
 use kurz_common::env::ProcessEnv;
 use pingora::lb::selection::RoundRobin;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub struct Reloader {
     pub path: PathBuf,
-    pub list: UpstreamList,
+    pub probation: Probation,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub limiter: Arc<RateLimiter>,
 }
@@ -24,12 +24,20 @@ pub struct Reloader {
 impl Reloader {
     async fn reload(&self) -> Result<(), String> {
         let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
-        self.list
+        let list = self.probation.list();
+        let added = list
             .set(&cfg.upstreams.servers)
             .map_err(|e| e.to_string())?;
+        // New upstreams join disabled and enter rotation once a check of their own passes.
+        for addr in &added {
+            self.probation.hold_new(*addr);
+        }
         self.lb.update().await.map_err(|e| e.to_string())?;
+        for addr in added {
+            self.probation.watch(addr);
+        }
         self.limiter.set_limits(&cfg.rate_limits);
-        let upstreams: Vec<String> = self.list.addrs().iter().map(|a| a.to_string()).collect();
+        let upstreams: Vec<String> = list.addrs().iter().map(|a| a.to_string()).collect();
         log::info!(upstreams = upstreams.join(","); "configuration reloaded");
         Ok(())
     }

@@ -39,8 +39,10 @@ fn server_conf(cfg: &ProxyConfig) -> ServerConf {
     ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        // Pingora's "grace period" starts once the listeners are closed; ours (the drain, see
+        // `drain`) comes before. Its wait is then the time in-flight requests get to finish.
+        grace_period_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: s.upgrade_sock.clone(),
         pid_file: s.pid_file.clone(),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
@@ -95,8 +97,11 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         gate: gate.clone(),
     };
     let limiter = Arc::new(RateLimiter::new(&cfg.rate_limits));
+    let probation = upstreams::Probation::new(lb.clone(), list, &cfg.upstreams.health_check)
+        .map_err(|e| format!("config key `upstreams.health_check`: {e}"))?;
     let edge = Edge {
         lb: lb.clone(),
+        probation: probation.clone(),
         limiter: limiter.clone(),
         redirector: Redirector::new(redis, keys.clone(), near.clone(), gate.clone()),
         settings: EdgeSettings::from_config(&cfg),
@@ -139,7 +144,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     };
     let reloader = Reloader {
         path: path.to_owned(),
-        list,
+        probation,
         lb,
         limiter,
     };
@@ -155,5 +160,10 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         upstreams = cfg.upstreams.servers.join(",");
         "kurz-proxy starting"
     );
-    server.run_forever();
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::drain::DrainingSignals {
+            grace: Duration::from_secs(cfg.server.grace_period_seconds),
+        }),
+    });
+    std::process::exit(0)
 }

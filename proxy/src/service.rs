@@ -62,6 +62,7 @@ impl EdgeSettings {
 
 pub struct Edge {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub probation: crate::upstreams::Probation,
     pub limiter: Arc<RateLimiter>,
     pub redirector: Redirector,
     pub settings: EdgeSettings,
@@ -183,6 +184,11 @@ impl ProxyHttp for Edge {
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         session.set_read_timeout(Some(self.settings.client_body_timeout));
+        if crate::drain::draining() {
+            // Answer, then close: the client's next request opens a connection to a process
+            // that stays (the upgraded one, or another edge), instead of racing our exit.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -370,12 +376,22 @@ impl ProxyHttp for Edge {
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.maybe_retry(session, peer, ctx, &mut e);
+        let addr = peer._address.as_inet().copied();
+        if let (ConnectRefused, Some(addr)) = (e.etype(), addr) {
+            // Nothing listens there: take it out of rotation now rather than after `fall`
+            // health checks, so the next requests do not go there first.
+            self.probation.hold_now(addr);
+        }
+        // No byte of the request was sent: another upstream may take it, whatever the method.
+        let tried = ctx.failed.len() + 1;
+        if tried < self.lb.backends().get_backend().len().min(MAX_ATTEMPTS) {
+            Self::mark_retry(addr, ctx, &mut e);
+        }
         e
     }
 
@@ -389,9 +405,17 @@ impl ProxyHttp for Edge {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {peer}"));
         e.set_retry(false);
-        // Only failures before any response byte reached the client are retried.
-        if session.response_written().is_none() && !session.as_ref().retry_buffer_truncated() {
-            self.maybe_retry(session, peer, ctx, &mut e);
+        // The upstream may have acted on the request: only requests that are safe to repeat
+        // go again, once, and only while nothing of the answer reached the client.
+        let replay_safe = session.req_header().method.is_idempotent()
+            || !header(session.req_header(), "idempotency-key").is_empty();
+        if self.settings.retry_idempotent
+            && replay_safe
+            && ctx.failed.is_empty()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            Self::mark_retry(peer._address.as_inet().copied(), ctx, &mut e);
         }
         e
     }
@@ -465,17 +489,17 @@ impl ProxyHttp for Edge {
     }
 }
 
+/// Most upstreams one request is sent to (the first and its retries).
+const MAX_ATTEMPTS: usize = 3;
+
 impl Edge {
-    /// Marks `e` for one retry on another upstream when the request is idempotent.
-    fn maybe_retry(&self, session: &Session, peer: &HttpPeer, ctx: &mut Ctx, e: &mut Box<Error>) {
-        let idempotent = session.req_header().method.is_idempotent();
-        if self.settings.retry_idempotent && idempotent && ctx.failed.is_empty() {
-            if let Some(addr) = peer._address.as_inet() {
-                ctx.failed.push(*addr);
-            }
-            METRICS.retries.inc();
-            e.set_retry(true);
+    /// Marks `e` for a retry on an upstream other than those that failed this request.
+    fn mark_retry(addr: Option<SocketAddr>, ctx: &mut Ctx, e: &mut Box<Error>) {
+        if let Some(addr) = addr {
+            ctx.failed.push(addr);
         }
+        METRICS.retries.inc();
+        e.set_retry(true);
     }
 }
 

@@ -95,7 +95,15 @@ impl Load {
                     break;
                 }
                 let body = json!({"user_id": user_id, "original_url": format!("https://example.com/load/{i}")});
-                let status = match client.post(format!("{base}/urls")).json(&body).send().await {
+                // Keyed, as a client that must not create twice sends them: a create in flight
+                // on an API that dies is then retried by the edge on another.
+                let status = match client
+                    .post(format!("{base}/urls"))
+                    .header("idempotency-key", format!("load-{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(res) => res.status().as_u16(),
                     Err(_) => 0,
                 };
@@ -434,6 +442,22 @@ async fn an_api_killed_under_load_fails_no_request_of_any_method() {
         "redirects",
     );
     assert_all(&record.creates, &[201], "creates");
+    // Retried creates made one link each: the idempotency key held across the two APIs.
+    let out = Command::new("psql")
+        .arg(stack.db_url())
+        .args([
+            "-XAtc",
+            "SELECT count(*), count(DISTINCT original_url) FROM urls \
+             WHERE original_url LIKE 'https://example.com/load/%'",
+        ])
+        .output()
+        .expect("psql");
+    let counts = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        counts,
+        format!("{0}|{0}", record.creates.len()),
+        "links made (rows|distinct) against creates answered"
+    );
     ledger.add(&record);
     ledger.check(&stack).await;
     let _: Value = stack.get("/health").await.json().await.unwrap();
