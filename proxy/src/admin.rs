@@ -39,7 +39,9 @@ impl ServeHttp for Admin {
             }
             "/health" | "/health/live" => reply(200, json, br#"{"status":"ok"}"#.to_vec()),
             "/health/ready" | "/ready" => {
-                if !self.key_gate.attempted() {
+                if crate::drain::draining() {
+                    reply(503, json, br#"{"status":"draining"}"#.to_vec())
+                } else if !self.key_gate.attempted() {
                     reply(
                         503,
                         json,

@@ -35,9 +35,11 @@ pub struct ServerSection {
     pub threads: usize,
     /// Let idle threads steal work from busy ones.
     pub work_stealing: bool,
-    /// On SIGTERM/SIGQUIT, keep serving this long before closing listeners.
+    /// On SIGTERM, keep accepting and serving this long (readiness 503, every answer closing
+    /// its connection) before closing the listeners.
     pub grace_period_seconds: u64,
-    /// After the grace period, wait at most this long for in-flight requests.
+    /// Once the listeners are closed (after the grace period, or 5 s after an upgrade's
+    /// hand-over), how long in-flight requests get to finish before the process exits.
     pub graceful_shutdown_timeout_seconds: u64,
     /// Unix socket over which a new process (`--upgrade`) takes the listening sockets. One per
     /// instance on a machine.

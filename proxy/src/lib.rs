@@ -18,6 +18,7 @@ pub mod admin;
 pub mod cert_expiry;
 pub mod client_ip;
 pub mod config;
+pub mod drain;
 pub mod invalidations;
 pub mod key_check;
 pub mod metrics;

@@ -130,6 +130,10 @@ pub struct Options {
     pub proxy_partitions: Option<u16>,
     /// Extra environment for the API processes.
     pub api_env: Vec<(String, String)>,
+    /// `upstreams.health_check.interval_ms`; long, to see what the edge does between checks.
+    pub health_interval_ms: u64,
+    /// `server.grace_period_seconds`.
+    pub grace_period_seconds: u64,
 }
 
 impl Default for Options {
@@ -143,6 +147,8 @@ impl Default for Options {
             pg_admin_url: None,
             proxy_partitions: None,
             api_env: Vec::new(),
+            health_interval_ms: 200,
+            grace_period_seconds: 0,
             rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         }
     }
@@ -279,18 +285,20 @@ impl Stack {
         let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
         let d = self.dir.display();
         let yaml = format!(
-            "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
+            "server: {{ threads: 2, grace_period_seconds: {}, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
              listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
-             upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: 200, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
+             upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
              redis: {{ url: \"{}\", prefix: {}, timeout_ms: 1000{} }}\n\
              rate_limits: {}\n\
              log: {{ level: warn }}\n{}",
+            opts.grace_period_seconds,
             self.http_port,
             self.https_port,
             self.admin_port,
             servers.join(", "),
             opts.read_timeout_ms,
+            opts.health_interval_ms,
             self.redis_url,
             self.prefix,
             opts.proxy_partitions
@@ -303,16 +311,77 @@ impl Stack {
     }
 
     fn start_proxy(&mut self) {
-        let log = std::fs::File::create(self.dir.join("proxy.log")).unwrap();
-        let child = Command::new(binary("kurz-proxy"))
-            .arg("-c")
-            .arg(&self.config_path)
-            .current_dir(&self.dir)
+        self.proxy = Some(self.spawn_proxy(false));
+        self.wait_ready();
+    }
+
+    fn spawn_proxy(&self, upgrade: bool) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("proxy.log"))
+            .unwrap();
+        let mut cmd = Command::new(binary("kurz-proxy"));
+        cmd.arg("-c").arg(&self.config_path);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .unwrap()
+    }
+
+    /// Sends `signal` (a `kill -s` name) to the running proxy.
+    pub fn signal_proxy(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.proxy_pid().to_string()])
+            .status()
             .unwrap();
-        self.proxy = Some(child);
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the running proxy to exit; returns whether it exited cleanly.
+    pub fn wait_proxy_exit(&mut self, timeout: Duration) -> bool {
+        let child = self.proxy.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.proxy = None;
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "the proxy did not exit");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// A graceful upgrade as docs/operations.md describes it: a new process started with
+    /// `--upgrade`, then SIGQUIT to the old one. Returns once the old one exited (cleanly).
+    pub fn upgrade_proxy(&mut self) {
+        let new = self.spawn_proxy(true);
+        // The new process waits on the upgrade socket; the old one sends to it.
+        let sock = self.dir.join("upgrade.sock");
+        wait_until(
+            "the new proxy's upgrade socket",
+            Duration::from_secs(30),
+            || sock.exists(),
+        );
+        self.signal_proxy("QUIT");
+        let mut old = self.proxy.replace(new).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = old.try_wait().unwrap() {
+                assert!(status.success(), "the old proxy exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the old proxy did not exit");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let admin = self.admin_port;
         wait_until(
             "the proxy to see a healthy upstream",

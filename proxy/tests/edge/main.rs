@@ -2,6 +2,7 @@
 //! processes, PostgreSQL and Redis, all on loopback.
 
 mod contract;
+mod failover;
 mod faults;
 mod harness;
 mod keys;

@@ -1,0 +1,337 @@
+//! No failed request when an upstream dies or appears, or when the edge restarts: a refused
+//! connection is retried on another upstream whatever the method, the refusing upstream leaves
+//! the rotation at once, a reload's new upstream joins only once a check passes, and a graceful
+//! upgrade or a SIGTERM under keep-alive load fails no request.
+
+use crate::harness::{free_port, Options, Stack};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn retries(stack: &Stack) -> f64 {
+    stack
+        .metric(stack.admin_port, "kurz_proxy_upstream_retries_total", &[])
+        .await
+}
+
+async fn healthy(stack: &Stack, addr: &str) -> f64 {
+    stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_upstream_healthy",
+            &[&format!("upstream=\"{addr}\"")],
+        )
+        .await
+}
+
+async fn user(stack: &Stack) -> i64 {
+    stack
+        .post(
+            "/users",
+            json!({"username": "fo", "email": "fo@example.com"}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Sends one request of each method that writes, `rounds` times; returns every status.
+async fn writes(stack: &Stack, user_id: i64, rounds: usize) -> Vec<(String, u16)> {
+    let mut seen = Vec::new();
+    for i in 0..rounds {
+        let res = stack
+            .client
+            .post(stack.url("/urls"))
+            .json(
+                &json!({"user_id": user_id, "original_url": format!("https://example.com/fo/{i}")}),
+            )
+            .send()
+            .await
+            .unwrap();
+        seen.push(("POST".to_owned(), res.status().as_u16()));
+        let link: Value = res.json().await.unwrap();
+        let path = format!("/urls/{}", link["id"]);
+        let res = stack
+            .client
+            .put(stack.url(&path))
+            .json(&json!({"title": "t"}))
+            .send()
+            .await
+            .unwrap();
+        seen.push(("PUT".to_owned(), res.status().as_u16()));
+        let res = stack.client.delete(stack.url(&path)).send().await.unwrap();
+        seen.push(("DELETE".to_owned(), res.status().as_u16()));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_for_every_method_and_its_upstream_held() {
+    // Health checks far apart: what happens between them is the edge's own doing.
+    let mut stack = Stack::start(Options {
+        health_interval_ms: 600_000,
+        ..Options::default()
+    });
+    let dead = stack.upstreams[1].addr();
+    // Kill it only once the edge's first health check found it well: from then on, only a
+    // refused connection can tell the edge it is gone.
+    let admin = stack.upstreams[1].admin_port;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack
+        .metric(
+            admin,
+            "kurz_api_requests_total",
+            &["route=\"/health/live\""],
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no health check reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stack.upstreams[1].kill();
+    let user_id = user(&stack).await;
+    let before = retries(&stack).await;
+    let seen = writes(&stack, user_id, 10).await;
+    let failed: Vec<_> = seen
+        .iter()
+        .filter(|(m, s)| {
+            !matches!(
+                (m.as_str(), s),
+                ("POST", 201) | ("PUT", 200) | ("DELETE", 204)
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "failed writes: {failed:?}");
+    // The first request to meet the refusal was retried; the refusing upstream then left the
+    // rotation, so no later request went there first.
+    assert_eq!(retries(&stack).await - before, 1.0, "{}", stack.proxy_log());
+    assert_eq!(healthy(&stack, &dead).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_upstream_returns_once_its_check_passes() {
+    let mut stack = Stack::start(Options::default());
+    let user_id = user(&stack).await;
+    let addr = stack.upstreams[1].addr();
+    stack.upstreams[1].kill();
+    let seen = writes(&stack, user_id, 3).await;
+    assert!(seen.iter().all(|(_, s)| *s < 300), "{seen:?}");
+    stack.start_upstream(1);
+    let admin = stack.upstreams[1].admin_port;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Back in rotation: it answers a share of the requests again.
+    while stack
+        .metric(admin, "kurz_api_requests_total", &["route=\"/health\""])
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted upstream got no traffic"
+        );
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    assert_eq!(healthy(&stack, &addr).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_an_upstream_only_after_its_first_check_passes() {
+    let opts = Options {
+        proxied: Some(vec![0]),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts);
+    let user_id = user(&stack).await;
+    // Nothing listens at `dead`.
+    let dead = format!("127.0.0.1:{}", free_port());
+    stack.write_config_servers(
+        &[stack.upstreams[0].addr(), dead.clone()],
+        &Options::default(),
+    );
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"ok\""],
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = retries(&stack).await;
+    let seen = writes(&stack, user_id, 10).await;
+    assert!(
+        seen.iter().all(|(_, s)| *s < 300),
+        "writes after the reload: {seen:?}"
+    );
+    assert_eq!(
+        retries(&stack).await - before,
+        0.0,
+        "a request went to the new upstream before any check passed"
+    );
+    assert_eq!(healthy(&stack, &dead).await, 0.0);
+}
+
+/// Keep-alive GET load (redirects and proxied reads) on `tasks` connections until stopped;
+/// counts answers by class and transport errors.
+struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    bad: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KeepAliveLoad {
+    fn start(stack: &Stack, code: &str, tasks: usize) -> Self {
+        let load = KeepAliveLoad {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicUsize::new(0)),
+            bad: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            // One client per task: each holds its own keep-alive connection.
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let urls = [stack.url(&format!("/{code}")), stack.url("/health")];
+            let (stop, ok, bad) = (load.stop.clone(), load.ok.clone(), load.bad.clone());
+            handles.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let mut i = t;
+                while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(120)
+                {
+                    let url = &urls[i % 2];
+                    i += 1;
+                    match client.get(url).send().await {
+                        Ok(res) if matches!(res.status().as_u16(), 200 | 302) => {
+                            let _ = res.bytes().await;
+                            ok.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Ok(res) => bad.lock().unwrap().push(format!("{url}: {}", res.status())),
+                        Err(e) => bad.lock().unwrap().push(format!("{url}: {e:?}")),
+                    }
+                }
+            }));
+        }
+        KeepAliveLoad {
+            tasks: handles,
+            ..load
+        }
+    }
+
+    async fn progress(&self, n: usize) {
+        let start = self.ok.load(Ordering::Acquire);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.ok.load(Ordering::Acquire) < start + n {
+            assert!(
+                Instant::now() < deadline,
+                "the load made no progress: {:?}",
+                self.bad.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let bad = self.bad.lock().unwrap().clone();
+        (self.ok.load(Ordering::Acquire), bad)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
+    let mut stack = Stack::start(Options::default());
+    let (_, code) = stack.link("https://example.com/upgrade").await;
+    let load = KeepAliveLoad::start(&stack, &code, 8);
+    load.progress(200).await;
+    let old = stack.proxy_pid();
+    // Runs on a blocking thread: the load keeps going on the runtime meanwhile.
+    let mut stack = tokio::task::spawn_blocking(move || {
+        stack.upgrade_proxy();
+        stack
+    })
+    .await
+    .unwrap();
+    assert_ne!(stack.proxy_pid(), old);
+    load.progress(200).await;
+    let (ok, bad) = load.finish().await;
+    eprintln!("upgrade under load: {ok} answers, {} failed", bad.len());
+    assert!(
+        bad.is_empty(),
+        "failed requests across the upgrade: {bad:?}"
+    );
+    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+    stack.signal_proxy("TERM");
+    assert!(stack.wait_proxy_exit(Duration::from_secs(30)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_serving_through_the_grace_period_then_exits() {
+    let mut stack = Stack::start(Options {
+        grace_period_seconds: 4,
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/term").await;
+    let load = KeepAliveLoad::start(&stack, &code, 8);
+    load.progress(200).await;
+    stack.signal_proxy("TERM");
+    // Draining: readiness says so, while new connections are still accepted and answered.
+    let ready = format!("http://127.0.0.1:{}/health/ready", stack.admin_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = reqwest::get(&ready).await.unwrap();
+        if res.status() == 503 {
+            assert_eq!(res.json::<Value>().await.unwrap()["status"], "draining");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never reported draining"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let fresh = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = fresh
+        .get(stack.url(&format!("/{code}")))
+        .send()
+        .await
+        .expect("a new connection during the grace period is served");
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["connection"], "close");
+    let (ok, bad) = load.finish().await;
+    eprintln!("SIGTERM under load: {ok} answers, {} failed", bad.len());
+    assert!(
+        bad.is_empty(),
+        "failed requests during the grace period: {bad:?}"
+    );
+    let exited =
+        tokio::task::spawn_blocking(move || stack.wait_proxy_exit(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(exited, "the proxy exits cleanly after draining");
+}
