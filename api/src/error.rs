@@ -44,9 +44,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// A dependency (PostgreSQL) is down or saturated.
+    /// A dependency (PostgreSQL) is down or saturated; the message is the client's.
     #[error("{0}")]
     Unavailable(String),
+    /// PostgreSQL cannot be reached, is shutting down or refuses connections. The cause (driver
+    /// text) is logged, never sent.
+    #[error("the database is unavailable; retry shortly")]
+    StoreDown(String),
     /// A bug or an unexpected dependency answer; the text is logged, never sent.
     #[error("{0}")]
     Internal(String),
@@ -75,7 +79,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StoreDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,7 +96,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Unavailable(_) | ApiError::StoreDown(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -140,6 +144,19 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => {
                 response.extensions_mut().insert(ErrorCause(cause));
             }
+            ApiError::StoreDown(cause) => {
+                response.extensions_mut().insert(ErrorCause(cause));
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(RETRY_AFTER_SECONDS),
+                );
+            }
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(RETRY_AFTER_SECONDS),
+                );
+            }
             ApiError::Unauthorized(_) => {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -157,22 +174,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a 503 tells the client to wait before retrying.
+const RETRY_AFTER_SECONDS: u64 = 2;
+
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        ApiError::Unavailable(format!("database unavailable: {e}"))
+        // No connection within the pool's wait, or none could be made: the store is down or
+        // saturated either way.
+        ApiError::StoreDown(format!("postgres pool: {e}"))
     }
 }
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // A closed connection or an I/O failure means the database went away mid-request: that
-        // is a 503 the client may retry, not a bug.
-        if e.is_closed()
-            || e.as_db_error().is_none() && e.to_string().contains("error communicating")
-        {
-            return ApiError::Unavailable("database unavailable".into());
+        if store_down(&e) {
+            return ApiError::StoreDown(format!("postgres: {e}"));
         }
         ApiError::Internal(format!("postgres: {e}"))
+    }
+}
+
+/// Whether `e` says the database went away rather than that our query is wrong: the connection
+/// closed or failed (no server answer at all), or the server said it is shutting down, starting,
+/// out of connections or resources (SQLSTATE classes 08, 53, 57P).
+pub fn store_down(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }
+        // No server answer: the connection closed, failed, or timed out (the driver exposes
+        // its error kind only through the I/O source and its text).
+        None => {
+            let text = e.to_string();
+            e.is_closed()
+                || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                || text.starts_with("error connecting")
+                || text.starts_with("error communicating")
+                || text.starts_with("timeout")
+        }
     }
 }
 

@@ -329,3 +329,117 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
     assert!(link["title"].is_null(), "{link}");
 }
+
+/// A 503 as the contract promises it for a store outage: our JSON, a `Retry-After`, and nothing
+/// of the driver's text.
+async fn assert_clean_503(res: reqwest::Response, what: &str) {
+    assert_eq!(res.status(), 503, "{what}");
+    assert!(
+        res.headers().contains_key("retry-after"),
+        "{what}: no Retry-After"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "service_unavailable", "{what}: {body}");
+    let message = body["message"].as_str().unwrap_or_default().to_lowercase();
+    for leak in [
+        "error occurred",
+        "connecting",
+        "postgres",
+        "server",
+        "os error",
+        "57p",
+    ] {
+        assert!(
+            !message.contains(leak),
+            "{what}: driver text leaked: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text() {
+    let pg = PrivatePg::start();
+    let pg_url = pg.url();
+    let app = spawn_app_with(|c| {
+        c.database.url = pg_url.clone();
+        c.database.acquire_timeout_ms = 300;
+        c.database.connect_timeout_ms = 300;
+    })
+    .await;
+    let user = app.create_user("stopping").await;
+    let (id, _) = link_of(&app.create_url(user, "https://example.com/stopping").await);
+
+    // A request in flight when the server shuts down: its query is blocked on a row lock held
+    // here, so it is certainly running when the shutdown terminates its backend (57P01).
+    let (mut holder, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let in_flight = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/urls/{id}")));
+        tokio::spawn(async move {
+            client
+                .put(url)
+                .json(&serde_json::json!({"title": "during shutdown"}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    wait_for(
+        "the update to wait on the lock",
+        Duration::from_secs(20),
+        || async {
+            let (c, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) == 1
+        },
+    )
+    .await;
+    // The lock stays held: the fast shutdown ends both sessions.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.down();
+        pg
+    })
+    .await
+    .unwrap();
+    assert_clean_503(in_flight.await.unwrap(), "a query cut by the shutdown").await;
+    drop(tx);
+
+    // While it is down: reads and writes alike.
+    assert_clean_503(app.get("/users").await, "a read while down").await;
+    assert_clean_503(
+        app.post_json(
+            "/users",
+            &serde_json::json!({"username": "late", "email": "late@example.com"}),
+        )
+        .await,
+        "a write while down",
+    )
+    .await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.up();
+        pg
+    })
+    .await
+    .unwrap();
+    wait_for("reads to work again", Duration::from_secs(30), || async {
+        app.get("/users").await.status() == 200
+    })
+    .await;
+    drop(pg);
+}
