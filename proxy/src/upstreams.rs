@@ -127,6 +127,13 @@ pub fn build(cfg: &UpstreamsSection) -> Result<(LoadBalancer<RoundRobin>, Upstre
     lb.set_health_check(Box::new(hc));
     lb.health_check_frequency = Some(Duration::from_millis(cfg.health_check.interval_ms));
     lb.parallel_health_check = true;
+    // The balancer learns its backends at its service's first run, which can come after the
+    // listeners accept: right after a graceful upgrade hands them over, requests would find no
+    // upstream. Fill it now.
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| Error::because(ErrorType::InternalError, "runtime for the upstream list", e))?
+        .block_on(lb.update())?;
     Ok((lb, list))
 }
 

@@ -462,3 +462,36 @@ async fn an_api_killed_under_load_fails_no_request_of_any_method() {
     ledger.check(&stack).await;
     let _: Value = stack.get("/health").await.json().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_reload_and_upgrade_under_load_fail_no_request_and_lose_no_click() {
+    let stack = Stack::start(Options::default());
+    let mut ledger = Ledger::new();
+    let (user, codes) = links(&stack, 8, &mut ledger).await;
+    let load = Load::start(&stack, &codes, user);
+    load.progress(300, 10).await;
+    stack.signal_proxy("HUP");
+    load.progress(300, 10).await;
+    let stack = tokio::task::spawn_blocking(move || {
+        let mut stack = stack;
+        stack.upgrade_proxy();
+        stack
+    })
+    .await
+    .unwrap();
+    load.progress(300, 10).await;
+    let record = load.finish().await;
+    assert_eq!(record.redirect_transport_errors, 0);
+    assert_all(
+        &record.redirects.iter().map(|r| r.1).collect::<Vec<_>>(),
+        &[302],
+        "redirects across the reload and the upgrade",
+    );
+    assert_all(
+        &record.creates,
+        &[201],
+        "creates across the reload and the upgrade",
+    );
+    ledger.add(&record);
+    ledger.check(&stack).await;
+}
