@@ -30,7 +30,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             ));
         }
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(Value::Object(map)) => match nul_at(&map, "") {
+                // PostgreSQL cannot store NUL in text or JSON: refuse it here, by name.
+                Some(field) => Err(ApiError::field(
+                    &field,
+                    "must not contain the NUL character (\\u0000)",
+                )),
+                None => Ok(JsonObject(map)),
+            },
             Ok(other) => Err(ApiError::BadRequest(format!(
                 "request body must be a JSON object, not {}",
                 kind(&other)
@@ -40,6 +47,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             ))),
         }
     }
+}
+
+/// The path (`details.key`, `tags[2]`) of the first key or string holding a NUL character.
+fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
+    fn walk(v: &Value, path: String) -> Option<String> {
+        match v {
+            Value::String(s) if s.contains('\0') => Some(path),
+            Value::Object(m) => nul_at(m, &path),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    map.iter().find_map(|(k, v)| {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if k.contains('\0') {
+            Some(path)
+        } else {
+            walk(v, path)
+        }
+    })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -82,7 +116,7 @@ impl Fields {
     }
 
     fn fail(&mut self, name: &str, why: &str) {
-        self.errors.push((name.to_owned(), why.to_owned()));
+        self.reject(name, why);
     }
 
     /// A non-empty string, required.
@@ -193,8 +227,12 @@ impl Fields {
     }
 
     /// Adds a value-level problem found by the caller.
+    /// Records why `name` is refused; the first reason per field wins, so a field that is
+    /// malformed is not also reported as missing.
     pub fn reject(&mut self, name: &str, why: impl Into<String>) {
-        self.errors.push((name.to_owned(), why.into()));
+        if !self.errors.iter().any(|(f, _)| f == name) {
+            self.errors.push((name.to_owned(), why.into()));
+        }
     }
 
     /// `Err(Validation)` naming every field that failed.

@@ -33,6 +33,7 @@ pub mod import;
 pub mod metrics;
 pub mod migrate;
 pub mod pagination;
+pub mod panics;
 pub use kurz_common::redis_handle;
 pub mod routes;
 pub mod sample;

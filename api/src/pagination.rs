@@ -41,8 +41,10 @@ impl Page {
         }
         let page = page.unwrap_or(1);
         let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
-        let offset = (page - 1)
+        // The last row of the page must be addressable: page * per_page is used for the links.
+        let offset = page
             .checked_mul(per_page)
+            .map(|end| end - per_page)
             .ok_or_else(|| ApiError::BadRequest("query parameter page is too large".into()))?;
         Ok(Self {
             limit: per_page,

@@ -169,6 +169,7 @@ impl Application {
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
         let app = routes::router(state.clone())
+            .layer(axum::middleware::from_fn(crate::panics::catch))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 deadline::enforce,

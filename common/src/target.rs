@@ -1,10 +1,36 @@
 //! What a link may point to: absolute `http`/`https` URLs with a host, at most 2048 bytes, not
-//! the service's own host (a redirect loop).
+//! the service's own host (a redirect loop), not a private address unless allowed.
+//!
+//! A [`Target`] exists only after these checks and holds the URL in its normalised form (the
+//! WHATWG serialisation: percent-encoded, punycode host, canonical IPv4): what is stored is what
+//! the `Location` header carries, so every accepted target redirects. Input the parser would
+//! silently repair in a surprising way (tabs and newlines are dropped by WHATWG parsing, `http:x`
+//! gains its slashes) is refused instead, with the reason.
 
 use std::net::IpAddr;
 use url::{Host, Url};
 
-/// The service's rules on top of [`validate`]'s shape checks.
+/// A checked, normalised link target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target(String);
+
+impl Target {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The service's rules on top of the shape checks.
 #[derive(Debug, Clone, Default)]
 pub struct TargetPolicy {
     /// Hosts this service answers on: a link there would redirect to itself.
@@ -18,15 +44,26 @@ pub struct TargetPolicy {
 
 impl TargetPolicy {
     /// Shape and policy checks together; the error is for a person.
-    pub fn check(&self, raw: &str) -> Result<(), String> {
-        validate(raw, &self.own_hosts)?;
-        let url =
-            Url::parse(raw).map_err(|_| "must be an absolute http or https URL".to_owned())?;
-        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    pub fn parse(&self, raw: &str) -> Result<Target, String> {
+        let url = parse_web_url(raw)?;
+        let host = match url.host() {
+            Some(Host::Domain(d)) => d.to_owned(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err("must have a host".into()),
+        };
+        if self
+            .own_hosts
+            .iter()
+            .any(|own| normal_host(own).is_some_and(|own| own == host))
+        {
+            return Err("must not point at this service itself (redirect loop)".into());
+        }
         if self
             .deny_hosts
             .iter()
-            .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+            .filter_map(|d| normal_host(d))
+            .any(|d| host == d || host.ends_with(&format!(".{d}")))
         {
             return Err(format!("host {host:?} is not allowed as a target"));
         }
@@ -34,17 +71,23 @@ impl TargetPolicy {
             let private = match url.host() {
                 Some(Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
                 Some(Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
-                Some(Host::Domain(d)) => {
-                    d.eq_ignore_ascii_case("localhost")
-                        || d.to_ascii_lowercase().ends_with(".localhost")
-                }
+                Some(Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
                 None => false,
             };
             if private {
                 return Err("must not point at a private, loopback or link-local address".into());
             }
         }
-        Ok(())
+        Ok(Target(url.into()))
+    }
+}
+
+/// A host name as the URL parser normalises it (lower case, punycode), for comparisons.
+fn normal_host(host: &str) -> Option<String> {
+    match Host::parse(host.trim_end_matches('.')).ok()? {
+        Host::Domain(d) => Some(d),
+        Host::Ipv4(ip) => Some(ip.to_string()),
+        Host::Ipv6(ip) => Some(ip.to_string()),
     }
 }
 
@@ -56,6 +99,7 @@ fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.octets()[0] == 0 // "this network": 0.x.y.z reaches the host itself on Linux
                 || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10 carrier NAT
         }
         IpAddr::V6(v6) => {
@@ -66,6 +110,7 @@ fn is_private(ip: IpAddr) -> bool {
                 || (seg[0] & 0xffc0) == 0xfe80
                 || v6
                     .to_ipv4_mapped()
+                    .or_else(|| v6.to_ipv4())
                     .is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
     }
@@ -74,37 +119,147 @@ fn is_private(ip: IpAddr) -> bool {
 /// Longest target we store; longer URLs break browsers and proxies anyway.
 pub const MAX_LEN: usize = 2048;
 
-/// Checks a target, returning the reason a person can act on.
-///
-/// `own_hosts` are the hosts this service answers on (from `BASE_URL`); a link to one of them
-/// would redirect to kurz itself.
-pub fn validate(raw: &str, own_hosts: &[String]) -> Result<(), String> {
+/// The shape checks: an absolute http(s) URL with a host, written out in full, no control
+/// characters, no credentials, no empty host labels; at most [`MAX_LEN`] once normalised.
+fn parse_web_url(raw: &str) -> Result<Url, String> {
     if raw.len() > MAX_LEN {
         return Err(format!("must be at most {MAX_LEN} bytes"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters (newlines, tabs, NUL...)".into());
     }
     if raw.trim() != raw || raw.is_empty() {
         return Err("must be an absolute http or https URL without surrounding spaces".into());
     }
-    let url = Url::parse(raw).map_err(|_| "must be an absolute http or https URL".to_owned())?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!(
-            "scheme {:?} is not allowed: use http or https",
-            url.scheme()
-        ));
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(match raw.split_once(':') {
+            Some((scheme, _))
+                if !scheme.eq_ignore_ascii_case("http")
+                    && !scheme.eq_ignore_ascii_case("https") =>
+            {
+                format!("scheme {scheme:?} is not allowed: use http or https")
+            }
+            _ => "must be an absolute http or https URL (starting with http:// or https://)".into(),
+        });
     }
-    let host = match url.host_str() {
-        Some(h) if !h.is_empty() => h.to_ascii_lowercase(),
-        _ => return Err("must have a host".into()),
-    };
-    if own_hosts.iter().any(|own| own.eq_ignore_ascii_case(&host)) {
-        return Err("must not point at this service itself (redirect loop)".into());
+    let url =
+        Url::parse(raw).map_err(|e| format!("must be an absolute http or https URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain a user name or password (user@host)".into());
     }
-    Ok(())
+    match url.host() {
+        Some(Host::Domain(d)) if d.is_empty() || d.split('.').any(str::is_empty) => {
+            return Err("host must not have empty labels (`a..b`, a trailing dot)".into())
+        }
+        None => return Err("must have a host".into()),
+        _ => {}
+    }
+    if url.as_str().len() > MAX_LEN {
+        return Err(format!("must be at most {MAX_LEN} bytes once encoded"));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shape checks only: private addresses allowed, no denied hosts.
+    fn validate(raw: &str, own_hosts: &[String]) -> Result<Target, String> {
+        TargetPolicy {
+            own_hosts: own_hosts.to_vec(),
+            deny_hosts: Vec::new(),
+            allow_private: true,
+        }
+        .parse(raw)
+    }
+
+    fn strict() -> TargetPolicy {
+        TargetPolicy {
+            own_hosts: vec!["kurz.example".into(), "127.0.0.1:8080".into()],
+            deny_hosts: vec![],
+            allow_private: false,
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_not_stored() {
+        for bad in [
+            "https://example.com/a\nb",
+            "https://example.com/a\rb",
+            "https://example.com/a\u{1}b",
+            "https://example.com/a\u{7f}b",
+            "https://example.com/a\tb",
+            "https://example.com/\r\nSet-Cookie: x=1",
+            "https://example.com/\0",
+        ] {
+            let why = validate(bad, &[]).unwrap_err();
+            assert!(why.contains("control"), "{bad:?}: {why}");
+        }
+    }
+
+    #[test]
+    fn accepted_targets_are_stored_normalised_and_header_safe() {
+        for (raw, stored) in [
+            ("https://example.com/a b", "https://example.com/a%20b"),
+            ("https://EXAMPLE.com", "https://example.com/"),
+            (
+                "https://bücher.example/ä",
+                "https://xn--bcher-kva.example/%C3%A4",
+            ),
+            (
+                "HTTPS://example.com/x?q=ü",
+                "https://example.com/x?q=%C3%BC",
+            ),
+        ] {
+            let t = validate(raw, &[]).unwrap();
+            assert_eq!(t.as_str(), stored);
+            assert!(http::HeaderValue::from_str(t.as_str()).is_ok());
+        }
+        for bad in [
+            "http:example.com",
+            "https://example..com/",
+            "https:/example.com",
+        ] {
+            assert!(validate(bad, &[]).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn a_pentesters_private_address_list_is_refused() {
+        let p = strict();
+        for bad in [
+            "http://LOCALHOST./",
+            "http://localhost.:18080/",
+            "http://localhost/",
+            "http://api.localhost/",
+            "http://127.1/",
+            "http://0x7f000001/",
+            "http://2130706433/",
+            "http://017700000001/",
+            "http://0/",
+            "http://0.0.0.0:80/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[::1]/",
+            "http://[::]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://example.com@127.0.0.1/",
+            "http://user:pass@example.com/",
+            "https://kurz.example/x",
+            "https://KURZ.EXAMPLE:443/x",
+            "https://kurz.example./x",
+            "http://127.0.0.1:8080/abc",
+        ] {
+            assert!(p.parse(bad).is_err(), "{bad} accepted");
+        }
+        // A homograph is stored as the punycode it really is, never as the host it imitates.
+        let homograph = p.parse("https://kurz.exаmple/x").unwrap();
+        assert!(homograph.as_str().contains("xn--"), "{homograph}");
+        assert!(p.parse("https://example.com/ok").is_ok());
+    }
 
     #[test]
     fn policy_refuses_denied_hosts_and_private_addresses() {
@@ -113,9 +268,9 @@ mod tests {
             deny_hosts: vec!["evil.example".into()],
             allow_private: false,
         };
-        assert!(p.check("https://evil.example/x").is_err());
-        assert!(p.check("https://cdn.evil.example/x").is_err());
-        assert!(p.check("https://notevil.example/x").is_ok());
+        assert!(p.parse("https://evil.example/x").is_err());
+        assert!(p.parse("https://cdn.evil.example/x").is_err());
+        assert!(p.parse("https://notevil.example/x").is_ok());
         for private in [
             "http://127.0.0.1/",
             "http://10.1.2.3/",
@@ -127,14 +282,14 @@ mod tests {
             "http://0.0.0.0/",
             "http://[::ffff:10.0.0.1]/",
         ] {
-            assert!(p.check(private).is_err(), "{private}");
+            assert!(p.parse(private).is_err(), "{private}");
         }
-        assert!(p.check("http://8.8.8.8/").is_ok());
+        assert!(p.parse("http://8.8.8.8/").is_ok());
         let open = TargetPolicy {
             allow_private: true,
             ..p
         };
-        assert!(open.check("http://127.0.0.1/").is_ok());
+        assert!(open.parse("http://127.0.0.1/").is_ok());
     }
 
     #[test]

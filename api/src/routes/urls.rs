@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use kurz_common::shortcode;
+use kurz_common::target::Target;
 use serde_json::{json, Value};
 
 /// Longest title accepted.
@@ -21,9 +22,14 @@ const MAX_TITLE: usize = 512;
 /// already rare; five in a row means something else is wrong.
 const CODE_ATTEMPTS: usize = 5;
 
-fn check_target(state: &AppState, f: &mut Fields, url: &str) {
-    if let Err(why) = state.targets.check(url) {
-        f.reject("original_url", why);
+/// The normalised target, or the field's rejection.
+fn check_target(state: &AppState, f: &mut Fields, url: &str) -> Option<Target> {
+    match state.targets.parse(url) {
+        Ok(target) => Some(target),
+        Err(why) => {
+            f.reject("original_url", why);
+            None
+        }
     }
 }
 
@@ -83,9 +89,9 @@ async fn create_link(
     let title = f.opt_string("title");
     let custom = f.opt_string("short_code");
     let expires_at = f.opt_timestamp("expires_at");
-    if let Some(url) = &original_url {
-        check_target(state, &mut f, url);
-    }
+    let target = original_url
+        .as_deref()
+        .and_then(|url| check_target(state, &mut f, url));
     if let Patch::Set(t) = &title {
         check_title(&mut f, t);
     }
@@ -100,7 +106,7 @@ async fn create_link(
     f.finish()?;
     let (user_id, original_url) = (
         user_id.unwrap_or_default(),
-        original_url.unwrap_or_default(),
+        target.map(Target::into_string).unwrap_or_default(),
     );
 
     let mut client = state.client().await?;
@@ -256,9 +262,10 @@ pub async fn update(
     if matches!(original_url, Patch::Null) {
         f.reject("original_url", "must not be null");
     }
-    if let Patch::Set(url) = &original_url {
-        check_target(&state, &mut f, url);
-    }
+    let target = match &original_url {
+        Patch::Set(url) => check_target(&state, &mut f, url),
+        _ => None,
+    };
     if let Patch::Set(t) = &title {
         check_title(&mut f, t);
     }
@@ -291,7 +298,7 @@ pub async fn update(
             link.is_active = active;
         }
     }
-    if let Patch::Set(url) = original_url {
+    if let Some(url) = target.map(Target::into_string) {
         if url != link.original_url {
             changes.push(("original_url", json!(url)));
             link.original_url = url;

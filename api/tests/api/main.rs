@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod health;
 mod helpers;
+mod hostile;
 mod link_state;
 mod malformed;
 mod redirect;

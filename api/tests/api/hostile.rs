@@ -1,0 +1,218 @@
+//! Hostile input: control characters and NUL in every field that reaches PostgreSQL or a
+//! header, malformed numbers, overflowing pages. Each is a 400 naming the field, never a 500,
+//! and nothing is stored; every accepted target redirects.
+
+use crate::helpers::{error_of, spawn_app, spawn_app_with};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn targets_with_control_characters_are_refused_and_never_stored() {
+    let app = spawn_app().await;
+    let user = app.create_user("ctl").await;
+    for bad in [
+        "https://example.com/a\nb",
+        "https://example.com/a\rb",
+        "https://example.com/a\u{1}b",
+        "https://example.com/a\u{7f}b",
+        "https://example.com/\r\nSet-Cookie: x=1",
+        "https://example.com/a\u{0}b",
+    ] {
+        let res = app
+            .post_json("/urls", &json!({"user_id": user, "original_url": bad}))
+            .await;
+        let body = error_of(res, 400).await;
+        assert!(
+            body["details"]["original_url"].is_string(),
+            "{bad:?}: {body}"
+        );
+    }
+    let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert!(list.is_empty(), "{list:?}");
+}
+
+#[tokio::test]
+async fn accepted_targets_are_stored_normalised_and_redirect() {
+    let app = spawn_app().await;
+    let user = app.create_user("norm").await;
+    for (raw, stored) in [
+        ("https://example.com/a b", "https://example.com/a%20b"),
+        (
+            "https://bücher.example/ä",
+            "https://xn--bcher-kva.example/%C3%A4",
+        ),
+        ("HTTPS://Example.COM", "https://example.com/"),
+    ] {
+        let link = app.create_url(user, raw).await;
+        assert_eq!(link["original_url"], stored, "{raw}");
+        let res = app
+            .get(&format!("/{}", link["short_code"].as_str().unwrap()))
+            .await;
+        assert_eq!(res.status(), 302, "{raw}");
+        assert_eq!(res.headers()["location"], stored);
+    }
+    // Updates go through the same door.
+    let link = app.create_url(user, "https://example.com/u").await;
+    let res = app
+        .put_json(
+            &format!("/urls/{}", link["id"]),
+            &json!({"original_url": "https://example.com/x\ny"}),
+        )
+        .await;
+    error_of(res, 400).await;
+    for bad in ["http:example.com", "https://example..com/"] {
+        let res = app
+            .post_json("/urls", &json!({"user_id": user, "original_url": bad}))
+            .await;
+        error_of(res, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_however_they_are_written() {
+    let app = spawn_app_with(|c| c.links.allow_private_targets = false).await;
+    let user = app.create_user("priv").await;
+    for bad in [
+        "http://LOCALHOST./",
+        "http://localhost.:18080/",
+        "http://127.1/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://017700000001/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::1]/",
+        "http://169.254.169.254/",
+        "http://example.com@127.0.0.1/",
+    ] {
+        let res = app
+            .post_json("/urls", &json!({"user_id": user, "original_url": bad}))
+            .await;
+        let body = error_of(res, 400).await;
+        assert!(body["details"]["original_url"].is_string(), "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn nul_anywhere_in_a_json_body_is_a_400_naming_the_field() {
+    let app = spawn_app().await;
+    let user = app.create_user("nul").await;
+    let link = app.create_url(user, "https://example.com/nul").await;
+    let cases = [
+        (
+            "/urls",
+            json!({"user_id": user, "original_url": "https://example.com/", "title": "a\u{0}b"}),
+            "title",
+        ),
+        (
+            "/events",
+            json!({"url_id": link["id"], "event_type": "click", "details": {"k\u{0}": "v"}}),
+            "details.k\u{0}",
+        ),
+        (
+            "/events",
+            json!({"url_id": link["id"], "event_type": "click", "details": {"k": "v\u{0}"}}),
+            "details.k",
+        ),
+        (
+            "/auth/login",
+            json!({"email": "a\u{0}@example.com", "password": "whatever1"}),
+            "email",
+        ),
+        (
+            "/auth/login",
+            json!({"username": "a\u{0}", "password": "whatever1"}),
+            "username",
+        ),
+        (
+            "/users",
+            json!({"username": "n\u{0}", "email": "n@example.com"}),
+            "username",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let res = app.post_json(path, &body).await;
+        let err = error_of(res, 400).await;
+        assert!(
+            err["details"][field].is_string(),
+            "{path} {body}: {err} should name {field:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nul_or_bad_names_in_a_bulk_csv_fail_the_file_naming_the_cell() {
+    let app = spawn_app().await;
+    let user = app.create_user("bulknul").await;
+    let cases: [(&str, String, &str); 4] = [
+        (
+            "/users/bulk",
+            "username,email\nok,ok@example.com\nbad\0,b@example.com\n".into(),
+            "username",
+        ),
+        (
+            "/users/bulk",
+            "username,email\nsp ace,s@example.com\n".into(),
+            "username",
+        ),
+        (
+            "/urls/bulk",
+            format!(
+                "user_id,short_code,original_url,title\n{user},nulcode1,https://example.com/,t\0\n"
+            ),
+            "title",
+        ),
+        (
+            "/urls/bulk",
+            format!(
+                "user_id,short_code,original_url\n{user},nulcode2,\"https://example.com/a\nb\"\n"
+            ),
+            "original_url",
+        ),
+    ];
+    for (path, csv, column) in cases {
+        let res = app.upload(path, csv.clone().into_bytes()).await;
+        let err = error_of(res, 400).await;
+        assert_eq!(err["details"]["column"], column, "{csv:?}: {err}");
+        assert_eq!(
+            err["details"]["row"],
+            if csv.contains("\nok,") { 2 } else { 1 }
+        );
+    }
+    let users: Vec<Value> = app.get("/users").await.json().await.unwrap();
+    assert_eq!(users.len(), 1, "nothing of a refused file was imported");
+}
+
+#[tokio::test]
+async fn a_malformed_user_id_is_reported_once_with_what_is_wrong() {
+    let app = spawn_app().await;
+    for bad in [json!(1e30), json!(-1), json!("1"), json!(1.5)] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": bad, "original_url": "https://example.com/"}),
+            )
+            .await;
+        let err = error_of(res, 400).await;
+        let why = err["details"]["user_id"].as_str().unwrap();
+        assert!(!why.contains("required"), "{bad}: {why}");
+        assert_eq!(
+            err["message"].as_str().unwrap().matches("user_id").count(),
+            1,
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pages_too_large_to_address_are_a_400() {
+    let app = spawn_app().await;
+    for q in [
+        "page=4611686018427387904&per_page=2",
+        "page=9223372036854775807&per_page=1000",
+        "page=99999999999999999999",
+    ] {
+        for path in ["/urls", "/users", "/events"] {
+            let res = app.get(&format!("{path}?{q}")).await;
+            error_of(res, 400).await;
+        }
+    }
+}
