@@ -41,13 +41,23 @@ impl At {
 }
 
 impl Table {
+    /// Parses on the blocking pool: a 32 MiB upload takes a worker long enough to stall every
+    /// other request scheduled on it.
+    async fn parse_off_worker(bytes: &[u8], required: &'static [&'static str]) -> ApiResult<Self> {
+        let owned = bytes.to_vec();
+        tokio::task::spawn_blocking(move || Self::parse(&owned, required))
+            .await
+            .map_err(|e| ApiError::Internal(format!("CSV parse task: {e}")))?
+    }
+
     fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(bytes);
         let headers = reader
             .headers()
-            .map_err(|e| ApiError::BadRequest(format!("CSV header cannot be read: {e}")))?;
+            .map_err(|e| ApiError::BadRequest(format!("CSV header cannot be read: {e}")))?
+            .clone();
         let columns: HashMap<String, usize> = headers
             .iter()
             .enumerate()
@@ -75,6 +85,15 @@ impl Table {
                     reason: format!("not valid CSV: {e}"),
                 }
             })?;
+            // PostgreSQL cannot store NUL in text: refuse it here, naming the cell.
+            if let Some(col) = rec.iter().position(|v| v.contains('\0')) {
+                return Err(ApiError::BadRow {
+                    row: i + 1,
+                    line: rec.position().map_or(0, |p| p.line()),
+                    column: headers.get(col).unwrap_or("*").to_owned(),
+                    reason: "must not contain the NUL character".into(),
+                });
+            }
             records.push(rec);
         }
         Ok(Self { columns, records })
@@ -197,24 +216,23 @@ async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> A
 
 /// Users: `id,username,email,created_at` (`id`, `created_at` optional).
 pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
-    let table = Table::parse(bytes, &["username", "email"])?;
+    let table = Table::parse_off_worker(bytes, &["username", "email"]).await?;
     let (mut ids, mut names, mut emails, mut created) = (vec![], vec![], vec![], vec![]);
-    let (mut seen_id, mut seen_name, mut seen_email) =
-        (HashMap::new(), HashMap::new(), HashMap::new());
+    let (mut seen_id, mut seen_email) = (HashMap::new(), HashMap::new());
     for (at, row) in table.rows() {
         let id = row.opt_id("id")?;
         let name = row.required("username")?;
         let email = row.required("email")?;
-        if name.chars().count() > 64 {
-            return Err(at.err("username", "must be at most 64 characters"));
+        if let Some(why) = crate::routes::users::username_problem(&name) {
+            return Err(at.err("username", why));
         }
-        if !email.contains('@') || email.contains(char::is_whitespace) {
-            return Err(at.err("email", "must be an email address"));
+        if let Some(why) = crate::routes::users::email_problem(&email) {
+            return Err(at.err("email", why));
         }
         if let Some(id) = id {
             unique(&mut seen_id, id, at, "id")?;
         }
-        unique(&mut seen_name, name.clone(), at, "username")?;
+        // Usernames may repeat (real exports do); the email is the identity.
         unique(&mut seen_email, email.to_lowercase(), at, "email")?;
         ids.push(id);
         names.push(name);
@@ -269,7 +287,7 @@ pub async fn urls(
     bytes: &[u8],
     policy: &kurz_common::target::TargetPolicy,
 ) -> ApiResult<ImportedUrls> {
-    let table = Table::parse(bytes, &["user_id", "short_code", "original_url"])?;
+    let table = Table::parse_off_worker(bytes, &["user_id", "short_code", "original_url"]).await?;
     let n = table.records.len();
     let (mut ids, mut users, mut codes, mut targets, mut titles) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -286,10 +304,10 @@ pub async fn urls(
                 "must be 3 to 64 characters of A-Z a-z 0-9 _ - and not a reserved word",
             ));
         }
-        let url = row.required("original_url")?;
-        policy
-            .check(&url)
-            .map_err(|why| at.err("original_url", why))?;
+        let url = policy
+            .parse(&row.required("original_url")?)
+            .map_err(|why| at.err("original_url", why))?
+            .into_string();
         if let Some(id) = id {
             unique(&mut seen_id, id, at, "id")?;
         }
@@ -370,7 +388,7 @@ pub async fn urls(
 
 /// Events: `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as text).
 pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
-    let table = Table::parse(bytes, &["url_id", "event_type"])?;
+    let table = Table::parse_off_worker(bytes, &["url_id", "event_type"]).await?;
     let n = table.records.len();
     let (mut ids, mut urls, mut users, mut types, mut times, mut details) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

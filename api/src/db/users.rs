@@ -35,6 +35,27 @@ impl User {
     }
 }
 
+/// Takes `username`'s write lock until the end of transaction `tx`, then says whether a live
+/// user other than `except` has it. The table allows repeats (imports keep real exports as they
+/// are); API writes keep usernames unique by checking under this lock.
+pub async fn lock_username(
+    tx: &impl GenericClient,
+    username: &str,
+    except: Option<i64>,
+) -> Result<bool, Error> {
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended('kurz.username:' || $1, 0))")
+        .await?;
+    tx.execute(&lock, &[&username]).await?;
+    let taken = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND deleted_at IS NULL \
+             AND id IS DISTINCT FROM $2)",
+        )
+        .await?;
+    Ok(tx.query_one(&taken, &[&username, &except]).await?.get(0))
+}
+
 pub async fn insert_user(
     c: &impl GenericClient,
     username: &str,
@@ -135,7 +156,8 @@ pub async fn insert_account(
     ))
 }
 
-/// A live user by email (case-insensitive) or username, with their password hash if any.
+/// A live user by email (case-insensitive) or username, with their password hash if any. A
+/// username several users share names nobody: `None`, as for an unknown one.
 pub async fn find_login(
     c: &impl GenericClient,
     email: Option<&str>,
@@ -147,9 +169,11 @@ pub async fn find_login(
              AND (($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($1::text IS NULL AND username = $2))"
         ))
         .await?;
-    Ok(c.query_opt(&stmt, &[&email, &username])
-        .await?
-        .map(|r| (User::from_row(&r), r.get(4))))
+    let rows = c.query(&stmt, &[&email, &username]).await?;
+    Ok(match rows.as_slice() {
+        [r] => Some((User::from_row(r), r.get(4))),
+        _ => None,
+    })
 }
 
 pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<String>, Error> {

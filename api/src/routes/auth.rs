@@ -74,10 +74,13 @@ pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiRes
         return Err(sessions_down());
     }
     let hash = state.auth.passwords.hash(password).await?;
-    let client = state.client().await?;
-    let user = db::users::insert_account(&client, &username, &email, &hash)
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    crate::routes::users::refuse_taken(&tx, &username, None).await?;
+    let user = db::users::insert_account(&tx, &username, &email, &hash)
         .await
         .map_err(conflict_or)?;
+    tx.commit().await?;
     session_answer(&state, &user, StatusCode::CREATED).await
 }
 

@@ -16,18 +16,32 @@ const MAX_USERNAME: usize = 64;
 /// RFC 5321's limit on a forward path.
 const MAX_EMAIL: usize = 254;
 
-pub(crate) fn check_username(fields: &mut Fields, name: &str) {
+/// 409 when another live user has `username`; holds the name's lock until `tx` ends, so the
+/// write that follows cannot race another writer of the same name.
+pub(crate) async fn refuse_taken(
+    tx: &impl deadpool_postgres::GenericClient,
+    username: &str,
+    except: Option<i64>,
+) -> ApiResult<()> {
+    if db::users::lock_username(tx, username, except).await? {
+        return Err(ApiError::Conflict("username is already taken".into()));
+    }
+    Ok(())
+}
+
+/// Why `name` cannot be a username, if it cannot; the one rule for single writes and imports.
+pub(crate) fn username_problem(name: &str) -> Option<String> {
     if name.chars().count() > MAX_USERNAME {
-        fields.reject(
-            "username",
-            format!("must be at most {MAX_USERNAME} characters"),
-        );
+        Some(format!("must be at most {MAX_USERNAME} characters"))
     } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        fields.reject("username", "must not contain spaces or control characters");
+        Some("must not contain spaces or control characters".into())
+    } else {
+        None
     }
 }
 
-pub(crate) fn check_email(fields: &mut Fields, email: &str) {
+/// Why `email` cannot be an email address, if it cannot; the one rule for writes and imports.
+pub(crate) fn email_problem(email: &str) -> Option<String> {
     let valid = email.len() <= MAX_EMAIL
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && match email.split_once('@') {
@@ -40,8 +54,18 @@ pub(crate) fn check_email(fields: &mut Fields, email: &str) {
             }
             None => false,
         };
-    if !valid {
-        fields.reject("email", "must be an email address such as name@example.com");
+    (!valid).then(|| "must be an email address such as name@example.com".into())
+}
+
+pub(crate) fn check_username(fields: &mut Fields, name: &str) {
+    if let Some(why) = username_problem(name) {
+        fields.reject("username", why);
+    }
+}
+
+pub(crate) fn check_email(fields: &mut Fields, email: &str) {
+    if let Some(why) = email_problem(email) {
+        fields.reject("email", why);
     }
 }
 
@@ -62,10 +86,13 @@ pub async fn create(
     }
     f.finish()?;
     let (username, email) = (username.unwrap_or_default(), email.unwrap_or_default());
-    let client = state.client().await?;
-    let user = db::users::insert_user(&client, &username, &email)
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    refuse_taken(&tx, &username, None).await?;
+    let user = db::users::insert_user(&tx, &username, &email)
         .await
         .map_err(conflict_or)?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user.to_json())).into_response())
 }
 
@@ -130,16 +157,16 @@ pub async fn update(
         Patch::Set(v) => Some(v.clone()),
         _ => None,
     };
-    let client = state.client().await?;
-    let user = db::users::update_user(
-        &client,
-        id,
-        set(&username).as_deref(),
-        set(&email).as_deref(),
-    )
-    .await
-    .map_err(conflict_or)?
-    .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    if let Patch::Set(name) = &username {
+        refuse_taken(&tx, name, Some(id)).await?;
+    }
+    let user = db::users::update_user(&tx, id, set(&username).as_deref(), set(&email).as_deref())
+        .await
+        .map_err(conflict_or)?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    tx.commit().await?;
     Ok(Json(user.to_json()).into_response())
 }
 

@@ -821,3 +821,68 @@ async fn in_required_mode_a_link_is_readable_by_its_owner_and_admins_only() {
         assert_eq!(get(Some(&boss)).await.unwrap().status(), 200, "{path}");
     }
 }
+
+#[tokio::test]
+async fn imported_repeated_usernames_are_kept_and_make_username_login_fail_uniformly() {
+    let app = spawn_app().await;
+    let twin =
+        json!({"username": "twin", "email": "twin@example.com", "password": "pw-twin-secret"});
+    assert_eq!(app.post_json("/auth/register", &twin).await.status(), 201);
+    let csv =
+        "username,email\ntwin,twin-b@example.com\nsolo,solo@example.com\nsolo,solo-b@example.com\n";
+    let res = app.upload("/users/bulk", csv.as_bytes().to_vec()).await;
+    assert_eq!(res.status(), 201, "real exports repeat usernames");
+    assert_eq!(res.json::<Value>().await.unwrap()["count"], 3);
+
+    // Single writes still refuse a username any user has.
+    let res = app
+        .post_json(
+            "/users",
+            &json!({"username": "solo", "email": "other@example.com"}),
+        )
+        .await;
+    error_of(res, 409).await;
+    let fresh = app.create_user("fresh").await;
+    let res = app
+        .put_json(&format!("/users/{fresh}"), &json!({"username": "twin"}))
+        .await;
+    error_of(res, 409).await;
+
+    // By username the account is ambiguous: the same answer as a wrong password.
+    let by_name = login(
+        &app,
+        json!({"username": "twin", "password": "pw-twin-secret"}),
+    )
+    .await;
+    let wrong = login(
+        &app,
+        json!({"email": "twin@example.com", "password": "not-it-at-all"}),
+    )
+    .await;
+    let (a, b) = (error_of(by_name, 401).await, error_of(wrong, 401).await);
+    assert_eq!(a, b);
+    let by_email = login(
+        &app,
+        json!({"email": "twin@example.com", "password": "pw-twin-secret"}),
+    )
+    .await;
+    assert_eq!(by_email.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_username_make_one_user() {
+    let app = spawn_app().await;
+    let sends = (0..8).map(|i| {
+        app.client
+            .post(app.url("/users"))
+            .json(&json!({"username": "race", "email": format!("race{i}@example.com")}))
+            .send()
+    });
+    let mut statuses: Vec<u16> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
+}

@@ -172,9 +172,10 @@ async fn rows_with_ids_are_upserted_and_conflicts_are_409() {
     let res = app
         .upload(
             "/users/bulk",
-            "id,username,email\n6,renamed,b@example.com\n".into(),
+            "id,username,email\n6,other,A@example.com\n".into(),
         )
         .await;
+    // The email is the identity (case-insensitive); a repeated username alone is not a conflict.
     assert_eq!(error_of(res, 409).await["error"], "conflict");
     assert_eq!(app.get("/users").await.headers()["x-total-count"], "1");
 }
