@@ -24,6 +24,9 @@ pub struct ApiConfig {
     pub base_url: String,
     /// Log filter: `info`, `debug`, or per module (`info,tokio_postgres=warn`).
     pub log_level: String,
+    /// Peers (addresses or CIDR blocks) whose `X-Real-IP`/`X-Forwarded-For` name the client:
+    /// the edges. Anyone else is the client. Env `KURZ_TRUSTED_PROXIES` (comma-separated).
+    pub trusted_proxies: Vec<String>,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
@@ -195,6 +198,7 @@ impl Default for ApiConfig {
             admin_listen: "127.0.0.1:9100".parse().expect("static address"),
             base_url: "http://localhost:8000".into(),
             log_level: "info".into(),
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             cache: CacheConfig::default(),
@@ -252,6 +256,11 @@ impl Default for LimitsConfig {
 }
 
 impl ApiConfig {
+    /// Who may name the client (see `kurz_common::proxies`).
+    pub fn proxy_trust(&self) -> Result<kurz_common::proxies::ProxyTrust, String> {
+        kurz_common::proxies::ProxyTrust::parse(&self.trusted_proxies, &[])
+    }
+
     /// File (if given) + environment, validated. Every error names the key or variable.
     pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Self, String> {
         let mut cfg: ApiConfig = match path {
@@ -318,6 +327,13 @@ impl ApiConfig {
                 .filter(|a| !a.is_empty())
                 .collect();
         }
+        if let Some(list) = env.get("KURZ_TRUSTED_PROXIES") {
+            self.trusted_proxies = list
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect();
+        }
         if let Some(addr) = parse_var(env, "KURZ_LISTEN")? {
             self.listen = addr;
         }
@@ -330,6 +346,8 @@ impl ApiConfig {
     /// Checks values serde cannot: ranges, URL shapes, names.
     pub fn validate(&self) -> Result<(), String> {
         let bad = |key: &str, why: &str| Err(format!("config key `{key}` {why}"));
+        self.proxy_trust()
+            .map_err(|e| format!("config key `trusted_proxies` (KURZ_TRUSTED_PROXIES): {e}"))?;
         if !self.database.url.starts_with("postgres://")
             && !self.database.url.starts_with("postgresql://")
         {

@@ -11,7 +11,7 @@
 //! - [`cache`]: the Redis link cache; [`cache_sync`]: link states reach it despite failures;
 //!   [`clicks`]: the click stream and its consumer.
 //! - [`auth`]: passwords, sessions, API keys, lock-out and the access policy ([`auth::Caller`]).
-//! - [`idempotency`]: `Idempotency-Key` for creates; [`client`]: the client's address.
+//! - [`idempotency`]: `Idempotency-Key` for creates.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics;
 //!   [`deadline`]: the per-request time limit.
@@ -21,7 +21,6 @@ pub mod auth;
 pub mod cache;
 pub mod cache_sync;
 pub mod clicks;
-pub mod client;
 pub mod config;
 pub mod db;
 pub mod deadline;

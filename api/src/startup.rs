@@ -122,6 +122,7 @@ impl Application {
             )
         })?;
         let targets = Arc::new(config.target_policy());
+        let proxies = Arc::new(config.proxy_trust()?);
         let auth = Arc::new(crate::auth::Auth::new(
             &config.auth,
             redis.clone(),
@@ -136,6 +137,7 @@ impl Application {
             consumer,
             config,
             metrics,
+            proxies,
             targets,
             auth,
         };

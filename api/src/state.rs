@@ -20,6 +20,8 @@ pub struct AppState {
     pub consumer: Arc<Consumer>,
     pub config: Arc<ApiConfig>,
     pub metrics: Arc<Metrics>,
+    /// Who may name the client's address.
+    pub proxies: Arc<kurz_common::proxies::ProxyTrust>,
     /// Rules link targets must meet.
     pub targets: Arc<kurz_common::target::TargetPolicy>,
     /// Passwords, sessions, API keys.

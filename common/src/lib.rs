@@ -24,6 +24,7 @@ pub mod env;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod proxies;
 pub mod redis_handle;
 pub mod shortcode;
 pub mod target;

@@ -111,7 +111,7 @@ pub async fn login(
         .or(username.as_deref())
         .unwrap_or("")
         .to_lowercase();
-    let ip = crate::client::client_ip(peer, &headers);
+    let ip = state.proxies.client_ip(peer.ip(), &headers);
     let client = state.client().await?;
     let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
     let (user, stored) = match found {
@@ -193,7 +193,7 @@ pub async fn change_password(
     f.finish()?;
     let client = state.client().await?;
     let stored = db::users::password_hash(&client, me.id).await?;
-    let ip = crate::client::client_ip(peer, &headers);
+    let ip = state.proxies.client_ip(peer.ip(), &headers);
     let subject = Subject::Account(me.id);
     if let Some(wait) = state
         .auth

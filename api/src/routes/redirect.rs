@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use kurz_common::clicks::{clip, truncate_ip, Click};
 use kurz_common::keys::{CachedLink, LinkEntry};
+use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
 use std::net::SocketAddr;
 
@@ -34,7 +35,14 @@ pub async fn redirect(
     if method == Method::GET {
         state
             .clicks
-            .record(click_of(&request_id, &code, &entry, peer, &headers))
+            .record(click_of(
+                &request_id,
+                &code,
+                &entry,
+                &state.proxies,
+                peer,
+                &headers,
+            ))
             .await;
     }
     let location = HeaderValue::from_str(&entry.target).map_err(|_| {
@@ -96,6 +104,7 @@ fn click_of(
     request_id: &str,
     code: &str,
     entry: &LinkEntry,
+    proxies: &ProxyTrust,
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Click {
@@ -106,7 +115,7 @@ fn click_of(
             .map(clip)
             .unwrap_or_default()
     };
-    let ip = crate::client::client_ip(peer, headers);
+    let ip = proxies.client_ip(peer.ip(), headers);
     Click {
         id: request_id.to_owned(),
         url_id: entry.url_id,

@@ -1,0 +1,169 @@
+//! Whose word on the client's address we take: one rule for the edge and the API.
+//!
+//! A request's client is its socket peer, unless that peer is a proxy we trust; then it is the
+//! address the proxy vouches for. Trusting anyone else's header would let a client pick its own
+//! rate-limit and lock-out bucket. `CF-Connecting-IP` is taken only from peers listed as
+//! Cloudflare's: any other proxy would pass a client's forged one through.
+
+use http::HeaderMap;
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Trusted proxies (`trusted_proxies` in both configs) and, among them, Cloudflare's.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyTrust {
+    proxies: Vec<IpNet>,
+    cloudflare: Vec<IpNet>,
+}
+
+/// `a.b.c.d/n`, `v6/n`, or a bare address (a /32 or /128).
+pub fn parse_net(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{raw:?} is not an address or CIDR block"))
+}
+
+impl ProxyTrust {
+    /// `cloudflare` entries are trusted proxies too.
+    pub fn parse(proxies: &[String], cloudflare: &[String]) -> Result<Self, String> {
+        let cloudflare = cloudflare
+            .iter()
+            .map(|c| parse_net(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut proxies = proxies
+            .iter()
+            .map(|c| parse_net(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        proxies.extend(cloudflare.iter().copied());
+        Ok(Self {
+            proxies,
+            cloudflare,
+        })
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.proxies.iter().any(|n| n.contains(&canonical(ip)))
+    }
+
+    /// The client's address: the peer's, or, from a trusted peer, `CF-Connecting-IP` (Cloudflare
+    /// peers only), `X-Real-IP`, or the right-most `X-Forwarded-For` hop that is not a trusted
+    /// proxy.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .map(canonical)
+        };
+        if self.cloudflare.iter().any(|n| n.contains(&peer)) {
+            if let Some(ip) = header("cf-connecting-ip") {
+                return ip;
+            }
+        }
+        if let Some(ip) = header("x-real-ip") {
+            return ip;
+        }
+        if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            // Each hop appended the address it saw: walking from the right, the first one that
+            // is not ours is the client as far as the chain can be trusted.
+            let hops: Vec<IpAddr> = xff
+                .split(',')
+                .filter_map(|h| h.trim().parse().ok())
+                .map(canonical)
+                .collect();
+            if let Some(ip) = hops.iter().rev().find(|ip| !self.trusts(**ip)) {
+                return *ip;
+            }
+            if let Some(first) = hops.first() {
+                return *first;
+            }
+        }
+        peer
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as dual-stack sockets report IPv4 peers) as
+/// the IPv4 address it is, so one rule covers both spellings.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks_and_bare_addresses_parse_and_match() {
+        let t = ProxyTrust::parse(&["10.1.0.0/16".into(), "::1".into()], &[]).unwrap();
+        assert!(t.trusts(ip("10.1.200.3")));
+        assert!(!t.trusts(ip("10.2.0.1")));
+        assert!(t.trusts(ip("::1")));
+        assert!(
+            t.trusts(ip("::ffff:10.1.0.9")),
+            "mapped IPv4 is the IPv4 address"
+        );
+        assert!(ProxyTrust::parse(&["10.0.0.0/33".into()], &[]).is_err());
+        assert!(ProxyTrust::parse(&["nope".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_name_another_client() {
+        let t = ProxyTrust::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-real-ip", "1.2.3.5"),
+            ("cf-connecting-ip", "5.6.7.8"),
+        ]);
+        // A private peer is not trusted for being private: only the list counts.
+        for peer in ["203.0.113.9", "192.168.1.1", "127.0.0.1"] {
+            assert_eq!(t.client_ip(ip(peer), &h), ip(peer));
+        }
+    }
+
+    #[test]
+    fn trusted_peers_name_the_client() {
+        let t = ProxyTrust::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let peer = ip("10.0.0.2");
+        let h = headers(&[("x-forwarded-for", "9.9.9.9, 198.51.100.7, 10.0.0.5")]);
+        assert_eq!(t.client_ip(peer, &h), ip("198.51.100.7"));
+        let h = headers(&[
+            ("x-real-ip", "198.51.100.9"),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
+        assert_eq!(t.client_ip(peer, &h), ip("198.51.100.9"));
+        assert_eq!(t.client_ip(peer, &HeaderMap::new()), peer);
+    }
+
+    #[test]
+    fn cf_connecting_ip_counts_from_cloudflare_peers_only() {
+        let t = ProxyTrust::parse(&["10.0.0.0/8".into()], &["173.245.48.0/20".into()]).unwrap();
+        let h = headers(&[
+            ("cf-connecting-ip", "198.51.100.8"),
+            ("x-forwarded-for", "203.0.113.1"),
+        ]);
+        assert_eq!(t.client_ip(ip("173.245.48.5"), &h), ip("198.51.100.8"));
+        // An internal proxy passes a client's forged header through: not believed.
+        assert_eq!(t.client_ip(ip("10.0.0.2"), &h), ip("203.0.113.1"));
+    }
+}
