@@ -133,13 +133,9 @@ impl IntoResponse for ApiError {
             ),
             other => (other.to_string(), Value::Null),
         };
-        let body = json!({"error": self.code(), "message": message, "details": details});
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        let body = kurz_common::http::error_body(self.code(), &message, details);
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         match self {
             ApiError::Internal(cause) => {
                 response.extensions_mut().insert(ErrorCause(cause));

@@ -1,0 +1,180 @@
+//! The CSV side of imports: the file with its header, rows with typed accessors, and errors
+//! that name the row, the file line and the column.
+
+use crate::error::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
+/// A parsed CSV file with its header.
+pub(super) struct Table {
+    pub(super) columns: HashMap<String, usize>,
+    pub(super) records: Vec<csv::StringRecord>,
+}
+
+/// Position of a row for error messages: `row` counts data rows from 1, `line` is the file line.
+#[derive(Clone, Copy)]
+pub(super) struct At {
+    pub(super) row: usize,
+    pub(super) line: u64,
+}
+
+impl At {
+    pub(super) fn err(self, column: &str, reason: impl Into<String>) -> ApiError {
+        ApiError::BadRow {
+            row: self.row,
+            line: self.line,
+            column: column.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Table {
+    /// Parses on the blocking pool: a 32 MiB upload takes a worker long enough to stall every
+    /// other request scheduled on it.
+    pub(super) async fn parse_off_worker(
+        bytes: &[u8],
+        required: &'static [&'static str],
+    ) -> ApiResult<Self> {
+        let owned = bytes.to_vec();
+        tokio::task::spawn_blocking(move || Self::parse(&owned, required))
+            .await
+            .map_err(|e| ApiError::Internal(format!("CSV parse task: {e}")))?
+    }
+
+    pub(super) fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(bytes);
+        let headers = reader
+            .headers()
+            .map_err(|e| ApiError::BadRequest(format!("CSV header cannot be read: {e}")))?
+            .clone();
+        let columns: HashMap<String, usize> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.trim_start_matches('\u{feff}').to_ascii_lowercase(), i))
+            .collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|c| !columns.contains_key(*c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "CSV header lacks column(s): {}",
+                missing.join(", ")
+            )));
+        }
+        let mut records = Vec::new();
+        for (i, rec) in reader.records().enumerate() {
+            let rec = rec.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line());
+                ApiError::BadRow {
+                    row: i + 1,
+                    line,
+                    column: "*".into(),
+                    reason: format!("not valid CSV: {e}"),
+                }
+            })?;
+            // PostgreSQL cannot store NUL in text: refuse it here, naming the cell.
+            if let Some(col) = rec.iter().position(|v| v.contains('\0')) {
+                return Err(ApiError::BadRow {
+                    row: i + 1,
+                    line: rec.position().map_or(0, |p| p.line()),
+                    column: headers.get(col).unwrap_or("*").to_owned(),
+                    reason: "must not contain the NUL character".into(),
+                });
+            }
+            records.push(rec);
+        }
+        Ok(Self { columns, records })
+    }
+
+    pub(super) fn rows(&self) -> impl Iterator<Item = (At, Row<'_>)> {
+        self.records.iter().enumerate().map(|(i, rec)| {
+            let line = rec.position().map_or(0, |p| p.line());
+            (
+                At { row: i + 1, line },
+                Row {
+                    table: self,
+                    rec,
+                    at: At { row: i + 1, line },
+                },
+            )
+        })
+    }
+}
+
+/// One record with typed accessors whose errors name the row and column.
+pub(super) struct Row<'a> {
+    table: &'a Table,
+    rec: &'a csv::StringRecord,
+    at: At,
+}
+
+impl Row<'_> {
+    pub(super) fn text(&self, col: &str) -> &str {
+        self.table
+            .columns
+            .get(col)
+            .and_then(|i| self.rec.get(*i))
+            .unwrap_or("")
+    }
+
+    pub(super) fn required(&self, col: &str) -> ApiResult<String> {
+        match self.text(col) {
+            "" => Err(self.at.err(col, "is required")),
+            v => Ok(v.to_owned()),
+        }
+    }
+
+    pub(super) fn opt_id(&self, col: &str) -> ApiResult<Option<i64>> {
+        match self.text(col) {
+            "" => Ok(None),
+            v => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| self.at.err(col, "must be a positive integer")),
+        }
+    }
+
+    pub(super) fn id(&self, col: &str) -> ApiResult<i64> {
+        self.opt_id(col)?
+            .ok_or_else(|| self.at.err(col, "is required"))
+    }
+
+    pub(super) fn opt_time(&self, col: &str) -> ApiResult<Option<DateTime<Utc>>> {
+        match self.text(col) {
+            "" => Ok(None),
+            v => kurz_common::time::parse(v).map(Some).ok_or_else(|| {
+                self.at
+                    .err(col, "must be a timestamp like 2025-03-26 16:48:24")
+            }),
+        }
+    }
+
+    pub(super) fn bool_or(&self, col: &str, default: bool) -> ApiResult<bool> {
+        match self.text(col).to_ascii_lowercase().as_str() {
+            "" => Ok(default),
+            "true" | "1" | "t" | "yes" => Ok(true),
+            "false" | "0" | "f" | "no" => Ok(false),
+            _ => Err(self.at.err(col, "must be True or False")),
+        }
+    }
+}
+
+/// Refuses a value seen on an earlier row.
+pub(super) fn unique<T: std::hash::Hash + Eq>(
+    seen: &mut HashMap<T, usize>,
+    value: T,
+    at: At,
+    col: &str,
+) -> ApiResult<()> {
+    if let Some(first) = seen.insert(value, at.row) {
+        return Err(at.err(col, format!("repeats the value of row {first}")));
+    }
+    Ok(())
+}
