@@ -106,4 +106,25 @@ mod tests {
         assert_eq!(validate_custom("Users"), Err(CodeError::Reserved));
         assert_eq!(validate_custom("health"), Err(CodeError::Reserved));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// An accepted custom code is one path segment of safe characters that no route
+            /// claims, so it round-trips through the store and `GET /<code>` unchanged.
+            #[test]
+            fn an_accepted_code_is_a_safe_unreserved_segment(raw in prop_oneof![any::<String>(), "[a-zA-Z0-9_\\-]{0,70}"]) {
+                if validate_custom(&raw).is_ok() {
+                    prop_assert!(is_code_shaped(&raw) && !is_reserved(&raw));
+                    prop_assert!(raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+                    let path = format!("/{raw}");
+                    prop_assert!(http::Uri::try_from(path.as_str()).is_ok());
+                }
+            }
+        }
+    }
 }

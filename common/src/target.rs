@@ -323,4 +323,44 @@ mod tests {
         assert!(validate("https://KURZ.example/abc", &own).is_err());
         assert!(validate("https://other.example/abc", &own).is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Strings that look like URLs often enough to reach every branch: a scheme-ish prefix,
+        /// a host-ish middle, then anything (controls, non-ASCII, spaces, `@`, dots, brackets).
+        fn urlish() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![
+                    Just("http://"),
+                    Just("https://"),
+                    Just("HTTP://"),
+                    Just("http:"),
+                    Just("ftp://"),
+                    Just("")
+                ],
+                "[a-zA-Z0-9.\\-\\[\\]:@%]{0,24}",
+                any::<String>(),
+            )
+                .prop_map(|(a, b, c)| format!("{a}{b}{c}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any input is refused, or becomes a target that is its own normal form, fits a
+            /// `Location` header and the length limit, and passes the policy again.
+            #[test]
+            fn a_target_is_refused_or_round_trips(raw in prop_oneof![urlish(), any::<String>()]) {
+                let p = TargetPolicy { own_hosts: vec!["kurz.example".into()], deny_hosts: vec![], allow_private: false };
+                if let Ok(t) = p.parse(&raw) {
+                    prop_assert!(http::HeaderValue::from_str(t.as_str()).is_ok(), "{t}");
+                    prop_assert!(t.as_str().len() <= MAX_LEN);
+                    prop_assert!(!t.as_str().chars().any(char::is_control));
+                    prop_assert_eq!(p.parse(t.as_str()), Ok(t.clone()));
+                }
+            }
+        }
+    }
 }

@@ -178,3 +178,32 @@ pub(super) fn unique<T: std::hash::Hash + Eq>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any bytes at all: a table whose cells hold no NUL, or a 400 (never a panic), and a
+        /// row error names a row that exists.
+        #[test]
+        fn any_upload_parses_or_is_refused(body in prop_oneof![
+            any::<Vec<u8>>(),
+            "[a-z,\"\\n\\r\\x00 ]{0,200}".prop_map(|s| format!("username,email\n{s}").into_bytes()),
+        ]) {
+            match Table::parse(&body, &["username", "email"]) {
+                Ok(table) => {
+                    for rec in &table.records {
+                        prop_assert!(rec.iter().all(|cell| !cell.contains('\0')));
+                    }
+                }
+                Err(ApiError::BadRow { row, .. }) => prop_assert!(row >= 1),
+                Err(ApiError::BadRequest(_)) => {}
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}
