@@ -1,4 +1,4 @@
-//! `kurz-api [serve|migrate|check] [--config conf/api.yaml]`
+//! `kurz-api [serve|migrate|check|sample] [--config conf/api.yaml]` (see `--help`)
 
 use kurz_api::config::ApiConfig;
 use kurz_api::startup::{self, Application};
@@ -6,45 +6,58 @@ use kurz_common::env::ProcessEnv;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: kurz-api [serve|migrate|check] [--config FILE]\n\
-       kurz-api sample DIR [USERS URLS EVENTS]\n\
-  serve    migrate, then serve (default)\n\
-  migrate  apply pending migrations and exit\n\
-  check    validate the configuration and exit\n\
-  sample   write users.csv, urls.csv, events.csv (seed format) into DIR\n\
-  FILE defaults to $KURZ_API_CONFIG, else conf/api.yaml when present";
+/// The kurz REST API: users, links, events, auth; the edge's upstream.
+#[derive(clap::Parser)]
+#[command(name = "kurz-api", version)]
+struct Args {
+    /// Configuration file (default: conf/api.yaml when present).
+    #[arg(short, long = "config", env = "KURZ_API_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, PartialEq)]
+enum Command {
+    /// Migrate, then serve (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Validate the configuration and exit.
+    Check,
+    /// Write users.csv, urls.csv, events.csv (the seed format) into DIR.
+    Sample {
+        dir: PathBuf,
+        #[arg(default_value_t = 400)]
+        users: usize,
+        #[arg(default_value_t = 2000)]
+        urls: usize,
+        #[arg(default_value_t = 3400)]
+        events: usize,
+    },
+}
 
 fn main() -> ExitCode {
-    let mut command = "serve".to_owned();
-    let mut config_path: Option<PathBuf> = std::env::var_os("KURZ_API_CONFIG").map(PathBuf::from);
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("sample") {
-        return sample(&argv[1..]);
+    let args = <Args as clap::Parser>::parse();
+    let command = args.command.unwrap_or(Command::Serve);
+    if let Command::Sample {
+        dir,
+        users,
+        urls,
+        events,
+    } = command
+    {
+        return sample(&dir, users, urls, events);
     }
-    let mut args = argv.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(p) => config_path = Some(PathBuf::from(p)),
-                None => return fail(USAGE),
-            },
-            "serve" | "migrate" | "check" => command = arg,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => return fail(&format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    if config_path.is_none() && std::path::Path::new("conf/api.yaml").exists() {
-        config_path = Some(PathBuf::from("conf/api.yaml"));
-    }
+    let config_path = args
+        .config
+        .or_else(|| Some(PathBuf::from("conf/api.yaml")).filter(|p| p.exists()));
     let config = match ApiConfig::load(config_path.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return fail(&format!("kurz-api: invalid configuration: {e}")),
     };
     kurz_common::logging::init("kurz-api", &config.log_level);
-    if command == "check" {
+    if command == Command::Check {
         println!("kurz-api: configuration ok");
         return ExitCode::SUCCESS;
     }
@@ -56,7 +69,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("kurz-api: cannot start the runtime: {e}")),
     };
     let result = runtime.block_on(async move {
-        if command == "migrate" {
+        if command == Command::Migrate {
             let pool = startup::build_pool(&config)?;
             let mut client = pool.get().await.map_err(|e| format!("database: {e}"))?;
             return kurz_api::migrate::run(&mut client).await;
@@ -79,29 +92,16 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `sample DIR [USERS URLS EVENTS]`.
-fn sample(args: &[String]) -> ExitCode {
-    let Some(dir) = args.first() else {
-        return fail(USAGE);
-    };
-    let num = |i: usize, default: usize| -> Result<usize, String> {
-        args.get(i).map_or(Ok(default), |v| {
-            v.parse()
-                .map_err(|_| format!("{v:?} is not a count\n{USAGE}"))
-        })
-    };
-    let sizes = match (num(1, 400), num(2, 2000), num(3, 3400)) {
-        (Ok(users), Ok(urls), Ok(events)) => kurz_api::sample::Sizes {
-            users,
-            urls,
-            events,
-        },
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(&e),
-    };
-    if sizes.users == 0 && sizes.urls > 0 {
+fn sample(dir: &std::path::Path, users: usize, urls: usize, events: usize) -> ExitCode {
+    if users == 0 && urls > 0 {
         return fail("links need at least one user");
     }
-    match kurz_api::sample::write(std::path::Path::new(dir), sizes, 42) {
+    let sizes = kurz_api::sample::Sizes {
+        users,
+        urls,
+        events,
+    };
+    match kurz_api::sample::write(dir, sizes, 42) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("kurz-api sample: {e}")),
     }

@@ -11,32 +11,32 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: kurz-proxy [-c FILE] [--check] [--upgrade]\n\
-  -c, --config FILE  configuration (default $KURZ_PROXY_CONFIG, else conf/proxy.yaml)\n\
-  --check            validate the configuration (and TLS files) and exit, like nginx -t\n\
-  --upgrade          take the listening sockets over from a running instance (graceful upgrade)";
+/// The kurz edge: TLS, rate limits, redirects from Redis, and the API pool behind it.
+#[derive(clap::Parser)]
+#[command(name = "kurz-proxy", version)]
+struct Args {
+    /// Configuration file.
+    #[arg(
+        short,
+        long = "config",
+        env = "KURZ_PROXY_CONFIG",
+        default_value = "conf/proxy.yaml"
+    )]
+    config: PathBuf,
+    /// Validate the configuration (and TLS files) and exit, like `nginx -t`.
+    #[arg(short = 't', long)]
+    check: bool,
+    /// Take the listening sockets over from a running instance (graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+}
 
 fn main() -> ExitCode {
-    let mut path = std::env::var_os("KURZ_PROXY_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("conf/proxy.yaml"));
-    let (mut check, mut upgrade) = (false, false);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-c" | "--config" => match args.next() {
-                Some(p) => path = PathBuf::from(p),
-                None => return fail(USAGE),
-            },
-            "--check" | "-t" => check = true,
-            "--upgrade" | "-u" => upgrade = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => return fail(&format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
+    let Args {
+        config: path,
+        check,
+        upgrade,
+    } = <Args as clap::Parser>::parse();
     let cfg = match ProxyConfig::load(&path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
