@@ -6,11 +6,12 @@
 use crate::error::ErrorCause;
 use crate::metrics::status_class;
 use crate::state::AppState;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use kurz_common::clicks;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// The request id, for handlers that want to log it.
@@ -18,19 +19,24 @@ use std::time::Instant;
 pub struct RequestId(pub String);
 
 /// The id the edge gave the request, or a fresh one. It is also the identity of the click a
-/// redirect records (`kurz_common::clicks`), which is why the rule is shared with the edge.
-fn request_id(req: &Request) -> String {
+/// redirect records (`kurz_common::clicks`), which is why the rule is shared with the edge, and
+/// why only a trusted proxy may choose it: a client's own id could collide with another click.
+fn request_id(req: &Request, state: &AppState) -> String {
+    let from_proxy = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| state.proxies.trusts(peer.ip()));
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| clicks::is_valid_id(v))
+        .filter(|v| from_proxy && clicks::is_valid_id(v))
         .map(str::to_owned)
         .unwrap_or_else(clicks::new_id)
 }
 
 pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request_id(&req);
+    let id = request_id(&req, &state);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // Unmatched paths share one label so scanners cannot blow up the label set.

@@ -5,7 +5,6 @@
 //! `KURZ_PROXY_HTTP` / `KURZ_PROXY_HTTPS` (comma-separated listen addresses), `KURZ_PROXY_ADMIN`,
 //! `KURZ_UPSTREAMS` (comma-separated), `KURZ_TLS_CERT`, `KURZ_TLS_KEY`, `LOG_LEVEL`.
 
-use crate::client_ip::Cidr;
 use kurz_common::config::RedisSettings;
 use kurz_common::env::EnvSource;
 use serde::{Deserialize, Serialize};
@@ -122,9 +121,13 @@ pub struct LimitsSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsSection {
-    /// Peers allowed to name the client in `X-Forwarded-For` / `CF-Connecting-IP` (CIDRs). Any
-    /// other peer's headers are ignored, so clients cannot spoof their address.
+    /// Peers allowed to name the client (`X-Real-IP`, `X-Forwarded-For`) and the request id:
+    /// load balancers in front of the edge (addresses or CIDRs). Any other peer's headers are
+    /// ignored, so clients cannot spoof their address. Reloaded by SIGHUP.
     pub trusted_proxies: Vec<String>,
+    /// Cloudflare's address blocks, when the edge sits behind Cloudflare: only these peers'
+    /// `CF-Connecting-IP` is believed. Reloaded by SIGHUP.
+    pub cloudflare_proxies: Vec<String>,
     /// Most (client, class) buckets kept; bounds memory under a flood from many addresses.
     pub max_tracked_clients: usize,
     pub redirect: Limit,
@@ -241,6 +244,7 @@ impl Default for RateLimitsSection {
     fn default() -> Self {
         Self {
             trusted_proxies: vec![],
+            cloudflare_proxies: vec![],
             max_tracked_clients: 1_000_000,
             redirect: Limit {
                 rate: 200.0,
@@ -295,6 +299,14 @@ fn list(raw: &str) -> Vec<String> {
 }
 
 impl ProxyConfig {
+    /// Who may name the client and the request id (see `kurz_common::proxies`).
+    pub fn proxy_trust(&self) -> Result<kurz_common::proxies::ProxyTrust, String> {
+        kurz_common::proxies::ProxyTrust::parse(
+            &self.rate_limits.trusted_proxies,
+            &self.rate_limits.cloudflare_proxies,
+        )
+    }
+
     /// File + environment, validated.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, String> {
         let mut cfg: ProxyConfig = kurz_common::config::load_yaml(path)?;
@@ -401,9 +413,9 @@ impl ProxyConfig {
         if self.limits.max_request_body_bytes == 0 || self.limits.client_body_timeout_ms == 0 {
             return bad("limits", "values must be above 0");
         }
-        for c in &self.rate_limits.trusted_proxies {
-            Cidr::parse(c).map_err(|e| format!("config key `rate_limits.trusted_proxies`: {e}"))?;
-        }
+        self.proxy_trust().map_err(|e| {
+            format!("config key `rate_limits.trusted_proxies`/`cloudflare_proxies`: {e}")
+        })?;
         if self.rate_limits.max_tracked_clients < 1024 {
             return bad("rate_limits.max_tracked_clients", "must be at least 1024");
         }

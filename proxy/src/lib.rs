@@ -8,7 +8,7 @@
 //! - [`redirect`]: the hot path (near-cache → one Redis script: lookup + click append).
 //! - [`near_cache`], [`invalidations`]: the in-process cache and the channel that keeps it true.
 //! - [`key_check`]: redirects come from Redis only while the API's key schema matches ours.
-//! - [`rate_limit`], [`client_ip`]: per-client token buckets; who the client really is.
+//! - [`rate_limit`]: per-client token buckets (who the client is: `kurz_common::proxies`).
 //! - [`upstreams`]: the API pool, its health checks and its reloadable list; [`reload`]: SIGHUP.
 //! - [`admin`]: `/metrics` and health on the admin listener; [`metrics`]: metric definitions.
 //! - [`respond`]: responses the edge writes itself; [`cert_expiry`]: the TLS expiry gauge.
@@ -16,7 +16,6 @@
 
 pub mod admin;
 pub mod cert_expiry;
-pub mod client_ip;
 pub mod config;
 pub mod drain;
 pub mod invalidations;

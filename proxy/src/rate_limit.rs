@@ -146,6 +146,7 @@ mod tests {
         let l = Limit { rate, burst };
         RateLimiter::new(&RateLimitsSection {
             trusted_proxies: vec![],
+            cloudflare_proxies: vec![],
             max_tracked_clients: max,
             redirect: l,
             write: l,

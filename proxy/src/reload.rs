@@ -1,5 +1,5 @@
 //! SIGHUP: re-read the config file and apply what can change without a restart — the upstream
-//! list and the rate limits. Listeners, TLS and Redis need a graceful upgrade instead.
+//! list, the rate limits and the trusted proxies. Listeners, TLS and Redis need a graceful upgrade instead.
 
 use crate::config::ProxyConfig;
 use crate::metrics::METRICS;
@@ -19,6 +19,7 @@ pub struct Reloader {
     pub probation: Probation,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub limiter: Arc<RateLimiter>,
+    pub trust: crate::service::SharedTrust,
 }
 
 impl Reloader {
@@ -37,6 +38,7 @@ impl Reloader {
             self.probation.watch(addr);
         }
         self.limiter.set_limits(&cfg.rate_limits);
+        *self.trust.write().expect("trust lock") = Arc::new(cfg.proxy_trust()?);
         let upstreams: Vec<String> = list.addrs().iter().map(|a| a.to_string()).collect();
         log::info!(upstreams = upstreams.join(","); "configuration reloaded");
         Ok(())

@@ -99,9 +99,12 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     let limiter = Arc::new(RateLimiter::new(&cfg.rate_limits));
     let probation = upstreams::Probation::new(lb.clone(), list, &cfg.upstreams.health_check)
         .map_err(|e| format!("config key `upstreams.health_check`: {e}"))?;
+    let trust: crate::service::SharedTrust =
+        Arc::new(std::sync::RwLock::new(Arc::new(cfg.proxy_trust()?)));
     let edge = Edge {
         lb: lb.clone(),
         probation: probation.clone(),
+        trust: trust.clone(),
         limiter: limiter.clone(),
         redirector: Redirector::new(redis, keys.clone(), near.clone(), gate.clone()),
         settings: EdgeSettings::from_config(&cfg),
@@ -147,6 +150,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         probation,
         lb,
         limiter,
+        trust,
     };
 
     server.add_service(proxy);

@@ -1,14 +1,14 @@
 //! The edge's `ProxyHttp`: each phase is short and hands off to the module that owns the
 //! concern (rate limits, redirects, upstreams, responses).
 
-use crate::client_ip::{client_ip, Cidr};
 use crate::config::ProxyConfig;
 use crate::metrics::{status_class, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
 use crate::redirect::{Outcome, Redirector};
 use crate::respond;
 use async_trait::async_trait;
-use kurz_common::clicks::{clip, truncate_ip, Click};
+use kurz_common::clicks::{clip, is_valid_id, new_id, truncate_ip, Click};
+use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
@@ -21,8 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Settings the phases read on every request, fixed at start-up.
+/// The trusted-proxy rule, replaced by a reload (SIGHUP).
+pub type SharedTrust = Arc<std::sync::RwLock<Arc<ProxyTrust>>>;
+
 pub struct EdgeSettings {
-    pub trusted: Vec<Cidr>,
     pub max_body: u64,
     pub client_body_timeout: Duration,
     pub connect_timeout: Duration,
@@ -39,12 +41,6 @@ impl EdgeSettings {
     pub fn from_config(cfg: &ProxyConfig) -> Self {
         let u = &cfg.upstreams;
         Self {
-            trusted: cfg
-                .rate_limits
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| Cidr::parse(c).ok())
-                .collect(),
             max_body: cfg.limits.max_request_body_bytes,
             client_body_timeout: Duration::from_millis(cfg.limits.client_body_timeout_ms),
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
@@ -63,6 +59,7 @@ impl EdgeSettings {
 pub struct Edge {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub probation: crate::upstreams::Probation,
+    pub trust: SharedTrust,
     pub limiter: Arc<RateLimiter>,
     pub redirector: Redirector,
     pub settings: EdgeSettings,
@@ -113,13 +110,19 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
 }
 
 impl Edge {
-    fn new_request_id(req: &RequestHeader) -> String {
+    /// The request id is also the click's identity (stored once per id), so only a trusted
+    /// proxy may choose it: a client's own id could collide with another click and erase it.
+    fn new_request_id(req: &RequestHeader, from_trusted: bool) -> String {
         let given = header(req, "x-request-id");
-        if !given.is_empty() && given.len() <= 128 && given.bytes().all(|b| b.is_ascii_graphic()) {
+        if from_trusted && is_valid_id(given) {
             given.to_owned()
         } else {
-            format!("{:032x}", rand::random::<u128>())
+            new_id()
         }
+    }
+
+    fn trust(&self) -> Arc<ProxyTrust> {
+        self.trust.read().expect("trust lock").clone()
     }
 
     async fn answer_redirect(
@@ -201,8 +204,9 @@ impl ProxyHttp for Edge {
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
         let req = session.req_header();
-        ctx.request_id = Self::new_request_id(req);
-        ctx.client = client_ip(peer, &req.headers, &self.settings.trusted);
+        let trust = self.trust();
+        ctx.request_id = Self::new_request_id(req, trust.trusts(peer));
+        ctx.client = trust.client_ip(peer, &req.headers);
         let path = req.uri.path().to_owned();
         ctx.class = classify(&req.method, &path);
 
@@ -345,7 +349,7 @@ impl ProxyHttp for Edge {
             .unwrap_or_default();
         let trusted_peer = peer
             .parse::<IpAddr>()
-            .is_ok_and(|ip| self.settings.trusted.iter().any(|c| c.contains(ip)));
+            .is_ok_and(|ip| self.trust().trusts(ip));
         let prior = header(upstream, "x-forwarded-for").to_owned();
         let xff = if trusted_peer && !prior.is_empty() {
             format!("{prior}, {peer}")

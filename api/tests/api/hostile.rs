@@ -217,7 +217,8 @@ async fn pages_too_large_to_address_are_a_400() {
     }
 }
 
-/// The client address a redirect's click was stored with.
+/// The client address a redirect's click was stored with, and whether the request id the peer
+/// sent was kept.
 async fn click_ip(app: &crate::helpers::TestApp, real_ip: &str) -> String {
     let user = app.create_user("ip").await;
     let link = app.create_url(user, "https://example.com/ip").await;
@@ -225,23 +226,27 @@ async fn click_ip(app: &crate::helpers::TestApp, real_ip: &str) -> String {
         .client
         .get(app.url(&format!("/{}", link["short_code"].as_str().unwrap())))
         .header("x-real-ip", real_ip)
+        .header("x-request-id", "chosen-by-the-peer")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 302);
+    let kept = res.headers()["x-request-id"] == "chosen-by-the-peer";
     let clicks = app.clicks(link["id"].as_i64().unwrap()).await;
-    clicks[0]["details"]["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    let ip = clicks[0]["details"]["ip"].as_str().unwrap_or_default();
+    format!("{ip} {}", if kept { "id kept" } else { "id replaced" })
 }
 
 #[tokio::test]
 async fn only_a_trusted_proxy_names_the_client() {
     // Loopback (where the edge runs in tests and in deploy/dev) is trusted by default.
     let app = spawn_app().await;
-    assert_eq!(click_ip(&app, "203.0.113.77").await, "203.0.113.0");
+    assert_eq!(click_ip(&app, "203.0.113.77").await, "203.0.113.0 id kept");
     // A peer not in `trusted_proxies` is the client, whatever header it sends.
     let app = spawn_app_with(|c| c.trusted_proxies = vec!["10.0.0.0/8".into()]).await;
-    assert_eq!(click_ip(&app, "203.0.113.77").await, "127.0.0.0");
+    // Nor its request id, which is its click's identity.
+    assert_eq!(
+        click_ip(&app, "203.0.113.77").await,
+        "127.0.0.0 id replaced"
+    );
 }

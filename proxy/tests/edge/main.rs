@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod keys;
 mod observability;
+mod trust;
 
 use harness::{curl, free_port, Options, Stack};
 use serde_json::{json, Value};
