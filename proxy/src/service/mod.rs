@@ -1,7 +1,14 @@
 //! The edge's `ProxyHttp`: each phase is short and hands off to the module that owns the
 //! concern (rate limits, redirects, upstreams, responses).
 
-use crate::config::ProxyConfig;
+mod failures;
+mod routes;
+mod settings;
+
+pub use settings::{EdgeSettings, SharedTrust};
+
+use routes::{classify, header, redirect_code};
+
 use crate::metrics::{status_class, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
 use crate::redirect::{Outcome, Redirector};
@@ -9,7 +16,6 @@ use crate::respond;
 use async_trait::async_trait;
 use kurz_common::clicks::{clip, is_valid_id, new_id, truncate_ip, Click};
 use kurz_common::proxies::ProxyTrust;
-use kurz_common::shortcode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
@@ -18,43 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Settings the phases read on every request, fixed at start-up.
-/// The trusted-proxy rule, replaced by a reload (SIGHUP).
-pub type SharedTrust = Arc<std::sync::RwLock<Arc<ProxyTrust>>>;
-
-pub struct EdgeSettings {
-    pub max_body: u64,
-    pub client_body_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub retry_idempotent: bool,
-    pub redirect_http_to_https: bool,
-    pub hsts: Option<String>,
-    pub click_sample_rate: f64,
-    pub access_log_sample_rate: f64,
-}
-
-impl EdgeSettings {
-    pub fn from_config(cfg: &ProxyConfig) -> Self {
-        let u = &cfg.upstreams;
-        Self {
-            max_body: cfg.limits.max_request_body_bytes,
-            client_body_timeout: Duration::from_millis(cfg.limits.client_body_timeout_ms),
-            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-            read_timeout: Duration::from_millis(u.read_timeout_ms),
-            idle_timeout: Duration::from_millis(u.idle_timeout_ms),
-            retry_idempotent: u.retry_idempotent,
-            redirect_http_to_https: cfg.listen.redirect_http_to_https,
-            hsts: (cfg.listen.hsts_max_age_seconds > 0)
-                .then(|| format!("max-age={}", cfg.listen.hsts_max_age_seconds)),
-            click_sample_rate: cfg.clicks.sample_rate,
-            access_log_sample_rate: cfg.log.access_log_sample_rate,
-        }
-    }
-}
+use std::time::Instant;
 
 pub struct Edge {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
@@ -77,36 +47,6 @@ pub struct Ctx {
     /// Upstreams that failed this request, skipped on retry.
     failed: Vec<SocketAddr>,
     body_bytes: u64,
-}
-
-/// Route class of a request, for rate limits and metrics.
-fn classify(method: &http::Method, path: &str) -> Class {
-    if path.starts_with("/auth/") || path == "/auth" || path.starts_with("/api/auth") {
-        return Class::Auth;
-    }
-    if method == http::Method::GET || method == http::Method::HEAD {
-        if redirect_code(path).is_some() {
-            return Class::Redirect;
-        }
-        return Class::Read;
-    }
-    if method == http::Method::OPTIONS {
-        return Class::Read;
-    }
-    Class::Write
-}
-
-/// The code of a redirect path: one code-shaped segment that is not a reserved route.
-fn redirect_code(path: &str) -> Option<&str> {
-    let code = path.strip_prefix('/')?;
-    (shortcode::is_code_shaped(code) && !shortcode::is_reserved(code)).then_some(code)
-}
-
-fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
-    req.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 impl Edge {
@@ -383,20 +323,9 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        let addr = peer._address.as_inet().copied();
-        if let (ConnectRefused, Some(addr)) = (e.etype(), addr) {
-            // Nothing listens there: take it out of rotation now rather than after `fall`
-            // health checks, so the next requests do not go there first.
-            self.probation.hold_now(addr);
-        }
-        // No byte of the request was sent: another upstream may take it, whatever the method.
-        let tried = ctx.failed.len() + 1;
-        if tried < self.lb.backends().get_backend().len().min(MAX_ATTEMPTS) {
-            Self::mark_retry(addr, ctx, &mut e);
-        }
-        e
+        self.connect_failed(peer, ctx, e)
     }
 
     fn error_while_proxy(
@@ -407,56 +336,11 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         _reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("upstream {peer}"));
-        e.set_retry(false);
-        // The upstream may have acted on the request: only requests that are safe to repeat
-        // go again, once, and only while nothing of the answer reached the client.
-        let replay_safe = session.req_header().method.is_idempotent()
-            || !header(session.req_header(), "idempotency-key").is_empty();
-        if self.settings.retry_idempotent
-            && replay_safe
-            && ctx.failed.is_empty()
-            && session.response_written().is_none()
-            && !session.as_ref().retry_buffer_truncated()
-        {
-            Self::mark_retry(peer._address.as_inet().copied(), ctx, &mut e);
-        }
-        e
+        self.proxy_failed(peer, session, e, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (status, code, message) = match e.etype() {
-            HTTPStatus(413) => (413, "payload_too_large", "request body is too large"),
-            HTTPStatus(s) if *s == 502 => (502, "bad_gateway", "no API upstream could answer"),
-            HTTPStatus(s) => (*s, "error", "request failed"),
-            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Downstream => (
-                408,
-                "request_timeout",
-                "the request was not received in time",
-            ),
-            ReadTimedout => (
-                504,
-                "gateway_timeout",
-                "the API upstream did not answer in time",
-            ),
-            _ => match e.esource() {
-                ErrorSource::Upstream => (502, "bad_gateway", "no API upstream could answer"),
-                ErrorSource::Downstream => (0, "", ""),
-                _ => (500, "internal_error", "unexpected edge error"),
-            },
-        };
-        if status > 0 && session.response_written().is_none() {
-            if let Err(err) =
-                respond::json_error(session, &ctx.request_id, status, code, message, &[]).await
-            {
-                log::debug!(error = err.to_string(); "error response not sent");
-            }
-        }
-        ctx.answered = Some(status);
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
-        }
+        self.answer_failure(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -490,38 +374,5 @@ impl ProxyHttp for Edge {
             edge = ctx.answered.is_some(), error = error.as_str();
             "request"
         );
-    }
-}
-
-/// Most upstreams one request is sent to (the first and its retries).
-const MAX_ATTEMPTS: usize = 3;
-
-impl Edge {
-    /// Marks `e` for a retry on an upstream other than those that failed this request.
-    fn mark_retry(addr: Option<SocketAddr>, ctx: &mut Ctx, e: &mut Box<Error>) {
-        if let Some(addr) = addr {
-            ctx.failed.push(addr);
-        }
-        METRICS.retries.inc();
-        e.set_retry(true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_classified() {
-        use http::Method;
-        assert_eq!(classify(&Method::GET, "/abc1234"), Class::Redirect);
-        assert_eq!(classify(&Method::HEAD, "/abc1234"), Class::Redirect);
-        assert_eq!(classify(&Method::GET, "/users"), Class::Read);
-        assert_eq!(classify(&Method::GET, "/health"), Class::Read);
-        assert_eq!(classify(&Method::GET, "/urls/1"), Class::Read);
-        assert_eq!(classify(&Method::POST, "/urls"), Class::Write);
-        assert_eq!(classify(&Method::POST, "/auth/login"), Class::Auth);
-        assert_eq!(classify(&Method::POST, "/api/auth/login"), Class::Auth);
-        assert_eq!(classify(&Method::GET, "/ab"), Class::Read);
     }
 }

@@ -1,0 +1,111 @@
+//! When an upstream fails: which requests go again and to whom, and what the client is told.
+
+use super::routes::header;
+use super::{Ctx, Edge};
+use crate::metrics::METRICS;
+use crate::respond;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
+
+/// Most upstreams one request is sent to (the first and its retries).
+const MAX_ATTEMPTS: usize = 3;
+
+impl Edge {
+    /// No byte of the request reached `peer`.
+    pub(super) fn connect_failed(
+        &self,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let addr = peer._address.as_inet().copied();
+        if let (ConnectRefused, Some(addr)) = (e.etype(), addr) {
+            // Nothing listens there: take it out of rotation now rather than after `fall`
+            // health checks, so the next requests do not go there first.
+            self.probation.hold_now(addr);
+        }
+        // No byte of the request was sent: another upstream may take it, whatever the method.
+        let tried = ctx.failed.len() + 1;
+        if tried < self.lb.backends().get_backend().len().min(MAX_ATTEMPTS) {
+            Self::mark_retry(addr, ctx, &mut e);
+        }
+        e
+    }
+
+    /// `peer` failed after the request (or part of it) was sent.
+    pub(super) fn proxy_failed(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("upstream {peer}"));
+        e.set_retry(false);
+        // The upstream may have acted on the request: only requests that are safe to repeat
+        // go again, once, and only while nothing of the answer reached the client.
+        let replay_safe = session.req_header().method.is_idempotent()
+            || !header(session.req_header(), "idempotency-key").is_empty();
+        if self.settings.retry_idempotent
+            && replay_safe
+            && ctx.failed.is_empty()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            Self::mark_retry(peer._address.as_inet().copied(), ctx, &mut e);
+        }
+        e
+    }
+
+    /// The request failed for good: our JSON error, if nothing was sent yet.
+    pub(super) async fn answer_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
+        let (status, code, message) = match e.etype() {
+            HTTPStatus(413) => (413, "payload_too_large", "request body is too large"),
+            HTTPStatus(s) if *s == 502 => (502, "bad_gateway", "no API upstream could answer"),
+            HTTPStatus(s) => (*s, "error", "request failed"),
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Downstream => (
+                408,
+                "request_timeout",
+                "the request was not received in time",
+            ),
+            ReadTimedout => (
+                504,
+                "gateway_timeout",
+                "the API upstream did not answer in time",
+            ),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "bad_gateway", "no API upstream could answer"),
+                ErrorSource::Downstream => (0, "", ""),
+                _ => (500, "internal_error", "unexpected edge error"),
+            },
+        };
+        if status > 0 && session.response_written().is_none() {
+            if let Err(err) =
+                respond::json_error(session, &ctx.request_id, status, code, message, &[]).await
+            {
+                log::debug!(error = err.to_string(); "error response not sent");
+            }
+        }
+        ctx.answered = Some(status);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Marks `e` for a retry on an upstream other than those that failed this request.
+    fn mark_retry(addr: Option<SocketAddr>, ctx: &mut Ctx, e: &mut Box<Error>) {
+        if let Some(addr) = addr {
+            ctx.failed.push(addr);
+        }
+        METRICS.retries.inc();
+        e.set_retry(true);
+    }
+}
