@@ -159,6 +159,9 @@ impl ProxyConfig {
         if self.rate_limits.max_tracked_clients < 1024 {
             return bad("rate_limits.max_tracked_clients", "must be at least 1024");
         }
+        if !(16..=128).contains(&self.rate_limits.ipv6_prefix_len) {
+            return bad("rate_limits.ipv6_prefix_len", "must be between 16 and 128");
+        }
         for (key, l) in [
             ("rate_limits.redirect", self.rate_limits.redirect),
             ("rate_limits.write", self.rate_limits.write),

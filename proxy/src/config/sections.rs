@@ -106,6 +106,8 @@ pub struct RateLimitsSection {
     pub cloudflare_proxies: Vec<String>,
     /// Most (client, class) buckets kept; bounds memory under a flood from many addresses.
     pub max_tracked_clients: usize,
+    /// IPv6 clients are limited by network of this many leading bits (a host holds a /64).
+    pub ipv6_prefix_len: u8,
     pub redirect: Limit,
     pub write: Limit,
     pub auth: Limit,
@@ -222,6 +224,7 @@ impl Default for RateLimitsSection {
             trusted_proxies: vec![],
             cloudflare_proxies: vec![],
             max_tracked_clients: 1_000_000,
+            ipv6_prefix_len: 64,
             redirect: Limit {
                 rate: 200.0,
                 burst: 400.0,
