@@ -8,6 +8,26 @@ use axum::extract::{FromRequest, Request};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+/// A route's one path parameter, as text. A segment that does not percent-decode to UTF-8
+/// (`/%FF%FE`) is our 400 instead of axum's plain-text rejection.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(s)| PathText(s))
+            .map_err(|rejection| {
+                ApiError::BadRequest(format!("bad path: {}", rejection.body_text()))
+            })
+    }
+}
+
 /// A body that must be a JSON object. Anything else (empty, plain text, truncated JSON, a string,
 /// an array) is a 400 `bad_request`; over the body limit a 413. The Content-Type is not
 /// required: many clients omit it, and the body speaks for itself.

@@ -6,10 +6,10 @@ use crate::auth::sessions::{new_token, token_hash, API_KEY_PREFIX};
 use crate::auth::{Caller, Credential};
 use crate::db::{self, conflict_or, users::User};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Fields, JsonObject, Patch};
+use crate::extract::{path_id, Fields, JsonObject, Patch, PathText};
 use crate::routes::users::{check_email, check_username};
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -273,7 +273,7 @@ pub async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResu
 pub async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let me = caller.authenticated()?;
     let id = path_id(&id, "key")?;

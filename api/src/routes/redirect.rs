@@ -3,9 +3,10 @@
 use crate::cache::Lookup;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::PathText;
 use crate::http_log::RequestId;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 pub async fn redirect(
     State(state): State<AppState>,
     method: Method,
-    Path(code): Path<String>,
+    PathText(code): PathText,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,

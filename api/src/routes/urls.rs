@@ -3,11 +3,11 @@
 use crate::auth::Caller;
 use crate::db::{self, conflict_or, urls::Link, urls::NewLink, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Fields, JsonObject, Patch, Query};
+use crate::extract::{path_id, Fields, JsonObject, Patch, PathText, Query};
 use crate::idempotency;
 use crate::pagination::Page;
 use crate::state::AppState;
-use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -234,7 +234,7 @@ async fn find_live(client: &deadpool_postgres::Client, id: i64) -> ApiResult<Lin
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
     let client = state.client().await?;
@@ -247,7 +247,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     body: JsonObject,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
@@ -334,7 +334,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
     let mut client = state.client().await?;
@@ -364,7 +364,7 @@ pub async fn delete(
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
     let client = state.client().await?;

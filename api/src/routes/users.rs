@@ -3,10 +3,10 @@
 use crate::auth::Caller;
 use crate::db::{self, conflict_or, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Fields, JsonObject, Patch, Query};
+use crate::extract::{path_id, Fields, JsonObject, Patch, PathText, Query};
 use crate::pagination::Page;
 use crate::state::AppState;
-use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -119,7 +119,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
     caller.require_self_or_admin(id)?;
@@ -133,7 +133,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     body: JsonObject,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
@@ -173,7 +173,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
     caller.require_self_or_admin(id)?;
@@ -188,7 +188,7 @@ pub async fn delete(
 pub async fn urls(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {

@@ -250,3 +250,24 @@ async fn only_a_trusted_proxy_names_the_client() {
         "127.0.0.0 id replaced"
     );
 }
+
+#[tokio::test]
+async fn paths_and_queries_that_do_not_decode_get_our_json_error() {
+    let app = spawn_app().await;
+    for (path, status) in [
+        ("/%FF%FE", 400),
+        ("/urls/%FF", 400),
+        ("/urls/abc", 404),
+        ("/users?page=%FF", 400),
+        ("/users?page=abc", 400),
+        ("/events?url_id=%00", 400),
+    ] {
+        let res = app.get(path).await;
+        let got = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {body:?}: {e}"));
+        assert!(v["error"].is_string(), "{path}: {v}");
+    }
+}
