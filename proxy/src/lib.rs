@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod cert_expiry;
 pub mod config;
+pub mod conn;
 pub mod drain;
 pub mod invalidations;
 pub mod key_check;

@@ -33,6 +33,12 @@ pub struct Metrics {
     /// 1 when the API's published Redis key schema matches this edge's, else 0 (redirects are
     /// then all forwarded to the API).
     pub key_schema_match: IntGauge,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Connections refused at accept for the per-client cap.
+    pub connections_refused: IntCounter,
+    /// Requests answered by the connection layer before Pingora saw them, by reason.
+    pub heads_rejected: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -105,6 +111,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "1 when the API's Redis key schema matches this edge's; 0: redirects are forwarded"
         )
         .expect("metric"),
+        client_connections: register_int_gauge!(
+            "kurz_proxy_client_connections",
+            "Client connections open now"
+        )
+        .expect("metric"),
+        connections_refused: register_int_counter!(
+            "kurz_proxy_connections_refused_total",
+            "Connections refused because their client already held limits.max_connections_per_client"
+        )
+        .expect("metric"),
+        heads_rejected: register_int_counter_vec!(
+            "kurz_proxy_request_heads_rejected_total",
+            "Requests refused before parsing finished: too large, malformed, method, head or body timeout",
+            &["reason"]
+        )
+        .expect("metric"),
     };
     let build = register_int_gauge_vec!(
         "kurz_proxy_build_info",
@@ -134,6 +156,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for result in ["ok", "error"] {
         m.reloads.with_label_values(&[result]);
+    }
+    for reason in crate::conn::REJECT_REASONS {
+        m.heads_rejected.with_label_values(&[reason]);
     }
     m
 });

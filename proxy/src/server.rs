@@ -4,6 +4,7 @@
 
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
+use crate::conn::{ConnLimits, Guarded};
 use crate::invalidations::InvalidationListener;
 use crate::key_check::{KeyGate, KeySchemaCheck};
 use crate::near_cache::NearCache;
@@ -109,7 +110,20 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         redirector: Redirector::new(redis, keys.clone(), near.clone(), gate.clone()),
         settings: EdgeSettings::from_config(&cfg),
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    let mut http = pingora::proxy::HttpProxy::new(edge, server.configuration.clone());
+    http.handle_init_modules();
+    let limits = &cfg.limits;
+    let guarded = Guarded {
+        inner: Arc::new(http),
+        limits: Arc::new(ConnLimits::new(
+            Duration::from_millis(limits.header_timeout_ms),
+            Duration::from_millis(limits.body_total_timeout_ms),
+            limits.max_connections_per_client,
+            cfg.rate_limits.ipv6_prefix_len,
+            trust.clone(),
+        )),
+    };
+    let mut proxy = Service::new("kurz edge".to_owned(), guarded);
     let buffers = L4BufferSettings::default().read(cfg.listen.read_buffer_bytes);
     for addr in &cfg.listen.http {
         proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));

@@ -150,8 +150,20 @@ impl ProxyConfig {
                 "interval_ms, timeout_ms, rise and fall must be above 0",
             );
         }
-        if self.limits.max_request_body_bytes == 0 || self.limits.client_body_timeout_ms == 0 {
-            return bad("limits", "values must be above 0");
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_request_body_bytes", l.max_request_body_bytes),
+            ("limits.client_body_timeout_ms", l.client_body_timeout_ms),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.body_total_timeout_ms", l.body_total_timeout_ms),
+            (
+                "limits.max_connections_per_client",
+                l.max_connections_per_client as u64,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be above 0");
+            }
         }
         self.proxy_trust().map_err(|e| {
             format!("config key `rate_limits.trusted_proxies`/`cloudflare_proxies`: {e}")

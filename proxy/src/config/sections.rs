@@ -92,6 +92,14 @@ pub struct LimitsSection {
     pub max_request_body_bytes: u64,
     /// Longest wait for the next piece of a request body from the client (408 beyond).
     pub client_body_timeout_ms: u64,
+    /// Longest time to receive a request head: from accept for a connection's first request,
+    /// from the first byte for later ones (408 beyond). Defeats heads trickled a byte at a time.
+    pub header_timeout_ms: u64,
+    /// Longest time to receive a whole request body, however steadily it trickles (408 beyond).
+    pub body_total_timeout_ms: u64,
+    /// Open connections one client (address, or IPv6 network per `rate_limits.ipv6_prefix_len`)
+    /// may hold; more are answered 429 and closed. Trusted proxies are exempt.
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -214,6 +222,9 @@ impl Default for LimitsSection {
         Self {
             max_request_body_bytes: 32 << 20,
             client_body_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            body_total_timeout_ms: 60_000,
+            max_connections_per_client: 256,
         }
     }
 }

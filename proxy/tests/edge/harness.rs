@@ -394,6 +394,13 @@ impl Stack {
                 out.is_ok_and(|o| o.stdout == b"200")
             },
         );
+        // Each Pingora service binds its listeners on its own thread: the admin listener
+        // answering says nothing about the public ones.
+        for port in [self.http_port, self.https_port] {
+            wait_until("the proxy's listeners", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
     }
 
     pub fn proxy_pid(&self) -> u32 {

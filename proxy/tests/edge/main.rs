@@ -5,6 +5,7 @@ mod contract;
 mod failover;
 mod faults;
 mod harness;
+mod hostile;
 mod keys;
 mod observability;
 mod trust;

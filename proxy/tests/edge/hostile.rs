@@ -1,0 +1,298 @@
+//! Hostile clients at the edge: malformed heads, slow heads and bodies, connection floods. Every
+//! answer is our JSON with a request id; slow clients are cut at the configured deadlines; one
+//! client cannot hold more than its share of connections.
+
+use crate::harness::{Options, Stack};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Reads everything until the edge closes the connection (or `within` passes).
+async fn read_to_close(conn: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response with a `content-length` body; returns (status, head, body).
+async fn read_response(conn: &mut TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !buf.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await.unwrap() == 0 {
+                panic!("closed mid-head: {}", String::from_utf8_lossy(&buf));
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8(buf.clone()).unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body).await.unwrap();
+        (head, String::from_utf8(body).unwrap())
+    };
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("a response within 20 s");
+    (status_of(&head), head, body)
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+/// Asserts `response` is our error JSON with `status` and a request id; returns the body.
+fn assert_our_error(response: &str, status: u16, what: &str) -> Value {
+    assert_eq!(status_of(response), status, "{what}: {response}");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{what}: no head end in {response:?}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\nx-request-id: "), "{what}: {head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{what}: {head}"
+    );
+    let v: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?}: {e}"));
+    assert!(
+        v["error"].is_string() && v["message"].is_string(),
+        "{what}: {v}"
+    );
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_400() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let many: String = (0..1000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge = format!("x-big: {}\r\n", "a".repeat(70 * 1024));
+    let cases: Vec<(String, u16, &str)> = vec![
+        (format!("GET /abc HTTP/1.1\r\nHost: a\r\n{many}\r\n"), 431, "1000 headers"),
+        (format!("GET /abc HTTP/1.1\r\nHost: a\r\n{huge}\r\n"), 431, "a 70 KiB head"),
+        ("GET /abc HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n".into(), 400, "NUL in a header"),
+        ("POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n".into(), 400, "bad Content-Length"),
+        (
+            "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            400,
+            "Content-Length and chunked",
+        ),
+        ("GET /%FF%FE HTTP/1.1\r\nHost: a\r\n\r\n".into(), 400, "a path that is not UTF-8"),
+        ("CONNECT example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n".into(), 405, "CONNECT"),
+        ("GET / HTTP/1.1\r\n\r\n".into(), 400, "no Host"),
+    ];
+    for (raw, status, what) in &cases {
+        let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+            .await
+            .unwrap();
+        conn.write_all(raw.as_bytes()).await.unwrap();
+        let response = read_to_close(&mut conn, Duration::from_secs(20)).await;
+        assert_our_error(&response, *status, what);
+    }
+
+    // On a kept-alive connection, after a good request, a bad one is answered the same way.
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /NoSuchCode1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, _) = read_response(&mut conn).await;
+    assert_eq!(status, 404);
+    conn.write_all(b"GET /abc HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_to_close(&mut conn, Duration::from_secs(20)).await;
+    assert_our_error(&response, 400, "a bad second request");
+
+    let rejected = stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_request_heads_rejected_total",
+            &[],
+        )
+        .await;
+    assert_eq!(rejected, cases.len() as f64 + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_and_sized_bodies_in_pieces_pass_the_guard_on_one_connection() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/pipelined").await;
+    let user = stack
+        .post(
+            "/users",
+            serde_json::json!({"username": "piper", "email": "piper@example.com"}),
+        )
+        .await;
+    let body = format!(
+        "{{\"user_id\": {}, \"original_url\": \"https://example.com/chunked\"}}",
+        user["id"]
+    );
+    let (first, rest) = body.split_at(10);
+    let chunked = format!(
+        "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x};ext=1\r\n{rest}\r\n0\r\n\r\n",
+        first.len(),
+        rest.len()
+    );
+    let sized = format!(
+        "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let redirect = format!("GET /{code} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let not_found = "GET /NoSuchCode1 HTTP/1.1\r\nHost: a\r\n\r\n".to_owned();
+    // One kept-alive connection; each request split into small writes, so heads and bodies
+    // arrive in pieces and the guard must follow each body's framing to find the next head.
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for req in [&redirect, &chunked, &sized, &redirect, &not_found] {
+        for piece in req.as_bytes().chunks(7) {
+            conn.write_all(piece).await.unwrap();
+            conn.flush().await.unwrap();
+        }
+        statuses.push(read_response(&mut conn).await.0);
+    }
+    assert_eq!(statuses, vec![302, 201, 201, 302, 404]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_or_body_is_cut_at_its_deadline_with_a_408() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        extra_yaml: "limits: { header_timeout_ms: 1500, body_total_timeout_ms: 2000 }\n".into(),
+        ..Options::default()
+    });
+    // A byte every 200 ms: each read arrives well within every per-read timeout, so only a
+    // deadline on the whole head or body ends it.
+    async fn trickle(stack: &Stack, start: &[u8], drip: &'static [u8]) -> String {
+        let conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+            .await
+            .unwrap();
+        let (mut rd, mut wr) = conn.into_split();
+        wr.write_all(start).await.unwrap();
+        let writer = tokio::spawn(async move {
+            for b in drip.iter().cycle() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if wr.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut out)).await;
+        writer.abort();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let head = trickle(
+        &stack,
+        b"GET /abc HTTP/1.1\r\nHost: a\r\n",
+        b"X-Slow: yes\r\n",
+    )
+    .await;
+    let v = assert_our_error(&head, 408, "trickled head");
+    assert!(v["message"].as_str().unwrap().contains("head"), "{v}");
+    let body = trickle(
+        &stack,
+        b"POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+        b" ",
+    )
+    .await;
+    let v = assert_our_error(&body, 408, "trickled body");
+    assert!(v["message"].as_str().unwrap().contains("body"), "{v}");
+    for reason in ["head_timeout", "body_timeout"] {
+        let n = stack
+            .metric(
+                stack.admin_port,
+                "kurz_proxy_request_heads_rejected_total",
+                &[&format!("reason=\"{reason}\"")],
+            )
+            .await;
+        assert_eq!(n, 1.0, "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_from_one_address_holds_only_its_share_and_others_are_served() {
+    const CAP: usize = 50;
+    const ATTEMPTS: usize = 300;
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        extra_yaml: format!(
+            "limits: {{ header_timeout_ms: 120000, max_connections_per_client: {CAP} }}\n"
+        ),
+        ..Options::default()
+    });
+    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], stack.http_port));
+    let mut conns = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut conn = socket.connect(edge).await.unwrap();
+        // Half a head, never finished.
+        let _ = conn.write_all(b"GET /abc HTTP/1.1\r\nHost: a\r\n").await;
+        conns.push(conn);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = stack
+            .metric(
+                stack.admin_port,
+                "kurz_proxy_connections_refused_total",
+                &[],
+            )
+            .await;
+        if counted >= (ATTEMPTS - CAP) as f64 {
+            assert_eq!(counted, (ATTEMPTS - CAP) as f64);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{counted} refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every refusal is written by now; a held connection gets nothing (its head deadline is
+    // two minutes away).
+    let answers = futures_util::future::join_all(
+        conns
+            .iter_mut()
+            .map(|c| read_to_close(c, Duration::from_secs(5))),
+    )
+    .await;
+    let mut held = 0;
+    for answer in &answers {
+        if answer.is_empty() {
+            held += 1;
+        } else {
+            let v = assert_our_error(answer, 429, "a connection over the cap");
+            assert_eq!(v["error"], "too_many_connections");
+        }
+    }
+    assert_eq!(held, CAP, "the edge holds exactly the cap");
+    // Another client is served while the slowloris is held.
+    let res = stack.get("/NoSuchCode1").await;
+    assert_eq!(res.status(), 404);
+    let open = stack
+        .metric(stack.admin_port, "kurz_proxy_client_connections", &[])
+        .await;
+    assert!(open <= (CAP + 3) as f64, "{open} connections open");
+    drop(conns);
+}
