@@ -782,9 +782,11 @@ async fn fifty_concurrent_logins_do_not_stall_redirects() {
         statuses.iter().all(|s| *s.as_ref().unwrap() == 200),
         "every login succeeds"
     );
-    // Redirects kept completing throughout: far more than one per login.
+    // Redirects kept completing while the logins hashed (618 in 1.5 s on an idle 2-core
+    // machine); the bound is low so a machine loaded by other builds cannot fail it, while a
+    // worker blocked by hashing would still complete next to none.
     assert!(
-        redirects_during_logins >= 50,
+        redirects_during_logins >= 5,
         "only {redirects_during_logins} redirects in {elapsed:?} of logins"
     );
 }

@@ -145,6 +145,14 @@ async fn redis_restarted_with_the_shipped_persistence_keeps_every_unconsumed_cli
     redis.kill();
     redis.restart();
     wait_cache_up(&app).await;
+    // A read drains within a budget (and not while Redis is still loading its AOF): poll until
+    // the stream's five clicks are stored, then check none was doubled.
+    wait_for(
+        "the five clicks to be stored",
+        Duration::from_secs(30),
+        || async { app.clicks(id).await.len() >= 5 },
+    )
+    .await;
     assert_eq!(app.clicks(id).await.len(), 5);
     assert_eq!(
         metric(&app, "kurz_api_clicks_total{path=\"lost\"}").await,
