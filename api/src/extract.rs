@@ -249,6 +249,17 @@ impl Fields {
     /// Adds a value-level problem found by the caller.
     /// Records why `name` is refused; the first reason per field wins, so a field that is
     /// malformed is not also reported as missing.
+    /// The checked value, or `None` with `name` rejected for the reason the check gave.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        checked: Result<T, E>,
+    ) -> Option<T> {
+        checked
+            .map_err(|why| self.reject(name, why.to_string()))
+            .ok()
+    }
+
     pub fn reject(&mut self, name: &str, why: impl Into<String>) {
         if !self.errors.iter().any(|(f, _)| f == name) {
             self.errors.push((name.to_owned(), why.into()));

@@ -28,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod http_log;
 pub mod idempotency;
+pub mod identity;
 pub mod import;
 pub mod metrics;
 pub mod migrate;

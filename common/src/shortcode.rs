@@ -84,9 +84,59 @@ pub fn validate_custom(s: &str) -> Result<(), CodeError> {
     Ok(())
 }
 
+/// A short code that passed the rules once, where it entered: a generated code, or a custom
+/// alias that is code-shaped and not a reserved word. Stores and caches take only this.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShortCode(String);
+
+impl ShortCode {
+    /// A custom alias, or why it cannot be one.
+    pub fn parse(s: &str) -> Result<Self, CodeError> {
+        validate_custom(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// A fresh random code that is not a reserved word (a generated "Metrics" would name a
+    /// route, so it could never redirect).
+    pub fn generate() -> Self {
+        loop {
+            let code = generate();
+            if !is_reserved(&code) {
+                return Self(code);
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ShortCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_code_holds_only_what_the_rules_accept() {
+        assert_eq!(ShortCode::parse("my-link_1").unwrap().as_str(), "my-link_1");
+        assert_eq!(ShortCode::parse("users"), Err(CodeError::Reserved));
+        assert_eq!(ShortCode::parse("a b"), Err(CodeError::Malformed));
+        assert_eq!(ShortCode::parse("ab"), Err(CodeError::Malformed));
+        for _ in 0..100 {
+            let c = ShortCode::generate();
+            assert!(is_code_shaped(c.as_str()) && !is_reserved(c.as_str()));
+        }
+    }
 
     #[test]
     fn generated_codes_are_base62_of_fixed_length_and_differ() {

@@ -4,6 +4,8 @@ use super::Filter;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use kurz_common::keys::{CachedLink, LinkEntry};
+use kurz_common::shortcode::ShortCode;
+use kurz_common::target::Target;
 use serde_json::{json, Value};
 use tokio_postgres::{Error, Row};
 
@@ -74,14 +76,40 @@ impl Link {
     }
 }
 
-/// Fields of a new link.
+/// Fields of a new link. Its code and target can only come from their checked types.
 #[derive(Clone, Copy)]
 pub struct NewLink<'a> {
-    pub user_id: Option<i64>,
-    pub short_code: &'a str,
-    pub original_url: &'a str,
-    pub title: Option<&'a str>,
-    pub expires_at: Option<DateTime<Utc>>,
+    user_id: Option<i64>,
+    short_code: &'a str,
+    original_url: &'a str,
+    title: Option<&'a str>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> NewLink<'a> {
+    pub fn new(
+        user_id: Option<i64>,
+        short_code: &'a ShortCode,
+        target: &'a Target,
+        title: Option<&'a str>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            user_id,
+            short_code: short_code.as_str(),
+            original_url: target.as_str(),
+            title,
+            expires_at,
+        }
+    }
+
+    /// The same link under another code.
+    pub fn with_code(self, short_code: &'a ShortCode) -> Self {
+        Self {
+            short_code: short_code.as_str(),
+            ..self
+        }
+    }
 }
 
 /// Inserts a link and its `created` event in one statement (atomic without a transaction, so a

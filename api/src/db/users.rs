@@ -1,5 +1,6 @@
 //! `users` table.
 
+use crate::identity::{Email, Username};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
@@ -40,9 +41,10 @@ impl User {
 /// are); API writes keep usernames unique by checking under this lock.
 pub async fn lock_username(
     tx: &impl GenericClient,
-    username: &str,
+    username: &Username,
     except: Option<i64>,
 ) -> Result<bool, Error> {
+    let username = username.as_str();
     let lock = tx
         .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended('kurz.username:' || $1, 0))")
         .await?;
@@ -58,9 +60,10 @@ pub async fn lock_username(
 
 pub async fn insert_user(
     c: &impl GenericClient,
-    username: &str,
-    email: &str,
+    username: &Username,
+    email: &Email,
 ) -> Result<User, Error> {
+    let (username, email) = (username.as_str(), email.as_str());
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO users (username, email) VALUES ($1, $2) RETURNING {COLUMNS}"
@@ -115,9 +118,10 @@ pub async fn count_users(c: &impl GenericClient) -> Result<i64, Error> {
 pub async fn update_user(
     c: &impl GenericClient,
     id: i64,
-    username: Option<&str>,
-    email: Option<&str>,
+    username: Option<&Username>,
+    email: Option<&Email>,
 ) -> Result<Option<User>, Error> {
+    let (username, email) = (username.map(Username::as_str), email.map(Email::as_str));
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email) \
@@ -141,10 +145,11 @@ pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error>
 /// A new account with a password.
 pub async fn insert_account(
     c: &impl GenericClient,
-    username: &str,
-    email: &str,
+    username: &Username,
+    email: &Email,
     password_hash: &str,
 ) -> Result<User, Error> {
+    let (username, email) = (username.as_str(), email.as_str());
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING {COLUMNS}"

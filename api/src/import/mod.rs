@@ -7,8 +7,9 @@
 
 use crate::db::conflict_or;
 use crate::error::{ApiError, ApiResult};
+use crate::identity::{Email, Username};
 use deadpool_postgres::GenericClient;
-use kurz_common::shortcode;
+use kurz_common::shortcode::ShortCode;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
@@ -53,22 +54,17 @@ pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult
     let (mut seen_id, mut seen_email) = (HashMap::new(), HashMap::new());
     for (at, row) in table.rows() {
         let id = row.opt_id("id")?;
-        let name = row.required("username")?;
-        let email = row.required("email")?;
-        if let Some(why) = crate::routes::users::username_problem(&name) {
-            return Err(at.err("username", why));
-        }
-        if let Some(why) = crate::routes::users::email_problem(&email) {
-            return Err(at.err("email", why));
-        }
+        let name =
+            Username::parse(&row.required("username")?).map_err(|why| at.err("username", why))?;
+        let email = Email::parse(&row.required("email")?).map_err(|why| at.err("email", why))?;
         if let Some(id) = id {
             unique(&mut seen_id, id, at, "id")?;
         }
         // Usernames may repeat (real exports do); the email is the identity.
-        unique(&mut seen_email, email.to_lowercase(), at, "email")?;
+        unique(&mut seen_email, email.as_str().to_lowercase(), at, "email")?;
         ids.push(id);
-        names.push(name);
-        emails.push(email);
+        names.push(name.as_str().to_owned());
+        emails.push(email.as_str().to_owned());
         created.push(row.opt_time("created_at")?);
     }
     let tx = c.transaction().await?;
@@ -129,13 +125,9 @@ pub async fn urls(
     for (at, row) in table.rows() {
         let id = row.opt_id("id")?;
         let user = row.opt_id("user_id")?;
-        let code = row.required("short_code")?;
-        if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
-            return Err(at.err(
-                "short_code",
-                "must be 3 to 64 characters of A-Z a-z 0-9 _ - and not a reserved word",
-            ));
-        }
+        let code = ShortCode::parse(&row.required("short_code")?)
+            .map_err(|why| at.err("short_code", why.to_string()))?
+            .into_string();
         let url = policy
             .parse(&row.required("original_url")?)
             .map_err(|why| at.err("original_url", why))?

@@ -7,7 +7,7 @@ use crate::auth::{Caller, Credential};
 use crate::db::{self, conflict_or, users::User};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, PathText};
-use crate::routes::users::{check_email, check_username};
+use crate::identity::{Email, Username};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -51,24 +51,22 @@ async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> Ap
 /// `POST /auth/register`.
 pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiResult<Response> {
     let mut f = Fields::new(body);
-    let username = f.string("username");
-    let email = f.string("email");
+    let username = f
+        .string("username")
+        .and_then(|u| f.check("username", Username::parse(&u)));
+    let email = f
+        .string("email")
+        .and_then(|e| f.check("email", Email::parse(&e)));
     let password = f.string("password");
-    if let Some(u) = &username {
-        check_username(&mut f, u);
-    }
-    if let Some(e) = &email {
-        check_email(&mut f, e);
-    }
     if let Some(p) = &password {
         check_password(&mut f, "password", p);
     }
     f.finish()?;
-    let (username, email, password) = (
-        username.unwrap_or_default(),
-        email.unwrap_or_default(),
-        password.unwrap_or_default(),
-    );
+    let (Some(username), Some(email), Some(password)) = (username, email, password) else {
+        return Err(ApiError::BadRequest(
+            "username, email and password are required".into(),
+        ));
+    };
     // Without Redis the new account could not get its session: refuse before creating it.
     if !state.auth.sessions.available().await {
         return Err(sessions_down());

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use kurz_common::shortcode;
+use kurz_common::shortcode::ShortCode;
 use kurz_common::target::Target;
 use serde_json::{json, Value};
 
@@ -95,49 +95,43 @@ async fn create_link(
     if let Patch::Set(t) = &title {
         check_title(&mut f, t);
     }
-    if let Patch::Set(code) = &custom {
-        if let Err(why) = shortcode::validate_custom(code) {
-            f.reject("short_code", why.to_string());
-        }
-    }
+    let custom = match custom {
+        Patch::Set(code) => f.check("short_code", ShortCode::parse(&code)),
+        _ => None,
+    };
     if let Patch::Set(at) = expires_at {
         check_expiry(&mut f, at);
     }
     f.finish()?;
-    let (user_id, original_url) = (
-        user_id.unwrap_or_default(),
-        target.map(Target::into_string).unwrap_or_default(),
-    );
+    let (Some(user_id), Some(target)) = (user_id, target) else {
+        return Err(ApiError::BadRequest(
+            "user_id and original_url are required".into(),
+        ));
+    };
 
     let mut client = state.client().await?;
     if !db::users::user_exists(&client, user_id).await? {
         return Err(ApiError::NotFound(format!("user {user_id} not found")));
     }
-    let new = NewLink {
-        user_id: Some(user_id),
-        short_code: "",
-        original_url: &original_url,
-        title: match &title {
-            Patch::Set(t) => Some(t.as_str()),
-            _ => None,
-        },
-        expires_at: match expires_at {
-            Patch::Set(at) => Some(at),
-            _ => None,
-        },
-    };
-    let custom = match &custom {
-        Patch::Set(code) => Some(code.as_str()),
+    let title = match &title {
+        Patch::Set(t) => Some(t.as_str()),
         _ => None,
     };
+    let expires_at = match expires_at {
+        Patch::Set(at) => Some(at),
+        _ => None,
+    };
+    let custom_given = custom.is_some();
+    let code = custom.unwrap_or_else(ShortCode::generate);
+    let new = NewLink::new(Some(user_id), &code, &target, title, expires_at);
     let link = match idem {
-        None => insert(&client, &new, custom).await?,
+        None => insert(&client, new, custom_given).await?,
         Some((key, fingerprint)) => {
             let tx = client.transaction().await?;
             if let Some(earlier) = idempotency::claim(&tx, key, fingerprint).await? {
                 return Ok((earlier.to_json(state.config.base()), true));
             }
-            let link = insert(&tx, &new, custom).await?;
+            let link = insert(&tx, new, custom_given).await?;
             idempotency::bind(&tx, key, link.id).await?;
             tx.commit().await?;
             link
@@ -147,23 +141,17 @@ async fn create_link(
     Ok((link.to_json(state.config.base()), false))
 }
 
-/// Inserts `new` under the custom code, or under a generated one.
+/// Inserts `new` under its custom code (a taken one is a 409), or under its generated code
+/// (a taken one is replaced by another).
 async fn insert(
     c: &impl deadpool_postgres::GenericClient,
-    new: &NewLink<'_>,
-    custom: Option<&str>,
+    new: NewLink<'_>,
+    custom: bool,
 ) -> ApiResult<Link> {
-    match custom {
-        Some(code) => Ok(db::urls::insert_url(
-            c,
-            &NewLink {
-                short_code: code,
-                ..*new
-            },
-        )
-        .await
-        .map_err(conflict_or)?),
-        None => insert_generated(c, new).await,
+    if custom {
+        Ok(db::urls::insert_url(c, &new).await.map_err(conflict_or)?)
+    } else {
+        insert_generated(c, new).await
     }
 }
 
@@ -171,20 +159,16 @@ async fn insert(
 /// there is no check-then-insert race, and a collision does not abort an enclosing transaction.
 async fn insert_generated(
     c: &impl deadpool_postgres::GenericClient,
-    new: &NewLink<'_>,
+    new: NewLink<'_>,
 ) -> ApiResult<Link> {
-    for _ in 0..CODE_ATTEMPTS {
-        let code = shortcode::generate();
-        if shortcode::is_reserved(&code) {
-            continue; // e.g. "Metrics": a route, so it could never redirect
-        }
-        let attempt = NewLink {
-            short_code: &code,
-            ..*new
-        };
-        match db::urls::insert_url_unless_taken(c, &attempt).await? {
-            Some(link) => return Ok(link),
-            None => log::warn!(code = code.as_str(); "generated short code collided; retrying"),
+    if let Some(link) = db::urls::insert_url_unless_taken(c, &new).await? {
+        return Ok(link);
+    }
+    for _ in 1..CODE_ATTEMPTS {
+        let code = ShortCode::generate();
+        log::warn!(code = code.as_str(); "generated short code collided; retrying");
+        if let Some(link) = db::urls::insert_url_unless_taken(c, &new.with_code(&code)).await? {
+            return Ok(link);
         }
     }
     Err(ApiError::Internal(format!(

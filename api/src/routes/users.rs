@@ -4,6 +4,7 @@ use crate::auth::Caller;
 use crate::db::{self, conflict_or, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, PathText, Query};
+use crate::identity::{Email, Username};
 use crate::pagination::Page;
 use crate::state::AppState;
 use axum::extract::{OriginalUri, RawQuery, State};
@@ -11,62 +12,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-/// Longest username accepted.
-const MAX_USERNAME: usize = 64;
-/// RFC 5321's limit on a forward path.
-const MAX_EMAIL: usize = 254;
-
 /// 409 when another live user has `username`; holds the name's lock until `tx` ends, so the
 /// write that follows cannot race another writer of the same name.
 pub(crate) async fn refuse_taken(
     tx: &impl deadpool_postgres::GenericClient,
-    username: &str,
+    username: &Username,
     except: Option<i64>,
 ) -> ApiResult<()> {
     if db::users::lock_username(tx, username, except).await? {
         return Err(ApiError::Conflict("username is already taken".into()));
     }
     Ok(())
-}
-
-/// Why `name` cannot be a username, if it cannot; the one rule for single writes and imports.
-pub(crate) fn username_problem(name: &str) -> Option<String> {
-    if name.chars().count() > MAX_USERNAME {
-        Some(format!("must be at most {MAX_USERNAME} characters"))
-    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        Some("must not contain spaces or control characters".into())
-    } else {
-        None
-    }
-}
-
-/// Why `email` cannot be an email address, if it cannot; the one rule for writes and imports.
-pub(crate) fn email_problem(email: &str) -> Option<String> {
-    let valid = email.len() <= MAX_EMAIL
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && match email.split_once('@') {
-            Some((local, domain)) => {
-                !local.is_empty()
-                    && !domain.contains('@')
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-            }
-            None => false,
-        };
-    (!valid).then(|| "must be an email address such as name@example.com".into())
-}
-
-pub(crate) fn check_username(fields: &mut Fields, name: &str) {
-    if let Some(why) = username_problem(name) {
-        fields.reject("username", why);
-    }
-}
-
-pub(crate) fn check_email(fields: &mut Fields, email: &str) {
-    if let Some(why) = email_problem(email) {
-        fields.reject("email", why);
-    }
 }
 
 pub async fn create(
@@ -76,16 +32,18 @@ pub async fn create(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let mut f = Fields::new(body);
-    let username = f.string("username");
-    let email = f.string("email");
-    if let Some(u) = &username {
-        check_username(&mut f, u);
-    }
-    if let Some(e) = &email {
-        check_email(&mut f, e);
-    }
+    let username = f
+        .string("username")
+        .and_then(|u| f.check("username", Username::parse(&u)));
+    let email = f
+        .string("email")
+        .and_then(|e| f.check("email", Email::parse(&e)));
     f.finish()?;
-    let (username, email) = (username.unwrap_or_default(), email.unwrap_or_default());
+    let (Some(username), Some(email)) = (username, email) else {
+        return Err(ApiError::BadRequest(
+            "username and email are required".into(),
+        ));
+    };
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
     refuse_taken(&tx, &username, None).await?;
@@ -146,23 +104,21 @@ pub async fn update(
             f.reject(name, "must not be null");
         }
     }
-    if let Patch::Set(u) = &username {
-        check_username(&mut f, u);
-    }
-    if let Patch::Set(e) = &email {
-        check_email(&mut f, e);
-    }
-    f.finish()?;
-    let set = |p: &Patch<String>| match p {
-        Patch::Set(v) => Some(v.clone()),
+    let username = match username {
+        Patch::Set(u) => f.check("username", Username::parse(&u)),
         _ => None,
     };
+    let email = match email {
+        Patch::Set(e) => f.check("email", Email::parse(&e)),
+        _ => None,
+    };
+    f.finish()?;
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
-    if let Patch::Set(name) = &username {
+    if let Some(name) = &username {
         refuse_taken(&tx, name, Some(id)).await?;
     }
-    let user = db::users::update_user(&tx, id, set(&username).as_deref(), set(&email).as_deref())
+    let user = db::users::update_user(&tx, id, username.as_ref(), email.as_ref())
         .await
         .map_err(conflict_or)?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
