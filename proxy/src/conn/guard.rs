@@ -161,22 +161,54 @@ impl HeadGuard {
             Err(r) => return self.refuse(r),
         };
         self.ready = self.head.split_to(end);
-        self.scanned = 0;
-        self.answered = false;
-        match framing {
-            Framing::None => {
-                self.end_of_request();
-                return;
-            }
-            Framing::Length(n) => self.phase = Phase::Body(n),
-            Framing::Chunked => self.phase = Phase::Chunked(Chunked::new()),
-        }
-        self.set_deadline(self.limits.body_timeout);
-        if !self.head.is_empty() {
+        self.start_request(framing);
+        if !self.head.is_empty() && !matches!(self.phase, Phase::Head) {
             let rest = std::mem::take(&mut self.head);
             let n = self.take_body(&rest);
             self.ready.extend_from_slice(&rest[..n]);
             self.head.extend_from_slice(&rest[n..]);
+        }
+    }
+
+    /// A checked head was handed on: what follows is its body, framed as it said.
+    fn start_request(&mut self, framing: Framing) {
+        self.scanned = 0;
+        self.answered = false;
+        match framing {
+            Framing::None => self.end_of_request(),
+            Framing::Length(n) => {
+                self.phase = Phase::Body(n);
+                self.set_deadline(self.limits.body_timeout);
+            }
+            Framing::Chunked => {
+                self.phase = Phase::Chunked(Chunked::new());
+                self.set_deadline(self.limits.body_timeout);
+            }
+        }
+    }
+
+    /// The common case, without a copy: a read that starts a head and holds all of it (and
+    /// maybe part of its body) is checked where it landed, in the caller's buffer. Returns how
+    /// many of the read bytes to hand on, or `None` when the slow path must collect the head.
+    fn check_in_place(&mut self, data: &[u8]) -> Option<usize> {
+        let end = head::head_end(data, 0).filter(|end| *end <= MAX_HEAD_BYTES)?;
+        match head::check(&data[..end]) {
+            Err(r) => {
+                self.refuse(r);
+                Some(0)
+            }
+            Ok(framing) => {
+                self.start_request(framing);
+                let rest = &data[end..];
+                let body = if matches!(self.phase, Phase::Head) {
+                    0
+                } else {
+                    self.take_body(rest)
+                };
+                // Bytes past this request (pipelined) wait for the next read, checked then.
+                self.head.extend_from_slice(&rest[body..]);
+                Some(end + body)
+            }
         }
     }
 
@@ -274,6 +306,15 @@ impl AsyncRead for HeadGuard {
                 return Poll::Ready(Ok(()));
             }
             if let Phase::Head = this.phase {
+                if this.head.is_empty() {
+                    if let Some(keep) = this.check_in_place(&buf.filled()[before..]) {
+                        buf.set_filled(before + keep);
+                        if keep > 0 {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                }
                 this.head.extend_from_slice(&buf.filled()[before..]);
                 buf.set_filled(before);
                 this.examine_head();
