@@ -6,6 +6,8 @@ use prometheus::{
     register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, TextEncoder,
 };
+use crate::rate_limit::Class;
+use prometheus::Histogram;
 use std::sync::LazyLock;
 
 pub struct Metrics {
@@ -164,6 +166,69 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 pub use kurz_common::http::status_class;
+
+/// The series every redirect touches, resolved once: a label lookup hashes the label values and
+/// takes the vector's lock, several times per request.
+pub struct Hot {
+    /// `[class][status class]`, classes in `Class::ALL` order, status classes in
+    /// `STATUS_CLASSES` order.
+    pub requests: Vec<Vec<IntCounter>>,
+    pub duration: Vec<Histogram>,
+    pub near_hit: IntCounter,
+    pub near_negative: IntCounter,
+    pub near_miss: IntCounter,
+    pub redis_hit: IntCounter,
+    pub redis_negative: IntCounter,
+    pub redis_miss: IntCounter,
+    pub redis_error: IntCounter,
+    pub redis_schema_mismatch: IntCounter,
+    pub clicks_ok: IntCounter,
+    pub clicks_failed: IntCounter,
+    pub clicks_sampled_out: IntCounter,
+}
+
+pub static HOT: LazyLock<Hot> = LazyLock::new(|| {
+    let m = &*METRICS;
+    let lookup = |layer: &str, result: &str| m.cache_lookups.with_label_values(&[layer, result]);
+    Hot {
+        requests: Class::ALL
+            .iter()
+            .map(|c| {
+                kurz_common::http::STATUS_CLASSES
+                    .iter()
+                    .map(|s| m.requests.with_label_values(&[c.as_str(), s]))
+                    .collect()
+            })
+            .collect(),
+        duration: Class::ALL
+            .iter()
+            .map(|c| m.duration.with_label_values(&[c.as_str()]))
+            .collect(),
+        near_hit: lookup("near", "hit"),
+        near_negative: lookup("near", "negative"),
+        near_miss: lookup("near", "miss"),
+        redis_hit: lookup("redis", "hit"),
+        redis_negative: lookup("redis", "negative"),
+        redis_miss: lookup("redis", "miss"),
+        redis_error: lookup("redis", "error"),
+        redis_schema_mismatch: lookup("redis", "schema_mismatch"),
+        clicks_ok: m.clicks.with_label_values(&["ok"]),
+        clicks_failed: m.clicks.with_label_values(&["failed"]),
+        clicks_sampled_out: m.clicks.with_label_values(&["sampled_out"]),
+    }
+});
+
+impl Hot {
+    /// Counts a finished request and its duration.
+    pub fn request(&self, class: Class, status: u16, seconds: f64) {
+        let s = kurz_common::http::STATUS_CLASSES
+            .iter()
+            .position(|c| *c == status_class(status))
+            .unwrap_or(0);
+        self.requests[class.index()][s].inc();
+        self.duration[class.index()].observe(seconds);
+    }
+}
 
 /// The text exposition of the default registry.
 pub fn render() -> Vec<u8> {

@@ -26,6 +26,18 @@ pub enum Class {
 }
 
 impl Class {
+    pub const ALL: [Class; 4] = [Class::Redirect, Class::Write, Class::Auth, Class::Read];
+
+    /// Position in [`Class::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Class::Redirect => 0,
+            Class::Write => 1,
+            Class::Auth => 2,
+            Class::Read => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Redirect => "redirect",
@@ -80,12 +92,7 @@ pub struct RateLimiter {
 }
 
 fn index(class: Class) -> usize {
-    match class {
-        Class::Redirect => 0,
-        Class::Write => 1,
-        Class::Auth => 2,
-        Class::Read => 3,
-    }
+    class.index()
 }
 
 impl RateLimiter {

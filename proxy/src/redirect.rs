@@ -2,7 +2,7 @@
 //! appended to the same stream the API consumes, in one Redis round trip at most.
 
 use crate::key_check::KeyGate;
-use crate::metrics::METRICS;
+use crate::metrics::HOT;
 use crate::near_cache::NearCache;
 use kurz_common::clicks::Click;
 use kurz_common::keys::{CachedLink, KeySchema, LinkEntry};
@@ -64,49 +64,47 @@ impl Redirector {
     /// `click` is `None` when no click should be recorded (HEAD, or sampled out).
     pub async fn resolve(&self, code: &str, click: Option<&Click>) -> Outcome {
         let now = chrono::Utc::now().timestamp();
-        let lookups = &METRICS.cache_lookups;
+        let hot = &*HOT;
         if !self.gate.open() {
-            lookups
-                .with_label_values(&["redis", "schema_mismatch"])
-                .inc();
+            hot.redis_schema_mismatch.inc();
             return Outcome::Forward;
         }
         if let Some(entry) = self.near.get(code) {
             return match entry {
                 CachedLink::Found(link) if link.redirects_at(now) => {
-                    lookups.with_label_values(&["near", "hit"]).inc();
+                    hot.near_hit.inc();
                     self.append(link, click).await
                 }
                 _ => {
-                    lookups.with_label_values(&["near", "negative"]).inc();
+                    hot.near_negative.inc();
                     Outcome::NotFound
                 }
             };
         }
-        lookups.with_label_values(&["near", "miss"]).inc();
+        hot.near_miss.inc();
         let epoch = self.near.epoch(code);
         let raw = match self.lookup_and_record(code, click, now).await {
             Ok(raw) => raw,
             Err(()) => {
-                lookups.with_label_values(&["redis", "error"]).inc();
+                hot.redis_error.inc();
                 return Outcome::Forward;
             }
         };
         let Some(entry) = raw.as_deref().and_then(CachedLink::decode) else {
-            lookups.with_label_values(&["redis", "miss"]).inc();
+            hot.redis_miss.inc();
             return Outcome::Forward;
         };
         self.near.fill(code, entry.clone(), epoch);
         match entry {
             CachedLink::Found(link) if link.redirects_at(now) => {
-                lookups.with_label_values(&["redis", "hit"]).inc();
+                hot.redis_hit.inc();
                 if click.is_some() {
-                    METRICS.clicks.with_label_values(&["ok"]).inc();
+                    HOT.clicks_ok.inc();
                 }
                 Outcome::Redirect(link.target)
             }
             _ => {
-                lookups.with_label_values(&["redis", "negative"]).inc();
+                hot.redis_negative.inc();
                 Outcome::NotFound
             }
         }
@@ -157,11 +155,11 @@ impl Redirector {
         }
         match self.redis.query::<String>(&cmd).await {
             Ok(_) => {
-                METRICS.clicks.with_label_values(&["ok"]).inc();
+                HOT.clicks_ok.inc();
                 Outcome::Redirect(link.target)
             }
             Err(_) => {
-                METRICS.clicks.with_label_values(&["failed"]).inc();
+                HOT.clicks_failed.inc();
                 Outcome::Forward
             }
         }

@@ -9,7 +9,7 @@ pub use settings::{EdgeSettings, SharedTrust};
 
 use routes::{classify, header, redirect_code};
 
-use crate::metrics::{status_class, METRICS};
+use crate::metrics::{HOT, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
 use crate::redirect::{Outcome, Redirector};
 use crate::respond;
@@ -89,7 +89,7 @@ impl Edge {
             ts_ms: chrono::Utc::now().timestamp_millis(),
         });
         if req.method == http::Method::GET && !record {
-            METRICS.clicks.with_label_values(&["sampled_out"]).inc();
+            HOT.clicks_sampled_out.inc();
         }
         match self.redirector.resolve(code, click.as_ref()).await {
             Outcome::Redirect(target) => {
@@ -351,14 +351,7 @@ impl ProxyHttp for Edge {
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         let class = ctx.class.as_str();
-        METRICS
-            .requests
-            .with_label_values(&[class, status_class(status)])
-            .inc();
-        METRICS
-            .duration
-            .with_label_values(&[class])
-            .observe(elapsed.as_secs_f64());
+        HOT.request(ctx.class, status, elapsed.as_secs_f64());
         let sampled = self.settings.access_log_sample_rate >= 1.0
             || rand::random::<f64>() < self.settings.access_log_sample_rate;
         if !sampled && e.is_none() && status < 500 {
