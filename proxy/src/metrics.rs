@@ -1,13 +1,13 @@
 //! Prometheus metrics of the edge, in the default registry (Pingora's own metrics live there
 //! too), served by the admin listener. Names `kurz_proxy_<what>_<unit>`; labels from fixed sets.
 
+use crate::rate_limit::Class;
+use prometheus::Histogram;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, TextEncoder,
 };
-use crate::rate_limit::Class;
-use prometheus::Histogram;
 use std::sync::LazyLock;
 
 pub struct Metrics {

@@ -89,7 +89,8 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 /// Checks a complete head and says how its body is framed.
 pub fn check(head: &[u8]) -> Result<Framing, Refusal> {
     // Uninitialised slots: filling 256 empty headers per request cost more than parsing one.
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
