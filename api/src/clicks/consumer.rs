@@ -54,6 +54,8 @@ impl std::fmt::Display for StepError {
 pub(super) struct Work {
     /// Entries read but not yet committed and acknowledged (PostgreSQL or Redis failed).
     held: Vec<Entry>,
+    /// `held` failed to be stored: it is retried alone, and nothing more is read until it is.
+    stalled: bool,
     /// Per partition, where the next claim scan starts.
     cursors: Vec<String>,
     /// Partition the next claim pass starts with.
@@ -207,15 +209,15 @@ impl Consumer {
     /// Commits and acknowledges what `work` holds. Entries stay held on any failure.
     async fn settle(&self, work: &mut Work) -> Result<usize, StepError> {
         if work.held.is_empty() {
+            work.stalled = false;
             return Ok(0);
-        }
-        for bad in work.held.iter().filter(|e| e.click.is_none()) {
-            log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
         }
         if let Err(e) = self.commit(&work.held).await {
             self.metrics.click_commit_failures.inc();
+            work.stalled = true;
             return Err(e);
         }
+        work.stalled = false;
         self.stream
             .ack(&work.held)
             .await
@@ -225,9 +227,7 @@ impl Consumer {
         Ok(n)
     }
 
-    /// Reads new entries and stores them. Returns how many were handled.
-    pub(super) async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
-        self.settle(work).await?;
+    async fn read_new(&self) -> Result<Vec<Entry>, StepError> {
         let read = match self.stream.read_new(self.per_partition()).await {
             // Counted as lost and the groups recreated: read again, so the caller (a read of
             // events) does not miss what was appended since Redis came back.
@@ -238,10 +238,57 @@ impl Consumer {
             other => other,
         };
         match read {
-            Ok(entries) => work.held = entries,
-            Err(e) => return Err(self.read_error(e).await),
+            Ok(entries) => {
+                for bad in entries.iter().filter(|e| e.click.is_none()) {
+                    log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
+                }
+                Ok(entries)
+            }
+            Err(e) => Err(self.read_error(e).await),
         }
-        self.settle(work).await
+    }
+
+    /// Stores the batch read last while reading the next one, so PostgreSQL's insert and
+    /// Redis's read overlap instead of taking turns (one batch at a time, each side waited for
+    /// the other: 35k clicks/s with neither saturated). Returns how many entries were stored;
+    /// the batch read meanwhile stays held for the next step. A batch that failed is retried
+    /// alone, reading nothing more, so a PostgreSQL outage holds at most two batches.
+    pub(super) async fn step_new(&self, work: &mut Work) -> Result<usize, StepError> {
+        if work.stalled {
+            return self.settle(work).await;
+        }
+        if work.held.is_empty() {
+            work.held = self.read_new().await?;
+            if work.held.is_empty() {
+                return Ok(0);
+            }
+        }
+        let batch = std::mem::take(&mut work.held);
+        let (committed, next) = tokio::join!(self.commit(&batch), self.read_new());
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // Nothing was read: store what we hold the usual way, then report.
+                work.held = batch;
+                self.settle(work).await?;
+                return Err(e);
+            }
+        };
+        if let Err(e) = committed {
+            self.metrics.click_commit_failures.inc();
+            work.held = batch;
+            work.held.extend(next);
+            work.stalled = true;
+            return Err(e);
+        }
+        if let Err(e) = self.stream.ack(&batch).await {
+            // Stored but not acknowledged: held again, a second insert of them is a no-op.
+            work.held = batch;
+            work.held.extend(next);
+            return Err(StepError::Redis(e.to_string()));
+        }
+        work.held = next;
+        Ok(batch.len())
     }
 
     /// Takes over entries pending at least `idle_ms` in the given partitions, one bounded
@@ -262,6 +309,9 @@ impl Consumer {
                 Err(e) => return Err(self.read_error(e).await),
             };
             work.cursors[usize::from(p)] = next;
+            for bad in entries.iter().filter(|e| e.click.is_none()) {
+                log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
+            }
             work.held = entries;
             handled += self.settle(work).await?;
         }
