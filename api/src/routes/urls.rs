@@ -1,7 +1,7 @@
 //! `/urls` (and the `/links` aliases): create, list, read, update, soft-delete, stats.
 
 use crate::auth::Caller;
-use crate::db::{self, conflict_or, urls::Link, urls::NewLink, urls::UrlFilter};
+use crate::db::{self, conflict_or, urls::Inserted, urls::Link, urls::NewLink, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, PathText, Query};
 use crate::idempotency;
@@ -110,9 +110,6 @@ async fn create_link(
     };
 
     let mut client = state.client().await?;
-    if !db::users::user_exists(&client, user_id).await? {
-        return Err(ApiError::NotFound(format!("user {user_id} not found")));
-    }
     let title = match &title {
         Patch::Set(t) => Some(t.as_str()),
         _ => None,
@@ -142,33 +139,46 @@ async fn create_link(
 }
 
 /// Inserts `new` under its custom code (a taken one is a 409), or under its generated code
-/// (a taken one is replaced by another).
+/// (a taken one is replaced by another). The owner is checked by the insert itself: 404 when it
+/// is not a live user.
 async fn insert(
     c: &impl deadpool_postgres::GenericClient,
     new: NewLink<'_>,
     custom: bool,
 ) -> ApiResult<Link> {
-    if custom {
-        Ok(db::urls::insert_url(c, &new).await.map_err(conflict_or)?)
+    let first = if custom {
+        db::urls::insert_url(c, &new).await.map_err(conflict_or)?
     } else {
-        insert_generated(c, new).await
+        db::urls::insert_url_unless_taken(c, &new).await?
+    };
+    match first {
+        Inserted::Link(link) => Ok(link),
+        Inserted::NoOwner => Err(no_owner(&new)),
+        // Only a generated code can come back taken (a custom one is a unique violation).
+        Inserted::CodeTaken => insert_generated(c, new).await,
     }
 }
 
-/// Inserts with a fresh random code, retrying on the (rare) collision. The unique index decides;
-/// there is no check-then-insert race, and a collision does not abort an enclosing transaction.
+fn no_owner(new: &NewLink<'_>) -> ApiError {
+    ApiError::NotFound(format!(
+        "user {} not found",
+        new.user_id().unwrap_or_default()
+    ))
+}
+
+/// Retries a generated code that collided with fresh ones. The unique index decides; there is
+/// no check-then-insert race, and a collision does not abort an enclosing transaction.
 async fn insert_generated(
     c: &impl deadpool_postgres::GenericClient,
     new: NewLink<'_>,
 ) -> ApiResult<Link> {
-    if let Some(link) = db::urls::insert_url_unless_taken(c, &new).await? {
-        return Ok(link);
-    }
     for _ in 1..CODE_ATTEMPTS {
         let code = ShortCode::generate();
         log::warn!(code = code.as_str(); "generated short code collided; retrying");
-        if let Some(link) = db::urls::insert_url_unless_taken(c, &new.with_code(&code)).await? {
-            return Ok(link);
+        match db::urls::insert_url_unless_taken(c, &new.with_code(&code)).await? {
+            Inserted::Link(link) => return Ok(link),
+            Inserted::NoOwner => return Err(no_owner(&new)),
+            Inserted::CodeTaken => {}
         }
     }
     Err(ApiError::Internal(format!(

@@ -45,6 +45,25 @@ async fn create_url_returns_404_for_unknown_user() {
         )
         .await;
     assert_eq!(error_of(res, 404).await["error"], "not_found");
+    // A deleted owner is no owner either, with a custom code or a generated one, and nothing
+    // of the refused link is stored (the insert checks the owner itself).
+    let gone = app.create_user("gone").await;
+    assert_eq!(app.delete(&format!("/users/{gone}")).await.status(), 204);
+    for body in [
+        json!({"user_id": gone, "original_url": "https://example.com/a"}),
+        json!({"user_id": gone, "original_url": "https://example.com/b", "short_code": "gone-link"}),
+    ] {
+        let res = app.post_json("/urls", &body).await;
+        let err = error_of(res, 404).await;
+        assert!(
+            err["message"].as_str().unwrap().contains(&gone.to_string()),
+            "{err}"
+        );
+    }
+    let links: Vec<serde_json::Value> = app.get("/urls").await.json().await.unwrap();
+    assert!(links.is_empty(), "{links:?}");
+    let events: Vec<serde_json::Value> = app.get("/events").await.json().await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
 }
 
 #[tokio::test]
