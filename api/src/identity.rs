@@ -60,6 +60,18 @@ impl Email {
     }
 }
 
+/// A body's required `username` and `email`, each checked; a missing or bad one is rejected in
+/// `f` by name (and comes back `None`).
+pub fn required(f: &mut crate::extract::Fields) -> (Option<Username>, Option<Email>) {
+    let username = f
+        .string("username")
+        .and_then(|u| f.check("username", Username::parse(&u)));
+    let email = f
+        .string("email")
+        .and_then(|e| f.check("email", Email::parse(&e)));
+    (username, email)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@ use crate::auth::{Caller, Credential};
 use crate::db::{self, conflict_or, users::User};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, PathText};
-use crate::identity::{Email, Username};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -51,12 +50,7 @@ async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> Ap
 /// `POST /auth/register`.
 pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiResult<Response> {
     let mut f = Fields::new(body);
-    let username = f
-        .string("username")
-        .and_then(|u| f.check("username", Username::parse(&u)));
-    let email = f
-        .string("email")
-        .and_then(|e| f.check("email", Email::parse(&e)));
+    let (username, email) = crate::identity::required(&mut f);
     let password = f.string("password");
     if let Some(p) = &password {
         check_password(&mut f, "password", p);

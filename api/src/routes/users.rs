@@ -32,12 +32,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let mut f = Fields::new(body);
-    let username = f
-        .string("username")
-        .and_then(|u| f.check("username", Username::parse(&u)));
-    let email = f
-        .string("email")
-        .and_then(|e| f.check("email", Email::parse(&e)));
+    let (username, email) = crate::identity::required(&mut f);
     f.finish()?;
     let (Some(username), Some(email)) = (username, email) else {
         return Err(ApiError::BadRequest(
