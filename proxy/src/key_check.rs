@@ -47,7 +47,7 @@ impl KeyGate {
     }
 
     /// Records a result; returns whether it changed.
-    fn set(&self, matched: bool) -> bool {
+    pub(crate) fn set(&self, matched: bool) -> bool {
         let new = if matched { MATCHED } else { MISMATCHED };
         METRICS.key_schema_match.set(i64::from(matched));
         self.state.swap(new, Ordering::AcqRel) != new

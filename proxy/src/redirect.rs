@@ -197,4 +197,85 @@ mod tests {
         let fields: Vec<&str> = click.to_fields().iter().map(|(k, _)| *k).collect();
         assert_eq!(names, fields);
     }
+
+    /// The two ways a click reaches the stream — the script on a Redis hit, Rust's `XADD` on a
+    /// near-cache hit — write the same entry, and it decodes to the click the edge meant: the
+    /// script's parse of the cached entry (`CachedLink::encode`) cannot drift from Rust's either.
+    /// Against the test Redis, under a key prefix of its own.
+    #[tokio::test]
+    async fn both_append_paths_store_the_same_click() {
+        let url = std::env::var("KURZ_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let errors = prometheus::IntCounter::new("test_redis_errors", "test").unwrap();
+        let redis =
+            Arc::new(RedisHandle::new(&url, std::time::Duration::from_secs(5), errors).unwrap());
+        let keys = KeySchema::new(&format!("t{:016x}", rand::random::<u64>()), 4);
+        let near = Arc::new(NearCache::new(100, std::time::Duration::from_secs(600)));
+        near.set_enabled(true);
+        let gate = Arc::new(KeyGate::default());
+        gate.set(true);
+        let r = Redirector::new(redis.clone(), keys.clone(), near, gate);
+        let mut used = Vec::new();
+        for (user_id, target) in [
+            (Some(42), "https://example.com/a%7Cb|c?q=x#f"),
+            (None, "https://xn--caf-dma.example/"),
+        ] {
+            let code = format!("c{:08x}", rand::random::<u32>());
+            let entry = LinkEntry {
+                url_id: 7,
+                user_id,
+                active: true,
+                expires_at: Some(4_000_000_000),
+                target: target.into(),
+            };
+            let mut set = redis::cmd("SET");
+            set.arg(keys.link(&code))
+                .arg(CachedLink::Found(entry).encode());
+            redis.query::<()>(&set).await.unwrap();
+            used.push(keys.link(&code));
+            used.push(keys.clicks_for(&code));
+            let click = |id: &str| Click {
+                id: id.into(),
+                url_id: 0,
+                user_id: None,
+                code: code.clone(),
+                target: String::new(),
+                referrer: "https://news.example/a b".into(),
+                user_agent: "UA/1.0 \"quoted\" ü".into(),
+                ip: "192.0.2.0".into(),
+                ts_ms: 1_700_000_000_123,
+            };
+            let redirect = Outcome::Redirect(target.into());
+            // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.
+            assert_eq!(r.resolve(&code, Some(&click("by-script"))).await, redirect);
+            assert_eq!(r.resolve(&code, Some(&click("by-rust"))).await, redirect);
+            let mut range = redis::cmd("XRANGE");
+            range.arg(keys.clicks_for(&code)).arg("-").arg("+");
+            let entries: Vec<(String, Vec<(String, String)>)> = redis.query(&range).await.unwrap();
+            let stored: Vec<Click> = entries
+                .iter()
+                .map(|(_, f)| {
+                    Click::from_fields(f.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap()
+                })
+                .collect();
+            let meant = |id: &str| Click {
+                url_id: 7,
+                user_id,
+                target: target.into(),
+                ..click(id)
+            };
+            assert_eq!(stored, vec![meant("by-script"), meant("by-rust")]);
+            let names = |i: usize| {
+                entries[i]
+                    .1
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names(0), names(1), "same fields in the same order");
+        }
+        let mut del = redis::cmd("DEL");
+        del.arg(&used);
+        redis.query::<()>(&del).await.unwrap();
+    }
 }
