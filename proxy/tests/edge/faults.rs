@@ -510,3 +510,94 @@ async fn an_edge_reload_and_upgrade_under_load_fail_no_request_and_lose_no_click
     ledger.add(&record);
     ledger.check(&stack).await;
 }
+
+/// Where a click is right now: in its stream (appended, not yet consumed) or stored in
+/// PostgreSQL. Checked in that order, so a click the consumer moves in between is still found.
+async fn click_is_durable(stack: &Stack, redis_url: &str, code: &str, click_id: &str) -> bool {
+    let keys = kurz_common::keys::KeySchema::new(&stack.prefix, 16);
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.clicks_for(code))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if entries
+        .iter()
+        .any(|(_, f)| f.get("id").map(String::as_str) == Some(click_id))
+    {
+        return true;
+    }
+    stored_clicks(stack).contains_key(click_id)
+}
+
+#[tokio::test]
+async fn a_302_is_sent_only_after_its_click_is_appended_even_when_redis_stalls() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let stack = Stack::start(Options {
+        redis_url: redis.url(),
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (user, warm) = stack.link("https://example.com/ordered").await;
+    // The warm link is then in the edge's near-cache (Rust appends the click); a fresh link is
+    // only in Redis (the script appends it): both paths meet the stall below.
+    assert_eq!(stack.get(&format!("/{warm}")).await.status(), 302);
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    // Writes stalled shorter than the edge's Redis timeout (1 s here): the edge waits for its
+    // append; and longer: the edge gives up and the API records the click.
+    for pause_ms in [600u64, 1500] {
+        for path in ["near-cache", "script"] {
+            let code = if path == "near-cache" {
+                warm.clone()
+            } else {
+                let link = stack
+                    .post(
+                        "/urls",
+                        json!({"user_id": user, "original_url": "https://example.com/fresh"}),
+                    )
+                    .await;
+                link["short_code"].as_str().unwrap().to_owned()
+            };
+            let before_pause = Instant::now();
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(pause_ms)
+                .arg("WRITE")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let res = stack.get(&format!("/{code}")).await;
+            let answered_after = before_pause.elapsed();
+            assert_eq!(res.status(), 302);
+            let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+            // At the moment the 302 is in hand, its click is already durable somewhere.
+            assert!(
+                click_is_durable(&stack, &redis.url(), &code, &rid).await,
+                "{path}: 302 for {rid} answered before its click was appended or stored (pause {pause_ms} ms)"
+            );
+            if pause_ms == 600 {
+                // The append could not complete before the stall ended, and the 302 waited for
+                // it: a lower bound, so a slow machine cannot fail it.
+                assert!(
+                    answered_after >= Duration::from_millis(pause_ms),
+                    "{path}: 302 after {answered_after:?}, inside a {pause_ms} ms write stall"
+                );
+            }
+            // A write returns only once the stall is over: the next round starts after it.
+            let _: () = redis::cmd("DEL")
+                .arg(format!("{}:stall-probe", stack.prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    // One warm-up click and four stalled ones, each stored exactly once in the end.
+    drain(&stack).await;
+    let stored = stored_clicks(&stack);
+    assert_eq!(stored.len(), 5, "{stored:?}");
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+}
