@@ -252,6 +252,11 @@ mod tests {
             let mut range = redis::cmd("XRANGE");
             range.arg(keys.clicks_for(&code)).arg("-").arg("+");
             let entries: Vec<(String, Vec<(String, String)>)> = redis.query(&range).await.unwrap();
+            // Both codes may share a partition's stream: keep this code's entries.
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|(_, f)| f.iter().any(|(k, v)| k == "code" && *v == code))
+                .collect();
             let stored: Vec<Click> = entries
                 .iter()
                 .map(|(_, f)| {
