@@ -85,14 +85,10 @@ type Shard = Mutex<HashMap<IpAddr, Bucket>>;
 
 pub struct RateLimiter {
     limits: RwLock<[Limit; 4]>,
-    /// `classes[index(class)]`: that class's shards.
+    /// `classes[class.index()]`: that class's shards.
     classes: [Vec<Shard>; 4],
     per_shard: usize,
     ipv6_prefix_len: AtomicU8,
-}
-
-fn index(class: Class) -> usize {
-    class.index()
 }
 
 impl RateLimiter {
@@ -121,7 +117,7 @@ impl RateLimiter {
 
     /// Buckets currently tracked in `class`.
     pub fn tracked(&self, class: Class) -> usize {
-        self.classes[index(class)]
+        self.classes[class.index()]
             .iter()
             .map(|s| s.lock().expect("shard lock").len())
             .sum()
@@ -132,12 +128,12 @@ impl RateLimiter {
     }
 
     fn check_at(&self, class: Class, ip: IpAddr, now: Instant) -> Decision {
-        let limit = self.limits.read().expect("limits lock")[index(class)];
+        let limit = self.limits.read().expect("limits lock")[class.index()];
         if limit.rate <= 0.0 {
             return Decision::Unlimited;
         }
         let key = client_key(ip, self.ipv6_prefix_len());
-        let shard = &self.classes[index(class)][shard_of(key)];
+        let shard = &self.classes[class.index()][shard_of(key)];
         let mut map = shard.lock().expect("shard lock");
         if map.len() >= self.per_shard && !map.contains_key(&key) {
             evict(&mut map, limit, now);

@@ -79,11 +79,6 @@ impl ConnLimits {
             key,
         })
     }
-
-    /// Clients holding at least one connection (tests, and a bound on the map's size).
-    pub fn clients(&self) -> usize {
-        self.open.lock().expect("open lock").len()
-    }
 }
 
 struct Slot {
