@@ -46,23 +46,65 @@ pub struct Click {
     pub ts_ms: i64,
 }
 
+/// The stream entry's field names, in the order every writer appends them: the one definition
+/// of a click's entry. The edge's Lua script is generated from it (`redirect.rs`), and
+/// [`Click::xadd`] writes it.
+pub const FIELDS: [&str; 9] = [
+    "id",
+    "url_id",
+    "user_id",
+    "code",
+    "target",
+    "referrer",
+    "user_agent",
+    "ip",
+    "ts_ms",
+];
+
+/// One field's value, borrowed: numbers are formatted straight into the command buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValue<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl redis::ToRedisArgs for FieldValue<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            FieldValue::Text(s) => s.write_redis_args(out),
+            FieldValue::Int(i) => i.write_redis_args(out),
+        }
+    }
+}
+
+impl redis::ToSingleRedisArg for FieldValue<'_> {}
+
 impl Click {
-    /// Field/value pairs for `XADD`.
-    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("id", self.id.clone()),
-            ("url_id", self.url_id.to_string()),
-            (
-                "user_id",
-                self.user_id.map(|u| u.to_string()).unwrap_or_default(),
-            ),
-            ("code", self.code.clone()),
-            ("target", self.target.clone()),
-            ("referrer", self.referrer.clone()),
-            ("user_agent", self.user_agent.clone()),
-            ("ip", self.ip.clone()),
-            ("ts_ms", self.ts_ms.to_string()),
+    /// The values of [`FIELDS`], in the same order. A click without an owner has an empty
+    /// `user_id`.
+    pub fn values(&self) -> [FieldValue<'_>; 9] {
+        use FieldValue::{Int, Text};
+        [
+            Text(&self.id),
+            Int(self.url_id),
+            self.user_id.map_or(Text(""), Int),
+            Text(&self.code),
+            Text(&self.target),
+            Text(&self.referrer),
+            Text(&self.user_agent),
+            Text(&self.ip),
+            Int(self.ts_ms),
         ]
+    }
+
+    /// `XADD <stream> * <field> <value> …`: how every process appends a click.
+    pub fn xadd(&self, stream: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (field, value) in FIELDS.iter().zip(self.values()) {
+            cmd.arg(*field).arg(value);
+        }
+        cmd
     }
 
     /// Rebuilds a click from stream fields; `None` when a required field is missing or malformed
@@ -154,9 +196,28 @@ mod tests {
             ip: "10.1.2.0".into(),
             ts_ms: 1_700_000_000_123,
         };
-        let fields = click.to_fields();
-        let back = Click::from_fields(fields.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
-        assert_eq!(back, click);
+        for user_id in [None, Some(12)] {
+            let click = Click {
+                user_id,
+                ..click.clone()
+            };
+            let cmd = click.xadd("s");
+            let args: Vec<String> = cmd
+                .args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
+                    _ => unreachable!("an XADD has no cursor"),
+                })
+                .collect();
+            assert_eq!(args[..3], ["XADD", "s", "*"]);
+            let pairs: Vec<(&str, &str)> = args[3..]
+                .chunks(2)
+                .map(|p| (p[0].as_str(), p[1].as_str()))
+                .collect();
+            let names: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+            assert_eq!(names, FIELDS);
+            assert_eq!(Click::from_fields(pairs).unwrap(), click);
+        }
         assert!(Click::from_fields([("url_id", "x"), ("ts_ms", "1")]).is_none());
         assert!(Click::from_fields([("code", "abc")]).is_none());
         let bad_id = [("id", "a b"), ("url_id", "1"), ("ts_ms", "1")];

@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod cert_expiry;
+pub mod click_log;
 pub mod config;
 pub mod conn;
 pub mod drain;

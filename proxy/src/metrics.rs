@@ -41,6 +41,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Requests answered by the connection layer before Pingora saw them, by reason.
     pub heads_rejected: IntCounterVec,
+    /// Clicks per pipeline sent by the group commit (`click_log`).
+    pub click_batch_size: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -127,6 +129,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "kurz_proxy_request_heads_rejected_total",
             "Requests refused before parsing finished: too large, malformed, method, head or body timeout",
             &["reason"]
+        )
+        .expect("metric"),
+        click_batch_size: prometheus::register_histogram!(
+            "kurz_proxy_click_batch_size_clicks",
+            "Clicks per pipeline the group commit sent to Redis",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]
         )
         .expect("metric"),
     };

@@ -1,10 +1,11 @@
 //! The hot path: `GET /<code>` answered at the edge from the near-cache or Redis, with the click
 //! appended to the same stream the API consumes, in one Redis round trip at most.
 
+use crate::click_log::ClickLog;
 use crate::key_check::KeyGate;
 use crate::metrics::HOT;
 use crate::near_cache::NearCache;
-use kurz_common::clicks::Click;
+use kurz_common::clicks::{Click, FIELDS};
 use kurz_common::keys::{CachedLink, KeySchema, LinkEntry};
 use kurz_common::redis_handle::RedisHandle;
 use std::sync::Arc;
@@ -12,18 +13,42 @@ use std::sync::Arc;
 /// Looks the link up and, when it redirects and `ARGV[1]` is `1`, appends the click: one round
 /// trip, atomic, and cluster-safe because both keys share the `{p<N>}` hash tag. The entry
 /// format is `kurz_common::keys::CachedLink`; the expiry check uses the edge's clock (`ARGV[2]`)
-/// so the script and the edge agree on whether the click happened.
+/// so the script and the edge agree on whether the click happened. `ARGV[3..]` are the click's
+/// values in `clicks::FIELDS` order; the XADD line is generated from that list
+/// ([`lookup_and_record_script`]), taking the link's own fields from the cached entry.
 const LOOKUP_AND_RECORD: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if (not v) or ARGV[1] ~= '1' then return v end
 local _, e, url_id, user_id, active, exp = string.find(v, '^1|(%d+)|(%d*)|([01])|(%d*)|')
 if not e or active ~= '1' then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[8], 'url_id', url_id, 'user_id', user_id,
-  'code', ARGV[3], 'target', string.sub(v, e + 1), 'referrer', ARGV[4], 'user_agent', ARGV[5],
-  'ip', ARGV[6], 'ts_ms', ARGV[7])
+redis.call('XADD', KEYS[2], '*', __FIELDS__)
 return v
 "#;
+
+/// The script with its XADD arguments derived from [`FIELDS`]: a field added to the click
+/// without a value here stops the edge at start-up (and fails the unit tests), instead of
+/// writing entries the consumer cannot read.
+fn lookup_and_record_script() -> String {
+    let pairs: Vec<String> = FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let value = match *field {
+                // The link's own fields come from the entry the script just read.
+                "url_id" => "url_id".to_owned(),
+                "user_id" => "user_id".to_owned(),
+                "target" => "string.sub(v, e + 1)".to_owned(),
+                "id" | "code" | "referrer" | "user_agent" | "ip" | "ts_ms" => {
+                    format!("ARGV[{}]", i + 3)
+                }
+                other => panic!("click field {other:?} has no value in the edge's Lua script"),
+            };
+            format!("'{field}', {value}")
+        })
+        .collect();
+    LOOKUP_AND_RECORD.replace("__FIELDS__", &pairs.join(", "))
+}
 
 /// What the edge does with a redirect request.
 #[derive(Debug, PartialEq)]
@@ -42,6 +67,8 @@ pub struct Redirector {
     pub near: Arc<NearCache>,
     /// Open once the API's key schema is known to match ours (`key_check`).
     pub gate: Arc<KeyGate>,
+    /// Near-cache hits append through it, batched with their neighbours.
+    clicks: ClickLog,
     script: redis::Script,
 }
 
@@ -51,18 +78,20 @@ impl Redirector {
         keys: KeySchema,
         near: Arc<NearCache>,
         gate: Arc<KeyGate>,
+        clicks: ClickLog,
     ) -> Self {
         Self {
             redis,
             keys,
             near,
             gate,
-            script: redis::Script::new(LOOKUP_AND_RECORD),
+            clicks,
+            script: redis::Script::new(&lookup_and_record_script()),
         }
     }
 
     /// `click` is `None` when no click should be recorded (HEAD, or sampled out).
-    pub async fn resolve(&self, code: &str, click: Option<&Click>) -> Outcome {
+    pub async fn resolve(&self, code: &str, click: Option<Click>) -> Outcome {
         let now = chrono::Utc::now().timestamp();
         let hot = &*HOT;
         if !self.gate.open() {
@@ -83,7 +112,8 @@ impl Redirector {
         }
         hot.near_miss.inc();
         let epoch = self.near.epoch(code);
-        let raw = match self.lookup_and_record(code, click, now).await {
+        let recorded = click.is_some();
+        let raw = match self.lookup_and_record(code, click.as_ref(), now).await {
             Ok(raw) => raw,
             Err(()) => {
                 hot.redis_error.inc();
@@ -98,7 +128,7 @@ impl Redirector {
         match entry {
             CachedLink::Found(link) if link.redirects_at(now) => {
                 hot.redis_hit.inc();
-                if click.is_some() {
+                if recorded {
                     HOT.clicks_ok.inc();
                 }
                 Outcome::Redirect(link.target)
@@ -120,16 +150,15 @@ impl Redirector {
         let mut inv = self.script.key(self.keys.link(code));
         inv.key(self.keys.clicks_for(code));
         match click {
-            Some(c) => inv
-                .arg("1")
-                .arg(now)
-                .arg(&c.code)
-                .arg(&c.referrer)
-                .arg(&c.user_agent)
-                .arg(&c.ip)
-                .arg(c.ts_ms)
-                .arg(&c.id),
-            None => inv.arg("0").arg(now),
+            Some(c) => {
+                inv.arg("1").arg(now);
+                for value in c.values() {
+                    inv.arg(value);
+                }
+            }
+            None => {
+                inv.arg("0").arg(now);
+            }
         };
         inv.invoke_async(&mut conn).await.map_err(|e| {
             self.redis.failed(e);
@@ -138,30 +167,23 @@ impl Redirector {
 
     /// A near-cache hit still needs its click in the stream; if that fails the API takes the
     /// request, so the click is recorded exactly once, by the API.
-    async fn append(&self, link: LinkEntry, click: Option<&Click>) -> Outcome {
-        let Some(c) = click else {
+    async fn append(&self, link: LinkEntry, click: Option<Click>) -> Outcome {
+        let Some(mut click) = click else {
             return Outcome::Redirect(link.target);
         };
-        let full = Click {
-            url_id: link.url_id,
-            user_id: link.user_id,
-            target: link.target.clone(),
-            ..c.clone()
-        };
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.keys.clicks_for(&full.code)).arg("*");
-        for (field, value) in full.to_fields() {
-            cmd.arg(field).arg(value);
-        }
-        match self.redis.query::<String>(&cmd).await {
-            Ok(_) => {
-                HOT.clicks_ok.inc();
-                Outcome::Redirect(link.target)
-            }
-            Err(_) => {
-                HOT.clicks_failed.inc();
-                Outcome::Forward
-            }
+        click.url_id = link.url_id;
+        click.user_id = link.user_id;
+        click.target = link.target;
+        if self
+            .clicks
+            .append(&self.keys.clicks_for(&click.code), &click)
+            .await
+        {
+            HOT.clicks_ok.inc();
+            Outcome::Redirect(click.target)
+        } else {
+            HOT.clicks_failed.inc();
+            Outcome::Forward
         }
     }
 }
@@ -170,32 +192,21 @@ impl Redirector {
 mod tests {
     use super::*;
 
-    /// The Lua script repeats the click's field names (STYLE: a second language repeating a
-    /// definition is held to it by a test): the consumer must find every field it reads.
+    /// The generated script appends exactly the click's fields, in their order.
     #[test]
     fn the_script_appends_every_field_of_a_click() {
-        let start = LOOKUP_AND_RECORD.find("'XADD'").unwrap();
-        let end = start + LOOKUP_AND_RECORD[start..].find("\nreturn").unwrap();
+        let script = lookup_and_record_script();
+        let start = script.find("'XADD'").unwrap();
+        let end = start + script[start..].find("\nreturn").unwrap();
         // Every single-quoted word of the XADD call: the command, the id, then field names.
-        let names: Vec<&str> = LOOKUP_AND_RECORD[start..end]
+        let names: Vec<&str> = script[start..end]
             .split('\'')
             .skip(1)
             .step_by(2)
             .filter(|t| !matches!(*t, "XADD" | "*"))
             .collect();
-        let click = Click {
-            id: "i".into(),
-            url_id: 1,
-            user_id: None,
-            code: "c".into(),
-            target: "t".into(),
-            referrer: String::new(),
-            user_agent: String::new(),
-            ip: String::new(),
-            ts_ms: 1,
-        };
-        let fields: Vec<&str> = click.to_fields().iter().map(|(k, _)| *k).collect();
-        assert_eq!(names, fields);
+        assert_eq!(names, FIELDS);
+        assert!(!script.contains("__FIELDS__"));
     }
 
     /// The two ways a click reaches the stream — the script on a Redis hit, Rust's `XADD` on a
@@ -214,7 +225,14 @@ mod tests {
         near.set_enabled(true);
         let gate = Arc::new(KeyGate::default());
         gate.set(true);
-        let r = Redirector::new(redis.clone(), keys.clone(), near, gate);
+        let sizes =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let batching = crate::click_log::Batching {
+            window: std::time::Duration::ZERO,
+            max: 64,
+        };
+        let clicks = ClickLog::new(redis.clone(), batching, sizes);
+        let r = Redirector::new(redis.clone(), keys.clone(), near, gate, clicks);
         let mut used = Vec::new();
         for (user_id, target) in [
             (Some(42), "https://example.com/a%7Cb|c?q=x#f"),
@@ -247,8 +265,8 @@ mod tests {
             };
             let redirect = Outcome::Redirect(target.into());
             // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.
-            assert_eq!(r.resolve(&code, Some(&click("by-script"))).await, redirect);
-            assert_eq!(r.resolve(&code, Some(&click("by-rust"))).await, redirect);
+            assert_eq!(r.resolve(&code, Some(click("by-script"))).await, redirect);
+            assert_eq!(r.resolve(&code, Some(click("by-rust"))).await, redirect);
             let mut range = redis::cmd("XRANGE");
             range.arg(keys.clicks_for(&code)).arg("-").arg("+");
             let entries: Vec<(String, Vec<(String, String)>)> = redis.query(&range).await.unwrap();

@@ -3,10 +3,12 @@
 //! reloader.
 
 use crate::admin::Admin;
+use crate::click_log::{Batching, ClickLog};
 use crate::config::ProxyConfig;
 use crate::conn::{ConnLimits, Guarded};
 use crate::invalidations::InvalidationListener;
 use crate::key_check::{KeyGate, KeySchemaCheck};
+use crate::metrics::METRICS;
 use crate::near_cache::NearCache;
 use crate::rate_limit::RateLimiter;
 use crate::redirect::Redirector;
@@ -107,7 +109,20 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         probation: probation.clone(),
         trust: trust.clone(),
         limiter: limiter.clone(),
-        redirector: Redirector::new(redis, keys.clone(), near.clone(), gate.clone()),
+        redirector: Redirector::new(
+            redis.clone(),
+            keys.clone(),
+            near.clone(),
+            gate.clone(),
+            ClickLog::new(
+                redis,
+                Batching {
+                    window: Duration::from_micros(cfg.clicks.batch_window_us),
+                    max: cfg.clicks.batch_max,
+                },
+                METRICS.click_batch_size.clone(),
+            ),
+        ),
         settings: EdgeSettings::from_config(&cfg),
     };
     let mut http = pingora::proxy::HttpProxy::new(edge, server.configuration.clone());
@@ -139,11 +154,11 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         let pem = std::fs::read_to_string(&cfg.listen.tls_cert)
             .map_err(|e| format!("config key `listen.tls_cert`: {e}"))?;
         match crate::cert_expiry::not_after_pem(&pem) {
-            Some(t) => crate::metrics::METRICS.tls_cert_expiry.set(t),
+            Some(t) => METRICS.tls_cert_expiry.set(t),
             None => log::warn!("cannot read the certificate's expiry; the expiry alert is blind"),
         }
     }
-    let _ = &*crate::metrics::METRICS;
+    let _ = &*METRICS;
 
     let mut admin = Service::new(
         "admin".to_owned(),

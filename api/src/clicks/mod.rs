@@ -65,11 +65,7 @@ impl ClickRecorder {
                 .inc();
             return;
         }
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.keys.clicks_for(&click.code)).arg("*");
-        for (field, value) in click.to_fields() {
-            cmd.arg(field).arg(value);
-        }
+        let cmd = click.xadd(&self.keys.clicks_for(&click.code));
         match self.redis.query::<String>(&cmd).await {
             Ok(_) => self.metrics.clicks.with_label_values(&["stream"]).inc(),
             Err(down) => {

@@ -191,6 +191,12 @@ impl ProxyConfig {
         if !(0.0..=1.0).contains(&self.clicks.sample_rate) {
             return bad("clicks.sample_rate", "must be between 0.0 and 1.0");
         }
+        if self.clicks.batch_window_us > 100_000 {
+            return bad("clicks.batch_window_us", "must be at most 100000 (0.1 s)");
+        }
+        if !(1..=10_000).contains(&self.clicks.batch_max) {
+            return bad("clicks.batch_max", "must be 1..=10000");
+        }
         if !(0.0..=1.0).contains(&self.log.access_log_sample_rate) {
             return bad("log.access_log_sample_rate", "must be between 0.0 and 1.0");
         }

@@ -144,6 +144,11 @@ pub struct CacheSection {
 pub struct ClicksSection {
     /// Share of clicks recorded (same meaning as the API's `EVENT_LOG_SAMPLE_RATE`).
     pub sample_rate: f64,
+    /// Longest a batch of click appends stays open after its first click (`click_log`); 0
+    /// sends each batch as soon as the previous one is acknowledged.
+    pub batch_window_us: u64,
+    /// A batch this full is sent at once.
+    pub batch_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -267,7 +272,11 @@ impl Default for CacheSection {
 
 impl Default for ClicksSection {
     fn default() -> Self {
-        Self { sample_rate: 1.0 }
+        Self {
+            sample_rate: 1.0,
+            batch_window_us: 0,
+            batch_max: 256,
+        }
     }
 }
 

@@ -91,7 +91,7 @@ impl Edge {
         if req.method == http::Method::GET && !record {
             HOT.clicks_sampled_out.inc();
         }
-        match self.redirector.resolve(code, click.as_ref()).await {
+        match self.redirector.resolve(code, click).await {
             Outcome::Redirect(target) => {
                 respond::redirect(session, &ctx.request_id, &target).await?;
                 ctx.answered = Some(302);
