@@ -53,13 +53,17 @@ impl Codes {
 
     /// A code and its expected status.
     pub fn pick(&self, rng: &mut impl Rng) -> &(String, u16) {
-        let i = match &self.cdf {
+        &self.codes[self.pick_index(rng)]
+    }
+
+    /// Where in [`Self::codes`] the next pick is.
+    pub fn pick_index(&self, rng: &mut impl Rng) -> usize {
+        match &self.cdf {
             Some(cdf) => {
                 let x = rng.random::<f64>() * cdf[cdf.len() - 1];
                 cdf.partition_point(|c| *c < x).min(cdf.len() - 1)
             }
             None => rng.random_range(0..self.codes.len()),
-        };
-        &self.codes[i]
+        }
     }
 }

@@ -30,7 +30,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             latency_us: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
             requests: 0,
@@ -55,7 +55,7 @@ impl Stats {
         let _ = self.latency_us.record((elapsed.as_micros() as u64).max(1));
     }
 
-    fn merge(&mut self, other: &Stats) {
+    pub fn merge(&mut self, other: &Stats) {
         self.requests += other.requests;
         self.errors += other.errors;
         let _ = self.latency_us.add(&other.latency_us);

@@ -8,11 +8,12 @@
 
 mod keys;
 mod load;
+mod raw;
 mod scenario;
 
 use keys::Codes;
 use load::Target;
-use scenario::{Keys, Scenario};
+use scenario::{Driver, Keys, Load, Scenario};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,13 @@ struct Args {
     idle: Option<usize>,
     /// Multiplies every open-loop rate (smoke runs on debug builds).
     rate_scale: f64,
+    /// Every request to this one path, expecting a 302 (the side-by-side runs); implies the
+    /// raw driver.
+    path: Option<String>,
+    /// Overrides the scenario's load: this many requests a second, open loop.
+    rate: Option<u64>,
+    /// Overrides the scenario's connections (and a closed loop's concurrency).
+    connections: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         (None, None, None, None, None);
     let mut meta = false;
     let (mut idle, mut rate_scale) = (None, 1.0);
+    let (mut path, mut rate, mut connections) = (None, None, None);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -54,6 +63,11 @@ fn parse_args() -> Result<Args, String> {
             "--rate-scale" => {
                 rate_scale = val()?.parse().map_err(|_| "--rate-scale takes a number")?
             }
+            "--path" => path = Some(val()?),
+            "--rate" => rate = Some(val()?.parse().map_err(|_| "--rate takes requests/s")?),
+            "--connections" => {
+                connections = Some(val()?.parse().map_err(|_| "--connections takes a count")?)
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -66,6 +80,9 @@ fn parse_args() -> Result<Args, String> {
         out,
         idle,
         rate_scale,
+        path,
+        rate,
+        connections,
     })
 }
 
@@ -84,11 +101,7 @@ fn client(connections: usize, source: Option<IpAddr>) -> reqwest::Client {
 /// from 127.0.2.1, 127.0.2.2, … (10,000 each): one source address has only ~28k ephemeral
 /// ports, and earlier runs' TIME_WAIT sockets hold some of them.
 async fn hold_idle(target: &str, n: usize) -> Vec<tokio::net::TcpStream> {
-    let Ok(addr) = target
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse::<std::net::SocketAddr>()
-    else {
+    let Some(addr) = socket_addr(target) else {
         eprintln!("kurz-bench: idle connections need an ip:port target, not {target}");
         return Vec::new();
     };
@@ -120,6 +133,74 @@ async fn hold_idle(target: &str, n: usize) -> Vec<tokio::net::TcpStream> {
     held
 }
 
+fn socket_addr(target: &str) -> Option<std::net::SocketAddr> {
+    target
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) this process has used: the driver's own cost, reported so a
+/// run shows whether the driver or the server ran out of CPU. `None` off Linux.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
+}
+
+/// The scenario on the raw driver: warm-up, run, report (same JSON as the HTTP driver).
+async fn run_raw(args: &Args, scenario: &Scenario, requests: Arc<raw::Requests>) {
+    let Some(addr) = socket_addr(&args.target) else {
+        eprintln!(
+            "kurz-bench: the raw driver needs an ip:port target, not {}",
+            args.target
+        );
+        std::process::exit(2);
+    };
+    let connections = match scenario.load {
+        Load::Closed { concurrency } => concurrency,
+        Load::Open { .. } => scenario.connections,
+    };
+    let duration = Duration::from_secs(args.duration.unwrap_or(scenario.duration_s));
+    if scenario.warmup_s > 0 && args.duration.is_none() {
+        let warmup = Duration::from_secs(scenario.warmup_s);
+        raw::run(
+            addr,
+            requests.clone(),
+            &scenario.load,
+            warmup,
+            connections,
+            1,
+        )
+        .await;
+    }
+    let started = std::time::Instant::now();
+    let stats = raw::run(addr, requests, &scenario.load, duration, connections, 7).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "scenario": scenario.name,
+        "target": args.target,
+        "driver": "raw",
+        "path": args.path,
+        "load": format!("{:?}", scenario.load),
+        "connections": connections,
+        "seconds": (seconds * 10.0).round() / 10.0,
+        "idle_connections_held": 0,
+        "driver_cpu_seconds": own_cpu_seconds(),
+        "result": stats.to_json(seconds),
+    });
+    let text = serde_json::to_string_pretty(&report).expect("json");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).expect("write --out");
+    }
+    println!("{text}");
+}
+
 #[tokio::main]
 async fn main() {
     let args = match parse_args() {
@@ -133,6 +214,18 @@ async fn main() {
         eprintln!("kurz-bench: {e}");
         std::process::exit(2);
     });
+    if let Some(rate) = args.rate {
+        scenario.load = Load::Open { rate };
+    }
+    if let Some(n) = args.connections {
+        scenario.connections = n;
+        if let Load::Closed { concurrency } = &mut scenario.load {
+            *concurrency = n;
+        }
+    }
+    if args.path.is_some() {
+        scenario.driver = Driver::Raw;
+    }
     scenario.scale_rates(args.rate_scale);
     if let Some(idle) = args.idle {
         scenario.idle_connections = idle;
@@ -144,6 +237,10 @@ async fn main() {
             "duration_s": scenario.duration_s, "warmup_s": scenario.warmup_s, "connections": scenario.connections,
         });
         println!("{meta}");
+        return;
+    }
+    if let Some(path) = &args.path {
+        run_raw(&args, &scenario, Arc::new(raw::Requests::one(path, 302))).await;
         return;
     }
     if args.target.is_empty() || args.urls_csv.as_os_str().is_empty() {
@@ -158,6 +255,11 @@ async fn main() {
         eprintln!("kurz-bench: {e}");
         std::process::exit(2);
     }));
+    if scenario.driver == Driver::Raw {
+        let requests = Arc::new(raw::Requests::from_codes(codes.clone()));
+        run_raw(&args, &scenario, requests).await;
+        return;
+    }
     let target = |sources: Vec<Option<IpAddr>>| {
         let per_client = scenario.connections.div_ceil(sources.len()).max(1);
         Arc::new(Target {

@@ -33,9 +33,21 @@ pub struct Scenario {
     /// source address.
     #[serde(default = "default_source_ips")]
     pub source_ips: usize,
-    /// Which `bench/run` baselines to run beside it with wrk (redirect scenarios).
+    /// Which `bench/run` baselines to run beside it (redirect scenarios).
     #[serde(default)]
     pub baselines: Vec<String>,
+    /// `http`: a full HTTP client, any mix. `raw`: the cheap redirect driver (`raw.rs`), for
+    /// mixes of redirects only from one source address.
+    #[serde(default)]
+    pub driver: Driver,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Http,
+    Raw,
 }
 
 fn default_target() -> String {
@@ -135,6 +147,19 @@ impl Scenario {
         }
         if !(1..=250).contains(&s.source_ips) {
             return Err(format!("{}: source_ips must be 1 to 250", path.display()));
+        }
+        if s.driver == Driver::Raw
+            && (s
+                .mix
+                .iter()
+                .any(|w| w.kind != Kind::Redirect && w.weight > 0)
+                || s.abuser.is_some()
+                || s.source_ips != 1)
+        {
+            return Err(format!(
+                "{}: driver raw sends redirects only, from one source address, without an abuser",
+                path.display()
+            ));
         }
         if s.duration_s == 0 {
             return Err(format!("{}: duration_s must be above 0", path.display()));
