@@ -172,3 +172,67 @@ async fn click_details_keep_only_a_truncated_address() {
     assert_eq!(clicks[0]["details"]["ip"], "203.0.113.0");
     assert_eq!(clicks[0]["details"]["user_agent"], "kurz-test/1");
 }
+
+/// Stats come from rollups the database keeps as clicks are stored (migration V9). A batch
+/// stored twice (a consumer that died before `XACK` replays it) and a click stored directly and
+/// then again from the stream each count once, and the rollups agree with the raw events.
+#[tokio::test]
+async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
+    use kurz_api::db::events::{insert_stream_clicks, StreamClick};
+    let app = idle_consumer_app().await;
+    let user = app.create_user("rollup").await;
+    let link = app.create_url(user, "https://example.com/rollup").await;
+    let id = link["id"].as_i64().unwrap();
+    let today = chrono::Utc::now();
+    let yesterday = today - chrono::Duration::days(1);
+    let click = |cid: &str, referrer: &str, ts| StreamClick {
+        click_id: cid.into(),
+        url_id: id,
+        ts,
+        details: serde_json::json!({"referrer": referrer}),
+    };
+    let batch = vec![
+        click("r-a", "https://r.example", yesterday),
+        click("r-b", "", today),
+        click("r-c", "https://r.example", today),
+        click("r-d", "https://s.example", today),
+    ];
+    let db = app.state.db.get().await.unwrap();
+    assert_eq!(insert_stream_clicks(&db, &batch).await.unwrap(), 4);
+    assert_eq!(
+        insert_stream_clicks(&db, &batch).await.unwrap(),
+        0,
+        "replay"
+    );
+    // A click the API stored directly (same id as one already stored) and one new.
+    let direct = vec![
+        click("r-d", "https://s.example", today),
+        click("r-e", "", today),
+    ];
+    assert_eq!(insert_stream_clicks(&db, &direct).await.unwrap(), 1);
+
+    let stats: serde_json::Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 5);
+    assert_eq!(clicks_in_db(&app, id).await, 5);
+    let day = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d").to_string();
+    assert_eq!(
+        stats["daily"],
+        serde_json::json!([
+            {"date": day(yesterday), "clicks": 1},
+            {"date": day(today), "clicks": 4},
+        ])
+    );
+    assert_eq!(
+        stats["top_referrers"],
+        serde_json::json!([
+            {"referrer": "https://r.example", "clicks": 2},
+            {"referrer": "https://s.example", "clicks": 1},
+        ])
+    );
+    assert_eq!(stats["last_click_at"], kurz_common::time::format(today));
+}
