@@ -18,6 +18,8 @@ pub struct Target {
     pub users: usize,
     pub links: usize,
     pub codes: Arc<Codes>,
+    /// The link whose stats `Kind::Stats` reads (`--stats-url-id`).
+    pub stats_url_id: i64,
 }
 
 /// Results of one client group.
@@ -135,6 +137,10 @@ async fn one(t: &Target, kind: Kind, rng: &mut StdRng) -> (bool, String) {
             &[200],
         ),
         Kind::Health => (client.get(format!("{}/health", t.base)), &[200]),
+        Kind::Stats => (
+            client.get(format!("{}/urls/{}/stats", t.base, t.stats_url_id)),
+            &[200],
+        ),
     };
     match req.send().await {
         Ok(res) => {

@@ -39,6 +39,8 @@ struct Args {
     rate: Option<u64>,
     /// Overrides the scenario's connections (and a closed loop's concurrency).
     connections: Option<usize>,
+    /// The link `stats` requests read.
+    stats_url_id: i64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
     let mut meta = false;
     let (mut idle, mut rate_scale) = (None, 1.0);
     let (mut path, mut rate, mut connections) = (None, None, None);
+    let mut stats_url_id = 1;
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -64,6 +67,11 @@ fn parse_args() -> Result<Args, String> {
                 rate_scale = val()?.parse().map_err(|_| "--rate-scale takes a number")?
             }
             "--path" => path = Some(val()?),
+            "--stats-url-id" => {
+                stats_url_id = val()?
+                    .parse()
+                    .map_err(|_| "--stats-url-id takes a link id")?
+            }
             "--rate" => rate = Some(val()?.parse().map_err(|_| "--rate takes requests/s")?),
             "--connections" => {
                 connections = Some(val()?.parse().map_err(|_| "--connections takes a count")?)
@@ -83,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
         path,
         rate,
         connections,
+        stats_url_id,
     })
 }
 
@@ -233,7 +242,7 @@ async fn main() {
     if args.meta {
         let meta = serde_json::json!({
             "name": scenario.name, "description": scenario.description, "target": scenario.target,
-            "baselines": scenario.baselines, "links": scenario.dataset.links, "users": scenario.dataset.users,
+            "baselines": scenario.baselines, "links": scenario.dataset.links, "users": scenario.dataset.users, "heavy_link_clicks": scenario.dataset.heavy_link_clicks,
             "duration_s": scenario.duration_s, "warmup_s": scenario.warmup_s, "connections": scenario.connections,
         });
         println!("{meta}");
@@ -268,6 +277,7 @@ async fn main() {
             users: scenario.dataset.users,
             links: scenario.dataset.links.min(codes.codes.len()),
             codes: codes.clone(),
+            stats_url_id: args.stats_url_id,
         })
     };
     let normal = target(if scenario.source_ips <= 1 {

@@ -75,6 +75,10 @@ pub struct Dataset {
     pub links: usize,
     #[serde(default = "default_users")]
     pub users: usize,
+    /// Click events `bench/run` stores on the data set's first link before the run (the
+    /// `stats` scenario reads that link's stats).
+    #[serde(default)]
+    pub heavy_link_clicks: usize,
 }
 
 fn default_source_ips() -> usize {
@@ -103,6 +107,8 @@ pub enum Kind {
     List,
     Get,
     Health,
+    /// `GET /urls/<heavy link>/stats`.
+    Stats,
 }
 
 #[derive(Debug, Clone, Deserialize)]
