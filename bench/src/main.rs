@@ -41,6 +41,10 @@ struct Args {
     connections: Option<usize>,
     /// The link `stats` requests read.
     stats_url_id: i64,
+    /// The status a redirect must get instead of 302 (baselines that answer 307 or 308).
+    expect: Option<u16>,
+    /// Picks codes uniformly, whatever the scenario's key distribution says.
+    uniform: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut idle, mut rate_scale) = (None, 1.0);
     let (mut path, mut rate, mut connections) = (None, None, None);
     let mut stats_url_id = 1;
+    let (mut expect, mut uniform) = (None, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -67,6 +72,8 @@ fn parse_args() -> Result<Args, String> {
                 rate_scale = val()?.parse().map_err(|_| "--rate-scale takes a number")?
             }
             "--path" => path = Some(val()?),
+            "--expect" => expect = Some(val()?.parse().map_err(|_| "--expect takes a status")?),
+            "--uniform" => uniform = true,
             "--stats-url-id" => {
                 stats_url_id = val()?
                     .parse()
@@ -92,6 +99,8 @@ fn parse_args() -> Result<Args, String> {
         rate,
         connections,
         stats_url_id,
+        expect,
+        uniform,
     })
 }
 
@@ -249,21 +258,33 @@ async fn main() {
         return;
     }
     if let Some(path) = &args.path {
-        run_raw(&args, &scenario, Arc::new(raw::Requests::one(path, 302))).await;
+        let status = args.expect.unwrap_or(302);
+        run_raw(&args, &scenario, Arc::new(raw::Requests::one(path, status))).await;
         return;
     }
     if args.target.is_empty() || args.urls_csv.as_os_str().is_empty() {
         eprintln!("kurz-bench: --target and --urls-csv are required");
         std::process::exit(2);
     }
+    if args.uniform {
+        scenario.keys = Keys::Uniform;
+    }
     let zipf = match scenario.keys {
         Keys::Zipf { exponent } => Some(exponent),
         Keys::Uniform => None,
     };
-    let codes = Arc::new(Codes::from_csv(&args.urls_csv, zipf).unwrap_or_else(|e| {
+    let mut codes = Codes::from_csv(&args.urls_csv, zipf).unwrap_or_else(|e| {
         eprintln!("kurz-bench: {e}");
         std::process::exit(2);
-    }));
+    });
+    if let Some(status) = args.expect {
+        for (_, expected) in &mut codes.codes {
+            if *expected == 302 {
+                *expected = status;
+            }
+        }
+    }
+    let codes = Arc::new(codes);
     if scenario.driver == Driver::Raw {
         let requests = Arc::new(raw::Requests::from_codes(codes.clone()));
         run_raw(&args, &scenario, requests).await;
