@@ -57,6 +57,14 @@ impl Stats {
         let _ = self.latency_us.record((elapsed.as_micros() as u64).max(1));
     }
 
+    /// What the workers merged into `total`, once they have all finished.
+    pub fn collected(total: Arc<Mutex<Stats>>) -> Stats {
+        Arc::try_unwrap(total)
+            .ok()
+            .map(|m| m.into_inner().expect("stats lock"))
+            .unwrap_or_else(Stats::new)
+    }
+
     pub fn merge(&mut self, other: &Stats) {
         self.requests += other.requests;
         self.errors += other.errors;
@@ -242,8 +250,5 @@ pub async fn run(
             }
         }
     }
-    Arc::try_unwrap(total)
-        .ok()
-        .map(|m| m.into_inner().expect("stats lock"))
-        .unwrap_or_else(Stats::new)
+    Stats::collected(total)
 }

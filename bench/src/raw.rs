@@ -189,10 +189,7 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    Arc::try_unwrap(total)
-        .ok()
-        .map(|m| m.into_inner().expect("stats lock"))
-        .unwrap_or_else(Stats::new)
+    Stats::collected(total)
 }
 
 #[derive(Debug)]
