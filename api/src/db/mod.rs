@@ -38,6 +38,15 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// Adds `<column> = '<value>'` when `value` is set. For values from a fixed list in the code
+    /// that the planner must see (a partial index's predicate); never for caller input.
+    pub fn eq_literal(&mut self, column: &str, value: Option<&'static str>) {
+        if let Some(v) = value {
+            self.clauses
+                .push(format!("{column} = '{}'", v.replace('\'', "''")));
+        }
+    }
+
     /// ` WHERE a AND b`, or nothing.
     pub fn where_sql(&self) -> String {
         if self.clauses.is_empty() {

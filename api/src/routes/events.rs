@@ -41,14 +41,16 @@ pub fn mark_pending(mut response: Response, pending: Option<HeaderValue>) -> Res
     response
 }
 
-fn event_type_param(q: &Query) -> ApiResult<Option<String>> {
+fn event_type_param(q: &Query) -> ApiResult<Option<&'static str>> {
     match q.get("event_type") {
         None | Some("") => Ok(None),
-        Some(t) if TYPES.contains(&t) => Ok(Some(t.to_owned())),
-        Some(t) => Err(ApiError::BadRequest(format!(
-            "query parameter event_type={t:?} must be one of {}",
-            TYPES.join(", ")
-        ))),
+        Some(t) => match TYPES.iter().find(|known| **known == t) {
+            Some(known) => Ok(Some(known)),
+            None => Err(ApiError::BadRequest(format!(
+                "query parameter event_type={t:?} must be one of {}",
+                TYPES.join(", ")
+            ))),
+        },
     }
 }
 

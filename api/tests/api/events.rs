@@ -1,4 +1,4 @@
-use crate::helpers::{error_of, spawn_app};
+use crate::helpers::{error_of, spawn_app, spawn_app_with};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -127,4 +127,62 @@ async fn stats_count_clicks_by_day_and_referrer() {
         json!({"referrer": "https://a.example", "clicks": 2})
     );
     error_of(app.get("/urls/98765/stats").await, 404).await;
+}
+
+/// Clicks are not in `events_type_idx` (V11), which covers only the rare write types. Listing
+/// one of those must use it in every plan the server caches for the statement: after five runs
+/// PostgreSQL may switch to a generic plan, which could not use the index if the type were a
+/// parameter, and would then walk every click. Generic plans are forced here from the start.
+#[tokio::test]
+async fn listing_a_write_event_type_uses_the_partial_index_in_every_plan() {
+    let app = spawn_app_with(|c| {
+        let mut url = url::Url::parse(&c.database.url).unwrap();
+        url.query_pairs_mut()
+            .append_pair("options", "-cplan_cache_mode=force_generic_plan");
+        c.database.url = url.to_string();
+    })
+    .await;
+    let user = app.create_user("ix").await;
+    let link = app.create_url(user, "https://example.com/ix").await;
+    let url_id = link["id"].as_i64().unwrap();
+    let db = app.sql().await;
+    db.batch_execute(&format!(
+        "INSERT INTO events (url_id, user_id, event_type, click_id) \
+         SELECT {url_id}, {user}, 'click', 'ix-' || g FROM generate_series(1, 20000) g; \
+         ANALYZE events"
+    ))
+    .await
+    .unwrap();
+    let before = scans(&db).await;
+    const REQUESTS: i64 = 10;
+    for _ in 0..REQUESTS {
+        let res = app.get("/events?event_type=created").await;
+        assert_eq!(res.status(), 200);
+        let created: Vec<Value> = res.json().await.unwrap();
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0]["url_id"], url_id);
+    }
+    // Each request counts and lists: two scans. Statistics reach the view within a second or so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let used = scans(&db).await - before;
+        if used >= 2 * REQUESTS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events_type_idx used {used} times for {REQUESTS} listings of a write type"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn scans(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'events_type_idx'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
