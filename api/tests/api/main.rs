@@ -5,6 +5,7 @@ mod bulk;
 mod cli;
 mod clicks;
 mod contract;
+mod crash;
 mod events;
 mod faults;
 mod health;
