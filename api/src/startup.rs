@@ -72,12 +72,9 @@ impl Application {
             migrate::run(&mut client).await?;
         }
         let redis = Arc::new(
-            RedisHandle::new(
-                &config.redis.url,
-                Duration::from_millis(config.redis.timeout_ms),
-                metrics.redis_errors.clone(),
-            )
-            .map_err(|e| format!("config key `redis.url` is invalid: {e}"))?,
+            RedisHandle::from_settings(&config.redis, metrics.redis_errors.clone()).map_err(
+                |e| format!("config key `redis.url`/`redis.cluster_nodes` is invalid: {e}"),
+            )?,
         );
         let keys = KeySchema::new(&config.redis.prefix, config.redis.partitions);
         let cache = LinkCache::new(

@@ -14,6 +14,10 @@ use std::path::Path;
 pub struct RedisSettings {
     /// `redis://host:port/db` (`REDIS_URL`).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each; `REDIS_CLUSTER_URLS`,
+    /// comma-separated). When set, `url` is not used and every key stays within its partition's
+    /// hash slot (see `crate::keys`).
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel (see `crate::keys`); lets tenants and tests share one
     /// Redis.
     pub prefix: String,
@@ -28,6 +32,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            cluster_nodes: Vec::new(),
             prefix: "kurz".into(),
             partitions: 16,
             timeout_ms: 250,
@@ -36,12 +41,39 @@ impl Default for RedisSettings {
 }
 
 impl RedisSettings {
+    /// `REDIS_CLUSTER_URLS`: a comma-separated list of seed nodes, which switches cluster mode on.
+    pub fn set_cluster_urls(&mut self, list: &str) {
+        self.cluster_nodes = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+
     /// Checks the values; `section` is the key's parent in the file (`redis`), for messages.
     pub fn validate(&self, section: &str) -> Result<(), String> {
         if redis::Client::open(self.url.as_str()).is_err() {
             return Err(format!(
                 "config key `{section}.url` is not a valid redis:// URL (REDIS_URL)"
             ));
+        }
+        for node in &self.cluster_nodes {
+            let db = redis::Client::open(node.as_str())
+                .map(|c| c.get_connection_info().redis_settings().db());
+            match db {
+                Ok(0) => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "config key `{section}.cluster_nodes`: {node:?} names a database; a cluster has only database 0 (REDIS_CLUSTER_URLS)"
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "config key `{section}.cluster_nodes`: {node:?} is not a valid redis:// URL (REDIS_CLUSTER_URLS)"
+                    ))
+                }
+            }
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ', ':']) {
             return Err(format!(

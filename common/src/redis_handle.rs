@@ -5,10 +5,18 @@
 //! fails at the transport level, and remade on a later call — at most one attempt at a time and
 //! one every [`RETRY_AFTER`], so a dead Redis costs requests a fast error, not a connect timeout
 //! each.
+//!
+//! The same handle speaks to one Redis or to a Redis Cluster (`redis.cluster_nodes`). On a
+//! cluster every command must keep its keys in one hash slot, and so must a pipeline: commands
+//! that span partitions go through [`RedisHandle::query_parts`], which sends one pipeline per
+//! partition there and a single pipeline to a single Redis.
 
+use crate::config::RedisSettings;
 use prometheus::IntCounter;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,38 +33,117 @@ impl std::fmt::Display for RedisDown {
     }
 }
 
+/// A connection to one Redis or to a cluster; commands run on either through [`ConnectionLike`].
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(Client, AsyncConnectionConfig),
+    Cluster(ClusterClient),
+}
+
 pub struct RedisHandle {
-    client: Client,
-    config: AsyncConnectionConfig,
+    target: Target,
     state: Mutex<ConnState>,
     connecting: tokio::sync::Mutex<()>,
     errors: IntCounter,
 }
 
 struct ConnState {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<RedisConn>,
     last_attempt: Option<Instant>,
 }
 
 impl RedisHandle {
-    /// No connection is made here; the first call makes it.
+    /// A single Redis at `url`. No connection is made here; the first call makes it.
     pub fn new(url: &str, timeout: Duration, errors: IntCounter) -> Result<Self, RedisError> {
-        Ok(Self {
-            client: Client::open(url)?,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout)),
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        Ok(Self::with_target(
+            Target::Single(Client::open(url)?, config),
+            errors,
+        ))
+    }
+
+    /// A Redis Cluster reached through any of the seed `nodes` (`redis://host:port`).
+    pub fn cluster(
+        nodes: &[String],
+        timeout: Duration,
+        errors: IntCounter,
+    ) -> Result<Self, RedisError> {
+        // Few retries: a command that cannot be answered soon takes the caller's Redis-down
+        // path (the API for redirects, PostgreSQL for clicks) rather than holding a request.
+        let client = ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()?;
+        Ok(Self::with_target(Target::Cluster(client), errors))
+    }
+
+    /// A cluster when `settings.cluster_nodes` names seeds, a single Redis otherwise.
+    pub fn from_settings(settings: &RedisSettings, errors: IntCounter) -> Result<Self, RedisError> {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        if settings.cluster_nodes.is_empty() {
+            Self::new(&settings.url, timeout, errors)
+        } else {
+            Self::cluster(&settings.cluster_nodes, timeout, errors)
+        }
+    }
+
+    fn with_target(target: Target, errors: IntCounter) -> Self {
+        Self {
+            target,
             state: Mutex::new(ConnState {
                 conn: None,
                 last_attempt: None,
             }),
             connecting: tokio::sync::Mutex::new(()),
             errors,
-        })
+        }
+    }
+
+    /// Whether commands go to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
     /// A connection to run commands on (cheap clone of the shared multiplexed one).
-    pub async fn conn(&self) -> Result<MultiplexedConnection, RedisDown> {
+    pub async fn conn(&self) -> Result<RedisConn, RedisDown> {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
@@ -74,11 +161,14 @@ impl RedisHandle {
             }
             state.last_attempt = Some(Instant::now());
         }
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-        {
+        let made = match &self.target {
+            Target::Single(client, config) => client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map(RedisConn::Single),
+            Target::Cluster(client) => client.get_async_connection().await.map(RedisConn::Cluster),
+        };
+        match made {
             Ok(conn) => {
                 log::info!("redis connected");
                 self.state.lock().expect("redis state lock").conn = Some(conn.clone());
@@ -91,7 +181,7 @@ impl RedisHandle {
         }
     }
 
-    fn cached(&self) -> Option<MultiplexedConnection> {
+    fn cached(&self) -> Option<RedisConn> {
         self.state.lock().expect("redis state lock").conn.clone()
     }
 
@@ -122,37 +212,83 @@ impl RedisHandle {
     }
 }
 
+impl RedisHandle {
+    /// Runs commands that belong to partitions (`(partition, command)`; a command's keys all in
+    /// its partition's hash slot): one pipeline on a single Redis, one pipeline per partition,
+    /// concurrently, on a cluster. Replies come in the order of `cmds`; like a pipeline, the call
+    /// fails with the first error.
+    pub async fn pipeline_parts(
+        &self,
+        conn: &RedisConn,
+        cmds: &[(u16, Cmd)],
+    ) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !matches!(conn, RedisConn::Cluster(_)) {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in cmds {
+                pipe.add_command(cmd.clone());
+            }
+            return pipe.query_async(&mut conn.clone()).await;
+        }
+        let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, (p, _)) in cmds.iter().enumerate() {
+            match parts.iter_mut().find(|(q, _)| q == p) {
+                Some((_, members)) => members.push(i),
+                None => parts.push((*p, vec![i])),
+            }
+        }
+        let sent = parts.iter().map(|(_, members)| {
+            let mut pipe = redis::pipe();
+            for &i in members {
+                pipe.add_command(cmds[i].1.clone());
+            }
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+        });
+        let replies = futures_util::future::join_all(sent).await;
+        let mut out = vec![Value::Nil; cmds.len()];
+        for ((_, members), reply) in parts.iter().zip(replies) {
+            for (&i, value) in members.iter().zip(reply?) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::pipeline_parts`] on the shared connection, failures mapped through
+    /// [`Self::failed`].
+    pub async fn query_parts(&self, cmds: &[(u16, Cmd)]) -> Result<Vec<Value>, RedisDown> {
+        let conn = self.conn().await?;
+        self.pipeline_parts(&conn, cmds)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+}
+
 /// A command or a pipeline, so [`RedisHandle::query`] takes either.
 pub trait RedisRunnable {
     fn run<T: redis::FromRedisValue>(
         self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConn,
     ) -> impl std::future::Future<Output = Result<T, RedisError>> + Send;
 }
 
 impl RedisRunnable for &redis::Cmd {
-    async fn run<T: redis::FromRedisValue>(
-        self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<T, RedisError> {
+    async fn run<T: redis::FromRedisValue>(self, conn: &mut RedisConn) -> Result<T, RedisError> {
         self.query_async(conn).await
     }
 }
 
 impl RedisRunnable for &redis::Pipeline {
-    async fn run<T: redis::FromRedisValue>(
-        self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<T, RedisError> {
+    async fn run<T: redis::FromRedisValue>(self, conn: &mut RedisConn) -> Result<T, RedisError> {
         self.query_async(conn).await
     }
 }
 
 impl RedisRunnable for &mut redis::Cmd {
-    async fn run<T: redis::FromRedisValue>(
-        self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<T, RedisError> {
+    async fn run<T: redis::FromRedisValue>(self, conn: &mut RedisConn) -> Result<T, RedisError> {
         self.query_async(conn).await
     }
 }

@@ -1,4 +1,7 @@
 //! Listens on the API's invalidation channel and drops near-cache entries as links change.
+//!
+//! On a Redis Cluster a `PUBLISH` reaches the subscribers of every node, so one subscription to
+//! any node is enough; when that node goes away the next attempt tries the next seed.
 
 use crate::metrics::METRICS;
 use crate::near_cache::NearCache;
@@ -10,14 +13,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct InvalidationListener {
-    pub redis_url: String,
+    /// The Redis, or the cluster's seed nodes, tried in turn.
+    pub redis_urls: Vec<String>,
+    pub attempts: std::sync::atomic::AtomicUsize,
     pub channel: String,
     pub near: Arc<NearCache>,
 }
 
 impl InvalidationListener {
     async fn listen(&self) -> Result<(), String> {
-        let client = redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
+        let n = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = &self.redis_urls[n % self.redis_urls.len().max(1)];
+        let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
         pubsub
             .subscribe(&self.channel)

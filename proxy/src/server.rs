@@ -80,22 +80,14 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let redis = Arc::new(
-        RedisHandle::new(
-            &cfg.redis.url,
-            Duration::from_millis(cfg.redis.timeout_ms),
-            redis_errors.clone(),
-        )
-        .map_err(|e| format!("config key `redis.url`: {e}"))?,
+        RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
+            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
     );
     let keys = KeySchema::new(&cfg.redis.prefix, cfg.redis.partitions);
     let gate = Arc::new(KeyGate::default());
     let key_check = KeySchemaCheck {
-        redis: RedisHandle::new(
-            &cfg.redis.url,
-            Duration::from_millis(cfg.redis.timeout_ms),
-            redis_errors.clone(),
-        )
-        .map_err(|e| format!("config key `redis.url`: {e}"))?,
+        redis: RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
+            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
         keys: keys.clone(),
         gate: gate.clone(),
     };
@@ -170,7 +162,12 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     admin.add_tcp(&cfg.admin.listen);
 
     let listener = InvalidationListener {
-        redis_url: cfg.redis.url.clone(),
+        redis_urls: if cfg.redis.cluster_nodes.is_empty() {
+            vec![cfg.redis.url.clone()]
+        } else {
+            cfg.redis.cluster_nodes.clone()
+        },
+        attempts: Default::default(),
         channel: keys.invalidations(),
         near,
     };

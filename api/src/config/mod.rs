@@ -102,6 +102,9 @@ impl ApiConfig {
         if let Some(url) = env.get("REDIS_URL") {
             self.redis.url = url;
         }
+        if let Some(nodes) = env.get("REDIS_CLUSTER_URLS") {
+            self.redis.set_cluster_urls(&nodes);
+        }
         if let Some(prefix) = env.get("KURZ_REDIS_PREFIX") {
             self.redis.prefix = prefix;
         }

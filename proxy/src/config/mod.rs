@@ -59,6 +59,9 @@ impl ProxyConfig {
         if let Some(v) = env.get("REDIS_URL") {
             self.redis.url = v;
         }
+        if let Some(v) = env.get("REDIS_CLUSTER_URLS") {
+            self.redis.set_cluster_urls(&v);
+        }
         if let Some(v) = env.get("KURZ_REDIS_PREFIX") {
             self.redis.prefix = v;
         }
