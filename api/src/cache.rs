@@ -106,10 +106,15 @@ impl LinkCache {
             .arg("EX")
             .arg(self.ttl_of(entry))
             .ignore();
-        pipe.cmd("PUBLISH")
-            .arg(self.keys.invalidations())
-            .arg(code)
-            .ignore();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.keys.invalidations()).arg(code);
+        if self.redis.is_cluster() {
+            // The cluster client routes PUBLISH by its channel as if it were a key: another
+            // slot than the link's, so it cannot share the pipeline. After the write, as here.
+            self.redis.query::<()>(&pipe).await?;
+            return self.redis.query::<i64>(&publish).await.map(|_| ());
+        }
+        pipe.add_command(publish).ignore();
         self.redis.query::<()>(&pipe).await
     }
 
@@ -125,17 +130,29 @@ impl LinkCache {
     /// import's commit then store nothing), drop the entries of `codes`, and tell every edge to
     /// drop its whole near-cache (one message instead of one per row).
     pub async fn forget_many(&self, codes: &[String]) -> Result<(), RedisDown> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.keys.partitions() {
-            pipe.cmd("INCR").arg(self.keys.generation(p)).ignore();
+        let generations: Vec<_> = (0..self.keys.partitions())
+            .map(|p| {
+                (
+                    p,
+                    redis::cmd("INCR").arg(self.keys.generation(p)).to_owned(),
+                )
+            })
+            .collect();
+        self.redis.query_parts(&generations).await?;
+        // One UNLINK per partition and chunk: on a cluster a command's keys share a slot.
+        let mut by_partition: Vec<Vec<String>> =
+            vec![Vec::new(); usize::from(self.keys.partitions())];
+        for code in codes {
+            by_partition[usize::from(self.keys.partition(code))].push(self.keys.link(code));
         }
-        self.redis.query::<()>(&pipe).await?;
-        for chunk in codes.chunks(1000) {
-            let mut cmd = redis::cmd("UNLINK");
-            for code in chunk {
-                cmd.arg(self.keys.link(code));
+        let mut unlinks = Vec::new();
+        for (p, links) in by_partition.iter().enumerate() {
+            for chunk in links.chunks(1000) {
+                unlinks.push((p as u16, redis::cmd("UNLINK").arg(chunk).to_owned()));
             }
-            self.redis.query::<i64>(&cmd).await?;
+        }
+        for batch in unlinks.chunks(64) {
+            self.redis.query_parts(batch).await?;
         }
         self.redis
             .query::<i64>(

@@ -9,11 +9,14 @@
 //!                               before a write committed cannot land after it)
 //! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
 //! <prefix>:schema               the key schema's fingerprint (see [`KeySchema::fingerprint`])
-//! <prefix>:session:<hash>       user id of a session token (hash of the token, never the token)
-//! <prefix>:user-sessions:<id>   set of a user's session hashes, for revoking them all
-//! <prefix>:login:<kind>:<who>   failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
+//! <prefix>:{sessions}:session:<hash>      user id of a session token (hash of the token)
+//! <prefix>:{sessions}:user-sessions:<id>  set of a user's session hashes, to revoke them all
+//! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
 //!                               lock (`lock-acct`, `lock-ip`)
 //! ```
+//!
+//! Every command, script and pipeline keeps its keys within one hash tag; what spans partitions
+//! goes out as one pipeline per partition on a cluster (`crate::redis_handle`).
 //!
 //! A link key and the click stream it appends to share the hash tag `{p<N>}`, so one script can
 //! look a link up and append its click even on Redis Cluster, which refuses cross-slot scripts.
@@ -107,19 +110,25 @@ impl KeySchema {
         format!("{}:invalidations", self.prefix)
     }
 
-    /// A session, by the hash of its token.
+    /// A session, by the hash of its token. Sessions and the users' session sets share one
+    /// hash slot (`{sessions}`), so creating and revoking a session stays one pipeline on a
+    /// cluster too; they are read once per authenticated API call, far below what one Redis
+    /// node answers.
     pub fn session(&self, token_hash: &str) -> String {
-        format!("{}:session:{token_hash}", self.prefix)
+        format!("{}:{{sessions}}:session:{token_hash}", self.prefix)
     }
 
     /// The set of a user's session hashes.
     pub fn user_sessions(&self, user_id: i64) -> String {
-        format!("{}:user-sessions:{user_id}", self.prefix)
+        format!("{}:{{sessions}}:user-sessions:{user_id}", self.prefix)
     }
 
     /// Failed-login bookkeeping: `kind` is `fail-acct`, `fail-ip`, `lock-acct` or `lock-ip`.
+    /// One hash slot (`{login}`) for all of it: the lock-out script reads an account's and an
+    /// address's keys together, and on a cluster a script's keys must share a slot. That also
+    /// makes the lock-out global across every API instance.
     pub fn login(&self, kind: &str, who: &str) -> String {
-        format!("{}:login:{kind}:{who}", self.prefix)
+        format!("{}:{{login}}:{kind}:{who}", self.prefix)
     }
 }
 

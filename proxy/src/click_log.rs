@@ -9,6 +9,10 @@
 //! While a batch is in flight the next one fills, so batches grow with the load by themselves and
 //! a lone click waits for no timer. `clicks.batch_window_us` can hold a batch open longer (until
 //! `clicks.batch_max` clicks arrive); tokio's timer rounds such a wait up to whole milliseconds.
+//!
+//! On a Redis Cluster a pipeline must stay within one hash slot: the batch goes out as one
+//! pipeline per stream (per partition), all at once, and a node that fails fails only the
+//! clicks of its own partitions.
 
 use kurz_common::clicks::Click;
 use kurz_common::redis_handle::RedisHandle;
@@ -48,6 +52,8 @@ struct Shared {
 struct Batch {
     pipe: redis::Pipeline,
     waiters: Vec<oneshot::Sender<bool>>,
+    /// Each command's stream, kept on a cluster only (to split the batch per slot).
+    streams: Vec<String>,
 }
 
 impl ClickLog {
@@ -62,6 +68,7 @@ impl ClickLog {
                 open: Mutex::new(Batch {
                     pipe,
                     waiters: Vec::new(),
+                    streams: Vec::new(),
                 }),
                 ready: Notify::new(),
                 sizes,
@@ -81,6 +88,9 @@ impl ClickLog {
             let mut open = self.shared.open.lock().expect("click batch lock");
             open.pipe.add_command(click.xadd(stream));
             open.waiters.push(done);
+            if self.shared.redis.is_cluster() {
+                open.streams.push(stream.to_owned());
+            }
             let n = open.waiters.len();
             n == 1 || n == self.shared.batching.max
         };
@@ -111,22 +121,61 @@ async fn flush_forever(shared: Arc<Shared>) {
             Batch {
                 pipe: std::mem::replace(&mut open.pipe, next),
                 waiters: std::mem::take(&mut open.waiters),
+                streams: std::mem::take(&mut open.streams),
             }
         };
         if batch.waiters.is_empty() {
             continue;
         }
         shared.sizes.observe(batch.waiters.len() as f64);
-        let results: Option<Vec<Value>> = shared.redis.query(&batch.pipe).await.ok();
-        for (i, done) in batch.waiters.into_iter().enumerate() {
-            let stored = results
-                .as_ref()
-                .and_then(|r| r.get(i))
-                .is_some_and(|v| !matches!(v, Value::ServerError(_)));
+        let stored = if batch.streams.is_empty() {
+            let results: Option<Vec<Value>> = shared.redis.query(&batch.pipe).await.ok();
+            (0..batch.waiters.len())
+                .map(|i| {
+                    results
+                        .as_ref()
+                        .and_then(|r| r.get(i))
+                        .is_some_and(|v| !matches!(v, Value::ServerError(_)))
+                })
+                .collect()
+        } else {
+            send_per_stream(&shared.redis, &batch).await
+        };
+        for (done, stored) in batch.waiters.into_iter().zip(stored) {
             // The request may have gone already (client disconnected): nothing to tell.
             let _ = done.send(stored);
         }
     }
+}
+
+/// The batch as one pipeline per stream, sent together: on a cluster each stays in one slot.
+/// Whether each click was appended, in batch order.
+async fn send_per_stream(redis: &RedisHandle, batch: &Batch) -> Vec<bool> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, stream) in batch.streams.iter().enumerate() {
+        match groups.iter_mut().find(|(s, _)| *s == stream.as_str()) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((stream.as_str(), vec![i])),
+        }
+    }
+    let cmds: Vec<&redis::Cmd> = batch.pipe.cmd_iter().collect();
+    let sent = groups.iter().map(|(_, members)| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for &i in members {
+            pipe.add_command(cmds[i].clone());
+        }
+        async move { redis.query::<Vec<Value>>(&pipe).await.ok() }
+    });
+    let replies = futures_util::future::join_all(sent).await;
+    let mut stored = vec![false; batch.streams.len()];
+    for ((_, members), reply) in groups.iter().zip(replies) {
+        let Some(reply) = reply else { continue };
+        for (&i, value) in members.iter().zip(reply) {
+            stored[i] = !matches!(value, Value::ServerError(_));
+        }
+    }
+    stored
 }
 
 impl Shared {

@@ -93,12 +93,12 @@ impl ClickStream {
     /// when a group this process created is gone, so a sample taken after Redis lost its data
     /// never passes for the backlog that was lost.
     pub async fn backlog(&self) -> Result<i64, ReadError> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XLEN").arg(&key);
-            pipe.cmd("XINFO").arg("GROUPS").arg(&key);
+        let mut cmds = Vec::new();
+        for (p, key) in self.partition_keys() {
+            cmds.push((p, redis::cmd("XLEN").arg(&key).to_owned()));
+            cmds.push((p, redis::cmd("XINFO").arg("GROUPS").arg(&key).to_owned()));
         }
-        let replies: Vec<Value> = match self.redis.query(&pipe).await {
+        let replies: Vec<Value> = match self.redis.query_parts(&cmds).await {
             Ok(r) => r,
             // XINFO on a stream that does not exist fails the pipeline: Redis came back empty.
             Err(_) if self.groups_ready.load(Ordering::Acquire) && self.lost_stream().await? => {
@@ -121,12 +121,12 @@ impl ClickStream {
 
     /// Whether some partition's stream is missing altogether.
     async fn lost_stream(&self) -> Result<bool, RedisDown> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("EXISTS").arg(key);
-        }
-        let exists: Vec<i64> = self.redis.query(&pipe).await?;
-        Ok(exists.contains(&0))
+        let cmds: Vec<_> = self
+            .partition_keys()
+            .map(|(p, key)| (p, redis::cmd("EXISTS").arg(key).to_owned()))
+            .collect();
+        let exists = self.redis.query_parts(&cmds).await?;
+        Ok(exists.iter().any(|v| matches!(v, Value::Int(0))))
     }
 
     /// Whether an `XINFO GROUPS` reply lists our group.
@@ -155,11 +155,16 @@ impl ClickStream {
 
     /// Entries delivered but not yet acknowledged, summed over partitions.
     pub async fn pending(&self) -> Result<i64, RedisDown> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XPENDING").arg(key).arg(&self.group);
-        }
-        let replies: Vec<Value> = self.redis.query(&pipe).await?;
+        let cmds: Vec<_> = self
+            .partition_keys()
+            .map(|(p, key)| {
+                (
+                    p,
+                    redis::cmd("XPENDING").arg(key).arg(&self.group).to_owned(),
+                )
+            })
+            .collect();
+        let replies = self.redis.query_parts(&cmds).await?;
         Ok(replies
             .into_iter()
             .filter_map(|r| match r {
@@ -175,16 +180,16 @@ impl ClickStream {
     /// The newest entry id of each partition's stream (`None`: empty): where a read-your-writes
     /// drain stops, so it never chases clicks that arrive while it runs.
     pub async fn heads(&self) -> Result<Vec<Option<String>>, RedisDown> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XREVRANGE")
-                .arg(key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<Vec<(String, Value)>> = self.redis.query(&pipe).await?;
+        let cmds: Vec<_> = self
+            .partition_keys()
+            .map(|(p, key)| {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(key).arg("+").arg("-").arg("COUNT").arg(1);
+                (p, cmd)
+            })
+            .collect();
+        let replies: Vec<Vec<(String, Value)>> =
+            self.decode(self.redis.query_parts(&cmds).await?)?;
         Ok(replies
             .into_iter()
             .map(|r| r.into_iter().next().map(|(id, _)| id))
@@ -201,16 +206,20 @@ impl ClickStream {
         if bounded.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (p, head) in &bounded {
-            pipe.cmd("XRANGE")
-                .arg(self.keys.clicks(*p))
-                .arg("-")
-                .arg(*head)
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<Vec<(String, Value)>> = self.redis.query(&pipe).await?;
+        let cmds: Vec<_> = bounded
+            .iter()
+            .map(|(p, head)| {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(self.keys.clicks(*p))
+                    .arg("-")
+                    .arg(*head)
+                    .arg("COUNT")
+                    .arg(1);
+                (*p, cmd)
+            })
+            .collect();
+        let replies: Vec<Vec<(String, Value)>> =
+            self.decode(self.redis.query_parts(&cmds).await?)?;
         Ok(bounded
             .into_iter()
             .zip(replies)
@@ -222,20 +231,23 @@ impl ClickStream {
     /// Entries never delivered to the group, at most `per_partition` from each partition.
     pub async fn read_new(&self, per_partition: usize) -> Result<Vec<Entry>, ReadError> {
         self.ensure_groups().await?;
-        let mut pipe = redis::pipe();
-        for key in self.keys.all_clicks() {
-            pipe.cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.name)
-                .arg("COUNT")
-                .arg(per_partition)
-                .arg("STREAMS")
-                .arg(key)
-                .arg(">");
-        }
-        let mut conn = self.redis.conn().await?;
-        let replies: Vec<Value> = self.classify(pipe.query_async(&mut conn).await)?;
+        let cmds: Vec<_> = self
+            .partition_keys()
+            .map(|(p, key)| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(&self.group)
+                    .arg(&self.name)
+                    .arg("COUNT")
+                    .arg(per_partition)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(">");
+                (p, cmd)
+            })
+            .collect();
+        let conn = self.redis.conn().await?;
+        let replies = self.classify(self.redis.pipeline_parts(&conn, &cmds).await)?;
         let mut entries = Vec::new();
         for (partition, reply) in replies.into_iter().enumerate() {
             let read = redis::from_redis_value::<Option<StreamReadReply>>(reply)
@@ -278,7 +290,7 @@ impl ClickStream {
 
     /// Acknowledges and deletes committed entries.
     pub async fn ack(&self, entries: &[Entry]) -> Result<(), RedisDown> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for partition in 0..self.keys.partitions() {
             let ids: Vec<&str> = entries
                 .iter()
@@ -289,14 +301,33 @@ impl ClickStream {
                 continue;
             }
             let key = self.keys.clicks(partition);
-            pipe.cmd("XACK")
-                .arg(&key)
-                .arg(&self.group)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+            cmds.push((
+                partition,
+                redis::cmd("XACK")
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg(&ids)
+                    .to_owned(),
+            ));
+            cmds.push((partition, redis::cmd("XDEL").arg(&key).arg(&ids).to_owned()));
         }
-        self.redis.query::<()>(&pipe).await
+        self.redis.query_parts(&cmds).await.map(|_| ())
+    }
+
+    /// Each partition with its stream's key.
+    fn partition_keys(&self) -> impl Iterator<Item = (u16, String)> + '_ {
+        (0..self.keys.partitions()).map(|p| (p, self.keys.clicks(p)))
+    }
+
+    /// Typed replies of [`RedisHandle::query_parts`].
+    fn decode<T: redis::FromRedisValue>(&self, replies: Vec<Value>) -> Result<Vec<T>, RedisDown> {
+        replies
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value(v)
+                    .map_err(|e| RedisDown(format!("unexpected stream reply: {e}")))
+            })
+            .collect()
     }
 
     /// The outcome of a group read; a missing group after it was created means Redis lost its
