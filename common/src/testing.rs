@@ -222,3 +222,176 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
+
+/// A private Redis Cluster on free loopback ports: three masters with one replica each, every
+/// node writing an fsynced append-only file, all killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("kurz-cluster-{:016x}", rand::random::<u64>()));
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let p = free_port();
+            // The cluster bus listens on port + 10000: keep both free and distinct.
+            if !ports.contains(&p)
+                && !ports.contains(&(p + 10_000))
+                && !ports.contains(&p.saturating_sub(10_000))
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+            {
+                ports.push(p);
+            }
+        }
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+        };
+        for &port in &ports {
+            let child = cluster.spawn_node(port);
+            cluster.nodes.push((port, Some(child)));
+        }
+        for &port in &ports {
+            wait_port(port, "cluster redis-server");
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed for the cluster tests");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn spawn_node(&self, port: u16) -> Child {
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            // A dead master is replaced within about a second.
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the cluster tests")
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node, the seeds a client is given.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .expect("a live cluster node")
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and every slot has a live
+    /// master.
+    pub fn wait_ok(&self) {
+        for _ in 0..1500 {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|(_, c)| c.is_some())
+                .all(|(p, _)| {
+                    self.cli(*p, &["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the private Redis Cluster did not reach cluster_state:ok");
+    }
+
+    /// The port of the master that serves `key` now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = self.live_port();
+        let slot: u16 = self
+            .cli(port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT reply");
+        for line in self.cli(port, &["CLUSTER", "NODES"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
+                None => range.parse::<u16>() == Ok(slot),
+            });
+            if serves {
+                let addr = f[1].split('@').next().unwrap_or_default();
+                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// `kill -9` of one node.
+    pub fn kill(&mut self, port: u16) {
+        if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -335,7 +335,7 @@ async fn expire_locks(app: &TestApp) {
     let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:login:lock-*", app.prefix))
+        .arg(format!("{}:{{login}}:lock-*", app.prefix))
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -4,6 +4,7 @@ mod auth;
 mod bulk;
 mod cli;
 mod clicks;
+mod cluster;
 mod contract;
 mod crash;
 mod events;

@@ -1,0 +1,127 @@
+//! The API on a real Redis Cluster (three masters, three replicas, private to the test): links,
+//! redirects, clicks stored exactly once, read-your-writes, cache invalidation, sessions and the
+//! login lock-out, whose keys span several hash slots and partitions.
+
+use crate::helpers::{error_of, spawn_app_with};
+use kurz_common::testing::RedisCluster;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn the_api_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let app = spawn_app_with(|c| {
+        c.redis.cluster_nodes = cluster.seeds();
+        // Enough partitions that the streams land on every master.
+        c.redis.partitions = 16;
+        c.auth.lockout.free_failures = 2;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+
+    // Links and their clicks, spread over partitions (and so over masters).
+    let user = app.create_user("clu").await;
+    let mut links = Vec::new();
+    for i in 0..6 {
+        links.push(
+            app.create_url(user, &format!("https://example.com/clu/{i}"))
+                .await,
+        );
+    }
+    for (i, link) in links.iter().enumerate() {
+        let code = link["short_code"].as_str().unwrap();
+        for _ in 0..=i {
+            let res = app.get(&format!("/{code}")).await;
+            assert_eq!(res.status(), 302);
+            assert_eq!(
+                res.headers()["location"],
+                format!("https://example.com/clu/{i}").as_str()
+            );
+        }
+    }
+    // Read-your-writes drains every partition's stream before answering.
+    for (i, link) in links.iter().enumerate() {
+        let id = link["id"].as_i64().unwrap();
+        assert_eq!(app.clicks(id).await.len(), i + 1, "clicks of link {i}");
+        let stats: Value = app
+            .get(&format!("/urls/{id}/stats"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["clicks"], i as i64 + 1);
+    }
+
+    // A changed link is served changed, a deleted one stops.
+    let (id0, code0) = (
+        links[0]["id"].as_i64().unwrap(),
+        links[0]["short_code"].as_str().unwrap().to_owned(),
+    );
+    let res = app
+        .put_json(
+            &format!("/urls/{id0}"),
+            &json!({"original_url": "https://example.com/moved"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app.get(&format!("/{code0}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/moved");
+    assert_eq!(app.delete(&format!("/urls/{id0}")).await.status(), 204);
+    error_of(app.get(&format!("/{code0}")).await, 404).await;
+
+    // Sessions: register, use, log out.
+    let res = app
+        .post_json(
+            "/auth/register",
+            &json!({"username": "clus", "email": "clus@example.com", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = |token: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url("/auth/me"))
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(token.clone()).await, 200);
+    let res = app
+        .client
+        .post(app.url("/auth/logout"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(me(token).await, 401);
+
+    // The lock-out script reads account and address keys together.
+    for _ in 0..3 {
+        let res = app
+            .post_json(
+                "/auth/login",
+                &json!({"email": "clus@example.com", "password": "wrong"}),
+            )
+            .await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = app
+        .post_json(
+            "/auth/login",
+            &json!({"email": "clus@example.com", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        429,
+        "past the free failures even the right password waits"
+    );
+}
