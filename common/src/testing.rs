@@ -233,13 +233,16 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("kurz-cluster-{:016x}", rand::random::<u64>()));
+        // Each node also listens on port + 10000 (the cluster bus): both stay below the
+        // ephemeral range (32768+), where a client socket could take the port first.
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 6 {
-            let p = free_port();
-            // The cluster bus listens on port + 10000: keep both free and distinct.
-            if !ports.contains(&p)
-                && !ports.contains(&(p + 10_000))
-                && !ports.contains(&p.saturating_sub(10_000))
+            let p = 10_000 + (rand::random::<u16>() % 12_000);
+            let clash = ports
+                .iter()
+                .any(|&q| q == p || q + 10_000 == p || p + 10_000 == q);
+            if !clash
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
             {
                 ports.push(p);
@@ -269,7 +272,24 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         cluster.wait_ok();
+        cluster.wait_replicas_synced();
         cluster
+    }
+
+    /// Waits until every replica has finished its first sync: before that it cannot take over
+    /// (it would have no data), and killing its master would leave the slots without one.
+    fn wait_replicas_synced(&self) {
+        for _ in 0..1500 {
+            let synced = self.nodes.iter().all(|(p, _)| {
+                let info = self.cli(*p, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if synced {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the cluster's replicas did not finish their first sync");
     }
 
     fn spawn_node(&self, port: u16) -> Child {
@@ -347,6 +367,12 @@ impl RedisCluster {
 
     /// The port of the master that serves `key` now.
     pub fn master_of(&self, key: &str) -> u16 {
+        self.serving(key).expect("a master serves the key")
+    }
+
+    /// The live master serving `key`, if one does (none between a master's failure and its
+    /// replica's promotion).
+    fn serving(&self, key: &str) -> Option<u16> {
         let port = self.live_port();
         let slot: u16 = self
             .cli(port, &["CLUSTER", "KEYSLOT", key])
@@ -367,10 +393,26 @@ impl RedisCluster {
             });
             if serves {
                 let addr = f[1].split('@').next().unwrap_or_default();
-                return addr.rsplit(':').next().unwrap().parse().unwrap();
+                return addr.rsplit(':').next()?.parse().ok();
             }
         }
-        panic!("no master serves slot {slot}");
+        None
+    }
+
+    /// Waits until a master other than `old` serves `key` (its replica was promoted) and the
+    /// cluster is ok again.
+    pub fn wait_failover(&self, key: &str, old: u16) {
+        for _ in 0..1500 {
+            if self.serving(key).is_some_and(|p| p != old) {
+                self.wait_ok();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no replica took over from the master on port {old}:\n{}",
+            self.cli(self.live_port(), &["CLUSTER", "NODES"])
+        );
     }
 
     /// `kill -9` of one node.

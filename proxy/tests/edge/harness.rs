@@ -119,6 +119,8 @@ pub struct Options {
     /// Upstreams the proxy is configured with at start (indexes); all when `None`.
     pub proxied: Option<Vec<usize>>,
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster for the proxy and the APIs; `redis_url` is then unused.
+    pub redis_cluster: Vec<String>,
     /// Extra YAML appended to the proxy config (sections not otherwise written).
     pub extra_yaml: String,
     pub rate_limits: String,
@@ -142,6 +144,7 @@ impl Default for Options {
             upstreams: 2,
             proxied: None,
             redis_url: default_redis_url(),
+            redis_cluster: Vec::new(),
             extra_yaml: String::new(),
             read_timeout_ms: 30_000,
             pg_admin_url: None,
@@ -161,6 +164,7 @@ pub struct Stack {
     pub db: String,
     pub prefix: String,
     pub redis_url: String,
+    pub redis_cluster: Vec<String>,
     pub upstreams: Vec<Upstream>,
     pub http_port: u16,
     pub https_port: u16,
@@ -187,6 +191,7 @@ impl Stack {
             api_env: opts.api_env.clone(),
             prefix,
             redis_url: opts.redis_url.clone(),
+            redis_cluster: opts.redis_cluster.clone(),
             upstreams: Vec::new(),
             http_port: free_port(),
             https_port: free_port(),
@@ -255,6 +260,7 @@ impl Stack {
             .env("KURZ_ADMIN_LISTEN", format!("127.0.0.1:{}", up.admin_port))
             .env("LOG_LEVEL", "warn")
             .env("KURZ_AUTH_MODE", "open")
+            .env("REDIS_CLUSTER_URLS", self.redis_cluster.join(","))
             .env_remove("KURZ_API_CONFIG")
             .envs(self.api_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -289,7 +295,7 @@ impl Stack {
              listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
-             redis: {{ url: \"{}\", prefix: {}, timeout_ms: 1000{} }}\n\
+             redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000{} }}\n\
              rate_limits: {}\n\
              log: {{ level: warn }}\n{}",
             opts.grace_period_seconds,
@@ -300,6 +306,11 @@ impl Stack {
             opts.read_timeout_ms,
             opts.health_interval_ms,
             self.redis_url,
+            self.redis_cluster
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.prefix,
             opts.proxy_partitions
                 .map(|p| format!(", partitions: {p}"))
