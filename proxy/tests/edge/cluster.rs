@@ -219,3 +219,54 @@ async fn a_master_killed_under_redirect_load_loses_and_doubles_no_click() {
         .collect();
     wait_stored(&stack, &expected).await;
 }
+
+/// Two edges share the cluster and the API pool: a link deleted through edge A stops at edge B
+/// as soon as B has applied the invalidation (the bound docs/ARCHITECTURE.md sets), although
+/// B's near-cache held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_deleted_through_one_edge_stops_at_the_other() {
+    let cluster = RedisCluster::start();
+    let stack = on(&cluster);
+    let b = stack.second_edge();
+    let (id, code) = stack.link("https://example.com/two").await;
+    for _ in 0..3 {
+        assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+        let res = stack
+            .client
+            .get(b.url(&format!("/{code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302);
+    }
+    let near_hits_b = stack
+        .metric(
+            b.admin_port,
+            "kurz_proxy_cache_lookups_total",
+            &["layer=\"near\"", "result=\"hit\""],
+        )
+        .await;
+    assert!(near_hits_b >= 1.0, "edge B served from its near-cache");
+    let applied_b = || stack.metric(b.admin_port, "kurz_proxy_invalidations_total", &[]);
+    let before = applied_b().await;
+    let res = stack
+        .client
+        .delete(stack.url(&format!("/urls/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while applied_b().await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "edge B never got the invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for url in [stack.url(&format!("/{code}")), b.url(&format!("/{code}"))] {
+        let res = stack.client.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{url}");
+    }
+    wait_stored(&stack, &[(id, 6)]).await;
+}

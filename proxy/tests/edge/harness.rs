@@ -414,6 +414,54 @@ impl Stack {
         }
     }
 
+    /// A second edge on the same config (same Redis, prefix and API pool) with its own ports,
+    /// killed on drop.
+    pub fn second_edge(&self) -> SecondEdge {
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let d = self.dir.display().to_string();
+        let yaml = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .replace(
+                &format!("127.0.0.1:{}", self.http_port),
+                &format!("127.0.0.1:{http}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.https_port),
+                &format!("127.0.0.1:{https}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.admin_port),
+                &format!("127.0.0.1:{admin}"),
+            )
+            .replace(&format!("{d}/upgrade.sock"), &format!("{d}/upgrade-b.sock"))
+            .replace(&format!("{d}/proxy.pid"), &format!("{d}/proxy-b.pid"));
+        let config = self.dir.join("proxy-b.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(self.dir.join("proxy-b.log")).unwrap();
+        let child = Command::new(binary("kurz-proxy"))
+            .arg("-c")
+            .arg(&config)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let edge = SecondEdge {
+            child,
+            http_port: http,
+            admin_port: admin,
+        };
+        wait_until("the second edge", Duration::from_secs(30), || {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://127.0.0.1:{admin}/health/ready"))
+                .output();
+            out.is_ok_and(|o| o.stdout == b"200")
+                && std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+        });
+        edge
+    }
+
     pub fn proxy_pid(&self) -> u32 {
         self.proxy.as_ref().unwrap().id()
     }
@@ -515,6 +563,26 @@ impl Drop for Stack {
         } else {
             eprintln!("logs kept in {}", self.dir.display());
         }
+    }
+}
+
+/// Another kurz-proxy sharing a [`Stack`]'s Redis and API pool.
+pub struct SecondEdge {
+    child: Child,
+    pub http_port: u16,
+    pub admin_port: u16,
+}
+
+impl SecondEdge {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+}
+
+impl Drop for SecondEdge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
