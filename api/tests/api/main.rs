@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod link_state;
 mod malformed;
+mod migrate;
 mod redirect;
 mod resilience;
 mod urls;

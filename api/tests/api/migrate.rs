@@ -1,0 +1,75 @@
+//! Several API instances starting together on an empty database: each runs the migrations under
+//! one advisory lock, so they take turns, all succeed, and every migration is applied once.
+
+use crate::helpers::{admin_db_url, db_url};
+use std::process::{Command, Stdio};
+
+#[tokio::test]
+async fn instances_migrating_the_same_database_at_once_take_turns() {
+    let name = format!("kurz_test_{:016x}", rand::random::<u64>());
+    let (admin, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = db_url(&name);
+    let migrators: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_kurz-api"))
+                .arg("migrate")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("DATABASE_URL", &url)
+                .env("LOG_LEVEL", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("kurz-api starts")
+        })
+        .collect();
+    let outcomes: Vec<_> = migrators
+        .into_iter()
+        .map(|m| m.wait_with_output().unwrap())
+        .collect();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let applied: Vec<(i32, i64)> = db
+        .query(
+            "SELECT version, count(*) FROM refinery_schema_history GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .count();
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    for out in &outcomes {
+        assert!(
+            out.status.success(),
+            "a concurrent migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        applied.len(),
+        shipped,
+        "every migration applied: {applied:?}"
+    );
+    assert!(
+        applied.iter().all(|(_, n)| *n == 1),
+        "each applied once: {applied:?}"
+    );
+}
