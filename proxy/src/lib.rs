@@ -30,4 +30,5 @@ pub mod reload;
 pub mod respond;
 pub mod server;
 pub mod service;
+pub mod tls_cert;
 pub mod upstreams;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
     };
     if !cfg.listen.https.is_empty() {
-        if let Err(e) = kurz_proxy::server::tls_settings(&cfg) {
+        if let Err(e) = kurz_proxy::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key) {
             return fail(&format!("kurz-proxy: invalid configuration: {e}"));
         }
     }

@@ -1,5 +1,7 @@
 //! SIGHUP: re-read the config file and apply what can change without a restart — the upstream
-//! list, the rate limits and the trusted proxies. Listeners, TLS and Redis need a graceful upgrade instead.
+//! list, the rate limits, the trusted proxies and the TLS certificate and key (read again from
+//! their files, so a renewed certificate is served without a restart). Listeners and Redis need
+//! a graceful upgrade instead.
 
 use crate::config::ProxyConfig;
 use crate::metrics::METRICS;
@@ -16,6 +18,8 @@ use std::sync::Arc;
 
 pub struct Reloader {
     pub path: PathBuf,
+    /// What the TLS listeners serve; `None` without HTTPS listeners.
+    pub cert: Option<Arc<crate::tls_cert::ServedCert>>,
     pub probation: Probation,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub limiter: Arc<RateLimiter>,
@@ -25,6 +29,14 @@ pub struct Reloader {
 impl Reloader {
     async fn reload(&self) -> Result<(), String> {
         let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
+        // Loaded before anything changes: a pair that does not load fails the whole reload.
+        let cert = match &self.cert {
+            Some(_) => Some(crate::tls_cert::load(
+                &cfg.listen.tls_cert,
+                &cfg.listen.tls_key,
+            )?),
+            None => None,
+        };
         let list = self.probation.list();
         let added = list
             .set(&cfg.upstreams.servers)
@@ -39,6 +51,12 @@ impl Reloader {
         }
         self.limiter.set_limits(&cfg.rate_limits);
         *self.trust.write().expect("trust lock") = Arc::new(cfg.proxy_trust()?);
+        if let (Some(served), Some(next)) = (&self.cert, cert) {
+            served.replace(next);
+            if let Some(t) = served.expiry() {
+                METRICS.tls_cert_expiry.set(t);
+            }
+        }
         let upstreams: Vec<String> = list.addrs().iter().map(|a| a.to_string()).collect();
         log::info!(upstreams = upstreams.join(","); "configuration reloaded");
         Ok(())

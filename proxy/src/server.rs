@@ -14,6 +14,7 @@ use crate::rate_limit::RateLimiter;
 use crate::redirect::Redirector;
 use crate::reload::Reloader;
 use crate::service::{Edge, EdgeSettings};
+use crate::tls_cert::ServedCert;
 use crate::upstreams;
 use kurz_common::keys::KeySchema;
 use kurz_common::redis_handle::RedisHandle;
@@ -27,10 +28,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// TLS settings for the HTTPS listeners (also used by `--check` to prove the files load).
-pub fn tls_settings(cfg: &ProxyConfig) -> Result<TlsSettings, String> {
-    let mut tls = TlsSettings::intermediate(&cfg.listen.tls_cert, &cfg.listen.tls_key)
+/// TLS settings for the HTTPS listeners: certificates come from `cert`, which SIGHUP can swap.
+pub fn tls_settings(cfg: &ProxyConfig, cert: Arc<ServedCert>) -> Result<TlsSettings, String> {
+    // No paths: the resolver serves the certificate, Pingora never reads the files itself.
+    let mut tls = TlsSettings::intermediate("", "")
         .map_err(|e| format!("config keys `listen.tls_cert`/`listen.tls_key`: {e}"))?;
+    tls.set_cert_resolver(cert);
     if cfg.listen.http2 {
         tls.enable_h2();
     }
@@ -135,20 +138,28 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     for addr in &cfg.listen.http {
         proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));
     }
-    for addr in &cfg.listen.https {
-        proxy.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(tls_settings(&cfg)?)
-                .l4_buffer(buffers),
-        );
-    }
-    if !cfg.listen.https.is_empty() {
-        let pem = std::fs::read_to_string(&cfg.listen.tls_cert)
-            .map_err(|e| format!("config key `listen.tls_cert`: {e}"))?;
-        match crate::cert_expiry::not_after_pem(&pem) {
+    let cert = if cfg.listen.https.is_empty() {
+        None
+    } else {
+        let served = Arc::new(ServedCert::new(crate::tls_cert::load(
+            &cfg.listen.tls_cert,
+            &cfg.listen.tls_key,
+        )?));
+        match served.expiry() {
             Some(t) => METRICS.tls_cert_expiry.set(t),
             None => log::warn!("cannot read the certificate's expiry; the expiry alert is blind"),
         }
+        Some(served)
+    };
+    for addr in &cfg.listen.https {
+        let served = cert
+            .clone()
+            .expect("loaded above when there is an HTTPS listener");
+        proxy.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(tls_settings(&cfg, served)?)
+                .l4_buffer(buffers),
+        );
     }
     let _ = &*METRICS;
 
@@ -173,6 +184,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     };
     let reloader = Reloader {
         path: path.to_owned(),
+        cert,
         probation,
         lb,
         limiter,

@@ -1,0 +1,133 @@
+//! The certificate the TLS listeners serve, replaceable while the edge runs.
+//!
+//! Pingora reads a certificate file once, when a listener is built. The listeners here ask this
+//! resolver instead, on every handshake: SIGHUP loads `listen.tls_cert`/`listen.tls_key` again
+//! and swaps the pair in one step, so handshakes after the swap get the new certificate,
+//! connections already established keep theirs, and none fails. A pair that does not load (a
+//! missing file, a key that does not match the certificate) is refused and the old pair stays.
+
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use std::sync::{Arc, RwLock};
+
+pub struct ServedCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    /// `notAfter` of the served certificate (unix seconds), when it could be read.
+    expiry: RwLock<Option<i64>>,
+}
+
+impl std::fmt::Debug for ServedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServedCert")
+    }
+}
+
+/// A certificate chain and its key, loaded and checked against each other.
+pub struct Loaded {
+    key: Arc<CertifiedKey>,
+    expiry: Option<i64>,
+}
+
+impl Loaded {
+    /// `notAfter` of the leaf certificate, as unix seconds.
+    pub fn expiry(&self) -> Option<i64> {
+        self.expiry
+    }
+}
+
+/// Reads a PEM certificate chain and private key; the error names the config keys.
+pub fn load(cert_path: &str, key_path: &str) -> Result<Loaded, String> {
+    let bad = |e: String| format!("config keys `listen.tls_cert`/`listen.tls_key`: {e}");
+    pingora::tls::install_default_crypto_provider();
+    let (certs, key) = pingora::tls::load_certs_and_key_files(cert_path, key_path)
+        .map_err(|e| bad(e.to_string()))?
+        .ok_or_else(|| {
+            bad(format!(
+                "no certificate in {cert_path} or no private key in {key_path}"
+            ))
+        })?;
+    let certs = certs.into_iter().map(|c| c.into_owned()).collect();
+    let provider =
+        CryptoProvider::get_default().ok_or_else(|| bad("no TLS crypto provider".into()))?;
+    // Checks that the key belongs to the leaf certificate, so a half-rotated pair is refused.
+    let key =
+        CertifiedKey::from_der(certs, key.clone_key(), provider).map_err(|e| bad(e.to_string()))?;
+    let expiry = std::fs::read_to_string(cert_path)
+        .ok()
+        .and_then(|pem| crate::cert_expiry::not_after_pem(&pem));
+    Ok(Loaded {
+        key: Arc::new(key),
+        expiry,
+    })
+}
+
+impl ServedCert {
+    pub fn new(first: Loaded) -> Self {
+        Self {
+            current: RwLock::new(first.key),
+            expiry: RwLock::new(first.expiry),
+        }
+    }
+
+    /// Serves `next` from the next handshake on.
+    pub fn replace(&self, next: Loaded) {
+        *self.current.write().expect("cert lock") = next.key;
+        *self.expiry.write().expect("cert lock") = next.expiry;
+    }
+
+    pub fn expiry(&self) -> Option<i64> {
+        *self.expiry.read().expect("cert lock")
+    }
+}
+
+impl ResolvesServerCert for ServedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("cert lock").clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn make_pair(dir: &Path, name: &str, days: &str) {
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", days,
+            ])
+            .args(["-subj", &format!("/CN={name}")])
+            .arg("-keyout")
+            .arg(dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.join(format!("{name}.pem")))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(status.success());
+    }
+
+    #[test]
+    fn a_pair_loads_and_a_mismatched_or_missing_one_is_refused_naming_the_keys() {
+        let dir = std::env::temp_dir().join(format!("kurz-tls-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_pair(&dir, "a", "30");
+        make_pair(&dir, "b", "60");
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let a = load(&path("a.pem"), &path("a.key")).unwrap();
+        let served = ServedCert::new(a);
+        let first = served.expiry().unwrap();
+        let b = load(&path("b.pem"), &path("b.key")).unwrap();
+        served.replace(b);
+        let days = (served.expiry().unwrap() - first) as f64 / 86_400.0;
+        assert!(
+            (29.9..=30.1).contains(&days),
+            "expiry followed the new pair: {days}"
+        );
+        let mismatched = load(&path("a.pem"), &path("b.key")).err().unwrap();
+        assert!(mismatched.contains("listen.tls_cert"), "{mismatched}");
+        let missing = load(&path("nope.pem"), &path("a.key")).err().unwrap();
+        assert!(missing.contains("listen.tls_key"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! A renewed certificate is served after SIGHUP, without a restart and without failing a
+//! handshake or a request of the TLS traffic running meanwhile.
+
+use crate::harness::{Options, Stack};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The subject CN of the certificate the edge serves now.
+fn served_cn(port: u16) -> String {
+    let hello = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl must be installed");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-subject"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    x509.stdin.take().unwrap().write_all(&hello.stdout).unwrap();
+    let out = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_certificate_without_failing_a_handshake() {
+    let stack = Stack::start(Options::default());
+    assert!(served_cn(stack.https_port).contains("localhost"));
+    let expiry = || {
+        stack.metric(
+            stack.admin_port,
+            "kurz_proxy_tls_cert_expiry_timestamp_seconds",
+            &[],
+        )
+    };
+    let before = expiry().await;
+
+    // TLS load: every request a new connection, so every one is a handshake.
+    let (ok, failed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let url = format!("https://127.0.0.1:{}/health/live", stack.https_port);
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let out = Command::new("curl")
+                        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                        .output()
+                        .unwrap();
+                    if out.stdout == b"200" {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // The renewed pair, written beside the served one and moved over it.
+    let (cert, key) = (stack.dir.join("cert.pem"), stack.dir.join("key.pem"));
+    let (new_cert, new_key) = (
+        stack.dir.join("new-cert.pem"),
+        stack.dir.join("new-key.pem"),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
+        ])
+        .args(["-subj", "/CN=rotated"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&new_key)
+        .arg("-out")
+        .arg(&new_cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let wait_load = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ok.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "the TLS load stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_load(20);
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let reloads = || {
+        stack.metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"ok\""],
+        )
+    };
+    let reloaded = reloads().await;
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads().await <= reloaded {
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after_reload = ok.load(Ordering::Relaxed);
+    wait_load(after_reload + 20);
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+
+    assert!(
+        served_cn(stack.https_port).contains("rotated"),
+        "the renewed certificate is served"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a handshake or request failed during the swap"
+    );
+    let days = (expiry().await - before) / 86_400.0;
+    assert!(
+        (87.0..=89.0).contains(&days),
+        "the expiry metric follows the new certificate: +{days} days"
+    );
+}
