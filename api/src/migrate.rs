@@ -10,6 +10,11 @@ const LOCK_KEY: i64 = 0x6b75_727a; // "kurz"
 /// Applies pending migrations; replicas serialise on an advisory lock.
 pub async fn run(client: &mut deadpool_postgres::Client) -> Result<(), String> {
     let pg: &mut tokio_postgres::Client = client.as_mut();
+    // An index build on a large table, or the wait for another replica's, may take longer than
+    // `database.statement_timeout_ms`: this session runs without it, and gets it back after.
+    pg.batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(|e| format!("migration session: {e}"))?;
     pg.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(|e| format!("migration lock: {e}"))?;
@@ -17,6 +22,7 @@ pub async fn run(client: &mut deadpool_postgres::Client) -> Result<(), String> {
     let _ = pg
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
+    let _ = pg.batch_execute("RESET statement_timeout").await;
     let report = result.map_err(|e| format!("migration failed: {e}"))?;
     for m in report.applied_migrations() {
         log::info!(version = m.version(), name = m.name(); "migration applied");

@@ -33,16 +33,20 @@ const DB_WAIT: Duration = Duration::from_secs(30);
 const SCHEMA_EVERY: Duration = Duration::from_secs(5);
 
 pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
-    let mut pg: tokio_postgres::Config = config
-        .database
-        .url
-        .parse()
-        .map_err(|e| format!("config key `database.url` is invalid: {e}"))?;
+    let (mut pg, tls) = crate::db::tls::parse(&config.database.url)?;
     pg.connect_timeout(Duration::from_millis(config.database.connect_timeout_ms));
     pg.application_name("kurz-api");
+    if config.database.statement_timeout_ms > 0 {
+        // Server-side: a statement past it is cancelled by PostgreSQL itself, whatever the
+        // client does meanwhile. Migrations lift it for their own session (`migrate.rs`).
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.database.statement_timeout_ms
+        ));
+    }
     let manager = Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

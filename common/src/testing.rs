@@ -123,7 +123,8 @@ pub struct PrivatePg {
 }
 
 impl PrivatePg {
-    pub fn start() -> Self {
+    /// A fresh cluster, initialised, not started.
+    fn init() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) for the outage tests")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -149,8 +150,109 @@ impl PrivatePg {
             "initdb",
             &["-D", &pg.data(), "-A", "trust", "-U", "postgres"],
         );
+        pg
+    }
+
+    pub fn start() -> Self {
+        let pg = Self::init();
         pg.up();
         pg
+    }
+
+    /// A private server that also speaks TLS, with a certificate for `localhost` and
+    /// `127.0.0.1` signed by a throwaway CA. Returns the server and the CA's PEM file.
+    pub fn start_with_tls() -> (Self, PathBuf) {
+        let pg = Self::init();
+        let dir = &pg.dir;
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl must be installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kurz-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
+        let data = PathBuf::from(pg.data());
+        std::fs::copy(dir.join("server.crt"), data.join("server.crt")).unwrap();
+        std::fs::copy(dir.join("server.key"), data.join("server.key")).unwrap();
+        if is_root() {
+            for f in ["server.crt", "server.key"] {
+                let ok = Command::new("chown")
+                    .arg("postgres")
+                    .arg(data.join(f))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown postgres {f}");
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        use std::io::Write;
+        writeln!(conf, "ssl = on").unwrap();
+        pg.up();
+        let ca = pg.dir.join("ca.pem");
+        (pg, ca)
     }
 
     fn data(&self) -> String {

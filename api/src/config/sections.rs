@@ -22,6 +22,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// Connect timeout to PostgreSQL; also bounds how long a down database stalls a request.
     pub connect_timeout_ms: u64,
+    /// PostgreSQL cancels any statement running longer (its `statement_timeout`); 0: none.
+    /// Migrations run without it.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -77,6 +80,7 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_ms: 2000,
             connect_timeout_ms: 2000,
+            statement_timeout_ms: 30_000,
         }
     }
 }

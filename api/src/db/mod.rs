@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod events;
 pub mod outbox;
 pub mod stats;
+pub mod tls;
 pub mod urls;
 pub mod users;
 
