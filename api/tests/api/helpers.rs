@@ -21,6 +21,17 @@ pub fn redis_url() -> String {
     std::env::var("KURZ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
+/// `KURZ_TEST_REDIS_CLUSTER_URLS` (comma-separated seeds): run every app on that Redis Cluster
+/// instead (`deploy/dev test` runs the contract suite this way).
+pub fn redis_cluster_urls() -> Vec<String> {
+    std::env::var("KURZ_TEST_REDIS_CLUSTER_URLS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
 /// `admin_db_url` pointed at another database.
 pub fn db_url(name: &str) -> String {
     let mut url = url::Url::parse(&admin_db_url()).expect("KURZ_TEST_DATABASE_URL is a URL");
@@ -65,6 +76,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
     config.database.url = db_url(&db_name);
     config.database.max_connections = 8;
     config.redis.url = redis_url();
+    config.redis.cluster_nodes = redis_cluster_urls();
     config.redis.prefix = format!("kurztest{suffix}");
     config.redis.partitions = 4;
     config.base_url = "http://kurz.test".into();
@@ -258,9 +270,17 @@ impl Drop for TestApp {
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
                         .await;
                 }
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        delete_prefix(&mut conn, &prefix).await;
+                // On a cluster each master holds some of the keys: scan every node (replicas
+                // refuse the deletes, harmlessly).
+                let mut nodes = redis_cluster_urls();
+                if nodes.is_empty() {
+                    nodes.push(redis_url());
+                }
+                for node in nodes {
+                    if let Ok(client) = redis::Client::open(node) {
+                        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                            delete_prefix(&mut conn, &prefix).await;
+                        }
                     }
                 }
             });
@@ -283,7 +303,12 @@ pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix:
             .await
             .unwrap_or((0, vec![]));
         if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(conn).await;
+            // One key per DEL: a cluster node refuses a DEL whose keys span slots.
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            let _: Result<(), _> = pipe.query_async(conn).await;
         }
         if next == 0 {
             break;

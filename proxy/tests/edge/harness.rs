@@ -23,6 +23,17 @@ pub fn default_redis_url() -> String {
 /// A free loopback port below Linux's ephemeral range (32768+), so that no outgoing connection
 /// can take it while a test restarts the process that listens on it. Ports come from one
 /// counter (random start), so tests running in parallel never pick the same one.
+/// `KURZ_TEST_REDIS_CLUSTER_URLS` (comma-separated seeds): stacks run on that Redis Cluster by
+/// default (`deploy/dev test` runs the contract suite this way).
+pub fn default_redis_cluster() -> Vec<String> {
+    std::env::var("KURZ_TEST_REDIS_CLUSTER_URLS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -144,7 +155,7 @@ impl Default for Options {
             upstreams: 2,
             proxied: None,
             redis_url: default_redis_url(),
-            redis_cluster: Vec::new(),
+            redis_cluster: default_redis_cluster(),
             extra_yaml: String::new(),
             read_timeout_ms: 30_000,
             pg_admin_url: None,
@@ -547,14 +558,20 @@ impl Drop for Stack {
             &self.pg_admin,
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
         );
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.prefix))
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        // On a cluster every node holds some keys; one key per DEL (a node refuses cross-slot
+        // DELs, a replica any: harmless).
+        let mut nodes = self.redis_cluster.clone();
+        nodes.push(self.redis_url.clone());
+        for node in nodes {
+            if let Ok(client) = redis::Client::open(node.as_str()) {
+                if let Ok(mut conn) = client.get_connection() {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{}:*", self.prefix))
+                        .query(&mut conn)
+                        .unwrap_or_default();
+                    for key in keys {
+                        let _: Result<i64, _> = redis::cmd("DEL").arg(key).query(&mut conn);
+                    }
                 }
             }
         }
