@@ -26,6 +26,11 @@ pub struct RedisSettings {
     pub partitions: u16,
     /// Upper bound on one Redis command; past it the request takes its Redis-down path.
     pub timeout_ms: u64,
+    /// Replicas that must hold a click before its redirect is answered (`WAIT`); 0: the master
+    /// alone. Replication is asynchronous: with 0, a master that dies right after acknowledging a
+    /// click can take it along. With 1 or more, a click its replicas did not confirm within half
+    /// of `timeout_ms` is stored in PostgreSQL directly instead.
+    pub replica_acks: u8,
 }
 
 impl Default for RedisSettings {
@@ -36,6 +41,7 @@ impl Default for RedisSettings {
             prefix: "kurz".into(),
             partitions: 16,
             timeout_ms: 250,
+            replica_acks: 0,
         }
     }
 }
@@ -84,6 +90,9 @@ impl RedisSettings {
             return Err(format!(
                 "config key `{section}.partitions` must be 1..=1024"
             ));
+        }
+        if self.replica_acks > 5 {
+            return Err(format!("config key `{section}.replica_acks` must be 0..=5"));
         }
         if self.timeout_ms == 0 {
             return Err(format!("config key `{section}.timeout_ms` must be above 0"));

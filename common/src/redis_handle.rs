@@ -75,6 +75,8 @@ enum Target {
 
 pub struct RedisHandle {
     target: Target,
+    /// `WAIT <n> <ms>` to append after writes that must survive a failover; `None`: no waiting.
+    durable: Option<(u8, u64)>,
     state: Mutex<ConnState>,
     connecting: tokio::sync::Mutex<()>,
     errors: IntCounter,
@@ -118,16 +120,41 @@ impl RedisHandle {
     /// A cluster when `settings.cluster_nodes` names seeds, a single Redis otherwise.
     pub fn from_settings(settings: &RedisSettings, errors: IntCounter) -> Result<Self, RedisError> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        if settings.cluster_nodes.is_empty() {
-            Self::new(&settings.url, timeout, errors)
+        let mut handle = if settings.cluster_nodes.is_empty() {
+            Self::new(&settings.url, timeout, errors)?
         } else {
-            Self::cluster(&settings.cluster_nodes, timeout, errors)
+            Self::cluster(&settings.cluster_nodes, timeout, errors)?
+        };
+        if settings.replica_acks > 0 {
+            // Half the command timeout: the WAIT must answer before the client gives up on it.
+            handle.durable = Some((settings.replica_acks, (settings.timeout_ms / 2).max(1)));
+        }
+        Ok(handle)
+    }
+
+    /// `WAIT` for the replicas `redis.replica_acks` asks for, to send after a write in the same
+    /// pipeline (it applies to the connection's node, the one that took the write); `None` when
+    /// writes need no replica.
+    pub fn replica_wait(&self) -> Option<Cmd> {
+        let (n, ms) = self.durable?;
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(ms);
+        Some(cmd)
+    }
+
+    /// Whether a `WAIT` reply confirms enough replicas.
+    pub fn replicated(&self, reply: &Value) -> bool {
+        match (self.durable, reply) {
+            (None, _) => true,
+            (Some((n, _)), Value::Int(acked)) => *acked >= i64::from(n),
+            _ => false,
         }
     }
 
     fn with_target(target: Target, errors: IntCounter) -> Self {
         Self {
             target,
+            durable: None,
             state: Mutex::new(ConnState {
                 conn: None,
                 last_attempt: None,

@@ -517,6 +517,26 @@ impl RedisCluster {
         );
     }
 
+    /// The port of a replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let nodes = self.cli(self.live_port(), &["CLUSTER", "NODES"]);
+        let port_of = |addr: &str| -> Option<u16> {
+            addr.split('@').next()?.rsplit(':').next()?.parse().ok()
+        };
+        let id = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && port_of(f[1]) == Some(master))
+            .map(|f| f[0].to_owned())
+            .expect("the master is listed");
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(|f| port_of(f[1]))
+            .expect("the master has a replica")
+    }
+
     /// `kill -9` of one node.
     pub fn kill(&mut self, port: u16) {
         if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {

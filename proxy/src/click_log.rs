@@ -129,17 +129,15 @@ async fn flush_forever(shared: Arc<Shared>) {
         }
         shared.sizes.observe(batch.waiters.len() as f64);
         let stored = if batch.streams.is_empty() {
-            let results: Option<Vec<Value>> = shared.redis.query(&batch.pipe).await.ok();
-            (0..batch.waiters.len())
-                .map(|i| {
-                    results
-                        .as_ref()
-                        .and_then(|r| r.get(i))
-                        .is_some_and(|v| !matches!(v, Value::ServerError(_)))
-                })
-                .collect()
+            let mut pipe = batch.pipe;
+            let n = batch.waiters.len();
+            if let Some(wait) = shared.redis.replica_wait() {
+                pipe.add_command(wait);
+            }
+            let results: Option<Vec<Value>> = shared.redis.query(&pipe).await.ok();
+            replies_to_stored(&shared.redis, results, n)
         } else {
-            send_per_stream(&shared.redis, &batch).await
+            send_per_stream(&shared.redis, &batch.pipe, &batch.streams).await
         };
         for (done, stored) in batch.waiters.into_iter().zip(stored) {
             // The request may have gone already (client disconnected): nothing to tell.
@@ -148,31 +146,60 @@ async fn flush_forever(shared: Arc<Shared>) {
     }
 }
 
+/// Whether each of `n` appends is stored, from a pipeline's replies: its own reply is not an
+/// error and, when `redis.replica_acks` asks for replicas, the `WAIT` after them confirmed it.
+fn replies_to_stored(redis: &RedisHandle, replies: Option<Vec<Value>>, n: usize) -> Vec<bool> {
+    let Some(replies) = replies else {
+        return vec![false; n];
+    };
+    let replicated = match redis.replica_wait() {
+        Some(_) => replies.get(n).is_some_and(|w| redis.replicated(w)),
+        None => true,
+    };
+    (0..n)
+        .map(|i| {
+            replicated
+                && replies
+                    .get(i)
+                    .is_some_and(|v| !matches!(v, Value::ServerError(_)))
+        })
+        .collect()
+}
+
 /// The batch as one pipeline per stream, sent together: on a cluster each stays in one slot.
 /// Whether each click was appended, in batch order.
-async fn send_per_stream(redis: &RedisHandle, batch: &Batch) -> Vec<bool> {
+async fn send_per_stream(
+    redis: &RedisHandle,
+    batch: &redis::Pipeline,
+    streams: &[String],
+) -> Vec<bool> {
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (i, stream) in batch.streams.iter().enumerate() {
+    for (i, stream) in streams.iter().enumerate() {
         match groups.iter_mut().find(|(s, _)| *s == stream.as_str()) {
             Some((_, members)) => members.push(i),
             None => groups.push((stream.as_str(), vec![i])),
         }
     }
-    let cmds: Vec<&redis::Cmd> = batch.pipe.cmd_iter().collect();
+    let cmds: Vec<&redis::Cmd> = batch.cmd_iter().collect();
     let sent = groups.iter().map(|(_, members)| {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for &i in members {
             pipe.add_command(cmds[i].clone());
         }
+        if let Some(wait) = redis.replica_wait() {
+            pipe.add_command(wait);
+        }
         async move { redis.query::<Vec<Value>>(&pipe).await.ok() }
     });
     let replies = futures_util::future::join_all(sent).await;
-    let mut stored = vec![false; batch.streams.len()];
+    let mut stored = vec![false; streams.len()];
     for ((_, members), reply) in groups.iter().zip(replies) {
-        let Some(reply) = reply else { continue };
-        for (&i, value) in members.iter().zip(reply) {
-            stored[i] = !matches!(value, Value::ServerError(_));
+        for (&i, ok) in members
+            .iter()
+            .zip(replies_to_stored(redis, reply, members.len()))
+        {
+            stored[i] = ok;
         }
     }
     stored

@@ -112,8 +112,13 @@ impl Redirector {
         }
         hot.near_miss.inc();
         let epoch = self.near.epoch(code);
-        let recorded = click.is_some();
-        let raw = match self.lookup_and_record(code, click.as_ref(), now).await {
+        // With `redis.replica_acks`, a click must also be confirmed by replicas (`WAIT` after
+        // the append, in the same pipeline): the script only looks up, and the click goes
+        // through the batched append that waits.
+        let durable = self.redis.replica_wait().is_some();
+        let recorded = click.is_some() && !durable;
+        let in_script = if durable { None } else { click.as_ref() };
+        let raw = match self.lookup_and_record(code, in_script, now).await {
             Ok(raw) => raw,
             Err(()) => {
                 hot.redis_error.inc();
@@ -128,6 +133,9 @@ impl Redirector {
         match entry {
             CachedLink::Found(link) if link.redirects_at(now) => {
                 hot.redis_hit.inc();
+                if durable {
+                    return self.append(link, click).await;
+                }
                 if recorded {
                     HOT.clicks_ok.inc();
                 }

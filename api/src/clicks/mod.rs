@@ -65,18 +65,34 @@ impl ClickRecorder {
                 .inc();
             return;
         }
-        let cmd = click.xadd(&self.keys.clicks_for(&click.code));
-        match self.redis.query::<String>(&cmd).await {
-            Ok(_) => self.metrics.clicks.with_label_values(&["stream"]).inc(),
-            Err(down) => {
-                log::warn!(error = down.to_string(), url_id = click.url_id; "click stream unavailable, inserting directly");
-                match self.insert_direct(&click).await {
-                    Ok(()) => self.metrics.clicks.with_label_values(&["direct"]).inc(),
-                    Err(e) => {
-                        self.metrics.clicks.with_label_values(&["lost"]).inc();
-                        log::error!(error = e, url_id = click.url_id; "click lost: redis and postgres both failed");
-                    }
-                }
+        let append = click.xadd(&self.keys.clicks_for(&click.code));
+        let appended = match self.redis.replica_wait() {
+            None => self.redis.query::<String>(&append).await.map(|_| true),
+            Some(wait) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(append).add_command(wait);
+                self.redis
+                    .query::<(String, redis::Value)>(&pipe)
+                    .await
+                    .map(|(_, acked)| self.redis.replicated(&acked))
+            }
+        };
+        let why = match appended {
+            Ok(true) => {
+                self.metrics.clicks.with_label_values(&["stream"]).inc();
+                return;
+            }
+            // In the stream, but a failover could still lose it: PostgreSQL gets it too, and the
+            // consumer's insert of the stream copy finds its click id taken.
+            Ok(false) => "click not confirmed by redis.replica_acks replicas".to_owned(),
+            Err(down) => down.to_string(),
+        };
+        log::warn!(error = why, url_id = click.url_id; "click stream unavailable, inserting directly");
+        match self.insert_direct(&click).await {
+            Ok(()) => self.metrics.clicks.with_label_values(&["direct"]).inc(),
+            Err(e) => {
+                self.metrics.clicks.with_label_values(&["lost"]).inc();
+                log::error!(error = e, url_id = click.url_id; "click lost: redis and postgres both failed");
             }
         }
     }

@@ -105,6 +105,9 @@ impl ApiConfig {
         if let Some(nodes) = env.get("REDIS_CLUSTER_URLS") {
             self.redis.set_cluster_urls(&nodes);
         }
+        if let Some(n) = parse_var(env, "KURZ_REDIS_REPLICA_ACKS")? {
+            self.redis.replica_acks = n;
+        }
         if let Some(prefix) = env.get("KURZ_REDIS_PREFIX") {
             self.redis.prefix = prefix;
         }

@@ -1,7 +1,8 @@
 //! kurz-proxy configuration: `conf/proxy.yaml`, environment overrides for secrets and addresses,
 //! and validation that names the bad key.
 //!
-//! Precedence: environment > file > defaults. Overrides: `REDIS_URL`, `KURZ_REDIS_PREFIX`,
+//! Precedence: environment > file > defaults. Overrides: `REDIS_URL`, `REDIS_CLUSTER_URLS`,
+//! `KURZ_REDIS_REPLICA_ACKS`, `KURZ_REDIS_PREFIX`,
 //! `KURZ_PROXY_HTTP` / `KURZ_PROXY_HTTPS` (comma-separated listen addresses), `KURZ_PROXY_ADMIN`,
 //! `KURZ_UPSTREAMS` (comma-separated), `KURZ_TLS_CERT`, `KURZ_TLS_KEY`, `LOG_LEVEL`.
 
@@ -50,12 +51,15 @@ impl ProxyConfig {
     /// File + environment, validated.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, String> {
         let mut cfg: ProxyConfig = kurz_common::config::load_yaml(path)?;
-        cfg.apply_env(env);
+        cfg.apply_env(env)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    pub fn apply_env(&mut self, env: &dyn EnvSource) {
+    pub fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), String> {
+        if let Some(n) = kurz_common::env::parse_var(env, "KURZ_REDIS_REPLICA_ACKS")? {
+            self.redis.replica_acks = n;
+        }
         if let Some(v) = env.get("REDIS_URL") {
             self.redis.url = v;
         }
@@ -86,6 +90,7 @@ impl ProxyConfig {
         if let Some(v) = env.get("LOG_LEVEL") {
             self.log.level = v.to_ascii_lowercase();
         }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -132,6 +132,8 @@ pub struct Options {
     pub redis_url: String,
     /// Seed nodes of a Redis Cluster for the proxy and the APIs; `redis_url` is then unused.
     pub redis_cluster: Vec<String>,
+    /// `redis.replica_acks` of the proxy and the APIs.
+    pub replica_acks: u8,
     /// Extra YAML appended to the proxy config (sections not otherwise written).
     pub extra_yaml: String,
     pub rate_limits: String,
@@ -156,6 +158,7 @@ impl Default for Options {
             proxied: None,
             redis_url: default_redis_url(),
             redis_cluster: default_redis_cluster(),
+            replica_acks: 0,
             extra_yaml: String::new(),
             read_timeout_ms: 30_000,
             pg_admin_url: None,
@@ -176,6 +179,7 @@ pub struct Stack {
     pub prefix: String,
     pub redis_url: String,
     pub redis_cluster: Vec<String>,
+    replica_acks: u8,
     pub upstreams: Vec<Upstream>,
     pub http_port: u16,
     pub https_port: u16,
@@ -203,6 +207,7 @@ impl Stack {
             prefix,
             redis_url: opts.redis_url.clone(),
             redis_cluster: opts.redis_cluster.clone(),
+            replica_acks: opts.replica_acks,
             upstreams: Vec::new(),
             http_port: free_port(),
             https_port: free_port(),
@@ -272,6 +277,7 @@ impl Stack {
             .env("LOG_LEVEL", "warn")
             .env("KURZ_AUTH_MODE", "open")
             .env("REDIS_CLUSTER_URLS", self.redis_cluster.join(","))
+            .env("KURZ_REDIS_REPLICA_ACKS", self.replica_acks.to_string())
             .env_remove("KURZ_API_CONFIG")
             .envs(self.api_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -306,7 +312,7 @@ impl Stack {
              listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
-             redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000{} }}\n\
+             redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000, replica_acks: {}{} }}\n\
              rate_limits: {}\n\
              log: {{ level: warn }}\n{}",
             opts.grace_period_seconds,
@@ -323,6 +329,7 @@ impl Stack {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.prefix,
+            self.replica_acks,
             opts.proxy_partitions
                 .map(|p| format!(", partitions: {p}"))
                 .unwrap_or_default(),
