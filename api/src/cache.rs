@@ -17,11 +17,16 @@ use std::sync::Arc;
 pub const INVALIDATE_ALL: &str = "*";
 
 /// Stores `ARGV[1]` for `ARGV[2]` seconds at `KEYS[1]` if the generation at `KEYS[2]` is still
-/// `ARGV[3]` and no entry is there. Both keys share the partition's hash tag (cluster-safe).
+/// `ARGV[3]` and no current entry is there: an entry in another format (`ARGV[4]` is the
+/// current version's prefix) was a miss for the lookup and is replaced, instead of sending that
+/// code to PostgreSQL until its TTL ends. Both keys share the partition's hash tag
+/// (cluster-safe).
 const FILL: &str = r#"
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 1 end
-return 0
+local cur = redis.call('GET', KEYS[1])
+if cur and (cur == '0' or string.sub(cur, 1, string.len(ARGV[4])) == ARGV[4]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 "#;
 
 /// What a lookup found.
@@ -87,7 +92,8 @@ impl LinkCache {
         inv.key(self.keys.generation_for(code))
             .arg(entry.encode())
             .arg(self.ttl_of(entry))
-            .arg(&seen.0);
+            .arg(&seen.0)
+            .arg(format!("{}|", kurz_common::keys::ENTRY_VERSION));
         inv.invoke_async::<i64>(&mut conn)
             .await
             .map(|stored| stored == 1)

@@ -203,6 +203,28 @@ impl Fields {
     }
 
     /// An optional boolean (JSON `true`/`false` only).
+    /// An integer from a fixed list (`null` is refused too: the field has a default).
+    pub fn opt_choice(&mut self, name: &str, allowed: &[u16]) -> Option<u16> {
+        let list = || {
+            let names: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+            format!("must be one of {}", names.join(", "))
+        };
+        match self.map.remove(name) {
+            None => None,
+            Some(Value::Number(n)) => match n.as_u64().and_then(|v| u16::try_from(v).ok()) {
+                Some(v) if allowed.contains(&v) => Some(v),
+                _ => {
+                    self.fail(name, &list());
+                    None
+                }
+            },
+            Some(_) => {
+                self.fail(name, &list());
+                None
+            }
+        }
+    }
+
     pub fn opt_bool(&mut self, name: &str) -> Patch<bool> {
         match self.map.remove(name) {
             None => Patch::Absent,

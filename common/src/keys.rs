@@ -95,7 +95,7 @@ impl KeySchema {
     /// its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=1 click-fields=2",
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=2 click-fields=2",
             self.partitions
         )
     }
@@ -148,41 +148,74 @@ pub struct LinkEntry {
     pub active: bool,
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    /// The redirect's status: one of [`REDIRECT_TYPES`].
+    pub redirect_type: u16,
     pub target: String,
 }
 
+/// The statuses a link may redirect with; 302 unless the link says otherwise.
+pub const REDIRECT_TYPES: [u16; 4] = [301, 302, 307, 308];
+
+/// What a request for a link gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A redirect with this status.
+    Redirect(u16),
+    /// 404: unknown, deleted or inactive (as if it did not exist).
+    NotFound,
+    /// 410: it existed and worked, and no longer does (expired).
+    Gone,
+}
+
 impl LinkEntry {
-    /// Whether a redirect at `now` (unix seconds) should answer 302.
+    /// Whether a redirect at `now` (unix seconds) should answer with a redirect.
     pub fn redirects_at(&self, now: i64) -> bool {
-        self.active && self.expires_at.is_none_or(|exp| now < exp)
+        matches!(self.verdict_at(now), Verdict::Redirect(_))
+    }
+
+    /// What a request at `now` (unix seconds) gets.
+    pub fn verdict_at(&self, now: i64) -> Verdict {
+        if !self.active {
+            Verdict::NotFound
+        } else if self.expires_at.is_some_and(|exp| now >= exp) {
+            Verdict::Gone
+        } else {
+            Verdict::Redirect(self.redirect_type)
+        }
     }
 }
 
+/// The first field of a found entry: the format's version. An entry of another version decodes
+/// as a miss, and a cache fill replaces it (`api/src/cache.rs`); edges and APIs of different
+/// versions do not share Redis at all (the fingerprint's `link-entry`).
+pub const ENTRY_VERSION: &str = "2";
+
 impl CachedLink {
-    /// `1|url_id|user_id|active|expires_at|target`, or `0` for a missing code. A flat string
-    /// rather than JSON: the edge parses it on every redirect, and the target goes last so it may
-    /// hold any character.
+    /// `2|url_id|user_id|active|expires_at|redirect_type|target`, or `0` for a missing code. A
+    /// flat string rather than JSON: the edge parses it on every redirect, and the target goes
+    /// last so it may hold any character.
     pub fn encode(&self) -> String {
         match self {
             CachedLink::Missing => "0".to_owned(),
             CachedLink::Found(l) => format!(
-                "1|{}|{}|{}|{}|{}",
+                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}",
                 l.url_id,
                 l.user_id.map(|u| u.to_string()).unwrap_or_default(),
                 u8::from(l.active),
                 l.expires_at.map(|e| e.to_string()).unwrap_or_default(),
+                l.redirect_type,
                 l.target
             ),
         }
     }
 
-    /// `None` for anything malformed: callers treat that as a cache miss.
+    /// `None` for anything malformed or of another version: callers treat that as a miss.
     pub fn decode(raw: &str) -> Option<CachedLink> {
         if raw == "0" {
             return Some(CachedLink::Missing);
         }
-        let mut parts = raw.splitn(6, '|');
-        if parts.next()? != "1" {
+        let mut parts = raw.splitn(7, '|');
+        if parts.next()? != ENTRY_VERSION {
             return None;
         }
         let url_id = parts.next()?.parse().ok()?;
@@ -193,12 +226,17 @@ impl CachedLink {
             _ => return None,
         };
         let expires_at = optional_i64(parts.next()?)?;
+        let redirect_type = parts.next()?.parse().ok()?;
+        if !REDIRECT_TYPES.contains(&redirect_type) {
+            return None;
+        }
         let target = parts.next()?.to_owned();
         Some(CachedLink::Found(LinkEntry {
             url_id,
             user_id,
             active,
             expires_at,
+            redirect_type,
             target,
         }))
     }
@@ -260,12 +298,16 @@ mod tests {
             user_id: None,
             active: true,
             expires_at: Some(1_900_000_000),
+            redirect_type: 308,
             target: "https://example.com/a|b?c=1".into(),
         });
         assert_eq!(CachedLink::decode(&found.encode()), Some(found));
         assert_eq!(CachedLink::decode("0"), Some(CachedLink::Missing));
         assert_eq!(CachedLink::decode("1|x|||"), None);
         assert_eq!(CachedLink::decode("garbage"), None);
+        // The previous format, and a status no link may have, read as a miss.
+        assert_eq!(CachedLink::decode("1|42||1||https://example.com"), None);
+        assert_eq!(CachedLink::decode("2|42||1||303|https://example.com"), None);
     }
 
     #[test]
@@ -275,12 +317,18 @@ mod tests {
             user_id: Some(1),
             active: true,
             expires_at: Some(100),
+            redirect_type: 307,
             target: "https://example.com".into(),
         };
+        assert_eq!(l.verdict_at(99), Verdict::Redirect(307));
         assert!(l.redirects_at(99));
+        // Expired: it worked and no longer does.
+        assert_eq!(l.verdict_at(100), Verdict::Gone);
         assert!(!l.redirects_at(100));
-        l.expires_at = None;
+        // Inactive: as if it did not exist, expired or not.
         l.active = false;
-        assert!(!l.redirects_at(0));
+        assert_eq!(l.verdict_at(100), Verdict::NotFound);
+        l.expires_at = None;
+        assert_eq!(l.verdict_at(0), Verdict::NotFound);
     }
 }

@@ -6,7 +6,7 @@ use crate::key_check::KeyGate;
 use crate::metrics::HOT;
 use crate::near_cache::NearCache;
 use kurz_common::clicks::{Click, FIELDS};
-use kurz_common::keys::{CachedLink, KeySchema, LinkEntry};
+use kurz_common::keys::{CachedLink, KeySchema, LinkEntry, Verdict};
 use kurz_common::redis_handle::RedisHandle;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 const LOOKUP_AND_RECORD: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if (not v) or ARGV[1] ~= '1' then return v end
-local _, e, url_id, user_id, active, exp = string.find(v, '^1|(%d+)|(%d*)|([01])|(%d*)|')
+local _, e, url_id, user_id, active, exp = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|')
 if not e or active ~= '1' then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 redis.call('XADD', KEYS[2], '*', __FIELDS__)
@@ -47,16 +47,33 @@ fn lookup_and_record_script() -> String {
             format!("'{field}', {value}")
         })
         .collect();
-    LOOKUP_AND_RECORD.replace("__FIELDS__", &pairs.join(", "))
+    LOOKUP_AND_RECORD
+        .replace("__FIELDS__", &pairs.join(", "))
+        .replace("__VERSION__", kurz_common::keys::ENTRY_VERSION)
+}
+
+/// The answer for an entry that must not redirect at `now` (404 or 410), `None` for one that
+/// redirects.
+fn refusal(entry: &CachedLink, now: i64) -> Option<Outcome> {
+    match entry {
+        CachedLink::Missing => Some(Outcome::NotFound),
+        CachedLink::Found(link) => match link.verdict_at(now) {
+            Verdict::Redirect(_) => None,
+            Verdict::NotFound => Some(Outcome::NotFound),
+            Verdict::Gone => Some(Outcome::Gone),
+        },
+    }
 }
 
 /// What the edge does with a redirect request.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    /// 302 to this target (the click, if wanted, is recorded).
-    Redirect(String),
-    /// 404: unknown, inactive, deleted or expired.
+    /// A redirect to this target with this status (the click, if wanted, is recorded).
+    Redirect(String, u16),
+    /// 404: unknown, inactive or deleted.
     NotFound,
+    /// 410: expired.
+    Gone,
     /// Not answerable here (Redis miss or Redis down): the API answers and records the click.
     Forward,
 }
@@ -99,14 +116,17 @@ impl Redirector {
             return Outcome::Forward;
         }
         if let Some(entry) = self.near.get(code) {
-            return match entry {
-                CachedLink::Found(link) if link.redirects_at(now) => {
+            return match refusal(&entry, now) {
+                None => {
                     hot.near_hit.inc();
+                    let CachedLink::Found(link) = entry else {
+                        unreachable!("only a found link is not refused")
+                    };
                     self.append(link, click).await
                 }
-                _ => {
+                Some(refused) => {
                     hot.near_negative.inc();
-                    Outcome::NotFound
+                    refused
                 }
             };
         }
@@ -130,22 +150,21 @@ impl Redirector {
             return Outcome::Forward;
         };
         self.near.fill(code, entry.clone(), epoch);
-        match entry {
-            CachedLink::Found(link) if link.redirects_at(now) => {
-                hot.redis_hit.inc();
-                if durable {
-                    return self.append(link, click).await;
-                }
-                if recorded {
-                    HOT.clicks_ok.inc();
-                }
-                Outcome::Redirect(link.target)
-            }
-            _ => {
-                hot.redis_negative.inc();
-                Outcome::NotFound
-            }
+        if let Some(refused) = refusal(&entry, now) {
+            hot.redis_negative.inc();
+            return refused;
         }
+        let CachedLink::Found(link) = entry else {
+            unreachable!("only a found link is not refused")
+        };
+        hot.redis_hit.inc();
+        if durable {
+            return self.append(link, click).await;
+        }
+        if recorded {
+            HOT.clicks_ok.inc();
+        }
+        Outcome::Redirect(link.target, link.redirect_type)
     }
 
     async fn lookup_and_record(
@@ -176,8 +195,9 @@ impl Redirector {
     /// A near-cache hit still needs its click in the stream; if that fails the API takes the
     /// request, so the click is recorded exactly once, by the API.
     async fn append(&self, link: LinkEntry, click: Option<Click>) -> Outcome {
+        let status = link.redirect_type;
         let Some(mut click) = click else {
-            return Outcome::Redirect(link.target);
+            return Outcome::Redirect(link.target, status);
         };
         click.url_id = link.url_id;
         click.user_id = link.user_id;
@@ -188,7 +208,7 @@ impl Redirector {
             .await
         {
             HOT.clicks_ok.inc();
-            Outcome::Redirect(click.target)
+            Outcome::Redirect(click.target, status)
         } else {
             HOT.clicks_failed.inc();
             Outcome::Forward
@@ -242,9 +262,9 @@ mod tests {
         let clicks = ClickLog::new(redis.clone(), batching, sizes);
         let r = Redirector::new(redis.clone(), keys.clone(), near, gate, clicks);
         let mut used = Vec::new();
-        for (user_id, target) in [
-            (Some(42), "https://example.com/a%7Cb|c?q=x#f"),
-            (None, "https://xn--caf-dma.example/"),
+        for (user_id, target, status) in [
+            (Some(42), "https://example.com/a%7Cb|c?q=x#f", 307),
+            (None, "https://xn--caf-dma.example/", 302),
         ] {
             let code = format!("c{:08x}", rand::random::<u32>());
             let entry = LinkEntry {
@@ -252,6 +272,7 @@ mod tests {
                 user_id,
                 active: true,
                 expires_at: Some(4_000_000_000),
+                redirect_type: status,
                 target: target.into(),
             };
             let mut set = redis::cmd("SET");
@@ -271,7 +292,7 @@ mod tests {
                 ip: "192.0.2.0".into(),
                 ts_ms: 1_700_000_000_123,
             };
-            let redirect = Outcome::Redirect(target.into());
+            let redirect = Outcome::Redirect(target.into(), status);
             // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.
             assert_eq!(r.resolve(&code, Some(click("by-script"))).await, redirect);
             assert_eq!(r.resolve(&code, Some(click("by-rust"))).await, redirect);

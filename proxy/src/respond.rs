@@ -48,12 +48,12 @@ pub async fn json_error(
     send(session, rid, status, &headers, Some(Bytes::from(body))).await
 }
 
-/// The 302 of a redirect.
-pub async fn redirect(session: &mut Session, rid: &str, location: &str) -> Result<()> {
+/// A redirect with the link's status (301, 302, 307 or 308).
+pub async fn redirect(session: &mut Session, rid: &str, status: u16, location: &str) -> Result<()> {
     send(
         session,
         rid,
-        302,
+        status,
         &[
             ("location", location),
             ("cache-control", "private, no-store"),

@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use tokio_postgres::{Error, Row};
 
 const COLUMNS: &str =
-    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at";
+    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type";
+
+/// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
+const N_COLUMNS: usize = 11;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -24,6 +27,8 @@ pub struct Link {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted: bool,
+    /// One of `kurz_common::keys::REDIRECT_TYPES`.
+    pub redirect_type: u16,
 }
 
 impl Link {
@@ -39,6 +44,7 @@ impl Link {
             created_at: row.get(7),
             updated_at: row.get(8),
             deleted: row.get::<_, Option<DateTime<Utc>>>(9).is_some(),
+            redirect_type: row.get::<_, i16>(10) as u16,
         }
     }
 
@@ -54,6 +60,7 @@ impl Link {
             "is_active": self.is_active,
             "created_at": kurz_common::time::format(self.created_at),
             "updated_at": kurz_common::time::format(self.updated_at),
+            "redirect_type": self.redirect_type,
         });
         if let Some(exp) = self.expires_at {
             v["expires_at"] = Value::String(kurz_common::time::format(exp));
@@ -71,6 +78,7 @@ impl Link {
             user_id: self.user_id,
             active: self.is_active,
             expires_at: self.expires_at.map(|e| e.timestamp()),
+            redirect_type: self.redirect_type,
             target: self.original_url.clone(),
         })
     }
@@ -84,6 +92,8 @@ pub struct NewLink<'a> {
     original_url: &'a str,
     title: Option<&'a str>,
     expires_at: Option<DateTime<Utc>>,
+    /// `smallint` in PostgreSQL.
+    redirect_type: i16,
 }
 
 impl<'a> NewLink<'a> {
@@ -100,6 +110,15 @@ impl<'a> NewLink<'a> {
             original_url: target.as_str(),
             title,
             expires_at,
+            redirect_type: 302,
+        }
+    }
+
+    /// The same link redirecting with `status` (one of `REDIRECT_TYPES`, checked by the caller).
+    pub fn with_redirect_type(self, status: u16) -> Self {
+        Self {
+            redirect_type: status as i16,
+            ..self
         }
     }
 
@@ -150,7 +169,7 @@ pub async fn insert_url_unless_taken(
 fn inserted(row: &Row) -> Inserted {
     if row.get::<_, Option<i64>>(0).is_some() {
         Inserted::Link(Link::from_row(row))
-    } else if row.get::<_, i64>(10) == 0 {
+    } else if row.get::<_, i64>(N_COLUMNS) == 0 {
         Inserted::NoOwner
     } else {
         Inserted::CodeTaken
@@ -167,8 +186,8 @@ async fn insert_statement(
            SELECT 1 WHERE $1::int8 IS NULL \
            UNION ALL SELECT 1 FROM users WHERE id = $1::int8 AND deleted_at IS NULL \
          ), link AS ( \
-           INSERT INTO urls (user_id, short_code, original_url, title, expires_at) \
-           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz FROM owner \
+           INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type) \
+           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2 FROM owner \
            {on_conflict} RETURNING {COLUMNS} \
          ), created AS ( \
            INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
@@ -180,13 +199,14 @@ async fn insert_statement(
     .await
 }
 
-fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 5] {
+fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 6] {
     [
         &new.user_id,
         &new.short_code,
         &new.original_url,
         &new.title,
         &new.expires_at,
+        &new.redirect_type,
     ]
 }
 
@@ -265,7 +285,7 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE urls SET title = $2, is_active = $3, original_url = $4, expires_at = $5, \
-             updated_at = GREATEST(now(), updated_at + interval '1 second') \
+             redirect_type = $6, updated_at = GREATEST(now(), updated_at + interval '1 second') \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .await?;
@@ -278,6 +298,7 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
                 &link.is_active,
                 &link.original_url,
                 &link.expires_at,
+                &(link.redirect_type as i16),
             ],
         )
         .await?;

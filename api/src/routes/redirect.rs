@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use kurz_common::clicks::{clip, truncate_ip, Click};
-use kurz_common::keys::{CachedLink, LinkEntry};
+use kurz_common::keys::{CachedLink, LinkEntry, Verdict};
 use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
 use std::net::SocketAddr;
@@ -28,9 +28,15 @@ pub async fn redirect(
     if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
         return Err(not_found());
     }
-    let entry = match resolve(&state, &code).await? {
-        CachedLink::Found(entry) if entry.redirects_at(chrono::Utc::now().timestamp()) => entry,
-        _ => return Err(not_found()),
+    let (entry, status) = match resolve(&state, &code).await? {
+        CachedLink::Found(entry) => match entry.verdict_at(chrono::Utc::now().timestamp()) {
+            Verdict::Redirect(status) => (entry, status),
+            Verdict::NotFound => return Err(not_found()),
+            Verdict::Gone => {
+                return Err(ApiError::Gone(format!("short code {code:?} has expired")))
+            }
+        },
+        CachedLink::Missing => return Err(not_found()),
     };
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
     if method == Method::GET {
@@ -51,8 +57,9 @@ pub async fn redirect(
             "stored target of {code} is not a valid header value"
         ))
     })?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     Ok((
-        StatusCode::FOUND,
+        status,
         [
             (header::LOCATION, location),
             (

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use kurz_common::keys::REDIRECT_TYPES;
 use kurz_common::shortcode::ShortCode;
 use kurz_common::target::Target;
 use serde_json::{json, Value};
@@ -89,6 +90,7 @@ async fn create_link(
     let title = f.opt_string("title");
     let custom = f.opt_string("short_code");
     let expires_at = f.opt_timestamp("expires_at");
+    let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
     let target = original_url
         .as_deref()
         .and_then(|url| check_target(state, &mut f, url));
@@ -120,7 +122,8 @@ async fn create_link(
     };
     let custom_given = custom.is_some();
     let code = custom.unwrap_or_else(ShortCode::generate);
-    let new = NewLink::new(Some(user_id), &code, &target, title, expires_at);
+    let new = NewLink::new(Some(user_id), &code, &target, title, expires_at)
+        .with_redirect_type(redirect_type.unwrap_or(302));
     let link = match idem {
         None => insert(&client, new, custom_given).await?,
         Some((key, fingerprint)) => {
@@ -250,6 +253,7 @@ pub async fn update(
     let is_active = f.opt_bool("is_active");
     let original_url = f.opt_string("original_url");
     let expires_at = f.opt_timestamp("expires_at");
+    let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
     if matches!(is_active, Patch::Null) {
         f.reject("is_active", "must be true or false");
     }
@@ -308,6 +312,12 @@ pub async fn update(
             link.expires_at = None;
         }
         _ => {}
+    }
+    if let Some(status) = redirect_type {
+        if status != link.redirect_type {
+            changes.push(("redirect_type", json!(status)));
+            link.redirect_type = status;
+        }
     }
     if changes.is_empty() {
         tx.rollback().await?;

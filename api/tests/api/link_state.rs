@@ -13,6 +13,7 @@ fn entry(target: &str) -> CachedLink {
         user_id: None,
         active: true,
         expires_at: None,
+        redirect_type: 302,
         target: target.into(),
     })
 }

@@ -171,7 +171,7 @@ async fn expired_links_stop_redirecting() {
         let res = app.get(&format!("/{code}")).await;
         match res.status().as_u16() {
             302 => redirected += 1,
-            404 => break,
+            410 => break,
             other => panic!("expiring link answered {other}"),
         }
         assert!(
@@ -180,10 +180,106 @@ async fn expired_links_stop_redirecting() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    error_of(app.get(&format!("/{code}")).await, 404).await;
+    // Expired is not unknown: 410 `gone`, while inactive and unknown codes stay 404.
+    assert_eq!(
+        error_of(app.get(&format!("/{code}")).await, 410).await["error"],
+        "gone"
+    );
     assert_eq!(
         app.clicks(link["id"].as_i64().unwrap()).await.len(),
         redirected,
         "one click per redirect, none for the refusals"
+    );
+}
+
+#[tokio::test]
+async fn each_link_redirects_with_its_own_status_and_bad_ones_are_refused() {
+    let app = spawn_app().await;
+    let user = app.create_user("rt").await;
+    let plain = app.create_url(user, "https://example.com/plain").await;
+    assert_eq!(plain["redirect_type"], 302, "302 unless asked");
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/moved", "redirect_type": 301}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let moved: Value = res.json().await.unwrap();
+    assert_eq!(moved["redirect_type"], 301);
+    let code = moved["short_code"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        // The second answer comes from the link cache: the status is in the entry too.
+        let res = app.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 301);
+        assert_eq!(res.headers()["location"], "https://example.com/moved");
+    }
+    let id = moved["id"].as_i64().unwrap();
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"redirect_type": 308}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["redirect_type"], 308);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 308);
+    let updated: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        updated[0]["details"],
+        json!({"field": "redirect_type", "new_value": 308})
+    );
+    for bad in [
+        json!(303),
+        json!("302"),
+        json!(null),
+        json!(302.5),
+        json!(-1),
+    ] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://example.com/x", "redirect_type": bad}),
+            )
+            .await;
+        let err = error_of(res, 400).await;
+        assert_eq!(
+            err["details"]["redirect_type"], "must be one of 301, 302, 307, 308",
+            "{bad}"
+        );
+        let res = app
+            .put_json(&format!("/urls/{id}"), &json!({"redirect_type": bad}))
+            .await;
+        error_of(res, 400).await;
+    }
+}
+
+/// An entry written by the previous version (no status field) reads as a miss: the redirect is
+/// answered from PostgreSQL, and the fill replaces the entry instead of leaving it until its TTL.
+#[tokio::test]
+async fn a_cache_entry_of_the_previous_format_is_replaced_on_the_next_redirect() {
+    let app = spawn_app().await;
+    let user = app.create_user("v1").await;
+    let link = app.create_url(user, "https://example.com/v1").await;
+    let code = link["short_code"].as_str().unwrap();
+    let key = keys(&app).link(code);
+    let old = format!("1|{}|{user}|1||https://example.com/stale", link["id"]);
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(&old)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/v1");
+    let now = redis_get(&key).await.unwrap();
+    assert!(
+        matches!(CachedLink::decode(&now), Some(CachedLink::Found(_))),
+        "replaced by a current entry: {now}"
     );
 }

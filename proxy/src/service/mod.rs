@@ -92,15 +92,21 @@ impl Edge {
             HOT.clicks_sampled_out.inc();
         }
         match self.redirector.resolve(code, click).await {
-            Outcome::Redirect(target) => {
-                respond::redirect(session, &ctx.request_id, &target).await?;
-                ctx.answered = Some(302);
+            Outcome::Redirect(target, status) => {
+                respond::redirect(session, &ctx.request_id, status, &target).await?;
+                ctx.answered = Some(status);
                 Ok(true)
             }
             Outcome::NotFound => {
                 let msg = format!("short code {code:?} not found");
                 respond::json_error(session, &ctx.request_id, 404, "not_found", &msg, &[]).await?;
                 ctx.answered = Some(404);
+                Ok(true)
+            }
+            Outcome::Gone => {
+                let msg = format!("short code {code:?} has expired");
+                respond::json_error(session, &ctx.request_id, 410, "gone", &msg, &[]).await?;
+                ctx.answered = Some(410);
                 Ok(true)
             }
             Outcome::Forward => Ok(false),

@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod keys;
+mod link_kinds;
 mod observability;
 mod trust;
 

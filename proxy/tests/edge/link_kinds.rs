@@ -1,0 +1,89 @@
+//! What a link answers at the edge besides 302: its own redirect status, from Redis and from the
+//! near-cache, and 410 `gone` once expired (while unknown codes stay 404) — without the API.
+
+use crate::harness::{Options, Stack};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn api_redirects(stack: &Stack) -> f64 {
+    let mut total = 0.0;
+    for up in &stack.upstreams {
+        total += stack
+            .metric(
+                up.admin_port,
+                "kurz_api_requests_total",
+                &["route=\"/{code}\""],
+            )
+            .await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_answers_each_links_status_and_410_once_expired() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/kinds").await;
+    let res = stack
+        .client
+        .put(stack.url(&format!("/urls/{id}")))
+        .json(&json!({"redirect_type": 307}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // First from Redis (the script), then from the near-cache.
+    for _ in 0..3 {
+        let res = stack.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 307);
+        assert_eq!(res.headers()["location"], "https://example.com/kinds");
+    }
+    assert_eq!(api_redirects(&stack).await, 0.0, "answered at the edge");
+
+    // Expire it in the database, then any write republishes the entry (and invalidates).
+    let out = std::process::Command::new("psql")
+        .arg(stack.db_url())
+        .args([
+            "-XAtqc",
+            &format!("UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = {id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let invalidations = || stack.metric(stack.admin_port, "kurz_proxy_invalidations_total", &[]);
+    let before = invalidations().await;
+    let res = stack
+        .client
+        .put(stack.url(&format!("/urls/{id}")))
+        .json(&json!({"title": "expired now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while invalidations().await <= before {
+        assert!(Instant::now() < deadline, "the invalidation never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..2 {
+        let res = stack.get(&format!("/{code}")).await;
+        assert_eq!(res.status(), 410);
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "gone");
+    }
+    assert_eq!(api_redirects(&stack).await, 0.0, "refused at the edge too");
+    // An unknown code: the API answers the first one (and caches it as missing), still 404.
+    for _ in 0..2 {
+        let res = stack.get("/NoSuchCode9").await;
+        assert_eq!(res.status(), 404);
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+    }
+    let clicks: Vec<Value> = stack
+        .get(&format!("/events?url_id={id}&event_type=click"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(clicks.len(), 3, "no click for the refusals");
+}
