@@ -351,6 +351,10 @@ impl Stack {
             .open(self.dir.join("proxy.log"))
             .unwrap();
         let mut cmd = Command::new(binary("kurz-proxy"));
+        // The config file says which Redis; an operator's environment must not switch it.
+        cmd.env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("KURZ_REDIS_REPLICA_ACKS")
+            .env_remove("REDIS_URL");
         cmd.arg("-c").arg(&self.config_path);
         if upgrade {
             cmd.arg("--upgrade");
@@ -457,6 +461,9 @@ impl Stack {
         std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(self.dir.join("proxy-b.log")).unwrap();
         let child = Command::new(binary("kurz-proxy"))
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("KURZ_REDIS_REPLICA_ACKS")
+            .env_remove("REDIS_URL")
             .arg("-c")
             .arg(&config)
             .current_dir(&self.dir)
