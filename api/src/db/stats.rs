@@ -10,6 +10,14 @@ const DAILY_DAYS: i32 = 90;
 /// Referrers shown in `top_referrers`.
 const TOP_REFERRERS: i64 = 10;
 
+/// Clicks stored for a link, from the daily rollup (one row per day).
+pub async fn total_clicks(c: &impl GenericClient, url_id: i64) -> Result<i64, Error> {
+    let stmt = c
+        .prepare_cached("SELECT coalesce(sum(clicks), 0)::int8 FROM click_daily WHERE url_id = $1")
+        .await?;
+    Ok(c.query_one(&stmt, &[&url_id]).await?.get(0))
+}
+
 /// `{"url_id","clicks","last_click_at","daily","top_referrers"}`, from the rollups the database
 /// keeps as clicks are stored (migration V9): a few rows, however many clicks the link has.
 pub async fn url_stats(c: &impl GenericClient, url_id: i64) -> Result<Value, Error> {

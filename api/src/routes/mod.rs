@@ -4,7 +4,8 @@ pub mod auth;
 pub mod bulk;
 pub mod events;
 pub mod health;
-pub mod redirect;
+pub mod preview;
+mod redirect;
 pub mod urls;
 pub mod users;
 

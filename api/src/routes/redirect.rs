@@ -25,6 +25,12 @@ pub async fn redirect(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
+    if let Some(base) = code.strip_suffix('+') {
+        if shortcode::is_code_shaped(base) && !shortcode::is_reserved(base) {
+            return super::preview::preview(&state, base, &headers).await;
+        }
+        return Err(not_found());
+    }
     if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
         return Err(not_found());
     }

@@ -283,3 +283,70 @@ async fn a_cache_entry_of_the_previous_format_is_replaced_on_the_next_redirect()
         "replaced by a current entry: {now}"
     );
 }
+
+#[tokio::test]
+async fn the_preview_names_the_target_without_redirecting_or_counting() {
+    let app = spawn_app().await;
+    let user = app.create_user("pv").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/a?b=1&c=<2>", "title": "<script>alert(1)</script> & co"}),
+        )
+        .await;
+    let link: Value = res.json().await.unwrap();
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    app.clicks(id).await; // stored, so the rollup counts it
+
+    let res = app.get(&format!("/{code}+")).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("location").is_none());
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+    let page = res.text().await.unwrap();
+    // The stored target is normalised (`<2>` percent-encoded); the page escapes its `&`.
+    assert_eq!(link["original_url"], "https://example.com/a?b=1&c=%3C2%3E");
+    assert!(
+        page.contains("href=\"https://example.com/a?b=1&amp;c=%3C2%3E\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>"), "the title is escaped");
+    assert!(page.contains("Followed 1 times"), "{page}");
+
+    let res = app
+        .client
+        .get(app.url(&format!("/{code}+")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["original_url"], link["original_url"]);
+    assert_eq!(v["short_code"], code.as_str());
+    assert_eq!(v["clicks"], 1);
+    assert_eq!(v["short_url"], format!("http://kurz.test/{code}"));
+
+    assert_eq!(app.clicks(id).await.len(), 1, "previews count no click");
+    assert_eq!(
+        error_of(app.get("/NoSuchCode+").await, 404).await["error"],
+        "not_found"
+    );
+    error_of(app.get("/ab+").await, 404).await;
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"is_active": false}))
+        .await;
+    assert_eq!(res.status(), 200);
+    error_of(app.get(&format!("/{code}+")).await, 404).await;
+}

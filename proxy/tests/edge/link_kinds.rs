@@ -1,5 +1,6 @@
 //! What a link answers at the edge besides 302: its own redirect status, from Redis and from the
-//! near-cache, and 410 `gone` once expired (while unknown codes stay 404) — without the API.
+//! near-cache, and 410 `gone` once expired (while unknown codes stay 404) — without the API; and
+//! its preview page (`/<code>+`), which the API answers.
 
 use crate::harness::{Options, Stack};
 use serde_json::{json, Value};
@@ -41,6 +42,17 @@ async fn the_edge_answers_each_links_status_and_410_once_expired() {
         assert_eq!(res.headers()["location"], "https://example.com/kinds");
     }
     assert_eq!(api_redirects(&stack).await, 0.0, "answered at the edge");
+    // The preview passes through the edge to the API: no redirect, no click.
+    let res = stack.get(&format!("/{code}+")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("https://example.com/kinds"));
+    // (The API counts the preview under its `/{code}` route.)
+    let api_answered = api_redirects(&stack).await;
 
     // Expire it in the database, then any write republishes the entry (and invalidates).
     let out = std::process::Command::new("psql")
@@ -72,7 +84,11 @@ async fn the_edge_answers_each_links_status_and_410_once_expired() {
         assert_eq!(res.status(), 410);
         assert_eq!(res.json::<Value>().await.unwrap()["error"], "gone");
     }
-    assert_eq!(api_redirects(&stack).await, 0.0, "refused at the edge too");
+    assert_eq!(
+        api_redirects(&stack).await,
+        api_answered,
+        "refused at the edge too"
+    );
     // An unknown code: the API answers the first one (and caches it as missing), still 404.
     for _ in 0..2 {
         let res = stack.get("/NoSuchCode9").await;

@@ -1,0 +1,141 @@
+//! `GET /<code>+`: where a short link leads, without going there — the usual defence against a
+//! short link that hides a phishing site. Nothing is redirected and no click is counted. HTML for
+//! people, JSON for clients that ask for it (`Accept: application/json`).
+
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kurz_common::keys::{CachedLink, Verdict};
+use serde_json::json;
+
+pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
+    let client = state.client().await?;
+    let link = db::urls::find_url_by_code(&client, code)
+        .await?
+        .ok_or_else(not_found)?;
+    // The same answers as the redirect: a link that would not redirect has nothing to preview.
+    let CachedLink::Found(entry) = link.cache_entry() else {
+        return Err(not_found());
+    };
+    match entry.verdict_at(chrono::Utc::now().timestamp()) {
+        Verdict::Redirect(_) => {}
+        Verdict::NotFound => return Err(not_found()),
+        Verdict::Gone => return Err(ApiError::Gone(format!("short code {code:?} has expired"))),
+    }
+    let clicks = db::stats::total_clicks(&client, link.id).await?;
+    let short_url = format!("{}/{}", state.config.base(), link.short_code);
+    if wants_json(headers) {
+        let body = json!({
+            "short_code": link.short_code,
+            "short_url": short_url,
+            "original_url": link.original_url,
+            "title": link.title,
+            "clicks": clicks,
+            "redirect_type": link.redirect_type,
+        });
+        return Ok((no_store(), Json(body)).into_response());
+    }
+    let title = link
+        .title
+        .as_deref()
+        .map(|t| format!("<p class=\"title\">{}</p>", escape(t)))
+        .unwrap_or_default();
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"robots\" content=\"noindex\">\
+         <title>Where {short} leads</title>\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}\
+         .target{{word-break:break-all;font-size:1.2em}}</style></head>\
+         <body><main><h1>{short} leads to</h1>\
+         <p class=\"target\"><a href=\"{target}\" rel=\"noopener noreferrer nofollow\">{target}</a></p>\
+         {title}<p>Followed {clicks} times so far. Check the address before you go there.</p>\
+         </main></body></html>\n",
+        short = escape(&short_url),
+        target = escape(&link.original_url),
+    );
+    let mut response = (no_store(), page).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing on the page runs or loads: inline style only.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    *response.status_mut() = StatusCode::OK;
+    Ok(response)
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
+}
+
+/// JSON when the client lists it before HTML (or without HTML at all).
+fn wants_json(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match (accept.find("application/json"), accept.find("text/html")) {
+        (Some(j), Some(h)) => j < h,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Text for HTML, in element content and in quoted attributes.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_leaves_no_markup() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn json_only_when_asked_before_html() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(wants_json(&h("application/json")));
+        assert!(wants_json(&h("application/json, text/html;q=0.5")));
+        assert!(!wants_json(&h("text/html,application/xhtml+xml,*/*")));
+        assert!(!wants_json(&HeaderMap::new()));
+    }
+}
