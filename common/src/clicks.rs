@@ -40,7 +40,8 @@ pub struct Click {
     pub target: String,
     pub referrer: String,
     pub user_agent: String,
-    /// Truncated client address (see [`truncate_ip`]); never the whole address.
+    /// The client's address as `privacy.store_ip` keeps it: truncated by default
+    /// ([`truncate_ip`]), whole, or empty.
     pub ip: String,
     /// Unix milliseconds when the redirect was answered.
     pub ts_ms: i64,
@@ -149,6 +150,43 @@ impl Click {
     }
 }
 
+/// How much of a visitor's address a click keeps (`privacy.store_ip`, the same on the edge and
+/// the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreIp {
+    /// The whole address.
+    Full,
+    /// The network only: /24 for IPv4, /48 for IPv6 ([`truncate_ip`]).
+    #[default]
+    Anonymized,
+    /// Nothing.
+    None,
+}
+
+impl StoreIp {
+    /// What a click records of `ip`; empty for [`StoreIp::None`].
+    pub fn apply(self, ip: IpAddr) -> String {
+        match self {
+            StoreIp::Full => match ip {
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+                v4 => v4.to_string(),
+            },
+            StoreIp::Anonymized => truncate_ip(ip),
+            StoreIp::None => String::new(),
+        }
+    }
+}
+
+/// The `privacy` config section of both binaries.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    pub store_ip: StoreIp,
+}
+
 /// Keeps the network part only: IPv4 to /24 (`203.0.113.0`), IPv6 to /48. Enough for rough
 /// geography and abuse analysis, not enough to identify a person.
 pub fn truncate_ip(ip: IpAddr) -> String {
@@ -235,6 +273,23 @@ mod tests {
         assert!(!is_valid_id("ctl\u{1}"));
         assert!(!is_valid_id(&"x".repeat(MAX_ID_LEN + 1)));
         assert!(is_valid_id(&"x".repeat(MAX_ID_LEN)));
+    }
+
+    #[test]
+    fn store_ip_keeps_all_the_network_or_nothing() {
+        let v4: IpAddr = "203.0.113.77".parse().unwrap();
+        let v6: IpAddr = "2001:db8:1:2:3::4".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!(StoreIp::Full.apply(v4), "203.0.113.77");
+        assert_eq!(StoreIp::Full.apply(v6), "2001:db8:1:2:3::4");
+        assert_eq!(StoreIp::Full.apply(mapped), "192.0.2.9");
+        assert_eq!(StoreIp::Anonymized.apply(v4), "203.0.113.0");
+        assert_eq!(StoreIp::Anonymized.apply(v6), "2001:db8:1::");
+        assert_eq!(StoreIp::None.apply(v4), "");
+        assert_eq!(StoreIp::default(), StoreIp::Anonymized);
+        let parsed: PrivacySettings = serde_norway::from_str("store_ip: none").unwrap();
+        assert_eq!(parsed.store_ip, StoreIp::None);
+        assert!(serde_norway::from_str::<PrivacySettings>("store_ip: partial").is_err());
     }
 
     #[test]

@@ -19,13 +19,17 @@ use std::sync::Arc;
 
 /// The details object of a click event.
 pub fn click_details(click: &Click) -> serde_json::Value {
-    json!({
+    let mut details = json!({
         "short_code": click.code,
         "original_url": click.target,
         "referrer": click.referrer,
         "user_agent": click.user_agent,
-        "ip": click.ip,
-    })
+    });
+    // `privacy.store_ip: none` leaves no address at all, not an empty one.
+    if !click.ip.is_empty() {
+        details["ip"] = json!(click.ip);
+    }
+    details
 }
 
 #[derive(Clone)]

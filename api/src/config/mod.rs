@@ -39,6 +39,7 @@ pub struct ApiConfig {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub links: LinksConfig,
+    pub privacy: kurz_common::clicks::PrivacySettings,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +57,7 @@ impl Default for ApiConfig {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             links: LinksConfig::default(),
+            privacy: Default::default(),
         }
     }
 }

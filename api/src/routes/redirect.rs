@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use kurz_common::clicks::{clip, truncate_ip, Click};
+use kurz_common::clicks::{clip, Click, StoreIp};
 use kurz_common::keys::{CachedLink, LinkEntry, Verdict};
 use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
@@ -53,6 +53,7 @@ pub async fn redirect(
                 &code,
                 &entry,
                 &state.proxies,
+                state.config.privacy.store_ip,
                 peer,
                 &headers,
             ))
@@ -119,6 +120,7 @@ fn click_of(
     code: &str,
     entry: &LinkEntry,
     proxies: &ProxyTrust,
+    store_ip: StoreIp,
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Click {
@@ -138,7 +140,7 @@ fn click_of(
         target: entry.target.clone(),
         referrer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
-        ip: truncate_ip(ip),
+        ip: store_ip.apply(ip),
         ts_ms: chrono::Utc::now().timestamp_millis(),
     }
 }

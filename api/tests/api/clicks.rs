@@ -236,3 +236,30 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
     );
     assert_eq!(stats["last_click_at"], kurz_common::time::format(today));
 }
+
+async fn clicked_ip(store_ip: kurz_common::clicks::StoreIp) -> Option<String> {
+    let app = crate::helpers::spawn_app_with(|c| c.privacy.store_ip = store_ip).await;
+    let user = app.create_user("ip").await;
+    let link = app.create_url(user, "https://example.com/ip").await;
+    let res = app
+        .get(&format!("/{}", link["short_code"].as_str().unwrap()))
+        .await;
+    assert_eq!(res.status(), 302);
+    let clicks = app.clicks(link["id"].as_i64().unwrap()).await;
+    assert_eq!(clicks.len(), 1);
+    clicks[0]["details"]["ip"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn store_ip_keeps_the_whole_address_the_network_or_nothing() {
+    use kurz_common::clicks::StoreIp;
+    assert_eq!(
+        clicked_ip(StoreIp::Full).await.as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        clicked_ip(StoreIp::Anonymized).await.as_deref(),
+        Some("127.0.0.0")
+    );
+    assert_eq!(clicked_ip(StoreIp::None).await, None, "no ip key at all");
+}

@@ -28,6 +28,7 @@ pub struct ProxyConfig {
     pub redis: RedisSettings,
     pub cache: CacheSection,
     pub clicks: ClicksSection,
+    pub privacy: kurz_common::clicks::PrivacySettings,
     pub log: LogSection,
 }
 

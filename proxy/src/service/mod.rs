@@ -14,7 +14,7 @@ use crate::rate_limit::{Class, Decision, RateLimiter};
 use crate::redirect::{Outcome, Redirector};
 use crate::respond;
 use async_trait::async_trait;
-use kurz_common::clicks::{clip, is_valid_id, new_id, truncate_ip, Click};
+use kurz_common::clicks::{clip, is_valid_id, new_id, Click};
 use kurz_common::proxies::ProxyTrust;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
@@ -85,7 +85,7 @@ impl Edge {
             target: String::new(),
             referrer: clip(header(req, "referer")),
             user_agent: clip(header(req, "user-agent")),
-            ip: truncate_ip(ctx.client),
+            ip: self.settings.store_ip.apply(ctx.client),
             ts_ms: chrono::Utc::now().timestamp_millis(),
         });
         if req.method == http::Method::GET && !record {

@@ -20,6 +20,7 @@ pub struct EdgeSettings {
     pub redirect_http_to_https: bool,
     pub hsts: Option<String>,
     pub click_sample_rate: f64,
+    pub store_ip: kurz_common::clicks::StoreIp,
     pub access_log_sample_rate: f64,
 }
 
@@ -37,6 +38,7 @@ impl EdgeSettings {
             hsts: (cfg.listen.hsts_max_age_seconds > 0)
                 .then(|| format!("max-age={}", cfg.listen.hsts_max_age_seconds)),
             click_sample_rate: cfg.clicks.sample_rate,
+            store_ip: cfg.privacy.store_ip,
             access_log_sample_rate: cfg.log.access_log_sample_rate,
         }
     }

@@ -103,3 +103,30 @@ async fn the_edge_answers_each_links_status_and_410_once_expired() {
         .unwrap();
     assert_eq!(clicks.len(), 3, "no click for the refusals");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_store_ip_applies_at_the_edge() {
+    for (setting, expected) in [("full", Some("127.0.0.1")), ("none", None)] {
+        let stack = Stack::start(Options {
+            upstreams: 1,
+            extra_yaml: format!("privacy: {{ store_ip: {setting} }}\n"),
+            ..Options::default()
+        });
+        let (id, code) = stack.link("https://example.com/private").await;
+        for _ in 0..2 {
+            // Redis (the script's append), then the near-cache (the batched append).
+            assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+        }
+        assert_eq!(api_redirects(&stack).await, 0.0, "recorded by the edge");
+        let clicks: Vec<Value> = stack
+            .get(&format!("/events?url_id={id}&event_type=click"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(clicks.len(), 2);
+        for click in &clicks {
+            assert_eq!(click["details"]["ip"].as_str(), expected, "{setting}");
+        }
+    }
+}
