@@ -282,4 +282,39 @@ mod tests {
         assert_eq!(c.upstreams.servers, vec!["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(c.listen.http, vec!["127.0.0.1:8080"]);
     }
+
+    #[test]
+    fn the_environment_switches_redis_cluster_mode_on_and_names_a_bad_value() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = ProxyConfig::load(
+            &conf_path(),
+            &env(&[
+                (
+                    "REDIS_CLUSTER_URLS",
+                    "redis://10.0.0.1:6379, redis://10.0.0.2:6379",
+                ),
+                ("KURZ_REDIS_REPLICA_ACKS", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis.cluster_nodes,
+            vec!["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+        );
+        assert_eq!(c.redis.replica_acks, 1);
+        let err =
+            ProxyConfig::load(&conf_path(), &env(&[("KURZ_REDIS_REPLICA_ACKS", "9")])).unwrap_err();
+        assert!(err.contains("redis.replica_acks"), "{err}");
+        let err = ProxyConfig::load(
+            &conf_path(),
+            &env(&[("REDIS_CLUSTER_URLS", "redis://10.0.0.1:6379/3")]),
+        )
+        .unwrap_err();
+        assert!(err.contains("redis.cluster_nodes"), "{err}");
+    }
 }
