@@ -203,6 +203,31 @@ impl Fields {
     }
 
     /// An optional boolean (JSON `true`/`false` only).
+    /// A list of strings; `null` is the empty list.
+    pub fn opt_string_list(&mut self, name: &str) -> Option<Vec<String>> {
+        match self.map.remove(name) {
+            None => None,
+            Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let strings: Option<Vec<String>> = items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                if strings.is_none() {
+                    self.fail(name, "must be an array of strings");
+                }
+                strings
+            }
+            Some(_) => {
+                self.fail(name, "must be an array of strings");
+                None
+            }
+        }
+    }
+
     /// An integer from a fixed list (`null` is refused too: the field has a default).
     pub fn opt_choice(&mut self, name: &str, allowed: &[u16]) -> Option<u16> {
         let list = || {

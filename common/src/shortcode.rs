@@ -32,6 +32,8 @@ pub const RESERVED: &[&str] = &[
     "register",
     "status",
     "stats",
+    "tags",
+    "openapi.json",
     "well-known",
 ];
 

@@ -39,6 +39,13 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// Adds `clause` with its `{}` replaced by the next parameter, bound to `value`.
+    pub fn param(&mut self, clause: &str, value: &'a (dyn ToSql + Sync)) {
+        self.params.push(value);
+        self.clauses
+            .push(clause.replace("{}", &format!("${}", self.params.len())));
+    }
+
     /// Adds `<column> = '<value>'` when `value` is set. For values from a fixed list in the code
     /// that the planner must see (a partial index's predicate); never for caller input.
     pub fn eq_literal(&mut self, column: &str, value: Option<&'static str>) {

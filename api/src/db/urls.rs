@@ -9,11 +9,14 @@ use kurz_common::target::Target;
 use serde_json::{json, Value};
 use tokio_postgres::{Error, Row};
 
+/// A link's columns; the last is its tags, in order (a statement that writes tags cannot see
+/// them in its own `RETURNING`: the caller sets them).
 const COLUMNS: &str =
-    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type";
+    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
+     coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags";
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
-const N_COLUMNS: usize = 11;
+const N_COLUMNS: usize = 12;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -29,6 +32,8 @@ pub struct Link {
     pub deleted: bool,
     /// One of `kurz_common::keys::REDIRECT_TYPES`.
     pub redirect_type: u16,
+    /// Normalised, sorted.
+    pub tags: Vec<String>,
 }
 
 impl Link {
@@ -45,6 +50,7 @@ impl Link {
             updated_at: row.get(8),
             deleted: row.get::<_, Option<DateTime<Utc>>>(9).is_some(),
             redirect_type: row.get::<_, i16>(10) as u16,
+            tags: row.get(11),
         }
     }
 
@@ -61,6 +67,7 @@ impl Link {
             "created_at": kurz_common::time::format(self.created_at),
             "updated_at": kurz_common::time::format(self.updated_at),
             "redirect_type": self.redirect_type,
+            "tags": self.tags,
         });
         if let Some(exp) = self.expires_at {
             v["expires_at"] = Value::String(kurz_common::time::format(exp));
@@ -94,6 +101,7 @@ pub struct NewLink<'a> {
     expires_at: Option<DateTime<Utc>>,
     /// `smallint` in PostgreSQL.
     redirect_type: i16,
+    tags: &'a [String],
 }
 
 impl<'a> NewLink<'a> {
@@ -111,7 +119,13 @@ impl<'a> NewLink<'a> {
             title,
             expires_at,
             redirect_type: 302,
+            tags: &[],
         }
+    }
+
+    /// The same link with these tags (normalised by the caller).
+    pub fn with_tags(self, tags: &'a [String]) -> Self {
+        Self { tags, ..self }
     }
 
     /// The same link redirecting with `status` (one of `REDIRECT_TYPES`, checked by the caller).
@@ -151,7 +165,7 @@ pub async fn insert_url(c: &impl GenericClient, new: &NewLink<'_>) -> Result<Ins
     let row = c
         .query_one(&insert_statement(c, "").await?, &insert_params(new))
         .await?;
-    Ok(inserted(&row))
+    Ok(inserted(&row, new.tags))
 }
 
 /// Like [`insert_url`], but `CodeTaken` instead of an error: a generated code that collided can
@@ -161,14 +175,19 @@ pub async fn insert_url_unless_taken(
     new: &NewLink<'_>,
 ) -> Result<Inserted, Error> {
     let stmt = insert_statement(c, "ON CONFLICT (short_code) DO NOTHING").await?;
-    Ok(inserted(&c.query_one(&stmt, &insert_params(new)).await?))
+    Ok(inserted(
+        &c.query_one(&stmt, &insert_params(new)).await?,
+        new.tags,
+    ))
 }
 
 /// The statement's one row: the link's columns (null when nothing was inserted), then how many
 /// owners it found.
-fn inserted(row: &Row) -> Inserted {
+fn inserted(row: &Row, tags: &[String]) -> Inserted {
     if row.get::<_, Option<i64>>(0).is_some() {
-        Inserted::Link(Link::from_row(row))
+        let mut link = Link::from_row(row);
+        link.tags = tags.to_vec();
+        Inserted::Link(link)
     } else if row.get::<_, i64>(N_COLUMNS) == 0 {
         Inserted::NoOwner
     } else {
@@ -189,6 +208,8 @@ async fn insert_statement(
            INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type) \
            SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2 FROM owner \
            {on_conflict} RETURNING {COLUMNS} \
+         ), tagged AS ( \
+           INSERT INTO link_tags (url_id, tag) SELECT link.id, t FROM link, unnest($7::text[]) AS t \
          ), created AS ( \
            INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
            SELECT id, user_id, 'created', created_at, \
@@ -199,7 +220,7 @@ async fn insert_statement(
     .await
 }
 
-fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 6] {
+fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
     [
         &new.user_id,
         &new.short_code,
@@ -207,6 +228,7 @@ fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::T
         &new.title,
         &new.expires_at,
         &new.redirect_type,
+        &new.tags,
     ]
 }
 
@@ -252,6 +274,8 @@ pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Opti
 pub struct UrlFilter {
     pub user_id: Option<i64>,
     pub is_active: Option<bool>,
+    /// Links carrying every one of these (normalised) tags.
+    pub tags: Vec<String>,
 }
 
 impl UrlFilter {
@@ -259,8 +283,45 @@ impl UrlFilter {
         let mut f = Filter::new(&["deleted_at IS NULL"]);
         f.eq("user_id", &self.user_id);
         f.eq("is_active", &self.is_active);
+        if !self.tags.is_empty() {
+            f.param(
+                "id IN (SELECT url_id FROM link_tags WHERE tag = ANY({}) \
+                 GROUP BY url_id HAVING count(*) = cardinality({}))",
+                &self.tags,
+            );
+        }
         f
     }
+}
+
+/// Replaces a link's tags.
+pub async fn set_tags(c: &impl GenericClient, url_id: i64, tags: &[String]) -> Result<(), Error> {
+    let stmt = c
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM link_tags WHERE url_id = $1) \
+             INSERT INTO link_tags (url_id, tag) SELECT $1, unnest($2::text[])",
+        )
+        .await?;
+    c.execute(&stmt, &[&url_id, &tags]).await.map(|_| ())
+}
+
+/// Each tag with the number of live links carrying it, of one owner or of everyone.
+pub async fn tag_counts(
+    c: &impl GenericClient,
+    user_id: Option<i64>,
+) -> Result<Vec<(String, i64)>, Error> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT t.tag, count(*) FROM link_tags t JOIN urls u ON u.id = t.url_id \
+             WHERE u.deleted_at IS NULL AND ($1::int8 IS NULL OR u.user_id = $1) \
+             GROUP BY t.tag ORDER BY t.tag",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[&user_id])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 pub async fn list_urls(

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             get(urls::get).put(urls::update).delete(urls::delete),
         )
         .route("/urls/{id}/stats", get(urls::stats))
+        .route("/tags", get(urls::tags))
         .route("/links/create", post(urls::create))
         .route("/links/{id}", get(urls::get))
         .route("/events", get(events::list).post(events::create))

@@ -91,6 +91,10 @@ async fn create_link(
     let custom = f.opt_string("short_code");
     let expires_at = f.opt_timestamp("expires_at");
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
+    let tags = f
+        .opt_string_list("tags")
+        .and_then(|t| f.check("tags", normalise_tags(&t)))
+        .unwrap_or_default();
     let target = original_url
         .as_deref()
         .and_then(|url| check_target(state, &mut f, url));
@@ -123,7 +127,8 @@ async fn create_link(
     let custom_given = custom.is_some();
     let code = custom.unwrap_or_else(ShortCode::generate);
     let new = NewLink::new(Some(user_id), &code, &target, title, expires_at)
-        .with_redirect_type(redirect_type.unwrap_or(302));
+        .with_redirect_type(redirect_type.unwrap_or(302))
+        .with_tags(&tags);
     let link = match idem {
         None => insert(&client, new, custom_given).await?,
         Some((key, fingerprint)) => {
@@ -204,9 +209,20 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref());
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
+    let mut tags = Vec::new();
+    for (k, v) in q.pairs() {
+        if k == "tag" {
+            let tag = normalise_tag(v)
+                .map_err(|why| ApiError::BadRequest(format!("query parameter tag={v:?}: {why}")))?;
+            tags.push(tag);
+        }
+    }
+    tags.sort();
+    tags.dedup();
     let filter = UrlFilter {
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: q.bool("is_active")?,
+        tags,
     };
     let client = state.client().await?;
     let total = db::urls::count_urls(&client, &filter).await?;
@@ -254,6 +270,9 @@ pub async fn update(
     let original_url = f.opt_string("original_url");
     let expires_at = f.opt_timestamp("expires_at");
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
+    let tags = f
+        .opt_string_list("tags")
+        .and_then(|t| f.check("tags", normalise_tags(&t)));
     if matches!(is_active, Patch::Null) {
         f.reject("is_active", "must be true or false");
     }
@@ -319,11 +338,21 @@ pub async fn update(
             link.redirect_type = status;
         }
     }
+    let tags_changed = tags.as_ref().is_some_and(|t| *t != link.tags);
+    if let Some(t) = tags.filter(|_| tags_changed) {
+        changes.push(("tags", json!(t)));
+        link.tags = t;
+    }
     if changes.is_empty() {
         tx.rollback().await?;
         return Ok(Json(link.to_json(state.config.base())).into_response());
     }
-    let saved = db::urls::save_url(&tx, &link).await?;
+    if tags_changed {
+        db::urls::set_tags(&tx, link.id, &link.tags).await?;
+    }
+    let mut saved = db::urls::save_url(&tx, &link).await?;
+    // The statement's RETURNING read the tags before this transaction's change.
+    saved.tags = link.tags.clone();
     for (field, new_value) in &changes {
         let details = json!({"field": field, "new_value": new_value});
         db::events::insert_event(&tx, saved.id, saved.user_id, "updated", &details).await?;
@@ -377,4 +406,73 @@ pub async fn stats(
     let pending = crate::routes::events::drain_clicks(&state).await;
     let response = Json(db::stats::url_stats(&client, id).await?).into_response();
     Ok(crate::routes::events::mark_pending(response, pending))
+}
+
+/// Most tags on one link.
+const MAX_TAGS: usize = 20;
+
+/// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
+fn normalise_tag(raw: &str) -> Result<String, String> {
+    let tag = raw.trim().to_lowercase();
+    let len = tag.chars().count();
+    if len == 0 || len > 32 {
+        return Err("a tag is 1 to 32 characters".into());
+    }
+    if !tag
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
+    {
+        return Err("a tag holds letters, digits, spaces, '-', '_' and '.' only".into());
+    }
+    Ok(tag)
+}
+
+/// Normalised, sorted, without repeats; at most [`MAX_TAGS`].
+fn normalise_tags(raw: &[String]) -> Result<Vec<String>, String> {
+    let mut tags = raw
+        .iter()
+        .map(|t| normalise_tag(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    tags.sort();
+    tags.dedup();
+    if tags.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags"));
+    }
+    Ok(tags)
+}
+
+/// `GET /tags`: each tag with how many live links carry it (the caller's own in `required`
+/// mode, unless an admin).
+pub async fn tags(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let scope = caller.scope_user_filter(None)?;
+    let client = state.client().await?;
+    let counts = db::urls::tag_counts(&client, scope).await?;
+    let body: Vec<Value> = counts
+        .into_iter()
+        .map(|(tag, links)| json!({"tag": tag, "links": links}))
+        .collect();
+    Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_normalised_and_bounded() {
+        let raw: Vec<String> = ["  Launch ", "launch", "Q3-2026", "été"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            normalise_tags(&raw).unwrap(),
+            vec!["launch", "q3-2026", "été"]
+        );
+        assert!(normalise_tag("").is_err());
+        assert!(normalise_tag(&"x".repeat(33)).is_err());
+        assert!(normalise_tag("a,b").is_err());
+        assert!(normalise_tag("tab\there").is_err());
+        let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(normalise_tags(&many).is_err());
+    }
 }

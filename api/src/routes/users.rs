@@ -150,6 +150,7 @@ pub async fn urls(
     let filter = UrlFilter {
         user_id: Some(id),
         is_active: q.bool("is_active")?,
+        tags: Vec::new(),
     };
     let client = state.client().await?;
     if !db::users::user_exists(&client, id).await? {

@@ -338,3 +338,101 @@ async fn expires_at_is_accepted_shown_and_validated() {
         assert!(error_of(res, 400).await["details"]["expires_at"].is_string());
     }
 }
+
+#[tokio::test]
+async fn tags_are_normalised_edited_filtered_and_counted() {
+    let app = spawn_app().await;
+    let user = app.create_user("tg").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/1", "tags": [" Launch", "launch", "Q3"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let a: Value = res.json().await.unwrap();
+    assert_eq!(a["tags"], json!(["launch", "q3"]));
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/2", "tags": ["launch"]}),
+        )
+        .await;
+    let b: Value = res.json().await.unwrap();
+    let plain = app.create_url(user, "https://example.com/3").await;
+    assert_eq!(plain["tags"], json!([]));
+    let (a_id, b_id) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+    let got: Value = app
+        .get(&format!("/urls/{a_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["tags"], json!(["launch", "q3"]), "read back");
+
+    let ids = |v: Vec<Value>| -> Vec<i64> { v.iter().map(|l| l["id"].as_i64().unwrap()).collect() };
+    let launch: Vec<Value> = app.get("/urls?tag=Launch").await.json().await.unwrap();
+    assert_eq!(ids(launch), vec![a_id, b_id]);
+    let both: Vec<Value> = app
+        .get("/urls?tag=launch&tag=q3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(both), vec![a_id], "every tag must match");
+    let none: Vec<Value> = app.get("/urls?tag=nothing").await.json().await.unwrap();
+    assert!(none.is_empty());
+    error_of(app.get("/urls?tag=a%2Cb").await, 400).await;
+
+    let res = app
+        .put_json(&format!("/urls/{b_id}"), &json!({"tags": ["q3", "Q4"]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["tags"],
+        json!(["q3", "q4"])
+    );
+    let updated: Vec<Value> = app
+        .get(&format!("/events?url_id={b_id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        updated[0]["details"],
+        json!({"field": "tags", "new_value": ["q3", "q4"]})
+    );
+
+    let counts: Value = app.get("/tags").await.json().await.unwrap();
+    assert_eq!(
+        counts,
+        json!([{"tag": "launch", "links": 1}, {"tag": "q3", "links": 2}, {"tag": "q4", "links": 1}])
+    );
+    assert_eq!(app.delete(&format!("/urls/{a_id}")).await.status(), 204);
+    let counts: Value = app.get("/tags").await.json().await.unwrap();
+    assert_eq!(
+        counts,
+        json!([{"tag": "q3", "links": 1}, {"tag": "q4", "links": 1}]),
+        "deleted links drop out"
+    );
+
+    for bad in [json!("launch"), json!([1]), json!([""]), json!(["a,b"])] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://example.com/x", "tags": bad}),
+            )
+            .await;
+        assert!(
+            error_of(res, 400).await["details"]["tags"].is_string(),
+            "{bad}"
+        );
+    }
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/x", "short_code": "tags"}),
+        )
+        .await;
+    error_of(res, 400).await;
+}
