@@ -35,6 +35,7 @@ pub mod migrate;
 pub mod pagination;
 pub mod panics;
 pub use kurz_common::redis_handle;
+pub mod retention;
 pub mod routes;
 pub mod sample;
 pub mod startup;

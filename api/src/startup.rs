@@ -169,6 +169,7 @@ impl Application {
         let schema = tokio::spawn(republish_schema(state.cache.clone(), stop_rx.clone()));
         let replayer = tokio::spawn(crate::cache_sync::run(state.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
+        let retention = tokio::spawn(crate::retention::run(state.clone(), stop_rx.clone()));
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
         let app = routes::router(state.clone())
@@ -208,6 +209,7 @@ impl Application {
         let _ = schema.await;
         let _ = replayer.await;
         let _ = pruner.await;
+        let _ = retention.await;
         let _ = admin_server.await;
         log::info!("kurz-api stopped");
         served.map_err(|e| format!("server error: {e}"))

@@ -15,7 +15,9 @@ mod sections;
 
 pub use auth::{Argon2Config, AuthConfig, AuthMode, LockoutConfig};
 pub use kurz_common::config::RedisSettings as RedisConfig;
-pub use sections::{CacheConfig, ClicksConfig, DatabaseConfig, LimitsConfig, LinksConfig};
+pub use sections::{
+    CacheConfig, ClicksConfig, DatabaseConfig, EventsConfig, LimitsConfig, LinksConfig,
+};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +42,7 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
     pub links: LinksConfig,
     pub privacy: kurz_common::clicks::PrivacySettings,
+    pub events: EventsConfig,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             auth: AuthConfig::default(),
             links: LinksConfig::default(),
             privacy: Default::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -118,3 +118,11 @@ impl Default for LimitsConfig {
         }
     }
 }
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Click events older than this many days are deleted (hourly); 0 keeps them all. The
+    /// per-link rollups (stats) are kept.
+    pub retention_days: u32,
+}

@@ -134,3 +134,18 @@ pub async fn insert_stream_clicks(
         .await?;
     c.execute(&stmt, &[&ids, &url_ids, &ts, &details]).await
 }
+
+/// Deletes at most `limit` click events that occurred before `cutoff`; returns how many.
+pub async fn delete_clicks_before(
+    c: &impl GenericClient,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "DELETE FROM events WHERE ctid IN ( \
+               SELECT ctid FROM events WHERE event_type = 'click' AND occurred_at < $1 LIMIT $2)",
+        )
+        .await?;
+    c.execute(&stmt, &[&cutoff, &limit]).await
+}

@@ -18,5 +18,6 @@ mod malformed;
 mod migrate;
 mod redirect;
 mod resilience;
+mod retention;
 mod urls;
 mod users;

@@ -1,0 +1,66 @@
+//! `events.retention_days`: click events older than that are deleted, a batch at a time, by one
+//! API replica at a time (an advisory lock), every hour. The per-link rollups are kept: a link's
+//! total and its daily history outlive the raw clicks they were counted from.
+
+use crate::state::AppState;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use std::time::Duration;
+
+/// Advisory lock key of the retention job ("kurzret").
+pub const LOCK_KEY: i64 = 0x006b_7572_7a72_6574;
+/// Rows per delete statement: short transactions, no long lock on `events`.
+const BATCH: i64 = 10_000;
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes click events that occurred before `cutoff`; returns how many. `None` when another
+/// replica holds the job.
+pub async fn run_once(db: &Pool, cutoff: DateTime<Utc>) -> Result<Option<u64>, String> {
+    let client = db.get().await.map_err(|e| e.to_string())?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let mut deleted = 0;
+    let result = loop {
+        match crate::db::events::delete_clicks_before(&client, cutoff, BATCH).await {
+            Ok(n) => {
+                deleted += n;
+                if n < BATCH as u64 {
+                    break Ok(Some(deleted));
+                }
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result
+}
+
+/// The background job; does nothing when `events.retention_days` is 0.
+pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let days = state.config.events.retention_days;
+    if days == 0 {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+        match run_once(&state.db, cutoff).await {
+            Ok(Some(n)) if n > 0 => {
+                log::info!(deleted = n, retention_days = days; "old click events deleted")
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!(error = e; "click retention failed; next run in an hour"),
+        }
+    }
+}

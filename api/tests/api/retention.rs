@@ -1,0 +1,83 @@
+//! `events.retention_days`: old click events are deleted; newer clicks, other events and the
+//! stats rollups stay.
+
+use crate::helpers::spawn_app;
+use serde_json::Value;
+
+#[tokio::test]
+async fn old_clicks_go_and_everything_else_stays() {
+    let app = spawn_app().await;
+    let user = app.create_user("ret").await;
+    let link = app.create_url(user, "https://example.com/ret").await;
+    let id = link["id"].as_i64().unwrap();
+    let db = app.sql().await;
+    db.batch_execute(&format!(
+        "INSERT INTO events (url_id, user_id, event_type, occurred_at, click_id) \
+         SELECT {id}, {user}, 'click', now() - make_interval(days => d), 'ret-' || d \
+         FROM unnest(ARRAY[40, 35, 31, 2, 0]) AS d; \
+         UPDATE events SET occurred_at = now() - interval '90 days' WHERE event_type = 'created'"
+    ))
+    .await
+    .unwrap();
+    let stats_before: Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats_before["clicks"], 5);
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    // Another replica holding the job: this one leaves it.
+    let other = app.sql().await;
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&kurz_api::retention::LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kurz_api::retention::run_once(&app.state.db, cutoff)
+            .await
+            .unwrap(),
+        None
+    );
+    other
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&kurz_api::retention::LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff)
+        .await
+        .unwrap();
+    assert_eq!(deleted, Some(3), "the three clicks older than 30 days");
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE event_type = 'click'").await,
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE event_type = 'created'").await,
+        1,
+        "only clicks expire"
+    );
+    let stats_after: Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats_after["clicks"], 5, "the rollups keep counting them");
+    assert_eq!(
+        kurz_api::retention::run_once(&app.state.db, cutoff)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+}
