@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{id}/urls", get(users::urls))
         .route("/urls", post(urls::create).get(urls::list))
         .route("/urls/bulk", post(bulk::urls).layer(bulk_limit))
+        .route("/urls/export", get(urls::export))
         .route(
             "/urls/{id}",
             get(urls::get).put(urls::update).delete(urls::delete),

@@ -436,3 +436,70 @@ async fn tags_are_normalised_edited_filtered_and_counted() {
         .await;
     error_of(res, 400).await;
 }
+
+#[tokio::test]
+async fn the_export_lists_what_a_user_owns_and_imports_back() {
+    let app = spawn_app().await;
+    let user = app.create_user("exp").await;
+    let other = app.create_user("other").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/e1", "title": "Say \"hi\", then go", "tags": ["b", "a"], "redirect_type": 307}),
+        )
+        .await;
+    let first: Value = res.json().await.unwrap();
+    let second = app.create_url(user, "https://example.com/e2").await;
+    app.create_url(other, "https://example.com/not-mine").await;
+    let gone = app.create_url(user, "https://example.com/deleted").await;
+    assert_eq!(
+        app.delete(&format!("/urls/{}", gone["id"])).await.status(),
+        204
+    );
+    let code = first["short_code"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 307);
+    app.clicks(first["id"].as_i64().unwrap()).await;
+
+    let res = app
+        .get(&format!("/urls/export?format=csv&user_id={user}"))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/csv; charset=utf-8");
+    let body = res.bytes().await.unwrap().to_vec();
+    let mut reader = csv::Reader::from_reader(body.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header[..4], ["id", "user_id", "short_code", "original_url"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2, "live links of that user only");
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(&rows[0][col("short_code")], code);
+    assert_eq!(&rows[0][col("title")], "Say \"hi\", then go");
+    assert_eq!(&rows[0][col("tags")], "a;b");
+    assert_eq!(&rows[0][col("redirect_type")], "307");
+    assert_eq!(&rows[0][col("clicks")], "1");
+    assert_eq!(
+        &rows[1][col("short_code")],
+        second["short_code"].as_str().unwrap()
+    );
+    error_of(app.get("/urls/export?format=xlsx").await, 400).await;
+
+    // Into a fresh instance through the bulk import: same codes, targets, titles.
+    let fresh = spawn_app().await;
+    let owner = fresh.create_user("exp").await;
+    assert_eq!(owner, user, "fresh databases number users alike");
+    let res = fresh.upload("/urls/bulk", body).await;
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let links: Vec<Value> = fresh.get("/urls").await.json().await.unwrap();
+    let codes: Vec<&str> = links
+        .iter()
+        .map(|l| l["short_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec![code, second["short_code"].as_str().unwrap()]);
+    assert_eq!(links[0]["title"], "Say \"hi\", then go");
+    assert_eq!(links[0]["original_url"], "https://example.com/e1");
+}
