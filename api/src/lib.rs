@@ -40,3 +40,4 @@ pub mod routes;
 pub mod sample;
 pub mod startup;
 pub mod state;
+pub mod tags;

@@ -109,7 +109,8 @@ pub struct ImportedUrls {
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
-/// (+ optional `expires_at`; `id`, `title`, `is_active`, timestamps optional).
+/// (+ optional `expires_at`, `redirect_type` and `tags` (`;`-separated), as `GET /urls/export`
+/// writes them; `id`, `title`, `is_active`, timestamps optional).
 pub async fn urls(
     c: &mut deadpool_postgres::Client,
     bytes: &[u8],
@@ -120,6 +121,7 @@ pub async fn urls(
     let (mut ids, mut users, mut codes, mut targets, mut titles) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut active, mut created, mut updated, mut expires) = (vec![], vec![], vec![], vec![]);
+    let (mut statuses, mut tag_lists): (Vec<i16>, Vec<Vec<String>>) = (vec![], vec![]);
     let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
     let mut user_rows: HashMap<i64, At> = HashMap::new();
     for (at, row) in table.rows() {
@@ -149,6 +151,22 @@ pub async fn urls(
         created.push(row.opt_time("created_at")?);
         updated.push(row.opt_time("updated_at")?);
         expires.push(row.opt_time("expires_at")?);
+        let status = match row.text("redirect_type") {
+            "" => 302,
+            raw => raw
+                .parse::<u16>()
+                .ok()
+                .filter(|s| kurz_common::keys::REDIRECT_TYPES.contains(s))
+                .ok_or_else(|| at.err("redirect_type", "must be 301, 302, 307 or 308"))?,
+        };
+        statuses.push(status as i16);
+        let raw_tags: Vec<String> = row
+            .text("tags")
+            .split(';')
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        tag_lists.push(crate::tags::normalise_tags(&raw_tags).map_err(|why| at.err("tags", why))?);
     }
     let tx = c.transaction().await?;
     let wanted: HashSet<i64> = user_rows.keys().copied().collect();
@@ -174,16 +192,16 @@ pub async fn urls(
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at) \
+            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type) \
              SELECT COALESCE(t.id, nextval('urls_id_seq')), t.user_id, t.code, t.url, t.title, t.active, \
-                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires \
+                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires, t.status \
              FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::bool[], \
-                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) \
-                  AS t(id, user_id, code, url, title, active, created, updated, expires) \
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[]) \
+                  AS t(id, user_id, code, url, title, active, created, updated, expires, status) \
              ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, short_code = EXCLUDED.short_code, \
                original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               expires_at = EXCLUDED.expires_at, deleted_at = NULL",
+               expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, deleted_at = NULL",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {
@@ -200,11 +218,31 @@ pub async fn urls(
                 &&created[s..e],
                 &&updated[s..e],
                 &&expires[s..e],
+                &&statuses[s..e],
             ],
         )
         .await
         .map_err(conflict_detail)?;
     }
+    // Tags by code (an id may be generated): the file's tags replace a re-imported link's.
+    let (mut tag_codes, mut tag_values) = (Vec::new(), Vec::new());
+    for (code, tags) in codes.iter().zip(&tag_lists) {
+        for tag in tags {
+            tag_codes.push(code.as_str());
+            tag_values.push(tag.as_str());
+        }
+    }
+    tx.execute(
+        "DELETE FROM link_tags WHERE url_id IN (SELECT id FROM urls WHERE short_code = ANY($1))",
+        &[&codes],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO link_tags (url_id, tag) SELECT u.id, t.tag \
+         FROM UNNEST($1::text[], $2::text[]) AS t(code, tag) JOIN urls u ON u.short_code = t.code",
+        &[&tag_codes, &tag_values],
+    )
+    .await?;
     tx.commit().await?;
     codes.extend(old_codes);
     Ok(ImportedUrls { count: n, codes })

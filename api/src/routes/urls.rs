@@ -93,7 +93,7 @@ async fn create_link(
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
     let tags = f
         .opt_string_list("tags")
-        .and_then(|t| f.check("tags", normalise_tags(&t)))
+        .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)))
         .unwrap_or_default();
     let target = original_url
         .as_deref()
@@ -212,7 +212,7 @@ pub async fn list(
     let mut tags = Vec::new();
     for (k, v) in q.pairs() {
         if k == "tag" {
-            let tag = normalise_tag(v)
+            let tag = crate::tags::normalise_tag(v)
                 .map_err(|why| ApiError::BadRequest(format!("query parameter tag={v:?}: {why}")))?;
             tags.push(tag);
         }
@@ -272,7 +272,7 @@ pub async fn update(
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
     let tags = f
         .opt_string_list("tags")
-        .and_then(|t| f.check("tags", normalise_tags(&t)));
+        .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)));
     if matches!(is_active, Patch::Null) {
         f.reject("is_active", "must be true or false");
     }
@@ -408,39 +408,6 @@ pub async fn stats(
     Ok(crate::routes::events::mark_pending(response, pending))
 }
 
-/// Most tags on one link.
-const MAX_TAGS: usize = 20;
-
-/// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
-fn normalise_tag(raw: &str) -> Result<String, String> {
-    let tag = raw.trim().to_lowercase();
-    let len = tag.chars().count();
-    if len == 0 || len > 32 {
-        return Err("a tag is 1 to 32 characters".into());
-    }
-    if !tag
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
-    {
-        return Err("a tag holds letters, digits, spaces, '-', '_' and '.' only".into());
-    }
-    Ok(tag)
-}
-
-/// Normalised, sorted, without repeats; at most [`MAX_TAGS`].
-fn normalise_tags(raw: &[String]) -> Result<Vec<String>, String> {
-    let mut tags = raw
-        .iter()
-        .map(|t| normalise_tag(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    tags.sort();
-    tags.dedup();
-    if tags.len() > MAX_TAGS {
-        return Err(format!("at most {MAX_TAGS} tags"));
-    }
-    Ok(tags)
-}
-
 /// `GET /tags`: each tag with how many live links carry it (the caller's own in `required`
 /// mode, unless an admin).
 pub async fn tags(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
@@ -459,7 +426,7 @@ const EXPORT_PAGE: i64 = 10_000;
 
 /// `GET /urls/export?format=csv`: every live link in the caller's scope (the caller's own in
 /// `required` mode; `user_id` narrows it), in the columns `POST /urls/bulk` reads, so the file
-/// imports back; plus `redirect_type`, `tags` (`;`-separated) and `clicks`, which the import
+/// imports back, with `redirect_type` and `tags` (`;`-separated); plus `clicks`, which the import
 /// ignores.
 pub async fn export(
     State(state): State<AppState>,
@@ -542,27 +509,4 @@ pub async fn export(
         body,
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tag_tests {
-    use super::*;
-
-    #[test]
-    fn tags_are_normalised_and_bounded() {
-        let raw: Vec<String> = ["  Launch ", "launch", "Q3-2026", "été"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            normalise_tags(&raw).unwrap(),
-            vec!["launch", "q3-2026", "été"]
-        );
-        assert!(normalise_tag("").is_err());
-        assert!(normalise_tag(&"x".repeat(33)).is_err());
-        assert!(normalise_tag("a,b").is_err());
-        assert!(normalise_tag("tab\there").is_err());
-        let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
-        assert!(normalise_tags(&many).is_err());
-    }
 }

@@ -502,4 +502,15 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     assert_eq!(codes, vec![code, second["short_code"].as_str().unwrap()]);
     assert_eq!(links[0]["title"], "Say \"hi\", then go");
     assert_eq!(links[0]["original_url"], "https://example.com/e1");
+    assert_eq!(links[0]["redirect_type"], 307);
+    assert_eq!(links[0]["tags"], json!(["a", "b"]));
+    assert_eq!(links[1]["tags"], json!([]));
+    assert_eq!(fresh.get(&format!("/{code}")).await.status(), 307);
+    // A bad status or tag in a file names its row and column.
+    let bad = "user_id,short_code,original_url,redirect_type\n1,badrt1,https://example.com/b,303\n";
+    let err = error_of(fresh.upload("/urls/bulk", bad.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "redirect_type");
+    let bad = "user_id,short_code,original_url,tags\n1,badtg1,https://example.com/b,ok;a|b\n";
+    let err = error_of(fresh.upload("/urls/bulk", bad.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "tags");
 }

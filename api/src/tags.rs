@@ -1,0 +1,57 @@
+//! Link tags as stored: the one normalisation the API, the bulk import and the filters share.
+
+/// Most tags on one link.
+pub const MAX_TAGS: usize = 20;
+
+/// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
+pub fn normalise_tag(raw: &str) -> Result<String, String> {
+    let tag = raw.trim().to_lowercase();
+    let len = tag.chars().count();
+    if len == 0 || len > 32 {
+        return Err("a tag is 1 to 32 characters".into());
+    }
+    if !tag
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
+    {
+        return Err("a tag holds letters, digits, spaces, '-', '_' and '.' only".into());
+    }
+    Ok(tag)
+}
+
+/// Normalised, sorted, without repeats; at most [`MAX_TAGS`].
+pub fn normalise_tags(raw: &[String]) -> Result<Vec<String>, String> {
+    let mut tags = raw
+        .iter()
+        .map(|t| normalise_tag(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    tags.sort();
+    tags.dedup();
+    if tags.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags"));
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_normalised_and_bounded() {
+        let raw: Vec<String> = ["  Launch ", "launch", "Q3-2026", "été"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            normalise_tags(&raw).unwrap(),
+            vec!["launch", "q3-2026", "été"]
+        );
+        assert!(normalise_tag("").is_err());
+        assert!(normalise_tag(&"x".repeat(33)).is_err());
+        assert!(normalise_tag("a,b").is_err());
+        assert!(normalise_tag("tab\there").is_err());
+        let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(normalise_tags(&many).is_err());
+    }
+}
