@@ -1,50 +1,54 @@
 #!/usr/bin/env bash
-# Checks deploy/k8s: renders the base and every overlay with kustomize (kubectl's built-in, or
-# a `kustomize` binary) and validates each rendered object against the Kubernetes schemas with
-# kubernetes-validate (PyPI; ships the schemas, works offline) in strict mode, so a misspelt
-# field fails as well as a wrong type. Also: the config copies in the base are conf/'s files
-# verbatim, and the edge's upstream reference matches the API Service's name.
+# Checks deploy/k8s offline, for the base and every overlay:
+#  1. renders it with a real kustomize (a `kustomize` binary, or the one built into kubectl;
+#     v5 or newer: the kustomizations use `labels`);
+#  2. validates every rendered object against the Kubernetes OpenAPI schemas of the oldest and
+#     newest versions we name below, in strict mode (an unknown or misspelt field fails as well
+#     as a wrong type), with kubernetes-validate from PyPI, which ships the schemas;
+#  3. holds the manifests against the binaries and conf/ (deploy/checks/k8s_rules.py: variables,
+#     subcommands, config keys, listeners, probes, ports, security contexts, secrets).
+# Also: the config copies in the base are conf/'s files verbatim (kustomize reads no file
+# outside its root, hence the copies).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-K8S_VERSION=1.30.0
-command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate >/dev/null 2>&1 \
-  || { echo "k8s check: cannot install kubernetes-validate (pip)" >&2; exit 1; }
-if command -v kustomize >/dev/null; then render() { kustomize build "$1"; }
-elif command -v kubectl >/dev/null; then render() { kubectl kustomize "$1"; }
-else echo "k8s check: needs kubectl (with kustomize v5) or kustomize on PATH" >&2; exit 1; fi
+K8S_VERSIONS=(1.30.0 1.34.0)
+
+command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate==1.37.0 >/dev/null 2>&1 \
+  || { echo "k8s check: cannot install kubernetes-validate (pip install kubernetes-validate)" >&2; exit 1; }
+python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml >/dev/null 2>&1 \
+  || { echo "k8s check: cannot install PyYAML (pip install pyyaml)" >&2; exit 1; }
+# Neither PyPI nor Debian has a kustomize v5 to install (Debian's kubernetes-client is 1.20,
+# whose kustomize is v2): it comes with kubectl.
+if command -v kustomize >/dev/null; then
+  renderer="kustomize $(kustomize version 2>/dev/null | head -1)"; render() { kustomize build "$1"; }
+elif command -v kubectl >/dev/null; then
+  renderer="kubectl kustomize $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')"
+  render() { kubectl kustomize "$1"; }
+else
+  echo "k8s check: needs kustomize v5+ or kubectl 1.27+ (which has it built in) on PATH" >&2; exit 1
+fi
+case "$renderer" in
+  *" v"[5-9]*|*" v"[1-9][0-9]*) ;;
+  *) echo "k8s check: $renderer is too old: kustomize v5 or newer renders these files" >&2; exit 1 ;;
+esac
 
 for f in api proxy; do
   cmp -s "conf/$f.yaml" "deploy/k8s/base/config/$f.yaml" \
-    || { echo "deploy/k8s/base/config/$f.yaml differs from conf/$f.yaml: copy it again" >&2; exit 1; }
+    || { echo "deploy/k8s/base/config/$f.yaml differs from conf/$f.yaml: cp conf/$f.yaml deploy/k8s/base/config/" >&2; exit 1; }
 done
 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-for dir in deploy/k8s/base deploy/k8s/overlays/*; do
+dirs=(deploy/k8s/base deploy/k8s/overlays/*)
+for dir in "${dirs[@]}"; do
   out="$tmp/$(basename "$dir").yaml"
-  render "$dir" >"$out" 2>"$tmp/render.log" || { cat "$tmp/render.log" >&2; exit 1; }
-  if ! kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$out" >"$tmp/validate.log" 2>&1; then
-    echo "$dir: schema validation failed" >&2; cat "$tmp/validate.log" >&2; exit 1
-  fi
-  python3 - "$out" "$dir" <<'PY'
-import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-where = sys.argv[2]
-def find(kind, name):
-    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-assert find("Service", "kurz-api"), f"{where}: no Service kurz-api (the edge finds the API through it)"
-edge = find("Deployment", "kurz-edge")[0]["spec"]["template"]["spec"]["containers"][0]
-env = {e["name"]: e.get("value") for e in edge["env"]}
-assert env["KURZ_UPSTREAMS"] == "$(KURZ_API_SERVICE_HOST):$(KURZ_API_SERVICE_PORT)", f"{where}: KURZ_UPSTREAMS"
-for d in docs:
-    if d["kind"] in ("Deployment", "Job"):
-        spec = d["spec"]["template"]["spec"]
-        assert spec["securityContext"].get("runAsNonRoot"), f"{where}: {d['metadata']['name']} may run as root"
-        for c in spec["containers"]:
-            sc = c.get("securityContext", {})
-            assert sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False, \
-                f"{where}: {c['name']} securityContext"
-            assert "requests" in c.get("resources", {}), f"{where}: {c['name']} has no resource requests"
-PY
+  render "$dir" >"$out" 2>"$tmp/render.log" || { echo "$dir: kustomize failed" >&2; cat "$tmp/render.log" >&2; exit 1; }
+  for v in "${K8S_VERSIONS[@]}"; do
+    if ! kubernetes-validate --strict --quiet -k "$v" "$out" >"$tmp/validate.log" 2>&1; then
+      echo "$dir: schema validation against Kubernetes $v failed" >&2; cat "$tmp/validate.log" >&2; exit 1
+    fi
+  done
+  python3 deploy/checks/k8s_rules.py "$out" "$dir"
+  echo "$dir: $(grep -c '^kind:' "$out") objects valid"
 done
-echo "kubernetes manifests ok: $(ls -d deploy/k8s/base deploy/k8s/overlays/* | tr '\n' ' ')(Kubernetes $K8S_VERSION, strict)"
+echo "kubernetes manifests ok: ${dirs[*]} ($renderer; Kubernetes ${K8S_VERSIONS[*]}, strict; rules against the binaries' sources)"
