@@ -2,6 +2,7 @@
 //! test): redirects from the cluster, group-committed clicks split per slot, invalidations over
 //! cluster pub/sub, and a master killed under redirect load.
 
+use crate::api_redirects;
 use crate::harness::{Options, Stack};
 use kurz_common::keys::KeySchema;
 use kurz_common::testing::RedisCluster;
@@ -9,16 +10,6 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-async fn api_redirects(stack: &Stack) -> f64 {
-    stack
-        .metric(
-            stack.upstreams[0].admin_port,
-            "kurz_api_requests_total",
-            &["route=\"/{code}\""],
-        )
-        .await
-}
 
 fn on(cluster: &RedisCluster) -> Stack {
     Stack::start(Options {

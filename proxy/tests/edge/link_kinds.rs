@@ -2,23 +2,10 @@
 //! near-cache, and 410 `gone` once expired (while unknown codes stay 404) — without the API; and
 //! its preview page (`/<code>+`), which the API answers.
 
+use crate::api_redirects;
 use crate::harness::{Options, Stack};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-async fn api_redirects(stack: &Stack) -> f64 {
-    let mut total = 0.0;
-    for up in &stack.upstreams {
-        total += stack
-            .metric(
-                up.admin_port,
-                "kurz_api_requests_total",
-                &["route=\"/{code}\""],
-            )
-            .await;
-    }
-    total
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_answers_each_links_status_and_410_once_expired() {
