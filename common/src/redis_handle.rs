@@ -142,6 +142,11 @@ impl RedisHandle {
         Some(cmd)
     }
 
+    /// Whether writes wait for replicas (`redis.replica_acks` above 0).
+    pub fn waits_for_replicas(&self) -> bool {
+        self.durable.is_some()
+    }
+
     /// Whether a `WAIT` reply confirms enough replicas.
     pub fn replicated(&self, reply: &Value) -> bool {
         match (self.durable, reply) {

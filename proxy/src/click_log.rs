@@ -152,10 +152,8 @@ fn replies_to_stored(redis: &RedisHandle, replies: Option<Vec<Value>>, n: usize)
     let Some(replies) = replies else {
         return vec![false; n];
     };
-    let replicated = match redis.replica_wait() {
-        Some(_) => replies.get(n).is_some_and(|w| redis.replicated(w)),
-        None => true,
-    };
+    let replicated =
+        !redis.waits_for_replicas() || replies.get(n).is_some_and(|w| redis.replicated(w));
     (0..n)
         .map(|i| {
             replicated

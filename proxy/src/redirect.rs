@@ -135,7 +135,7 @@ impl Redirector {
         // With `redis.replica_acks`, a click must also be confirmed by replicas (`WAIT` after
         // the append, in the same pipeline): the script only looks up, and the click goes
         // through the batched append that waits.
-        let durable = self.redis.replica_wait().is_some();
+        let durable = self.redis.waits_for_replicas();
         let recorded = click.is_some() && !durable;
         let in_script = if durable { None } else { click.as_ref() };
         let raw = match self.lookup_and_record(code, in_script, now).await {
