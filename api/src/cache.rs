@@ -100,12 +100,17 @@ impl LinkCache {
             .map_err(|e| self.redis.failed(e))
     }
 
-    /// After a write: move the generation, store the new entry and tell every edge.
+    /// After a write: move the generation, store the new entry and tell every edge. A link
+    /// without a visit limit (or deleted) loses its visit counter, so a limit set later counts
+    /// from the clicks stored by then (`kurz_common::visit`).
     pub async fn publish(&self, code: &str, entry: &CachedLink) -> Result<(), RedisDown> {
         let mut pipe = redis::pipe();
         pipe.cmd("INCR")
             .arg(self.keys.generation_for(code))
             .ignore();
+        if !matches!(entry, CachedLink::Found(l) if l.max_visits.is_some()) {
+            pipe.cmd("UNLINK").arg(self.keys.visits(code)).ignore();
+        }
         pipe.cmd("SET")
             .arg(self.keys.link(code))
             .arg(entry.encode())

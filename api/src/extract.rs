@@ -202,7 +202,25 @@ impl Fields {
         }
     }
 
-    /// An optional boolean (JSON `true`/`false` only).
+    /// An optional count: an integer from 1 to 2^31-1, or `null`.
+    pub fn opt_count(&mut self, name: &str) -> Patch<i32> {
+        match self.map.remove(name) {
+            None => Patch::Absent,
+            Some(Value::Null) => Patch::Null,
+            Some(Value::Number(n)) => match n.as_i64().and_then(|v| i32::try_from(v).ok()) {
+                Some(v) if v >= 1 => Patch::Set(v),
+                _ => {
+                    self.fail(name, "must be an integer from 1 to 2147483647, or null");
+                    Patch::Absent
+                }
+            },
+            Some(_) => {
+                self.fail(name, "must be an integer from 1 to 2147483647, or null");
+                Patch::Absent
+            }
+        }
+    }
+
     /// A list of strings; `null` is the empty list.
     pub fn opt_string_list(&mut self, name: &str) -> Option<Vec<String>> {
         match self.map.remove(name) {

@@ -4,6 +4,8 @@
 //! ```text
 //! <prefix>:{p<N>}:link:<code>   cached link (see [`CachedLink`]), TTL; negative entries too
 //! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
+//! <prefix>:{p<N>}:visits:<code> counted visits of a link with `max_visits` (no TTL; see
+//!                               `crate::visit`)
 //! <prefix>:{p<N>}:gen           write generation of partition N's links: bumped by every link
 //!                               write, checked by every cache fill (a fill that read PostgreSQL
 //!                               before a write committed cannot land after it)
@@ -64,6 +66,15 @@ impl KeySchema {
         format!("{}:{{p{}}}:link:{code}", self.prefix, self.partition(code))
     }
 
+    /// The visit counter of a link with a visit limit (same hash tag as its entry and stream).
+    pub fn visits(&self, code: &str) -> String {
+        format!(
+            "{}:{{p{}}}:visits:{code}",
+            self.prefix,
+            self.partition(code)
+        )
+    }
+
     /// The write generation of one partition's links.
     pub fn generation(&self, partition: u16) -> String {
         format!("{}:{{p{partition}}}:gen", self.prefix)
@@ -95,7 +106,7 @@ impl KeySchema {
     /// its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=2 click-fields=2",
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=3 click-fields=2 visits=1",
             self.partitions
         )
     }
@@ -150,6 +161,9 @@ pub struct LinkEntry {
     pub expires_at: Option<i64>,
     /// The redirect's status: one of [`REDIRECT_TYPES`].
     pub redirect_type: u16,
+    /// Counted redirects allowed in all; `None` for no limit. The count lives in Redis
+    /// ([`KeySchema::visits`]), not in the entry: see `crate::visit`.
+    pub max_visits: Option<i64>,
     pub target: String,
 }
 
@@ -166,6 +180,11 @@ pub enum Verdict {
     /// 410: it existed and worked, and no longer does (expired).
     Gone,
 }
+
+/// Why a link answers 410.
+pub const GONE_EXPIRED: &str = "has expired";
+/// Why a link with `max_visits` answers 410 once they are used up.
+pub const GONE_EXHAUSTED: &str = "has reached its visit limit";
 
 impl LinkEntry {
     /// Whether a redirect at `now` (unix seconds) should answer with a redirect.
@@ -188,22 +207,23 @@ impl LinkEntry {
 /// The first field of a found entry: the format's version. An entry of another version decodes
 /// as a miss, and a cache fill replaces it (`api/src/cache.rs`); edges and APIs of different
 /// versions do not share Redis at all (the fingerprint's `link-entry`).
-pub const ENTRY_VERSION: &str = "2";
+pub const ENTRY_VERSION: &str = "3";
 
 impl CachedLink {
-    /// `2|url_id|user_id|active|expires_at|redirect_type|target`, or `0` for a missing code. A
+    /// `3|url_id|user_id|active|expires_at|redirect_type|max_visits|target`, or `0` for a missing code. A
     /// flat string rather than JSON: the edge parses it on every redirect, and the target goes
     /// last so it may hold any character.
     pub fn encode(&self) -> String {
         match self {
             CachedLink::Missing => "0".to_owned(),
             CachedLink::Found(l) => format!(
-                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}",
+                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}|{}",
                 l.url_id,
                 l.user_id.map(|u| u.to_string()).unwrap_or_default(),
                 u8::from(l.active),
                 l.expires_at.map(|e| e.to_string()).unwrap_or_default(),
                 l.redirect_type,
+                l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
                 l.target
             ),
         }
@@ -214,7 +234,7 @@ impl CachedLink {
         if raw == "0" {
             return Some(CachedLink::Missing);
         }
-        let mut parts = raw.splitn(7, '|');
+        let mut parts = raw.splitn(8, '|');
         if parts.next()? != ENTRY_VERSION {
             return None;
         }
@@ -230,6 +250,10 @@ impl CachedLink {
         if !REDIRECT_TYPES.contains(&redirect_type) {
             return None;
         }
+        let max_visits = optional_i64(parts.next()?)?;
+        if max_visits.is_some_and(|m| m < 1) {
+            return None;
+        }
         let target = parts.next()?.to_owned();
         Some(CachedLink::Found(LinkEntry {
             url_id,
@@ -237,6 +261,7 @@ impl CachedLink {
             active,
             expires_at,
             redirect_type,
+            max_visits,
             target,
         }))
     }
@@ -262,6 +287,7 @@ mod tests {
         let stream = keys.clicks_for("abc1234");
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&link), tag(&stream));
+        assert_eq!(tag(&link), tag(&keys.visits("abc1234")));
         assert_eq!(tag(&link), tag(&keys.generation_for("abc1234")));
         assert!(link.starts_with("kurz:{p") && link.ends_with(":link:abc1234"));
     }
@@ -299,15 +325,30 @@ mod tests {
             active: true,
             expires_at: Some(1_900_000_000),
             redirect_type: 308,
+            max_visits: None,
             target: "https://example.com/a|b?c=1".into(),
         });
-        assert_eq!(CachedLink::decode(&found.encode()), Some(found));
+        assert_eq!(CachedLink::decode(&found.encode()), Some(found.clone()));
+        let CachedLink::Found(mut limited) = found else {
+            unreachable!()
+        };
+        limited.max_visits = Some(3);
+        let limited = CachedLink::Found(limited);
+        assert_eq!(CachedLink::decode(&limited.encode()), Some(limited));
         assert_eq!(CachedLink::decode("0"), Some(CachedLink::Missing));
         assert_eq!(CachedLink::decode("1|x|||"), None);
         assert_eq!(CachedLink::decode("garbage"), None);
-        // The previous format, and a status no link may have, read as a miss.
+        // The previous formats, a status no link may have and a limit below one read as a miss.
         assert_eq!(CachedLink::decode("1|42||1||https://example.com"), None);
-        assert_eq!(CachedLink::decode("2|42||1||303|https://example.com"), None);
+        assert_eq!(CachedLink::decode("2|42||1||302|https://example.com"), None);
+        assert_eq!(
+            CachedLink::decode("3|42||1||303||https://example.com"),
+            None
+        );
+        assert_eq!(
+            CachedLink::decode("3|42||1||302|0|https://example.com"),
+            None
+        );
     }
 
     #[test]
@@ -318,6 +359,7 @@ mod tests {
             active: true,
             expires_at: Some(100),
             redirect_type: 307,
+            max_visits: None,
             target: "https://example.com".into(),
         };
         assert_eq!(l.verdict_at(99), Verdict::Redirect(307));

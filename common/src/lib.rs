@@ -13,6 +13,7 @@
 //! - [`logging`]: the JSON line format every kurz log uses.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`time`]: the contract's timestamp format.
+//! - [`visit`]: the one Redis script a redirect runs: look up, count, append the click.
 //! - `testing` (feature `testing`, tests only): private Redis and PostgreSQL servers to break.
 
 /// The git commit this binary was built from (`unknown` outside a checkout).
@@ -31,3 +32,4 @@ pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod visit;

@@ -1,56 +1,20 @@
 //! The hot path: `GET /<code>` answered at the edge from the near-cache or Redis, with the click
 //! appended to the same stream the API consumes, in one Redis round trip at most.
+//!
+//! A Redis lookup runs the visit script (`kurz_common::visit`), which also appends the click
+//! and counts the visit of a link with `max_visits`. Such links never enter the near-cache:
+//! every visit must pass through that script, where two racing visitors cannot both get the
+//! last visit.
 
 use crate::click_log::ClickLog;
 use crate::key_check::KeyGate;
 use crate::metrics::HOT;
 use crate::near_cache::NearCache;
-use kurz_common::clicks::{Click, FIELDS};
+use kurz_common::clicks::Click;
 use kurz_common::keys::{CachedLink, KeySchema, LinkEntry, Verdict};
 use kurz_common::redis_handle::RedisHandle;
+use kurz_common::visit::{self, Record, Reply};
 use std::sync::Arc;
-
-/// Looks the link up and, when it redirects and `ARGV[1]` is `1`, appends the click: one round
-/// trip, atomic, and cluster-safe because both keys share the `{p<N>}` hash tag. The entry
-/// format is `kurz_common::keys::CachedLink`; the expiry check uses the edge's clock (`ARGV[2]`)
-/// so the script and the edge agree on whether the click happened. `ARGV[3..]` are the click's
-/// values in `clicks::FIELDS` order; the XADD line is generated from that list
-/// ([`lookup_and_record_script`]), taking the link's own fields from the cached entry.
-const LOOKUP_AND_RECORD: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if (not v) or ARGV[1] ~= '1' then return v end
-local _, e, url_id, user_id, active, exp = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|')
-if not e or active ~= '1' then return v end
-if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
-redis.call('XADD', KEYS[2], '*', __FIELDS__)
-return v
-"#;
-
-/// The script with its XADD arguments derived from [`FIELDS`]: a field added to the click
-/// without a value here stops the edge at start-up (and fails the unit tests), instead of
-/// writing entries the consumer cannot read.
-fn lookup_and_record_script() -> String {
-    let pairs: Vec<String> = FIELDS
-        .iter()
-        .enumerate()
-        .map(|(i, field)| {
-            let value = match *field {
-                // The link's own fields come from the entry the script just read.
-                "url_id" => "url_id".to_owned(),
-                "user_id" => "user_id".to_owned(),
-                "target" => "string.sub(v, e + 1)".to_owned(),
-                "id" | "code" | "referrer" | "user_agent" | "ip" | "ts_ms" => {
-                    format!("ARGV[{}]", i + 3)
-                }
-                other => panic!("click field {other:?} has no value in the edge's Lua script"),
-            };
-            format!("'{field}', {value}")
-        })
-        .collect();
-    LOOKUP_AND_RECORD
-        .replace("__FIELDS__", &pairs.join(", "))
-        .replace("__VERSION__", kurz_common::keys::ENTRY_VERSION)
-}
 
 /// The answer for an entry that must not redirect at `now` (404 or 410), `None` for one that
 /// redirects.
@@ -74,6 +38,8 @@ pub enum Outcome {
     NotFound,
     /// 410: expired.
     Gone,
+    /// 410: its `max_visits` are used up.
+    Exhausted,
     /// Not answerable here (Redis miss or Redis down): the API answers and records the click.
     Forward,
 }
@@ -103,12 +69,14 @@ impl Redirector {
             near,
             gate,
             clicks,
-            script: redis::Script::new(&lookup_and_record_script()),
+            script: visit::script(),
         }
     }
 
-    /// `click` is `None` when no click should be recorded (HEAD, or sampled out).
-    pub async fn resolve(&self, code: &str, click: Option<Click>) -> Outcome {
+    /// `click` is `None` for a HEAD (answered, never counted). `sampled` says whether a GET's
+    /// click is recorded (`clicks.sample_rate`); a limited link records every GET regardless,
+    /// since its limit counts visits.
+    pub async fn resolve(&self, code: &str, click: Option<Click>, sampled: bool) -> Outcome {
         let now = chrono::Utc::now().timestamp();
         let hot = &*HOT;
         if !self.gate.open() {
@@ -122,7 +90,7 @@ impl Redirector {
                     let CachedLink::Found(link) = entry else {
                         unreachable!("only a found link is not refused")
                     };
-                    self.append(link, click).await
+                    self.append(link, click.filter(|_| sampled)).await
                 }
                 Some(refused) => {
                     hot.near_negative.inc();
@@ -136,20 +104,34 @@ impl Redirector {
         // the append, in the same pipeline): the script only looks up, and the click goes
         // through the batched append that waits.
         let durable = self.redis.waits_for_replicas();
-        let recorded = click.is_some() && !durable;
-        let in_script = if durable { None } else { click.as_ref() };
-        let raw = match self.lookup_and_record(code, in_script, now).await {
+        let record = match (&click, durable, sampled) {
+            (None, _, _) | (Some(_), true, _) => Record::Nothing,
+            (Some(_), false, true) => Record::Click,
+            (Some(_), false, false) => Record::IfLimited,
+        };
+        let raw = match self.visit(code, record, click.as_ref(), now).await {
             Ok(raw) => raw,
             Err(()) => {
                 hot.redis_error.inc();
                 return Outcome::Forward;
             }
         };
-        let Some(entry) = raw.as_deref().and_then(CachedLink::decode) else {
-            hot.redis_miss.inc();
-            return Outcome::Forward;
+        let entry = match Reply::from_raw(raw.as_deref()) {
+            Reply::Entry(entry) => entry,
+            // The API seeds the counter (from PostgreSQL) and counts this visit.
+            Reply::Miss | Reply::Unseeded => {
+                hot.redis_miss.inc();
+                return Outcome::Forward;
+            }
+            Reply::Exhausted => {
+                hot.redis_negative.inc();
+                return Outcome::Exhausted;
+            }
         };
-        self.near.fill(code, entry.clone(), epoch);
+        let limited = matches!(&entry, CachedLink::Found(l) if l.max_visits.is_some());
+        if !limited {
+            self.near.fill(code, entry.clone(), epoch);
+        }
         if let Some(refused) = refusal(&entry, now) {
             hot.redis_negative.inc();
             return refused;
@@ -159,37 +141,32 @@ impl Redirector {
         };
         hot.redis_hit.inc();
         if durable {
-            return self.append(link, click).await;
+            if limited && click.is_some() {
+                // Counting needs the script, and the WAIT after it: the API does both.
+                return Outcome::Forward;
+            }
+            return self.append(link, click.filter(|_| sampled)).await;
         }
-        if recorded {
+        if record == Record::Click || (record == Record::IfLimited && limited) {
             HOT.clicks_ok.inc();
         }
         Outcome::Redirect(link.target, link.redirect_type)
     }
 
-    async fn lookup_and_record(
+    async fn visit(
         &self,
         code: &str,
+        record: Record,
         click: Option<&Click>,
         now: i64,
     ) -> Result<Option<String>, ()> {
         let mut conn = self.redis.conn().await.map_err(|_| ())?;
-        let mut inv = self.script.key(self.keys.link(code));
-        inv.key(self.keys.clicks_for(code));
-        match click {
-            Some(c) => {
-                inv.arg("1").arg(now);
-                for value in c.values() {
-                    inv.arg(value);
-                }
-            }
-            None => {
-                inv.arg("0").arg(now);
-            }
-        };
-        inv.invoke_async(&mut conn).await.map_err(|e| {
-            self.redis.failed(e);
-        })
+        visit::invocation(&self.script, &self.keys, code, record, now, click)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.redis.failed(e);
+            })
     }
 
     /// A near-cache hit still needs its click in the stream; if that fails the API takes the
@@ -219,23 +196,6 @@ impl Redirector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The generated script appends exactly the click's fields, in their order.
-    #[test]
-    fn the_script_appends_every_field_of_a_click() {
-        let script = lookup_and_record_script();
-        let start = script.find("'XADD'").unwrap();
-        let end = start + script[start..].find("\nreturn").unwrap();
-        // Every single-quoted word of the XADD call: the command, the id, then field names.
-        let names: Vec<&str> = script[start..end]
-            .split('\'')
-            .skip(1)
-            .step_by(2)
-            .filter(|t| !matches!(*t, "XADD" | "*"))
-            .collect();
-        assert_eq!(names, FIELDS);
-        assert!(!script.contains("__FIELDS__"));
-    }
 
     /// The two ways a click reaches the stream — the script on a Redis hit, Rust's `XADD` on a
     /// near-cache hit — write the same entry, and it decodes to the click the edge meant: the
@@ -273,6 +233,7 @@ mod tests {
                 active: true,
                 expires_at: Some(4_000_000_000),
                 redirect_type: status,
+                max_visits: None,
                 target: target.into(),
             };
             let mut set = redis::cmd("SET");
@@ -294,8 +255,10 @@ mod tests {
             };
             let redirect = Outcome::Redirect(target.into(), status);
             // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.
-            assert_eq!(r.resolve(&code, Some(click("by-script"))).await, redirect);
-            assert_eq!(r.resolve(&code, Some(click("by-rust"))).await, redirect);
+            let by_script = r.resolve(&code, Some(click("by-script")), true).await;
+            assert_eq!(by_script, redirect);
+            let by_rust = r.resolve(&code, Some(click("by-rust")), true).await;
+            assert_eq!(by_rust, redirect);
             let mut range = redis::cmd("XRANGE");
             range.arg(keys.clicks_for(&code)).arg("-").arg("+");
             let entries: Vec<(String, Vec<(String, String)>)> = redis.query(&range).await.unwrap();

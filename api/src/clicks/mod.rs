@@ -9,11 +9,14 @@ pub mod consumer;
 pub mod drain;
 pub mod stream;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::redis_handle::RedisHandle;
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use kurz_common::clicks::Click;
-use kurz_common::keys::KeySchema;
+use kurz_common::keys::{CachedLink, KeySchema, LinkEntry, Verdict};
+use kurz_common::visit::{self, Record, Reply};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -32,6 +35,17 @@ pub fn click_details(click: &Click) -> serde_json::Value {
     details
 }
 
+/// What a visit of a link with `max_visits` got.
+#[derive(Debug, PartialEq)]
+pub enum LimitedVisit {
+    /// Counted (and its click recorded, for a GET): redirect.
+    Allowed,
+    /// Its visits are used up: 410.
+    Exhausted,
+    /// A write changed the link since it was read: answer this instead.
+    Changed(Verdict),
+}
+
 #[derive(Clone)]
 pub struct ClickRecorder {
     redis: Arc<RedisHandle>,
@@ -39,6 +53,7 @@ pub struct ClickRecorder {
     keys: KeySchema,
     sample_rate: f64,
     metrics: Arc<Metrics>,
+    visit: Arc<redis::Script>,
 }
 
 impl ClickRecorder {
@@ -55,7 +70,112 @@ impl ClickRecorder {
             keys,
             sample_rate,
             metrics,
+            visit: Arc::new(visit::script()),
         }
+    }
+
+    /// A visit of a link with a visit limit (`link.max_visits`): counted and, for a GET
+    /// (`click` given), recorded in one step by the visit script, whatever `clicks.sample_rate`
+    /// says. A missing counter is seeded from the clicks PostgreSQL has stored. With Redis down,
+    /// PostgreSQL decides under the link's row lock, counting the clicks it has stored (clicks
+    /// still queued in Redis are not among them: docs/API.md says so).
+    pub async fn limited_visit(
+        &self,
+        code: &str,
+        link: &LinkEntry,
+        click: Option<Click>,
+    ) -> Result<LimitedVisit, ApiError> {
+        let max = link.max_visits.unwrap_or(i64::MAX);
+        let now = chrono::Utc::now().timestamp();
+        let record = if click.is_some() {
+            Record::Click
+        } else {
+            Record::Nothing
+        };
+        for attempt in 0..2 {
+            let inv = visit::invocation(&self.visit, &self.keys, code, record, now, click.as_ref());
+            let reply = match self.redis.conn().await {
+                Ok(mut conn) => inv
+                    .invoke_async::<Option<String>>(&mut conn)
+                    .await
+                    .map_err(|e| self.redis.failed(e)),
+                Err(down) => Err(down),
+            };
+            match reply.map(|raw| Reply::from_raw(raw.as_deref())) {
+                Ok(Reply::Exhausted) => return Ok(LimitedVisit::Exhausted),
+                Ok(Reply::Entry(CachedLink::Found(now_cached))) => {
+                    // (A link that lost its limit since: the script recorded it like any click.)
+                    if let refused @ (Verdict::NotFound | Verdict::Gone) =
+                        now_cached.verdict_at(now)
+                    {
+                        return Ok(LimitedVisit::Changed(refused));
+                    }
+                    if let Some(click) = &click {
+                        self.confirm_replicas(click).await;
+                    }
+                    return Ok(LimitedVisit::Allowed);
+                }
+                Ok(Reply::Entry(CachedLink::Missing)) => {
+                    return Ok(LimitedVisit::Changed(Verdict::NotFound))
+                }
+                Ok(Reply::Unseeded) if attempt == 0 => {
+                    let client = self.db.get().await?;
+                    let stored = crate::db::stats::total_clicks(&client, link.url_id).await?;
+                    if self
+                        .redis
+                        .query::<Option<String>>(&visit::seed(&self.keys, code, stored))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                // No entry (evicted or replaced since the lookup), or Redis down.
+                _ => break,
+            }
+        }
+        self.limited_visit_in_postgres(link.url_id, max, click.as_ref())
+            .await
+    }
+
+    /// With `redis.replica_acks`, a click the script appended must reach the replicas too;
+    /// unconfirmed, PostgreSQL gets it directly (the stream copy then finds its id taken).
+    async fn confirm_replicas(&self, click: &Click) {
+        let Some(wait) = self.redis.replica_wait() else {
+            self.metrics.clicks.with_label_values(&["stream"]).inc();
+            return;
+        };
+        let acked = self.redis.query::<redis::Value>(&wait).await;
+        if acked.is_ok_and(|v| self.redis.replicated(&v)) {
+            self.metrics.clicks.with_label_values(&["stream"]).inc();
+            return;
+        }
+        self.direct_or_lost(click).await;
+    }
+
+    async fn limited_visit_in_postgres(
+        &self,
+        url_id: i64,
+        max: i64,
+        click: Option<&Click>,
+    ) -> Result<LimitedVisit, ApiError> {
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE")
+            .await?;
+        tx.execute(&lock, &[&url_id]).await?;
+        if crate::db::stats::total_clicks(&tx, url_id).await? >= max {
+            return Ok(LimitedVisit::Exhausted);
+        }
+        if let Some(click) = click {
+            insert_click(&tx, click).await?;
+        }
+        tx.commit().await?;
+        if click.is_some() {
+            self.metrics.clicks.with_label_values(&["direct"]).inc();
+        }
+        Ok(LimitedVisit::Allowed)
     }
 
     /// Records one click before the redirect is answered: appended to its partition's stream,
@@ -92,7 +212,17 @@ impl ClickRecorder {
             Err(down) => down.to_string(),
         };
         log::warn!(error = why, url_id = click.url_id; "click stream unavailable, inserting directly");
-        match self.insert_direct(&click).await {
+        self.direct_or_lost(&click).await;
+    }
+
+    async fn direct_or_lost(&self, click: &Click) {
+        let inserted = match self.db.get().await {
+            Ok(client) => insert_click(&client, click)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match inserted {
             Ok(()) => self.metrics.clicks.with_label_values(&["direct"]).inc(),
             Err(e) => {
                 self.metrics.clicks.with_label_values(&["lost"]).inc();
@@ -100,31 +230,27 @@ impl ClickRecorder {
             }
         }
     }
+}
 
-    async fn insert_direct(&self, click: &Click) -> Result<(), String> {
-        let client = self.db.get().await.map_err(|e| e.to_string())?;
-        let ts =
-            chrono::DateTime::from_timestamp_millis(click.ts_ms).unwrap_or_else(chrono::Utc::now);
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \
-                 VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (click_id) DO NOTHING",
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &click.url_id,
-                    &click.user_id,
-                    &ts,
-                    &click_details(click),
-                    &click.id,
-                ],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
+/// Stores one click in `events` (once: its id is unique there).
+async fn insert_click(c: &impl GenericClient, click: &Click) -> Result<(), tokio_postgres::Error> {
+    let ts = chrono::DateTime::from_timestamp_millis(click.ts_ms).unwrap_or_else(chrono::Utc::now);
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \
+             VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (click_id) DO NOTHING",
+        )
+        .await?;
+    c.execute(
+        &stmt,
+        &[
+            &click.url_id,
+            &click.user_id,
+            &ts,
+            &click_details(click),
+            &click.id,
+        ],
+    )
+    .await
+    .map(|_| ())
 }

@@ -18,23 +18,6 @@ pub async fn total_clicks(c: &impl GenericClient, url_id: i64) -> Result<i64, Er
     Ok(c.query_one(&stmt, &[&url_id]).await?.get(0))
 }
 
-/// Clicks stored per link, for many links at once (links without clicks are absent).
-pub async fn totals_of(
-    c: &impl GenericClient,
-    url_ids: &[i64],
-) -> Result<std::collections::HashMap<i64, i64>, Error> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT url_id, sum(clicks)::int8 FROM click_daily WHERE url_id = ANY($1) GROUP BY 1",
-        )
-        .await?;
-    Ok(c.query(&stmt, &[&url_ids])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}
-
 /// `{"url_id","clicks","last_click_at","daily","top_referrers"}`, from the rollups the database
 /// keeps as clicks are stored (migration V9): a few rows, however many clicks the link has.
 pub async fn url_stats(c: &impl GenericClient, url_id: i64) -> Result<Value, Error> {

@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 use tokio_postgres::{Error, Row};
 
 /// A link's columns; the last is its tags, in order (a statement that writes tags cannot see
-/// them in its own `RETURNING`: the caller sets them).
+/// them in its own `RETURNING`: the caller sets them). `visits` are its stored clicks, from the
+/// daily rollup (one row per day clicked).
 const COLUMNS: &str =
     "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
+     max_visits, (SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id) AS visits, \
      coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags";
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
-const N_COLUMNS: usize = 12;
+const N_COLUMNS: usize = 14;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -32,6 +34,10 @@ pub struct Link {
     pub deleted: bool,
     /// One of `kurz_common::keys::REDIRECT_TYPES`.
     pub redirect_type: u16,
+    /// Counted visits allowed; `None` for no limit.
+    pub max_visits: Option<i32>,
+    /// Clicks stored so far (those still in the click stream are not yet in).
+    pub visits: i64,
     /// Normalised, sorted.
     pub tags: Vec<String>,
 }
@@ -50,7 +56,9 @@ impl Link {
             updated_at: row.get(8),
             deleted: row.get::<_, Option<DateTime<Utc>>>(9).is_some(),
             redirect_type: row.get::<_, i16>(10) as u16,
-            tags: row.get(11),
+            max_visits: row.get(11),
+            visits: row.get(12),
+            tags: row.get(13),
         }
     }
 
@@ -67,6 +75,8 @@ impl Link {
             "created_at": kurz_common::time::format(self.created_at),
             "updated_at": kurz_common::time::format(self.updated_at),
             "redirect_type": self.redirect_type,
+            "max_visits": self.max_visits,
+            "visits": self.visits,
             "tags": self.tags,
         });
         if let Some(exp) = self.expires_at {
@@ -86,6 +96,7 @@ impl Link {
             active: self.is_active,
             expires_at: self.expires_at.map(|e| e.timestamp()),
             redirect_type: self.redirect_type,
+            max_visits: self.max_visits.map(i64::from),
             target: self.original_url.clone(),
         })
     }
@@ -101,6 +112,7 @@ pub struct NewLink<'a> {
     expires_at: Option<DateTime<Utc>>,
     /// `smallint` in PostgreSQL.
     redirect_type: i16,
+    max_visits: Option<i32>,
     tags: &'a [String],
 }
 
@@ -119,7 +131,16 @@ impl<'a> NewLink<'a> {
             title,
             expires_at,
             redirect_type: 302,
+            max_visits: None,
             tags: &[],
+        }
+    }
+
+    /// The same link answering 410 after `max` counted visits.
+    pub fn with_max_visits(self, max: Option<i32>) -> Self {
+        Self {
+            max_visits: max,
+            ..self
         }
     }
 
@@ -205,8 +226,8 @@ async fn insert_statement(
            SELECT 1 WHERE $1::int8 IS NULL \
            UNION ALL SELECT 1 FROM users WHERE id = $1::int8 AND deleted_at IS NULL \
          ), link AS ( \
-           INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type) \
-           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2 FROM owner \
+           INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type, max_visits) \
+           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2, $8::int4 FROM owner \
            {on_conflict} RETURNING {COLUMNS} \
          ), tagged AS ( \
            INSERT INTO link_tags (url_id, tag) SELECT link.id, t FROM link, unnest($7::text[]) AS t \
@@ -220,7 +241,7 @@ async fn insert_statement(
     .await
 }
 
-fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
+fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 8] {
     [
         &new.user_id,
         &new.short_code,
@@ -229,6 +250,7 @@ fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::T
         &new.expires_at,
         &new.redirect_type,
         &new.tags,
+        &new.max_visits,
     ]
 }
 
@@ -346,7 +368,7 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE urls SET title = $2, is_active = $3, original_url = $4, expires_at = $5, \
-             redirect_type = $6, updated_at = GREATEST(now(), updated_at + interval '1 second') \
+             redirect_type = $6, max_visits = $7, updated_at = GREATEST(now(), updated_at + interval '1 second') \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .await?;
@@ -360,6 +382,7 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
                 &link.original_url,
                 &link.expires_at,
                 &(link.redirect_type as i16),
+                &link.max_visits,
             ],
         )
         .await?;

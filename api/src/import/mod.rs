@@ -109,7 +109,7 @@ pub struct ImportedUrls {
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
-/// (+ optional `expires_at`, `redirect_type` and `tags` (`;`-separated), as `GET /urls/export`
+/// (+ optional `expires_at`, `redirect_type`, `max_visits` and `tags` (`;`-separated), as `GET /urls/export`
 /// writes them; `id`, `title`, `is_active`, timestamps optional).
 pub async fn urls(
     c: &mut deadpool_postgres::Client,
@@ -122,6 +122,7 @@ pub async fn urls(
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut active, mut created, mut updated, mut expires) = (vec![], vec![], vec![], vec![]);
     let (mut statuses, mut tag_lists): (Vec<i16>, Vec<Vec<String>>) = (vec![], vec![]);
+    let mut limits: Vec<Option<i32>> = vec![];
     let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
     let mut user_rows: HashMap<i64, At> = HashMap::new();
     for (at, row) in table.rows() {
@@ -160,6 +161,15 @@ pub async fn urls(
                 .ok_or_else(|| at.err("redirect_type", "must be 301, 302, 307 or 308"))?,
         };
         statuses.push(status as i16);
+        limits.push(match row.text("max_visits") {
+            "" => None,
+            raw => Some(raw.parse::<i32>().ok().filter(|m| *m >= 1).ok_or_else(|| {
+                at.err(
+                    "max_visits",
+                    "must be an integer from 1 to 2147483647, or empty",
+                )
+            })?),
+        });
         let raw_tags: Vec<String> = row
             .text("tags")
             .split(';')
@@ -192,16 +202,17 @@ pub async fn urls(
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type) \
+            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type, max_visits) \
              SELECT COALESCE(t.id, nextval('urls_id_seq')), t.user_id, t.code, t.url, t.title, t.active, \
-                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires, t.status \
+                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires, t.status, t.max_visits \
              FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::bool[], \
-                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[]) \
-                  AS t(id, user_id, code, url, title, active, created, updated, expires, status) \
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[], $11::int4[]) \
+                  AS t(id, user_id, code, url, title, active, created, updated, expires, status, max_visits) \
              ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, short_code = EXCLUDED.short_code, \
                original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, deleted_at = NULL",
+               expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, \
+               max_visits = EXCLUDED.max_visits, deleted_at = NULL",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {
@@ -219,6 +230,7 @@ pub async fn urls(
                 &&updated[s..e],
                 &&expires[s..e],
                 &&statuses[s..e],
+                &&limits[s..e],
             ],
         )
         .await

@@ -1,6 +1,7 @@
 //! `GET /<code>`: the redirect, answered from the Redis link cache, PostgreSQL on a miss.
 
 use crate::cache::Lookup;
+use crate::clicks::LimitedVisit;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::PathText;
@@ -11,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use kurz_common::clicks::{clip, Click, StoreIp};
-use kurz_common::keys::{CachedLink, LinkEntry, Verdict};
+use kurz_common::keys::{CachedLink, LinkEntry, Verdict, GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
 use std::net::SocketAddr;
@@ -34,30 +35,36 @@ pub async fn redirect(
     if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
         return Err(not_found());
     }
+    let gone = |why: &str| ApiError::Gone(format!("short code {code:?} {why}"));
     let (entry, status) = match resolve(&state, &code).await? {
         CachedLink::Found(entry) => match entry.verdict_at(chrono::Utc::now().timestamp()) {
             Verdict::Redirect(status) => (entry, status),
             Verdict::NotFound => return Err(not_found()),
-            Verdict::Gone => {
-                return Err(ApiError::Gone(format!("short code {code:?} has expired")))
-            }
+            Verdict::Gone => return Err(gone(GONE_EXPIRED)),
         },
         CachedLink::Missing => return Err(not_found()),
     };
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
-    if method == Method::GET {
-        state
-            .clicks
-            .record(click_of(
-                &request_id,
-                &code,
-                &entry,
-                &state.proxies,
-                state.config.privacy.store_ip,
-                peer,
-                &headers,
-            ))
-            .await;
+    let click = (method == Method::GET).then(|| {
+        click_of(
+            &request_id,
+            &code,
+            &entry,
+            &state.proxies,
+            state.config.privacy.store_ip,
+            peer,
+            &headers,
+        )
+    });
+    if entry.max_visits.is_some() {
+        match state.clicks.limited_visit(&code, &entry, click).await? {
+            LimitedVisit::Allowed => {}
+            LimitedVisit::Exhausted => return Err(gone(GONE_EXHAUSTED)),
+            LimitedVisit::Changed(Verdict::Gone) => return Err(gone(GONE_EXPIRED)),
+            LimitedVisit::Changed(_) => return Err(not_found()),
+        }
+    } else if let Some(click) = click {
+        state.clicks.record(click).await;
     }
     let location = HeaderValue::from_str(&entry.target).map_err(|_| {
         ApiError::Internal(format!(

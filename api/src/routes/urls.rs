@@ -91,6 +91,10 @@ async fn create_link(
     let custom = f.opt_string("short_code");
     let expires_at = f.opt_timestamp("expires_at");
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
+    let max_visits = match f.opt_count("max_visits") {
+        Patch::Set(max) => Some(max),
+        _ => None,
+    };
     let tags = f
         .opt_string_list("tags")
         .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)))
@@ -128,6 +132,7 @@ async fn create_link(
     let code = custom.unwrap_or_else(ShortCode::generate);
     let new = NewLink::new(Some(user_id), &code, &target, title, expires_at)
         .with_redirect_type(redirect_type.unwrap_or(302))
+        .with_max_visits(max_visits)
         .with_tags(&tags);
     let link = match idem {
         None => insert(&client, new, custom_given).await?,
@@ -270,6 +275,7 @@ pub async fn update(
     let original_url = f.opt_string("original_url");
     let expires_at = f.opt_timestamp("expires_at");
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
+    let max_visits = f.opt_count("max_visits");
     let tags = f
         .opt_string_list("tags")
         .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)));
@@ -337,6 +343,17 @@ pub async fn update(
             changes.push(("redirect_type", json!(status)));
             link.redirect_type = status;
         }
+    }
+    match max_visits {
+        Patch::Set(max) if link.max_visits != Some(max) => {
+            changes.push(("max_visits", json!(max)));
+            link.max_visits = Some(max);
+        }
+        Patch::Null if link.max_visits.is_some() => {
+            changes.push(("max_visits", Value::Null));
+            link.max_visits = None;
+        }
+        _ => {}
     }
     let tags_changed = tags.as_ref().is_some_and(|t| *t != link.tags);
     if let Some(t) = tags.filter(|_| tags_changed) {
@@ -426,8 +443,8 @@ const EXPORT_PAGE: i64 = 10_000;
 
 /// `GET /urls/export?format=csv`: every live link in the caller's scope (the caller's own in
 /// `required` mode; `user_id` narrows it), in the columns `POST /urls/bulk` reads, so the file
-/// imports back, with `redirect_type` and `tags` (`;`-separated); plus `clicks`, which the import
-/// ignores.
+/// imports back, with `redirect_type`, `max_visits` and `tags` (`;`-separated); plus `clicks`,
+/// which the import ignores.
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
@@ -460,6 +477,7 @@ pub async fn export(
         "updated_at",
         "expires_at",
         "redirect_type",
+        "max_visits",
         "tags",
         "clicks",
     ];
@@ -468,8 +486,6 @@ pub async fn export(
     let mut offset = 0;
     loop {
         let links = db::urls::list_urls(&client, &filter, EXPORT_PAGE, offset).await?;
-        let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
-        let clicks = db::stats::totals_of(&client, &ids).await?;
         for l in &links {
             let time = kurz_common::time::format;
             out.write_record([
@@ -483,8 +499,9 @@ pub async fn export(
                 time(l.updated_at),
                 l.expires_at.map(time).unwrap_or_default(),
                 l.redirect_type.to_string(),
+                l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
                 l.tags.join(";"),
-                clicks.get(&l.id).copied().unwrap_or(0).to_string(),
+                l.visits.to_string(),
             ])
             .map_err(written)?;
         }

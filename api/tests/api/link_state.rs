@@ -14,6 +14,7 @@ fn entry(target: &str) -> CachedLink {
         active: true,
         expires_at: None,
         redirect_type: 302,
+        max_visits: None,
         target: target.into(),
     })
 }

@@ -21,3 +21,4 @@ mod resilience;
 mod retention;
 mod urls;
 mod users;
+mod visits;

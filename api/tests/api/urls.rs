@@ -445,7 +445,7 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     let res = app
         .post_json(
             "/urls",
-            &json!({"user_id": user, "original_url": "https://example.com/e1", "title": "Say \"hi\", then go", "tags": ["b", "a"], "redirect_type": 307}),
+            &json!({"user_id": user, "original_url": "https://example.com/e1", "title": "Say \"hi\", then go", "tags": ["b", "a"], "redirect_type": 307, "max_visits": 40}),
         )
         .await;
     let first: Value = res.json().await.unwrap();
@@ -481,6 +481,8 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     assert_eq!(&rows[0][col("title")], "Say \"hi\", then go");
     assert_eq!(&rows[0][col("tags")], "a;b");
     assert_eq!(&rows[0][col("redirect_type")], "307");
+    assert_eq!(&rows[0][col("max_visits")], "40");
+    assert_eq!(&rows[1][col("max_visits")], "");
     assert_eq!(&rows[0][col("clicks")], "1");
     assert_eq!(
         &rows[1][col("short_code")],
@@ -503,6 +505,8 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     assert_eq!(links[0]["title"], "Say \"hi\", then go");
     assert_eq!(links[0]["original_url"], "https://example.com/e1");
     assert_eq!(links[0]["redirect_type"], 307);
+    assert_eq!(links[0]["max_visits"], 40);
+    assert_eq!(links[1]["max_visits"], Value::Null);
     assert_eq!(links[0]["tags"], json!(["a", "b"]));
     assert_eq!(links[1]["tags"], json!([]));
     assert_eq!(fresh.get(&format!("/{code}")).await.status(), 307);
@@ -513,4 +517,7 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     let bad = "user_id,short_code,original_url,tags\n1,badtg1,https://example.com/b,ok;a|b\n";
     let err = error_of(fresh.upload("/urls/bulk", bad.into()).await, 400).await;
     assert_eq!(err["details"]["column"], "tags");
+    let bad = "user_id,short_code,original_url,max_visits\n1,badmv1,https://example.com/b,0\n";
+    let err = error_of(fresh.upload("/urls/bulk", bad.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "max_visits");
 }

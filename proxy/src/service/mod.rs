@@ -15,6 +15,7 @@ use crate::redirect::{Outcome, Redirector};
 use crate::respond;
 use async_trait::async_trait;
 use kurz_common::clicks::{clip, is_valid_id, new_id, Click};
+use kurz_common::keys::{GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::proxies::ProxyTrust;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
@@ -72,10 +73,12 @@ impl Edge {
         code: &str,
     ) -> Result<bool> {
         let req = session.req_header();
-        let record = req.method == http::Method::GET
+        let get = req.method == http::Method::GET;
+        let sampled = get
             && (self.settings.click_sample_rate >= 1.0
                 || rand::random::<f64>() < self.settings.click_sample_rate);
-        let click = record.then(|| Click {
+        // Built for every GET: a link with `max_visits` counts the visits sampled out too.
+        let click = get.then(|| Click {
             // The request id travels on to the API if this request is forwarded, so the click
             // keeps one identity whichever process ends up recording it.
             id: ctx.request_id.clone(),
@@ -88,10 +91,16 @@ impl Edge {
             ip: self.settings.store_ip.apply(ctx.client),
             ts_ms: chrono::Utc::now().timestamp_millis(),
         });
-        if req.method == http::Method::GET && !record {
+        if get && !sampled {
             HOT.clicks_sampled_out.inc();
         }
-        match self.redirector.resolve(code, click).await {
+        let outcome = self.redirector.resolve(code, click, sampled).await;
+        let why_gone = if outcome == Outcome::Exhausted {
+            GONE_EXHAUSTED
+        } else {
+            GONE_EXPIRED
+        };
+        match outcome {
             Outcome::Redirect(target, status) => {
                 respond::redirect(session, &ctx.request_id, status, &target).await?;
                 ctx.answered = Some(status);
@@ -103,8 +112,8 @@ impl Edge {
                 ctx.answered = Some(404);
                 Ok(true)
             }
-            Outcome::Gone => {
-                let msg = format!("short code {code:?} has expired");
+            Outcome::Gone | Outcome::Exhausted => {
+                let msg = format!("short code {code:?} {why_gone}");
                 respond::json_error(session, &ctx.request_id, 410, "gone", &msg, &[]).await?;
                 ctx.answered = Some(410);
                 Ok(true)

@@ -117,3 +117,54 @@ async fn privacy_store_ip_applies_at_the_edge() {
         }
     }
 }
+
+/// `max_visits` at the edge: visitors racing through the edge get exactly the allowed
+/// redirects, the rest 410 `gone`; once the link is used up the edge refuses it without the
+/// API, and exactly as many clicks are stored as redirects went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_visitors_at_the_edge_cannot_exceed_max_visits() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/limited").await;
+    let res = stack
+        .client
+        .put(stack.url(&format!("/urls/{id}")))
+        .json(&json!({"max_visits": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let path = format!("/{code}");
+    let mut statuses: Vec<u16> = futures_util::future::join_all((0..20).map(|_| stack.get(&path)))
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 302).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 410).count(),
+        15,
+        "{statuses:?}"
+    );
+    let api_answered = api_redirects(&stack).await;
+    for _ in 0..3 {
+        let res = stack.get(&path).await;
+        assert_eq!(res.status(), 410);
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"], "gone");
+        assert!(err["message"].as_str().unwrap().contains("visit limit"));
+    }
+    assert_eq!(
+        api_redirects(&stack).await,
+        api_answered,
+        "a used-up link is refused at the edge"
+    );
+    assert_eq!(crate::clicks(&stack, id).await, 5, "one click per redirect");
+}

@@ -1,0 +1,202 @@
+//! `max_visits`: a link answers 410 `gone` once its counted visits are used up — exactly, with
+//! visitors racing for the last one, with sampled-out clicks, with a limit set on a link that
+//! was already clicked, and with Redis down (PostgreSQL decides then).
+
+use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
+use futures_util::future::join_all;
+use kurz_common::testing::{Persistence, PrivateRedis};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn limited_link(app: &TestApp, user: i64, max: Value) -> (i64, String) {
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/limited", "max_visits": max}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    assert_eq!(link["max_visits"], max);
+    assert_eq!(link["visits"], 0);
+    (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Fires `n` GETs at once; the statuses, sorted.
+async fn race(app: &TestApp, code: &str, n: usize) -> Vec<u16> {
+    let path = format!("/{code}");
+    let mut statuses: Vec<u16> = join_all((0..n).map(|_| app.get(&path)))
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+fn counted(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// `visits` on the link once the consumer has stored `expected` clicks.
+async fn wait_visits(app: &TestApp, id: i64, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        app.clicks(id).await; // a read of events drains the click stream first
+        let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+        if link["visits"] == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "visits stayed at {}",
+            link["visits"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assert_exhausted(res: reqwest::Response) {
+    let err = error_of(res, 410).await;
+    assert_eq!(err["error"], "gone");
+    assert!(
+        err["message"].as_str().unwrap().contains("visit limit"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn racing_visitors_get_exactly_max_visits_redirects_then_410() {
+    let app = spawn_app().await;
+    let user = app.create_user("mv").await;
+    let (id, code) = limited_link(&app, user, json!(3)).await;
+    let statuses = race(&app, &code, 8).await;
+    assert_eq!(counted(&statuses, 302), 3, "{statuses:?}");
+    assert_eq!(counted(&statuses, 410), 5, "{statuses:?}");
+    assert_exhausted(app.get(&format!("/{code}")).await).await;
+    // A HEAD learns the link is used up, and is not a visit either way.
+    let head = app
+        .client
+        .head(app.url(&format!("/{code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 410);
+    wait_visits(&app, id, 3).await;
+    assert_eq!(app.clicks(id).await.len(), 3, "no click for a refusal");
+
+    // Raising the limit lets exactly the difference through; removing it, everything.
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"max_visits": 5}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["max_visits"], 5);
+    let statuses = race(&app, &code, 4).await;
+    assert_eq!(statuses, [302, 302, 410, 410]);
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"max_visits": null}))
+        .await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["max_visits"],
+        Value::Null
+    );
+    assert_eq!(race(&app, &code, 3).await, [302, 302, 302]);
+    wait_visits(&app, id, 8).await;
+    let updated: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let changes: Vec<&Value> = updated.iter().map(|e| &e["details"]["new_value"]).collect();
+    assert!(changes.contains(&&json!(5)) && changes.contains(&&Value::Null));
+}
+
+#[tokio::test]
+async fn max_visits_must_be_a_positive_integer_or_null() {
+    let app = spawn_app().await;
+    let user = app.create_user("mvbad").await;
+    let (id, _) = limited_link(&app, user, Value::Null).await;
+    for bad in [
+        json!(0),
+        json!(-2),
+        json!("3"),
+        json!(1.5),
+        json!(2_147_483_648_i64),
+        json!([1]),
+    ] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://example.com/x", "max_visits": bad}),
+            )
+            .await;
+        let err = error_of(res, 400).await;
+        assert_eq!(
+            err["details"]["max_visits"], "must be an integer from 1 to 2147483647, or null",
+            "{bad}"
+        );
+        let res = app
+            .put_json(&format!("/urls/{id}"), &json!({"max_visits": bad}))
+            .await;
+        error_of(res, 400).await;
+    }
+    let (_, _) = limited_link(&app, user, json!(2_147_483_647_i64)).await;
+}
+
+/// Visits sampled out of the click stream (`clicks.sample_rate`) still count against a limit:
+/// otherwise a sampled link would never run out.
+#[tokio::test]
+async fn sampled_out_visits_still_count() {
+    let app = spawn_app_with(|c| c.clicks.sample_rate = 0.0).await;
+    let user = app.create_user("mvsample").await;
+    let (id, code) = limited_link(&app, user, json!(2)).await;
+    assert_eq!(race(&app, &code, 4).await, [302, 302, 410, 410]);
+    wait_visits(&app, id, 2).await;
+}
+
+/// A limit set on a link that already has stored clicks counts them: the counter is seeded
+/// from PostgreSQL.
+#[tokio::test]
+async fn a_limit_set_later_counts_the_clicks_already_stored() {
+    let app = spawn_app().await;
+    let user = app.create_user("mvlate").await;
+    let (id, code) = limited_link(&app, user, Value::Null).await;
+    assert_eq!(race(&app, &code, 3).await, [302, 302, 302]);
+    wait_visits(&app, id, 3).await;
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"max_visits": 4}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(race(&app, &code, 3).await, [302, 410, 410]);
+    wait_visits(&app, id, 4).await;
+}
+
+/// With Redis down the API alone answers, and PostgreSQL enforces the limit under the link's
+/// row lock: racing visitors still get exactly the visits left.
+#[tokio::test]
+async fn with_redis_down_postgres_enforces_the_limit() {
+    let mut redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let user = app.create_user("mvdown").await;
+    let (id, code) = limited_link(&app, user, json!(3)).await;
+    redis.kill();
+    let statuses = race(&app, &code, 7).await;
+    assert_eq!(counted(&statuses, 302), 3, "{statuses:?}");
+    assert_eq!(counted(&statuses, 410), 4, "{statuses:?}");
+    assert_exhausted(app.get(&format!("/{code}")).await).await;
+    let sql = app.sql().await;
+    let stored: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM events WHERE url_id = $1 AND event_type = 'click'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 3);
+}
