@@ -5,6 +5,7 @@
 //! gets batched inserts, and clicks survive a PostgreSQL outage in the stream. Read-your-writes
 //! holds because every read of events drains the streams first.
 
+pub mod agent;
 pub mod consumer;
 pub mod drain;
 pub mod stream;
@@ -20,13 +21,18 @@ use kurz_common::visit::{self, Record, Reply};
 use serde_json::json;
 use std::sync::Arc;
 
-/// The details object of a click event.
+/// The details object of a click event, with what its user agent says (`agent`).
 pub fn click_details(click: &Click) -> serde_json::Value {
+    let agent = agent::classify(&click.user_agent);
     let mut details = json!({
         "short_code": click.code,
         "original_url": click.target,
         "referrer": click.referrer,
         "user_agent": click.user_agent,
+        "is_bot": agent.is_bot,
+        "browser": agent.browser,
+        "os": agent.os,
+        "device": agent.device,
     });
     // `privacy.store_ip: none` leaves no address at all, not an empty one.
     if !click.ip.is_empty() {

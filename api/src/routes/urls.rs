@@ -410,18 +410,45 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /urls/<id>/stats`.
+/// A `YYYY-MM-DD` query parameter.
+fn query_date(q: &Query, name: &str) -> ApiResult<Option<chrono::NaiveDate>> {
+    q.get(name)
+        .map(|raw| {
+            chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "query parameter {name}={raw:?} must be a date such as 2030-01-31"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /urls/<id>/stats` (`from`, `to`: UTC days, inclusive; `include_bots`).
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
     PathText(id): PathText,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
+    let q = Query::parse(raw.as_deref());
+    let range = db::stats::Range {
+        from: query_date(&q, "from")?,
+        to: query_date(&q, "to")?,
+        include_bots: q.bool("include_bots")?.unwrap_or(false),
+    };
+    if let (Some(from), Some(to)) = (range.from, range.to) {
+        if from > to {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter from={from} is after to={to}"
+            )));
+        }
+    }
     let client = state.client().await?;
     let link = find_live(&client, id).await?;
     caller.require_owner_or_admin(link.user_id)?;
     let pending = crate::routes::events::drain_clicks(&state).await;
-    let response = Json(db::stats::url_stats(&client, id).await?).into_response();
+    let response = Json(db::stats::url_stats(&client, id, range).await?).into_response();
     Ok(crate::routes::events::mark_pending(response, pending))
 }
 

@@ -223,8 +223,8 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
     assert_eq!(
         stats["daily"],
         serde_json::json!([
-            {"date": day(yesterday), "clicks": 1},
-            {"date": day(today), "clicks": 4},
+            {"date": day(yesterday), "clicks": 1, "bots": 0},
+            {"date": day(today), "clicks": 4, "bots": 0},
         ])
     );
     assert_eq!(
@@ -235,6 +235,133 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
         ])
     );
     assert_eq!(stats["last_click_at"], kurz_common::time::format(today));
+}
+
+/// Bots and link-preview fetchers are redirected, marked `is_bot`, and left out of the stats
+/// unless `include_bots=true`; the stats break clicks down by referrer host, browser, OS and
+/// device class, over a range of days.
+#[tokio::test]
+async fn bots_are_marked_and_kept_apart_and_stats_break_clicks_down() {
+    let app = crate::helpers::spawn_app().await;
+    let user = app.create_user("bots").await;
+    let link = app.create_url(user, "https://example.com/bots").await;
+    let id = link["id"].as_i64().unwrap();
+    let code = link["short_code"].as_str().unwrap();
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+    let visits = [
+        (chrome, "https://News.Example.com/a?x=1"),
+        (chrome, "https://news.example.com/b"),
+        (iphone, ""),
+        (
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+            "https://news.example.com/b",
+        ),
+        ("facebookexternalhit/1.1", ""),
+    ];
+    for (ua, referrer) in visits {
+        let mut req = app
+            .client
+            .get(app.url(&format!("/{code}")))
+            .header("user-agent", ua);
+        if !referrer.is_empty() {
+            req = req.header("referer", referrer);
+        }
+        assert_eq!(
+            req.send().await.unwrap().status(),
+            302,
+            "bots are redirected too"
+        );
+    }
+    let clicks = app.clicks(id).await;
+    assert_eq!(clicks.len(), 5);
+    for click in &clicks {
+        let d = &click["details"];
+        let ua = d["user_agent"].as_str().unwrap();
+        let expected = (
+            ua != chrome && ua != iphone,
+            if ua == chrome {
+                "Chrome"
+            } else if ua == iphone {
+                "Safari"
+            } else {
+                d["browser"].as_str().unwrap()
+            },
+        );
+        assert_eq!(
+            (
+                d["is_bot"].as_bool().unwrap(),
+                d["browser"].as_str().unwrap()
+            ),
+            expected,
+            "{ua}"
+        );
+        if ua == iphone {
+            assert_eq!(d["device"], "mobile");
+        }
+    }
+
+    let stats = |query: &str| {
+        let path = format!("/urls/{id}/stats{query}");
+        let app = &app;
+        async move {
+            let res = app.get(&path).await;
+            assert_eq!(res.status(), 200, "{path}");
+            res.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let people = stats("").await;
+    assert_eq!(people["clicks"], 3);
+    assert_eq!(people["bots"], 2);
+    assert_eq!(people["include_bots"], false);
+    assert_eq!(people["daily"][0]["clicks"], 3);
+    assert_eq!(people["daily"][0]["bots"], 2);
+    assert_eq!(
+        people["referrer_hosts"],
+        serde_json::json!([{"host": "news.example.com", "clicks": 2}])
+    );
+    assert_eq!(
+        people["browsers"],
+        serde_json::json!([{"name": "Chrome", "clicks": 2}, {"name": "Safari", "clicks": 1}])
+    );
+    assert_eq!(
+        people["devices"],
+        serde_json::json!([{"name": "desktop", "clicks": 2}, {"name": "mobile", "clicks": 1}])
+    );
+    assert_eq!(people["operating_systems"][0]["clicks"], 2);
+    let everyone = stats("?include_bots=true").await;
+    assert_eq!(everyone["clicks"], 5);
+    assert_eq!(
+        everyone["devices"][0],
+        serde_json::json!({"name": "bot", "clicks": 2})
+    );
+    assert_eq!(
+        everyone["referrer_hosts"],
+        serde_json::json!([{"host": "news.example.com", "clicks": 3}])
+    );
+
+    // Ranges are UTC days, inclusive.
+    let today = chrono::Utc::now().date_naive();
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let tomorrow = day(today + chrono::Duration::days(1));
+    let later = stats(&format!("?from={tomorrow}")).await;
+    assert_eq!(
+        (later["clicks"].as_i64(), later["bots"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(later["daily"], serde_json::json!([]));
+    assert_eq!(later["browsers"], serde_json::json!([]));
+    assert_eq!(later["from"], tomorrow.as_str());
+    let just_today = stats(&format!("?from={}&to={}", day(today), day(today))).await;
+    assert_eq!(just_today["clicks"], 3);
+    for bad in [
+        "?from=yesterday".to_owned(),
+        "?to=2030-02-30".to_owned(),
+        format!("?from={tomorrow}&to={}", day(today)),
+        "?include_bots=maybe".to_owned(),
+    ] {
+        crate::helpers::error_of(app.get(&format!("/urls/{id}/stats{bad}")).await, 400).await;
+    }
 }
 
 async fn clicked_ip(store_ip: kurz_common::clicks::StoreIp) -> Option<String> {

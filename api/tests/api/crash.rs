@@ -207,7 +207,7 @@ async fn crash_mid_insert(terminate_backend: bool) {
     assert_eq!(
         count(
             &db,
-            "SELECT coalesce(sum(clicks), 0)::int8 FROM click_referrers"
+            "SELECT coalesce(sum(clicks), 0)::int8 FROM click_day_sources WHERE referrer <> ''"
         )
         .await,
         CLICKS,

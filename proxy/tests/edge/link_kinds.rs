@@ -168,3 +168,39 @@ async fn racing_visitors_at_the_edge_cannot_exceed_max_visits() {
     );
     assert_eq!(crate::clicks(&stack, id).await, 5, "one click per redirect");
 }
+
+/// A link-preview fetcher is redirected at the edge like anyone, and its click is stored marked
+/// as a bot, which the stats keep apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_are_redirected_at_the_edge_and_counted_apart() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/shared").await;
+    for ua in [
+        "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+    ] {
+        let res = stack
+            .client
+            .get(stack.url(&format!("/{code}")))
+            .header("user-agent", ua)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302, "{ua}");
+    }
+    assert_eq!(api_redirects(&stack).await, 0.0, "answered at the edge");
+    let stats: Value = stack
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["clicks"].as_i64(), stats["bots"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(stats["browsers"], json!([{"name": "Firefox", "clicks": 1}]));
+}
