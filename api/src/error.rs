@@ -28,6 +28,10 @@ pub enum ApiError {
     /// No valid credentials where they are needed.
     #[error("{0}")]
     Unauthorized(String),
+    /// A password-protected link without (or with the wrong) password: 401 without a
+    /// `WWW-Authenticate` challenge, since no HTTP scheme applies (the form or a JSON POST does).
+    #[error("{0}")]
+    PasswordRequired(String),
     /// Authenticated, but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
@@ -74,7 +78,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Validation(_) | ApiError::BadRow { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::PasswordRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Validation(_) | ApiError::BadRow { .. } => "validation_error",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::PasswordRequired(_) => "password_required",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::NotFound(_) => "not_found",

@@ -106,7 +106,7 @@ impl KeySchema {
     /// its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=3 click-fields=2 visits=1",
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=4 click-fields=2 visits=1",
             self.partitions
         )
     }
@@ -164,6 +164,9 @@ pub struct LinkEntry {
     /// Counted redirects allowed in all; `None` for no limit. The count lives in Redis
     /// ([`KeySchema::visits`]), not in the entry: see `crate::visit`.
     pub max_visits: Option<i64>,
+    /// Behind a password: only the API answers it (a form, then the redirect), so no edge
+    /// redirects it or records its click, from Redis or from its near-cache.
+    pub protected: bool,
     pub target: String,
 }
 
@@ -207,23 +210,25 @@ impl LinkEntry {
 /// The first field of a found entry: the format's version. An entry of another version decodes
 /// as a miss, and a cache fill replaces it (`api/src/cache.rs`); edges and APIs of different
 /// versions do not share Redis at all (the fingerprint's `link-entry`).
-pub const ENTRY_VERSION: &str = "3";
+pub const ENTRY_VERSION: &str = "4";
 
 impl CachedLink {
-    /// `3|url_id|user_id|active|expires_at|redirect_type|max_visits|target`, or `0` for a missing code. A
+    /// `4|url_id|user_id|active|expires_at|redirect_type|max_visits|protected|target`, or `0`
+    /// for a missing code. A
     /// flat string rather than JSON: the edge parses it on every redirect, and the target goes
     /// last so it may hold any character.
     pub fn encode(&self) -> String {
         match self {
             CachedLink::Missing => "0".to_owned(),
             CachedLink::Found(l) => format!(
-                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}|{}",
+                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}|{}|{}",
                 l.url_id,
                 l.user_id.map(|u| u.to_string()).unwrap_or_default(),
                 u8::from(l.active),
                 l.expires_at.map(|e| e.to_string()).unwrap_or_default(),
                 l.redirect_type,
                 l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
+                u8::from(l.protected),
                 l.target
             ),
         }
@@ -234,17 +239,13 @@ impl CachedLink {
         if raw == "0" {
             return Some(CachedLink::Missing);
         }
-        let mut parts = raw.splitn(8, '|');
+        let mut parts = raw.splitn(9, '|');
         if parts.next()? != ENTRY_VERSION {
             return None;
         }
         let url_id = parts.next()?.parse().ok()?;
         let user_id = optional_i64(parts.next()?)?;
-        let active = match parts.next()? {
-            "1" => true,
-            "0" => false,
-            _ => return None,
-        };
+        let active = flag(parts.next()?)?;
         let expires_at = optional_i64(parts.next()?)?;
         let redirect_type = parts.next()?.parse().ok()?;
         if !REDIRECT_TYPES.contains(&redirect_type) {
@@ -254,6 +255,7 @@ impl CachedLink {
         if max_visits.is_some_and(|m| m < 1) {
             return None;
         }
+        let protected = flag(parts.next()?)?;
         let target = parts.next()?.to_owned();
         Some(CachedLink::Found(LinkEntry {
             url_id,
@@ -262,8 +264,18 @@ impl CachedLink {
             expires_at,
             redirect_type,
             max_visits,
+            protected,
             target,
         }))
+    }
+}
+
+/// `1` or `0`.
+fn flag(field: &str) -> Option<bool> {
+    match field {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -326,6 +338,7 @@ mod tests {
             expires_at: Some(1_900_000_000),
             redirect_type: 308,
             max_visits: None,
+            protected: false,
             target: "https://example.com/a|b?c=1".into(),
         });
         assert_eq!(CachedLink::decode(&found.encode()), Some(found.clone()));
@@ -333,6 +346,7 @@ mod tests {
             unreachable!()
         };
         limited.max_visits = Some(3);
+        limited.protected = true;
         let limited = CachedLink::Found(limited);
         assert_eq!(CachedLink::decode(&limited.encode()), Some(limited));
         assert_eq!(CachedLink::decode("0"), Some(CachedLink::Missing));
@@ -360,6 +374,7 @@ mod tests {
             expires_at: Some(100),
             redirect_type: 307,
             max_visits: None,
+            protected: false,
             target: "https://example.com".into(),
         };
         assert_eq!(l.verdict_at(99), Verdict::Redirect(307));

@@ -10,6 +10,8 @@
 //! removes a link's limit drops the counter (the API's cache publish), so a limit set again
 //! later counts from the stored clicks rather than from a stale count.
 //!
+//! A password-protected link is only looked up: the API alone answers it, after the password.
+//!
 //! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter. Arguments:
 //! `ARGV[1]` what to record ([`Record`]), `ARGV[2]` now in unix seconds (the caller's clock, so
 //! caller and script agree on expiry), `ARGV[3..]` the click's values in `clicks::FIELDS` order.
@@ -28,8 +30,8 @@ pub const UNSEEDED: &str = "?";
 const SOURCE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return v end
-local _, e, url_id, user_id, active, exp, maxv = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|(%d*)|')
-if not e or active ~= '1' then return v end
+local _, e, url_id, user_id, active, exp, maxv, protected = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|(%d*)|([01])|')
+if not e or active ~= '1' or protected == '1' then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
   if ARGV[1] ~= '1' then return v end

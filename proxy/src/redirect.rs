@@ -4,7 +4,8 @@
 //! A Redis lookup runs the visit script (`kurz_common::visit`), which also appends the click
 //! and counts the visit of a link with `max_visits`. Such links never enter the near-cache:
 //! every visit must pass through that script, where two racing visitors cannot both get the
-//! last visit.
+//! last visit. Nor do password-protected links, which the edge always forwards: the API asks
+//! for the password.
 
 use crate::click_log::ClickLog;
 use crate::key_check::KeyGate;
@@ -129,7 +130,8 @@ impl Redirector {
             }
         };
         let limited = matches!(&entry, CachedLink::Found(l) if l.max_visits.is_some());
-        if !limited {
+        let protected = matches!(&entry, CachedLink::Found(l) if l.protected);
+        if !limited && !protected {
             self.near.fill(code, entry.clone(), epoch);
         }
         if let Some(refused) = refusal(&entry, now) {
@@ -139,6 +141,10 @@ impl Redirector {
         let CachedLink::Found(link) = entry else {
             unreachable!("only a found link is not refused")
         };
+        if protected {
+            // The API shows the password form; the script recorded nothing.
+            return Outcome::Forward;
+        }
         hot.redis_hit.inc();
         if durable {
             if limited && click.is_some() {
@@ -234,6 +240,7 @@ mod tests {
                 expires_at: Some(4_000_000_000),
                 redirect_type: status,
                 max_visits: None,
+                protected: false,
                 target: target.into(),
             };
             let mut set = redis::cmd("SET");

@@ -45,6 +45,10 @@ pub enum Subject<'a> {
     Account(i64),
     /// An identifier (email or username, lower-cased) that names no account.
     Unknown(&'a str),
+    /// A password-protected link, by id: guesses at its password back off like logins, per
+    /// link and per address (the address's count is shared with logins: a guesser is a
+    /// guesser).
+    Link(i64),
 }
 
 impl Subject<'_> {
@@ -52,6 +56,7 @@ impl Subject<'_> {
         match self {
             Subject::Account(id) => format!("user:{id}"),
             Subject::Unknown(who) => format!("id:{who}"),
+            Subject::Link(id) => format!("link:{id}"),
         }
     }
 }

@@ -15,10 +15,11 @@ use tokio_postgres::{Error, Row};
 const COLUMNS: &str =
     "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
      max_visits, (SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id) AS visits, \
+     password_hash IS NOT NULL AS has_password, \
      coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags";
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
-const N_COLUMNS: usize = 14;
+const N_COLUMNS: usize = 15;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -38,6 +39,8 @@ pub struct Link {
     pub max_visits: Option<i32>,
     /// Clicks stored so far (those still in the click stream are not yet in).
     pub visits: i64,
+    /// Behind a password (its hash is read only to check one: [`password_hash`]).
+    pub has_password: bool,
     /// Normalised, sorted.
     pub tags: Vec<String>,
 }
@@ -58,7 +61,8 @@ impl Link {
             redirect_type: row.get::<_, i16>(10) as u16,
             max_visits: row.get(11),
             visits: row.get(12),
-            tags: row.get(13),
+            has_password: row.get(13),
+            tags: row.get(14),
         }
     }
 
@@ -77,6 +81,7 @@ impl Link {
             "redirect_type": self.redirect_type,
             "max_visits": self.max_visits,
             "visits": self.visits,
+            "has_password": self.has_password,
             "tags": self.tags,
         });
         if let Some(exp) = self.expires_at {
@@ -97,6 +102,7 @@ impl Link {
             expires_at: self.expires_at.map(|e| e.timestamp()),
             redirect_type: self.redirect_type,
             max_visits: self.max_visits.map(i64::from),
+            protected: self.has_password,
             target: self.original_url.clone(),
         })
     }
@@ -113,6 +119,8 @@ pub struct NewLink<'a> {
     /// `smallint` in PostgreSQL.
     redirect_type: i16,
     max_visits: Option<i32>,
+    /// An argon2id PHC string.
+    password_hash: Option<&'a str>,
     tags: &'a [String],
 }
 
@@ -132,7 +140,16 @@ impl<'a> NewLink<'a> {
             expires_at,
             redirect_type: 302,
             max_visits: None,
+            password_hash: None,
             tags: &[],
+        }
+    }
+
+    /// The same link behind the password hashed as `hash`.
+    pub fn with_password_hash(self, hash: Option<&'a str>) -> Self {
+        Self {
+            password_hash: hash,
+            ..self
         }
     }
 
@@ -226,8 +243,8 @@ async fn insert_statement(
            SELECT 1 WHERE $1::int8 IS NULL \
            UNION ALL SELECT 1 FROM users WHERE id = $1::int8 AND deleted_at IS NULL \
          ), link AS ( \
-           INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type, max_visits) \
-           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2, $8::int4 FROM owner \
+           INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type, max_visits, password_hash) \
+           SELECT $1::int8, $2::text, $3::text, $4::text, $5::timestamptz, $6::int2, $8::int4, $9::text FROM owner \
            {on_conflict} RETURNING {COLUMNS} \
          ), tagged AS ( \
            INSERT INTO link_tags (url_id, tag) SELECT link.id, t FROM link, unnest($7::text[]) AS t \
@@ -241,7 +258,7 @@ async fn insert_statement(
     .await
 }
 
-fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 8] {
+fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 9] {
     [
         &new.user_id,
         &new.short_code,
@@ -251,6 +268,7 @@ fn insert_params<'a>(new: &'a NewLink<'a>) -> [&'a (dyn tokio_postgres::types::T
         &new.redirect_type,
         &new.tags,
         &new.max_visits,
+        &new.password_hash,
     ]
 }
 
@@ -387,6 +405,28 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
         )
         .await?;
     Ok(Link::from_row(&row))
+}
+
+/// The password hash of a live link (`None` when it has none).
+pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<String>, Error> {
+    let stmt = c
+        .prepare_cached("SELECT password_hash FROM urls WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .and_then(|r| r.get::<_, Option<String>>(0)))
+}
+
+/// Sets or removes a link's password (by its hash), in the caller's transaction.
+pub async fn set_password_hash(
+    c: &impl GenericClient,
+    id: i64,
+    hash: Option<&str>,
+) -> Result<(), Error> {
+    let stmt = c
+        .prepare_cached("UPDATE urls SET password_hash = $2 WHERE id = $1")
+        .await?;
+    c.execute(&stmt, &[&id, &hash]).await.map(|_| ())
 }
 
 /// Soft delete.

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bulk;
 pub mod events;
 pub mod health;
+mod link_password;
 pub mod preview;
 mod redirect;
 pub mod urls;
@@ -54,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/links/{id}", get(urls::get))
         .route("/events", get(events::list).post(events::create))
         .route("/events/bulk", post(bulk::events).layer(bulk_limit))
-        .route("/{code}", get(redirect::redirect))
+        .route("/{code}", get(redirect::redirect).post(redirect::unlock))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.body_bytes))

@@ -28,22 +28,34 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
     }
     let clicks = db::stats::total_clicks(&client, link.id).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
+    // Behind a password, where it leads is part of the secret.
+    let (target, title) = if link.has_password {
+        (None, None)
+    } else {
+        (Some(link.original_url.as_str()), link.title.as_deref())
+    };
     if wants_json(headers) {
         let body = json!({
             "short_code": link.short_code,
             "short_url": short_url,
-            "original_url": link.original_url,
-            "title": link.title,
+            "original_url": target,
+            "title": title,
             "clicks": clicks,
             "redirect_type": link.redirect_type,
+            "has_password": link.has_password,
         });
         return Ok((no_store(), Json(body)).into_response());
     }
-    let title = link
-        .title
-        .as_deref()
+    let title = title
         .map(|t| format!("<p class=\"title\">{}</p>", escape(t)))
         .unwrap_or_default();
+    let target = match target {
+        Some(t) => format!(
+            "<a href=\"{t}\" rel=\"noopener noreferrer nofollow\">{t}</a>",
+            t = escape(t)
+        ),
+        None => "a page behind a password, which it names only to those who have it".to_owned(),
+    };
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -52,11 +64,10 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
          <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}\
          .target{{word-break:break-all;font-size:1.2em}}</style></head>\
          <body><main><h1>{short} leads to</h1>\
-         <p class=\"target\"><a href=\"{target}\" rel=\"noopener noreferrer nofollow\">{target}</a></p>\
+         <p class=\"target\">{target}</p>\
          {title}<p>Followed {clicks} times so far. Check the address before you go there.</p>\
          </main></body></html>\n",
         short = escape(&short_url),
-        target = escape(&link.original_url),
     );
     let mut response = (no_store(), page).into_response();
     let h = response.headers_mut();
@@ -81,12 +92,12 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
     Ok(response)
 }
 
-fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+pub(crate) fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
     [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
 }
 
 /// JSON when the client lists it before HTML (or without HTML at all).
-fn wants_json(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +110,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 /// Text for HTML, in element content and in quoted attributes.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -1,5 +1,8 @@
-//! `GET /<code>`: the redirect, answered from the Redis link cache, PostgreSQL on a miss.
+//! `GET /<code>`: the redirect, answered from the Redis link cache, PostgreSQL on a miss; and
+//! `POST /<code>`, the password of a protected link.
 
+use super::link_password;
+use crate::auth::lockout::Subject;
 use crate::cache::Lookup;
 use crate::clicks::LimitedVisit;
 use crate::db;
@@ -25,43 +28,122 @@ pub async fn redirect(
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
     if let Some(base) = code.strip_suffix('+') {
         if shortcode::is_code_shaped(base) && !shortcode::is_reserved(base) {
             return super::preview::preview(&state, base, &headers).await;
         }
-        return Err(not_found());
+        return Err(not_found(&code));
     }
-    if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
-        return Err(not_found());
+    let (entry, status) = redirecting(&state, &code).await?;
+    if entry.protected {
+        return Ok(link_password::ask(&headers, &code, false));
     }
-    let gone = |why: &str| ApiError::Gone(format!("short code {code:?} {why}"));
-    let (entry, status) = match resolve(&state, &code).await? {
-        CachedLink::Found(entry) => match entry.verdict_at(chrono::Utc::now().timestamp()) {
-            Verdict::Redirect(status) => (entry, status),
-            Verdict::NotFound => return Err(not_found()),
-            Verdict::Gone => return Err(gone(GONE_EXPIRED)),
-        },
-        CachedLink::Missing => return Err(not_found()),
-    };
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
-    let click = (method == Method::GET).then(|| {
+    let visit = Visit {
+        request_id: &request_id,
+        peer,
+        headers: &headers,
+        counted: method == Method::GET,
+    };
+    visit_and_redirect(&state, &code, &entry, visit, status).await
+}
+
+/// `POST /<code>` with the password of a protected link: the redirect, as a 303.
+pub async fn unlock(
+    State(state): State<AppState>,
+    PathText(code): PathText,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let (entry, _) = redirecting(&state, &code).await?;
+    if !entry.protected {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let password = link_password::password_of(&headers, &body)?;
+    let ip = state.proxies.client_ip(peer.ip(), &headers);
+    let subject = Subject::Link(entry.url_id);
+    let lockout = &state.auth.lockout;
+    let down = |_| ApiError::Unavailable("password checks are unavailable; retry shortly".into());
+    if let Some(wait) = lockout.admit(&subject, ip).await.map_err(down)? {
+        return Err(ApiError::TooManyRequests {
+            message: format!("too many wrong passwords for short code {code:?}; retry later"),
+            retry_after: wait,
+        });
+    }
+    let stored = db::urls::password_hash(&state.client().await?, entry.url_id).await?;
+    if !state.auth.passwords.verify(password, stored).await? {
+        return Ok(link_password::ask(&headers, &code, true));
+    }
+    lockout.succeeded(&subject, ip).await.map_err(down)?;
+    let visit = Visit {
+        request_id: &request_id,
+        peer,
+        headers: &headers,
+        counted: true,
+    };
+    visit_and_redirect(&state, &code, &entry, visit, 303).await
+}
+
+fn not_found(code: &str) -> ApiError {
+    ApiError::NotFound(format!("short code {code:?} not found"))
+}
+
+fn gone(code: &str, why: &str) -> ApiError {
+    ApiError::Gone(format!("short code {code:?} {why}"))
+}
+
+/// The link of `code` and its status, if it redirects now (else its 404 or 410).
+async fn redirecting(state: &AppState, code: &str) -> ApiResult<(LinkEntry, u16)> {
+    if !shortcode::is_code_shaped(code) || shortcode::is_reserved(code) {
+        return Err(not_found(code));
+    }
+    match resolve(state, code).await? {
+        CachedLink::Found(entry) => match entry.verdict_at(chrono::Utc::now().timestamp()) {
+            Verdict::Redirect(status) => Ok((entry, status)),
+            Verdict::NotFound => Err(not_found(code)),
+            Verdict::Gone => Err(gone(code, GONE_EXPIRED)),
+        },
+        CachedLink::Missing => Err(not_found(code)),
+    }
+}
+
+/// The request a visit comes from.
+struct Visit<'a> {
+    request_id: &'a str,
+    peer: SocketAddr,
+    headers: &'a HeaderMap,
+    /// A GET (or a POST with the password): a click; a HEAD is not.
+    counted: bool,
+}
+
+/// Counts and records the visit (against `max_visits` when the link has one), then redirects
+/// with `status`.
+async fn visit_and_redirect(
+    state: &AppState,
+    code: &str,
+    entry: &LinkEntry,
+    visit: Visit<'_>,
+    status: u16,
+) -> ApiResult<Response> {
+    let click = visit.counted.then(|| {
         click_of(
-            &request_id,
-            &code,
-            &entry,
+            visit.request_id,
+            code,
+            entry,
             &state.proxies,
             state.config.privacy.store_ip,
-            peer,
-            &headers,
+            visit.peer,
+            visit.headers,
         )
     });
     if entry.max_visits.is_some() {
-        match state.clicks.limited_visit(&code, &entry, click).await? {
+        match state.clicks.limited_visit(code, entry, click).await? {
             LimitedVisit::Allowed => {}
-            LimitedVisit::Exhausted => return Err(gone(GONE_EXHAUSTED)),
-            LimitedVisit::Changed(Verdict::Gone) => return Err(gone(GONE_EXPIRED)),
-            LimitedVisit::Changed(_) => return Err(not_found()),
+            LimitedVisit::Exhausted => return Err(gone(code, GONE_EXHAUSTED)),
+            LimitedVisit::Changed(Verdict::Gone) => return Err(gone(code, GONE_EXPIRED)),
+            LimitedVisit::Changed(_) => return Err(not_found(code)),
         }
     } else if let Some(click) = click {
         state.clicks.record(click).await;

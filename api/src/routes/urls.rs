@@ -40,6 +40,20 @@ fn check_title(f: &mut Fields, title: &str) {
     }
 }
 
+/// Longest link password accepted (in characters): a passphrase fits, a megabyte does not reach
+/// the hasher.
+const MAX_LINK_PASSWORD: usize = 128;
+
+fn check_link_password(f: &mut Fields, password: &str) {
+    let n = password.chars().count();
+    if n == 0 || n > MAX_LINK_PASSWORD {
+        f.reject(
+            "password",
+            format!("must be 1 to {MAX_LINK_PASSWORD} characters, or null for none"),
+        );
+    }
+}
+
 fn check_expiry(f: &mut Fields, at: DateTime<Utc>) {
     if at <= Utc::now() {
         f.reject("expires_at", "must be in the future");
@@ -95,6 +109,10 @@ async fn create_link(
         Patch::Set(max) => Some(max),
         _ => None,
     };
+    let password = f.opt_string("password");
+    if let Patch::Set(p) = &password {
+        check_link_password(&mut f, p);
+    }
     let tags = f
         .opt_string_list("tags")
         .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)))
@@ -119,6 +137,10 @@ async fn create_link(
         ));
     };
 
+    let password_hash = match password {
+        Patch::Set(p) => Some(state.auth.passwords.hash(p).await?),
+        _ => None,
+    };
     let mut client = state.client().await?;
     let title = match &title {
         Patch::Set(t) => Some(t.as_str()),
@@ -133,6 +155,7 @@ async fn create_link(
     let new = NewLink::new(Some(user_id), &code, &target, title, expires_at)
         .with_redirect_type(redirect_type.unwrap_or(302))
         .with_max_visits(max_visits)
+        .with_password_hash(password_hash.as_deref())
         .with_tags(&tags);
     let link = match idem {
         None => insert(&client, new, custom_given).await?,
@@ -276,6 +299,10 @@ pub async fn update(
     let expires_at = f.opt_timestamp("expires_at");
     let redirect_type = f.opt_choice("redirect_type", &REDIRECT_TYPES);
     let max_visits = f.opt_count("max_visits");
+    let password = f.opt_string("password");
+    if let Patch::Set(p) = &password {
+        check_link_password(&mut f, p);
+    }
     let tags = f
         .opt_string_list("tags")
         .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)));
@@ -296,6 +323,12 @@ pub async fn update(
         check_expiry(&mut f, at);
     }
     f.finish()?;
+    // Hashed before the transaction: argon2 takes tens of milliseconds, no row lock should.
+    let password = match password {
+        Patch::Set(p) => Patch::Set(state.auth.passwords.hash(p).await?),
+        Patch::Null => Patch::Null,
+        Patch::Absent => Patch::Absent,
+    };
 
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
@@ -355,6 +388,15 @@ pub async fn update(
         }
         _ => {}
     }
+    // Only whether there is one: a password (or its hash) never goes into an event.
+    let new_password = match &password {
+        Patch::Set(hash) => Some(Some(hash.as_str())),
+        Patch::Null if link.has_password => Some(None),
+        _ => None,
+    };
+    if let Some(hash) = new_password {
+        changes.push(("has_password", json!(hash.is_some())));
+    }
     let tags_changed = tags.as_ref().is_some_and(|t| *t != link.tags);
     if let Some(t) = tags.filter(|_| tags_changed) {
         changes.push(("tags", json!(t)));
@@ -366,6 +408,9 @@ pub async fn update(
     }
     if tags_changed {
         db::urls::set_tags(&tx, link.id, &link.tags).await?;
+    }
+    if let Some(hash) = new_password {
+        db::urls::set_password_hash(&tx, link.id, hash).await?;
     }
     let mut saved = db::urls::save_url(&tx, &link).await?;
     // The statement's RETURNING read the tags before this transaction's change.

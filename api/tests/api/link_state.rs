@@ -15,6 +15,7 @@ fn entry(target: &str) -> CachedLink {
         expires_at: None,
         redirect_type: 302,
         max_visits: None,
+        protected: false,
         target: target.into(),
     })
 }

@@ -18,6 +18,10 @@ pub(super) fn classify(method: &http::Method, path: &str) -> Class {
     if method == http::Method::OPTIONS {
         return Class::Read;
     }
+    // The password of a protected link: a guess, rate-limited like a login.
+    if method == http::Method::POST && redirect_code(path).is_some() {
+        return Class::Auth;
+    }
     Class::Write
 }
 
@@ -49,6 +53,8 @@ mod tests {
         assert_eq!(classify(&Method::POST, "/urls"), Class::Write);
         assert_eq!(classify(&Method::POST, "/auth/login"), Class::Auth);
         assert_eq!(classify(&Method::POST, "/api/auth/login"), Class::Auth);
+        assert_eq!(classify(&Method::POST, "/abc1234"), Class::Auth);
+        assert_eq!(classify(&Method::PUT, "/abc1234"), Class::Write);
         assert_eq!(classify(&Method::GET, "/ab"), Class::Read);
     }
 }

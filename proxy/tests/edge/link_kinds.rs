@@ -204,3 +204,58 @@ async fn bots_are_redirected_at_the_edge_and_counted_apart() {
     );
     assert_eq!(stats["browsers"], json!([{"name": "Firefox", "clicks": 1}]));
 }
+
+/// A password-protected link through the edge: never redirected by the edge (from Redis or its
+/// near-cache), the API asks for the password, and the right one gets the 303 and one click.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_link_is_only_opened_by_the_api_after_its_password() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/behind").await;
+    // Visited before it had a password: the edge holds it in its near-cache.
+    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+    let res = stack
+        .client
+        .put(stack.url(&format!("/urls/{id}")))
+        .json(&json!({"password": "letmein"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let before = api_redirects(&stack).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Until the invalidation lands the near-cache may still redirect; after it, never.
+        let res = stack.get(&format!("/{code}")).await;
+        if res.status() == 200 {
+            assert!(res.text().await.unwrap().contains("type=\"password\""));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge kept redirecting a protected link"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(stack.get(&format!("/{code}")).await.status(), 200);
+    }
+    assert!(
+        api_redirects(&stack).await > before,
+        "the API answered the form"
+    );
+    let clicks_before = crate::clicks(&stack, id).await;
+    let res = stack
+        .client
+        .post(stack.url(&format!("/{code}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("password=letmein")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "https://example.com/behind");
+    assert_eq!(crate::clicks(&stack, id).await, clicks_before + 1);
+}

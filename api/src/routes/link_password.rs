@@ -1,0 +1,139 @@
+//! Links behind a password: `GET /<code>` answers a form (or a JSON 401), `POST /<code>` with the
+//! right password answers the redirect (303, so the browser follows with a GET and the password
+//! is never re-sent to the target, as a 307/308 would) and records the click. Guesses back off
+//! like logins, per link and per client address (`auth::lockout`).
+
+use super::preview::{escape, no_store, wants_json};
+use crate::error::{ApiError, ApiResult};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// The password a `POST /<code>` carries: a form field or a JSON member named `password`.
+pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let password = match content_type.as_str() {
+        "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned()),
+        "application/json" => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(mut map)) => match map.remove("password") {
+                Some(serde_json::Value::String(p)) => Some(p),
+                Some(_) => return Err(ApiError::field("password", "must be a string")),
+                None => None,
+            },
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "the body must be a JSON object such as {\"password\": \"…\"}".into(),
+                ))
+            }
+        },
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send the password as application/x-www-form-urlencoded or application/json, not {other:?}"
+            )))
+        }
+    };
+    match password {
+        Some(p) if !p.is_empty() => Ok(p),
+        _ => Err(ApiError::field("password", "is required")),
+    }
+}
+
+/// The answer to a visitor without the right password: the form (HTML), or a JSON 401 to a
+/// client that asks for JSON. `wrong` says the last attempt failed.
+pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
+    if wants_json(headers) {
+        let message = if wrong {
+            format!("wrong password for short code {code:?}")
+        } else {
+            format!(
+                "short code {code:?} is protected by a password: POST it as {{\"password\": \"…\"}}"
+            )
+        };
+        return ApiError::PasswordRequired(message).into_response();
+    }
+    let notice = if wrong {
+        "<p role=\"alert\" class=\"wrong\">That password is not right.</p>"
+    } else {
+        ""
+    };
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"robots\" content=\"noindex\">\
+         <title>Password needed</title>\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:30em;margin:3em auto;padding:0 1em}}\
+         input,button{{font:inherit;padding:.4em}}.wrong{{color:#a00}}</style></head>\
+         <body><main><h1>This link is protected</h1>{notice}\
+         <form method=\"post\" action=\"/{code}\">\
+         <label for=\"password\">Password</label><br>\
+         <input id=\"password\" name=\"password\" type=\"password\" required autofocus \
+         autocomplete=\"current-password\"> <button type=\"submit\">Continue</button>\
+         </form></main></body></html>\n",
+        code = escape(code),
+    );
+    // 401 after a wrong password; the first view is a page like any other.
+    let status = if wrong {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, no_store(), page).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing runs; the form posts only back here; no other site may frame it.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_password_comes_from_a_form_or_json() {
+        let form = typed("application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(
+            password_of(&form, b"password=s%C3%A9same+1").unwrap(),
+            "sésame 1"
+        );
+        let json = typed("application/json");
+        assert_eq!(password_of(&json, br#"{"password":"x"}"#).unwrap(), "x");
+        assert!(password_of(&form, b"other=1").is_err());
+        assert!(password_of(&json, br#"{"password":7}"#).is_err());
+        assert!(password_of(&json, b"[").is_err());
+        let err = password_of(&typed("text/plain"), b"x").unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}

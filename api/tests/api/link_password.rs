@@ -1,0 +1,189 @@
+//! Links behind a password: a form (or a JSON 401) instead of the redirect, the redirect (303)
+//! and its click only after the right password, guesses backing off per link and client, the
+//! password never returned nor written to an event, and the preview keeping the target secret.
+
+use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
+use serde_json::{json, Value};
+
+async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
+    let user = app.create_user(&format!("pw{}", rand::random::<u32>())).await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/secret", "title": "Quarterly plan", "password": password}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    assert_eq!(link["has_password"], true);
+    assert!(link.get("password").is_none(), "write-only: {link}");
+    (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn post_form(app: &TestApp, code: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/{code}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_protected_link_redirects_only_after_its_password() {
+    let app = spawn_app().await;
+    let (id, code) = protected_link(&app, "open sesame").await;
+
+    // A browser gets the form; the target appears nowhere on it.
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let page = res.text().await.unwrap();
+    assert!(page.contains(&format!("<form method=\"post\" action=\"/{code}\">")));
+    assert!(page.contains("<label for=\"password\">"));
+    assert!(!page.contains("example.com/secret"));
+    // A client asking for JSON gets a 401 saying what to do.
+    let res = app
+        .client
+        .get(app.url(&format!("/{code}")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let err = error_of(res, 401).await;
+    assert_eq!(err["error"], "password_required");
+
+    // Wrong password: 401, the form again, no redirect, no click.
+    let res = post_form(&app, &code, "password=open+sesam").await;
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("not right"));
+    // Right password (form, then JSON): 303 to the target, one click each.
+    let res = post_form(&app, &code, "password=open+sesame").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "https://example.com/secret");
+    let res = app
+        .post_json(&format!("/{code}"), &json!({"password": "open sesame"}))
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        app.clicks(id).await.len(),
+        2,
+        "one click per unlocked visit"
+    );
+    // Still protected on the next GET (nothing cached it open).
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 200);
+
+    // The preview names neither the target nor the title.
+    let res = app
+        .client
+        .get(app.url(&format!("/{code}+")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let preview: Value = res.json().await.unwrap();
+    assert_eq!(preview["original_url"], Value::Null);
+    assert_eq!(preview["title"], Value::Null);
+    assert_eq!(preview["has_password"], true);
+    let html = app.get(&format!("/{code}+")).await.text().await.unwrap();
+    assert!(!html.contains("example.com/secret") && !html.contains("Quarterly"));
+
+    // Removing the password: a plain redirect again; the event says only that it changed.
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"password": null}))
+        .await;
+    assert_eq!(res.json::<Value>().await.unwrap()["has_password"], false);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"password": "new one"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 200);
+    assert_eq!(
+        post_form(&app, &code, "password=open+sesame")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post_form(&app, &code, "password=new+one").await.status(),
+        303
+    );
+    let updated: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&updated).unwrap();
+    assert!(text.contains("has_password"), "{text}");
+    assert!(
+        !text.contains("new one") && !text.contains("argon2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 3;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let (_, code) = protected_link(&app, "right").await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            post_form(&app, &code, "password=wrong")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 429],
+        "locked after the free failures"
+    );
+    let res = post_form(&app, &code, "password=right").await;
+    assert_eq!(
+        res.status(),
+        429,
+        "even the right password waits out the lock"
+    );
+    assert!(res.headers().contains_key("retry-after"));
+
+    // Malformed attempts are refused before any check.
+    let (_, other) = protected_link(&app, "x").await;
+    error_of(post_form(&app, &other, "nopassword=1").await, 400).await;
+    let res = app
+        .client
+        .post(app.url(&format!("/{other}")))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    error_of(res, 415).await;
+    // A link without a password takes no POST.
+    let user = app.create_user("plain").await;
+    let plain = app.create_url(user, "https://example.com/plain").await;
+    let res = post_form(&app, plain["short_code"].as_str().unwrap(), "password=x").await;
+    error_of(res, 405).await;
+    // Passwords on create: 1 to 128 characters, a string.
+    for bad in [json!(""), json!(7), json!("x".repeat(129))] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://example.com/p", "password": bad}),
+            )
+            .await;
+        let err = error_of(res, 400).await;
+        assert!(err["details"]["password"].is_string(), "{bad}: {err}");
+    }
+}
