@@ -11,7 +11,7 @@
 //! - [`cache`]: the Redis link cache; [`cache_sync`]: link states reach it despite failures;
 //!   [`clicks`]: the click stream and its consumer.
 //! - [`auth`]: passwords, sessions, API keys, lock-out and the access policy ([`auth::Caller`]).
-//! - [`idempotency`]: `Idempotency-Key` for creates.
+//! - [`idempotency`]: `Idempotency-Key` for creates; [`qr`]: QR code images of short URLs.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics;
 //!   [`deadline`]: the per-request time limit.
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pagination;
 pub mod panics;
+pub mod qr;
 pub use kurz_common::redis_handle;
 pub mod retention;
 pub mod routes;

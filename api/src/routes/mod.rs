@@ -6,6 +6,7 @@ pub mod events;
 pub mod health;
 mod link_password;
 pub mod preview;
+mod qr;
 mod redirect;
 pub mod urls;
 pub mod users;
@@ -50,12 +51,14 @@ pub fn router(state: AppState) -> Router {
             get(urls::get).put(urls::update).delete(urls::delete),
         )
         .route("/urls/{id}/stats", get(urls::stats))
+        .route("/urls/{id}/qr", get(qr::by_id))
         .route("/tags", get(urls::tags))
         .route("/links/create", post(urls::create))
         .route("/links/{id}", get(urls::get))
         .route("/events", get(events::list).post(events::create))
         .route("/events/bulk", post(bulk::events).layer(bulk_limit))
         .route("/{code}", get(redirect::redirect).post(redirect::unlock))
+        .route("/{code}/qr", get(qr::by_code))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.body_bytes))

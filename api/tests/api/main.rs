@@ -17,6 +17,7 @@ mod link_password;
 mod link_state;
 mod malformed;
 mod migrate;
+mod qr;
 mod redirect;
 mod resilience;
 mod retention;

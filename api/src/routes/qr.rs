@@ -1,0 +1,120 @@
+//! `GET /urls/<id>/qr` and `GET /<code>/qr`: the QR code of a link's short URL (`?format=svg|png`,
+//! default `svg`; `?size=N` pixels, 64–2048, default 256), with an `ETag` so a client that has
+//! it gets a 304.
+
+use crate::auth::Caller;
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{path_id, PathText, Query};
+use crate::qr::{self, Format};
+use crate::state::AppState;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kurz_common::keys::{CachedLink, Verdict, GONE_EXPIRED};
+use kurz_common::shortcode;
+
+/// The owner's view, by id (the same access as `GET /urls/<id>`).
+pub async fn by_id(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathText(id): PathText,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (format, size) = options(raw.as_deref())?;
+    let id = path_id(&id, "url")?;
+    let client = state.client().await?;
+    let link = db::urls::find_url(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    caller.require_owner_or_admin(link.user_id)?;
+    let short_url = format!("{}/{}", state.config.base(), link.short_code);
+    image(&short_url, format, size, &headers, "private, max-age=86400")
+}
+
+/// Anyone's, by code: for a link that redirects (a printed code of a dead link helps nobody).
+pub async fn by_code(
+    State(state): State<AppState>,
+    PathText(code): PathText,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
+    if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
+        return Err(not_found());
+    }
+    let (format, size) = options(raw.as_deref())?;
+    let client = state.client().await?;
+    let link = db::urls::find_url_by_code(&client, &code)
+        .await?
+        .ok_or_else(not_found)?;
+    let CachedLink::Found(entry) = link.cache_entry() else {
+        return Err(not_found());
+    };
+    match entry.verdict_at(chrono::Utc::now().timestamp()) {
+        Verdict::Redirect(_) => {}
+        Verdict::NotFound => return Err(not_found()),
+        Verdict::Gone => {
+            return Err(ApiError::Gone(format!(
+                "short code {code:?} {GONE_EXPIRED}"
+            )))
+        }
+    }
+    let short_url = format!("{}/{}", state.config.base(), link.short_code);
+    image(&short_url, format, size, &headers, "public, max-age=86400")
+}
+
+fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
+    let q = Query::parse(raw);
+    let format = match q.get("format") {
+        None => Format::Svg,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::BadRequest(format!("query parameter format={f:?} must be svg or png"))
+        })?,
+    };
+    let size = match q.get("size") {
+        None => 256,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (qr::MIN_SIZE..=qr::MAX_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "query parameter size={s:?} must be an integer from {} to {}",
+                    qr::MIN_SIZE,
+                    qr::MAX_SIZE
+                ))
+            })?,
+    };
+    Ok((format, size))
+}
+
+fn image(
+    text: &str,
+    format: Format,
+    size: u32,
+    headers: &HeaderMap,
+    cache: &'static str,
+) -> ApiResult<Response> {
+    let etag = qr::etag(text, format, size);
+    let tag = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let common = [
+        (header::ETAG, tag),
+        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+    ];
+    let seen = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if seen {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    let body = qr::render(text, format, size).map_err(ApiError::Internal)?;
+    let mut response = (StatusCode::OK, common, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    Ok(response)
+}

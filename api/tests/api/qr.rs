@@ -1,0 +1,74 @@
+//! QR codes: the PNG decodes back to the short URL, the SVG is an SVG, the `ETag` answers 304,
+//! and bad options or dead links are clear errors.
+
+use crate::helpers::{error_of, spawn_app};
+use serde_json::Value;
+
+/// The text of the QR code in a PNG.
+fn decode(png_bytes: &[u8]) -> String {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h, line) = (info.width as usize, info.height as usize, info.line_size);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * line + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    grids[0].decode().unwrap().1
+}
+
+#[tokio::test]
+async fn the_png_decodes_back_to_the_short_url() {
+    let app = spawn_app().await;
+    let user = app.create_user("qr").await;
+    let link = app.create_url(user, "https://example.com/printed").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap(),
+    );
+    let short_url = link["short_url"].as_str().unwrap();
+    for path in [
+        format!("/urls/{id}/qr?format=png&size=300"),
+        format!("/{code}/qr?format=png"),
+    ] {
+        let res = app.get(&path).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["content-type"], "image/png");
+        let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+        let png = res.bytes().await.unwrap();
+        assert_eq!(decode(&png), short_url, "{path}");
+        let again = app
+            .client
+            .get(app.url(&path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert!(again.bytes().await.unwrap().is_empty());
+    }
+    let res = app.get(&format!("/{code}/qr")).await;
+    assert_eq!(res.headers()["content-type"], "image/svg+xml");
+    assert!(res.text().await.unwrap().starts_with("<svg"));
+
+    for bad in ["format=gif", "size=10", "size=5000", "size=big"] {
+        let err = error_of(app.get(&format!("/urls/{id}/qr?{bad}")).await, 400).await;
+        assert!(
+            err["message"].as_str().unwrap().contains("query parameter"),
+            "{bad}"
+        );
+    }
+    error_of(app.get("/NoSuchCode9/qr").await, 404).await;
+    error_of(app.get("/urls/999999/qr").await, 404).await;
+    // A deactivated link has no public QR code.
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &serde_json::json!({"is_active": false}),
+        )
+        .await;
+    assert_eq!(res.json::<Value>().await.unwrap()["is_active"], false);
+    error_of(app.get(&format!("/{code}/qr")).await, 404).await;
+}
