@@ -6,7 +6,9 @@ use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
 use serde_json::{json, Value};
 
 async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
-    let user = app.create_user(&format!("pw{}", rand::random::<u32>())).await;
+    let user = app
+        .create_user(&format!("pw{}", rand::random::<u32>()))
+        .await;
     let res = app
         .post_json(
             "/urls",
