@@ -15,11 +15,11 @@ use tokio_postgres::{Error, Row};
 const COLUMNS: &str =
     "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
      max_visits, (SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id) AS visits, \
-     password_hash IS NOT NULL AS has_password, \
+     password_hash IS NOT NULL AS has_password, imported_clicks, \
      coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags";
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
-const N_COLUMNS: usize = 15;
+const N_COLUMNS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -41,6 +41,8 @@ pub struct Link {
     pub visits: i64,
     /// Behind a password (its hash is read only to check one: [`password_hash`]).
     pub has_password: bool,
+    /// Clicks the link had in the shortener it was imported from (`POST /urls/import`).
+    pub imported_clicks: i64,
     /// Normalised, sorted.
     pub tags: Vec<String>,
 }
@@ -62,7 +64,8 @@ impl Link {
             max_visits: row.get(11),
             visits: row.get(12),
             has_password: row.get(13),
-            tags: row.get(14),
+            imported_clicks: row.get(14),
+            tags: row.get(15),
         }
     }
 
@@ -82,6 +85,7 @@ impl Link {
             "max_visits": self.max_visits,
             "visits": self.visits,
             "has_password": self.has_password,
+            "imported_clicks": self.imported_clicks,
             "tags": self.tags,
         });
         if let Some(exp) = self.expires_at {

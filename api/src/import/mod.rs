@@ -13,6 +13,7 @@ use kurz_common::shortcode::ShortCode;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
+pub mod foreign;
 mod table;
 
 use table::{unique, At, Table};
@@ -109,7 +110,7 @@ pub struct ImportedUrls {
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
-/// (+ optional `expires_at`, `redirect_type`, `max_visits` and `tags` (`;`-separated), as `GET /urls/export`
+/// (+ optional `expires_at`, `redirect_type`, `max_visits`, `imported_clicks` and `tags` (`;`-separated), as `GET /urls/export`
 /// writes them; `id`, `title`, `is_active`, timestamps optional).
 pub async fn urls(
     c: &mut deadpool_postgres::Client,
@@ -123,6 +124,7 @@ pub async fn urls(
     let (mut active, mut created, mut updated, mut expires) = (vec![], vec![], vec![], vec![]);
     let (mut statuses, mut tag_lists): (Vec<i16>, Vec<Vec<String>>) = (vec![], vec![]);
     let mut limits: Vec<Option<i32>> = vec![];
+    let mut imported_clicks: Vec<i64> = vec![];
     let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
     let mut user_rows: HashMap<i64, At> = HashMap::new();
     for (at, row) in table.rows() {
@@ -170,6 +172,14 @@ pub async fn urls(
                 )
             })?),
         });
+        imported_clicks.push(match row.text("imported_clicks") {
+            "" => 0,
+            raw => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| at.err("imported_clicks", "must be a non-negative integer"))?,
+        });
         let raw_tags: Vec<String> = row
             .text("tags")
             .split(';')
@@ -202,17 +212,17 @@ pub async fn urls(
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type, max_visits) \
+            "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type, max_visits, imported_clicks) \
              SELECT COALESCE(t.id, nextval('urls_id_seq')), t.user_id, t.code, t.url, t.title, t.active, \
-                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires, t.status, t.max_visits \
+                    COALESCE(t.created, now()), COALESCE(t.updated, t.created, now()), t.expires, t.status, t.max_visits, t.imported \
              FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::bool[], \
-                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[], $11::int4[]) \
-                  AS t(id, user_id, code, url, title, active, created, updated, expires, status, max_visits) \
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[], $11::int4[], $12::int8[]) \
+                  AS t(id, user_id, code, url, title, active, created, updated, expires, status, max_visits, imported) \
              ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, short_code = EXCLUDED.short_code, \
                original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
                expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, \
-               max_visits = EXCLUDED.max_visits, deleted_at = NULL",
+               max_visits = EXCLUDED.max_visits, imported_clicks = EXCLUDED.imported_clicks, deleted_at = NULL",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {
@@ -231,6 +241,7 @@ pub async fn urls(
                 &&expires[s..e],
                 &&statuses[s..e],
                 &&limits[s..e],
+                &&imported_clicks[s..e],
             ],
         )
         .await

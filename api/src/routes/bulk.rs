@@ -1,15 +1,18 @@
-//! `POST /users/bulk`, `/urls/bulk`, `/events/bulk`: multipart field `file` holding a CSV.
+//! `POST /users/bulk`, `/urls/bulk`, `/events/bulk`: multipart field `file` holding a CSV; and
+//! `POST /urls/import`, links exported from other shorteners.
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::import;
+use crate::extract::Query;
+use crate::import::{self, foreign};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kurz_common::shortcode::ShortCode;
 use serde_json::json;
 
 /// The bytes of the `file` field.
@@ -84,4 +87,157 @@ pub async fn events(
     let bytes = upload(&state, req).await?;
     let mut client = state.client().await?;
     Ok(created(import::events(&mut client, &bytes).await?))
+}
+
+/// `POST /urls/import?format=bitly|yourls|shlink|kutt|csv` (multipart field `file`): another
+/// shortener's export (or kurz's own `GET /urls/export`) becomes links of the caller (or, for
+/// an admin, of `user_id`). All or nothing, through the same checks and transaction as
+/// `POST /urls/bulk`; never overwrites: a code already taken fails the whole import with 409.
+/// Answers what was mapped: the fields the file carried, and each record's code (kept, or
+/// generated where the source's code is not a valid kurz code).
+pub async fn import_links(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+    req: Request,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let format = q.get("format").unwrap_or("");
+    let owner = caller
+        .owner_for_write(q.id("user_id")?)?
+        .ok_or_else(|| ApiError::BadRequest("query parameter user_id is required".into()))?;
+    let (csv_bytes, report) = match format {
+        "csv" => (
+            own_export_as_bulk(&upload(&state, req).await?, owner)?,
+            None,
+        ),
+        name => {
+            let format = foreign::Format::parse(name).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "query parameter format={name:?} must be bitly, yourls, shlink, kutt or csv"
+                ))
+            })?;
+            let bytes = upload(&state, req).await?;
+            let links = foreign::parse(format, &bytes).map_err(|e| ApiError::BadRow {
+                row: e.record,
+                line: e.record as u64 + 1,
+                column: e.column,
+                reason: e.reason,
+            })?;
+            let (csv, report) = foreign_as_bulk(format, &links, owner)?;
+            (csv, Some(report))
+        }
+    };
+    let mut client = state.client().await?;
+    if !crate::db::users::user_exists(&client, owner).await? {
+        return Err(ApiError::NotFound(format!("user {owner} not found")));
+    }
+    let imported = import::urls(&mut client, &csv_bytes, &state.targets).await?;
+    if let Err(e) = state.cache.forget_many(&imported.codes).await {
+        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
+        crate::cache_sync::after_failed_import(&state, &imported.codes).await;
+    }
+    let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
+    body["imported"] = json!(imported.count);
+    body["user_id"] = json!(owner);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Foreign links as the bulk CSV, owned by `owner`, with the report of what was mapped.
+fn foreign_as_bulk(
+    format: foreign::Format,
+    links: &[foreign::ForeignLink],
+    owner: i64,
+) -> ApiResult<(Vec<u8>, serde_json::Value)> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));
+    out.write_record([
+        "user_id",
+        "short_code",
+        "original_url",
+        "title",
+        "created_at",
+        "imported_clicks",
+        "tags",
+    ])
+    .map_err(failed)?;
+    let (mut codes, mut mapped) = (Vec::new(), std::collections::BTreeSet::new());
+    for link in links {
+        let kept = link
+            .short_code
+            .as_deref()
+            .filter(|c| ShortCode::parse(c).is_ok());
+        let code = kept.map_or_else(ShortCode::generate, |c| {
+            ShortCode::parse(c).expect("checked just above")
+        });
+        codes.push(json!({
+            "record": link.record,
+            "source_code": link.short_code,
+            "short_code": code.as_str(),
+            "generated": kept.is_none(),
+        }));
+        for (field, present) in [
+            ("short_code", kept.is_some()),
+            ("title", link.title.is_some()),
+            ("created_at", link.created_at.is_some()),
+            ("clicks", link.clicks.is_some()),
+            ("tags", !link.tags.is_empty()),
+        ] {
+            if present {
+                mapped.insert(field);
+            }
+        }
+        out.write_record([
+            owner.to_string(),
+            code.as_str().to_owned(),
+            link.original_url.clone(),
+            link.title.clone().unwrap_or_default(),
+            link.created_at
+                .map(kurz_common::time::format)
+                .unwrap_or_default(),
+            link.clicks.unwrap_or(0).to_string(),
+            link.tags.join(";"),
+        ])
+        .map_err(failed)?;
+    }
+    let body = out
+        .into_inner()
+        .map_err(|e| failed(e.into_error().into()))?;
+    let report = json!({
+        "format": format.name(),
+        "mapped": mapped.into_iter().collect::<Vec<_>>(),
+        "codes": codes,
+    });
+    Ok((body, report))
+}
+
+/// kurz's own export, for the bulk import: the owner's, with no ids (the links are new here,
+/// never overwriting rows of the same id elsewhere).
+fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|e| ApiError::BadRequest(format!("unreadable CSV header: {e}")))?
+        .clone();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !matches!(&header[i], "id" | "user_id"))
+        .collect();
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));
+    let mut head = vec!["user_id".to_owned()];
+    head.extend(keep.iter().map(|&i| header[i].to_owned()));
+    out.write_record(&head).map_err(failed)?;
+    for (n, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| ApiError::BadRow {
+            row: n + 1,
+            line: n as u64 + 2,
+            column: String::new(),
+            reason: format!("malformed CSV: {e}"),
+        })?;
+        let mut fields = vec![owner.to_string()];
+        fields.extend(keep.iter().map(|&i| row.get(i).unwrap_or("").to_owned()));
+        out.write_record(&fields).map_err(failed)?;
+    }
+    out.into_inner()
+        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))
 }

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/urls", post(urls::create).get(urls::list))
         .route("/urls/bulk", post(bulk::urls).layer(bulk_limit))
         .route("/urls/export", get(urls::export))
+        .route("/urls/import", post(bulk::import_links).layer(bulk_limit))
         .route(
             "/urls/{id}",
             get(urls::get).put(urls::update).delete(urls::delete),

@@ -493,7 +493,9 @@ pub async fn stats(
     let link = find_live(&client, id).await?;
     caller.require_owner_or_admin(link.user_id)?;
     let pending = crate::routes::events::drain_clicks(&state).await;
-    let response = Json(db::stats::url_stats(&client, id, range).await?).into_response();
+    let mut stats = db::stats::url_stats(&client, id, range).await?;
+    stats["imported_clicks"] = json!(link.imported_clicks);
+    let response = Json(stats).into_response();
     Ok(crate::routes::events::mark_pending(response, pending))
 }
 
@@ -550,6 +552,7 @@ pub async fn export(
         "expires_at",
         "redirect_type",
         "max_visits",
+        "imported_clicks",
         "tags",
         "clicks",
     ];
@@ -572,6 +575,7 @@ pub async fn export(
                 l.expires_at.map(time).unwrap_or_default(),
                 l.redirect_type.to_string(),
                 l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
+                l.imported_clicks.to_string(),
                 l.tags.join(";"),
                 l.visits.to_string(),
             ])

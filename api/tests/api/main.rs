@@ -13,6 +13,7 @@ mod faults;
 mod health;
 mod helpers;
 mod hostile;
+mod imports;
 mod link_password;
 mod link_state;
 mod malformed;

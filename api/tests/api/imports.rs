@@ -1,0 +1,180 @@
+//! `POST /urls/import`: the exports of Bitly, YOURLS, Shlink and Kutt (samples in
+//! `api/tests/fixtures/`) and kurz's own become the caller's links, with their codes, titles,
+//! tags, dates and click counts; all or nothing; never over an existing code.
+
+use crate::helpers::{error_of, spawn_app, TestApp};
+use serde_json::{json, Value};
+
+const BITLY: &[u8] = include_bytes!("../fixtures/bitly.csv");
+const YOURLS: &[u8] = include_bytes!("../fixtures/yourls.csv");
+const SHLINK: &[u8] = include_bytes!("../fixtures/shlink.csv");
+const KUTT: &[u8] = include_bytes!("../fixtures/kutt.json");
+
+async fn import(app: &TestApp, format: &str, user: i64, bytes: &[u8]) -> reqwest::Response {
+    app.upload(
+        &format!("/urls/import?format={format}&user_id={user}"),
+        bytes.to_vec(),
+    )
+    .await
+}
+
+/// The user's links by code.
+async fn links_of(app: &TestApp, user: i64) -> std::collections::HashMap<String, Value> {
+    let links: Vec<Value> = app
+        .get(&format!("/urls?user_id={user}&limit=100"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    links
+        .into_iter()
+        .map(|l| (l["short_code"].as_str().unwrap().to_owned(), l))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_products_export_becomes_links_with_what_it_carries() {
+    let app = spawn_app().await;
+    let user = app.create_user("migrant").await;
+
+    let res = import(&app, "bitly", user, BITLY).await;
+    assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["format"], "bitly");
+    assert_eq!(report["imported"], 3);
+    assert_eq!(report["user_id"], user);
+    assert_eq!(
+        report["mapped"],
+        json!(["clicks", "created_at", "short_code", "tags", "title"])
+    );
+    let links = links_of(&app, user).await;
+    // The back-half the owner chose wins over the random bit.ly code.
+    let spring = &links["spring"];
+    assert_eq!(spring["title"], "Spring sale, \"50% off\" everything");
+    assert_eq!(
+        spring["original_url"],
+        "https://shop.example.com/sale?utm_source=bitly&utm_medium=social"
+    );
+    assert_eq!(spring["tags"], json!(["promo", "spring-2024"]));
+    assert_eq!(spring["created_at"], "2024-03-01T09:15:00");
+    assert_eq!(spring["imported_clicks"], 1532);
+    assert_eq!(spring["visits"], 0, "kurz's own clicks start at zero");
+    assert_eq!(links["2KlmNoP"]["title"], Value::Null);
+    assert!(links.contains_key("4xYzQ12"));
+
+    let res = import(&app, "yourls", user, YOURLS).await;
+    assert_eq!(res.status(), 201);
+    let links = links_of(&app, user).await;
+    assert_eq!(links["sale"]["title"], "Big sale, \"today only\"");
+    assert_eq!(links["sale"]["imported_clicks"], 420);
+    assert_eq!(links["ozh"]["created_at"], "2024-01-10T08:00:00");
+
+    // Shlink's multi-segment slug is no kurz code: a new one is made, and the report says so.
+    let res = import(&app, "shlink", user, SHLINK).await;
+    assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    let generated: Vec<&Value> = report["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["generated"] == true)
+        .collect();
+    assert_eq!(generated.len(), 1);
+    assert_eq!(generated[0]["source_code"], "docs/intro");
+    let new_code = generated[0]["short_code"].as_str().unwrap();
+    let links = links_of(&app, user).await;
+    assert_eq!(
+        links[new_code]["original_url"],
+        "https://docs.example.com/intro"
+    );
+    assert_eq!(links["abc123"]["tags"], json!(["news", "release"]));
+    assert_eq!(
+        links["abc123"]["created_at"], "2024-04-02T08:11:12",
+        "in UTC"
+    );
+    assert_eq!(links["Umlaut"]["title"], "Über uns – Grüße");
+
+    let res = import(&app, "kutt", user, KUTT).await;
+    assert_eq!(res.status(), 201);
+    let links = links_of(&app, user).await;
+    assert_eq!(links["x7Kp2"]["title"], "Docs, \"quick start\"");
+    assert_eq!(links["x7Kp2"]["imported_clicks"], 42);
+    assert_eq!(links.len(), 3 + 3 + 3 + 3);
+    // They redirect like any link, and their stats show the count they came with.
+    assert_eq!(app.get("/x7Kp2").await.status(), 302);
+    let id = links["x7Kp2"]["id"].as_i64().unwrap();
+    let stats: Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["imported_clicks"], 42);
+}
+
+#[tokio::test]
+async fn an_import_is_all_or_nothing_and_never_overwrites() {
+    let app = spawn_app().await;
+    let user = app.create_user("careful").await;
+    // One bad record (no long URL) in the middle: nothing is imported, the record is named.
+    let bad = "keyword,url,title,timestamp,ip,clicks\nok1,https://example.com/1,,,,\nok2,,,,,\n";
+    let err = error_of(import(&app, "yourls", user, bad.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["row"], 2);
+    assert_eq!(err["details"]["column"], "url");
+    // A target kurz refuses is named the same way.
+    let bad = "keyword,url\nok1,https://example.com/1\nlocal,http://127.0.0.1/admin\n";
+    let err = error_of(import(&app, "yourls", user, bad.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["row"], 2);
+    assert!(links_of(&app, user).await.is_empty());
+
+    // A code already taken (by anyone): 409, and the rest of the file is not imported either.
+    let other = app.create_user("first").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": other, "original_url": "https://example.com/mine", "short_code": "sale"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    error_of(import(&app, "yourls", user, YOURLS).await, 409).await;
+    assert!(links_of(&app, user).await.is_empty());
+    assert_eq!(
+        app.get("/sale").await.headers()["location"],
+        "https://example.com/mine",
+        "the existing link is untouched"
+    );
+
+    error_of(import(&app, "delicious", user, YOURLS).await, 400).await;
+    error_of(import(&app, "kutt", user, b"{not json").await, 400).await;
+    error_of(import(&app, "yourls", 999_999, YOURLS).await, 404).await;
+}
+
+/// kurz's own export imports into another instance (or account) as new links of the caller.
+#[tokio::test]
+async fn kurz_csv_export_imports_as_the_callers_links() {
+    let app = spawn_app().await;
+    let user = app.create_user("exporter").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/round", "short_code": "round1", "tags": ["t"], "max_visits": 9}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let csv = app
+        .get(&format!("/urls/export?user_id={user}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let fresh = spawn_app().await;
+    fresh.create_user("somebody").await;
+    let owner = fresh.create_user("importer").await;
+    let res = import(&fresh, "csv", owner, &csv).await;
+    assert_eq!(res.status(), 201);
+    let links = links_of(&fresh, owner).await;
+    let round = &links["round1"];
+    assert_eq!(round["user_id"], owner);
+    assert_eq!(round["tags"], json!(["t"]));
+    assert_eq!(round["max_visits"], 9);
+}
