@@ -1,5 +1,6 @@
 //! `events.retention_days`: click events older than that are deleted, a batch at a time, by one
-//! API replica at a time (an advisory lock), every hour. The per-link rollups are kept: a link's
+//! API replica at a time (an advisory lock), every hour. The same hourly job drops the
+//! per-visitor rows of past days ([`prune_visitors`]). The per-link rollups are kept: a link's
 //! total and its daily history outlive the raw clicks they were counted from.
 
 use crate::state::AppState;
@@ -43,16 +44,32 @@ pub async fn run_once(db: &Pool, cutoff: DateTime<Utc>) -> Result<Option<u64>, S
     result
 }
 
-/// The background job; does nothing when `events.retention_days` is 0.
+/// Drops the per-visitor rows of days before yesterday: their days' counts are final, and the
+/// rows would only grow (`click_day_visitors`, migration V19). Returns how many went.
+pub async fn prune_visitors(db: &Pool) -> Result<u64, String> {
+    let client = db.get().await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "DELETE FROM click_day_visitors WHERE day < (now() AT TIME ZONE 'UTC')::date - 1",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The background job: visitor rows always, click events when `events.retention_days` is set.
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
-    if days == 0 {
-        return;
-    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = prune_visitors(&state.db).await {
+            log::warn!(error = e; "old visitor rows not pruned");
+        }
+        if days == 0 {
+            continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
         match run_once(&state.db, cutoff).await {

@@ -141,6 +141,7 @@ impl Application {
             proxies,
             targets,
             auth,
+            visitors: Arc::new(kurz_common::visitors::VisitorSalt::default()),
         };
         Ok(Self {
             listener,
@@ -170,6 +171,7 @@ impl Application {
         let replayer = tokio::spawn(crate::cache_sync::run(state.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
         let retention = tokio::spawn(crate::retention::run(state.clone(), stop_rx.clone()));
+        let salt = tokio::spawn(refresh_visitor_salt(state.clone(), stop_rx.clone()));
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
         let app = routes::router(state.clone())
@@ -210,6 +212,7 @@ impl Application {
         let _ = replayer.await;
         let _ = pruner.await;
         let _ = retention.await;
+        let _ = salt.await;
         let _ = admin_server.await;
         log::info!("kurz-api stopped");
         served.map_err(|e| format!("server error: {e}"))
@@ -223,6 +226,20 @@ async fn republish_schema(cache: LinkCache, mut stop: tokio::sync::watch::Receiv
         let _ = cache.publish_schema().await;
         tokio::select! {
             _ = tokio::time::sleep(SCHEMA_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Keeps the day's visitor salt fresh, as the edge does (`kurz_common::visitors`).
+async fn refresh_visitor_salt(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        // First at once: the first clicks after start should count as visitors already.
+        if let Err(e) = state.visitors.refresh(&state.redis, &state.keys).await {
+            log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

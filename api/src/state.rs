@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Who may name the client's address.
     pub proxies: Arc<kurz_common::proxies::ProxyTrust>,
+    /// Today's visitor salt (`kurz_common::visitors`), refreshed in the background.
+    pub visitors: Arc<kurz_common::visitors::VisitorSalt>,
     /// Rules link targets must meet.
     pub targets: Arc<kurz_common::target::TargetPolicy>,
     /// Passwords, sessions, API keys.

@@ -45,12 +45,14 @@ pub struct Click {
     pub ip: String,
     /// Unix milliseconds when the redirect was answered.
     pub ts_ms: i64,
+    /// The day's visitor id (`crate::visitors`); empty when unknown.
+    pub visitor: String,
 }
 
 /// The stream entry's field names, in the order every writer appends them: the one definition
 /// of a click's entry. The edge's Lua script is generated from it (`redirect.rs`), and
 /// [`Click::xadd`] writes it.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 10] = [
     "id",
     "url_id",
     "user_id",
@@ -60,6 +62,7 @@ pub const FIELDS: [&str; 9] = [
     "user_agent",
     "ip",
     "ts_ms",
+    "visitor",
 ];
 
 /// One field's value, borrowed: numbers are formatted straight into the command buffer.
@@ -83,7 +86,7 @@ impl redis::ToSingleRedisArg for FieldValue<'_> {}
 impl Click {
     /// The values of [`FIELDS`], in the same order. A click without an owner has an empty
     /// `user_id`.
-    pub fn values(&self) -> [FieldValue<'_>; 9] {
+    pub fn values(&self) -> [FieldValue<'_>; 10] {
         use FieldValue::{Int, Text};
         [
             Text(&self.id),
@@ -95,6 +98,7 @@ impl Click {
             Text(&self.user_agent),
             Text(&self.ip),
             Int(self.ts_ms),
+            Text(&self.visitor),
         ]
     }
 
@@ -123,6 +127,7 @@ impl Click {
             user_agent: String::new(),
             ip: String::new(),
             ts_ms: 0,
+            visitor: String::new(),
         };
         let (mut has_id, mut has_ts) = (false, false);
         for (k, v) in fields {
@@ -139,6 +144,7 @@ impl Click {
                 "referrer" => click.referrer = v.to_owned(),
                 "user_agent" => click.user_agent = v.to_owned(),
                 "ip" => click.ip = v.to_owned(),
+                "visitor" => click.visitor = v.to_owned(),
                 "ts_ms" => {
                     click.ts_ms = v.parse().ok()?;
                     has_ts = true;
@@ -233,6 +239,7 @@ mod tests {
             user_agent: "curl/8".into(),
             ip: "10.1.2.0".into(),
             ts_ms: 1_700_000_000_123,
+            visitor: "0123456789abcdef".into(),
         };
         for user_id in [None, Some(12)] {
             let click = Click {

@@ -11,6 +11,7 @@
 //!                               before a write committed cannot land after it)
 //! <prefix>:invalidations        pub/sub channel: a message is a short code whose entry changed
 //! <prefix>:schema               the key schema's fingerprint (see [`KeySchema::fingerprint`])
+//! <prefix>:visitor-salt:<day>   the day's salt of visitor ids (`crate::visitors`), 2-day TTL
 //! <prefix>:{sessions}:session:<hash>      user id of a session token (hash of the token)
 //! <prefix>:{sessions}:user-sessions:<id>  set of a user's session hashes, to revoke them all
 //! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
@@ -106,9 +107,14 @@ impl KeySchema {
     /// its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=4 click-fields=2 visits=1",
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=4 click-fields=3 visits=1",
             self.partitions
         )
+    }
+
+    /// The salt of visitor ids on `day` (`YYYY-MM-DD`, UTC).
+    pub fn visitor_salt(&self, day: &str) -> String {
+        format!("{}:visitor-salt:{day}", self.prefix)
     }
 
     /// Where the API publishes [`Self::fingerprint`].

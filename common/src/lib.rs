@@ -14,6 +14,7 @@
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`time`]: the contract's timestamp format.
 //! - [`visit`]: the one Redis script a redirect runs: look up, count, append the click.
+//! - [`visitors`]: unique visitors from a daily salt, without keeping addresses.
 //! - `testing` (feature `testing`, tests only): private Redis and PostgreSQL servers to break.
 
 /// The git commit this binary was built from (`unknown` outside a checkout).
@@ -33,3 +34,4 @@ pub mod target;
 pub mod testing;
 pub mod time;
 pub mod visit;
+pub mod visitors;

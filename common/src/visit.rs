@@ -106,7 +106,7 @@ pub fn script_source() -> String {
                 "url_id" => "url_id".to_owned(),
                 "user_id" => "user_id".to_owned(),
                 "target" => "string.sub(v, e + 1)".to_owned(),
-                "id" | "code" | "referrer" | "user_agent" | "ip" | "ts_ms" => {
+                "id" | "code" | "referrer" | "user_agent" | "ip" | "ts_ms" | "visitor" => {
                     format!("ARGV[{}]", i + 3)
                 }
                 other => panic!("click field {other:?} has no value in the visit script"),

@@ -238,6 +238,7 @@ mod tests {
             user_agent: "t".into(),
             ip: "192.0.2.0".into(),
             ts_ms: 1_700_000_000_000,
+            visitor: String::new(),
         }
     }
 

@@ -32,3 +32,4 @@ pub mod server;
 pub mod service;
 pub mod tls_cert;
 pub mod upstreams;
+pub mod visitor_salt;

@@ -259,6 +259,7 @@ mod tests {
                 user_agent: "UA/1.0 \"quoted\" ü".into(),
                 ip: "192.0.2.0".into(),
                 ts_ms: 1_700_000_000_123,
+                visitor: "00ff00ff00ff00ff".into(),
             };
             let redirect = Outcome::Redirect(target.into(), status);
             // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.

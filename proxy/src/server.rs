@@ -94,6 +94,13 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         keys: keys.clone(),
         gate: gate.clone(),
     };
+    let visitors = Arc::new(kurz_common::visitors::VisitorSalt::default());
+    let salt_refresh = crate::visitor_salt::SaltRefresh {
+        redis: RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
+            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
+        keys: keys.clone(),
+        salt: visitors.clone(),
+    };
     let limiter = Arc::new(RateLimiter::new(&cfg.rate_limits));
     let probation = upstreams::Probation::new(lb.clone(), list, &cfg.upstreams.health_check)
         .map_err(|e| format!("config key `upstreams.health_check`: {e}"))?;
@@ -119,6 +126,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
             ),
         ),
         settings: EdgeSettings::from_config(&cfg),
+        visitors,
     };
     let mut http = pingora::proxy::HttpProxy::new(edge, server.configuration.clone());
     http.handle_init_modules();
@@ -196,6 +204,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     server.add_service(admin);
     server.add_service(background_service("invalidations", listener));
     server.add_service(background_service("key schema check", key_check));
+    server.add_service(background_service("visitor salt", salt_refresh));
     server.add_service(background_service("reload", reloader));
     log::info!(
         http = cfg.listen.http.join(","), https = cfg.listen.https.join(","), admin = cfg.admin.listen.as_str(),

@@ -34,6 +34,9 @@ pub fn click_details(click: &Click) -> serde_json::Value {
         "os": agent.os,
         "device": agent.device,
     });
+    if !click.visitor.is_empty() {
+        details["visitor"] = json!(click.visitor);
+    }
     // `privacy.store_ip: none` leaves no address at all, not an empty one.
     if !click.ip.is_empty() {
         details["ip"] = json!(click.ip);

@@ -38,7 +38,8 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
     let (from, to, bots) = (range.from, range.to, range.include_bots);
     let totals = c
         .prepare_cached(
-            "SELECT coalesce(sum(clicks), 0)::int8, coalesce(sum(bots), 0)::int8, max(last_click_at) \
+            "SELECT coalesce(sum(clicks), 0)::int8, coalesce(sum(bots), 0)::int8, max(last_click_at), \
+                    coalesce(sum(visitors), 0)::int8 \
              FROM click_daily WHERE url_id = $1 \
              AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3)",
         )
@@ -46,11 +47,12 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
     let row = c.query_one(&totals, &[&url_id, &from, &to]).await?;
     let (all, bot_clicks): (i64, i64) = (row.get(0), row.get(1));
     let last: Option<DateTime<Utc>> = row.get(2);
+    let visitors: i64 = row.get(3);
     let counted = |clicks: i64, bot_clicks: i64| if bots { clicks } else { clicks - bot_clicks };
 
     let daily = c
         .prepare_cached(
-            "SELECT day, clicks, bots FROM click_daily \
+            "SELECT day, clicks, bots, visitors FROM click_daily \
              WHERE url_id = $1 \
              AND day >= coalesce($2::date, (now() AT TIME ZONE 'UTC')::date - $4::int4) \
              AND ($3::date IS NULL OR day <= $3) \
@@ -67,6 +69,7 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
                 "date": day.format("%Y-%m-%d").to_string(),
                 "clicks": counted(r.get(1), r.get(2)),
                 "bots": r.get::<_, i64>(2),
+                "visitors": r.get::<_, i64>(3),
             })
         })
         .collect();
@@ -118,6 +121,7 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
         "url_id": url_id,
         "clicks": counted(all, bot_clicks),
         "bots": bot_clicks,
+        "visitors": visitors,
         "include_bots": bots,
         "from": from.map(|d| d.format("%Y-%m-%d").to_string()),
         "to": to.map(|d| d.format("%Y-%m-%d").to_string()),

@@ -14,9 +14,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use kurz_common::clicks::{clip, Click, StoreIp};
+use kurz_common::clicks::{clip, Click};
 use kurz_common::keys::{CachedLink, LinkEntry, Verdict, GONE_EXHAUSTED, GONE_EXPIRED};
-use kurz_common::proxies::ProxyTrust;
 use kurz_common::shortcode;
 use std::net::SocketAddr;
 
@@ -129,11 +128,10 @@ async fn visit_and_redirect(
 ) -> ApiResult<Response> {
     let click = visit.counted.then(|| {
         click_of(
+            state,
             visit.request_id,
             code,
             entry,
-            &state.proxies,
-            state.config.privacy.store_ip,
             visit.peer,
             visit.headers,
         )
@@ -205,11 +203,10 @@ async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
 /// The click of this request. Its id is the request id, so a request the edge forwarded after
 /// its own append may have applied is still stored once.
 fn click_of(
+    state: &AppState,
     request_id: &str,
     code: &str,
     entry: &LinkEntry,
-    proxies: &ProxyTrust,
-    store_ip: StoreIp,
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Click {
@@ -220,7 +217,8 @@ fn click_of(
             .map(clip)
             .unwrap_or_default()
     };
-    let ip = proxies.client_ip(peer.ip(), headers);
+    let ip = state.proxies.client_ip(peer.ip(), headers);
+    let user_agent = header(header::USER_AGENT);
     Click {
         id: request_id.to_owned(),
         url_id: entry.url_id,
@@ -228,8 +226,10 @@ fn click_of(
         code: code.to_owned(),
         target: entry.target.clone(),
         referrer: header(header::REFERER),
-        user_agent: header(header::USER_AGENT),
-        ip: store_ip.apply(ip),
+        // The clipped agent, as the edge hashes it: one visitor whoever records the click.
+        visitor: state.visitors.visitor(ip, &user_agent),
+        user_agent,
+        ip: state.config.privacy.store_ip.apply(ip),
         ts_ms: chrono::Utc::now().timestamp_millis(),
     }
 }

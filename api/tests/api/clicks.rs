@@ -223,8 +223,8 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
     assert_eq!(
         stats["daily"],
         serde_json::json!([
-            {"date": day(yesterday), "clicks": 1, "bots": 0},
-            {"date": day(today), "clicks": 4, "bots": 0},
+            {"date": day(yesterday), "clicks": 1, "bots": 0, "visitors": 0},
+            {"date": day(today), "clicks": 4, "bots": 0, "visitors": 0},
         ])
     );
     assert_eq!(
@@ -362,6 +362,106 @@ async fn bots_are_marked_and_kept_apart_and_stats_break_clicks_down() {
     ] {
         crate::helpers::error_of(app.get(&format!("/urls/{id}/stats{bad}")).await, 400).await;
     }
+}
+
+/// Unique visitors per day: the same address and agent count once a day, another agent is
+/// another visitor, bots are none; the click keeps only a salted hash, and the day's salt
+/// lives in Redis for two days.
+#[tokio::test]
+async fn unique_visitors_are_counted_from_a_daily_salted_hash() {
+    let app = crate::helpers::spawn_app().await;
+    let user = app.create_user("uniq").await;
+    let link = app.create_url(user, "https://example.com/uniq").await;
+    let id = link["id"].as_i64().unwrap();
+    let code = link["short_code"].as_str().unwrap();
+    for (ua, ip) in [
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            "198.51.100.7",
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            "198.51.100.7",
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            "198.51.100.8",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0.0.0 Safari/537.36",
+            "198.51.100.7",
+        ),
+        ("Twitterbot/1.0", "198.51.100.9"),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&format!("/{code}")))
+            .header("user-agent", ua)
+            .header("x-forwarded-for", ip)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302);
+    }
+    let clicks = app.clicks(id).await;
+    for click in &clicks {
+        let v = click["details"]["visitor"].as_str().unwrap();
+        assert!(
+            v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{v}"
+        );
+        assert!(
+            !click["details"].to_string().contains("198.51.100.7"),
+            "no whole address"
+        );
+    }
+    let stats: serde_json::Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["visitors"], 3,
+        "two addresses with one agent, one with another"
+    );
+    assert_eq!(stats["daily"][0]["visitors"], 3);
+    assert_eq!(stats["clicks"], 4);
+
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let key = app.state.keys.visitor_salt(&day);
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 2 * 24 * 3600, "the salt expires: {ttl}");
+
+    // Past days' visitor rows go; their counts stay.
+    let sql = app.sql().await;
+    sql.execute(
+        "INSERT INTO click_day_visitors VALUES ($1, (now() AT TIME ZONE 'UTC')::date - 3, 'old')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kurz_api::retention::prune_visitors(&app.state.db)
+            .await
+            .unwrap(),
+        1
+    );
+    let kept: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM click_day_visitors WHERE url_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 3, "today's rows stay");
 }
 
 async fn clicked_ip(store_ip: kurz_common::clicks::StoreIp) -> Option<String> {

@@ -34,6 +34,8 @@ pub struct Edge {
     pub limiter: Arc<RateLimiter>,
     pub redirector: Redirector,
     pub settings: EdgeSettings,
+    /// Today's visitor salt, refreshed in the background.
+    pub visitors: Arc<kurz_common::visitors::VisitorSalt>,
 }
 
 /// Per-request state.
@@ -78,18 +80,23 @@ impl Edge {
             && (self.settings.click_sample_rate >= 1.0
                 || rand::random::<f64>() < self.settings.click_sample_rate);
         // Built for every GET: a link with `max_visits` counts the visits sampled out too.
-        let click = get.then(|| Click {
-            // The request id travels on to the API if this request is forwarded, so the click
-            // keeps one identity whichever process ends up recording it.
-            id: ctx.request_id.clone(),
-            url_id: 0,
-            user_id: None,
-            code: code.to_owned(),
-            target: String::new(),
-            referrer: clip(header(req, "referer")),
-            user_agent: clip(header(req, "user-agent")),
-            ip: self.settings.store_ip.apply(ctx.client),
-            ts_ms: chrono::Utc::now().timestamp_millis(),
+        let click = get.then(|| {
+            let user_agent = clip(header(req, "user-agent"));
+            Click {
+                // The request id travels on to the API if this request is forwarded, so the click
+                // keeps one identity whichever process ends up recording it.
+                id: ctx.request_id.clone(),
+                url_id: 0,
+                user_id: None,
+                code: code.to_owned(),
+                target: String::new(),
+                referrer: clip(header(req, "referer")),
+                // The clipped agent, as the API hashes it: one visitor whoever records the click.
+                visitor: self.visitors.visitor(ctx.client, &user_agent),
+                user_agent,
+                ip: self.settings.store_ip.apply(ctx.client),
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+            }
         });
         if get && !sampled {
             HOT.clicks_sampled_out.inc();

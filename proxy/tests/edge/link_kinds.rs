@@ -259,3 +259,46 @@ async fn a_protected_link_is_only_opened_by_the_api_after_its_password() {
     assert_eq!(res.headers()["location"], "https://example.com/behind");
     assert_eq!(crate::clicks(&stack, id).await, clicks_before + 1);
 }
+
+/// A visitor is one visitor whoever records the click: the edge (from Redis or its
+/// near-cache) and the API (a request that reached it directly) hash the same address and agent
+/// under the same day's salt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_and_the_api_count_the_same_visitor_once() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (id, code) = stack.link("https://example.com/counted").await;
+    let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+    let direct = format!("http://{}/{code}", stack.upstreams[0].addr());
+    for url in [
+        stack.url(&format!("/{code}")),
+        stack.url(&format!("/{code}")),
+        direct,
+    ] {
+        let res = stack
+            .client
+            .get(&url)
+            .header("user-agent", ua)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302, "{url}");
+    }
+    assert_eq!(
+        api_redirects(&stack).await,
+        1.0,
+        "one answered by the API itself"
+    );
+    let stats: Value = stack
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["clicks"].as_i64(), stats["visitors"].as_i64()),
+        (Some(3), Some(1))
+    );
+}
