@@ -193,10 +193,16 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
+        // The driver's Display of a server error is just "db error": the log needs the
+        // SQLSTATE and the server's message to tell one 500 from another.
+        let text = match e.as_db_error() {
+            Some(db) => format!("postgres: {} (SQLSTATE {})", db.message(), db.code().code()),
+            None => format!("postgres: {e}"),
+        };
         if store_down(&e) {
-            return ApiError::StoreDown(format!("postgres: {e}"));
+            return ApiError::StoreDown(text);
         }
-        ApiError::Internal(format!("postgres: {e}"))
+        ApiError::Internal(text)
     }
 }
 

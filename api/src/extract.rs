@@ -70,7 +70,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
 }
 
 /// The path (`details.key`, `tags[2]`) of the first key or string holding a NUL character.
-fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
+pub(crate) fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
     fn walk(v: &Value, path: String) -> Option<String> {
         match v {
             Value::String(s) if s.contains('\0') => Some(path),
@@ -105,6 +105,18 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// An integer sent as a JSON number, including a whole one written with a fraction (`7.0`, as
+/// Python's `json.dumps(7.0)` writes it: JSON Schema counts it an integer, so clients generated
+/// from our OpenAPI document may send it). `None` for anything else.
+fn integer(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        // Beyond 2^53 a float no longer holds every integer: such a value is not taken as one.
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    })
 }
 
 /// A field that may be absent, explicitly null, or set.
@@ -188,7 +200,7 @@ impl Fields {
         match self.map.remove(name) {
             None => Patch::Absent,
             Some(Value::Null) => Patch::Null,
-            Some(Value::Number(n)) => match n.as_i64() {
+            Some(Value::Number(n)) => match integer(&n) {
                 Some(v) if v > 0 => Patch::Set(v),
                 _ => {
                     self.fail(name, "must be a positive integer");
@@ -207,7 +219,7 @@ impl Fields {
         match self.map.remove(name) {
             None => Patch::Absent,
             Some(Value::Null) => Patch::Null,
-            Some(Value::Number(n)) => match n.as_i64().and_then(|v| i32::try_from(v).ok()) {
+            Some(Value::Number(n)) => match integer(&n).and_then(|v| i32::try_from(v).ok()) {
                 Some(v) if v >= 1 => Patch::Set(v),
                 _ => {
                     self.fail(name, "must be an integer from 1 to 2147483647, or null");
@@ -254,7 +266,7 @@ impl Fields {
         };
         match self.map.remove(name) {
             None => None,
-            Some(Value::Number(n)) => match n.as_u64().and_then(|v| u16::try_from(v).ok()) {
+            Some(Value::Number(n)) => match integer(&n).and_then(|v| u16::try_from(v).ok()) {
                 Some(v) if allowed.contains(&v) => Some(v),
                 _ => {
                     self.fail(name, &list());

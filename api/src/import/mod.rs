@@ -301,7 +301,16 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
         let detail = match row.text("details") {
             "" => Value::Object(Default::default()),
             raw => match serde_json::from_str::<Value>(raw) {
-                Ok(v @ Value::Object(_)) => v,
+                // PostgreSQL's jsonb refuses NUL (`\u0000`): refuse it here, by name.
+                Ok(Value::Object(map)) => match crate::extract::nul_at(&map, "details") {
+                    Some(path) => {
+                        return Err(at.err(
+                            "details",
+                            format!("{path} must not contain the NUL character (\\u0000)"),
+                        ))
+                    }
+                    None => Value::Object(map),
+                },
                 _ => return Err(at.err("details", "must be a JSON object")),
             },
         };

@@ -5,6 +5,10 @@ use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
+/// The largest id a bulk row may carry: 2^53 - 1, the largest integer every JSON client (a
+/// JavaScript number) holds exactly, and far below where the id sequences run out.
+pub(super) const MAX_ID: i64 = 9_007_199_254_740_991;
+
 /// A parsed CSV file with its header.
 pub(super) struct Table {
     pub(super) columns: HashMap<String, usize>,
@@ -129,15 +133,21 @@ impl Row<'_> {
         }
     }
 
+    /// An id from 1 to [`MAX_ID`]. The ceiling keeps room in the id sequences, which an
+    /// import moves past the largest id of its file: an id of 2^63-1 would leave no value for
+    /// the next row any other way inserts (every create would fail from then on).
     pub(super) fn opt_id(&self, col: &str) -> ApiResult<Option<i64>> {
         match self.text(col) {
             "" => Ok(None),
             v => v
                 .parse::<i64>()
                 .ok()
-                .filter(|n| *n > 0)
+                .filter(|n| (1..=MAX_ID).contains(n))
                 .map(Some)
-                .ok_or_else(|| self.at.err(col, "must be a positive integer")),
+                .ok_or_else(|| {
+                    self.at
+                        .err(col, format!("must be a positive integer up to {MAX_ID}"))
+                }),
         }
     }
 

@@ -228,3 +228,28 @@ async fn uploads_need_multipart_with_a_file_field() {
     );
     let _ = json!({});
 }
+
+/// Found by the OpenAPI fuzz run: a row id at the top of the id range used to pass, move the
+/// id sequence to its end and make every later create a 500; and a NUL inside `details`
+/// reached PostgreSQL's jsonb and failed as a 500. Both are now the row's 400.
+#[tokio::test]
+async fn ids_past_the_ceiling_and_nul_in_details_are_the_rows_400() {
+    let app = spawn_app().await;
+    let csv = "id,username,email,created_at\n9223372036854775807,big,big@example.com,\n";
+    let err = error_of(app.upload("/users/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "id");
+    let csv = "id,username,email,created_at\n9007199254740991,top,top@example.com,\n";
+    assert_eq!(app.upload("/users/bulk", csv.into()).await.status(), 201);
+    // Creates still work after the largest id allowed.
+    let user = app.create_user("after-top").await;
+    assert!(user > 0);
+
+    let link = app.create_url(user, "https://example.com/nul").await;
+    let csv = format!(
+        "url_id,event_type,details\n{},click,\"{{\"\"a\"\":\"\"x\\u0000y\"\"}}\"\n",
+        link["id"]
+    );
+    let err = error_of(app.upload("/events/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "details");
+    assert!(err["message"].as_str().unwrap().contains("NUL"), "{err}");
+}

@@ -200,3 +200,32 @@ async fn with_redis_down_postgres_enforces_the_limit() {
         .get(0);
     assert_eq!(stored, 3);
 }
+
+/// A whole number written with a fraction (`3.0`, what Python's json writes for a float) is the
+/// integer it means — JSON Schema counts it one, and so do clients generated from the OpenAPI
+/// document; a real fraction is still refused.
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_integers() {
+    let app = spawn_app().await;
+    let user = app.create_user("floats").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user as f64, "original_url": "https://example.com/f", "max_visits": 3.0, "redirect_type": 307.0}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    assert_eq!(
+        (link["max_visits"].as_i64(), link["redirect_type"].as_i64()),
+        (Some(3), Some(307))
+    );
+    assert_eq!(link["user_id"], user);
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/f", "max_visits": 3.5}),
+        )
+        .await;
+    error_of(res, 400).await;
+}
