@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod events;
 pub mod health;
 mod link_password;
+mod openapi;
 pub mod preview;
 mod qr;
 mod redirect;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/auth", auth_routes.clone())
         .nest("/api/auth", auth_routes)
+        .route("/openapi.json", get(openapi::document))
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
         .route("/ready", get(health::ready))

@@ -18,6 +18,7 @@ mod link_password;
 mod link_state;
 mod malformed;
 mod migrate;
+mod openapi;
 mod qr;
 mod redirect;
 mod resilience;
