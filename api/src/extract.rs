@@ -393,9 +393,11 @@ impl Query {
     }
 
     /// An optional positive integer parameter (`user_id=7`).
+    /// An empty value (`?user_id=`) is refused like any other non-number: a filter that
+    /// silently vanished would widen a query the client meant to narrow.
     pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
         match self.get(name) {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some(v) => v
                 .parse::<i64>()
                 .ok()
@@ -412,7 +414,7 @@ impl Query {
     /// An optional boolean parameter: `true`/`false`/`1`/`0`, any case.
     pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
         match self.get(name).map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some("true" | "1") => Ok(Some(true)),
             Some("false" | "0") => Ok(Some(false)),
             Some(v) => Err(ApiError::BadRequest(format!(

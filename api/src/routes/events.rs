@@ -43,7 +43,7 @@ pub fn mark_pending(mut response: Response, pending: Option<HeaderValue>) -> Res
 
 fn event_type_param(q: &Query) -> ApiResult<Option<&'static str>> {
     match q.get("event_type") {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some(t) => match TYPES.iter().find(|known| **known == t) {
             Some(known) => Ok(Some(known)),
             None => Err(ApiError::BadRequest(format!(

@@ -302,3 +302,20 @@ async fn the_edge_and_the_api_count_the_same_visitor_once() {
         (Some(3), Some(1))
     );
 }
+
+/// What the API serves beside links passes through the edge untouched: the OpenAPI document,
+/// and a link's QR code (`/<code>/qr` is two segments: no redirect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_and_qr_codes_pass_through_the_edge() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let res = stack.get("/openapi.json").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["openapi"], "3.1.0");
+    let (_, code) = stack.link("https://example.com/printed").await;
+    let res = stack.get(&format!("/{code}/qr?format=png")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/png");
+}
