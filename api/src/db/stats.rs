@@ -74,21 +74,28 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
         })
         .collect();
 
-    // The top values of every breakdown in one statement, from the per-day sources rollup.
+    // The top values of every breakdown in one statement, from the per-day sources rollup: the
+    // days' rows summed once per referrer and once per agent, and the referrer host (a regular
+    // expression) taken of each distinct referrer, not of every day's row.
     let dims = c
         .prepare_cached(
             "WITH s AS ( \
                SELECT referrer, browser, os, device, clicks, bots FROM click_day_sources \
                WHERE url_id = $1 \
                AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3) \
+             ), ref AS ( \
+               SELECT referrer, sum(clicks) AS clicks, sum(bots) AS bots FROM s GROUP BY 1 \
+             ), agent AS ( \
+               SELECT browser, os, device, sum(clicks) AS clicks, sum(bots) AS bots FROM s GROUP BY 1, 2, 3 \
+             ), hosts AS ( \
+               SELECT referrer_host(referrer) AS host, clicks, bots FROM ref \
              ), totals AS ( \
-               SELECT 'referrer' AS dimension, referrer AS value, sum(clicks) AS clicks, sum(bots) AS bots \
-                 FROM s WHERE referrer <> '' GROUP BY 2 \
-               UNION ALL SELECT 'referrer_host', referrer_host(referrer), sum(clicks), sum(bots) FROM s \
-                 WHERE referrer_host(referrer) IS NOT NULL GROUP BY 2 \
-               UNION ALL SELECT 'browser', browser, sum(clicks), sum(bots) FROM s GROUP BY 2 \
-               UNION ALL SELECT 'os', os, sum(clicks), sum(bots) FROM s GROUP BY 2 \
-               UNION ALL SELECT 'device', device, sum(clicks), sum(bots) FROM s GROUP BY 2 \
+               SELECT 'referrer' AS dimension, referrer AS value, clicks, bots FROM ref WHERE referrer <> '' \
+               UNION ALL SELECT 'referrer_host', host, sum(clicks), sum(bots) FROM hosts \
+                 WHERE host IS NOT NULL GROUP BY 2 \
+               UNION ALL SELECT 'browser', browser, sum(clicks), sum(bots) FROM agent GROUP BY 2 \
+               UNION ALL SELECT 'os', os, sum(clicks), sum(bots) FROM agent GROUP BY 2 \
+               UNION ALL SELECT 'device', device, sum(clicks), sum(bots) FROM agent GROUP BY 2 \
              ) \
              SELECT dimension, value, n FROM ( \
                SELECT dimension, value, n, \
