@@ -3,7 +3,7 @@
 //! is never re-sent to the target, as a 307/308 would) and records the click. Guesses back off
 //! like logins, per link and per client address (`auth::lockout`).
 
-use super::preview::{escape, no_store, wants_json};
+use super::preview::{escape, html_page, wants_json};
 use crate::error::{ApiError, ApiResult};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -86,28 +86,15 @@ pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
     } else {
         StatusCode::OK
     };
-    let mut response = (status, no_store(), page).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
     // Nothing runs; the form posts only back here; no other site may frame it.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
+    let mut response = html_page(
+        status,
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        page,
     );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    response
+        .headers_mut()
+        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
 

@@ -8,24 +8,35 @@ use crate::state::AppState;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kurz_common::keys::{CachedLink, Verdict};
+use kurz_common::keys::{CachedLink, Verdict, GONE_EXPIRED};
 use serde_json::json;
 
-pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiResult<Response> {
+/// The link of `code` if it redirects now, read from PostgreSQL; else the redirect's own 404 or
+/// 410. What the preview and the public QR code show: a link that would not redirect has
+/// nothing to show.
+pub(crate) async fn redirecting_link(
+    client: &deadpool_postgres::Client,
+    code: &str,
+) -> ApiResult<db::urls::Link> {
     let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
-    let client = state.client().await?;
-    let link = db::urls::find_url_by_code(&client, code)
+    let link = db::urls::find_url_by_code(client, code)
         .await?
         .ok_or_else(not_found)?;
-    // The same answers as the redirect: a link that would not redirect has nothing to preview.
     let CachedLink::Found(entry) = link.cache_entry() else {
         return Err(not_found());
     };
     match entry.verdict_at(chrono::Utc::now().timestamp()) {
-        Verdict::Redirect(_) => {}
-        Verdict::NotFound => return Err(not_found()),
-        Verdict::Gone => return Err(ApiError::Gone(format!("short code {code:?} has expired"))),
+        Verdict::Redirect(_) => Ok(link),
+        Verdict::NotFound => Err(not_found()),
+        Verdict::Gone => Err(ApiError::Gone(format!(
+            "short code {code:?} {GONE_EXPIRED}"
+        ))),
     }
+}
+
+pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiResult<Response> {
+    let client = state.client().await?;
+    let link = redirecting_link(&client, code).await?;
     let clicks = db::stats::total_clicks(&client, link.id).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
     // Behind a password, where it leads is part of the secret.
@@ -69,16 +80,25 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
          </main></body></html>\n",
         short = escape(&short_url),
     );
-    let mut response = (no_store(), page).into_response();
+    // Nothing on the page runs or loads: inline style only.
+    Ok(html_page(
+        StatusCode::OK,
+        "default-src 'none'; style-src 'unsafe-inline'",
+        page,
+    ))
+}
+
+/// A page kurz writes itself: never cached, never sniffed, sent with no referrer, under `csp`.
+pub(crate) fn html_page(status: StatusCode, csp: &'static str, page: String) -> Response {
+    let mut response = (status, no_store(), page).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    // Nothing on the page runs or loads: inline style only.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -88,8 +108,7 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    *response.status_mut() = StatusCode::OK;
-    Ok(response)
+    response
 }
 
 pub(crate) fn no_store() -> [(header::HeaderName, HeaderValue); 1] {

@@ -11,7 +11,6 @@ use crate::state::AppState;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kurz_common::keys::{CachedLink, Verdict, GONE_EXPIRED};
 use kurz_common::shortcode;
 
 /// The owner's view, by id (the same access as `GET /urls/<id>`).
@@ -40,27 +39,12 @@ pub async fn by_code(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
     if !shortcode::is_code_shaped(&code) || shortcode::is_reserved(&code) {
-        return Err(not_found());
+        return Err(ApiError::NotFound(format!("short code {code:?} not found")));
     }
     let (format, size) = options(raw.as_deref())?;
     let client = state.client().await?;
-    let link = db::urls::find_url_by_code(&client, &code)
-        .await?
-        .ok_or_else(not_found)?;
-    let CachedLink::Found(entry) = link.cache_entry() else {
-        return Err(not_found());
-    };
-    match entry.verdict_at(chrono::Utc::now().timestamp()) {
-        Verdict::Redirect(_) => {}
-        Verdict::NotFound => return Err(not_found()),
-        Verdict::Gone => {
-            return Err(ApiError::Gone(format!(
-                "short code {code:?} {GONE_EXPIRED}"
-            )))
-        }
-    }
+    let link = super::preview::redirecting_link(&client, &code).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
     image(&short_url, format, size, &headers, "public, max-age=86400")
 }
