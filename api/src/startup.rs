@@ -171,6 +171,15 @@ impl Application {
         let replayer = tokio::spawn(crate::cache_sync::run(state.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
         let retention = tokio::spawn(crate::retention::run(state.clone(), stop_rx.clone()));
+        // The day's salt before the first request, so every click from the start has its
+        // visitor id; a Redis that does not answer within a second only delays it to the loop.
+        let first = state.visitors.refresh(&state.redis, &state.keys);
+        if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(1), first)
+            .await
+            .map_err(|_| "timed out".to_owned())
+        {
+            log::warn!(error = e; "visitor salt not loaded at start; retrying in the background");
+        }
         let salt = tokio::spawn(refresh_visitor_salt(state.clone(), stop_rx.clone()));
 
         // The deadline sits inside the logger, so a timed-out request is still logged and counted.
@@ -234,13 +243,12 @@ async fn republish_schema(cache: LinkCache, mut stop: tokio::sync::watch::Receiv
 /// Keeps the day's visitor salt fresh, as the edge does (`kurz_common::visitors`).
 async fn refresh_visitor_salt(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        // First at once: the first clicks after start should count as visitors already.
-        if let Err(e) = state.visitors.refresh(&state.redis, &state.keys).await {
-            log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
-        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = state.visitors.refresh(&state.redis, &state.keys).await {
+            log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
         }
     }
 }
