@@ -57,6 +57,11 @@ impl Consumer {
                 break;
             }
         }
+        // What is stored is acknowledged before the backlog is counted, so the answer's pending
+        // count does not include clicks it already shows.
+        if let Err(e) = self.ack_committed(&mut work).await {
+            log::warn!(error = e.to_string(); "stored clicks could not be acknowledged before a read");
+        }
         drop(work);
         self.partial().await
     }

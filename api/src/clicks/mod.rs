@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod drain;
 pub mod stream;
 
+use crate::db::events::{JsonbText, StreamClick};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::redis_handle::RedisHandle;
@@ -42,6 +43,24 @@ pub fn click_details(click: &Click) -> serde_json::Value {
         details["ip"] = json!(click.ip);
     }
     details
+}
+
+impl StreamClick {
+    /// The row of a click read from entry `id` of `partition`'s stream.
+    pub fn from_click(click: &Click, partition: u16, id: &str) -> Self {
+        StreamClick {
+            // Entries from before click ids existed: their stream position is as stable.
+            click_id: if click.id.is_empty() {
+                format!("p{partition}-{id}")
+            } else {
+                click.id.clone()
+            },
+            url_id: click.url_id,
+            ts: chrono::DateTime::from_timestamp_millis(click.ts_ms)
+                .unwrap_or_else(chrono::Utc::now),
+            details: JsonbText::new(&click_details(click)),
+        }
+    }
 }
 
 /// What a visit of a link with `max_visits` got.

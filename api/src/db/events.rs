@@ -1,9 +1,11 @@
 //! `events` table.
 
 use super::Filter;
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Error, Row};
 
 const COLUMNS: &str = "id, url_id, user_id, event_type, occurred_at, details";
@@ -102,12 +104,43 @@ pub async fn count_events(c: &impl GenericClient, filter: &EventFilter) -> Resul
 }
 
 /// A click to insert from the stream.
+#[derive(Debug, Clone)]
 pub struct StreamClick {
     /// The click's identity (`kurz_common::clicks`), unique in `events.click_id`.
     pub click_id: String,
     pub url_id: i64,
     pub ts: DateTime<Utc>,
-    pub details: Value,
+    pub details: JsonbText,
+}
+
+/// A `jsonb` parameter already serialized: the consumer builds it while the batch before is
+/// being stored, so the insert does not wait for the encoding.
+#[derive(Debug, Clone)]
+pub struct JsonbText(String);
+
+impl JsonbText {
+    pub fn new(value: &Value) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl ToSql for JsonbText {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form: format version 1, then the JSON text.
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
 }
 
 /// Inserts a batch of stream clicks in one statement. Clicks already stored (same `click_id`,
@@ -117,12 +150,12 @@ pub struct StreamClick {
 /// event's `user_id` is the link owner's. Returns the number of rows inserted.
 pub async fn insert_stream_clicks(
     c: &impl GenericClient,
-    clicks: &[StreamClick],
+    clicks: &[&StreamClick],
 ) -> Result<u64, Error> {
     let ids: Vec<&str> = clicks.iter().map(|c| c.click_id.as_str()).collect();
     let url_ids: Vec<i64> = clicks.iter().map(|c| c.url_id).collect();
     let ts: Vec<DateTime<Utc>> = clicks.iter().map(|c| c.ts).collect();
-    let details: Vec<&Value> = clicks.iter().map(|c| &c.details).collect();
+    let details: Vec<&JsonbText> = clicks.iter().map(|c| &c.details).collect();
     let stmt = c
         .prepare_cached(
             "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \

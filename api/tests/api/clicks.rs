@@ -178,7 +178,7 @@ async fn click_details_keep_only_a_truncated_address() {
 /// then again from the stream each count once, and the rollups agree with the raw events.
 #[tokio::test]
 async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
-    use kurz_api::db::events::{insert_stream_clicks, StreamClick};
+    use kurz_api::db::events::{insert_stream_clicks, JsonbText, StreamClick};
     let app = idle_consumer_app().await;
     let user = app.create_user("rollup").await;
     let link = app.create_url(user, "https://example.com/rollup").await;
@@ -189,27 +189,39 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
         click_id: cid.into(),
         url_id: id,
         ts,
-        details: serde_json::json!({"referrer": referrer}),
+        details: JsonbText::new(&serde_json::json!({"referrer": referrer})),
     };
-    let batch = vec![
+    let batch = [
         click("r-a", "https://r.example", yesterday),
         click("r-b", "", today),
         click("r-c", "https://r.example", today),
         click("r-d", "https://s.example", today),
     ];
     let db = app.state.db.get().await.unwrap();
-    assert_eq!(insert_stream_clicks(&db, &batch).await.unwrap(), 4);
     assert_eq!(
-        insert_stream_clicks(&db, &batch).await.unwrap(),
+        insert_stream_clicks(&db, &batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        insert_stream_clicks(&db, &batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap(),
         0,
         "replay"
     );
     // A click the API stored directly (same id as one already stored) and one new.
-    let direct = vec![
+    let direct = [
         click("r-d", "https://s.example", today),
         click("r-e", "", today),
     ];
-    assert_eq!(insert_stream_clicks(&db, &direct).await.unwrap(), 1);
+    assert_eq!(
+        insert_stream_clicks(&db, &direct.iter().collect::<Vec<_>>())
+            .await
+            .unwrap(),
+        1
+    );
 
     let stats: serde_json::Value = app
         .get(&format!("/urls/{id}/stats"))
