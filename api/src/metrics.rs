@@ -79,7 +79,9 @@ impl Metrics {
                 "kurz_api_click_batch_size",
                 "Stream entries per committed batch",
             )
-            .buckets(vec![1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
+            .buckets(vec![
+                1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
+            ]),
         )
         .expect("metric");
         let click_insert_duration = Histogram::with_opts(

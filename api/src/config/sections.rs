@@ -98,7 +98,7 @@ impl Default for ClicksConfig {
     fn default() -> Self {
         Self {
             sample_rate: 1.0,
-            batch_size: 1000,
+            batch_size: 4000,
             poll_interval_ms: 100,
             claim_idle_ms: 30_000,
             group: "kurz-api".into(),
