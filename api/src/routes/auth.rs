@@ -34,14 +34,19 @@ fn sessions_down() -> ApiError {
     )
 }
 
-/// `{"token","expires_at","user"}` for a new session of `user`.
-async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> ApiResult<Response> {
-    let token = state
+/// A new session of `user`: its token.
+pub(crate) async fn new_session(state: &AppState, user: &User) -> ApiResult<String> {
+    state
         .auth
         .sessions
         .create(user.id)
         .await
-        .map_err(|_| sessions_down())?;
+        .map_err(|_| sessions_down())
+}
+
+/// `{"token","expires_at","user"}` for a new session of `user`.
+async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> ApiResult<Response> {
+    let token = new_session(state, user).await?;
     let expires = chrono::Utc::now() + chrono::Duration::seconds(state.auth.sessions.ttl() as i64);
     let body = json!({"token": token, "expires_at": kurz_common::time::format(expires), "user": user.to_json()});
     Ok((status, Json(body)).into_response())
@@ -49,6 +54,13 @@ async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> Ap
 
 /// `POST /auth/register`.
 pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiResult<Response> {
+    let user = register_account(&state, body).await?;
+    session_answer(&state, &user, StatusCode::CREATED).await
+}
+
+/// Validates and creates an account (`username`, `email`, `password`); the JSON endpoint and
+/// the web page both come here.
+pub(crate) async fn register_account(state: &AppState, body: JsonObject) -> ApiResult<User> {
     let mut f = Fields::new(body);
     let (username, email) = crate::identity::required(&mut f);
     let password = f.string("password");
@@ -73,7 +85,7 @@ pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiRes
         .await
         .map_err(conflict_or)?;
     tx.commit().await?;
-    session_answer(&state, &user, StatusCode::CREATED).await
+    Ok(user)
 }
 
 /// `POST /auth/login`: the same 401 for an unknown account and a wrong password, after the same
@@ -84,6 +96,18 @@ pub async fn login(
     headers: HeaderMap,
     body: JsonObject,
 ) -> ApiResult<Response> {
+    let ip = state.proxies.client_ip(peer.ip(), &headers);
+    let user = check_login(&state, ip, body).await?;
+    session_answer(&state, &user, StatusCode::OK).await
+}
+
+/// The account whose `email` or `username` and `password` the body names, through the
+/// lock-out; the JSON endpoint and the web page both come here.
+pub(crate) async fn check_login(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    body: JsonObject,
+) -> ApiResult<User> {
     let mut f = Fields::new(body);
     let email = f.opt_string("email");
     let username = f.opt_string("username");
@@ -103,7 +127,6 @@ pub async fn login(
         .or(username.as_deref())
         .unwrap_or("")
         .to_lowercase();
-    let ip = state.proxies.client_ip(peer.ip(), &headers);
     let client = state.client().await?;
     let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
     let (user, stored) = match found {
@@ -133,7 +156,7 @@ pub async fn login(
                 .succeeded(&subject, ip)
                 .await
                 .map_err(|_| sessions_down())?;
-            session_answer(&state, &user, StatusCode::OK).await
+            Ok(user)
         }
         _ => Err(ApiError::Unauthorized("invalid credentials".into())),
     }

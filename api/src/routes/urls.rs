@@ -72,7 +72,7 @@ pub async fn create(
     let key = idempotency::key_from(&headers)?.map(|k| format!("{}:{k}", caller.scope_id()));
     let fingerprint = Value::Object(body.0.clone()).to_string();
     let idem = key.as_deref().map(|k| (k, fingerprint.as_str()));
-    let (link, replayed) = create_link(&state, &caller, body, idem).await?;
+    let (link, replayed) = create_link(&state, &caller, body, idem, false).await?;
     let mut response = (StatusCode::CREATED, Json(link)).into_response();
     if replayed {
         response.headers_mut().insert(
@@ -84,12 +84,15 @@ pub async fn create(
 }
 
 /// Validates, inserts and caches a new link; returns its JSON, and whether it is the answer an
-/// earlier request with the same idempotency key (and fingerprint) got.
-async fn create_link(
+/// earlier request with the same idempotency key (and fingerprint) got. `ownerless`: a link
+/// without an owner may be made (an anonymous visitor of the web app in open mode); the API's
+/// clients always name one.
+pub(crate) async fn create_link(
     state: &AppState,
     caller: &Caller,
     body: JsonObject,
     idem: Option<(&str, &str)>,
+    ownerless: bool,
 ) -> ApiResult<(Value, bool)> {
     let mut f = Fields::new(body);
     let from_body = match f.opt_id("user_id") {
@@ -97,7 +100,7 @@ async fn create_link(
         _ => None,
     };
     let user_id = caller.owner_for_write(from_body)?;
-    if user_id.is_none() {
+    if user_id.is_none() && !ownerless {
         f.reject("user_id", "is required");
     }
     let original_url = f.string("original_url");
@@ -131,7 +134,7 @@ async fn create_link(
         check_expiry(&mut f, at);
     }
     f.finish()?;
-    let (Some(user_id), Some(target)) = (user_id, target) else {
+    let (Some(target), true) = (target, user_id.is_some() || ownerless) else {
         return Err(ApiError::BadRequest(
             "user_id and original_url are required".into(),
         ));
@@ -152,7 +155,7 @@ async fn create_link(
     };
     let custom_given = custom.is_some();
     let code = custom.unwrap_or_else(ShortCode::generate);
-    let new = NewLink::new(Some(user_id), &code, &target, title, expires_at)
+    let new = NewLink::new(user_id, &code, &target, title, expires_at)
         .with_redirect_type(redirect_type.unwrap_or(302))
         .with_max_visits(max_visits)
         .with_password_hash(password_hash.as_deref())
