@@ -16,6 +16,7 @@
 //! - [`http_log`], [`metrics`]: request logs, request ids and Prometheus metrics;
 //!   [`deadline`]: the per-request time limit.
 //! - [`migrate`]: embedded schema migrations; [`sample`]: sample data sets in the seed format.
+//! - [`web`]: the web app for people (pages, cookie sessions, CSRF), served beside the API.
 
 pub mod auth;
 pub mod cache;
@@ -42,3 +43,4 @@ pub mod sample;
 pub mod startup;
 pub mod state;
 pub mod tags;
+pub mod web;

@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/auth", auth_routes.clone())
         .nest("/api/auth", auth_routes)
         .route("/openapi.json", get(openapi::document))
+        // The web app's pages: not the API, so not in its OpenAPI document (docs/web.md).
+        .merge(crate::web::router())
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
         .route("/ready", get(health::ready))

@@ -26,3 +26,4 @@ mod retention;
 mod urls;
 mod users;
 mod visits;
+mod web;

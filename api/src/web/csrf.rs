@@ -1,0 +1,103 @@
+//! CSRF tokens for the pages' forms: a random token in a cookie, repeated in a hidden field of
+//! every form, compared on every post ("double submit"). Another site can make a browser post
+//! to kurz, but it can neither read the cookie nor set it (`SameSite=Strict`, `HttpOnly`), so
+//! it cannot put the matching value in its form.
+
+use axum::http::{HeaderMap, HeaderValue};
+
+/// The cookie, and the form field, that carry the token.
+pub const FIELD: &str = "csrf";
+
+/// A year: the token says nothing about who the visitor is, and a form left open for a day
+/// should still post.
+const MAX_AGE: u64 = 365 * 24 * 3600;
+
+/// The visitor's token: the one their cookie holds, or a new one to set.
+pub struct Token {
+    value: String,
+    new: bool,
+}
+
+impl Token {
+    pub fn of(headers: &HeaderMap) -> Self {
+        match super::cookie(headers, FIELD).filter(|v| is_token(v)) {
+            Some(v) => Token {
+                value: v.to_owned(),
+                new: false,
+            },
+            None => Token {
+                value: crate::auth::sessions::new_token(""),
+                new: true,
+            },
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// `Set-Cookie` when the token is new.
+    pub fn set_cookie(&self, https: bool) -> Option<HeaderValue> {
+        self.new
+            .then(|| super::cookie_header(FIELD, &self.value, "Strict", MAX_AGE, https))
+    }
+
+    /// Whether a form's field equals the cookie (a token only just made matches nothing: the
+    /// request had no cookie). Compared in constant time.
+    pub fn matches(&self, field: &str) -> bool {
+        !self.new && field.len() == self.value.len() && {
+            let diff = field
+                .bytes()
+                .zip(self.value.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            diff == 0
+        }
+    }
+}
+
+/// 64 hex digits, as made here: anything else in the cookie is replaced.
+fn is_token(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cookie(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_form_posts_only_with_the_token_its_cookie_holds() {
+        let t = "ab".repeat(32);
+        let token = Token::of(&with_cookie(&format!("other=1; csrf={t}")));
+        assert!(token.set_cookie(false).is_none());
+        assert!(token.matches(&t));
+        assert!(!token.matches(&"ac".repeat(32)));
+        assert!(!token.matches(""));
+        assert!(!token.matches(&t[..63]));
+    }
+
+    #[test]
+    fn without_a_cookie_nothing_matches_and_a_new_token_is_set() {
+        let token = Token::of(&HeaderMap::new());
+        assert!(
+            !token.matches(token.value()),
+            "a post without the cookie is refused"
+        );
+        let set = token.set_cookie(true).unwrap();
+        let set = set.to_str().unwrap();
+        assert!(set.starts_with(&format!("csrf={}", token.value())));
+        for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+            assert!(set.contains(flag), "{set}");
+        }
+        let odd = Token::of(&with_cookie("csrf=<script>"));
+        assert!(
+            odd.set_cookie(false).is_some(),
+            "a malformed cookie is replaced"
+        );
+    }
+}

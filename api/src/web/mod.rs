@@ -1,0 +1,477 @@
+//! The web app for people: pages served by the API, reachable through the edge (which keeps
+//! answering `/<code>` itself). Server-rendered HTML from templates compiled into the binary
+//! (`pages`), no script: every form works without JavaScript.
+//!
+//! Browser security. The session is a cookie (`HttpOnly`, `SameSite=Lax`, `Secure` when the
+//! request came over HTTPS) that only these pages read: the JSON API takes bearer tokens alone,
+//! so a cookie can never authorize an API call another site makes. Every form carries a CSRF
+//! token that must equal a second cookie (`csrf`). Pages answer with a strict
+//! `Content-Security-Policy` (no script, styles from kurz only, no framing) and `no-store`.
+//! Logins and sign-ups go through the same lock-out as `/auth/*`, and the edge rate-limits them
+//! in the same class.
+
+mod assets;
+mod csrf;
+mod pages;
+
+use crate::auth::{AuthUser, Caller, Credential};
+use crate::config::AuthMode;
+use crate::db::users::User;
+use crate::error::ApiError;
+use crate::extract::JsonObject;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use pages::{Form, Page};
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+
+pub use assets::stylesheet;
+
+/// The pages' routes. `/`, `/ui`, `/login`, `/register`, `/logout` and `/static` are reserved
+/// words, never short codes, so none of them can shadow a link.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/ui/shorten", post(shorten))
+        .route("/login", get(login_page).post(login))
+        .route("/register", get(register_page).post(register))
+        .route("/logout", post(logout))
+        .route("/static/{file}", get(asset))
+}
+
+/// The session cookie.
+const SESSION: &str = "kurz_session";
+
+/// No script at all; styles and images from kurz; forms post only to kurz; never framed.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// What a page knows about its request.
+struct Visit {
+    user: Option<User>,
+    session: Option<String>,
+    csrf: csrf::Token,
+    https: bool,
+    ip: std::net::IpAddr,
+}
+
+impl Visit {
+    /// Reads the session cookie (a stale or revoked one is ignored: the visitor is anonymous).
+    async fn of(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut visit = Visit {
+            user: None,
+            session: None,
+            csrf: csrf::Token::of(headers),
+            https: state.proxies.trusts(peer.ip())
+                && headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")),
+            ip: state.proxies.client_ip(peer.ip(), headers),
+        };
+        let Some(token) = cookie(headers, SESSION) else {
+            return Ok(visit);
+        };
+        let uid = state.auth.sessions.user_of(token).await.map_err(|_| {
+            ApiError::Unavailable("sessions are unavailable right now; retry shortly".into())
+        })?;
+        if let Some(uid) = uid {
+            let client = state.client().await?;
+            visit.user = crate::db::users::find_user(&client, uid).await?;
+            visit.session = visit.user.as_ref().map(|_| token.to_owned());
+        }
+        Ok(visit)
+    }
+
+    fn page(&self, state: &AppState) -> Page<'_> {
+        Page {
+            user: self.user.as_ref().map(|u| u.username.as_str()),
+            csrf: self.csrf.value(),
+            anonymous_may_shorten: state.auth.mode == AuthMode::Open,
+        }
+    }
+
+    /// The caller the API's own checks see: this user through their session, or anonymous.
+    fn caller(&self, state: &AppState) -> Caller {
+        Caller {
+            mode: state.auth.mode,
+            user: self.user.as_ref().map(|user| AuthUser {
+                admin: state.auth.is_admin(user),
+                user: user.clone(),
+                credential: Credential::Session(self.session.clone().unwrap_or_default()),
+            }),
+        }
+    }
+
+    /// A page answer: the HTML, the security headers, and the CSRF cookie when it is new.
+    fn respond(&self, status: StatusCode, html: String) -> Response {
+        let mut response = crate::routes::preview::html_page(status, CSP, html);
+        let h = response.headers_mut();
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        if let Some(set) = self.csrf.set_cookie(self.https) {
+            h.append(header::SET_COOKIE, set);
+        }
+        response
+    }
+
+    /// `303 See Other` to `to`, with extra cookies.
+    fn see_other(&self, to: &'static str, cookies: Vec<HeaderValue>) -> Response {
+        let mut response = (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, HeaderValue::from_static(to))],
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for c in cookies {
+            response.headers_mut().append(header::SET_COOKIE, c);
+        }
+        response
+    }
+
+    fn session_cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+        cookie_header(SESSION, value, "Lax", max_age, self.https)
+    }
+}
+
+/// `Set-Cookie` for `name=value`. Values are hex tokens, never user text.
+fn cookie_header(
+    name: &str,
+    value: &str,
+    same_site: &str,
+    max_age: u64,
+    https: bool,
+) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}"
+    ))
+    .expect("cookie of hex")
+}
+
+/// The value of cookie `name`, if the request has it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The fields of a form post, in order. Anything but a urlencoded form is a 415.
+fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, ApiError> {
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = kind.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "pages take application/x-www-form-urlencoded forms, not {kind:?}"
+        )));
+    }
+    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// A JSON object of the non-empty named fields, for the API's own validation.
+fn json_of(fields: &[(String, String)], names: &[&str]) -> JsonObject {
+    let mut map = Map::new();
+    for name in names {
+        let v = field(fields, name).trim();
+        if !v.is_empty() {
+            map.insert((*name).to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    JsonObject(map)
+}
+
+/// What went wrong, as sentences for the page: each invalid field by name.
+fn messages(e: &ApiError) -> Vec<String> {
+    match e {
+        ApiError::Validation(fields) => fields
+            .iter()
+            .map(|(f, why)| format!("{}: {why}", f.replace('_', " ")))
+            .collect(),
+        ApiError::Internal(_) | ApiError::StoreDown(_) => {
+            vec!["Something went wrong on our side; please try again.".into()]
+        }
+        other => vec![other.to_string()],
+    }
+}
+
+/// A page for an error that leaves no form to show again (CSRF, sessions down, 415).
+fn problem(visit: &Visit, state: &AppState, e: &ApiError) -> Response {
+    let status = e.status();
+    let html = pages::problem(&visit.page(state), status, &messages(e)).into_string();
+    visit.respond(status, html)
+}
+
+/// An anonymous page for a request whose session could not even be read.
+fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
+    let csrf = csrf::Token::of(headers);
+    let page = Page {
+        user: None,
+        csrf: csrf.value(),
+        anonymous_may_shorten: false,
+    };
+    let status = e.status();
+    let html = pages::problem(&page, status, &messages(&e)).into_string();
+    let mut response = crate::routes::preview::html_page(status, CSP, html);
+    response
+        .headers_mut()
+        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+fn csrf_refused() -> ApiError {
+    ApiError::Forbidden(
+        "This form expired or was not sent from a kurz page. Reload the page and try again.".into(),
+    )
+}
+
+/// `GET /`: the shorten form.
+pub async fn home(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let html = pages::home(&visit.page(&state), &Form::default(), &[]).into_string();
+    visit.respond(StatusCode::OK, html)
+}
+
+/// `POST /ui/shorten`: makes the link and shows it, or the form again with what is wrong.
+pub async fn shorten(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let fields = match form_fields(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return problem(&visit, &state, &e),
+    };
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return problem(&visit, &state, &csrf_refused());
+    }
+    if visit.user.is_none() && state.auth.mode == AuthMode::Required {
+        return visit.see_other("/login", Vec::new());
+    }
+    let form = Form {
+        original_url: field(&fields, "original_url").to_owned(),
+        short_code: field(&fields, "short_code").to_owned(),
+    };
+    let mut body = json_of(&fields, &["original_url", "short_code"]);
+    // A logged-in visitor's links are theirs, in either mode (open mode takes the owner from
+    // the body, required mode checks it is the caller).
+    if let Some(user) = &visit.user {
+        body.0.insert("user_id".into(), Value::from(user.id));
+    }
+    let made = crate::routes::urls::create_link(
+        &state,
+        &visit.caller(&state),
+        body,
+        None,
+        visit.user.is_none(),
+    )
+    .await;
+    match made {
+        Ok((link, _)) => {
+            let short = link["short_url"].as_str().unwrap_or_default();
+            let target = link["original_url"].as_str().unwrap_or_default();
+            let html = pages::created(&visit.page(&state), short, target).into_string();
+            visit.respond(StatusCode::CREATED, html)
+        }
+        Err(e) => {
+            let html = pages::home(&visit.page(&state), &form, &messages(&e)).into_string();
+            visit.respond(e.status(), html)
+        }
+    }
+}
+
+/// `GET /login`.
+pub async fn login_page(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let html = pages::login(&visit.page(&state), "", &[]).into_string();
+    visit.respond(StatusCode::OK, html)
+}
+
+/// `POST /login`: a session cookie and back home, or the form with the reason.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let fields = match form_fields(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return problem(&visit, &state, &e),
+    };
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return problem(&visit, &state, &csrf_refused());
+    }
+    let account = field(&fields, "account").trim();
+    let mut map = Map::new();
+    let key = if account.contains('@') {
+        "email"
+    } else {
+        "username"
+    };
+    map.insert(key.into(), Value::String(account.to_owned()));
+    map.insert(
+        "password".into(),
+        Value::String(field(&fields, "password").to_owned()),
+    );
+    let logged_in = match crate::routes::auth::check_login(&state, visit.ip, JsonObject(map)).await
+    {
+        Ok(user) => crate::routes::auth::new_session(&state, &user).await,
+        Err(e) => Err(e),
+    };
+    match logged_in {
+        Ok(token) => {
+            let set = visit.session_cookie(&token, state.auth.sessions.ttl());
+            visit.see_other("/", vec![set])
+        }
+        Err(e) => {
+            let html = pages::login(&visit.page(&state), account, &messages(&e)).into_string();
+            let mut response = visit.respond(e.status(), html);
+            if let ApiError::TooManyRequests { retry_after, .. } = e {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            response
+        }
+    }
+}
+
+/// `GET /register`.
+pub async fn register_page(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let html = pages::register(&visit.page(&state), "", "", &[]).into_string();
+    visit.respond(StatusCode::OK, html)
+}
+
+/// `POST /register`: the account, a session cookie and back home.
+pub async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let fields = match form_fields(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return problem(&visit, &state, &e),
+    };
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return problem(&visit, &state, &csrf_refused());
+    }
+    let mut body = json_of(&fields, &["username", "email"]);
+    // The password as typed: spaces are part of it.
+    let password = field(&fields, "password");
+    if !password.is_empty() {
+        body.0
+            .insert("password".into(), Value::String(password.to_owned()));
+    }
+    let made = match crate::routes::auth::register_account(&state, body).await {
+        Ok(user) => crate::routes::auth::new_session(&state, &user).await,
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok(token) => {
+            let set = visit.session_cookie(&token, state.auth.sessions.ttl());
+            visit.see_other("/", vec![set])
+        }
+        Err(e) => {
+            let html = pages::register(
+                &visit.page(&state),
+                field(&fields, "username").trim(),
+                field(&fields, "email").trim(),
+                &messages(&e),
+            )
+            .into_string();
+            visit.respond(e.status(), html)
+        }
+    }
+}
+
+/// `POST /logout`: ends the session at once and drops the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let visit = match Visit::of(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(e) => return early_problem(&headers, e),
+    };
+    let fields = match form_fields(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return problem(&visit, &state, &e),
+    };
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return problem(&visit, &state, &csrf_refused());
+    }
+    if let (Some(user), Some(token)) = (&visit.user, &visit.session) {
+        if let Err(e) = state.auth.sessions.revoke(token, user.id).await {
+            log::warn!(error = e.to_string(); "web logout could not revoke the session");
+            let e = ApiError::Unavailable(
+                "sessions are unavailable right now; you are still logged in; retry shortly".into(),
+            );
+            return problem(&visit, &state, &e);
+        }
+    }
+    let clear = visit.session_cookie("", 0);
+    visit.see_other("/", vec![clear])
+}
+
+/// `GET /static/<file>`: the stylesheet under its content-hashed name, cached for a year.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    assets::serve(&file)
+}

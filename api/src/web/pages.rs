@@ -1,0 +1,252 @@
+//! The pages, as maud templates: compiled into the binary, and every value interpolated with
+//! `(…)` is escaped, so a link's target or a user's name always shows as text.
+
+use super::csrf;
+use axum::http::StatusCode;
+use maud::{html, Markup, DOCTYPE};
+
+/// What every page shows around its content.
+pub struct Page<'a> {
+    /// The logged-in user's name.
+    pub user: Option<&'a str>,
+    pub csrf: &'a str,
+    /// `auth.mode: open`: anonymous visitors may shorten.
+    pub anonymous_may_shorten: bool,
+}
+
+/// The shorten form's values, kept when it comes back with errors.
+#[derive(Default)]
+pub struct Form {
+    pub original_url: String,
+    pub short_code: String,
+}
+
+fn csrf_field(page: &Page) -> Markup {
+    html! { input type="hidden" name=(csrf::FIELD) value=(page.csrf); }
+}
+
+fn layout(page: &Page, title: &str, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · kurz" }
+                link rel="stylesheet" href=(super::stylesheet());
+            }
+            body {
+                header {
+                    a.brand href="/" { "kurz" }
+                    nav aria-label="Account" {
+                        @if let Some(user) = page.user {
+                            span { "Logged in as " strong { (user) } }
+                            form method="post" action="/logout" {
+                                (csrf_field(page))
+                                button.link type="submit" { "Log out" }
+                            }
+                        } @else {
+                            a href="/login" { "Log in" }
+                            a href="/register" { "Sign up" }
+                        }
+                    }
+                }
+                main { (content) }
+                footer { "kurz — short links, fast." }
+            }
+        }
+    }
+}
+
+fn errors(list: &[String]) -> Markup {
+    html! {
+        @if !list.is_empty() {
+            div.errors role="alert" {
+                @if list.len() == 1 { p { (list[0]) } } @else {
+                    ul { @for e in list { li { (e) } } }
+                }
+            }
+        }
+    }
+}
+
+/// The home page: the shorten form, or an invitation to log in where anonymous use is off.
+pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
+    let may_shorten = page.user.is_some() || page.anonymous_may_shorten;
+    layout(
+        page,
+        "Shorten a link",
+        html! {
+            h1 { "Shorten a link" }
+            @if may_shorten {
+                (errors(problems))
+                form.card method="post" action="/ui/shorten" {
+                    (csrf_field(page))
+                    label for="original_url" {
+                        "Long URL"
+                        input #original_url type="url" name="original_url" required
+                            placeholder="https://example.com/a/long/path" value=(form.original_url);
+                    }
+                    label for="short_code" {
+                        "Custom code"
+                        span.hint { "Optional: 3–64 letters, digits, - or _" }
+                        input #short_code type="text" name="short_code" value=(form.short_code)
+                            autocomplete="off" spellcheck="false";
+                    }
+                    button type="submit" { "Shorten" }
+                }
+            } @else {
+                p {
+                    "Links on this kurz belong to accounts. "
+                    a href="/login" { "Log in" } " or " a href="/register" { "sign up" }
+                    " to shorten one."
+                }
+            }
+        },
+    )
+}
+
+/// The new link.
+pub fn created(page: &Page, short_url: &str, target: &str) -> Markup {
+    layout(
+        page,
+        "Link created",
+        html! {
+            h1 { "Your short link" }
+            div.result {
+                output #short_url { a href=(short_url) { (short_url) } }
+                p.muted { "Redirects to " span #target { (target) } }
+            }
+            p { a href="/" { "Shorten another link" } }
+        },
+    )
+}
+
+pub fn login(page: &Page, account: &str, problems: &[String]) -> Markup {
+    layout(
+        page,
+        "Log in",
+        html! {
+            h1 { "Log in" }
+            (errors(problems))
+            form.card method="post" action="/login" {
+                (csrf_field(page))
+                label for="account" {
+                    "Username or email"
+                    input #account type="text" name="account" required value=(account)
+                        autocomplete="username";
+                }
+                label for="password" {
+                    "Password"
+                    input #password type="password" name="password" required
+                        autocomplete="current-password";
+                }
+                button type="submit" { "Log in" }
+            }
+            p { "No account yet? " a href="/register" { "Sign up" } }
+        },
+    )
+}
+
+pub fn register(page: &Page, username: &str, email: &str, problems: &[String]) -> Markup {
+    layout(
+        page,
+        "Sign up",
+        html! {
+            h1 { "Sign up" }
+            (errors(problems))
+            form.card method="post" action="/register" {
+                (csrf_field(page))
+                label for="username" {
+                    "Username"
+                    input #username type="text" name="username" required value=(username)
+                        autocomplete="username";
+                }
+                label for="email" {
+                    "Email"
+                    input #email type="email" name="email" required value=(email)
+                        autocomplete="email";
+                }
+                label for="password" {
+                    "Password"
+                    span.hint { "At least 8 characters" }
+                    input #password type="password" name="password" required minlength="8"
+                        autocomplete="new-password";
+                }
+                button type="submit" { "Sign up" }
+            }
+            p { "Have an account? " a href="/login" { "Log in" } }
+        },
+    )
+}
+
+/// An error with nothing to fill in again.
+pub fn problem(page: &Page, status: StatusCode, problems: &[String]) -> Markup {
+    let title = status.canonical_reason().unwrap_or("Error");
+    layout(
+        page,
+        title,
+        html! {
+            h1 { (title) }
+            (errors(problems))
+            p { a href="/" { "Back to the home page" } }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page() -> Page<'static> {
+        Page {
+            user: Some("<b>ada</b>"),
+            csrf: "tok",
+            anonymous_may_shorten: false,
+        }
+    }
+
+    #[test]
+    fn values_are_escaped_everywhere() {
+        let html = created(
+            &page(),
+            "http://k/abc",
+            "https://x.example/?q=<script>alert(1)</script>",
+        )
+        .into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("&lt;b&gt;ada&lt;/b&gt;"));
+        let form = Form {
+            original_url: "\"><script>x</script>".into(),
+            short_code: String::new(),
+        };
+        let html = home(&page(), &form, &["bad <i>".into()]).into_string();
+        assert!(
+            !html.contains("<script>") && !html.contains("<i>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn every_form_carries_the_csrf_token_and_every_input_a_label() {
+        let mut p = page();
+        p.anonymous_may_shorten = true;
+        for html in [
+            home(&p, &Form::default(), &[]).into_string(),
+            login(&p, "", &[]).into_string(),
+            register(&p, "", "", &[]).into_string(),
+        ] {
+            let forms = html.matches("<form").count();
+            assert!(forms >= 2, "the page's form and the logout form");
+            assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), forms);
+            for id in html.split("<input id=\"").skip(1) {
+                let id = &id[..id.find('"').unwrap()];
+                assert!(
+                    html.contains(&format!("<label for=\"{id}\"")),
+                    "{id} unlabelled"
+                );
+            }
+        }
+    }
+}

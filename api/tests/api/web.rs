@@ -1,0 +1,426 @@
+//! The web app's pages as a browser uses them: cookies, forms with their CSRF token, HTML
+//! escaping, the security headers, and the flows register → shorten → log out → log in.
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use reqwest::Response;
+use std::collections::HashMap;
+
+/// A browser without JavaScript: keeps the cookies it is given and sends them back.
+struct Browser<'a> {
+    app: &'a TestApp,
+    cookies: HashMap<String, String>,
+    /// `Set-Cookie` lines of the last answer.
+    last_set: Vec<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            cookies: HashMap::new(),
+            last_set: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, res: &Response) {
+        self.last_set = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for line in &self.last_set {
+            let pair = line.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() || line.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let res = self
+            .app
+            .client
+            .get(self.app.url(path))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&res);
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// Posts `fields` as a form, adding the CSRF token the page carried.
+    async fn submit(&mut self, page: &str, path: &str, fields: &[(&str, &str)]) -> Response {
+        let token = csrf_of(page);
+        let mut all: Vec<(&str, &str)> = vec![("csrf", token.as_str())];
+        all.extend_from_slice(fields);
+        self.post(path, &all).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let res = self
+            .app
+            .client
+            .post(self.app.url(path))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&res);
+        res
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[at..at + 64].to_owned()
+}
+
+async fn link_count(app: &TestApp) -> i64 {
+    app.sql()
+        .await
+        .query_one("SELECT count(*) FROM urls", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_home_page_is_a_small_html_form_with_strict_browser_headers() {
+    let app = spawn_app().await;
+    let res = app.get("/").await;
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for rule in [
+        "default-src 'none'",
+        "style-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(rule), "{csp}");
+    }
+    assert!(!csp.contains("script-src"), "no script is allowed: {csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["cache-control"], "no-store");
+    let csrf_cookie = h["set-cookie"].to_str().unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(csrf_cookie.contains(flag), "{csrf_cookie}");
+    }
+    assert!(!csrf_cookie.contains("Secure"), "plain HTTP: {csrf_cookie}");
+    let html = res.text().await.unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<form") && html.contains("action=\"/ui/shorten\""));
+
+    let at = html.find("/static/app.").expect("the stylesheet link");
+    let css_path = &html[at..at + html[at..].find('"').unwrap()];
+    let css = app.get(css_path).await;
+    assert_eq!(css.status(), 200);
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(
+        css.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let css = css.text().await.unwrap();
+    assert!(
+        html.len() + css.len() < 50 * 1024,
+        "home page weight {} bytes",
+        html.len() + css.len()
+    );
+    assert_eq!(app.get("/static/app.css").await.status(), 404);
+}
+
+#[tokio::test]
+async fn an_anonymous_visitor_shortens_a_link_that_redirects() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (status, home) = b.get("/").await;
+    assert_eq!(status, 200);
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[
+                ("original_url", "https://example.com/from-the-form"),
+                ("short_code", "webform1"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("http://kurz.test/webform1"), "{page}");
+    let redirect = app.get("/webform1").await;
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(
+        redirect.headers()["location"],
+        "https://example.com/from-the-form"
+    );
+    let owner: Option<i64> = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT user_id FROM urls WHERE short_code = 'webform1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, None, "an anonymous link has no owner");
+}
+
+#[tokio::test]
+async fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let form = [("original_url", "https://example.com/forged")];
+    // Another site's form: no cookie, no token.
+    let res = b.post("/ui/shorten", &form).await;
+    assert_eq!(res.status(), 403);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Reload the page"), "{page}");
+    // The cookie (the browser has one from a visit) but not the token.
+    let (_, home) = b.get("/").await;
+    assert_eq!(b.post("/ui/shorten", &form).await.status(), 403);
+    let zeros = "0".repeat(64);
+    let wrong = [
+        ("csrf", zeros.as_str()),
+        ("original_url", "https://example.com/forged"),
+    ];
+    assert_eq!(b.post("/ui/shorten", &wrong).await.status(), 403);
+    for path in ["/login", "/register", "/logout"] {
+        assert_eq!(b.post(path, &[]).await.status(), 403, "{path}");
+    }
+    assert_eq!(link_count(&app).await, 0);
+    // The same form with the page's token goes through.
+    assert_eq!(b.submit(&home, "/ui/shorten", &form).await.status(), 201);
+    assert_eq!(link_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn markup_in_a_target_or_a_name_shows_as_text() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (_, home) = b.get("/").await;
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[(
+                "original_url",
+                "https://example.com/?q=<script>alert(1)</script>",
+            )],
+        )
+        .await;
+    let status = res.status();
+    let page = res.text().await.unwrap();
+    assert!(!page.contains("<script>alert"), "{page}");
+    if status == 201 {
+        assert!(page.contains("&lt;script&gt;") || page.contains("%3Cscript%3E"));
+    } else {
+        assert_eq!(status, 400, "{page}");
+    }
+    // A field error repeats what was typed, escaped.
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[("original_url", "\"><script>alert(2)</script>")],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(!page.contains("<script>alert(2)"), "{page}");
+    assert!(page.contains("original url:"), "the field is named: {page}");
+    assert!(page.contains("&quot;&gt;&lt;script&gt;alert(2)"), "{page}");
+}
+
+#[tokio::test]
+async fn register_shorten_log_out_and_log_in_again() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (_, page) = b.get("/register").await;
+    let res = b
+        .submit(
+            &page,
+            "/register",
+            &[
+                ("username", "webuser"),
+                ("email", "web@example.com"),
+                ("password", "correct horse"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/");
+    let session = b
+        .last_set
+        .iter()
+        .find(|c| c.starts_with("kurz_session="))
+        .expect("a session cookie")
+        .clone();
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age="] {
+        assert!(session.contains(flag), "{session}");
+    }
+    let token = b.cookies["kurz_session"].clone();
+
+    // The cookie is for pages only: the JSON API does not take it.
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .header("cookie", format!("kurz_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+
+    let (_, home) = b.get("/").await;
+    assert!(
+        home.contains("Logged in as <strong>webuser</strong>"),
+        "{home}"
+    );
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[("original_url", "https://example.com/mine")],
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let owner: String = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT u.username FROM urls l JOIN users u ON u.id = l.user_id \
+             WHERE l.original_url = 'https://example.com/mine'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "webuser");
+
+    let res = b.submit(&home, "/logout", &[]).await;
+    assert_eq!(res.status(), 303);
+    assert!(!b.cookies.contains_key("kurz_session"), "cookie dropped");
+    // The session is revoked, not merely forgotten by this browser.
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+
+    let (_, login) = b.get("/login").await;
+    let res = b
+        .submit(
+            &login,
+            "/login",
+            &[("account", "webuser"), ("password", "wrong password")],
+        )
+        .await;
+    assert_eq!(res.status(), 401);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("invalid credentials"), "{page}");
+    assert!(
+        page.contains("value=\"webuser\""),
+        "the account is kept: {page}"
+    );
+    let res = b
+        .submit(
+            &login,
+            "/login",
+            &[
+                ("account", "web@example.com"),
+                ("password", "correct horse"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let (_, home) = b.get("/").await;
+    assert!(home.contains("webuser"));
+}
+
+#[tokio::test]
+async fn a_sign_up_with_bad_fields_says_which_and_keeps_what_was_typed() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (_, page) = b.get("/register").await;
+    let res = b
+        .submit(
+            &page,
+            "/register",
+            &[
+                ("username", "ok_name"),
+                ("email", "not-an-email"),
+                ("password", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("email:") && html.contains("password:"),
+        "{html}"
+    );
+    assert!(html.contains("value=\"ok_name\""), "{html}");
+    assert!(!b.cookies.contains_key("kurz_session"));
+}
+
+#[tokio::test]
+async fn in_required_mode_anonymous_visitors_are_sent_to_log_in() {
+    let app = spawn_app_with(|c| c.auth.mode = kurz_api::config::AuthMode::Required).await;
+    let mut b = Browser::new(&app);
+    let (status, home) = b.get("/").await;
+    assert_eq!(status, 200);
+    assert!(!home.contains("action=\"/ui/shorten\""), "{home}");
+    assert!(home.contains("href=\"/login\""));
+    // A form crafted with the visitor's own token still makes nothing.
+    let token = b.cookies["csrf"].clone();
+    let res = b
+        .post(
+            "/ui/shorten",
+            &[
+                ("csrf", &token),
+                ("original_url", "https://example.com/anon"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/login");
+    assert_eq!(link_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn cookies_are_secure_behind_an_https_edge() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+}
