@@ -9,6 +9,10 @@ pub(super) fn classify(method: &http::Method, path: &str) -> Class {
     if path.starts_with("/auth/") || path == "/auth" || path.starts_with("/api/auth") {
         return Class::Auth;
     }
+    // The web app's log-in and sign-up forms: password guesses, limited like `/auth/*`.
+    if method == http::Method::POST && (path == "/login" || path == "/register") {
+        return Class::Auth;
+    }
     if method == http::Method::GET || method == http::Method::HEAD {
         if redirect_code(path).is_some() {
             return Class::Redirect;
@@ -52,6 +56,11 @@ mod tests {
         assert_eq!(classify(&Method::GET, "/urls/1"), Class::Read);
         assert_eq!(classify(&Method::POST, "/urls"), Class::Write);
         assert_eq!(classify(&Method::POST, "/auth/login"), Class::Auth);
+        assert_eq!(classify(&Method::POST, "/login"), Class::Auth);
+        assert_eq!(classify(&Method::POST, "/register"), Class::Auth);
+        assert_eq!(classify(&Method::GET, "/login"), Class::Read);
+        assert_eq!(classify(&Method::GET, "/"), Class::Read);
+        assert_eq!(classify(&Method::POST, "/ui/shorten"), Class::Write);
         assert_eq!(classify(&Method::POST, "/api/auth/login"), Class::Auth);
         assert_eq!(classify(&Method::POST, "/abc1234"), Class::Auth);
         assert_eq!(classify(&Method::PUT, "/abc1234"), Class::Write);

@@ -567,3 +567,66 @@ async fn size_and_time_limits_answer_413_and_504_with_json() {
         "gateway_timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_is_served_through_the_edge_and_its_links_redirect_at_the_edge() {
+    let stack = Stack::start(Options::default());
+    let home = stack.get("/").await;
+    assert_eq!(home.status(), 200);
+    assert_eq!(home.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(home.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    let cookie = home.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let html = home.text().await.unwrap();
+    let at = html.find("/static/app.").expect("stylesheet link");
+    let css = stack
+        .get(&html[at..at + html[at..].find('"').unwrap()])
+        .await;
+    assert_eq!(css.status(), 200);
+    assert_eq!(
+        css.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let token = &html[at..at + 64];
+    let res = stack
+        .client
+        .post(stack.url("/ui/shorten"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={token}&original_url=https%3A%2F%2Fexample.com%2Fweb&short_code=viaedge1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = stack.get("/viaedge1").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/web");
+    assert_eq!(api_redirects(&stack).await, 0.0, "answered by the edge");
+    // A log-in form post is a password guess: the edge counts it in the auth class.
+    let res = stack
+        .client
+        .post(stack.url("/login"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={token}&account=nobody&password=wrong-password"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let auth = stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_requests_total",
+            &["class=\"auth\""],
+        )
+        .await;
+    assert_eq!(auth, 1.0);
+}
