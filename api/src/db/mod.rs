@@ -72,9 +72,21 @@ impl<'a> Filter<'a> {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.page_by(c, select, "id", limit, offset).await
+    }
+
+    /// One page in the order of `order_by` (SQL written in the code, never caller input).
+    pub async fn page_by(
+        &self,
+        c: &impl GenericClient,
+        select: &str,
+        order_by: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let n = self.params.len() + 1;
         let sql = format!(
-            "{select}{} ORDER BY id LIMIT ${n} OFFSET ${}",
+            "{select}{} ORDER BY {order_by} LIMIT ${n} OFFSET ${}",
             self.where_sql(),
             n + 1
         );

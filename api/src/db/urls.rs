@@ -320,6 +320,8 @@ pub struct UrlFilter {
     pub is_active: Option<bool>,
     /// Links carrying every one of these (normalised) tags.
     pub tags: Vec<String>,
+    /// Text the code, target or title contains (case-insensitive, taken literally).
+    pub search: Option<String>,
 }
 
 impl UrlFilter {
@@ -332,6 +334,14 @@ impl UrlFilter {
                 "id IN (SELECT url_id FROM link_tags WHERE tag = ANY({}) \
                  GROUP BY url_id HAVING count(*) = cardinality({}))",
                 &self.tags,
+            );
+        }
+        if let Some(text) = &self.search {
+            // strpos, not LIKE: `%` and `_` in the text are literal.
+            f.param(
+                "strpos(lower(short_code || ' ' || original_url || ' ' || coalesce(title, '')), \
+                 lower({})) > 0",
+                text,
             );
         }
         f
@@ -377,6 +387,26 @@ pub async fn list_urls(
     let rows = filter
         .filter()
         .page(c, &format!("SELECT {COLUMNS} FROM urls"), limit, offset)
+        .await?;
+    Ok(rows.iter().map(Link::from_row).collect())
+}
+
+/// Like [`list_urls`], newest first.
+pub async fn list_urls_newest(
+    c: &impl GenericClient,
+    filter: &UrlFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Link>, Error> {
+    let rows = filter
+        .filter()
+        .page_by(
+            c,
+            &format!("SELECT {COLUMNS} FROM urls"),
+            "id DESC",
+            limit,
+            offset,
+        )
         .await?;
     Ok(rows.iter().map(Link::from_row).collect())
 }

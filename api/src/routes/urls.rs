@@ -254,6 +254,7 @@ pub async fn list(
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: q.bool("is_active")?,
         tags,
+        search: None,
     };
     let client = state.client().await?;
     let total = db::urls::count_urls(&client, &filter).await?;
@@ -540,6 +541,7 @@ pub async fn export(
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: None,
         tags: Vec::new(),
+        search: None,
     };
     let client = state.client().await?;
     let mut out = csv::Writer::from_writer(Vec::new());

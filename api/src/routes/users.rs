@@ -151,6 +151,7 @@ pub async fn urls(
         user_id: Some(id),
         is_active: q.bool("is_active")?,
         tags: Vec::new(),
+        search: None,
     };
     let client = state.client().await?;
     if !db::users::user_exists(&client, id).await? {
