@@ -12,6 +12,8 @@
 
 mod assets;
 mod csrf;
+mod link_pages;
+mod links;
 mod pages;
 
 use crate::auth::{AuthUser, Caller, Credential};
@@ -41,6 +43,14 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login_page).post(login))
         .route("/register", get(register_page).post(register))
         .route("/logout", post(logout))
+        .route("/ui/links", get(links::list))
+        .route("/ui/links/{id}", get(links::show))
+        .route("/ui/links/{id}/state", post(links::set_state))
+        .route("/ui/links/{id}/edit", post(links::edit))
+        .route(
+            "/ui/links/{id}/delete",
+            get(links::confirm_delete).post(links::delete),
+        )
         .route("/static/{file}", get(asset))
 }
 
@@ -114,6 +124,15 @@ impl Visit {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         if let Some(set) = self.csrf.set_cookie(self.https) {
             h.append(header::SET_COOKIE, set);
+        }
+        response
+    }
+
+    /// `303 See Other` to a path of ours.
+    fn see_other_to(&self, to: &str) -> Response {
+        let mut response = self.see_other("/", Vec::new());
+        if let Ok(to) = HeaderValue::from_str(to) {
+            response.headers_mut().insert(header::LOCATION, to);
         }
         response
     }

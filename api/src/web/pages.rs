@@ -21,11 +21,11 @@ pub struct Form {
     pub short_code: String,
 }
 
-fn csrf_field(page: &Page) -> Markup {
+pub(super) fn csrf_field(page: &Page) -> Markup {
     html! { input type="hidden" name=(csrf::FIELD) value=(page.csrf); }
 }
 
-fn layout(page: &Page, title: &str, content: Markup) -> Markup {
+pub(super) fn layout(page: &Page, title: &str, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -40,6 +40,7 @@ fn layout(page: &Page, title: &str, content: Markup) -> Markup {
                     a.brand href="/" { "kurz" }
                     nav aria-label="Account" {
                         @if let Some(user) = page.user {
+                            a href="/ui/links" { "My links" }
                             span { "Logged in as " strong { (user) } }
                             form method="post" action="/logout" {
                                 (csrf_field(page))
@@ -58,7 +59,7 @@ fn layout(page: &Page, title: &str, content: Markup) -> Markup {
     }
 }
 
-fn errors(list: &[String]) -> Markup {
+pub(super) fn errors(list: &[String]) -> Markup {
     html! {
         @if !list.is_empty() {
             div.errors role="alert" {

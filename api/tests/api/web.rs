@@ -424,3 +424,176 @@ async fn cookies_are_secure_behind_an_https_edge() {
     let set = res.headers()["set-cookie"].to_str().unwrap();
     assert!(set.contains("; Secure"), "{set}");
 }
+
+/// A registered, logged-in browser.
+async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
+    let mut b = Browser::new(app);
+    let (_, page) = b.get("/register").await;
+    let email = format!("{name}@example.com");
+    let res = b
+        .submit(
+            &page,
+            "/register",
+            &[
+                ("username", name),
+                ("email", email.as_str()),
+                ("password", "long enough pw"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    b
+}
+
+async fn id_of(app: &TestApp, code: &str) -> i64 {
+    app.sql()
+        .await
+        .query_one("SELECT id FROM urls WHERE short_code = $1", &[&code])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn my_links_are_listed_searched_switched_edited_and_deleted() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "lister").await;
+    let (status, _) = Browser::new(&app).get("/ui/links").await;
+    assert_eq!(status, 303, "anonymous visitors are sent to log in");
+    for code in ["webalpha", "webbeta", "webgamma"] {
+        let (_, home) = b.get("/").await;
+        let target = format!("https://example.com/{code}");
+        let res = b
+            .submit(
+                &home,
+                "/ui/shorten",
+                &[("original_url", target.as_str()), ("short_code", code)],
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    // Someone else's link is neither listed nor reachable by id.
+    let other = app.create_user("someoneelse").await;
+    let theirs = app.create_url(other, "https://example.com/theirs").await;
+    let (status, list) = b.get("/ui/links").await;
+    assert_eq!(status, 200);
+    assert!(list.contains("3 links"), "{list}");
+    assert!(!list.contains("example.com/theirs"));
+    let (status, _) = b
+        .get(&format!("/ui/links/{}", theirs["id"].as_i64().unwrap()))
+        .await;
+    assert_eq!(status, 404);
+
+    let (_, found) = b.get("/ui/links?q=BETA").await;
+    assert!(
+        found.contains("1 link<") && found.contains("webbeta"),
+        "{found}"
+    );
+    assert!(!found.contains("webalpha"));
+
+    // Deactivate from the list: the link stops redirecting; the list filters by state.
+    let beta = id_of(&app, "webbeta").await;
+    let res = b
+        .submit(
+            &found,
+            &format!("/ui/links/{beta}/state"),
+            &[("active", "false"), ("back", "/ui/links?q=BETA&page=1")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/links?q=BETA&page=1");
+    assert_eq!(app.get("/webbeta").await.status(), 404);
+    let (_, inactive) = b.get("/ui/links?state=inactive").await;
+    assert!(inactive.contains("1 link<") && inactive.contains("webbeta"));
+
+    // Edit: the new target redirects; a title with markup shows as text; a bad URL is refused
+    // with the reason and what was typed.
+    let alpha = id_of(&app, "webalpha").await;
+    let (_, page) = b.get(&format!("/ui/links/{alpha}")).await;
+    let res = b
+        .submit(
+            &page,
+            &format!("/ui/links/{alpha}/edit"),
+            &[
+                ("original_url", "https://example.com/alpha-2"),
+                ("title", "<b>Launch</b>"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let redirect = app.get("/webalpha").await;
+    assert_eq!(
+        redirect.headers()["location"],
+        "https://example.com/alpha-2"
+    );
+    let res = b
+        .submit(
+            &page,
+            &format!("/ui/links/{alpha}/edit"),
+            &[("original_url", "javascript:alert(1)"), ("title", "")],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let refused = res.text().await.unwrap();
+    assert!(refused.contains("original url:"), "{refused}");
+    assert!(refused.contains("value=\"javascript:alert(1)\""));
+
+    // The click of that redirect is on the link's page, in the total and in the chart.
+    let (_, page) = b.get(&format!("/ui/links/{alpha}")).await;
+    assert!(page.contains("&lt;b&gt;Launch&lt;/b&gt;"), "{page}");
+    assert!(page.contains("1 click,"), "{page}");
+    assert!(page.contains(": 1 in all"), "{page}");
+    assert!(page.contains("/webalpha/qr?format=svg"));
+
+    // Delete asks first, then the link is gone.
+    let gamma = id_of(&app, "webgamma").await;
+    let (status, confirm) = b.get(&format!("/ui/links/{gamma}/delete")).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("cannot be undone"));
+    let res = b
+        .submit(&confirm, &format!("/ui/links/{gamma}/delete"), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/links");
+    assert_eq!(app.get("/webgamma").await.status(), 404);
+    let (_, list) = b.get("/ui/links").await;
+    assert!(list.contains("2 links") && !list.contains("webgamma"));
+}
+
+#[tokio::test]
+async fn a_link_change_without_the_token_or_by_someone_else_changes_nothing() {
+    let app = spawn_app().await;
+    let mut owner = signed_up(&app, "owner1").await;
+    let (_, home) = owner.get("/").await;
+    owner
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[
+                ("original_url", "https://example.com/keep"),
+                ("short_code", "keepme1"),
+            ],
+        )
+        .await;
+    let id = id_of(&app, "keepme1").await;
+    // The owner's browser, but a forged form (no token).
+    let res = owner.post(&format!("/ui/links/{id}/delete"), &[]).await;
+    assert_eq!(res.status(), 403);
+    // Another user with a valid token of their own.
+    let mut intruder = signed_up(&app, "intruder1").await;
+    let (_, their_home) = intruder.get("/").await;
+    for (path, fields) in [
+        (format!("/ui/links/{id}/delete"), vec![]),
+        (format!("/ui/links/{id}/state"), vec![("active", "false")]),
+        (
+            format!("/ui/links/{id}/edit"),
+            vec![("original_url", "https://evil.example/")],
+        ),
+    ] {
+        let res = intruder.submit(&their_home, &path, &fields).await;
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    let redirect = app.get("/keepme1").await;
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(redirect.headers()["location"], "https://example.com/keep");
+}

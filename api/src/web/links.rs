@@ -1,0 +1,365 @@
+//! "My links" and a link's own page: list (search, state, tag, pages), activate or deactivate,
+//! edit, delete after a confirmation, QR code, and the clicks with their breakdowns. Every
+//! change goes through the API's own handlers, so the rules (ownership, validation, cache
+//! invalidation at the edges, events) are the API's.
+
+use super::{csrf, field, form_fields, link_pages, messages, problem, Visit};
+use crate::db::urls::{Link, UrlFilter};
+use crate::error::ApiError;
+use crate::extract::{JsonObject, PathText};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+
+/// Links per page of the list.
+pub const PER_PAGE: i64 = 20;
+
+/// The list's query: `q` (text in the code, target or title), `state` (`active`/`inactive`),
+/// `tag`, `page` (from 1).
+#[derive(Default)]
+pub struct ListQuery {
+    pub q: String,
+    pub state: String,
+    pub tag: String,
+    pub page: i64,
+}
+
+impl ListQuery {
+    fn parse(raw: Option<&str>) -> Self {
+        let mut q = ListQuery {
+            page: 1,
+            ..ListQuery::default()
+        };
+        for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "q" => q.q = v.trim().chars().take(200).collect(),
+                "state" if v == "active" || v == "inactive" => q.state = v.into_owned(),
+                "tag" => q.tag = v.trim().to_owned(),
+                "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000),
+                _ => {}
+            }
+        }
+        q
+    }
+
+    /// This query at another page, as a link's query string.
+    pub fn at_page(&self, page: i64) -> String {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("q", &self.q), ("state", &self.state), ("tag", &self.tag)] {
+            if !v.is_empty() {
+                s.append_pair(k, v);
+            }
+        }
+        s.append_pair("page", &page.to_string());
+        s.finish()
+    }
+}
+
+/// The visit of a logged-in user, or the answer that sends them to log in.
+async fn logged_in(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Visit, Response> {
+    let visit = Visit::of(state, peer, headers)
+        .await
+        .map_err(|e| super::early_problem(headers, e))?;
+    if visit.user.is_none() {
+        return Err(visit.see_other("/login", Vec::new()));
+    }
+    Ok(visit)
+}
+
+/// The link `id` if the visitor may see it (owner or admin); 404 for anyone else, so ids do
+/// not tell whose links exist.
+async fn own_link(state: &AppState, visit: &Visit, id: &str) -> Result<Link, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no link {id:?}")))?;
+    let client = state.client().await?;
+    let link = crate::db::urls::find_url(&client, id)
+        .await?
+        .filter(|l| !l.deleted)
+        .ok_or_else(|| ApiError::NotFound(format!("no link {id}")))?;
+    let user = visit.user.as_ref().expect("logged in");
+    if link.user_id != Some(user.id) && !state.auth.is_admin(user) {
+        return Err(ApiError::NotFound(format!("no link {id}")));
+    }
+    Ok(link)
+}
+
+/// `GET /ui/links`.
+pub async fn list(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let query = ListQuery::parse(raw.as_deref());
+    let user = visit.user.as_ref().expect("logged in");
+    let tags = match query.tag.as_str() {
+        "" => Vec::new(),
+        t => match crate::tags::normalise_tag(t) {
+            Ok(t) => vec![t],
+            Err(why) => return problem(&visit, &state, &ApiError::field("tag", why)),
+        },
+    };
+    let filter = UrlFilter {
+        // Admins see everyone's links.
+        user_id: (!state.auth.is_admin(user)).then_some(user.id),
+        is_active: match query.state.as_str() {
+            "active" => Some(true),
+            "inactive" => Some(false),
+            _ => None,
+        },
+        tags,
+        search: (!query.q.is_empty()).then(|| query.q.clone()),
+    };
+    let found = async {
+        let client = state.client().await?;
+        let total = crate::db::urls::count_urls(&client, &filter).await?;
+        let offset = (query.page - 1) * PER_PAGE;
+        let links = crate::db::urls::list_urls_newest(&client, &filter, PER_PAGE, offset).await?;
+        Ok::<_, ApiError>((total, links))
+    }
+    .await;
+    match found {
+        Ok((total, links)) => {
+            let html = link_pages::links(
+                &visit.page(&state),
+                &query,
+                total,
+                &links,
+                state.config.base(),
+            )
+            .into_string();
+            visit.respond(StatusCode::OK, html)
+        }
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `GET /ui/links/<id>`: the link, its clicks and breakdowns, its QR code, the edit form.
+pub async fn show(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    detail(&state, &visit, &id, None, &[]).await
+}
+
+/// The link page, with an edit form holding `typed` (target, title) and `problems` when an edit
+/// came back invalid.
+async fn detail(
+    state: &AppState,
+    visit: &Visit,
+    id: &str,
+    typed: Option<(&str, &str)>,
+    problems: &[String],
+) -> Response {
+    let shown = async {
+        let link = own_link(state, visit, id).await?;
+        // The clicks answered before this page was asked for are stored first, as for the API.
+        crate::routes::events::drain_clicks(state).await;
+        let client = state.client().await?;
+        let range = crate::db::stats::Range {
+            from: None,
+            to: None,
+            include_bots: false,
+        };
+        let stats = crate::db::stats::url_stats(&client, link.id, range).await?;
+        Ok::<_, ApiError>((link, stats))
+    }
+    .await;
+    match shown {
+        Ok((link, stats)) => {
+            let (target, title) = typed.unwrap_or((
+                link.original_url.as_str(),
+                link.title.as_deref().unwrap_or(""),
+            ));
+            let status = if problems.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let html = link_pages::link(
+                &visit.page(state),
+                &link,
+                state.config.base(),
+                &stats,
+                (target, title),
+                problems,
+            )
+            .into_string();
+            visit.respond(status, html)
+        }
+        Err(e) => problem(visit, state, &e),
+    }
+}
+
+/// A checked form post of a logged-in visitor: its fields, or the answer to give instead.
+async fn checked_post(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Visit, Vec<(String, String)>), Response> {
+    let visit = logged_in(state, peer, headers).await?;
+    let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return Err(problem(&visit, state, &super::csrf_refused()));
+    }
+    Ok((visit, fields))
+}
+
+/// Where a change sends the visitor back to: the list (keeping its query) or the link page.
+fn back(fields: &[(String, String)], id: &str) -> String {
+    match field(fields, "back") {
+        list if list.starts_with("/ui/links?") || list == "/ui/links" => list.to_owned(),
+        _ => format!("/ui/links/{id}"),
+    }
+}
+
+/// `POST /ui/links/<id>/state`: `active=true|false`.
+pub async fn set_state(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (visit, fields) = match checked_post(&state, peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let active = match field(&fields, "active") {
+        "true" => true,
+        "false" => false,
+        other => {
+            let e = ApiError::field("active", format!("must be true or false, not {other:?}"));
+            return problem(&visit, &state, &e);
+        }
+    };
+    if let Err(e) = own_link(&state, &visit, &id).await {
+        return problem(&visit, &state, &e);
+    }
+    let mut change = Map::new();
+    change.insert("is_active".into(), Value::Bool(active));
+    match update(&state, &visit, &id, change).await {
+        Ok(()) => visit.see_other_to(&back(&fields, &id)),
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `POST /ui/links/<id>/edit`: target and title.
+pub async fn edit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (visit, fields) = match checked_post(&state, peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(e) = own_link(&state, &visit, &id).await {
+        return problem(&visit, &state, &e);
+    }
+    let target = field(&fields, "original_url").trim();
+    let title = field(&fields, "title").trim();
+    let mut change = Map::new();
+    change.insert("original_url".into(), Value::String(target.to_owned()));
+    change.insert(
+        "title".into(),
+        match title {
+            "" => Value::Null,
+            t => Value::String(t.to_owned()),
+        },
+    );
+    match update(&state, &visit, &id, change).await {
+        Ok(()) => visit.see_other_to(&format!("/ui/links/{id}")),
+        Err(e @ (ApiError::Validation(_) | ApiError::BadRequest(_))) => {
+            detail(&state, &visit, &id, Some((target, title)), &messages(&e)).await
+        }
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `GET /ui/links/<id>/delete`: are you sure?
+pub async fn confirm_delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match own_link(&state, &visit, &id).await {
+        Ok(link) => {
+            let html = link_pages::confirm_delete(&visit.page(&state), &link, state.config.base())
+                .into_string();
+            visit.respond(StatusCode::OK, html)
+        }
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `POST /ui/links/<id>/delete`.
+pub async fn delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (visit, _) = match checked_post(&state, peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(e) = own_link(&state, &visit, &id).await {
+        return problem(&visit, &state, &e);
+    }
+    let done = crate::routes::urls::delete(
+        State(state.clone()),
+        visit.caller(&state),
+        PathText(id.clone()),
+    )
+    .await;
+    match done {
+        Ok(_) => visit.see_other_to("/ui/links"),
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `PUT /urls/<id>` with `change`, as the visitor.
+async fn update(
+    state: &AppState,
+    visit: &Visit,
+    id: &str,
+    change: Map<String, Value>,
+) -> Result<(), ApiError> {
+    crate::routes::urls::update(
+        State(state.clone()),
+        visit.caller(state),
+        PathText(id.to_owned()),
+        JsonObject(change),
+    )
+    .await
+    .map(|_| ())
+}
