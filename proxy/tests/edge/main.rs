@@ -1,6 +1,7 @@
 //! End-to-end tests of the edge: the real kurz-proxy binary in front of real kurz-api
 //! processes, PostgreSQL and Redis, all on loopback.
 
+mod browser;
 mod cert_rotation;
 mod cluster;
 mod contract;

@@ -1,0 +1,256 @@
+//! The web app in a real browser: Debian's chromium, driven through chromedriver (WebDriver),
+//! against the real edge and API on loopback. `deploy/dev test` installs both packages when they
+//! are missing; without them this test fails and says so.
+//!
+//! It also takes the screenshots of every page at desktop and phone width: into
+//! `$KURZ_SCREENSHOTS` when set (`docs/screenshots` to refresh the README's), else under the
+//! target directory.
+
+use crate::harness::{free_port, Options, Stack};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver on a free port, killed with the test.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._profile);
+    }
+}
+
+impl Driver {
+    fn start() -> Driver {
+        for (bin, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: install the Debian package {package} (deploy/dev test does)"
+            );
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = std::env::temp_dir().join(format!("kurz-chromium-{port}"));
+        Driver {
+            child,
+            port,
+            _profile: profile,
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        // As the machine's notes say: no sandbox as root, and nothing that reaches for the
+        // network on its own (it is closed here).
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                    format!("--user-data-dir={}", self._profile.display()),
+                ],
+            }
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = std::env::var_os("KURZ_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Saves the page as `<name>-desktop.png` (1280 wide) and `<name>-mobile.png` (375 wide).
+async fn shoot(c: &Client, name: &str) {
+    let dir = screenshot_dir();
+    for (width, height, kind) in [(1280, 900, "desktop"), (375, 812, "mobile")] {
+        c.set_window_size(width, height).await.unwrap();
+        let png = c.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(dir.join(format!("{name}-{kind}.png")), png).unwrap();
+    }
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// The element `css` selects, once the page has it (a form post navigates after `click`
+/// returns).
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    match c
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            let page = c.source().await.unwrap_or_default();
+            panic!("no {css} ({e}) on {:?}: {page}", c.current_url().await.ok())
+        }
+    }
+}
+
+/// Waits until the page's text contains `needle`; returns the text.
+async fn wait_text(c: &Client, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = body(c).await;
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn fill(c: &Client, css: &str, text: &str) {
+    let field = find(c, css).await;
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    find(c, css).await.click().await.unwrap();
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    find(c, css).await.text().await.unwrap()
+}
+
+/// The page's text now (empty while a navigation replaces the document).
+async fn body(c: &Client) -> String {
+    match c.find(Locator::Css("body")).await {
+        Ok(b) => b.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromium() {
+    let stack = Stack::start(Options::default());
+    let driver = Driver::start();
+    let c = driver.browser().await;
+    c.set_window_size(1280, 900).await.unwrap();
+
+    c.goto(&stack.url("/")).await.unwrap();
+    assert_eq!(c.title().await.unwrap(), "Shorten a link · kurz");
+    shoot(&c, "home").await;
+
+    // Sign up; the form lands back home, logged in.
+    click(&c, "a[href='/register']").await;
+    find(&c, "#username").await;
+    shoot(&c, "register").await;
+    fill(&c, "#username", "browser").await;
+    fill(&c, "#email", "browser@example.com").await;
+    fill(&c, "#password", "a long passphrase").await;
+    click(&c, "form.card button[type=submit]").await;
+    wait_text(&c, "Logged in as browser").await;
+
+    // Shorten.
+    fill(&c, "#original_url", "https://example.com/in-a-browser").await;
+    fill(&c, "#short_code", "inchrome1").await;
+    click(&c, "form.card button[type=submit]").await;
+    assert!(text_of(&c, "#short_url").await.ends_with("/inchrome1"));
+    shoot(&c, "created").await;
+
+    // Follow the short link through the edge: a 302 the edge answers (the target is on a
+    // network this machine cannot reach, so where the browser ends up is not looked at).
+    let follow = stack.get("/inchrome1").await;
+    assert_eq!(follow.status(), 302);
+    let _ = c.goto(&stack.url("/inchrome1")).await;
+
+    // The link page shows both: the check above as a person's click, and the browser's as a
+    // bot's (headless Chrome says so in its user agent, and bots are kept apart).
+    c.goto(&stack.url("/ui/links")).await.unwrap();
+    shoot(&c, "links").await;
+    click(&c, "a.code").await;
+    let page = wait_text(&c, "1 click,").await;
+    assert!(!page.contains(" 0 from bots"), "{page}");
+    shoot(&c, "link").await;
+
+    // A title with markup shows as text and runs nothing.
+    fill(&c, "#title", "<script>window.pwned = 1</script>").await;
+    click(&c, "form.card button[type=submit]").await;
+    wait_text(&c, "<script>window.pwned = 1</script>").await;
+    let pwned = c
+        .execute("return typeof window.pwned", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, json!("undefined"));
+
+    // Deactivate: the edge stops redirecting once the change reaches it.
+    click(&c, "form.inline button").await;
+    wait_text(&c, "Activate").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.get("/inchrome1").await.status() != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the deactivated link still redirects"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Delete asks first.
+    click(&c, "a[href$='/delete']").await;
+    wait_text(&c, "cannot be undone").await;
+    shoot(&c, "delete").await;
+    c.back().await.unwrap();
+
+    // Another site's form, posted by this logged-in browser: refused, nothing made.
+    let forged = format!(
+        "data:text/html,<form method=post action='{}'>\
+         <input name=original_url value='https://example.com/forged'></form>\
+         <script>document.forms[0].submit()</script>",
+        stack.url("/ui/shorten")
+    );
+    c.goto(&forged).await.unwrap();
+    wait_text(&c, "Reload the page").await;
+    c.goto(&stack.url("/ui/links")).await.unwrap();
+    let list = wait_text(&c, "My links").await;
+    assert!(!list.contains("forged"), "{list}");
+
+    // Log out; log in again with the email.
+    click(&c, "nav button").await;
+    wait_text(&c, "Sign up").await;
+    click(&c, "a[href='/login']").await;
+    find(&c, "#account").await;
+    shoot(&c, "login").await;
+    fill(&c, "#account", "browser@example.com").await;
+    fill(&c, "#password", "a long passphrase").await;
+    click(&c, "form.card button[type=submit]").await;
+    wait_text(&c, "Logged in as browser").await;
+
+    c.close().await.unwrap();
+}
