@@ -256,24 +256,29 @@ pub async fn create_key(
     let me = caller.authenticated()?;
     let mut f = Fields::new(body);
     let name = f.string("name");
-    if name.as_ref().is_some_and(|n| n.chars().count() > 100) {
-        f.reject("name", "must be at most 100 characters");
-    }
     f.finish()?;
-    let key = new_token(API_KEY_PREFIX);
-    let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
-    let client = state.client().await?;
-    let stored = db::api_keys::insert_key(
-        &client,
-        me.user.id,
-        &name.unwrap_or_default(),
-        &prefix,
-        &token_hash(&key),
-    )
-    .await?;
+    let (stored, key) = issue_key(&state, me.user.id, &name.unwrap_or_default()).await?;
     let mut body = stored.to_json();
     body["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A new API key of `user_id`: what is stored of it, and the key itself (shown once, never
+/// stored). The JSON endpoint and the web app's keys page both come here.
+pub(crate) async fn issue_key(
+    state: &AppState,
+    user_id: i64,
+    name: &str,
+) -> ApiResult<(db::api_keys::ApiKey, String)> {
+    if name.chars().count() > 100 {
+        return Err(ApiError::field("name", "must be at most 100 characters"));
+    }
+    let key = new_token(API_KEY_PREFIX);
+    let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
+    let client = state.client().await?;
+    let stored =
+        db::api_keys::insert_key(&client, user_id, name, &prefix, &token_hash(&key)).await?;
+    Ok((stored, key))
 }
 
 /// `GET /auth/keys`: the caller's live keys, without the secrets.

@@ -1,15 +1,18 @@
 //! The web app for people: pages served by the API, reachable through the edge (which keeps
 //! answering `/<code>` itself). Server-rendered HTML from templates compiled into the binary
-//! (`pages`), no script: every form works without JavaScript.
+//! (`pages`); every form works without JavaScript (one small script only adds copy buttons).
 //!
 //! Browser security. The session is a cookie (`HttpOnly`, `SameSite=Lax`, `Secure` when the
 //! request came over HTTPS) that only these pages read: the JSON API takes bearer tokens alone,
 //! so a cookie can never authorize an API call another site makes. Every form carries a CSRF
 //! token that must equal a second cookie (`csrf`). Pages answer with a strict
-//! `Content-Security-Policy` (no script, styles from kurz only, no framing) and `no-store`.
+//! `Content-Security-Policy` (no inline script, scripts and styles from kurz only, no framing)
+//! and `no-store`.
 //! Logins and sign-ups go through the same lock-out as `/auth/*`, and the edge rate-limits them
 //! in the same class.
 
+mod account;
+mod account_pages;
 mod assets;
 mod csrf;
 mod link_pages;
@@ -32,7 +35,7 @@ use pages::{Form, Page};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 
-pub use assets::stylesheet;
+pub use assets::{script, stylesheet};
 
 /// The pages' routes. `/`, `/ui`, `/login`, `/register`, `/logout` and `/static` are reserved
 /// words, never short codes, so none of them can shadow a link.
@@ -51,14 +54,18 @@ pub fn router() -> Router<AppState> {
             "/ui/links/{id}/delete",
             get(links::confirm_delete).post(links::delete),
         )
+        .route("/ui/keys", get(account::keys).post(account::make_key))
+        .route("/ui/keys/{id}/revoke", post(account::revoke_key))
+        .route("/ui/users", get(account::users))
         .route("/static/{file}", get(asset))
 }
 
 /// The session cookie.
 const SESSION: &str = "kurz_session";
 
-/// No script at all; styles and images from kurz; forms post only to kurz; never framed.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
+/// Scripts, styles and images from kurz only (no inline script, no eval); forms post only to
+/// kurz; never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What a page knows about its request.
@@ -102,6 +109,7 @@ impl Visit {
             user: self.user.as_ref().map(|u| u.username.as_str()),
             csrf: self.csrf.value(),
             anonymous_may_shorten: state.auth.mode == AuthMode::Open,
+            admin: self.user.as_ref().is_some_and(|u| state.auth.is_admin(u)),
         }
     }
 
@@ -248,6 +256,7 @@ fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
         user: None,
         csrf: csrf.value(),
         anonymous_may_shorten: false,
+        admin: false,
     };
     let status = e.status();
     let html = pages::problem(&page, status, &messages(&e)).into_string();

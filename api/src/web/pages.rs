@@ -12,6 +12,8 @@ pub struct Page<'a> {
     pub csrf: &'a str,
     /// `auth.mode: open`: anonymous visitors may shorten.
     pub anonymous_may_shorten: bool,
+    /// The user is an admin (`auth.admins`): the users page is theirs.
+    pub admin: bool,
 }
 
 /// The shorten form's values, kept when it comes back with errors.
@@ -34,6 +36,7 @@ pub(super) fn layout(page: &Page, title: &str, content: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · kurz" }
                 link rel="stylesheet" href=(super::stylesheet());
+                script src=(super::script()) defer {}
             }
             body {
                 header {
@@ -41,6 +44,8 @@ pub(super) fn layout(page: &Page, title: &str, content: Markup) -> Markup {
                     nav aria-label="Account" {
                         @if let Some(user) = page.user {
                             a href="/ui/links" { "My links" }
+                            a href="/ui/keys" { "API keys" }
+                            @if page.admin { a href="/ui/users" { "Users" } }
                             span { "Logged in as " strong { (user) } }
                             form method="post" action="/logout" {
                                 (csrf_field(page))
@@ -57,6 +62,11 @@ pub(super) fn layout(page: &Page, title: &str, content: Markup) -> Markup {
             }
         }
     }
+}
+
+/// A button that copies `text`: hidden, and shown by the script (app.js) only where it runs.
+pub(super) fn copy_button(text: &str) -> Markup {
+    html! { button.copy type="button" data-copy=(text) hidden { "Copy" } }
 }
 
 pub(super) fn errors(list: &[String]) -> Markup {
@@ -116,6 +126,7 @@ pub fn created(page: &Page, short_url: &str, target: &str) -> Markup {
             h1 { "Your short link" }
             div.result {
                 output #short_url { a href=(short_url) { (short_url) } }
+                (copy_button(short_url))
                 p.muted { "Redirects to " span #target { (target) } }
             }
             p { a href="/" { "Shorten another link" } }
@@ -204,6 +215,7 @@ mod tests {
             user: Some("<b>ada</b>"),
             csrf: "tok",
             anonymous_may_shorten: false,
+            admin: false,
         }
     }
 

@@ -118,7 +118,11 @@ async fn the_home_page_is_a_small_html_form_with_strict_browser_headers() {
     ] {
         assert!(csp.contains(rule), "{csp}");
     }
-    assert!(!csp.contains("script-src"), "no script is allowed: {csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "no inline script can run: {csp}"
+    );
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["cache-control"], "no-store");
@@ -141,11 +145,18 @@ async fn the_home_page_is_a_small_html_form_with_strict_browser_headers() {
         "public, max-age=31536000, immutable"
     );
     let css = css.text().await.unwrap();
-    assert!(
-        html.len() + css.len() < 50 * 1024,
-        "home page weight {} bytes",
-        html.len() + css.len()
+    let at = html.find("/static/app.").unwrap() + 1;
+    let at = at + html[at..].find("/static/app.").expect("the script");
+    let js_path = &html[at..at + html[at..].find('"').unwrap()];
+    let js = app.get(js_path).await;
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
     );
+    let js = js.text().await.unwrap();
+    let weight = html.len() + css.len() + js.len();
+    assert!(weight < 50 * 1024, "home page weight {weight} bytes");
     assert_eq!(app.get("/static/app.css").await.status(), 404);
 }
 
@@ -596,4 +607,96 @@ async fn a_link_change_without_the_token_or_by_someone_else_changes_nothing() {
     let redirect = app.get("/keepme1").await;
     assert_eq!(redirect.status(), 302);
     assert_eq!(redirect.headers()["location"], "https://example.com/keep");
+}
+
+#[tokio::test]
+async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "keyholder").await;
+    let (status, page) = b.get("/ui/keys").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No keys yet"));
+    let res = b
+        .submit(&page, "/ui/keys", &[("name", "deploy <bot>")])
+        .await;
+    assert_eq!(res.status(), 201);
+    let made = res.text().await.unwrap();
+    let tag = "<output id=\"new_key\"><code>";
+    let at = made.find(tag).expect("the new key") + tag.len();
+    let key = &made[at..at + made[at..].find('<').unwrap()];
+    assert!(made.contains("deploy &lt;bot&gt;"), "{made}");
+    // The key works on the API, as its owner.
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.json::<serde_json::Value>().await.unwrap()["username"],
+        "keyholder"
+    );
+    // Listed without the key itself, and never shown again.
+    let (_, page) = b.get("/ui/keys").await;
+    assert!(!page.contains(key));
+    assert!(page.contains(&key[..12]), "its prefix is listed");
+    let too_long = "n".repeat(101);
+    let res = b
+        .submit(&page, "/ui/keys", &[("name", too_long.as_str())])
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("name: must be at most 100"));
+    // Revoke: the key stops working at once.
+    let at = page.find("action=\"/ui/keys/").unwrap() + 8;
+    let revoke = &page[at..at + page[at..].find('"').unwrap()];
+    let res = b.submit(&page, revoke, &[]).await;
+    assert_eq!(res.status(), 303);
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+    // Another user cannot revoke it (nor see that it exists).
+    let mut other = signed_up(&app, "notholder").await;
+    let (_, theirs) = other.get("/ui/keys").await;
+    assert_eq!(other.submit(&theirs, revoke, &[]).await.status(), 404);
+}
+
+#[tokio::test]
+async fn only_admins_see_the_users_page() {
+    let app = spawn_app_with(|c| c.auth.admins = vec!["chief@example.com".into()]).await;
+    let mut plain = signed_up(&app, "plainuser").await;
+    let (status, page) = plain.get("/ui/users").await;
+    assert_eq!(status, 404);
+    assert!(!page.contains("href=\"/ui/users\""), "no link to it either");
+    let mut chief = signed_up(&app, "chief").await;
+    let (status, page) = chief.get("/ui/users").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("plainuser") && page.contains("plainuser@example.com"));
+    assert!(page.contains("2 in all"));
+    // Admins' "my links" are everyone's.
+    let (_, home) = plain.get("/").await;
+    plain
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[
+                ("original_url", "https://example.com/plain"),
+                ("short_code", "plainlink"),
+            ],
+        )
+        .await;
+    let (_, links) = chief.get("/ui/links").await;
+    assert!(links.contains("plainlink"), "{links}");
+    let (_, links) = Browser::new(&app).get("/ui/users").await;
+    assert!(links.is_empty(), "anonymous: sent to log in");
 }

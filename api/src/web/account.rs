@@ -1,0 +1,136 @@
+//! The API-keys page (list, make one and see it once, revoke) and the admins' list of users.
+
+use super::links::logged_in;
+use super::{account_pages, field, messages, problem, Visit};
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use std::net::SocketAddr;
+
+/// Users per page of the admins' list.
+pub const USERS_PER_PAGE: i64 = 50;
+
+/// The keys page, with a key just made (shown this once) and what went wrong.
+async fn keys_page(
+    state: &AppState,
+    visit: &Visit,
+    made: Option<&str>,
+    problems: &[String],
+    status: StatusCode,
+) -> Response {
+    let user = visit.user.as_ref().expect("logged in");
+    let listed = async {
+        let client = state.client().await?;
+        Ok::<_, ApiError>(crate::db::api_keys::list_keys(&client, user.id).await?)
+    }
+    .await;
+    match listed {
+        Ok(keys) => {
+            let html = account_pages::keys(&visit.page(state), &keys, made, problems).into_string();
+            visit.respond(status, html)
+        }
+        Err(e) => problem(visit, state, &e),
+    }
+}
+
+/// `GET /ui/keys`.
+pub async fn keys(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match logged_in(&state, peer, &headers).await {
+        Ok(visit) => keys_page(&state, &visit, None, &[], StatusCode::OK).await,
+        Err(r) => r,
+    }
+}
+
+/// `POST /ui/keys`: a new key, shown on the answer and never again.
+pub async fn make_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (visit, fields) = match super::links::checked_post(&state, peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let user_id = visit.user.as_ref().expect("logged in").id;
+    let name = field(&fields, "name").trim();
+    match crate::routes::auth::issue_key(&state, user_id, name).await {
+        Ok((_, key)) => keys_page(&state, &visit, Some(&key), &[], StatusCode::CREATED).await,
+        Err(e) => keys_page(&state, &visit, None, &messages(&e), e.status()).await,
+    }
+}
+
+/// `POST /ui/keys/<id>/revoke`.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (visit, _) = match super::links::checked_post(&state, peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let user_id = visit.user.as_ref().expect("logged in").id;
+    let revoked = async {
+        let id: i64 = id
+            .parse()
+            .map_err(|_| ApiError::NotFound(format!("no key {id:?}")))?;
+        let client = state.client().await?;
+        if crate::db::api_keys::revoke_key(&client, user_id, id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("no key {id}")))
+        }
+    }
+    .await;
+    match revoked {
+        Ok(()) => visit.see_other_to("/ui/keys"),
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
+/// `GET /ui/users`: every user, for admins; a 404 for anyone else, as if there were no page.
+pub async fn users(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !state.auth.is_admin(visit.user.as_ref().expect("logged in")) {
+        return problem(&visit, &state, &ApiError::NotFound("no such page".into()));
+    }
+    let page: i64 = url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "page")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 1_000_000);
+    let listed = async {
+        let client = state.client().await?;
+        let total = crate::db::users::count_users(&client).await?;
+        let users =
+            crate::db::users::list_users(&client, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE)
+                .await?;
+        Ok::<_, ApiError>((total, users))
+    }
+    .await;
+    match listed {
+        Ok((total, users)) => {
+            let html = account_pages::users(&visit.page(&state), &users, total, page).into_string();
+            visit.respond(StatusCode::OK, html)
+        }
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
