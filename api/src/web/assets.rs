@@ -7,31 +7,63 @@ use axum::response::{IntoResponse, Response};
 use blake2::{Blake2s256, Digest};
 use std::sync::LazyLock;
 
-const CSS: &str = include_str!("app.css");
+struct Asset {
+    /// `<stem>.<first 12 hex digits of BLAKE2s(content)>.<ext>`.
+    name: String,
+    content_type: &'static str,
+    body: &'static str,
+}
 
-/// `app.<first 12 hex digits of BLAKE2s(content)>.css`.
-static CSS_NAME: LazyLock<String> = LazyLock::new(|| {
-    let digest = Blake2s256::digest(CSS.as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("app.{hex}.css")
+impl Asset {
+    fn new(stem: &str, ext: &str, content_type: &'static str, body: &'static str) -> Self {
+        let digest = Blake2s256::digest(body.as_bytes());
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Asset {
+            name: format!("{stem}.{hex}.{ext}"),
+            content_type,
+            body,
+        }
+    }
+}
+
+static CSS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "app",
+        "css",
+        "text/css; charset=utf-8",
+        include_str!("app.css"),
+    )
+});
+static JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "app",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("app.js"),
+    )
 });
 
 /// The stylesheet's path, for the pages' `<link>`.
 pub fn stylesheet() -> String {
-    format!("/static/{}", *CSS_NAME)
+    format!("/static/{}", CSS.name)
+}
+
+/// The script's path, for the pages' `<script src>`.
+pub fn script() -> String {
+    format!("/static/{}", JS.name)
 }
 
 pub fn serve(file: &str) -> Response {
-    if file != CSS_NAME.as_str() {
+    let Some(asset) = [&*CSS, &*JS].into_iter().find(|a| a.name == file) else {
         return crate::error::ApiError::NotFound(format!("no static file {file:?}"))
             .into_response();
-    }
+    };
     (
         StatusCode::OK,
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/css; charset=utf-8"),
+                HeaderValue::from_static(asset.content_type),
             ),
             (
                 header::CACHE_CONTROL,
@@ -42,7 +74,7 @@ pub fn serve(file: &str) -> Response {
                 HeaderValue::from_static("nosniff"),
             ),
         ],
-        CSS,
+        asset.body,
     )
         .into_response()
 }
@@ -52,11 +84,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_stylesheet_is_served_under_its_hash_only() {
-        let path = stylesheet();
-        let name = path.strip_prefix("/static/").unwrap();
-        assert_eq!(name.len(), "app..css".len() + 12);
-        assert_eq!(serve(name).status(), StatusCode::OK);
+    fn files_are_served_under_their_hash_only() {
+        for path in [stylesheet(), script()] {
+            let name = path.strip_prefix("/static/").unwrap();
+            let (stem, ext) = (name.split('.').next(), name.rsplit('.').next());
+            assert_eq!(stem, Some("app"));
+            assert_eq!(name.len(), "app..".len() + 12 + ext.unwrap().len());
+            assert_eq!(serve(name).status(), StatusCode::OK);
+        }
         assert_eq!(serve("app.css").status(), StatusCode::NOT_FOUND);
+        assert_eq!(serve("app.js").status(), StatusCode::NOT_FOUND);
+        assert_ne!(stylesheet(), script());
     }
 }

@@ -1,7 +1,7 @@
 //! Templates of "my links", a link's page and the delete confirmation.
 
 use super::links::{ListQuery, PER_PAGE};
-use super::pages::{csrf_field, errors, layout, Page};
+use super::pages::{copy_button, csrf_field, errors, layout, Page};
 use crate::db::urls::Link;
 use maud::{html, Markup};
 use serde_json::Value;
@@ -79,6 +79,7 @@ pub fn links(page: &Page, query: &ListQuery, total: i64, list: &[Link], base: &s
                             div.row {
                                 span.muted { (count(link.visits, "visit")) }
                                 a href=(short_url(base, link)) { "Open" }
+                                (copy_button(&short_url(base, link)))
                                 (state_button(page, link, &back))
                                 a href={ "/ui/links/" (link.id) "/delete" } { "Delete" }
                             }
@@ -177,6 +178,7 @@ pub fn link(
             h1 { (link.short_code) @if !link.is_active { " " span.badge { "inactive" } } }
             div.result {
                 output { a href=(short) { (short) } }
+                (copy_button(&short))
                 p.muted { "Redirects to " span.target { (link.original_url) } }
                 @if let Some(t) = &link.title { p { (t) } }
             }

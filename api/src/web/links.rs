@@ -60,7 +60,7 @@ impl ListQuery {
 }
 
 /// The visit of a logged-in user, or the answer that sends them to log in.
-async fn logged_in(
+pub(super) async fn logged_in(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -211,7 +211,7 @@ async fn detail(
 }
 
 /// A checked form post of a logged-in visitor: its fields, or the answer to give instead.
-async fn checked_post(
+pub(super) async fn checked_post(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,

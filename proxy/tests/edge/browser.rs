@@ -183,6 +183,12 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
     fill(&c, "#short_code", "inchrome1").await;
     click(&c, "form.card button[type=submit]").await;
     assert!(text_of(&c, "#short_url").await.ends_with("/inchrome1"));
+    // The page's one script ran (the CSP lets our own file run): the copy button is shown.
+    let copy = find(&c, "button.copy").await;
+    assert!(
+        copy.is_displayed().await.unwrap(),
+        "copy button shown by app.js"
+    );
     shoot(&c, "created").await;
 
     // Follow the short link through the edge: a 302 the edge answers (the target is on a
@@ -251,6 +257,14 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
     fill(&c, "#password", "a long passphrase").await;
     click(&c, "form.card button[type=submit]").await;
     wait_text(&c, "Logged in as browser").await;
+
+    // An API key, shown once.
+    click(&c, "a[href='/ui/keys']").await;
+    fill(&c, "#name", "deploy script").await;
+    click(&c, "form.card button[type=submit]").await;
+    let key = text_of(&c, "#new_key").await;
+    assert!(key.starts_with("kzk_"), "{key}");
+    shoot(&c, "keys").await;
 
     c.close().await.unwrap();
 }
