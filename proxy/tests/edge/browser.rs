@@ -159,7 +159,11 @@ async fn body(c: &Client) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromium() {
-    let stack = Stack::start(Options::default());
+    // The user is an admin too, so the users page is seen (and shot).
+    let stack = Stack::start(Options {
+        api_env: vec![("KURZ_ADMINS".into(), "browser@example.com".into())],
+        ..Options::default()
+    });
     let driver = Driver::start();
     let c = driver.browser().await;
     c.set_window_size(1280, 900).await.unwrap();
@@ -265,6 +269,10 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
     let key = text_of(&c, "#new_key").await;
     assert!(key.starts_with("kzk_"), "{key}");
     shoot(&c, "keys").await;
+
+    click(&c, "a[href='/ui/users']").await;
+    wait_text(&c, "1 in all").await;
+    shoot(&c, "users").await;
 
     c.close().await.unwrap();
 }
