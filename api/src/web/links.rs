@@ -36,7 +36,8 @@ impl ListQuery {
         };
         for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match k.as_ref() {
-                "q" => q.q = v.trim().chars().take(200).collect(),
+                // NUL cannot be in a PostgreSQL text, nor in a link: it matches nothing.
+                "q" => q.q = v.trim().chars().filter(|c| *c != '\0').take(200).collect(),
                 "state" if v == "active" || v == "inactive" => q.state = v.into_owned(),
                 "tag" => q.tag = v.trim().to_owned(),
                 "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000),

@@ -206,7 +206,18 @@ fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)
             "pages take application/x-www-form-urlencoded forms, not {kind:?}"
         )));
     }
-    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    // PostgreSQL cannot store NUL in text: refused here by name, as the JSON API does.
+    if let Some((name, _)) = fields
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(ApiError::field(
+            &name.replace('\0', ""),
+            "must not contain the NUL character",
+        ));
+    }
+    Ok(fields)
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {

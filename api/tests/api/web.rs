@@ -700,3 +700,53 @@ async fn only_admins_see_the_users_page() {
     let (_, links) = Browser::new(&app).get("/ui/users").await;
     assert!(links.is_empty(), "anonymous: sent to log in");
 }
+
+#[tokio::test]
+async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "hostile1").await;
+    let (_, home) = b.get("/").await;
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[("original_url", "https://example.com/\0x")],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("NUL"));
+    let (_, keys) = b.get("/ui/keys").await;
+    assert_eq!(
+        b.submit(&keys, "/ui/keys", &[("name", "a\0b")])
+            .await
+            .status(),
+        400
+    );
+    for path in [
+        "/ui/links?q=%00",
+        "/ui/links?q=%25_%5C",
+        "/ui/links?page=99999999999999999999",
+        "/ui/links?tag=%00",
+        "/ui/links?state=bogus",
+    ] {
+        let (status, _) = b.get(path).await;
+        assert!(status == 200 || status == 400, "{path}: {status}");
+    }
+    for path in [
+        "/ui/links/abc",
+        "/ui/links/99999999999999999999",
+        "/ui/links/-1",
+    ] {
+        assert_eq!(b.get(path).await.0, 404, "{path}");
+    }
+    // A body that is not a form.
+    let res = app
+        .client
+        .post(app.url("/ui/shorten"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+}
