@@ -24,9 +24,24 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Leaves nothing behind, even when the test failed before closing its session: chromium
+    /// outlives a killed chromedriver, so its processes (found by their profile directory) are
+    /// ended first, then the profile is removed once none is left to write to it.
     fn drop(&mut self) {
+        let ours = format!("user-data-dir={}", self._profile.display());
+        let _ = Command::new("pkill").args(["-f", &ours]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("pgrep")
+            .args(["-f", &ours])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_dir_all(&self._profile);
     }
 }
