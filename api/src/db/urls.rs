@@ -384,11 +384,7 @@ pub async fn list_urls(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Link>, Error> {
-    let rows = filter
-        .filter()
-        .page(c, &format!("SELECT {COLUMNS} FROM urls"), limit, offset)
-        .await?;
-    Ok(rows.iter().map(Link::from_row).collect())
+    list_urls_by(c, filter, "id", limit, offset).await
 }
 
 /// Like [`list_urls`], newest first.
@@ -398,12 +394,22 @@ pub async fn list_urls_newest(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Link>, Error> {
+    list_urls_by(c, filter, "id DESC", limit, offset).await
+}
+
+async fn list_urls_by(
+    c: &impl GenericClient,
+    filter: &UrlFilter,
+    order_by: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Link>, Error> {
     let rows = filter
         .filter()
         .page_by(
             c,
             &format!("SELECT {COLUMNS} FROM urls"),
-            "id DESC",
+            order_by,
             limit,
             offset,
         )

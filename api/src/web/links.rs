@@ -3,7 +3,7 @@
 //! change goes through the API's own handlers, so the rules (ownership, validation, cache
 //! invalidation at the edges, events) are the API's.
 
-use super::{csrf, field, form_fields, link_pages, messages, problem, Visit};
+use super::{field, link_pages, messages, problem, Visit};
 use crate::db::urls::{Link, UrlFilter};
 use crate::error::ApiError;
 use crate::extract::{JsonObject, PathText};
@@ -66,9 +66,7 @@ pub(super) async fn logged_in(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Visit, Response> {
-    let visit = Visit::of(state, peer, headers)
-        .await
-        .map_err(|e| super::early_problem(headers, e))?;
+    let visit = super::visit_of(state, peer, headers).await?;
     if visit.user.is_none() {
         return Err(visit.see_other("/login", Vec::new()));
     }
@@ -218,10 +216,24 @@ pub(super) async fn checked_post(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Visit, Vec<(String, String)>), Response> {
-    let visit = logged_in(state, peer, headers).await?;
-    let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
-    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return Err(problem(&visit, state, &super::csrf_refused()));
+    let (visit, fields) = super::form_post(state, peer, headers, body).await?;
+    if visit.user.is_none() {
+        return Err(visit.see_other("/login", Vec::new()));
+    }
+    Ok((visit, fields))
+}
+
+/// A checked form post about link `id`, which must be the visitor's (else its 404 page).
+async fn post_on_own_link(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    body: &Bytes,
+) -> Result<(Visit, Vec<(String, String)>), Response> {
+    let (visit, fields) = checked_post(state, peer, headers, body).await?;
+    if let Err(e) = own_link(state, &visit, id).await {
+        return Err(problem(&visit, state, &e));
     }
     Ok((visit, fields))
 }
@@ -242,7 +254,7 @@ pub async fn set_state(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (visit, fields) = match checked_post(&state, peer, &headers, &body).await {
+    let (visit, fields) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -254,9 +266,6 @@ pub async fn set_state(
             return problem(&visit, &state, &e);
         }
     };
-    if let Err(e) = own_link(&state, &visit, &id).await {
-        return problem(&visit, &state, &e);
-    }
     let mut change = Map::new();
     change.insert("is_active".into(), Value::Bool(active));
     match update(&state, &visit, &id, change).await {
@@ -273,13 +282,10 @@ pub async fn edit(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (visit, fields) = match checked_post(&state, peer, &headers, &body).await {
+    let (visit, fields) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(e) = own_link(&state, &visit, &id).await {
-        return problem(&visit, &state, &e);
-    }
     let target = field(&fields, "original_url").trim();
     let title = field(&fields, "title").trim();
     let mut change = Map::new();
@@ -329,13 +335,10 @@ pub async fn delete(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (visit, _) = match checked_post(&state, peer, &headers, &body).await {
+    let (visit, _) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(e) = own_link(&state, &visit, &id).await {
-        return problem(&visit, &state, &e);
-    }
     let done = crate::routes::urls::delete(
         State(state.clone()),
         visit.caller(&state),

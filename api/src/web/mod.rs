@@ -278,6 +278,32 @@ fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     response
 }
 
+/// The visit of a page request, or the page that says why it could not be read.
+async fn visit_of(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Visit, Response> {
+    Visit::of(state, peer, headers)
+        .await
+        .map_err(|e| early_problem(headers, e))
+}
+
+/// A form post whose CSRF token matches: its visit and fields, or the answer to give instead.
+async fn form_post(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Visit, Vec<(String, String)>), Response> {
+    let visit = visit_of(state, peer, headers).await?;
+    let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
+    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
+        return Err(problem(&visit, state, &csrf_refused()));
+    }
+    Ok((visit, fields))
+}
+
 fn csrf_refused() -> ApiError {
     ApiError::Forbidden(
         "This form expired or was not sent from a kurz page. Reload the page and try again.".into(),
@@ -290,9 +316,9 @@ pub async fn home(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let visit = match visit_of(&state, peer, &headers).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
     let html = pages::home(&visit.page(&state), &Form::default(), &[]).into_string();
     visit.respond(StatusCode::OK, html)
@@ -305,17 +331,10 @@ pub async fn shorten(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
-    let fields = match form_fields(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return problem(&visit, &state, &e),
-    };
-    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return problem(&visit, &state, &csrf_refused());
-    }
     if visit.user.is_none() && state.auth.mode == AuthMode::Required {
         return visit.see_other("/login", Vec::new());
     }
@@ -357,9 +376,9 @@ pub async fn login_page(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let visit = match visit_of(&state, peer, &headers).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
     let html = pages::login(&visit.page(&state), "", &[]).into_string();
     visit.respond(StatusCode::OK, html)
@@ -372,17 +391,10 @@ pub async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
-    let fields = match form_fields(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return problem(&visit, &state, &e),
-    };
-    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return problem(&visit, &state, &csrf_refused());
-    }
     let account = field(&fields, "account").trim();
     let mut map = Map::new();
     let key = if account.contains('@') {
@@ -424,9 +436,9 @@ pub async fn register_page(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let visit = match visit_of(&state, peer, &headers).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
     let html = pages::register(&visit.page(&state), "", "", &[]).into_string();
     visit.respond(StatusCode::OK, html)
@@ -439,17 +451,10 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
-    let fields = match form_fields(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return problem(&visit, &state, &e),
-    };
-    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return problem(&visit, &state, &csrf_refused());
-    }
     let mut body = json_of(&fields, &["username", "email"]);
     // The password as typed: spaces are part of it.
     let password = field(&fields, "password");
@@ -486,17 +491,10 @@ pub async fn logout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let visit = match Visit::of(&state, peer, &headers).await {
+    let (visit, _) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
-        Err(e) => return early_problem(&headers, e),
+        Err(r) => return r,
     };
-    let fields = match form_fields(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return problem(&visit, &state, &e),
-    };
-    if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return problem(&visit, &state, &csrf_refused());
-    }
     if let (Some(user), Some(token)) = (&visit.user, &visit.session) {
         if let Err(e) = state.auth.sessions.revoke(token, user.id).await {
             log::warn!(error = e.to_string(); "web logout could not revoke the session");
