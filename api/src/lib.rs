@@ -23,6 +23,7 @@ pub mod cache;
 pub mod cache_sync;
 pub mod clicks;
 pub mod config;
+pub mod creates;
 pub mod db;
 pub mod deadline;
 pub mod error;

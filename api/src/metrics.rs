@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Entries per committed consumer batch.
     pub click_batch_size: Histogram,
     pub click_insert_duration: Histogram,
+    /// Creates per statement of the create writers (`crate::creates`).
+    pub create_batch_size: Histogram,
     /// Stream entries not yet deleted (unread or pending), refreshed at each scrape.
     pub click_stream_length: IntGauge,
     /// Times the consumer found its group gone: Redis lost the click streams (restarted without
@@ -92,6 +94,14 @@ impl Metrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
         )
         .expect("metric");
+        let create_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "kurz_api_create_batch_size",
+                "Link creates committed per statement",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("metric");
         let click_stream_length = IntGauge::new(
             "kurz_api_click_stream_length",
             "Click stream entries not yet consumed",
@@ -150,6 +160,7 @@ impl Metrics {
             Box::new(clicks.clone()),
             Box::new(click_batch_size.clone()),
             Box::new(click_insert_duration.clone()),
+            Box::new(create_batch_size.clone()),
             Box::new(click_stream_length.clone()),
             Box::new(click_stream_resets.clone()),
             Box::new(click_commit_failures.clone()),
@@ -180,6 +191,7 @@ impl Metrics {
             clicks,
             click_batch_size,
             click_insert_duration,
+            create_batch_size,
             click_stream_length,
             click_stream_resets,
             click_commit_failures,

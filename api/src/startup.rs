@@ -129,8 +129,15 @@ impl Application {
             redis.clone(),
             keys.clone(),
         )?);
+        let creates = crate::creates::Creates::start(
+            db.clone(),
+            config.database.create_batch_max,
+            config.database.create_writers,
+            metrics.clone(),
+        );
         let state = AppState {
             db,
+            creates,
             redis,
             keys,
             cache,

@@ -17,6 +17,8 @@ pub struct AppState {
     pub keys: KeySchema,
     pub cache: LinkCache,
     pub clicks: ClickRecorder,
+    /// Where `POST /urls` inserts: concurrent creates share a statement.
+    pub creates: crate::creates::Creates,
     pub consumer: Arc<Consumer>,
     pub config: Arc<ApiConfig>,
     pub metrics: Arc<Metrics>,

@@ -182,6 +182,12 @@ impl ApiConfig {
                 "must be 1..=1000 (DB_MAX_CONNECTIONS)",
             );
         }
+        if !(1..=1000).contains(&self.database.create_batch_max) {
+            return bad("database.create_batch_max", "must be 1..=1000");
+        }
+        if !(1..=64).contains(&self.database.create_writers) {
+            return bad("database.create_writers", "must be 1..=64");
+        }
         if self.database.acquire_timeout_ms == 0 || self.database.connect_timeout_ms == 0 {
             return bad("database.*_timeout_ms", "must be above 0");
         }

@@ -25,6 +25,11 @@ pub struct DatabaseConfig {
     /// PostgreSQL cancels any statement running longer (its `statement_timeout`); 0: none.
     /// Migrations run without it.
     pub statement_timeout_ms: u64,
+    /// Most link creates committed in one statement (`POST /urls` arriving together share it);
+    /// 1 gives every create its own.
+    pub create_batch_max: usize,
+    /// Statements of creates in flight at once per process, each on its own connection.
+    pub create_writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,6 +86,8 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: 2000,
             connect_timeout_ms: 2000,
             statement_timeout_ms: 30_000,
+            create_batch_max: 64,
+            create_writers: 2,
         }
     }
 }

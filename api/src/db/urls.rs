@@ -191,7 +191,59 @@ impl<'a> NewLink<'a> {
     }
 }
 
+/// An owned [`NewLink`]: a create waiting for its group commit (`crate::creates`) outlives the
+/// request's borrows.
+#[derive(Clone, Debug)]
+pub struct NewLinkBuf {
+    user_id: Option<i64>,
+    short_code: String,
+    original_url: String,
+    title: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    redirect_type: i16,
+    max_visits: Option<i32>,
+    password_hash: Option<String>,
+    tags: Vec<String>,
+}
+
+impl NewLink<'_> {
+    pub fn to_buf(&self) -> NewLinkBuf {
+        NewLinkBuf {
+            user_id: self.user_id,
+            short_code: self.short_code.to_owned(),
+            original_url: self.original_url.to_owned(),
+            title: self.title.map(str::to_owned),
+            expires_at: self.expires_at,
+            redirect_type: self.redirect_type,
+            max_visits: self.max_visits,
+            password_hash: self.password_hash.map(str::to_owned),
+            tags: self.tags.to_vec(),
+        }
+    }
+}
+
+impl NewLinkBuf {
+    pub fn as_new(&self) -> NewLink<'_> {
+        NewLink {
+            user_id: self.user_id,
+            short_code: &self.short_code,
+            original_url: &self.original_url,
+            title: self.title.as_deref(),
+            expires_at: self.expires_at,
+            redirect_type: self.redirect_type,
+            max_visits: self.max_visits,
+            password_hash: self.password_hash.as_deref(),
+            tags: &self.tags,
+        }
+    }
+
+    pub fn short_code(&self) -> &str {
+        &self.short_code
+    }
+}
+
 /// What inserting a link found.
+#[derive(Debug)]
 pub enum Inserted {
     Link(Link),
     /// The code is taken (only with [`insert_url_unless_taken`]).
@@ -221,6 +273,77 @@ pub async fn insert_url_unless_taken(
         &c.query_one(&stmt, &insert_params(new)).await?,
         new.tags,
     ))
+}
+
+/// Inserts several links and their `created` events in one statement, so one commit: the group
+/// commit of concurrent creates (`crate::creates`). The codes must be distinct (a second row
+/// with a code would be skipped as taken by the first). Each link's outcome comes back in input
+/// order, as [`insert_url_unless_taken`] gives it for one. Rows go in in code order, so two
+/// batches racing for the same codes wait on each other in one order and cannot deadlock.
+pub async fn insert_urls(
+    c: &impl GenericClient,
+    news: &[NewLink<'_>],
+) -> Result<Vec<Inserted>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                                    $6::int2[], $7::int4[], $8::text[]) WITH ORDINALITY \
+                 AS i(user_id, short_code, original_url, title, expires_at, redirect_type, max_visits, password_hash, n) \
+             ), owned AS ( \
+               SELECT i.* FROM input i WHERE i.user_id IS NULL \
+                 OR EXISTS (SELECT 1 FROM users u WHERE u.id = i.user_id AND u.deleted_at IS NULL) \
+             ), link AS ( \
+               INSERT INTO urls (user_id, short_code, original_url, title, expires_at, redirect_type, max_visits, password_hash) \
+               SELECT user_id, short_code, original_url, title, expires_at, redirect_type, max_visits, password_hash \
+               FROM owned ORDER BY short_code \
+               ON CONFLICT (short_code) DO NOTHING RETURNING {COLUMNS} \
+             ), tagged AS ( \
+               INSERT INTO link_tags (url_id, tag) SELECT link.id, t.tag \
+               FROM unnest($9::text[], $10::text[]) AS t(short_code, tag) JOIN link USING (short_code) \
+             ), created AS ( \
+               INSERT INTO events (url_id, user_id, event_type, occurred_at, details) \
+               SELECT id, user_id, 'created', created_at, \
+                      jsonb_build_object('short_code', short_code, 'original_url', original_url) \
+               FROM link \
+             ) SELECT link.*, (SELECT count(*) FROM owned o WHERE o.n = i.n) \
+               FROM input i LEFT JOIN link USING (short_code) ORDER BY i.n"
+        ))
+        .await?;
+    let user_ids: Vec<Option<i64>> = news.iter().map(|n| n.user_id).collect();
+    let codes: Vec<&str> = news.iter().map(|n| n.short_code).collect();
+    let targets: Vec<&str> = news.iter().map(|n| n.original_url).collect();
+    let titles: Vec<Option<&str>> = news.iter().map(|n| n.title).collect();
+    let expiries: Vec<Option<DateTime<Utc>>> = news.iter().map(|n| n.expires_at).collect();
+    let types: Vec<i16> = news.iter().map(|n| n.redirect_type).collect();
+    let max_visits: Vec<Option<i32>> = news.iter().map(|n| n.max_visits).collect();
+    let hashes: Vec<Option<&str>> = news.iter().map(|n| n.password_hash).collect();
+    let (tag_codes, tags): (Vec<&str>, Vec<&str>) = news
+        .iter()
+        .flat_map(|n| n.tags.iter().map(move |t| (n.short_code, t.as_str())))
+        .unzip();
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &user_ids,
+                &codes,
+                &targets,
+                &titles,
+                &expiries,
+                &types,
+                &max_visits,
+                &hashes,
+                &tag_codes,
+                &tags,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .zip(news)
+        .map(|(row, new)| inserted(row, new.tags))
+        .collect())
 }
 
 /// The statement's one row: the link's columns (null when nothing was inserted), then how many

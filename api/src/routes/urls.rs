@@ -144,7 +144,6 @@ pub(crate) async fn create_link(
         Patch::Set(p) => Some(state.auth.passwords.hash(p).await?),
         _ => None,
     };
-    let mut client = state.client().await?;
     let title = match &title {
         Patch::Set(t) => Some(t.as_str()),
         _ => None,
@@ -161,8 +160,13 @@ pub(crate) async fn create_link(
         .with_password_hash(password_hash.as_deref())
         .with_tags(&tags);
     let link = match idem {
-        None => insert(&client, new, custom_given).await?,
+        None => match state.creates.insert(&new).await? {
+            Inserted::Link(link) => link,
+            Inserted::CodeTaken if custom_given => return Err(code_taken()),
+            first => settle(&state.client().await?, new, first).await?,
+        },
         Some((key, fingerprint)) => {
+            let mut client = state.client().await?;
             let tx = client.transaction().await?;
             if let Some(earlier) = idempotency::claim(&tx, key, fingerprint).await? {
                 return Ok((earlier.to_json(state.config.base()), true));
@@ -190,12 +194,27 @@ async fn insert(
     } else {
         db::urls::insert_url_unless_taken(c, &new).await?
     };
+    settle(c, new, first).await
+}
+
+/// The link of a first insert, or the error it calls for; a taken generated code is replaced
+/// (a taken custom one never reaches here).
+async fn settle(
+    c: &impl deadpool_postgres::GenericClient,
+    new: NewLink<'_>,
+    first: Inserted,
+) -> ApiResult<Link> {
     match first {
         Inserted::Link(link) => Ok(link),
         Inserted::NoOwner => Err(no_owner(&new)),
-        // Only a generated code can come back taken (a custom one is a unique violation).
         Inserted::CodeTaken => insert_generated(c, new).await,
     }
+}
+
+/// What a create under a custom code that exists gets (the same as the unique violation
+/// `db::conflict_or` maps).
+fn code_taken() -> ApiError {
+    ApiError::Conflict("short_code is already taken".into())
 }
 
 fn no_owner(new: &NewLink<'_>) -> ApiError {

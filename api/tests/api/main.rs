@@ -7,6 +7,7 @@ mod clicks;
 mod cluster;
 mod contract;
 mod crash;
+mod creates;
 mod database;
 mod events;
 mod faults;
