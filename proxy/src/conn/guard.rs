@@ -161,6 +161,11 @@ impl HeadGuard {
             Err(r) => return self.refuse(r),
         };
         self.ready = self.head.split_to(end);
+        if self.head.is_empty() {
+            // `head` would keep the rest of the allocation `ready` came from, held for as long
+            // as the connection then stays idle.
+            self.head = BytesMut::new();
+        }
         self.start_request(framing);
         if !self.head.is_empty() && !matches!(self.phase, Phase::Head) {
             let rest = std::mem::take(&mut self.head);
@@ -212,6 +217,36 @@ impl HeadGuard {
         }
     }
 
+    /// Waits, without a buffer of its own, until bytes of the next request are here; `false`
+    /// when the client closed the connection or the first head's deadline passed first.
+    ///
+    /// Pingora allocates its whole per-request state (the session and the proxy's request
+    /// future, tens of KiB) before it reads a request, so a keep-alive connection waiting there
+    /// costs that much while idle. Waiting here first keeps an idle connection down to this
+    /// guard and its socket's buffers. The bytes read go where a pipelined head goes, and are
+    /// checked on the next read.
+    pub fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.ready.is_empty() || !self.head.is_empty() || !matches!(self.phase, Phase::Head) {
+            return Poll::Ready(Ok(true));
+        }
+        if let Some(d) = self.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.expire();
+                return Poll::Ready(Ok(false));
+            }
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            self.phase = Phase::Closed;
+            return Poll::Ready(Ok(false));
+        }
+        self.head.extend_from_slice(buf.filled());
+        self.scanned = 0;
+        Poll::Ready(Ok(true))
+    }
+
     fn expire(&mut self) {
         self.deadline = None;
         match self.phase {
@@ -252,6 +287,10 @@ impl HeadGuard {
         Poll::Ready(())
     }
 }
+
+/// The most one read takes while waiting for a request: a typical head and a small body in one
+/// read, on the stack rather than held by the idle connection.
+const FIRST_READ_BYTES: usize = 4096;
 
 fn too_large() -> Refusal {
     Refusal::new(
@@ -438,3 +477,131 @@ impl GetSocketDigest for HeadGuard {
 // Peeking would read past the held head; Pingora only peeks for an h2c preface, which we do
 // not enable, and is told peeking is unsupported.
 impl Peek for HeadGuard {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kurz_common::proxies::ProxyTrust;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn guarded() -> (HeadGuard, DuplexStream) {
+        guarded_with(Duration::from_secs(60))
+    }
+
+    fn guarded_with(header_timeout: Duration) -> (HeadGuard, DuplexStream) {
+        let (ours, client) = tokio::io::duplex(64 * 1024);
+        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
+            ProxyTrust::parse(&[], &[]).unwrap(),
+        )));
+        let limits = Arc::new(ConnLimits::new(
+            header_timeout,
+            Duration::from_secs(60),
+            100,
+            64,
+            trust,
+        ));
+        (HeadGuard::new(Box::new(ours), limits), client)
+    }
+
+    /// Whether waiting for the next request is still pending after everything runnable ran.
+    async fn still_waiting(guard: &mut HeadGuard) -> bool {
+        let mut polled = None;
+        poll_fn(|cx| {
+            polled = Some(guard.poll_next_request(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        polled.unwrap()
+    }
+
+    async fn read_n(guard: &mut HeadGuard, n: usize) -> Vec<u8> {
+        let mut out = vec![0; n];
+        guard.read_exact(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_request_holds_no_buffer_and_loses_no_byte() {
+        let (mut guard, mut client) = guarded();
+        assert!(still_waiting(&mut guard).await, "nothing sent yet");
+
+        let body = b"{\"original_url\": \"https://example.com/\"}";
+        let first = format!(
+            "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(first.as_bytes()).await.unwrap();
+        client.write_all(body).await.unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        // Every byte the wait took reaches the reader, head then body, in order.
+        assert_eq!(read_n(&mut guard, first.len()).await, first.as_bytes());
+        assert_eq!(read_n(&mut guard, body.len()).await, body);
+
+        // Between requests the guard keeps no buffer, whatever the last request left.
+        assert_eq!(guard.head.capacity(), 0);
+        assert_eq!(guard.ready.capacity(), 0);
+        assert!(
+            still_waiting(&mut guard).await,
+            "the next request has not come"
+        );
+
+        let second = b"GET /abc HTTP/1.1\r\nHost: a\r\n\r\n";
+        client.write_all(second).await.unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert_eq!(read_n(&mut guard, second.len()).await, second);
+        assert_eq!(guard.head.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_comes_in_pieces_while_waiting_is_still_checked() {
+        let (mut guard, mut client) = guarded();
+        client.write_all(b"GET /abc HTTP/1.1\r\n").await.unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        client.write_all(b"Host: a\r\n").await.unwrap();
+        let mut scratch = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut scratch);
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut guard).poll_read(cx, &mut buf))).await;
+        assert!(polled.is_pending(), "the head is not complete yet");
+        client.write_all(b"\r\n").await.unwrap();
+        let whole = b"GET /abc HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(read_n(&mut guard, whole.len()).await, whole);
+        // The head grew in pieces, so its buffer had room to spare; none of it is kept.
+        assert_eq!(guard.head.capacity(), 0);
+
+        // A bad head that arrives while waiting is refused like any other: our JSON error,
+        // then the stream reads as closed.
+        client
+            .write_all(b"GET /abc HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        let mut rest = Vec::new();
+        guard.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing of the bad request is handed on");
+        let mut reply = vec![0; 12];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"HTTP/1.1 400");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_while_idle_ends_the_wait() {
+        let (mut guard, client) = guarded();
+        drop(client);
+        assert!(!poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert!(matches!(guard.phase, Phase::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_ends_at_the_first_head_deadline() {
+        let (mut guard, _client) = guarded_with(Duration::from_millis(300));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            poll_fn(|cx| guard.poll_next_request(cx)),
+        )
+        .await
+        .expect("the head deadline ends the wait");
+        assert!(!ended.unwrap());
+        assert!(matches!(guard.phase, Phase::Closed));
+    }
+}

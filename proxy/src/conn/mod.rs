@@ -13,10 +13,12 @@ use crate::service::SharedTrust;
 use async_trait::async_trait;
 use guard::HeadGuard;
 use head::Refusal;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,8 +109,92 @@ pub struct Guarded<A> {
     pub limits: Arc<ConnLimits>,
 }
 
+/// How long a keep-alive connection may sit idle between requests: Pingora's own default.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Pingora's HTTP/1 keep-alive loop (`ServerApp::process_new` for an `HttpServerApp`), with
+    /// one change: between requests the connection waits in its guard, not inside a
+    /// session. Pingora builds a request's whole state before reading it, so an idle
+    /// connection there costs tens of KiB; here it costs the guard and the socket's buffers.
+    async fn serve_http1(self: &Arc<Self>, mut guard: Box<HeadGuard>, shutdown: &ShutdownWatch) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            // Idle time before a request is Pingora's keep-alive timeout, as when it waits; the
+            // guard's head deadline (from accept for the first head) may end it sooner.
+            let wait =
+                tokio::time::timeout(KEEPALIVE_IDLE, poll_fn(|cx| guard.poll_next_request(cx)));
+            let arrived = tokio::select! {
+                biased;
+                r = wait => r.unwrap_or(Ok(false)),
+                // Stopping closes idle connections, as Pingora does with those waiting in it.
+                _ = stopping(shutdown.clone()) => return,
+            };
+            if !matches!(arrived, Ok(true)) {
+                return;
+            }
+            let mut session = ServerSession::new_http1(guard);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None if first => {
+                    let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_IDLE.as_secs());
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+                None => {}
+            }
+            first = false;
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, next) = reused.consume();
+            settings = next;
+            if !stream.as_any().is::<HeadGuard>() {
+                // Not the stream handed in: no guard to wait in, so go on as Pingora does.
+                log::warn!("the HTTP session handed back a stream other than its own; serving it unguarded");
+                return self.serve_unguarded(stream, settings, shutdown).await;
+            }
+            let Ok(next_guard) = stream.into_any().downcast::<HeadGuard>() else {
+                return;
+            };
+            guard = next_guard;
+        }
+    }
+
+    async fn serve_unguarded(
+        self: &Arc<Self>,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let (mut stream, mut settings) = (stream, settings);
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(s) = settings {
+                s.apply_to_session(&mut session);
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+        }
+    }
+}
+
+/// Resolves once the server is stopping (never, should the server's watch be gone).
+async fn stopping(mut shutdown: ShutdownWatch) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -117,7 +203,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let Some(_slot) = self.limits.admit(peer) else {
+        let Some(slot) = self.limits.admit(peer) else {
             crate::metrics::METRICS.connections_refused.inc();
             let reply = Refusal::new(
                 429,
@@ -139,8 +225,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let guarded: Stream = Box::new(HeadGuard::new(stream, self.limits.clone()));
-        self.inner.process_new(guarded, shutdown).await
+        let custom = self
+            .inner
+            .server_options()
+            .is_some_and(|o| o.h2c || o.force_custom)
+            || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_)));
+        let guard = Box::new(HeadGuard::new(stream, self.limits.clone()));
+        if custom {
+            return self.inner.process_new(guard, shutdown).await;
+        }
+        // The connection moves to a task of its own. Pingora's per-connection task is sized for
+        // its largest state, the handshake (8.6 KiB measured), and would hold that for as long as the
+        // connection stays open; this one is sized for what it waits on.
+        let (app, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            app.serve_http1(guard, &shutdown).await;
+        });
+        None
     }
 
     async fn cleanup(&self) {

@@ -296,3 +296,57 @@ async fn a_slowloris_from_one_address_holds_only_its_share_and_others_are_served
     assert!(open <= (CAP + 3) as f64, "{open} connections open");
     drop(conns);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive_one_waits() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        extra_yaml: "limits: { header_timeout_ms: 1000 }\n".into(),
+        ..Options::default()
+    });
+    let counted = || stack.metric(stack.admin_port, "kurz_proxy_client_connections", &[]);
+    let counts = |want: f64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let open = counted().await;
+            if open == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{open} counted, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let before = counted().await;
+    let mut silent = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let mut kept = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    kept.write_all(b"GET /NoSuchCode1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 404);
+    counts(before + 2.0).await;
+
+    // The silent one is closed without a word once its first head is late.
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the silent connection was never closed");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+
+    // The kept-alive one idles well past the head deadline too; between requests only the 60 s
+    // keep-alive timeout applies, so it still serves its next request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kept.write_all(b"GET /NoSuchCode2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 404);
+
+    // Closed connections give back their place in the count.
+    drop(kept);
+    counts(before).await;
+}
