@@ -154,34 +154,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             };
             let (stream, next) = reused.consume();
             settings = next;
-            if !stream.as_any().is::<HeadGuard>() {
-                // Not the stream handed in: no guard to wait in, so go on as Pingora does.
-                log::warn!("the HTTP session handed back a stream other than its own; serving it unguarded");
-                return self.serve_unguarded(stream, settings, shutdown).await;
-            }
+            // Pingora's HTTP/1 session hands back the stream it was given.
             let Ok(next_guard) = stream.into_any().downcast::<HeadGuard>() else {
+                log::warn!("the HTTP session handed back a stream other than its own; closing it");
                 return;
             };
             guard = next_guard;
-        }
-    }
-
-    async fn serve_unguarded(
-        self: &Arc<Self>,
-        stream: Stream,
-        settings: Option<HttpPersistentSettings>,
-        shutdown: &ShutdownWatch,
-    ) {
-        let (mut stream, mut settings) = (stream, settings);
-        loop {
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(s) = settings {
-                s.apply_to_session(&mut session);
-            }
-            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
-                return;
-            };
-            (stream, settings) = reused.consume();
         }
     }
 }
