@@ -3,18 +3,20 @@
 //! A redirect may answer its 302 only once Redis holds its click. Sent one by one, every click
 //! costs a command's encoding, a channel hop to the connection's driver, a write and a read
 //! system call on both sides and a wake-up. Here clicks that arrive together share all of that:
-//! each request adds its `XADD` to the open batch and waits; one task sends the batch as a
-//! single pipeline and hands each request the result of its own command.
+//! each request adds its click to the open batch and waits; one task sends the batch as a
+//! single pipeline and hands each request the result of the command that held its click. The
+//! clicks of one stream go out as one packed entry (`kurz_common::clicks::PACKED_FIELD`): one
+//! `XADD` per stream and batch, so Redis and the consumer handle one entry, not one per click.
 //!
 //! While a batch is in flight the next one fills, so batches grow with the load by themselves and
 //! a lone click waits for no timer. `clicks.batch_window_us` can hold a batch open longer (until
 //! `clicks.batch_max` clicks arrive); tokio's timer rounds such a wait up to whole milliseconds.
 //!
-//! On a Redis Cluster a pipeline must stay within one hash slot: the batch goes out as one
-//! pipeline per stream (per partition), all at once, and a node that fails fails only the
-//! clicks of its own partitions.
+//! A failed append fails the clicks of its own entry only. On a Redis Cluster a pipeline must
+//! stay within one hash slot: the batch goes out as one pipeline per stream (per partition), all
+//! at once, and a node that fails fails only the clicks of its own partitions.
 
-use kurz_common::clicks::Click;
+use kurz_common::clicks::{xadd_packed, Click};
 use kurz_common::redis_handle::RedisHandle;
 use prometheus::Histogram;
 use redis::Value;
@@ -48,28 +50,29 @@ struct Shared {
     sizes: Histogram,
 }
 
+/// The clicks waiting for the next flush, one group per stream.
 #[derive(Default)]
 struct Batch {
-    pipe: redis::Pipeline,
+    groups: Vec<Group>,
+    /// Clicks in all groups.
+    len: usize,
+}
+
+/// One stream's clicks in a batch: sent as one packed entry (`clicks::PACKED_FIELD`), so Redis
+/// parses, stores, delivers and acknowledges one entry for all of them.
+struct Group {
+    stream: String,
+    packed: Vec<u8>,
     waiters: Vec<oneshot::Sender<bool>>,
-    /// Each command's stream, kept on a cluster only (to split the batch per slot).
-    streams: Vec<String>,
 }
 
 impl ClickLog {
     pub fn new(redis: Arc<RedisHandle>, batching: Batching, sizes: Histogram) -> Self {
-        let mut pipe = redis::pipe();
-        // Every command's own result is wanted: one failed append fails only its own request.
-        pipe.ignore_errors();
         Self {
             shared: Arc::new(Shared {
                 redis,
                 batching,
-                open: Mutex::new(Batch {
-                    pipe,
-                    waiters: Vec::new(),
-                    streams: Vec::new(),
-                }),
+                open: Mutex::new(Batch::default()),
                 ready: Notify::new(),
                 sizes,
             }),
@@ -86,13 +89,23 @@ impl ClickLog {
         let (done, result) = oneshot::channel();
         let wake = {
             let mut open = self.shared.open.lock().expect("click batch lock");
-            open.pipe.add_command(click.xadd(stream));
-            open.waiters.push(done);
-            if self.shared.redis.is_cluster() {
-                open.streams.push(stream.to_owned());
-            }
-            let n = open.waiters.len();
-            n == 1 || n == self.shared.batching.max
+            // A batch spans a few partitions at most: a scan beats a map here.
+            let at = match open.groups.iter().position(|g| g.stream == stream) {
+                Some(at) => at,
+                None => {
+                    open.groups.push(Group {
+                        stream: stream.to_owned(),
+                        packed: Vec::with_capacity(512),
+                        waiters: Vec::new(),
+                    });
+                    open.groups.len() - 1
+                }
+            };
+            let group = &mut open.groups[at];
+            click.pack_into(&mut group.packed);
+            group.waiters.push(done);
+            open.len += 1;
+            open.len == 1 || open.len == self.shared.batching.max
         };
         if wake {
             self.shared.ready.notify_one();
@@ -114,34 +127,21 @@ async fn flush_forever(shared: Arc<Shared>) {
                     .is_ok()
             {}
         }
-        let batch = {
-            let mut open = shared.open.lock().expect("click batch lock");
-            let mut next = redis::pipe();
-            next.ignore_errors();
-            Batch {
-                pipe: std::mem::replace(&mut open.pipe, next),
-                waiters: std::mem::take(&mut open.waiters),
-                streams: std::mem::take(&mut open.streams),
-            }
-        };
-        if batch.waiters.is_empty() {
+        let batch = std::mem::take(&mut *shared.open.lock().expect("click batch lock"));
+        if batch.len == 0 {
             continue;
         }
-        shared.sizes.observe(batch.waiters.len() as f64);
-        let stored = if batch.streams.is_empty() {
-            let mut pipe = batch.pipe;
-            let n = batch.waiters.len();
-            if let Some(wait) = shared.redis.replica_wait() {
-                pipe.add_command(wait);
-            }
-            let results: Option<Vec<Value>> = shared.redis.query(&pipe).await.ok();
-            replies_to_stored(&shared.redis, results, n)
+        shared.sizes.observe(batch.len as f64);
+        let stored = if shared.redis.is_cluster() {
+            send_per_stream(&shared.redis, &batch.groups).await
         } else {
-            send_per_stream(&shared.redis, &batch.pipe, &batch.streams).await
+            send_together(&shared.redis, &batch.groups).await
         };
-        for (done, stored) in batch.waiters.into_iter().zip(stored) {
-            // The request may have gone already (client disconnected): nothing to tell.
-            let _ = done.send(stored);
+        for (group, stored) in batch.groups.into_iter().zip(stored) {
+            for done in group.waiters {
+                // The request may have gone already (client disconnected): nothing to tell.
+                let _ = done.send(stored);
+            }
         }
     }
 }
@@ -164,48 +164,42 @@ fn replies_to_stored(redis: &RedisHandle, replies: Option<Vec<Value>>, n: usize)
         .collect()
 }
 
+/// The pipeline appending `groups` (one entry each), then the `WAIT` when replicas must confirm.
+fn appends<'a>(redis: &RedisHandle, groups: impl Iterator<Item = &'a Group>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    // Every entry's own result is wanted: one failed append fails only its own clicks.
+    pipe.ignore_errors();
+    for group in groups {
+        pipe.add_command(xadd_packed(&group.stream, &group.packed));
+    }
+    if let Some(wait) = redis.replica_wait() {
+        pipe.add_command(wait);
+    }
+    pipe
+}
+
+/// The batch as one pipeline: whether each group's entry was appended.
+async fn send_together(redis: &RedisHandle, groups: &[Group]) -> Vec<bool> {
+    let replies = redis.query(&appends(redis, groups.iter())).await.ok();
+    replies_to_stored(redis, replies, groups.len())
+}
+
 /// The batch as one pipeline per stream, sent together: on a cluster each stays in one slot.
-/// Whether each click was appended, in batch order.
-async fn send_per_stream(
-    redis: &RedisHandle,
-    batch: &redis::Pipeline,
-    streams: &[String],
-) -> Vec<bool> {
-    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (i, stream) in streams.iter().enumerate() {
-        match groups.iter_mut().find(|(s, _)| *s == stream.as_str()) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((stream.as_str(), vec![i])),
-        }
-    }
-    let cmds: Vec<&redis::Cmd> = batch.cmd_iter().collect();
-    let sent = groups.iter().map(|(_, members)| {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for &i in members {
-            pipe.add_command(cmds[i].clone());
-        }
-        if let Some(wait) = redis.replica_wait() {
-            pipe.add_command(wait);
-        }
-        async move { redis.query::<Vec<Value>>(&pipe).await.ok() }
+/// Whether each group's entry was appended.
+async fn send_per_stream(redis: &RedisHandle, groups: &[Group]) -> Vec<bool> {
+    let sent = groups.iter().map(|group| async move {
+        let reply = redis
+            .query::<Vec<Value>>(&appends(redis, std::iter::once(group)))
+            .await
+            .ok();
+        replies_to_stored(redis, reply, 1)[0]
     });
-    let replies = futures_util::future::join_all(sent).await;
-    let mut stored = vec![false; streams.len()];
-    for ((_, members), reply) in groups.iter().zip(replies) {
-        for (&i, ok) in members
-            .iter()
-            .zip(replies_to_stored(redis, reply, members.len()))
-        {
-            stored[i] = ok;
-        }
-    }
-    stored
+    futures_util::future::join_all(sent).await
 }
 
 impl Shared {
     fn len(&self) -> usize {
-        self.open.lock().expect("click batch lock").waiters.len()
+        self.open.lock().expect("click batch lock").len
     }
 }
 
@@ -213,6 +207,7 @@ impl Shared {
 mod tests {
     use super::*;
     use futures_util::future::join_all;
+    use kurz_common::clicks::EntryClicks;
     use prometheus::HistogramOpts;
 
     fn redis(url: &str) -> Arc<RedisHandle> {
@@ -263,12 +258,13 @@ mod tests {
         assert_eq!(sizes.get_sample_sum(), 8.0);
         let mut range = redis::cmd("XRANGE");
         range.arg(&stream).arg("-").arg("+");
-        let entries: Vec<(String, Vec<(String, String)>)> = redis.query(&range).await.unwrap();
-        let mut ids: Vec<Click> = entries
-            .iter()
-            .map(|(_, f)| Click::from_fields(f.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
-            .map(Option::unwrap)
-            .collect();
+        type Fields = Vec<(String, Vec<u8>)>;
+        let entries: Vec<(String, Fields)> = redis.query(&range).await.unwrap();
+        assert_eq!(entries.len(), 1, "one entry holds the batch");
+        let read =
+            EntryClicks::from_fields(entries[0].1.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(!read.malformed);
+        let mut ids = read.clicks;
         ids.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(ids, clicks);
         redis
@@ -299,7 +295,7 @@ mod tests {
         assert_eq!(stored, vec![true, false, true]);
         assert_eq!(sizes.get_sample_count(), 1);
         let len: usize = redis.query(redis::cmd("XLEN").arg(&stream)).await.unwrap();
-        assert_eq!(len, 2);
+        assert_eq!(len, 1, "a and c share their stream's entry");
         redis
             .query::<()>(redis::cmd("DEL").arg(&stream).arg(&not_a_stream))
             .await

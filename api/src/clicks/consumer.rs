@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::redis_handle::{RedisDown, RedisHandle};
 use deadpool_postgres::Pool;
 use kurz_common::keys::KeySchema;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -75,6 +75,8 @@ pub struct Consumer {
     metrics: Arc<Metrics>,
     /// Backlog at the last sample: what is lost if Redis comes back empty right after.
     last_backlog: AtomicI64,
+    /// Clicks per entry in the last read (see `per_partition`).
+    clicks_per_entry: AtomicUsize,
     /// One pass at a time in this process: readers of events wait for the running pass and
     /// then find the backlog empty, instead of all claiming the same entries.
     pub(super) work: tokio::sync::Mutex<Work>,
@@ -103,6 +105,7 @@ impl Consumer {
             poll_interval,
             metrics,
             last_backlog: AtomicI64::new(0),
+            clicks_per_entry: AtomicUsize::new(1),
             work: tokio::sync::Mutex::new(Work {
                 cursors: vec!["0-0".to_owned(); partitions],
                 ..Work::default()
@@ -143,9 +146,22 @@ impl Consumer {
         Ok(total)
     }
 
-    /// New entries per partition in one read, so one read returns at most about `batch_size`.
+    /// New entries per partition in one read, so one read returns about `batch_size` clicks:
+    /// an edge's packed entry holds a batch of clicks, so the count follows the clicks per
+    /// entry of the last read.
     fn per_partition(&self) -> usize {
-        (self.batch_size / usize::from(self.keys.partitions())).max(10)
+        let per_entry = self.clicks_per_entry.load(Ordering::Relaxed).max(1);
+        (self.batch_size / usize::from(self.keys.partitions()) / per_entry).max(1)
+    }
+
+    /// Notes the clicks per entry of a read, for the next read's count.
+    fn note_read(&self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let clicks: usize = entries.iter().map(|e| e.clicks.len()).sum();
+        self.clicks_per_entry
+            .store(clicks.div_ceil(entries.len()), Ordering::Relaxed);
     }
 
     /// Redis came back without the consumer group: every entry that was in the streams is
@@ -174,7 +190,7 @@ impl Consumer {
 
     /// Inserts the batch in one statement.
     async fn commit(&self, entries: &[Entry]) -> Result<u64, StepError> {
-        let clicks: Vec<&StreamClick> = entries.iter().filter_map(|e| e.click.as_ref()).collect();
+        let clicks: Vec<&StreamClick> = entries.iter().flat_map(|e| &e.clicks).collect();
         if clicks.is_empty() {
             return Ok(0);
         }
@@ -240,9 +256,8 @@ impl Consumer {
         };
         match read {
             Ok(entries) => {
-                for bad in entries.iter().filter(|e| e.click.is_none()) {
-                    log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
-                }
+                log_malformed(&entries);
+                self.note_read(&entries);
                 Ok(entries)
             }
             Err(e) => Err(self.read_error(e).await),
@@ -313,9 +328,7 @@ impl Consumer {
                 Err(e) => return Err(self.read_error(e).await),
             };
             work.cursors[usize::from(p)] = next;
-            for bad in entries.iter().filter(|e| e.click.is_none()) {
-                log::warn!(stream_id = bad.id.as_str(), partition = bad.partition; "malformed click entry dropped");
-            }
+            log_malformed(&entries);
             work.held = entries;
             handled += self.settle(work).await?;
         }
@@ -328,20 +341,21 @@ impl Consumer {
     }
 
     /// Test hook: read a batch and commit it without acknowledging, as a consumer that dies
-    /// between commit and `XACK` would. Returns the entries read.
+    /// between commit and `XACK` would. Returns the clicks read.
     pub async fn read_and_commit_without_ack(&self) -> Result<usize, String> {
         let entries = match self.stream.read_new(self.per_partition()).await {
             Ok(e) => e,
             Err(e) => return Err(self.read_error(e).await.to_string()),
         };
         self.commit(&entries).await.map_err(|e| e.to_string())?;
-        Ok(entries.len())
+        Ok(entries.iter().map(|e| e.clicks.len()).sum())
     }
 
     /// Test hook: read a batch and drop it, as a consumer that dies before committing would.
+    /// Returns the clicks read.
     pub async fn read_without_commit(&self) -> Result<usize, String> {
         match self.stream.read_new(self.per_partition()).await {
-            Ok(e) => Ok(e.len()),
+            Ok(e) => Ok(e.iter().map(|e| e.clicks.len()).sum()),
             Err(e) => Err(self.read_error(e).await.to_string()),
         }
     }
@@ -419,6 +433,13 @@ impl Consumer {
             }
         }
         Ok(())
+    }
+}
+
+/// One log line per entry that could not be read whole; what could not is dropped with it.
+fn log_malformed(entries: &[Entry]) {
+    for bad in entries.iter().filter(|e| e.malformed) {
+        log::warn!(stream_id = bad.id.as_str(), partition = bad.partition, clicks_kept = bad.clicks.len(); "malformed click entry dropped");
     }
 }
 

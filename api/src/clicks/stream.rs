@@ -8,7 +8,7 @@
 
 use crate::db::events::StreamClick;
 use crate::redis_handle::{RedisDown, RedisHandle};
-use kurz_common::clicks::Click;
+use kurz_common::clicks::EntryClicks;
 use kurz_common::keys::KeySchema;
 use redis::streams::{StreamAutoClaimReply, StreamId};
 use redis::Value;
@@ -20,15 +20,18 @@ use std::sync::Arc;
 /// for it, so this bounds the command's cost.
 pub const CLAIM_COUNT: usize = 100;
 
-/// One stream entry, parsed into the row it becomes. The row is built when the entry is read,
-/// so the consumer does that work while PostgreSQL stores the batch before (building it just
-/// before the insert left PostgreSQL idle for it, a quarter of each step).
+/// One stream entry, parsed into the rows it becomes: a packed entry from the edge holds a
+/// batch of clicks, a flat one (the edge's script, the API) one click. The rows are built when
+/// the entry is read, so the consumer does that work while PostgreSQL stores the batch before
+/// (building them just before the insert left PostgreSQL idle for it, a quarter of each step).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub partition: u16,
     pub id: String,
-    /// `None` for a malformed entry: acknowledged and dropped, never retried forever.
-    pub click: Option<StreamClick>,
+    pub clicks: Vec<StreamClick>,
+    /// Some or all of the entry could not be read: what could not is acknowledged and dropped
+    /// with the rest, never retried forever.
+    pub malformed: bool,
 }
 
 /// Why a read failed.
@@ -348,27 +351,40 @@ impl ClickStream {
 }
 
 fn parse_entry(partition: u16, sid: StreamId) -> Entry {
-    let fields: Vec<(&str, Cow<'_, str>)> = sid
+    let fields: Vec<(&str, &[u8])> = sid
         .map
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), text(v)?)))
+        .filter_map(|(k, v)| Some((k.as_str(), bytes(v)?)))
         .collect();
     Entry::new(partition, sid.id, fields)
 }
 
 impl Entry {
-    fn new(partition: u16, id: String, fields: Vec<(&str, Cow<'_, str>)>) -> Self {
-        let click = Click::from_fields(fields.iter().map(|(k, v)| (*k, v.as_ref())));
-        let click = click.map(|c| StreamClick::from_click(&c, partition, &id));
+    fn new(partition: u16, id: String, fields: Vec<(&str, &[u8])>) -> Self {
+        let read = EntryClicks::from_fields(fields);
         Entry {
             partition,
+            clicks: read
+                .clicks
+                .iter()
+                .map(|c| StreamClick::from_click(c, partition, &id))
+                .collect(),
+            malformed: read.malformed,
             id,
-            click,
         }
     }
 }
 
-/// A field's value as text; stream values are always strings, anything else is skipped.
+/// A field's value; stream values are always strings, anything else is skipped.
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// An entry id as text.
 fn text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b)),
@@ -416,7 +432,7 @@ fn read_reply_entries(partition: u16, reply: Value, out: &mut Vec<Entry>) -> Res
             };
             let pairs = fields
                 .chunks_exact(2)
-                .filter_map(|kv| Some((text_str(&kv[0])?, text(&kv[1])?)))
+                .filter_map(|kv| Some((text_str(&kv[0])?, bytes(&kv[1])?)))
                 .collect();
             out.push(Entry::new(partition, id, pairs));
         }
@@ -471,10 +487,45 @@ mod tests {
         read_reply_entries(3, reply, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].partition, out[0].id.as_str()), (3, "1-0"));
-        let row = out[0].click.as_ref().expect("a click");
+        assert_eq!(out[0].clicks.len(), 1);
+        let row = &out[0].clicks[0];
         assert_eq!((row.click_id.as_str(), row.url_id), ("click-a", 7));
         assert_eq!(row.ts.timestamp_millis(), 1_700_000_000_000);
-        assert!(out[1].click.is_none(), "fields gone: dropped, not retried");
+        assert!(out[1].malformed, "fields gone: dropped, not retried");
+        assert!(out[1].clicks.is_empty());
+    }
+
+    #[test]
+    fn a_packed_entry_becomes_one_row_per_click() {
+        let click = |id: &str| kurz_common::clicks::Click {
+            id: id.into(),
+            url_id: 7,
+            user_id: None,
+            code: "abc".into(),
+            target: "https://example.com/".into(),
+            referrer: String::new(),
+            user_agent: "curl/8".into(),
+            ip: String::new(),
+            ts_ms: 1_700_000_000_000,
+            visitor: String::new(),
+        };
+        let mut packed = Vec::new();
+        click("x1").pack_into(&mut packed);
+        click("x2").pack_into(&mut packed);
+        let fields = vec![
+            bulk(kurz_common::clicks::PACKED_FIELD),
+            Value::BulkString(packed),
+        ];
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("k"),
+            Value::Array(vec![entry("3-0", Value::Array(fields))]),
+        ])]);
+        let mut out = Vec::new();
+        read_reply_entries(1, reply, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "one entry");
+        assert!(!out[0].malformed);
+        let ids: Vec<&str> = out[0].clicks.iter().map(|r| r.click_id.as_str()).collect();
+        assert_eq!(ids, ["x1", "x2"]);
     }
 
     #[test]
@@ -487,7 +538,7 @@ mod tests {
         read_reply_entries(0, reply, &mut out).unwrap();
         read_reply_entries(1, Value::Nil, &mut out).unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].click.as_ref().unwrap().click_id, "click-b");
+        assert_eq!(out[0].clicks[0].click_id, "click-b");
     }
 
     #[test]
@@ -512,6 +563,6 @@ mod tests {
         ])]);
         let mut out = Vec::new();
         read_reply_entries(4, reply, &mut out).unwrap();
-        assert_eq!(out[0].click.as_ref().unwrap().click_id, "p4-9-2");
+        assert_eq!(out[0].clicks[0].click_id, "p4-9-2");
     }
 }

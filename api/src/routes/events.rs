@@ -14,8 +14,9 @@ use axum::Json;
 use serde_json::Value;
 use std::time::Duration;
 
-/// Header on a read that may miss recent clicks: how many were still waiting in the click
-/// streams (`unknown` when Redis could not tell).
+/// Header on a read that may miss recent clicks: how many stream entries were still waiting
+/// (`unknown` when Redis could not tell). An entry holds one click or, packed by the edge, a
+/// batch: the clicks missing are at least that many.
 pub const CLICKS_PENDING: &str = "x-kurz-clicks-pending";
 
 /// Stores the clicks recorded before this read began, within `clicks.read_drain_budget_ms`,

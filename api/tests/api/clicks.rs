@@ -502,3 +502,83 @@ async fn store_ip_keeps_the_whole_address_the_network_or_nothing() {
     );
     assert_eq!(clicked_ip(StoreIp::None).await, None, "no ip key at all");
 }
+
+/// A click as the edge packs it, for link `url_id` of `code`.
+fn edge_click(id: &str, url_id: i64, code: &str) -> kurz_common::clicks::Click {
+    kurz_common::clicks::Click {
+        id: id.into(),
+        url_id,
+        user_id: None,
+        code: code.into(),
+        target: "https://example.com/packed".into(),
+        referrer: "https://ref.example/".into(),
+        user_agent: "edge-test/1".into(),
+        ip: "192.0.2.0".into(),
+        ts_ms: 1_764_900_000_000,
+        visitor: String::new(),
+    }
+}
+
+/// Appends one packed entry holding `clicks` (and `tail` after them) to `code`'s stream.
+async fn append_packed(
+    app: &TestApp,
+    code: &str,
+    clicks: &[kurz_common::clicks::Click],
+    tail: &[u8],
+) {
+    let mut packed = Vec::new();
+    for c in clicks {
+        c.pack_into(&mut packed);
+    }
+    packed.extend_from_slice(tail);
+    let stream = app.state.keys.clicks_for(code);
+    let cmd = kurz_common::clicks::xadd_packed(&stream, &packed);
+    app.state.redis.query::<String>(&cmd).await.unwrap();
+}
+
+/// The edge appends a batch of clicks as one packed entry: each click becomes its own event,
+/// once, whether the entry is read by a consumer that dies before acknowledging it and then
+/// claimed, or arrives again holding clicks already stored; a damaged tail costs only itself.
+#[tokio::test]
+async fn a_packed_entry_stores_each_of_its_clicks_once() {
+    let app = idle_consumer_app().await;
+    let user = app.create_user("packed").await;
+    let link = app.create_url(user, "https://example.com/packed").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    let clicks: Vec<_> = (0..5)
+        .map(|i| edge_click(&format!("packed-{i}"), id, &code))
+        .collect();
+    append_packed(&app, &code, &clicks[..3], b"").await;
+    let a = replica(&app, "replica-a");
+    assert_eq!(a.read_and_commit_without_ack().await.unwrap(), 3);
+    drop(a);
+    // The same clicks again (an edge retrying), two new ones, and a frame cut short.
+    append_packed(&app, &code, &clicks[1..], b"17:cut-").await;
+    assert_eq!(
+        app.clicks(id).await.len(),
+        5,
+        "the read drained both entries"
+    );
+    let stored: Vec<String> = app
+        .sql()
+        .await
+        .query(
+            "SELECT click_id FROM events WHERE url_id = $1 AND event_type = 'click' ORDER BY click_id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let meant: Vec<String> = clicks.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(stored, meant, "each click once");
+    assert_eq!(
+        app.state.consumer.backlog().await.unwrap(),
+        0,
+        "all acknowledged"
+    );
+}

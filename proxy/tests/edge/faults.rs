@@ -517,17 +517,21 @@ async fn click_is_durable(stack: &Stack, redis_url: &str, code: &str, click_id: 
     let keys = kurz_common::keys::KeySchema::new(&stack.prefix, 16);
     let client = redis::Client::open(redis_url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+    type Fields = Vec<(String, Vec<u8>)>;
+    let entries: Vec<(String, Fields)> = redis::cmd("XRANGE")
         .arg(keys.clicks_for(code))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
         .await
         .unwrap();
-    if entries
-        .iter()
-        .any(|(_, f)| f.get("id").map(String::as_str) == Some(click_id))
-    {
+    // Flat entries (the script's) and packed ones (the edge's batches) alike.
+    if entries.iter().any(|(_, f)| {
+        kurz_common::clicks::EntryClicks::from_fields(f.iter().map(|(k, v)| (k.as_str(), &v[..])))
+            .clicks
+            .iter()
+            .any(|c| c.id == click_id)
+    }) {
         return true;
     }
     stored_clicks(stack).contains_key(click_id)
