@@ -95,17 +95,20 @@ impl Application {
             metrics.clone(),
         );
         let consumer_name = format!("api-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let consumer = Arc::new(Consumer::new(
-            redis.clone(),
-            db.clone(),
-            keys.clone(),
-            config.clicks.group.clone(),
-            consumer_name,
-            config.clicks.batch_size,
-            config.clicks.claim_idle_ms,
-            Duration::from_millis(config.clicks.poll_interval_ms),
-            metrics.clone(),
-        ));
+        let consumer = Arc::new(
+            Consumer::new(
+                redis.clone(),
+                db.clone(),
+                keys.clone(),
+                config.clicks.group.clone(),
+                consumer_name,
+                config.clicks.batch_size,
+                config.clicks.claim_idle_ms,
+                Duration::from_millis(config.clicks.poll_interval_ms),
+                metrics.clone(),
+            )
+            .with_linger(Duration::from_millis(config.clicks.linger_ms)),
+        );
         if let Err(e) = consumer.ensure_groups().await {
             log::warn!(error = e.to_string(); "redis unavailable at start-up; running degraded until it answers");
         }

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::redis_handle::{RedisDown, RedisHandle};
 use deadpool_postgres::Pool;
 use kurz_common::keys::KeySchema;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -77,6 +77,11 @@ pub struct Consumer {
     last_backlog: AtomicI64,
     /// Clicks per entry in the last read (see `per_partition`).
     clicks_per_entry: AtomicUsize,
+    /// The last read took less than it asked of every partition: the streams are drained.
+    caught_up: AtomicBool,
+    /// Pause after a step that caught up with the streams, so the next insert carries more
+    /// clicks (see [`Consumer::with_linger`]); zero reads again at once.
+    linger: Duration,
     /// One pass at a time in this process: readers of events wait for the running pass and
     /// then find the backlog empty, instead of all claiming the same entries.
     pub(super) work: tokio::sync::Mutex<Work>,
@@ -106,11 +111,24 @@ impl Consumer {
             metrics,
             last_backlog: AtomicI64::new(0),
             clicks_per_entry: AtomicUsize::new(1),
+            caught_up: AtomicBool::new(false),
+            linger: Duration::ZERO,
             work: tokio::sync::Mutex::new(Work {
                 cursors: vec!["0-0".to_owned(); partitions],
                 ..Work::default()
             }),
         }
+    }
+
+    /// While clicks arrive slower than the consumer stores them, each read finds a few and each
+    /// insert carries a few: a statement, a commit and the rollup trigger per handful of clicks,
+    /// and a pipelined read of every partition per step. Pausing `linger` after a read that
+    /// caught up lets the next batch gather (`clicks.linger_ms`). Nobody waits for it: a read of
+    /// events or stats stores what is waiting itself (`drain`), and under a backlog reads come
+    /// back full and the consumer does not pause.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 
     /// Creates the consumer group on every partition's stream (idempotent).
@@ -154,8 +172,12 @@ impl Consumer {
         (self.batch_size / usize::from(self.keys.partitions()) / per_entry).max(1)
     }
 
-    /// Notes the clicks per entry of a read, for the next read's count.
-    fn note_read(&self, entries: &[Entry]) {
+    /// Notes the clicks per entry of a read, for the next read's count, and whether it caught
+    /// up (no partition gave all that was asked of it).
+    fn note_read(&self, entries: &[Entry], asked: usize) {
+        let full = (0..self.keys.partitions())
+            .any(|p| entries.iter().filter(|e| e.partition == p).count() >= asked);
+        self.caught_up.store(!full, Ordering::Relaxed);
         if entries.is_empty() {
             return;
         }
@@ -245,19 +267,20 @@ impl Consumer {
     }
 
     async fn read_new(&self) -> Result<Vec<Entry>, StepError> {
-        let read = match self.stream.read_new(self.per_partition()).await {
+        let asked = self.per_partition();
+        let read = match self.stream.read_new(asked).await {
             // Counted as lost and the groups recreated: read again, so the caller (a read of
             // events) does not miss what was appended since Redis came back.
             Err(ReadError::GroupLost) => {
                 self.on_group_lost().await;
-                self.stream.read_new(self.per_partition()).await
+                self.stream.read_new(asked).await
             }
             other => other,
         };
         match read {
             Ok(entries) => {
                 log_malformed(&entries);
-                self.note_read(&entries);
+                self.note_read(&entries, asked);
                 Ok(entries)
             }
             Err(e) => Err(self.read_error(e).await),
@@ -392,7 +415,10 @@ impl Consumer {
             let pause = match result {
                 Ok(n) if n > 0 => {
                     failures = 0;
-                    continue;
+                    if self.linger.is_zero() || !self.caught_up.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    self.linger
                 }
                 Ok(_) => {
                     failures = 0;

@@ -207,6 +207,9 @@ impl ApiConfig {
         if self.clicks.poll_interval_ms == 0 || self.clicks.group.is_empty() {
             return bad("clicks.poll_interval_ms/group", "must be set");
         }
+        if self.clicks.linger_ms > 1000 {
+            return bad("clicks.linger_ms", "must be 0..=1000");
+        }
         if !(1..=60_000).contains(&self.clicks.read_drain_budget_ms) {
             return bad("clicks.read_drain_budget_ms", "must be 1..=60000");
         }
@@ -361,6 +364,10 @@ mod tests {
         assert!(err.contains("redis.url"), "{err}");
         let err = ApiConfig::load(None, &env(&[("BASE_URL", "nope")])).unwrap_err();
         assert!(err.contains("base_url"), "{err}");
+        let mut cfg = ApiConfig::default();
+        cfg.clicks.linger_ms = 5000;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("clicks.linger_ms"), "{err}");
     }
 
     #[test]

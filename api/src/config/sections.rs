@@ -52,6 +52,10 @@ pub struct ClicksConfig {
     pub batch_size: usize,
     /// How often the background consumer polls the streams when they were empty.
     pub poll_interval_ms: u64,
+    /// Pause of the background consumer after a read that caught up with the streams, so the
+    /// next insert carries more clicks; 0 reads again at once. Reads of events and stats do
+    /// not wait for it (they store what is waiting first).
+    pub linger_ms: u64,
     /// Entries pending this long in another consumer are taken over (that consumer is presumed
     /// dead). Replays are harmless: events are de-duplicated by click id.
     pub claim_idle_ms: u64,
@@ -107,6 +111,7 @@ impl Default for ClicksConfig {
             sample_rate: 1.0,
             batch_size: 4000,
             poll_interval_ms: 100,
+            linger_ms: 20,
             claim_idle_ms: 30_000,
             group: "kurz-api".into(),
             read_drain_budget_ms: 1000,

@@ -582,3 +582,52 @@ async fn a_packed_entry_stores_each_of_its_clicks_once() {
         "all acknowledged"
     );
 }
+
+/// The background consumer pauses (`clicks.linger_ms`) only once it has caught up: a backlog
+/// is stored read after read without pausing, and while it pauses a read of events still sees
+/// every click, as it stores what is waiting itself.
+#[tokio::test]
+async fn the_consumer_lingers_only_when_caught_up_and_reads_never_wait_for_it() {
+    let app = idle_consumer_app().await;
+    let user = app.create_user("linger").await;
+    let link = app.create_url(user, "https://example.com/linger").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    redirect_n(&app, &code, 30).await;
+    let s = &app.state;
+    // One entry per partition per read: the backlog takes thirty reads.
+    let consumer = Arc::new(
+        Consumer::new(
+            s.redis.clone(),
+            s.db.clone(),
+            s.keys.clone(),
+            s.config.clicks.group.clone(),
+            "lingering".to_owned(),
+            usize::from(s.keys.partitions()),
+            s.config.clicks.claim_idle_ms,
+            Duration::from_millis(20),
+            Arc::new(kurz_api::metrics::Metrics::new()),
+        )
+        // Longer than any test: once it lingers, it stores nothing more by itself.
+        .with_linger(Duration::from_secs(3600)),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(consumer.clone().run(stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while clicks_in_db(&app, id).await < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog was not stored without pausing: {} of 30",
+            clicks_in_db(&app, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redirect_n(&app, &code, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(clicks_in_db(&app, id).await, 30, "caught up: it lingers");
+    assert_eq!(app.clicks(id).await.len(), 35, "a read stores what waits");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
