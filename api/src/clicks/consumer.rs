@@ -63,6 +63,8 @@ pub(super) struct Work {
     cursors: Vec<String>,
     /// Partition the next claim pass starts with.
     next_claim: usize,
+    /// Entries the last claim pass took over.
+    claimed_last: usize,
 }
 
 pub struct Consumer {
@@ -342,6 +344,7 @@ impl Consumer {
         partitions: &[u16],
     ) -> Result<usize, StepError> {
         let mut handled = self.settle(work).await?;
+        work.claimed_last = 0;
         let n = partitions.len();
         for i in 0..n {
             let p = partitions[(work.next_claim + i) % n];
@@ -352,6 +355,7 @@ impl Consumer {
             };
             work.cursors[usize::from(p)] = next;
             log_malformed(&entries);
+            work.claimed_last += entries.len();
             work.held = entries;
             handled += self.settle(work).await?;
         }
@@ -402,13 +406,25 @@ impl Consumer {
                 let mut work = self.work.lock().await;
                 let claim = last_claim.elapsed() >= claim_every;
                 let mut outcome = self.step_new(&mut work).await;
-                if claim && matches!(outcome, Ok(0)) {
+                // Claims wait while there is a backlog of new entries, but not for a step that
+                // moved nothing: with steady traffic every step moves something, and a dead
+                // consumer's entries would wait for a lull.
+                let quiet = match outcome {
+                    Ok(0) => true,
+                    Ok(_) => self.caught_up.load(Ordering::Relaxed),
+                    Err(_) => false,
+                };
+                if claim && quiet {
                     let all = self.all_partitions();
-                    outcome = self.step_claim(&mut work, self.claim_idle_ms, &all).await;
+                    let claimed = self.step_claim(&mut work, self.claim_idle_ms, &all).await;
                     // Keep claiming while there is something to take over.
-                    if matches!(outcome, Ok(0)) {
+                    if claimed.is_ok() && work.claimed_last == 0 {
                         last_claim = Instant::now();
                     }
+                    outcome = match (outcome, claimed) {
+                        (Ok(a), Ok(b)) => Ok(a + b),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
                 }
                 outcome
             };

@@ -631,3 +631,76 @@ async fn the_consumer_lingers_only_when_caught_up_and_reads_never_wait_for_it() 
     stop.send(true).unwrap();
     running.await.unwrap();
 }
+
+/// Entries `consumer` holds pending, over every partition (`XPENDING` summary).
+async fn pending_in(app: &TestApp, consumer: &str) -> i64 {
+    let mut total = 0;
+    for key in app.state.keys.all_clicks() {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&key).arg(&app.state.config.clicks.group);
+        let reply: redis::Value = app.state.redis.query(&cmd).await.unwrap();
+        let redis::Value::Array(summary) = reply else {
+            continue;
+        };
+        let Some(redis::Value::Array(consumers)) = summary.get(3) else {
+            continue;
+        };
+        for c in consumers {
+            let (name, n): (String, i64) = redis::from_redis_value(c.clone()).unwrap();
+            if name == consumer {
+                total += n;
+            }
+        }
+    }
+    total
+}
+
+/// A consumer that died holding entries has them taken over by the background consumer while
+/// redirects keep arriving: with the consumer lingering, every step finds some new click, so
+/// claims cannot wait for a step that finds none.
+#[tokio::test]
+async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
+    let app = idle_consumer_app().await;
+    let user = app.create_user("takeover").await;
+    let link = app.create_url(user, "https://example.com/takeover").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    redirect_n(&app, &code, 5).await;
+    assert_eq!(
+        replica(&app, "dead").read_without_commit().await.unwrap(),
+        5
+    );
+    assert_eq!(pending_in(&app, "dead").await, 5);
+    let s = &app.state;
+    let consumer = Arc::new(
+        Consumer::new(
+            s.redis.clone(),
+            s.db.clone(),
+            s.keys.clone(),
+            s.config.clicks.group.clone(),
+            "survivor".to_owned(),
+            s.config.clicks.batch_size,
+            300,
+            Duration::from_millis(20),
+            Arc::new(kurz_api::metrics::Metrics::new()),
+        )
+        .with_linger(Duration::from_millis(20)),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(consumer.clone().run(stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut sent = 5;
+    while pending_in(&app, "dead").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead consumer's clicks were never taken over"
+        );
+        redirect_n(&app, &code, 1).await;
+        sent += 1;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(clicks_in_db(&app, id).await, sent, "each click once");
+}
