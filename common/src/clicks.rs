@@ -369,13 +369,9 @@ mod tests {
                 user_id,
                 ..click.clone()
             };
-            let cmd = click.xadd("s");
-            let args: Vec<String> = cmd
-                .args_iter()
-                .map(|a| match a {
-                    redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
-                    _ => unreachable!("an XADD has no cursor"),
-                })
+            let args: Vec<String> = args_of(&click.xadd("s"))
+                .into_iter()
+                .map(|a| String::from_utf8(a).unwrap())
                 .collect();
             assert_eq!(args[..3], ["XADD", "s", "*"]);
             let pairs: Vec<(&str, &str)> = args[3..]
@@ -392,6 +388,16 @@ mod tests {
         assert!(Click::from_fields(bad_id).is_none());
         let legacy = Click::from_fields([("url_id", "1"), ("ts_ms", "1")]).unwrap();
         assert_eq!(legacy.id, "");
+    }
+
+    /// A command's arguments, as Redis receives them.
+    fn args_of(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => unreachable!("an XADD has no cursor"),
+            })
+            .collect()
     }
 
     fn sample(id: &str, user_id: Option<i64>) -> Click {
@@ -421,14 +427,7 @@ mod tests {
         for c in &clicks {
             c.pack_into(&mut packed);
         }
-        let cmd = xadd_packed("s", &packed);
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => b.to_vec(),
-                _ => unreachable!("an XADD has no cursor"),
-            })
-            .collect();
+        let args = args_of(&xadd_packed("s", &packed));
         assert_eq!(
             args[..4],
             [&b"XADD"[..], b"s", b"*", PACKED_FIELD.as_bytes()]
@@ -473,14 +472,7 @@ mod tests {
     #[test]
     fn a_flat_entry_is_one_click() {
         let click = sample("a", Some(3));
-        let cmd = click.xadd("s");
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => b.to_vec(),
-                _ => unreachable!("an XADD has no cursor"),
-            })
-            .collect();
+        let args = args_of(&click.xadd("s"));
         let fields: Vec<(&str, &[u8])> = args[3..]
             .chunks(2)
             .map(|p| (std::str::from_utf8(&p[0]).unwrap(), p[1].as_slice()))

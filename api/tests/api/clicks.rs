@@ -7,6 +7,12 @@ use std::time::Duration;
 
 /// A second consumer in the app's group, as another replica (or a crashing one) would be.
 fn replica(app: &TestApp, name: &str) -> Consumer {
+    let c = &app.state.config.clicks;
+    consumer(app, name, c.batch_size, c.claim_idle_ms)
+}
+
+/// A consumer in the app's group with its own read size and claim delay.
+fn consumer(app: &TestApp, name: &str, batch_size: usize, claim_idle_ms: u64) -> Consumer {
     let s = &app.state;
     Consumer::new(
         s.redis.clone(),
@@ -14,8 +20,8 @@ fn replica(app: &TestApp, name: &str) -> Consumer {
         s.keys.clone(),
         s.config.clicks.group.clone(),
         name.to_owned(),
-        s.config.clicks.batch_size,
-        s.config.clicks.claim_idle_ms,
+        batch_size,
+        claim_idle_ms,
         Duration::from_millis(50),
         Arc::new(kurz_api::metrics::Metrics::new()),
     )
@@ -596,22 +602,13 @@ async fn the_consumer_lingers_only_when_caught_up_and_reads_never_wait_for_it() 
         link["short_code"].as_str().unwrap().to_owned(),
     );
     redirect_n(&app, &code, 30).await;
-    let s = &app.state;
     // One entry per partition per read: the backlog takes thirty reads.
+    let partitions = usize::from(app.state.keys.partitions());
+    let claim_idle_ms = app.state.config.clicks.claim_idle_ms;
     let consumer = Arc::new(
-        Consumer::new(
-            s.redis.clone(),
-            s.db.clone(),
-            s.keys.clone(),
-            s.config.clicks.group.clone(),
-            "lingering".to_owned(),
-            usize::from(s.keys.partitions()),
-            s.config.clicks.claim_idle_ms,
-            Duration::from_millis(20),
-            Arc::new(kurz_api::metrics::Metrics::new()),
-        )
-        // Longer than any test: once it lingers, it stores nothing more by itself.
-        .with_linger(Duration::from_secs(3600)),
+        consumer(&app, "lingering", partitions, claim_idle_ms)
+            // Longer than any test: once it lingers, it stores nothing more by itself.
+            .with_linger(Duration::from_secs(3600)),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(consumer.clone().run(stopped));
@@ -673,20 +670,9 @@ async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
         5
     );
     assert_eq!(pending_in(&app, "dead").await, 5);
-    let s = &app.state;
+    let batch_size = app.state.config.clicks.batch_size;
     let consumer = Arc::new(
-        Consumer::new(
-            s.redis.clone(),
-            s.db.clone(),
-            s.keys.clone(),
-            s.config.clicks.group.clone(),
-            "survivor".to_owned(),
-            s.config.clicks.batch_size,
-            300,
-            Duration::from_millis(20),
-            Arc::new(kurz_api::metrics::Metrics::new()),
-        )
-        .with_linger(Duration::from_millis(20)),
+        consumer(&app, "survivor", batch_size, 300).with_linger(Duration::from_millis(20)),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(consumer.clone().run(stopped));
