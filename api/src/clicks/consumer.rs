@@ -174,6 +174,11 @@ impl Consumer {
         (self.batch_size / usize::from(self.keys.partitions()) / per_entry).max(1)
     }
 
+    /// Whether the background loop pauses after this step: it caught up and may linger.
+    fn lingers(&self) -> bool {
+        !self.linger.is_zero() && self.caught_up.load(Ordering::Relaxed)
+    }
+
     /// Notes the clicks per entry of a read, for the next read's count, and whether it caught
     /// up (no partition gave all that was asked of it).
     fn note_read(&self, entries: &[Entry], asked: usize) {
@@ -426,12 +431,19 @@ impl Consumer {
                         (Err(e), _) | (_, Err(e)) => Err(e),
                     };
                 }
+                // What is stored is acknowledged before a pause, not after it: the backlog
+                // never counts stored clicks for a linger, and a crash in it doubles nothing.
+                if matches!(outcome, Ok(n) if n > 0) && self.lingers() {
+                    if let Err(e) = self.ack_committed(&mut work).await {
+                        outcome = Err(e);
+                    }
+                }
                 outcome
             };
             let pause = match result {
                 Ok(n) if n > 0 => {
                     failures = 0;
-                    if self.linger.is_zero() || !self.caught_up.load(Ordering::Relaxed) {
+                    if !self.lingers() {
                         continue;
                     }
                     self.linger
