@@ -10,7 +10,7 @@ pub mod consumer;
 pub mod drain;
 pub mod stream;
 
-use crate::db::events::{JsonbText, StreamClick};
+use crate::db::events::{ClickColumns, StreamClick};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::redis_handle::RedisHandle;
@@ -19,30 +19,25 @@ use deadpool_postgres::Pool;
 use kurz_common::clicks::Click;
 use kurz_common::keys::{CachedLink, KeySchema, LinkEntry, Verdict};
 use kurz_common::visit::{self, Record, Reply};
-use serde_json::json;
 use std::sync::Arc;
 
-/// The details object of a click event, with what its user agent says (`agent`).
-pub fn click_details(click: &Click) -> serde_json::Value {
+/// What `events` stores of a click, with what its user agent says (`agent`).
+pub fn click_columns(click: &Click) -> ClickColumns {
     let agent = agent::classify(&click.user_agent);
-    let mut details = json!({
-        "short_code": click.code,
-        "original_url": click.target,
-        "referrer": click.referrer,
-        "user_agent": click.user_agent,
-        "is_bot": agent.is_bot,
-        "browser": agent.browser,
-        "os": agent.os,
-        "device": agent.device,
-    });
-    if !click.visitor.is_empty() {
-        details["visitor"] = json!(click.visitor);
+    // Empty means absent in the stream's entry: no visitor id, or `privacy.store_ip: none`.
+    let present = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    ClickColumns {
+        code: click.code.clone(),
+        target: click.target.clone(),
+        referrer: click.referrer.clone(),
+        user_agent: click.user_agent.clone(),
+        is_bot: agent.is_bot,
+        browser: agent.browser,
+        os: agent.os,
+        device: agent.device.to_owned(),
+        visitor: present(&click.visitor),
+        ip: present(&click.ip),
     }
-    // `privacy.store_ip: none` leaves no address at all, not an empty one.
-    if !click.ip.is_empty() {
-        details["ip"] = json!(click.ip);
-    }
-    details
 }
 
 impl StreamClick {
@@ -58,7 +53,7 @@ impl StreamClick {
             url_id: click.url_id,
             ts: chrono::DateTime::from_timestamp_millis(click.ts_ms)
                 .unwrap_or_else(chrono::Utc::now),
-            details: JsonbText::new(&click_details(click)),
+            fields: click_columns(click),
         }
     }
 }
@@ -260,13 +255,16 @@ impl ClickRecorder {
     }
 }
 
-/// Stores one click in `events` (once: its id is unique there).
+/// Stores one click in `events` (once: its id is unique there), in the columns the sink uses.
 async fn insert_click(c: &impl GenericClient, click: &Click) -> Result<(), tokio_postgres::Error> {
     let ts = chrono::DateTime::from_timestamp_millis(click.ts_ms).unwrap_or_else(chrono::Utc::now);
+    let f = click_columns(click);
     let stmt = c
         .prepare_cached(
-            "INSERT INTO events (url_id, user_id, event_type, occurred_at, details, click_id) \
-             VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (click_id) DO NOTHING",
+            "INSERT INTO events (url_id, user_id, event_type, occurred_at, click_id, \
+                                 code, target, referrer, user_agent, is_bot, browser, os, device, visitor, ip) \
+             VALUES ($1, $2, 'click', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (click_id) DO NOTHING",
         )
         .await?;
     c.execute(
@@ -275,8 +273,17 @@ async fn insert_click(c: &impl GenericClient, click: &Click) -> Result<(), tokio
             &click.url_id,
             &click.user_id,
             &ts,
-            &click_details(click),
             &click.id,
+            &f.code,
+            &f.target,
+            &f.referrer,
+            &f.user_agent,
+            &f.is_bot,
+            &f.browser,
+            &f.os,
+            &f.device,
+            &f.visitor,
+            &f.ip,
         ],
     )
     .await

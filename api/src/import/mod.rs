@@ -351,7 +351,9 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
              FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[]) \
                   AS t(id, url_id, user_id, kind, ts, details) \
              ON CONFLICT (id) DO UPDATE SET url_id = EXCLUDED.url_id, user_id = EXCLUDED.user_id, \
-               event_type = EXCLUDED.event_type, occurred_at = EXCLUDED.occurred_at, details = EXCLUDED.details",
+               event_type = EXCLUDED.event_type, occurred_at = EXCLUDED.occurred_at, details = EXCLUDED.details, \
+               code = NULL, target = NULL, referrer = NULL, user_agent = NULL, is_bot = NULL, \
+               browser = NULL, os = NULL, device = NULL, visitor = NULL, ip = NULL",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {

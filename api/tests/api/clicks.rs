@@ -188,7 +188,7 @@ async fn click_details_keep_only_a_truncated_address() {
 /// then again from the stream each count once, and the rollups agree with the raw events.
 #[tokio::test]
 async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
-    use kurz_api::db::events::{insert_stream_clicks, JsonbText, StreamClick};
+    use kurz_api::db::events::{insert_stream_clicks, ClickColumns, StreamClick};
     let app = idle_consumer_app().await;
     let user = app.create_user("rollup").await;
     let link = app.create_url(user, "https://example.com/rollup").await;
@@ -199,7 +199,13 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
         click_id: cid.into(),
         url_id: id,
         ts,
-        details: JsonbText::new(&serde_json::json!({"referrer": referrer})),
+        fields: ClickColumns {
+            referrer: referrer.into(),
+            browser: "unknown".into(),
+            os: "unknown".into(),
+            device: "other".into(),
+            ..Default::default()
+        },
     };
     let batch = [
         click("r-a", "https://r.example", yesterday),
@@ -693,4 +699,117 @@ async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
     stop.send(true).unwrap();
     running.await.unwrap();
     assert_eq!(clicks_in_db(&app, id).await, sent, "each click once");
+}
+
+/// The sink stores a click's fields in typed columns (migration V21), and the API shows them as
+/// the same `details` object as before: every key, no extra one. A click event posted with its
+/// own `details` keeps them as given, and both feed the rollups (the trigger reads a column and
+/// falls back to `details`).
+#[tokio::test]
+async fn a_stored_click_reads_back_as_the_contracts_details_and_posted_clicks_still_count() {
+    let app = spawn_app().await;
+    let user = app.create_user("typed").await;
+    let link = app.create_url(user, "https://example.com/typed").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+    let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
+    let res = app
+        .client
+        .get(app.url(&format!("/{code}")))
+        .header("user-agent", firefox)
+        .header("referer", "https://news.example/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    let posted = app
+        .post_json(
+            "/events",
+            &serde_json::json!({"url_id": id, "user_id": user, "event_type": "click",
+                                "details": {"referrer": "https://posted.example/", "note": "kept"}}),
+        )
+        .await;
+    assert_eq!(posted.status(), 201);
+
+    let clicks = app.clicks(id).await;
+    assert_eq!(clicks.len(), 2, "{clicks:?}");
+    let stored = clicks
+        .iter()
+        .find(|c| c["details"]["user_agent"] == firefox)
+        .expect("the redirect's click")["details"]
+        .clone();
+    let mut keys: Vec<&str> = stored
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        "browser",
+        "device",
+        "ip",
+        "is_bot",
+        "original_url",
+        "os",
+        "referrer",
+        "short_code",
+        "user_agent",
+    ];
+    // A visitor id is kept when the day's salt is there; it is never empty.
+    if let Some(v) = stored.get("visitor") {
+        assert!(!v.as_str().unwrap().is_empty(), "{stored}");
+        expected.push("visitor");
+        expected.sort_unstable();
+    }
+    assert_eq!(keys, expected, "{stored}");
+    assert_eq!(stored["short_code"], code.as_str());
+    assert_eq!(stored["original_url"], "https://example.com/typed");
+    assert_eq!(stored["referrer"], "https://news.example/a");
+    assert_eq!(stored["is_bot"], false);
+    assert_eq!(stored["browser"], "Firefox");
+    assert_eq!(stored["os"], "Linux");
+    assert_eq!(stored["device"], "desktop");
+    assert_eq!(stored["ip"], "127.0.0.0");
+    let other = clicks
+        .iter()
+        .find(|c| c["details"]["note"] == "kept")
+        .expect("the posted click");
+    assert_eq!(
+        other["details"],
+        serde_json::json!({"referrer": "https://posted.example/", "note": "kept"})
+    );
+
+    let stats: serde_json::Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 2, "{stats}");
+    let mut referrers: Vec<&str> = stats["top_referrers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["referrer"].as_str().unwrap())
+        .collect();
+    referrers.sort_unstable();
+    assert_eq!(
+        referrers,
+        ["https://news.example/a", "https://posted.example/"],
+        "{stats}"
+    );
+    // The posted click says no browser: the trigger's default for a missing one.
+    let mut browsers = stats["browsers"].as_array().unwrap().clone();
+    browsers.sort_by_key(|b| b["name"].as_str().unwrap().to_owned());
+    assert_eq!(
+        browsers,
+        [
+            serde_json::json!({"clicks": 1, "name": "Firefox"}),
+            serde_json::json!({"clicks": 1, "name": "unknown"})
+        ],
+        "{stats}"
+    );
 }
