@@ -6,7 +6,8 @@
 //!
 //! Open loop: every connection owns every `connections`-th slot of the global schedule and
 //! measures each request from its slot's time, so a stalled server shows up as latency instead
-//! of as requests that were never sent (no coordinated omission).
+//! of as requests that were never sent (no coordinated omission). The slots are timed by a
+//! thread of their own ([`pace`]), not by tokio's timer.
 
 use crate::keys::Codes;
 use crate::load::Stats;
@@ -15,9 +16,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// Requests to send: each one's bytes and the status it must get.
 pub struct Requests {
@@ -128,36 +130,39 @@ pub async fn run(
 ) -> Stats {
     let connections = connections.max(1);
     let total = Arc::new(Mutex::new(Stats::new()));
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let deadline = start + duration;
-    // Slot spacing per connection: connection c sends at start + (k * connections + c) * gap.
-    let gap = match *load {
-        Load::Open { rate } => Some(Duration::from_secs_f64(1.0 / rate.max(1) as f64)),
-        Load::Closed { .. } => None,
-    };
+    // Open loop: slot k goes to connection k % connections, at start + k / rate.
+    let mut slots = Vec::new();
     let mut tasks = Vec::with_capacity(connections);
     for c in 0..connections {
         let (requests, total) = (requests.clone(), total.clone());
+        let mut slot = match *load {
+            Load::Open { .. } => {
+                let (tx, rx) = mpsc::unbounded_channel::<Instant>();
+                slots.push(tx);
+                Some(rx)
+            }
+            Load::Closed { .. } => None,
+        };
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
             let mut rng = StdRng::seed_from_u64(seed + c as u64);
             let mut conn: Option<Conn> = None;
-            for k in 0u64.. {
-                let intended = match gap {
-                    Some(gap) => {
-                        let at = start + gap.mul_f64((k * connections as u64 + c as u64) as f64);
-                        if at >= deadline {
-                            break;
-                        }
-                        tokio::time::sleep_until(at).await;
-                        at.into_std()
-                    }
+            loop {
+                let intended = match slot.as_mut() {
+                    // Ends when the pacer has handed out the last slot before the deadline
+                    // and this connection has sent all of its own.
+                    Some(slot) => match slot.recv().await {
+                        Some(at) => at,
+                        None => break,
+                    },
                     None => {
-                        let now = tokio::time::Instant::now();
+                        let now = Instant::now();
                         if now >= deadline {
                             break;
                         }
-                        now.into_std()
+                        now
                     }
                 };
                 let (bytes, expected) = requests.pick(&mut rng);
@@ -186,11 +191,48 @@ pub async fn run(
             total.lock().expect("stats lock").merge(&tally.into_stats());
         }));
     }
+    if let Load::Open { rate } = *load {
+        let gap = 1.0 / rate.max(1) as f64;
+        std::thread::spawn(move || pace(start, gap, deadline, slots));
+    }
     for t in tasks {
         let _ = t.await;
     }
     Stats::collected(total)
 }
+
+/// Hands slot k, due at `start + k * gap` seconds, to connection k % n, until `deadline`.
+///
+/// Why a thread: tokio's timer has 1 ms ticks, so a request asked for at t left at the next
+/// tick, up to a millisecond late, and that lateness was measured as the server's latency
+/// (nginx `return 302`, open loop at 14,700/s: p50 1.24 ms, p99 2.44 ms). A plain thread's sleep
+/// uses the kernel's high-resolution timers. It wakes at most every [`PACE_TICK`] and hands out
+/// every slot due by then, each still measured from its own time.
+fn pace(start: Instant, gap: f64, deadline: Instant, slots: Vec<mpsc::UnboundedSender<Instant>>) {
+    let slot_at = |k: u64| start + Duration::from_secs_f64(gap * k as f64);
+    let mut k = 0u64;
+    loop {
+        let now = Instant::now();
+        while slot_at(k) <= now {
+            if slot_at(k) >= deadline {
+                return;
+            }
+            // Fails only once the connection's task is gone, and then nothing waits for it.
+            let _ = slots[(k % slots.len() as u64) as usize].send(slot_at(k));
+            k += 1;
+        }
+        if slot_at(k) >= deadline {
+            return;
+        }
+        std::thread::sleep((slot_at(k) - now).max(PACE_TICK));
+    }
+}
+
+/// The open loop's clock resolution: a request leaves at most this late (plus the kernel's timer
+/// slack), and that counts as latency. Against nginx at 14,700/s: p50 0.33 ms, p99 1.1–1.3 ms,
+/// the driver at 0.42 cores; a wake-up per slot (68 µs apart) cost 0.6 cores, more than the
+/// server it measured, and the 1 ms of tokio's timer 0.26 cores for p50 1.24 ms.
+const PACE_TICK: Duration = Duration::from_micros(250);
 
 #[derive(Debug)]
 enum Failure {
@@ -382,5 +424,56 @@ mod tests {
         .await;
         assert!(stats.requests > 6, "{}", stats.requests);
         assert_eq!(stats.errors, 0);
+    }
+
+    /// Open loop: every slot before the deadline is sent, on time or late, and a server that
+    /// holds its first answer for 100 ms shows it as the latency of every request scheduled
+    /// behind it (measured from its slot, not from when it could be sent).
+    #[tokio::test]
+    async fn open_loop_sends_every_slot_and_counts_a_stall_as_latency() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 65536];
+                    let mut first = true;
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        if first {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            first = false;
+                        }
+                        let asked = buf[..n].windows(4).filter(|w| *w == b"\r\n\r\n").count();
+                        let reply =
+                            "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n";
+                        if s.write_all(reply.repeat(asked).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        // 1,000/s for 310.5 ms on one connection: slots at 0, 1, … 310 ms.
+        let stats = run(
+            addr,
+            Arc::new(Requests::one("/abc", 302)),
+            &Load::Open { rate: 1000 },
+            Duration::from_micros(310_500),
+            1,
+            1,
+        )
+        .await;
+        assert_eq!(stats.requests, 311);
+        assert_eq!(stats.errors, 0);
+        // Slots 0–59 ms waited for the answer held until 100 ms (or later): at least 40 ms each.
+        let stalled = stats.latency_us.count_between(40_000, 120_000_000);
+        assert!(stalled >= 60, "{stalled} of {} requests", stats.requests);
     }
 }
