@@ -462,7 +462,13 @@ impl Consumer {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => {}
+                // A sender gone without a signal (its server dropped, not shut down) stops the
+                // consumer, as it does every other background task; otherwise `changed` would
+                // return at once forever and the loop would spin on Redis, re-creating the
+                // streams of a test whose keys were already cleaned up.
+                changed = shutdown.changed() => if changed.is_err() {
+                    return;
+                }
             }
         }
         if let Err(e) = self.flush_own().await {

@@ -813,3 +813,19 @@ async fn a_stored_click_reads_back_as_the_contracts_details_and_posted_clicks_st
         "{stats}"
     );
 }
+
+/// A consumer whose shutdown sender is dropped without a signal (its server aborted) stops,
+/// as the other background tasks do, instead of looping on Redis with no pause: that loop
+/// re-created the streams of tests whose keys were already cleaned up.
+#[tokio::test]
+async fn a_consumer_stops_when_its_shutdown_sender_is_gone() {
+    let app = idle_consumer_app().await;
+    let c = Arc::new(consumer(&app, "orphaned", 100, 30_000));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(c.run(rx));
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the consumer returns once nothing can stop it any more")
+        .unwrap();
+}
