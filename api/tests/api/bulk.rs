@@ -186,12 +186,7 @@ async fn rows_with_ids_are_upserted_and_conflicts_are_409() {
 #[tokio::test]
 async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     let app = spawn_app().await;
-    let user = app.create_user("over").await;
-    let link = app.create_url(user, "https://example.com/over").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap(),
-    );
+    let (user, id, code) = app.create_link("over", "https://example.com/over").await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     let clicks = app.clicks(id).await;
     assert_eq!(clicks[0]["details"]["short_code"], code, "{clicks:?}");

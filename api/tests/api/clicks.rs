@@ -105,12 +105,7 @@ async fn the_background_consumer_drains_the_stream() {
 #[tokio::test]
 async fn no_click_is_lost_or_doubled_when_consumers_die_mid_batch() {
     let app = idle_consumer_app().await;
-    let user = app.create_user("crash").await;
-    let link = app.create_url(user, "https://example.com/crash").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, code) = app.create_link("crash", "https://example.com/crash").await;
 
     // Replica A commits a batch of 10 and dies before XACK.
     redirect_n(&app, &code, 10).await;
@@ -558,12 +553,9 @@ async fn append_packed(
 #[tokio::test]
 async fn a_packed_entry_stores_each_of_its_clicks_once() {
     let app = idle_consumer_app().await;
-    let user = app.create_user("packed").await;
-    let link = app.create_url(user, "https://example.com/packed").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, code) = app
+        .create_link("packed", "https://example.com/packed")
+        .await;
     let clicks: Vec<_> = (0..5)
         .map(|i| edge_click(&format!("packed-{i}"), id, &code))
         .collect();
@@ -605,12 +597,9 @@ async fn a_packed_entry_stores_each_of_its_clicks_once() {
 #[tokio::test]
 async fn the_consumer_lingers_only_when_caught_up_and_reads_never_wait_for_it() {
     let app = idle_consumer_app().await;
-    let user = app.create_user("linger").await;
-    let link = app.create_url(user, "https://example.com/linger").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, code) = app
+        .create_link("linger", "https://example.com/linger")
+        .await;
     redirect_n(&app, &code, 30).await;
     // One entry per partition per read: the backlog takes thirty reads.
     let partitions = usize::from(app.state.keys.partitions());
@@ -668,12 +657,9 @@ async fn pending_in(app: &TestApp, consumer: &str) -> i64 {
 #[tokio::test]
 async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
     let app = idle_consumer_app().await;
-    let user = app.create_user("takeover").await;
-    let link = app.create_url(user, "https://example.com/takeover").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, code) = app
+        .create_link("takeover", "https://example.com/takeover")
+        .await;
     redirect_n(&app, &code, 5).await;
     assert_eq!(
         replica(&app, "dead").read_without_commit().await.unwrap(),
@@ -708,12 +694,7 @@ async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
 #[tokio::test]
 async fn a_stored_click_reads_back_as_the_contracts_details_and_posted_clicks_still_count() {
     let app = spawn_app().await;
-    let user = app.create_user("typed").await;
-    let link = app.create_url(user, "https://example.com/typed").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (user, id, code) = app.create_link("typed", "https://example.com/typed").await;
     let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
     let res = app
         .client

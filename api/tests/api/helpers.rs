@@ -200,6 +200,15 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// Creates user `name` and a link of theirs to `target`: the user's id, the link's id and
+    /// its short code.
+    pub async fn create_link(&self, name: &str, target: &str) -> (i64, i64, String) {
+        let user = self.create_user(name).await;
+        let link = self.create_url(user, target).await;
+        let code = link["short_code"].as_str().unwrap().to_owned();
+        (user, link["id"].as_i64().unwrap(), code)
+    }
+
     /// Click events of a link, through the public API.
     pub async fn clicks(&self, url_id: i64) -> Vec<Value> {
         let res = self

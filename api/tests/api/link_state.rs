@@ -78,12 +78,7 @@ async fn a_link_deleted_while_redis_stalls_writes_stops_redirecting_once_redis_r
     let redis = PrivateRedis::start(Persistence::None);
     let url = redis.url();
     let app = spawn_app_with(|c| c.redis.url = url).await;
-    let user = app.create_user("stall").await;
-    let link = app.create_url(user, "https://example.com/stall").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, code) = app.create_link("stall", "https://example.com/stall").await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
 
     // Writes (and PUBLISH) wait for 1.5 s; the API's 250 ms Redis timeout fires on them.

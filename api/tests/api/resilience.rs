@@ -63,12 +63,7 @@ async fn redis_killed_mid_run_then_restarted() {
     let mut redis = PrivateRedis::start(Persistence::None);
     let url = redis.url();
     let app = spawn_app_with(|c| c.redis.url = url).await;
-    let user = app.create_user("kill").await;
-    let link = app.create_url(user, "https://example.com/kill").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap().to_owned(),
-    );
+    let (user, id, code) = app.create_link("kill", "https://example.com/kill").await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     assert_eq!(app.clicks(id).await.len(), 1);
 
