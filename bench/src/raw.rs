@@ -379,40 +379,48 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
     }
 
-    /// Against a tiny server on loopback that closes each connection after three answers: the
-    /// driver reconnects and counts every answer, with no error.
-    #[tokio::test]
-    async fn connections_closed_by_the_server_are_reopened() {
+    /// A tiny server on loopback answering every request with a 302 (with a body, so framing
+    /// is exercised): each connection holds its first answer for `first_delay` and is closed
+    /// after `answers` answers when given.
+    async fn serve_302s(answers: Option<usize>, first_delay: Duration) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut served = 0;
-                    while served < 3 {
+                    let mut buf = [0u8; 65536];
+                    let (mut served, mut first) = (0, true);
+                    while answers.is_none_or(|most| served < most) {
                         let Ok(n) = s.read(&mut buf).await else {
                             return;
                         };
                         if n == 0 {
                             return;
                         }
+                        if first {
+                            tokio::time::sleep(first_delay).await;
+                            first = false;
+                        }
                         let asked = buf[..n].windows(4).filter(|w| *w == b"\r\n\r\n").count();
-                        for _ in 0..asked {
-                            served += 1;
-                            let body = "moved";
-                            let reply = format!(
-                                "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = s.write_all(reply.as_bytes()).await;
+                        let reply =
+                            "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 5\r\n\r\nmoved";
+                        served += asked;
+                        if s.write_all(reply.repeat(asked).as_bytes()).await.is_err() {
+                            return;
                         }
                     }
-                    // Closes after three answers: the driver must reconnect.
                 });
             }
         });
+        addr
+    }
+
+    /// Against a server that closes each connection after three answers: the driver
+    /// reconnects and counts every answer, with no error.
+    #[tokio::test]
+    async fn connections_closed_by_the_server_are_reopened() {
+        let addr = serve_302s(Some(3), Duration::ZERO).await;
         let stats = run(
             addr,
             Arc::new(Requests::one("/abc", 302)),
@@ -431,35 +439,7 @@ mod tests {
     /// behind it (measured from its slot, not from when it could be sent).
     #[tokio::test]
     async fn open_loop_sends_every_slot_and_counts_a_stall_as_latency() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 65536];
-                    let mut first = true;
-                    loop {
-                        let Ok(n) = s.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        if first {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            first = false;
-                        }
-                        let asked = buf[..n].windows(4).filter(|w| *w == b"\r\n\r\n").count();
-                        let reply =
-                            "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n";
-                        if s.write_all(reply.repeat(asked).as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        let addr = serve_302s(None, Duration::from_millis(100)).await;
         // 1,000/s for 310.5 ms on one connection: slots at 0, 1, … 310 ms.
         let stats = run(
             addr,
