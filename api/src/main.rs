@@ -79,7 +79,10 @@ fn main() -> ExitCode {
         app.run_until(startup::shutdown_signal()).await
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            kurz_common::logging::flush();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log::error!(error = e.as_str(); "kurz-api stopped with an error");
             fail(&format!("kurz-api: {e}"))
@@ -88,6 +91,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
+    // After the log lines that led here, not among them.
+    kurz_common::logging::flush();
     eprintln!("{msg}");
     ExitCode::FAILURE
 }

@@ -1,7 +1,7 @@
-//! The JSON line format of every kurz log.
+//! The JSON line format of every kurz log, and the writer that keeps it off the request path.
 //!
 //! One object a line: `ts`, `level`, `logger` (the log target), `event` (the message), `service`,
-//! then the record's key-values as context fields:
+//! then the record's key-values as context fields, in the order the call site gives them:
 //!
 //! ```text
 //! {"ts":"2026-01-02T03:04:05.678Z","level":"INFO","logger":"kurz_api::http","event":"request","service":"kurz-api","request_id":"…","status":200}
@@ -9,22 +9,50 @@
 //!
 //! Call sites put context in key-values, not in the message, so logs can be queried by field:
 //! `log::info!(request_id = rid, status = 200; "request")`.
+//!
+//! The edge logs every request by default (`log.access_log_sample_rate: 1.0`), so a line must
+//! cost the request little: it is rendered straight into a reused buffer (no map of fields, no
+//! allocation per field) and handed to a [`LineSink`], whose own thread writes the lines out in
+//! batches, one system call a millisecond or so under load instead of one a request. No line is
+//! dropped: when the output stalls, loggers wait for room, as they waited on a full pipe before.
+//! Warnings and errors are written out before the call returns, together with every line logged
+//! before them, so a process that exits or aborts right after one still leaves it (and what led
+//! to it) behind; [`flush`] does the same for the rest, and both binaries call it on their way out.
 
 use log::kv::{Error as KvError, Key, Value, VisitSource};
-use serde_json::{Map, Value as Json};
+use std::cell::RefCell;
 use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
+use std::time::Duration;
+
+/// How long the writer thread lets lines gather after writing a batch.
+const GATHER: Duration = Duration::from_millis(1);
+/// Bytes waiting for the writer before loggers wait for room: ~4,000 lines per megabyte.
+const SINK_CAP: usize = 4 << 20;
 
 /// Installs the JSON logger for `service` at `level` (`error`, `warn`, `info`, `debug`, `trace`,
-/// or an env_logger filter such as `info,tokio_postgres=warn`). Safe to call more than once: later
-/// calls are ignored, which tests rely on.
+/// or a filter such as `info,tokio_postgres=warn`), writing to stderr. Safe to call more than
+/// once: later calls are ignored, which tests rely on.
 pub fn init(service: &'static str, level: &str) {
-    let _ = env_logger::Builder::new()
-        .parse_filters(level)
-        .format(move |buf, record| {
-            let line = render(service, record);
-            writeln!(buf, "{line}")
-        })
-        .try_init();
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = env_filter::Builder::new().parse(level).build();
+        let max = filter.filter();
+        let sink = LineSink::start(Box::new(std::io::stderr()), SINK_CAP);
+        let logger = JsonLogger {
+            service,
+            filter,
+            sink,
+        };
+        if log::set_boxed_logger(Box::new(logger)).is_ok() {
+            log::set_max_level(max);
+        }
+    });
+}
+
+/// Writes out every line logged so far. Call before the process exits.
+pub fn flush() {
+    log::logger().flush();
 }
 
 /// Whether `level` is a filter the logger accepts, so config validation can name a bad value.
@@ -38,49 +66,277 @@ pub fn is_valid_level(level: &str) -> bool {
     })
 }
 
-/// One record as a JSON object string.
-pub fn render(service: &str, record: &log::Record<'_>) -> String {
-    let mut obj = Map::new();
-    obj.insert(
-        "ts".into(),
-        Json::String(
-            chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                .to_string(),
-        ),
-    );
-    obj.insert("level".into(), Json::String(record.level().to_string()));
-    obj.insert("logger".into(), Json::String(record.target().to_owned()));
-    obj.insert("event".into(), Json::String(record.args().to_string()));
-    obj.insert("service".into(), Json::String(service.to_owned()));
-    let mut fields = Fields(&mut obj);
-    let _ = record.key_values().visit(&mut fields);
-    Json::Object(obj).to_string()
+struct JsonLogger {
+    service: &'static str,
+    filter: env_filter::Filter,
+    sink: Arc<LineSink>,
 }
 
-struct Fields<'a>(&'a mut Map<String, Json>);
+impl log::Log for JsonLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let urgent = record.level() <= log::Level::Warn;
+        LINE.with(|cell| {
+            // A value whose `Display` logs would find the buffer taken: it gets one of its own.
+            let mut own = Vec::new();
+            let mut held = cell.try_borrow_mut();
+            let line = match held.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut own,
+            };
+            line.clear();
+            render_into(line, self.service, record);
+            line.push(b'\n');
+            self.sink.push(line, urgent);
+            // A rare huge line should not pin its size in every thread for good.
+            if line.capacity() > 64 << 10 {
+                *line = Vec::new();
+            }
+        });
+    }
+
+    fn flush(&self) {
+        self.sink.flush();
+    }
+}
+
+/// One record as a JSON object string.
+pub fn render(service: &str, record: &log::Record<'_>) -> String {
+    let mut line = Vec::new();
+    render_into(&mut line, service, record);
+    String::from_utf8(line).expect("JSON text is UTF-8")
+}
+
+fn render_into(out: &mut Vec<u8>, service: &str, record: &log::Record<'_>) {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Utc::now();
+    let _ = write!(
+        out,
+        "{{\"ts\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\"level\":\"{}\",\"logger\":",
+        now.year(),
+        now.month(),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.timestamp_subsec_millis() % 1000,
+        record.level()
+    );
+    string(out, record.target());
+    out.extend_from_slice(b",\"event\":");
+    match record.args().as_str() {
+        Some(s) => string(out, s),
+        None => string(out, &record.args().to_string()),
+    }
+    out.extend_from_slice(b",\"service\":");
+    string(out, service);
+    let _ = record.key_values().visit(&mut Fields(out));
+    out.push(b'}');
+}
+
+/// `s` as a JSON string, quoted and escaped.
+fn string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The fields every line starts with.
+const OWN_FIELDS: [&str; 5] = ["ts", "level", "logger", "event", "service"];
+
+struct Fields<'a>(&'a mut Vec<u8>);
 
 impl<'kvs> VisitSource<'kvs> for Fields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), KvError> {
-        let json = if let Some(b) = value.to_bool() {
-            Json::Bool(b)
-        } else if let Some(i) = value.to_i64() {
-            Json::from(i)
-        } else if let Some(u) = value.to_u64() {
-            Json::from(u)
-        } else if let Some(f) = value.to_f64() {
-            serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number)
+        let out = &mut *self.0;
+        out.push(b',');
+        let key = key.as_str();
+        if OWN_FIELDS.contains(&key) {
+            // A line has each key once, and the line's own field keeps its meaning: the
+            // context's value stays, under a name of its own.
+            string(out, &format!("{key}_"));
         } else {
-            Json::String(value.to_string())
-        };
-        self.0.insert(key.as_str().to_owned(), json);
+            string(out, key);
+        }
+        out.push(b':');
+        if let Some(b) = value.to_bool() {
+            out.extend_from_slice(if b { b"true" } else { b"false" });
+        } else if let Some(i) = value.to_i64() {
+            let _ = write!(out, "{i}");
+        } else if let Some(u) = value.to_u64() {
+            let _ = write!(out, "{u}");
+        } else if let Some(f) = value.to_f64() {
+            if f.is_finite() {
+                let _ = serde_json::to_writer(&mut *out, &f);
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        } else if let Some(s) = value.to_borrowed_str() {
+            string(out, s);
+        } else {
+            string(out, &value.to_string());
+        }
         Ok(())
+    }
+}
+
+/// Lines waiting for the writer thread.
+struct Pending {
+    buf: Vec<u8>,
+    /// The writer thread is asleep on `LineSink::wake`, so the next line must wake it.
+    idle: bool,
+    /// The writer thread has stopped (tests only): lines are written by their caller.
+    closed: bool,
+}
+
+/// A buffer of whole lines and the thread that writes it out.
+///
+/// Lock order: `out` before `pending`, so batches reach the output in the order they were taken.
+pub struct LineSink {
+    pending: Mutex<Pending>,
+    /// The writer thread waits here for lines.
+    wake: Condvar,
+    /// Loggers wait here for room when `cap` bytes are pending.
+    room: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
+    cap: usize,
+}
+
+impl LineSink {
+    /// A sink writing to `out`, and its writer thread.
+    pub fn start(out: Box<dyn Write + Send>, cap: usize) -> Arc<Self> {
+        let sink = Arc::new(Self {
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                idle: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            room: Condvar::new(),
+            out: Mutex::new(out),
+            cap,
+        });
+        let writer = sink.clone();
+        std::thread::Builder::new()
+            .name("kurz-log".into())
+            .spawn(move || writer.write_loop())
+            .expect("start the log writer thread");
+        sink
+    }
+
+    /// Queues whole lines; with `urgent`, writes them and everything before them out first.
+    pub fn push(&self, lines: &[u8], urgent: bool) {
+        let mut p = self.pending();
+        while p.buf.len() >= self.cap && !p.closed {
+            p = self.room.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+        p.buf.extend_from_slice(lines);
+        let urgent = urgent || p.closed;
+        // Waking the writer is a system call: once per idle spell, by the first line after it.
+        let wake = !urgent && std::mem::replace(&mut p.idle, false);
+        drop(p);
+        if urgent {
+            self.flush();
+        } else if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes out every line queued so far before it returns.
+    pub fn flush(&self) {
+        self.write_out(&mut Vec::new());
+    }
+
+    /// Stops the writer thread once it has written what is queued; later lines are written by
+    /// their callers.
+    pub fn close(&self) {
+        self.pending().closed = true;
+        self.wake.notify_one();
+        self.flush();
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_loop(&self) {
+        let mut spare = Vec::new();
+        loop {
+            {
+                let mut p = self.pending();
+                while p.buf.is_empty() {
+                    if p.closed {
+                        return;
+                    }
+                    p.idle = true;
+                    p = self.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                p.idle = false;
+            }
+            self.write_out(&mut spare);
+            // Lines gather meanwhile: a busy process writes a batch per system call.
+            std::thread::sleep(GATHER);
+        }
+    }
+
+    /// Takes what is pending (leaving `spare`'s allocation in its place) and writes it.
+    fn write_out(&self, spare: &mut Vec<u8>) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        spare.clear();
+        std::mem::swap(&mut self.pending().buf, spare);
+        self.room.notify_all();
+        if !spare.is_empty() {
+            // Nowhere is left to report a failed write to: the lines are lost, as they were
+            // when stderr itself failed.
+            let _ = out.write_all(spare);
+            let _ = out.flush();
+        }
+        if spare.capacity() > self.cap * 2 {
+            *spare = Vec::new();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value as Json;
+    use std::time::Instant;
+
+    /// An output the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn renders_one_json_object_with_context_fields() {
@@ -100,13 +356,170 @@ mod tests {
         assert_eq!(v["service"], "kurz-api");
         assert_eq!(v["status"], 404);
         assert_eq!(v["path"], "/x");
-        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        let ts = v["ts"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.len() == 24 && ts.ends_with('Z'),
+            "{ts}"
+        );
     }
 
+    /// The line's own fields first, then the context in the call's order; every kind of value
+    /// typed as JSON, strings escaped, and a context key that names one of the line's own fields
+    /// kept under its own name rather than written twice.
     #[test]
-    fn level_filters_are_checked() {
-        assert!(is_valid_level("info"));
-        assert!(is_valid_level("warn,kurz_api=debug"));
-        assert!(!is_valid_level("loud"));
+    fn fields_keep_their_order_types_and_escapes() {
+        let kvs: &[(&str, Value<'_>)] = &[
+            ("status", Value::from(404u16)),
+            ("path", Value::from("/a\"b\\c\u{1}\n")),
+            ("edge", Value::from(true)),
+            ("duration_ms", Value::from(1.5f64)),
+            ("ratio", Value::from(f64::NAN)),
+            ("delta", Value::from(-3i64)),
+            ("event", Value::from("clash")),
+        ];
+        let args = format!("moved {}", 2);
+        let line = render(
+            "kurz-proxy",
+            &log::Record::builder()
+                .args(format_args!("{args}"))
+                .level(log::Level::Warn)
+                .target("kurz_proxy::access")
+                .key_values(&kvs)
+                .build(),
+        );
+        assert!(!line.contains('\n'), "{line}");
+        let v: Json = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "moved 2");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["path"], "/a\"b\\c\u{1}\n");
+        assert_eq!(v["edge"], true);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["ratio"], Json::Null);
+        assert_eq!(v["delta"], -3);
+        assert_eq!(v["event_"], "clash");
+        assert_eq!(v.as_object().unwrap().len(), 12);
+        let keys = [
+            "ts",
+            "level",
+            "logger",
+            "event",
+            "service",
+            "status",
+            "path",
+            "edge",
+            "duration_ms",
+            "ratio",
+            "delta",
+            "event_",
+        ];
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
+    }
+
+    /// Four threads log 5,000 lines each through a sink that holds at most a few lines: every
+    /// line comes out once, whole, and each thread's lines in the order it logged them.
+    #[test]
+    fn every_line_arrives_once_whole_and_in_order() {
+        let out = Shared::default();
+        let sink = LineSink::start(Box::new(out.clone()), 256);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let sink = &sink;
+                s.spawn(move || {
+                    for i in 0..5000 {
+                        sink.push(format!("{t} {i}\n").as_bytes(), i % 1000 == 999);
+                    }
+                });
+            }
+        });
+        sink.flush();
+        let mut next = [0; 4];
+        for line in out.text().lines() {
+            let (t, i) = line.split_once(' ').unwrap();
+            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s lines out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [5000; 4]);
+        sink.close();
+    }
+
+    /// Lines reach the output on their own; a warning reaches it before `push` returns, after
+    /// every line queued before it.
+    #[test]
+    fn lines_are_written_without_a_flush_and_urgent_ones_at_once() {
+        let out = Shared::default();
+        let sink = LineSink::start(Box::new(out.clone()), 1 << 20);
+        sink.push(b"one\n", false);
+        eventually("the writer thread", || out.text() == "one\n");
+        sink.push(b"two\n", false);
+        sink.push(b"three\n", true);
+        assert_eq!(out.text(), "one\ntwo\nthree\n");
+        sink.close();
+        sink.push(b"four\n", false);
+        assert_eq!(out.text(), "one\ntwo\nthree\nfour\n");
+    }
+
+    /// An output that blocks until the test opens it, as a pipe nobody reads.
+    struct Stalled {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        entered: Arc<Mutex<bool>>,
+        into: Shared,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            *self.entered.lock().unwrap() = true;
+            let (open, cv) = &*self.open;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+            self.into.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// While the output is stalled, a logger that has filled the sink waits instead of dropping
+    /// lines or growing the buffer; once it drains, every line is there, in order.
+    #[test]
+    fn a_stalled_output_holds_loggers_back_and_loses_nothing() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let entered = Arc::new(Mutex::new(false));
+        let out = Shared::default();
+        let stalled = Stalled {
+            open: open.clone(),
+            entered: entered.clone(),
+            into: out.clone(),
+        };
+        let cap = 64;
+        let sink = LineSink::start(Box::new(stalled), cap);
+        let logger = {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    sink.push(format!("line {i:04}\n").as_bytes(), false);
+                }
+            })
+        };
+        eventually("the writer to block on the output", || {
+            *entered.lock().unwrap()
+        });
+        eventually("the sink to fill", || sink.pending().buf.len() >= cap);
+        // 1,000 bytes cannot fit in one batch in the output plus a full sink: the logger waits.
+        assert!(!logger.is_finished());
+        assert!(sink.pending().buf.len() < cap + 10);
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        logger.join().unwrap();
+        sink.flush();
+        let want: String = (0..100).map(|i| format!("line {i:04}\n")).collect();
+        assert_eq!(out.text(), want);
+        sink.close();
     }
 }

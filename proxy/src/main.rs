@@ -58,6 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
+    // After the log lines that led here, not among them.
+    kurz_common::logging::flush();
     eprintln!("{msg}");
     ExitCode::FAILURE
 }

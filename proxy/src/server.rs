@@ -216,5 +216,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
             grace: Duration::from_secs(cfg.server.grace_period_seconds),
         }),
     });
+    // Pingora's shutdown ends here; `exit` skips destructors, so the queued log lines go first.
+    kurz_common::logging::flush();
     std::process::exit(0)
 }

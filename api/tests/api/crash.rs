@@ -30,15 +30,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the binary on the test's database and prefix, and waits until it answers.
-async fn start_api(app: &TestApp, config: &std::path::Path, port: u16) -> Api {
+/// A config file for the binary on the test's database and prefix, in a directory of its own.
+fn write_config(app: &TestApp, port: u16, log_level: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kurz-crash-{}", app.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("api.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{}\nlog_level: {log_level}\n\
+             database:\n  url: {}\n  max_connections: 4\n\
+             redis:\n  url: {}\n  prefix: {}\n  partitions: 4\n\
+             clicks:\n  batch_size: 1000\n  claim_idle_ms: 500\n\
+             auth:\n  mode: open\n",
+            free_port(),
+            db_url(&app.db_name),
+            redis_url(),
+            app.prefix
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts the binary with `config`, and waits until it answers.
+async fn start_api(app: &TestApp, config: &std::path::Path, port: u16, stderr: Stdio) -> Api {
     let child = Command::new(env!("CARGO_BIN_EXE_kurz-api"))
         .args(["serve", "--config"])
         .arg(config)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("kurz-api starts");
     let api = Api(child);
@@ -75,24 +98,9 @@ async fn crash_mid_insert(terminate_backend: bool) {
     let code = link["short_code"].as_str().unwrap().to_owned();
     app.stop().await;
 
-    let (port, admin) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("kurz-crash-{}", app.prefix));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("api.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nlog_level: warn\n\
-             database:\n  url: {}\n  max_connections: 4\n\
-             redis:\n  url: {}\n  prefix: {}\n  partitions: 4\n\
-             clicks:\n  batch_size: 1000\n  claim_idle_ms: 500\n\
-             auth:\n  mode: open\n",
-            db_url(&app.db_name),
-            redis_url(),
-            app.prefix
-        ),
-    )
-    .unwrap();
+    let port = free_port();
+    let config = write_config(&app, port, "warn");
+    let dir = config.parent().unwrap().to_owned();
 
     let (mut locker, conn) = tokio_postgres::connect(&db_url(&app.db_name), tokio_postgres::NoTls)
         .await
@@ -104,7 +112,7 @@ async fn crash_mid_insert(terminate_backend: bool) {
         .await
         .unwrap();
 
-    let api = start_api(&app, &config, port).await;
+    let api = start_api(&app, &config, port, Stdio::null()).await;
     for i in 0..CLICKS {
         let res = app
             .client
@@ -156,7 +164,7 @@ async fn crash_mid_insert(terminate_backend: bool) {
         assert!(orphaned > 0, "the orphaned insert committed");
     }
 
-    let _api = start_api(&app, &config, port).await;
+    let _api = start_api(&app, &config, port, Stdio::null()).await;
     let mut redis = redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -224,4 +232,42 @@ async fn api_killed_mid_insert_and_the_server_rolls_back_loses_nothing() {
 #[tokio::test]
 async fn api_killed_mid_insert_and_the_server_commits_anyway_doubles_nothing() {
     crash_mid_insert(false).await;
+}
+
+/// The log is written by a thread of its own: a stopped API has still written every line, up to
+/// its last one.
+#[tokio::test]
+async fn a_stopped_api_has_written_its_last_log_line() {
+    let mut app = spawn_app().await;
+    app.stop().await;
+    let port = free_port();
+    let config = write_config(&app, port, "info");
+    let log_path = config.with_file_name("api.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut api = start_api(&app, &config, port, Stdio::from(log)).await;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &api.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kurz-api did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let events: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+            v["event"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert!(events.iter().any(|e| e == "kurz-api listening"), "{text}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("kurz-api stopped"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(config.parent().unwrap());
 }
