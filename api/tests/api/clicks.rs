@@ -179,8 +179,9 @@ async fn click_details_keep_only_a_truncated_address() {
 }
 
 /// Stats come from rollups the database keeps as clicks are stored (migration V9). A batch
-/// stored twice (a consumer that died before `XACK` replays it) and a click stored directly and
-/// then again from the stream each count once, and the rollups agree with the raw events.
+/// stored twice (a consumer that died before `XACK` replays it), a click stored directly and
+/// then again from the stream, and a click twice in one batch each count once, and the rollups
+/// agree with the raw events.
 #[tokio::test]
 async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
     use kurz_api::db::events::{insert_stream_clicks, ClickColumns, StreamClick};
@@ -233,6 +234,15 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
             .unwrap(),
         1
     );
+    // A click appended twice in one batch (the edge's append acknowledged too late, so the
+    // API recorded it as well) is stored once.
+    let doubled = [click("r-f", "", today), click("r-f", "", today)];
+    assert_eq!(
+        insert_stream_clicks(&db, &doubled.iter().collect::<Vec<_>>())
+            .await
+            .unwrap(),
+        1
+    );
 
     let stats: serde_json::Value = app
         .get(&format!("/urls/{id}/stats"))
@@ -240,14 +250,14 @@ async fn stats_rollups_count_each_stored_click_once_whatever_path_stored_it() {
         .json()
         .await
         .unwrap();
-    assert_eq!(stats["clicks"], 5);
-    assert_eq!(clicks_in_db(&app, id).await, 5);
+    assert_eq!(stats["clicks"], 6);
+    assert_eq!(clicks_in_db(&app, id).await, 6);
     let day = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d").to_string();
     assert_eq!(
         stats["daily"],
         serde_json::json!([
             {"date": day(yesterday), "clicks": 1, "bots": 0, "visitors": 0},
-            {"date": day(today), "clicks": 4, "bots": 0, "visitors": 0},
+            {"date": day(today), "clicks": 5, "bots": 0, "visitors": 0},
         ])
     );
     assert_eq!(
