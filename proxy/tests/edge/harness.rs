@@ -149,6 +149,8 @@ pub struct Options {
     pub health_interval_ms: u64,
     /// `server.grace_period_seconds`.
     pub grace_period_seconds: u64,
+    /// `log.level` of the proxy.
+    pub log_level: &'static str,
 }
 
 impl Default for Options {
@@ -166,6 +168,7 @@ impl Default for Options {
             api_env: Vec::new(),
             health_interval_ms: 200,
             grace_period_seconds: 0,
+            log_level: "warn",
             rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         }
     }
@@ -314,7 +317,7 @@ impl Stack {
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
              redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000, replica_acks: {}{} }}\n\
              rate_limits: {}\n\
-             log: {{ level: warn }}\n{}",
+             log: {{ level: {} }}\n{}",
             opts.grace_period_seconds,
             self.http_port,
             self.https_port,
@@ -334,6 +337,7 @@ impl Stack {
                 .map(|p| format!(", partitions: {p}"))
                 .unwrap_or_default(),
             opts.rate_limits,
+            opts.log_level,
             opts.extra_yaml
         );
         std::fs::write(&self.config_path, yaml).unwrap();

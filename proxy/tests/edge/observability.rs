@@ -5,6 +5,7 @@ use crate::harness::{Options, Stack};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -174,4 +175,44 @@ fn metric_name_extraction_finds_whole_names_only() {
             "kurz_api_x_bucket".to_owned()
         ])
     );
+}
+
+/// The access log (on by default, `log.access_log_sample_rate: 1.0`) has one line for every
+/// request the edge answered, and still has each of them once the edge has drained and exited:
+/// lines are written by a thread of their own, not by the request (docs/operations.md, "Logs").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_in_the_access_log_after_a_graceful_exit() {
+    let mut stack = Stack::start(Options {
+        log_level: "info",
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/logged").await;
+    let path = format!("/{code}");
+    const REQUESTS: usize = 50;
+    for _ in 0..REQUESTS {
+        let res = stack.client.get(stack.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), 302);
+    }
+    stack.signal_proxy("TERM");
+    let exited = tokio::task::spawn_blocking(move || {
+        (stack.wait_proxy_exit(Duration::from_secs(60)), stack)
+    })
+    .await
+    .unwrap();
+    let (clean, stack) = exited;
+    assert!(clean, "the proxy exits cleanly");
+    let log = stack.proxy_log();
+    let mut ids = BTreeSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["logger"] == "kurz_proxy::access" && v["path"] == path.as_str() {
+            assert_eq!(v["status"], 302, "{line}");
+            assert!(
+                ids.insert(v["request_id"].as_str().unwrap().to_owned()),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(ids.len(), REQUESTS, "{log}");
 }
