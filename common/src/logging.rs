@@ -109,13 +109,6 @@ impl log::Log for JsonLogger {
     }
 }
 
-/// One record as a JSON object string.
-pub fn render(service: &str, record: &log::Record<'_>) -> String {
-    let mut line = Vec::new();
-    render_into(&mut line, service, record);
-    String::from_utf8(line).expect("JSON text is UTF-8")
-}
-
 fn render_into(out: &mut Vec<u8>, service: &str, record: &log::Record<'_>) {
     use chrono::{Datelike, Timelike};
     let now = chrono::Utc::now();
@@ -328,6 +321,13 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// One record as the logger writes it, without the newline.
+    fn render(service: &str, record: &log::Record<'_>) -> String {
+        let mut line = Vec::new();
+        render_into(&mut line, service, record);
+        String::from_utf8(line).expect("JSON text is UTF-8")
     }
 
     fn eventually(what: &str, mut done: impl FnMut() -> bool) {
