@@ -6,20 +6,24 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 /// Writes a complete response carrying the request id. HEAD requests get the head only.
+///
+/// Header names are static: Pingora keeps a `&'static str` name as it is, where a `String`
+/// would be allocated and copied on every redirect.
 pub async fn send(
     session: &mut Session,
     rid: &str,
     status: u16,
-    headers: &[(&str, &str)],
+    headers: &[(&'static str, &str)],
     body: Option<Bytes>,
 ) -> Result<()> {
     let len = body.as_ref().map_or(0, |b| b.len());
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
     resp.insert_header("x-request-id", rid)?;
-    for (k, v) in headers {
-        resp.insert_header(k.to_string(), *v)?;
+    for &(k, v) in headers {
+        resp.insert_header(k, v)?;
     }
-    resp.insert_header("content-length", len.to_string())?;
+    // `HeaderValue::from(usize)` writes the digits itself, without the formatting machinery.
+    resp.insert_header("content-length", http::HeaderValue::from(len))?;
     let head_only = session.req_header().method == http::Method::HEAD || body.is_none();
     session
         .write_response_header(Box::new(resp), head_only)
@@ -37,7 +41,7 @@ pub async fn json_error(
     status: u16,
     code: &str,
     message: &str,
-    extra: &[(&str, &str)],
+    extra: &[(&'static str, &str)],
 ) -> Result<()> {
     let body = kurz_common::http::error_body(code, message, serde_json::Value::Null);
     let mut headers = vec![
