@@ -12,6 +12,12 @@
 //! a lone click waits for no timer. `clicks.batch_window_us` can hold a batch open longer (until
 //! `clicks.batch_max` clicks arrive); tokio's timer rounds such a wait up to whole milliseconds.
 //!
+//! Each request thread has a lane of its own: its batch, its flusher task and its Redis
+//! connection. With `server.work_stealing: false` (the default) a thread runs a runtime of its
+//! own, so a click, its flush and the connection's reads and writes all stay on that thread,
+//! and no click needs another thread woken. One shared batch cost the edge ~20% more CPU per
+//! redirect in wake-ups across threads (docs/capacity.md).
+//!
 //! A failed append fails the clicks of its own entry only. On a Redis Cluster a pipeline must
 //! stay within one hash slot: the batch goes out as one pipeline per stream (per partition), all
 //! at once, and a node that fails fails only the clicks of its own partitions.
@@ -20,6 +26,7 @@ use kurz_common::clicks::{xadd_packed, Click};
 use kurz_common::redis_handle::RedisHandle;
 use prometheus::Histogram;
 use redis::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -35,9 +42,26 @@ pub struct Batching {
 }
 
 pub struct ClickLog {
+    lanes: Vec<Lane>,
+}
+
+/// One batch in the making, its flusher and its Redis connection. A thread appends to the lane
+/// it was given at its first append, so with `server.work_stealing: false` (one runtime per
+/// thread) a click, its flush and the connection's I/O stay on one thread: no cross-thread
+/// wake-up per click.
+struct Lane {
     shared: Arc<Shared>,
-    /// Started by the first append, on the runtime that serves requests.
+    /// Started by the lane's first append, on the runtime that serves that thread's requests.
     flusher: OnceLock<()>,
+}
+
+/// The lane of the calling thread: threads are numbered on their first append.
+fn thread_lane(lanes: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    LANE.with(|lane| *lane % lanes)
 }
 
 struct Shared {
@@ -67,28 +91,36 @@ struct Group {
 }
 
 impl ClickLog {
-    pub fn new(redis: Arc<RedisHandle>, batching: Batching, sizes: Histogram) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                redis,
-                batching,
-                open: Mutex::new(Batch::default()),
-                ready: Notify::new(),
-                sizes,
-            }),
-            flusher: OnceLock::new(),
-        }
+    /// One lane per connection in `redis` (one per request thread, at least one).
+    pub fn new(redis: Vec<Arc<RedisHandle>>, batching: Batching, sizes: Histogram) -> Self {
+        assert!(!redis.is_empty(), "a click log needs a Redis connection");
+        let lanes = redis
+            .into_iter()
+            .map(|redis| Lane {
+                shared: Arc::new(Shared {
+                    redis,
+                    batching,
+                    open: Mutex::new(Batch::default()),
+                    ready: Notify::new(),
+                    sizes: sizes.clone(),
+                }),
+                flusher: OnceLock::new(),
+            })
+            .collect();
+        Self { lanes }
     }
 
     /// Appends `click` to `stream`; `true` once Redis has acknowledged it, `false` when it did
     /// not (the request then goes to the API with the same click id, which stores it once).
     pub async fn append(&self, stream: &str, click: &Click) -> bool {
-        self.flusher.get_or_init(|| {
-            tokio::spawn(flush_forever(self.shared.clone()));
+        let lane = &self.lanes[thread_lane(self.lanes.len())];
+        lane.flusher.get_or_init(|| {
+            tokio::spawn(flush_forever(lane.shared.clone()));
         });
+        let shared = &lane.shared;
         let (done, result) = oneshot::channel();
         let wake = {
-            let mut open = self.shared.open.lock().expect("click batch lock");
+            let mut open = shared.open.lock().expect("click batch lock");
             // A batch spans a few partitions at most: a scan beats a map here.
             let at = match open.groups.iter().position(|g| g.stream == stream) {
                 Some(at) => at,
@@ -105,10 +137,10 @@ impl ClickLog {
             click.pack_into(&mut group.packed);
             group.waiters.push(done);
             open.len += 1;
-            open.len == 1 || open.len == self.shared.batching.max
+            open.len == 1 || open.len == shared.batching.max
         };
         if wake {
-            self.shared.ready.notify_one();
+            shared.ready.notify_one();
         }
         result.await.unwrap_or(false)
     }
@@ -239,7 +271,7 @@ mod tests {
 
     fn click_log(redis: Arc<RedisHandle>, window: Duration, max: usize) -> (ClickLog, Histogram) {
         let sizes = Histogram::with_opts(HistogramOpts::new("t_sizes", "t")).unwrap();
-        let log = ClickLog::new(redis, Batching { window, max }, sizes.clone());
+        let log = ClickLog::new(vec![redis], Batching { window, max }, sizes.clone());
         (log, sizes)
     }
 
@@ -323,6 +355,67 @@ mod tests {
         drop(closed);
         let (down, _) = click_log(redis_at(port), Duration::ZERO, 256);
         assert!(!down.append("s", &click("x")).await);
+    }
+
+    /// A thread keeps to one lane: with one lane's Redis down, each thread's appends either all
+    /// fail or all succeed, whatever the order of appends across threads. (Per-append choice
+    /// would mix them.) Each thread runs a runtime of its own, as with `work_stealing: false`.
+    #[test]
+    fn each_thread_appends_through_one_lane() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let sizes = Histogram::with_opts(HistogramOpts::new("t_lanes", "t")).unwrap();
+        let batching = Batching {
+            window: Duration::ZERO,
+            max: 256,
+        };
+        let log = Arc::new(ClickLog::new(
+            vec![test_redis(), redis_at(port)],
+            batching,
+            sizes,
+        ));
+        let stream = format!("t{:016x}:clicks", rand::random::<u64>());
+        // A lane's flusher runs on the runtime of the thread that appended to it first: every
+        // runtime keeps running until all threads are done, as a server's threads do.
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (log, stream, done) = (log.clone(), stream.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        let mut stored = Vec::new();
+                        for i in 0..3 {
+                            stored.push(log.append(&stream, &click(&format!("t{t}c{i}"))).await);
+                        }
+                        done.fetch_add(1, Ordering::AcqRel);
+                        while done.load(Ordering::Acquire) < 4 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        stored
+                    })
+                })
+            })
+            .collect();
+        let results: Vec<Vec<bool>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for stored in &results {
+            assert!(stored.iter().all(|s| *s == stored[0]), "{results:?}");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let redis = test_redis();
+            redis
+                .query::<()>(redis::cmd("DEL").arg(&stream))
+                .await
+                .unwrap();
+        });
     }
 
     fn redis_at(port: u16) -> Arc<RedisHandle> {

@@ -227,7 +227,7 @@ mod tests {
             window: std::time::Duration::ZERO,
             max: 64,
         };
-        let clicks = ClickLog::new(redis.clone(), batching, sizes);
+        let clicks = ClickLog::new(vec![redis.clone()], batching, sizes);
         let r = Redirector::new(redis.clone(), keys.clone(), near, gate, clicks);
         let mut used = Vec::new();
         for (user_id, target, status) in [

@@ -86,6 +86,12 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
             .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
     );
+    // A connection of its own for each request thread's click appends (`click_log`): a
+    // thread's batches then go out and come back on that thread.
+    let lanes = (0..cfg.server.threads)
+        .map(|_| RedisHandle::from_settings(&cfg.redis, redis_errors.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?;
     let keys = KeySchema::new(&cfg.redis.prefix, cfg.redis.partitions);
     let gate = Arc::new(KeyGate::default());
     let key_check = KeySchemaCheck {
@@ -117,7 +123,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
             near.clone(),
             gate.clone(),
             ClickLog::new(
-                redis,
+                lanes,
                 Batching {
                     window: Duration::from_micros(cfg.clicks.batch_window_us),
                     max: cfg.clicks.batch_max,

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct ServerSection {
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// Let idle threads steal work from busy ones.
+    /// Let idle threads steal work from busy ones. Off by default: each thread then keeps its
+    /// connections, its click batches and their Redis connection (`click_log`) to itself.
     pub work_stealing: bool,
     /// On SIGTERM, keep accepting and serving this long (readiness 503, every answer closing
     /// its connection) before closing the listeners.
@@ -164,7 +165,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             threads: 2,
-            work_stealing: true,
+            work_stealing: false,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 10,
             upgrade_sock: "/tmp/kurz-proxy-upgrade.sock".into(),
