@@ -1,5 +1,6 @@
 //! The framework's ceiling: a bare Pingora service answering every request with a fixed 302
-//! from `request_filter`, with the edge's thread settings. `pingora302 ADDR [THREADS]`.
+//! from `request_filter`, with the edge's thread settings.
+//! `pingora302 ADDR [THREADS] [WORK_STEALING: true|false]`.
 
 use async_trait::async_trait;
 use pingora::http::ResponseHeader;
@@ -36,8 +37,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18302".into());
     let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let work_stealing = args.next().is_none_or(|w| w != "false");
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: format!("/tmp/pingora302-{}.sock", std::process::id()),
