@@ -82,28 +82,27 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         "Failed Redis commands and connects"
     )
     .map_err(|e| e.to_string())?;
-    let redis = Arc::new(
+    // Each user of Redis below has a connection of its own.
+    let connect = || {
         RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
-            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
-    );
-    // A connection of its own for each request thread's click appends (`click_log`): a
-    // thread's batches then go out and come back on that thread.
+            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))
+    };
+    let redis = Arc::new(connect()?);
+    // One for each request thread's click appends (`click_log`): a thread's batches then go
+    // out and come back on that thread.
     let lanes = (0..cfg.server.threads)
-        .map(|_| RedisHandle::from_settings(&cfg.redis, redis_errors.clone()).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?;
+        .map(|_| connect().map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let keys = KeySchema::new(&cfg.redis.prefix, cfg.redis.partitions);
     let gate = Arc::new(KeyGate::default());
     let key_check = KeySchemaCheck {
-        redis: RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
-            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
+        redis: connect()?,
         keys: keys.clone(),
         gate: gate.clone(),
     };
     let visitors = Arc::new(kurz_common::visitors::VisitorSalt::default());
     let salt_refresh = crate::visitor_salt::SaltRefresh {
-        redis: RedisHandle::from_settings(&cfg.redis, redis_errors.clone())
-            .map_err(|e| format!("config key `redis.url`/`redis.cluster_nodes`: {e}"))?,
+        redis: connect()?,
         keys: keys.clone(),
         salt: visitors.clone(),
     };
