@@ -28,7 +28,9 @@ pub struct DatabaseConfig {
     /// Most link creates committed in one statement (`POST /urls` arriving together share it);
     /// 1 gives every create its own.
     pub create_batch_max: usize,
-    /// Statements of creates in flight at once per process, each on its own connection.
+    /// Statements of creates in flight at once per process, each on its own connection. One
+    /// is the cheapest: creates then wait in bigger groups, and PostgreSQL's cost is mostly per
+    /// statement and commit (docs/capacity.md).
     pub create_writers: usize,
 }
 
@@ -91,7 +93,7 @@ impl Default for DatabaseConfig {
             connect_timeout_ms: 2000,
             statement_timeout_ms: 30_000,
             create_batch_max: 64,
-            create_writers: 2,
+            create_writers: 1,
         }
     }
 }
