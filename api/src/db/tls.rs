@@ -45,9 +45,43 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, MakeTls), String> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
     if verify != Verify::None {
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    } else if !names_sslmode(url.as_str()) && only_loopback(&config) {
+        // Bytes on loopback never leave the host, so encrypting them protects nothing while it
+        // costs both ends CPU on every statement (~5% of a create, docs/capacity.md). A URL that
+        // names any `sslmode`, `prefer` included, gets what it names.
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
     let tls = MakeTls::new(verify, root.as_deref()).map_err(bad)?;
     Ok((config, tls))
+}
+
+/// Whether the connection string names an `sslmode`, in URL or key=value form.
+fn names_sslmode(raw: &str) -> bool {
+    match url::Url::parse(raw) {
+        Ok(url) => url.query_pairs().any(|(k, _)| k == "sslmode"),
+        Err(_) => raw.split_whitespace().any(|kv| kv.starts_with("sslmode")),
+    }
+}
+
+/// Whether every host the connection may go to is this machine: `localhost`, a loopback
+/// address, or a Unix socket (which never speaks TLS anyway).
+fn only_loopback(config: &tokio_postgres::Config) -> bool {
+    use std::net::IpAddr;
+    use tokio_postgres::config::Host;
+    let loopback = |h: &str| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            Host::Tcp(name) => loopback(name),
+            #[cfg(unix)]
+            Host::Unix(_) => true,
+        })
+        && config.get_hostaddrs().iter().all(IpAddr::is_loopback)
 }
 
 /// Removes `sslmode=verify-*` and `sslrootcert` from a `postgres://` URL (tokio-postgres would
@@ -307,6 +341,40 @@ impl ServerCertVerifier for AnyName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::config::SslMode;
+
+    fn mode(url: &str) -> SslMode {
+        parse(url).unwrap().0.get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_without_an_sslmode_goes_unencrypted_and_anything_named_is_kept() {
+        for url in [
+            "postgres://u@127.0.0.1:5432/k",
+            "postgres://u@localhost/k",
+            "postgres://u@[::1]:5432/k",
+            "postgres://u@127.0.0.2,localhost/k?application_name=x",
+            "host=127.0.0.1 user=u dbname=k",
+            "host=/var/run/postgresql user=u",
+        ] {
+            assert_eq!(mode(url), SslMode::Disable, "{url}");
+        }
+        for url in [
+            "postgres://u@127.0.0.1/k?sslmode=prefer",
+            "postgres://u@db.internal/k",
+            "postgres://u@10.0.0.5/k",
+            "postgres://u@localhost,db.internal/k",
+            "postgres://u@localhost/k?hostaddr=10.0.0.5",
+            "host=127.0.0.1 user=u sslmode=prefer",
+            "host=db.internal user=u",
+        ] {
+            assert_eq!(mode(url), SslMode::Prefer, "{url}");
+        }
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/k?sslmode=require"),
+            SslMode::Require
+        );
+    }
 
     #[test]
     fn verify_modes_come_off_the_url_and_plain_ones_stay() {

@@ -1,6 +1,6 @@
 //! How the API talks to PostgreSQL: TLS as `database.url` asks for it (against a private server
-//! with a certificate signed by a throwaway CA, `PrivatePg::start_with_tls`), and a server-side
-//! statement timeout.
+//! with a certificate signed by a throwaway CA, `PrivatePg::start_with_tls`; which hosts get
+//! TLS without an `sslmode` is unit-tested in `db::tls`), and a server-side statement timeout.
 
 use crate::helpers::spawn_app_with;
 use kurz_api::config::ApiConfig;
@@ -32,8 +32,12 @@ async fn the_pool_speaks_tls_as_the_url_asks_and_verifies_the_server_when_told_t
     assert!(!encrypted(&format!("{base}?sslmode=disable")).await.unwrap());
     assert!(encrypted(&format!("{base}?sslmode=require")).await.unwrap());
     assert!(
-        encrypted(&base).await.unwrap(),
-        "prefer (the default) uses TLS when offered"
+        encrypted(&format!("{base}?sslmode=prefer")).await.unwrap(),
+        "prefer uses TLS when offered"
+    );
+    assert!(
+        !encrypted(&base).await.unwrap(),
+        "no sslmode on loopback: no TLS, though the server offers it"
     );
     assert!(
         encrypted(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"))
