@@ -70,8 +70,11 @@ pub async fn create(
     caller.acting()?;
     // Keys are per user: one user's key can never replay another's answer.
     let key = idempotency::key_from(&headers)?.map(|k| format!("{}:{k}", caller.scope_id()));
-    let fingerprint = Value::Object(body.0.clone()).to_string();
-    let idem = key.as_deref().map(|k| (k, fingerprint.as_str()));
+    // Only a keyed create is compared with an earlier one: the others skip copying the body.
+    let fingerprint = key
+        .as_ref()
+        .map(|_| Value::Object(body.0.clone()).to_string());
+    let idem = key.as_deref().zip(fingerprint.as_deref());
     let (link, replayed) = create_link(&state, &caller, body, idem, false).await?;
     let mut response = (StatusCode::CREATED, Json(link)).into_response();
     if replayed {
