@@ -558,6 +558,20 @@ impl Stack {
             .sum()
     }
 
+    /// A counter the edge moves after the response has gone out (`kurz_proxy_requests_total`
+    /// is counted in Pingora's logging phase): read once it reaches `want`, or after a deadline,
+    /// so the caller can assert the exact value without racing the edge.
+    pub async fn counter_at(&self, admin_port: u16, name: &str, labels: &[&str], want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(admin_port, name, labels).await;
+            if value >= want || Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn proxy_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
     }

@@ -62,10 +62,11 @@ async fn a_redirect_is_answered_at_the_edge_and_its_click_is_visible_at_once() {
     );
     assert_eq!(clicks(&stack, id).await, 3);
     let edge_302 = stack
-        .metric(
+        .counter_at(
             stack.admin_port,
             "kurz_proxy_requests_total",
             &["class=\"redirect\"", "status_class=\"3xx\""],
+            3.0,
         )
         .await;
     assert_eq!(edge_302, 3.0);
@@ -623,10 +624,11 @@ async fn the_web_app_is_served_through_the_edge_and_its_links_redirect_at_the_ed
         .unwrap();
     assert_eq!(res.status(), 401);
     let auth = stack
-        .metric(
+        .counter_at(
             stack.admin_port,
             "kurz_proxy_requests_total",
             &["class=\"auth\""],
+            1.0,
         )
         .await;
     assert_eq!(auth, 1.0);
