@@ -53,6 +53,9 @@ pub struct Redirector {
     pub gate: Arc<KeyGate>,
     /// Near-cache hits append through it, batched with their neighbours.
     clicks: ClickLog,
+    /// The click stream of each partition, named once: formatting the name per click was ~1%
+    /// of the edge's CPU on the redirect path (perf).
+    streams: Vec<String>,
     script: redis::Script,
 }
 
@@ -66,6 +69,7 @@ impl Redirector {
     ) -> Self {
         Self {
             redis,
+            streams: keys.all_clicks(),
             keys,
             near,
             gate,
@@ -185,11 +189,8 @@ impl Redirector {
         click.url_id = link.url_id;
         click.user_id = link.user_id;
         click.target = link.target;
-        if self
-            .clicks
-            .append(&self.keys.clicks_for(&click.code), &click)
-            .await
-        {
+        let stream = &self.streams[usize::from(self.keys.partition(&click.code))];
+        if self.clicks.append(stream, &click).await {
             HOT.clicks_ok.inc();
             Outcome::Redirect(click.target, status)
         } else {
