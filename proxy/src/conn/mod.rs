@@ -120,9 +120,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
     async fn serve_http1(self: &Arc<Self>, mut guard: Box<HeadGuard>, shutdown: &ShutdownWatch) {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
-        // One registration with the shutdown watch for the connection's life: made anew for
-        // each request, it locked the watch's waiter list, shared by every connection of every
-        // thread, twice per request (~1% of the redirect path's CPU, perf).
+        // One wait on the shutdown watch for the connection's life. Made anew for each request,
+        // it joined and left one of the watch's waiter lists (shared by the connections of every
+        // thread) under its lock each time; kept, it takes that lock once per request to refresh
+        // its waker (with the rest, ~1% of the redirect path's CPU, perf).
         let mut stop = std::pin::pin!(stopping(shutdown.clone()));
         loop {
             // Idle time before a request is Pingora's keep-alive timeout, as when it waits; the
