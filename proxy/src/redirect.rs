@@ -47,7 +47,8 @@ pub enum Outcome {
 
 pub struct Redirector {
     pub redis: Arc<RedisHandle>,
-    pub keys: KeySchema,
+    /// Private: `streams` is derived from it.
+    keys: KeySchema,
     pub near: Arc<NearCache>,
     /// Open once the API's key schema is known to match ours (`key_check`).
     pub gate: Arc<KeyGate>,
