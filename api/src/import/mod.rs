@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 pub mod foreign;
 mod table;
 
+pub use table::column_name;
+
 use table::{unique, At, Table};
 
 /// Rows per INSERT statement.

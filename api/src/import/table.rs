@@ -9,6 +9,15 @@ use std::collections::HashMap;
 /// JavaScript number) holds exactly, and far below where the id sequences run out.
 pub(super) const MAX_ID: i64 = 9_007_199_254_740_991;
 
+/// The name a CSV header cell stands for: trimmed, without a byte-order mark, lower-cased. Every
+/// reader of an uploaded header goes through this, so a column cannot pass one check as `ID`
+/// and be read by another as `id`.
+pub fn column_name(cell: &str) -> String {
+    cell.trim_start_matches('\u{feff}')
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// A parsed CSV file with its header.
 pub(super) struct Table {
     pub(super) columns: HashMap<String, usize>,
@@ -54,11 +63,15 @@ impl Table {
             .headers()
             .map_err(|e| ApiError::BadRequest(format!("CSV header cannot be read: {e}")))?
             .clone();
-        let columns: HashMap<String, usize> = headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.trim_start_matches('\u{feff}').to_ascii_lowercase(), i))
-            .collect();
+        let mut columns: HashMap<String, usize> = HashMap::new();
+        for (i, h) in headers.iter().enumerate() {
+            if columns.insert(column_name(h), i).is_some() {
+                return Err(ApiError::BadRequest(format!(
+                    "CSV header names column {:?} more than once",
+                    column_name(h)
+                )));
+            }
+        }
         let missing: Vec<&str> = required
             .iter()
             .copied()

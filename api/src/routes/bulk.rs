@@ -219,8 +219,11 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
         .headers()
         .map_err(|e| ApiError::BadRequest(format!("unreadable CSV header: {e}")))?
         .clone();
+    // The owner is the caller's, and the links are new: a file's own `id` or `user_id` column,
+    // however spelled, must not reach the bulk import (which would update that row, or give the
+    // link to that user).
     let keep: Vec<usize> = (0..header.len())
-        .filter(|&i| !matches!(&header[i], "id" | "user_id"))
+        .filter(|&i| !matches!(import::column_name(&header[i]).as_str(), "id" | "user_id"))
         .collect();
     let mut out = csv::Writer::from_writer(Vec::new());
     let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));

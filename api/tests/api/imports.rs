@@ -178,3 +178,41 @@ async fn kurz_csv_export_imports_as_the_callers_links() {
     assert_eq!(round["tags"], json!(["t"]));
     assert_eq!(round["max_visits"], 9);
 }
+
+/// The importer's own links, whatever the file says: an `id` or `user_id` column in any
+/// spelling (`ID`, ` User_Id`, with a byte-order mark) neither updates an existing link nor
+/// hands the new one to someone else, and a column named twice is refused.
+#[tokio::test]
+async fn a_csv_import_cannot_reach_another_users_link_by_its_id() {
+    let app = spawn_app().await;
+    let (victim, victim_link, victim_code) =
+        app.create_link("victim", "https://example.com/mine").await;
+    let importer = app.create_user("importer").await;
+
+    let csv = format!(
+        "\u{feff}ID,short_code,original_url, User_Id\n{victim_link},taken1,https://evil.example/,{victim}\n"
+    );
+    let res = import(&app, "csv", importer, csv.as_bytes()).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+
+    let kept: Value = app
+        .get(&format!("/urls/{victim_link}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["original_url"], "https://example.com/mine");
+    assert_eq!(kept["short_code"], victim_code.as_str());
+    assert_eq!(kept["user_id"], victim);
+    let mine = links_of(&app, importer).await;
+    assert_eq!(mine["taken1"]["original_url"], "https://evil.example/");
+    assert_ne!(mine["taken1"]["id"], victim_link);
+    assert_eq!(links_of(&app, victim).await.len(), 1);
+
+    let twice = "short_code,original_url,SHORT_CODE\nabc1234,https://a.example/,zzz9999\n";
+    let body = error_of(import(&app, "csv", importer, twice.as_bytes()).await, 400).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("\"short_code\""),
+        "{body}"
+    );
+}
