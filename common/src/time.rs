@@ -1,6 +1,17 @@
 //! The contract's timestamps: UTC, ISO 8601 to the second, no zone suffix (`2025-09-19T22:25:05`).
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
+use std::ops::RangeInclusive;
+
+/// The years a timestamp or date from a client may fall in: the four digits of the contract's
+/// format. chrono reads any number of digits and a sign (`-5000-01-01`), where PostgreSQL's
+/// range starts in 4714 BC; without the bound such a value was a 500 from the database.
+pub const YEARS: RangeInclusive<i32> = 1..=9999;
+
+/// Whether `ts` is within [`YEARS`].
+pub fn in_range(ts: &DateTime<Utc>) -> bool {
+    YEARS.contains(&ts.year())
+}
 
 /// Formats a UTC instant the way every JSON response shows it.
 pub fn format(ts: DateTime<Utc>) -> String {
@@ -9,8 +20,12 @@ pub fn format(ts: DateTime<Utc>) -> String {
 
 /// Parses what clients and CSV files send: RFC 3339 with a zone, or a naive date-time (taken as
 /// UTC) with `T` or a space, with or without fractional seconds, or a bare date (midnight UTC).
+/// Years outside [`YEARS`] are refused.
 pub fn parse(raw: &str) -> Option<DateTime<Utc>> {
-    let raw = raw.trim();
+    parse_any_year(raw.trim()).filter(in_range)
+}
+
+fn parse_any_year(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(ts) = DateTime::parse_from_rfc3339(raw) {
         return Some(ts.with_timezone(&Utc));
     }
@@ -47,5 +62,22 @@ mod tests {
         );
         assert_eq!(format(parse("2025-03-26").unwrap()), "2025-03-26T00:00:00");
         assert!(parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn refuses_years_outside_four_digits() {
+        for raw in [
+            "-5000-01-01",
+            "0000-12-31T23:59:59",
+            "10000-01-01",
+            "+275760-09-13T00:00:00Z",
+        ] {
+            assert!(parse(raw).is_none(), "{raw}");
+        }
+        assert_eq!(format(parse("0001-01-01").unwrap()), "0001-01-01T00:00:00");
+        assert_eq!(
+            format(parse("9999-12-31T23:59:59").unwrap()),
+            "9999-12-31T23:59:59"
+        );
     }
 }

@@ -504,8 +504,9 @@ fn parse_time_field(s: &str) -> Result<Option<DateTime<Utc>>, String> {
         return Ok(None);
     }
     parse_timestamp(t)
+        .filter(kurz_common::time::in_range)
         .map(Some)
-        .ok_or_else(|| format!("{t:?} is not a recognised timestamp"))
+        .ok_or_else(|| format!("{t:?} is not a recognised timestamp of the years 1 to 9999"))
 }
 
 fn parse_timestamp(t: &str) -> Option<DateTime<Utc>> {

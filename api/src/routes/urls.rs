@@ -485,11 +485,14 @@ pub async fn delete(
 fn query_date(q: &Query, name: &str) -> ApiResult<Option<chrono::NaiveDate>> {
     q.get(name)
         .map(|raw| {
-            chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "query parameter {name}={raw:?} must be a date such as 2030-01-31"
-                ))
-            })
+            chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                .ok()
+                .filter(|d| kurz_common::time::YEARS.contains(&chrono::Datelike::year(d)))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "query parameter {name}={raw:?} must be a date of the years 1 to 9999 such as 2030-01-31"
+                    ))
+                })
         })
         .transpose()
 }

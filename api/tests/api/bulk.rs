@@ -150,6 +150,18 @@ async fn a_bad_row_names_row_and_column_and_nothing_is_imported() {
         error_of(app.upload("/events/bulk", csv.into()).await, 400).await["details"]["column"],
         "url_id"
     );
+    // A year PostgreSQL cannot store (before 4714 BC) is the row's error, not the database's.
+    let csv =
+        "id,url_id,user_id,event_type,timestamp,details\n1,1,1,click,-5000-01-01 00:00:00,{}\n";
+    assert_eq!(
+        error_of(app.upload("/events/bulk", csv.into()).await, 400).await["details"]["column"],
+        "timestamp"
+    );
+    let csv = "id,user_id,short_code,original_url,created_at\n2,1,abc125,https://example.com/2,-5000-01-01\n";
+    assert_eq!(
+        error_of(app.upload("/urls/bulk", csv.into()).await, 400).await["details"]["column"],
+        "created_at"
+    );
 }
 
 #[tokio::test]

@@ -390,6 +390,8 @@ async fn bots_are_marked_and_kept_apart_and_stats_break_clicks_down() {
     for bad in [
         "?from=yesterday".to_owned(),
         "?to=2030-02-30".to_owned(),
+        "?from=-5000-01-01".to_owned(),
+        "?to=10000-01-01".to_owned(),
         format!("?from={tomorrow}&to={}", day(today)),
         "?include_bots=maybe".to_owned(),
     ] {

@@ -216,3 +216,17 @@ async fn a_csv_import_cannot_reach_another_users_link_by_its_id() {
         "{body}"
     );
 }
+
+/// A date PostgreSQL cannot store is the record's error (400 naming it), not a 500.
+#[tokio::test]
+async fn a_date_out_of_range_is_the_records_error() {
+    let app = spawn_app().await;
+    let user = app.create_user("ancient").await;
+    let kutt = br#"[{"target":"https://a.example/","address":"old1","created_at":"-5000-01-01"}]"#;
+    let body = error_of(import(&app, "kutt", user, kutt).await, 400).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("-5000-01-01"),
+        "{body}"
+    );
+    assert!(links_of(&app, user).await.is_empty());
+}
