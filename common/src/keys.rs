@@ -15,7 +15,8 @@
 //! <prefix>:{sessions}:session:<hash>      user id of a session token (hash of the token)
 //! <prefix>:{sessions}:user-sessions:<id>  set of a user's session hashes, to revoke them all
 //! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
-//!                               lock (`lock-acct`, `lock-ip`)
+//!                               lock (`lock-acct`, `lock-ip`); `<who>` is `user:<id>`, `link:<id>`,
+//!                               an address, or `id:<hash>` of an identifier naming no account
 //! ```
 //!
 //! Every command, script and pipeline keeps its keys within one hash tag; what spans partitions

@@ -55,7 +55,9 @@ impl Subject<'_> {
     fn key(&self) -> String {
         match self {
             Subject::Account(id) => format!("user:{id}"),
-            Subject::Unknown(who) => format!("id:{who}"),
+            // Hashed: an identifier is the client's text of any length (a key as long as the
+            // body), and an email address is personal data that has no place in a key name.
+            Subject::Unknown(who) => format!("id:{}", super::sessions::token_hash(who)),
             Subject::Link(id) => format!("link:{id}"),
         }
     }

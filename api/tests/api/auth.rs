@@ -421,6 +421,45 @@ async fn repeated_failures_back_off_with_429() {
     assert!((61..=120).contains(&wait), "doubled: {wait}");
 }
 
+/// Failures against an identifier that names no account still back off, and what Redis keeps
+/// of them is bounded and says nothing of the identifier: a 60,000-character "email" makes
+/// no 60,000-byte key, and no address appears in a key name.
+#[tokio::test]
+async fn unknown_identifiers_are_locked_out_by_a_hash_of_them() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 2;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let long = format!("{}@nobody.example", "x".repeat(60_000));
+    for who in [long.as_str(), "nobody@example.com"] {
+        for _ in 0..3 {
+            error_of(
+                login(&app, json!({"email": who, "password": "guess"})).await,
+                401,
+            )
+            .await;
+        }
+        error_of(
+            login(&app, json!({"email": who, "password": "guess"})).await,
+            429,
+        )
+        .await;
+    }
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{login}}:*", app.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.contains(":id:")), "{keys:?}");
+    for key in &keys {
+        assert!(key.len() < 200, "key of {} bytes", key.len());
+        assert!(!key.contains("nobody"), "{key}");
+    }
+}
+
 #[tokio::test]
 async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
     let app = spawn_app_with(|c| {
