@@ -5,20 +5,36 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+/// What every response the edge writes itself carries besides its own headers.
+///
+/// Pingora runs `response_filter` only on proxied responses, so the headers it adds there must
+/// be added here too for the redirects and errors the edge answers without the API.
+#[derive(Clone, Copy)]
+pub struct Reply<'a> {
+    /// The request's id (`x-request-id`).
+    pub rid: &'a str,
+    /// `strict-transport-security`: set on TLS connections when `listen.hsts_max_age_seconds`
+    /// is.
+    pub hsts: Option<&'a str>,
+}
+
 /// Writes a complete response carrying the request id. HEAD requests get the head only.
 ///
 /// Header names are static: Pingora keeps a `&'static str` name as it is, where a `String`
 /// would be allocated and copied on every redirect.
 pub async fn send(
     session: &mut Session,
-    rid: &str,
+    to: Reply<'_>,
     status: u16,
     headers: &[(&'static str, &str)],
     body: Option<Bytes>,
 ) -> Result<()> {
     let len = body.as_ref().map_or(0, |b| b.len());
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
-    resp.insert_header("x-request-id", rid)?;
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 4))?;
+    resp.insert_header("x-request-id", to.rid)?;
+    if let Some(hsts) = to.hsts {
+        resp.insert_header("strict-transport-security", hsts)?;
+    }
     for &(k, v) in headers {
         resp.insert_header(k, v)?;
     }
@@ -37,7 +53,7 @@ pub async fn send(
 /// `{"error", "message", "details": null}` with `status`.
 pub async fn json_error(
     session: &mut Session,
-    rid: &str,
+    to: Reply<'_>,
     status: u16,
     code: &str,
     message: &str,
@@ -49,14 +65,19 @@ pub async fn json_error(
         ("cache-control", "no-store"),
     ];
     headers.extend_from_slice(extra);
-    send(session, rid, status, &headers, Some(Bytes::from(body))).await
+    send(session, to, status, &headers, Some(Bytes::from(body))).await
 }
 
 /// A redirect with the link's status (301, 302, 307 or 308).
-pub async fn redirect(session: &mut Session, rid: &str, status: u16, location: &str) -> Result<()> {
+pub async fn redirect(
+    session: &mut Session,
+    to: Reply<'_>,
+    status: u16,
+    location: &str,
+) -> Result<()> {
     send(
         session,
-        rid,
+        to,
         status,
         &[
             ("location", location),

@@ -128,9 +128,11 @@ pub fn check(head: &[u8]) -> Result<Framing, Refusal> {
     }
     let http11 = req.version == Some(1);
     let (mut hosts, mut length, mut chunked) = (0, None::<u64>, None::<bool>);
+    let mut host: Option<&[u8]> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(h.value).unwrap_or("x");
             for part in text.split(',') {
@@ -165,6 +167,31 @@ pub fn check(head: &[u8]) -> Result<Framing, Refusal> {
         return Err(Refusal::malformed(
             "a request needs exactly one Host header",
         ));
+    }
+    // Pingora refuses these too, with an empty 400: refused here, they get our answer.
+    if host.is_some_and(|h| h.contains(&b'@')) {
+        return Err(Refusal::malformed(
+            "the Host header must not carry userinfo",
+        ));
+    }
+    // Only the absolute form (`GET http://host/path`) has an authority; the origin form, nearly
+    // every request, is not parsed again.
+    let absolute = !target.starts_with('/');
+    if let Some(authority) = absolute
+        .then(|| target.parse::<http::Uri>().ok())
+        .flatten()
+        .and_then(|u| u.authority().cloned())
+    {
+        if authority.as_str().contains('@') {
+            return Err(Refusal::malformed(
+                "the request target must not carry userinfo",
+            ));
+        }
+        if host.is_some_and(|h| h != authority.as_str().as_bytes()) {
+            return Err(Refusal::malformed(
+                "the Host header differs from the request target's authority",
+            ));
+        }
     }
     match (chunked, length) {
         // Two framings disagreeing is how requests are smuggled past a proxy.
@@ -379,6 +406,13 @@ mod tests {
         assert_eq!(status("GET /%FF%FE HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: evil.example/@x\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("GET http://u@a/ HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
+        assert_eq!(status("GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n"), 400);
+        assert!(req("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);
         assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET nopath HTTP/1.1\r\nHost: a\r\n\r\n"), 400);

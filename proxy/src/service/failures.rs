@@ -1,6 +1,6 @@
 //! When an upstream fails: which requests go again and to whom, and what the client is told.
 
-use super::routes::header;
+use super::routes::{header, replay_safe};
 use super::{Ctx, Edge};
 use crate::metrics::METRICS;
 use crate::respond;
@@ -46,8 +46,12 @@ impl Edge {
         e.set_retry(false);
         // The upstream may have acted on the request: only requests that are safe to repeat
         // go again, once, and only while nothing of the answer reached the client.
-        let replay_safe = session.req_header().method.is_idempotent()
-            || !header(session.req_header(), "idempotency-key").is_empty();
+        let req = session.req_header();
+        let replay_safe = replay_safe(
+            &req.method,
+            req.uri.path(),
+            !header(req, "idempotency-key").is_empty(),
+        );
         if self.settings.retry_idempotent
             && replay_safe
             && ctx.failed.is_empty()
@@ -88,7 +92,7 @@ impl Edge {
         };
         if status > 0 && session.response_written().is_none() {
             if let Err(err) =
-                respond::json_error(session, &ctx.request_id, status, code, message, &[]).await
+                respond::json_error(session, self.reply(ctx), status, code, message, &[]).await
             {
                 log::debug!(error = err.to_string(); "error response not sent");
             }

@@ -7,7 +7,7 @@ mod settings;
 
 pub use settings::{EdgeSettings, SharedTrust};
 
-use routes::{classify, header, redirect_code};
+use routes::{classify, header, https_host, redirect_code};
 
 use crate::metrics::{HOT, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
@@ -64,6 +64,14 @@ impl Edge {
         }
     }
 
+    /// What a response the edge writes itself carries: the request id, and HSTS on TLS.
+    fn reply<'a>(&'a self, ctx: &'a Ctx) -> respond::Reply<'a> {
+        respond::Reply {
+            rid: &ctx.request_id,
+            hsts: self.settings.hsts.as_deref().filter(|_| ctx.tls),
+        }
+    }
+
     fn trust(&self) -> Arc<ProxyTrust> {
         self.trust.read().expect("trust lock").clone()
     }
@@ -109,19 +117,19 @@ impl Edge {
         };
         match outcome {
             Outcome::Redirect(target, status) => {
-                respond::redirect(session, &ctx.request_id, status, &target).await?;
+                respond::redirect(session, self.reply(ctx), status, &target).await?;
                 ctx.answered = Some(status);
                 Ok(true)
             }
             Outcome::NotFound => {
                 let msg = format!("short code {code:?} not found");
-                respond::json_error(session, &ctx.request_id, 404, "not_found", &msg, &[]).await?;
+                respond::json_error(session, self.reply(ctx), 404, "not_found", &msg, &[]).await?;
                 ctx.answered = Some(404);
                 Ok(true)
             }
             Outcome::Gone | Outcome::Exhausted => {
                 let msg = format!("short code {code:?} {why_gone}");
-                respond::json_error(session, &ctx.request_id, 410, "gone", &msg, &[]).await?;
+                respond::json_error(session, self.reply(ctx), 410, "gone", &msg, &[]).await?;
                 ctx.answered = Some(410);
                 Ok(true)
             }
@@ -173,18 +181,26 @@ impl ProxyHttp for Edge {
         ctx.class = classify(&req.method, &path);
 
         if self.settings.redirect_http_to_https && !ctx.tls {
-            let host = header(req, "host")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let Some(host) = https_host(header(req, "host")) else {
+                respond::json_error(
+                    session,
+                    self.reply(ctx),
+                    400,
+                    "bad_request",
+                    "a Host header naming this server is required",
+                    &[],
+                )
+                .await?;
+                ctx.answered = Some(400);
+                return Ok(true);
+            };
             let target = format!(
                 "https://{host}{}",
                 req.uri.path_and_query().map_or("/", |p| p.as_str())
             );
             respond::send(
                 session,
-                &ctx.request_id,
+                self.reply(ctx),
                 308,
                 &[("location", &target)],
                 None,
@@ -210,7 +226,7 @@ impl ProxyHttp for Edge {
                 ];
                 respond::json_error(
                     session,
-                    &ctx.request_id,
+                    self.reply(ctx),
                     429,
                     "rate_limited",
                     "too many requests; retry later",
@@ -225,7 +241,7 @@ impl ProxyHttp for Edge {
         if path == "/metrics" || path.starts_with("/metrics/") || path.starts_with("/admin") {
             respond::json_error(
                 session,
-                &ctx.request_id,
+                self.reply(ctx),
                 404,
                 "not_found",
                 "no such route",
@@ -241,7 +257,7 @@ impl ProxyHttp for Edge {
         if declared > self.settings.max_body {
             respond::json_error(
                 session,
-                &ctx.request_id,
+                self.reply(ctx),
                 413,
                 "payload_too_large",
                 "request body is too large",
@@ -331,11 +347,10 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", &ctx.request_id)?;
-        if ctx.tls {
-            if let Some(hsts) = &self.settings.hsts {
-                resp.insert_header("strict-transport-security", hsts)?;
-            }
+        let reply = self.reply(ctx);
+        resp.insert_header("x-request-id", reply.rid)?;
+        if let Some(hsts) = reply.hsts {
+            resp.insert_header("strict-transport-security", hsts)?;
         }
         Ok(())
     }

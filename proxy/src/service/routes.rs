@@ -35,6 +35,49 @@ pub(super) fn redirect_code(path: &str) -> Option<&str> {
     (shortcode::is_code_shaped(code) && !shortcode::is_reserved(code)).then_some(code)
 }
 
+/// Whether a request that failed at its upstream may go to another: idempotent methods, and a
+/// create carrying an `Idempotency-Key` on the routes whose handler honours the key (the API
+/// answers a repeat with the first answer). A key on any other route guards nothing there, and
+/// replaying it could write twice.
+pub(super) fn replay_safe(method: &http::Method, path: &str, has_key: bool) -> bool {
+    method.is_idempotent()
+        || (has_key && method == http::Method::POST && matches!(path, "/urls" | "/links/create"))
+}
+
+/// The host of a `Host` header without its port, for the HTTP→HTTPS redirect: a DNS name or
+/// IPv4 address, or a bracketed IPv6 address; `None` for anything else (empty, a port that is
+/// not digits, characters no host has), which would make a broken or foreign `Location`.
+pub(super) fn https_host(host: &str) -> Option<&str> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')? + 1;
+        let inner = &host[1..end - 1];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (&host[..end], &host[end..])
+    } else {
+        let end = host.find(':').unwrap_or(host.len());
+        let name = &host[..end];
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return None;
+        }
+        (name, &host[end..])
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    port_ok.then_some(name)
+}
+
 pub(super) fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
     req.headers
         .get(name)
@@ -65,5 +108,50 @@ mod tests {
         assert_eq!(classify(&Method::POST, "/abc1234"), Class::Auth);
         assert_eq!(classify(&Method::PUT, "/abc1234"), Class::Write);
         assert_eq!(classify(&Method::GET, "/ab"), Class::Read);
+    }
+
+    #[test]
+    fn only_routes_that_honour_the_key_replay_a_keyed_post() {
+        use http::Method;
+        assert!(replay_safe(&Method::GET, "/urls", false));
+        assert!(replay_safe(&Method::PUT, "/urls/1", false));
+        assert!(replay_safe(&Method::DELETE, "/urls/1", false));
+        assert!(replay_safe(&Method::POST, "/urls", true));
+        assert!(replay_safe(&Method::POST, "/links/create", true));
+        assert!(!replay_safe(&Method::POST, "/urls", false));
+        for path in [
+            "/events",
+            "/users",
+            "/urls/bulk",
+            "/auth/keys",
+            "/urls/import",
+        ] {
+            assert!(!replay_safe(&Method::POST, path, true), "{path}");
+        }
+        assert!(!replay_safe(&Method::PATCH, "/urls", true));
+    }
+
+    #[test]
+    fn the_https_redirect_keeps_only_a_well_formed_host() {
+        assert_eq!(https_host("example.com"), Some("example.com"));
+        assert_eq!(https_host("example.com:8080"), Some("example.com"));
+        assert_eq!(https_host("127.0.0.1:80"), Some("127.0.0.1"));
+        assert_eq!(https_host("[2001:db8::1]:80"), Some("[2001:db8::1]"));
+        assert_eq!(https_host("[::1]"), Some("[::1]"));
+        for bad in [
+            "",
+            ":80",
+            "evil.example/@x",
+            "a b",
+            "example.com:",
+            "example.com:8o",
+            "example.com:123456",
+            "[2001:db8::1",
+            "[]:80",
+            "[::1]x",
+            "user@example.com",
+        ] {
+            assert_eq!(https_host(bad), None, "{bad:?}");
+        }
     }
 }

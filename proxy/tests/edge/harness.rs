@@ -136,6 +136,8 @@ pub struct Options {
     pub replica_acks: u8,
     /// Extra YAML appended to the proxy config (sections not otherwise written).
     pub extra_yaml: String,
+    /// Extra keys of the `listen` section, each as `, key: value`.
+    pub listen_extra: String,
     pub rate_limits: String,
     pub read_timeout_ms: u64,
     /// The PostgreSQL server (a URL to its maintenance database) the stack's database lives on;
@@ -162,6 +164,7 @@ impl Default for Options {
             redis_cluster: default_redis_cluster(),
             replica_acks: 0,
             extra_yaml: String::new(),
+            listen_extra: String::new(),
             read_timeout_ms: 30_000,
             pg_admin_url: None,
             proxy_partitions: None,
@@ -312,7 +315,7 @@ impl Stack {
         let d = self.dir.display();
         let yaml = format!(
             "server: {{ threads: 2, grace_period_seconds: {}, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
-             listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem }}\n\
+             listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem{} }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
              redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000, replica_acks: {}{} }}\n\
@@ -321,6 +324,7 @@ impl Stack {
             opts.grace_period_seconds,
             self.http_port,
             self.https_port,
+            opts.listen_extra,
             self.admin_port,
             servers.join(", "),
             opts.read_timeout_ms,

@@ -3,7 +3,7 @@
 //! client cannot hold more than its share of connections.
 
 use crate::harness::{Options, Stack};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -349,4 +349,99 @@ async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive
     // Closed connections give back their place in the count.
     drop(kept);
     counts(before).await;
+}
+
+/// With `listen.hsts_max_age_seconds` every TLS answer carries HSTS, the redirects and errors
+/// the edge writes itself as well as the API's; with `listen.redirect_http_to_https` plain HTTP
+/// gets a 308 to the same host (port dropped, IPv6 kept whole) and a Host that names no host a
+/// 400, never a `Location` built from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_host_only() {
+    let stack = Stack::start(Options {
+        listen_extra: ", hsts_max_age_seconds: 600, redirect_http_to_https: true".into(),
+        ..Options::default()
+    });
+    // Plain HTTP to the edge is redirected now: the link is made at an API directly.
+    let api = format!("http://{}", stack.upstreams[0].addr());
+    let post = |path: &str, body: Value| {
+        let req = stack.client.post(format!("{api}{path}")).json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let user = post(
+        "/users",
+        json!({"username": "hsts", "email": "hsts@example.com"}),
+    )
+    .await;
+    let link = post(
+        "/urls",
+        json!({"user_id": user["id"], "original_url": "https://example.com/hsts"}),
+    )
+    .await;
+    let code = link["short_code"].as_str().unwrap();
+    let base = format!("https://127.0.0.1:{}", stack.https_port);
+    for (path, status) in [
+        (format!("/{code}"), "302"),
+        ("/zzzzzzz".to_owned(), "404"),
+        ("/metrics".to_owned(), "404"),
+        ("/health".to_owned(), "200"),
+    ] {
+        let head = crate::harness::curl(&[
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            &format!("{base}{path}"),
+        ])
+        .to_ascii_lowercase();
+        assert_eq!(head.split(' ').nth(1), Some(status), "{path}: {head}");
+        assert!(
+            head.contains("\r\nstrict-transport-security: max-age=600\r\n"),
+            "{path}: {head}"
+        );
+    }
+
+    let ask = |request: String| {
+        let port = stack.http_port;
+        async move {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            read_to_close(&mut conn, Duration::from_secs(20)).await
+        }
+    };
+    for (host, location) in [
+        ("short.example:80", "https://short.example/x?a=1"),
+        ("[2001:db8::1]:8080", "https://[2001:db8::1]/x?a=1"),
+    ] {
+        let answer = ask(format!(
+            "GET /x?a=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert_eq!(status_of(&answer), 308, "{host}: {answer}");
+        let head = answer.to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("\r\nlocation: {location}\r\n")),
+            "{host}: {answer}"
+        );
+        assert!(
+            !head.contains("strict-transport-security"),
+            "{host}: {answer}"
+        );
+    }
+    for request in [
+        "GET /x HTTP/1.1\r\nHost: evil.example/@x\r\nConnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: :80\r\nConnection: close\r\n\r\n",
+        "GET /x HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = ask(request.to_owned()).await;
+        assert_our_error(&answer, 400, request);
+        assert!(
+            !answer.to_ascii_lowercase().contains("\r\nlocation:"),
+            "{answer}"
+        );
+    }
 }
