@@ -1,5 +1,6 @@
-//! A deadline on every request: past `limits.request_timeout_ms` (bulk imports:
-//! `limits.bulk_request_timeout_ms`) the request is abandoned with a 503 in our error shape.
+//! A deadline on every request: past `limits.request_timeout_ms` (bulk imports, imports of other
+//! shorteners' exports and exports: `limits.bulk_request_timeout_ms`) the request is abandoned
+//! with a 503 in our error shape.
 //!
 //! Without it a stuck dependency (a PostgreSQL that accepts connections but never answers, a
 //! lock wait) holds the client, the edge's upstream connection and a pool slot for as long as
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limits = &state.config.limits;
-    let budget_ms = if req.uri().path().ends_with("/bulk") {
+    let budget_ms = if is_bulk(req.uri().path()) {
         limits.bulk_request_timeout_ms
     } else {
         limits.request_timeout_ms
@@ -25,5 +26,33 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             "the request did not complete within {budget_ms} ms; retry shortly"
         ))
         .into_response(),
+    }
+}
+
+/// Routes whose work grows with the data they carry or read (up to the 32 MiB upload limit, or
+/// every link of an account): the short budget would cut a large import midway, and a client
+/// told to retry an import that committed would then find its codes taken.
+fn is_bulk(path: &str) -> bool {
+    path.ends_with("/bulk") || matches!(path, "/urls/import" | "/urls/export")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bulk;
+
+    #[test]
+    fn imports_and_exports_get_the_bulk_budget() {
+        for path in [
+            "/urls/bulk",
+            "/users/bulk",
+            "/events/bulk",
+            "/urls/import",
+            "/urls/export",
+        ] {
+            assert!(is_bulk(path), "{path}");
+        }
+        for path in ["/urls", "/urls/1", "/urls/import/x", "/events"] {
+            assert!(!is_bulk(path), "{path}");
+        }
     }
 }
