@@ -7,7 +7,7 @@ use crate::cache::Lookup;
 use crate::clicks::LimitedVisit;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::PathText;
+use crate::extract::{PathText, RawBody};
 use crate::http_log::RequestId;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
@@ -54,7 +54,7 @@ pub async fn unlock(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let (entry, _) = redirecting(&state, &code).await?;
     if !entry.protected {

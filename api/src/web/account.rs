@@ -3,9 +3,9 @@
 use super::links::logged_in;
 use super::{account_pages, field, messages, problem, Visit};
 use crate::error::ApiError;
+use crate::extract::{PathText, RawBody};
 use crate::state::AppState;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use std::net::SocketAddr;
@@ -53,7 +53,7 @@ pub async fn make_key(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match super::links::checked_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
@@ -72,8 +72,8 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    PathText(id): PathText,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, _) = match super::links::checked_post(&state, peer, &headers, &body).await {
         Ok(v) => v,

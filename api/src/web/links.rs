@@ -6,10 +6,10 @@
 use super::{field, link_pages, messages, problem, Visit};
 use crate::db::urls::{Link, UrlFilter};
 use crate::error::ApiError;
-use crate::extract::{JsonObject, PathText};
+use crate::extract::{JsonObject, PathText, RawBody};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Map, Value};
@@ -151,7 +151,7 @@ pub async fn show(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Response {
     let visit = match logged_in(&state, peer, &headers).await {
         Ok(v) => v,
@@ -251,8 +251,8 @@ pub async fn set_state(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    PathText(id): PathText,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,
@@ -279,8 +279,8 @@ pub async fn edit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    PathText(id): PathText,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,
@@ -311,7 +311,7 @@ pub async fn confirm_delete(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Response {
     let visit = match logged_in(&state, peer, &headers).await {
         Ok(v) => v,
@@ -332,8 +332,8 @@ pub async fn delete(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    PathText(id): PathText,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, _) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
         Ok(v) => v,

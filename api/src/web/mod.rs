@@ -23,10 +23,10 @@ use crate::auth::{AuthUser, Caller, Credential};
 use crate::config::AuthMode;
 use crate::db::users::User;
 use crate::error::ApiError;
-use crate::extract::JsonObject;
+use crate::extract::{JsonObject, PathText, RawBody};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -329,7 +329,7 @@ pub async fn shorten(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
@@ -389,7 +389,7 @@ pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
@@ -449,7 +449,7 @@ pub async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
@@ -489,7 +489,7 @@ pub async fn logout(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let (visit, _) = match form_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
@@ -509,6 +509,6 @@ pub async fn logout(
 }
 
 /// `GET /static/<file>`: the stylesheet under its content-hashed name, cached for a year.
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub async fn asset(PathText(file): PathText) -> Response {
     assets::serve(&file)
 }

@@ -257,6 +257,7 @@ async fn paths_and_queries_that_do_not_decode_get_our_json_error() {
     for (path, status) in [
         ("/%FF%FE", 400),
         ("/urls/%FF", 400),
+        ("/ui/links/%FF", 400),
         ("/urls/abc", 404),
         ("/users?page=%FF", 400),
         ("/users?page=abc", 400),

@@ -54,6 +54,18 @@ async fn oversized_bodies_get_413_json() {
     let res = app.post_raw("/users", &big, "application/json").await;
     let err = error_of(res, 413).await;
     assert_eq!(err["error"], "payload_too_large");
+    // The routes that read their body as bytes (a protected link's password, the web app's
+    // forms) answer the same, whether or not the link or page exists.
+    for path in ["/abc1234", "/ui/shorten", "/login", "/ui/links/1/edit"] {
+        let res = app
+            .post_raw(path, &big, "application/x-www-form-urlencoded")
+            .await;
+        assert_eq!(
+            error_of(res, 413).await["error"],
+            "payload_too_large",
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
