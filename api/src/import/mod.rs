@@ -147,6 +147,15 @@ pub async fn urls(
             user_rows.entry(u).or_insert(at);
         }
         let title = row.text("title");
+        if title.chars().count() > crate::routes::urls::MAX_TITLE {
+            return Err(at.err(
+                "title",
+                format!(
+                    "must be at most {} characters",
+                    crate::routes::urls::MAX_TITLE
+                ),
+            ));
+        }
         ids.push(id);
         users.push(user);
         codes.push(code);

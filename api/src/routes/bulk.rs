@@ -191,7 +191,14 @@ fn foreign_as_bulk(
             owner.to_string(),
             code.as_str().to_owned(),
             link.original_url.clone(),
-            link.title.clone().unwrap_or_default(),
+            // Another product's page titles can be longer than ours; the start of one is more
+            // use than an import refused for it.
+            link.title
+                .as_deref()
+                .unwrap_or_default()
+                .chars()
+                .take(super::urls::MAX_TITLE)
+                .collect(),
             link.created_at
                 .map(kurz_common::time::format)
                 .unwrap_or_default(),

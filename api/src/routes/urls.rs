@@ -17,8 +17,8 @@ use kurz_common::shortcode::ShortCode;
 use kurz_common::target::Target;
 use serde_json::{json, Value};
 
-/// Longest title accepted.
-const MAX_TITLE: usize = 512;
+/// Longest title accepted, in characters (imports too).
+pub(crate) const MAX_TITLE: usize = 512;
 /// Attempts at a fresh generated code before giving up. With 62^7 codes a single collision is
 /// already rare; five in a row means something else is wrong.
 const CODE_ATTEMPTS: usize = 5;

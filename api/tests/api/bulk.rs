@@ -157,6 +157,15 @@ async fn a_bad_row_names_row_and_column_and_nothing_is_imported() {
         error_of(app.upload("/events/bulk", csv.into()).await, 400).await["details"]["column"],
         "timestamp"
     );
+    let csv = format!(
+        "id,user_id,short_code,original_url,title\n2,1,abc126,https://example.com/2,{}\n",
+        "t".repeat(513)
+    );
+    assert_eq!(
+        error_of(app.upload("/urls/bulk", csv.into()).await, 400).await["details"]["column"],
+        "title",
+        "titles are held to the 512 characters of a create"
+    );
     let csv = "id,user_id,short_code,original_url,created_at\n2,1,abc125,https://example.com/2,-5000-01-01\n";
     assert_eq!(
         error_of(app.upload("/urls/bulk", csv.into()).await, 400).await["details"]["column"],

@@ -230,3 +230,18 @@ async fn a_date_out_of_range_is_the_records_error() {
     );
     assert!(links_of(&app, user).await.is_empty());
 }
+
+/// Another product's title longer than kurz keeps is cut to its first 512 characters, not a
+/// refused import.
+#[tokio::test]
+async fn a_foreign_title_longer_than_ours_is_cut() {
+    let app = spawn_app().await;
+    let user = app.create_user("verbose").await;
+    let title = "é".repeat(600);
+    let kutt =
+        format!(r#"[{{"target":"https://a.example/","address":"long1","description":"{title}"}}]"#);
+    let res = import(&app, "kutt", user, kutt.as_bytes()).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let links = links_of(&app, user).await;
+    assert_eq!(links["long1"]["title"], "é".repeat(512));
+}
