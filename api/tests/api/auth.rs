@@ -460,6 +460,71 @@ async fn unknown_identifiers_are_locked_out_by_a_hash_of_them() {
     }
 }
 
+/// One address guessing across many identifiers is held back by its own counter
+/// (`free_failures_per_ip`), while another address is not.
+#[tokio::test]
+async fn one_address_guessing_across_accounts_backs_off_and_another_does_not() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 100;
+        c.auth.lockout.free_failures_per_ip = 2;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let from = |ip: &'static str, n: usize| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": format!("guess{n}@example.com"), "password": "guess"}))
+    };
+    for n in 0..3 {
+        error_of(from("203.0.113.5", n).send().await.unwrap(), 401).await;
+    }
+    let res = from("203.0.113.5", 3).send().await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    error_of(res, 429).await;
+    error_of(from("203.0.113.6", 4).send().await.unwrap(), 401).await;
+}
+
+/// Sliding sessions: each use puts the session's expiry back to the full TTL; fixed ones keep
+/// the expiry they got at login.
+#[tokio::test]
+async fn a_sliding_session_is_extended_by_use_and_a_fixed_one_is_not() {
+    for sliding in [true, false] {
+        let app = spawn_app_with(|c| {
+            c.auth.session_ttl_seconds = 3600;
+            c.auth.sliding_sessions = sliding;
+        })
+        .await;
+        let (token, _) = register(&app, "slide").await;
+        let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:{{sessions}}:session:*", app.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        // As if most of the hour had passed.
+        let _: i64 = redis::cmd("EXPIRE")
+            .arg(&keys[0])
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(me(&app, &token).await.status(), 200);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&keys[0])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if sliding {
+            assert!(ttl > 3000, "sliding: ttl {ttl}");
+        } else {
+            assert!((1..=100).contains(&ttl), "fixed: ttl {ttl}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
     let app = spawn_app_with(|c| {

@@ -258,6 +258,9 @@ async fn paths_and_queries_that_do_not_decode_get_our_json_error() {
         ("/%FF%FE", 400),
         ("/urls/%FF", 400),
         ("/ui/links/%FF", 400),
+        // A filter given empty is a mistake, not "no filter".
+        ("/urls?user_id=", 400),
+        ("/events?url_id=", 400),
         ("/urls/abc", 404),
         ("/users?page=%FF", 400),
         ("/users?page=abc", 400),
@@ -270,5 +273,30 @@ async fn paths_and_queries_that_do_not_decode_get_our_json_error() {
         let v: Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {body:?}: {e}"));
         assert!(v["error"].is_string(), "{path}: {v}");
+    }
+}
+
+/// Ids in JSON: a whole number written as a float (`7.0`, as Python's `json.dumps` writes one)
+/// is that integer; beyond 2^53, where a float no longer holds every integer, it is refused.
+#[tokio::test]
+async fn ids_sent_as_floats_are_integers_only_where_a_float_is_exact() {
+    let app = spawn_app().await;
+    let user = app.create_user("floaty").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user as f64, "original_url": "https://example.com/f"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    for too_big in [1e16, 9_007_199_254_740_994.0] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": too_big, "original_url": "https://example.com/f"}),
+            )
+            .await;
+        let body = error_of(res, 400).await;
+        assert!(body["details"]["user_id"].is_string(), "{too_big}: {body}");
     }
 }

@@ -29,13 +29,18 @@ async fn the_png_decodes_back_to_the_short_url() {
         link["short_code"].as_str().unwrap(),
     );
     let short_url = link["short_url"].as_str().unwrap();
-    for path in [
-        format!("/urls/{id}/qr?format=png&size=300"),
-        format!("/{code}/qr?format=png"),
+    // By id it is the owner's view (private); by code it is what anyone with the code sees.
+    for (path, cache) in [
+        (
+            format!("/urls/{id}/qr?format=png&size=300"),
+            "private, max-age=86400",
+        ),
+        (format!("/{code}/qr?format=png"), "public, max-age=86400"),
     ] {
         let res = app.get(&path).await;
         assert_eq!(res.status(), 200, "{path}");
         assert_eq!(res.headers()["content-type"], "image/png");
+        assert_eq!(res.headers()["cache-control"], cache, "{path}");
         let etag = res.headers()["etag"].to_str().unwrap().to_owned();
         let png = res.bytes().await.unwrap();
         assert_eq!(decode(&png), short_url, "{path}");

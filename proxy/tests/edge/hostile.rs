@@ -387,6 +387,7 @@ async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_h
         (format!("/{code}"), "302"),
         ("/zzzzzzz".to_owned(), "404"),
         ("/metrics".to_owned(), "404"),
+        ("/admin/anything".to_owned(), "404"),
         ("/health".to_owned(), "200"),
     ] {
         let head = crate::harness::curl(&[
@@ -403,6 +404,13 @@ async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_h
             head.contains("\r\nstrict-transport-security: max-age=600\r\n"),
             "{path}: {head}"
         );
+        if status == "302" {
+            // A redirect is the visitor's own: no shared cache may keep it (and skip the click).
+            assert!(
+                head.contains("\r\ncache-control: private, no-store\r\n"),
+                "{head}"
+            );
+        }
     }
 
     let ask = |request: String| {
