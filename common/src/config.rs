@@ -139,8 +139,32 @@ pub fn leaf_keys(value: &serde_json::Value) -> Vec<String> {
     out
 }
 
-/// Checks that every key of `defaults` (a config struct serialised) is in the YAML file and
-/// documented as `` `key` `` in the docs text, and that the file has no key the struct lacks.
+/// The value at dotted `key` in `value`.
+fn at<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    key.split('.').try_fold(value, |v, k| v.get(k))
+}
+
+/// Whether a value read from YAML is the default: numbers compare as numbers (`1` is `1.0`).
+fn same_value(file: &serde_json::Value, default: &serde_json::Value) -> bool {
+    match (file.as_f64(), default.as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => file == default,
+    }
+}
+
+/// A default as the docs' table writes it (inside backticks): strings bare (`""` when empty),
+/// everything else as compact JSON.
+fn as_documented(default: &serde_json::Value) -> String {
+    match default {
+        serde_json::Value::String(s) if s.is_empty() => "\"\"".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks `defaults` (a config struct serialised) against its config file and its docs table:
+/// every key is in the YAML file with its default value, and in the docs table (rows
+/// `` | `key` | `default` | … ``) with its default; neither names a key the struct lacks.
 pub fn check_documented(
     defaults: &serde_json::Value,
     yaml: &str,
@@ -149,13 +173,51 @@ pub fn check_documented(
     let file: serde_json::Value = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
     let in_file = leaf_keys(&file);
     let keys = leaf_keys(defaults);
+    let rows: Vec<(&str, &str)> = docs
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("| `")?.split(" | ");
+            let key = cells.next()?.strip_suffix('`')?;
+            let default = cells.next()?.trim();
+            Some((key, default))
+        })
+        .collect();
     for key in &keys {
+        let default = at(defaults, key).expect("a leaf key");
         if !docs.contains(&format!("`{key}`")) {
             return Err(format!("docs/configuration.md lacks `{key}`"));
         }
         if !in_file.contains(key) {
             return Err(format!("the config file lacks {key}"));
         }
+        let in_yaml = at(&file, key).expect("a key of the file");
+        if !same_value(in_yaml, default) {
+            return Err(format!(
+                "the config file gives {key} as {in_yaml}, its default is {default}"
+            ));
+        }
+        if let Some((_, documented)) = rows.iter().find(|(k, _)| k == key) {
+            let expected = format!("`{}`", as_documented(default));
+            let as_number = documented
+                .trim_matches('`')
+                .parse::<f64>()
+                .ok()
+                .zip(default.as_f64());
+            let same = match as_number {
+                Some((a, b)) => a == b,
+                None => documented.replace(", ", ",") == expected,
+            };
+            if !same {
+                return Err(format!(
+                    "docs/configuration.md gives {key}'s default as {documented}, the code {expected}"
+                ));
+            }
+        }
+    }
+    if let Some((stale, _)) = rows.iter().find(|(k, _)| !keys.iter().any(|key| key == k)) {
+        return Err(format!(
+            "docs/configuration.md documents `{stale}`, which is no key"
+        ));
     }
     match in_file.iter().find(|k| !keys.contains(k)) {
         Some(stale) => Err(format!("the config file has a stale key {stale}")),
@@ -178,6 +240,21 @@ mod tests {
     fn unknown_key_is_rejected_by_name() {
         let err = parse_yaml::<Sample>("prot: 80").unwrap_err();
         assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn docs_and_file_must_give_each_key_with_its_default() {
+        let defaults = serde_json::json!({"a": {"b": 1, "c": "x", "d": ["p", "q"]}});
+        let yaml = "a:\n  b: 1\n  c: x\n  d: [p, q]\n";
+        let docs = "| `a.b` | `1` | | |\n| `a.c` | `x` | | |\n| `a.d` | `[\"p\", \"q\"]` | | |\n";
+        assert_eq!(check_documented(&defaults, yaml, docs), Ok(()));
+        let err = check_documented(&defaults, yaml, &docs.replace("`1`", "`2`")).unwrap_err();
+        assert!(err.contains("a.b"), "{err}");
+        let err = check_documented(&defaults, &yaml.replace("c: x", "c: y"), docs).unwrap_err();
+        assert!(err.contains("a.c"), "{err}");
+        let stale = format!("{docs}| `a.e` | `0` | | |\n");
+        let err = check_documented(&defaults, yaml, &stale).unwrap_err();
+        assert!(err.contains("a.e"), "{err}");
     }
 
     #[test]
