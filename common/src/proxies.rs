@@ -69,22 +69,22 @@ impl ProxyTrust {
         if let Some(ip) = header("x-real-ip") {
             return ip;
         }
-        if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            // Each hop appended the address it saw: walking from the right, the first one that
-            // is not ours is the client as far as the chain can be trusted.
-            let hops: Vec<IpAddr> = xff
-                .split(',')
-                .filter_map(|h| h.trim().parse().ok())
-                .map(canonical)
-                .collect();
-            if let Some(ip) = hops.iter().rev().find(|ip| !self.trusts(**ip)) {
-                return *ip;
-            }
-            if let Some(first) = hops.first() {
-                return *first;
-            }
+        // Each hop appended the address it saw: walking from the right, the first one that is
+        // not ours is the client as far as the chain can be trusted. A proxy may append a
+        // header line of its own instead of extending the client's: the lines are one list, in
+        // order (RFC 9110, 5.3), or the client's own line would be read as the chain.
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|line| line.split(','))
+            .filter_map(|h| h.trim().parse().ok())
+            .map(canonical)
+            .collect();
+        if let Some(ip) = hops.iter().rev().find(|ip| !self.trusts(**ip)) {
+            return *ip;
         }
-        peer
+        hops.first().copied().unwrap_or(peer)
     }
 }
 
@@ -153,6 +153,16 @@ mod tests {
         ]);
         assert_eq!(t.client_ip(peer, &h), ip("198.51.100.9"));
         assert_eq!(t.client_ip(peer, &HeaderMap::new()), peer);
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_one_list() {
+        let trust = ProxyTrust::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let mut h = HeaderMap::new();
+        // The client's forged line first, then the line its trusted proxy added.
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7, 10.0.0.5".parse().unwrap());
+        assert_eq!(trust.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
     }
 
     #[test]

@@ -328,7 +328,14 @@ impl ProxyHttp for Edge {
         let trusted_peer = peer
             .parse::<IpAddr>()
             .is_ok_and(|ip| self.trust().trusts(ip));
-        let prior = header(upstream, "x-forwarded-for").to_owned();
+        // Every line of the header, in order: one list, as the client address was read.
+        let prior = upstream
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
         let xff = if trusted_peer && !prior.is_empty() {
             format!("{prior}, {peer}")
         } else {
