@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limits = &state.config.limits;
-    let budget_ms = if is_bulk(req.uri().path()) {
+    let budget_ms = if kurz_common::http::is_bulk_route(req.uri().path()) {
         limits.bulk_request_timeout_ms
     } else {
         limits.request_timeout_ms
@@ -29,16 +29,9 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
     }
 }
 
-/// Routes whose work grows with the data they carry or read (up to the 32 MiB upload limit, or
-/// every link of an account): the short budget would cut a large import midway, and a client
-/// told to retry an import that committed would then find its codes taken.
-fn is_bulk(path: &str) -> bool {
-    path.ends_with("/bulk") || matches!(path, "/urls/import" | "/urls/export")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_bulk;
+    use kurz_common::http::is_bulk_route as is_bulk;
 
     #[test]
     fn imports_and_exports_get_the_bulk_budget() {

@@ -20,6 +20,13 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// Routes whose work grows with the data they carry or read (an upload up to the bulk body
+/// limit, or every link of an account): the API gives them `limits.bulk_request_timeout_ms`
+/// and the edge `upstreams.bulk_read_timeout_ms` instead of the ordinary budgets.
+pub fn is_bulk_route(path: &str) -> bool {
+    path.ends_with("/bulk") || matches!(path, "/urls/import" | "/urls/export")
+}
+
 /// The contract's error body: `{"error": <snake_case code>, "message": <for a person>,
 /// "details": <per-field reasons or null>}`.
 pub fn error_body(code: &str, message: &str, details: Value) -> String {

@@ -146,7 +146,11 @@ impl ProxyConfig {
             addr("upstreams.servers", s)?;
         }
         let u = &self.upstreams;
-        if u.connect_timeout_ms == 0 || u.read_timeout_ms == 0 || u.idle_timeout_ms == 0 {
+        if u.connect_timeout_ms == 0
+            || u.read_timeout_ms == 0
+            || u.bulk_read_timeout_ms == 0
+            || u.idle_timeout_ms == 0
+        {
             return bad("upstreams.*_timeout_ms", "must be above 0");
         }
         let hc = &u.health_check;

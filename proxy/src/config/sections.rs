@@ -65,6 +65,9 @@ pub struct UpstreamsSection {
     pub connect_timeout_ms: u64,
     /// Longest wait for an upstream's response (504 beyond).
     pub read_timeout_ms: u64,
+    /// The same for bulk imports, imports and exports (`kurz_common::http::is_bulk_route`),
+    /// which the API gives `limits.bulk_request_timeout_ms`.
+    pub bulk_read_timeout_ms: u64,
     /// Idle upstream connections are closed after this long.
     pub idle_timeout_ms: u64,
     /// Retry an idempotent request once on another upstream when the first fails before a
@@ -204,6 +207,7 @@ impl Default for UpstreamsSection {
             servers: vec!["127.0.0.1:8000".into()],
             connect_timeout_ms: 1000,
             read_timeout_ms: 30_000,
+            bulk_read_timeout_ms: 300_000,
             idle_timeout_ms: 60_000,
             retry_idempotent: true,
             health_check: HealthCheckSection::default(),

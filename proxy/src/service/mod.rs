@@ -292,7 +292,7 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let failed = &ctx.failed;
         let backend = self
             .lb
@@ -309,7 +309,15 @@ impl ProxyHttp for Edge {
             .ok_or_else(|| Error::explain(HTTPStatus(502), "no upstream available"))?;
         let mut peer = HttpPeer::new(backend, false, String::new());
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
-        peer.options.read_timeout = Some(self.settings.read_timeout);
+        // An import answers when it has committed: a read timeout shorter than the API's own
+        // budget would answer 504 for an import that then succeeds.
+        peer.options.read_timeout = Some(
+            if kurz_common::http::is_bulk_route(session.req_header().uri.path()) {
+                self.settings.bulk_read_timeout
+            } else {
+                self.settings.read_timeout
+            },
+        );
         peer.options.idle_timeout = Some(self.settings.idle_timeout);
         Ok(Box::new(peer))
     }
