@@ -15,7 +15,7 @@ pub struct Reply<'a> {
     pub rid: &'a str,
     /// `strict-transport-security`: set on TLS connections when `listen.hsts_max_age_seconds`
     /// is.
-    pub hsts: Option<&'a str>,
+    pub hsts: Option<&'a http::HeaderValue>,
 }
 
 /// Writes a complete response carrying the request id. HEAD requests get the head only.
@@ -33,7 +33,8 @@ pub async fn send(
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 4))?;
     resp.insert_header("x-request-id", to.rid)?;
     if let Some(hsts) = to.hsts {
-        resp.insert_header("strict-transport-security", hsts)?;
+        // A clone of a `HeaderValue` shares its bytes: no copy per response.
+        resp.insert_header("strict-transport-security", hsts.clone())?;
     }
     for &(k, v) in headers {
         resp.insert_header(k, v)?;

@@ -56,7 +56,7 @@ impl Subject<'_> {
         match self {
             Subject::Account(id) => format!("user:{id}"),
             // Hashed: an identifier is the client's text of any length (a key as long as the
-            // body), and an email address is personal data that has no place in a key name.
+            // body), and an email address should not be readable from a key name.
             Subject::Unknown(who) => format!("id:{}", super::sessions::token_hash(who)),
             Subject::Link(id) => format!("link:{id}"),
         }

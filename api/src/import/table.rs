@@ -65,7 +65,12 @@ impl Table {
             .clone();
         let mut columns: HashMap<String, usize> = HashMap::new();
         for (i, h) in headers.iter().enumerate() {
-            if columns.insert(column_name(h), i).is_some() {
+            // Blank header cells (a spreadsheet's trailing commas) name nothing to read.
+            let name = column_name(h);
+            if name.is_empty() {
+                continue;
+            }
+            if columns.insert(name, i).is_some() {
                 return Err(ApiError::BadRequest(format!(
                     "CSV header names column {:?} more than once",
                     column_name(h)

@@ -245,7 +245,15 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
             reason: format!("malformed CSV: {e}"),
         })?;
         let mut fields = vec![owner.to_string()];
-        fields.extend(keep.iter().map(|&i| row.get(i).unwrap_or("").to_owned()));
+        fields.extend(keep.iter().map(|&i| {
+            let cell = row.get(i).unwrap_or("");
+            // Titles stored before the 512-character cap came in: exported, they still import.
+            if import::column_name(&header[i]) == "title" {
+                cell.chars().take(super::urls::MAX_TITLE).collect()
+            } else {
+                cell.to_owned()
+            }
+        }));
         out.write_record(&fields).map_err(failed)?;
     }
     out.into_inner()

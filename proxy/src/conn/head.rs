@@ -411,6 +411,7 @@ mod tests {
             400
         );
         assert_eq!(status("GET http://u@a/ HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
+        assert_eq!(status("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n"), 400);
         assert!(req("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);

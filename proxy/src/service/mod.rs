@@ -68,7 +68,7 @@ impl Edge {
     fn reply<'a>(&'a self, ctx: &'a Ctx) -> respond::Reply<'a> {
         respond::Reply {
             rid: &ctx.request_id,
-            hsts: self.settings.hsts.as_deref().filter(|_| ctx.tls),
+            hsts: self.settings.hsts.as_ref().filter(|_| ctx.tls),
         }
     }
 
@@ -181,13 +181,24 @@ impl ProxyHttp for Edge {
         ctx.class = classify(&req.method, &path);
 
         if self.settings.redirect_http_to_https && !ctx.tls {
-            let Some(host) = https_host(header(req, "host")) else {
+            // HTTP/1.0 may name the host only in an absolute-form target.
+            let target = std::str::from_utf8(req.raw_path())
+                .ok()
+                .and_then(|t| t.parse::<http::Uri>().ok());
+            let named = match header(req, "host") {
+                "" => target
+                    .as_ref()
+                    .and_then(|t| t.authority())
+                    .map_or("", |a| a.as_str()),
+                host => host,
+            };
+            let Some(host) = https_host(named) else {
                 respond::json_error(
                     session,
                     self.reply(ctx),
                     400,
                     "bad_request",
-                    "a Host header naming this server is required",
+                    "a Host header naming a host is required",
                     &[],
                 )
                 .await?;
@@ -365,7 +376,7 @@ impl ProxyHttp for Edge {
         let reply = self.reply(ctx);
         resp.insert_header("x-request-id", reply.rid)?;
         if let Some(hsts) = reply.hsts {
-            resp.insert_header("strict-transport-security", hsts)?;
+            resp.insert_header("strict-transport-security", hsts.clone())?;
         }
         Ok(())
     }

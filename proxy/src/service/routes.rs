@@ -65,16 +65,17 @@ pub(super) fn https_host(host: &str) -> Option<&str> {
         if name.is_empty()
             || !name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
         {
             return None;
         }
         (name, &host[end..])
     };
+    // `port = *DIGIT` (RFC 3986): `host:` is a host with an empty port.
     let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-        });
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     port_ok.then_some(name)
 }
 
@@ -138,12 +139,13 @@ mod tests {
         assert_eq!(https_host("127.0.0.1:80"), Some("127.0.0.1"));
         assert_eq!(https_host("[2001:db8::1]:80"), Some("[2001:db8::1]"));
         assert_eq!(https_host("[::1]"), Some("[::1]"));
+        assert_eq!(https_host("kurz_edge:8080"), Some("kurz_edge"));
+        assert_eq!(https_host("example.com:"), Some("example.com"));
         for bad in [
             "",
             ":80",
             "evil.example/@x",
             "a b",
-            "example.com:",
             "example.com:8o",
             "example.com:123456",
             "[2001:db8::1",

@@ -19,7 +19,8 @@ pub struct EdgeSettings {
     pub idle_timeout: Duration,
     pub retry_idempotent: bool,
     pub redirect_http_to_https: bool,
-    pub hsts: Option<String>,
+    /// Built once: a `&str` would be copied into a new header value on every TLS redirect.
+    pub hsts: Option<http::HeaderValue>,
     pub click_sample_rate: f64,
     pub store_ip: kurz_common::clicks::StoreIp,
     pub access_log_sample_rate: f64,
@@ -37,8 +38,10 @@ impl EdgeSettings {
             idle_timeout: Duration::from_millis(u.idle_timeout_ms),
             retry_idempotent: u.retry_idempotent,
             redirect_http_to_https: cfg.listen.redirect_http_to_https,
-            hsts: (cfg.listen.hsts_max_age_seconds > 0)
-                .then(|| format!("max-age={}", cfg.listen.hsts_max_age_seconds)),
+            hsts: (cfg.listen.hsts_max_age_seconds > 0).then(|| {
+                let text = format!("max-age={}", cfg.listen.hsts_max_age_seconds);
+                http::HeaderValue::try_from(text).expect("digits make a header value")
+            }),
             click_sample_rate: cfg.clicks.sample_rate,
             store_ip: cfg.privacy.store_ip,
             access_log_sample_rate: cfg.log.access_log_sample_rate,

@@ -421,6 +421,14 @@ async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_h
             read_to_close(&mut conn, Duration::from_secs(20)).await
         }
     };
+    let answer = ask("GET http://abs.example/x?a=1 HTTP/1.0\r\n\r\n".to_owned()).await;
+    assert_eq!(status_of(&answer), 308, "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nlocation: https://abs.example/x?a=1\r\n"),
+        "{answer}"
+    );
     for (host, location) in [
         ("short.example:80", "https://short.example/x?a=1"),
         ("[2001:db8::1]:8080", "https://[2001:db8::1]/x?a=1"),
@@ -442,6 +450,7 @@ async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_h
     }
     for request in [
         "GET /x HTTP/1.1\r\nHost: evil.example/@x\r\nConnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: evil.example/x\r\nConnection: close\r\n\r\n",
         "GET /x HTTP/1.1\r\nHost: :80\r\nConnection: close\r\n\r\n",
         "GET /x HTTP/1.0\r\n\r\n",
     ] {
