@@ -10,7 +10,8 @@
 //! removes a link's limit drops the counter (the API's cache publish), so a limit set again
 //! later counts from the stored clicks rather than from a stale count.
 //!
-//! A password-protected link is only looked up: the API alone answers it, after the password.
+//! A password-protected link is only looked up ([`Record::Unlocked`] aside): the API alone
+//! answers it, after the password, and then counts and records its visit like any other.
 //!
 //! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter. Arguments:
 //! `ARGV[1]` what to record ([`Record`]), `ARGV[2]` now in unix seconds (the caller's clock, so
@@ -31,10 +32,10 @@ const SOURCE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return v end
 local _, e, url_id, user_id, active, exp, maxv, protected = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|(%d*)|([01])|')
-if not e or active ~= '1' or protected == '1' then return v end
+if not e or active ~= '1' or (protected == '1' and ARGV[1] ~= '3') then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
-  if ARGV[1] ~= '1' then return v end
+  if ARGV[1] ~= '1' and ARGV[1] ~= '3' then return v end
 else
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
@@ -57,6 +58,9 @@ pub enum Record {
     /// The click only if the link is limited: a GET sampled out by `clicks.sample_rate`, which a
     /// limited link must count all the same.
     IfLimited,
+    /// The click, and the visit of a limited link, of a password-protected link whose password
+    /// the API has just checked (the other modes only look such a link up).
+    Unlocked,
 }
 
 impl Record {
@@ -65,6 +69,7 @@ impl Record {
             Record::Nothing => "0",
             Record::Click => "1",
             Record::IfLimited => "2",
+            Record::Unlocked => "3",
         }
     }
 }

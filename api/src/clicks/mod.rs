@@ -110,10 +110,11 @@ impl ClickRecorder {
     ) -> Result<LimitedVisit, ApiError> {
         let max = link.max_visits.unwrap_or(i64::MAX);
         let now = chrono::Utc::now().timestamp();
-        let record = if click.is_some() {
-            Record::Click
-        } else {
-            Record::Nothing
+        // Only the API answers a protected link, past its password: its visit counts here.
+        let record = match (&click, link.protected) {
+            (None, _) => Record::Nothing,
+            (Some(_), true) => Record::Unlocked,
+            (Some(_), false) => Record::Click,
         };
         for attempt in 0..2 {
             let inv = visit::invocation(&self.visit, &self.keys, code, record, now, click.as_ref());

@@ -189,3 +189,37 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
         assert!(err["details"]["password"].is_string(), "{bad}: {err}");
     }
 }
+
+/// A protected link with `max_visits`: each unlocked visit is counted and recorded, and past
+/// the limit the right password gets 410, whether the link's entry is in Redis or not.
+#[tokio::test]
+async fn a_protected_links_visit_limit_counts_unlocked_visits() {
+    let app = spawn_app().await;
+    let user = app.create_user("pwlimit").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/twice", "password": "pw", "max_visits": 2}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap(),
+    );
+    // The form's GET puts the link's entry in Redis: the visits go through the visit script.
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 200);
+    for _ in 0..2 {
+        assert_eq!(post_form(&app, code, "password=pw").await.status(), 303);
+    }
+    let res = post_form(&app, code, "password=pw").await;
+    assert_eq!(error_of(res, 410).await["error"], "gone");
+    assert_eq!(
+        app.clicks(id).await.len(),
+        2,
+        "each unlocked visit is one click"
+    );
+    let stored: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(stored["visits"], 2, "{stored}");
+}
