@@ -206,14 +206,20 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
-/// Whether `e` says the database went away rather than that our query is wrong: the connection
-/// closed or failed (no server answer at all), or the server said it is shutting down, starting,
-/// out of connections or resources (SQLSTATE classes 08, 53, 57P).
+/// Whether `e` says the database cannot do the work now rather than that our query is wrong:
+/// the connection closed or failed (no server answer at all), or the server said it is
+/// shutting down, starting, out of connections or resources (SQLSTATE classes 08, 53, 57P),
+/// cancelled a statement that ran past `statement_timeout` (57014), is a read-only standby or
+/// a demoted primary after a failover (25006), or gave up on a lock or a serialization
+/// conflict (55P03, 40P01, 40001). A retry can succeed for all of them: 503, not 500.
 pub fn store_down(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code, "57014" | "25006" | "55P03" | "40P01" | "40001")
         }
         // No server answer: the connection closed, failed, or timed out (the driver exposes
         // its error kind only through the I/O source and its text).

@@ -451,3 +451,44 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
     .await;
     drop(pg);
 }
+
+/// A database that turned read-only under the API (a primary demoted by a failover, the pool
+/// reconnecting to it) is a 503 the client may retry, never a 500.
+#[tokio::test]
+async fn a_database_turned_read_only_is_a_503_not_a_500() {
+    let app = spawn_app_with(|_| {}).await;
+    let user = app.create_user("readonly").await;
+    let sql = app.sql().await;
+    sql.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        app.db_name
+    ))
+    .await
+    .unwrap();
+    // The pool's sessions predate the setting: end them, so its next ones are read-only.
+    sql.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap();
+    for n in 0..5 {
+        let res = app
+            .post_json(
+                "/urls",
+                &serde_json::json!({"user_id": user, "original_url": format!("https://example.com/ro{n}")}),
+            )
+            .await;
+        assert_eq!(res.status(), 503, "attempt {n}");
+        assert!(res.headers().contains_key("retry-after"), "attempt {n}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "service_unavailable", "{body}");
+    }
+    sql.batch_execute(&format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        app.db_name
+    ))
+    .await
+    .unwrap();
+}
