@@ -138,8 +138,10 @@ impl LinkCache {
     }
 
     /// After a bulk import: move every partition's generation (fills in flight from before the
-    /// import's commit then store nothing), drop the entries of `codes`, and tell every edge to
-    /// drop its whole near-cache (one message instead of one per row).
+    /// import's commit then store nothing), drop the entries and visit counters of `codes`, and
+    /// tell every edge to drop its whole near-cache (one message instead of one per row). An
+    /// imported row may have changed or dropped its visit limit: a limited link's next visit
+    /// seeds its counter again from the clicks stored, as after any write (see `publish`).
     pub async fn forget_many(&self, codes: &[String]) -> Result<(), RedisDown> {
         let generations: Vec<_> = (0..self.keys.partitions())
             .map(|p| {
@@ -154,7 +156,9 @@ impl LinkCache {
         let mut by_partition: Vec<Vec<String>> =
             vec![Vec::new(); usize::from(self.keys.partitions())];
         for code in codes {
-            by_partition[usize::from(self.keys.partition(code))].push(self.keys.link(code));
+            let keys = &mut by_partition[usize::from(self.keys.partition(code))];
+            keys.push(self.keys.link(code));
+            keys.push(self.keys.visits(code));
         }
         let mut unlinks = Vec::new();
         for (p, links) in by_partition.iter().enumerate() {

@@ -175,6 +175,35 @@ async fn a_limit_set_later_counts_the_clicks_already_stored() {
     wait_visits(&app, id, 4).await;
 }
 
+/// A bulk import that drops a link's limit drops its visit counter too: a limit set again
+/// later counts the clicks stored by then, not a count left from before the import.
+#[tokio::test]
+async fn a_limit_dropped_by_an_import_and_set_again_counts_the_stored_clicks() {
+    let app = spawn_app().await;
+    let user = app.create_user("mvimport").await;
+    let (id, code) = limited_link(&app, user, json!(3)).await;
+    assert_eq!(race(&app, &code, 3).await, [302, 302, 302]);
+    let csv = format!(
+        "id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/limited\n"
+    );
+    assert_eq!(
+        app.upload("/urls/bulk", csv.into_bytes()).await.status(),
+        201
+    );
+    assert_eq!(
+        race(&app, &code, 2).await,
+        [302, 302],
+        "no limit after the import"
+    );
+    wait_visits(&app, id, 5).await;
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"max_visits": 6}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(race(&app, &code, 3).await, [302, 410, 410]);
+    wait_visits(&app, id, 6).await;
+}
+
 /// With Redis down the API alone answers, and PostgreSQL enforces the limit under the link's
 /// row lock: racing visitors still get exactly the visits left.
 #[tokio::test]
