@@ -10,10 +10,24 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Trusted proxies (`trusted_proxies` in both configs) and, among them, Cloudflare's.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProxyTrust {
     proxies: Vec<IpNet>,
     cloudflare: Vec<IpNet>,
+    /// Whether the trusted proxies set `X-Real-IP` themselves. One that only appends
+    /// `X-Forwarded-For` (AWS ALB, HAProxy's `option forwardfor`) passes a client's own
+    /// `X-Real-IP` through, which must not then name the client.
+    real_ip: bool,
+}
+
+impl Default for ProxyTrust {
+    fn default() -> Self {
+        Self {
+            proxies: Vec::new(),
+            cloudflare: Vec::new(),
+            real_ip: true,
+        }
+    }
 }
 
 /// `a.b.c.d/n`, `v6/n`, or a bare address (a /32 or /128).
@@ -39,7 +53,13 @@ impl ProxyTrust {
         Ok(Self {
             proxies,
             cloudflare,
+            real_ip: true,
         })
+    }
+
+    /// The same trust, with `X-Real-IP` believed (`true`, the default) or ignored.
+    pub fn with_real_ip(self, real_ip: bool) -> Self {
+        Self { real_ip, ..self }
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -66,8 +86,11 @@ impl ProxyTrust {
                 return ip;
             }
         }
-        if let Some(ip) = header("x-real-ip") {
-            return ip;
+        // One line only: a proxy that appends its own after a client's is no single word.
+        if self.real_ip && headers.get_all("x-real-ip").iter().count() == 1 {
+            if let Some(ip) = header("x-real-ip") {
+                return ip;
+            }
         }
         // Each hop appended the address it saw: walking from the right, the first one that is
         // not ours is the client as far as the chain can be trusted. A proxy may append a
@@ -153,6 +176,22 @@ mod tests {
         ]);
         assert_eq!(t.client_ip(peer, &h), ip("198.51.100.9"));
         assert_eq!(t.client_ip(peer, &HeaderMap::new()), peer);
+    }
+
+    #[test]
+    fn x_real_ip_is_ignored_when_the_proxies_do_not_set_it_or_it_is_repeated() {
+        let h = headers(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+        ]);
+        let trust = ProxyTrust::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        assert_eq!(trust.client_ip(ip("10.0.0.1"), &h), ip("6.6.6.6"));
+        let trust = trust.with_real_ip(false);
+        assert_eq!(trust.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
+        let trust = trust.with_real_ip(true);
+        let mut h = h;
+        h.append("x-real-ip", "198.51.100.7".parse().unwrap());
+        assert_eq!(trust.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
     }
 
     #[test]

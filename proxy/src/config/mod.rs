@@ -47,6 +47,7 @@ impl ProxyConfig {
             &self.rate_limits.trusted_proxies,
             &self.rate_limits.cloudflare_proxies,
         )
+        .map(|t| t.with_real_ip(self.rate_limits.real_ip_header))
     }
 
     /// File + environment, validated.

@@ -116,6 +116,10 @@ pub struct RateLimitsSection {
     /// Cloudflare's address blocks, when the edge sits behind Cloudflare: only these peers'
     /// `CF-Connecting-IP` is believed. Reloaded by SIGHUP.
     pub cloudflare_proxies: Vec<String>,
+    /// Whether the trusted proxies set `X-Real-IP` themselves (nginx's `proxy_set_header`);
+    /// false behind one that only appends `X-Forwarded-For` (AWS ALB, HAProxy's `option
+    /// forwardfor`), which would pass a client's own `X-Real-IP` through. Reloaded by SIGHUP.
+    pub real_ip_header: bool,
     /// Most (client, class) buckets kept; bounds memory under a flood from many addresses.
     pub max_tracked_clients: usize,
     /// IPv6 clients are limited by network of this many leading bits (a host holds a /64).
@@ -244,6 +248,7 @@ impl Default for RateLimitsSection {
         Self {
             trusted_proxies: vec![],
             cloudflare_proxies: vec![],
+            real_ip_header: true,
             max_tracked_clients: 1_000_000,
             ipv6_prefix_len: 64,
             redirect: Limit {
