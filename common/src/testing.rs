@@ -73,6 +73,17 @@ impl PrivateRedis {
         let _ = self.child.wait();
     }
 
+    /// `SIGSTOP`: the server goes silent with every connection left open, as a partitioned or
+    /// hung node does; [`resume`](Self::resume) lets it go on.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// `SIGCONT` after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// Starts again on the same port and directory: empty without persistence, from the AOF
     /// with it.
     pub fn restart(&mut self) {
@@ -86,6 +97,14 @@ impl Drop for PrivateRedis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let ok = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {which} {pid}");
 }
 
 fn spawn_redis(port: u16, dir: &std::path::Path, persistence: Persistence) -> Child {

@@ -2,6 +2,12 @@
 //!
 //! On a Redis Cluster a `PUBLISH` reaches the subscribers of every node, so one subscription to
 //! any node is enough; when that node goes away the next attempt tries the next seed.
+//!
+//! A subscription sends nothing, so a connection whose peer went silent without closing it (a
+//! moved address, a network partition, a node that stopped) would look like a quiet channel
+//! forever while invalidations are missed. It is pinged every [`PING_EVERY`]; a ping unanswered
+//! within [`ANSWER_WITHIN`] counts as a lost subscription, and the near-cache is off until a
+//! new one is up.
 
 use crate::metrics::METRICS;
 use crate::near_cache::NearCache;
@@ -11,6 +17,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often the subscription is checked.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a ping, or subscribing, may take before the connection counts as lost.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 pub struct InvalidationListener {
     /// The Redis, or the cluster's seed nodes, tried in turn.
@@ -27,27 +38,46 @@ impl InvalidationListener {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = &self.redis_urls[n % self.redis_urls.len().max(1)];
         let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-        let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(&self.channel)
-            .await
-            .map_err(|e| e.to_string())?;
+        // A silent server would hold the connection or the subscription forever.
+        let subscribed = tokio::time::timeout(ANSWER_WITHIN, async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        })
+        .await
+        .map_err(|_| "no answer while subscribing".to_owned())?;
+        let (mut sink, mut messages) = subscribed.map_err(|e| e.to_string())?;
         // Messages may have been missed while not subscribed: start clean.
         self.near.set_enabled(true);
         log::info!(channel = self.channel.as_str(); "listening for link invalidations");
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            let code: String = msg.get_payload().unwrap_or_default();
-            if code == "*" {
-                self.near.clear();
-            } else {
-                self.near.invalidate(&code);
+        let mut pings = tokio::time::interval(PING_EVERY);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        return Err("invalidation subscription closed".into());
+                    };
+                    let code: String = msg.get_payload().unwrap_or_default();
+                    if code == "*" {
+                        self.near.clear();
+                    } else {
+                        self.near.invalidate(&code);
+                    }
+                    // Counted once applied: a test (or an operator) that sees the count move
+                    // knows the near-cache already dropped the code.
+                    METRICS.invalidations.inc();
+                }
+                _ = pings.tick() => {
+                    match tokio::time::timeout(ANSWER_WITHIN, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(format!("subscription ping failed: {e}")),
+                        Err(_) => return Err("subscription ping unanswered".into()),
+                    }
+                }
             }
-            // Counted once applied: a test (or an operator) that sees the count move knows the
-            // near-cache already dropped the code.
-            METRICS.invalidations.inc();
         }
-        Err("invalidation subscription closed".into())
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// 1 when the API's published Redis key schema matches this edge's, else 0 (redirects are
     /// then all forwarded to the API).
     pub key_schema_match: IntGauge,
+    /// 1 while the near-cache serves (its invalidation subscription is up and answering), else 0.
+    pub near_cache_enabled: IntGauge,
     /// Client connections open now.
     pub client_connections: IntGauge,
     /// Connections refused at accept for the per-client cap.
@@ -113,6 +115,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         key_schema_match: register_int_gauge!(
             "kurz_proxy_key_schema_match",
             "1 when the API's Redis key schema matches this edge's; 0: redirects are forwarded"
+        )
+        .expect("metric"),
+        near_cache_enabled: register_int_gauge!(
+            "kurz_proxy_near_cache_enabled",
+            "1 while the near-cache serves (its invalidation subscription answers); 0: off"
         )
         .expect("metric"),
         client_connections: register_int_gauge!(

@@ -54,6 +54,9 @@ impl NearCache {
 
     /// Turns the cache on (subscribed) or off (emptied; lookups miss, fills are dropped).
     pub fn set_enabled(&self, on: bool) {
+        crate::metrics::METRICS
+            .near_cache_enabled
+            .set(i64::from(on));
         if !on {
             self.enabled.store(false, Ordering::Release);
             self.clear();

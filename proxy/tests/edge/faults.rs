@@ -612,3 +612,42 @@ async fn a_302_is_sent_only_after_its_click_is_appended_even_when_redis_stalls()
     assert_eq!(stored.len(), 11, "{stored:?}");
     assert!(stored.values().all(|n| *n == 1), "{stored:?}");
 }
+
+/// A Redis that goes silent without closing the invalidation subscription (a stopped or
+/// partitioned node) is noticed by the subscription's ping: the near-cache goes off, since
+/// invalidations may be missed, and comes back once a new subscription answers.
+#[tokio::test]
+async fn a_silent_invalidation_subscription_turns_the_near_cache_off_until_it_answers() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let stack = Stack::start(Options {
+        redis_url: redis.url(),
+        upstreams: 1,
+        ..Options::default()
+    });
+    let near_cache_on = || async {
+        stack
+            .metric(stack.admin_port, "kurz_proxy_near_cache_enabled", &[])
+            .await
+            == 1.0
+    };
+    let wait = |on: bool, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while near_cache_on().await != on {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait(true, "the near-cache never came on").await;
+    // Resumed however the test ends: the stack's clean-up talks to this Redis.
+    struct Resume<'a>(&'a PrivateRedis);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            self.0.resume();
+        }
+    }
+    let paused = Resume(&redis);
+    redis.pause();
+    wait(false, "a silent subscription kept the near-cache on").await;
+    drop(paused);
+    wait(true, "the near-cache stayed off after Redis answered again").await;
+}
