@@ -44,19 +44,20 @@ pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<
     }
 }
 
-/// After a bulk import whose cache update failed: every imported code is replayed.
-pub async fn after_failed_import(state: &AppState, codes: &[String]) {
-    match state.db.get().await {
-        Ok(client) => {
-            for chunk in codes.chunks(10_000) {
-                if let Err(e) = db::outbox::enqueue_many(&client, chunk).await {
-                    log::error!(error = e.to_string(); "imported links could not be queued for cache replay");
-                    return;
-                }
-            }
-        }
-        Err(e) => {
-            log::error!(error = e.to_string(); "imported links could not be queued for cache replay")
+/// After a link import committed (its codes queued with it): clears their cache entries and
+/// unqueues them; if Redis fails, they stay queued and the replay clears them.
+pub async fn after_import(
+    state: &AppState,
+    client: &deadpool_postgres::Client,
+    imported: &crate::import::ImportedUrls,
+) {
+    if let Err(e) = state.cache.forget_many(&imported.codes).await {
+        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
+        return;
+    }
+    if let Some(stamp) = imported.queued {
+        if let Err(e) = db::outbox::done_many(client, &imported.codes, stamp).await {
+            log::warn!(error = e.to_string(); "imported links stay queued; the replay will clear them again");
         }
     }
 }

@@ -16,15 +16,33 @@ pub async fn enqueue(c: &impl GenericClient, code: &str) -> Result<DateTime<Utc>
     Ok(c.query_one(&stmt, &[&code]).await?.get(0))
 }
 
-/// Queues many codes at once (a bulk import whose cache update failed).
-pub async fn enqueue_many(c: &impl GenericClient, codes: &[String]) -> Result<u64, Error> {
+/// Queues many codes at once (a bulk import, inside its transaction); returns the latest stamp
+/// given, which [`done_many`] needs (`None` for no codes).
+pub async fn enqueue_many(
+    c: &impl GenericClient,
+    codes: &[String],
+) -> Result<Option<DateTime<Utc>>, Error> {
     let stmt = c
         .prepare_cached(
-            "INSERT INTO link_outbox (short_code) SELECT UNNEST($1::text[]) \
-             ON CONFLICT (short_code) DO UPDATE SET queued_at = clock_timestamp()",
+            "WITH q AS (INSERT INTO link_outbox (short_code) SELECT DISTINCT UNNEST($1::text[]) \
+             ON CONFLICT (short_code) DO UPDATE SET queued_at = clock_timestamp() \
+             RETURNING queued_at) SELECT max(queued_at) FROM q",
         )
         .await?;
-    c.execute(&stmt, &[&codes]).await
+    Ok(c.query_one(&stmt, &[&codes]).await?.get(0))
+}
+
+/// Removes `codes` queued by [`enqueue_many`] (stamps up to `stamp`), unless a later write
+/// queued one again.
+pub async fn done_many(
+    c: &impl GenericClient,
+    codes: &[String],
+    stamp: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let stmt = c
+        .prepare_cached("DELETE FROM link_outbox WHERE short_code = ANY($1) AND queued_at <= $2")
+        .await?;
+    c.execute(&stmt, &[&codes, &stamp]).await
 }
 
 /// Removes `code` unless a later write queued it again.

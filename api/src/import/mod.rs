@@ -109,6 +109,10 @@ pub struct ImportedUrls {
     pub count: usize,
     /// New and replaced codes: their cache entries must go.
     pub codes: Vec<String>,
+    /// The codes were queued in `link_outbox` with the import (stamps up to this): once the
+    /// cache is cleared, `db::outbox::done_many` removes them; if the process dies first, the
+    /// replay clears them.
+    pub queued: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
@@ -277,9 +281,16 @@ pub async fn urls(
         &[&tag_codes, &tag_values],
     )
     .await?;
-    tx.commit().await?;
     codes.extend(old_codes);
-    Ok(ImportedUrls { count: n, codes })
+    // In the import's transaction: a crash between the commit and the cache update cannot
+    // leave the old entries serving until their TTL.
+    let queued = crate::db::outbox::enqueue_many(&tx, &codes).await?;
+    tx.commit().await?;
+    Ok(ImportedUrls {
+        count: n,
+        codes,
+        queued,
+    })
 }
 
 /// Events: `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as text).

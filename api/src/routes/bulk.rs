@@ -71,10 +71,7 @@ pub async fn urls(
     let bytes = upload(&state, req).await?;
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets).await?;
-    if let Err(e) = state.cache.forget_many(&imported.codes).await {
-        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
-        crate::cache_sync::after_failed_import(&state, &imported.codes).await;
-    }
+    crate::cache_sync::after_import(&state, &client, &imported).await;
     Ok(created(imported.count))
 }
 
@@ -133,10 +130,7 @@ pub async fn import_links(
         return Err(ApiError::NotFound(format!("user {owner} not found")));
     }
     let imported = import::urls(&mut client, &csv_bytes, &state.targets).await?;
-    if let Err(e) = state.cache.forget_many(&imported.codes).await {
-        log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
-        crate::cache_sync::after_failed_import(&state, &imported.codes).await;
-    }
+    crate::cache_sync::after_import(&state, &client, &imported).await;
     let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
     body["imported"] = json!(imported.count);
     body["user_id"] = json!(owner);

@@ -126,6 +126,35 @@ async fn a_link_deleted_while_redis_stalls_writes_stops_redirecting_once_redis_r
     assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
 }
 
+/// An import that committed and whose process died before it cleared the cache (here: the
+/// import run on its own, without the route's cache step) still takes effect on the redirect:
+/// its codes were queued in the import's own transaction, and the replay publishes them.
+#[tokio::test]
+async fn a_link_import_whose_cache_step_never_ran_still_reaches_redis() {
+    let app = spawn_app().await;
+    let (user, id, code) = app
+        .create_link("importer", "https://example.com/before")
+        .await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let csv = format!(
+        "id,user_id,short_code,original_url,is_active\n{id},{user},{code},https://example.com/after,False\n"
+    );
+    let mut client = app.state.db.get().await.unwrap();
+    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets)
+        .await
+        .unwrap();
+    assert!(imported.codes.contains(&code));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.get(&format!("/{code}")).await.status() != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the deactivated link kept redirecting from Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_outbox_empty(&app).await;
+}
+
 async fn wait_outbox_empty(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
