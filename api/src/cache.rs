@@ -16,6 +16,12 @@ use std::sync::Arc;
 /// Message on the invalidation channel meaning "drop every cached link" (bulk imports).
 pub const INVALIDATE_ALL: &str = "*";
 
+/// Raises a visit counter that exists to at least `ARGV[1]`; a missing one stays missing (the
+/// next limited visit seeds it from PostgreSQL).
+const RAISE_VISITS: &str = "local c = redis.call('GET', KEYS[1]) \
+if c and tonumber(c) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
+return 0";
+
 /// Stores `ARGV[1]` for `ARGV[2]` seconds at `KEYS[1]` if the generation at `KEYS[2]` is still
 /// `ARGV[3]` and no current entry is there: an entry in another format (`ARGV[4]` is the
 /// current version's prefix) was a miss for the lookup and is replaced, instead of sending that
@@ -102,13 +108,27 @@ impl LinkCache {
 
     /// After a write: move the generation, store the new entry and tell every edge. A link
     /// without a visit limit (or deleted) loses its visit counter, so a limit set later counts
-    /// from the clicks stored by then (`kurz_common::visit`).
-    pub async fn publish(&self, code: &str, entry: &CachedLink) -> Result<(), RedisDown> {
+    /// from the clicks stored by then (`kurz_common::visit`); a limited link's counter is
+    /// raised to `stored_visits` (the clicks PostgreSQL holds) when it is below: visits that
+    /// PostgreSQL allowed while Redis did not answer are counted, never lost from the limit.
+    pub async fn publish(
+        &self,
+        code: &str,
+        entry: &CachedLink,
+        stored_visits: i64,
+    ) -> Result<(), RedisDown> {
         let mut pipe = redis::pipe();
         pipe.cmd("INCR")
             .arg(self.keys.generation_for(code))
             .ignore();
-        if !matches!(entry, CachedLink::Found(l) if l.max_visits.is_some()) {
+        if matches!(entry, CachedLink::Found(l) if l.max_visits.is_some()) {
+            pipe.cmd("EVAL")
+                .arg(RAISE_VISITS)
+                .arg(1)
+                .arg(self.keys.visits(code))
+                .arg(stored_visits)
+                .ignore();
+        } else {
             pipe.cmd("UNLINK").arg(self.keys.visits(code)).ignore();
         }
         pipe.cmd("SET")

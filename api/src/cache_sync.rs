@@ -24,7 +24,11 @@ const REPLAY_BATCH: i64 = 500;
 /// outlive, at most a short negative one).
 pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<Utc>>) {
     let code = link.short_code.as_str();
-    match state.cache.publish(code, &link.cache_entry()).await {
+    match state
+        .cache
+        .publish(code, &link.cache_entry(), link.visits)
+        .await
+    {
         Ok(()) => {
             if let Some(stamp) = queued {
                 if let Ok(client) = state.db.get().await {
@@ -71,13 +75,16 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let mut published = 0;
     for (code, stamp) in &queued {
-        let entry = db::urls::find_url_by_code(&client, code)
+        let link = db::urls::find_url_by_code(&client, code)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let entry = link
+            .as_ref()
             .map_or(CachedLink::Missing, |link| link.cache_entry());
+        let stored_visits = link.as_ref().map_or(0, |link| link.visits);
         state
             .cache
-            .publish(code, &entry)
+            .publish(code, &entry, stored_visits)
             .await
             .map_err(|e| e.to_string())?;
         db::outbox::done(&client, code, *stamp)

@@ -158,7 +158,7 @@ impl ClickRecorder {
                 _ => break,
             }
         }
-        self.limited_visit_in_postgres(link.url_id, max, click.as_ref())
+        self.limited_visit_in_postgres(code, link.url_id, max, click.as_ref())
             .await
     }
 
@@ -179,6 +179,7 @@ impl ClickRecorder {
 
     async fn limited_visit_in_postgres(
         &self,
+        code: &str,
         url_id: i64,
         max: i64,
         click: Option<&Click>,
@@ -194,6 +195,9 @@ impl ClickRecorder {
         }
         if let Some(click) = click {
             insert_click(&tx, click).await?;
+            // Redis's counter (if it survived whatever sent this visit here) did not count it:
+            // the outbox replay raises it to the stored clicks once Redis answers again.
+            crate::db::outbox::enqueue(&tx, code).await?;
         }
         tx.commit().await?;
         if click.is_some() {

@@ -34,7 +34,7 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it() {
     let seen = generation_seen(&app, "fence01").await;
     // A write lands between the reader's lookup and its fill.
     cache
-        .publish("fence01", &entry("https://new.example/"))
+        .publish("fence01", &entry("https://new.example/"), 0)
         .await
         .unwrap();
     assert!(!cache

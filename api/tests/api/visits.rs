@@ -227,6 +227,57 @@ async fn a_visit_run_twice_with_the_same_id_counts_once() {
     wait_visits(&app, id, 2).await;
 }
 
+/// Visits PostgreSQL allowed while Redis did not answer (its counter surviving, as in a stall
+/// or a partition) are counted once Redis answers again: the counter is raised to the stored
+/// clicks, so the link does not get those visits a second time.
+#[tokio::test]
+async fn visits_allowed_while_redis_stalled_count_against_the_limit_after() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let user = app.create_user("mvstall").await;
+    let (id, code) = limited_link(&app, user, json!(4)).await;
+    assert_eq!(race(&app, &code, 2).await, [302, 302]);
+    wait_visits(&app, id, 2).await;
+    struct Resume<'a>(&'a PrivateRedis);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            self.0.resume();
+        }
+    }
+    let paused = Resume(&redis);
+    redis.pause();
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    drop(paused);
+    wait_visits(&app, id, 3).await;
+    // The API back on Redis (it waits a moment before reconnecting), and its outbox replayed:
+    // the visits below go through the visit script and its counter.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.state.cache.lookup(&code).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the API never reconnected to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let queued: i64 = app
+            .sql()
+            .await
+            .query_one("SELECT count(*) FROM link_outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if queued == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outbox never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(race(&app, &code, 3).await, [302, 410, 410]);
+    wait_visits(&app, id, 4).await;
+}
+
 /// With Redis down the API alone answers, and PostgreSQL enforces the limit under the link's
 /// row lock: racing visitors still get exactly the visits left.
 #[tokio::test]
