@@ -6,8 +6,6 @@
 //! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
 //! <prefix>:{p<N>}:visits:<code> counted visits of a link with `max_visits` (no TTL; see
 //!                               `crate::visit`)
-//! <prefix>:{p<N>}:visit:<click id>  a counted visit of a limited link, for 120 s: the same click
-//!                               run again counts nothing
 //! <prefix>:{p<N>}:gen           write generation of partition N's links: bumped by every link
 //!                               write, checked by every cache fill (a fill that read PostgreSQL
 //!                               before a write committed cannot land after it)
@@ -74,17 +72,6 @@ impl KeySchema {
     pub fn visits(&self, code: &str) -> String {
         format!(
             "{}:{{p{}}}:visits:{code}",
-            self.prefix,
-            self.partition(code)
-        )
-    }
-
-    /// The mark that the visit of click `click_id` to a limited link was counted, so a second
-    /// run of the same visit (an edge that timed out on the script's reply and forwarded the
-    /// request, an edge retrying on another API) counts nothing (same hash tag as the link).
-    pub fn visit_mark(&self, code: &str, click_id: &str) -> String {
-        format!(
-            "{}:{{p{}}}:visit:{click_id}",
             self.prefix,
             self.partition(code)
         )
@@ -320,7 +307,6 @@ mod tests {
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&link), tag(&stream));
         assert_eq!(tag(&link), tag(&keys.visits("abc1234")));
-        assert_eq!(tag(&link), tag(&keys.visit_mark("abc1234", "0123")));
         assert_eq!(tag(&link), tag(&keys.generation_for("abc1234")));
         assert!(link.starts_with("kurz:{p") && link.ends_with(":link:abc1234"));
     }

@@ -13,14 +13,7 @@
 //! A password-protected link is only looked up ([`Record::Unlocked`] aside): the API alone
 //! answers it, after the password, and then counts and records its visit like any other.
 //!
-//! A counted visit leaves a mark under its click id for [`MARK_SECONDS`]: run again for the same
-//! click (the edge timed out on the reply of a script that did run and forwarded the request;
-//! an edge retried a request on another API), the script answers the entry and counts and
-//! appends nothing, where it would have taken a second visit (or answered "used up" for the
-//! visit that took the last one).
-//!
-//! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter, `KEYS[4]`
-//! the click's visit mark. Arguments:
+//! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter. Arguments:
 //! `ARGV[1]` what to record ([`Record`]), `ARGV[2]` now in unix seconds (the caller's clock, so
 //! caller and script agree on expiry), `ARGV[3..]` the click's values in `clicks::FIELDS` order.
 //! The XADD line is generated from that list ([`script_source`]), taking the link's own fields
@@ -34,10 +27,6 @@ use crate::keys::{CachedLink, KeySchema, ENTRY_VERSION};
 pub const EXHAUSTED: &str = "!";
 /// What the script answers for a limited link without its counter.
 pub const UNSEEDED: &str = "?";
-/// How long a counted visit's mark lasts: longer than any retry of its request (the edge's
-/// upstream read timeout is 30 s by default), short enough that a busy limited link's marks stay
-/// few.
-pub const MARK_SECONDS: u32 = 120;
 
 const SOURCE: &str = r#"
 local v = redis.call('GET', KEYS[1])
@@ -50,10 +39,8 @@ if maxv == '' then
 else
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
-  if ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then return v end
   if n >= tonumber(maxv) then return '__EXHAUSTED__' end
   if ARGV[1] == '0' then return v end
-  redis.call('SET', KEYS[4], '1', 'EX', __MARK_SECONDS__)
   redis.call('INCR', KEYS[3])
 end
 redis.call('XADD', KEYS[2], '*', __FIELDS__)
@@ -137,7 +124,6 @@ pub fn script_source() -> String {
         .replace("__VERSION__", ENTRY_VERSION)
         .replace("__EXHAUSTED__", EXHAUSTED)
         .replace("__UNSEEDED__", UNSEEDED)
-        .replace("__MARK_SECONDS__", &MARK_SECONDS.to_string())
 }
 
 /// The visit script, ready to invoke.
@@ -156,10 +142,7 @@ pub fn invocation<'a>(
     click: Option<&Click>,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.key(keys.link(code));
-    let click_id = click.map_or("", |c| c.id.as_str());
-    inv.key(keys.clicks_for(code))
-        .key(keys.visits(code))
-        .key(keys.visit_mark(code, click_id));
+    inv.key(keys.clicks_for(code)).key(keys.visits(code));
     match click {
         Some(c) if record != Record::Nothing => {
             inv.arg(record.arg()).arg(now);

@@ -204,29 +204,6 @@ async fn a_limit_dropped_by_an_import_and_set_again_counts_the_stored_clicks() {
     wait_visits(&app, id, 6).await;
 }
 
-/// The same visit run twice (an edge that timed out on the visit script's reply forwards the
-/// request to the API with the same request id; an edge retries on another API) is one visit:
-/// both runs redirect, the count and the stored clicks say one.
-#[tokio::test]
-async fn a_visit_run_twice_with_the_same_id_counts_once() {
-    let app = spawn_app().await;
-    let user = app.create_user("mvtwice").await;
-    let (id, code) = limited_link(&app, user, json!(2)).await;
-    let visit = |request_id: &'static str| {
-        app.client
-            .get(app.url(&format!("/{code}")))
-            .header("x-request-id", request_id)
-            .send()
-    };
-    assert_eq!(visit("visit-one").await.unwrap().status(), 302);
-    assert_eq!(visit("visit-one").await.unwrap().status(), 302);
-    assert_eq!(visit("visit-two").await.unwrap().status(), 302);
-    // The visit that took the last one, run again, still redirects; a new one does not.
-    assert_eq!(visit("visit-two").await.unwrap().status(), 302);
-    assert_eq!(visit("visit-three").await.unwrap().status(), 410);
-    wait_visits(&app, id, 2).await;
-}
-
 /// Visits PostgreSQL allowed while Redis did not answer (its counter surviving, as in a stall
 /// or a partition) are counted once Redis answers again: the counter is raised to the stored
 /// clicks, so the link does not get those visits a second time.
