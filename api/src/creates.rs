@@ -13,7 +13,7 @@
 //! idempotency key do not come here: they need their own transaction.
 
 use crate::db::urls::{self, Inserted, NewLink, NewLinkBuf};
-use crate::error::{store_down, ApiError, ApiResult};
+use crate::error::{conflicted, store_down, ApiError, ApiResult};
 use crate::metrics::Metrics;
 use deadpool_postgres::Pool;
 use std::collections::HashSet;
@@ -126,7 +126,9 @@ async fn commit(db: &Pool, jobs: Vec<Job>) {
                     let _ = job.reply.send(Ok(outcome));
                 }
             }
-            Err(e) if store_down(&e) => {
+            // A batch that lost a lock conflict goes one create at a time below, as any other
+            // refused batch: each has its own chance instead of all of them a 503.
+            Err(e) if store_down(&e) && !conflicted(&e) => {
                 let ApiError::StoreDown(cause) = ApiError::from(e) else {
                     unreachable!("store_down errors map to StoreDown")
                 };

@@ -234,5 +234,12 @@ pub fn store_down(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether `e` is a conflict with other transactions (a deadlock, a serialization failure, a
+/// lock not granted): the same work done again, or in smaller pieces, can succeed at once.
+pub fn conflicted(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c.code(), "40P01" | "40001" | "55P03"))
+}
+
 /// Handlers return this.
 pub type ApiResult<T> = Result<T, ApiError>;
