@@ -74,14 +74,11 @@ impl PrivateRedis {
     }
 
     /// `SIGSTOP`: the server goes silent with every connection left open, as a partitioned or
-    /// hung node does; [`resume`](Self::resume) lets it go on.
-    pub fn pause(&self) {
+    /// hung node does, until the returned guard is dropped (`SIGCONT`) — however the test ends,
+    /// since its clean-up talks to this Redis.
+    pub fn paused(&self) -> Paused<'_> {
         signal(self.child.id(), "-STOP");
-    }
-
-    /// `SIGCONT` after [`pause`](Self::pause).
-    pub fn resume(&self) {
-        signal(self.child.id(), "-CONT");
+        Paused(self)
     }
 
     /// Starts again on the same port and directory: empty without persistence, from the AOF
@@ -89,6 +86,15 @@ impl PrivateRedis {
     pub fn restart(&mut self) {
         self.child = spawn_redis(self.port, &self.dir, self.persistence);
         wait_port(self.port, "private redis-server");
+    }
+}
+
+/// A [`PrivateRedis`] stopped by [`PrivateRedis::paused`]; resumed on drop.
+pub struct Paused<'a>(&'a PrivateRedis);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        signal(self.0.child.id(), "-CONT");
     }
 }
 

@@ -233,6 +233,29 @@ impl TestApp {
         }
     }
 
+    /// Waits (with a deadline) until `link_outbox` is empty: every queued link state reached
+    /// Redis.
+    pub async fn wait_outbox_empty(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let queued: i64 = self
+                .sql()
+                .await
+                .query_one("SELECT count(*) FROM link_outbox", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if queued == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outbox never drained"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A direct PostgreSQL connection to this test's database.
     pub async fn sql(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&db_url(&self.db_name), tokio_postgres::NoTls)

@@ -122,7 +122,7 @@ async fn a_link_deleted_while_redis_stalls_writes_stops_redirecting_once_redis_r
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_outbox_empty(&app).await;
+    app.wait_outbox_empty().await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
 }
 
@@ -152,26 +152,5 @@ async fn a_link_import_whose_cache_step_never_ran_still_reaches_redis() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_outbox_empty(&app).await;
-}
-
-async fn wait_outbox_empty(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let queued: i64 = app
-            .sql()
-            .await
-            .query_one("SELECT count(*) FROM link_outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if queued == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replayed write leaves the outbox"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_outbox_empty().await;
 }

@@ -216,14 +216,7 @@ async fn visits_allowed_while_redis_stalled_count_against_the_limit_after() {
     let (id, code) = limited_link(&app, user, json!(4)).await;
     assert_eq!(race(&app, &code, 2).await, [302, 302]);
     wait_visits(&app, id, 2).await;
-    struct Resume<'a>(&'a PrivateRedis);
-    impl Drop for Resume<'_> {
-        fn drop(&mut self) {
-            self.0.resume();
-        }
-    }
-    let paused = Resume(&redis);
-    redis.pause();
+    let paused = redis.paused();
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     drop(paused);
     wait_visits(&app, id, 3).await;
@@ -237,20 +230,7 @@ async fn visits_allowed_while_redis_stalled_count_against_the_limit_after() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    loop {
-        let queued: i64 = app
-            .sql()
-            .await
-            .query_one("SELECT count(*) FROM link_outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if queued == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the outbox never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_outbox_empty().await;
     assert_eq!(race(&app, &code, 3).await, [302, 410, 410]);
     wait_visits(&app, id, 4).await;
 }
