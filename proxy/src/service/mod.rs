@@ -182,14 +182,17 @@ impl ProxyHttp for Edge {
 
         if self.settings.redirect_http_to_https && !ctx.tls {
             // HTTP/1.0 may name the host only in an absolute-form target.
-            let target = std::str::from_utf8(req.raw_path())
-                .ok()
-                .and_then(|t| t.parse::<http::Uri>().ok());
+            // Parsed only when there is no Host: nearly every request has one.
+            let from_target;
             let named = match header(req, "host") {
-                "" => target
-                    .as_ref()
-                    .and_then(|t| t.authority())
-                    .map_or("", |a| a.as_str()),
+                "" => {
+                    from_target = std::str::from_utf8(req.raw_path())
+                        .ok()
+                        .and_then(|t| t.parse::<http::Uri>().ok())
+                        .and_then(|t| t.authority().map(|a| a.as_str().to_owned()))
+                        .unwrap_or_default();
+                    from_target.as_str()
+                }
                 host => host,
             };
             let Some(host) = https_host(named) else {
