@@ -8,30 +8,80 @@
 //! generation moved and fills nothing, whether the write overwrote the entry or deleted it.
 //! Every write also publishes the code on the invalidation channel, so the edges drop their
 //! near-cache copies.
+//!
+//! Publishes can land out of order: two replicas writing one link, or the outbox replay racing
+//! a write, reach Redis in the order of their round trips, not of their commits. Every entry
+//! therefore carries its state's number (`urls.version`, from one sequence) and the publish is
+//! a script that stores only a state at least as new as the one there. A deleted link's
+//! tombstone keeps its number for the full link TTL, and a bulk import leaves a stale marker
+//! with a number instead of no entry, so a late publish of an older state finds something to
+//! compare with.
 
 use crate::redis_handle::{RedisDown, RedisHandle};
-use kurz_common::keys::{CachedLink, KeySchema};
+use kurz_common::keys::{lua_entry_version, stale_marker, CachedLink, KeySchema, LUA_STALE_MARKER};
 use std::sync::Arc;
 
 /// Message on the invalidation channel meaning "drop every cached link" (bulk imports).
 pub const INVALIDATE_ALL: &str = "*";
 
-/// Raises a visit counter that exists to at least `ARGV[1]`; a missing one stays missing (the
-/// next limited visit seeds it from PostgreSQL).
-const RAISE_VISITS: &str = "local c = redis.call('GET', KEYS[1]) \
-if c and tonumber(c) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
-return 0";
+/// Publishes a link's state. `KEYS`: the entry, the partition's generation, the visit counter.
+/// `ARGV`: the entry text, its TTL in seconds, its version, and the clicks stored for a limited
+/// link (empty for a link without a limit, whose counter goes). The generation moves in every
+/// case, so a fill that read PostgreSQL before this write cannot land after it; the rest happens
+/// only when the entry there is not newer (`__VERSION_OF_CUR__` is `nil` for an entry without a
+/// version). A limited link's counter is raised to the stored clicks, never lowered; a missing
+/// one stays missing (the next limited visit seeds it from PostgreSQL).
+const PUBLISH: &str = r#"
+redis.call('INCR', KEYS[2])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = __VERSION_OF_CUR__
+  if v and tonumber(v) > tonumber(ARGV[3]) then return 0 end
+end
+if ARGV[4] == '' then
+  redis.call('UNLINK', KEYS[3])
+else
+  local c = redis.call('GET', KEYS[3])
+  if c and tonumber(c) < tonumber(ARGV[4]) then redis.call('SET', KEYS[3], ARGV[4]) end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
+/// Replaces an entry with a stale marker (`ARGV[1]`, for `ARGV[2]` seconds) unless a newer
+/// state is there. Same version rule as [`PUBLISH`].
+const MARK_STALE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = __VERSION_OF_CUR__
+  if v and tonumber(v) > tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
+fn versioned_script(source: &str) -> String {
+    source.replace("__VERSION_OF_CUR__", &lua_entry_version("cur"))
+}
 
 /// Stores `ARGV[1]` for `ARGV[2]` seconds at `KEYS[1]` if the generation at `KEYS[2]` is still
 /// `ARGV[3]` and no current entry is there: an entry in another format (`ARGV[4]` is the
-/// current version's prefix) was a miss for the lookup and is replaced, instead of sending that
-/// code to PostgreSQL until its TTL ends. Both keys share the partition's hash tag
+/// current version's prefix), a stale marker included, was a miss for the lookup and is
+/// replaced, instead of sending that code to PostgreSQL until its TTL ends. A code without a row
+/// (`ARGV[1]` is `0`) that replaces a marker keeps the marker's version, for the link TTL
+/// (`ARGV[5]`): the marker's guard against a late publish of a state from before the import
+/// must outlast the visit that read PostgreSQL. Both keys share the partition's hash tag
 /// (cluster-safe).
 const FILL: &str = r#"
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
 local cur = redis.call('GET', KEYS[1])
-if cur and (cur == '0' or string.sub(cur, 1, string.len(ARGV[4])) == ARGV[4]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if cur and (cur == '0' or string.sub(cur, 1, 2) == '0|' or string.sub(cur, 1, string.len(ARGV[4])) == ARGV[4]) then return 0 end
+local marked = cur and string.match(cur, '__STALE_MARKER__')
+if marked and ARGV[1] == '0' then
+  redis.call('SET', KEYS[1], '0|' .. marked, 'EX', ARGV[5])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
 return 1
 "#;
 
@@ -53,6 +103,10 @@ pub struct LinkCache {
     ttl: u64,
     negative_ttl: u64,
     fill: Arc<redis::Script>,
+    /// Script sources, sent with `EVAL` (see `publish`).
+    publish: Arc<str>,
+    mark_stale: Arc<str>,
+    mark_stale_sha: Arc<str>,
 }
 
 impl LinkCache {
@@ -62,7 +116,14 @@ impl LinkCache {
             keys,
             ttl,
             negative_ttl,
-            fill: Arc::new(redis::Script::new(FILL)),
+            fill: Arc::new(redis::Script::new(
+                &FILL.replace("__STALE_MARKER__", LUA_STALE_MARKER),
+            )),
+            publish: versioned_script(PUBLISH).into(),
+            mark_stale: versioned_script(MARK_STALE).into(),
+            mark_stale_sha: redis::Script::new(&versioned_script(MARK_STALE))
+                .get_hash()
+                .into(),
         }
     }
 
@@ -78,10 +139,14 @@ impl LinkCache {
         })
     }
 
-    fn ttl_of(&self, entry: &CachedLink) -> u64 {
-        match entry {
-            CachedLink::Missing => self.negative_ttl,
-            CachedLink::Found(_) => self.ttl,
+    /// A found link's entry and a missing one with a version (a deleted row's tombstone, or a
+    /// code an import or the replay found without a row) last the link TTL, so a late publish
+    /// of an older state finds them; a code without a version (a miss of a code that never had
+    /// a row: scanners) gets the short negative TTL.
+    fn ttl_of(&self, state: &LinkState) -> u64 {
+        match state.entry {
+            CachedLink::Missing if state.version == 0 => self.negative_ttl,
+            _ => self.ttl,
         }
     }
 
@@ -90,63 +155,60 @@ impl LinkCache {
     pub async fn fill(
         &self,
         code: &str,
-        entry: &CachedLink,
+        state: &LinkState,
         seen: &Generation,
     ) -> Result<bool, RedisDown> {
         let mut conn = self.redis.conn().await?;
         let mut inv = self.fill.key(self.keys.link(code));
         inv.key(self.keys.generation_for(code))
-            .arg(entry.encode())
-            .arg(self.ttl_of(entry))
+            .arg(state.entry.encode(state.version))
+            .arg(self.ttl_of(state))
             .arg(&seen.0)
-            .arg(format!("{}|", kurz_common::keys::ENTRY_VERSION));
+            .arg(format!("{}|", kurz_common::keys::ENTRY_VERSION))
+            .arg(self.ttl);
         inv.invoke_async::<i64>(&mut conn)
             .await
             .map(|stored| stored == 1)
             .map_err(|e| self.redis.failed(e))
     }
 
-    /// After a write: move the generation, store the new entry and tell every edge. A link
-    /// without a visit limit (or deleted) loses its visit counter, so a limit set later counts
-    /// from the clicks stored by then (`kurz_common::visit`); a limited link's counter is
-    /// raised to `stored_visits` (the clicks PostgreSQL holds) when it is below: visits that
-    /// PostgreSQL allowed while Redis did not answer are counted, never lost from the limit.
-    pub async fn publish(
-        &self,
-        code: &str,
-        entry: &CachedLink,
-        stored_visits: i64,
-    ) -> Result<(), RedisDown> {
+    /// After a write: move the generation, store the new state unless Redis holds a newer one,
+    /// and tell every edge. A link without a visit limit (or deleted) loses its visit counter,
+    /// so a limit set later counts from the clicks stored by then (`kurz_common::visit`); a
+    /// limited link's counter is raised to the clicks PostgreSQL holds when it is below: visits
+    /// that PostgreSQL allowed while Redis did not answer are counted, never lost from the
+    /// limit. Returns whether the state was stored (`false`: a newer one was there).
+    pub async fn publish(&self, code: &str, state: &LinkState) -> Result<bool, RedisDown> {
+        let limited = matches!(&state.entry, CachedLink::Found(l) if l.max_visits.is_some());
         let mut pipe = redis::pipe();
-        pipe.cmd("INCR")
-            .arg(self.keys.generation_for(code))
-            .ignore();
-        if matches!(entry, CachedLink::Found(l) if l.max_visits.is_some()) {
-            pipe.cmd("EVAL")
-                .arg(RAISE_VISITS)
-                .arg(1)
-                .arg(self.keys.visits(code))
-                .arg(stored_visits)
-                .ignore();
-        } else {
-            pipe.cmd("UNLINK").arg(self.keys.visits(code)).ignore();
-        }
-        pipe.cmd("SET")
+        // EVAL rather than EVALSHA: a pipeline cannot load a script Redis lost (a restart, a
+        // failover), and a publish per link write can afford sending the source.
+        pipe.cmd("EVAL")
+            .arg(&*self.publish)
+            .arg(3)
             .arg(self.keys.link(code))
-            .arg(entry.encode())
-            .arg("EX")
-            .arg(self.ttl_of(entry))
-            .ignore();
+            .arg(self.keys.generation_for(code))
+            .arg(self.keys.visits(code))
+            .arg(state.entry.encode(state.version))
+            .arg(self.ttl_of(state))
+            .arg(state.version)
+            .arg(if limited {
+                state.stored_visits.to_string()
+            } else {
+                String::new()
+            });
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.keys.invalidations()).arg(code);
         if self.redis.is_cluster() {
             // The cluster client routes PUBLISH by its channel as if it were a key: another
             // slot than the link's, so it cannot share the pipeline. After the write, as here.
-            self.redis.query::<()>(&pipe).await?;
-            return self.redis.query::<i64>(&publish).await.map(|_| ());
+            let (stored,): (i64,) = self.redis.query(&pipe).await?;
+            self.redis.query::<i64>(&publish).await?;
+            return Ok(stored == 1);
         }
         pipe.add_command(publish).ignore();
-        self.redis.query::<()>(&pipe).await
+        let (stored,): (i64,) = self.redis.query(&pipe).await?;
+        Ok(stored == 1)
     }
 
     /// Publishes the key schema's fingerprint, which edges compare with their own before they
@@ -158,11 +220,14 @@ impl LinkCache {
     }
 
     /// After a bulk import: move every partition's generation (fills in flight from before the
-    /// import's commit then store nothing), drop the entries and visit counters of `codes`, and
-    /// tell every edge to drop its whole near-cache (one message instead of one per row). An
-    /// imported row may have changed or dropped its visit limit: a limited link's next visit
-    /// seeds its counter again from the clicks stored, as after any write (see `publish`).
-    pub async fn forget_many(&self, codes: &[String]) -> Result<(), RedisDown> {
+    /// import's commit then store nothing), put a stale marker with `version` (a number taken
+    /// after the import committed) in place of the entries of `codes` and drop their visit
+    /// counters, and tell every edge to drop its whole near-cache (one message instead of one
+    /// per row). The marker reads as a miss, so the next visit reads PostgreSQL and fills, and
+    /// it turns away a late publish of a state from before the import. An imported row may have
+    /// changed or dropped its visit limit: a limited link's next visit seeds its counter again
+    /// from the clicks stored, as after any write (see `publish`).
+    pub async fn forget_many(&self, codes: &[String], version: i64) -> Result<(), RedisDown> {
         let generations: Vec<_> = (0..self.keys.partitions())
             .map(|p| {
                 (
@@ -172,22 +237,47 @@ impl LinkCache {
             })
             .collect();
         self.redis.query_parts(&generations).await?;
-        // One UNLINK per partition and chunk: on a cluster a command's keys share a slot.
-        let mut by_partition: Vec<Vec<String>> =
-            vec![Vec::new(); usize::from(self.keys.partitions())];
-        for code in codes {
-            let keys = &mut by_partition[usize::from(self.keys.partition(code))];
-            keys.push(self.keys.link(code));
-            keys.push(self.keys.visits(code));
-        }
-        let mut unlinks = Vec::new();
-        for (p, links) in by_partition.iter().enumerate() {
-            for chunk in links.chunks(1000) {
-                unlinks.push((p as u16, redis::cmd("UNLINK").arg(chunk).to_owned()));
+        let marker = stale_marker(version);
+        // By hash, not by source: an import may hold a million codes. Redis that lost its
+        // scripts (a restart, a failover) answers NOSCRIPT, and the chunk goes again with the
+        // source, which also loads it; marking is idempotent.
+        let writes = |code: &String, by_source: bool| {
+            let p = self.keys.partition(code);
+            let mut mark = redis::cmd(if by_source { "EVAL" } else { "EVALSHA" });
+            if by_source {
+                mark.arg(&*self.mark_stale);
+            } else {
+                mark.arg(&*self.mark_stale_sha);
             }
-        }
-        for batch in unlinks.chunks(64) {
-            self.redis.query_parts(batch).await?;
+            mark.arg(1)
+                .arg(self.keys.link(code))
+                .arg(&marker)
+                .arg(self.ttl)
+                .arg(version);
+            [
+                (p, mark),
+                (
+                    p,
+                    redis::cmd("UNLINK").arg(self.keys.visits(code)).to_owned(),
+                ),
+            ]
+        };
+        let conn = self.redis.conn().await?;
+        for chunk in codes.chunks(500) {
+            let by_hash: Vec<_> = chunk.iter().flat_map(|c| writes(c, false)).collect();
+            match self.redis.pipeline_parts(&conn, &by_hash).await {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let by_source: Vec<_> = chunk.iter().flat_map(|c| writes(c, true)).collect();
+                    self.redis
+                        .pipeline_parts(&conn, &by_source)
+                        .await
+                        .map_err(|e| self.redis.failed(e))?;
+                }
+                Err(e) => return Err(self.redis.failed(e)),
+            }
         }
         self.redis
             .query::<i64>(
@@ -197,5 +287,28 @@ impl LinkCache {
             )
             .await
             .map(|_| ())
+    }
+}
+
+/// A link's state as PostgreSQL holds it, ready for Redis.
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    pub entry: CachedLink,
+    /// `urls.version`; for a code without a row, 0 on a fill, or on a publish a number taken
+    /// after the read that found no row (`db::urls::next_version`), so that it is above every
+    /// state the code had.
+    pub version: i64,
+    /// Clicks PostgreSQL holds for the link.
+    pub stored_visits: i64,
+}
+
+impl LinkState {
+    /// A code without a row.
+    pub fn absent(version: i64) -> Self {
+        Self {
+            entry: CachedLink::Missing,
+            version,
+            stored_visits: 0,
+        }
     }
 }

@@ -6,11 +6,11 @@
 //! answered 2xx, its state reaches every edge within the outage plus one replay interval, instead
 //! of the old entry redirecting until its TTL (24 h) ran out.
 
+use crate::cache::LinkState;
 use crate::db;
 use crate::db::urls::Link;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
-use kurz_common::keys::CachedLink;
 use std::time::Duration;
 
 /// How often queued codes are published again.
@@ -24,11 +24,12 @@ const REPLAY_BATCH: i64 = 500;
 /// outlive, at most a short negative one).
 pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<Utc>>) {
     let code = link.short_code.as_str();
-    match state
-        .cache
-        .publish(code, &link.cache_entry(), link.visits)
-        .await
-    {
+    let published = match state.cache.publish(code, &link.cache_state()).await {
+        Ok(true) => Ok(()),
+        Ok(false) => republish(state, code).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match published {
         Ok(()) => {
             if let Some(stamp) = queued {
                 if let Ok(client) = state.db.get().await {
@@ -38,7 +39,7 @@ pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<
             }
         }
         Err(e) => {
-            log::warn!(error = e.to_string(), short_code = code; "cache update failed; queued for replay");
+            log::warn!(error = e, short_code = code; "cache update failed; queued for replay");
             if queued.is_none() {
                 if let Ok(client) = state.db.get().await {
                     let _ = db::outbox::enqueue(&client, code).await;
@@ -48,6 +49,27 @@ pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<
     }
 }
 
+/// After Redis refused a publish because it holds a higher number for `code`. Usually that is a
+/// newer state of the row, published first; but it can be a number the replay took for the code
+/// while the row was still uncommitted (published as missing), which no state of the new row
+/// would ever beat. So the row gets a new number under its lock and its current state goes out
+/// again: in the first case that repeats the newer state, in the second it replaces the missing
+/// entry. Refused again, a state newer still is there.
+async fn republish(state: &AppState, code: &str) -> Result<(), String> {
+    let client = state.db.get().await.map_err(|e| e.to_string())?;
+    if let Some(link) = db::urls::renumber(&client, code)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        state
+            .cache
+            .publish(code, &link.cache_state())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// After a link import committed (its codes queued with it): clears their cache entries and
 /// unqueues them; if Redis fails, they stay queued and the replay clears them.
 pub async fn after_import(
@@ -55,7 +77,15 @@ pub async fn after_import(
     client: &deadpool_postgres::Client,
     imported: &crate::import::ImportedUrls,
 ) {
-    if let Err(e) = state.cache.forget_many(&imported.codes).await {
+    // Above every state the imported codes had, the import's own included.
+    let version = match db::urls::next_version(client).await {
+        Ok(version) => version,
+        Err(e) => {
+            log::warn!(error = e.to_string(); "cache not cleared after link import; queued for replay");
+            return;
+        }
+    };
+    if let Err(e) = state.cache.forget_many(&imported.codes, version).await {
         log::warn!(error = e.to_string(), codes = imported.codes.len(); "cache not cleared after link import; queued for replay");
         return;
     }
@@ -78,15 +108,23 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
         let link = db::urls::find_url_by_code(&client, code)
             .await
             .map_err(|e| e.to_string())?;
-        let entry = link
-            .as_ref()
-            .map_or(CachedLink::Missing, |link| link.cache_entry());
-        let stored_visits = link.as_ref().map_or(0, |link| link.visits);
-        state
+        let link_state = match &link {
+            Some(link) => link.cache_state(),
+            // Taken after the read that found no row: above every state the code had before it.
+            None => LinkState::absent(
+                db::urls::next_version(&client)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let stored = state
             .cache
-            .publish(code, &entry, stored_visits)
+            .publish(code, &link_state)
             .await
             .map_err(|e| e.to_string())?;
+        if !stored && link.is_some() {
+            republish(state, code).await?;
+        }
         db::outbox::done(&client, code, *stamp)
             .await
             .map_err(|e| e.to_string())?;

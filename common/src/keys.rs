@@ -108,7 +108,7 @@ impl KeySchema {
     /// its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry=4 click-fields=3 visits=1",
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry={ENTRY_VERSION} click-fields=3 visits=1",
             self.partitions
         )
     }
@@ -217,18 +217,68 @@ impl LinkEntry {
 /// The first field of a found entry: the format's version. An entry of another version decodes
 /// as a miss, and a cache fill replaces it (`api/src/cache.rs`); edges and APIs of different
 /// versions do not share Redis at all (the fingerprint's `link-entry`).
-pub const ENTRY_VERSION: &str = "4";
+pub const ENTRY_VERSION: &str = "5";
+
+/// A found entry's fields between the format version and the target, in [`CachedLink::encode`]'s
+/// order, each with the Lua pattern of its text. The Redis scripts that read entries build their
+/// patterns from this list ([`lua_entry_pattern`]), and a unit test holds it against `encode`.
+pub const ENTRY_FIELDS: [(&str, &str); 8] = [
+    ("url_id", "%d+"),
+    ("user_id", "%d*"),
+    ("active", "[01]"),
+    ("expires_at", "%d*"),
+    ("redirect_type", "%d+"),
+    ("max_visits", "%d*"),
+    ("protected", "[01]"),
+    ("version", "%d+"),
+];
+
+/// A Lua pattern for a found entry up to its target, anchored at the start and ending after the
+/// `|` before the target, capturing `captured` (names from [`ENTRY_FIELDS`]) in list order.
+pub fn lua_entry_pattern(captured: &[&str]) -> String {
+    let mut pattern = format!("^{ENTRY_VERSION}|");
+    for (name, text) in ENTRY_FIELDS {
+        if captured.contains(&name) {
+            pattern.push_str(&format!("({text})|"));
+        } else {
+            pattern.push_str(text);
+            pattern.push('|');
+        }
+    }
+    pattern
+}
+
+/// A Lua expression for the version of the entry text in `var`, `nil` when it has none (of
+/// another format, or a negative entry of a code that never had a row).
+pub fn lua_entry_version(var: &str) -> String {
+    format!(
+        "(string.match({var}, '{}') or string.match({var}, '^[0%-]|(%d+)$'))",
+        lua_entry_pattern(&["version"]),
+    )
+}
+
+/// The version in a stale marker's text, as the fill script reads it.
+pub const LUA_STALE_MARKER: &str = "^%-|(%d+)$";
+
+/// An entry that only holds a version: written where a bulk import dropped an entry. Every
+/// reader takes it as a miss and reads PostgreSQL (a fill replaces it), while a late publish of
+/// a state older than `version` is still refused.
+pub fn stale_marker(version: i64) -> String {
+    format!("-|{version}")
+}
 
 impl CachedLink {
-    /// `4|url_id|user_id|active|expires_at|redirect_type|max_visits|protected|target`, or `0`
-    /// for a missing code. A
-    /// flat string rather than JSON: the edge parses it on every redirect, and the target goes
-    /// last so it may hold any character.
-    pub fn encode(&self) -> String {
+    /// `5|url_id|user_id|active|expires_at|redirect_type|max_visits|protected|version|target`;
+    /// for a missing code `0|version` (a deleted row's tombstone), or `0` when the code has no
+    /// row and so no version. A flat string rather than JSON: the edge parses it on every
+    /// redirect, and the target goes last so it may hold any character. `version` is the
+    /// link's state number (`urls.version`): Redis keeps the newest state it was sent.
+    pub fn encode(&self, version: i64) -> String {
         match self {
-            CachedLink::Missing => "0".to_owned(),
+            CachedLink::Missing if version == 0 => "0".to_owned(),
+            CachedLink::Missing => format!("0|{version}"),
             CachedLink::Found(l) => format!(
-                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}|{}|{}",
+                "{ENTRY_VERSION}|{}|{}|{}|{}|{}|{}|{}|{version}|{}",
                 l.url_id,
                 l.user_id.map(|u| u.to_string()).unwrap_or_default(),
                 u8::from(l.active),
@@ -241,12 +291,13 @@ impl CachedLink {
         }
     }
 
-    /// `None` for anything malformed or of another version: callers treat that as a miss.
+    /// `None` for anything malformed or of another version (a stale marker included): callers
+    /// treat that as a miss.
     pub fn decode(raw: &str) -> Option<CachedLink> {
-        if raw == "0" {
+        if raw == "0" || raw.strip_prefix("0|").is_some_and(is_digits) {
             return Some(CachedLink::Missing);
         }
-        let mut parts = raw.splitn(9, '|');
+        let mut parts = raw.splitn(10, '|');
         if parts.next()? != ENTRY_VERSION {
             return None;
         }
@@ -263,6 +314,9 @@ impl CachedLink {
             return None;
         }
         let protected = flag(parts.next()?)?;
+        if !is_digits(parts.next()?) {
+            return None;
+        }
         let target = parts.next()?.to_owned();
         Some(CachedLink::Found(LinkEntry {
             url_id,
@@ -275,6 +329,10 @@ impl CachedLink {
             target,
         }))
     }
+}
+
+fn is_digits(field: &str) -> bool {
+    !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `1` or `0`.
@@ -348,15 +406,27 @@ mod tests {
             protected: false,
             target: "https://example.com/a|b?c=1".into(),
         });
-        assert_eq!(CachedLink::decode(&found.encode()), Some(found.clone()));
+        assert_eq!(CachedLink::decode(&found.encode(9)), Some(found.clone()));
         let CachedLink::Found(mut limited) = found else {
             unreachable!()
         };
         limited.max_visits = Some(3);
         limited.protected = true;
         let limited = CachedLink::Found(limited);
-        assert_eq!(CachedLink::decode(&limited.encode()), Some(limited));
+        assert_eq!(CachedLink::decode(&limited.encode(1)), Some(limited));
         assert_eq!(CachedLink::decode("0"), Some(CachedLink::Missing));
+        assert_eq!(CachedLink::Missing.encode(0), "0");
+        assert_eq!(
+            CachedLink::decode(&CachedLink::Missing.encode(77)),
+            Some(CachedLink::Missing)
+        );
+        // A stale marker and a version-less format-5 entry are misses.
+        assert_eq!(CachedLink::decode(&stale_marker(5)), None);
+        assert_eq!(CachedLink::decode("0|"), None);
+        assert_eq!(
+            CachedLink::decode("5|42||1||302|||https://example.com"),
+            None
+        );
         assert_eq!(CachedLink::decode("1|x|||"), None);
         assert_eq!(CachedLink::decode("garbage"), None);
         // The previous formats, a status no link may have and a limit below one read as a miss.
@@ -369,6 +439,61 @@ mod tests {
         assert_eq!(
             CachedLink::decode("3|42||1||302|0|https://example.com"),
             None
+        );
+        assert_eq!(
+            CachedLink::decode("4|42||1||302||0|https://example.com"),
+            None
+        );
+    }
+
+    /// Checks `text` against one of the Lua classes `ENTRY_FIELDS` uses.
+    fn matches_lua_class(class: &str, text: &str) -> bool {
+        let digits = text.bytes().all(|b| b.is_ascii_digit());
+        match class {
+            "%d+" => digits && !text.is_empty(),
+            "%d*" => digits,
+            "[01]" => text == "0" || text == "1",
+            other => panic!("ENTRY_FIELDS uses {other:?}, which this test does not know"),
+        }
+    }
+
+    /// The scripts' field list and `encode` agree: same count, same order, each field's text
+    /// within its pattern, for entries with every optional field set and none.
+    #[test]
+    fn entry_fields_describe_what_encode_writes() {
+        let full = LinkEntry {
+            url_id: 42,
+            user_id: Some(7),
+            active: false,
+            expires_at: Some(1_900_000_000),
+            redirect_type: 301,
+            max_visits: Some(5),
+            protected: true,
+            target: "https://example.com/a|b".into(),
+        };
+        let bare = LinkEntry {
+            user_id: None,
+            expires_at: None,
+            max_visits: None,
+            ..full.clone()
+        };
+        for (entry, version) in [(full, 123_456_789_i64), (bare, 1)] {
+            let text = CachedLink::Found(entry.clone()).encode(version);
+            let fields: Vec<&str> = text.splitn(ENTRY_FIELDS.len() + 2, '|').collect();
+            assert_eq!(fields[0], ENTRY_VERSION);
+            for (i, (name, class)) in ENTRY_FIELDS.iter().enumerate() {
+                assert!(
+                    matches_lua_class(class, fields[i + 1]),
+                    "{name} = {:?}",
+                    fields[i + 1]
+                );
+            }
+            assert_eq!(fields[ENTRY_FIELDS.len()], version.to_string());
+            assert_eq!(fields[ENTRY_FIELDS.len() + 1], entry.target);
+        }
+        assert_eq!(
+            lua_entry_pattern(&["version"]),
+            "^5|%d+|%d*|[01]|%d*|%d+|%d*|[01]|(%d+)|"
         );
     }
 

@@ -20,7 +20,7 @@
 //! from the entry the script read.
 
 use crate::clicks::{Click, FIELDS};
-use crate::keys::{CachedLink, KeySchema, ENTRY_VERSION};
+use crate::keys::{lua_entry_pattern, CachedLink, KeySchema};
 
 /// What the script answers for a limited link whose visits are used up. Not a valid entry, so
 /// no decoder can mistake it for one.
@@ -31,7 +31,7 @@ pub const UNSEEDED: &str = "?";
 const SOURCE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return v end
-local _, e, url_id, user_id, active, exp, maxv, protected = string.find(v, '^__VERSION__|(%d+)|(%d*)|([01])|(%d*)|%d+|(%d*)|([01])|')
+local _, e, url_id, user_id, active, exp, maxv, protected = string.find(v, '__PATTERN__')
 if not e or active ~= '1' or (protected == '1' and ARGV[1] ~= '3') then return v end
 if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
@@ -121,7 +121,17 @@ pub fn script_source() -> String {
         .collect();
     SOURCE
         .replace("__FIELDS__", &pairs.join(", "))
-        .replace("__VERSION__", ENTRY_VERSION)
+        .replace(
+            "__PATTERN__",
+            &lua_entry_pattern(&[
+                "url_id",
+                "user_id",
+                "active",
+                "expires_at",
+                "max_visits",
+                "protected",
+            ]),
+        )
         .replace("__EXHAUSTED__", EXHAUSTED)
         .replace("__UNSEEDED__", UNSEEDED)
 }

@@ -249,7 +249,7 @@ mod tests {
             };
             let mut set = redis::cmd("SET");
             set.arg(keys.link(&code))
-                .arg(CachedLink::Found(entry).encode());
+                .arg(CachedLink::Found(entry).encode(1));
             redis.query::<()>(&set).await.unwrap();
             used.push(keys.link(&code));
             used.push(keys.clicks_for(&code));

@@ -16,10 +16,11 @@ const COLUMNS: &str =
     "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
      max_visits, (SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id) AS visits, \
      password_hash IS NOT NULL AS has_password, imported_clicks, \
-     coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags";
+     coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags, \
+     version";
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
-const N_COLUMNS: usize = 16;
+const N_COLUMNS: usize = 17;
 
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -45,6 +46,9 @@ pub struct Link {
     pub imported_clicks: i64,
     /// Normalised, sorted.
     pub tags: Vec<String>,
+    /// The state's number from `link_versions`: every write takes a new one, so Redis can tell
+    /// a late publish of an older state from a newer one (`crate::cache`).
+    pub version: i64,
 }
 
 impl Link {
@@ -66,6 +70,7 @@ impl Link {
             has_password: row.get(13),
             imported_clicks: row.get(14),
             tags: row.get(15),
+            version: row.get(16),
         }
     }
 
@@ -92,6 +97,15 @@ impl Link {
             v["expires_at"] = Value::String(kurz_common::time::format(exp));
         }
         v
+    }
+
+    /// What Redis should hold for the link, with its version.
+    pub fn cache_state(&self) -> crate::cache::LinkState {
+        crate::cache::LinkState {
+            entry: self.cache_entry(),
+            version: self.version,
+            stored_visits: self.visits,
+        }
     }
 
     /// What the link cache keeps for this link: deleted links are cached as missing.
@@ -436,6 +450,30 @@ pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Opti
         .map(Link::from_row))
 }
 
+/// Gives the link holding `code` a new version and returns its current state: for a publish
+/// Redis refused because it holds a higher number that is not a newer state of this row (a code
+/// the replay published as missing while the link was being created). Under the row lock, so
+/// the number is above every state of the row. `None` when no row holds `code`.
+pub async fn renumber(c: &impl GenericClient, code: &str) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE urls SET version = nextval('link_versions') WHERE short_code = $1 \
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&code])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
+/// A link version above every state committed so far: what a code whose row is gone is
+/// published with (`crate::cache_sync`). Taken before that row is looked for.
+pub async fn next_version(c: &impl GenericClient) -> Result<i64, Error> {
+    let stmt = c.prepare_cached("SELECT nextval('link_versions')").await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
 /// List filters.
 #[derive(Default)]
 pub struct UrlFilter {
@@ -549,7 +587,8 @@ pub async fn save_url(c: &impl GenericClient, link: &Link) -> Result<Link, Error
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE urls SET title = $2, is_active = $3, original_url = $4, expires_at = $5, \
-             redirect_type = $6, max_visits = $7, updated_at = GREATEST(now(), updated_at + interval '1 second') \
+             redirect_type = $6, max_visits = $7, updated_at = GREATEST(now(), updated_at + interval '1 second'), \
+             version = nextval('link_versions') \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .await?;
@@ -587,7 +626,9 @@ pub async fn set_password_hash(
     hash: Option<&str>,
 ) -> Result<(), Error> {
     let stmt = c
-        .prepare_cached("UPDATE urls SET password_hash = $2 WHERE id = $1")
+        .prepare_cached(
+            "UPDATE urls SET password_hash = $2, version = nextval('link_versions') WHERE id = $1",
+        )
         .await?;
     c.execute(&stmt, &[&id, &hash]).await.map(|_| ())
 }
@@ -596,7 +637,7 @@ pub async fn set_password_hash(
 pub async fn delete_url(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
     let stmt = c
         .prepare_cached(&format!(
-            "UPDATE urls SET deleted_at = now(), updated_at = now() \
+            "UPDATE urls SET deleted_at = now(), updated_at = now(), version = nextval('link_versions') \
              WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
         ))
         .await?;

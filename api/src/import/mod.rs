@@ -237,7 +237,8 @@ pub async fn urls(
                original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
                expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, \
-               max_visits = EXCLUDED.max_visits, imported_clicks = EXCLUDED.imported_clicks, deleted_at = NULL",
+               max_visits = EXCLUDED.max_visits, imported_clicks = EXCLUDED.imported_clicks, deleted_at = NULL, \
+               version = nextval('link_versions')",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {

@@ -3,7 +3,7 @@
 
 use super::link_password;
 use crate::auth::lockout::Subject;
-use crate::cache::Lookup;
+use crate::cache::{LinkState, Lookup};
 use crate::clicks::LimitedVisit;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
@@ -189,15 +189,16 @@ async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
         }
     };
     let client = state.client().await?;
-    let entry = db::urls::find_url_by_code(&client, code)
+    // A code without a row is filled without a version: a fill stores only where nothing is.
+    let link_state = db::urls::find_url_by_code(&client, code)
         .await?
-        .map_or(CachedLink::Missing, |link| link.cache_entry());
+        .map_or_else(|| LinkState::absent(0), |link| link.cache_state());
     if let Some(seen) = seen {
-        if let Err(e) = state.cache.fill(code, &entry, &seen).await {
+        if let Err(e) = state.cache.fill(code, &link_state, &seen).await {
             log::debug!(error = e.to_string(); "cache fill skipped");
         }
     }
-    Ok(entry)
+    Ok(link_state.entry)
 }
 
 /// The click of this request. Its id is the request id, so a request the edge forwarded after

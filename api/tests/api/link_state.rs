@@ -1,10 +1,13 @@
-//! A link's state reaches Redis after every write, even when Redis stalls during the write, and
-//! no fill that read PostgreSQL before a write can put the old state back.
+//! A link's state reaches Redis after every write, even when Redis stalls during the write; no
+//! fill that read PostgreSQL before a write can put the old state back, and no publish of an
+//! older state can replace a newer one.
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use kurz_api::cache::Lookup;
+use kurz_api::cache::{LinkState, Lookup};
+use kurz_api::db;
 use kurz_common::keys::{CachedLink, LinkEntry};
 use kurz_common::testing::{Persistence, PrivateRedis};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn entry(target: &str) -> CachedLink {
@@ -20,6 +23,14 @@ fn entry(target: &str) -> CachedLink {
     })
 }
 
+fn state(target: &str, version: i64) -> LinkState {
+    LinkState {
+        entry: entry(target),
+        version,
+        stored_visits: 0,
+    }
+}
+
 async fn generation_seen(app: &TestApp, code: &str) -> kurz_api::cache::Generation {
     match app.state.cache.lookup(code).await.unwrap() {
         Lookup::Miss(g) => g,
@@ -33,12 +44,12 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it() {
     let cache = &app.state.cache;
     let seen = generation_seen(&app, "fence01").await;
     // A write lands between the reader's lookup and its fill.
-    cache
-        .publish("fence01", &entry("https://new.example/"), 0)
+    assert!(cache
+        .publish("fence01", &state("https://new.example/", 2))
         .await
-        .unwrap();
+        .unwrap());
     assert!(!cache
-        .fill("fence01", &entry("https://old.example/"), &seen)
+        .fill("fence01", &state("https://old.example/", 1), &seen)
         .await
         .unwrap());
     match cache.lookup("fence01").await.unwrap() {
@@ -48,7 +59,7 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it() {
     // Without a write in between, the fill stores.
     let seen = generation_seen(&app, "fence02").await;
     assert!(cache
-        .fill("fence02", &CachedLink::Missing, &seen)
+        .fill("fence02", &LinkState::absent(0), &seen)
         .await
         .unwrap());
 }
@@ -59,10 +70,13 @@ async fn a_fill_that_read_before_a_bulk_import_committed_stores_nothing_after_it
     let cache = &app.state.cache;
     let seen = generation_seen(&app, "bulk001").await;
     // The import commits and drops the cached entries of its codes (here none was cached yet).
-    cache.forget_many(&["bulk001".to_owned()]).await.unwrap();
+    cache
+        .forget_many(&["bulk001".to_owned()], 10)
+        .await
+        .unwrap();
     assert!(
         !cache
-            .fill("bulk001", &CachedLink::Missing, &seen)
+            .fill("bulk001", &LinkState::absent(0), &seen)
             .await
             .unwrap(),
         "the pre-import row must not be cached for a day"
@@ -152,5 +166,207 @@ async fn a_link_import_whose_cache_step_never_ran_still_reaches_redis() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    app.wait_outbox_empty().await;
+}
+
+/// The row as a reader saw it at this point (the outbox replay, another replica's write).
+async fn row_now(app: &TestApp, code: &str) -> db::urls::Link {
+    let client = app.state.db.get().await.unwrap();
+    db::urls::find_url_by_code(&client, code)
+        .await
+        .unwrap()
+        .expect("the link has a row")
+}
+
+async fn cached(app: &TestApp, code: &str) -> Option<String> {
+    let mut get = redis::cmd("GET");
+    get.arg(app.state.keys.link(code));
+    app.state.redis.query(&get).await.unwrap()
+}
+
+/// Publishes land in the order of their round trips, not of their commits: a replica's publish
+/// of an edit that stalled, or the outbox replay that read the row just before a write, can
+/// reach Redis after the publish of a later write. Such a late publish is refused, so an edit
+/// cannot be undone and a deleted link cannot come back for the link TTL.
+#[tokio::test]
+async fn a_late_publish_of_an_older_state_cannot_undo_an_edit_or_a_delete() {
+    let app = spawn_app().await;
+    let (_, id, code) = app.create_link("late", "https://example.com/first").await;
+    let first = row_now(&app, &code).await;
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"original_url": "https://example.com/second"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let second = row_now(&app, &code).await;
+    assert!(second.version > first.version);
+
+    assert!(!app
+        .state
+        .cache
+        .publish(&code, &first.cache_state())
+        .await
+        .unwrap());
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/second");
+
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    for late in [&first, &second] {
+        assert!(!app
+            .state
+            .cache
+            .publish(&code, &late.cache_state())
+            .await
+            .unwrap());
+        assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+    }
+    // The tombstone outlives the negative TTL: a publish held up longer still finds it.
+    let mut ttl = redis::cmd("TTL");
+    ttl.arg(app.state.keys.link(&code));
+    let left: i64 = app.state.redis.query(&ttl).await.unwrap();
+    assert!(
+        left > i64::try_from(app.state.config.cache.negative_ttl_seconds).unwrap(),
+        "the deleted link's tombstone expires in {left} s"
+    );
+    // Publishing the same state again (a replay) is not refused.
+    let deleted = row_now(&app, &code).await;
+    assert!(app
+        .state
+        .cache
+        .publish(&code, &deleted.cache_state())
+        .await
+        .unwrap());
+}
+
+/// A bulk import leaves a stale marker rather than no entry: the next visit reads PostgreSQL,
+/// and a late publish of a state from before the import, for a code the import kept or for
+/// one it took from its id, is refused.
+#[tokio::test]
+async fn a_late_publish_from_before_an_import_cannot_undo_it() {
+    let app = spawn_app().await;
+    let (user, id, code) = app
+        .create_link("importer", "https://example.com/before")
+        .await;
+    let (_, moved_id, moved) = app.create_link("mover", "https://example.com/moved").await;
+    let before = row_now(&app, &code).await;
+    let moved_before = row_now(&app, &moved).await;
+    let renamed = format!("{moved}x");
+    let csv = format!(
+        "id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/after\n\
+         {moved_id},{user},{renamed},https://example.com/renamed\n"
+    );
+    // The bulk import's two steps, as its route runs them.
+    let mut client = app.state.db.get().await.unwrap();
+    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets)
+        .await
+        .unwrap();
+    kurz_api::cache_sync::after_import(&app.state, &client, &imported).await;
+    app.wait_outbox_empty().await;
+    let marker = cached(&app, &code)
+        .await
+        .expect("an imported code keeps a marker");
+    assert_eq!(
+        CachedLink::decode(&marker),
+        None,
+        "a marker is read as a miss"
+    );
+
+    assert!(!app
+        .state
+        .cache
+        .publish(&code, &before.cache_state())
+        .await
+        .unwrap());
+    assert!(!app
+        .state
+        .cache
+        .publish(&moved, &moved_before.cache_state())
+        .await
+        .unwrap());
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/after");
+    assert_eq!(app.get(&format!("/{moved}")).await.status(), 404);
+    assert_eq!(app.get(&format!("/{renamed}")).await.status(), 302);
+    // The visits filled both entries over their markers (the moved code as missing, keeping
+    // the marker's number); old publishes are still refused.
+    assert!(matches!(
+        app.state.cache.lookup(&code).await.unwrap(),
+        Lookup::Hit(CachedLink::Found(_))
+    ));
+    assert!(matches!(
+        app.state.cache.lookup(&moved).await.unwrap(),
+        Lookup::Hit(CachedLink::Missing)
+    ));
+    for (c, late) in [(&code, &before), (&moved, &moved_before)] {
+        assert!(!app
+            .state
+            .cache
+            .publish(c, &late.cache_state())
+            .await
+            .unwrap());
+    }
+    assert_eq!(app.get(&format!("/{moved}")).await.status(), 404);
+}
+
+/// A marker goes only where no newer state is: a write that committed after the import and
+/// published before the import's cache step reached its code keeps its entry. The markers go
+/// by script hash; a Redis that lost its scripts (restarted) still gets them.
+#[tokio::test]
+async fn an_import_marks_only_older_entries_even_after_redis_lost_its_scripts() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let (_, _, other) = app.create_link("marks2", "https://example.com/older").await;
+    let (_, _, code) = app.create_link("marks", "https://example.com/newer").await;
+    let newer = row_now(&app, &code).await;
+    let mut flush = redis::cmd("SCRIPT");
+    flush.arg("FLUSH");
+    app.state.redis.query::<()>(&flush).await.unwrap();
+
+    app.state
+        .cache
+        .forget_many(&[code.clone(), other.clone()], newer.version - 1)
+        .await
+        .unwrap();
+    let kept = cached(&app, &code).await.unwrap();
+    assert!(matches!(
+        CachedLink::decode(&kept),
+        Some(CachedLink::Found(_))
+    ));
+    let marked = cached(&app, &other).await.unwrap();
+    assert_eq!(CachedLink::decode(&marked), None, "{marked}");
+    let res = app.get(&format!("/{other}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/older");
+}
+
+/// The replay publishes a code it found without a row as missing, with a number taken after
+/// that read. A link created with that code meanwhile took a lower number: its own publish is
+/// refused, so the write gives the row a new number and publishes again, instead of the new
+/// link answering 404 for the link TTL.
+#[tokio::test]
+async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
+    let app = spawn_app().await;
+    let (_, _, code) = app.create_link("racer", "https://example.com/new").await;
+    let created = row_now(&app, &code).await;
+    let client = app.state.db.get().await.unwrap();
+    let later = db::urls::next_version(&client).await.unwrap();
+    assert!(app
+        .state
+        .cache
+        .publish(&code, &LinkState::absent(later))
+        .await
+        .unwrap());
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+
+    // The create's own publish, arriving after the replay's.
+    kurz_api::cache_sync::after_write(&app.state, &created, None).await;
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/new");
+    assert!(row_now(&app, &code).await.version > later);
     app.wait_outbox_empty().await;
 }

@@ -256,7 +256,7 @@ async fn each_link_redirects_with_its_own_status_and_bad_ones_are_refused() {
     }
 }
 
-/// An entry written by the previous version (no status field) reads as a miss: the redirect is
+/// An entry written by the previous version (no link version) reads as a miss: the redirect is
 /// answered from PostgreSQL, and the fill replaces the entry instead of leaving it until its TTL.
 #[tokio::test]
 async fn a_cache_entry_of_the_previous_format_is_replaced_on_the_next_redirect() {
@@ -265,7 +265,11 @@ async fn a_cache_entry_of_the_previous_format_is_replaced_on_the_next_redirect()
     let link = app.create_url(user, "https://example.com/v1").await;
     let code = link["short_code"].as_str().unwrap();
     let key = keys(&app).link(code);
-    let old = format!("1|{}|{user}|1||https://example.com/stale", link["id"]);
+    // Format 4, the one before link versions.
+    let old = format!(
+        "4|{}|{user}|1||302||0|https://example.com/stale",
+        link["id"]
+    );
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("SET")
