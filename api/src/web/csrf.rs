@@ -1,7 +1,12 @@
 //! CSRF tokens for the pages' forms: a random token in a cookie, repeated in a hidden field of
 //! every form, compared on every post ("double submit"). Another site can make a browser post
-//! to kurz, but it can neither read the cookie nor set it (`SameSite=Strict`, `HttpOnly`), so
-//! it cannot put the matching value in its form.
+//! to kurz, but it can neither read the cookie nor set it (`HttpOnly`, and `SameSite=Lax` keeps
+//! it off cross-site posts), so it cannot put the matching value in its form.
+//!
+//! `Lax` rather than `Strict`: a `Strict` cookie is also withheld when a person follows a link
+//! to kurz from another site, and the token made for that request replaced theirs, so every
+//! form left open in another tab answered "expired". For the same reason a cross-site post (a
+//! forged one: its cookie is withheld) gets no new token ([`Token::keep_cookie`]).
 
 use axum::http::{HeaderMap, HeaderValue};
 
@@ -16,6 +21,8 @@ const MAX_AGE: u64 = 365 * 24 * 3600;
 pub struct Token {
     value: String,
     new: bool,
+    /// A new token is not to be set (see [`Token::keep_cookie`]).
+    keep: bool,
 }
 
 impl Token {
@@ -24,10 +31,12 @@ impl Token {
             Some(v) => Token {
                 value: v.to_owned(),
                 new: false,
+                keep: false,
             },
             None => Token {
                 value: crate::auth::sessions::new_token(""),
                 new: true,
+                keep: false,
             },
         }
     }
@@ -36,10 +45,17 @@ impl Token {
         &self.value
     }
 
-    /// `Set-Cookie` when the token is new.
+    /// `Set-Cookie` when the token is new (and may be set).
     pub fn set_cookie(&self, https: bool) -> Option<HeaderValue> {
-        self.new
-            .then(|| super::cookie_header(FIELD, &self.value, "Strict", MAX_AGE, https))
+        (self.new && !self.keep)
+            .then(|| super::cookie_header(FIELD, &self.value, "Lax", MAX_AGE, https))
+    }
+
+    /// For a post another site made (the browser says so: `Sec-Fetch-Site: cross-site`): the
+    /// answer sets no new token, so a forged post cannot replace the visitor's and expire the
+    /// forms they have open.
+    pub fn keep_cookie(&mut self) {
+        self.keep = true;
     }
 
     /// Whether a form's field equals the cookie (a token only just made matches nothing: the
@@ -91,9 +107,12 @@ mod tests {
         let set = token.set_cookie(true).unwrap();
         let set = set.to_str().unwrap();
         assert!(set.starts_with(&format!("csrf={}", token.value())));
-        for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        for flag in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
             assert!(set.contains(flag), "{set}");
         }
+        let mut forged = Token::of(&HeaderMap::new());
+        forged.keep_cookie();
+        assert!(forged.set_cookie(true).is_none());
         let odd = Token::of(&with_cookie("csrf=<script>"));
         assert!(
             odd.set_cookie(false).is_some(),

@@ -5,11 +5,11 @@
 //! Browser security. The session is a cookie (`HttpOnly`, `SameSite=Lax`, `Secure` when the
 //! request came over HTTPS) that only these pages read: the JSON API takes bearer tokens alone,
 //! so a cookie can never authorize an API call another site makes. Every form carries a CSRF
-//! token that must equal a second cookie (`csrf`). Pages answer with a strict
+//! token that must equal a second cookie (`csrf`, `SameSite=Lax`; see `csrf`). Pages answer with a strict
 //! `Content-Security-Policy` (no inline script, scripts and styles from kurz only, no framing)
 //! and `no-store`.
-//! Logins and sign-ups go through the same lock-out as `/auth/*`, and the edge rate-limits them
-//! in the same class.
+//! Logins go through the same lock-out as `/auth/login`; the edge rate-limits logins and
+//! sign-ups in its `auth` class.
 
 mod account;
 mod account_pages;
@@ -296,7 +296,13 @@ async fn form_post(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Visit, Vec<(String, String)>), Response> {
-    let visit = visit_of(state, peer, headers).await?;
+    let mut visit = visit_of(state, peer, headers).await?;
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        visit.csrf.keep_cookie();
+    }
     let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
     if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
         return Err(problem(&visit, state, &csrf_refused()));

@@ -260,9 +260,13 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
          <script>document.forms[0].submit()</script>",
         stack.url("/ui/shorten")
     );
+    let token_before = c.get_named_cookie("csrf").await.unwrap().value().to_owned();
     c.goto(&forged).await.unwrap();
     wait_text(&c, "Reload the page").await;
+    // ... and it did not replace the visitor's token, which would expire their open forms.
     c.goto(&stack.url("/ui/links")).await.unwrap();
+    let token_after = c.get_named_cookie("csrf").await.unwrap().value().to_owned();
+    assert_eq!(token_before, token_after);
     let list = wait_text(&c, "My links").await;
     assert!(!list.contains("forged"), "{list}");
 
