@@ -86,10 +86,12 @@ pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
     } else {
         StatusCode::OK
     };
-    // Nothing runs; the form posts only back here; no other site may frame it.
+    // Nothing runs, and no other site may frame it. No `form-action`: browsers hold every
+    // redirect after the post to it too, and the right password's answer is a 303 to the
+    // link's target on another site (the page has no markup of anyone else's to abuse it).
     let mut response = html_page(
         status,
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
         page,
     );
     response

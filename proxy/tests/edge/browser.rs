@@ -75,18 +75,31 @@ impl Driver {
     }
 
     async fn browser(&self) -> Client {
+        self.browser_with(&[]).await
+    }
+
+    /// A session whose chromium gets `extra` arguments as well.
+    async fn browser_with(&self, extra: &[String]) -> Client {
         // As the machine's notes say: no sandbox as root, and nothing that reaches for the
         // network on its own (it is closed here).
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--user-data-dir={}", self._profile.display()));
+        args.extend_from_slice(extra);
         let caps = json!({
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                    format!("--user-data-dir={}", self._profile.display()),
-                ],
-            }
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
         });
         let Value::Object(caps) = caps else {
             unreachable!()
@@ -293,5 +306,90 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
     wait_text(&c, "1 in all").await;
     shoot(&c, "users").await;
 
+    c.close().await.unwrap();
+}
+
+/// A page on another origin for a link to lead to: answers every request with a small page
+/// titled `landed`. Returns its port.
+async fn landing_page() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let body = "<!doctype html><title>landed</title><p>landed";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A password-protected link, opened in a browser: the form, a wrong password, then the right
+/// one leads to the target on another site. Browsers check a page's CSP `form-action` on every
+/// redirect after a form post, so a `form-action 'self'` on the form's page would stop the 303
+/// to the target, leaving the visitor on the form with the visit already counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_link_unlocks_to_its_target_on_another_site_in_chromium() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let port = landing_page().await;
+    let driver = Driver::start();
+    // The target needs a public name: chromium resolves this one to the landing page.
+    let c = driver
+        .browser_with(&[format!(
+            "--host-resolver-rules=MAP landing.example 127.0.0.1:{port}"
+        )])
+        .await;
+    let user = stack
+        .post(
+            "/users",
+            json!({"username": "locked", "email": "locked@example.com"}),
+        )
+        .await;
+    let link = stack
+        .post(
+            "/urls",
+            json!({
+                "user_id": user["id"],
+                "original_url": "http://landing.example/after-the-form",
+                "password": "open sesame",
+                "max_visits": 1,
+            }),
+        )
+        .await;
+    let code = link["short_code"].as_str().unwrap();
+
+    c.goto(&stack.url(&format!("/{code}"))).await.unwrap();
+    assert_eq!(c.title().await.unwrap(), "Password needed");
+    fill(&c, "#password", "not it").await;
+    click(&c, "button[type=submit]").await;
+    wait_text(&c, "That password is not right").await;
+    fill(&c, "#password", "open sesame").await;
+    click(&c, "button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let at = c.current_url().await.unwrap();
+        if at.as_str() == "http://landing.example/after-the-form" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the browser stayed at {at}: {}",
+            body(&c).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.title().await.unwrap(), "landed");
     c.close().await.unwrap();
 }
