@@ -364,7 +364,11 @@ impl ProxyHttp for Edge {
             peer
         };
         upstream.insert_header("x-forwarded-for", xff)?;
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        // Behind a load balancer that ends TLS the edge itself sees plain HTTP: a trusted proxy's
+        // word that the client came over HTTPS is kept (one header, `https`), so the API still
+        // marks its cookies `Secure`. Anyone else gets what the edge saw.
+        let https = ctx.tls || (trusted_peer && forwarded_https(&upstream.headers));
+        upstream.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
         upstream.insert_header("x-real-ip", ctx.client.to_string())?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
         Ok(())
@@ -433,5 +437,14 @@ impl ProxyHttp for Edge {
             edge = ctx.answered.is_some(), error = error.as_str();
             "request"
         );
+    }
+}
+
+/// Whether the request's one `X-Forwarded-Proto` says `https` (repeated, it says nothing).
+fn forwarded_https(headers: &http::HeaderMap) -> bool {
+    let mut values = headers.get_all("x-forwarded-proto").iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"https"),
+        _ => false,
     }
 }
