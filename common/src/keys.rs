@@ -14,8 +14,9 @@
 //! <prefix>:visitor-salt:<day>   the day's salt of visitor ids (`crate::visitors`), 2-day TTL
 //! <prefix>:{sessions}:session:<hash>      user id of a session token (hash of the token)
 //! <prefix>:{sessions}:user-sessions:<id>  set of a user's session hashes, to revoke them all
-//! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-acct`, `fail-ip`) or back-off
-//!                               lock (`lock-acct`, `lock-ip`); `<who>` is `user:<id>`, `link:<id>`,
+//! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-pair`, `fail-acct`, `fail-ip`)
+//!                               or back-off lock (`lock-pair`, `lock-acct`, `lock-ip`); `<who>` is
+//!                               `user:<id>`, `link:<id>`, `<who>@<address>` for a pair,
 //!                               an address, or `id:<hash>` of an identifier naming no account
 //! ```
 //!
@@ -141,7 +142,8 @@ impl KeySchema {
         format!("{}:{{sessions}}:user-sessions:{user_id}", self.prefix)
     }
 
-    /// Failed-login bookkeeping: `kind` is `fail-acct`, `fail-ip`, `lock-acct` or `lock-ip`.
+    /// Failed-login bookkeeping: `kind` is `fail-pair`, `fail-acct`, `fail-ip`, `lock-pair`,
+    /// `lock-acct` or `lock-ip`.
     /// One hash slot (`{login}`) for all of it: the lock-out script reads an account's and an
     /// address's keys together, and on a cluster a script's keys must share a slot. That also
     /// makes the lock-out global across every API instance.

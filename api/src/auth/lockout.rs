@@ -1,12 +1,20 @@
-//! Failed-login back-off, per account and per client address, in Redis.
+//! Failed-login back-off in Redis: per account and client address, per account, and per
+//! address.
 //!
 //! Every attempt is admitted (or refused) by one Redis script *before* the password is checked:
 //! it refuses while a lock holds, and otherwise counts the attempt as a failure up front,
-//! locking the account once the count passes `free_failures`. A successful login then clears
-//! the account's count. Counting before checking is what makes the limit hold under
-//! concurrency: thirty simultaneous guesses cannot all pass a check that none of them has
-//! counted yet, so at most `free_failures + 1` passwords are checked before the lock engages,
-//! then one per lock period.
+//! locking once a count passes its free failures. A successful login then clears the account's
+//! counts. Counting before checking is what makes the limit hold under concurrency: thirty
+//! simultaneous guesses cannot all pass a check that none of them has counted yet, so at most
+//! `free_failures + 1` passwords from one address are checked before its lock engages, then
+//! one per lock period.
+//!
+//! The lock that a few guesses bring on is per account *and address*: a guesser locks only
+//! their own address out of an account, not its owner (anyone could otherwise keep any account
+//! or protected link locked with one guess per lock period). The account's count over all
+//! addresses locks everyone out only past `free_failures_all_addresses`, against guessing
+//! spread over many addresses; an address's count over all accounts (`free_failures_per_ip`)
+//! stops one address spraying many accounts.
 //!
 //! Counters are per account (the user id) when the identifier names one, so locking an account
 //! by its email also locks it by its username; for an identifier that names nobody they are
@@ -18,24 +26,21 @@ use kurz_common::keys::KeySchema;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// `KEYS`: account failures, account lock, address failures, address lock.
-/// `ARGV`: window, free per account, free per address, base delay, max delay.
+/// `KEYS`: failures and lock of the account at this address, of the account, of the address.
+/// `ARGV`: window, free failures for each of the three in that order, base delay, max delay.
 /// Returns 0 when the attempt may go on, else the seconds to wait.
 const ADMIT: &str = r#"
-local wait = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[4]))
+local wait = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[4]), redis.call('PTTL', KEYS[6]))
 if wait > 0 then return math.ceil(wait / 1000) end
-local function delay(n, free)
-  if n <= free then return 0 end
-  local d = tonumber(ARGV[4]) * 2 ^ math.min(n - free - 1, 30)
-  return math.min(d, tonumber(ARGV[5]))
+for k = 1, 5, 2 do
+  local n = redis.call('INCR', KEYS[k])
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
+  local free = tonumber(ARGV[2 + (k - 1) / 2])
+  if n > free then
+    local d = math.min(tonumber(ARGV[5]) * 2 ^ math.min(n - free - 1, 30), tonumber(ARGV[6]))
+    redis.call('SET', KEYS[k + 1], 1, 'EX', d)
+  end
 end
-local a = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local i = redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-local da, di = delay(a, tonumber(ARGV[2])), delay(i, tonumber(ARGV[3]))
-if da > 0 then redis.call('SET', KEYS[2], 1, 'EX', da) end
-if di > 0 then redis.call('SET', KEYS[4], 1, 'EX', di) end
 return 0
 "#;
 
@@ -84,12 +89,16 @@ impl Lockout {
     /// An admitted attempt already counts as a failure until [`Self::succeeded`].
     pub async fn admit(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<Option<u64>, RedisDown> {
         let (who, ip) = (subject.key(), ip.to_string());
-        let mut inv = self.admit.key(self.keys.login("fail-acct", &who));
-        inv.key(self.keys.login("lock-acct", &who))
+        let pair = format!("{who}@{ip}");
+        let mut inv = self.admit.key(self.keys.login("fail-pair", &pair));
+        inv.key(self.keys.login("lock-pair", &pair))
+            .key(self.keys.login("fail-acct", &who))
+            .key(self.keys.login("lock-acct", &who))
             .key(self.keys.login("fail-ip", &ip))
             .key(self.keys.login("lock-ip", &ip))
             .arg(self.cfg.window_seconds)
             .arg(self.cfg.free_failures)
+            .arg(self.cfg.free_failures_all_addresses)
             .arg(self.cfg.free_failures_per_ip)
             .arg(self.cfg.base_delay_seconds)
             .arg(self.cfg.max_delay_seconds);
@@ -107,9 +116,14 @@ impl Lockout {
     /// logging in).
     pub async fn succeeded(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<(), RedisDown> {
         let who = subject.key();
+        let pair = format!("{who}@{ip}");
         let mut pipe = redis::pipe();
         pipe.cmd("DECR")
             .arg(self.keys.login("fail-ip", &ip.to_string()))
+            .ignore();
+        pipe.cmd("DEL")
+            .arg(self.keys.login("fail-pair", &pair))
+            .arg(self.keys.login("lock-pair", &pair))
             .ignore();
         pipe.cmd("DEL")
             .arg(self.keys.login("fail-acct", &who))

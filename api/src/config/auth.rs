@@ -38,12 +38,16 @@ pub struct Argon2Config {
     pub parallelism: u32,
 }
 
-/// Failed-login back-off, per account and per client address.
+/// Failed-login back-off, per account and client address, per account, and per address.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockoutConfig {
-    /// Failures allowed in `window_seconds` before back-off starts.
+    /// Failures at one account (or link) from one address allowed in `window_seconds` before
+    /// that address backs off from it.
     pub free_failures: u32,
+    /// Failures at one account (or link) from all addresses together before everyone backs
+    /// off from it: high, since a guesser who can lock an account for all locks its owner out.
+    pub free_failures_all_addresses: u32,
     /// First back-off; doubles with each further failure.
     pub base_delay_seconds: u64,
     pub max_delay_seconds: u64,
@@ -81,6 +85,7 @@ impl Default for LockoutConfig {
     fn default() -> Self {
         Self {
             free_failures: 5,
+            free_failures_all_addresses: 100,
             base_delay_seconds: 1,
             max_delay_seconds: 900,
             window_seconds: 900,

@@ -525,10 +525,58 @@ async fn a_sliding_session_is_extended_by_use_and_a_fixed_one_is_not() {
     }
 }
 
+/// Guessing wrong on purpose locks the guesser's own address out of the account, not its
+/// owner: otherwise anyone could keep any account locked with one guess per lock period.
+#[tokio::test]
+async fn a_guesser_locks_only_their_own_address_out_of_an_account() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 2;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    register(&app, "owner").await;
+    let from = |ip: &'static str, password: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": "owner@example.com", "password": password}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            from("203.0.113.9", "wrong-guess")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    assert_eq!(
+        from("203.0.113.9", "pw-owner-secret")
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    // The owner, elsewhere: a typo is a plain 401, the password works.
+    error_of(from("198.51.100.20", "typo-typo").await.unwrap(), 401).await;
+    assert_eq!(
+        from("198.51.100.20", "pw-owner-secret")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
 #[tokio::test]
 async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
+    // Three addresses: their guesses together are held by the account's own count.
     let app = spawn_app_with(|c| {
         c.auth.lockout.free_failures = 3;
+        c.auth.lockout.free_failures_all_addresses = 3;
         c.auth.lockout.base_delay_seconds = 60;
     })
     .await;

@@ -159,6 +159,17 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
         "even the right password waits out the lock"
     );
     assert!(res.headers().contains_key("retry-after"));
+    // The lock keeps the guesser's address out, not the link's visitors elsewhere.
+    let res = app
+        .client
+        .post(app.url(&format!("/{code}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-real-ip", "198.51.100.20")
+        .body("password=right")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "a visitor elsewhere was locked out too");
 
     // Malformed attempts are refused before any check.
     let (_, other) = protected_link(&app, "x").await;
