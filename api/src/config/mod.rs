@@ -170,12 +170,9 @@ impl ApiConfig {
         {
             return bad("database.url", "must start with postgres:// (DATABASE_URL)");
         }
-        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
-            return bad(
-                "database.url",
-                "is not a valid PostgreSQL URL (DATABASE_URL)",
-            );
-        }
+        // The reading the pool will make: tokio-postgres alone refuses libpq's
+        // `sslmode=verify-*` and `sslrootcert`, which `db::tls` takes off first.
+        crate::db::tls::parse(&self.database.url).map_err(|e| format!("{e} (DATABASE_URL)"))?;
         if !(1..=1000).contains(&self.database.max_connections) {
             return bad(
                 "database.max_connections",

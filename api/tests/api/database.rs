@@ -71,6 +71,17 @@ async fn the_pool_speaks_tls_as_the_url_asks_and_verifies_the_server_when_told_t
         "an unknown CA must be refused by certificate: {err}"
     );
 
+    // The start-up check reads the URL as the pool does: the verify modes pass it.
+    let mut config = ApiConfig::default();
+    config.database.url = format!("{by_name}?sslmode=verify-full&sslrootcert={ca}");
+    config.validate().expect("a verify-full URL is valid");
+    config.database.url = format!("{by_name}?sslmode=verify-full");
+    let err = config.validate().unwrap_err();
+    assert!(
+        err.contains("database.url") && err.contains("sslrootcert"),
+        "{err}"
+    );
+
     // The verify modes without a CA file: a start-up error naming the key.
     let err = build_pool(&{
         let mut c = ApiConfig::default();
