@@ -100,6 +100,11 @@ pub async fn after_import(
 /// were published.
 pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     let client = state.db.get().await.map_err(|e| e.to_string())?;
+    // Before publishing: a round that Redis fails ends early, and the gauge must still show
+    // what waits (the alert on it is for exactly that).
+    if let Ok(waiting) = db::outbox::count(&client).await {
+        state.metrics.link_outbox.set(waiting);
+    }
     let queued = db::outbox::oldest(&client, REPLAY_BATCH)
         .await
         .map_err(|e| e.to_string())?;

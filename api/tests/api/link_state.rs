@@ -370,3 +370,26 @@ async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
     assert!(row_now(&app, &code).await.version > later);
     app.wait_outbox_empty().await;
 }
+
+/// While Redis does not answer, the replay's rounds fail; the gauge of queued link states
+/// (`kurz_api_link_outbox`, which `KurzLinkStatesNotPublished` alerts on) still shows what
+/// waits, instead of the 0 of its last good round.
+#[tokio::test]
+async fn the_outbox_gauge_counts_queued_states_while_redis_fails() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let (_, id, code) = app.create_link("gauge", "https://example.com/gauge").await;
+    kurz_api::cache_sync::replay_once(&app.state).await.unwrap();
+    assert_eq!(app.state.metrics.link_outbox.get(), 0);
+    {
+        let _stopped = redis.paused();
+        assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+        assert!(kurz_api::cache_sync::replay_once(&app.state).await.is_err());
+        assert_eq!(app.state.metrics.link_outbox.get(), 1);
+    }
+    app.wait_outbox_empty().await;
+    kurz_api::cache_sync::replay_once(&app.state).await.unwrap();
+    assert_eq!(app.state.metrics.link_outbox.get(), 0);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+}
