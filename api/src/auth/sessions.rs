@@ -46,6 +46,11 @@ impl Sessions {
         self.ttl
     }
 
+    /// Whether each use extends a session to the full TTL again.
+    pub fn sliding(&self) -> bool {
+        self.sliding
+    }
+
     /// Whether sessions can be made now (checked before an account is created).
     pub async fn available(&self) -> bool {
         self.redis

@@ -72,6 +72,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 struct Visit {
     user: Option<User>,
     session: Option<String>,
+    /// The session cookie again with the full TTL, for sliding sessions: the use just extended
+    /// the session in Redis, and a cookie that kept the `Max-Age` of the login would end it
+    /// in the browser at the first TTL however active the person was.
+    renewed: Option<HeaderValue>,
     csrf: csrf::Token,
     https: bool,
     ip: std::net::IpAddr,
@@ -83,6 +87,7 @@ impl Visit {
         let mut visit = Visit {
             user: None,
             session: None,
+            renewed: None,
             csrf: csrf::Token::of(headers),
             https: state.proxies.trusts(peer.ip())
                 && headers
@@ -100,6 +105,9 @@ impl Visit {
             let client = state.client().await?;
             visit.user = crate::db::users::find_user(&client, uid).await?;
             visit.session = visit.user.as_ref().map(|_| token.to_owned());
+            if visit.session.is_some() && state.auth.sessions.sliding() {
+                visit.renewed = Some(visit.session_cookie(token, state.auth.sessions.ttl()));
+            }
         }
         Ok(visit)
     }
@@ -133,6 +141,9 @@ impl Visit {
         if let Some(set) = self.csrf.set_cookie(self.https) {
             h.append(header::SET_COOKIE, set);
         }
+        if let Some(renewed) = &self.renewed {
+            h.append(header::SET_COOKIE, renewed.clone());
+        }
         response
     }
 
@@ -145,8 +156,12 @@ impl Visit {
         response
     }
 
-    /// `303 See Other` to `to`, with extra cookies.
-    fn see_other(&self, to: &'static str, cookies: Vec<HeaderValue>) -> Response {
+    /// `303 See Other` to `to`, with extra cookies (a login's or logout's session cookie, which
+    /// then stands instead of the renewed one).
+    fn see_other(&self, to: &'static str, mut cookies: Vec<HeaderValue>) -> Response {
+        if cookies.is_empty() {
+            cookies.extend(self.renewed.clone());
+        }
         let mut response = (
             StatusCode::SEE_OTHER,
             [(header::LOCATION, HeaderValue::from_static(to))],

@@ -476,6 +476,49 @@ async fn cookies_are_secure_behind_an_https_edge() {
 }
 
 /// A registered, logged-in browser.
+/// With sliding sessions each page a logged-in person opens renews the session cookie's
+/// `Max-Age` along with the session in Redis, so an active person stays logged in; with fixed
+/// sessions the cookie keeps the `Max-Age` of the login.
+#[tokio::test]
+async fn a_sliding_session_renews_its_cookie_on_use_and_a_fixed_one_does_not() {
+    for sliding in [true, false] {
+        let app = spawn_app_with(|c| {
+            c.auth.session_ttl_seconds = 3600;
+            c.auth.sliding_sessions = sliding;
+        })
+        .await;
+        let mut b = signed_up(&app, "slider").await;
+        let token = b.cookies["kurz_session"].clone();
+        for path in ["/", "/ui/links"] {
+            let (status, _) = b.get(path).await;
+            assert_eq!(status, 200);
+            let renewed: Vec<&String> = b
+                .last_set
+                .iter()
+                .filter(|c| c.starts_with("kurz_session="))
+                .collect();
+            if sliding {
+                assert_eq!(renewed.len(), 1, "{path}: {:?}", b.last_set);
+                assert!(renewed[0].starts_with(&format!("kurz_session={token};")));
+                assert!(renewed[0].contains("Max-Age=3600"), "{}", renewed[0]);
+            } else {
+                assert!(renewed.is_empty(), "{path}: {:?}", b.last_set);
+            }
+        }
+        // Logging out still ends it: the cleared cookie is the only one.
+        let (_, home) = b.get("/").await;
+        let res = b.submit(&home, "/logout", &[]).await;
+        assert_eq!(res.status(), 303);
+        let sessions: Vec<&String> = b
+            .last_set
+            .iter()
+            .filter(|c| c.starts_with("kurz_session="))
+            .collect();
+        assert_eq!(sessions.len(), 1, "{:?}", b.last_set);
+        assert!(!b.cookies.contains_key("kurz_session"));
+    }
+}
+
 async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
     let mut b = Browser::new(app);
     let (_, page) = b.get("/register").await;
