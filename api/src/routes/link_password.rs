@@ -47,23 +47,46 @@ pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
     }
 }
 
-/// The answer to a visitor without the right password: the form (HTML), or a JSON 401 to a
-/// client that asks for JSON. `wrong` says the last attempt failed.
-pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
+/// What the form says above itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The first view.
+    First,
+    /// The last password was wrong.
+    Wrong,
+    /// Too many wrong passwords from this address: no password is checked for these seconds.
+    Locked(u64),
+}
+
+/// The answer to a visitor without the right password: the form (HTML), or JSON to a client
+/// that asks for it (401, or the 429 of a lock).
+pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
     if wants_json(headers) {
-        let message = if wrong {
-            format!("wrong password for short code {code:?}")
-        } else {
-            format!(
+        return match attempt {
+            Attempt::First => ApiError::PasswordRequired(format!(
                 "short code {code:?} is protected by a password: POST it as {{\"password\": \"…\"}}"
-            )
-        };
-        return ApiError::PasswordRequired(message).into_response();
+            )),
+            Attempt::Wrong => {
+                ApiError::PasswordRequired(format!("wrong password for short code {code:?}"))
+            }
+            Attempt::Locked(wait) => ApiError::TooManyRequests {
+                message: format!("too many wrong passwords for short code {code:?}; retry later"),
+                retry_after: wait,
+            },
+        }
+        .into_response();
     }
-    let notice = if wrong {
-        "<p role=\"alert\" class=\"wrong\">That password is not right.</p>"
-    } else {
-        ""
+    let notice = match attempt {
+        Attempt::First => String::new(),
+        Attempt::Wrong => {
+            "<p role=\"alert\" class=\"wrong\">That password is not right.</p>".to_owned()
+        }
+        Attempt::Locked(wait) => format!(
+            "<p role=\"alert\" class=\"wrong\">Too many wrong passwords from here. \
+             Try again in {} minute{}.</p>",
+            wait.div_ceil(60),
+            if wait.div_ceil(60) == 1 { "" } else { "s" }
+        ),
     };
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -80,11 +103,11 @@ pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
          </form></main></body></html>\n",
         code = escape(code),
     );
-    // 401 after a wrong password; the first view is a page like any other.
-    let status = if wrong {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
+    // 401 after a wrong password, 429 while locked; the first view is a page like any other.
+    let status = match attempt {
+        Attempt::First => StatusCode::OK,
+        Attempt::Wrong => StatusCode::UNAUTHORIZED,
+        Attempt::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
     };
     // Nothing runs, and no other site may frame it. No `form-action`: browsers hold every
     // redirect after the post to it too, and the right password's answer is a 303 to the
@@ -97,6 +120,11 @@ pub fn ask(headers: &HeaderMap, code: &str, wrong: bool) -> Response {
     response
         .headers_mut()
         .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if let Attempt::Locked(wait) = attempt {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    }
     response
 }
 

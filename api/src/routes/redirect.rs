@@ -1,7 +1,7 @@
 //! `GET /<code>`: the redirect, answered from the Redis link cache, PostgreSQL on a miss; and
 //! `POST /<code>`, the password of a protected link.
 
-use super::link_password;
+use super::link_password::{self, Attempt};
 use crate::auth::lockout::Subject;
 use crate::cache::{LinkState, Lookup};
 use crate::clicks::LimitedVisit;
@@ -35,7 +35,7 @@ pub async fn redirect(
     }
     let (entry, status) = redirecting(&state, &code).await?;
     if entry.protected {
-        return Ok(link_password::ask(&headers, &code, false));
+        return Ok(link_password::ask(&headers, &code, Attempt::First));
     }
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
     let visit = Visit {
@@ -66,14 +66,12 @@ pub async fn unlock(
     let lockout = &state.auth.lockout;
     let down = |_| ApiError::Unavailable("password checks are unavailable; retry shortly".into());
     if let Some(wait) = lockout.admit(&subject, ip).await.map_err(down)? {
-        return Err(ApiError::TooManyRequests {
-            message: format!("too many wrong passwords for short code {code:?}; retry later"),
-            retry_after: wait,
-        });
+        // A person at the form gets the form again, saying so; a client, the JSON 429.
+        return Ok(link_password::ask(&headers, &code, Attempt::Locked(wait)));
     }
     let stored = db::urls::password_hash(&state.client().await?, entry.url_id).await?;
     if !state.auth.passwords.verify(password, stored).await? {
-        return Ok(link_password::ask(&headers, &code, true));
+        return Ok(link_password::ask(&headers, &code, Attempt::Wrong));
     }
     lockout.succeeded(&subject, ip).await.map_err(down)?;
     let visit = Visit {

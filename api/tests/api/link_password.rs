@@ -159,6 +159,22 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
         "even the right password waits out the lock"
     );
     assert!(res.headers().contains_key("retry-after"));
+    // A person at the form is told so on the form; a client asking for JSON gets our 429.
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("Too many wrong passwords from here") && page.contains("<form"),
+        "{page}"
+    );
+    let res = app
+        .client
+        .post(app.url(&format!("/{code}")))
+        .header("accept", "application/json")
+        .json(&json!({"password": "right"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(error_of(res, 429).await["error"], "rate_limited");
     // The lock keeps the guesser's address out, not the link's visitors elsewhere.
     let res = app
         .client
