@@ -5,7 +5,8 @@
 //! API publishes its fingerprint (`kurz_common::keys::KeySchema::fingerprint`); until this edge
 //! has read a matching one it answers no redirect from Redis and forwards them to the API, which
 //! answers and records them correctly. The mismatch is logged and exported as
-//! `kurz_proxy_key_schema_match` (0), which the `KurzKeySchemaMismatch` alert watches.
+//! `kurz_proxy_key_schema_match` (0; -1 until a first read, 1 once matched), which the
+//! `KurzKeySchemaMismatch` alert watches.
 
 use crate::metrics::METRICS;
 use async_trait::async_trait;

@@ -112,11 +112,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "notAfter of the served TLS certificate (0: no TLS listener)"
         )
         .expect("metric"),
-        key_schema_match: register_int_gauge!(
-            "kurz_proxy_key_schema_match",
-            "1 when the API's Redis key schema matches this edge's; 0: redirects are forwarded"
-        )
-        .expect("metric"),
+        key_schema_match: {
+            let g = register_int_gauge!(
+                "kurz_proxy_key_schema_match",
+                "1 when the API's Redis key schema matches this edge's; 0: it differs, redirects are forwarded; -1: not read yet (Redis unreachable)"
+            )
+            .expect("metric");
+            // Not 0 before the first read: an edge started while Redis was unreachable has
+            // seen no mismatch, and the alert on 0 must not say it has.
+            g.set(-1);
+            g
+        },
         near_cache_enabled: register_int_gauge!(
             "kurz_proxy_near_cache_enabled",
             "1 while the near-cache serves (its invalidation subscription answers); 0: off"
