@@ -185,13 +185,47 @@ impl ApiConfig {
         if !(1..=64).contains(&self.database.create_writers) {
             return bad("database.create_writers", "must be 1..=64");
         }
-        if self.database.acquire_timeout_ms == 0 || self.database.connect_timeout_ms == 0 {
-            return bad("database.*_timeout_ms", "must be above 0");
+        if self.database.create_writers >= self.database.max_connections {
+            return bad(
+                "database.create_writers",
+                "must be below database.max_connections (the writers would hold every connection)",
+            );
+        }
+        // Each key by its own name: the message must point at the line to change.
+        for (key, v) in [
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms,
+            ),
+            ("cache.link_ttl_seconds", self.cache.link_ttl_seconds),
+            (
+                "cache.negative_ttl_seconds",
+                self.cache.negative_ttl_seconds,
+            ),
+            ("clicks.poll_interval_ms", self.clicks.poll_interval_ms),
+            ("limits.request_timeout_ms", self.limits.request_timeout_ms),
+            (
+                "limits.bulk_request_timeout_ms",
+                self.limits.bulk_request_timeout_ms,
+            ),
+            (
+                "auth.lockout.base_delay_seconds",
+                self.auth.lockout.base_delay_seconds,
+            ),
+            (
+                "auth.lockout.window_seconds",
+                self.auth.lockout.window_seconds,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be above 0");
+            }
         }
         self.redis.validate("redis")?;
-        if self.cache.link_ttl_seconds == 0 || self.cache.negative_ttl_seconds == 0 {
-            return bad("cache.*_ttl_seconds", "must be above 0");
-        }
         if !(0.0..=1.0).contains(&self.clicks.sample_rate) {
             return bad(
                 "clicks.sample_rate",
@@ -201,8 +235,12 @@ impl ApiConfig {
         if !(1..=10_000).contains(&self.clicks.batch_size) {
             return bad("clicks.batch_size", "must be 1..=10000");
         }
-        if self.clicks.poll_interval_ms == 0 || self.clicks.group.is_empty() {
-            return bad("clicks.poll_interval_ms/group", "must be set");
+        if self.clicks.group.is_empty() {
+            return bad("clicks.group", "must not be empty");
+        }
+        if self.clicks.claim_idle_ms < 100 {
+            // At 0 every replica would take every other's entries in flight at each poll.
+            return bad("clicks.claim_idle_ms", "must be at least 100");
         }
         if self.clicks.linger_ms > 1000 {
             return bad("clicks.linger_ms", "must be 0..=1000");
@@ -210,14 +248,17 @@ impl ApiConfig {
         if !(1..=60_000).contains(&self.clicks.read_drain_budget_ms) {
             return bad("clicks.read_drain_budget_ms", "must be 1..=60000");
         }
-        if self.limits.request_timeout_ms == 0 || self.limits.bulk_request_timeout_ms == 0 {
-            return bad("limits.*request_timeout_ms", "must be above 0");
-        }
+
         if self.limits.list_limit < 1 {
             return bad("limits.list_limit", "must be at least 1");
         }
-        if self.limits.body_bytes < 1024 || self.limits.bulk_body_bytes < 1024 {
-            return bad("limits.*_bytes", "must be at least 1024");
+        for (key, v) in [
+            ("limits.body_bytes", self.limits.body_bytes),
+            ("limits.bulk_body_bytes", self.limits.bulk_body_bytes),
+        ] {
+            if v < 1024 {
+                return bad(key, "must be at least 1024");
+            }
         }
         match url::Url::parse(&self.base_url) {
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {}
@@ -227,11 +268,14 @@ impl ApiConfig {
         if a.session_ttl_seconds < 60 {
             return bad("auth.session_ttl_seconds", "must be at least 60");
         }
-        if a.argon2.memory_kib < 8 * 1024 || a.argon2.iterations == 0 || a.argon2.parallelism == 0 {
-            return bad(
-                "auth.argon2",
-                "needs memory_kib >= 8192, iterations >= 1, parallelism >= 1",
-            );
+        if a.argon2.memory_kib < 8 * 1024 {
+            return bad("auth.argon2.memory_kib", "must be at least 8192");
+        }
+        if a.argon2.iterations == 0 {
+            return bad("auth.argon2.iterations", "must be at least 1");
+        }
+        if a.argon2.parallelism == 0 {
+            return bad("auth.argon2.parallelism", "must be at least 1");
         }
         if argon2::Params::new(
             a.argon2.memory_kib,
@@ -246,14 +290,10 @@ impl ApiConfig {
         if !(1..=64).contains(&a.max_concurrent_hashes) {
             return bad("auth.max_concurrent_hashes", "must be 1..=64");
         }
-        let l = &a.lockout;
-        if l.base_delay_seconds == 0
-            || l.max_delay_seconds < l.base_delay_seconds
-            || l.window_seconds == 0
-        {
+        if a.lockout.max_delay_seconds < a.lockout.base_delay_seconds {
             return bad(
-                "auth.lockout",
-                "needs base_delay_seconds >= 1, max_delay_seconds >= base, window_seconds >= 1",
+                "auth.lockout.max_delay_seconds",
+                "must be at least auth.lockout.base_delay_seconds",
             );
         }
         if a.admins.iter().any(|e| !e.contains('@')) {
@@ -365,6 +405,44 @@ mod tests {
         cfg.clicks.linger_ms = 5000;
         let err = cfg.validate().unwrap_err();
         assert!(err.contains("clicks.linger_ms"), "{err}");
+        // Keys checked together still each answer with their own full name.
+        type Tweak = fn(&mut ApiConfig);
+        let cases: [(&str, Tweak); 12] = [
+            ("database.connect_timeout_ms", |c| {
+                c.database.connect_timeout_ms = 0
+            }),
+            ("database.acquire_timeout_ms", |c| {
+                c.database.acquire_timeout_ms = 0
+            }),
+            ("database.create_writers", |c| {
+                c.database.max_connections = 4;
+                c.database.create_writers = 4;
+            }),
+            ("cache.negative_ttl_seconds", |c| {
+                c.cache.negative_ttl_seconds = 0
+            }),
+            ("clicks.group", |c| c.clicks.group.clear()),
+            ("clicks.poll_interval_ms", |c| c.clicks.poll_interval_ms = 0),
+            ("clicks.claim_idle_ms", |c| c.clicks.claim_idle_ms = 0),
+            ("limits.bulk_request_timeout_ms", |c| {
+                c.limits.bulk_request_timeout_ms = 0
+            }),
+            ("limits.bulk_body_bytes", |c| c.limits.bulk_body_bytes = 10),
+            ("auth.argon2.iterations", |c| c.auth.argon2.iterations = 0),
+            ("auth.lockout.window_seconds", |c| {
+                c.auth.lockout.window_seconds = 0
+            }),
+            ("auth.lockout.max_delay_seconds", |c| {
+                c.auth.lockout.base_delay_seconds = 10;
+                c.auth.lockout.max_delay_seconds = 5;
+            }),
+        ];
+        for (key, tweak) in cases {
+            let mut cfg = ApiConfig::default();
+            tweak(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]

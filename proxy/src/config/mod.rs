@@ -147,22 +147,26 @@ impl ProxyConfig {
             addr("upstreams.servers", s)?;
         }
         let u = &self.upstreams;
-        if u.connect_timeout_ms == 0
-            || u.read_timeout_ms == 0
-            || u.bulk_read_timeout_ms == 0
-            || u.idle_timeout_ms == 0
-        {
-            return bad("upstreams.*_timeout_ms", "must be above 0");
-        }
         let hc = &u.health_check;
         if !hc.path.starts_with('/') {
             return bad("upstreams.health_check.path", "must start with /");
         }
-        if hc.interval_ms == 0 || hc.timeout_ms == 0 || hc.rise == 0 || hc.fall == 0 {
-            return bad(
-                "upstreams.health_check",
-                "interval_ms, timeout_ms, rise and fall must be above 0",
-            );
+        // Each key by its own name: the message must point at the line to change.
+        for (key, v) in [
+            ("upstreams.connect_timeout_ms", u.connect_timeout_ms),
+            ("upstreams.read_timeout_ms", u.read_timeout_ms),
+            ("upstreams.bulk_read_timeout_ms", u.bulk_read_timeout_ms),
+            ("upstreams.idle_timeout_ms", u.idle_timeout_ms),
+            ("upstreams.health_check.interval_ms", hc.interval_ms),
+            ("upstreams.health_check.timeout_ms", hc.timeout_ms),
+            ("upstreams.health_check.rise", hc.rise as u64),
+            ("upstreams.health_check.fall", hc.fall as u64),
+            ("cache.near_capacity", self.cache.near_capacity as u64),
+            ("cache.near_ttl_ms", self.cache.near_ttl_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be above 0");
+            }
         }
         let l = &self.limits;
         for (key, v) in [
@@ -199,9 +203,7 @@ impl ProxyConfig {
             }
         }
         self.redis.validate("redis")?;
-        if self.cache.near_capacity == 0 || self.cache.near_ttl_ms == 0 {
-            return bad("cache", "near_capacity and near_ttl_ms must be above 0");
-        }
+
         if !(0.0..=1.0).contains(&self.clicks.sample_rate) {
             return bad("clicks.sample_rate", "must be between 0.0 and 1.0");
         }
@@ -272,6 +274,24 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("listen.read_buffer_bytes"));
+        // Keys checked together still each answer with their own full name.
+        type Tweak = fn(&mut ProxyConfig);
+        let cases: [(&str, Tweak); 4] = [
+            ("upstreams.bulk_read_timeout_ms", |c| {
+                c.upstreams.bulk_read_timeout_ms = 0
+            }),
+            ("upstreams.health_check.fall", |c| {
+                c.upstreams.health_check.fall = 0
+            }),
+            ("cache.near_ttl_ms", |c| c.cache.near_ttl_ms = 0),
+            ("cache.near_capacity", |c| c.cache.near_capacity = 0),
+        ];
+        for (key, tweak) in cases {
+            let mut c = ProxyConfig::default();
+            tweak(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]
