@@ -87,20 +87,8 @@ impl ApiConfig {
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), String> {
         if let Some(url) = env.get("DATABASE_URL") {
             self.database.url = url;
-        } else if env.get("DATABASE_HOST").is_some() || env.get("DATABASE_NAME").is_some() {
-            let host = env
-                .get("DATABASE_HOST")
-                .unwrap_or_else(|| "127.0.0.1".into());
-            let port: u16 = parse_var(env, "DATABASE_PORT")?.unwrap_or(5432);
-            let name = env.get("DATABASE_NAME").unwrap_or_else(|| "kurz".into());
-            let user = env
-                .get("DATABASE_USER")
-                .unwrap_or_else(|| "postgres".into());
-            let auth = match env.get("DATABASE_PASSWORD") {
-                Some(pw) => format!("{}:{}", user, percent_encode(&pw)),
-                None => user,
-            };
-            self.database.url = format!("postgres://{auth}@{host}:{port}/{name}");
+        } else {
+            self.database.url = with_database_parts(&self.database.url, env)?;
         }
         if let Some(n) = parse_var(env, "DB_MAX_CONNECTIONS")? {
             self.database.max_connections = n;
@@ -342,6 +330,53 @@ impl ApiConfig {
 }
 
 /// Percent-encodes a password for the URL userinfo.
+/// `database.url` with what `DATABASE_HOST`, `_PORT`, `_NAME`, `_USER` and `_PASSWORD` set
+/// put in place of its own parts; the rest of the URL (its `sslmode`, say) stays. Any one of
+/// them alone takes effect.
+fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, String> {
+    const PARTS: [&str; 5] = [
+        "DATABASE_HOST",
+        "DATABASE_PORT",
+        "DATABASE_NAME",
+        "DATABASE_USER",
+        "DATABASE_PASSWORD",
+    ];
+    if PARTS.iter().all(|k| env.get(k).is_none()) {
+        return Ok(file_url.to_owned());
+    }
+    let url = url::Url::parse(file_url).map_err(|_| {
+        "config key `database.url` must be a postgres:// URL for DATABASE_HOST/_PORT/_NAME/_USER/_PASSWORD to change its parts".to_owned()
+    })?;
+    let host = env
+        .get("DATABASE_HOST")
+        .or_else(|| url.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = match parse_var(env, "DATABASE_PORT")? {
+        Some(p) => p,
+        None => url.port().unwrap_or(5432),
+    };
+    // The URL's own parts are already percent-encoded; the variables' are encoded here.
+    let name = env
+        .get("DATABASE_NAME")
+        .map(|n| percent_encode(&n))
+        .unwrap_or_else(|| url.path().trim_start_matches('/').to_owned());
+    let user = env
+        .get("DATABASE_USER")
+        .map(|u| percent_encode(&u))
+        .unwrap_or_else(|| url.username().to_owned());
+    let password = env
+        .get("DATABASE_PASSWORD")
+        .map(|p| percent_encode(&p))
+        .or_else(|| url.password().map(str::to_owned));
+    let auth = match (user.is_empty(), password) {
+        (_, Some(pw)) => format!("{user}:{pw}@"),
+        (false, None) => format!("{user}@"),
+        (true, None) => String::new(),
+    };
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    Ok(format!("postgres://{auth}{host}:{port}/{name}{query}"))
+}
+
 fn percent_encode(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {
@@ -389,6 +424,35 @@ mod tests {
         assert_eq!(cfg.database.max_connections, 7);
         assert_eq!(cfg.clicks.sample_rate, 0.5);
         assert_eq!(cfg.log_level, "debug");
+        // One part alone changes that part; the file's user, database and TLS stay.
+        let mut file = ApiConfig::default();
+        file.database.url = "postgres://app:s3cret@db.example:6432/links?sslmode=require".into();
+        for (var, value, want) in [
+            (
+                "DATABASE_PASSWORD",
+                "n:w",
+                "postgres://app:n%3Aw@db.example:6432/links?sslmode=require",
+            ),
+            (
+                "DATABASE_HOST",
+                "db2.example",
+                "postgres://app:s3cret@db2.example:6432/links?sslmode=require",
+            ),
+            (
+                "DATABASE_PORT",
+                "5433",
+                "postgres://app:s3cret@db.example:5433/links?sslmode=require",
+            ),
+            (
+                "DATABASE_USER",
+                "a b",
+                "postgres://a%20b:s3cret@db.example:6432/links?sslmode=require",
+            ),
+        ] {
+            let mut cfg = file.clone();
+            cfg.apply_env(&env(&[(var, value)])).unwrap();
+            assert_eq!(cfg.database.url, want, "{var}");
+        }
     }
 
     #[test]
