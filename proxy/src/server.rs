@@ -142,7 +142,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
             Duration::from_millis(limits.header_timeout_ms),
             Duration::from_millis(limits.body_total_timeout_ms),
             limits.max_connections_per_client,
-            cfg.rate_limits.ipv6_prefix_len,
+            limiter.clone(),
             trust.clone(),
         )),
     };

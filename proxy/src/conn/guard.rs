@@ -498,7 +498,9 @@ mod tests {
             header_timeout,
             Duration::from_secs(60),
             100,
-            64,
+            Arc::new(crate::rate_limit::RateLimiter::new(
+                &crate::config::ProxyConfig::default().rate_limits,
+            )),
             trust,
         ));
         (HeadGuard::new(Box::new(ours), limits), client)

@@ -8,7 +8,7 @@
 mod guard;
 pub mod head;
 
-use crate::rate_limit::client_key;
+use crate::rate_limit::{client_key, RateLimiter};
 use crate::service::SharedTrust;
 use async_trait::async_trait;
 use guard::HeadGuard;
@@ -38,7 +38,9 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_per_client: usize,
-    pub ipv6_prefix_len: u8,
+    /// Read for its IPv6 prefix length, which SIGHUP changes: the connection cap and the rate
+    /// limits must agree on who one client is.
+    pub limiter: Arc<RateLimiter>,
     pub trust: SharedTrust,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -48,14 +50,14 @@ impl ConnLimits {
         header_timeout: Duration,
         body_timeout: Duration,
         max_per_client: usize,
-        ipv6_prefix_len: u8,
+        limiter: Arc<RateLimiter>,
         trust: SharedTrust,
     ) -> Self {
         Self {
             header_timeout,
             body_timeout,
             max_per_client,
-            ipv6_prefix_len,
+            limiter,
             trust,
             open: Mutex::new(HashMap::new()),
         }
@@ -66,7 +68,7 @@ impl ConnLimits {
     fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<Slot> {
         let key = peer
             .filter(|ip| !self.trust.read().expect("trust lock").trusts(*ip))
-            .map(|ip| client_key(ip, self.ipv6_prefix_len));
+            .map(|ip| client_key(ip, self.limiter.ipv6_prefix_len()));
         if let Some(key) = key {
             let mut open = self.open.lock().expect("open lock");
             let n = open.entry(key).or_insert(0);
@@ -230,5 +232,50 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kurz_common::proxies::ProxyTrust;
+
+    /// A reload's `rate_limits.ipv6_prefix_len` reaches the connection cap too, not only the
+    /// rate limits; connections already counted give back the place they took.
+    #[test]
+    fn the_connection_cap_follows_a_reloaded_ipv6_prefix() {
+        let mut cfg = crate::config::ProxyConfig::default().rate_limits;
+        cfg.ipv6_prefix_len = 64;
+        let limiter = Arc::new(RateLimiter::new(&cfg));
+        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
+            ProxyTrust::parse(&[], &[]).unwrap(),
+        )));
+        let limits = Arc::new(ConnLimits::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+            limiter.clone(),
+            trust,
+        ));
+        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        let first = limits.admit(Some(a)).expect("one per /64");
+        let second = limits
+            .admit(Some(b))
+            .expect("another /64 is another client");
+        cfg.ipv6_prefix_len = 48;
+        limiter.set_limits(&cfg);
+        // Counted from the reload on: both addresses are in one /48, one client.
+        let third = limits.admit(Some(a)).expect("the /48's first connection");
+        assert!(
+            limits.admit(Some(b)).is_none(),
+            "one /48 is one client now, and it holds its connection"
+        );
+        drop(third);
+        assert!(limits.admit(Some(b)).is_some(), "its place given back");
+        // Connections counted under the old prefix give back their own places.
+        drop(first);
+        drop(second);
+        assert!(limits.open.lock().unwrap().is_empty());
     }
 }
