@@ -176,6 +176,16 @@ impl Visit {
         response
     }
 
+    /// A login or sign-up in a browser that was logged in already replaces its cookie: the
+    /// session it held is ended too, rather than left valid in Redis with nothing to end it.
+    async fn end_replaced_session(&self, state: &AppState) {
+        if let (Some(user), Some(token)) = (&self.user, &self.session) {
+            if let Err(e) = state.auth.sessions.revoke(token, user.id).await {
+                log::warn!(error = e.to_string(); "the replaced web session could not be revoked");
+            }
+        }
+    }
+
     fn session_cookie(&self, value: &str, max_age: u64) -> HeaderValue {
         cookie_header(SESSION, value, "Lax", max_age, self.https)
     }
@@ -435,6 +445,7 @@ pub async fn login(
     };
     match logged_in {
         Ok(token) => {
+            visit.end_replaced_session(&state).await;
             let set = visit.session_cookie(&token, state.auth.sessions.ttl());
             visit.see_other("/", vec![set])
         }
@@ -489,6 +500,7 @@ pub async fn register(
     };
     match made {
         Ok(token) => {
+            visit.end_replaced_session(&state).await;
             let set = visit.session_cookie(&token, state.auth.sessions.ttl());
             visit.see_other("/", vec![set])
         }

@@ -519,6 +519,41 @@ async fn a_sliding_session_renews_its_cookie_on_use_and_a_fixed_one_does_not() {
     }
 }
 
+/// Logging in again in a browser that is logged in already ends the session its cookie held:
+/// the browser forgets it, so nothing else would.
+#[tokio::test]
+async fn a_new_login_in_the_same_browser_ends_the_session_it_replaces() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "twice").await;
+    let first = b.cookies["kurz_session"].clone();
+    let (_, page) = b.get("/login").await;
+    let res = b
+        .submit(
+            &page,
+            "/login",
+            &[
+                ("account", "twice@example.com"),
+                ("password", "long enough pw"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let second = b.cookies["kurz_session"].clone();
+    assert_ne!(first, second);
+    let me = |token: String| {
+        app.client
+            .get(app.url("/auth/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        me(first).await.unwrap().status(),
+        401,
+        "the replaced session lives on"
+    );
+    assert_eq!(me(second).await.unwrap().status(), 200);
+}
+
 async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
     let mut b = Browser::new(app);
     let (_, page) = b.get("/register").await;
