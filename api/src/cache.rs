@@ -30,13 +30,17 @@ pub const INVALIDATE_ALL: &str = "*";
 /// case, so a fill that read PostgreSQL before this write cannot land after it; the rest happens
 /// only when the entry there is not newer (`__VERSION_OF_CUR__` is `nil` for an entry without a
 /// version). A limited link's counter is raised to the stored clicks, never lowered; a missing
-/// one stays missing (the next limited visit seeds it from PostgreSQL).
+/// one stays missing (the next limited visit seeds it from PostgreSQL). Returns 1 when stored,
+/// 0 when a newer state is there, 2 when what refused it is a missing entry (`0|v`).
 const PUBLISH: &str = r#"
 redis.call('INCR', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local v = __VERSION_OF_CUR__
-  if v and tonumber(v) > tonumber(ARGV[3]) then return 0 end
+  if v and tonumber(v) > tonumber(ARGV[3]) then
+    if string.sub(cur, 1, 2) == '0|' then return 2 end
+    return 0
+  end
 end
 if ARGV[4] == '' then
   redis.call('UNLINK', KEYS[3])
@@ -177,8 +181,8 @@ impl LinkCache {
     /// so a limit set later counts from the clicks stored by then (`kurz_common::visit`); a
     /// limited link's counter is raised to the clicks PostgreSQL holds when it is below: visits
     /// that PostgreSQL allowed while Redis did not answer are counted, never lost from the
-    /// limit. Returns whether the state was stored (`false`: a newer one was there).
-    pub async fn publish(&self, code: &str, state: &LinkState) -> Result<bool, RedisDown> {
+    /// limit.
+    pub async fn publish(&self, code: &str, state: &LinkState) -> Result<Published, RedisDown> {
         let limited = matches!(&state.entry, CachedLink::Found(l) if l.max_visits.is_some());
         let mut pipe = redis::pipe();
         // EVAL rather than EVALSHA: a pipeline cannot load a script Redis lost (a restart, a
@@ -204,11 +208,11 @@ impl LinkCache {
             // slot than the link's, so it cannot share the pipeline. After the write, as here.
             let (stored,): (i64,) = self.redis.query(&pipe).await?;
             self.redis.query::<i64>(&publish).await?;
-            return Ok(stored == 1);
+            return Ok(Published::from_script(stored));
         }
         pipe.add_command(publish).ignore();
         let (stored,): (i64,) = self.redis.query(&pipe).await?;
-        Ok(stored == 1)
+        Ok(Published::from_script(stored))
     }
 
     /// Publishes the key schema's fingerprint, which edges compare with their own before they
@@ -241,7 +245,7 @@ impl LinkCache {
         // By hash, not by source: an import may hold a million codes. Redis that lost its
         // scripts (a restart, a failover) answers NOSCRIPT, and the chunk goes again with the
         // source, which also loads it; marking is idempotent.
-        let writes = |code: &String, by_source: bool| {
+        let marking = |code: &String, by_source: bool| {
             let p = self.keys.partition(code);
             let mut mark = redis::cmd(if by_source { "EVAL" } else { "EVALSHA" });
             if by_source {
@@ -254,23 +258,17 @@ impl LinkCache {
                 .arg(&marker)
                 .arg(self.ttl)
                 .arg(version);
-            [
-                (p, mark),
-                (
-                    p,
-                    redis::cmd("UNLINK").arg(self.keys.visits(code)).to_owned(),
-                ),
-            ]
+            (p, mark)
         };
         let conn = self.redis.conn().await?;
         for chunk in codes.chunks(500) {
-            let by_hash: Vec<_> = chunk.iter().flat_map(|c| writes(c, false)).collect();
+            let by_hash: Vec<_> = chunk.iter().map(|c| marking(c, false)).collect();
             match self.redis.pipeline_parts(&conn, &by_hash).await {
                 Ok(_) => {}
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let by_source: Vec<_> = chunk.iter().flat_map(|c| writes(c, true)).collect();
+                    let by_source: Vec<_> = chunk.iter().map(|c| marking(c, true)).collect();
                     self.redis
                         .pipeline_parts(&conn, &by_source)
                         .await
@@ -278,6 +276,22 @@ impl LinkCache {
                 }
                 Err(e) => return Err(self.redis.failed(e)),
             }
+        }
+        // The visit counters: one UNLINK per partition and chunk (on a cluster a command's
+        // keys share a slot).
+        let mut by_partition: Vec<Vec<String>> =
+            vec![Vec::new(); usize::from(self.keys.partitions())];
+        for code in codes {
+            by_partition[usize::from(self.keys.partition(code))].push(self.keys.visits(code));
+        }
+        let mut unlinks = Vec::new();
+        for (p, keys) in by_partition.iter().enumerate() {
+            for chunk in keys.chunks(1000) {
+                unlinks.push((p as u16, redis::cmd("UNLINK").arg(chunk).to_owned()));
+            }
+        }
+        for batch in unlinks.chunks(64) {
+            self.redis.query_parts(batch).await?;
         }
         self.redis
             .query::<i64>(
@@ -287,6 +301,27 @@ impl LinkCache {
             )
             .await
             .map(|_| ())
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Stored,
+    /// Redis holds a state with a higher number: a newer one, or an import's stale marker.
+    Older,
+    /// Redis holds a missing entry with a higher number: the replay published the code as
+    /// having no row, with a number taken after the link's own (`crate::cache_sync`).
+    OlderThanMissing,
+}
+
+impl Published {
+    fn from_script(code: i64) -> Self {
+        match code {
+            1 => Published::Stored,
+            2 => Published::OlderThanMissing,
+            _ => Published::Older,
+        }
     }
 }
 

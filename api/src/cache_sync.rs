@@ -6,7 +6,7 @@
 //! answered 2xx, its state reaches every edge within the outage plus one replay interval, instead
 //! of the old entry redirecting until its TTL (24 h) ran out.
 
-use crate::cache::LinkState;
+use crate::cache::{LinkState, Published};
 use crate::db;
 use crate::db::urls::Link;
 use crate::state::AppState;
@@ -25,8 +25,8 @@ const REPLAY_BATCH: i64 = 500;
 pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<Utc>>) {
     let code = link.short_code.as_str();
     let published = match state.cache.publish(code, &link.cache_state()).await {
-        Ok(true) => Ok(()),
-        Ok(false) => republish(state, code).await,
+        Ok(Published::Stored | Published::Older) => Ok(()),
+        Ok(Published::OlderThanMissing) => republish(state, code).await,
         Err(e) => Err(e.to_string()),
     };
     match published {
@@ -49,12 +49,12 @@ pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<
     }
 }
 
-/// After Redis refused a publish because it holds a higher number for `code`. Usually that is a
-/// newer state of the row, published first; but it can be a number the replay took for the code
-/// while the row was still uncommitted (published as missing), which no state of the new row
-/// would ever beat. So the row gets a new number under its lock and its current state goes out
-/// again: in the first case that repeats the newer state, in the second it replaces the missing
-/// entry. Refused again, a state newer still is there.
+/// When Redis holds `code` as missing with a higher number than its row's state, or the replay
+/// stored the code as missing while a row for it was being created: a number the replay took
+/// for the code while the row was still uncommitted, which no state of the new row would ever
+/// beat. So the row gets a new number under its lock and its current state goes out again.
+/// (A refusal by a newer state of the row, or by an import's marker, needs nothing: that state
+/// or the PostgreSQL read the marker sends visits to is already right.)
 async fn republish(state: &AppState, code: &str) -> Result<(), String> {
     let client = state.db.get().await.map_err(|e| e.to_string())?;
     if let Some(link) = db::urls::renumber(&client, code)
@@ -96,6 +96,34 @@ pub async fn after_import(
     }
 }
 
+/// Publishes `code`, which a read found without a row, as missing: with a number taken after
+/// that read, above every state the code had before it. A create of the code that committed
+/// after the read may have published first, and the missing entry has just replaced it; so the
+/// row is looked for again, and one found goes out again with a number above the missing one.
+pub async fn publish_missing(
+    state: &AppState,
+    client: &deadpool_postgres::Client,
+    code: &str,
+) -> Result<(), String> {
+    let version = db::urls::next_version(client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let published = state
+        .cache
+        .publish(code, &LinkState::absent(version))
+        .await
+        .map_err(|e| e.to_string())?;
+    if published == Published::Stored
+        && db::urls::find_url_by_code(client, code)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        republish(state, code).await?;
+    }
+    Ok(())
+}
+
 /// One replay round: publishes the current state of the oldest queued codes. Returns how many
 /// were published.
 pub async fn replay_once(state: &AppState) -> Result<usize, String> {
@@ -113,22 +141,18 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
         let link = db::urls::find_url_by_code(&client, code)
             .await
             .map_err(|e| e.to_string())?;
-        let link_state = match &link {
-            Some(link) => link.cache_state(),
-            // Taken after the read that found no row: above every state the code had before it.
-            None => LinkState::absent(
-                db::urls::next_version(&client)
+        match link {
+            Some(link) => {
+                let published = state
+                    .cache
+                    .publish(code, &link.cache_state())
                     .await
-                    .map_err(|e| e.to_string())?,
-            ),
-        };
-        let stored = state
-            .cache
-            .publish(code, &link_state)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !stored && link.is_some() {
-            republish(state, code).await?;
+                    .map_err(|e| e.to_string())?;
+                if published == Published::OlderThanMissing {
+                    republish(state, code).await?;
+                }
+            }
+            None => publish_missing(state, &client, code).await?,
         }
         db::outbox::done(&client, code, *stamp)
             .await

@@ -3,7 +3,7 @@
 //! older state can replace a newer one.
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use kurz_api::cache::{LinkState, Lookup};
+use kurz_api::cache::{LinkState, Lookup, Published};
 use kurz_api::db;
 use kurz_common::keys::{CachedLink, LinkEntry};
 use kurz_common::testing::{Persistence, PrivateRedis};
@@ -44,10 +44,13 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it() {
     let cache = &app.state.cache;
     let seen = generation_seen(&app, "fence01").await;
     // A write lands between the reader's lookup and its fill.
-    assert!(cache
-        .publish("fence01", &state("https://new.example/", 2))
-        .await
-        .unwrap());
+    assert!(
+        cache
+            .publish("fence01", &state("https://new.example/", 2))
+            .await
+            .unwrap()
+            == Published::Stored
+    );
     assert!(!cache
         .fill("fence01", &state("https://old.example/", 1), &seen)
         .await
@@ -203,24 +206,28 @@ async fn a_late_publish_of_an_older_state_cannot_undo_an_edit_or_a_delete() {
     let second = row_now(&app, &code).await;
     assert!(second.version > first.version);
 
-    assert!(!app
-        .state
-        .cache
-        .publish(&code, &first.cache_state())
-        .await
-        .unwrap());
+    assert!(
+        app.state
+            .cache
+            .publish(&code, &first.cache_state())
+            .await
+            .unwrap()
+            != Published::Stored
+    );
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], "https://example.com/second");
 
     assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
     for late in [&first, &second] {
-        assert!(!app
-            .state
-            .cache
-            .publish(&code, &late.cache_state())
-            .await
-            .unwrap());
+        assert!(
+            app.state
+                .cache
+                .publish(&code, &late.cache_state())
+                .await
+                .unwrap()
+                != Published::Stored
+        );
         assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
     }
     // The tombstone outlives the negative TTL: a publish held up longer still finds it.
@@ -233,12 +240,14 @@ async fn a_late_publish_of_an_older_state_cannot_undo_an_edit_or_a_delete() {
     );
     // Publishing the same state again (a replay) is not refused.
     let deleted = row_now(&app, &code).await;
-    assert!(app
-        .state
-        .cache
-        .publish(&code, &deleted.cache_state())
-        .await
-        .unwrap());
+    assert!(
+        app.state
+            .cache
+            .publish(&code, &deleted.cache_state())
+            .await
+            .unwrap()
+            == Published::Stored
+    );
 }
 
 /// A bulk import leaves a stale marker rather than no entry: the next visit reads PostgreSQL,
@@ -274,18 +283,22 @@ async fn a_late_publish_from_before_an_import_cannot_undo_it() {
         "a marker is read as a miss"
     );
 
-    assert!(!app
-        .state
-        .cache
-        .publish(&code, &before.cache_state())
-        .await
-        .unwrap());
-    assert!(!app
-        .state
-        .cache
-        .publish(&moved, &moved_before.cache_state())
-        .await
-        .unwrap());
+    assert!(
+        app.state
+            .cache
+            .publish(&code, &before.cache_state())
+            .await
+            .unwrap()
+            != Published::Stored
+    );
+    assert!(
+        app.state
+            .cache
+            .publish(&moved, &moved_before.cache_state())
+            .await
+            .unwrap()
+            != Published::Stored
+    );
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], "https://example.com/after");
@@ -302,12 +315,14 @@ async fn a_late_publish_from_before_an_import_cannot_undo_it() {
         Lookup::Hit(CachedLink::Missing)
     ));
     for (c, late) in [(&code, &before), (&moved, &moved_before)] {
-        assert!(!app
-            .state
-            .cache
-            .publish(c, &late.cache_state())
-            .await
-            .unwrap());
+        assert!(
+            app.state
+                .cache
+                .publish(c, &late.cache_state())
+                .await
+                .unwrap()
+                != Published::Stored
+        );
     }
     assert_eq!(app.get(&format!("/{moved}")).await.status(), 404);
 }
@@ -354,12 +369,14 @@ async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
     let created = row_now(&app, &code).await;
     let client = app.state.db.get().await.unwrap();
     let later = db::urls::next_version(&client).await.unwrap();
-    assert!(app
-        .state
-        .cache
-        .publish(&code, &LinkState::absent(later))
-        .await
-        .unwrap());
+    assert!(
+        app.state
+            .cache
+            .publish(&code, &LinkState::absent(later))
+            .await
+            .unwrap()
+            == Published::Stored
+    );
     assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
 
     // The create's own publish, arriving after the replay's.
@@ -392,4 +409,28 @@ async fn the_outbox_gauge_counts_queued_states_while_redis_fails() {
     kurz_api::cache_sync::replay_once(&app.state).await.unwrap();
     assert_eq!(app.state.metrics.link_outbox.get(), 0);
     assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+}
+
+/// The replay read a code without a row and publishes it as missing, with a number taken
+/// after that read; a create of the code that committed just after the read, and whose own
+/// publish landed first, would be replaced by the missing entry for the link TTL. The replay
+/// looks for the row again after storing, and puts the link back.
+#[tokio::test]
+async fn a_link_created_while_the_replay_publishes_its_code_as_missing_still_redirects() {
+    let app = spawn_app().await;
+    // The create committed and published after the replay's read found nothing.
+    let (_, _, code) = app
+        .create_link("after", "https://example.com/created")
+        .await;
+    let client = app.state.db.get().await.unwrap();
+    kurz_api::cache_sync::publish_missing(&app.state, &client, &code)
+        .await
+        .unwrap();
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(
+        res.status(),
+        302,
+        "the new link is kept out by a missing entry"
+    );
+    assert_eq!(res.headers()["location"], "https://example.com/created");
 }
