@@ -17,7 +17,8 @@
 //! <prefix>:{login}:<kind>:<who> failed-login counter (kind `fail-pair`, `fail-acct`, `fail-ip`)
 //!                               or back-off lock (`lock-pair`, `lock-acct`, `lock-ip`); `<who>` is
 //!                               `user:<id>`, `link:<id>`, `<who>@<address>` for a pair,
-//!                               an address, or `id:<hash>` of an identifier naming no account
+//!                               an address (an IPv6 one as its /64), or `id:<hash>` of an
+//!                               identifier naming no account
 //! ```
 //!
 //! Every command, script and pipeline keeps its keys within one hash tag; what spans partitions

@@ -68,6 +68,22 @@ impl Subject<'_> {
     }
 }
 
+/// Who an address is for the counters: an IPv4 address, or the /64 network of an IPv6 one.
+/// One host commonly holds a whole /64 and could take a new address for every few guesses,
+/// each with fresh per-address counts (the edge's rate limits group IPv6 the same way).
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !(u128::MAX >> 64);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
 pub struct Lockout {
     redis: Arc<RedisHandle>,
     keys: KeySchema,
@@ -88,7 +104,7 @@ impl Lockout {
     /// Admits one attempt: `Some(seconds)` when it must wait instead (nothing is checked then).
     /// An admitted attempt already counts as a failure until [`Self::succeeded`].
     pub async fn admit(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<Option<u64>, RedisDown> {
-        let (who, ip) = (subject.key(), ip.to_string());
+        let (who, ip) = (subject.key(), address_key(ip));
         let pair = format!("{who}@{ip}");
         let mut inv = self.admit.key(self.keys.login("fail-pair", &pair));
         inv.key(self.keys.login("lock-pair", &pair))
@@ -115,11 +131,11 @@ impl Lockout {
     /// spray across many accounts, and users behind one NAT must not lock each other out by
     /// logging in).
     pub async fn succeeded(&self, subject: &Subject<'_>, ip: IpAddr) -> Result<(), RedisDown> {
-        let who = subject.key();
+        let (who, ip) = (subject.key(), address_key(ip));
         let pair = format!("{who}@{ip}");
         let mut pipe = redis::pipe();
         pipe.cmd("DECR")
-            .arg(self.keys.login("fail-ip", &ip.to_string()))
+            .arg(self.keys.login("fail-ip", &ip))
             .ignore();
         pipe.cmd("DEL")
             .arg(self.keys.login("fail-pair", &pair))
@@ -132,5 +148,25 @@ impl Lockout {
             .arg(self.keys.login("lock-acct", &who))
             .ignore();
         self.redis.query::<()>(&pipe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64_network() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let other = address_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(address_key("203.0.113.7".parse().unwrap()), "203.0.113.7");
+        assert_eq!(
+            address_key("::ffff:203.0.113.7".parse().unwrap()),
+            "203.0.113.7"
+        );
     }
 }
