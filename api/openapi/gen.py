@@ -799,8 +799,8 @@ paths["/{code}"] = {
         "404": RESP("NotFound"),
         "405": err("The link has no password: `method_not_allowed`.", error_with("method_not_allowed")),
         "410": RESP("Gone"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
-        "429": {"description": "Too many wrong passwords from this address: the form again saying how "
-                               "long to wait (HTML), or `rate_limited` (JSON); wait `Retry-After` seconds.",
+        "429": {"description": "Too many wrong passwords: the form again saying how long to wait "
+                               "(HTML), or `rate_limited` (JSON); wait `Retry-After` seconds.",
                 "headers": with_std_headers({"Retry-After": H("Retry-After")}),
                 "content": {**HTML, **json_content(error_with("rate_limited"))}},
         **STD},

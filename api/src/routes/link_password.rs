@@ -82,7 +82,7 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
             "<p role=\"alert\" class=\"wrong\">That password is not right.</p>".to_owned()
         }
         Attempt::Locked(wait) => format!(
-            "<p role=\"alert\" class=\"wrong\">Too many wrong passwords from here. \
+            "<p role=\"alert\" class=\"wrong\">Too many wrong passwords. \
              Try again in {} minute{}.</p>",
             wait.div_ceil(60),
             if wait.div_ceil(60) == 1 { "" } else { "s" }
@@ -109,12 +109,12 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
         Attempt::Wrong => StatusCode::UNAUTHORIZED,
         Attempt::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
     };
-    // Nothing runs, and no other site may frame it. No `form-action`: browsers hold every
-    // redirect after the post to it too, and the right password's answer is a 303 to the
-    // link's target on another site (the page has no markup of anyone else's to abuse it).
+    // Nothing runs, no other site may frame it, and no `<base>` can move the form's action. No
+    // `form-action`: browsers hold every redirect after the post to it too, and the right
+    // password's answer is a 303 to the link's target on another site.
     let mut response = html_page(
         status,
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         page,
     );
     response

@@ -162,7 +162,7 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
     // A person at the form is told so on the form; a client asking for JSON gets our 429.
     let page = res.text().await.unwrap();
     assert!(
-        page.contains("Too many wrong passwords from here") && page.contains("<form"),
+        page.contains("Too many wrong passwords. Try again in") && page.contains("<form"),
         "{page}"
     );
     let res = app
