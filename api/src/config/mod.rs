@@ -329,7 +329,6 @@ impl ApiConfig {
     }
 }
 
-/// Percent-encodes a password for the URL userinfo.
 /// `database.url` with what `DATABASE_HOST`, `_PORT`, `_NAME`, `_USER` and `_PASSWORD` set
 /// put in place of its own parts; the rest of the URL (its `sslmode`, say) stays. Any one of
 /// them alone takes effect.
@@ -341,7 +340,13 @@ fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, St
         "DATABASE_USER",
         "DATABASE_PASSWORD",
     ];
-    if PARTS.iter().all(|k| env.get(k).is_none()) {
+    // Kubernetes' service links give a Service named `database` the variable
+    // `DATABASE_PORT=tcp://<ip>:<port>` in every pod of its namespace: not ours.
+    let ours = |k: &str| {
+        env.get(k)
+            .filter(|v| !(k == "DATABASE_PORT" && v.starts_with("tcp://")))
+    };
+    if PARTS.iter().all(|k| ours(k).is_none()) {
         return Ok(file_url.to_owned());
     }
     let url = url::Url::parse(file_url).map_err(|_| {
@@ -351,8 +356,11 @@ fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, St
         .get("DATABASE_HOST")
         .or_else(|| url.host_str().map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1".into());
-    let port: u16 = match parse_var(env, "DATABASE_PORT")? {
-        Some(p) => p,
+    let port: u16 = match ours("DATABASE_PORT") {
+        Some(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| format!("DATABASE_PORT={p:?} is not a port number"))?,
         None => url.port().unwrap_or(5432),
     };
     // The URL's own parts are already percent-encoded; the variables' are encoded here.
@@ -377,6 +385,7 @@ fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, St
     Ok(format!("postgres://{auth}{host}:{port}/{name}{query}"))
 }
 
+/// Percent-encodes a user name, password or database name for the URL.
 fn percent_encode(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {
@@ -453,6 +462,11 @@ mod tests {
             cfg.apply_env(&env(&[(var, value)])).unwrap();
             assert_eq!(cfg.database.url, want, "{var}");
         }
+        // A Kubernetes service link for a Service named `database` is not an override.
+        let mut cfg = file.clone();
+        cfg.apply_env(&env(&[("DATABASE_PORT", "tcp://10.0.0.9:5432")]))
+            .unwrap();
+        assert_eq!(cfg.database.url, file.database.url);
     }
 
     #[test]
