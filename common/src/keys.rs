@@ -6,6 +6,8 @@
 //! <prefix>:{p<N>}:clicks        click stream of partition N (see `crate::clicks`)
 //! <prefix>:{p<N>}:visits:<code> counted visits of a link with `max_visits` (no TTL; see
 //!                               `crate::visit`)
+//! <prefix>:{p<N>}:counted:<id>  a limited link's visit counted under visit id `<id>`, 120 s
+//!                               (see `crate::visit`)
 //! <prefix>:{p<N>}:gen           write generation of partition N's links: bumped by every link
 //!                               write, checked by every cache fill (a fill that read PostgreSQL
 //!                               before a write committed cannot land after it)
@@ -74,6 +76,16 @@ impl KeySchema {
     pub fn visits(&self, code: &str) -> String {
         format!(
             "{}:{{p{}}}:visits:{code}",
+            self.prefix,
+            self.partition(code)
+        )
+    }
+
+    /// The mark of a limited link's visit counted under a visit id (`crate::visit`): a visit
+    /// retried with the same id is not counted again. Expires after [`VISIT_MARK_SECONDS`].
+    pub fn visit_mark(&self, code: &str, visit_id: &str) -> String {
+        format!(
+            "{}:{{p{}}}:counted:{visit_id}",
             self.prefix,
             self.partition(code)
         )
@@ -152,6 +164,10 @@ impl KeySchema {
         format!("{}:{{login}}:{kind}:{who}", self.prefix)
     }
 }
+
+/// How long a counted visit's mark lasts: longer than any retry of it (an edge's Redis
+/// timeout, then the forward to an API).
+pub const VISIT_MARK_SECONDS: u64 = 120;
 
 /// What the link cache holds for a code.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,14 +13,26 @@
 //! A password-protected link is only looked up ([`Record::Unlocked`] aside): the API alone
 //! answers it, after the password, and then counts and records its visit like any other.
 //!
-//! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter. Arguments:
+//! A visit of a limited link can be counted under a visit id (`KEYS[4]`, the mark): the edge
+//! mints one for each visit it runs through the script and, when it forwards the request
+//! after all (its Redis call timed out, maybe after the script ran), passes it to the API in
+//! [`VISIT_ID_HEADER`]. The API's run of the script then finds the mark and neither counts nor
+//! appends again. Only an edge mints the id, never a client (the edge drops the header from
+//! requests, and the API reads it only from trusted proxies): a client that could repeat an id
+//! would pass a used-up link without counting.
+//!
+//! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter, `KEYS[4]`
+//! (optional) the visit's mark. Arguments:
 //! `ARGV[1]` what to record ([`Record`]), `ARGV[2]` now in unix seconds (the caller's clock, so
 //! caller and script agree on expiry), `ARGV[3..]` the click's values in `clicks::FIELDS` order.
 //! The XADD line is generated from that list ([`script_source`]), taking the link's own fields
 //! from the entry the script read.
 
 use crate::clicks::{Click, FIELDS};
-use crate::keys::{lua_entry_pattern, CachedLink, KeySchema};
+use crate::keys::{lua_entry_pattern, CachedLink, KeySchema, VISIT_MARK_SECONDS};
+
+/// The header an edge passes a forwarded visit's id in (see the module docs).
+pub const VISIT_ID_HEADER: &str = "x-kurz-visit-id";
 
 /// What the script answers for a limited link whose visits are used up. Not a valid entry, so
 /// no decoder can mistake it for one.
@@ -37,11 +49,13 @@ if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
   if ARGV[1] ~= '1' and ARGV[1] ~= '3' then return v end
 else
+  if KEYS[4] and ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then return v end
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
   if n >= tonumber(maxv) then return '__EXHAUSTED__' end
   if ARGV[1] == '0' then return v end
   redis.call('INCR', KEYS[3])
+  if KEYS[4] then redis.call('SET', KEYS[4], 1, 'EX', __MARK_SECONDS__) end
 end
 redis.call('XADD', KEYS[2], '*', __FIELDS__)
 return v
@@ -133,6 +147,7 @@ pub fn script_source() -> String {
             ]),
         )
         .replace("__EXHAUSTED__", EXHAUSTED)
+        .replace("__MARK_SECONDS__", &VISIT_MARK_SECONDS.to_string())
         .replace("__UNSEEDED__", UNSEEDED)
 }
 
@@ -142,7 +157,8 @@ pub fn script() -> redis::Script {
 }
 
 /// An invocation of `script` for `code`. `click` is required unless `record` is
-/// [`Record::Nothing`] (without one nothing is recorded).
+/// [`Record::Nothing`] (without one nothing is recorded). `visit_id` marks a limited link's
+/// counted visit, so that a retry with the same id counts once.
 pub fn invocation<'a>(
     script: &'a redis::Script,
     keys: &KeySchema,
@@ -150,9 +166,13 @@ pub fn invocation<'a>(
     record: Record,
     now: i64,
     click: Option<&Click>,
+    visit_id: Option<&str>,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.key(keys.link(code));
     inv.key(keys.clicks_for(code)).key(keys.visits(code));
+    if let Some(id) = visit_id {
+        inv.key(keys.visit_mark(code, id));
+    }
     match click {
         Some(c) if record != Record::Nothing => {
             inv.arg(record.arg()).arg(now);

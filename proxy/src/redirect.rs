@@ -81,8 +81,15 @@ impl Redirector {
 
     /// `click` is `None` for a HEAD (answered, never counted). `sampled` says whether a GET's
     /// click is recorded (`clicks.sample_rate`); a limited link records every GET regardless,
-    /// since its limit counts visits.
-    pub async fn resolve(&self, code: &str, click: Option<Click>, sampled: bool) -> Outcome {
+    /// since its limit counts visits. A visit run through the script gets an id in `visit_id`,
+    /// which a forward passes on (`kurz_common::visit::VISIT_ID_HEADER`).
+    pub async fn resolve(
+        &self,
+        code: &str,
+        click: Option<Click>,
+        sampled: bool,
+        visit_id: &mut Option<String>,
+    ) -> Outcome {
         let now = chrono::Utc::now().timestamp();
         let hot = &*HOT;
         if !self.gate.open() {
@@ -115,7 +122,13 @@ impl Redirector {
             (Some(_), false, true) => Record::Click,
             (Some(_), false, false) => Record::IfLimited,
         };
-        let raw = match self.visit(code, record, click.as_ref(), now).await {
+        if record != Record::Nothing {
+            *visit_id = Some(kurz_common::clicks::new_id());
+        }
+        let raw = match self
+            .visit(code, record, click.as_ref(), now, visit_id.as_deref())
+            .await
+        {
             Ok(raw) => raw,
             Err(()) => {
                 hot.redis_error.inc();
@@ -170,9 +183,10 @@ impl Redirector {
         record: Record,
         click: Option<&Click>,
         now: i64,
+        visit_id: Option<&str>,
     ) -> Result<Option<String>, ()> {
         let mut conn = self.redis.conn().await.map_err(|_| ())?;
-        visit::invocation(&self.script, &self.keys, code, record, now, click)
+        visit::invocation(&self.script, &self.keys, code, record, now, click, visit_id)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| {
@@ -267,9 +281,13 @@ mod tests {
             };
             let redirect = Outcome::Redirect(target.into(), status);
             // A Redis hit: the script appends. Then the near-cache holds the link: Rust appends.
-            let by_script = r.resolve(&code, Some(click("by-script")), true).await;
+            let by_script = r
+                .resolve(&code, Some(click("by-script")), true, &mut None)
+                .await;
             assert_eq!(by_script, redirect);
-            let by_rust = r.resolve(&code, Some(click("by-rust")), true).await;
+            let by_rust = r
+                .resolve(&code, Some(click("by-rust")), true, &mut None)
+                .await;
             assert_eq!(by_rust, redirect);
             let mut range = redis::cmd("XRANGE");
             range.arg(keys.clicks_for(&code)).arg("-").arg("+");

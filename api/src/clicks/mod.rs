@@ -102,11 +102,14 @@ impl ClickRecorder {
     /// says. A missing counter is seeded from the clicks PostgreSQL has stored. With Redis down,
     /// PostgreSQL decides under the link's row lock, counting the clicks it has stored (clicks
     /// still queued in Redis are not among them: docs/API.md says so).
+    /// `visit_id` is the id an edge ran this visit under before it forwarded the request
+    /// (`kurz_common::visit`): a visit the edge's script already counted is not counted again.
     pub async fn limited_visit(
         &self,
         code: &str,
         link: &LinkEntry,
         click: Option<Click>,
+        visit_id: Option<&str>,
     ) -> Result<LimitedVisit, ApiError> {
         let max = link.max_visits.unwrap_or(i64::MAX);
         let now = chrono::Utc::now().timestamp();
@@ -117,7 +120,15 @@ impl ClickRecorder {
             (Some(_), false) => Record::Click,
         };
         for attempt in 0..2 {
-            let inv = visit::invocation(&self.visit, &self.keys, code, record, now, click.as_ref());
+            let inv = visit::invocation(
+                &self.visit,
+                &self.keys,
+                code,
+                record,
+                now,
+                click.as_ref(),
+                visit_id,
+            );
             let reply = match self.redis.conn().await {
                 Ok(mut conn) => inv
                     .invoke_async::<Option<String>>(&mut conn)

@@ -17,6 +17,7 @@ use axum::Extension;
 use kurz_common::clicks::{clip, Click};
 use kurz_common::keys::{CachedLink, LinkEntry, Verdict, GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::shortcode;
+use kurz_common::visit::VISIT_ID_HEADER;
 use std::net::SocketAddr;
 
 pub async fn redirect(
@@ -135,7 +136,21 @@ async fn visit_and_redirect(
         )
     });
     if entry.max_visits.is_some() {
-        match state.clicks.limited_visit(code, entry, click).await? {
+        // An edge's id for a visit it may have counted already: believed from an edge only.
+        let visit_id = visit
+            .headers
+            .get(VISIT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| {
+                id.len() == 32
+                    && id.bytes().all(|b| b.is_ascii_hexdigit())
+                    && state.proxies.trusts(visit.peer.ip())
+            });
+        match state
+            .clicks
+            .limited_visit(code, entry, click, visit_id)
+            .await?
+        {
             LimitedVisit::Allowed => {}
             LimitedVisit::Exhausted => return Err(gone(code, GONE_EXHAUSTED)),
             LimitedVisit::Changed(Verdict::Gone) => return Err(gone(code, GONE_EXPIRED)),

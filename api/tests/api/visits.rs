@@ -289,3 +289,75 @@ async fn whole_numbers_written_as_floats_are_integers() {
         .await;
     error_of(res, 400).await;
 }
+
+/// An edge ran a limited link's visit through the script, then forwarded the request after all
+/// (its Redis call timed out after the script had run). It passes the visit's id, and the API's
+/// run finds the visit counted: the link is not used up one visit early. The id is believed
+/// from a trusted proxy (an edge) only: anyone else repeating one must not pass uncounted.
+#[tokio::test]
+async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
+    for trusted in [true, false] {
+        let app = spawn_app_with(|c| {
+            if !trusted {
+                c.trusted_proxies = vec!["192.0.2.1".into()];
+            }
+        })
+        .await;
+        let user = app.create_user("edge").await;
+        let (id, code) = limited_link(&app, user, json!(2)).await;
+        // One visit through the API seeds the counter.
+        assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+
+        // The edge's run of the second visit, under its own visit id.
+        let visit_id = kurz_common::clicks::new_id();
+        let click_id = kurz_common::clicks::new_id();
+        let click = kurz_common::clicks::Click {
+            id: click_id.clone(),
+            url_id: 0,
+            user_id: None,
+            code: code.clone(),
+            target: String::new(),
+            referrer: String::new(),
+            user_agent: "edge-test".into(),
+            ip: "192.0.2.0".into(),
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            visitor: String::new(),
+        };
+        let script = kurz_common::visit::script();
+        let inv = kurz_common::visit::invocation(
+            &script,
+            &app.state.keys,
+            &code,
+            kurz_common::visit::Record::Click,
+            chrono::Utc::now().timestamp(),
+            Some(&click),
+            Some(&visit_id),
+        );
+        let mut conn = app.state.redis.conn().await.unwrap();
+        let raw: Option<String> = inv.invoke_async(&mut conn).await.unwrap();
+        assert!(raw.is_some_and(|r| r.starts_with("5|")));
+
+        // Its reply was lost: the request reaches the API with the edge's ids.
+        let forwarded = app
+            .client
+            .get(app.url(&format!("/{code}")))
+            .header("x-request-id", &click_id)
+            .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
+            .send()
+            .await
+            .unwrap();
+        if trusted {
+            assert_eq!(
+                forwarded.status(),
+                302,
+                "the edge's visit was counted twice"
+            );
+            wait_visits(&app, id, 2).await;
+            // Both visits used: the next is refused.
+            assert_exhausted(app.get(&format!("/{code}")).await).await;
+        } else {
+            // Not from an edge: the id is ignored, the visit counts, and two were used.
+            assert_exhausted(forwarded).await;
+        }
+    }
+}

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use kurz_common::clicks::{clip, is_valid_id, new_id, Click};
 use kurz_common::keys::{GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::proxies::ProxyTrust;
+use kurz_common::visit::VISIT_ID_HEADER;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
@@ -50,6 +51,9 @@ pub struct Ctx {
     /// Upstreams that failed this request, skipped on retry.
     failed: Vec<SocketAddr>,
     body_bytes: u64,
+    /// The id of a visit the edge ran through the visit script, passed on if the request is
+    /// forwarded after all: the API's run then does not count it again.
+    visit_id: Option<String>,
 }
 
 impl Edge {
@@ -109,7 +113,10 @@ impl Edge {
         if get && !sampled {
             HOT.clicks_sampled_out.inc();
         }
-        let outcome = self.redirector.resolve(code, click, sampled).await;
+        let outcome = self
+            .redirector
+            .resolve(code, click, sampled, &mut ctx.visit_id)
+            .await;
         let why_gone = if outcome == Outcome::Exhausted {
             GONE_EXHAUSTED
         } else {
@@ -152,6 +159,7 @@ impl ProxyHttp for Edge {
             answered: None,
             failed: Vec::new(),
             body_bytes: 0,
+            visit_id: None,
         }
     }
 
@@ -371,6 +379,11 @@ impl ProxyHttp for Edge {
         upstream.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
         upstream.insert_header("x-real-ip", ctx.client.to_string())?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
+        // Only an edge names a visit: a client's own id could pass a used-up link uncounted.
+        upstream.remove_header(VISIT_ID_HEADER);
+        if let Some(id) = &ctx.visit_id {
+            upstream.insert_header(VISIT_ID_HEADER, id)?;
+        }
         Ok(())
     }
 
