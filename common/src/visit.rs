@@ -14,12 +14,13 @@
 //! answers it, after the password, and then counts and records its visit like any other.
 //!
 //! A visit of a limited link can be counted under a visit id (`KEYS[4]`, the mark): the edge
-//! mints one for each visit it runs through the script and, when it forwards the request
-//! after all (its Redis call timed out, maybe after the script ran), passes it to the API in
-//! [`VISIT_ID_HEADER`]. The API's run of the script then finds the mark and neither counts nor
-//! appends again. Only an edge mints the id, never a client (the edge drops the header from
-//! requests, and the API reads it only from trusted proxies): a client that could repeat an id
-//! would pass a used-up link without counting.
+//! mints one for each visit it runs through the script, its run sets the mark when it counts
+//! ([`VisitMark::Set`]), and when it forwards the request after all (its Redis call timed out,
+//! maybe after the script ran) it passes the id to the API in [`VISIT_ID_HEADER`]. The API's
+//! run takes the mark ([`VisitMark::Take`]): found, it deletes it and neither counts nor
+//! appends again. Only an edge's run sets marks and only an edge mints ids (the edge drops the
+//! header from clients' requests, the API reads it only from trusted proxies), so nobody can
+//! make up an id that passes a used-up link uncounted, and an id passes one retry at most.
 //!
 //! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter, `KEYS[4]`
 //! (optional) the visit's mark. Arguments:
@@ -49,13 +50,13 @@ if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
   if ARGV[1] ~= '1' and ARGV[1] ~= '3' then return v end
 else
-  if KEYS[4] and ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then return v end
+  if KEYS[4] and ARGV[1] ~= '0' and ARGV[__MARK_ARG__] == 'take' and redis.call('DEL', KEYS[4]) == 1 then return v end
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
   if n >= tonumber(maxv) then return '__EXHAUSTED__' end
   if ARGV[1] == '0' then return v end
   redis.call('INCR', KEYS[3])
-  if KEYS[4] then redis.call('SET', KEYS[4], 1, 'EX', __MARK_SECONDS__) end
+  if KEYS[4] and ARGV[__MARK_ARG__] == 'set' then redis.call('SET', KEYS[4], 1, 'EX', __MARK_SECONDS__) end
 end
 redis.call('XADD', KEYS[2], '*', __FIELDS__)
 return v
@@ -148,6 +149,7 @@ pub fn script_source() -> String {
         )
         .replace("__EXHAUSTED__", EXHAUSTED)
         .replace("__MARK_SECONDS__", &VISIT_MARK_SECONDS.to_string())
+        .replace("__MARK_ARG__", &(FIELDS.len() + 3).to_string())
         .replace("__UNSEEDED__", UNSEEDED)
 }
 
@@ -156,9 +158,18 @@ pub fn script() -> redis::Script {
     redis::Script::new(&script_source())
 }
 
+/// What a visit does with its id's mark (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisitMark<'a> {
+    /// The edge's run: marks the visit it counts.
+    Set(&'a str),
+    /// The API's run of a visit an edge forwarded: a mark found means the edge counted it.
+    Take(&'a str),
+}
+
 /// An invocation of `script` for `code`. `click` is required unless `record` is
-/// [`Record::Nothing`] (without one nothing is recorded). `visit_id` marks a limited link's
-/// counted visit, so that a retry with the same id counts once.
+/// [`Record::Nothing`] (without one nothing is recorded). `mark` makes a limited link's
+/// counted visit count once across the edge's run and the API's.
 pub fn invocation<'a>(
     script: &'a redis::Script,
     keys: &KeySchema,
@@ -166,19 +177,28 @@ pub fn invocation<'a>(
     record: Record,
     now: i64,
     click: Option<&Click>,
-    visit_id: Option<&str>,
+    mark: Option<VisitMark<'_>>,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.key(keys.link(code));
     inv.key(keys.clicks_for(code)).key(keys.visits(code));
-    if let Some(id) = visit_id {
-        inv.key(keys.visit_mark(code, id));
-    }
+    let mark_mode = match mark {
+        Some(VisitMark::Set(id)) => {
+            inv.key(keys.visit_mark(code, id));
+            "set"
+        }
+        Some(VisitMark::Take(id)) => {
+            inv.key(keys.visit_mark(code, id));
+            "take"
+        }
+        None => "",
+    };
     match click {
         Some(c) if record != Record::Nothing => {
             inv.arg(record.arg()).arg(now);
             for value in c.values() {
                 inv.arg(value);
             }
+            inv.arg(mark_mode);
         }
         _ => {
             inv.arg(Record::Nothing.arg()).arg(now);

@@ -126,7 +126,13 @@ impl Redirector {
             *visit_id = Some(kurz_common::clicks::new_id());
         }
         let raw = match self
-            .visit(code, record, click.as_ref(), now, visit_id.as_deref())
+            .visit(
+                code,
+                record,
+                click.as_ref(),
+                now,
+                visit_id.as_deref().map(visit::VisitMark::Set),
+            )
             .await
         {
             Ok(raw) => raw,
@@ -183,10 +189,10 @@ impl Redirector {
         record: Record,
         click: Option<&Click>,
         now: i64,
-        visit_id: Option<&str>,
+        mark: Option<visit::VisitMark<'_>>,
     ) -> Result<Option<String>, ()> {
         let mut conn = self.redis.conn().await.map_err(|_| ())?;
-        visit::invocation(&self.script, &self.keys, code, record, now, click, visit_id)
+        visit::invocation(&self.script, &self.keys, code, record, now, click, mark)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| {

@@ -127,7 +127,7 @@ impl ClickRecorder {
                 record,
                 now,
                 click.as_ref(),
-                visit_id,
+                visit_id.map(visit::VisitMark::Take),
             );
             let reply = match self.redis.conn().await {
                 Ok(mut conn) => inv

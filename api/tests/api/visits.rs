@@ -293,7 +293,8 @@ async fn whole_numbers_written_as_floats_are_integers() {
 /// An edge ran a limited link's visit through the script, then forwarded the request after all
 /// (its Redis call timed out after the script had run). It passes the visit's id, and the API's
 /// run finds the visit counted: the link is not used up one visit early. The id is believed
-/// from a trusted proxy (an edge) only: anyone else repeating one must not pass uncounted.
+/// from a trusted proxy (an edge) only, passes one retry, and one that no edge's run marked
+/// passes nothing.
 #[tokio::test]
 async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
     for trusted in [true, false] {
@@ -331,7 +332,7 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
             kurz_common::visit::Record::Click,
             chrono::Utc::now().timestamp(),
             Some(&click),
-            Some(&visit_id),
+            Some(kurz_common::visit::VisitMark::Set(&visit_id)),
         );
         let mut conn = app.state.redis.conn().await.unwrap();
         let raw: Option<String> = inv.invoke_async(&mut conn).await.unwrap();
@@ -353,8 +354,35 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
                 "the edge's visit was counted twice"
             );
             wait_visits(&app, id, 2).await;
-            // Both visits used: the next is refused.
+            // Both visits used: the next is refused, the edge's id passed one retry only, and
+            // an id a trusted peer makes up finds no mark (only an edge's run sets one).
             assert_exhausted(app.get(&format!("/{code}")).await).await;
+            for id in [visit_id.clone(), kurz_common::clicks::new_id()] {
+                let res = app
+                    .client
+                    .get(app.url(&format!("/{code}")))
+                    .header(kurz_common::visit::VISIT_ID_HEADER, &id)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_exhausted(res).await;
+            }
+            // A trusted peer repeating an id of its own on a one-visit link: its first visit
+            // counts, and the repeat finds no mark to pass with (the API's run sets none).
+            let (_, once) = limited_link(&app, user, json!(1)).await;
+            let made_up = kurz_common::clicks::new_id();
+            let mut statuses = Vec::new();
+            for _ in 0..2 {
+                let res = app
+                    .client
+                    .get(app.url(&format!("/{once}")))
+                    .header(kurz_common::visit::VISIT_ID_HEADER, &made_up)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(res.status().as_u16());
+            }
+            assert_eq!(statuses, [302, 410], "a made-up id passed a used-up link");
         } else {
             // Not from an edge: the id is ignored, the visit counts, and two were used.
             assert_exhausted(forwarded).await;

@@ -613,66 +613,6 @@ async fn a_302_is_sent_only_after_its_click_is_appended_even_when_redis_stalls()
     assert!(stored.values().all(|n| *n == 1), "{stored:?}");
 }
 
-/// A limited link's visit whose script ran at the edge but whose reply the edge gave up on
-/// (Redis stopped past the edge's timeout, then resumed: the commands sent meanwhile run then)
-/// is forwarded with the edge's visit id; the API's own run of the script, queued behind the
-/// stop as well, finds the visit counted. The link is not used up one visit early, and each
-/// click is stored once.
-#[tokio::test]
-async fn a_limited_visit_the_edge_forwards_after_a_redis_stall_counts_once() {
-    let redis = PrivateRedis::start(Persistence::None);
-    let stack = Stack::start(Options {
-        redis_url: redis.url(),
-        upstreams: 1,
-        ..Options::default()
-    });
-    let (user, _) = stack.link("https://example.com/unlimited").await;
-    let link = stack
-        .post(
-            "/urls",
-            json!({"user_id": user, "original_url": "https://example.com/limited", "max_visits": 3}),
-        )
-        .await;
-    let code = link["short_code"].as_str().unwrap().to_owned();
-    let path = format!("/{code}");
-    assert_eq!(stack.get(&path).await.status(), 302, "visit 1");
-    {
-        let _stopped = redis.paused();
-        // The edge's script waits in Redis's socket, the edge gives up on it and forwards;
-        // the API's script waits too, and PostgreSQL lets the visit through.
-        assert_eq!(
-            stack.get(&path).await.status(),
-            302,
-            "visit 2, through the stop"
-        );
-    }
-    // A new connection's round trip: the commands that waited in the older sockets ran first.
-    let admin = redis::Client::open(redis.url()).unwrap();
-    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    let counter: Option<i64> = redis::cmd("GET")
-        .arg(format!(
-            "{}:{{p{}}}:visits:{code}",
-            stack.prefix,
-            partition_of(&code)
-        ))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(counter, Some(2), "the stopped visit was counted twice");
-    assert_eq!(stack.get(&path).await.status(), 302, "visit 3 of 3");
-    assert_eq!(stack.get(&path).await.status(), 410, "visit 4 of 3");
-    drain(&stack).await;
-    let stored = stored_clicks(&stack);
-    assert_eq!(stored.len(), 3, "{stored:?}");
-    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
-}
-
-/// The partition of a code under the stack's default 16 partitions.
-fn partition_of(code: &str) -> u16 {
-    kurz_common::keys::KeySchema::new("any", 16).partition(code)
-}
-
 /// A Redis that goes silent without closing the invalidation subscription (a stopped or
 /// partitioned node) is noticed by the subscription's ping: the near-cache goes off, since
 /// invalidations may be missed, and comes back once a new subscription answers.
