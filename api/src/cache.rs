@@ -276,22 +276,24 @@ impl LinkCache {
                 }
                 Err(e) => return Err(self.redis.failed(e)),
             }
-        }
-        // The visit counters: one UNLINK per partition and chunk (on a cluster a command's
-        // keys share a slot).
-        let mut by_partition: Vec<Vec<String>> =
-            vec![Vec::new(); usize::from(self.keys.partitions())];
-        for code in codes {
-            by_partition[usize::from(self.keys.partition(code))].push(self.keys.visits(code));
-        }
-        let mut unlinks = Vec::new();
-        for (p, keys) in by_partition.iter().enumerate() {
-            for chunk in keys.chunks(1000) {
-                unlinks.push((p as u16, redis::cmd("UNLINK").arg(chunk).to_owned()));
+            // The chunk's visit counters right after its marks (a counter seeded in between
+            // would miss the clicks still in the stream): one UNLINK per partition, since on a
+            // cluster a command's keys share a slot.
+            let mut by_partition: Vec<Vec<String>> =
+                vec![Vec::new(); usize::from(self.keys.partitions())];
+            for code in chunk {
+                by_partition[usize::from(self.keys.partition(code))].push(self.keys.visits(code));
             }
-        }
-        for batch in unlinks.chunks(64) {
-            self.redis.query_parts(batch).await?;
+            let unlinks: Vec<_> = by_partition
+                .iter()
+                .enumerate()
+                .filter(|(_, keys)| !keys.is_empty())
+                .map(|(p, keys)| (p as u16, redis::cmd("UNLINK").arg(keys).to_owned()))
+                .collect();
+            self.redis
+                .pipeline_parts(&conn, &unlinks)
+                .await
+                .map_err(|e| self.redis.failed(e))?;
         }
         self.redis
             .query::<i64>(

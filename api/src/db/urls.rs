@@ -450,15 +450,16 @@ pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Opti
         .map(Link::from_row))
 }
 
-/// Gives the link holding `code` a new version and returns its current state: for a publish
-/// Redis refused because it holds a higher number that is not a newer state of this row (a code
-/// the replay published as missing while the link was being created). Under the row lock, so
-/// the number is above every state of the row. `None` when no row holds `code`.
+/// Gives the live link holding `code` a new version and returns its current state: for a
+/// publish Redis refused because it holds a higher number that is not a newer state of this row
+/// (a code the replay published as missing while the link was being created). Under the row
+/// lock, so the number is above every state of the row. `None` when no live row holds `code`
+/// (a deleted link's state is missing, which Redis already says).
 pub async fn renumber(c: &impl GenericClient, code: &str) -> Result<Option<Link>, Error> {
     let stmt = c
         .prepare_cached(&format!(
-            "UPDATE urls SET version = nextval('link_versions') WHERE short_code = $1 \
-             RETURNING {COLUMNS}"
+            "UPDATE urls SET version = nextval('link_versions') \
+             WHERE short_code = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
         ))
         .await?;
     Ok(c.query_opt(&stmt, &[&code])
