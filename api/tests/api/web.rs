@@ -475,7 +475,6 @@ async fn cookies_are_secure_behind_an_https_edge() {
     assert!(set.contains("; Secure"), "{set}");
 }
 
-/// A registered, logged-in browser.
 /// With sliding sessions each page a logged-in person opens renews the session cookie's
 /// `Max-Age` along with the session in Redis, so an active person stays logged in; with fixed
 /// sessions the cookie keeps the `Max-Age` of the login.
@@ -554,6 +553,7 @@ async fn a_new_login_in_the_same_browser_ends_the_session_it_replaces() {
     assert_eq!(me(second).await.unwrap().status(), 200);
 }
 
+/// A registered, logged-in browser.
 async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
     let mut b = Browser::new(app);
     let (_, page) = b.get("/register").await;
