@@ -9,6 +9,23 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+/// Who a client is for rate limits and lock-outs: its IPv4 address, or its IPv6 address cut
+/// to `prefix_len` bits (one host commonly holds a whole /64; v4-mapped IPv6 addresses count
+/// as IPv4).
+pub fn client_key(ip: IpAddr, prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+    }
+}
+
 /// Trusted proxies (`trusted_proxies` in both configs) and, among them, Cloudflare's.
 #[derive(Debug, Clone)]
 pub struct ProxyTrust {

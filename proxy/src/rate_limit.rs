@@ -10,7 +10,7 @@
 
 use crate::config::{Limit, RateLimitsSection};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
@@ -65,21 +65,7 @@ pub enum Decision {
     Unlimited,
 }
 
-/// The key a client is limited by: its IPv4 address, or its IPv6 address cut to `prefix_len`
-/// bits (v4-mapped IPv6 addresses count as IPv4).
-pub fn client_key(ip: IpAddr, prefix_len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u32::from(prefix_len.min(128));
-                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        },
-    }
-}
+pub use kurz_common::proxies::client_key;
 
 type Shard = Mutex<HashMap<IpAddr, Bucket>>;
 

@@ -72,16 +72,7 @@ impl Subject<'_> {
 /// One host commonly holds a whole /64 and could take a new address for every few guesses,
 /// each with fresh per-address counts (the edge's rate limits group IPv6 the same way).
 fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let network = u128::from(v6) & !(u128::MAX >> 64);
-                format!("{}/64", std::net::Ipv6Addr::from(network))
-            }
-        },
-    }
+    kurz_common::proxies::client_key(ip, 64).to_string()
 }
 
 pub struct Lockout {
@@ -160,7 +151,7 @@ mod tests {
         let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
         let b = address_key("2001:db8:1:2:bbbb::9".parse().unwrap());
         let other = address_key("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(a, "2001:db8:1:2::");
         assert_eq!(a, b);
         assert_ne!(a, other);
         assert_eq!(address_key("203.0.113.7".parse().unwrap()), "203.0.113.7");
