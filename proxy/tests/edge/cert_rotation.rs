@@ -138,3 +138,64 @@ async fn sighup_serves_a_renewed_certificate_without_failing_a_handshake() {
         "the expiry metric follows the new certificate: +{days} days"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_serving_the_old_pair_when_the_new_one_does_not_match() {
+    let stack = Stack::start(Options::default());
+    let metric = |name: &'static str, labels: &'static [&'static str]| {
+        stack.metric(stack.admin_port, name, labels)
+    };
+    let expiry = metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await;
+
+    // A renewed certificate copied over the served one without its new key.
+    let (new_cert, new_key) = (
+        stack.dir.join("new-cert.pem"),
+        stack.dir.join("new-key.pem"),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
+        ])
+        .args(["-subj", "/CN=mismatched"])
+        .arg("-keyout")
+        .arg(&new_key)
+        .arg("-out")
+        .arg(&new_cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::rename(&new_cert, stack.dir.join("cert.pem")).unwrap();
+    stack.signal_proxy("HUP");
+    let errors = || metric("kurz_proxy_config_reloads_total", &["result=\"error\""]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors().await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload was not refused: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(
+        served_cn(stack.https_port).contains("localhost"),
+        "the running pair is still served"
+    );
+    let url = format!("https://127.0.0.1:{}/health/live", stack.https_port);
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"200", "TLS requests still succeed");
+    assert_eq!(
+        metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await,
+        expiry,
+        "the expiry metric still follows the served certificate"
+    );
+    assert_eq!(
+        metric("kurz_proxy_config_reloads_total", &["result=\"ok\""]).await,
+        0.0
+    );
+}

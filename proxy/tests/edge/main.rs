@@ -505,6 +505,104 @@ async fn sighup_picks_up_a_new_upstream_list() {
     }
 }
 
+/// Waits (bounded) until `kurz_proxy_config_reloads_total{result}` reaches `want`.
+async fn reloads_reach(stack: &Stack, result: &str, want: f64) {
+    let label = format!("result=\"{result}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &[&label],
+        )
+        .await
+        < want
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {result} reload: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
+    const LIMITED: &str = "{ redirect: { rate: 0.02, burst: 3 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }";
+    let stack = Stack::start(Options {
+        proxied: Some(vec![0]),
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/reload").await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let url = stack.url(&format!("/{code}"));
+    let second = stack.upstreams[1].admin_port;
+    let health_at_second = || async {
+        stack
+            .metric(second, "kurz_api_requests_total", &["route=\"/health\""])
+            .await
+    };
+
+    // A file with a misspelt key, which would also switch upstreams and limit redirects: none of
+    // it may take effect.
+    stack.write_config(
+        &[1],
+        &Options {
+            rate_limits: LIMITED.into(),
+            extra_yaml: "rate_limitz: {}\n".into(),
+            ..Options::default()
+        },
+    );
+    stack.signal_proxy("HUP");
+    reloads_reach(&stack, "error", 1.0).await;
+    assert!(
+        stack.proxy_log().contains("rate_limitz"),
+        "the refusal names the bad key: {}",
+        stack.proxy_log()
+    );
+    let client = from("127.0.0.2");
+    for _ in 0..6 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 302);
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    assert_eq!(health_at_second().await, 0.0, "the old upstream list stays");
+    assert_eq!(
+        stack
+            .metric(
+                stack.admin_port,
+                "kurz_proxy_config_reloads_total",
+                &["result=\"ok\""]
+            )
+            .await,
+        0.0
+    );
+
+    // The same change without the typo is applied.
+    stack.write_config(
+        &[0],
+        &Options {
+            rate_limits: LIMITED.into(),
+            ..Options::default()
+        },
+    );
+    stack.signal_proxy("HUP");
+    reloads_reach(&stack, "ok", 1.0).await;
+    let client = from("127.0.0.3");
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 302);
+    }
+    let limited = client.get(&url).send().await.unwrap();
+    assert_eq!(limited.status(), 429, "the reloaded limit applies");
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_and_time_limits_answer_413_and_504_with_json() {
     let opts = || Options {
