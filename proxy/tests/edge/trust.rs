@@ -3,6 +3,7 @@
 
 use crate::harness::{Options, Stack};
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NO_LIMITS: &str = "redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 }";
@@ -102,4 +103,110 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
         cookie_is_secure(&stack).await,
         "a trusted load balancer's HTTPS was lost at the edge"
     );
+}
+
+/// An upstream that answers every request `200 {}` over keep-alive and keeps each request's
+/// path and `x-kurz-visit-id` header.
+fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, Option<String>)>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                    let mut visit = None;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("x-kurz-visit-id") {
+                                visit = Some(value.trim().to_owned());
+                            }
+                        }
+                    }
+                    log.lock().unwrap().push((path, visit));
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_forwards_only_the_visit_id_it_minted() {
+    let opts = || Options {
+        upstreams: 1,
+        rate_limits: format!("{{ {NO_LIMITS} }}"),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (addr, seen) = recording_upstream();
+    stack.write_config_servers(&[addr], &opts());
+    stack.signal_proxy("HUP");
+    // The recording upstream is in rotation once its health check passed and it alone answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = stack.get("/health").await;
+        if res.status() == 200 && res.text().await.unwrap() == "{}" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording upstream got no traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let forged = "0123456789abcdef0123456789abcdef";
+    let with_forged = |path: &str| {
+        stack
+            .client
+            .get(stack.url(path))
+            .header("x-kurz-visit-id", forged)
+            .send()
+    };
+    // A code Redis does not hold: the edge ran its visit script, then forwards the visit.
+    assert_eq!(with_forged("/nosuch1").await.unwrap().status(), 200);
+    assert_eq!(with_forged("/urls?limit=1").await.unwrap().status(), 200);
+
+    let seen = seen.lock().unwrap().clone();
+    let visit = seen
+        .iter()
+        .find(|(path, _)| path == "/nosuch1")
+        .expect("the visit was forwarded");
+    let id = visit
+        .1
+        .as_deref()
+        .expect("a forwarded visit carries the edge's id");
+    assert_ne!(id, forged, "the client's id was passed on");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the edge's id is 32 hex digits: {id}"
+    );
+    let other = seen
+        .iter()
+        .find(|(path, _)| path.starts_with("/urls"))
+        .expect("the API request was forwarded");
+    assert_eq!(other.1, None, "a request that is no visit carries no id");
 }
