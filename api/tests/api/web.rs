@@ -704,9 +704,17 @@ async fn a_link_change_without_the_token_or_by_someone_else_changes_nothing() {
         )
         .await;
     let id = id_of(&app, "keepme1").await;
-    // The owner's browser, but a forged form (no token).
-    let res = owner.post(&format!("/ui/links/{id}/delete"), &[]).await;
-    assert_eq!(res.status(), 403);
+    // The owner's browser, but forged forms (no token).
+    for (path, fields) in [
+        (format!("/ui/links/{id}/delete"), vec![]),
+        (format!("/ui/links/{id}/state"), vec![("active", "false")]),
+        (
+            format!("/ui/links/{id}/edit"),
+            vec![("original_url", "https://evil.example/")],
+        ),
+    ] {
+        assert_eq!(owner.post(&path, &fields).await.status(), 403, "{path}");
+    }
     // Another user with a valid token of their own.
     let mut intruder = signed_up(&app, "intruder1").await;
     let (_, their_home) = intruder.get("/").await;
@@ -769,9 +777,25 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .await
         .unwrap()
         .contains("name: must be at most 100"));
-    // Revoke: the key stops working at once.
     let at = page.find("action=\"/ui/keys/").unwrap() + 8;
     let revoke = &page[at..at + page[at..].find('"').unwrap()];
+    // Forged forms (no token) neither make nor revoke a key.
+    assert_eq!(
+        b.post("/ui/keys", &[("name", "forged")]).await.status(),
+        403
+    );
+    assert_eq!(b.post(revoke, &[]).await.status(), 403);
+    let (_, listed) = b.get("/ui/keys").await;
+    assert!(!listed.contains("forged"), "no key was made");
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "the key was not revoked");
+    // Revoke: the key stops working at once.
     let res = b.submit(&page, revoke, &[]).await;
     assert_eq!(res.status(), 303);
     let me = app
@@ -866,4 +890,37 @@ async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
         .await
         .unwrap();
     assert_eq!(res.status(), 415);
+}
+
+/// The log-in form goes through the API's lock-out: once an account's free failures from this
+/// address are spent, even the right password waits, and the page says so with the form.
+#[tokio::test]
+async fn the_login_form_backs_off_like_the_api() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 1;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let _ = signed_up(&app, "lockweb").await;
+    let mut b = Browser::new(&app);
+    let (_, login) = b.get("/login").await;
+    let attempt = |password: &'static str| [("account", "lockweb"), ("password", password)];
+    for _ in 0..2 {
+        let res = b.submit(&login, "/login", &attempt("wrong password")).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = b.submit(&login, "/login", &attempt("long enough pw")).await;
+    assert_eq!(res.status(), 429, "the right password waits out the lock");
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("<form") && page.contains("value=\"lockweb\""),
+        "{page}"
+    );
+    assert!(!b.cookies.contains_key("kurz_session"), "not logged in");
 }
