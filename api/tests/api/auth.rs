@@ -353,7 +353,8 @@ async fn repeated_failures_back_off_with_429() {
     let app = spawn_app_with(|c| {
         c.auth.lockout.free_failures = 2;
         c.auth.lockout.base_delay_seconds = 60;
-        c.auth.lockout.max_delay_seconds = 900;
+        c.auth.lockout.max_delay_seconds = 200;
+        c.auth.lockout.window_seconds = 3600;
     })
     .await;
     register(&app, "lock").await;
@@ -419,6 +420,44 @@ async fn repeated_failures_back_off_with_429() {
         .parse()
         .unwrap();
     assert!((61..=120).contains(&wait), "doubled: {wait}");
+    // Doubled again it would be 240 s: `max_delay_seconds` caps it.
+    expire_locks(&app).await;
+    error_of(
+        login(
+            &app,
+            json!({"email": "lock@example.com", "password": "wrong-wrong"}),
+        )
+        .await,
+        401,
+    )
+    .await;
+    let res = login(&app, json!({"email": "lock@example.com", "password": "x"})).await;
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((121..=200).contains(&wait), "capped: {wait}");
+    // Every count is forgotten `window_seconds` after its last failure.
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let counts: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{login}}:fail-*", app.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        counts.len() >= 3,
+        "per account and address, per account, per address: {counts:?}"
+    );
+    for key in counts {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((3000..=3600).contains(&ttl), "{key}: {ttl}");
+    }
 }
 
 /// Failures against an identifier that names no account still back off, and what Redis keeps
