@@ -352,10 +352,14 @@ fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, St
     let url = url::Url::parse(file_url).map_err(|_| {
         "config key `database.url` must be a postgres:// URL for DATABASE_HOST/_PORT/_NAME/_USER/_PASSWORD to change its parts".to_owned()
     })?;
-    let host = env
-        .get("DATABASE_HOST")
-        .or_else(|| url.host_str().map(str::to_owned))
-        .unwrap_or_else(|| "127.0.0.1".into());
+    let host = match env.get("DATABASE_HOST") {
+        // A Unix socket's directory goes into the URL's host percent-encoded, as libpq's URLs
+        // take it; an IPv6 address in brackets.
+        Some(dir) if dir.starts_with('/') => percent_encode(&dir),
+        Some(ip) if ip.contains(':') && !ip.starts_with('[') => format!("[{ip}]"),
+        Some(host) => host,
+        None => url.host_str().unwrap_or("127.0.0.1").to_owned(),
+    };
     let port: u16 = match ours("DATABASE_PORT") {
         Some(p) => p
             .trim()
@@ -462,6 +466,31 @@ mod tests {
             cfg.apply_env(&env(&[(var, value)])).unwrap();
             assert_eq!(cfg.database.url, want, "{var}");
         }
+        // An IPv6 address and a Unix socket's directory as the host.
+        for (value, want) in [
+            (
+                "::1",
+                "postgres://app:s3cret@[::1]:6432/links?sslmode=require",
+            ),
+            (
+                "/var/run/postgresql",
+                "postgres://app:s3cret@%2Fvar%2Frun%2Fpostgresql:6432/links?sslmode=require",
+            ),
+        ] {
+            let mut cfg = file.clone();
+            cfg.apply_env(&env(&[("DATABASE_HOST", value)])).unwrap();
+            assert_eq!(cfg.database.url, want, "{value}");
+            cfg.validate().expect("a URL the driver takes");
+        }
+        // `DATABASE_URL` is the whole URL: the part variables do not change it.
+        let mut cfg = file.clone();
+        cfg.apply_env(&env(&[
+            ("DATABASE_URL", "postgres://u@db3.example/other"),
+            ("DATABASE_HOST", "ignored.example"),
+            ("DATABASE_NAME", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.database.url, "postgres://u@db3.example/other");
         // A Kubernetes service link for a Service named `database` is not an override.
         let mut cfg = file.clone();
         cfg.apply_env(&env(&[("DATABASE_PORT", "tcp://10.0.0.9:5432")]))
