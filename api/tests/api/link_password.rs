@@ -250,3 +250,96 @@ async fn a_protected_links_visit_limit_counts_unlocked_visits() {
     let stored: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
     assert_eq!(stored["visits"], 2, "{stored}");
 }
+
+/// The form page runs nothing and cannot be framed; the unlocked visit is a 303 whatever the
+/// link's own status; an empty password is a bad request; an expired link is gone, password
+/// or not.
+#[tokio::test]
+async fn the_form_is_inert_the_unlock_is_303_and_an_expired_link_is_gone() {
+    let app = spawn_app().await;
+    let user = app.create_user("pwkinds").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/moved", "password": "pw", "redirect_type": 308}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let link: Value = res.json().await.unwrap();
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap().to_owned(),
+    );
+
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 200);
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("script-src"), "no script allowed: {csp}");
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert!(!res.text().await.unwrap().contains("<script"));
+
+    let err = error_of(post_form(&app, &code, "password=").await, 400).await;
+    assert!(err["details"]["password"].is_string(), "{err}");
+    let res = post_form(&app, &code, "password=pw").await;
+    assert_eq!(res.status(), 303, "a 308 would make the browser post again");
+    assert_eq!(res.headers()["location"], "https://example.com/moved");
+
+    // Expired in the database, and republished by the next write.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"title": "expired now"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = post_form(&app, &code, "password=pw").await;
+    assert_eq!(error_of(res, 410).await["error"], "gone");
+    assert_eq!(app.clicks(id).await.len(), 1, "only the unlocked visit");
+}
+
+/// An address's count of failures is one for link passwords and logins: guessing at links
+/// spends the address's allowance for logins too.
+#[tokio::test]
+async fn link_guesses_and_logins_share_an_addresss_count() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 100;
+        c.auth.lockout.free_failures_per_ip = 2;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let (_, code) = protected_link(&app, "right").await;
+    let guess = || {
+        app.client
+            .post(app.url(&format!("/{code}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-real-ip", "198.51.100.30")
+            .body("password=wrong")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(guess().await.unwrap().status(), 401);
+    }
+    let login = |ip: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": "someone@example.com", "password": "whatever-1"}))
+            .send()
+    };
+    let res = login("198.51.100.30").await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(error_of(res, 429).await["error"], "rate_limited");
+    error_of(login("198.51.100.31").await.unwrap(), 401).await;
+}
