@@ -271,3 +271,80 @@ async fn a_stopped_api_has_written_its_last_log_line() {
     );
     let _ = std::fs::remove_dir_all(config.parent().unwrap());
 }
+
+/// SIGTERM lets a request already inside the API finish (docs/operations.md, "Stopping"). The
+/// request is held in flight without a timer: the test keeps a lock on the link's row, so the
+/// update waits inside PostgreSQL until the API has logged that it is draining.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("drain").await;
+    let link = app.create_url(user, "https://example.com/drain").await;
+    let id = link["id"].as_i64().unwrap();
+    app.stop().await;
+    let port = free_port();
+    let config = write_config(&app, port, "info");
+    let log_path = config.with_file_name("api.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut api = start_api(&app, &config, port, Stdio::from(log)).await;
+
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let client = app.client.clone();
+    let update = tokio::spawn(async move {
+        client
+            .put(format!("http://127.0.0.1:{port}/urls/{id}"))
+            .json(&serde_json::json!({"title": "finished while draining"}))
+            .send()
+            .await
+    });
+    let watcher = app.sql().await;
+    wait_for("the update to wait on the row lock", || async {
+        count(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+
+    let stopped = Command::new("kill")
+        .args(["-TERM", &api.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    wait_for("the API to start draining", || async {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("draining in-flight requests")
+    })
+    .await;
+    tx.commit().await.unwrap();
+
+    let res = update
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(res.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = api.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kurz-api did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a drained stop exits 0: {status}");
+    let title: Option<String> = watcher
+        .query_one("SELECT title FROM urls WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(title.as_deref(), Some("finished while draining"));
+    let _ = std::fs::remove_dir_all(config.parent().unwrap());
+}
