@@ -185,6 +185,19 @@ for w in workloads:
         if binary == "kurz-api" and args[0] != "serve":
             continue  # migrate, check: no listener
 
+        # The grace period must cover the preStop sleep and the drain the config allows
+        # (docs/kubernetes.md, "Shutdown"), or the kubelet kills what is still finishing.
+        pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pre_s = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
+        if binary == "kurz-api":
+            drain = (dig(conf, "limits.bulk_request_timeout_ms") or 0) / 1000
+        else:
+            drain = (dig(conf, "server.grace_period_seconds") or 0) \
+                + (dig(conf, "server.graceful_shutdown_timeout_seconds") or 0)
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace < pre_s + drain:
+            fail(f"{where}: terminationGracePeriodSeconds {grace} is below preStop {pre_s} s + drain {drain:g} s")
+
         # Listeners: the environment wins over the file (docs/configuration.md).
         listen = {}
         for var, key in b["listeners"].items():

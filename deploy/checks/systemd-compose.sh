@@ -78,11 +78,13 @@ check_systemd() {
     User=kurz-edge Group=kurz-edge \
     AmbientCapabilities=CAP_NET_BIND_SERVICE CapabilityBoundingSet=CAP_NET_BIND_SERVICE \
     "ExecStart=/usr/local/bin/kurz-proxy -c /etc/kurz/proxy.yaml" \
-    'ExecReload=/bin/kill -HUP $MAINPID' EnvironmentFile=-/etc/kurz/proxy.env LimitNOFILE=1048576
+    'ExecReload=/bin/kill -HUP $MAINPID' EnvironmentFile=-/etc/kurz/proxy.env LimitNOFILE=1048576 \
+    TimeoutStopSec=60 Restart=on-failure
   require "$units/kurz-api@.service" "${hardening[@]}" \
     User=kurz-api Group=kurz-api CapabilityBoundingSet= AmbientCapabilities= \
     EnvironmentFile=/etc/kurz/api.env EnvironmentFile=/etc/kurz/api-%i.env \
-    "ExecStart=/usr/local/bin/kurz-api serve --config /etc/kurz/api.yaml"
+    "ExecStart=/usr/local/bin/kurz-api serve --config /etc/kurz/api.yaml" \
+    TimeoutStopSec=330 Restart=on-failure LimitNOFILE=65536
   # The API does not handle SIGHUP (it would die of it): no reload may be declared.
   if grep -q '^ExecReload=' "$units/kurz-api@.service"; then
     fail "$units/kurz-api@.service: ExecReload= but kurz-api has no reload (SIGHUP ends it)"
