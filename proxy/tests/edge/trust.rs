@@ -105,9 +105,11 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
     );
 }
 
-/// An upstream that answers every request `200 {}` over keep-alive and keeps each request's
-/// path and `x-kurz-visit-id` header.
-fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, Option<String>)>>>) {
+/// Each request's path and `x-kurz-visit-id` header, as an upstream received them.
+type Received = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// An upstream that answers every request `200 {}` over keep-alive and keeps what it received.
+fn recording_upstream() -> (String, Received) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
