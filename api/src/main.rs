@@ -6,6 +6,12 @@ use kurz_common::env::ProcessEnv;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// Each request allocates its JSON body, its response and its statement's parameters; glibc's
+// malloc was about a fifth of the edge's CPU for the same kind of churn (docs/capacity.md), and
+// its arenas hold on to freed memory.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The kurz REST API: users, links, events, auth; the edge's upstream.
 #[derive(clap::Parser)]
 #[command(name = "kurz-api", version)]
