@@ -32,17 +32,39 @@ const DB_WAIT: Duration = Duration::from_secs(30);
 /// How often the key schema fingerprint is written again (see `republish_schema`).
 const SCHEMA_EVERY: Duration = Duration::from_secs(5);
 
+/// A pool of `database.max_connections` connections.
 pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
+    pool_of(config, config.database.max_connections, &[])
+}
+
+/// The connections of the create writers (`crate::creates`), taken out of
+/// `database.max_connections`. Their batch statement takes its rows from arrays, whose length
+/// a generic plan cannot know, so PostgreSQL's plan cache keeps choosing a custom plan and
+/// plans the statement again for every batch: about as much backend time as the insert itself
+/// for a group of four (docs/capacity.md). One plan fits every batch size a writer sends.
+fn create_pool(config: &ApiConfig) -> Result<Pool, String> {
+    pool_of(
+        config,
+        config.database.create_writers,
+        &["plan_cache_mode=force_generic_plan"],
+    )
+}
+
+fn pool_of(config: &ApiConfig, size: usize, settings: &[&str]) -> Result<Pool, String> {
     let (mut pg, tls) = crate::db::tls::parse(&config.database.url)?;
     pg.connect_timeout(Duration::from_millis(config.database.connect_timeout_ms));
     pg.application_name("kurz-api");
+    let mut options: Vec<String> = settings.iter().map(|s| format!("-c {s}")).collect();
     if config.database.statement_timeout_ms > 0 {
         // Server-side: a statement past it is cancelled by PostgreSQL itself, whatever the
         // client does meanwhile. Migrations lift it for their own session (`migrate.rs`).
-        pg.options(format!(
+        options.push(format!(
             "-c statement_timeout={}",
             config.database.statement_timeout_ms
         ));
+    }
+    if !options.is_empty() {
+        pg.options(options.join(" "));
     }
     let manager = Manager::from_config(
         pg,
@@ -52,7 +74,7 @@ pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
         },
     );
     Pool::builder(manager)
-        .max_size(config.database.max_connections)
+        .max_size(size)
         .wait_timeout(Some(Duration::from_millis(
             config.database.acquire_timeout_ms,
         )))
@@ -69,7 +91,11 @@ impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, String> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let db = build_pool(&config)?;
+        let db = pool_of(
+            &config,
+            config.database.max_connections - config.database.create_writers,
+            &[],
+        )?;
         wait_for_db(&db).await?;
         {
             let mut client = db.get().await.map_err(|e| format!("database: {e}"))?;
@@ -133,7 +159,7 @@ impl Application {
             keys.clone(),
         )?);
         let creates = crate::creates::Creates::start(
-            db.clone(),
+            create_pool(&config)?,
             config.database.create_batch_max,
             config.database.create_writers,
             metrics.clone(),
