@@ -356,7 +356,7 @@ fn with_database_parts(file_url: &str, env: &dyn EnvSource) -> Result<String, St
         // A Unix socket's directory goes into the URL's host percent-encoded, as libpq's URLs
         // take it; an IPv6 address in brackets.
         Some(dir) if dir.starts_with('/') => percent_encode(&dir),
-        Some(ip) if ip.contains(':') && !ip.starts_with('[') => format!("[{ip}]"),
+        Some(ip) if ip.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{ip}]"),
         Some(host) => host,
         None => url.host_str().unwrap_or("127.0.0.1").to_owned(),
     };

@@ -43,7 +43,11 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, MakeTls), String> {
     let bad = |e: String| format!("config key `database.url` is invalid: {e}");
     let (url, verify, root) = take_verify_params(url).map_err(bad)?;
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
-    if verify != Verify::None {
+    if only_sockets(&config) {
+        // libpq never asks for TLS over a Unix socket, whatever `sslmode` says, and PostgreSQL
+        // refuses the request there; tokio-postgres would ask and fail to connect.
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    } else if verify != Verify::None {
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
     } else if !names_sslmode(url.as_str()) && only_loopback(&config) {
         // Bytes on loopback never leave the host, so encrypting them protects nothing while it
@@ -82,6 +86,16 @@ fn only_loopback(config: &tokio_postgres::Config) -> bool {
             Host::Unix(_) => true,
         })
         && config.get_hostaddrs().iter().all(IpAddr::is_loopback)
+}
+
+/// Whether every host is a Unix socket.
+fn only_sockets(config: &tokio_postgres::Config) -> bool {
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => true,
+            _ => false,
+        })
 }
 
 /// Removes `sslmode=verify-*` and `sslrootcert` from a `postgres://` URL (tokio-postgres would
@@ -374,6 +388,13 @@ mod tests {
             mode("postgres://u@127.0.0.1/k?sslmode=require"),
             SslMode::Require
         );
+        // A Unix socket never speaks TLS, as with libpq: any sslmode is dropped for it.
+        for url in [
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/k?sslmode=require",
+            "host=/var/run/postgresql user=u sslmode=require",
+        ] {
+            assert_eq!(mode(url), SslMode::Disable, "{url}");
+        }
     }
 
     #[test]
