@@ -29,6 +29,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Creates {
     queue: mpsc::Sender<Job>,
+    /// The writers' connections (`crate::startup`), for the pool metrics.
+    pool: Pool,
 }
 
 impl Creates {
@@ -41,7 +43,12 @@ impl Creates {
         for _ in 0..writers.max(1) {
             tokio::spawn(write(db.clone(), rx.clone(), batch_max, metrics.clone()));
         }
-        Self { queue }
+        Self { queue, pool: db }
+    }
+
+    /// The writers' connections: open, idle, and writers waiting for one.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 
     /// Creates queued and not yet taken by a writer.

@@ -91,11 +91,16 @@ impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, String> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let db = pool_of(
-            &config,
-            config.database.max_connections - config.database.create_writers,
-            &[],
-        )?;
+        let requests = config
+            .database
+            .max_connections
+            .checked_sub(config.database.create_writers)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                "config key `database.create_writers` must be below database.max_connections"
+                    .to_owned()
+            })?;
+        let db = pool_of(&config, requests, &[])?;
         wait_for_db(&db).await?;
         {
             let mut client = db.get().await.map_err(|e| format!("database: {e}"))?;
@@ -329,14 +334,19 @@ async fn wait_for_db(db: &Pool) -> Result<(), String> {
 }
 
 async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppState>) -> String {
-    let status = state.db.status();
-    state.metrics.db_pool_size.set(status.size as i64);
-    state.metrics.db_pool_available.set(status.available as i64);
+    // Both pools of the process: the requests' and the create writers'.
+    let (main, writers) = (state.db.status(), state.creates.pool_status());
+    let (size, available) = (main.size + writers.size, main.available + writers.available);
+    state.metrics.db_pool_size.set(size as i64);
+    state.metrics.db_pool_available.set(available as i64);
     state
         .metrics
         .db_pool_in_use
-        .set(status.size.saturating_sub(status.available) as i64);
-    state.metrics.db_pool_waiting.set(status.waiting as i64);
+        .set(size.saturating_sub(available) as i64);
+    state
+        .metrics
+        .db_pool_waiting
+        .set((main.waiting + writers.waiting) as i64);
     let _ = state.consumer.backlog().await;
     let _ = state.consumer.pending().await;
     state.metrics.render()
