@@ -361,7 +361,10 @@ schemas["Preview"] = {
 }
 schemas["LinkPassword"] = {"type": "object", "required": ["password"],
                            "properties": {"password": {"type": "string", "minLength": 1,
-                                                       "writeOnly": True}}}
+                                                       "writeOnly": True},
+                                          "csrf": {"type": "string", "description":
+                                                   "Form posts only: the form's token, equal to "
+                                                   "the `csrf` cookie."}}}
 
 # ---------------------------------------------------------------- headers
 headers["X-Request-Id"] = {"description": "The request's id (quote it when reporting a 500).",
@@ -796,6 +799,12 @@ paths["/{code}"] = {
         "401": {"description": "Wrong password: the form again with a notice (HTML), or `password_required` (JSON).",
                 "headers": with_std_headers(),
                 "content": {**HTML, **json_content(error_with("password_required"))}},
+        "403": {"description": "A form post (`application/x-www-form-urlencoded`) without the `csrf` field "
+                               "equal to its `csrf` cookie, as the form kurz serves carries them: the form "
+                               "again (HTML), or `forbidden` (JSON). Not checked, not counted. JSON posts "
+                               "need no token.",
+                "headers": with_std_headers(),
+                "content": {**HTML, **json_content(error_with("forbidden"))}},
         "404": RESP("NotFound"),
         "405": err("The link has no password: `method_not_allowed`.", error_with("method_not_allowed")),
         "410": RESP("Gone"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),

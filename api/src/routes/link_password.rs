@@ -5,11 +5,24 @@
 
 use super::preview::{escape, html_page, wants_json};
 use crate::error::{ApiError, ApiResult};
+use crate::web::FormToken;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// What a `POST /<code>` carries.
+#[derive(Debug, PartialEq)]
+pub struct Submitted {
+    pub password: String,
+    /// For a form post, its CSRF field (empty when missing): a browser's form post must prove
+    /// it came from the form kurz served, or another site could make visitors post wrong
+    /// passwords and lock their own address out (the count is shared with logins). `None` for
+    /// JSON, which no other site can make a browser send (it would need CORS, which kurz does
+    /// not grant).
+    pub form_token: Option<String>,
+}
+
 /// The password a `POST /<code>` carries: a form field or a JSON member named `password`.
-pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
+pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<Submitted> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -19,10 +32,21 @@ pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    let mut form_token = None;
     let password = match content_type.as_str() {
-        "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
-            .find(|(k, _)| k == "password")
-            .map(|(_, v)| v.into_owned()),
+        "application/x-www-form-urlencoded" => {
+            let mut password = None;
+            let mut token = String::new();
+            for (k, v) in url::form_urlencoded::parse(body) {
+                if k == "password" {
+                    password.get_or_insert(v.into_owned());
+                } else if k == crate::web::FORM_TOKEN_FIELD && token.is_empty() {
+                    token = v.into_owned();
+                }
+            }
+            form_token = Some(token);
+            password
+        }
         "application/json" => match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(mut map)) => match map.remove("password") {
                 Some(serde_json::Value::String(p)) => Some(p),
@@ -42,7 +66,10 @@ pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
         }
     };
     match password {
-        Some(p) if !p.is_empty() => Ok(p),
+        Some(password) if !password.is_empty() => Ok(Submitted {
+            password,
+            form_token,
+        }),
         _ => Err(ApiError::field("password", "is required")),
     }
 }
@@ -56,11 +83,14 @@ pub enum Attempt {
     Wrong,
     /// Too many wrong passwords from this address: no password is checked for these seconds.
     Locked(u64),
+    /// A form post without the form's CSRF token (an old form, or another site's): not
+    /// checked, not counted.
+    Expired,
 }
 
 /// The answer to a visitor without the right password: the form (HTML), or JSON to a client
 /// that asks for it (401, or the 429 of a lock).
-pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
+pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt, token: &FormToken) -> Response {
     if wants_json(headers) {
         return match attempt {
             Attempt::First => ApiError::PasswordRequired(format!(
@@ -73,6 +103,10 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
                 message: format!("too many wrong passwords for short code {code:?}; retry later"),
                 retry_after: wait,
             },
+            Attempt::Expired => ApiError::Forbidden(format!(
+                "a form post to short code {code:?} must carry the form's {:?} field; or POST JSON",
+                crate::web::FORM_TOKEN_FIELD
+            )),
         }
         .into_response();
     }
@@ -87,6 +121,9 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
             wait.div_ceil(60),
             if wait.div_ceil(60) == 1 { "" } else { "s" }
         ),
+        Attempt::Expired => "<p role=\"alert\" class=\"wrong\">This form expired. \
+             Enter the password again.</p>"
+            .to_owned(),
     };
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -97,17 +134,21 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
          input,button{{font:inherit;padding:.4em}}.wrong{{color:#a00}}</style></head>\
          <body><main><h1>This link is protected</h1>{notice}\
          <form method=\"post\" action=\"/{code}\">\
+         <input type=\"hidden\" name=\"{field}\" value=\"{token}\">\
          <label for=\"password\">Password</label><br>\
          <input id=\"password\" name=\"password\" type=\"password\" required autofocus \
          autocomplete=\"current-password\"> <button type=\"submit\">Continue</button>\
          </form></main></body></html>\n",
         code = escape(code),
+        field = crate::web::FORM_TOKEN_FIELD,
+        token = escape(token.value()),
     );
     // 401 after a wrong password, 429 while locked; the first view is a page like any other.
     let status = match attempt {
         Attempt::First => StatusCode::OK,
         Attempt::Wrong => StatusCode::UNAUTHORIZED,
         Attempt::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
+        Attempt::Expired => StatusCode::FORBIDDEN,
     };
     // Nothing runs, no other site may frame it, and no `<base>` can move the form's action. No
     // `form-action`: browsers hold every redirect after the post to it too, and the right
@@ -124,6 +165,9 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    }
+    if let Some(set) = token.set_cookie() {
+        response.headers_mut().append(header::SET_COOKIE, set);
     }
     response
 }
@@ -142,11 +186,25 @@ mod tests {
     fn the_password_comes_from_a_form_or_json() {
         let form = typed("application/x-www-form-urlencoded; charset=utf-8");
         assert_eq!(
-            password_of(&form, b"password=s%C3%A9same+1").unwrap(),
-            "sésame 1"
+            password_of(&form, b"password=s%C3%A9same+1&csrf=ab").unwrap(),
+            Submitted {
+                password: "sésame 1".into(),
+                form_token: Some("ab".into())
+            }
+        );
+        assert_eq!(
+            password_of(&form, b"password=x").unwrap().form_token,
+            Some(String::new()),
+            "a form post without the field still says it is a form post"
         );
         let json = typed("application/json");
-        assert_eq!(password_of(&json, br#"{"password":"x"}"#).unwrap(), "x");
+        assert_eq!(
+            password_of(&json, br#"{"password":"x","csrf":"ab"}"#).unwrap(),
+            Submitted {
+                password: "x".into(),
+                form_token: None
+            }
+        );
         assert!(password_of(&form, b"other=1").is_err());
         assert!(password_of(&json, br#"{"password":7}"#).is_err());
         assert!(password_of(&json, b"[").is_err());

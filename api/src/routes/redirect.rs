@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathText, RawBody};
 use crate::http_log::RequestId;
 use crate::state::AppState;
+use crate::web::FormToken;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +37,8 @@ pub async fn redirect(
     }
     let (entry, status) = redirecting(&state, &code).await?;
     if entry.protected {
-        return Ok(link_password::ask(&headers, &code, Attempt::First));
+        let token = FormToken::of(&state, peer, &headers);
+        return Ok(link_password::ask(&headers, &code, Attempt::First, &token));
     }
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
     let visit = Visit {
@@ -61,18 +63,29 @@ pub async fn unlock(
     if !entry.protected {
         return Err(ApiError::MethodNotAllowed);
     }
-    let password = link_password::password_of(&headers, &body)?;
+    let submitted = link_password::password_of(&headers, &body)?;
+    let token = FormToken::of(&state, peer, &headers);
+    let ask = |attempt| link_password::ask(&headers, &code, attempt, &token);
+    // Before the lock-out's count: a post another site made counts against nobody.
+    if submitted
+        .form_token
+        .as_deref()
+        .is_some_and(|field| !token.matches(field))
+    {
+        return Ok(ask(Attempt::Expired));
+    }
+    let password = submitted.password;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
     let subject = Subject::Link(entry.url_id);
     let lockout = &state.auth.lockout;
     let down = |_| ApiError::Unavailable("password checks are unavailable; retry shortly".into());
     if let Some(wait) = lockout.admit(&subject, ip).await.map_err(down)? {
         // A person at the form gets the form again, saying so; a client, the JSON 429.
-        return Ok(link_password::ask(&headers, &code, Attempt::Locked(wait)));
+        return Ok(ask(Attempt::Locked(wait)));
     }
     let stored = db::urls::password_hash(&state.client().await?, entry.url_id).await?;
     if !state.auth.passwords.verify(password, stored).await? {
-        return Ok(link_password::ask(&headers, &code, Attempt::Wrong));
+        return Ok(ask(Attempt::Wrong));
     }
     lockout.succeeded(&subject, ip).await.map_err(down)?;
     let visit = Visit {

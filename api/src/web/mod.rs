@@ -89,10 +89,7 @@ impl Visit {
             session: None,
             renewed: None,
             csrf: csrf::Token::of(headers),
-            https: state.proxies.trusts(peer.ip())
-                && headers
-                    .get("x-forwarded-proto")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")),
+            https: over_https(state, peer, headers),
             ip: state.proxies.client_ip(peer.ip(), headers),
         };
         let Some(token) = cookie(headers, SESSION) else {
@@ -190,6 +187,55 @@ impl Visit {
         cookie_header(SESSION, value, "Lax", max_age, self.https)
     }
 }
+
+/// Whether the visitor reached kurz over HTTPS: a trusted edge (or load balancer) says so.
+fn over_https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    state.proxies.trusts(peer.ip())
+        && headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// The CSRF token of a form outside the web app's pages (a protected link's password form):
+/// the same `csrf` cookie and the same double-submit check.
+pub struct FormToken {
+    token: csrf::Token,
+    https: bool,
+}
+
+impl FormToken {
+    pub fn of(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
+        let mut token = csrf::Token::of(headers);
+        if headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            token.keep_cookie();
+        }
+        Self {
+            token,
+            https: over_https(state, peer, headers),
+        }
+    }
+
+    /// For the form's hidden field.
+    pub fn value(&self) -> &str {
+        self.token.value()
+    }
+
+    /// Whether a posted field equals the cookie.
+    pub fn matches(&self, field: &str) -> bool {
+        self.token.matches(field)
+    }
+
+    /// `Set-Cookie` when the token is new.
+    pub fn set_cookie(&self) -> Option<HeaderValue> {
+        self.token.set_cookie(self.https)
+    }
+}
+
+/// The form field that carries the token.
+pub const FORM_TOKEN_FIELD: &str = csrf::FIELD;
 
 /// `Set-Cookie` for `name=value`. Values are hex tokens, never user text.
 fn cookie_header(

@@ -25,14 +25,26 @@ async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
     )
 }
 
-async fn post_form(app: &TestApp, code: &str, body: &str) -> reqwest::Response {
-    app.client
+/// A browser's token for the form: the `csrf` cookie and the same value in the form's field.
+const TOKEN: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+/// A form post as a browser makes it from the form kurz served (with its token), from `ip`
+/// when given (a trusted peer's `X-Real-IP`).
+fn form_post(app: &TestApp, code: &str, body: &str, ip: Option<&str>) -> reqwest::RequestBuilder {
+    let mut req = app
+        .client
         .post(app.url(&format!("/{code}")))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+        .header("cookie", format!("csrf={TOKEN}"))
+        .body(format!("{body}&csrf={TOKEN}"));
+    if let Some(ip) = ip {
+        req = req.header("x-real-ip", ip);
+    }
+    req
+}
+
+async fn post_form(app: &TestApp, code: &str, body: &str) -> reqwest::Response {
+    form_post(app, code, body, None).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -176,12 +188,7 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(error_of(res, 429).await["error"], "rate_limited");
     // The lock keeps the guesser's address out, not the link's visitors elsewhere.
-    let res = app
-        .client
-        .post(app.url(&format!("/{code}")))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-real-ip", "198.51.100.20")
-        .body("password=right")
+    let res = form_post(&app, &code, "password=right", Some("198.51.100.20"))
         .send()
         .await
         .unwrap();
@@ -320,14 +327,7 @@ async fn link_guesses_and_logins_share_an_addresss_count() {
     })
     .await;
     let (_, code) = protected_link(&app, "right").await;
-    let guess = || {
-        app.client
-            .post(app.url(&format!("/{code}")))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-real-ip", "198.51.100.30")
-            .body("password=wrong")
-            .send()
-    };
+    let guess = || form_post(&app, &code, "password=wrong", Some("198.51.100.30")).send();
     for _ in 0..3 {
         assert_eq!(guess().await.unwrap().status(), 401);
     }
@@ -342,4 +342,73 @@ async fn link_guesses_and_logins_share_an_addresss_count() {
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(error_of(res, 429).await["error"], "rate_limited");
     error_of(login("198.51.100.31").await.unwrap(), 401).await;
+}
+
+/// The form carries a CSRF token, and a form post without it (another site's, made to lock
+/// visitors' addresses out of logging in) is answered with the form again, 403, and counts
+/// against nobody. JSON needs no token: no other site can make a browser send it.
+#[tokio::test]
+async fn a_form_post_without_the_forms_token_is_refused_and_not_counted() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 2;
+        c.auth.lockout.free_failures_per_ip = 3;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    let (id, code) = protected_link(&app, "right").await;
+    let res = app.get(&format!("/{code}")).await;
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("csrf=") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let token = &cookie["csrf=".len().."csrf=".len() + 64];
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(&format!("name=\"csrf\" value=\"{token}\"")),
+        "{page}"
+    );
+
+    for forged in [
+        app.client
+            .post(app.url(&format!("/{code}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("password=wrong"),
+        app.client
+            .post(app.url(&format!("/{code}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("csrf={TOKEN}"))
+            .body("password=right&csrf=0000"),
+    ] {
+        for _ in 0..3 {
+            let res = forged.try_clone().unwrap().send().await.unwrap();
+            assert_eq!(res.status(), 403);
+            assert!(res.text().await.unwrap().contains("This form expired"));
+        }
+    }
+    let res = app
+        .client
+        .post(app.url(&format!("/{code}")))
+        .header("accept", "application/json")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("password=wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res, 403).await["error"], "forbidden");
+    assert_eq!(app.clicks(id).await.len(), 0);
+    // Nothing was counted: the address can still log in and the right password opens the link.
+    let res = app
+        .post_json(
+            "/auth/login",
+            &json!({"email": "nobody@example.com", "password": "whatever-1"}),
+        )
+        .await;
+    error_of(res, 401).await;
+    let res = post_form(&app, &code, "password=right").await;
+    assert_eq!(res.status(), 303);
+    let res = app
+        .post_json(&format!("/{code}"), &json!({"password": "right"}))
+        .await;
+    assert_eq!(res.status(), 303, "JSON needs no token");
 }

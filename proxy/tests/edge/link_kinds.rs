@@ -247,11 +247,14 @@ async fn a_protected_link_is_only_opened_by_the_api_after_its_password() {
         "the API answered the form"
     );
     let clicks_before = crate::clicks(&stack, id).await;
+    // As a browser posts the form: with the token of its `csrf` cookie.
+    let token = "c0ffee".repeat(10) + "c0ff";
     let res = stack
         .client
         .post(stack.url(&format!("/{code}")))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("password=letmein")
+        .header("cookie", format!("csrf={token}"))
+        .body(format!("password=letmein&csrf={token}"))
         .send()
         .await
         .unwrap();
