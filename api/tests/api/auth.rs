@@ -450,14 +450,35 @@ async fn repeated_failures_back_off_with_429() {
         counts.len() >= 3,
         "per account and address, per account, per address: {counts:?}"
     );
-    for key in counts {
+    for key in &counts {
         let ttl: i64 = redis::cmd("TTL")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut conn)
             .await
             .unwrap();
         assert!((3000..=3600).contains(&ttl), "{key}: {ttl}");
     }
+    // The window slides: a failure gives its count the whole window again.
+    let ip_count = counts.iter().find(|k| k.contains(":fail-ip:")).unwrap();
+    let mut pttl = redis::cmd("PTTL");
+    pttl.arg(ip_count);
+    let before: i64 = pttl.query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    expire_locks(&app).await;
+    error_of(
+        login(
+            &app,
+            json!({"email": "other@example.com", "password": "wrong"}),
+        )
+        .await,
+        401,
+    )
+    .await;
+    let after: i64 = pttl.query_async(&mut conn).await.unwrap();
+    assert!(
+        after > before,
+        "the count's expiry moved: {before} -> {after} ms"
+    );
 }
 
 /// Failures against an identifier that names no account still back off, and what Redis keeps
@@ -658,6 +679,42 @@ async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_usern
         error_of(by_email, 429).await;
         error_of(by_name, 429).await;
     }
+}
+
+/// security.md: "at most `free_failures + 1` checked from one address before its lock". With
+/// the all-addresses and per-address limits far away, one address's burst is held by the
+/// count of its own pair with the account alone.
+#[tokio::test]
+async fn one_addresss_burst_gets_free_failures_plus_one_passwords_checked() {
+    let app = spawn_app_with(|c| {
+        c.auth.lockout.free_failures = 3;
+        c.auth.lockout.free_failures_all_addresses = 100;
+        c.auth.lockout.free_failures_per_ip = 100;
+        c.auth.lockout.base_delay_seconds = 60;
+    })
+    .await;
+    register(&app, "burst").await;
+    let attempts = (0..30).map(|i| {
+        let req = app
+            .client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", "203.0.113.50")
+            .json(&json!({"email": "burst@example.com", "password": format!("guess-{i}")}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+    assert_eq!((count(401), count(429)), (4, 26), "{statuses:?}");
+    // The owner, from another address, is not locked out.
+    let res = app
+        .client
+        .post(app.url("/auth/login"))
+        .header("x-real-ip", "203.0.113.51")
+        .json(&json!({"email": "burst@example.com", "password": "pw-burst-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 #[tokio::test]
