@@ -187,13 +187,20 @@ for w in workloads:
 
         # The grace period must cover the preStop sleep and the drain the config allows
         # (docs/kubernetes.md, "Shutdown"), or the kubelet kills what is still finishing.
-        pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-        pre_s = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
+        # A key the ConfigMap leaves out takes the binary's default.
+        pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        pre_s = 0
+        if pre is not None:
+            if len(pre) != 2 or pre[0].rsplit("/", 1)[-1] != "sleep" or not str(pre[1]).isdigit():
+                fail(f"{where}: preStop {pre} is not `sleep <seconds>`, which this check can read")
+            else:
+                pre_s = int(pre[1])
+        setting = lambda key, default: default if dig(conf, key) is None else dig(conf, key)
         if binary == "kurz-api":
-            drain = (dig(conf, "limits.bulk_request_timeout_ms") or 0) / 1000
+            drain = setting("limits.bulk_request_timeout_ms", 300_000) / 1000
         else:
-            drain = (dig(conf, "server.grace_period_seconds") or 0) \
-                + (dig(conf, "server.graceful_shutdown_timeout_seconds") or 0)
+            drain = setting("server.grace_period_seconds", 5) \
+                + setting("server.graceful_shutdown_timeout_seconds", 10)
         grace = pod.get("terminationGracePeriodSeconds", 30)
         if grace < pre_s + drain:
             fail(f"{where}: terminationGracePeriodSeconds {grace} is below preStop {pre_s} s + drain {drain:g} s")
