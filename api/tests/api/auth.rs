@@ -402,41 +402,29 @@ async fn repeated_failures_back_off_with_429() {
         429,
     )
     .await;
-    // Past the lock, one more failure locks again, for twice as long (120 s).
-    expire_locks(&app).await;
-    error_of(
-        login(
-            &app,
-            json!({"email": "lock@example.com", "password": "wrong-wrong"}),
+    // Past the lock, one more failure locks again: the Retry-After of the attempt after it.
+    let relock = || async {
+        expire_locks(&app).await;
+        error_of(
+            login(
+                &app,
+                json!({"email": "lock@example.com", "password": "wrong-wrong"}),
+            )
+            .await,
+            401,
         )
-        .await,
-        401,
-    )
-    .await;
-    let res = login(&app, json!({"email": "lock@example.com", "password": "x"})).await;
-    let wait: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+        .await;
+        let res = login(&app, json!({"email": "lock@example.com", "password": "x"})).await;
+        res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let wait = relock().await;
     assert!((61..=120).contains(&wait), "doubled: {wait}");
     // Doubled again it would be 240 s: `max_delay_seconds` caps it.
-    expire_locks(&app).await;
-    error_of(
-        login(
-            &app,
-            json!({"email": "lock@example.com", "password": "wrong-wrong"}),
-        )
-        .await,
-        401,
-    )
-    .await;
-    let res = login(&app, json!({"email": "lock@example.com", "password": "x"})).await;
-    let wait: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = relock().await;
     assert!((121..=200).contains(&wait), "capped: {wait}");
     // Every count is forgotten `window_seconds` after its last failure.
     let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();

@@ -28,6 +28,25 @@ fn served_cn(port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A new self-signed pair for `localhost` and 127.0.0.1, valid 90 days, named `cn`.
+fn new_pair(cert: &std::path::Path, key: &std::path::Path, cn: &str) {
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
+        ])
+        .args(["-subj", &format!("/CN={cn}")])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_serves_a_renewed_certificate_without_failing_a_handshake() {
     let stack = Stack::start(Options::default());
@@ -73,21 +92,7 @@ async fn sighup_serves_a_renewed_certificate_without_failing_a_handshake() {
         stack.dir.join("new-cert.pem"),
         stack.dir.join("new-key.pem"),
     );
-    let status = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
-        ])
-        .args(["-subj", "/CN=rotated"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&new_key)
-        .arg("-out")
-        .arg(&new_cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    new_pair(&new_cert, &new_key, "rotated");
     let wait_load = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while ok.load(Ordering::Relaxed) < n {
@@ -152,20 +157,7 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_does_not_match() {
         stack.dir.join("new-cert.pem"),
         stack.dir.join("new-key.pem"),
     );
-    let status = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
-        ])
-        .args(["-subj", "/CN=mismatched"])
-        .arg("-keyout")
-        .arg(&new_key)
-        .arg("-out")
-        .arg(&new_cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    new_pair(&new_cert, &new_key, "mismatched");
     std::fs::rename(&new_cert, stack.dir.join("cert.pem")).unwrap();
     stack.signal_proxy("HUP");
     let errors = || metric("kurz_proxy_config_reloads_total", &["result=\"error\""]);

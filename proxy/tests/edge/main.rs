@@ -22,6 +22,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A client whose connections come from `ip` (a loopback address), redirects not followed.
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Requests for `/{code}` the API pool answered, summed over upstreams.
 async fn api_redirects(stack: &Stack) -> f64 {
     let mut total = 0.0;
@@ -357,13 +366,6 @@ async fn rate_limits_apply_per_client_address_and_ignore_spoofed_headers() {
         ..Options::default()
     });
     let (_, code) = stack.link("https://example.com/rl").await;
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<IpAddr>().unwrap())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-    };
     let (a, b) = (from("127.0.0.2"), from("127.0.0.3"));
     let url = stack.url(&format!("/{code}"));
     for _ in 0..3 {
@@ -535,13 +537,6 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
         ..Options::default()
     });
     let (_, code) = stack.link("https://example.com/reload").await;
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<IpAddr>().unwrap())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-    };
     let url = stack.url(&format!("/{code}"));
     let second = stack.upstreams[1].admin_port;
     let health_at_second = || async {
