@@ -147,6 +147,8 @@ pub struct Options {
     pub proxy_partitions: Option<u16>,
     /// Extra environment for the API processes.
     pub api_env: Vec<(String, String)>,
+    /// Extra environment for the proxy (overrides of its config file).
+    pub proxy_env: Vec<(String, String)>,
     /// `upstreams.health_check.interval_ms`; long, to see what the edge does between checks.
     pub health_interval_ms: u64,
     /// `server.grace_period_seconds`.
@@ -169,6 +171,7 @@ impl Default for Options {
             pg_admin_url: None,
             proxy_partitions: None,
             api_env: Vec::new(),
+            proxy_env: Vec::new(),
             health_interval_ms: 200,
             grace_period_seconds: 0,
             log_level: "warn",
@@ -194,6 +197,8 @@ pub struct Stack {
     proxy: Option<Child>,
     pub client: Client,
     api_env: Vec<(String, String)>,
+    /// The proxy's extra environment, for its next start.
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -210,6 +215,7 @@ impl Stack {
             pg_admin,
             db,
             api_env: opts.api_env.clone(),
+            proxy_env: opts.proxy_env.clone(),
             prefix,
             redis_url: opts.redis_url.clone(),
             redis_cluster: opts.redis_cluster.clone(),
@@ -347,7 +353,8 @@ impl Stack {
         std::fs::write(&self.config_path, yaml).unwrap();
     }
 
-    fn start_proxy(&mut self) {
+    /// Starts the proxy (after it exited) and waits until it is ready.
+    pub fn start_proxy(&mut self) {
         self.proxy = Some(self.spawn_proxy(false));
         self.wait_ready();
     }
@@ -362,7 +369,8 @@ impl Stack {
         // The config file says which Redis; an operator's environment must not switch it.
         cmd.env_remove("REDIS_CLUSTER_URLS")
             .env_remove("KURZ_REDIS_REPLICA_ACKS")
-            .env_remove("REDIS_URL");
+            .env_remove("REDIS_URL")
+            .envs(self.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("-c").arg(&self.config_path);
         if upgrade {
             cmd.arg("--upgrade");

@@ -598,6 +598,54 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
     assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
 }
 
+/// docs/operations.md: the environment's overrides win over the file at every reload, so an
+/// upstream list set in the environment stays whatever the file says after a SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_override_outlives_a_reload() {
+    let mut stack = Stack::start(Options {
+        proxied: Some(vec![1]),
+        ..Options::default()
+    });
+    // The environment names upstream 0; the file names upstream 1, then is edited again.
+    stack.proxy_env = vec![("KURZ_UPSTREAMS".into(), stack.upstreams[0].addr())];
+    stack.signal_proxy("TERM");
+    assert!(stack.wait_proxy_exit(Duration::from_secs(60)));
+    stack.start_proxy();
+    let health_at = |i: usize| {
+        let port = stack.upstreams[i].admin_port;
+        let stack = &stack;
+        async move {
+            stack
+                .metric(port, "kurz_api_requests_total", &["route=\"/health\""])
+                .await
+        }
+    };
+    let ignored = health_at(1).await;
+    for _ in 0..4 {
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    assert!(
+        health_at(0).await >= 4.0,
+        "the environment's upstream serves"
+    );
+    stack.write_config(&[1], &Options::default());
+    stack.signal_proxy("HUP");
+    reloads_reach(&stack, "ok", 1.0).await;
+    let before = health_at(0).await;
+    for _ in 0..4 {
+        assert_eq!(stack.get("/health").await.status(), 200);
+    }
+    assert!(
+        health_at(0).await >= before + 4.0,
+        "still the environment's upstream"
+    );
+    assert_eq!(
+        health_at(1).await,
+        ignored,
+        "the file's upstream got nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_and_time_limits_answer_413_and_504_with_json() {
     let opts = || Options {
