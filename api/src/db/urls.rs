@@ -9,22 +9,32 @@ use kurz_common::target::Target;
 use serde_json::{json, Value};
 use tokio_postgres::{Error, Row};
 
+/// A link's columns in [`Link::from_row`]'s order, with the expressions for its `visits` and
+/// `tags` put in: one list, so the two sets below cannot drift apart.
+macro_rules! link_columns {
+    ($visits:literal, $tags:literal) => {
+        concat!(
+            "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, \
+             updated_at, deleted_at, redirect_type, max_visits, ",
+            $visits,
+            " AS visits, password_hash IS NOT NULL AS has_password, imported_clicks, ",
+            $tags,
+            " AS tags, version"
+        )
+    };
+}
+
 /// A link's columns; the last is its tags, in order (a statement that writes tags cannot see
 /// them in its own `RETURNING`: the caller sets them). `visits` are its stored clicks, from the
 /// daily rollup (one row per day clicked).
-const COLUMNS: &str =
-    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
-     max_visits, (SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id) AS visits, \
-     password_hash IS NOT NULL AS has_password, imported_clicks, \
-     coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}') AS tags, \
-     version";
+const COLUMNS: &str = link_columns!(
+    "(SELECT coalesce(sum(d.clicks), 0)::int8 FROM click_daily d WHERE d.url_id = urls.id)",
+    "coalesce((SELECT array_agg(t.tag ORDER BY t.tag) FROM link_tags t WHERE t.url_id = urls.id), '{}')"
+);
 
 /// [`COLUMNS`] as a statement inserting a new link returns them: a row this statement made has
 /// no clicks rolled up yet and no tags it could see, so two probes per row buy nothing.
-const NEW_COLUMNS: &str =
-    "id, user_id, short_code, original_url, title, is_active, expires_at, created_at, updated_at, deleted_at, redirect_type, \
-     max_visits, 0::int8 AS visits, password_hash IS NOT NULL AS has_password, imported_clicks, \
-     '{}'::text[] AS tags, version";
+const NEW_COLUMNS: &str = link_columns!("0::int8", "'{}'::text[]");
 
 /// How many columns [`COLUMNS`] names: statements that return a link and more put the rest after.
 const N_COLUMNS: usize = 17;
