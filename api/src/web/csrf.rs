@@ -71,6 +71,14 @@ impl Token {
     }
 }
 
+/// Whether the browser says another site made the request (`Sec-Fetch-Site: cross-site`): a
+/// post it made is answered without a new token ([`Token::keep_cookie`]).
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+}
+
 /// 64 hex digits, as made here: anything else in the cookie is replaced.
 fn is_token(v: &str) -> bool {
     v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())

@@ -206,10 +206,7 @@ pub struct FormToken {
 impl FormToken {
     pub fn of(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         let mut token = csrf::Token::of(headers);
-        if headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-        {
+        if csrf::cross_site(headers) {
             token.keep_cookie();
         }
         Self {
@@ -368,10 +365,7 @@ async fn form_post(
     body: &Bytes,
 ) -> Result<(Visit, Vec<(String, String)>), Response> {
     let mut visit = visit_of(state, peer, headers).await?;
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-    {
+    if csrf::cross_site(headers) {
         visit.csrf.keep_cookie();
     }
     let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
