@@ -619,6 +619,25 @@ async fn a_guesser_locks_only_their_own_address_out_of_an_account() {
     );
 }
 
+/// Thirty log-ins to `email` at once, attempt `i` from the address and with the password
+/// `attempt(i)` gives; their statuses.
+async fn concurrent_logins(
+    app: &TestApp,
+    email: &str,
+    attempt: impl Fn(usize) -> (String, String),
+) -> Vec<u16> {
+    let attempts = (0..30).map(|i| {
+        let (ip, password) = attempt(i);
+        let req = app
+            .client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": email, "password": password}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    futures_util::future::join_all(attempts).await
+}
+
 #[tokio::test]
 async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
     // Three addresses: their guesses together are held by the account's own count.
@@ -631,21 +650,15 @@ async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_usern
     register(&app, "victim").await;
     // Concurrent guesses from three addresses, the right password among them: at most
     // free_failures + 1 passwords are checked before the lock engages.
-    let attempts = (0..30).map(|i| {
+    let statuses = concurrent_logins(&app, "victim@example.com", |i| {
         let password = if i == 29 {
             "pw-victim-secret".to_owned()
         } else {
             format!("guess-{i}")
         };
-        let ip = format!("203.0.113.{}", i % 3);
-        let req = app
-            .client
-            .post(app.url("/auth/login"))
-            .header("x-real-ip", ip)
-            .json(&json!({"email": "victim@example.com", "password": password}));
-        async move { req.send().await.unwrap().status().as_u16() }
-    });
-    let statuses = futures_util::future::join_all(attempts).await;
+        (format!("203.0.113.{}", i % 3), password)
+    })
+    .await;
     let checked = statuses.iter().filter(|s| **s != 429).count();
     assert!(checked <= 4, "passwords checked: {checked} ({statuses:?})");
     assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 0);
@@ -682,15 +695,10 @@ async fn one_addresss_burst_gets_free_failures_plus_one_passwords_checked() {
     })
     .await;
     register(&app, "burst").await;
-    let attempts = (0..30).map(|i| {
-        let req = app
-            .client
-            .post(app.url("/auth/login"))
-            .header("x-real-ip", "203.0.113.50")
-            .json(&json!({"email": "burst@example.com", "password": format!("guess-{i}")}));
-        async move { req.send().await.unwrap().status().as_u16() }
-    });
-    let statuses = futures_util::future::join_all(attempts).await;
+    let statuses = concurrent_logins(&app, "burst@example.com", |i| {
+        ("203.0.113.50".to_owned(), format!("guess-{i}"))
+    })
+    .await;
     let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
     assert_eq!((count(401), count(429)), (4, 26), "{statuses:?}");
     // The owner, from another address, is not locked out.
