@@ -17,10 +17,13 @@
 //! mints one for each visit it runs through the script, its run sets the mark when it counts
 //! ([`VisitMark::Set`]), and when it forwards the request after all (its Redis call timed out,
 //! maybe after the script ran) it passes the id to the API in [`VISIT_ID_HEADER`]. The API's
-//! run takes the mark ([`VisitMark::Take`]): found, it deletes it and neither counts nor
-//! appends again. Only an edge's run sets marks and only an edge mints ids (the edge drops the
-//! header from clients' requests, the API reads it only from trusted proxies), so nobody can
-//! make up an id that passes a used-up link uncounted, and an id passes one retry at most.
+//! run takes the mark ([`VisitMark::Take`]): the edge's mark found, it deletes it and neither
+//! counts nor appends again. The two runs can reach Redis in either order (the edge's may still
+//! be queued when the API's arrives), so an API run that counts leaves a mark of its own, and
+//! an edge's run that finds it counts nothing: the visit counts once whichever comes first.
+//! Only an edge's mark passes an API run, and only an edge mints ids (the edge drops the header
+//! from clients' requests, the API reads it only from trusted proxies), so nobody can make up
+//! an id that passes a used-up link uncounted, and an id passes one retry at most.
 //!
 //! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter, `KEYS[4]`
 //! (optional) the visit's mark. Arguments:
@@ -50,13 +53,15 @@ if exp ~= '' and tonumber(exp) <= tonumber(ARGV[2]) then return v end
 if maxv == '' then
   if ARGV[1] ~= '1' and ARGV[1] ~= '3' then return v end
 else
-  if KEYS[4] and ARGV[1] ~= '0' and ARGV[__MARK_ARG__] == 'take' and redis.call('DEL', KEYS[4]) == 1 then return v end
+  local mark = KEYS[4] and ARGV[1] ~= '0' and redis.call('GET', KEYS[4])
+  if mark == '1' and ARGV[__MARK_ARG__] == 'take' then redis.call('DEL', KEYS[4]) return v end
+  if mark == 'a' and ARGV[__MARK_ARG__] == 'set' then return v end
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
   if n >= tonumber(maxv) then return '__EXHAUSTED__' end
   if ARGV[1] == '0' then return v end
   redis.call('INCR', KEYS[3])
-  if KEYS[4] and ARGV[__MARK_ARG__] == 'set' then redis.call('SET', KEYS[4], 1, 'EX', __MARK_SECONDS__) end
+  if KEYS[4] then redis.call('SET', KEYS[4], ARGV[__MARK_ARG__] == 'set' and '1' or 'a', 'EX', __MARK_SECONDS__) end
 end
 redis.call('XADD', KEYS[2], '*', __FIELDS__)
 return v
@@ -161,9 +166,11 @@ pub fn script() -> redis::Script {
 /// What a visit does with its id's mark (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VisitMark<'a> {
-    /// The edge's run: marks the visit it counts.
+    /// The edge's run: marks the visit it counts (`1`); the API's mark found means the API
+    /// counted it first.
     Set(&'a str),
-    /// The API's run of a visit an edge forwarded: a mark found means the edge counted it.
+    /// The API's run of a visit an edge forwarded: the edge's mark found means the edge counted
+    /// it; otherwise the API counts it and marks it (`a`) for an edge's run still on its way.
     Take(&'a str),
 }
 

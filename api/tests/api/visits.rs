@@ -290,6 +290,75 @@ async fn whole_numbers_written_as_floats_are_integers() {
     error_of(res, 400).await;
 }
 
+/// What an edge's run of the visit script does for a GET of `code` under its own ids.
+async fn edge_run(app: &TestApp, code: &str, visit_id: &str, click_id: &str) -> Option<String> {
+    let click = kurz_common::clicks::Click {
+        id: click_id.to_owned(),
+        url_id: 0,
+        user_id: None,
+        code: code.to_owned(),
+        target: String::new(),
+        referrer: String::new(),
+        user_agent: "edge-test".into(),
+        ip: "192.0.2.0".into(),
+        ts_ms: chrono::Utc::now().timestamp_millis(),
+        visitor: String::new(),
+    };
+    let script = kurz_common::visit::script();
+    let inv = kurz_common::visit::invocation(
+        &script,
+        &app.state.keys,
+        code,
+        kurz_common::visit::Record::Click,
+        chrono::Utc::now().timestamp(),
+        Some(&click),
+        Some(kurz_common::visit::VisitMark::Set(visit_id)),
+    );
+    let mut conn = app.state.redis.conn().await.unwrap();
+    inv.invoke_async(&mut conn).await.unwrap()
+}
+
+/// The other order: the edge's Redis call timed out before Redis ran it, the edge forwarded the
+/// visit, and the API's run reached Redis first; the edge's run, still queued, comes after.
+/// The visit counts once: a three-visit link still gives its third redirect.
+#[tokio::test]
+async fn a_forwarded_visit_counts_once_when_the_edge_run_comes_late() {
+    let app = spawn_app().await;
+    let user = app.create_user("late").await;
+    let (id, code) = limited_link(&app, user, json!(3)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+
+    let visit_id = kurz_common::clicks::new_id();
+    let click_id = kurz_common::clicks::new_id();
+    let forwarded = app
+        .client
+        .get(app.url(&format!("/{code}")))
+        .header("x-request-id", &click_id)
+        .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 302);
+    // The edge's late run: its reply goes nowhere (the edge answered by forwarding).
+    edge_run(&app, &code, &visit_id, &click_id).await;
+
+    let mut conn = app.state.redis.conn().await.unwrap();
+    let counted: Option<i64> = redis::cmd("GET")
+        .arg(app.state.keys.visits(&code))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        Some(2),
+        "the late edge run counted the visit again"
+    );
+    wait_visits(&app, id, 2).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    assert_exhausted(app.get(&format!("/{code}")).await).await;
+    wait_visits(&app, id, 3).await;
+}
+
 /// An edge ran a limited link's visit through the script, then forwarded the request after all
 /// (its Redis call timed out after the script had run). It passes the visit's id, and the API's
 /// run finds the visit counted: the link is not used up one visit early. The id is believed
@@ -312,30 +381,7 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
         // The edge's run of the second visit, under its own visit id.
         let visit_id = kurz_common::clicks::new_id();
         let click_id = kurz_common::clicks::new_id();
-        let click = kurz_common::clicks::Click {
-            id: click_id.clone(),
-            url_id: 0,
-            user_id: None,
-            code: code.clone(),
-            target: String::new(),
-            referrer: String::new(),
-            user_agent: "edge-test".into(),
-            ip: "192.0.2.0".into(),
-            ts_ms: chrono::Utc::now().timestamp_millis(),
-            visitor: String::new(),
-        };
-        let script = kurz_common::visit::script();
-        let inv = kurz_common::visit::invocation(
-            &script,
-            &app.state.keys,
-            &code,
-            kurz_common::visit::Record::Click,
-            chrono::Utc::now().timestamp(),
-            Some(&click),
-            Some(kurz_common::visit::VisitMark::Set(&visit_id)),
-        );
-        let mut conn = app.state.redis.conn().await.unwrap();
-        let raw: Option<String> = inv.invoke_async(&mut conn).await.unwrap();
+        let raw = edge_run(&app, &code, &visit_id, &click_id).await;
         assert!(raw.is_some_and(|r| r.starts_with("5|")));
 
         // Its reply was lost: the request reaches the API with the edge's ids.
@@ -368,7 +414,8 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
                 assert_exhausted(res).await;
             }
             // A trusted peer repeating an id of its own on a one-visit link: its first visit
-            // counts, and the repeat finds no mark to pass with (the API's run sets none).
+            // counts, and the repeat finds no edge's mark to pass with (the API's own mark
+            // passes only an edge's run).
             let (_, once) = limited_link(&app, user, json!(1)).await;
             let made_up = kurz_common::clicks::new_id();
             let mut statuses = Vec::new();
