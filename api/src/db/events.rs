@@ -14,6 +14,46 @@ const COLUMNS: &str = "id, url_id, user_id, event_type, occurred_at, details, \
 /// The event types the contract knows.
 pub const TYPES: &[&str] = &["created", "updated", "deleted", "click"];
 
+/// The longest `browser`, `os`, `device` or `visitor` a click event given to the API may carry.
+/// The rollups key on them (`roll_up_clicks`, migrations V16 and V19), with the referrer, and
+/// a key PostgreSQL cannot index fails the whole statement.
+pub const MAX_CLICK_DIMENSION: usize = 128;
+
+/// Checks the `details` of a click event written through the API (`POST /events`, the events
+/// import) before PostgreSQL's rollup trigger reads them: a value it cannot cast (`is_bot`) or
+/// index (a very long referrer) would fail the statement, and the request with a 500. The
+/// referrer is cut to `kurz_common::clicks::MAX_HEADER_LEN` bytes, as a live click's is; the
+/// other values are refused. Returns the field's path and what is wrong with it.
+pub fn check_click_details(
+    details: &mut serde_json::Map<String, Value>,
+) -> Result<(), (String, String)> {
+    let wrong = |key: &str, why: String| Err((format!("details.{key}"), why));
+    match details.get("is_bot") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        Some(_) => return wrong("is_bot", "must be true, false or null".into()),
+    }
+    match details.get_mut("referrer") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(referrer)) => {
+            if referrer.len() > kurz_common::clicks::MAX_HEADER_LEN {
+                *referrer = kurz_common::clicks::clip(referrer);
+            }
+        }
+        Some(_) => return wrong("referrer", "must be a string or null".into()),
+    }
+    for key in ["browser", "os", "device", "visitor"] {
+        match details.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if v.len() <= MAX_CLICK_DIMENSION => {}
+            Some(Value::String(_)) => {
+                return wrong(key, format!("must be at most {MAX_CLICK_DIMENSION} bytes"))
+            }
+            Some(_) => return wrong(key, "must be a string or null".into()),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub id: i64,

@@ -321,7 +321,7 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
                 format!("must be one of {}", crate::db::events::TYPES.join(", ")),
             ));
         }
-        let detail = match row.text("details") {
+        let mut detail = match row.text("details") {
             "" => Value::Object(Default::default()),
             raw => match serde_json::from_str::<Value>(raw) {
                 // PostgreSQL's jsonb refuses NUL (`\u0000`): refuse it here, by name.
@@ -337,6 +337,11 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
                 _ => return Err(at.err("details", "must be a JSON object")),
             },
         };
+        if let (Value::Object(map), "click") = (&mut detail, kind.as_str()) {
+            if let Err((field, why)) = crate::db::events::check_click_details(map) {
+                return Err(at.err(&field, why));
+            }
+        }
         ids.push(id);
         urls.push(url);
         users.push(user);

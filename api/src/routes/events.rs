@@ -92,10 +92,15 @@ pub async fn create(
     let url_id = f.id("url_id");
     let user_id = f.opt_id("user_id");
     let event_type = f.string("event_type");
-    let details = f.opt_object("details");
+    let mut details = f.opt_object("details");
     if let Some(t) = &event_type {
         if !TYPES.contains(&t.as_str()) {
             f.reject("event_type", format!("must be one of {}", TYPES.join(", ")));
+        }
+    }
+    if let (Some("click"), Patch::Set(map)) = (event_type.as_deref(), &mut details) {
+        if let Err((field, why)) = db::events::check_click_details(map) {
+            f.reject(&field, why);
         }
     }
     f.finish()?;

@@ -88,6 +88,85 @@ async fn event_errors_are_explicit() {
     error_of(app.get("/events?url_id=x").await, 400).await;
 }
 
+/// A click's details feed the rollups, which cast `is_bot` and index the referrer and the
+/// dimensions: values PostgreSQL cannot take are refused by name, and a referrer longer than a
+/// live click keeps is cut as a live click's is, not a 500.
+#[tokio::test]
+async fn click_details_the_rollups_cannot_take_are_refused_by_name() {
+    let app = spawn_app().await;
+    let user = app.create_user("cd").await;
+    let url_id = app.create_url(user, "https://example.com/cd").await["id"]
+        .as_i64()
+        .unwrap();
+    let long = "r".repeat(4000);
+    for (details, field) in [
+        (json!({"is_bot": "maybe"}), "details.is_bot"),
+        (json!({"is_bot": 2}), "details.is_bot"),
+        (json!({"referrer": {"a": 1}}), "details.referrer"),
+        (json!({"browser": long.clone()}), "details.browser"),
+        (json!({"os": ["x"]}), "details.os"),
+        (json!({"visitor": "v".repeat(129)}), "details.visitor"),
+    ] {
+        let res = app
+            .post_json(
+                "/events",
+                &json!({"url_id": url_id, "event_type": "click", "details": details}),
+            )
+            .await;
+        let err = error_of(res, 400).await;
+        assert!(err["details"][field].is_string(), "{details}: {err}");
+    }
+    // Not a click: nothing reads them, and they are kept as given.
+    let res = app
+        .post_json(
+            "/events",
+            &json!({"url_id": url_id, "event_type": "updated", "details": {"is_bot": "maybe"}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .post_json(
+            "/events",
+            &json!({"url_id": url_id, "event_type": "click",
+                    "details": {"referrer": format!("https://a.example/{long}"), "is_bot": false,
+                                "browser": "Firefox", "visitor": "v".repeat(128)}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let ev: Value = res.json().await.unwrap();
+    let stored = ev["details"]["referrer"].as_str().unwrap();
+    assert_eq!(stored.len(), kurz_common::clicks::MAX_HEADER_LEN);
+    let stats: Value = app
+        .get(&format!("/urls/{url_id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 1);
+    assert_eq!(stats["top_referrers"][0]["referrer"], stored);
+
+    // The same rows in an events import: the row and the column are named.
+    let csv = format!(
+        "id,url_id,user_id,event_type,timestamp,details\n\
+         900001,{url_id},,click,2025-01-01 00:00:00,\"{{\"\"is_bot\"\": \"\"maybe\"\"}}\"\n"
+    );
+    let err = error_of(app.upload("/events/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "details.is_bot", "{err}");
+    let csv = format!(
+        "id,url_id,user_id,event_type,timestamp,details\n\
+         900002,{url_id},,click,2025-01-01 00:00:00,\"{{\"\"referrer\"\": \"\"{long}\"\"}}\"\n"
+    );
+    let res = app.upload("/events/bulk", csv.into()).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let stats: Value = app
+        .get(&format!("/urls/{url_id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 2);
+}
+
 #[tokio::test]
 async fn stats_count_clicks_by_day_and_referrer() {
     let app = spawn_app().await;
