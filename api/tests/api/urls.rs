@@ -299,6 +299,39 @@ async fn idempotency_key_replays_the_first_answer() {
     error_of(send(other).await.unwrap(), 409).await;
 }
 
+/// The key's row lasts a day: a protected link's password must not be in it, in clear.
+#[tokio::test]
+async fn an_idempotency_key_keeps_no_password_in_clear() {
+    let app = spawn_app().await;
+    let user = app.create_user("idemp").await;
+    let body =
+        json!({"user_id": user, "original_url": "https://example.com/p", "password": "s3cret-Pw!"});
+    let send = |b: Value| {
+        app.client
+            .post(app.url("/urls"))
+            .header("idempotency-key", "k-p")
+            .json(&b)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let db = app.sql().await;
+    let rows = db
+        .query("SELECT fingerprint FROM idempotency_keys", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let stored: String = rows[0].get(0);
+    assert!(!stored.contains("s3cret"), "{stored}");
+    let res = send(body.clone()).await.unwrap();
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(res.json::<Value>().await.unwrap()["id"], first["id"]);
+    // Without the password it is another request.
+    let open = json!({"user_id": user, "original_url": "https://example.com/p"});
+    error_of(send(open).await.unwrap(), 409).await;
+}
+
 #[tokio::test]
 async fn concurrent_creates_with_one_key_make_one_link_and_all_answer_it() {
     let app = spawn_app().await;
