@@ -372,16 +372,16 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
         ids.iter().flatten().copied().max().unwrap_or(1),
     )
     .await?;
+    let given: Vec<i64> = ids.iter().flatten().copied().collect();
+    for chunk in given.chunks(CHUNK) {
+        replace_events(&tx, chunk).await?;
+    }
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, details) \
              SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, t.user_id, t.kind, COALESCE(t.ts, now()), t.details \
              FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[]) \
-                  AS t(id, url_id, user_id, kind, ts, details) \
-             ON CONFLICT (id) DO UPDATE SET url_id = EXCLUDED.url_id, user_id = EXCLUDED.user_id, \
-               event_type = EXCLUDED.event_type, occurred_at = EXCLUDED.occurred_at, details = EXCLUDED.details, \
-               code = NULL, target = NULL, referrer = NULL, user_agent = NULL, is_bot = NULL, \
-               browser = NULL, os = NULL, device = NULL, visitor = NULL, ip = NULL",
+                  AS t(id, url_id, user_id, kind, ts, details)",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {
@@ -402,6 +402,64 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
     }
     tx.commit().await?;
     Ok(n)
+}
+
+/// Deletes the stored events an import replaces (rows are upserted by id) and takes their clicks
+/// out of the rollups, which count them by the same rules as `roll_up_clicks` (migration V21);
+/// the rows go in again as new and the trigger counts what they are now. An update in place
+/// would not fire the trigger, which counts inserts only: a click turned into another type, or
+/// moved to another link or day, would have stayed counted where it was. A day's distinct
+/// visitors keep the replaced click's visitor. Rows go in key order, as the trigger's do, so an
+/// import and the click sink lock rollup rows in the same order.
+async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<()> {
+    let unroll = tx
+        .prepare_cached(
+            "WITH gone AS ( \
+                 DELETE FROM events WHERE id = ANY($1::int8[]) \
+                 RETURNING url_id, event_type, occurred_at, details, is_bot, referrer, browser, os, device \
+             ), c AS MATERIALIZED ( \
+                 SELECT url_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, occurred_at, \
+                        coalesce(is_bot, (details->>'is_bot')::boolean, false) AS bot, \
+                        coalesce(referrer, details->>'referrer', '') AS referrer, \
+                        coalesce(browser, details->>'browser', 'unknown') AS browser, \
+                        coalesce(os, details->>'os', 'unknown') AS os, \
+                        coalesce(device, details->>'device', 'other') AS device \
+                 FROM gone WHERE event_type = 'click' \
+             ), daily AS ( \
+                 INSERT INTO click_daily AS d (url_id, day, clicks, bots, visitors, last_click_at) \
+                 SELECT url_id, day, -count(*), -count(*) FILTER (WHERE bot), 0, max(occurred_at) \
+                 FROM c GROUP BY 1, 2 ORDER BY 1, 2 \
+                 ON CONFLICT (url_id, day) DO UPDATE \
+                     SET clicks = d.clicks + excluded.clicks, bots = d.bots + excluded.bots \
+             ), sources AS ( \
+                 INSERT INTO click_day_sources AS s (url_id, day, referrer, browser, os, device, clicks, bots) \
+                 SELECT url_id, day, referrer, browser, os, device, -count(*), -count(*) FILTER (WHERE bot) \
+                 FROM c GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6 \
+                 ON CONFLICT (url_id, day, referrer, browser, os, device) DO UPDATE \
+                     SET clicks = s.clicks + excluded.clicks, bots = s.bots + excluded.bots \
+             ) \
+             SELECT DISTINCT url_id FROM c",
+        )
+        .await?;
+    let links: Vec<i64> = tx
+        .query(&unroll, &[&ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if links.is_empty() {
+        return Ok(());
+    }
+    // A day or a source left without clicks is no longer one the stats list.
+    for table in ["click_daily", "click_day_sources"] {
+        let empty = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE url_id = ANY($1::int8[]) AND clicks <= 0"
+            ))
+            .await?;
+        tx.execute(&empty, &[&links]).await?;
+    }
+    Ok(())
 }
 
 /// A unique violation against rows already stored names the value, from PostgreSQL's detail.

@@ -222,6 +222,38 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     assert_eq!(clicks.len(), 1, "{clicks:?}");
     assert_eq!(clicks[0]["id"], event_id);
     assert_eq!(clicks[0]["details"], json!({"referrer": "imported"}));
+    // The stats count the click where it is now: on its new day, from its new referrer, once.
+    let stats: Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 1, "{stats}");
+    // Today's day, where the sink counted it, is gone: the last click is the imported one.
+    assert_eq!(stats["last_click_at"], "2025-01-01T00:00:00", "{stats}");
+    assert_eq!(
+        stats["top_referrers"],
+        json!([{"referrer": "imported", "clicks": 1}]),
+        "{stats}"
+    );
+    // Replaced by an event that is no click, it is counted nowhere.
+    let csv = format!(
+        "id,url_id,user_id,event_type,timestamp,details\n\
+         {event_id},{id},{user},updated,2025-01-02 00:00:00,{{}}\n"
+    );
+    import(&app, "events", csv.into()).await;
+    let stats: Value = app
+        .get(&format!("/urls/{id}/stats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicks"], 0, "{stats}");
+    assert_eq!(stats["last_click_at"], Value::Null, "{stats}");
+    assert_eq!(stats["top_referrers"], json!([]), "{stats}");
+    let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(link["visits"], 0);
 }
 
 #[tokio::test]
