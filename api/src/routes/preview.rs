@@ -8,13 +8,14 @@ use crate::state::AppState;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kurz_common::keys::{CachedLink, Verdict, GONE_EXPIRED};
+use kurz_common::keys::{CachedLink, Verdict, GONE_EXHAUSTED, GONE_EXPIRED};
 use serde_json::json;
 
 /// The link of `code` if it redirects now, read from PostgreSQL; else the redirect's own 404 or
 /// 410. What the preview and the public QR code show: a link that would not redirect has
 /// nothing to show.
 pub(crate) async fn redirecting_link(
+    state: &AppState,
     client: &deadpool_postgres::Client,
     code: &str,
 ) -> ApiResult<db::urls::Link> {
@@ -26,17 +27,36 @@ pub(crate) async fn redirecting_link(
         return Err(not_found());
     };
     match entry.verdict_at(chrono::Utc::now().timestamp()) {
-        Verdict::Redirect(_) => Ok(link),
-        Verdict::NotFound => Err(not_found()),
-        Verdict::Gone => Err(ApiError::Gone(format!(
-            "short code {code:?} {GONE_EXPIRED}"
-        ))),
+        Verdict::Redirect(_) => {}
+        Verdict::NotFound => return Err(not_found()),
+        Verdict::Gone => {
+            return Err(ApiError::Gone(format!(
+                "short code {code:?} {GONE_EXPIRED}"
+            )))
+        }
     }
+    if let Some(max) = link.max_visits {
+        // The visits counted in Redis run ahead of the clicks stored (the stream between them);
+        // without Redis, the stored ones, as the redirect itself would count.
+        let counted = state
+            .redis
+            .query::<Option<i64>>(redis::cmd("GET").arg(state.keys.visits(code)))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if counted.max(link.visits) >= i64::from(max) {
+            return Err(ApiError::Gone(format!(
+                "short code {code:?} {GONE_EXHAUSTED}"
+            )));
+        }
+    }
+    Ok(link)
 }
 
 pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiResult<Response> {
     let client = state.client().await?;
-    let link = redirecting_link(&client, code).await?;
+    let link = redirecting_link(state, &client, code).await?;
     let clicks = db::stats::total_clicks(&client, link.id).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
     // Behind a password, where it leads is part of the secret.

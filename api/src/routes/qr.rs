@@ -44,7 +44,7 @@ pub async fn by_code(
     }
     let (format, size) = options(raw.as_deref())?;
     let client = state.client().await?;
-    let link = super::preview::redirecting_link(&client, &code).await?;
+    let link = super::preview::redirecting_link(&state, &client, &code).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
     image(&short_url, format, size, &headers, "public, max-age=86400")
 }

@@ -290,6 +290,33 @@ async fn whole_numbers_written_as_floats_are_integers() {
     error_of(res, 400).await;
 }
 
+/// The preview and the public QR code refuse a used-up link as its redirect does (API.md: "the
+/// same refusals as the redirect"), whether its last visit is stored yet or only counted.
+#[tokio::test]
+async fn a_used_up_link_has_no_preview_and_no_public_qr_code() {
+    let app = spawn_app().await;
+    let user = app.create_user("spent").await;
+    let (id, code) = limited_link(&app, user, json!(1)).await;
+    assert_eq!(app.get(&format!("/{code}+")).await.status(), 200);
+    assert_eq!(app.get(&format!("/{code}/qr")).await.status(), 200);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    // Counted in Redis, perhaps not stored yet.
+    assert_exhausted(app.get(&format!("/{code}+")).await).await;
+    assert_exhausted(app.get(&format!("/{code}/qr")).await).await;
+    // Stored, and Redis has lost its count.
+    wait_visits(&app, id, 1).await;
+    let mut conn = app.state.redis.conn().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(app.state.keys.visits(&code))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_exhausted(app.get(&format!("/{code}+")).await).await;
+    assert_exhausted(app.get(&format!("/{code}/qr")).await).await;
+    // The owner's QR code by id stays: the link is still theirs to see.
+    assert_eq!(app.get(&format!("/urls/{id}/qr")).await.status(), 200);
+}
+
 /// What an edge's run of the visit script does for a GET of `code` under its own ids.
 async fn edge_run(app: &TestApp, code: &str, visit_id: &str, click_id: &str) -> Option<String> {
     let click = kurz_common::clicks::Click {
