@@ -578,7 +578,15 @@ pub async fn export(
         tags: Vec::new(),
         search: None,
     };
-    let client = state.client().await?;
+    let mut client = state.client().await?;
+    // One snapshot for every page: a link deleted or created while the pages are read would
+    // otherwise move the later pages' offsets, and a link would be left out or written twice.
+    let snapshot = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let header = [
         "id",
@@ -600,7 +608,7 @@ pub async fn export(
     out.write_record(header).map_err(written)?;
     let mut offset = 0;
     loop {
-        let links = db::urls::list_urls(&client, &filter, EXPORT_PAGE, offset).await?;
+        let links = db::urls::list_urls(&snapshot, &filter, EXPORT_PAGE, offset).await?;
         for l in &links {
             let time = kurz_common::time::format;
             out.write_record([
@@ -626,6 +634,7 @@ pub async fn export(
         }
         offset += EXPORT_PAGE;
     }
+    snapshot.commit().await?;
     let body = out
         .into_inner()
         .map_err(|e| ApiError::Internal(format!("csv export: {e}")))?;
