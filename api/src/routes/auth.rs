@@ -237,13 +237,16 @@ pub async fn change_password(
         .await
         .map_err(|_| sessions_down())?;
     let hash = state.auth.passwords.hash(new.unwrap_or_default()).await?;
-    db::users::set_password(&client, me.id, &hash).await?;
+    // Sessions first: with Redis failing after the new password was stored, a stolen session
+    // would outlive the change it was meant to end. This way a failure leaves the old password
+    // and no sessions, and the user logs in again and retries.
     state
         .auth
         .sessions
         .revoke_all(me.id)
         .await
         .map_err(|_| sessions_down())?;
+    db::users::set_password(&client, me.id, &hash).await?;
     session_answer(&state, &me, StatusCode::OK).await
 }
 

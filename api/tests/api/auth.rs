@@ -264,6 +264,43 @@ async fn a_password_change_revokes_every_session() {
     );
 }
 
+/// Redis fails the revocation (here: an ACL takes `SMEMBERS` from the API's user): the change
+/// is refused with 503 and leaves the old password, not a new password beside sessions that a
+/// thief could go on using.
+#[tokio::test]
+async fn a_password_change_that_cannot_revoke_the_sessions_changes_nothing() {
+    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+    let url = redis.url();
+    let app = crate::helpers::spawn_app_with(|c| c.redis.url = url).await;
+    let (token, _) = register(&app, "pwfail").await;
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .to_owned()
+    };
+    let _: () = acl("-smembers").query_async(&mut conn).await.unwrap();
+    let res = app
+        .client
+        .put(app.url("/auth/password"))
+        .header("authorization", bearer(&token))
+        .json(
+            &json!({"current_password": "pw-pwfail-secret", "new_password": "a whole new secret"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let _: () = acl("+smembers").query_async(&mut conn).await.unwrap();
+    error_of(res, 503).await;
+    let old = json!({"email": "pwfail@example.com", "password": "pw-pwfail-secret"});
+    assert_eq!(login(&app, old).await.status(), 200, "the password changed");
+    let new = json!({"email": "pwfail@example.com", "password": "a whole new secret"});
+    error_of(login(&app, new).await, 401).await;
+}
+
 #[tokio::test]
 async fn api_key_lifecycle() {
     let app = spawn_app().await;
