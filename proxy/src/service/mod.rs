@@ -7,7 +7,7 @@ mod settings;
 
 pub use settings::{EdgeSettings, SharedTrust};
 
-use routes::{classify, header, https_host, redirect_code};
+use routes::{classify, decoded_path, header, https_host, redirect_code};
 
 use crate::metrics::{HOT, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
@@ -185,7 +185,7 @@ impl ProxyHttp for Edge {
         let trust = self.trust();
         ctx.request_id = Self::new_request_id(req, trust.trusts(peer));
         ctx.client = trust.client_ip(peer, &req.headers);
-        let path = req.uri.path().to_owned();
+        let path = decoded_path(req.uri.path()).into_owned();
         ctx.class = classify(&req.method, &path);
 
         if self.settings.redirect_http_to_https && !ctx.tls {

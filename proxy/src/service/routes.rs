@@ -29,6 +29,37 @@ pub(super) fn classify(method: &http::Method, path: &str) -> Class {
     Class::Write
 }
 
+/// The path with its percent-escapes decoded, as the API's router decodes a code before it
+/// matches one: `/%61bc1234` is `/abc1234`'s redirect, and a password posted to it is a guess in
+/// the `auth` class, not a write. Decoding never loosens a class (no class is chosen by a
+/// path with `%` in it). A path with a broken escape, or that decodes to bytes that are not
+/// UTF-8, is classified as it came.
+pub(super) fn decoded_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let raw = path.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            match (
+                raw.get(i + 1).and_then(|&b| hex(b)),
+                raw.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                _ => return path.into(),
+            }
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_or(path.into(), Into::into)
+}
+
 /// The code of a redirect path: one code-shaped segment that is not a reserved route.
 pub(super) fn redirect_code(path: &str) -> Option<&str> {
     let code = path.strip_prefix('/')?;
@@ -94,6 +125,26 @@ mod tests {
     fn routes_are_classified() {
         use http::Method;
         assert_eq!(classify(&Method::GET, "/abc1234"), Class::Redirect);
+        for (raw, decoded) in [
+            ("/%61bc1234", "/abc1234"),
+            ("/%61%62c1234", "/abc1234"),
+            ("/auth%2Flogin", "/auth/login"),
+            ("/urls", "/urls"),
+            ("/%zz1234", "/%zz1234"),
+            ("/%6", "/%6"),
+            ("/%ff%fe", "/%ff%fe"),
+            ("/%+1", "/%+1"),
+        ] {
+            assert_eq!(decoded_path(raw), decoded, "{raw}");
+        }
+        assert_eq!(
+            classify(&Method::POST, &decoded_path("/%61bc1234")),
+            Class::Auth
+        );
+        assert_eq!(
+            classify(&Method::GET, &decoded_path("/%61bc1234")),
+            Class::Redirect
+        );
         assert_eq!(classify(&Method::HEAD, "/abc1234"), Class::Redirect);
         assert_eq!(classify(&Method::GET, "/users"), Class::Read);
         assert_eq!(classify(&Method::GET, "/health"), Class::Read);

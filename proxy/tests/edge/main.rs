@@ -360,7 +360,7 @@ async fn with_redis_killed_redirects_still_answer_through_the_api() {
 async fn rate_limits_apply_per_client_address_and_ignore_spoofed_headers() {
     // One token per 50 s: no refill can happen during the test however slow the machine; the
     // refill itself is unit-tested with an injected clock (rate_limit.rs).
-    let limits = "{ redirect: { rate: 0.02, burst: 3 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }";
+    let limits = "{ redirect: { rate: 0.02, burst: 3 }, write: { rate: 0, burst: 1 }, auth: { rate: 0.02, burst: 1 }, read: { rate: 0, burst: 1 } }";
     let stack = Stack::start(Options {
         rate_limits: limits.into(),
         ..Options::default()
@@ -404,6 +404,31 @@ async fn rate_limits_apply_per_client_address_and_ignore_spoofed_headers() {
         )
         .await;
     assert_eq!(counted, 2.0);
+    // A code with a percent-escape is the same code to the API, and to the limits: its visits
+    // spend the redirect allowance (three, not the one a read gets), and a password posted to
+    // it spends the log-in one.
+    let c = from("127.0.0.4");
+    let encoded = stack.url(&format!("/%{:02X}{}", code.as_bytes()[0], &code[1..]));
+    for _ in 0..3 {
+        let res = c.get(&encoded).send().await.unwrap();
+        assert_eq!(res.status(), 302);
+        assert_eq!(res.headers()["location"], "https://example.com/rl");
+    }
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 429);
+    let guess = c
+        .post(&encoded)
+        .json(&serde_json::json!({"password": "guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(guess.status(), 429);
+    let login = c
+        .post(stack.url("/auth/login"))
+        .json(&serde_json::json!({"email": "x@example.com", "password": "guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 429, "the guess spent the log-in allowance");
 }
 
 #[test]
