@@ -370,6 +370,35 @@ async fn expires_at_is_accepted_shown_and_validated() {
         let res = app.post_json("/urls", &json!({"user_id": user, "original_url": "https://example.com/e", "expires_at": bad})).await;
         assert!(error_of(res, 400).await["details"]["expires_at"].is_string());
     }
+
+    // The link has expired since: read, changed and written back whole, its past expiry is no
+    // change and no error; a past expiry it did not have is still refused.
+    let id = link["id"].as_i64().unwrap();
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET expires_at = '2001-01-01T00:00:00Z' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let mut whole: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(whole["expires_at"], "2001-01-01T00:00:00");
+    whole["title"] = json!("renamed after it expired");
+    let put = |body: Value| {
+        app.client
+            .put(app.url(&format!("/urls/{id}")))
+            .json(&body)
+            .send()
+    };
+    let res = put(whole.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let saved: Value = res.json().await.unwrap();
+    assert_eq!(saved["title"], "renamed after it expired");
+    assert_eq!(saved["expires_at"], "2001-01-01T00:00:00");
+    whole["expires_at"] = json!("2002-02-02T00:00:00");
+    let res = app.put_json(&format!("/urls/{id}"), &whole).await;
+    assert!(error_of(res, 400).await["details"]["expires_at"].is_string());
 }
 
 #[tokio::test]
