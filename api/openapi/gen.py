@@ -342,6 +342,9 @@ schemas["ImportReport"] = {
                            "short_code": {"type": "string"},
                            "generated": {"type": "boolean"}},
             "additionalProperties": True}},
+        "needs_password": {"type": "array", "items": {"type": "string"},
+                           "description": "`csv` only: the codes of protected links, imported "
+                                          "switched off (the export holds no password)"},
     },
     "additionalProperties": True,
 }

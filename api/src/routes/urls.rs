@@ -606,6 +606,7 @@ pub async fn export(
         "imported_clicks",
         "tags",
         "clicks",
+        "has_password",
     ];
     let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
     out.write_record(header).map_err(written)?;
@@ -629,6 +630,7 @@ pub async fn export(
                 l.imported_clicks.to_string(),
                 l.tags.join(";"),
                 l.visits.to_string(),
+                if l.has_password { "True" } else { "False" }.to_owned(),
             ])
             .map_err(written)?;
         }

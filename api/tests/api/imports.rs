@@ -161,22 +161,45 @@ async fn kurz_csv_export_imports_as_the_callers_links() {
         )
         .await;
     assert_eq!(res.status(), 201);
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/secret", "short_code": "locked1", "password": "open sesame"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
     let csv = app
         .get(&format!("/urls/export?user_id={user}"))
         .await
         .bytes()
         .await
         .unwrap();
+    let text = String::from_utf8(csv.to_vec()).unwrap();
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with(",clicks,has_password"),
+        "{text}"
+    );
     let fresh = spawn_app().await;
     fresh.create_user("somebody").await;
     let owner = fresh.create_user("importer").await;
     let res = import(&fresh, "csv", owner, &csv).await;
     assert_eq!(res.status(), 201);
+    // The password is not in the file: the protected link comes in switched off, named in the
+    // answer, instead of sending anyone to its target.
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["needs_password"], json!(["locked1"]), "{report}");
     let links = links_of(&fresh, owner).await;
     let round = &links["round1"];
     assert_eq!(round["user_id"], owner);
     assert_eq!(round["tags"], json!(["t"]));
     assert_eq!(round["max_visits"], 9);
+    assert_eq!(round["is_active"], true);
+    assert_eq!(links["locked1"]["is_active"], false);
+    assert_eq!(links["locked1"]["has_password"], false);
+    error_of(fresh.get("/locked1").await, 404).await;
 }
 
 /// The importer's own links, whatever the file says: an `id` or `user_id` column in any
