@@ -6,11 +6,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free port below the ephemeral range (32768+), so no client socket takes it while the
-/// server restarts.
+/// Where the tests' servers listen: below the ephemeral range (32768+), so no client socket
+/// takes a port while its server restarts, and above the cluster nodes' bus ports
+/// ([`RedisCluster`]), which a node opens at its port + 10000 only when it starts: a port picked
+/// here and not yet bound by its server could otherwise be taken by a cluster starting in a
+/// parallel test, or take the port of its bus.
+pub const FREE_PORTS: std::ops::Range<u16> = 26_000..32_000;
+
+/// A free port in [`FREE_PORTS`].
 fn free_port() -> u16 {
     loop {
-        let p = 20_000 + (rand::random::<u16>() % 12_000);
+        let p = FREE_PORTS.start + (rand::random::<u16>() % FREE_PORTS.len() as u16);
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
@@ -360,11 +366,11 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("kurz-cluster-{:016x}", rand::random::<u64>()));
-        // Each node also listens on port + 10000 (the cluster bus): both stay below the
-        // ephemeral range (32768+), where a client socket could take the port first.
+        // Each node also listens on port + 10000 (the cluster bus): nodes in 10000..16000,
+        // buses in 20000..26000, both below [`FREE_PORTS`], where the other servers listen.
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 6 {
-            let p = 10_000 + (rand::random::<u16>() % 12_000);
+            let p = 10_000 + (rand::random::<u16>() % 6_000);
             let clash = ports
                 .iter()
                 .any(|&q| q == p || q + 10_000 == p || p + 10_000 == q);

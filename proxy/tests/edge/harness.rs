@@ -34,18 +34,20 @@ pub fn default_redis_cluster() -> Vec<String> {
         .collect()
 }
 
+/// A free port in the range the tests' servers share (clear of the Redis cluster's buses).
 pub fn free_port() -> u16 {
+    use kurz_common::testing::FREE_PORTS;
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + rand::random::<u16>() % 8_000,
+        FREE_PORTS.start + rand::random::<u16>() % FREE_PORTS.len() as u16,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = 20_000 + (port - 20_000) % 12_000;
+        let port = FREE_PORTS.start + (port - FREE_PORTS.start) % FREE_PORTS.len() as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
