@@ -105,9 +105,17 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
     );
 }
 
-/// Each request's path and every `x-kurz-visit-id` value it carried, as an upstream received
-/// them.
-type Received = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+/// Each request's path and its headers (names lower-cased), as an upstream received them.
+type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// The values of `name` among `headers`, in order.
+fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
 
 /// An upstream that answers every request `200 {}` over keep-alive and keeps what it received.
 /// Bodiless requests only (GETs and the edge's health checks): it reads no body.
@@ -129,7 +137,7 @@ fn recording_upstream() -> (String, Received) {
                         return;
                     }
                     let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
-                    let mut visit = Vec::new();
+                    let mut headers = Vec::new();
                     loop {
                         let mut header = String::new();
                         if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -140,12 +148,10 @@ fn recording_upstream() -> (String, Received) {
                             break;
                         }
                         if let Some((name, value)) = header.split_once(':') {
-                            if name.eq_ignore_ascii_case("x-kurz-visit-id") {
-                                visit.push(value.trim().to_owned());
-                            }
+                            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
                         }
                     }
-                    log.lock().unwrap().push((path, visit));
+                    log.lock().unwrap().push((path, headers));
                     let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
                     if out.write_all(reply.as_bytes()).is_err() {
                         return;
@@ -158,7 +164,7 @@ fn recording_upstream() -> (String, Received) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_edge_forwards_only_the_visit_id_it_minted() {
+async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts() {
     let opts = || Options {
         upstreams: 1,
         rate_limits: format!("{{ {NO_LIMITS} }}"),
@@ -166,7 +172,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted() {
     };
     let stack = Stack::start(opts());
     let (addr, seen) = recording_upstream();
-    stack.write_config_servers(&[addr], &opts());
+    stack.write_config_servers(&[addr.clone()], &opts());
     stack.signal_proxy("HUP");
     // The recording upstream is in rotation once its health check passed and it alone answers.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -194,16 +200,15 @@ async fn the_edge_forwards_only_the_visit_id_it_minted() {
     assert_eq!(with_forged("/nosuch1").await.unwrap().status(), 200);
     assert_eq!(with_forged("/urls?limit=1").await.unwrap().status(), 200);
 
+    let seen_log = seen.clone();
     let seen = seen.lock().unwrap().clone();
     let visit = seen
         .iter()
         .find(|(path, _)| path == "/nosuch1")
         .expect("the visit was forwarded");
-    let [id] = visit.1.as_slice() else {
-        panic!(
-            "a forwarded visit carries one id, the edge's: {:?}",
-            visit.1
-        );
+    let ids = values(&visit.1, "x-kurz-visit-id");
+    let [id] = ids.as_slice() else {
+        panic!("a forwarded visit carries one id, the edge's: {ids:?}");
     };
     assert_ne!(id, forged, "the client's id was passed on");
     assert!(
@@ -215,8 +220,46 @@ async fn the_edge_forwards_only_the_visit_id_it_minted() {
         .find(|(path, _)| path.starts_with("/urls"))
         .expect("the API request was forwarded");
     assert!(
-        other.1.is_empty(),
+        values(&other.1, "x-kurz-visit-id").is_empty(),
         "a request that is no visit carries no id: {:?}",
         other.1
     );
+    // The client's own X-Forwarded-For is dropped: the API hears of the edge's peer alone.
+    assert_eq!(values(&other.1, "x-forwarded-for"), ["127.0.0.1"]);
+
+    // A trusted peer's chain is kept, every line of it in order, and the peer goes last.
+    let trusting = Options {
+        upstreams: 1,
+        rate_limits: format!("{{ trusted_proxies: [\"127.0.0.0/8\"], {NO_LIMITS} }}"),
+        ..Options::default()
+    };
+    stack.write_config_servers(&[addr.clone()], &trusting);
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let path = "/urls?limit=2";
+        let res = stack
+            .client
+            .get(stack.url(path))
+            .header("x-forwarded-for", "198.51.100.9")
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let got = seen_after(&seen_log, path);
+        if got == ["198.51.100.9, 203.0.113.5, 127.0.0.1"] {
+            break;
+        }
+        assert_eq!(got, ["127.0.0.1"], "before the reload, or after it");
+        assert!(Instant::now() < deadline, "the reload was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `x-forwarded-for` values of the last request for `path` the upstream received.
+fn seen_after(seen: &Received, path: &str) -> Vec<String> {
+    let seen = seen.lock().unwrap();
+    let (_, headers) = seen.iter().rev().find(|(p, _)| p == path).unwrap();
+    values(headers, "x-forwarded-for")
 }
