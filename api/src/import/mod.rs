@@ -373,15 +373,20 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
     )
     .await?;
     let given: Vec<i64> = ids.iter().flatten().copied().collect();
+    let mut kept = HashMap::new();
     for chunk in given.chunks(CHUNK) {
-        replace_events(&tx, chunk).await?;
+        kept.extend(replace_events(&tx, chunk).await?);
     }
+    let click_ids: Vec<Option<String>> = ids
+        .iter()
+        .map(|id| id.and_then(|id| kept.remove(&id)))
+        .collect();
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, details) \
-             SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, t.user_id, t.kind, COALESCE(t.ts, now()), t.details \
-             FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[]) \
-                  AS t(id, url_id, user_id, kind, ts, details)",
+            "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, details, click_id) \
+             SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, t.user_id, t.kind, COALESCE(t.ts, now()), t.details, t.click_id \
+             FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[]) \
+                  AS t(id, url_id, user_id, kind, ts, details, click_id)",
         )
         .await?;
     for s in (0..n).step_by(CHUNK) {
@@ -395,6 +400,7 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
                 &&types[s..e],
                 &&times[s..e],
                 &&details[s..e],
+                &&click_ids[s..e],
             ],
         )
         .await
@@ -408,18 +414,28 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
 /// out of the rollups, which count them by the same rules as `roll_up_clicks` (migration V21);
 /// the rows go in again as new and the trigger counts what they are now. An update in place
 /// would not fire the trigger, which counts inserts only: a click turned into another type, or
-/// moved to another link or day, would have stayed counted where it was. A day's distinct
-/// visitors keep the replaced click's visitor. Rows go in key order, as the trigger's do, so an
-/// import and the click sink lock rollup rows in the same order.
-async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<()> {
+/// moved to another link or day, would have stayed counted where it was. Returns the replaced
+/// events' click ids by event id: the new rows keep them, so a copy of the click still in a
+/// stream is still recognised as stored.
+///
+/// What the rollups cannot give back: a day's distinct visitors and its last click time keep
+/// the replaced click's. A click stored before V16 was counted as an unknown agent without a
+/// bot flag, whatever its details said; taking it out by its details cannot go below zero, and
+/// days and sources left without clicks go. Rollup rows are locked in key order within each
+/// statement, as the trigger's are, but an import spans several statements: a click batch
+/// waiting on the same rows may make PostgreSQL abort one of the two (a deadlock), and the
+/// import answers 503 for a retry.
+async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<HashMap<i64, String>> {
     let unroll = tx
         .prepare_cached(
             "WITH gone AS ( \
                  DELETE FROM events WHERE id = ANY($1::int8[]) \
-                 RETURNING url_id, event_type, occurred_at, details, is_bot, referrer, browser, os, device \
+                 RETURNING id, click_id, url_id, event_type, occurred_at, details, is_bot, \
+                           referrer, browser, os, device \
              ), c AS MATERIALIZED ( \
-                 SELECT url_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, occurred_at, \
-                        coalesce(is_bot, (details->>'is_bot')::boolean, false) AS bot, \
+                 SELECT url_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, \
+                        coalesce(is_bot, details->>'is_bot' ~* '^\\s*(t|tr|tru|true|y|ye|yes|on|1)\\s*$', \
+                                 false) AS bot, \
                         coalesce(referrer, details->>'referrer', '') AS referrer, \
                         coalesce(browser, details->>'browser', 'unknown') AS browser, \
                         coalesce(os, details->>'os', 'unknown') AS os, \
@@ -427,39 +443,53 @@ async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<()> {
                  FROM gone WHERE event_type = 'click' \
              ), daily AS ( \
                  INSERT INTO click_daily AS d (url_id, day, clicks, bots, visitors, last_click_at) \
-                 SELECT url_id, day, -count(*), -count(*) FILTER (WHERE bot), 0, max(occurred_at) \
+                 SELECT url_id, day, -count(*), -count(*) FILTER (WHERE bot), 0, now() \
                  FROM c GROUP BY 1, 2 ORDER BY 1, 2 \
                  ON CONFLICT (url_id, day) DO UPDATE \
-                     SET clicks = d.clicks + excluded.clicks, bots = d.bots + excluded.bots \
+                     SET clicks = greatest(d.clicks + excluded.clicks, 0), \
+                         bots = greatest(d.bots + excluded.bots, 0) \
              ), sources AS ( \
                  INSERT INTO click_day_sources AS s (url_id, day, referrer, browser, os, device, clicks, bots) \
                  SELECT url_id, day, referrer, browser, os, device, -count(*), -count(*) FILTER (WHERE bot) \
                  FROM c GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6 \
                  ON CONFLICT (url_id, day, referrer, browser, os, device) DO UPDATE \
-                     SET clicks = s.clicks + excluded.clicks, bots = s.bots + excluded.bots \
+                     SET clicks = greatest(s.clicks + excluded.clicks, 0), \
+                         bots = greatest(s.bots + excluded.bots, 0) \
              ) \
-             SELECT DISTINCT url_id FROM c",
+             SELECT id, click_id, NULL::int8, NULL::date FROM gone WHERE click_id IS NOT NULL \
+             UNION ALL \
+             SELECT NULL, NULL, url_id, day FROM (SELECT DISTINCT url_id, day FROM c) AS t",
         )
         .await?;
-    let links: Vec<i64> = tx
-        .query(&unroll, &[&ids])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if links.is_empty() {
-        return Ok(());
+    let mut click_ids = HashMap::new();
+    let (mut links, mut days) = (Vec::new(), Vec::new());
+    for row in tx.query(&unroll, &[&ids]).await? {
+        if let (Some(id), Some(click_id)) = (row.get::<_, Option<i64>>(0), row.get(1)) {
+            click_ids.insert(id, click_id);
+        }
+        if let (Some(link), Some(day)) = (
+            row.get::<_, Option<i64>>(2),
+            row.get::<_, Option<chrono::NaiveDate>>(3),
+        ) {
+            links.push(link);
+            days.push(day);
+        }
     }
-    // A day or a source left without clicks is no longer one the stats list.
+    if links.is_empty() {
+        return Ok(click_ids);
+    }
+    // A day or a source left without clicks is no longer one the stats list (a row the
+    // unroll inserted, for a click counted nowhere, included).
     for table in ["click_daily", "click_day_sources"] {
         let empty = tx
             .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE url_id = ANY($1::int8[]) AND clicks <= 0"
+                "DELETE FROM {table} WHERE (url_id, day) IN \
+                 (SELECT * FROM UNNEST($1::int8[], $2::date[])) AND clicks <= 0"
             ))
             .await?;
-        tx.execute(&empty, &[&links]).await?;
+        tx.execute(&empty, &[&links, &days]).await?;
     }
-    Ok(())
+    Ok(click_ids)
 }
 
 /// A unique violation against rows already stored names the value, from PostgreSQL's detail.

@@ -212,6 +212,15 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     let clicks = app.clicks(id).await;
     assert_eq!(clicks[0]["details"]["short_code"], code, "{clicks:?}");
     let event_id = clicks[0]["id"].as_i64().unwrap();
+    let db = app.sql().await;
+    let click_id = |db: tokio_postgres::Client| async move {
+        db.query_one("SELECT click_id FROM events WHERE id = $1", &[&event_id])
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    };
+    let stored_click_id = click_id(db).await;
+    assert!(stored_click_id.is_some());
 
     let csv = format!(
         "id,url_id,user_id,event_type,timestamp,details\n\
@@ -222,6 +231,8 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     assert_eq!(clicks.len(), 1, "{clicks:?}");
     assert_eq!(clicks[0]["id"], event_id);
     assert_eq!(clicks[0]["details"], json!({"referrer": "imported"}));
+    // The stream's copy of the click is still recognised as stored by its id.
+    assert_eq!(click_id(app.sql().await).await, stored_click_id);
     // The stats count the click where it is now: on its new day, from its new referrer, once.
     let stats: Value = app
         .get(&format!("/urls/{id}/stats"))
