@@ -343,8 +343,8 @@ schemas["ImportReport"] = {
                            "generated": {"type": "boolean"}},
             "additionalProperties": True}},
         "needs_password": {"type": "array", "items": {"type": "string"},
-                           "description": "`csv` only: the codes of protected links, imported "
-                                          "switched off (the export holds no password)"},
+                           "description": "the codes of rows marked `has_password`, imported "
+                                          "switched off (an export holds no password)"},
     },
     "additionalProperties": True,
 }

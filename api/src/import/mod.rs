@@ -113,11 +113,17 @@ pub struct ImportedUrls {
     /// cache is cleared, `db::outbox::done_many` removes them; if the process dies first, the
     /// replay clears them.
     pub queued: Option<chrono::DateTime<chrono::Utc>>,
+    /// The codes of rows that say `has_password` and came in switched off: an export holds no
+    /// password, and the link had none stored to keep.
+    pub needs_password: Vec<String>,
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
 /// (+ optional `expires_at`, `redirect_type`, `max_visits`, `imported_clicks` and `tags` (`;`-separated), as `GET /urls/export`
-/// writes them; `id`, `title`, `is_active`, timestamps optional).
+/// writes them; `id`, `title`, `is_active`, timestamps optional). A row whose `has_password`
+/// (the export's column) is true names a protected link but cannot carry its password: unless
+/// it updates a link that has one stored (kept, as every upsert keeps it), it is imported
+/// switched off, so a target its owner had put behind a password is not opened to everyone.
 pub async fn urls(
     c: &mut deadpool_postgres::Client,
     bytes: &[u8],
@@ -131,6 +137,7 @@ pub async fn urls(
     let (mut statuses, mut tag_lists): (Vec<i16>, Vec<Vec<String>>) = (vec![], vec![]);
     let mut limits: Vec<Option<i32>> = vec![];
     let mut imported_clicks: Vec<i64> = vec![];
+    let mut protected: Vec<bool> = vec![];
     let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
     let mut user_rows: HashMap<i64, At> = HashMap::new();
     for (at, row) in table.rows() {
@@ -166,6 +173,7 @@ pub async fn urls(
         targets.push(url);
         titles.push((!title.is_empty()).then(|| title.to_owned()));
         active.push(row.bool_or("is_active", true)?);
+        protected.push(row.bool_or("has_password", false)?);
         created.push(row.opt_time("created_at")?);
         updated.push(row.opt_time("updated_at")?);
         expires.push(row.opt_time("expires_at")?);
@@ -225,6 +233,22 @@ pub async fn urls(
         .map(|r| r.get(0))
         .collect();
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
+    let locked: HashSet<i64> = tx
+        .query(
+            "SELECT id FROM urls WHERE id = ANY($1) AND password_hash IS NOT NULL",
+            &[&file_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut needs_password = Vec::new();
+    for i in 0..n {
+        if protected[i] && !ids[i].is_some_and(|id| locked.contains(&id)) {
+            active[i] = false;
+            needs_password.push(codes[i].clone());
+        }
+    }
     let stmt = tx
         .prepare_cached(
             "INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at, expires_at, redirect_type, max_visits, imported_clicks) \
@@ -291,6 +315,7 @@ pub async fn urls(
         count: n,
         codes,
         queued,
+        needs_password,
     })
 }
 

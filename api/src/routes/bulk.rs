@@ -72,7 +72,11 @@ pub async fn urls(
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
-    Ok(created(imported.count))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"count": imported.count, "needs_password": imported.needs_password})),
+    )
+        .into_response())
 }
 
 pub async fn events(
@@ -104,13 +108,10 @@ pub async fn import_links(
         .owner_for_write(q.id("user_id")?)?
         .ok_or_else(|| ApiError::BadRequest("query parameter user_id is required".into()))?;
     let (csv_bytes, report) = match format {
-        "csv" => {
-            let (csv, needs_password) = own_export_as_bulk(&upload(&state, req).await?, owner)?;
-            (
-                csv,
-                Some(json!({"format": "csv", "needs_password": needs_password})),
-            )
-        }
+        "csv" => (
+            own_export_as_bulk(&upload(&state, req).await?, owner)?,
+            None,
+        ),
         name => {
             let format = foreign::Format::parse(name).ok_or_else(|| {
                 ApiError::BadRequest(format!(
@@ -134,8 +135,9 @@ pub async fn import_links(
     }
     let imported = import::urls(&mut client, &csv_bytes, &state.targets).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
-    let mut body = report.unwrap_or_default();
+    let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
     body["imported"] = json!(imported.count);
+    body["needs_password"] = json!(imported.needs_password);
     body["user_id"] = json!(owner);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -217,35 +219,22 @@ fn foreign_as_bulk(
 
 /// kurz's own export, for the bulk import: the owner's, with no ids (the links are new here,
 /// never overwriting rows of the same id elsewhere).
-fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<(Vec<u8>, Vec<String>)> {
+fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
     let mut reader = csv::Reader::from_reader(bytes);
     let header = reader
         .headers()
         .map_err(|e| ApiError::BadRequest(format!("unreadable CSV header: {e}")))?
         .clone();
-    let column = |name: &str| (0..header.len()).find(|&i| import::column_name(&header[i]) == name);
     // The owner is the caller's, and the links are new: a file's own `id` or `user_id` column,
     // however spelled, must not reach the bulk import (which would update that row, or give the
-    // link to that user). `is_active` goes last, decided per row below.
+    // link to that user).
     let keep: Vec<usize> = (0..header.len())
-        .filter(|&i| {
-            !matches!(
-                import::column_name(&header[i]).as_str(),
-                "id" | "user_id" | "is_active" | "has_password"
-            )
-        })
+        .filter(|&i| !matches!(import::column_name(&header[i]).as_str(), "id" | "user_id"))
         .collect();
-    let (active, protected, code) = (
-        column("is_active"),
-        column("has_password"),
-        column("short_code"),
-    );
-    let mut needs_password = Vec::new();
     let mut out = csv::Writer::from_writer(Vec::new());
     let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));
     let mut head = vec!["user_id".to_owned()];
     head.extend(keep.iter().map(|&i| header[i].to_owned()));
-    head.push("is_active".to_owned());
     out.write_record(&head).map_err(failed)?;
     for (n, row) in reader.records().enumerate() {
         let row = row.map_err(|e| ApiError::BadRow {
@@ -264,24 +253,8 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<(Vec<u8>, Vec<Strin
                 cell.to_owned()
             }
         }));
-        // The export names a protected link but cannot carry its password (kurz keeps only a
-        // hash): imported open, it would send anyone to a target its owner had put behind one.
-        // It comes in switched off, and the answer lists it for a new password.
-        let cell = |col: Option<usize>| col.and_then(|i| row.get(i)).unwrap_or("");
-        let is_protected = matches!(
-            cell(protected).to_ascii_lowercase().as_str(),
-            "true" | "1" | "t" | "yes"
-        );
-        if is_protected {
-            needs_password.push(cell(code).to_owned());
-            fields.push("False".to_owned());
-        } else {
-            fields.push(cell(active).to_owned());
-        }
         out.write_record(&fields).map_err(failed)?;
     }
-    let csv = out
-        .into_inner()
-        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
-    Ok((csv, needs_password))
+    out.into_inner()
+        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))
 }

@@ -500,6 +500,63 @@ async fn tags_are_normalised_edited_filtered_and_counted() {
 }
 
 #[tokio::test]
+async fn a_protected_link_comes_back_from_its_export_switched_off() {
+    let app = spawn_app().await;
+    let user = app.create_user("prot").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/hidden", "short_code": "locked2", "password": "open sesame"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let locked: Value = res.json().await.unwrap();
+    app.create_url(user, "https://example.com/open").await;
+    let body = app
+        .get(&format!("/urls/export?user_id={user}"))
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+
+    // Elsewhere there is no password to keep: switched off, and named.
+    let fresh = spawn_app().await;
+    fresh.create_user("prot").await;
+    let res = fresh.upload("/urls/bulk", body.clone()).await;
+    assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["needs_password"], json!(["locked2"]), "{report}");
+    let links: Vec<Value> = fresh.get("/urls").await.json().await.unwrap();
+    assert_eq!(
+        links
+            .iter()
+            .map(|l| l["is_active"].clone())
+            .collect::<Vec<_>>(),
+        [json!(false), json!(true)]
+    );
+    error_of(fresh.get("/locked2").await, 404).await;
+
+    // Over the same rows the stored password stays, and so does the link.
+    let res = app.upload("/urls/bulk", body).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["needs_password"],
+        json!([])
+    );
+    let kept: Value = app
+        .get(&format!("/urls/{}", locked["id"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&kept["is_active"], &kept["has_password"]),
+        (&json!(true), &json!(true))
+    );
+}
+
+#[tokio::test]
 async fn the_export_lists_what_a_user_owns_and_imports_back() {
     let app = spawn_app().await;
     let user = app.create_user("exp").await;
