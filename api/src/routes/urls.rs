@@ -393,7 +393,11 @@ pub async fn update(
             link.original_url = url;
         }
     }
+    // Whole seconds, as a link reads back: a time stored with a fraction and sent back as read
+    // is the same time.
+    let whole = |t: DateTime<Utc>| t.timestamp();
     match expires_at {
+        Patch::Set(at) if link.expires_at.map(whole) == Some(whole(at)) => {}
         Patch::Set(at) if link.expires_at != Some(at) => {
             // Checked only when it changes: a client that reads an expired link and sends it
             // back whole with another title sends its past `expires_at` back too. After the

@@ -377,7 +377,7 @@ async fn expires_at_is_accepted_shown_and_validated() {
     app.sql()
         .await
         .execute(
-            "UPDATE urls SET expires_at = '2001-01-01T00:00:00Z' WHERE id = $1",
+            "UPDATE urls SET expires_at = '2001-01-01T00:00:00.25Z' WHERE id = $1",
             &[&id],
         )
         .await
