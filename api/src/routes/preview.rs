@@ -36,16 +36,16 @@ pub(crate) async fn redirecting_link(
         }
     }
     if let Some(max) = link.max_visits {
-        // The visits counted in Redis run ahead of the clicks stored (the stream between them);
-        // without Redis, the stored ones, as the redirect itself would count.
+        // As the redirect counts: the counter in Redis (ahead of the clicks stored, by the
+        // stream between them); without one, or without Redis, the clicks stored.
         let counted = state
             .redis
             .query::<Option<i64>>(redis::cmd("GET").arg(state.keys.visits(code)))
             .await
             .ok()
             .flatten()
-            .unwrap_or(0);
-        if counted.max(link.visits) >= i64::from(max) {
+            .unwrap_or(link.visits);
+        if counted >= i64::from(max) {
             return Err(ApiError::Gone(format!(
                 "short code {code:?} {GONE_EXHAUSTED}"
             )));

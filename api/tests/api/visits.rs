@@ -315,6 +315,19 @@ async fn a_used_up_link_has_no_preview_and_no_public_qr_code() {
     assert_exhausted(app.get(&format!("/{code}/qr")).await).await;
     // The owner's QR code by id stays: the link is still theirs to see.
     assert_eq!(app.get(&format!("/urls/{id}/qr")).await.status(), 200);
+
+    // Clicks stored past the counter (posted as events) do not use the link up while the
+    // counter has room: the redirect still answers, and so do the preview and the QR code.
+    let (id, code) = limited_link(&app, user, json!(2)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let res = app
+        .post_json("/events", &json!({"url_id": id, "event_type": "click"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    wait_visits(&app, id, 2).await;
+    assert_eq!(app.get(&format!("/{code}+")).await.status(), 200);
+    assert_eq!(app.get(&format!("/{code}/qr")).await.status(), 200);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
 }
 
 /// What an edge's run of the visit script does for a GET of `code` under its own ids.
