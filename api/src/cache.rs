@@ -107,8 +107,9 @@ pub struct LinkCache {
     ttl: u64,
     negative_ttl: u64,
     fill: Arc<redis::Script>,
-    /// Script sources, sent with `EVAL` (see `publish`).
+    /// Script sources, sent with `EVAL` when Redis lost them, and their hashes, for `EVALSHA`.
     publish: Arc<str>,
+    publish_sha: Arc<str>,
     mark_stale: Arc<str>,
     mark_stale_sha: Arc<str>,
 }
@@ -124,6 +125,9 @@ impl LinkCache {
                 &FILL.replace("__STALE_MARKER__", LUA_STALE_MARKER),
             )),
             publish: versioned_script(PUBLISH).into(),
+            publish_sha: redis::Script::new(&versioned_script(PUBLISH))
+                .get_hash()
+                .into(),
             mark_stale: versioned_script(MARK_STALE).into(),
             mark_stale_sha: redis::Script::new(&versioned_script(MARK_STALE))
                 .get_hash()
@@ -183,13 +187,36 @@ impl LinkCache {
     /// that PostgreSQL allowed while Redis did not answer are counted, never lost from the
     /// limit.
     pub async fn publish(&self, code: &str, state: &LinkState) -> Result<Published, RedisDown> {
+        let conn = self.redis.conn().await?;
+        // By hash: the source is ~700 bytes that Redis would hash again for every create (EVAL
+        // cost 7.7 µs a call in `bench/run create`, the hash's own work half of it). Redis that
+        // lost its scripts (a restart, a failover) answers NOSCRIPT, and the publish goes again
+        // with the source, which also loads it; a publish is idempotent.
+        match self.publish_on(&conn, code, state, false).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.publish_on(&conn, code, state, true)
+                    .await
+                    .map_err(|e| self.redis.failed(e))
+            }
+            other => other.map_err(|e| self.redis.failed(e)),
+        }
+    }
+
+    async fn publish_on(
+        &self,
+        conn: &crate::redis_handle::RedisConn,
+        code: &str,
+        state: &LinkState,
+        by_source: bool,
+    ) -> redis::RedisResult<Published> {
         let limited = matches!(&state.entry, CachedLink::Found(l) if l.max_visits.is_some());
         let mut pipe = redis::pipe();
-        // EVAL rather than EVALSHA: a pipeline cannot load a script Redis lost (a restart, a
-        // failover), and a publish per link write can afford sending the source.
-        pipe.cmd("EVAL")
-            .arg(&*self.publish)
-            .arg(3)
+        if by_source {
+            pipe.cmd("EVAL").arg(&*self.publish);
+        } else {
+            pipe.cmd("EVALSHA").arg(&*self.publish_sha);
+        }
+        pipe.arg(3)
             .arg(self.keys.link(code))
             .arg(self.keys.generation_for(code))
             .arg(self.keys.visits(code))
@@ -203,15 +230,16 @@ impl LinkCache {
             });
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.keys.invalidations()).arg(code);
+        let mut conn = conn.clone();
         if self.redis.is_cluster() {
             // The cluster client routes PUBLISH by its channel as if it were a key: another
             // slot than the link's, so it cannot share the pipeline. After the write, as here.
-            let (stored,): (i64,) = self.redis.query(&pipe).await?;
-            self.redis.query::<i64>(&publish).await?;
+            let (stored,): (i64,) = pipe.query_async(&mut conn).await?;
+            publish.query_async::<i64>(&mut conn).await?;
             return Ok(Published::from_script(stored));
         }
         pipe.add_command(publish).ignore();
-        let (stored,): (i64,) = self.redis.query(&pipe).await?;
+        let (stored,): (i64,) = pipe.query_async(&mut conn).await?;
         Ok(Published::from_script(stored))
     }
 

@@ -327,6 +327,41 @@ async fn a_late_publish_from_before_an_import_cannot_undo_it() {
     assert_eq!(app.get(&format!("/{moved}")).await.status(), 404);
 }
 
+/// A write publishes its link's state by script hash; a Redis that lost its scripts (a
+/// restart, a failover) gets the source and the new state all the same, at once.
+#[tokio::test]
+async fn a_write_reaches_a_redis_that_lost_its_scripts() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url).await;
+    let (_, id, code) = app
+        .create_link("flushed", "https://example.com/before")
+        .await;
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/before");
+    let mut flush = redis::cmd("SCRIPT");
+    flush.arg("FLUSH");
+    app.state.redis.query::<()>(&flush).await.unwrap();
+
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"original_url": "https://example.com/after"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let cached = match app.state.cache.lookup(&code).await.unwrap() {
+        Lookup::Hit(CachedLink::Found(link)) => link.target,
+        _ => panic!("no entry for {code}"),
+    };
+    assert_eq!(
+        cached, "https://example.com/after",
+        "the publish did not land"
+    );
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/after");
+}
+
 /// A marker goes only where no newer state is: a write that committed after the import and
 /// published before the import's cache step reached its code keeps its entry. The markers go
 /// by script hash; a Redis that lost its scripts (restarted) still gets them.
