@@ -31,9 +31,10 @@ pub(super) fn classify(method: &http::Method, path: &str) -> Class {
 
 /// The path with its percent-escapes decoded, as the API's router decodes a code before it
 /// matches one: `/%61bc1234` is `/abc1234`'s redirect, and a password posted to it is a guess in
-/// the `auth` class, not a write. Decoding never loosens a class (no class is chosen by a
-/// path with `%` in it). A path with a broken escape, or that decodes to bytes that are not
-/// UTF-8, is classified as it came.
+/// the `auth` class, not a write. An escaped path gets the class its unescaped twin gets, never
+/// a looser one than that (no class is chosen by a path with `%` in it): a GET of an escaped
+/// code moves from `read` to `redirect`, as the plain code's GET is. A path with a broken
+/// escape, or that decodes to bytes that are not UTF-8, is classified as it came.
 pub(super) fn decoded_path(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.contains('%') {
         return path.into();

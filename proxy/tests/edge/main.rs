@@ -405,8 +405,8 @@ async fn rate_limits_apply_per_client_address_and_ignore_spoofed_headers() {
         .await;
     assert_eq!(counted, 2.0);
     // A code with a percent-escape is the same code to the API, and to the limits: its visits
-    // spend the redirect allowance (three, not the one a read gets), and a password posted to
-    // it spends the log-in one.
+    // spend the redirect allowance (the plain code's next visit finds it used up), and a
+    // password posted to it spends the log-in one.
     let c = from("127.0.0.4");
     let encoded = stack.url(&format!("/%{:02X}{}", code.as_bytes()[0], &code[1..]));
     for _ in 0..3 {

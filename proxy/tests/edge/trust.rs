@@ -194,6 +194,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts()
             .client
             .get(stack.url(path))
             .header("x-kurz-visit-id", forged)
+            .header("x-forwarded-for", "198.51.100.9")
             .send()
     };
     // A code Redis does not hold: the edge ran its visit script, then forwards the visit.
