@@ -172,7 +172,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts()
     };
     let stack = Stack::start(opts());
     let (addr, seen) = recording_upstream();
-    stack.write_config_servers(&[addr.clone()], &opts());
+    stack.write_config_servers(std::slice::from_ref(&addr), &opts());
     stack.signal_proxy("HUP");
     // The recording upstream is in rotation once its health check passed and it alone answers.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -234,7 +234,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts()
         rate_limits: format!("{{ trusted_proxies: [\"127.0.0.0/8\"], {NO_LIMITS} }}"),
         ..Options::default()
     };
-    stack.write_config_servers(&[addr.clone()], &trusting);
+    stack.write_config_servers(std::slice::from_ref(&addr), &trusting);
     stack.signal_proxy("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
