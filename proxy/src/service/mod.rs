@@ -265,7 +265,12 @@ impl ProxyHttp for Edge {
             }
             Decision::Allow { .. } | Decision::Unlimited => {}
         }
-        if path == "/metrics" || path.starts_with("/metrics/") || path.starts_with("/admin") {
+        // Whole segments: `/admins` may be a link's code (only `admin` itself is reserved).
+        if path == "/metrics"
+            || path.starts_with("/metrics/")
+            || path == "/admin"
+            || path.starts_with("/admin/")
+        {
             respond::json_error(
                 session,
                 self.reply(ctx),

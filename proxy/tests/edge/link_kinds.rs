@@ -29,6 +29,24 @@ async fn the_edge_answers_each_links_status_and_410_once_expired() {
         assert_eq!(res.headers()["location"], "https://example.com/kinds");
     }
     assert_eq!(api_redirects(&stack).await, 0.0, "answered at the edge");
+    // A custom code that begins like a route the edge hides (`/admin…`) is a link like any.
+    let user = stack
+        .post(
+            "/users",
+            json!({"username": "adm", "email": "adm@example.com"}),
+        )
+        .await;
+    stack
+        .post(
+            "/urls",
+            json!({"user_id": user["id"], "original_url": "https://example.com/adm", "short_code": "admins"}),
+        )
+        .await;
+    let res = stack.get("/admins").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/adm");
+    assert_eq!(stack.get("/admins+").await.status(), 200);
+    assert_eq!(stack.get("/admin/anything").await.status(), 404);
     // The preview passes through the edge to the API: no redirect, no click.
     let res = stack.get(&format!("/{code}+")).await;
     assert_eq!(res.status(), 200);
