@@ -71,8 +71,13 @@ pub(super) fn redirect_code(path: &str) -> Option<&str> {
 /// create carrying an `Idempotency-Key` on the routes whose handler honours the key (the API
 /// answers a repeat with the first answer). A key on any other route guards nothing there, and
 /// replaying it could write twice.
+///
+/// `PUT /auth/password` is idempotent by its method only: once an API has stored the new
+/// password, the same body's `current_password` is wrong, and a replay would answer 403, count
+/// a failed guess against the user, and tell them the change they made failed.
 pub(super) fn replay_safe(method: &http::Method, path: &str, has_key: bool) -> bool {
-    method.is_idempotent()
+    method.is_safe()
+        || (method.is_idempotent() && !path.starts_with("/auth/"))
         || (has_key && method == http::Method::POST && matches!(path, "/urls" | "/links/create"))
 }
 
@@ -169,6 +174,8 @@ mod tests {
         assert!(replay_safe(&Method::GET, "/urls", false));
         assert!(replay_safe(&Method::PUT, "/urls/1", false));
         assert!(replay_safe(&Method::DELETE, "/urls/1", false));
+        assert!(!replay_safe(&Method::PUT, "/auth/password", false));
+        assert!(replay_safe(&Method::GET, "/auth/me", false));
         assert!(replay_safe(&Method::POST, "/urls", true));
         assert!(replay_safe(&Method::POST, "/links/create", true));
         assert!(!replay_safe(&Method::POST, "/urls", false));
