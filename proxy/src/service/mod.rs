@@ -45,7 +45,9 @@ pub struct Ctx {
     client: IpAddr,
     class: Class,
     started: Instant,
-    tls: bool,
+    /// The client came over HTTPS: to the edge itself, or (in a trusted proxy's word, one
+    /// `X-Forwarded-Proto: https`) to a load balancer that ended TLS in front of it.
+    https: bool,
     /// Status the edge answered itself (redirects, 404s, 429s…); `None` when proxied.
     answered: Option<u16>,
     /// Upstreams that failed this request, skipped on retry.
@@ -72,7 +74,7 @@ impl Edge {
     fn reply<'a>(&'a self, ctx: &'a Ctx) -> respond::Reply<'a> {
         respond::Reply {
             rid: &ctx.request_id,
-            hsts: self.settings.hsts.as_ref().filter(|_| ctx.tls),
+            hsts: self.settings.hsts.as_ref().filter(|_| ctx.https),
         }
     }
 
@@ -155,7 +157,7 @@ impl ProxyHttp for Edge {
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             class: Class::Read,
             started: Instant::now(),
-            tls: false,
+            https: false,
             answered: None,
             failed: Vec::new(),
             body_bytes: 0,
@@ -181,19 +183,23 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         METRICS.in_flight.inc();
         ctx.started = Instant::now();
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
         let req = session.req_header();
         let trust = self.trust();
-        ctx.request_id = Self::new_request_id(req, trust.trusts(peer));
+        let trusted = trust.trusts(peer);
+        // Behind a load balancer that ends TLS the edge itself sees plain HTTP: without its
+        // word, a redirect to HTTPS would come back as plain HTTP again, for ever.
+        ctx.https = tls || (trusted && forwarded_https(&req.headers));
+        ctx.request_id = Self::new_request_id(req, trusted);
         ctx.client = trust.client_ip(peer, &req.headers);
         let path = decoded_path(req.uri.path()).into_owned();
         ctx.class = classify(&req.method, &path);
 
-        if self.settings.redirect_http_to_https && !ctx.tls {
+        if self.settings.redirect_http_to_https && !ctx.https {
             // HTTP/1.0 may name the host only in an absolute-form target.
             // Parsed only when there is no Host: nearly every request has one.
             let from_target;
@@ -384,11 +390,12 @@ impl ProxyHttp for Edge {
             peer
         };
         upstream.insert_header("x-forwarded-for", xff)?;
-        // Behind a load balancer that ends TLS the edge itself sees plain HTTP: a trusted proxy's
-        // word that the client came over HTTPS is kept (one header, `https`), so the API still
-        // marks its cookies `Secure`. Anyone else gets what the edge saw.
-        let https = ctx.tls || (trusted_peer && forwarded_https(&upstream.headers));
-        upstream.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
+        // A trusted proxy's word that the client came over HTTPS is kept (`ctx.https`), so the
+        // API still marks its cookies `Secure`. Anyone else gets what the edge saw.
+        upstream.insert_header(
+            "x-forwarded-proto",
+            if ctx.https { "https" } else { "http" },
+        )?;
         upstream.insert_header("x-real-ip", ctx.client.to_string())?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
         // Only an edge names a visit: a client's own id could pass a used-up link uncounted.

@@ -362,6 +362,8 @@ async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive
 async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_host_only() {
     let stack = Stack::start(Options {
         listen_extra: ", hsts_max_age_seconds: 600, redirect_http_to_https: true".into(),
+        // Loopback is a load balancer that ends TLS in front of the edge (below).
+        rate_limits: "{ trusted_proxies: [\"127.0.0.0/8\"], redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         ..Options::default()
     });
     // Plain HTTP to the edge is redirected now: the link is made at an API directly.
@@ -451,6 +453,20 @@ async fn tls_answers_carry_hsts_and_plain_http_goes_to_https_for_a_well_formed_h
             "{host}: {answer}"
         );
     }
+    // The load balancer's word that the client came over HTTPS: no redirect (it would come
+    // back as plain HTTP for ever), and the answer carries HSTS as a TLS one does.
+    let answer = ask(
+        "GET /health HTTP/1.1\r\nHost: short.example\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nstrict-transport-security: max-age=600\r\n"),
+        "{answer}"
+    );
     for request in [
         "GET /x HTTP/1.1\r\nHost: evil.example/@x\r\nConnection: close\r\n\r\n",
         "GET /x HTTP/1.1\r\nHost: evil.example/x\r\nConnection: close\r\n\r\n",
