@@ -33,7 +33,11 @@ impl Auth {
     pub fn new(cfg: &AuthConfig, redis: Arc<RedisHandle>, keys: KeySchema) -> Result<Self, String> {
         Ok(Self {
             mode: cfg.mode,
-            admins: cfg.admins.iter().map(|a| a.to_lowercase()).collect(),
+            admins: cfg
+                .admins
+                .iter()
+                .map(|a| a.trim().to_ascii_lowercase())
+                .collect(),
             passwords: password::Passwords::new(cfg)?,
             sessions: sessions::Sessions::new(
                 redis.clone(),
@@ -46,7 +50,15 @@ impl Auth {
     }
 
     pub fn is_admin(&self, user: &User) -> bool {
-        self.admins.contains(&user.email.to_lowercase())
+        self.is_admin_email(&user.email)
+    }
+
+    /// Whether `email` is one `auth.admins` lists. ASCII case only, as PostgreSQL's `lower()`
+    /// folds it in a C-locale database: a full Unicode fold would take the Kelvin sign (U+212A)
+    /// for a `k`, and `boss\u{212a}@…`, an address the unique index does not see as taken,
+    /// for an admin's.
+    pub fn is_admin_email(&self, email: &str) -> bool {
+        self.admins.iter().any(|a| a.eq_ignore_ascii_case(email))
     }
 }
 
@@ -159,6 +171,11 @@ impl Caller {
             (None, true) => Err(Self::must_log_in()),
             (None, false) => Ok(None),
         }
+    }
+
+    /// Whether the caller may act as an admin: anyone in open mode, an admin in required mode.
+    pub fn is_admin(&self) -> bool {
+        !self.required() || matches!(self.acting(), Ok(Some(u)) if u.admin)
     }
 
     /// Admin-only in required mode.

@@ -143,6 +143,15 @@ pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error>
 }
 
 /// A new account with a password.
+/// Whether any account, a deleted one included, has had `email` (case-insensitively, as the
+/// unique index compares).
+pub async fn email_ever_used(c: &impl GenericClient, email: &str) -> Result<bool, Error> {
+    let stmt = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
+        .await?;
+    Ok(c.query_one(&stmt, &[&email]).await?.get(0))
+}
+
 pub async fn insert_account(
     c: &impl GenericClient,
     username: &Username,

@@ -81,6 +81,15 @@ pub(crate) async fn register_account(state: &AppState, body: JsonObject) -> ApiR
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
     crate::routes::users::refuse_taken(&tx, &username, None).await?;
+    // An admin's email (`auth.admins`) makes whoever holds it an admin, and addresses are not
+    // verified: once an account has had it, a deleted one included, nobody registers it again.
+    if state.auth.is_admin_email(email.as_str())
+        && db::users::email_ever_used(&tx, email.as_str()).await?
+    {
+        return Err(ApiError::Conflict(
+            "this email is an administrator's and has been registered before".into(),
+        ));
+    }
     let user = db::users::insert_account(&tx, &username, &email, &hash)
         .await
         .map_err(conflict_or)?;

@@ -108,6 +108,17 @@ pub async fn update(
         _ => None,
     };
     f.finish()?;
+    // An admin's email makes its holder an admin (`auth.admins`): only an admin gives it.
+    if email
+        .as_ref()
+        .is_some_and(|e| state.auth.is_admin_email(e.as_str()))
+        && !caller.is_admin()
+    {
+        return Err(ApiError::Forbidden(
+            "this email is an administrator's (auth.admins); only an admin may give it to an account"
+                .into(),
+        ));
+    }
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
     if let Some(name) = &username {

@@ -301,6 +301,49 @@ async fn a_password_change_that_cannot_revoke_the_sessions_changes_nothing() {
     error_of(login(&app, new).await, 401).await;
 }
 
+/// An admin's email (`auth.admins`) makes its holder an admin and is not verified: nobody takes
+/// it by changing their own email, and once an account has had it (a deleted one included),
+/// nobody registers it again.
+#[tokio::test]
+async fn an_admins_email_cannot_be_claimed_by_someone_else() {
+    let app = required_app().await;
+    let (mallory, mallory_id) = register(&app, "mallory").await;
+    let res = app
+        .client
+        .put(app.url(&format!("/users/{mallory_id}")))
+        .header("authorization", bearer(&mallory))
+        .json(&json!({"email": "Boss@Example.com"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(res, 403).await;
+    let me_now: Value = me(&app, &mallory).await.json().await.unwrap();
+    assert_eq!(me_now["is_admin"], false);
+    assert_eq!(me_now["email"], "mallory@example.com");
+
+    // The admin registers, then the account is deleted: its email stays the admin's.
+    let (boss, boss_id) = register(&app, "boss").await;
+    assert_eq!(
+        me(&app, &boss).await.json::<Value>().await.unwrap()["is_admin"],
+        true
+    );
+    let res = app
+        .client
+        .delete(app.url(&format!("/users/{boss_id}")))
+        .header("authorization", bearer(&boss))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let again =
+        json!({"username": "boss2", "email": "boss@example.com", "password": "pw-boss2-secret"});
+    error_of(app.post_json("/auth/register", &again).await, 409).await;
+    // Any other address is free as ever.
+    let other =
+        json!({"username": "boss3", "email": "boss3@example.com", "password": "pw-boss3-secret"});
+    assert_eq!(app.post_json("/auth/register", &other).await.status(), 201);
+}
+
 #[tokio::test]
 async fn api_key_lifecycle() {
     let app = spawn_app().await;
