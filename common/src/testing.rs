@@ -317,7 +317,7 @@ impl PrivatePg {
     /// Starts the server and waits until it accepts connections.
     pub fn up(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_prepared_transactions=4",
             self.port,
             self.dir.display()
         );

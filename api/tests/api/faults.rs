@@ -378,13 +378,17 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
     let (id, _) = link_of(&app.create_url(user, "https://example.com/stopping").await);
 
     // A request in flight when the server shuts down: its query is blocked on a row lock held
-    // here, so it is certainly running when the shutdown terminates its backend (57P01).
-    let (mut holder, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+    // here, so it is certainly running when the shutdown terminates its backend (57P01). The
+    // lock is a prepared transaction's: a session's would go with its backend, and the shutdown
+    // could end this one first and let the update commit before its own turn came.
+    let (holder, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
-    let tx = holder.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM urls WHERE id = {id} FOR UPDATE; PREPARE TRANSACTION 'kurz_hold'"
+        ))
         .await
         .unwrap();
     let in_flight = {
@@ -417,7 +421,7 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
         },
     )
     .await;
-    // The lock stays held: the fast shutdown ends both sessions.
+    // The lock outlives the fast shutdown, which ends the update's session.
     let pg = tokio::task::spawn_blocking(move || {
         pg.down();
         pg
@@ -425,7 +429,6 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
     .await
     .unwrap();
     assert_clean_503(in_flight.await.unwrap(), "a query cut by the shutdown").await;
-    drop(tx);
 
     // While it is down: reads and writes alike.
     assert_clean_503(app.get("/users").await, "a read while down").await;
@@ -445,6 +448,14 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
     })
     .await
     .unwrap();
+    let (admin, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("ROLLBACK PREPARED 'kurz_hold'")
+        .await
+        .unwrap();
     wait_for("reads to work again", Duration::from_secs(30), || async {
         app.get("/users").await.status() == 200
     })
