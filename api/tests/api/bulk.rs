@@ -234,12 +234,7 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     // The stream's copy of the click is still recognised as stored by its id.
     assert_eq!(click_id(app.sql().await).await, stored_click_id);
     // The stats count the click where it is now: on its new day, from its new referrer, once.
-    let stats: Value = app
-        .get(&format!("/urls/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats(id).await;
     assert_eq!(stats["clicks"], 1, "{stats}");
     // Today's day, where the sink counted it, is gone: the last click is the imported one.
     assert_eq!(stats["last_click_at"], "2025-01-01T00:00:00", "{stats}");
@@ -254,12 +249,7 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
          {event_id},{id},{user},updated,2025-01-02 00:00:00,{{}}\n"
     );
     import(&app, "events", csv.into()).await;
-    let stats: Value = app
-        .get(&format!("/urls/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats(id).await;
     assert_eq!(stats["clicks"], 0, "{stats}");
     assert_eq!(stats["last_click_at"], Value::Null, "{stats}");
     assert_eq!(stats["top_referrers"], json!([]), "{stats}");

@@ -42,12 +42,7 @@ async fn the_api_works_on_a_redis_cluster() {
     for (i, link) in links.iter().enumerate() {
         let id = link["id"].as_i64().unwrap();
         assert_eq!(app.clicks(id).await.len(), i + 1, "clicks of link {i}");
-        let stats: Value = app
-            .get(&format!("/urls/{id}/stats"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let stats = app.stats(id).await;
         assert_eq!(stats["clicks"], i as i64 + 1);
     }
 

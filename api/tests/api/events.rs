@@ -136,12 +136,7 @@ async fn click_details_the_rollups_cannot_take_are_refused_by_name() {
     let ev: Value = res.json().await.unwrap();
     let stored = ev["details"]["referrer"].as_str().unwrap();
     assert_eq!(stored.len(), kurz_common::clicks::MAX_HEADER_LEN);
-    let stats: Value = app
-        .get(&format!("/urls/{url_id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats(url_id).await;
     assert_eq!(stats["clicks"], 1);
     assert_eq!(stats["top_referrers"][0]["referrer"], stored);
 
@@ -158,12 +153,7 @@ async fn click_details_the_rollups_cannot_take_are_refused_by_name() {
     );
     let res = app.upload("/events/bulk", csv.into()).await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    let stats: Value = app
-        .get(&format!("/urls/{url_id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats(url_id).await;
     assert_eq!(stats["clicks"], 2);
 }
 

@@ -220,6 +220,15 @@ impl TestApp {
         serde_json::from_value(body).unwrap()
     }
 
+    /// A link's stats (`GET /urls/<id>/stats`), which must answer 200.
+    pub async fn stats(&self, url_id: i64) -> Value {
+        let res = self.get(&format!("/urls/{url_id}/stats")).await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Stops the server gracefully and waits for it (consumer flush included).
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -103,12 +103,7 @@ async fn each_products_export_becomes_links_with_what_it_carries() {
     // They redirect like any link, and their stats show the count they came with.
     assert_eq!(app.get("/x7Kp2").await.status(), 302);
     let id = links["x7Kp2"]["id"].as_i64().unwrap();
-    let stats: Value = app
-        .get(&format!("/urls/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats(id).await;
     assert_eq!(stats["imported_clicks"], 42);
 }
 

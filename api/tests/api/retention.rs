@@ -2,7 +2,6 @@
 //! stats rollups stay.
 
 use crate::helpers::spawn_app;
-use serde_json::Value;
 
 #[tokio::test]
 async fn old_clicks_go_and_everything_else_stays() {
@@ -19,12 +18,7 @@ async fn old_clicks_go_and_everything_else_stays() {
     ))
     .await
     .unwrap();
-    let stats_before: Value = app
-        .get(&format!("/urls/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats_before = app.stats(id).await;
     assert_eq!(stats_before["clicks"], 5);
 
     let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
@@ -67,12 +61,7 @@ async fn old_clicks_go_and_everything_else_stays() {
         1,
         "only clicks expire"
     );
-    let stats_after: Value = app
-        .get(&format!("/urls/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats_after = app.stats(id).await;
     assert_eq!(stats_after["clicks"], 5, "the rollups keep counting them");
     assert_eq!(
         kurz_api::retention::run_once(&app.state.db, cutoff)

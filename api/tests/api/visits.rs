@@ -330,6 +330,23 @@ async fn a_used_up_link_has_no_preview_and_no_public_qr_code() {
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
 }
 
+/// A GET of `code` as an edge forwards a visit it ran: with its request id (the click's) and
+/// its visit id.
+async fn forward_as_edge(
+    app: &TestApp,
+    code: &str,
+    visit_id: &str,
+    click_id: &str,
+) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/{code}")))
+        .header("x-request-id", click_id)
+        .header(kurz_common::visit::VISIT_ID_HEADER, visit_id)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// What an edge's run of the visit script does for a GET of `code` under its own ids.
 async fn edge_run(app: &TestApp, code: &str, visit_id: &str, click_id: &str) -> Option<String> {
     let click = kurz_common::clicks::Click {
@@ -370,14 +387,7 @@ async fn a_forwarded_visit_counts_once_when_the_edge_run_comes_late() {
 
     let visit_id = kurz_common::clicks::new_id();
     let click_id = kurz_common::clicks::new_id();
-    let forwarded = app
-        .client
-        .get(app.url(&format!("/{code}")))
-        .header("x-request-id", &click_id)
-        .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
-        .send()
-        .await
-        .unwrap();
+    let forwarded = forward_as_edge(&app, &code, &visit_id, &click_id).await;
     assert_eq!(forwarded.status(), 302);
     // The edge's late run: its reply goes nowhere (the edge answered by forwarding).
     edge_run(&app, &code, &visit_id, &click_id).await;
@@ -425,14 +435,7 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
         assert!(raw.is_some_and(|r| r.starts_with("5|")));
 
         // Its reply was lost: the request reaches the API with the edge's ids.
-        let forwarded = app
-            .client
-            .get(app.url(&format!("/{code}")))
-            .header("x-request-id", &click_id)
-            .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
-            .send()
-            .await
-            .unwrap();
+        let forwarded = forward_as_edge(&app, &code, &visit_id, &click_id).await;
         if trusted {
             assert_eq!(
                 forwarded.status(),
