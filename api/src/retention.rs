@@ -1,7 +1,7 @@
 //! `events.retention_days`: click events older than that are deleted, a batch at a time, by one
-//! API replica at a time (an advisory lock), every hour. The same hourly job drops the
-//! per-visitor rows of past days ([`prune_visitors`]). The per-link rollups are kept: a link's
-//! total and its daily history outlive the raw clicks they were counted from.
+//! API replica at a time (an advisory lock), a minute after start and every hour after. The same
+//! job drops the per-visitor rows of past days ([`prune_visitors`]). The per-link rollups are
+//! kept: a link's total and its daily history outlive the raw clicks they were counted from.
 
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
@@ -11,12 +11,20 @@ use std::time::Duration;
 /// Advisory lock key of the retention job ("kurzret").
 pub const LOCK_KEY: i64 = 0x006b_7572_7a72_6574;
 /// Rows per delete statement: short transactions, no long lock on `events`.
-const BATCH: i64 = 10_000;
+pub const BATCH: i64 = 10_000;
 const EVERY: Duration = Duration::from_secs(3600);
+/// The first pass: soon after start, so replicas that restart more often than hourly (rolling
+/// deploys) still run it, but not in the start-up's own rush.
+const FIRST_AFTER: Duration = Duration::from_secs(60);
 
 /// Deletes click events that occurred before `cutoff`; returns how many. `None` when another
-/// replica holds the job.
-pub async fn run_once(db: &Pool, cutoff: DateTime<Utc>) -> Result<Option<u64>, String> {
+/// replica holds the job. Stops between batches once `stop` is set: a first pass over a large
+/// backlog must not hold a shutdown past its grace period (the next pass goes on).
+pub async fn run_once(
+    db: &Pool,
+    cutoff: DateTime<Utc>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<u64>, String> {
     let client = db.get().await.map_err(|e| e.to_string())?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
@@ -31,7 +39,7 @@ pub async fn run_once(db: &Pool, cutoff: DateTime<Utc>) -> Result<Option<u64>, S
         match crate::db::events::delete_clicks_before(&client, cutoff, BATCH).await {
             Ok(n) => {
                 deleted += n;
-                if n < BATCH as u64 {
+                if n < BATCH as u64 || *stop.borrow() {
                     break Ok(Some(deleted));
                 }
             }
@@ -60,11 +68,13 @@ pub async fn prune_visitors(db: &Pool) -> Result<u64, String> {
 /// The background job: visitor rows always, click events when `events.retention_days` is set.
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
+    let mut wait = FIRST_AFTER;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        wait = EVERY;
         if let Err(e) = prune_visitors(&state.db).await {
             log::warn!(error = e; "old visitor rows not pruned");
         }
@@ -72,7 +82,7 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        match run_once(&state.db, cutoff).await {
+        match run_once(&state.db, cutoff, &stop).await {
             Ok(Some(n)) if n > 0 => {
                 log::info!(deleted = n, retention_days = days; "old click events deleted")
             }

@@ -3,6 +3,43 @@
 
 use crate::helpers::spawn_app;
 
+/// A retention pass's stop signal, not set (a receiver keeps the last value it was sent).
+fn running() -> tokio::sync::watch::Receiver<bool> {
+    tokio::sync::watch::channel(false).1
+}
+
+/// A pass over a backlog larger than one batch stops after the batch in hand once the process
+/// is stopping, instead of holding the shutdown until the backlog is gone; the next pass goes
+/// on from there.
+#[tokio::test]
+async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
+    let app = spawn_app().await;
+    let user = app.create_user("retstop").await;
+    let id = app.create_url(user, "https://example.com/retstop").await["id"]
+        .as_i64()
+        .unwrap();
+    let db = app.sql().await;
+    let old = 2 * kurz_api::retention::BATCH + 5;
+    db.batch_execute(&format!(
+        "INSERT INTO events (url_id, user_id, event_type, occurred_at, click_id) \
+         SELECT {id}, {user}, 'click', now() - interval '40 days', 'old-' || n \
+         FROM generate_series(1, {old}) AS n"
+    ))
+    .await
+    .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    let (tx, stopping) = tokio::sync::watch::channel(true);
+    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &stopping)
+        .await
+        .unwrap();
+    assert_eq!(deleted, Some(kurz_api::retention::BATCH as u64));
+    drop(tx);
+    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &running())
+        .await
+        .unwrap();
+    assert_eq!(deleted, Some(kurz_api::retention::BATCH as u64 + 5));
+}
+
 #[tokio::test]
 async fn old_clicks_go_and_everything_else_stays() {
     let app = spawn_app().await;
@@ -32,7 +69,7 @@ async fn old_clicks_go_and_everything_else_stays() {
         .await
         .unwrap();
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff)
+        kurz_api::retention::run_once(&app.state.db, cutoff, &running())
             .await
             .unwrap(),
         None
@@ -44,7 +81,7 @@ async fn old_clicks_go_and_everything_else_stays() {
         )
         .await
         .unwrap();
-    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff)
+    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &running())
         .await
         .unwrap();
     assert_eq!(deleted, Some(3), "the three clicks older than 30 days");
@@ -64,7 +101,7 @@ async fn old_clicks_go_and_everything_else_stays() {
     let stats_after = app.stats(id).await;
     assert_eq!(stats_after["clicks"], 5, "the rollups keep counting them");
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff)
+        kurz_api::retention::run_once(&app.state.db, cutoff, &running())
             .await
             .unwrap(),
         Some(0)
