@@ -142,9 +142,8 @@ pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error>
     Ok(c.execute(&stmt, &[&id]).await? == 1)
 }
 
-/// A new account with a password.
-/// Whether any account, a deleted one included, has had `email` (case-insensitively, as the
-/// unique index compares).
+/// Whether any account, a deleted one included, holds `email` (case-insensitively, as the
+/// unique index compares). An address an account changed away from is in no row.
 pub async fn email_ever_used(c: &impl GenericClient, email: &str) -> Result<bool, Error> {
     let stmt = c
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
@@ -152,6 +151,7 @@ pub async fn email_ever_used(c: &impl GenericClient, email: &str) -> Result<bool
     Ok(c.query_one(&stmt, &[&email]).await?.get(0))
 }
 
+/// A new account with a password.
 pub async fn insert_account(
     c: &impl GenericClient,
     username: &Username,
