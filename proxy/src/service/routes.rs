@@ -77,7 +77,9 @@ pub(super) fn redirect_code(path: &str) -> Option<&str> {
 /// a failed guess against the user, and tell them the change they made failed.
 pub(super) fn replay_safe(method: &http::Method, path: &str, has_key: bool) -> bool {
     method.is_safe()
-        || (method.is_idempotent() && !path.starts_with("/auth/"))
+        || (method.is_idempotent()
+            && !path.starts_with("/auth/")
+            && !path.starts_with("/api/auth/"))
         || (has_key && method == http::Method::POST && matches!(path, "/urls" | "/links/create"))
 }
 
@@ -175,6 +177,7 @@ mod tests {
         assert!(replay_safe(&Method::PUT, "/urls/1", false));
         assert!(replay_safe(&Method::DELETE, "/urls/1", false));
         assert!(!replay_safe(&Method::PUT, "/auth/password", false));
+        assert!(!replay_safe(&Method::PUT, "/api/auth/password", false));
         assert!(replay_safe(&Method::GET, "/auth/me", false));
         assert!(replay_safe(&Method::POST, "/urls", true));
         assert!(replay_safe(&Method::POST, "/links/create", true));
