@@ -321,6 +321,14 @@ schemas["ApiKeyCreated"] = {"allOf": [R("ApiKey"), {
 schemas["BulkCount"] = {"type": "object", "required": ["count"],
                         "properties": {"count": {"type": "integer", "minimum": 0}},
                         "additionalProperties": True}
+schemas["UrlsBulkCount"] = {
+    "type": "object", "required": ["count", "needs_password"],
+    "properties": {"count": {"type": "integer", "minimum": 0},
+                   "needs_password": {"type": "array", "items": {"type": "string"},
+                                      "description": "the codes of rows marked `has_password` "
+                                                     "imported switched off (a file holds no "
+                                                     "password)"}},
+    "additionalProperties": True}
 schemas["Upload"] = {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "contentMediaType": "text/csv",
@@ -619,12 +627,13 @@ paths["/links/create"] = {"post": create_link_op("createLink", "Create a short l
 paths["/urls/bulk"] = {"post": op(
     "bulkUrls", "Import links from the seed CSV (all or nothing; admins only in `required` mode).",
     ["urls", "bulk"], {
-        "201": ok("Imported.", R("BulkCount")), "400": RESP("BadRequest"), "404": RESP("NotFound"),
+        "201": ok("Imported.", R("UrlsBulkCount")), "400": RESP("BadRequest"), "404": RESP("NotFound"),
         "409": RESP("Conflict"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
         **WITH_CALLER}, body=upload_body(),
     description="Columns `id,user_id,short_code,original_url,title,is_active,created_at,updated_at` "
                 "(`is_active` `True`/`False`), optionally `expires_at`, `redirect_type`, `max_visits`, "
-                "`imported_clicks`, `tags` (`;`-separated).")}
+                "`imported_clicks`, `tags` (`;`-separated), `has_password` (`True`: the row comes in "
+                "switched off unless it updates a link with a password stored).")}
 paths["/urls/import"] = {"post": op(
     "importUrls", "Import another shortener's export (or kurz's own CSV) as a user's links.",
     ["urls", "bulk"], {
