@@ -192,14 +192,22 @@ impl LinkCache {
         // cost 7.7 µs a call in `bench/run create`, the hash's own work half of it). Redis that
         // lost its scripts (a restart, a failover) answers NOSCRIPT, and the publish goes again
         // with the source, which also loads it; a publish is idempotent.
-        match self.publish_on(&conn, code, state, false).await {
+        let published = match self.publish_on(&conn, code, state, false).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.publish_on(&conn, code, state, true)
                     .await
                     .map_err(|e| self.redis.failed(e))
             }
             other => other.map_err(|e| self.redis.failed(e)),
-        }
+        }?;
+        // With `redis.replica_acks`, a state the replicas did not confirm could be lost to a
+        // failover, and the promoted replica would serve the old one for its TTL: the write is
+        // not done, and stays queued for the replay (`crate::cache_sync`) until it is.
+        published.ok_or_else(|| {
+            RedisDown(format!(
+                "the state of {code} was not confirmed by the replicas redis.replica_acks asks for"
+            ))
+        })
     }
 
     async fn publish_on(
@@ -208,7 +216,7 @@ impl LinkCache {
         code: &str,
         state: &LinkState,
         by_source: bool,
-    ) -> redis::RedisResult<Published> {
+    ) -> redis::RedisResult<Option<Published>> {
         let limited = matches!(&state.entry, CachedLink::Found(l) if l.max_visits.is_some());
         let mut pipe = redis::pipe();
         if by_source {
@@ -230,17 +238,28 @@ impl LinkCache {
             });
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.keys.invalidations()).arg(code);
+        // The replicas' WAIT right after the write, on the write's node (same pipeline).
+        let waits = self
+            .redis
+            .replica_wait()
+            .map(|wait| pipe.add_command(wait))
+            .is_some();
         let mut conn = conn.clone();
+        let confirmed = |replies: &[redis::Value]| -> redis::RedisResult<Option<Published>> {
+            let stored = redis::from_redis_value::<i64>(replies[0].clone())?;
+            let replicated = !waits || self.redis.replicated(&replies[1]);
+            Ok(replicated.then(|| Published::from_script(stored)))
+        };
         if self.redis.is_cluster() {
             // The cluster client routes PUBLISH by its channel as if it were a key: another
             // slot than the link's, so it cannot share the pipeline. After the write, as here.
-            let (stored,): (i64,) = pipe.query_async(&mut conn).await?;
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
             publish.query_async::<i64>(&mut conn).await?;
-            return Ok(Published::from_script(stored));
+            return confirmed(&replies);
         }
         pipe.add_command(publish).ignore();
-        let (stored,): (i64,) = pipe.query_async(&mut conn).await?;
-        Ok(Published::from_script(stored))
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        confirmed(&replies)
     }
 
     /// Publishes the key schema's fingerprint, which edges compare with their own before they

@@ -423,6 +423,55 @@ async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
     app.wait_outbox_empty().await;
 }
 
+/// With `redis.replica_acks`, a link's new state is done only once a replica confirmed it: a
+/// failover could otherwise promote a replica that still serves the old one. Without a replica
+/// the write stays queued, and the replay finishes it once one is there.
+#[tokio::test]
+async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
+    let master = PrivateRedis::start(Persistence::None);
+    let url = master.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.redis.replica_acks = 1;
+    })
+    .await;
+    let (_, id, _) = app.create_link("acks", "https://example.com/acks").await;
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"title": "unconfirmed"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let queued: i64 = app
+        .sql()
+        .await
+        .query_one("SELECT count(*) FROM link_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(queued >= 1, "a state no replica confirmed left the queue");
+    assert!(kurz_api::cache_sync::replay_once(&app.state).await.is_err());
+
+    let replica = PrivateRedis::start(Persistence::None);
+    // redis://127.0.0.1:<port>/0
+    let port = master
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = redis::Client::open(replica.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    app.wait_outbox_empty().await;
+}
+
 /// While Redis does not answer, the replay's rounds fail; the gauge of queued link states
 /// (`kurz_api_link_outbox`, which `KurzLinkStatesNotPublished` alerts on) still shows what
 /// waits, instead of the 0 of its last good round.
