@@ -188,10 +188,11 @@ impl LinkCache {
     /// limit.
     pub async fn publish(&self, code: &str, state: &LinkState) -> Result<Published, RedisDown> {
         let conn = self.redis.conn().await?;
-        // By hash: the source is ~700 bytes that Redis would hash again for every create (EVAL
-        // cost 7.7 µs a call in `bench/run create`, the hash's own work half of it). Redis that
-        // lost its scripts (a restart, a failover) answers NOSCRIPT, and the publish goes again
-        // with the source, which also loads it; a publish is idempotent.
+        // By hash: the source is ~700 bytes that Redis would hash again for every create (`EVAL`
+        // of it cost 7.67 µs a call in `bench/run create`, where the import's `EVALSHA` of a
+        // smaller script cost 1.95). Redis that lost its scripts (a restart, a failover) answers
+        // NOSCRIPT, and the publish goes again with the source, which also loads it; a publish
+        // is idempotent.
         let published = match self.publish_on(&conn, code, state, false).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.publish_on(&conn, code, state, true)
