@@ -82,7 +82,9 @@ pub(crate) async fn register_account(state: &AppState, body: JsonObject) -> ApiR
     let tx = client.transaction().await?;
     crate::routes::users::refuse_taken(&tx, &username, None).await?;
     // An admin's email (`auth.admins`) makes whoever holds it an admin, and addresses are not
-    // verified: once an account has had it, a deleted one included, nobody registers it again.
+    // verified: while an account holds it, a deleted one included, nobody registers it again.
+    // (An address an account changed away from is in no row: configuration.md says to take it
+    // out of the list.)
     if state.auth.is_admin_email(email.as_str())
         && db::users::email_ever_used(&tx, email.as_str()).await?
     {
