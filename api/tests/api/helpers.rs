@@ -244,17 +244,20 @@ impl TestApp {
 
     /// Waits (with a deadline) until `link_outbox` is empty: every queued link state reached
     /// Redis.
+    /// Link states queued for the replay (`link_outbox`).
+    pub async fn outbox_len(&self) -> i64 {
+        self.sql()
+            .await
+            .query_one("SELECT count(*) FROM link_outbox", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn wait_outbox_empty(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            let queued: i64 = self
-                .sql()
-                .await
-                .query_one("SELECT count(*) FROM link_outbox", &[])
-                .await
-                .unwrap()
-                .get(0);
-            if queued == 0 {
+            if self.outbox_len().await == 0 {
                 return;
             }
             assert!(
