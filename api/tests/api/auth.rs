@@ -1,6 +1,6 @@
 //! Accounts and access: sessions, API keys, lock-out, the required-mode policy.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
 use kurz_api::config::AuthMode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -430,11 +430,10 @@ async fn expire_locks(app: &TestApp) {
 
 #[tokio::test]
 async fn repeated_failures_back_off_with_429() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 2;
-        c.auth.lockout.base_delay_seconds = 60;
-        c.auth.lockout.max_delay_seconds = 200;
-        c.auth.lockout.window_seconds = 3600;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
+        l.max_delay_seconds = 200;
+        l.window_seconds = 3600;
     })
     .await;
     register(&app, "lock").await;
@@ -562,9 +561,8 @@ async fn repeated_failures_back_off_with_429() {
 /// no 60,000-byte key, and no address appears in a key name.
 #[tokio::test]
 async fn unknown_identifiers_are_locked_out_by_a_hash_of_them() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 2;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
     })
     .await;
     let long = format!("{}@nobody.example", "x".repeat(60_000));
@@ -600,10 +598,9 @@ async fn unknown_identifiers_are_locked_out_by_a_hash_of_them() {
 /// (`free_failures_per_ip`), while another address is not.
 #[tokio::test]
 async fn one_address_guessing_across_accounts_backs_off_and_another_does_not() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 100;
-        c.auth.lockout.free_failures_per_ip = 2;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 100;
+        l.free_failures_per_ip = 2;
     })
     .await;
     let from = |ip: &'static str, n: usize| {
@@ -665,9 +662,8 @@ async fn a_sliding_session_is_extended_by_use_and_a_fixed_one_is_not() {
 /// owner: otherwise anyone could keep any account locked with one guess per lock period.
 #[tokio::test]
 async fn a_guesser_locks_only_their_own_address_out_of_an_account() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 2;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
     })
     .await;
     register(&app, "owner").await;
@@ -729,10 +725,9 @@ async fn concurrent_logins(
 #[tokio::test]
 async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_username() {
     // Three addresses: their guesses together are held by the account's own count.
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 3;
-        c.auth.lockout.free_failures_all_addresses = 3;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 3;
+        l.free_failures_all_addresses = 3;
     })
     .await;
     register(&app, "victim").await;
@@ -775,11 +770,10 @@ async fn a_locked_account_admits_no_password_under_concurrency_by_email_or_usern
 /// count of its own pair with the account alone.
 #[tokio::test]
 async fn one_addresss_burst_gets_free_failures_plus_one_passwords_checked() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 3;
-        c.auth.lockout.free_failures_all_addresses = 100;
-        c.auth.lockout.free_failures_per_ip = 100;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 3;
+        l.free_failures_all_addresses = 100;
+        l.free_failures_per_ip = 100;
     })
     .await;
     register(&app, "burst").await;
@@ -803,9 +797,8 @@ async fn one_addresss_burst_gets_free_failures_plus_one_passwords_checked() {
 
 #[tokio::test]
 async fn a_lock_by_email_holds_for_the_username_too() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 1;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 1;
     })
     .await;
     register(&app, "both").await;

@@ -56,6 +56,18 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// A fresh database and prefix, config adjusted by `tweak`, the app serving on port 0.
+/// An app for a lock-out test: its locks last a minute (none ends while a test runs, however
+/// slow the machine), the rest of `auth.lockout` as `tweak` sets it.
+pub async fn spawn_app_with_lockout(
+    tweak: impl FnOnce(&mut kurz_api::config::LockoutConfig),
+) -> TestApp {
+    spawn_app_with(|c| {
+        c.auth.lockout.base_delay_seconds = 60;
+        tweak(&mut c.auth.lockout);
+    })
+    .await
+}
+
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
     let suffix = format!("{:016x}", rand::random::<u64>());
     let db_name = format!("kurz_test_{suffix}");

@@ -2,7 +2,7 @@
 //! and its click only after the right password, guesses backing off per link and client, the
 //! password never returned nor written to an event, and the preview keeping the target secret.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with_lockout, TestApp};
 use serde_json::{json, Value};
 
 async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
@@ -144,9 +144,8 @@ async fn a_protected_link_redirects_only_after_its_password() {
 
 #[tokio::test]
 async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 3;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 3;
     })
     .await;
     let (_, code) = protected_link(&app, "right").await;
@@ -320,10 +319,9 @@ async fn the_form_is_inert_the_unlock_is_303_and_an_expired_link_is_gone() {
 /// spends the address's allowance for logins too.
 #[tokio::test]
 async fn link_guesses_and_logins_share_an_addresss_count() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 100;
-        c.auth.lockout.free_failures_per_ip = 2;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 100;
+        l.free_failures_per_ip = 2;
     })
     .await;
     let (_, code) = protected_link(&app, "right").await;
@@ -349,10 +347,9 @@ async fn link_guesses_and_logins_share_an_addresss_count() {
 /// against nobody. JSON needs no token: no other site can make a browser send it.
 #[tokio::test]
 async fn a_form_post_without_the_forms_token_is_refused_and_not_counted() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 2;
-        c.auth.lockout.free_failures_per_ip = 3;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
+        l.free_failures_per_ip = 3;
     })
     .await;
     let (id, code) = protected_link(&app, "right").await;

@@ -1,7 +1,7 @@
 //! The web app's pages as a browser uses them: cookies, forms with their CSRF token, HTML
 //! escaping, the security headers, and the flows register → shorten → log out → log in.
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
 use reqwest::Response;
 use std::collections::HashMap;
 
@@ -896,9 +896,8 @@ async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
 /// address are spent, even the right password waits, and the page says so with the form.
 #[tokio::test]
 async fn the_login_form_backs_off_like_the_api() {
-    let app = spawn_app_with(|c| {
-        c.auth.lockout.free_failures = 1;
-        c.auth.lockout.base_delay_seconds = 60;
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 1;
     })
     .await;
     let _ = signed_up(&app, "lockweb").await;
