@@ -44,6 +44,12 @@ impl Edge {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {peer}"));
         e.set_retry(false);
+        // Pingora brings the client's failures here too (it closed, or its body broke off):
+        // another upstream would get the same request from a client no longer there, and the
+        // upstream that had it did nothing wrong.
+        if e.esource() == &ErrorSource::Downstream {
+            return e;
+        }
         // The upstream may have acted on the request: only requests that are safe to repeat
         // go again, once, and only while nothing of the answer reached the client.
         let req = session.req_header();

@@ -335,3 +335,117 @@ async fn sigterm_keeps_serving_through_the_grace_period_then_exits() {
             .unwrap();
     assert!(exited, "the proxy exits cleanly after draining");
 }
+
+/// An upstream that answers its health checks and holds every other request unanswered until
+/// the edge lets go of it; keeps the paths it was sent.
+fn holding_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    if !path.starts_with("/health") {
+                        log.lock().unwrap().push(path);
+                        // Held: the next read ends when the edge closes the connection.
+                        continue;
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A client that gives up on a forwarded GET is not the upstream's failure: nothing goes
+/// again to another upstream, and nothing counts as a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_is_not_retried_on_another_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (a, seen_a) = holding_upstream();
+    let (b, seen_b) = holding_upstream();
+    stack.write_config_servers(&[a.clone(), b.clone()], &Options::default());
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthy(&stack, &a).await < 1.0 || healthy(&stack, &b).await < 1.0 {
+        assert!(Instant::now() < deadline, "{}", stack.proxy_log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let retried = retries(&stack).await;
+    let errors = || {
+        stack.metric(
+            stack.admin_port,
+            "kurz_proxy_requests_total",
+            &["status_class=\"5xx\""],
+        )
+    };
+    let errors_before = errors().await;
+
+    let held = |seen: &Arc<std::sync::Mutex<Vec<String>>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == "/urls/held")
+            .count()
+    };
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /urls/held HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held(&seen_a) + held(&seen_b) == 0 {
+        assert!(Instant::now() < deadline, "the GET reached no upstream");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack
+        .metric(stack.admin_port, "kurz_proxy_requests_in_flight", &[])
+        .await
+        > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the edge kept the abandoned request"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(retries(&stack).await - retried, 0.0, "the GET went again");
+    assert_eq!(held(&seen_a) + held(&seen_b), 1);
+    assert_eq!(
+        errors().await - errors_before,
+        0.0,
+        "a client's leaving counted as a 5xx"
+    );
+}
