@@ -34,8 +34,6 @@ enum Phase {
     /// This many body bytes still to pass.
     Body(u64),
     Chunked(Chunked),
-    /// Framing we stopped following (broken chunking): Pingora's parser has the last word.
-    Tunnel,
     /// Writing our own answer; then the stream reads as closed.
     Refusing {
         reply: Bytes,
@@ -58,6 +56,12 @@ pub struct HeadGuard {
     /// Whether any of the answer to the current request was written: after that, we can no
     /// longer answer with our own error.
     answered: bool,
+    /// Set by [`Self::pace`]: the connection's next request waits for
+    /// [`Self::poll_next_request`].
+    paced: bool,
+    /// The current request was handed on whole, and [`Self::poll_next_request`] has not been
+    /// called since: bytes read now are the next request's.
+    request_done: bool,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -81,7 +85,23 @@ impl HeadGuard {
             ready: BytesMut::new(),
             deadline: Some(Box::pin(tokio::time::sleep(first))),
             answered: false,
+            paced: false,
+            request_done: false,
         }
+    }
+
+    /// For a keep-alive loop that calls [`Self::poll_next_request`] before each request: bytes
+    /// that arrive after a request's end are then kept for the next one, not handed to the
+    /// session still answering. Pingora reads the client while it waits for the upstream (to
+    /// see a close), and with pipelining off it takes any byte of a next request for an error:
+    /// the first request's answer was lost.
+    pub fn pace(&mut self) {
+        self.paced = true;
+    }
+
+    /// Whether a refusal (or the end of the connection) has taken over from the request.
+    fn stopped(&self) -> bool {
+        matches!(self.phase, Phase::Refusing { .. } | Phase::Closed)
     }
 
     fn set_deadline(&mut self, after: Duration) {
@@ -109,9 +129,11 @@ impl HeadGuard {
         self.phase = Phase::Head;
         self.scanned = 0;
         self.deadline = None;
+        self.request_done = true;
     }
 
-    /// Passes body bytes from the start of `data`; returns how many belong to the body.
+    /// Passes body bytes from the start of `data`; returns how many belong to the body (none
+    /// when its framing broke: the request is then refused, see [`Self::stopped`]).
     fn take_body(&mut self, data: &[u8]) -> usize {
         match &mut self.phase {
             Phase::Body(left) => {
@@ -126,10 +148,18 @@ impl HeadGuard {
                 let n = c.feed(data);
                 match *c {
                     Chunked::Done => self.end_of_request(),
-                    Chunked::Broken => {
-                        self.phase = Phase::Tunnel;
+                    // Framing we cannot follow is framing Pingora may read otherwise (see
+                    // `Chunked`): handing on what follows could pass a head unchecked.
+                    Chunked::Broken if self.answered => {
                         self.deadline = None;
-                        return data.len();
+                        self.phase = Phase::Closed;
+                        return 0;
+                    }
+                    Chunked::Broken => {
+                        self.refuse(Refusal::malformed(
+                            "the chunked body's framing is malformed",
+                        ));
+                        return 0;
                     }
                     _ => {}
                 }
@@ -170,6 +200,9 @@ impl HeadGuard {
         if !self.head.is_empty() && !matches!(self.phase, Phase::Head) {
             let rest = std::mem::take(&mut self.head);
             let n = self.take_body(&rest);
+            if self.stopped() {
+                return;
+            }
             self.ready.extend_from_slice(&rest[..n]);
             self.head.extend_from_slice(&rest[n..]);
         }
@@ -210,6 +243,9 @@ impl HeadGuard {
                 } else {
                     self.take_body(rest)
                 };
+                if self.stopped() {
+                    return Some(0);
+                }
                 // Bytes past this request (pipelined) wait for the next read, checked then.
                 self.head.extend_from_slice(&rest[body..]);
                 Some(end + body)
@@ -226,6 +262,7 @@ impl HeadGuard {
     /// guard and its socket's buffers. The bytes read go where a pipelined head goes, and are
     /// checked on the next read.
     pub fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        self.request_done = false;
         if !self.ready.is_empty() || !self.head.is_empty() || !matches!(self.phase, Phase::Head) {
             return Poll::Ready(Ok(true));
         }
@@ -288,6 +325,26 @@ impl HeadGuard {
     }
 }
 
+impl HeadGuard {
+    /// A read between the end of a request and the next [`Self::poll_next_request`]: bytes go
+    /// where a pipelined head goes, and the read ends only with the connection (a close the
+    /// session should see). Past `MAX_HEAD_BYTES` held, it stops reading; the head is refused
+    /// as too large when its session reads it.
+    fn hold_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.head.len() <= MAX_HEAD_BYTES {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            self.head.extend_from_slice(buf.filled());
+        }
+        // Nothing is registered to wake this read: the session ends by its other work.
+        Poll::Pending
+    }
+}
+
 /// The most one read takes while waiting for a request: a typical head and a small body in one
 /// read, on the stack rather than held by the idle connection.
 const FIRST_READ_BYTES: usize = 4096;
@@ -324,7 +381,9 @@ impl AsyncRead for HeadGuard {
                     ready!(this.poll_refusal(cx));
                     return Poll::Ready(Ok(()));
                 }
-                Phase::Tunnel => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Phase::Head if this.paced && this.request_done => {
+                    return this.hold_next_request(cx);
+                }
                 Phase::Head if this.scanned < this.head.len() => {
                     // A pipelined head that came with the previous body.
                     this.examine_head();
@@ -360,6 +419,10 @@ impl AsyncRead for HeadGuard {
                 continue;
             }
             let taken = this.take_body(&buf.filled()[before..]);
+            if this.stopped() {
+                buf.set_filled(before);
+                continue;
+            }
             if taken < got {
                 this.head.extend_from_slice(&buf.filled()[before + taken..]);
                 buf.set_filled(before + taken);
@@ -605,5 +668,88 @@ mod tests {
         .expect("the head deadline ends the wait");
         assert!(!ended.unwrap());
         assert!(matches!(guard.phase, Phase::Closed));
+    }
+
+    /// A read that finds nothing to return, after everything runnable ran.
+    async fn read_is_pending(guard: &mut HeadGuard) -> bool {
+        let mut scratch = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut scratch);
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *guard).poll_read(cx, &mut buf)))
+            .await
+            .is_pending()
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_framed_otherwise_than_pingora_reads_it_is_refused() {
+        // Pingora takes an empty chunk size for 0 (and what follows for the next request),
+        // 17 digits for an error, and bare LFs for errors or for part of a line. The guard
+        // refuses each, so what comes after cannot pass unchecked.
+        for body in [
+            "\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+            "00000000000000005\r\nhello\r\n0\r\n\r\n",
+            "5\nhello\r\n0\r\n\r\n",
+            "0\r\nX-Trailer: 1\n\nGET /next HTTP/1.1\r\n\r\n",
+        ] {
+            let (mut guard, mut client) = guarded();
+            let head = "POST /urls HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+            client.write_all(head.as_bytes()).await.unwrap();
+            assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+            assert_eq!(read_n(&mut guard, head.len()).await, head.as_bytes());
+            client.write_all(body.as_bytes()).await.unwrap();
+            let mut rest = Vec::new();
+            guard.read_to_end(&mut rest).await.unwrap();
+            assert!(
+                rest.is_empty(),
+                "{body:?}: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+            let mut reply = vec![0; 12];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"HTTP/1.1 400", "{body:?}");
+        }
+        // Sixteen digits, and a bare LF inside an extension, are read as Pingora reads them.
+        for body in [
+            &b"0000000000000005\r\nhello\r\n0\r\n\r\nGET"[..],
+            b"5;x\nhello\r\nabcde\r\n0\r\n\r\nGET",
+        ] {
+            let mut c = Chunked::new();
+            assert_eq!(c.feed(body), body.len() - 3);
+            assert_eq!(c, Chunked::Done);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_waits_until_the_one_before_is_answered() {
+        let (mut guard, mut client) = guarded();
+        guard.pace();
+        let first = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+        let second = b"GET /urls HTTP/1.1\r\nHost: a\r\n\r\n";
+        client
+            .write_all(&[&first[..], &second[..]].concat())
+            .await
+            .unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert_eq!(read_n(&mut guard, first.len()).await, first);
+        // Pingora reads while the first request is answered, to see a close: the second
+        // request's bytes are not its to take yet, nor are bytes that come now.
+        assert!(read_is_pending(&mut guard).await);
+        client.write_all(b"GET /t").await.unwrap();
+        assert!(read_is_pending(&mut guard).await);
+        // The next session gets both requests, each checked.
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert_eq!(read_n(&mut guard, second.len()).await, second);
+        client
+            .write_all(b"hird HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_is_pending(&mut guard).await);
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        let third = b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(read_n(&mut guard, third.len()).await, third);
+        // A close while a request is answered still reads as one.
+        drop(client);
+        let mut rest = Vec::new();
+        guard.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

@@ -41,7 +41,7 @@ impl Refusal {
         }
     }
 
-    fn malformed(message: impl Into<String>) -> Self {
+    pub(super) fn malformed(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message, "malformed")
     }
 
@@ -234,17 +234,35 @@ fn decodes_to_utf8(path: &[u8]) -> bool {
 }
 
 /// Where a chunked body is: enough to know where it ends, so the next request's head is
-/// checked too. Malformed framing is `Broken`; Pingora's own decoder then refuses it.
+/// checked too. The grammar is Pingora's (httparse's chunk sizes: 1 to 16 hex digits, optional
+/// whitespace, `;` extensions up to CRLF) or stricter (a size needs a digit, every line ends in
+/// CRLF): where the two read a body differently, the bytes one takes for a body the other would
+/// take for a head, so framing we cannot follow is `Broken` and the request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {
-    Size { size: u64, digits: u8 },
-    Extension { size: u64 },
-    SizeLf { size: u64 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Whitespace after the size: only more of it, an extension or the line's end may follow.
+    SizeSpace {
+        size: u64,
+    },
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
-    Trailer { line_start: bool },
-    TrailerLf { empty: bool },
+    Trailer {
+        line_start: bool,
+    },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
     Broken,
 }
@@ -287,31 +305,37 @@ impl Chunked {
             let b = data[i];
             i += 1;
             *self = match *self {
-                Size { size, digits } => match (b as char).to_digit(16) {
-                    Some(v) if digits < 15 => Size {
+                Size { size, digits } => match ((b as char).to_digit(16), b) {
+                    // 16 digits fill a u64: httparse's limit too.
+                    (Some(v), _) if digits < 16 => Size {
                         size: size << 4 | u64::from(v),
                         digits: digits + 1,
                     },
-                    None if digits > 0 => match b {
-                        b';' | b' ' | b'\t' => Extension { size },
-                        b'\r' => SizeLf { size },
-                        b'\n' => Self::after_size(size),
-                        _ => Broken,
-                    },
+                    (Some(_), _) => Broken,
+                    // httparse takes an empty size for 0; RFC 9112 wants a digit.
+                    (None, _) if digits == 0 => Broken,
+                    (None, b';') => Extension { size },
+                    (None, b' ' | b'\t') => SizeSpace { size },
+                    (None, b'\r') => SizeLf { size },
+                    (None, _) => Broken,
+                },
+                SizeSpace { size } => match b {
+                    b' ' | b'\t' => SizeSpace { size },
+                    b';' => Extension { size },
+                    b'\r' => SizeLf { size },
                     _ => Broken,
                 },
+                // Any byte but CR, a bare LF included, is the extension's for httparse.
                 Extension { size } => match b {
                     b'\r' => SizeLf { size },
-                    b'\n' => Self::after_size(size),
                     _ => Extension { size },
                 },
                 SizeLf { size } if b == b'\n' => Self::after_size(size),
                 DataCr if b == b'\r' => DataLf,
-                DataCr | DataLf if b == b'\n' => Self::new(),
+                DataLf if b == b'\n' => Self::new(),
                 Trailer { line_start } => match b {
                     b'\r' => TrailerLf { empty: line_start },
-                    b'\n' if line_start => Done,
-                    b'\n' => Trailer { line_start: true },
+                    b'\n' => Broken,
                     _ => Trailer { line_start: false },
                 },
                 TrailerLf { empty } if b == b'\n' => {

@@ -219,6 +219,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if custom {
             return self.inner.process_new(guard, shutdown).await;
         }
+        let mut guard = guard;
+        guard.pace();
         // The connection moves to a task of its own. Pingora's per-connection task is sized for
         // its largest state, the handshake (8.6 KiB measured), and would hold that for as long as the
         // connection stays open; this one is sized for what it waits on.

@@ -176,6 +176,50 @@ async fn chunked_and_sized_bodies_in_pieces_pass_the_guard_on_one_connection() {
     assert_eq!(statuses, vec![302, 201, 201, 302, 404]);
 }
 
+/// Requests sent back to back without waiting (pipelined) are each answered, in order, the
+/// forwarded ones included; a chunked body whose framing Pingora would read otherwise than the
+/// guard is refused, and what follows it is never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_odd_chunking_is_refused() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/piped").await;
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let health = "GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+    let redirect = format!("GET /{code} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let all = format!("{health}{health}{redirect}{health}");
+    conn.write_all(all.as_bytes()).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(read_response(&mut conn).await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 302, 200]);
+
+    // An empty chunk size: Pingora would read it as the last chunk, then take the next line
+    // for a request head this guard never checked.
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n\r\n\r\nGET /health HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let response = read_to_close(&mut conn, Duration::from_secs(20)).await;
+    let v = assert_our_error(&response, 400, "an empty chunk size");
+    assert!(v["message"].as_str().unwrap().contains("chunked"), "{v}");
+    assert_eq!(
+        response.matches("HTTP/1.1 ").count(),
+        1,
+        "the request after it was answered: {response}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_head_or_body_is_cut_at_its_deadline_with_a_408() {
     let stack = Stack::start(Options {
