@@ -112,20 +112,40 @@ impl ProxyTrust {
         // Each hop appended the address it saw: walking from the right, the first one that is
         // not ours is the client as far as the chain can be trusted. A proxy may append a
         // header line of its own instead of extending the client's: the lines are one list, in
-        // order (RFC 9110, 5.3), or the client's own line would be read as the chain.
-        let hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|line| line.split(','))
-            .filter_map(|h| h.trim().parse().ok())
-            .map(canonical)
-            .collect();
-        if let Some(ip) = hops.iter().rev().find(|ip| !self.trusts(**ip)) {
-            return *ip;
+        // order (RFC 9110, 5.3), or the client's own line would be read as the chain. A hop
+        // that is no address (`unknown`, an obfuscated name) ends the walk at the last address
+        // known to be ours: skipping it would hand the choice to whatever the client wrote to
+        // its left.
+        let mut nearest = peer;
+        for line in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(line) = line.to_str() else {
+                return nearest;
+            };
+            for hop in line.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
+                let Some(ip) = hop_address(hop) else {
+                    return nearest;
+                };
+                if !self.trusts(ip) {
+                    return ip;
+                }
+                nearest = ip;
+            }
         }
-        hops.first().copied().unwrap_or(peer)
+        nearest
     }
+}
+
+/// One `X-Forwarded-For` hop's address: bare, or with the port some balancers append
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    let ip = match hop.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match hop.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr.ip(),
+            Err(_) => hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?,
+        },
+    };
+    Some(canonical(ip))
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as dual-stack sockets report IPv4 peers) as
@@ -219,6 +239,35 @@ mod tests {
         h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.append("x-forwarded-for", "198.51.100.7, 10.0.0.5".parse().unwrap());
         assert_eq!(trust.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn a_hop_with_a_port_counts_and_one_that_is_no_address_ends_the_walk() {
+        let trust = ProxyTrust::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let peer = ip("10.0.0.1");
+        // Balancers that append the client's port: the address still counts.
+        for chain in [
+            "6.6.6.6, 198.51.100.7:4711",
+            "6.6.6.6, [2001:db8::7]:4711",
+            "6.6.6.6, [2001:db8::7]",
+        ] {
+            let want = if chain.contains("2001") {
+                ip("2001:db8::7")
+            } else {
+                ip("198.51.100.7")
+            };
+            let h = headers(&[("x-forwarded-for", chain)]);
+            assert_eq!(trust.client_ip(peer, &h), want, "{chain}");
+        }
+        // A hop our proxy could not name: what the client wrote to its left is not believed;
+        // the nearest proxy of ours stands for the client.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, unknown")]);
+        assert_eq!(trust.client_ip(peer, &h), peer);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, unknown, 10.0.0.5")]);
+        assert_eq!(trust.client_ip(peer, &h), ip("10.0.0.5"));
+        // An empty item carries nothing: skipped, not an end.
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, ")]);
+        assert_eq!(trust.client_ip(peer, &h), ip("198.51.100.7"));
     }
 
     #[test]
