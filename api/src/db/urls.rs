@@ -527,12 +527,15 @@ impl UrlFilter {
     }
 }
 
-/// Replaces a link's tags.
+/// Replaces a link's tags. One statement's parts see the same snapshot: an insert of a tag
+/// the link keeps would find the row its own statement deletes and violate the key, so only
+/// the tags that go are deleted and the kept ones are left alone.
 pub async fn set_tags(c: &impl GenericClient, url_id: i64, tags: &[String]) -> Result<(), Error> {
     let stmt = c
         .prepare_cached(
-            "WITH gone AS (DELETE FROM link_tags WHERE url_id = $1) \
-             INSERT INTO link_tags (url_id, tag) SELECT $1, unnest($2::text[])",
+            "WITH gone AS (DELETE FROM link_tags WHERE url_id = $1 AND tag <> ALL($2::text[])) \
+             INSERT INTO link_tags (url_id, tag) SELECT $1, unnest($2::text[]) \
+             ON CONFLICT DO NOTHING",
         )
         .await?;
     c.execute(&stmt, &[&url_id, &tags]).await.map(|_| ())

@@ -464,6 +464,17 @@ async fn tags_are_normalised_edited_filtered_and_counted() {
         updated[0]["details"],
         json!({"field": "tags", "new_value": ["q3", "q4"]})
     );
+    // Edits that keep some tags: one dropped, then one added beside the kept one.
+    for (tags, want) in [
+        (json!(["Q4"]), json!(["q4"])),
+        (json!(["q4", "q3"]), json!(["q3", "q4"])),
+    ] {
+        let res = app
+            .put_json(&format!("/urls/{b_id}"), &json!({ "tags": tags }))
+            .await;
+        assert_eq!(res.status(), 200, "{tags}");
+        assert_eq!(res.json::<Value>().await.unwrap()["tags"], want);
+    }
 
     let counts: Value = app.get("/tags").await.json().await.unwrap();
     assert_eq!(
