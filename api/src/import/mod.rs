@@ -83,9 +83,12 @@ pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult
              SELECT COALESCE(t.id, nextval('users_id_seq')), t.username, t.email, COALESCE(t.created_at, now()) \
              FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[]) AS t(id, username, email, created_at) \
              ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, email = EXCLUDED.email, \
-               created_at = EXCLUDED.created_at, deleted_at = NULL",
+               created_at = CASE WHEN $5 THEN EXCLUDED.created_at ELSE users.created_at END, \
+               deleted_at = NULL",
         )
         .await?;
+    // A file without the column says nothing of it: an updated user keeps theirs.
+    let has_created = table.columns.contains_key("created_at");
     for start in (0..ids.len()).step_by(CHUNK) {
         let end = (start + CHUNK).min(ids.len());
         tx.execute(
@@ -95,6 +98,7 @@ pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult
                 &&names[start..end],
                 &&emails[start..end],
                 &&created[start..end],
+                &has_created,
             ],
         )
         .await
@@ -258,13 +262,25 @@ pub async fn urls(
                          $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int2[], $11::int4[], $12::int8[]) \
                   AS t(id, user_id, code, url, title, active, created, updated, expires, status, max_visits, imported) \
              ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, short_code = EXCLUDED.short_code, \
-               original_url = EXCLUDED.original_url, title = EXCLUDED.title, is_active = EXCLUDED.is_active, \
-               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               expires_at = EXCLUDED.expires_at, redirect_type = EXCLUDED.redirect_type, \
-               max_visits = EXCLUDED.max_visits, imported_clicks = EXCLUDED.imported_clicks, deleted_at = NULL, \
-               version = nextval('link_versions')",
+               original_url = EXCLUDED.original_url, \
+               title = CASE WHEN 'title' = ANY($13) THEN EXCLUDED.title ELSE urls.title END, \
+               is_active = CASE WHEN 'is_active' = ANY($13) OR NOT EXCLUDED.is_active \
+                 THEN EXCLUDED.is_active ELSE urls.is_active END, \
+               created_at = CASE WHEN 'created_at' = ANY($13) THEN EXCLUDED.created_at ELSE urls.created_at END, \
+               updated_at = CASE WHEN 'updated_at' = ANY($13) THEN EXCLUDED.updated_at ELSE now() END, \
+               expires_at = CASE WHEN 'expires_at' = ANY($13) THEN EXCLUDED.expires_at ELSE urls.expires_at END, \
+               redirect_type = CASE WHEN 'redirect_type' = ANY($13) \
+                 THEN EXCLUDED.redirect_type ELSE urls.redirect_type END, \
+               max_visits = CASE WHEN 'max_visits' = ANY($13) THEN EXCLUDED.max_visits ELSE urls.max_visits END, \
+               imported_clicks = CASE WHEN 'imported_clicks' = ANY($13) \
+                 THEN EXCLUDED.imported_clicks ELSE urls.imported_clicks END, \
+               deleted_at = NULL, version = nextval('link_versions')",
         )
         .await?;
+    // A column the file lacks says nothing of a re-imported link: it keeps what it had (the
+    // seed format has no `expires_at`, and a re-import must not reopen an expired link).
+    // `is_active` is also written when a row comes in switched off for its password.
+    let present: Vec<&str> = table.columns.keys().map(String::as_str).collect();
     for s in (0..n).step_by(CHUNK) {
         let e = (s + CHUNK).min(n);
         tx.execute(
@@ -282,6 +298,7 @@ pub async fn urls(
                 &&statuses[s..e],
                 &&limits[s..e],
                 &&imported_clicks[s..e],
+                &present,
             ],
         )
         .await
@@ -295,17 +312,19 @@ pub async fn urls(
             tag_values.push(tag.as_str());
         }
     }
-    tx.execute(
-        "DELETE FROM link_tags WHERE url_id IN (SELECT id FROM urls WHERE short_code = ANY($1))",
-        &[&codes],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO link_tags (url_id, tag) SELECT u.id, t.tag \
-         FROM UNNEST($1::text[], $2::text[]) AS t(code, tag) JOIN urls u ON u.short_code = t.code",
-        &[&tag_codes, &tag_values],
-    )
-    .await?;
+    if table.columns.contains_key("tags") {
+        tx.execute(
+            "DELETE FROM link_tags WHERE url_id IN (SELECT id FROM urls WHERE short_code = ANY($1))",
+            &[&codes],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO link_tags (url_id, tag) SELECT u.id, t.tag \
+             FROM UNNEST($1::text[], $2::text[]) AS t(code, tag) JOIN urls u ON u.short_code = t.code",
+            &[&tag_codes, &tag_values],
+        )
+        .await?;
+    }
     codes.extend(old_codes);
     // In the import's transaction: a crash between the commit and the cache update cannot
     // leave the old entries serving until their TTL.

@@ -201,6 +201,89 @@ async fn rows_with_ids_are_upserted_and_conflicts_are_409() {
     assert_eq!(app.get("/users").await.headers()["x-total-count"], "1");
 }
 
+/// A re-import by id sets the columns its file has and leaves the others as stored: the seed
+/// format (no `expires_at`, `max_visits`, `tags`…) must not reopen an expired, limited or
+/// switched-off link, nor move creation dates to the import's time.
+#[tokio::test]
+async fn a_re_import_keeps_what_its_file_has_no_column_for() {
+    let app = spawn_app().await;
+    import(
+        &app,
+        "users",
+        "id,username,email,created_at\n5,a,a@example.com,2020-01-02T03:04:05Z\n".into(),
+    )
+    .await;
+    import(
+        &app,
+        "urls",
+        "id,user_id,short_code,original_url,title,is_active,created_at,updated_at,expires_at,redirect_type,max_visits,imported_clicks,tags\n\
+         10,5,keepme1,https://example.com/old,Old title,False,2020-01-02T03:04:05Z,2020-01-03T03:04:05Z,2040-01-01T00:00:00Z,307,3,4,a;b\n"
+            .into(),
+    )
+    .await;
+    import(
+        &app,
+        "users",
+        "id,username,email\n5,renamed,a@example.com\n".into(),
+    )
+    .await;
+    import(
+        &app,
+        "urls",
+        "id,user_id,short_code,original_url\n10,5,keepme1,https://example.com/new\n".into(),
+    )
+    .await;
+    let user: Value = app.get("/users/5").await.json().await.unwrap();
+    assert_eq!(user["username"], "renamed");
+    assert!(
+        user["created_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2020-01-02"),
+        "{user}"
+    );
+    let link: Value = app.get("/urls/10").await.json().await.unwrap();
+    assert_eq!(link["original_url"], "https://example.com/new");
+    for (field, kept) in [
+        ("title", json!("Old title")),
+        ("is_active", json!(false)),
+        ("redirect_type", json!(307)),
+        ("max_visits", json!(3)),
+        ("tags", json!(["a", "b"])),
+    ] {
+        assert_eq!(link[field], kept, "{field}: {link}");
+    }
+    for field in ["created_at", "expires_at"] {
+        let year = &link[field].as_str().unwrap()[..4];
+        assert!(year == "2020" || year == "2040", "{field}: {link}");
+    }
+    assert_eq!(
+        app.get("/keepme1").await.status(),
+        404,
+        "still switched off"
+    );
+    // A file that has the columns sets them, empty cells included.
+    import(
+        &app,
+        "urls",
+        "id,user_id,short_code,original_url,title,is_active,max_visits,tags\n10,5,keepme1,https://example.com/new,,True,,\n"
+            .into(),
+    )
+    .await;
+    let link: Value = app.get("/urls/10").await.json().await.unwrap();
+    assert_eq!(
+        (
+            &link["title"],
+            &link["is_active"],
+            &link["max_visits"],
+            &link["tags"]
+        ),
+        (&json!(null), &json!(true), &json!(null), &json!([])),
+        "{link}"
+    );
+    assert_eq!(link["redirect_type"], 307, "not in this file either");
+}
+
 /// An imported event row that names the id of a click the sink stored replaces all of it: the
 /// typed click columns (migration V21) go with the old row, so the event reads back with the
 /// imported `details` alone.
