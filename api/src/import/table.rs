@@ -5,9 +5,10 @@ use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-/// The largest id a bulk row may carry: 2^53 - 1, the largest integer every JSON client (a
-/// JavaScript number) holds exactly, and far below where the id sequences run out.
-pub(super) const MAX_ID: i64 = 9_007_199_254_740_991;
+/// The largest id a bulk row may carry: 2^52. An import moves the id sequence past its largest
+/// id, and every row created after it must still be an integer every JSON client (a JavaScript
+/// number) holds exactly, up to 2^53 - 1: this leaves 2^52 ids of room.
+pub(super) const MAX_ID: i64 = 1 << 52;
 
 /// The name a CSV header cell stands for: trimmed, without a byte-order mark, lower-cased. Every
 /// reader of an uploaded header goes through this, so a column cannot pass one check as `ID`

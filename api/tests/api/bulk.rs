@@ -398,11 +398,15 @@ async fn ids_past_the_ceiling_and_nul_in_details_are_the_rows_400() {
     let csv = "id,username,email,created_at\n9223372036854775807,big,big@example.com,\n";
     let err = error_of(app.upload("/users/bulk", csv.into()).await, 400).await;
     assert_eq!(err["details"]["column"], "id");
+    // 2^53 - 1 would leave no id after it that a JavaScript client reads exactly.
     let csv = "id,username,email,created_at\n9007199254740991,top,top@example.com,\n";
+    let err = error_of(app.upload("/users/bulk", csv.into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "id");
+    let csv = "id,username,email,created_at\n4503599627370496,top,top@example.com,\n";
     assert_eq!(app.upload("/users/bulk", csv.into()).await.status(), 201);
-    // Creates still work after the largest id allowed.
+    // Creates after the largest id allowed get ids a JavaScript number holds exactly.
     let user = app.create_user("after-top").await;
-    assert!(user > 0);
+    assert_eq!(user, 4_503_599_627_370_497);
 
     let link = app.create_url(user, "https://example.com/nul").await;
     let csv = format!(
