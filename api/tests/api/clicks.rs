@@ -387,6 +387,29 @@ async fn bots_are_marked_and_kept_apart_and_stats_break_clicks_down() {
     assert_eq!(later["from"], tomorrow.as_str());
     let just_today = stats(&format!("?from={}&to={}", day(today), day(today))).await;
     assert_eq!(just_today["clicks"], 3);
+    // `to` alone: everything up to it, `daily` too, however far back; without a range,
+    // `daily` still shows the last 90 days only.
+    let old = day(today - chrono::Duration::days(200));
+    let csv = format!("url_id,event_type,timestamp,details\n{id},click,{old}T12:00:00Z,{{}}\n");
+    assert_eq!(
+        app.upload("/events/bulk", csv.into_bytes()).await.status(),
+        201
+    );
+    let until_old = stats(&format!("?to={old}")).await;
+    assert_eq!(until_old["clicks"], 1);
+    let days: Vec<&serde_json::Value> = until_old["daily"].as_array().unwrap().iter().collect();
+    assert_eq!(days.len(), 1, "{until_old}");
+    assert_eq!(
+        (&days[0]["date"], &days[0]["clicks"]),
+        (&serde_json::json!(old), &serde_json::json!(1))
+    );
+    let all_time = stats("").await;
+    assert_eq!(all_time["clicks"], 4);
+    assert!(all_time["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["date"] != old.as_str()));
     for bad in [
         "?from=yesterday".to_owned(),
         "?to=2030-02-30".to_owned(),
