@@ -61,9 +61,13 @@ impl Page {
         let (page, per_page) = match self.requested {
             Some(p) => p,
             // An unpaginated list cut at the limit points at the rest in pages of the largest
-            // size, when the limit falls on a page boundary of that size.
-            None if total > self.limit && self.limit % MAX_PER_PAGE == 0 => {
-                (self.limit / MAX_PER_PAGE, MAX_PER_PAGE)
+            // size `per_page` accepts on which the limit is a page boundary.
+            None if total > self.limit => {
+                let size = (1..=self.limit.min(MAX_PER_PAGE))
+                    .rev()
+                    .find(|size| self.limit % size == 0)
+                    .unwrap_or(1);
+                (self.limit / size, size)
             }
             None => (1, self.limit),
         };
@@ -115,4 +119,28 @@ fn page_url(path: &str, query: &Query, page: i64, per_page: i64) -> String {
     ser.append_pair("page", &page.to_string());
     ser.append_pair("per_page", &per_page.to_string());
     format!("{path}?{}", ser.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `next` link of a list cut at `list_limit` is a request `from_query` accepts, and it
+    /// starts right after the cut.
+    #[test]
+    fn a_cut_list_points_at_a_page_that_is_accepted_and_starts_at_the_cut() {
+        for limit in [3, 1000, 1500, 2000, 10_000, 1009] {
+            let page = Page::from_query(&Query::parse(None), limit).unwrap();
+            let res = page.respond(Vec::new(), limit + 1, "/urls", &Query::parse(Some("q=a")));
+            let link = res.headers()["link"].to_str().unwrap().to_owned();
+            let target = link
+                .strip_prefix("</urls?")
+                .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                .unwrap_or_else(|| panic!("{limit}: {link}"));
+            assert!(target.starts_with("q=a&"), "{limit}: {link}");
+            let next = Page::from_query(&Query::parse(Some(target)), limit)
+                .unwrap_or_else(|e| panic!("{limit}: {link}: {e:?}"));
+            assert_eq!(next.offset, limit, "{limit}: {link}");
+        }
+    }
 }
