@@ -64,6 +64,7 @@ pub async fn json_error(
     let mut headers = vec![
         ("content-type", "application/json"),
         ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
     ];
     headers.extend_from_slice(extra);
     send(session, to, status, &headers, Some(Bytes::from(body))).await

@@ -55,7 +55,8 @@ impl Refusal {
             .unwrap_or("Error");
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
-             x-request-id: {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+             x-content-type-options: nosniff\r\nx-request-id: {}\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
             self.status,
             kurz_common::clicks::new_id(),
             body.len()

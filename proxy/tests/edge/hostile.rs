@@ -65,6 +65,10 @@ fn assert_our_error(response: &str, status: u16, what: &str) -> Value {
         head.contains("\r\ncontent-type: application/json"),
         "{what}: {head}"
     );
+    assert!(
+        head.contains("\r\nx-content-type-options: nosniff"),
+        "{what}: {head}"
+    );
     let v: Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?}: {e}"));
     assert!(
@@ -112,8 +116,14 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
     conn.write_all(b"GET /NoSuchCode1 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let (status, _, _) = read_response(&mut conn).await;
+    let (status, head, _) = read_response(&mut conn).await;
     assert_eq!(status, 404);
+    // The edge's own JSON errors carry what the API's do.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nx-content-type-options: nosniff\r\n"),
+        "{head}"
+    );
     conn.write_all(b"GET /abc HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n")
         .await
         .unwrap();
