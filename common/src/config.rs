@@ -162,6 +162,28 @@ fn as_documented(default: &serde_json::Value) -> String {
     }
 }
 
+/// The environment variables a docs table names in its third column (`environment`), for the
+/// tests that check each one reaches its key. A part such as `_PORT` (short for a variable
+/// named before it) is left out.
+pub fn documented_env_vars(table: &str) -> Vec<String> {
+    let mut vars = Vec::new();
+    for line in table.lines().filter(|l| l.starts_with("| `")) {
+        let Some(cell) = line.split('|').nth(3) else {
+            continue;
+        };
+        for (i, word) in cell.split('`').enumerate() {
+            let variable = word.starts_with(|c: char| c.is_ascii_uppercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if i % 2 == 1 && variable {
+                vars.push(word.to_owned());
+            }
+        }
+    }
+    vars
+}
+
 /// Checks `defaults` (a config struct serialised) against its config file and its docs table:
 /// every key is in the YAML file with its default value, and in the docs table (rows
 /// `` | `key` | `default` | … ``) with its default; neither names a key the struct lacks.

@@ -562,6 +562,89 @@ mod tests {
         kurz_common::config::check_documented(&defaults, &yaml, api_docs).unwrap();
     }
 
+    /// Every variable configuration.md names for kurz-api reaches its key, and a bad value
+    /// stops start-up naming the variable.
+    #[test]
+    fn every_documented_variable_reaches_its_key_and_a_bad_value_names_it() {
+        type Applied = fn(&ApiConfig) -> bool;
+        let cases: &[(&str, &str, Applied)] = &[
+            ("KURZ_LISTEN", "127.0.0.1:8123", |c| c.listen.port() == 8123),
+            ("KURZ_ADMIN_LISTEN", "127.0.0.1:9123", |c| {
+                c.admin_listen.port() == 9123
+            }),
+            ("BASE_URL", "https://sho.rt", |c| {
+                c.base_url == "https://sho.rt"
+            }),
+            ("LOG_LEVEL", "WARN", |c| c.log_level == "warn"),
+            ("KURZ_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1", |c| {
+                c.trusted_proxies == ["10.0.0.0/8", "192.0.2.1"]
+            }),
+            ("DATABASE_URL", "postgres://u@db.example/x", |c| {
+                c.database.url == "postgres://u@db.example/x"
+            }),
+            ("DB_MAX_CONNECTIONS", "9", |c| {
+                c.database.max_connections == 9
+            }),
+            ("REDIS_URL", "redis://cache.example:6380/2", |c| {
+                c.redis.url == "redis://cache.example:6380/2"
+            }),
+            (
+                "REDIS_CLUSTER_URLS",
+                "redis://a:7000, redis://b:7001",
+                |c| c.redis.cluster_nodes == ["redis://a:7000", "redis://b:7001"],
+            ),
+            ("KURZ_REDIS_PREFIX", "shop", |c| c.redis.prefix == "shop"),
+            ("KURZ_REDIS_REPLICA_ACKS", "1", |c| {
+                c.redis.replica_acks == 1
+            }),
+            ("EVENT_LOG_SAMPLE_RATE", "0.25", |c| {
+                c.clicks.sample_rate == 0.25
+            }),
+            ("KURZ_AUTH_MODE", "OPEN", |c| c.auth.mode == AuthMode::Open),
+            ("KURZ_ADMINS", "a@x.example, b@x.example", |c| {
+                c.auth.admins == ["a@x.example", "b@x.example"]
+            }),
+        ];
+        for (var, value, applied) in cases {
+            assert!(
+                !applied(&ApiConfig::default()),
+                "{var}: already the default"
+            );
+            let cfg = ApiConfig::load(None, &env(&[(var, value)]))
+                .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+            assert!(applied(&cfg), "{var}={value} did not reach its key");
+        }
+        // The database's parts: `seed_variables_override_the_file`.
+        let parts = [
+            "DATABASE_HOST",
+            "DATABASE_PORT",
+            "DATABASE_NAME",
+            "DATABASE_USER",
+        ];
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let api_docs = &docs[..docs.find("## kurz-proxy").unwrap_or(docs.len())];
+        let documented = kurz_common::config::documented_env_vars(api_docs);
+        assert!(documented.len() >= cases.len(), "{documented:?}");
+        for var in &documented {
+            assert!(
+                cases.iter().any(|(v, _, _)| v == var) || parts.contains(&var.as_str()),
+                "{var} is documented but not tested here"
+            );
+        }
+        for (var, bad) in [
+            ("KURZ_AUTH_MODE", "maybe"),
+            ("KURZ_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("KURZ_REDIS_REPLICA_ACKS", "one"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            ("KURZ_LISTEN", "nowhere"),
+            ("EVENT_LOG_SAMPLE_RATE", "lots"),
+        ] {
+            let err = ApiConfig::load(None, &env(&[(var, bad)])).unwrap_err();
+            assert!(err.contains(var), "{var}={bad}: {err}");
+        }
+    }
+
     #[test]
     fn a_typo_in_the_file_is_an_error_naming_the_key() {
         let err = kurz_common::config::parse_yaml::<ApiConfig>("database:\n  max_conections: 3\n")

@@ -250,6 +250,87 @@ mod tests {
         kurz_common::config::check_documented(&defaults, &yaml, proxy_docs).unwrap();
     }
 
+    /// Every variable configuration.md names for kurz-proxy reaches its key, and a bad value
+    /// stops start-up naming the key it set.
+    #[test]
+    fn every_documented_variable_reaches_its_key_and_a_bad_value_names_it() {
+        type Applied = fn(&ProxyConfig) -> bool;
+        // Any file will do for the TLS pair here: start-up checks they exist, loading reads them.
+        let file = conf_path().to_string_lossy().into_owned();
+        let cases: Vec<(Vec<(&str, &str)>, Applied)> = vec![
+            (
+                vec![("KURZ_PROXY_HTTP", "127.0.0.1:8080, 127.0.0.1:8081")],
+                |c| c.listen.http == ["127.0.0.1:8080", "127.0.0.1:8081"],
+            ),
+            (
+                vec![
+                    ("KURZ_PROXY_HTTPS", "127.0.0.1:8443"),
+                    ("KURZ_TLS_CERT", &file),
+                    ("KURZ_TLS_KEY", &file),
+                ],
+                |c| {
+                    c.listen.https == ["127.0.0.1:8443"]
+                        && c.listen.tls_cert.ends_with("proxy.yaml")
+                        && c.listen.tls_key.ends_with("proxy.yaml")
+                },
+            ),
+            (vec![("KURZ_PROXY_ADMIN", "127.0.0.1:9999")], |c| {
+                c.admin.listen == "127.0.0.1:9999"
+            }),
+            (vec![("KURZ_UPSTREAMS", "127.0.0.1:1,127.0.0.1:2")], |c| {
+                c.upstreams.servers == ["127.0.0.1:1", "127.0.0.1:2"]
+            }),
+            (vec![("REDIS_URL", "redis://cache.example:6380/2")], |c| {
+                c.redis.url == "redis://cache.example:6380/2"
+            }),
+            (vec![("REDIS_CLUSTER_URLS", "redis://a:7000")], |c| {
+                c.redis.cluster_nodes == ["redis://a:7000"]
+            }),
+            (vec![("KURZ_REDIS_PREFIX", "shop")], |c| {
+                c.redis.prefix == "shop"
+            }),
+            (vec![("KURZ_REDIS_REPLICA_ACKS", "1")], |c| {
+                c.redis.replica_acks == 1
+            }),
+            (vec![("LOG_LEVEL", "WARN")], |c| c.log.level == "warn"),
+        ];
+        let shipped = ProxyConfig::load(&conf_path(), &HashMap::new()).unwrap();
+        for (vars, applied) in &cases {
+            assert!(!applied(&shipped), "{vars:?}: already the shipped value");
+            let env: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let c =
+                ProxyConfig::load(&conf_path(), &env).unwrap_or_else(|e| panic!("{vars:?}: {e}"));
+            assert!(applied(&c), "{vars:?} did not reach its key");
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let proxy_docs = &docs[docs.find("## kurz-proxy").expect("a kurz-proxy section")..];
+        let documented = kurz_common::config::documented_env_vars(proxy_docs);
+        assert!(documented.len() >= cases.len(), "{documented:?}");
+        for var in &documented {
+            assert!(
+                cases
+                    .iter()
+                    .any(|(vars, _)| vars.iter().any(|(v, _)| v == var)),
+                "{var} is documented but not tested here"
+            );
+        }
+        for (var, bad, key) in [
+            ("KURZ_PROXY_HTTP", "nowhere", "listen.http"),
+            ("KURZ_PROXY_ADMIN", "nowhere", "admin.listen"),
+            ("KURZ_UPSTREAMS", "nowhere", "upstreams.servers"),
+            ("KURZ_REDIS_REPLICA_ACKS", "one", "KURZ_REDIS_REPLICA_ACKS"),
+            ("KURZ_PROXY_HTTPS", "127.0.0.1:8443", "listen.tls_cert"),
+        ] {
+            let env: HashMap<String, String> = [(var.to_string(), bad.to_string())].into();
+            let err = ProxyConfig::load(&conf_path(), &env).unwrap_err();
+            assert!(err.contains(key), "{var}={bad}: {err}");
+        }
+    }
+
     #[test]
     fn a_typo_is_named() {
         let err = kurz_common::config::parse_yaml::<ProxyConfig>("upstreams:\n  servrs: []\n")
