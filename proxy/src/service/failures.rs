@@ -97,6 +97,10 @@ impl Edge {
             },
         };
         if status > 0 && session.response_written().is_none() {
+            // The connection closes after a failed request (`can_reuse_downstream` below): the
+            // answer says so, or a client pooling connections sends its next request into the
+            // closing socket and gets a reset.
+            session.set_keepalive(None);
             if let Err(err) =
                 respond::json_error(session, self.reply(ctx), status, code, message, &[]).await
             {

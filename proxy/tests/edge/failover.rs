@@ -336,9 +336,20 @@ async fn sigterm_keeps_serving_through_the_grace_period_then_exits() {
     assert!(exited, "the proxy exits cleanly after draining");
 }
 
-/// An upstream that answers its health checks and holds every other request unanswered until
-/// the edge lets go of it; keeps the paths it was sent.
-fn holding_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+/// What a fake upstream does with a request other than a health check.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Leaves it unanswered until the edge lets go of the connection.
+    Hold,
+    /// Closes the connection without a word: it died mid-request.
+    Close,
+    /// `200 {}`.
+    Answer,
+}
+
+/// An upstream that answers its health checks and treats every other request as `behaviour`
+/// says; keeps the paths it was sent.
+fn fake_upstream(behaviour: Behaviour) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -365,10 +376,15 @@ fn holding_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
                             break;
                         }
                     }
-                    if !path.starts_with("/health") {
+                    let health = path.starts_with("/health");
+                    if !health {
                         log.lock().unwrap().push(path);
-                        // Held: the next read ends when the edge closes the connection.
-                        continue;
+                        match behaviour {
+                            // The next read ends when the edge closes the connection.
+                            Behaviour::Hold => continue,
+                            Behaviour::Close => return,
+                            Behaviour::Answer => {}
+                        }
                     }
                     let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
                     if out.write_all(reply.as_bytes()).is_err() {
@@ -381,6 +397,19 @@ fn holding_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
+/// Points the edge at `upstreams` (with `opts`) and waits until each is in rotation.
+async fn switch_to(stack: &Stack, upstreams: &[String], opts: &Options) {
+    stack.write_config_servers(upstreams, opts);
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in upstreams {
+        while healthy(stack, addr).await < 1.0 {
+            assert!(Instant::now() < deadline, "{}", stack.proxy_log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
 /// A client that gives up on a forwarded GET is not the upstream's failure: nothing goes
 /// again to another upstream, and nothing counts as a 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,15 +419,9 @@ async fn a_client_that_gives_up_is_not_retried_on_another_upstream() {
         upstreams: 1,
         ..Options::default()
     });
-    let (a, seen_a) = holding_upstream();
-    let (b, seen_b) = holding_upstream();
-    stack.write_config_servers(&[a.clone(), b.clone()], &Options::default());
-    stack.signal_proxy("HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while healthy(&stack, &a).await < 1.0 || healthy(&stack, &b).await < 1.0 {
-        assert!(Instant::now() < deadline, "{}", stack.proxy_log());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (a, seen_a) = fake_upstream(Behaviour::Hold);
+    let (b, seen_b) = fake_upstream(Behaviour::Hold);
+    switch_to(&stack, &[a, b], &Options::default()).await;
     let retried = retries(&stack).await;
     let errors = || {
         stack.metric(
@@ -448,4 +471,42 @@ async fn a_client_that_gives_up_is_not_retried_on_another_upstream() {
         0.0,
         "a client's leaving counted as a 5xx"
     );
+}
+
+/// With `upstreams.retry_idempotent: false`, a GET whose upstream died mid-request is not sent
+/// again: the client gets our 502, and the other upstream never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retries_off_a_request_an_upstream_dropped_is_not_sent_again() {
+    let opts = || Options {
+        upstreams: 1,
+        upstreams_extra: ", retry_idempotent: false".into(),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (dying, seen_dying) = fake_upstream(Behaviour::Close);
+    let (good, seen_good) = fake_upstream(Behaviour::Answer);
+    switch_to(&stack, &[dying, good], &opts()).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let res = stack.get(&format!("/urls/{i}")).await;
+        statuses.push(res.status().as_u16());
+    }
+    let dropped = seen_dying.lock().unwrap().clone();
+    let answered = seen_good.lock().unwrap().clone();
+    assert!(
+        !dropped.is_empty(),
+        "round robin never chose the dying upstream"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        dropped.len(),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        dropped.len() + answered.len(),
+        6,
+        "sent again: {dropped:?} {answered:?}"
+    );
+    assert!(dropped.iter().all(|p| !answered.contains(p)));
+    assert_eq!(retries(&stack).await, 0.0);
 }

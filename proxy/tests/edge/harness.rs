@@ -140,6 +140,8 @@ pub struct Options {
     pub extra_yaml: String,
     /// Extra keys of the `listen` section, each as `, key: value`.
     pub listen_extra: String,
+    /// Appended inside `upstreams: { … }`, e.g. `, retry_idempotent: false`.
+    pub upstreams_extra: String,
     pub rate_limits: String,
     pub read_timeout_ms: u64,
     /// The PostgreSQL server (a URL to its maintenance database) the stack's database lives on;
@@ -168,6 +170,7 @@ impl Default for Options {
             redis_cluster: default_redis_cluster(),
             replica_acks: 0,
             extra_yaml: String::new(),
+            upstreams_extra: String::new(),
             listen_extra: String::new(),
             read_timeout_ms: 30_000,
             pg_admin_url: None,
@@ -325,7 +328,7 @@ impl Stack {
             "server: {{ threads: 2, grace_period_seconds: {}, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
              listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem{} }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
-             upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }} }}\n\
+             upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }}{} }}\n\
              redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000, replica_acks: {}{} }}\n\
              rate_limits: {}\n\
              log: {{ level: {} }}\n{}",
@@ -337,6 +340,7 @@ impl Stack {
             servers.join(", "),
             opts.read_timeout_ms,
             opts.health_interval_ms,
+            opts.upstreams_extra,
             self.redis_url,
             self.redis_cluster
                 .iter()
