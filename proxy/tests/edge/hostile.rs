@@ -286,6 +286,34 @@ async fn a_trickled_head_or_body_is_cut_at_its_deadline_with_a_408() {
     }
 }
 
+/// A body that stops arriving is cut after `limits.client_body_timeout_ms` without a piece,
+/// long before the whole body's deadline: a 408, and the request is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_a_408_after_the_per_read_timeout() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        extra_yaml: "limits: { client_body_timeout_ms: 1000, body_total_timeout_ms: 600000 }\n"
+            .into(),
+        ..Options::default()
+    });
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    // Held open, silent: only the per-read timeout can end this within the read below.
+    let response = read_to_close(&mut conn, Duration::from_secs(30)).await;
+    let v = assert_our_error(&response, 408, "a stalled body");
+    assert_eq!(v["error"], "request_timeout");
+    let retries = stack
+        .metric(stack.admin_port, "kurz_proxy_upstream_retries_total", &[])
+        .await;
+    assert_eq!(retries, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_from_one_address_holds_only_its_share_and_others_are_served() {
     const CAP: usize = 50;
