@@ -296,7 +296,35 @@ async fn idempotency_key_replays_the_first_answer() {
     let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
     assert_eq!(list.len(), 1);
     let other = json!({"user_id": user, "original_url": "https://example.com/other"});
-    error_of(send(other).await.unwrap(), 409).await;
+    error_of(send(other.clone()).await.unwrap(), 409).await;
+
+    // A day later the key is free again: the same key makes a new link, with any body.
+    let db = app.sql().await;
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 second'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let res = send(other).await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    let third: Value = res.json().await.unwrap();
+    assert_ne!(third["id"], first["id"]);
+    assert_eq!(third["original_url"], "https://example.com/other");
+    // And that new answer is what the key replays now.
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '23 hours 59 minutes'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let res = send(body).await.unwrap();
+    assert_eq!(
+        res.status(),
+        409,
+        "a day not yet over: the key is the new link's"
+    );
 }
 
 /// The key's row lasts a day: a protected link's password must not be in it, in clear.
