@@ -317,13 +317,50 @@ async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
 async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
     let user = app.create_user("stuck").await;
-    let (id, _) = link_of(&app.create_url(user, "https://example.com/stuck").await);
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/stuck").await);
     // Another transaction holds the row: the update waits on its lock until we let go.
     let mut holder = app.sql().await;
     let tx = holder.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
         .await
         .unwrap();
+    // A bulk import of the same row waits on the lock too, under its own, longer deadline
+    // (`limits.bulk_request_timeout_ms`): it must outlive the update's.
+    let csv = format!(
+        "id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/bulk\n"
+    );
+    let import = {
+        let (client, url) = (app.client.clone(), app.url("/urls/bulk"));
+        tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("urls.csv"),
+            );
+            client
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let watcher = app.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the import never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let res = app
         .put_json(
             &format!("/urls/{id}"),
@@ -332,10 +369,17 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
         .await;
     let body = crate::helpers::error_of(res, 503).await;
     assert_eq!(body["error"], "service_unavailable");
+    assert!(!import.is_finished(), "the import gave up with the update");
     tx.rollback().await.unwrap();
-    // The abandoned update changed nothing.
+    assert_eq!(
+        import.await.unwrap(),
+        201,
+        "the import, past the update's deadline"
+    );
+    // The abandoned update changed nothing; the import landed.
     let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
     assert!(link["title"].is_null(), "{link}");
+    assert_eq!(link["original_url"], "https://example.com/bulk");
 }
 
 /// A 503 as the contract promises it for a store outage: our JSON, a `Retry-After`, and nothing
