@@ -9,6 +9,7 @@ use crate::config::AuthConfig;
 use crate::error::ApiError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -18,6 +19,8 @@ pub struct Passwords {
     /// A hash of a random password, verified against when the account does not exist, so an
     /// unknown user costs the same time as a wrong password.
     dummy: String,
+    /// Hashes and verifications run so far (tests check who spends a permit).
+    runs: AtomicU64,
 }
 
 impl Passwords {
@@ -31,7 +34,14 @@ impl Passwords {
             argon,
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_hashes)),
             dummy,
+            runs: AtomicU64::new(0),
         })
+    }
+
+    /// How many hashes and verifications have run: the permits are shared by every log-in,
+    /// so a request that may not act must be refused before it takes one.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// The PHC string of `password`.
@@ -41,6 +51,7 @@ impl Passwords {
             .acquire()
             .await
             .map_err(|_| ApiError::Internal("hash pool closed".into()))?;
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || hash_with(&argon, &password))
             .await
@@ -56,6 +67,7 @@ impl Passwords {
             .acquire()
             .await
             .map_err(|_| ApiError::Internal("hash pool closed".into()))?;
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.clone());

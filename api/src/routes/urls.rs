@@ -356,6 +356,12 @@ pub async fn update(
         check_title(&mut f, t);
     }
     f.finish()?;
+    if matches!(password, Patch::Set(_)) {
+        // The hash's few permits are shared with every log-in: a caller who may not change
+        // this link is refused before taking one (and checked again under the row lock).
+        let client = state.client().await?;
+        caller.require_owner_or_admin(find_live(&client, id).await?.user_id)?;
+    }
     // Hashed before the transaction: argon2 takes tens of milliseconds, no row lock should.
     let password = match password {
         Patch::Set(p) => Patch::Set(state.auth.passwords.hash(p).await?),

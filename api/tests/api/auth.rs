@@ -114,20 +114,30 @@ async fn register_login_me_and_logout() {
 async fn duplicate_registration_is_409_and_bad_input_400() {
     let app = spawn_app().await;
     register(&app, "dup").await;
+    // A taken name or email is refused before any password is hashed: the hash's permits are
+    // shared with every log-in.
+    let hashed = app.state.auth.passwords.runs();
     let res = app
         .post_json(
             "/auth/register",
             &json!({"username": "dup", "email": "x@example.com", "password": "longenough"}),
         )
         .await;
-    error_of(res, 409).await;
+    assert_eq!(
+        error_of(res, 409).await["message"],
+        "username is already taken"
+    );
     let res = app
         .post_json(
             "/auth/register",
-            &json!({"username": "y", "email": "dup@example.com", "password": "longenough"}),
+            &json!({"username": "y", "email": "DUP@example.com", "password": "longenough"}),
         )
         .await;
-    error_of(res, 409).await;
+    assert_eq!(
+        error_of(res, 409).await["message"],
+        "email is already registered"
+    );
+    assert_eq!(app.state.auth.passwords.runs(), hashed);
     let res = app
         .post_json(
             "/auth/register",
@@ -895,6 +905,23 @@ async fn required_mode_enforces_ownership_and_admin_routes() {
         .await
         .unwrap();
     assert_eq!(error_of(res, 403).await["error"], "forbidden");
+    // Nor put a password on it, nor anyone without a token: refused before the hash, whose
+    // permits every log-in shares.
+    let hashed = app.state.auth.passwords.runs();
+    let res = as_(&bob, app.client.put(app.url(&format!("/urls/{id}"))))
+        .json(&json!({"password": "bobs-secret"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(res, 403).await;
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"password": "anyones-secret"}),
+        )
+        .await;
+    error_of(res, 401).await;
+    assert_eq!(app.state.auth.passwords.runs(), hashed);
     error_of(
         as_(&bob, app.client.delete(app.url(&format!("/urls/{id}"))))
             .send()
