@@ -94,3 +94,13 @@ pub async fn revoke_key(c: &impl GenericClient, user_id: i64, id: i64) -> Result
         .await?;
     Ok(c.execute(&stmt, &[&id, &user_id]).await? == 1)
 }
+
+/// Revokes every active key of a user (the account was deleted).
+pub async fn revoke_all(c: &impl GenericClient, user_id: i64) -> Result<u64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .await?;
+    c.execute(&stmt, &[&user_id]).await
+}

@@ -139,9 +139,19 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
     caller.require_self_or_admin(id)?;
-    let client = state.client().await?;
-    if !db::users::delete_user(&client, id).await? {
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    if !db::users::delete_user(&tx, id).await? {
         return Err(ApiError::NotFound(format!("user {id} not found")));
+    }
+    // A deleted account's credentials go with it: a bulk import that brings the row back
+    // (`deleted_at` cleared) must not bring back its keys and sessions too.
+    db::api_keys::revoke_all(&tx, id).await?;
+    tx.commit().await?;
+    if state.auth.sessions.revoke_all(id).await.is_err() {
+        // Refused anyway while the account is deleted (every request looks the user up);
+        // only a later re-import would find them, until they expire.
+        log::warn!(user_id = id; "sessions of a deleted user not revoked: Redis unavailable");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -354,6 +354,52 @@ async fn an_admins_email_cannot_be_claimed_by_someone_else() {
     assert_eq!(app.post_json("/auth/register", &other).await.status(), 201);
 }
 
+/// Deleting an account ends its sessions and API keys: a bulk import that brings the row back
+/// brings back neither (the password stays, so its owner can log in again).
+#[tokio::test]
+async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
+    let app = spawn_app().await;
+    let (token, id) = register(&app, "gone").await;
+    let res = app
+        .client
+        .post(app.url("/auth/keys"))
+        .header("authorization", bearer(&token))
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let key = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .delete(app.url(&format!("/users/{id}")))
+        .header("authorization", bearer(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let csv = format!("id,username,email\n{id},gone,gone@example.com\n");
+    assert_eq!(
+        app.upload("/users/bulk", csv.into_bytes()).await.status(),
+        201
+    );
+    assert_eq!(
+        me(&app, &token).await.status(),
+        401,
+        "the session came back"
+    );
+    assert_eq!(me(&app, &key).await.status(), 401, "the API key came back");
+    let res = login(
+        &app,
+        json!({"username": "gone", "password": "pw-gone-secret"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+}
+
 #[tokio::test]
 async fn api_key_lifecycle() {
     let app = spawn_app().await;
