@@ -66,6 +66,9 @@ impl Default for ApiConfig {
     }
 }
 
+/// The longest duration a `*_seconds` key takes.
+const TEN_YEARS_SECONDS: u64 = 10 * 365 * 86_400;
+
 impl ApiConfig {
     /// Who may name the client (see `kurz_common::proxies`).
     pub fn proxy_trust(&self) -> Result<kurz_common::proxies::ProxyTrust, String> {
@@ -253,6 +256,29 @@ impl ApiConfig {
             _ => return bad("base_url", "must be an absolute http(s) URL (BASE_URL)"),
         }
         let a = &self.auth;
+        // Far past any use, and a value near u64's end overflows the time arithmetic (a session
+        // TTL of 2^63 s panicked at every log-in) or Redis's `EX`.
+        for (key, v) in [
+            ("auth.session_ttl_seconds", a.session_ttl_seconds),
+            (
+                "auth.lockout.base_delay_seconds",
+                a.lockout.base_delay_seconds,
+            ),
+            (
+                "auth.lockout.max_delay_seconds",
+                a.lockout.max_delay_seconds,
+            ),
+            ("auth.lockout.window_seconds", a.lockout.window_seconds),
+            ("cache.link_ttl_seconds", self.cache.link_ttl_seconds),
+            (
+                "cache.negative_ttl_seconds",
+                self.cache.negative_ttl_seconds,
+            ),
+        ] {
+            if v > TEN_YEARS_SECONDS {
+                return bad(key, "must be at most 315360000 (ten years)");
+            }
+        }
         if a.session_ttl_seconds < 60 {
             return bad("auth.session_ttl_seconds", "must be at least 60");
         }
@@ -564,6 +590,45 @@ mod tests {
 
     /// Every variable configuration.md names for kurz-api reaches its key, and a bad value
     /// stops start-up naming the variable.
+    #[test]
+    fn durations_past_ten_years_are_refused_by_name() {
+        let huge = 1u64 << 63;
+        let cases: [(&str, fn(&mut ApiConfig, u64)); 6] = [
+            ("auth.session_ttl_seconds", |c, v| {
+                c.auth.session_ttl_seconds = v
+            }),
+            ("auth.lockout.base_delay_seconds", |c, v| {
+                c.auth.lockout.base_delay_seconds = v
+            }),
+            ("auth.lockout.max_delay_seconds", |c, v| {
+                c.auth.lockout.max_delay_seconds = v
+            }),
+            ("auth.lockout.window_seconds", |c, v| {
+                c.auth.lockout.window_seconds = v
+            }),
+            ("cache.link_ttl_seconds", |c, v| {
+                c.cache.link_ttl_seconds = v
+            }),
+            ("cache.negative_ttl_seconds", |c, v| {
+                c.cache.negative_ttl_seconds = v
+            }),
+        ];
+        for (key, set) in cases {
+            let mut c = ApiConfig::default();
+            set(&mut c, huge);
+            if key == "auth.lockout.base_delay_seconds" {
+                c.auth.lockout.max_delay_seconds = huge;
+            }
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+            let mut c = ApiConfig::default();
+            set(&mut c, TEN_YEARS_SECONDS);
+            c.auth.lockout.max_delay_seconds = TEN_YEARS_SECONDS;
+            c.validate()
+                .unwrap_or_else(|e| panic!("{key}: ten years is allowed: {e}"));
+        }
+    }
+
     #[test]
     fn every_documented_variable_reaches_its_key_and_a_bad_value_names_it() {
         type Applied = fn(&ApiConfig) -> bool;
