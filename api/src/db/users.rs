@@ -202,14 +202,23 @@ pub async fn find_login(
     email: Option<&str>,
     username: Option<&str>,
 ) -> Result<Option<(User, Option<String>)>, Error> {
+    // A username may hold an '@' too: an identifier given as an email that no account has is
+    // tried as a username (the web form cannot tell the two apart).
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {COLUMNS}, password_hash FROM users WHERE deleted_at IS NULL \
-             AND (($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($1::text IS NULL AND username = $2))"
+            "SELECT {COLUMNS}, password_hash, $1::text IS NOT NULL AND lower(email) = lower($1) \
+             FROM users WHERE deleted_at IS NULL \
+             AND (lower(email) = lower($1) OR username = coalesce($1, $2))"
         ))
         .await?;
     let rows = c.query(&stmt, &[&email, &username]).await?;
-    Ok(match rows.as_slice() {
+    let by_email: Vec<&Row> = rows.iter().filter(|r| r.get::<_, bool>(5)).collect();
+    let chosen: &[&Row] = if by_email.is_empty() {
+        &rows.iter().collect::<Vec<_>>()
+    } else {
+        &by_email
+    };
+    Ok(match chosen {
         [r] => Some((User::from_row(r), r.get(4))),
         _ => None,
     })

@@ -554,6 +554,39 @@ async fn a_new_login_in_the_same_browser_ends_the_session_it_replaces() {
 }
 
 /// A registered, logged-in browser.
+/// A username may hold an '@': the form's one field is tried as an email first, then as the
+/// name, so such a user logs in by name too (and by email, as anyone).
+#[tokio::test]
+async fn a_name_with_an_at_sign_logs_in_from_the_form() {
+    let app = spawn_app().await;
+    let body = serde_json::json!({"username": "bob@home", "email": "bob@example.com", "password": "long enough pw"});
+    assert_eq!(app.post_json("/auth/register", &body).await.status(), 201);
+    for account in ["bob@home", "BOB@example.com"] {
+        let mut b = Browser::new(&app);
+        let (_, login) = b.get("/login").await;
+        let res = b
+            .submit(
+                &login,
+                "/login",
+                &[("account", account), ("password", "long enough pw")],
+            )
+            .await;
+        assert_eq!(res.status(), 303, "{account}");
+    }
+    // An email that is someone's wins over a name that spells it.
+    let other = serde_json::json!({"username": "bob@example.com", "email": "b2@example.com", "password": "other long pw"});
+    assert_eq!(app.post_json("/auth/register", &other).await.status(), 201);
+    let res = app
+        .post_json(
+            "/auth/login",
+            &serde_json::json!({"email": "bob@example.com", "password": "long enough pw"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let user: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(user["user"]["username"], "bob@home");
+}
+
 async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
     let mut b = Browser::new(app);
     let (_, page) = b.get("/register").await;
