@@ -18,7 +18,13 @@ pub async fn run(client: &mut deadpool_postgres::Client) -> Result<(), String> {
     pg.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(|e| format!("migration lock: {e}"))?;
-    let result = embedded::migrations::runner().run_async(pg).await;
+    // A later release's migrations in the table are not an error: during a rolling upgrade
+    // (or a rollback) instances of the release before start on a schema a newer one migrated,
+    // which keeps the old release's queries working (docs/operations.md).
+    let result = embedded::migrations::runner()
+        .set_abort_missing(false)
+        .run_async(pg)
+        .await;
     let _ = pg
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;

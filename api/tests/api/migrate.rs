@@ -73,3 +73,60 @@ async fn instances_migrating_the_same_database_at_once_take_turns() {
         "each applied once: {applied:?}"
     );
 }
+
+/// An instance of the release before starts on a schema the next release migrated (a rolling
+/// upgrade, or a rollback): a migration it does not know, applied already, is no error.
+#[tokio::test]
+async fn an_older_release_starts_on_a_schema_a_newer_one_migrated() {
+    let name = format!("kurz_test_{:016x}", rand::random::<u64>());
+    let (admin, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = db_url(&name);
+    let migrate = || {
+        Command::new(env!("CARGO_BIN_EXE_kurz-api"))
+            .arg("migrate")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("kurz-api starts")
+    };
+    let first = migrate();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // What the next release's migrate leaves behind.
+    db.batch_execute(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         SELECT 9999, 'a_later_release', applied_on, '0' FROM refinery_schema_history \
+         ORDER BY version DESC LIMIT 1",
+    )
+    .await
+    .unwrap();
+    let again = migrate();
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        again.status.success(),
+        "the older release refused the newer schema: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
