@@ -40,11 +40,15 @@ async fn existing(
         .collect())
 }
 
-/// Moves `<table>_id_seq` past every id in the table and in the file.
+/// Moves `<table>_id_seq` past every id in the table and in the file. A sequence is not
+/// transactional and nothing stops another session's `nextval` between a read of it and a
+/// `setval`: setting it back to a value read a moment before handed those ids out again (a
+/// click batch then met its own id). So it is moved only forward, only when the ids need it,
+/// past a `nextval` taken in the same statement.
 async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> ApiResult<()> {
     let sql = format!(
-        "SELECT setval('{table}_id_seq', GREATEST($1::int8, (SELECT COALESCE(max(id), 1) FROM {table}), \
-         (SELECT last_value FROM {table}_id_seq)))"
+        "SELECT CASE WHEN t.want > nextval('{table}_id_seq') THEN setval('{table}_id_seq', t.want) END \
+         FROM (SELECT GREATEST($1::int8, (SELECT COALESCE(max(id), 1) FROM {table})) AS want) t"
     );
     c.query_one(&sql, &[&max_in_file]).await?;
     Ok(())
