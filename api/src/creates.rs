@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 struct Job {
     link: NewLinkBuf,
     reply: oneshot::Sender<ApiResult<Inserted>>,
+    /// The request's deadline handshake (`crate::deadline`): committed when the job's
+    /// statement starts, after which the request waits for its outcome instead of answering 503.
+    committed: Option<crate::deadline::Commitment>,
 }
 
 /// The queue in front of the create writers. Cloning shares it.
@@ -63,6 +66,7 @@ impl Creates {
         let job = Job {
             link: new.to_buf(),
             reply,
+            committed: crate::deadline::commitment(),
         };
         if self.queue.send(job).await.is_err() {
             return Err(ApiError::Internal("the create writers have stopped".into()));
@@ -95,8 +99,11 @@ async fn write(
             }
         }
         // A request that gave up (its deadline, or its client went away) learns nothing of its
-        // link: better not to make one.
-        jobs.retain(|job| !job.reply.is_closed());
+        // link: better not to make one. One still waiting is committed to: its deadline can no
+        // longer answer 503 for a link that is made.
+        jobs.retain(|job| {
+            !job.reply.is_closed() && job.committed.as_ref().is_none_or(|c| c.commit())
+        });
         if !jobs.is_empty() {
             metrics.create_batch_size.observe(jobs.len() as f64);
             commit(&db, jobs).await;

@@ -6,12 +6,56 @@
 //! lock wait) holds the client, the edge's upstream connection and a pool slot for as long as
 //! the client cares to wait.
 
+//!
+//! A 503 says "retry": it must mean nothing was done. A create that a writer has already put in
+//! a statement (`crate::creates`) cannot be called back, so once that statement started the
+//! request is answered with its outcome, however late (the statement is bounded by
+//! `database.statement_timeout_ms`): a client retrying a create it was told had failed would
+//! make the link twice.
+
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Whether a request's work may still be abandoned. The work and the deadline each try to move
+/// it from `OPEN`; whichever comes first decides, so a 503 is never sent for work that goes on.
+#[derive(Clone, Default)]
+pub struct Commitment(Arc<AtomicU8>);
+
+const OPEN: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Commitment {
+    /// The work is about to start for good; `false` when the request was abandoned first (then
+    /// leave it undone).
+    pub fn commit(&self) -> bool {
+        self.0
+            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The deadline passed; `false` when the work was committed first (then wait for it).
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+tokio::task_local! {
+    static REQUEST: Commitment;
+}
+
+/// The calling request's commitment; `None` outside a request (tests, background tasks).
+pub fn commitment() -> Option<Commitment> {
+    REQUEST.try_with(Commitment::clone).ok()
+}
 
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limits = &state.config.limits;
@@ -20,8 +64,12 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
     } else {
         limits.request_timeout_ms
     };
-    match tokio::time::timeout(Duration::from_millis(budget_ms), next.run(req)).await {
+    let commitment = Commitment::default();
+    let run = REQUEST.scope(commitment.clone(), next.run(req));
+    tokio::pin!(run);
+    match tokio::time::timeout(Duration::from_millis(budget_ms), &mut run).await {
         Ok(response) => response,
+        Err(_) if !commitment.abandon() => run.await,
         Err(_) => ApiError::Unavailable(format!(
             "the request did not complete within {budget_ms} ms; retry shortly"
         ))

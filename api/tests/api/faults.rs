@@ -382,6 +382,74 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     assert_eq!(link["original_url"], "https://example.com/bulk");
 }
 
+/// A create whose statement has started is answered with its outcome, however late: a 503
+/// tells the client to retry, and a retry of a create that was made makes the link twice.
+#[tokio::test]
+async fn a_create_past_its_deadline_but_in_a_statement_is_answered_not_503() {
+    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
+    let user = app.create_user("late").await;
+    let (other, _) = link_of(&app.create_url(user, "https://example.com/other").await);
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    // Inserts wait on this lock; reads do not.
+    tx.batch_execute("LOCK TABLE urls IN SHARE MODE")
+        .await
+        .unwrap();
+    let create = {
+        let (client, url) = (app.client.clone(), app.url("/urls"));
+        tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .json(&serde_json::json!({"user_id": user, "original_url": "https://example.com/late", "short_code": "lateone1"}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    };
+    let watcher = app.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the create never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An update started after it waits on the same lock and gets its 503: the create's
+    // deadline has passed too.
+    let res = app
+        .put_json(
+            &format!("/urls/{other}"),
+            &serde_json::json!({"title": "x"}),
+        )
+        .await;
+    crate::helpers::error_of(res, 503).await;
+    assert!(
+        !create.is_finished(),
+        "the create was answered before its statement ended"
+    );
+    tx.rollback().await.unwrap();
+    let (status, body) = create.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let made: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM urls WHERE short_code = 'lateone1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 1);
+}
+
 /// A 503 as the contract promises it for a store outage: our JSON, a `Retry-After`, and nothing
 /// of the driver's text.
 async fn assert_clean_503(res: reqwest::Response, what: &str) {
