@@ -593,7 +593,8 @@ mod tests {
     #[test]
     fn durations_past_ten_years_are_refused_by_name() {
         let huge = 1u64 << 63;
-        let cases: [(&str, fn(&mut ApiConfig, u64)); 6] = [
+        type Set = fn(&mut ApiConfig, u64);
+        let cases: [(&str, Set); 6] = [
             ("auth.session_ttl_seconds", |c, v| {
                 c.auth.session_ttl_seconds = v
             }),
