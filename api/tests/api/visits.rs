@@ -183,8 +183,9 @@ async fn a_limit_dropped_by_an_import_and_set_again_counts_the_stored_clicks() {
     let user = app.create_user("mvimport").await;
     let (id, code) = limited_link(&app, user, json!(3)).await;
     assert_eq!(race(&app, &code, 3).await, [302, 302, 302]);
+    // The file's `max_visits` column, empty: a file without the column keeps the limit.
     let csv = format!(
-        "id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/limited\n"
+        "id,user_id,short_code,original_url,max_visits\n{id},{user},{code},https://example.com/limited,\n"
     );
     assert_eq!(
         app.upload("/urls/bulk", csv.into_bytes()).await.status(),
