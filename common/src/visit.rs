@@ -21,9 +21,10 @@
 //! counts nor appends again. The two runs can reach Redis in either order (the edge's may still
 //! be queued when the API's arrives), so an API run that counts leaves a mark of its own, and
 //! an edge's run that finds it counts nothing: the visit counts once whichever comes first.
-//! Only an edge's mark passes an API run, and only an edge mints ids (the edge drops the header
-//! from clients' requests, the API reads it only from trusted proxies), so nobody can make up
-//! an id that passes a used-up link uncounted, and an id passes one retry at most.
+//! An API's mark also passes one API run (it becomes `r`, retried): the edge sends a forwarded
+//! GET again to another API when the first died before answering, maybe after its run counted.
+//! Only the edge mints ids (it drops the header from clients' requests, the API reads it only
+//! from trusted proxies), and an id passes one retry at most: a third run counts.
 //!
 //! Keys: `KEYS[1]` the entry, `KEYS[2]` the click stream, `KEYS[3]` the visit counter, `KEYS[4]`
 //! (optional) the visit's mark. Arguments:
@@ -55,7 +56,11 @@ if maxv == '' then
 else
   local mark = KEYS[4] and ARGV[1] ~= '0' and redis.call('GET', KEYS[4])
   if mark == '1' and ARGV[__MARK_ARG__] == 'take' then redis.call('DEL', KEYS[4]) return v end
-  if mark == 'a' and ARGV[__MARK_ARG__] == 'set' then return v end
+  if (mark == 'a' or mark == 'r') and ARGV[__MARK_ARG__] == 'set' then return v end
+  if mark == 'a' and ARGV[__MARK_ARG__] == 'take' then
+    redis.call('SET', KEYS[4], 'r', 'KEEPTTL')
+    return v
+  end
   local n = tonumber(redis.call('GET', KEYS[3]) or '-1')
   if n < 0 then return '__UNSEEDED__' end
   if n >= tonumber(maxv) then return '__EXHAUSTED__' end
@@ -170,7 +175,8 @@ pub enum VisitMark<'a> {
     /// counted it first.
     Set(&'a str),
     /// The API's run of a visit an edge forwarded: the edge's mark found means the edge counted
-    /// it; otherwise the API counts it and marks it (`a`) for an edge's run still on its way.
+    /// it, an API's (`a`) that another API did (the edge retried); otherwise the API counts it
+    /// and marks it (`a`) for an edge's run still on its way, or a retry.
     Take(&'a str),
 }
 

@@ -122,7 +122,9 @@ impl Redirector {
             (Some(_), false, true) => Record::Click,
             (Some(_), false, false) => Record::IfLimited,
         };
-        if record != Record::Nothing {
+        // Every GET gets an id, `Record::Nothing` under `redis.replica_acks` included: the API
+        // counts a forwarded visit under it, so a retry on another API counts it once.
+        if click.is_some() {
             *visit_id = Some(kurz_common::clicks::new_id());
         }
         let raw = match self

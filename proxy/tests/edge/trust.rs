@@ -264,3 +264,43 @@ fn seen_after(seen: &Received, path: &str) -> Vec<String> {
     let (_, headers) = seen.iter().rev().find(|(p, _)| p == path).unwrap();
     values(headers, "x-forwarded-for")
 }
+
+/// Under `redis.replica_acks` the edge forwards the visits it cannot confirm (a limited link's
+/// always): each still carries an id of the edge's, so the API that counts it marks it, and a
+/// retry on another API after the first died counts it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_replica_acks_a_forwarded_visit_carries_the_edges_id_too() {
+    let opts = || Options {
+        upstreams: 1,
+        replica_acks: 1,
+        rate_limits: format!("{{ {NO_LIMITS} }}"),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (addr, seen) = recording_upstream();
+    stack.write_config_servers(std::slice::from_ref(&addr), &opts());
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = stack.get("/health").await;
+        if res.status() == 200 && res.text().await.unwrap() == "{}" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording upstream got no traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.get("/nosuch2").await.status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    let visit = seen
+        .iter()
+        .find(|(path, _)| path == "/nosuch2")
+        .expect("the visit was forwarded");
+    let ids = values(&visit.1, "x-kurz-visit-id");
+    assert!(
+        ids.len() == 1 && ids[0].len() == 32,
+        "a forwarded visit carries the edge's id: {ids:?}"
+    );
+}
