@@ -185,7 +185,10 @@ impl ClickRecorder {
             self.metrics.clicks.with_label_values(&["stream"]).inc();
             return;
         }
-        self.direct_or_lost(click).await;
+        // The script's count is no better confirmed than the click: a replica promoted without
+        // it would let this visit through again. Queued, the link's next publish raises the
+        // counter to the stored clicks, this one included.
+        self.direct_or_lost(click, true).await;
     }
 
     async fn limited_visit_in_postgres(
@@ -251,11 +254,21 @@ impl ClickRecorder {
             Err(down) => down.to_string(),
         };
         log::warn!(error = why, url_id = click.url_id; "click stream unavailable, inserting directly");
-        self.direct_or_lost(&click).await;
+        self.direct_or_lost(&click, false).await;
     }
 
-    async fn direct_or_lost(&self, click: &Click) {
+    /// Stores `click` in PostgreSQL; with `queue_link`, also queues its link in `link_outbox`
+    /// (in the same transaction) for a publish that raises its visit counter.
+    async fn direct_or_lost(&self, click: &Click, queue_link: bool) {
         let inserted = match self.db.get().await {
+            Ok(mut client) if queue_link => async {
+                let tx = client.transaction().await?;
+                insert_click(&tx, click).await?;
+                crate::db::outbox::enqueue(&tx, &click.code).await?;
+                tx.commit().await
+            }
+            .await
+            .map_err(|e| e.to_string()),
             Ok(client) => insert_click(&client, click)
                 .await
                 .map_err(|e| e.to_string()),

@@ -7,7 +7,7 @@ use kurz_api::cache::{LinkState, Lookup, Published};
 use kurz_api::db;
 use kurz_common::keys::{CachedLink, LinkEntry};
 use kurz_common::testing::{Persistence, PrivateRedis};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn entry(target: &str) -> CachedLink {
@@ -466,6 +466,51 @@ async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
         .await
         .unwrap();
     app.wait_outbox_empty().await;
+}
+
+/// With `redis.replica_acks`, a limited visit whose count no replica confirmed queues its link:
+/// a replica promoted without that count would let the visit through again, and the link's
+/// next publish raises the counter to the stored clicks.
+#[tokio::test]
+async fn with_replica_acks_an_unconfirmed_visit_count_queues_its_link() {
+    let master = PrivateRedis::start(Persistence::None);
+    let url = master.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.redis.replica_acks = 1;
+    })
+    .await;
+    let user = app.create_user("unconfirmed").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/limited", "max_visits": 5}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let code = res.json::<Value>().await.unwrap()["short_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let db = app.sql().await;
+    let before: chrono::DateTime<chrono::Utc> = db
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let queued: Option<chrono::DateTime<chrono::Utc>> = db
+        .query_opt(
+            "SELECT queued_at FROM link_outbox WHERE short_code = $1",
+            &[&code],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert!(
+        queued.is_some_and(|at| at >= before),
+        "the visit's unconfirmed count did not queue its link: {queued:?} before {before}"
+    );
 }
 
 /// While Redis does not answer, the replay's rounds fail; the gauge of queued link states
