@@ -25,6 +25,20 @@ async fn register(app: &TestApp, name: &str) -> (String, i64) {
     )
 }
 
+/// Makes an API key named `ci` with `token`'s session: the key's JSON.
+async fn new_key(app: &TestApp, token: &str) -> Value {
+    let res = app
+        .client
+        .post(app.url("/auth/keys"))
+        .header("authorization", bearer(token))
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -360,16 +374,7 @@ async fn an_admins_email_cannot_be_claimed_by_someone_else() {
 async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
     let app = spawn_app().await;
     let (token, id) = register(&app, "gone").await;
-    let res = app
-        .client
-        .post(app.url("/auth/keys"))
-        .header("authorization", bearer(&token))
-        .json(&json!({"name": "ci"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let key = res.json::<Value>().await.unwrap()["key"]
+    let key = new_key(&app, &token).await["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -405,16 +410,7 @@ async fn api_key_lifecycle() {
     let app = spawn_app().await;
     let (token, _) = register(&app, "machine").await;
     let (other, _) = register(&app, "other").await;
-    let res = app
-        .client
-        .post(app.url("/auth/keys"))
-        .header("authorization", bearer(&token))
-        .json(&json!({"name": "ci"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let created: Value = res.json().await.unwrap();
+    let created = new_key(&app, &token).await;
     let key = created["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("kzk_"));
     assert!(key.starts_with(created["prefix"].as_str().unwrap()));

@@ -423,11 +423,8 @@ async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
     app.wait_outbox_empty().await;
 }
 
-/// With `redis.replica_acks`, a link's new state is done only once a replica confirmed it: a
-/// failover could otherwise promote a replica that still serves the old one. Without a replica
-/// the write stays queued, and the replay finishes it once one is there.
-#[tokio::test]
-async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
+/// An app whose writes wait for one replica, on a Redis of its own that has none yet.
+async fn app_with_replica_acks() -> (PrivateRedis, TestApp) {
     let master = PrivateRedis::start(Persistence::None);
     let url = master.url();
     let app = spawn_app_with(|c| {
@@ -435,6 +432,15 @@ async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
         c.redis.replica_acks = 1;
     })
     .await;
+    (master, app)
+}
+
+/// With `redis.replica_acks`, a link's new state is done only once a replica confirmed it: a
+/// failover could otherwise promote a replica that still serves the old one. Without a replica
+/// the write stays queued, and the replay finishes it once one is there.
+#[tokio::test]
+async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
+    let (master, app) = app_with_replica_acks().await;
     let (_, id, _) = app.create_link("acks", "https://example.com/acks").await;
     let res = app
         .put_json(&format!("/urls/{id}"), &json!({"title": "unconfirmed"}))
@@ -473,13 +479,7 @@ async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
 /// next publish raises the counter to the stored clicks.
 #[tokio::test]
 async fn with_replica_acks_an_unconfirmed_visit_count_queues_its_link() {
-    let master = PrivateRedis::start(Persistence::None);
-    let url = master.url();
-    let app = spawn_app_with(|c| {
-        c.redis.url = url;
-        c.redis.replica_acks = 1;
-    })
-    .await;
+    let (_master, app) = app_with_replica_acks().await;
     let user = app.create_user("unconfirmed").await;
     let res = app
         .post_json(

@@ -4,8 +4,8 @@
 use crate::helpers::{admin_db_url, db_url};
 use std::process::{Command, Stdio};
 
-#[tokio::test]
-async fn instances_migrating_the_same_database_at_once_take_turns() {
+/// A new empty database: the admin connection (to drop it after), its name and its URL.
+async fn empty_database() -> (tokio_postgres::Client, String, String) {
     let name = format!("kurz_test_{:016x}", rand::random::<u64>());
     let (admin, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
         .await
@@ -16,19 +16,27 @@ async fn instances_migrating_the_same_database_at_once_take_turns() {
         .await
         .unwrap();
     let url = db_url(&name);
+    (admin, name, url)
+}
+
+/// `kurz-api migrate` against `url`, with nothing of the test's environment; its errors piped.
+fn migrate(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kurz-api"));
+    cmd.arg("migrate")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", url)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[tokio::test]
+async fn instances_migrating_the_same_database_at_once_take_turns() {
+    let (admin, name, url) = empty_database().await;
     let migrators: Vec<_> = (0..4)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_kurz-api"))
-                .arg("migrate")
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("DATABASE_URL", &url)
-                .env("LOG_LEVEL", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("kurz-api starts")
-        })
+        .map(|_| migrate(&url).spawn().expect("kurz-api starts"))
         .collect();
     let outcomes: Vec<_> = migrators
         .into_iter()
@@ -78,29 +86,8 @@ async fn instances_migrating_the_same_database_at_once_take_turns() {
 /// upgrade, or a rollback): a migration it does not know, applied already, is no error.
 #[tokio::test]
 async fn an_older_release_starts_on_a_schema_a_newer_one_migrated() {
-    let name = format!("kurz_test_{:016x}", rand::random::<u64>());
-    let (admin, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = db_url(&name);
-    let migrate = || {
-        Command::new(env!("CARGO_BIN_EXE_kurz-api"))
-            .arg("migrate")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &url)
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("kurz-api starts")
-    };
-    let first = migrate();
+    let (admin, name, url) = empty_database().await;
+    let first = migrate(&url).output().expect("kurz-api starts");
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -113,7 +100,7 @@ async fn an_older_release_starts_on_a_schema_a_newer_one_migrated() {
     )
     .await
     .unwrap();
-    let again = migrate();
+    let again = migrate(&url).output().expect("kurz-api starts");
     drop(db);
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))

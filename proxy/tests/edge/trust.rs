@@ -163,6 +163,26 @@ fn recording_upstream() -> (String, Received) {
     (addr, seen)
 }
 
+/// A recording upstream, made the stack's only one (a reload with `opts`); returns once it is
+/// in rotation, its health check passed and it alone answers.
+async fn recording_upstream_alone(stack: &Stack, opts: &Options) -> (String, Received) {
+    let (addr, seen) = recording_upstream();
+    stack.write_config_servers(std::slice::from_ref(&addr), opts);
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = stack.get("/health").await;
+        if res.status() == 200 && res.text().await.unwrap() == "{}" {
+            return (addr, seen);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording upstream got no traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts() {
     let opts = || Options {
@@ -171,22 +191,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts()
         ..Options::default()
     };
     let stack = Stack::start(opts());
-    let (addr, seen) = recording_upstream();
-    stack.write_config_servers(std::slice::from_ref(&addr), &opts());
-    stack.signal_proxy("HUP");
-    // The recording upstream is in rotation once its health check passed and it alone answers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = stack.get("/health").await;
-        if res.status() == 200 && res.text().await.unwrap() == "{}" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recording upstream got no traffic"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (addr, seen) = recording_upstream_alone(&stack, &opts()).await;
 
     let forged = "0123456789abcdef0123456789abcdef";
     let with_forged = |path: &str| {
@@ -277,21 +282,7 @@ async fn under_replica_acks_a_forwarded_visit_carries_the_edges_id_too() {
         ..Options::default()
     };
     let stack = Stack::start(opts());
-    let (addr, seen) = recording_upstream();
-    stack.write_config_servers(std::slice::from_ref(&addr), &opts());
-    stack.signal_proxy("HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = stack.get("/health").await;
-        if res.status() == 200 && res.text().await.unwrap() == "{}" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recording upstream got no traffic"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, seen) = recording_upstream_alone(&stack, &opts()).await;
     assert_eq!(stack.get("/nosuch2").await.status(), 200);
     let seen = seen.lock().unwrap().clone();
     let visit = seen
