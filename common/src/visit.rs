@@ -17,8 +17,8 @@
 //! mints one for each visit it runs through the script, its run sets the mark when it counts
 //! ([`VisitMark::Set`]), and when it forwards the request after all (its Redis call timed out,
 //! maybe after the script ran) it passes the id to the API in [`VISIT_ID_HEADER`]. The API's
-//! run takes the mark ([`VisitMark::Take`]): the edge's mark found, it deletes it and neither
-//! counts nor appends again. The two runs can reach Redis in either order (the edge's may still
+//! run takes the mark ([`VisitMark::Take`]): the edge's mark found, it neither counts nor
+//! appends again, and leaves the API's mark (`a`) in its place. The two runs can reach Redis in either order (the edge's may still
 //! be queued when the API's arrives), so an API run that counts leaves a mark of its own, and
 //! an edge's run that finds it counts nothing: the visit counts once whichever comes first.
 //! An API's mark also passes one API run (it becomes `r`, retried): the edge sends a forwarded
@@ -55,7 +55,10 @@ if maxv == '' then
   if ARGV[1] ~= '1' and ARGV[1] ~= '3' then return v end
 else
   local mark = KEYS[4] and ARGV[1] ~= '0' and redis.call('GET', KEYS[4])
-  if mark == '1' and ARGV[__MARK_ARG__] == 'take' then redis.call('DEL', KEYS[4]) return v end
+  if mark == '1' and ARGV[__MARK_ARG__] == 'take' then
+    redis.call('SET', KEYS[4], 'a', 'KEEPTTL')
+    return v
+  end
   if (mark == 'a' or mark == 'r') and ARGV[__MARK_ARG__] == 'set' then return v end
   if mark == 'a' and ARGV[__MARK_ARG__] == 'take' then
     redis.call('SET', KEYS[4], 'r', 'KEEPTTL')

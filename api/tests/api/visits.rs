@@ -444,9 +444,18 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
                 "the edge's visit was counted twice"
             );
             wait_visits(&app, id, 2).await;
-            // Both visits used: the next is refused, the edge's id passed one retry only, and
-            // an id a trusted peer makes up finds no mark (only an edge's run sets one).
+            // Both visits used: the next is refused. The edge's id passes one retry more (its
+            // API may have died before answering), then no more; an id a trusted peer makes up
+            // finds no mark.
             assert_exhausted(app.get(&format!("/{code}")).await).await;
+            let retry = app
+                .client
+                .get(app.url(&format!("/{code}")))
+                .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(retry.status(), 302, "the edge's retry of its counted visit");
             for id in [visit_id.clone(), kurz_common::clicks::new_id()] {
                 let res = app
                     .client
