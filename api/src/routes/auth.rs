@@ -79,13 +79,18 @@ pub(crate) async fn register_account(state: &AppState, body: JsonObject) -> ApiR
     }
     // A taken name or email is refused before the hash: its permits are shared with every
     // log-in, and repeating a taken name must not cost one (checked again below, locked).
-    let mut client = state.client().await?;
-    match db::users::identity_taken(&client, &username, &email).await? {
+    // The connection goes back before the hash: a queue of hashes must not hold the pool.
+    let taken = {
+        let client = state.client().await?;
+        db::users::identity_taken(&client, &username, &email).await?
+    };
+    match taken {
         Some("username") => return Err(ApiError::Conflict("username is already taken".into())),
         Some(_) => return Err(ApiError::Conflict("email is already registered".into())),
         None => {}
     }
     let hash = state.auth.passwords.hash(password).await?;
+    let mut client = state.client().await?;
     let tx = client.transaction().await?;
     crate::routes::users::refuse_taken(&tx, &username, None).await?;
     // An admin's email (`auth.admins`) makes whoever holds it an admin, and addresses are not
