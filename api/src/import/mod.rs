@@ -43,8 +43,9 @@ async fn existing(
 /// Moves `<table>_id_seq` past every id in the table and in the file. A sequence is not
 /// transactional and nothing stops another session's `nextval` between a read of it and a
 /// `setval`: setting it back to a value read a moment before handed those ids out again (a
-/// click batch then met its own id). So it is moved only forward, only when the ids need it,
-/// past a `nextval` taken in the same statement.
+/// click batch then met its own id). So it is moved only when the ids need it, to past a
+/// `nextval` taken in the same statement. A narrow window stays: sessions that take more ids
+/// than the jump between that `nextval` and the `setval` would see the sequence go back.
 async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> ApiResult<()> {
     let sql = format!(
         "SELECT CASE WHEN t.want > nextval('{table}_id_seq') THEN setval('{table}_id_seq', t.want) END \
