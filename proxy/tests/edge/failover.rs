@@ -3,7 +3,7 @@
 //! the rotation at once, a reload's new upstream joins only once a check passes, and a graceful
 //! upgrade or a SIGTERM under keep-alive load fails no request.
 
-use crate::harness::{free_port, Options, Stack};
+use crate::harness::{fake_upstream, free_port, paths, Behaviour, Options, Received, Stack};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -336,67 +336,6 @@ async fn sigterm_keeps_serving_through_the_grace_period_then_exits() {
     assert!(exited, "the proxy exits cleanly after draining");
 }
 
-/// What a fake upstream does with a request other than a health check.
-#[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
-    /// Leaves it unanswered until the edge lets go of the connection.
-    Hold,
-    /// Closes the connection without a word: it died mid-request.
-    Close,
-    /// `200 {}`.
-    Answer,
-}
-
-/// An upstream that answers its health checks and treats every other request as `behaviour`
-/// says; keeps the paths it was sent.
-fn fake_upstream(behaviour: Behaviour) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut out = conn.try_clone().unwrap();
-                let mut reader = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header.trim_end().is_empty() {
-                            break;
-                        }
-                    }
-                    let health = path.starts_with("/health");
-                    if !health {
-                        log.lock().unwrap().push(path);
-                        match behaviour {
-                            // The next read ends when the edge closes the connection.
-                            Behaviour::Hold => continue,
-                            Behaviour::Close => return,
-                            Behaviour::Answer => {}
-                        }
-                    }
-                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-                    if out.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// Points the edge at `upstreams` (with `opts`) and waits until each is in rotation.
 async fn switch_to(stack: &Stack, upstreams: &[String], opts: &Options) {
     stack.write_config_servers(upstreams, opts);
@@ -432,13 +371,7 @@ async fn a_client_that_gives_up_is_not_retried_on_another_upstream() {
     };
     let errors_before = errors().await;
 
-    let held = |seen: &Arc<std::sync::Mutex<Vec<String>>>| {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|p| *p == "/urls/held")
-            .count()
-    };
+    let held = |seen: &Received| paths(seen).iter().filter(|p| *p == "/urls/held").count();
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
         .await
         .unwrap();
@@ -491,8 +424,8 @@ async fn with_retries_off_a_request_an_upstream_dropped_is_not_sent_again() {
         let res = stack.get(&format!("/urls/{i}")).await;
         statuses.push(res.status().as_u16());
     }
-    let dropped = seen_dying.lock().unwrap().clone();
-    let answered = seen_good.lock().unwrap().clone();
+    let dropped = paths(&seen_dying);
+    let answered = paths(&seen_good);
     assert!(
         !dropped.is_empty(),
         "round robin never chose the dying upstream"

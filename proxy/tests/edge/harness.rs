@@ -660,3 +660,81 @@ pub fn curl(args: &[&str]) -> String {
         .expect("curl must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What a [`fake_upstream`] does with a request other than a health check.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    /// Leaves it unanswered until the edge lets go of the connection.
+    Hold,
+    /// Closes the connection without a word: it died mid-request.
+    Close,
+    /// `200 {}`.
+    Answer,
+}
+
+/// Each request's path and its headers (names lower-cased), as an upstream received them.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// The paths `seen` holds, in order.
+pub fn paths(seen: &Received) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// An upstream on a free port that answers its health checks (`/health…`) `200 {}` and treats
+/// every other request as `behaviour` says, keeping what it received. Bodiless requests only
+/// (GETs and health checks): it reads no body.
+pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: Received = Default::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                        }
+                    }
+                    if !path.starts_with("/health") {
+                        log.lock().unwrap().push((path, headers));
+                        match behaviour {
+                            // The next read ends when the edge closes the connection.
+                            Behaviour::Hold => continue,
+                            Behaviour::Close => return,
+                            Behaviour::Answer => {}
+                        }
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}

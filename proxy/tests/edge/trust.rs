@@ -1,9 +1,8 @@
 //! Who names the client, the request id and the client's scheme: only trusted proxies, as
 //! configured, and a SIGHUP changes who that is.
 
-use crate::harness::{Options, Stack};
+use crate::harness::{fake_upstream, Behaviour, Options, Received, Stack};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NO_LIMITS: &str = "redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 }";
@@ -105,9 +104,6 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
     );
 }
 
-/// Each request's path and its headers (names lower-cased), as an upstream received them.
-type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
-
 /// The values of `name` among `headers`, in order.
 fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
     headers
@@ -117,56 +113,10 @@ fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// An upstream that answers every request `200 {}` over keep-alive and keeps what it received.
-/// Bodiless requests only (GETs and the edge's health checks): it reads no body.
-fn recording_upstream() -> (String, Received) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut out = conn.try_clone().unwrap();
-                let mut reader = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let header = header.trim_end();
-                        if header.is_empty() {
-                            break;
-                        }
-                        if let Some((name, value)) = header.split_once(':') {
-                            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-                        }
-                    }
-                    log.lock().unwrap().push((path, headers));
-                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-                    if out.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// A recording upstream, made the stack's only one (a reload with `opts`); returns once it is
 /// in rotation, its health check passed and it alone answers.
 async fn recording_upstream_alone(stack: &Stack, opts: &Options) -> (String, Received) {
-    let (addr, seen) = recording_upstream();
+    let (addr, seen) = fake_upstream(Behaviour::Answer);
     stack.write_config_servers(std::slice::from_ref(&addr), opts);
     stack.signal_proxy("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
