@@ -348,6 +348,16 @@ async fn forward_as_edge(
         .unwrap()
 }
 
+/// A GET of `code` from a trusted peer naming visit id `visit_id` (a retry, or a made-up id).
+async fn get_with_visit_id(app: &TestApp, code: &str, visit_id: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/{code}")))
+        .header(kurz_common::visit::VISIT_ID_HEADER, visit_id)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// What an edge's run of the visit script does for a GET of `code` under its own ids.
 async fn edge_run(app: &TestApp, code: &str, visit_id: &str, click_id: &str) -> Option<String> {
     let click = kurz_common::clicks::Click {
@@ -448,22 +458,10 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
             // API may have died before answering), then no more; an id a trusted peer makes up
             // finds no mark.
             assert_exhausted(app.get(&format!("/{code}")).await).await;
-            let retry = app
-                .client
-                .get(app.url(&format!("/{code}")))
-                .header(kurz_common::visit::VISIT_ID_HEADER, &visit_id)
-                .send()
-                .await
-                .unwrap();
+            let retry = get_with_visit_id(&app, &code, &visit_id).await;
             assert_eq!(retry.status(), 302, "the edge's retry of its counted visit");
             for id in [visit_id.clone(), kurz_common::clicks::new_id()] {
-                let res = app
-                    .client
-                    .get(app.url(&format!("/{code}")))
-                    .header(kurz_common::visit::VISIT_ID_HEADER, &id)
-                    .send()
-                    .await
-                    .unwrap();
+                let res = get_with_visit_id(&app, &code, &id).await;
                 assert_exhausted(res).await;
             }
             // An edge sending a GET again (its API died before answering, maybe after its run
@@ -473,13 +471,7 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
             let made_up = kurz_common::clicks::new_id();
             let mut statuses = Vec::new();
             for _ in 0..3 {
-                let res = app
-                    .client
-                    .get(app.url(&format!("/{once}")))
-                    .header(kurz_common::visit::VISIT_ID_HEADER, &made_up)
-                    .send()
-                    .await
-                    .unwrap();
+                let res = get_with_visit_id(&app, &once, &made_up).await;
                 statuses.push(res.status().as_u16());
             }
             assert_eq!(
