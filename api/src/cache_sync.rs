@@ -3,7 +3,7 @@
 //! A write enqueues its code in `link_outbox` inside its own transaction (see
 //! `db::outbox`), then publishes. A publish that fails or times out leaves the row; the
 //! replayer here publishes the link's current row until Redis takes it. So once a write has
-//! answered 2xx, its state reaches every edge within the outage plus one replay interval, instead
+//! answered 2xx, its state reaches every edge within the outage plus one replay round, instead
 //! of the old entry redirecting until its TTL (24 h) ran out.
 
 use crate::cache::{LinkState, Published};
@@ -11,13 +11,24 @@ use crate::db;
 use crate::db::urls::Link;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How often queued codes are published again.
 pub const REPLAY_EVERY: Duration = Duration::from_millis(500);
 
-/// Codes replayed per round.
+/// Codes read from the queue at once.
 const REPLAY_BATCH: i64 = 500;
+
+/// Codes replayed at once: their reads are pipelined on one PostgreSQL connection, their
+/// publishes on the Redis connection. A backlog of 100,000 codes (an import during a Redis
+/// outage) then goes out in seconds, not one round trip after another.
+const REPLAY_CONCURRENCY: usize = 32;
+
+/// Batches in one round at most: a clock that steps back could keep a moved code inside the
+/// round's range.
+const REPLAY_MAX_BATCHES: usize = 400;
 
 /// After a committed write of `link`. `queued` is the outbox stamp the write's transaction got;
 /// `None` for writes that enqueue only on failure (creates: a new code has no stale entry to
@@ -124,8 +135,11 @@ pub async fn publish_missing(
     Ok(())
 }
 
-/// One replay round: publishes the current state of the oldest queued codes. Returns how many
-/// were published.
+/// One replay round: publishes the current state of every code queued when it began, oldest
+/// first, in batches whose codes are replayed concurrently. A code that fails (its Redis node
+/// refuses it, say a shard without the replica `redis.replica_acks` asks for) goes behind the
+/// others instead of holding up the codes queued after it; a batch in which nothing succeeds
+/// (Redis or PostgreSQL down) ends the round. Returns how many were published, or what failed.
 pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     let client = state.db.get().await.map_err(|e| e.to_string())?;
     // Before publishing: a round that Redis fails ends early, and the gauge must still show
@@ -133,36 +147,108 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     if let Ok(waiting) = db::outbox::count(&client).await {
         state.metrics.link_outbox.set(waiting);
     }
-    let queued = db::outbox::oldest(&client, REPLAY_BATCH)
+    // Codes queued during the round wait for the next one, so a round always ends.
+    let Some(upto) = db::outbox::newest(&client)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut published = 0;
-    for (code, stamp) in &queued {
-        let link = db::urls::find_url_by_code(&client, code)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(0);
+    };
+    let (mut published, mut failed, mut first_error) = (0, 0, None);
+    for _ in 0..REPLAY_MAX_BATCHES {
+        let queued = db::outbox::oldest(&client, REPLAY_BATCH, upto)
             .await
             .map_err(|e| e.to_string())?;
-        match link {
-            Some(link) => {
-                let published = state
-                    .cache
-                    .publish(code, &link.cache_state())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if published == Published::OlderThanMissing {
-                    republish(state, code).await?;
-                }
-            }
-            None => publish_missing(state, &client, code).await?,
+        let full = queued.len() as i64 == REPLAY_BATCH;
+        let (done, errors) = replay_batch(state, &client, queued, upto).await?;
+        published += done;
+        failed += errors.len();
+        first_error = first_error.or(errors.into_iter().next());
+        if !full || done == 0 {
+            break;
         }
-        db::outbox::done(&client, code, *stamp)
-            .await
-            .map_err(|e| e.to_string())?;
-        published += 1;
     }
     if let Ok(left) = db::outbox::count(&client).await {
         state.metrics.link_outbox.set(left);
     }
-    Ok(published)
+    match first_error {
+        None => Ok(published),
+        Some(e) => Err(format!(
+            "{failed} queued link states not published ({published} were); first: {e}"
+        )),
+    }
+}
+
+/// Replays `queued`, [`REPLAY_CONCURRENCY`] at a time; a code that fails goes behind those
+/// queued up to `upto`. Returns how many were published and the failures; an error when a
+/// failed code could not be moved (PostgreSQL is gone).
+async fn replay_batch(
+    state: &AppState,
+    client: &deadpool_postgres::Client,
+    queued: Vec<(String, DateTime<Utc>)>,
+    upto: DateTime<Utc>,
+) -> Result<(usize, Vec<String>), String> {
+    let (succeeded, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    // A first wave that failed whole means Redis (or PostgreSQL) is down, not one code's node:
+    // starting the rest would only wait out a timeout each.
+    let down = || {
+        failed.load(Ordering::Relaxed) >= REPLAY_CONCURRENCY
+            && succeeded.load(Ordering::Relaxed) == 0
+    };
+    let outcomes: Vec<_> = stream::iter(queued)
+        .take_while(|_| std::future::ready(!down()))
+        .map(|(code, stamp)| {
+            let (succeeded, failed) = (&succeeded, &failed);
+            async move {
+                let outcome = replay_code(state, client, &code, stamp).await;
+                match outcome {
+                    Ok(()) => succeeded.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                (code, stamp, outcome)
+            }
+        })
+        .buffer_unordered(REPLAY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut errors = Vec::new();
+    for (code, stamp, outcome) in outcomes {
+        if let Err(e) = outcome {
+            db::outbox::requeue(client, &code, stamp, upto)
+                .await
+                .map_err(|e| e.to_string())?;
+            errors.push(format!("{code}: {e}"));
+        }
+    }
+    Ok((succeeded.into_inner(), errors))
+}
+
+/// Publishes the current row of `code`, queued at `stamp`, and unqueues it.
+async fn replay_code(
+    state: &AppState,
+    client: &deadpool_postgres::Client,
+    code: &str,
+    stamp: DateTime<Utc>,
+) -> Result<(), String> {
+    let link = db::urls::find_url_by_code(client, code)
+        .await
+        .map_err(|e| e.to_string())?;
+    match link {
+        Some(link) => {
+            let published = state
+                .cache
+                .publish(code, &link.cache_state())
+                .await
+                .map_err(|e| e.to_string())?;
+            if published == Published::OlderThanMissing {
+                republish(state, code).await?;
+            }
+        }
+        None => publish_missing(state, client, code).await?,
+    }
+    db::outbox::done(client, code, stamp)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The replayer: a round every [`REPLAY_EVERY`] until `stop`.

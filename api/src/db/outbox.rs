@@ -53,19 +53,51 @@ pub async fn done(c: &impl GenericClient, code: &str, stamp: DateTime<Utc>) -> R
     c.execute(&stmt, &[&code, &stamp]).await.map(|_| ())
 }
 
-/// The oldest queued codes.
+/// The oldest queued codes, up to those queued at `upto`.
 pub async fn oldest(
     c: &impl GenericClient,
     limit: i64,
+    upto: DateTime<Utc>,
 ) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
     let stmt = c
-        .prepare_cached("SELECT short_code, queued_at FROM link_outbox ORDER BY queued_at LIMIT $1")
+        .prepare_cached(
+            "SELECT short_code, queued_at FROM link_outbox WHERE queued_at <= $2 \
+             ORDER BY queued_at LIMIT $1",
+        )
         .await?;
-    Ok(c.query(&stmt, &[&limit])
+    Ok(c.query(&stmt, &[&limit, &upto])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
+}
+
+/// The stamp of the newest queued code (`None` when none is queued).
+pub async fn newest(c: &impl GenericClient) -> Result<Option<DateTime<Utc>>, Error> {
+    let stmt = c
+        .prepare_cached("SELECT max(queued_at) FROM link_outbox")
+        .await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Moves `code`, queued at `stamp`, behind the codes queued up to `behind` (unless a later
+/// write queued it again meanwhile).
+pub async fn requeue(
+    c: &impl GenericClient,
+    code: &str,
+    stamp: DateTime<Utc>,
+    behind: DateTime<Utc>,
+) -> Result<(), Error> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE link_outbox \
+             SET queued_at = greatest(clock_timestamp(), $3::timestamptz + interval '1 microsecond') \
+             WHERE short_code = $1 AND queued_at = $2",
+        )
+        .await?;
+    c.execute(&stmt, &[&code, &stamp, &behind])
+        .await
+        .map(|_| ())
 }
 
 pub async fn count(c: &impl GenericClient) -> Result<i64, Error> {

@@ -513,6 +513,108 @@ async fn with_replica_acks_an_unconfirmed_visit_count_queues_its_link() {
     );
 }
 
+/// A link deleted in PostgreSQL whose cached state still redirects, queued for the replay
+/// after whatever is queued already.
+async fn deleted_behind_the_queue(app: &TestApp, name: &str) -> String {
+    let (_, id, code) = app
+        .create_link(name, &format!("https://example.com/{name}"))
+        .await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let db = app.sql().await;
+    db.execute("UPDATE urls SET deleted_at = now() WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let client = app.state.db.get().await.unwrap();
+    db::outbox::enqueue(&client, &code).await.unwrap();
+    code
+}
+
+/// A code whose publish Redis refuses (on a cluster: a shard without the replica
+/// `redis.replica_acks` asks for) goes behind the others: a delete queued after it still
+/// reaches Redis, instead of its link redirecting for the link TTL, and the refused code stays
+/// queued until Redis takes it.
+#[tokio::test]
+async fn a_code_redis_refuses_does_not_hold_up_the_codes_queued_after_it() {
+    let app = spawn_app().await;
+    let (_, stuck_id, stuck) = app.create_link("stuck", "https://example.com/stuck").await;
+    // An entry of a type the publish script cannot read: Redis answers its publish with an error.
+    let key = app.state.keys.link(&stuck);
+    app.state
+        .redis
+        .query::<()>(redis::cmd("DEL").arg(&key))
+        .await
+        .unwrap();
+    app.state
+        .redis
+        .query::<()>(redis::cmd("LPUSH").arg(&key).arg("not a link"))
+        .await
+        .unwrap();
+    let db = app.sql().await;
+    db.execute(
+        "UPDATE urls SET title = 'edited' WHERE id = $1",
+        &[&stuck_id],
+    )
+    .await
+    .unwrap();
+    let client = app.state.db.get().await.unwrap();
+    db::outbox::enqueue(&client, &stuck).await.unwrap();
+    drop(client);
+    let deleted = deleted_behind_the_queue(&app, "behind").await;
+
+    let failed = kurz_api::cache_sync::replay_once(&app.state)
+        .await
+        .expect_err("the refused code is not published");
+    assert!(failed.contains(&stuck), "{failed}");
+    assert_eq!(
+        app.get(&format!("/{deleted}")).await.status(),
+        404,
+        "the delete queued behind the refused code did not reach Redis"
+    );
+    let queued: Vec<String> = db
+        .query("SELECT short_code FROM link_outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(queued, vec![stuck.clone()]);
+
+    app.state
+        .redis
+        .query::<()>(redis::cmd("DEL").arg(&key))
+        .await
+        .unwrap();
+    app.wait_outbox_empty().await;
+}
+
+/// A round replays every code queued when it began, in batches: a delete queued behind a
+/// backlog larger than one batch (an import during a Redis outage queues all its codes; the replayer running meanwhile takes
+/// 500 a round) is
+/// published in the same round, not hundreds of rounds later.
+#[tokio::test]
+async fn one_replay_round_reaches_a_delete_queued_behind_more_than_a_batch() {
+    let app = spawn_app().await;
+    let db = app.sql().await;
+    // Codes without rows: each goes out as missing.
+    db.execute(
+        "INSERT INTO link_outbox (short_code, queued_at) \
+         SELECT 'backlog' || g, clock_timestamp() - interval '1 hour' + g * interval '1 millisecond' \
+         FROM generate_series(1, 5000) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    let deleted = deleted_behind_the_queue(&app, "late").await;
+
+    kurz_api::cache_sync::replay_once(&app.state).await.unwrap();
+    assert_eq!(
+        app.get(&format!("/{deleted}")).await.status(),
+        404,
+        "the delete behind the backlog did not reach Redis in the round"
+    );
+    assert_eq!(app.outbox_len().await, 0);
+}
+
 /// While Redis does not answer, the replay's rounds fail; the gauge of queued link states
 /// (`kurz_api_link_outbox`, which `KurzLinkStatesNotPublished` alerts on) still shows what
 /// waits, instead of the 0 of its last good round.
