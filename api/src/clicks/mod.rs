@@ -13,7 +13,7 @@ pub mod stream;
 use crate::db::events::{ClickColumns, StreamClick};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisDown, RedisHandle};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use kurz_common::clicks::Click;
@@ -129,16 +129,10 @@ impl ClickRecorder {
                 click.as_ref(),
                 visit_id.map(visit::VisitMark::Take),
             );
-            let reply = match self.redis.conn().await {
-                Ok(mut conn) => inv
-                    .invoke_async::<Option<String>>(&mut conn)
-                    .await
-                    .map_err(|e| self.redis.failed(e)),
-                Err(down) => Err(down),
-            };
-            match reply.map(|raw| Reply::from_raw(raw.as_deref())) {
-                Ok(Reply::Exhausted) => return Ok(LimitedVisit::Exhausted),
-                Ok(Reply::Entry(CachedLink::Found(now_cached))) => {
+            let reply = self.run_visit(&inv, click.is_some()).await;
+            match reply.map(|(raw, confirmed)| (Reply::from_raw(raw.as_deref()), confirmed)) {
+                Ok((Reply::Exhausted, _)) => return Ok(LimitedVisit::Exhausted),
+                Ok((Reply::Entry(CachedLink::Found(now_cached)), confirmed)) => {
                     // (A link that lost its limit since: the script recorded it like any click.)
                     if let refused @ (Verdict::NotFound | Verdict::Gone) =
                         now_cached.verdict_at(now)
@@ -146,14 +140,22 @@ impl ClickRecorder {
                         return Ok(LimitedVisit::Changed(refused));
                     }
                     if let Some(click) = &click {
-                        self.confirm_replicas(click).await;
+                        if confirmed {
+                            self.metrics.clicks.with_label_values(&["stream"]).inc();
+                        } else {
+                            // The script's count is no better confirmed than the click: a
+                            // replica promoted without it would let this visit through again.
+                            // Queued, the link's next publish raises the counter to the stored
+                            // clicks, this one included.
+                            self.direct_or_lost(click, true).await;
+                        }
                     }
                     return Ok(LimitedVisit::Allowed);
                 }
-                Ok(Reply::Entry(CachedLink::Missing)) => {
+                Ok((Reply::Entry(CachedLink::Missing), _)) => {
                     return Ok(LimitedVisit::Changed(Verdict::NotFound))
                 }
-                Ok(Reply::Unseeded) if attempt == 0 => {
+                Ok((Reply::Unseeded, _)) if attempt == 0 => {
                     let client = self.db.get().await?;
                     let stored = crate::db::stats::total_clicks(&client, link.url_id).await?;
                     if self
@@ -173,22 +175,41 @@ impl ClickRecorder {
             .await
     }
 
-    /// With `redis.replica_acks`, a click the script appended must reach the replicas too;
-    /// unconfirmed, PostgreSQL gets it directly (the stream copy then finds its id taken).
-    async fn confirm_replicas(&self, click: &Click) {
-        let Some(wait) = self.redis.replica_wait() else {
-            self.metrics.clicks.with_label_values(&["stream"]).inc();
-            return;
+    /// Runs the visit script. With `redis.replica_acks` and a click to record, the replicas'
+    /// `WAIT` goes in the same pipeline: on a cluster a `WAIT` sent alone asks every master and
+    /// keeps the smallest answer (one shard without its replica would fail every shard's
+    /// visits), and after a reconnect it would ask about a connection that wrote nothing.
+    /// Returns the script's reply and whether the replicas confirmed its writes (`true` when
+    /// none are asked for).
+    async fn run_visit(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        records: bool,
+    ) -> Result<(Option<String>, bool), RedisDown> {
+        let mut conn = self.redis.conn().await?;
+        let wait = self.redis.replica_wait().filter(|_| records);
+        let Some(wait) = wait else {
+            return inv
+                .invoke_async(&mut conn)
+                .await
+                .map(|reply| (reply, true))
+                .map_err(|e| self.redis.failed(e));
         };
-        let acked = self.redis.query::<redis::Value>(&wait).await;
-        if acked.is_ok_and(|v| self.redis.replicated(&v)) {
-            self.metrics.clicks.with_label_values(&["stream"]).inc();
-            return;
-        }
-        // The script's count is no better confirmed than the click: a replica promoted without
-        // it would let this visit through again. Queued, the link's next publish raises the
-        // counter to the stored clicks, this one included.
-        self.direct_or_lost(click, true).await;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(inv).add_command(wait);
+        let replies = match pipe.query_async(&mut conn).await {
+            // Redis lost its scripts (a restart, a failover): load it and go again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                inv.load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.redis.failed(e))?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        };
+        let (reply, acked): (Option<String>, redis::Value) =
+            replies.map_err(|e| self.redis.failed(e))?;
+        Ok((reply, self.redis.replicated(&acked)))
     }
 
     async fn limited_visit_in_postgres(

@@ -120,3 +120,67 @@ async fn the_api_works_on_a_redis_cluster() {
         "past the free failures even the right password waits"
     );
 }
+
+/// With `redis.replica_acks: 1` a visit to a limited link waits for a replica of its own
+/// shard. Another shard that lost its replica leaves it alone: its click goes through the
+/// stream, and its link is not queued for the replay.
+#[tokio::test]
+async fn with_replica_acks_a_limited_visit_waits_for_its_own_shard_only() {
+    let mut cluster = RedisCluster::start();
+    let app = spawn_app_with(|c| {
+        c.redis.cluster_nodes = cluster.seeds();
+        c.redis.partitions = 16;
+        c.redis.replica_acks = 1;
+    })
+    .await;
+    let user = app.create_user("own").await;
+    let limited = |i: usize| {
+        let app = &app;
+        async move {
+            let res = app
+                .post_json(
+                    "/urls",
+                    &json!({"user_id": user, "original_url": format!("https://example.com/own/{i}"), "max_visits": 10}),
+                )
+                .await;
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()["short_code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // Two limited links whose partitions live on different masters.
+    let first = limited(0).await;
+    let first_master = cluster.master_of(&app.state.keys.link(&first));
+    let mut other = None;
+    for i in 1..64 {
+        let code = limited(i).await;
+        if cluster.master_of(&app.state.keys.link(&code)) != first_master {
+            other = Some(code);
+            break;
+        }
+    }
+    let other = other.expect("a link on another master");
+    cluster.kill(cluster.replica_of(first_master));
+
+    let via_stream = || {
+        app.state
+            .metrics
+            .clicks
+            .with_label_values(&["stream"])
+            .get()
+    };
+    let before = via_stream();
+    assert_eq!(app.get(&format!("/{other}")).await.status(), 302);
+    assert_eq!(
+        via_stream(),
+        before + 1,
+        "a replica of the link's own shard confirmed the visit"
+    );
+    assert_eq!(
+        app.outbox_len().await,
+        0,
+        "a confirmed visit queued its link"
+    );
+}
