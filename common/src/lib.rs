@@ -30,7 +30,7 @@ pub mod proxies;
 pub mod redis_handle;
 pub mod shortcode;
 pub mod target;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 pub mod visit;

@@ -221,11 +221,7 @@ impl RedisHandle {
     /// reconnects. Returns the error as [`RedisDown`] for `?`.
     pub fn failed(&self, e: RedisError) -> RedisDown {
         self.errors.inc();
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_unrecoverable_error()
-        {
+        if drops_connection(&self.target, &e) {
             let mut state = self.state.lock().expect("redis state lock");
             if state.conn.take().is_some() {
                 log::warn!(error = e.to_string(); "redis connection lost");
@@ -241,6 +237,23 @@ impl RedisHandle {
     ) -> Result<T, RedisDown> {
         let mut conn = self.conn().await?;
         cmd.run(&mut conn).await.map_err(|e| self.failed(e))
+    }
+}
+
+/// Whether `e` means the shared connection is broken. A cluster connection holds one
+/// connection per node and reconnects a failed node by itself: a timeout or a dropped
+/// connection is one node's (a stopped master, a failover), and starting over would stall
+/// every partition on the healthy nodes while the client waits for every seed again. Only a
+/// cluster connection that lost all its nodes is dropped.
+fn drops_connection(target: &Target, e: &RedisError) -> bool {
+    match target {
+        Target::Cluster(_) => e.kind() == redis::ErrorKind::ClusterConnectionNotFound,
+        Target::Single(..) => {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error()
+        }
     }
 }
 
@@ -322,5 +335,49 @@ impl RedisRunnable for &redis::Pipeline {
 impl RedisRunnable for &mut redis::Cmd {
     async fn run<T: redis::FromRedisValue>(self, conn: &mut RedisConn) -> Result<T, RedisError> {
         self.query_async(conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisCluster;
+
+    /// On a Redis Cluster a master that stops answering fails the commands of its own slots
+    /// only: the connection to the other masters is kept, so their partitions go on without
+    /// waiting for a new connection to every seed (the hung one included).
+    #[tokio::test]
+    async fn a_hung_cluster_node_fails_its_own_keys_and_keeps_the_others_connected() {
+        let cluster = RedisCluster::start();
+        let errors = IntCounter::new("test_redis_errors", "test").unwrap();
+        let handle =
+            RedisHandle::cluster(&cluster.seeds(), Duration::from_millis(300), errors).unwrap();
+        let hung = "test:{hung}".to_owned();
+        let hung_master = cluster.master_of(&hung);
+        let healthy = (0..)
+            .map(|i| format!("test:{{healthy{i}}}"))
+            .find(|key| cluster.master_of(key) != hung_master)
+            .unwrap();
+        for key in [&hung, &healthy] {
+            handle
+                .query::<()>(redis::cmd("SET").arg(key).arg("1"))
+                .await
+                .unwrap();
+        }
+
+        let _paused = cluster.paused(hung_master);
+        assert!(handle
+            .query::<Option<String>>(redis::cmd("GET").arg(&hung))
+            .await
+            .is_err());
+        assert!(
+            handle.cached().is_some(),
+            "one node's timeout dropped the connection to every node"
+        );
+        let value = handle
+            .query::<Option<String>>(redis::cmd("GET").arg(&healthy))
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some("1"));
     }
 }

@@ -568,6 +568,20 @@ impl RedisCluster {
             .expect("the master has a replica")
     }
 
+    /// `SIGSTOP` of one node: it goes silent with its connections open, as a hung or
+    /// partitioned master does, until the returned guard is dropped (`SIGCONT`).
+    pub fn paused(&self, port: u16) -> NodePaused {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|(p, _)| *p == port)
+            .and_then(|(_, child)| child.as_ref())
+            .map(Child::id)
+            .expect("a live node on that port");
+        signal(pid, "-STOP");
+        NodePaused(pid)
+    }
+
     /// `kill -9` of one node.
     pub fn kill(&mut self, port: u16) {
         if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
@@ -576,6 +590,15 @@ impl RedisCluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// A node stopped by [`RedisCluster::paused`]; resumed on drop.
+pub struct NodePaused(u32);
+
+impl Drop for NodePaused {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
     }
 }
 
