@@ -184,3 +184,71 @@ async fn with_replica_acks_a_limited_visit_waits_for_its_own_shard_only() {
         "a confirmed visit queued its link"
     );
 }
+
+/// docs/operations.md's step after restoring PostgreSQL from a backup, on a cluster: the loop
+/// run against each primary drops every cached state (one hash slot per `UNLINK`), and each
+/// link is read back from PostgreSQL, here a row the restore changed.
+#[tokio::test]
+async fn the_documented_cache_drop_after_a_restore_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let partitions = 16;
+    let app = spawn_app_with(|c| {
+        c.redis.cluster_nodes = cluster.seeds();
+        c.redis.partitions = partitions;
+    })
+    .await;
+    let user = app.create_user("restore").await;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let link = app
+            .create_url(user, &format!("https://example.com/restore/{i}"))
+            .await;
+        let code = link["short_code"].as_str().unwrap().to_owned();
+        assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+        codes.push(code);
+    }
+    let cached = |code: &str| {
+        let (app, key) = (&app, app.state.keys.link(code));
+        async move {
+            app.state
+                .redis
+                .query::<i64>(redis::cmd("EXISTS").arg(key))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(cached(&codes[0]).await, 1);
+    // The restored row differs from the state Redis holds.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET original_url = 'https://example.com/restored' WHERE short_code = $1",
+            &[&codes[0]],
+        )
+        .await
+        .unwrap();
+
+    let primaries: std::collections::BTreeSet<u16> = (0..partitions)
+        .map(|p| cluster.master_of(&format!("x{{p{p}}}")))
+        .collect();
+    for port in primaries {
+        // As docs/operations.md has it, with its placeholders filled in.
+        let script = format!(
+            r#"for p in $(seq 0 $(({partitions} - 1))); do
+  redis-cli -h 127.0.0.1 -p {port} --scan --pattern "{prefix}:{{p$p}}:link:*" |
+    xargs -r -n 500 redis-cli -h 127.0.0.1 -p {port} unlink
+done"#,
+            prefix = app.state.keys.prefix()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    for code in &codes {
+        assert_eq!(cached(code).await, 0, "{code} is still cached");
+    }
+    let res = app.get(&format!("/{}", codes[0])).await;
+    assert_eq!(res.headers()["location"], "https://example.com/restored");
+}
