@@ -54,10 +54,12 @@ impl ServeHttp for Admin {
                         br#"{"status":"ready","upstreams":"ok"}"#.to_vec(),
                     )
                 } else {
+                    // Still ready: cached redirects need no upstream, and a load balancer that
+                    // took every edge out while the APIs are down would stop those too.
                     reply(
-                        503,
+                        200,
                         json,
-                        br#"{"status":"not_ready","upstreams":"none healthy"}"#.to_vec(),
+                        br#"{"status":"degraded","upstreams":"none healthy"}"#.to_vec(),
                     )
                 }
             }

@@ -443,3 +443,42 @@ async fn with_retries_off_a_request_an_upstream_dropped_is_not_sent_again() {
     assert!(dropped.iter().all(|p| !answered.contains(p)));
     assert_eq!(retries(&stack).await, 0.0);
 }
+
+/// With every API down the edge still answers the redirects Redis holds, so its readiness
+/// stays 200 and says it is degraded: a load balancer that follows it keeps the edge, and
+/// those redirects, in rotation. Forwarded requests get the edge's JSON error meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_api_down_the_edge_stays_ready_for_cached_redirects() {
+    let mut stack = Stack::start(Options {
+        health_interval_ms: 100,
+        ..Options::default()
+    });
+    let (_, code) = stack.link("https://example.com/alone").await;
+    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+    for upstream in &mut stack.upstreams {
+        upstream.kill();
+    }
+    let ready = format!("http://127.0.0.1:{}/health/ready", stack.admin_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let res = reqwest::get(&ready).await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        if body["upstreams"] == "none healthy" {
+            assert_eq!(status, 200, "{body}");
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge never saw its upstreams down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(body["status"], "degraded");
+    let res = stack.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "https://example.com/alone");
+    let res = stack.get("/urls").await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(res.headers()["content-type"], "application/json");
+}

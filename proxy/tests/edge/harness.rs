@@ -443,10 +443,10 @@ impl Stack {
             Duration::from_secs(30),
             || {
                 let out = Command::new("curl")
-                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                    .args(["-s", "-f"])
                     .arg(format!("http://127.0.0.1:{admin}/health/ready"))
                     .output();
-                out.is_ok_and(|o| o.stdout == b"200")
+                out.is_ok_and(|o| o.stdout.ends_with(br#""upstreams":"ok"}"#))
             },
         );
         // Each Pingora service binds its listeners on its own thread: the admin listener
@@ -500,10 +500,10 @@ impl Stack {
         };
         wait_until("the second edge", Duration::from_secs(30), || {
             let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["-s", "-f"])
                 .arg(format!("http://127.0.0.1:{admin}/health/ready"))
                 .output();
-            out.is_ok_and(|o| o.stdout == b"200")
+            out.is_ok_and(|o| o.stdout.ends_with(br#""upstreams":"ok"}"#))
                 && std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
         });
         edge
