@@ -28,6 +28,9 @@ pub struct Metrics {
     pub clicks: IntCounterVec,
     /// SIGHUP reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// 1 while the config file read last (at start or by the latest SIGHUP) is the one running,
+    /// 0 after a refused reload: what an alert can hold until the file is fixed.
+    pub config_applied: IntGauge,
     /// Invalidation messages received.
     pub invalidations: IntCounter,
     /// `notAfter` of the served certificate, unix seconds.
@@ -100,6 +103,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "kurz_proxy_config_reloads_total",
             "Config reloads by result",
             &["result"]
+        )
+        .expect("metric"),
+        config_applied: register_int_gauge!(
+            "kurz_proxy_config_last_reload_success",
+            "1 while the latest config read (start-up or SIGHUP) is running, 0 after a refused reload"
         )
         .expect("metric"),
         invalidations: register_int_counter!(
@@ -180,6 +188,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for result in ["ok", "error"] {
         m.reloads.with_label_values(&[result]);
     }
+    // The process runs the file it started with.
+    m.config_applied.set(1);
     for reason in crate::conn::REJECT_REASONS {
         m.heads_rejected.with_label_values(&[reason]);
     }

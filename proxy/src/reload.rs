@@ -76,9 +76,13 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.reload().await {
-                    Ok(()) => METRICS.reloads.with_label_values(&["ok"]).inc(),
+                    Ok(()) => {
+                        METRICS.reloads.with_label_values(&["ok"]).inc();
+                        METRICS.config_applied.set(1);
+                    }
                     Err(e) => {
                         METRICS.reloads.with_label_values(&["error"]).inc();
+                        METRICS.config_applied.set(0);
                         log::error!(error = e; "configuration reload failed; keeping the running configuration");
                     }
                 },

@@ -569,6 +569,14 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
             .metric(second, "kurz_api_requests_total", &["route=\"/health\""])
             .await
     };
+    let applied = || {
+        stack.metric(
+            stack.admin_port,
+            "kurz_proxy_config_last_reload_success",
+            &[],
+        )
+    };
+    assert_eq!(applied().await, 1.0, "the file it started with runs");
 
     // A file with a misspelt key, which would also switch upstreams and limit redirects: none of
     // it may take effect.
@@ -603,6 +611,7 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
             .await,
         0.0
     );
+    assert_eq!(applied().await, 0.0, "the refused file is not running");
 
     // The same change without the typo is applied.
     stack.write_config(
@@ -614,6 +623,7 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
     );
     stack.signal_proxy("HUP");
     reloads_reach(&stack, "ok", 1.0).await;
+    assert_eq!(applied().await, 1.0, "the fixed file runs");
     let client = from("127.0.0.3");
     for _ in 0..3 {
         assert_eq!(client.get(&url).send().await.unwrap().status(), 302);
