@@ -698,3 +698,40 @@ async fn numbers_after_the_documented_jump_are_still_ordered() {
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.headers()["location"], "https://example.com/after2");
 }
+
+/// docs/operations.md's step after a restore (of PostgreSQL, or of a Redis that lost writes it
+/// had acknowledged), on a single Redis: every cached state of the prefix goes, and the next
+/// visit reads PostgreSQL, here a row that differs from what Redis held.
+#[tokio::test]
+async fn the_documented_cache_drop_makes_visits_read_postgres_again() {
+    let app = spawn_app().await;
+    let (_, id, code) = app
+        .create_link("dropped", "https://example.com/cached")
+        .await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET original_url = 'https://example.com/restored' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/cached");
+
+    // As docs/operations.md has it, with the prefix filled in and this test's Redis named.
+    let script = format!(
+        "redis-cli -u {url} --scan --pattern '{prefix}:*:link:*' | xargs -r -n 500 redis-cli -u {url} unlink",
+        url = crate::helpers::redis_url(),
+        prefix = app.state.keys.prefix()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cached(&app, &code).await, None);
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.headers()["location"], "https://example.com/restored");
+}
