@@ -12,7 +12,6 @@ use crate::db::urls::Link;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How often queued codes are published again.
@@ -26,9 +25,13 @@ const REPLAY_BATCH: i64 = 500;
 /// outage) then goes out in seconds, not one round trip after another.
 const REPLAY_CONCURRENCY: usize = 32;
 
-/// Batches in one round at most: a clock that steps back could keep a moved code inside the
-/// round's range.
+/// Batches in one round at most (200,000 codes): a write committed during the round with a
+/// stamp from before it started (its transaction's clock) still falls in the round's range.
 const REPLAY_MAX_BATCHES: usize = 400;
+
+/// How long a code that failed waits before a round takes it again: the codes queued behind it
+/// go first, however many fail (a shard without its replica refuses all of its own).
+pub const REPLAY_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// After a committed write of `link`. `queued` is the outbox stamp the write's transaction got;
 /// `None` for writes that enqueue only on failure (creates: a new code has no stale entry to
@@ -137,9 +140,10 @@ pub async fn publish_missing(
 
 /// One replay round: publishes the current state of every code queued when it began, oldest
 /// first, in batches whose codes are replayed concurrently. A code that fails (its Redis node
-/// refuses it, say a shard without the replica `redis.replica_acks` asks for) goes behind the
-/// others instead of holding up the codes queued after it; a batch in which nothing succeeds
-/// (Redis or PostgreSQL down) ends the round. Returns how many were published, or what failed.
+/// refuses it, say a shard without the replica `redis.replica_acks` asks for) waits
+/// [`REPLAY_RETRY_AFTER`] instead of holding up the codes queued after it; a batch in which
+/// nothing succeeds (Redis or PostgreSQL down) ends the round. Returns how many were
+/// published, or what failed.
 pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     let client = state.db.get().await.map_err(|e| e.to_string())?;
     // Before publishing: a round that Redis fails ends early, and the gauge must still show
@@ -147,20 +151,15 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     if let Ok(waiting) = db::outbox::count(&client).await {
         state.metrics.link_outbox.set(waiting);
     }
-    // Codes queued during the round wait for the next one, so a round always ends.
-    let Some(upto) = db::outbox::newest(&client)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(0);
-    };
+    // Codes queued during the round, and failed codes waiting to be retried, are after this.
+    let upto = db::outbox::now(&client).await.map_err(|e| e.to_string())?;
     let (mut published, mut failed, mut first_error) = (0, 0, None);
     for _ in 0..REPLAY_MAX_BATCHES {
         let queued = db::outbox::oldest(&client, REPLAY_BATCH, upto)
             .await
             .map_err(|e| e.to_string())?;
         let full = queued.len() as i64 == REPLAY_BATCH;
-        let (done, errors) = replay_batch(state, &client, queued, upto).await?;
+        let (done, errors) = replay_batch(state, &client, queued).await?;
         published += done;
         failed += errors.len();
         first_error = first_error.or(errors.into_iter().next());
@@ -179,48 +178,38 @@ pub async fn replay_once(state: &AppState) -> Result<usize, String> {
     }
 }
 
-/// Replays `queued`, [`REPLAY_CONCURRENCY`] at a time; a code that fails goes behind those
-/// queued up to `upto`. Returns how many were published and the failures; an error when a
-/// failed code could not be moved (PostgreSQL is gone).
+/// Replays `queued`, [`REPLAY_CONCURRENCY`] at a time; a code that fails waits
+/// [`REPLAY_RETRY_AFTER`]. Returns how many were published and the failures; an error when a
+/// failed code could not be put back (PostgreSQL is gone).
 async fn replay_batch(
     state: &AppState,
     client: &deadpool_postgres::Client,
     queued: Vec<(String, DateTime<Utc>)>,
-    upto: DateTime<Utc>,
 ) -> Result<(usize, Vec<String>), String> {
-    let (succeeded, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    // A first wave that failed whole means Redis (or PostgreSQL) is down, not one code's node:
-    // starting the rest would only wait out a timeout each.
-    let down = || {
-        failed.load(Ordering::Relaxed) >= REPLAY_CONCURRENCY
-            && succeeded.load(Ordering::Relaxed) == 0
-    };
+    // Every code is tried, however many fail before it: a failure that waits out a timeout
+    // costs the batch a timeout per wave of REPLAY_CONCURRENCY codes, a few seconds at most,
+    // and a Redis that is down fails fast once its handle knows (`RedisHandle::conn`).
     let outcomes: Vec<_> = stream::iter(queued)
-        .take_while(|_| std::future::ready(!down()))
-        .map(|(code, stamp)| {
-            let (succeeded, failed) = (&succeeded, &failed);
-            async move {
-                let outcome = replay_code(state, client, &code, stamp).await;
-                match outcome {
-                    Ok(()) => succeeded.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                (code, stamp, outcome)
-            }
+        .map(|(code, stamp)| async move {
+            let outcome = replay_code(state, client, &code, stamp).await;
+            (code, stamp, outcome)
         })
         .buffer_unordered(REPLAY_CONCURRENCY)
         .collect()
         .await;
-    let mut errors = Vec::new();
+    let (mut published, mut errors) = (0, Vec::new());
     for (code, stamp, outcome) in outcomes {
-        if let Err(e) = outcome {
-            db::outbox::requeue(client, &code, stamp, upto)
-                .await
-                .map_err(|e| e.to_string())?;
-            errors.push(format!("{code}: {e}"));
+        match outcome {
+            Ok(()) => published += 1,
+            Err(e) => {
+                db::outbox::retry_later(client, &code, stamp, REPLAY_RETRY_AFTER)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                errors.push(format!("{code}: {e}"));
+            }
         }
     }
-    Ok((succeeded.into_inner(), errors))
+    Ok((published, errors))
 }
 
 /// Publishes the current row of `code`, queued at `stamp`, and unqueues it.

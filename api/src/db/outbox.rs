@@ -72,30 +72,27 @@ pub async fn oldest(
         .collect())
 }
 
-/// The stamp of the newest queued code (`None` when none is queued).
-pub async fn newest(c: &impl GenericClient) -> Result<Option<DateTime<Utc>>, Error> {
-    let stmt = c
-        .prepare_cached("SELECT max(queued_at) FROM link_outbox")
-        .await?;
+/// PostgreSQL's clock, which stamps the queue.
+pub async fn now(c: &impl GenericClient) -> Result<DateTime<Utc>, Error> {
+    let stmt = c.prepare_cached("SELECT clock_timestamp()").await?;
     Ok(c.query_one(&stmt, &[]).await?.get(0))
 }
 
-/// Moves `code`, queued at `stamp`, behind the codes queued up to `behind` (unless a later
-/// write queued it again meanwhile).
-pub async fn requeue(
+/// Puts `code`, queued at `stamp`, out of the replay's reach for `after` (unless a later write
+/// queued it again meanwhile, which makes it due at once).
+pub async fn retry_later(
     c: &impl GenericClient,
     code: &str,
     stamp: DateTime<Utc>,
-    behind: DateTime<Utc>,
+    after: std::time::Duration,
 ) -> Result<(), Error> {
     let stmt = c
         .prepare_cached(
-            "UPDATE link_outbox \
-             SET queued_at = greatest(clock_timestamp(), $3::timestamptz + interval '1 microsecond') \
+            "UPDATE link_outbox SET queued_at = clock_timestamp() + $3::float8 * interval '1 second' \
              WHERE short_code = $1 AND queued_at = $2",
         )
         .await?;
-    c.execute(&stmt, &[&code, &stamp, &behind])
+    c.execute(&stmt, &[&code, &stamp, &after.as_secs_f64()])
         .await
         .map(|_| ())
 }
