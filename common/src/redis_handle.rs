@@ -4,7 +4,7 @@
 //! it was down at start-up. So the multiplexed connection is made lazily, dropped when a command
 //! fails at the transport level, and remade on a later call — at most one attempt at a time and
 //! one every [`RETRY_AFTER`], so a dead Redis costs requests a fast error, not a connect timeout
-//! each.
+//! each. A cluster connection is renewed beside the one in use instead (see `failed`).
 //!
 //! The same handle speaks to one Redis or to a Redis Cluster (`redis.cluster_nodes`). On a
 //! cluster every command must keep its keys in one hash slot, and so must a pipeline: commands
@@ -17,11 +17,14 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Least time between two connection attempts while Redis is unreachable.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Least time between two renewals of a cluster connection whose nodes time out.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a Redis call did not happen or failed; callers take their Redis-down path on either.
 #[derive(Debug)]
@@ -77,7 +80,8 @@ pub struct RedisHandle {
     target: Target,
     /// `WAIT <n> <ms>` to append after writes that must survive a failover; `None`: no waiting.
     durable: Option<(u8, u64)>,
-    state: Mutex<ConnState>,
+    /// Shared with a cluster connection's renewal, which runs in a task of its own.
+    state: Arc<Mutex<ConnState>>,
     connecting: tokio::sync::Mutex<()>,
     errors: IntCounter,
 }
@@ -85,6 +89,9 @@ pub struct RedisHandle {
 struct ConnState {
     conn: Option<RedisConn>,
     last_attempt: Option<Instant>,
+    /// When a cluster connection's renewal last started, and whether one is under way.
+    renewed_at: Option<Instant>,
+    renewing: bool,
 }
 
 impl RedisHandle {
@@ -160,10 +167,12 @@ impl RedisHandle {
         Self {
             target,
             durable: None,
-            state: Mutex::new(ConnState {
+            state: Arc::new(Mutex::new(ConnState {
                 conn: None,
                 last_attempt: None,
-            }),
+                renewed_at: None,
+                renewing: false,
+            })),
             connecting: tokio::sync::Mutex::new(()),
             errors,
         }
@@ -218,16 +227,61 @@ impl RedisHandle {
     }
 
     /// Records a failed command; transport failures drop the connection so the next call
-    /// reconnects. Returns the error as [`RedisDown`] for `?`.
+    /// reconnects (on a cluster: renew it in the background). Returns the error as
+    /// [`RedisDown`] for `?`.
     pub fn failed(&self, e: RedisError) -> RedisDown {
         self.errors.inc();
-        if drops_connection(&self.target, &e) {
-            let mut state = self.state.lock().expect("redis state lock");
-            if state.conn.take().is_some() {
-                log::warn!(error = e.to_string(); "redis connection lost");
+        match &self.target {
+            Target::Cluster(client)
+                if e.kind() != redis::ErrorKind::ClusterConnectionNotFound && is_transport(&e) =>
+            {
+                self.renew_in_background(client);
             }
+            Target::Cluster(_) if e.kind() != redis::ErrorKind::ClusterConnectionNotFound => {}
+            _ if is_transport(&e) || e.is_unrecoverable_error() => {
+                let mut state = self.state.lock().expect("redis state lock");
+                if state.conn.take().is_some() {
+                    log::warn!(error = e.to_string(); "redis connection lost");
+                }
+            }
+            _ => {}
         }
         RedisDown(format!("redis command failed: {e}"))
+    }
+
+    /// A cluster node timed out or dropped its connection. The cluster connection keeps the
+    /// other nodes, and dropping it would stall every partition until a new one reached every
+    /// seed. But it learns a new topology only from a `MOVED` or a failed connect, which a node
+    /// that hangs with its sockets open never sends: after its replica took over, its slots
+    /// would time out until it woke. So a new connection is made beside the old one, which
+    /// serves until the new one replaces it; at most one every [`RENEW_AFTER`].
+    fn renew_in_background(&self, client: &ClusterClient) {
+        {
+            let mut state = self.state.lock().expect("redis state lock");
+            if state.renewing || state.renewed_at.is_some_and(|t| t.elapsed() < RENEW_AFTER) {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            state.renewing = true;
+            state.renewed_at = Some(Instant::now());
+            let (client, shared) = (client.clone(), self.state.clone());
+            runtime.spawn(async move {
+                let made = client.get_async_connection().await;
+                let mut state = shared.lock().expect("redis state lock");
+                state.renewing = false;
+                match made {
+                    Ok(conn) => {
+                        log::info!("redis cluster connection renewed");
+                        state.conn = Some(RedisConn::Cluster(conn));
+                    }
+                    Err(e) => {
+                        log::warn!(error = e.to_string(); "redis cluster connection not renewed")
+                    }
+                }
+            });
+        }
     }
 
     /// Runs one command or pipeline, mapping failures through [`Self::failed`].
@@ -240,21 +294,9 @@ impl RedisHandle {
     }
 }
 
-/// Whether `e` means the shared connection is broken. A cluster connection holds one
-/// connection per node and reconnects a failed node by itself: a timeout or a dropped
-/// connection is one node's (a stopped master, a failover), and starting over would stall
-/// every partition on the healthy nodes while the client waits for every seed again. Only a
-/// cluster connection that lost all its nodes is dropped.
-fn drops_connection(target: &Target, e: &RedisError) -> bool {
-    match target {
-        Target::Cluster(_) => e.kind() == redis::ErrorKind::ClusterConnectionNotFound,
-        Target::Single(..) => {
-            e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_unrecoverable_error()
-        }
-    }
+/// A failure of the connection rather than of the command.
+fn is_transport(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
 impl RedisHandle {
@@ -345,9 +387,10 @@ mod tests {
 
     /// On a Redis Cluster a master that stops answering fails the commands of its own slots
     /// only: the connection to the other masters is kept, so their partitions go on without
-    /// waiting for a new connection to every seed (the hung one included).
+    /// waiting for a new connection to every seed (the hung one included). Once its replica
+    /// has taken over, its slots work again, although the hung master never answers.
     #[tokio::test]
-    async fn a_hung_cluster_node_fails_its_own_keys_and_keeps_the_others_connected() {
+    async fn a_hung_cluster_master_fails_only_its_own_keys_until_its_replica_takes_over() {
         let cluster = RedisCluster::start();
         let errors = IntCounter::new("test_redis_errors", "test").unwrap();
         let handle =
@@ -379,5 +422,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(value.as_deref(), Some("1"));
+
+        cluster.wait_failover(&hung, hung_master);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while handle
+            .query::<()>(redis::cmd("SET").arg(&hung).arg("2"))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the hung master's slots still fail after its replica took over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

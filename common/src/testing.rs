@@ -360,6 +360,8 @@ fn is_root() -> bool {
 /// node writing an fsynced append-only file, all killed on drop.
 pub struct RedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
+    /// Nodes stopped by [`RedisCluster::paused`]: the helpers ask the others.
+    paused: std::sync::Mutex<Vec<u16>>,
     dir: PathBuf,
 }
 
@@ -383,6 +385,7 @@ impl RedisCluster {
         }
         let mut cluster = Self {
             nodes: Vec::new(),
+            paused: std::sync::Mutex::new(Vec::new()),
             dir,
         };
         for &port in &ports {
@@ -471,9 +474,10 @@ impl RedisCluster {
     }
 
     fn live_port(&self) -> u16 {
+        let paused = self.paused.lock().unwrap();
         self.nodes
             .iter()
-            .find(|(_, c)| c.is_some())
+            .find(|(p, c)| c.is_some() && !paused.contains(p))
             .map(|(p, _)| *p)
             .expect("a live cluster node")
     }
@@ -482,10 +486,11 @@ impl RedisCluster {
     /// master.
     pub fn wait_ok(&self) {
         for _ in 0..1500 {
+            let paused = self.paused.lock().unwrap().clone();
             let ok = self
                 .nodes
                 .iter()
-                .filter(|(_, c)| c.is_some())
+                .filter(|(p, c)| c.is_some() && !paused.contains(p))
                 .all(|(p, _)| {
                     self.cli(*p, &["CLUSTER", "INFO"])
                         .contains("cluster_state:ok")
@@ -570,7 +575,7 @@ impl RedisCluster {
 
     /// `SIGSTOP` of one node: it goes silent with its connections open, as a hung or
     /// partitioned master does, until the returned guard is dropped (`SIGCONT`).
-    pub fn paused(&self, port: u16) -> NodePaused {
+    pub fn paused(&self, port: u16) -> NodePaused<'_> {
         let pid = self
             .nodes
             .iter()
@@ -579,7 +584,12 @@ impl RedisCluster {
             .map(Child::id)
             .expect("a live node on that port");
         signal(pid, "-STOP");
-        NodePaused(pid)
+        self.paused.lock().unwrap().push(port);
+        NodePaused {
+            cluster: self,
+            port,
+            pid,
+        }
     }
 
     /// `kill -9` of one node.
@@ -594,11 +604,20 @@ impl RedisCluster {
 }
 
 /// A node stopped by [`RedisCluster::paused`]; resumed on drop.
-pub struct NodePaused(u32);
+pub struct NodePaused<'a> {
+    cluster: &'a RedisCluster,
+    port: u16,
+    pid: u32,
+}
 
-impl Drop for NodePaused {
+impl Drop for NodePaused<'_> {
     fn drop(&mut self) {
-        signal(self.0, "-CONT");
+        signal(self.pid, "-CONT");
+        self.cluster
+            .paused
+            .lock()
+            .unwrap()
+            .retain(|p| *p != self.port);
     }
 }
 
