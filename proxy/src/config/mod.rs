@@ -140,6 +140,7 @@ impl ProxyConfig {
             return bad("listen.redirect_http_to_https", "needs an https listener");
         }
         addr("admin.listen", &self.admin.listen)?;
+        listeners_apart(self)?;
         if self.upstreams.servers.is_empty() {
             return bad("upstreams.servers", "needs at least one upstream");
         }
@@ -148,8 +149,13 @@ impl ProxyConfig {
         }
         let u = &self.upstreams;
         let hc = &u.health_check;
-        if !hc.path.starts_with('/') {
-            return bad("upstreams.health_check.path", "must start with /");
+        // Parsed as the health check will parse it: a path it cannot send would otherwise fail
+        // at start naming another key, and pass a reload unnoticed.
+        if !hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err() {
+            return bad(
+                "upstreams.health_check.path",
+                "must be a URL path starting with / (no spaces)",
+            );
         }
         // Each key by its own name: the message must point at the line to change.
         for (key, v) in [
@@ -226,10 +232,105 @@ impl ProxyConfig {
     }
 }
 
+/// No two listeners bind the same socket. Pingora would retry the second bind for 30 s and then
+/// lose that service (the process stays up, `/health/ready` answers 200), or, for two equal
+/// strings, share one socket between two services (plain HTTP handlers on a TLS port, public
+/// clients on the admin listener).
+fn listeners_apart(c: &ProxyConfig) -> Result<(), String> {
+    let mut all: Vec<(&str, SocketAddr)> = Vec::new();
+    let keyed = [
+        ("listen.http", &c.listen.http),
+        ("listen.https", &c.listen.https),
+    ];
+    for (key, list) in keyed {
+        for a in list {
+            all.push((key, a.parse().expect("checked above")));
+        }
+    }
+    all.push((
+        "admin.listen",
+        c.admin.listen.parse().expect("checked above"),
+    ));
+    // A wildcard takes its port on every address of its family, and `[::]` also on IPv4's
+    // (Linux binds it dual-stack by default).
+    let covers = |w: &SocketAddr, a: &SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv4() == a.is_ipv4() || w.is_ipv6())
+    };
+    for (i, (key, a)) in all.iter().enumerate() {
+        for (other, b) in &all[..i] {
+            if a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a)) {
+                return Err(format!(
+                    "config key `{key}` has {a}, which takes the socket of {b} in `{other}`"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn shipped() -> ProxyConfig {
+        ProxyConfig::load(&conf_path(), &HashMap::new()).unwrap()
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Listeners that would bind one socket twice are refused at start and on reload, naming
+    /// the key; distinct addresses on one port are fine.
+    #[test]
+    fn listeners_that_share_a_socket_are_refused() {
+        for (http, admin, key) in [
+            (
+                &["0.0.0.0:8080", "127.0.0.1:8080"][..],
+                "127.0.0.1:9180",
+                "listen.http",
+            ),
+            (
+                &["127.0.0.1:8080", "127.0.0.1:8080"][..],
+                "127.0.0.1:9180",
+                "listen.http",
+            ),
+            (
+                &["[::]:8080", "127.0.0.1:8080"][..],
+                "127.0.0.1:9180",
+                "listen.http",
+            ),
+            (&["0.0.0.0:9180"][..], "127.0.0.1:9180", "admin.listen"),
+        ] {
+            let mut c = shipped();
+            c.listen.http = strings(http);
+            c.admin.listen = admin.into();
+            let err = c.validate().unwrap_err();
+            assert!(
+                err.contains(key) && err.contains("takes the socket"),
+                "{http:?} {admin}: {err}"
+            );
+        }
+        for http in [
+            &["127.0.0.1:8080", "127.0.0.2:8080"][..],
+            &["0.0.0.0:8080", "[::1]:8080"][..],
+        ] {
+            let mut c = shipped();
+            c.listen.http = strings(http);
+            c.validate().unwrap_or_else(|e| panic!("{http:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_health_check_path_that_is_no_url_path_is_refused() {
+        for path in ["/health live", "/health\n", "/health\u{7f}"] {
+            let mut c = shipped();
+            c.upstreams.health_check.path = path.into();
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("upstreams.health_check.path"), "{path}: {err}");
+        }
+    }
 
     fn conf_path() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/proxy.yaml")
