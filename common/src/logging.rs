@@ -57,13 +57,21 @@ pub fn flush() {
 
 /// Whether `level` is a filter the logger accepts, so config validation can name a bad value.
 pub fn is_valid_level(level: &str) -> bool {
-    level.split(',').all(|part| {
-        let lvl = part.rsplit('=').next().unwrap_or("").trim();
-        lvl.is_empty()
-            || ["off", "error", "warn", "info", "debug", "trace"]
-                .iter()
-                .any(|l| l.eq_ignore_ascii_case(lvl))
-    })
+    // No directive at all (`""`, `","`) gives the filter no rule, and it would log errors only
+    // without a word.
+    let mut parts = level
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    parts.peek().is_some()
+        && parts.all(|part| {
+            let lvl = part.rsplit('=').next().unwrap_or("").trim();
+            lvl.is_empty()
+                || ["off", "error", "warn", "info", "debug", "trace"]
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(lvl))
+        })
 }
 
 struct JsonLogger {
@@ -300,6 +308,18 @@ impl LineSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A level with no directive would leave the logger at errors only, silently: refused, as
+    /// a misspelt level is.
+    #[test]
+    fn a_level_needs_a_directive_and_known_levels() {
+        for ok in ["info", "WARN", "warn,kurz_api=debug", "info,"] {
+            assert!(is_valid_level(ok), "{ok:?}");
+        }
+        for bad in ["", " ", ",", "loud", "info,kurz_api=loud"] {
+            assert!(!is_valid_level(bad), "{bad:?}");
+        }
+    }
     use serde_json::Value as Json;
     use std::time::Instant;
 

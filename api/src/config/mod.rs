@@ -285,8 +285,14 @@ impl ApiConfig {
         if a.argon2.memory_kib < 8 * 1024 {
             return bad("auth.argon2.memory_kib", "must be at least 8192");
         }
-        if a.argon2.iterations == 0 {
-            return bad("auth.argon2.iterations", "must be at least 1");
+        // Upper bounds too: start-up hashes once with these (a memory typo with three zeros
+        // too many asked for 18 GiB and was killed; a huge iteration count never finished),
+        // and every log-in holds the memory for as long as the hash runs.
+        if a.argon2.memory_kib > 4 * 1024 * 1024 {
+            return bad("auth.argon2.memory_kib", "must be at most 4194304 (4 GiB)");
+        }
+        if a.argon2.iterations == 0 || a.argon2.iterations > 100 {
+            return bad("auth.argon2.iterations", "must be 1..=100");
         }
         if a.argon2.parallelism == 0 {
             return bad("auth.argon2.parallelism", "must be at least 1");
@@ -300,6 +306,22 @@ impl ApiConfig {
         .is_err()
         {
             return bad("auth.argon2", "is not a valid argon2 parameter set");
+        }
+        // PostgreSQL refuses a statement_timeout above its int range at every connection, which
+        // start-up would report as PostgreSQL not answering.
+        if self.database.statement_timeout_ms > i32::MAX as u64 {
+            return bad(
+                "database.statement_timeout_ms",
+                "must be at most 2147483647 (PostgreSQL's limit)",
+            );
+        }
+        // Retention takes this many days from today: past chrono's range (~96 million days) the
+        // task would panic, and nothing stored is older than a few thousand years.
+        if self.events.retention_days > 36_500 {
+            return bad(
+                "events.retention_days",
+                "must be at most 36500 (a hundred years; 0 keeps every event)",
+            );
         }
         if !(1..=64).contains(&a.max_concurrent_hashes) {
             return bad("auth.max_concurrent_hashes", "must be 1..=64");
@@ -627,6 +649,45 @@ mod tests {
             c.auth.lockout.max_delay_seconds = TEN_YEARS_SECONDS;
             c.validate()
                 .unwrap_or_else(|e| panic!("{key}: ten years is allowed: {e}"));
+        }
+    }
+
+    /// Values that passed validation and then killed, hung or crash-looped the API are refused
+    /// at start, naming their key; the largest accepted value still passes.
+    #[test]
+    fn values_past_what_the_api_can_run_are_refused_by_name() {
+        type Set = fn(&mut ApiConfig, u64);
+        let cases: &[(&str, Set, u64)] = &[
+            (
+                "auth.argon2.memory_kib",
+                |c, v| c.auth.argon2.memory_kib = v as u32,
+                4 * 1024 * 1024,
+            ),
+            (
+                "auth.argon2.iterations",
+                |c, v| c.auth.argon2.iterations = v as u32,
+                100,
+            ),
+            (
+                "database.statement_timeout_ms",
+                |c, v| c.database.statement_timeout_ms = v,
+                i32::MAX as u64,
+            ),
+            (
+                "events.retention_days",
+                |c, v| c.events.retention_days = v as u32,
+                36_500,
+            ),
+        ];
+        for (key, set, max) in cases {
+            let mut c = ApiConfig::default();
+            set(&mut c, *max + 1);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+            let mut c = ApiConfig::default();
+            set(&mut c, *max);
+            c.validate()
+                .unwrap_or_else(|e| panic!("{key}: {max} is allowed: {e}"));
         }
     }
 
