@@ -247,11 +247,7 @@ async fn the_documented_cache_drop_after_a_restore_works_on_a_redis_cluster() {
 done"#,
             prefix = app.state.keys.prefix()
         );
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        crate::helpers::sh(&script);
     }
     for code in &codes {
         assert_eq!(cached(code).await, 0, "{code} is still cached");

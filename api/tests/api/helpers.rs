@@ -290,6 +290,16 @@ impl TestApp {
     }
 }
 
+/// Runs `script` with `sh -c`, as an operator would run a documented command, and asserts it
+/// succeeded.
+pub fn sh(script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+}
+
 /// Reads a JSON error body and checks its shape.
 pub async fn error_of(res: Response, status: u16) -> Value {
     assert_eq!(res.status(), status, "status");

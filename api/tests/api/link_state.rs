@@ -738,11 +738,7 @@ async fn the_documented_cache_drop_makes_visits_read_postgres_again() {
         url = crate::helpers::redis_url(),
         prefix = app.state.keys.prefix()
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    crate::helpers::sh(&script);
     assert_eq!(cached(&app, &code).await, None);
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.headers()["location"], "https://example.com/restored");
