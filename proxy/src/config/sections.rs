@@ -37,7 +37,8 @@ pub struct ListenSection {
     pub tls_cert: String,
     /// PEM private key.
     pub tls_key: String,
-    /// Offer HTTP/2 via ALPN on TLS listeners.
+    /// Offer HTTP/2 via ALPN on TLS listeners. Off by default: h2 connections bypass the
+    /// connection layer (`crate::conn`), so its deadlines do not hold for them.
     pub http2: bool,
     /// Answer plain HTTP with a 308 to the same URL on HTTPS.
     pub redirect_http_to_https: bool,
@@ -189,7 +190,7 @@ impl Default for ListenSection {
             https: vec![],
             tls_cert: String::new(),
             tls_key: String::new(),
-            http2: true,
+            http2: false,
             redirect_http_to_https: false,
             hsts_max_age_seconds: 0,
             read_buffer_bytes: 8192,

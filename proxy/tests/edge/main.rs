@@ -131,9 +131,30 @@ async fn a_deactivated_link_stops_redirecting_at_the_edge_once_its_invalidation_
     assert_eq!(clicks(&stack, id).await, 3, "no click for the 404s");
 }
 
+/// HTTP/2 is off by default (its connections skip the connection layer's deadlines): a client
+/// that asks for it gets HTTP/1.1 over TLS, behind that layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_offers_http2_only_when_configured() {
+    let stack = Stack::start(Options::default());
+    let (_, code) = stack.link("https://example.com/tls").await;
+    let asked = curl(&[
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("https://127.0.0.1:{}/{code}", stack.https_port),
+    ]);
+    assert_eq!(asked, "1.1 302");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_http1_and_http2() {
-    let stack = Stack::start(Options::default());
+    let stack = Stack::start(Options {
+        listen_extra: ", http2: true".into(),
+        ..Options::default()
+    });
     let (_, code) = stack.link("https://example.com/tls").await;
     let base = format!("https://127.0.0.1:{}", stack.https_port);
     let h2 = curl(&[
