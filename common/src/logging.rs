@@ -308,6 +308,8 @@ impl LineSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value as Json;
+    use std::time::Instant;
 
     /// A level with no directive would leave the logger at errors only, silently: refused, as
     /// a misspelt level is.
@@ -320,8 +322,6 @@ mod tests {
             assert!(!is_valid_level(bad), "{bad:?}");
         }
     }
-    use serde_json::Value as Json;
-    use std::time::Instant;
 
     /// An output the test reads back.
     #[derive(Clone, Default)]
