@@ -4,14 +4,15 @@
 //! and logged, so one request can be followed from the edge through the API.
 
 use crate::error::ErrorCause;
-use crate::metrics::status_class;
+use crate::metrics::{status_class, Metrics};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use kurz_common::clicks;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The request id, for handlers that want to log it.
@@ -34,6 +35,57 @@ fn request_id(req: &Request, state: &AppState) -> String {
         .unwrap_or_else(clicks::new_id)
 }
 
+/// The method as a metric label: the standard ones by name, any other as `other`, so a client
+/// inventing methods cannot grow the label set (the access log keeps the real one).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// A request in the books until its answer is counted and logged. When the caller hangs up
+/// mid-request (the edge gave up: its client left, a timeout, a health check's deadline), hyper
+/// drops the handler and nothing after its await runs: the drop then takes the request out of
+/// the in-flight gauge and logs it as 499, as nginx does for a request its client closed.
+struct Pending {
+    metrics: Arc<Metrics>,
+    id: String,
+    method: Method,
+    route: String,
+    path: String,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        if self.answered {
+            return;
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[&self.route, method_label(&self.method), status_class(499)])
+            .inc();
+        let duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
+        log::info!(
+            target: "kurz_api::http",
+            request_id = self.id.as_str(), method = self.method.as_str(), route = self.route.as_str(),
+            path = self.path.as_str(), status = 499u16, duration_ms = duration_ms;
+            "request abandoned by the client"
+        );
+    }
+}
+
 pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req, &state);
@@ -46,14 +98,24 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     req.extensions_mut().insert(RequestId(id.clone()));
     state.metrics.in_flight.inc();
+    let mut pending = Pending {
+        metrics: state.metrics.clone(),
+        id: id.clone(),
+        method: method.clone(),
+        route: route.clone(),
+        path: path.clone(),
+        started,
+        answered: false,
+    };
     let mut response = next.run(req).await;
-    state.metrics.in_flight.dec();
+    pending.answered = true;
+    drop(pending);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
         .metrics
         .requests
-        .with_label_values(&[&route, method.as_str(), status_class(status)])
+        .with_label_values(&[&route, method_label(&method), status_class(status)])
         .inc();
     state
         .metrics

@@ -606,3 +606,78 @@ async fn a_database_turned_read_only_is_a_503_not_a_500() {
     .await
     .unwrap();
 }
+
+/// A caller that hangs up while its request waits (the edge gave up on it: its client left, a
+/// timeout) leaves the books straight: the request leaves `kurz_api_requests_in_flight` and is
+/// counted as a 4xx (logged as 499), instead of the gauge climbing for good.
+#[tokio::test]
+async fn a_request_whose_caller_hangs_up_leaves_the_in_flight_gauge() {
+    let app = spawn_app_with(|_| {}).await;
+    let user = app.create_user("gone").await;
+    let (id, _) = link_of(&app.create_url(user, "https://example.com/gone").await);
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let put = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/urls/{id}")));
+        tokio::spawn(async move {
+            client
+                .put(url)
+                .json(&serde_json::json!({"title": "never"}))
+                .send()
+                .await
+        })
+    };
+    wait_for_a_lock_wait(&app, "the update").await;
+    let in_flight = "kurz_api_requests_in_flight ";
+    assert_eq!(metric(&app, in_flight).await, 1.0);
+    // The caller goes; the update still waits on the lock.
+    put.abort();
+    wait_for(
+        "the abandoned request to leave the gauge",
+        Duration::from_secs(20),
+        || async { metric(&app, in_flight).await == 0.0 },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &app,
+            "kurz_api_requests_total{method=\"PUT\",route=\"/urls/{id}\",status_class=\"4xx\"} "
+        )
+        .await,
+        1.0
+    );
+    tx.rollback().await.unwrap();
+}
+
+/// A method a client invents is counted as `other`: one series, however many it invents.
+#[tokio::test]
+async fn invented_methods_share_one_metric_label() {
+    let app = spawn_app_with(|_| {}).await;
+    for m in ["FOO1", "FOO2", "FOO3"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        app.client
+            .request(method, app.url("/urls"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("FOO"), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("kurz_api_requests_total{method=\"other\"") && l.ends_with(" 3")
+        ),
+        "{text}"
+    );
+}
