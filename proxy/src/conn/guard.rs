@@ -114,7 +114,14 @@ impl HeadGuard {
 
     fn refuse(&mut self, r: Refusal) {
         METRICS.heads_rejected.with_label_values(&[r.reason]).inc();
-        log::debug!(status = r.status, reason = r.reason, message = r.message.as_str(); "request refused by the connection layer");
+        // At the access log's level: the id the client holds must be found in the log
+        // (docs/troubleshooting.md), as for any answer.
+        log::info!(
+            target: "kurz_proxy::access",
+            request_id = r.id.as_str(), status = r.status, reason = r.reason,
+            message = r.message.as_str(), edge = true;
+            "request refused by the connection layer"
+        );
         self.head = BytesMut::new();
         self.ready = BytesMut::new();
         self.deadline = None;

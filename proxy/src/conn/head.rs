@@ -24,6 +24,8 @@ pub struct Refusal {
     pub message: String,
     /// Label of `kurz_proxy_request_heads_rejected_total`.
     pub reason: &'static str,
+    /// The `x-request-id` of the answer, which the log line of the refusal carries too.
+    pub id: String,
 }
 
 impl Refusal {
@@ -38,6 +40,7 @@ impl Refusal {
             code,
             message: message.into(),
             reason,
+            id: kurz_common::clicks::new_id(),
         }
     }
 
@@ -58,7 +61,7 @@ impl Refusal {
              x-content-type-options: nosniff\r\nx-request-id: {}\r\ncontent-length: {}\r\n\
              connection: close\r\n",
             self.status,
-            kurz_common::clicks::new_id(),
+            self.id,
             body.len()
         );
         for (k, v) in extra {

@@ -190,13 +190,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let Some(slot) = self.limits.admit(peer) else {
             crate::metrics::METRICS.connections_refused.inc();
-            let reply = Refusal::new(
+            let refusal = Refusal::new(
                 429,
                 "too_many_connections",
                 "too many open connections from your address",
                 "",
-            )
-            .reply(&[("retry-after", "1")]);
+            );
+            log::info!(
+                target: "kurz_proxy::access",
+                request_id = refusal.id.as_str(), status = 429u16,
+                client = peer.map(|p| p.to_string()).unwrap_or_default(), edge = true;
+                "connection refused: too many open connections from the address"
+            );
+            let reply = refusal.reply(&[("retry-after", "1")]);
             // A few hundred bytes fit the socket's send buffer; a client that reads nothing
             // still cannot hold this task.
             let send = async {

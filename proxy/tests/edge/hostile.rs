@@ -82,6 +82,8 @@ fn assert_our_error(response: &str, status: u16, what: &str) -> Value {
 async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_400() {
     let stack = Stack::start(Options {
         upstreams: 1,
+        // The shipped level, at which the access log is written.
+        log_level: "info",
         ..Options::default()
     });
     let many: String = (0..1000).map(|i| format!("x-h{i}: v\r\n")).collect();
@@ -100,6 +102,7 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
         ("CONNECT example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n".into(), 405, "CONNECT"),
         ("GET / HTTP/1.1\r\n\r\n".into(), 400, "no Host"),
     ];
+    let mut ids = Vec::new();
     for (raw, status, what) in &cases {
         let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
             .await
@@ -107,6 +110,27 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
         conn.write_all(raw.as_bytes()).await.unwrap();
         let response = read_to_close(&mut conn, Duration::from_secs(20)).await;
         assert_our_error(&response, *status, what);
+        let id = response
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_owned)
+            })
+            .unwrap();
+        ids.push((id, *what));
+    }
+    // The id a refused client holds is in the edge's log, as for any answer
+    // (docs/troubleshooting.md: grep it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (id, what) in &ids {
+        while !stack.proxy_log().contains(id.as_str()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: its request id {id} is not in the edge's log"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // On a kept-alive connection, after a good request, a bad one is answered the same way.
