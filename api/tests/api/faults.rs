@@ -21,15 +21,7 @@ where
 }
 
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no series {series}"))
@@ -494,17 +486,7 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
         ))
         .await
         .unwrap();
-    let in_flight = {
-        let (client, url) = (app.client.clone(), app.url(&format!("/urls/{id}")));
-        tokio::spawn(async move {
-            client
-                .put(url)
-                .json(&serde_json::json!({"title": "during shutdown"}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let in_flight = app.spawn_put(id, serde_json::json!({"title": "during shutdown"}));
     wait_for(
         "the update to wait on the lock",
         Duration::from_secs(20),
@@ -531,7 +513,11 @@ async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text
     })
     .await
     .unwrap();
-    assert_clean_503(in_flight.await.unwrap(), "a query cut by the shutdown").await;
+    assert_clean_503(
+        in_flight.await.unwrap().unwrap(),
+        "a query cut by the shutdown",
+    )
+    .await;
 
     // While it is down: reads and writes alike.
     assert_clean_503(app.get("/users").await, "a read while down").await;
@@ -620,16 +606,7 @@ async fn a_request_whose_caller_hangs_up_leaves_the_in_flight_gauge() {
     tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
         .await
         .unwrap();
-    let put = {
-        let (client, url) = (app.client.clone(), app.url(&format!("/urls/{id}")));
-        tokio::spawn(async move {
-            client
-                .put(url)
-                .json(&serde_json::json!({"title": "never"}))
-                .send()
-                .await
-        })
-    };
+    let put = app.spawn_put(id, serde_json::json!({"title": "never"}));
     wait_for_a_lock_wait(&app, "the update").await;
     let in_flight = "kurz_api_requests_in_flight ";
     assert_eq!(metric(&app, in_flight).await, 1.0);
@@ -664,15 +641,7 @@ async fn invented_methods_share_one_metric_label() {
             .await
             .unwrap();
     }
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(!text.contains("FOO"), "{text}");
     assert!(
         text.lines().any(

@@ -31,15 +31,7 @@ async fn readiness_reports_database_and_cache() {
 async fn metrics_are_on_the_admin_listener_only() {
     let app = spawn_app().await;
     app.get("/health").await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(
             "kurz_api_requests_total{method=\"GET\",route=\"/health\",status_class=\"2xx\"} 1"

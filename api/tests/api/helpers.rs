@@ -280,6 +280,29 @@ impl TestApp {
         }
     }
 
+    /// The admin listener's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `PUT /urls/<id>` with `body` from a task of its own, for a test that holds the row
+    /// meanwhile (or drops the caller).
+    pub fn spawn_put(
+        &self,
+        id: i64,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let (client, url) = (self.client.clone(), self.url(&format!("/urls/{id}")));
+        tokio::spawn(async move { client.put(url).json(&body).send().await })
+    }
+
     /// A direct PostgreSQL connection to this test's database.
     pub async fn sql(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&db_url(&self.db_name), tokio_postgres::NoTls)

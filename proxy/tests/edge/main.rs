@@ -131,22 +131,28 @@ async fn a_deactivated_link_stops_redirecting_at_the_edge_once_its_invalidation_
     assert_eq!(clicks(&stack, id).await, 3, "no click for the 404s");
 }
 
+/// `<http version> <status>` of one request over TLS (self-signed), asking for `version`
+/// (`--http2` or `--http1.1`).
+fn over_tls(url: &str, version: &str) -> String {
+    curl(&[
+        "-sk",
+        version,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        url,
+    ])
+}
+
 /// HTTP/2 is off by default (its connections skip the connection layer's deadlines): a client
 /// that asks for it gets HTTP/1.1 over TLS, behind that layer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_offers_http2_only_when_configured() {
     let stack = Stack::start(Options::default());
     let (_, code) = stack.link("https://example.com/tls").await;
-    let asked = curl(&[
-        "-sk",
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{http_code}",
-        &format!("https://127.0.0.1:{}/{code}", stack.https_port),
-    ]);
-    assert_eq!(asked, "1.1 302");
+    let url = format!("https://127.0.0.1:{}/{code}", stack.https_port);
+    assert_eq!(over_tls(&url, "--http2"), "1.1 302");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,36 +163,9 @@ async fn tls_serves_http1_and_http2() {
     });
     let (_, code) = stack.link("https://example.com/tls").await;
     let base = format!("https://127.0.0.1:{}", stack.https_port);
-    let h2 = curl(&[
-        "-sk",
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{http_code}",
-        &format!("{base}/{code}"),
-    ]);
-    assert_eq!(h2, "2 302");
-    let h1 = curl(&[
-        "-sk",
-        "--http1.1",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{http_code}",
-        &format!("{base}/health"),
-    ]);
-    assert_eq!(h1, "1.1 200");
-    let h2_proxied = curl(&[
-        "-sk",
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{http_code}",
-        &format!("{base}/users"),
-    ]);
-    assert_eq!(h2_proxied, "2 200");
+    assert_eq!(over_tls(&format!("{base}/{code}"), "--http2"), "2 302");
+    assert_eq!(over_tls(&format!("{base}/health"), "--http1.1"), "1.1 200");
+    assert_eq!(over_tls(&format!("{base}/users"), "--http2"), "2 200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
