@@ -22,7 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -445,6 +445,29 @@ impl ProxyHttp for Edge {
         self.answer_failure(session, e, ctx).await
     }
 
+    /// The access line of `logging` records every failed request with its id and error: Pingora's
+    /// own line would repeat it as free text without the id (at ERROR even for a client that
+    /// left), written synchronously on the request's thread.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    /// A failure that will be retried on another upstream, logged under the request's id in
+    /// place of Pingora's line, which carries none.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        log::warn!(
+            request_id = ctx.request_id.as_str(), error = error.to_string();
+            "upstream failed; the request is retried"
+        );
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         METRICS.in_flight.dec();
         let status = ctx
@@ -462,8 +485,16 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let error = e.map(|e| e.to_string()).unwrap_or_default();
-        log::info!(
+        // A request that failed on our side stays visible at `warn` (Pingora's own error line for
+        // it is suppressed); one whose client left is routine.
+        let level = if status >= 500 {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
             target: "kurz_proxy::access",
+            level,
             request_id = ctx.request_id.as_str(), method = req.method.as_str(), path = req.uri.path(),
             class = class, status = status, duration_ms = duration_ms, client = ctx.client.to_string(),
             edge = ctx.answered.is_some(), error = error.as_str();

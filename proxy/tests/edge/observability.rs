@@ -216,3 +216,42 @@ async fn every_request_is_in_the_access_log_after_a_graceful_exit() {
     }
     assert_eq!(ids.len(), REQUESTS, "{log}");
 }
+
+/// A request the edge could not proxy is logged once, by the edge's access line, under its
+/// request id and at `warn` (so a `warn`-level log keeps it); Pingora's own free-text error
+/// line, which carries no id, is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_logged_with_its_id_and_not_twice() {
+    let mut stack = Stack::start(Options {
+        upstreams: 1,
+        log_level: "warn",
+        ..Options::default()
+    });
+    stack.upstreams[0].kill();
+    let res = reqwest::Client::new()
+        .get(stack.url("/users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        if let Some(line) = stack.proxy_log().lines().find(|l| l.contains(&id)) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed request's id is not in the log: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("\"status\":502"), "{line}");
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    assert!(
+        !stack.proxy_log().contains("Fail to proxy"),
+        "{}",
+        stack.proxy_log()
+    );
+}
