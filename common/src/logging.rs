@@ -46,8 +46,51 @@ pub fn init(service: &'static str, level: &str) {
         };
         if log::set_boxed_logger(Box::new(logger)).is_ok() {
             log::set_max_level(max);
+            std::panic::set_hook(Box::new(|info| {
+                log_panic(log::logger(), info.payload(), info.location());
+            }));
         }
     });
+}
+
+/// Logs a panic as one JSON line like every other (the default hook writes plain text over
+/// several lines): its message, where it happened, the thread, and the backtrace when
+/// `RUST_BACKTRACE` asks for one. The API still answers the request 500 and logs it; this is
+/// the record of the panic itself, and for the edge, the only one.
+fn log_panic(
+    logger: &dyn log::Log,
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    let location = location
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+        _ => String::new(),
+    };
+    let kvs: &[(&str, Value<'_>)] = &[
+        ("message", Value::from(message.as_str())),
+        ("location", Value::from(location.as_str())),
+        ("thread", Value::from(thread.name().unwrap_or("unnamed"))),
+        ("backtrace", Value::from(backtrace.as_str())),
+    ];
+    logger.log(
+        &log::Record::builder()
+            .args(format_args!("panic"))
+            .level(log::Level::Error)
+            .target("panic")
+            .key_values(&kvs)
+            .build(),
+    );
+    logger.flush();
 }
 
 /// Writes out every line logged so far. Call before the process exits.
@@ -321,6 +364,30 @@ mod tests {
         for bad in ["", " ", ",", "loud", "info,kurz_api=loud"] {
             assert!(!is_valid_level(bad), "{bad:?}");
         }
+    }
+
+    /// A panic is one JSON line, at ERROR, with its message and where it happened.
+    #[test]
+    fn a_panic_is_logged_as_one_json_line() {
+        let out = Shared::default();
+        let logger = JsonLogger {
+            service: "kurz-test",
+            filter: env_filter::Builder::new().parse("warn").build(),
+            sink: LineSink::start(Box::new(out.clone()), 1 << 20),
+        };
+        let payload = String::from("index 3 out of range");
+        log_panic(&logger, &payload, Some(std::panic::Location::caller()));
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: Json = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["event"], "panic");
+        assert_eq!(v["service"], "kurz-test");
+        assert_eq!(v["message"], "index 3 out of range");
+        assert!(
+            v["location"].as_str().unwrap().contains("logging.rs:"),
+            "{v}"
+        );
     }
 
     /// An output the test reads back.
