@@ -52,6 +52,11 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Milliseconds to the microsecond, as the log lines give durations.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1000.0
+}
+
 /// A request in the books until its answer is counted and logged. When the caller hangs up
 /// mid-request (the edge gave up: its client left, a timeout, a health check's deadline), hyper
 /// drops the handler and nothing after its await runs: the drop then takes the request out of
@@ -76,7 +81,7 @@ impl Drop for Pending {
             .requests
             .with_label_values(&[&self.route, method_label(&self.method), status_class(499)])
             .inc();
-        let duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
+        let duration_ms = millis(self.started.elapsed());
         log::info!(
             target: "kurz_api::http",
             request_id = self.id.as_str(), method = self.method.as_str(), route = self.route.as_str(),
@@ -100,30 +105,36 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
     state.metrics.in_flight.inc();
     let mut pending = Pending {
         metrics: state.metrics.clone(),
-        id: id.clone(),
-        method: method.clone(),
-        route: route.clone(),
-        path: path.clone(),
+        id,
+        method,
+        route,
+        path,
         started,
         answered: false,
     };
     let mut response = next.run(req).await;
     pending.answered = true;
-    drop(pending);
+    let Pending {
+        id,
+        method,
+        route,
+        path,
+        ..
+    } = &pending;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
         .metrics
         .requests
-        .with_label_values(&[&route, method_label(&method), status_class(status)])
+        .with_label_values(&[route, method_label(method), status_class(status)])
         .inc();
     state
         .metrics
         .request_duration
-        .with_label_values(&[&route])
+        .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert("x-request-id", v);
     }
     headers.insert(
@@ -133,7 +144,7 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
     if path.starts_with("/auth") || path.starts_with("/api/auth") {
         headers.insert("cache-control", HeaderValue::from_static("no-store"));
     }
-    let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let duration_ms = millis(elapsed);
     if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
         log::error!(
             target: "kurz_api::http",
