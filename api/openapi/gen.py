@@ -716,19 +716,25 @@ paths["/events/bulk"] = {"post": op(
 NO_STORE = {"Cache-Control": H("Cache-Control")}
 
 
+# Another site's page could make a browser post these without a preflight (docs/security.md).
+CROSS_SITE_FORM = err("`unsupported_media_type`: a browser's post from another site that is not "
+                      "`application/json`; nothing is counted.", error_with("unsupported_media_type"))
+
+
 def auth_ops(prefix, idp):
     def oid(name):
         return idp + name
     out = {}
     session_created = ok("Registered; a session for the new user.", R("Session"), NO_STORE)
     out[f"{prefix}/register"] = {"post": op(oid("Register"), "Register an account and start a session.",
-        ["auth"], {"201": session_created, **JSON_BODY_ERRS, "409": RESP("Conflict"), **STD},
+        ["auth"], {"201": session_created, **JSON_BODY_ERRS, "409": RESP("Conflict"),
+                   "415": CROSS_SITE_FORM, **STD},
         body=json_body(R("Register")), security=[{}])}
     out[f"{prefix}/login"] = {"post": op(oid("Login"), "Log in with email or username and password.",
         ["auth"], {"200": ok("A new session.", R("Session"), NO_STORE), **JSON_BODY_ERRS,
                    "401": err("`unauthorized`: wrong credentials (same answer whether the user exists).",
                               error_with("unauthorized"), {"WWW-Authenticate": H("WWW-Authenticate")}),
-                   "429": RESP("TooManyRequests"), **STD},
+                   "415": CROSS_SITE_FORM, "429": RESP("TooManyRequests"), **STD},
         body=json_body(R("Login")), security=[{}])}
     out[f"{prefix}/logout"] = {"post": op(oid("Logout"), "Revoke the session of the token sent.", ["auth"], {
         "204": no_content("Revoked."),

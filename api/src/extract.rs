@@ -88,6 +88,36 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
+/// Refuses a body another site's page could have made a visitor's browser send: one a form or
+/// a `no-cors` fetch can carry (any type but JSON, none at all included) from a page of
+/// another site. Such a post needs no preflight, so without this a page anywhere could make
+/// its visitors fail logins in someone's name from their own addresses (locking the account
+/// out there) or spend the password-hash permits. JSON from another site needs a preflight
+/// that kurz never grants; clients that are not browsers name no origin.
+pub fn refuse_cross_site_form(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let json = text("content-type").is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or_default().trim();
+        media == "application/json" || media.ends_with("+json")
+    });
+    let cross_site = match text("sec-fetch-site") {
+        Some(site) => site == "cross-site" || site == "same-site",
+        // Browsers without Fetch Metadata still name the origin of every post.
+        None => headers.contains_key("origin"),
+    };
+    if cross_site && !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "a browser's post from another site must be Content-Type: application/json".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The path (`details.key`, `tags[2]`) of the first key or string holding a NUL character.
 pub(crate) fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
     fn walk(v: &Value, path: String) -> Option<String> {

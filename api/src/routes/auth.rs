@@ -53,7 +53,12 @@ async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> Ap
 }
 
 /// `POST /auth/register`.
-pub async fn register(State(state): State<AppState>, body: JsonObject) -> ApiResult<Response> {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    crate::extract::refuse_cross_site_form(&headers)?;
     let user = register_account(&state, body).await?;
     session_answer(&state, &user, StatusCode::CREATED).await
 }
@@ -119,6 +124,7 @@ pub async fn login(
     headers: HeaderMap,
     body: JsonObject,
 ) -> ApiResult<Response> {
+    crate::extract::refuse_cross_site_form(&headers)?;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
     let user = check_login(&state, ip, body).await?;
     session_answer(&state, &user, StatusCode::OK).await

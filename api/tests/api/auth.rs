@@ -755,6 +755,77 @@ async fn a_guesser_locks_only_their_own_address_out_of_an_account() {
     );
 }
 
+/// A page on another site can make its visitors' browsers post to `/auth/login` without a
+/// preflight (a form, or `fetch` in `no-cors` mode, with a plain-text body). Those posts are
+/// refused before the lock-out counts them: the visitor's own address never gets locked out of
+/// their account by someone else's page, and no password hash is spent on them.
+#[tokio::test]
+async fn another_sites_page_cannot_make_visitors_fail_logins() {
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
+    })
+    .await;
+    register(&app, "victim").await;
+    let ip = "198.51.100.9";
+    let guess = r#"{"email": "victim@example.com", "password": "wrong-on-purpose"}"#;
+    // What a browser sends for each trick: Fetch Metadata, or only an `Origin` (older ones);
+    // a string body (`text/plain`), a form, or a typeless blob (no content type at all).
+    let tricks: [&[(&str, &str)]; 4] = [
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("content-type", "text/plain;charset=UTF-8"),
+        ],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &[("origin", "https://evil.example")],
+        &[
+            ("origin", "https://evil.example"),
+            ("content-type", "multipart/form-data; boundary=x"),
+        ],
+    ];
+    for path in ["/auth/login", "/api/auth/login", "/auth/register"] {
+        for headers in tricks {
+            let mut req = app
+                .client
+                .post(app.url(path))
+                .header("x-real-ip", ip)
+                .body(guess);
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            let res = req.send().await.unwrap();
+            let body = error_of(res, 415).await;
+            assert_eq!(
+                body["error"], "unsupported_media_type",
+                "{path} {headers:?}"
+            );
+        }
+    }
+    // Nothing was counted: the victim, from that same address, logs in at once, and a typo of
+    // theirs is a plain 401.
+    let own = |password: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .header("sec-fetch-site", "same-origin")
+            .json(&json!({"email": "victim@example.com", "password": password}))
+            .send()
+    };
+    error_of(own("typo-typo").await.unwrap(), 401).await;
+    assert_eq!(own("pw-victim-secret").await.unwrap().status(), 200);
+    // A client that is no browser needs no content type.
+    let res = app
+        .client
+        .post(app.url("/auth/login"))
+        .body(r#"{"username": "victim", "password": "pw-victim-secret"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 /// Thirty log-ins to `email` at once, attempt `i` from the address and with the password
 /// `attempt(i)` gives; their statuses.
 async fn concurrent_logins(
