@@ -37,7 +37,7 @@ pub async fn redirect(
     }
     let (entry, status) = redirecting(&state, &code).await?;
     if entry.protected {
-        let token = FormToken::of(&state, peer, &headers);
+        let token = FormToken::for_page(&state, peer, &headers);
         return Ok(link_password::ask(&headers, &code, Attempt::First, &token));
     }
     // A HEAD is a probe (link checkers, previews), not a visit: it is answered but not counted.
@@ -64,7 +64,7 @@ pub async fn unlock(
         return Err(ApiError::MethodNotAllowed);
     }
     let submitted = link_password::password_of(&headers, &body)?;
-    let token = FormToken::of(&state, peer, &headers);
+    let token = FormToken::for_post(&state, peer, &headers);
     let ask = |attempt| link_password::ask(&headers, &code, attempt, &token);
     // Before the lock-out's count: a post another site made counts against nobody.
     if submitted

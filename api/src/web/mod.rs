@@ -204,15 +204,24 @@ pub struct FormToken {
 }
 
 impl FormToken {
-    pub fn of(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
-        let mut token = csrf::Token::of(headers);
-        if csrf::cross_site(headers) {
-            token.keep_cookie();
-        }
+    /// For the page that shows the form. A visitor who follows a protected link from another
+    /// site (`Sec-Fetch-Site: cross-site`) and has no token yet gets one here: without it their
+    /// first password post had no cookie to match and was answered "expired".
+    pub fn for_page(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         Self {
-            token,
+            token: csrf::Token::of(headers),
             https: over_https(state, peer, headers),
         }
+    }
+
+    /// For a post of the form: one another site made sets no new token (see
+    /// [`csrf::Token::keep_cookie`]).
+    pub fn for_post(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
+        let mut form = Self::for_page(state, peer, headers);
+        if csrf::cross_site(headers) {
+            form.token.keep_cookie();
+        }
+        form
     }
 
     /// For the form's hidden field.

@@ -409,3 +409,48 @@ async fn a_form_post_without_the_forms_token_is_refused_and_not_counted() {
         .await;
     assert_eq!(res.status(), 303, "JSON needs no token");
 }
+
+/// Someone follows a protected link from another site (a web page, webmail) without having
+/// been to kurz before: the form's page gives them a token, so the right password opens the
+/// link at the first try (the post comes from kurz's own page: `same-origin`).
+#[tokio::test]
+async fn a_first_visit_from_another_site_unlocks_at_the_first_try() {
+    let app = spawn_app().await;
+    let (id, code) = protected_link(&app, "right").await;
+    let res = app
+        .client
+        .get(app.url(&format!("/{code}")))
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .expect("the form's page sets the token a first visitor lacks")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let token = cookie["csrf=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = res.text().await.unwrap();
+    assert!(page.contains(&format!("name=\"csrf\" value=\"{token}\"")));
+    let res = app
+        .client
+        .post(app.url(&format!("/{code}")))
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("csrf={token}"))
+        .body(format!("password=right&csrf={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "https://example.com/secret");
+    assert_eq!(app.clicks(id).await.len(), 1);
+}
