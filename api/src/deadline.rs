@@ -11,7 +11,8 @@
 //! a statement (`crate::creates`) cannot be called back, so once that statement started the
 //! request is answered with its outcome, however late (the statement is bounded by
 //! `database.statement_timeout_ms`): a client retrying a create it was told had failed would
-//! make the link twice.
+//! make the link twice. Any other write's transaction is committed through [`commit`], which
+//! does the same from the moment its commit starts.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,9 +36,13 @@ impl Commitment {
     /// The work is about to start for good; `false` when the request was abandoned first (then
     /// leave it undone).
     pub fn commit(&self) -> bool {
-        self.0
+        match self
+            .0
             .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        {
+            Ok(_) => true,
+            Err(now) => now == COMMITTED,
+        }
     }
 
     /// The deadline passed; `false` when the work was committed first (then wait for it).
@@ -55,6 +60,20 @@ tokio::task_local! {
 /// The calling request's commitment; `None` outside a request (tests, background tasks).
 pub fn commitment() -> Option<Commitment> {
     REQUEST.try_with(Commitment::clone).ok()
+}
+
+/// Commits a request's transaction: from then on the request is answered with its outcome,
+/// however late. Past the deadline, a 503 after the commit would have the client import its
+/// events twice, or get 404 for the link it had just deleted when it retried.
+pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), ApiError> {
+    if commitment().is_some_and(|c| !c.commit()) {
+        // Not reached in a request: its work is dropped when its 503 goes out.
+        return Err(ApiError::Unavailable(
+            "the request was abandoned at its deadline".into(),
+        ));
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {

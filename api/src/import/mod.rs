@@ -109,7 +109,7 @@ pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult
         .await
         .map_err(conflict_detail)?;
     }
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok(ids.len())
 }
 
@@ -334,7 +334,7 @@ pub async fn urls(
     // In the import's transaction: a crash between the commit and the cache update cannot
     // leave the old entries serving until their TTL.
     let queued = crate::db::outbox::enqueue_many(&tx, &codes).await?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok(ImportedUrls {
         count: n,
         codes,
@@ -455,7 +455,7 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
         .await
         .map_err(conflict_detail)?;
     }
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok(n)
 }
 

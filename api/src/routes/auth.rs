@@ -112,7 +112,7 @@ pub(crate) async fn register_account(state: &AppState, body: JsonObject) -> ApiR
     let user = db::users::insert_account(&tx, &username, &email, &hash)
         .await
         .map_err(conflict_or)?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok(user)
 }
 

@@ -186,7 +186,7 @@ pub(crate) async fn create_link(
             }
             let link = insert(&tx, new, custom_given).await?;
             idempotency::bind(&tx, key, link.id).await?;
-            tx.commit().await?;
+            crate::deadline::commit(tx).await?;
             link
         }
     };
@@ -469,7 +469,7 @@ pub async fn update(
         db::events::insert_event(&tx, saved.id, saved.user_id, "updated", &details).await?;
     }
     let queued = db::outbox::enqueue(&tx, &saved.short_code).await?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     crate::cache_sync::after_write(&state, &saved, Some(queued)).await;
     Ok(Json(saved.to_json(state.config.base())).into_response())
 }
@@ -499,7 +499,7 @@ pub async fn delete(
     )
     .await?;
     let queued = db::outbox::enqueue(&tx, &link.short_code).await?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     crate::cache_sync::after_write(&state, &link, Some(queued)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

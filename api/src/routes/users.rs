@@ -45,7 +45,7 @@ pub async fn create(
     let user = db::users::insert_user(&tx, &username, &email)
         .await
         .map_err(conflict_or)?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(user.to_json())).into_response())
 }
 
@@ -128,7 +128,7 @@ pub async fn update(
         .await
         .map_err(conflict_or)?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     Ok(Json(user.to_json()).into_response())
 }
 
@@ -147,7 +147,7 @@ pub async fn delete(
     // A deleted account's credentials go with it: a bulk import that brings the row back
     // (`deleted_at` cleared) must not bring back its keys and sessions too.
     db::api_keys::revoke_all(&tx, id).await?;
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     if state.auth.sessions.revoke_all(id).await.is_err() {
         // Refused anyway while the account is deleted (every request looks the user up);
         // only a later re-import would find them, until they expire.

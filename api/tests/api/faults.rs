@@ -379,6 +379,46 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     assert_eq!(link["original_url"], "https://example.com/bulk");
 }
 
+/// A write whose transaction committed is answered with its outcome even when what follows
+/// the commit (publishing the link's new state to a Redis that stalls) outlasts the deadline:
+/// a 503 says "retry", and a retried delete answers 404, a retried import 409.
+#[tokio::test]
+async fn a_write_that_committed_is_answered_not_503_past_its_deadline() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.redis.timeout_ms = 3_000;
+        c.limits.request_timeout_ms = 500;
+        c.limits.bulk_request_timeout_ms = 500;
+    })
+    .await;
+    let user = app.create_user("committed").await;
+    let (id, _) = link_of(&app.create_url(user, "https://example.com/gone").await);
+    let stalled = redis.paused();
+    let res = app.delete(&format!("/urls/{id}")).await;
+    assert_eq!(res.status(), 204, "{}", res.text().await.unwrap());
+    let csv =
+        format!("user_id,short_code,original_url\n{user},bulkone1,https://example.com/bulk\n");
+    let res = app.upload("/urls/bulk", csv.into_bytes()).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    drop(stalled);
+    assert_eq!(app.get(&format!("/urls/{id}")).await.status(), 404);
+    let links: Value = app
+        .get(&format!("/urls?user_id={user}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let codes: Vec<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["short_code"].as_str())
+        .collect();
+    assert_eq!(codes, ["bulkone1"]);
+}
+
 /// A create whose statement has started is answered with its outcome, however late: a 503
 /// tells the client to retry, and a retry of a create that was made makes the link twice.
 #[tokio::test]
