@@ -142,6 +142,20 @@ pub struct ForeignError {
     pub reason: String,
 }
 
+/// The most links one import takes. Any user may import, and a record costs far more memory
+/// than its bytes in the file (a 2-byte CSV row became ~1 KiB): without a ceiling a 32 MiB
+/// upload of tiny records held gigabytes before the first was checked.
+pub const MAX_LINKS: usize = 100_000;
+
+/// The error for the record past [`MAX_LINKS`].
+pub fn too_many(record: usize) -> ForeignError {
+    err(
+        record,
+        "",
+        format!("an import takes at most {MAX_LINKS} links; split the file"),
+    )
+}
+
 /// Parses a whole export; all-or-nothing: the first bad record is the error.
 pub fn parse(format: Format, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
     // Spreadsheet tools that re-save exports tend to add a BOM, and neither
@@ -311,6 +325,9 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
     let mut links = Vec::new();
     for (index, row) in reader.records().enumerate() {
         let record = index + 1;
+        if record > MAX_LINKS {
+            return Err(too_many(record));
+        }
         let row = row.map_err(|e| csv_error(&e, Some(&header), record))?;
         let field = |col: Option<usize>| col.and_then(|i| row.get(i)).unwrap_or("");
 
@@ -358,6 +375,15 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
 // ---------------------------------------------------------------- Kutt JSON
 
 fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
+    // Counted before anything is built: a JSON value costs far more than its text (`{"a":0}`,
+    // 8 bytes, is a ~600-byte map).
+    let mut counting = serde_json::Deserializer::from_slice(bytes);
+    if let Err(e) = serde::Deserializer::deserialize_any(&mut counting, KuttCount) {
+        return Err(match e.to_string().starts_with(TOO_MANY) {
+            true => too_many(MAX_LINKS + 1),
+            false => err(0, "", format!("invalid JSON: {e}")),
+        });
+    }
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| err(0, "", format!("invalid JSON: {e}")))?;
     let items = match &root {
@@ -441,6 +467,73 @@ fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
         });
     }
     Ok(links)
+}
+
+const TOO_MANY: &str = "too many links";
+
+/// Walks a Kutt document without keeping anything, failing once its links (the top-level
+/// array's items, or the `data` array's) pass [`MAX_LINKS`]; any other shape passes, for the
+/// parse to name what is wrong with it.
+struct KuttCount;
+
+impl<'de> serde::de::Visitor<'de> for KuttCount {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kutt links document")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut n = 0;
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            n += 1;
+            if n > MAX_LINKS {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "data" {
+                map.next_value_seed(KuttData)?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The value of `data`: counted when it is an array.
+struct KuttData;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KuttData {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(KuttCount)
+    }
 }
 
 /// Missing and `null` both mean "no value"; any other non-string is an error
@@ -922,6 +1015,35 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.record, e.column.as_str()), (1, "description"));
         assert_eq!(parse_str(Format::Kutt, r#"{"data":[]}"#), Ok(vec![]));
+    }
+
+    #[test]
+    fn an_import_past_the_ceiling_is_refused_at_the_first_record_over() {
+        let rows = |n: usize| {
+            let mut f = "long_url\n".to_owned();
+            f.push_str(&"https://a.example/\n".repeat(n));
+            f
+        };
+        assert_eq!(
+            parse_str(Format::Bitly, &rows(MAX_LINKS)).unwrap().len(),
+            MAX_LINKS
+        );
+        let e = parse_str(Format::Bitly, &rows(MAX_LINKS + 1)).unwrap_err();
+        assert_eq!(e.record, MAX_LINKS + 1);
+        assert!(e.reason.contains("at most 100000 links"), "{}", e.reason);
+
+        let items = |n: usize| vec!["{\"target\":\"https://a.example/\"}"; n].join(",");
+        let bare = format!("[{}]", items(MAX_LINKS));
+        assert_eq!(parse_str(Format::Kutt, &bare).unwrap().len(), MAX_LINKS);
+        for doc in [
+            format!("[{}]", items(MAX_LINKS + 1)),
+            format!("{{\"total\": 1, \"data\": [{}]}}", items(MAX_LINKS + 1)),
+            // Links with nothing in them are counted before anything checks them.
+            format!("[{}]", vec!["{\"a\":0}"; MAX_LINKS + 1].join(",")),
+        ] {
+            let e = parse_str(Format::Kutt, &doc).unwrap_err();
+            assert_eq!(e.record, MAX_LINKS + 1, "{}", e.reason);
+        }
     }
 
     #[test]

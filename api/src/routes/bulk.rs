@@ -107,18 +107,20 @@ pub async fn import_links(
     let owner = caller
         .owner_for_write(q.id("user_id")?)?
         .ok_or_else(|| ApiError::BadRequest("query parameter user_id is required".into()))?;
-    let (csv_bytes, report) = match format {
-        "csv" => (
-            own_export_as_bulk(&upload(&state, req).await?, owner)?,
-            None,
-        ),
-        name => {
-            let format = foreign::Format::parse(name).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "query parameter format={name:?} must be bitly, yourls, shlink, kutt or csv"
-                ))
-            })?;
-            let bytes = upload(&state, req).await?;
+    let foreign_format = match format {
+        "csv" => None,
+        name => Some(foreign::Format::parse(name).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "query parameter format={name:?} must be bitly, yourls, shlink, kutt or csv"
+            ))
+        })?),
+    };
+    let bytes = upload(&state, req).await?;
+    // Reading and converting a 32 MiB file takes long enough to stall every other request on
+    // the worker it runs on.
+    let (csv_bytes, report) = tokio::task::spawn_blocking(move || match foreign_format {
+        None => ApiResult::Ok((own_export_as_bulk(&bytes, owner)?, None)),
+        Some(format) => {
             let links = foreign::parse(format, &bytes).map_err(|e| ApiError::BadRow {
                 row: e.record,
                 line: e.record as u64 + 1,
@@ -126,9 +128,11 @@ pub async fn import_links(
                 reason: e.reason,
             })?;
             let (csv, report) = foreign_as_bulk(format, &links, owner)?;
-            (csv, Some(report))
+            Ok((csv, Some(report)))
         }
-    };
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))??;
     let mut client = state.client().await?;
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));
@@ -237,6 +241,15 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
     head.extend(keep.iter().map(|&i| header[i].to_owned()));
     out.write_record(&head).map_err(failed)?;
     for (n, row) in reader.records().enumerate() {
+        if n >= foreign::MAX_LINKS {
+            let e = foreign::too_many(n + 1);
+            return Err(ApiError::BadRow {
+                row: e.record,
+                line: n as u64 + 2,
+                column: e.column,
+                reason: e.reason,
+            });
+        }
         let row = row.map_err(|e| ApiError::BadRow {
             row: n + 1,
             line: n as u64 + 2,

@@ -276,3 +276,29 @@ async fn a_foreign_title_longer_than_ours_is_cut() {
     let links = links_of(&app, user).await;
     assert_eq!(links["long1"]["title"], "é".repeat(512));
 }
+
+/// Any user may import, and each record costs memory far beyond its bytes: an import takes at
+/// most 100,000 links, in every format, and one more is refused at that record with nothing
+/// imported.
+#[tokio::test]
+async fn an_import_of_more_links_than_the_ceiling_is_refused_whole() {
+    let app = spawn_app().await;
+    let user = app.create_user("huge").await;
+    let mut own = "short_code,original_url\n".to_owned();
+    own.push_str(&",https://a.example/\n".repeat(100_001));
+    let mut bitly = "long_url\n".to_owned();
+    bitly.push_str(&"x\n".repeat(100_001));
+    let kutt = format!("[{}]", vec!["{}"; 100_001].join(","));
+    for (format, file) in [("csv", own), ("bitly", bitly), ("kutt", kutt)] {
+        let body = error_of(import(&app, format, user, file.as_bytes()).await, 400).await;
+        assert_eq!(body["details"]["row"], 100_001, "{format}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 100000 links"),
+            "{format}: {body}"
+        );
+    }
+    assert!(links_of(&app, user).await.is_empty());
+}
