@@ -24,6 +24,7 @@ pub mod cache_sync;
 pub mod clicks;
 pub mod config;
 pub mod creates;
+pub mod csv_cell;
 pub mod db;
 pub mod deadline;
 pub mod error;

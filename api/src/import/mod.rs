@@ -5,6 +5,7 @@
 //! take seconds. Rows with an `id` are upserted by id, and the id sequence is moved past every
 //! id in the file first, so rows without one can never take an id the file uses.
 
+use crate::csv_cell::restore;
 use crate::db::conflict_or;
 use crate::error::{ApiError, ApiResult};
 use crate::identity::{Email, Username};
@@ -152,7 +153,7 @@ pub async fn urls(
     for (at, row) in table.rows() {
         let id = row.opt_id("id")?;
         let user = row.opt_id("user_id")?;
-        let code = ShortCode::parse(&row.required("short_code")?)
+        let code = ShortCode::parse(restore(&row.required("short_code")?))
             .map_err(|why| at.err("short_code", why.to_string()))?
             .into_string();
         let url = policy
@@ -166,7 +167,7 @@ pub async fn urls(
         if let Some(u) = user {
             user_rows.entry(u).or_insert(at);
         }
-        let title = row.text("title");
+        let title = restore(row.text("title"));
         if title.chars().count() > crate::routes::urls::MAX_TITLE {
             return Err(at.err(
                 "title",
@@ -212,8 +213,7 @@ pub async fn urls(
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| at.err("imported_clicks", "must be a non-negative integer"))?,
         });
-        let raw_tags: Vec<String> = row
-            .text("tags")
+        let raw_tags: Vec<String> = restore(row.text("tags"))
             .split(';')
             .filter(|t| !t.trim().is_empty())
             .map(str::to_owned)

@@ -2,6 +2,7 @@
 //! `POST /urls/import`, links exported from other shorteners.
 
 use crate::auth::Caller;
+use crate::csv_cell::{defuse, restore};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
 use crate::import::{self, foreign};
@@ -190,23 +191,26 @@ fn foreign_as_bulk(
                 mapped.insert(field);
             }
         }
+        // The bulk import reads this as kurz's own CSV, a value written as an export writes it.
         out.write_record([
             owner.to_string(),
-            code.as_str().to_owned(),
+            defuse(code.as_str().to_owned()),
             link.original_url.clone(),
             // Another product's page titles can be longer than ours; the start of one is more
             // use than an import refused for it.
-            link.title
-                .as_deref()
-                .unwrap_or_default()
-                .chars()
-                .take(super::urls::MAX_TITLE)
-                .collect(),
+            defuse(
+                link.title
+                    .as_deref()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(super::urls::MAX_TITLE)
+                    .collect(),
+            ),
             link.created_at
                 .map(kurz_common::time::format)
                 .unwrap_or_default(),
             link.clicks.unwrap_or(0).to_string(),
-            link.tags.join(";"),
+            defuse(link.tags.join(";")),
         ])
         .map_err(failed)?;
     }
@@ -261,7 +265,8 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
             let cell = row.get(i).unwrap_or("");
             // Titles stored before the 512-character cap came in: exported, they still import.
             if import::column_name(&header[i]) == "title" {
-                cell.chars().take(super::urls::MAX_TITLE).collect()
+                let title = restore(cell).chars().take(super::urls::MAX_TITLE).collect();
+                defuse(title)
             } else {
                 cell.to_owned()
             }

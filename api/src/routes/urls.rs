@@ -619,6 +619,7 @@ pub async fn export(
         "has_password",
     ];
     let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
+    let defuse = crate::csv_cell::defuse;
     out.write_record(header).map_err(written)?;
     let mut offset = 0;
     loop {
@@ -628,9 +629,9 @@ pub async fn export(
             out.write_record([
                 l.id.to_string(),
                 l.user_id.map(|u| u.to_string()).unwrap_or_default(),
-                l.short_code.clone(),
+                defuse(l.short_code.clone()),
                 l.original_url.clone(),
-                l.title.clone().unwrap_or_default(),
+                defuse(l.title.clone().unwrap_or_default()),
                 if l.is_active { "True" } else { "False" }.to_owned(),
                 time(l.created_at),
                 time(l.updated_at),
@@ -638,7 +639,7 @@ pub async fn export(
                 l.redirect_type.to_string(),
                 l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
                 l.imported_clicks.to_string(),
-                l.tags.join(";"),
+                defuse(l.tags.join(";")),
                 l.visits.to_string(),
                 if l.has_password { "True" } else { "False" }.to_owned(),
             ])

