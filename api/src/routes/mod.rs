@@ -7,7 +7,7 @@ pub mod health;
 mod link_password;
 mod openapi;
 pub mod preview;
-mod qr;
+pub(crate) mod qr;
 mod redirect;
 pub mod urls;
 pub mod users;

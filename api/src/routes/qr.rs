@@ -49,7 +49,7 @@ pub async fn by_code(
     image(&short_url, format, size, &headers, "public, max-age=86400")
 }
 
-fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
+pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
     let q = Query::parse(raw);
     let format = match q.get("format") {
         None => Format::Svg,
@@ -74,7 +74,7 @@ fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
     Ok((format, size))
 }
 
-fn image(
+pub(crate) fn image(
     text: &str,
     format: Format,
     size: u32,

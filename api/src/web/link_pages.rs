@@ -201,8 +201,9 @@ pub fn link(
                 (breakdown("Devices", &stats["devices"], "name"))
             }
             h2 { "QR code" }
-            img.qr src={ "/" (link.short_code) "/qr?format=svg&size=192" } width="192" height="192"
+            img.qr src={ "/ui/links/" (link.id) "/qr?format=svg&size=192" } width="192" height="192"
                 alt={ "QR code of " (short) };
+            p { a href={ "/ui/links/" (link.id) "/qr?format=png&size=1024" } download={ (link.short_code) ".png" } { "Download as PNG" } }
             h2 { "Edit" }
             (errors(problems))
             form.card method="post" action={ "/ui/links/" (link.id) "/edit" } {

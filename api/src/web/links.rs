@@ -160,6 +160,32 @@ pub async fn show(
     detail(&state, &visit, &id, None, &[]).await
 }
 
+/// `GET /ui/links/<id>/qr`: the link's QR code for its owner (or an admin), whatever its state.
+/// The public `/<code>/qr` draws only links that redirect, and the owner's page shows the code
+/// of a link they have just switched off too.
+pub async fn qr(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    PathText(id): PathText,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let drawn = async {
+        let (format, size) = crate::routes::qr::options(raw.as_deref())?;
+        let link = own_link(&state, &visit, &id).await?;
+        let short_url = format!("{}/{}", state.config.base(), link.short_code);
+        crate::routes::qr::image(&short_url, format, size, &headers, "private, max-age=86400")
+    };
+    match drawn.await {
+        Ok(image) => image,
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
 /// The link page, with an edit form holding `typed` (target, title) and `problems` when an edit
 /// came back invalid.
 async fn detail(

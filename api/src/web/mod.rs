@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/links/{id}", get(links::show))
         .route("/ui/links/{id}/state", post(links::set_state))
         .route("/ui/links/{id}/edit", post(links::edit))
+        .route("/ui/links/{id}/qr", get(links::qr))
         .route(
             "/ui/links/{id}/delete",
             get(links::confirm_delete).post(links::delete),

@@ -704,7 +704,21 @@ async fn my_links_are_listed_searched_switched_edited_and_deleted() {
     assert!(page.contains("&lt;b&gt;Launch&lt;/b&gt;"), "{page}");
     assert!(page.contains("1 click,"), "{page}");
     assert!(page.contains(": 1 in all"), "{page}");
-    assert!(page.contains("/webalpha/qr?format=svg"));
+    let qr = format!("/ui/links/{alpha}/qr?format=svg&size=192");
+    assert!(page.contains(&qr.replace('&', "&amp;")), "{page}");
+    let (status, svg) = b.get(&qr).await;
+    assert_eq!(status, 200);
+    assert!(svg.starts_with("<svg"), "{svg}");
+    // A switched-off link's page still draws its code (the public `/<code>/qr` draws only
+    // links that redirect); nobody else gets it, and an anonymous visitor is sent to log in.
+    assert_eq!(app.get("/webbeta/qr").await.status(), 404);
+    let (status, svg) = b.get(&format!("/ui/links/{beta}/qr?format=svg")).await;
+    assert_eq!((status, svg.starts_with("<svg")), (200, true));
+    let (status, _) = b.get(&format!("/ui/links/{beta}/qr?format=png")).await;
+    assert_eq!(status, 200);
+    let theirs_qr = format!("/ui/links/{}/qr", theirs["id"].as_i64().unwrap());
+    assert_eq!(b.get(&theirs_qr).await.0, 404);
+    assert_eq!(Browser::new(&app).get(&theirs_qr).await.0, 303);
 
     // Delete asks first, then the link is gone.
     let gamma = id_of(&app, "webgamma").await;
