@@ -755,7 +755,9 @@ def auth_ops(prefix, idp):
                                           "parameters": {"id": "$response.body#/id"}}}
     out[f"{prefix}/keys"] = {
         "post": op(oid("CreateKey"), "Create an API key.", ["auth"], {
-            "201": key_created, **JSON_BODY_ERRS, "401": RESP("Unauthorized"), **STD},
+            "201": key_created, **JSON_BODY_ERRS, "401": RESP("Unauthorized"),
+            "409": err("`conflict`: the user holds 100 live keys already; revoke one first.",
+                       error_with("conflict")), **STD},
             body=json_body(R("NewApiKey")), security=BEARER),
         "get": op(oid("ListKeys"), "The caller's live API keys (without secrets).", ["auth"], {
             "200": ok("The keys.", list_of(R("ApiKey")), NO_STORE), "401": RESP("Unauthorized"), **STD},

@@ -40,22 +40,31 @@ impl ApiKey {
     }
 }
 
+/// Most live keys one user holds: every one is listed on the keys page, and a script making
+/// keys in a loop should stop with an answer, not fill a table.
+pub const MAX_LIVE_KEYS: i64 = 100;
+
+/// Stores a new key; `None` when the user already holds [`MAX_LIVE_KEYS`] live ones.
 pub async fn insert_key(
     c: &impl GenericClient,
     user_id: i64,
     name: &str,
     prefix: &str,
     hash: &str,
-) -> Result<ApiKey, Error> {
+) -> Result<Option<ApiKey>, Error> {
     let stmt = c
         .prepare_cached(&format!(
-            "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash) SELECT $1, $2, $3, $4 \
+             WHERE (SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL) < $5 \
+             RETURNING {COLUMNS}"
         ))
         .await?;
-    Ok(ApiKey::from_row(
-        &c.query_one(&stmt, &[&user_id, &name, &prefix, &hash])
-            .await?,
-    ))
+    Ok(
+        c.query_opt(&stmt, &[&user_id, &name, &prefix, &hash, &MAX_LIVE_KEYS])
+            .await?
+            .as_ref()
+            .map(ApiKey::from_row),
+    )
 }
 
 /// A live key of a live user by hash, marking it used (at most once a minute, to spare writes).

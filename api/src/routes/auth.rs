@@ -315,8 +315,14 @@ pub(crate) async fn issue_key(
     let key = new_token(API_KEY_PREFIX);
     let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
     let client = state.client().await?;
-    let stored =
-        db::api_keys::insert_key(&client, user_id, name, &prefix, &token_hash(&key)).await?;
+    let stored = db::api_keys::insert_key(&client, user_id, name, &prefix, &token_hash(&key))
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "at most {} live API keys per user: revoke one first",
+                db::api_keys::MAX_LIVE_KEYS
+            ))
+        })?;
     Ok((stored, key))
 }
 

@@ -461,6 +461,42 @@ async fn api_key_lifecycle() {
     error_of(res, 401).await;
 }
 
+/// A user holds at most 100 live keys (the keys page lists them all): the next one is a 409
+/// that says what to do, and revoking one makes room.
+#[tokio::test]
+async fn live_api_keys_per_user_are_bounded() {
+    let app = spawn_app().await;
+    let (token, _) = register(&app, "keyring").await;
+    let mut first = None;
+    for _ in 0..100 {
+        first.get_or_insert(new_key(&app, &token).await["id"].as_i64().unwrap());
+    }
+    let make = || {
+        app.client
+            .post(app.url("/auth/keys"))
+            .header("authorization", bearer(&token))
+            .json(&json!({"name": "one too many"}))
+            .send()
+    };
+    let body = error_of(make().await.unwrap(), 409).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("revoke one"),
+        "{body}"
+    );
+    let res = app
+        .client
+        .delete(app.url(&format!("/auth/keys/{}", first.unwrap())))
+        .header("authorization", bearer(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(make().await.unwrap().status(), 201);
+    // Another user's keys are theirs to count.
+    let (other, _) = register(&app, "otherring").await;
+    new_key(&app, &other).await;
+}
+
 /// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
 /// waiting on a clock.
 async fn expire_locks(app: &TestApp) {
