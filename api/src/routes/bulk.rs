@@ -236,13 +236,21 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
     // The owner is the caller's, and the links are new: a file's own `id` or `user_id` column,
     // however spelled, must not reach the bulk import (which would update that row, or give the
     // link to that user).
+    // The clicks recorded where the file was exported become imported clicks here, as another
+    // shortener's do: the links' totals move with them.
+    let name = |i: usize| import::column_name(&header[i]);
+    let clicks_col = (0..header.len()).find(|&i| name(i) == "clicks");
+    let imported_col = (0..header.len()).find(|&i| name(i) == "imported_clicks");
     let keep: Vec<usize> = (0..header.len())
-        .filter(|&i| !matches!(import::column_name(&header[i]).as_str(), "id" | "user_id"))
+        .filter(|&i| !matches!(name(i).as_str(), "id" | "user_id" | "clicks"))
         .collect();
     let mut out = csv::Writer::from_writer(Vec::new());
     let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));
     let mut head = vec!["user_id".to_owned()];
     head.extend(keep.iter().map(|&i| header[i].to_owned()));
+    if clicks_col.is_some() && imported_col.is_none() {
+        head.push("imported_clicks".to_owned());
+    }
     out.write_record(&head).map_err(failed)?;
     for (n, row) in reader.records().enumerate() {
         if n >= foreign::MAX_LINKS {
@@ -260,17 +268,47 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
             column: String::new(),
             reason: format!("malformed CSV: {e}"),
         })?;
+        let bad = |col: usize, reason: &str| ApiError::BadRow {
+            row: n + 1,
+            line: n as u64 + 2,
+            column: header[col].to_owned(),
+            reason: reason.to_owned(),
+        };
+        let count = |col: Option<usize>| match col {
+            None => Ok(0),
+            Some(i) => match row.get(i).unwrap_or("").trim() {
+                "" => Ok(0),
+                v => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|c| *c >= 0)
+                    .ok_or_else(|| bad(i, "must be a non-negative integer")),
+            },
+        };
+        let moved = match clicks_col {
+            Some(c) => Some(
+                count(imported_col)?
+                    .checked_add(count(clicks_col)?)
+                    .ok_or_else(|| bad(c, "with imported_clicks, too large"))?,
+            ),
+            None => None,
+        };
         let mut fields = vec![owner.to_string()];
         fields.extend(keep.iter().map(|&i| {
             let cell = row.get(i).unwrap_or("");
-            // Titles stored before the 512-character cap came in: exported, they still import.
-            if import::column_name(&header[i]) == "title" {
-                let title = restore(cell).chars().take(super::urls::MAX_TITLE).collect();
-                defuse(title)
-            } else {
-                cell.to_owned()
+            match (moved, name(i).as_str()) {
+                (Some(total), "imported_clicks") => total.to_string(),
+                // Titles stored before the 512-character cap came in: exported, they still
+                // import.
+                (_, "title") => {
+                    defuse(restore(cell).chars().take(super::urls::MAX_TITLE).collect())
+                }
+                _ => cell.to_owned(),
             }
         }));
+        if let (Some(total), None) = (moved, imported_col) {
+            fields.push(total.to_string());
+        }
         out.write_record(&fields).map_err(failed)?;
     }
     out.into_inner()

@@ -156,6 +156,11 @@ async fn kurz_csv_export_imports_as_the_callers_links() {
         )
         .await;
     assert_eq!(res.status(), 201);
+    let round_id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    for _ in 0..2 {
+        assert_eq!(app.get("/round1").await.status(), 302);
+    }
+    assert_eq!(app.clicks(round_id).await.len(), 2);
     let res = app
         .post_json(
             "/urls",
@@ -192,6 +197,9 @@ async fn kurz_csv_export_imports_as_the_callers_links() {
     assert_eq!(round["tags"], json!(["t"]));
     assert_eq!(round["max_visits"], 9);
     assert_eq!(round["is_active"], true);
+    // The clicks recorded where the file came from move with the link, as imported clicks.
+    assert_eq!(round["imported_clicks"], 2, "{round}");
+    assert_eq!(round["visits"], 0);
     assert_eq!(links["locked1"]["is_active"], false);
     assert_eq!(links["locked1"]["has_password"], false);
     error_of(fresh.get("/locked1").await, 404).await;
