@@ -166,11 +166,14 @@ fn foreign_as_bulk(
     ])
     .map_err(failed)?;
     let (mut codes, mut mapped) = (Vec::new(), std::collections::BTreeSet::new());
+    // Shlink keeps one code per domain, so an export of several domains repeats codes: the
+    // first keeps it, the others get generated ones instead of failing the whole file.
+    let mut taken = std::collections::HashSet::new();
     for link in links {
         let kept = link
             .short_code
             .as_deref()
-            .filter(|c| ShortCode::parse(c).is_ok());
+            .filter(|c| ShortCode::parse(c).is_ok() && taken.insert(*c));
         let code = kept.map_or_else(ShortCode::generate, |c| {
             ShortCode::parse(c).expect("checked just above")
         });

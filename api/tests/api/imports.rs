@@ -368,3 +368,27 @@ async fn an_export_runs_no_formula_in_a_spreadsheet_and_imports_back_unchanged()
     assert_eq!(links["plain2"]["title"], "'just a quote");
     assert_eq!(links["plain2"]["tags"], json!(["-"]));
 }
+
+/// Shlink keeps a code per domain, so one export can hold `abc` twice: the first keeps the
+/// code, the other gets a generated one (listed as such) instead of the whole file failing.
+#[tokio::test]
+async fn a_code_repeated_across_domains_keeps_it_once_and_generates_the_other() {
+    let app = spawn_app().await;
+    let user = app.create_user("domains").await;
+    let file = "\"createdAt\",\"domain\",\"shortCode\",\"shortUrl\",\"longUrl\",\"title\",\"tags\",\"visits\"\n\
+        \"2024-04-02T10:11:12+02:00\",\"d1.example\",\"abcd\",\"https://d1.example/abcd\",\"https://example.com/one\",\"\",\"\",3\n\
+        \"2024-04-02T10:11:12+02:00\",\"d2.example\",\"abcd\",\"https://d2.example/abcd\",\"https://example.com/two\",\"\",\"\",4\n";
+    let res = import(&app, "shlink", user, file.as_bytes()).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let report: Value = res.json().await.unwrap();
+    let codes = report["codes"].as_array().unwrap();
+    assert_eq!(codes[0]["short_code"], "abcd");
+    assert_eq!(codes[0]["generated"], false);
+    assert_eq!(codes[1]["source_code"], "abcd");
+    assert_eq!(codes[1]["generated"], true);
+    let other = codes[1]["short_code"].as_str().unwrap();
+    let links = links_of(&app, user).await;
+    assert_eq!(links["abcd"]["original_url"], "https://example.com/one");
+    assert_eq!(links[other]["original_url"], "https://example.com/two");
+    assert_eq!(links[other]["imported_clicks"], 4);
+}
