@@ -541,10 +541,17 @@ pub async fn stats(
             )));
         }
     }
-    let client = state.client().await?;
-    let link = find_live(&client, id).await?;
-    caller.require_owner_or_admin(link.user_id)?;
+    let link = {
+        let client = state.client().await?;
+        let link = find_live(&client, id).await?;
+        caller.require_owner_or_admin(link.user_id)?;
+        link
+    };
+    // Not holding a connection: the drain stores the clicks through this pool, and a read
+    // waiting on it with the connection it needs would starve it (with the pool's last
+    // connection, every read answered with its clicks pending).
     let pending = crate::routes::events::drain_clicks(&state).await;
+    let client = state.client().await?;
     let mut stats = db::stats::url_stats(&client, id, range).await?;
     stats["imported_clicks"] = json!(link.imported_clicks);
     let response = Json(stats).into_response();

@@ -77,6 +77,32 @@ async fn a_click_is_visible_to_the_next_read_without_waiting() {
     assert_eq!(stats["clicks"], 2);
 }
 
+/// The stats read drains the stream through the request pool: with one connection left for
+/// requests, a read that held it while waiting starved the drain and answered without the
+/// click (`X-Kurz-Clicks-Pending`) every time.
+#[tokio::test]
+async fn a_stats_read_drains_on_the_pools_last_connection() {
+    let app = spawn_app_with(|c| {
+        c.clicks.poll_interval_ms = 3_600_000;
+        c.database.max_connections = 2;
+        c.database.create_writers = 1;
+        c.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let user = app.create_user("lastconn").await;
+    let link = app.create_url(user, "https://example.com/lastconn").await;
+    let id = link["id"].as_i64().unwrap();
+    redirect_n(&app, link["short_code"].as_str().unwrap(), 1).await;
+    let res = app.get(&format!("/urls/{id}/stats")).await;
+    assert!(
+        res.headers().get("x-kurz-clicks-pending").is_none(),
+        "{:?}",
+        res.headers()
+    );
+    let stats: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(stats["clicks"], 1);
+}
+
 #[tokio::test]
 async fn the_background_consumer_drains_the_stream() {
     let app = spawn_app_with(|c| c.clicks.poll_interval_ms = 20).await;
