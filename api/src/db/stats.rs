@@ -50,14 +50,14 @@ pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Res
     let visitors: i64 = row.get(3);
     let counted = |clicks: i64, bot_clicks: i64| if bots { clicks } else { clicks - bot_clicks };
 
-    // `daily` alone defaults to the last `DAILY_DAYS` without a range; `to` alone reaches
-    // back as far as the totals do.
+    // `daily` alone defaults to the last `DAILY_DAYS` without a range, today the last of them;
+    // `to` alone reaches back as far as the totals do.
     let daily = c
         .prepare_cached(
             "SELECT day, clicks, bots, visitors FROM click_daily \
              WHERE url_id = $1 \
              AND day >= coalesce($2::date, \
-                 CASE WHEN $3::date IS NULL THEN (now() AT TIME ZONE 'UTC')::date - $4::int4 END, \
+                 CASE WHEN $3::date IS NULL THEN (now() AT TIME ZONE 'UTC')::date - ($4::int4 - 1) END, \
                  '-infinity'::date) \
              AND ($3::date IS NULL OR day <= $3) \
              ORDER BY day",

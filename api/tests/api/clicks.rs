@@ -871,3 +871,32 @@ async fn a_consumer_stops_when_its_shutdown_sender_is_gone() {
         .expect("the consumer returns once nothing can stop it any more")
         .unwrap();
 }
+
+/// Without a range, `daily` is the last 90 UTC days, today the last of them: a click 89 days
+/// ago is in it, one 90 days ago is not (both are in the totals).
+#[tokio::test]
+async fn daily_without_a_range_is_the_last_ninety_days() {
+    let app = spawn_app().await;
+    let user = app.create_user("ninety").await;
+    let link = app.create_url(user, "https://example.com/ninety").await;
+    let id = link["id"].as_i64().unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let (in_range, out) = (today - chrono::Days::new(89), today - chrono::Days::new(90));
+    let csv = format!(
+        "url_id,user_id,event_type,timestamp,details\n\
+         {id},{user},click,{in_range}T12:00:00,{{}}\n{id},{user},click,{out}T12:00:00,{{}}\n"
+    );
+    assert_eq!(
+        app.upload("/events/bulk", csv.into_bytes()).await.status(),
+        201
+    );
+    let stats = app.stats(id).await;
+    assert_eq!(stats["clicks"], 2);
+    let days: Vec<&str> = stats["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["date"].as_str().unwrap())
+        .collect();
+    assert_eq!(days, [in_range.to_string()]);
+}
