@@ -137,14 +137,22 @@ impl Sessions {
     }
 
     /// Ends every session of a user (password change).
+    ///
+    /// Only the hashes read are taken out of the set: a session made between the read and
+    /// the deletes (a log-in with the old password during the change) stays listed, for the
+    /// change's second pass, or the next one, to find. Deleting the whole set lost it, and it
+    /// lived on, sliding, past every later password change.
     pub async fn revoke_all(&self, user_id: i64) -> Result<(), RedisDown> {
         let set = self.keys.user_sessions(user_id);
         let hashes: Vec<String> = self.redis.query(redis::cmd("SMEMBERS").arg(&set)).await?;
+        if hashes.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for h in &hashes {
             pipe.cmd("DEL").arg(self.keys.session(h)).ignore();
         }
-        pipe.cmd("DEL").arg(&set).ignore();
+        pipe.cmd("SREM").arg(&set).arg(&hashes).ignore();
         self.redis.query::<()>(&pipe).await
     }
 }

@@ -497,6 +497,61 @@ async fn live_api_keys_per_user_are_bounded() {
     new_key(&app, &other).await;
 }
 
+/// A session made while a password change revokes the user's sessions (a log-in with the old
+/// password, racing the change) stays in the user's list, so the change's second pass or the
+/// next change ends it. Each round makes one session and revokes all at once, and then every
+/// live session of the user must be listed.
+#[tokio::test]
+async fn a_session_made_during_a_revocation_stays_revocable() {
+    let app = spawn_app().await;
+    let (_, user) = register(&app, "racer").await;
+    let sessions = &app.state.auth.sessions;
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = kurz_common::keys::KeySchema::new(&app.prefix, 4);
+    let listed_key = keys.user_sessions(user);
+    // One connection carries both, in the order they are sent: a revocation delayed by 0 to 5
+    // round trips reads the list before, between or after the steps of the new session's.
+    for round in 0..60 {
+        let delayed_revoke = async {
+            for _ in 0..round % 6 {
+                app.state
+                    .redis
+                    .query::<String>(&redis::cmd("PING"))
+                    .await
+                    .unwrap();
+            }
+            sessions.revoke_all(user).await
+        };
+        let (made, revoked) = tokio::join!(sessions.create(user), delayed_revoke);
+        let token = made.unwrap();
+        revoked.unwrap();
+        let hash = kurz_api::auth::sessions::token_hash(&token);
+        let live: bool = redis::cmd("EXISTS")
+            .arg(keys.session(&hash))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg(&listed_key)
+            .arg(&hash)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !live || listed,
+            "round {round}: a live session is not listed"
+        );
+    }
+    sessions.revoke_all(user).await.unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{sessions}}:session:*", app.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
 /// waiting on a clock.
 async fn expire_locks(app: &TestApp) {
