@@ -37,8 +37,10 @@ impl User {
 }
 
 /// Takes `username`'s write lock until the end of transaction `tx`, then says whether a live
-/// user other than `except` has it. The table allows repeats (imports keep real exports as they
-/// are); API writes keep usernames unique by checking under this lock.
+/// user other than `except` has it, unless `except` has it already (keeping one's own name is
+/// no claim on it, though an import gave someone else the same). The table allows repeats
+/// (imports keep real exports as they are); API writes keep usernames unique by checking under
+/// this lock.
 pub async fn lock_username(
     tx: &impl GenericClient,
     username: &Username,
@@ -52,7 +54,8 @@ pub async fn lock_username(
     let taken = tx
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND deleted_at IS NULL \
-             AND id IS DISTINCT FROM $2)",
+             AND id IS DISTINCT FROM $2) \
+             AND NOT EXISTS (SELECT 1 FROM users WHERE id = $2 AND username = $1)",
         )
         .await?;
     Ok(tx.query_one(&taken, &[&username, &except]).await?.get(0))

@@ -1405,6 +1405,22 @@ async fn imported_repeated_usernames_are_kept_and_make_username_login_fail_unifo
         .put_json(&format!("/users/{fresh}"), &json!({"username": "twin"}))
         .await;
     error_of(res, 409).await;
+    // Keeping one's own name is no claim on it: a client sending the whole user back, with a
+    // new email, is not refused because an import gave someone else the same name.
+    let solo: Vec<Value> = app.get("/users").await.json().await.unwrap();
+    let solo = solo
+        .iter()
+        .find(|u| u["email"] == "solo@example.com")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let res = app
+        .put_json(
+            &format!("/users/{solo}"),
+            &json!({"username": "solo", "email": "solo-new@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
 
     // By username the account is ambiguous: the same answer as a wrong password.
     let by_name = login(
