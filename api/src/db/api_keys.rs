@@ -44,7 +44,8 @@ impl ApiKey {
 /// keys in a loop should stop with an answer, not fill a table.
 pub const MAX_LIVE_KEYS: i64 = 100;
 
-/// Stores a new key; `None` when the user already holds [`MAX_LIVE_KEYS`] live ones.
+/// Stores a new key; `None` when the user already holds [`MAX_LIVE_KEYS`] live ones. In a
+/// transaction: the user's keys are counted under a lock that concurrent makers wait on.
 pub async fn insert_key(
     c: &impl GenericClient,
     user_id: i64,
@@ -52,6 +53,12 @@ pub async fn insert_key(
     prefix: &str,
     hash: &str,
 ) -> Result<Option<ApiKey>, Error> {
+    let lock = c
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended('kurz.api_keys:' || $1::int8::text, 0))",
+        )
+        .await?;
+    c.execute(&lock, &[&user_id]).await?;
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO api_keys (user_id, name, prefix, key_hash) SELECT $1, $2, $3, $4 \

@@ -314,8 +314,9 @@ pub(crate) async fn issue_key(
     }
     let key = new_token(API_KEY_PREFIX);
     let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
-    let client = state.client().await?;
-    let stored = db::api_keys::insert_key(&client, user_id, name, &prefix, &token_hash(&key))
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    let stored = db::api_keys::insert_key(&tx, user_id, name, &prefix, &token_hash(&key))
         .await?
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -323,6 +324,7 @@ pub(crate) async fn issue_key(
                 db::api_keys::MAX_LIVE_KEYS
             ))
         })?;
+    crate::deadline::commit(tx).await?;
     Ok((stored, key))
 }
 

@@ -552,6 +552,40 @@ async fn a_session_made_during_a_revocation_stays_revocable() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Concurrent key makers cannot pass the 100 live keys between them: six makers held at the
+/// table until all of them wait, then let go at once.
+#[tokio::test]
+async fn concurrent_key_makers_stop_at_the_ceiling() {
+    let app = spawn_app().await;
+    let (token, _) = register(&app, "keyrace").await;
+    for _ in 0..98 {
+        new_key(&app, &token).await;
+    }
+    let mut holder = app.sql().await;
+    let gate = holder.transaction().await.unwrap();
+    gate.batch_execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let makers: Vec<_> = (0..6)
+        .map(|_| {
+            let req = app
+                .client
+                .post(app.url("/auth/keys"))
+                .header("authorization", bearer(&token))
+                .json(&json!({"name": "race"}));
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    crate::helpers::wait_for_lock_waits(&app, 6, "the key makers").await;
+    gate.rollback().await.unwrap();
+    let mut statuses = Vec::new();
+    for maker in makers {
+        statuses.push(maker.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 201, 409, 409, 409, 409]);
+}
+
 /// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
 /// waiting on a clock.
 async fn expire_locks(app: &TestApp) {

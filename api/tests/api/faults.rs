@@ -305,26 +305,6 @@ async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
     );
 }
 
-/// Waits until a statement of `app`'s database waits on a lock (`what` names it for the panic).
-async fn wait_for_a_lock_wait(app: &TestApp, what: &str) {
-    let watcher = app.sql().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while watcher
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "{what} never waited on the lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
@@ -357,7 +337,7 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
                 .status()
         })
     };
-    wait_for_a_lock_wait(&app, "the import").await;
+    crate::helpers::wait_for_lock_waits(&app, 1, "the import").await;
     let res = app
         .put_json(
             &format!("/urls/{id}"),
@@ -444,7 +424,7 @@ async fn a_create_past_its_deadline_but_in_a_statement_is_answered_not_503() {
             (res.status().as_u16(), res.json::<Value>().await.unwrap())
         })
     };
-    wait_for_a_lock_wait(&app, "the create").await;
+    crate::helpers::wait_for_lock_waits(&app, 1, "the create").await;
     let watcher = app.sql().await;
     // An update started after it waits on the same lock and gets its 503: the create's
     // deadline has passed too.
@@ -647,7 +627,7 @@ async fn a_request_whose_caller_hangs_up_leaves_the_in_flight_gauge() {
         .await
         .unwrap();
     let put = app.spawn_put(id, serde_json::json!({"title": "never"}));
-    wait_for_a_lock_wait(&app, "the update").await;
+    crate::helpers::wait_for_lock_waits(&app, 1, "the update").await;
     let in_flight = "kurz_api_requests_in_flight ";
     assert_eq!(metric(&app, in_flight).await, 1.0);
     // The caller goes; the update still waits on the lock.

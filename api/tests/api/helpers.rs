@@ -405,3 +405,27 @@ pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix:
         cursor = next;
     }
 }
+
+/// Waits until `n` statements of `app`'s database wait on a lock (`what` names them for the
+/// panic).
+pub async fn wait_for_lock_waits(app: &TestApp, n: i64, what: &str) {
+    let watcher = app.sql().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < n
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
