@@ -748,6 +748,8 @@ def auth_ops(prefix, idp):
             "200": ok("A fresh session.", R("Session"), NO_STORE), **JSON_BODY_ERRS,
             "401": RESP("Unauthorized"),
             "403": err("`forbidden`: current_password is wrong.", error_with("forbidden")),
+            "409": err("`conflict`: another change of the password came first.",
+                       error_with("conflict")),
             "429": RESP("TooManyRequests"), **STD},
         body=json_body(R("PasswordChange")), security=BEARER)}
     key_created = ok("Created; `key` is shown only here.", R("ApiKeyCreated"), NO_STORE)

@@ -66,13 +66,20 @@ pub fn commitment() -> Option<Commitment> {
 /// however late. Past the deadline, a 503 after the commit would have the client import its
 /// events twice, or get 404 for the link it had just deleted when it retried.
 pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), ApiError> {
+    // Abandoned first is not reached in a request: its work is dropped when its 503 goes out.
+    committing()?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Marks the request committed before a write that is one statement, not a transaction (see
+/// [`commit`]).
+pub fn committing() -> Result<(), ApiError> {
     if commitment().is_some_and(|c| !c.commit()) {
-        // Not reached in a request: its work is dropped when its 503 goes out.
         return Err(ApiError::Unavailable(
             "the request was abandoned at its deadline".into(),
         ));
     }
-    tx.commit().await?;
     Ok(())
 }
 

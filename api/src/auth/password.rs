@@ -9,7 +9,7 @@ use crate::config::AuthConfig;
 use crate::error::ApiError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -21,6 +21,19 @@ pub struct Passwords {
     dummy: String,
     /// Hashes and verifications run so far (tests check who spends a permit).
     runs: AtomicU64,
+    /// Hashes and verifications waiting for a permit now.
+    waiting: Arc<AtomicUsize>,
+    capacity: u32,
+}
+
+/// One waiter counted in [`Passwords::waiting`] until dropped (its permit came, or its request
+/// went away).
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Passwords {
@@ -35,7 +48,35 @@ impl Passwords {
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_hashes)),
             dummy,
             runs: AtomicU64::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            capacity: u32::try_from(cfg.max_concurrent_hashes)
+                .map_err(|_| "config key `auth.max_concurrent_hashes` is too large".to_owned())?,
         })
+    }
+
+    /// Hashes and verifications waiting for a permit now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: holds every permit until the guard is dropped, so hashes queue as they do
+    /// in a log-in flood.
+    #[doc(hidden)]
+    pub async fn occupy_all(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_many_owned(self.capacity)
+            .await
+            .expect("hash permits are never closed")
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _counted = Waiting(self.waiting.clone());
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("hash pool closed".into()))
     }
 
     /// How many hashes and verifications have run: the permits are shared by every log-in,
@@ -46,11 +87,7 @@ impl Passwords {
 
     /// The PHC string of `password`.
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("hash pool closed".into()))?;
+        let _permit = self.permit().await?;
         self.runs.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || hash_with(&argon, &password))
@@ -62,11 +99,7 @@ impl Passwords {
     /// Whether `password` matches `stored`; with no stored hash, verifies against the dummy and
     /// answers false, taking the same time.
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("hash pool closed".into()))?;
+        let _permit = self.permit().await?;
         self.runs.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         let known = stored.is_some();

@@ -234,13 +234,19 @@ pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<Str
     Ok(c.query_opt(&stmt, &[&id]).await?.and_then(|r| r.get(0)))
 }
 
+/// Replaces the password hash `checked` (the one the current password was verified against);
+/// `false` when the stored one is no longer it (another change came first) or the user is gone.
 pub async fn set_password(
     c: &impl GenericClient,
     id: i64,
+    checked: Option<&str>,
     password_hash: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let stmt = c
-        .prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .prepare_cached(
+            "UPDATE users SET password_hash = $3 \
+             WHERE id = $1 AND deleted_at IS NULL AND password_hash IS NOT DISTINCT FROM $2",
+        )
         .await?;
-    c.execute(&stmt, &[&id, &password_hash]).await.map(|_| ())
+    Ok(c.execute(&stmt, &[&id, &checked, &password_hash]).await? == 1)
 }

@@ -156,8 +156,14 @@ pub(crate) async fn check_login(
         .or(username.as_deref())
         .unwrap_or("")
         .to_lowercase();
-    let client = state.client().await?;
-    let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
+    // The connection goes back before the hash: a queue of log-ins waiting for the hash
+    // permits must not hold the pool (every other request got 503 during a login flood).
+    let found = db::users::find_login(
+        &state.client().await?,
+        email.as_deref(),
+        username.as_deref(),
+    )
+    .await?;
     let (user, stored) = match found {
         Some((user, hash)) => (Some(user), hash),
         None => (None, None),
@@ -235,8 +241,8 @@ pub async fn change_password(
         check_password(&mut f, "new_password", p);
     }
     f.finish()?;
-    let client = state.client().await?;
-    let stored = db::users::password_hash(&client, me.id).await?;
+    // The connection goes back before the hashes: a queue of them must not hold the pool.
+    let stored = db::users::password_hash(&state.client().await?, me.id).await?;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
     let subject = Subject::Account(me.id);
     if let Some(wait) = state
@@ -254,7 +260,7 @@ pub async fn change_password(
     if !state
         .auth
         .passwords
-        .verify(current.unwrap_or_default(), stored)
+        .verify(current.unwrap_or_default(), stored.clone())
         .await?
     {
         return Err(ApiError::Forbidden("current_password is wrong".into()));
@@ -275,7 +281,15 @@ pub async fn change_password(
         .revoke_all(me.id)
         .await
         .map_err(|_| sessions_down())?;
-    db::users::set_password(&client, me.id, &hash).await?;
+    crate::deadline::committing()?;
+    let client = state.client().await?;
+    // Only over the hash the current password was checked against: of two changes made at
+    // once with the same current password, the second must not silently replace the first.
+    if !db::users::set_password(&client, me.id, stored.as_deref(), &hash).await? {
+        return Err(ApiError::Conflict(
+            "the password was changed meanwhile; log in with the new one".into(),
+        ));
+    }
     // And again: a log-in with the old password in between made a session the first round did
     // not see. This narrows that window, it does not close it (a log-in that read the old hash
     // may finish after this). The new password is stored by now, so a failure here is logged,

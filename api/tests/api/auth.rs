@@ -552,6 +552,100 @@ async fn a_session_made_during_a_revocation_stays_revocable() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Two password changes made at once with the same current password: one wins, the other is
+/// refused (409, or 403 / 401 when it came after the first had finished), never both answered
+/// 200 with only the last password working.
+#[tokio::test]
+async fn of_two_password_changes_at_once_one_wins() {
+    let app = spawn_app().await;
+    let (first, _) = register(&app, "both").await;
+    let second: Value = login(
+        &app,
+        json!({"email": "both@example.com", "password": "pw-both-secret"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let second = second["token"].as_str().unwrap().to_owned();
+    let change = |token: &str, new: &str| {
+        app.client
+            .put(app.url("/auth/password"))
+            .header("authorization", bearer(token))
+            .json(&json!({"current_password": "pw-both-secret", "new_password": new}))
+            .send()
+    };
+    let (a, b) = tokio::join!(
+        change(&first, "the first new one"),
+        change(&second, "the second new one")
+    );
+    let statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    let won: Vec<usize> = (0..2).filter(|&i| statuses[i] == 200).collect();
+    assert_eq!(won.len(), 1, "{statuses:?}");
+    let lost = 1 - won[0];
+    assert!([401, 403, 409].contains(&statuses[lost]), "{statuses:?}");
+    let passwords = ["the first new one", "the second new one"];
+    let res = login(
+        &app,
+        json!({"email": "both@example.com", "password": passwords[won[0]]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = login(
+        &app,
+        json!({"email": "both@example.com", "password": passwords[lost]}),
+    )
+    .await;
+    error_of(res, 401).await;
+}
+
+/// A log-in waiting for a password-hash permit holds no database connection: during a flood
+/// of log-ins every other request still gets one (it got 503 once the queued log-ins held the
+/// pool).
+#[tokio::test]
+async fn log_ins_waiting_for_a_hash_leave_the_pool_to_other_requests() {
+    let app = spawn_app_with(|c| {
+        c.database.max_connections = 4;
+        c.database.create_writers = 1;
+        c.database.acquire_timeout_ms = 500;
+        c.auth.max_concurrent_hashes = 1;
+    })
+    .await;
+    let user = app.create_user("bystander").await;
+    let held = app.state.auth.passwords.occupy_all().await;
+    let logins: Vec<_> = (0..6)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/auth/login"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"email": format!("nobody{i}@example.com"), "password": "whatever-1"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.state.auth.passwords.waiting() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the log-ins never queued for a hash"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let res = app.get(&format!("/users/{user}")).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    drop(held);
+    for login in logins {
+        assert_eq!(login.await.unwrap(), 401);
+    }
+}
+
 /// Concurrent key makers cannot pass the 100 live keys between them: six makers held at the
 /// table until all of them wait, then let go at once.
 #[tokio::test]
