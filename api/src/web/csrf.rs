@@ -1,7 +1,9 @@
 //! CSRF tokens for the pages' forms: a random token in a cookie, repeated in a hidden field of
 //! every form, compared on every post ("double submit"). Another site can make a browser post
 //! to kurz, but it can neither read the cookie nor set it (`HttpOnly`, and `SameSite=Lax` keeps
-//! it off cross-site posts), so it cannot put the matching value in its form.
+//! it off cross-site posts), so it cannot put the matching value in its form. A sibling
+//! subdomain, or anyone on a plain-HTTP path, can set it: the token is replaced whenever the
+//! session changes (log-in, log-out), so one planted before does not reach a logged-in form.
 //!
 //! `Lax` rather than `Strict`: a `Strict` cookie is also withheld when a person follows a link
 //! to kurz from another site, and the token made for that request replaced theirs, so every
@@ -43,6 +45,15 @@ impl Token {
 
     pub fn value(&self) -> &str {
         &self.value
+    }
+
+    /// A new token to set in place of the visitor's (at log-in and log-out): a token someone
+    /// else planted in the visitor's browser (a sibling subdomain can write cookies for the
+    /// host, so can anyone on a plain-HTTP path) does not outlive the session it was planted
+    /// before.
+    pub fn fresh_cookie(https: bool) -> HeaderValue {
+        let value = crate::auth::sessions::new_token("");
+        super::cookie_header(FIELD, &value, "Lax", MAX_AGE, https)
     }
 
     /// `Set-Cookie` when the token is new (and may be set).

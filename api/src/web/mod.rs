@@ -187,6 +187,14 @@ impl Visit {
     fn session_cookie(&self, value: &str, max_age: u64) -> HeaderValue {
         cookie_header(SESSION, value, "Lax", max_age, self.https)
     }
+
+    /// The session changes (log-in, log-out): its cookie, and a new form token with it.
+    fn session_change(&self, value: &str, max_age: u64) -> Vec<HeaderValue> {
+        vec![
+            self.session_cookie(value, max_age),
+            csrf::Token::fresh_cookie(self.https),
+        ]
+    }
 }
 
 /// Whether the visitor reached kurz over HTTPS: a trusted edge (or load balancer) says so.
@@ -496,8 +504,7 @@ pub async fn login(
     match logged_in {
         Ok(token) => {
             visit.end_replaced_session(&state).await;
-            let set = visit.session_cookie(&token, state.auth.sessions.ttl());
-            visit.see_other("/", vec![set])
+            visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()))
         }
         Err(e) => {
             let html = pages::login(&visit.page(&state), account, &messages(&e)).into_string();
@@ -551,8 +558,7 @@ pub async fn register(
     match made {
         Ok(token) => {
             visit.end_replaced_session(&state).await;
-            let set = visit.session_cookie(&token, state.auth.sessions.ttl());
-            visit.see_other("/", vec![set])
+            visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()))
         }
         Err(e) => {
             let html = pages::register(
@@ -587,8 +593,7 @@ pub async fn logout(
             return problem(&visit, &state, &e);
         }
     }
-    let clear = visit.session_cookie("", 0);
-    visit.see_other("/", vec![clear])
+    visit.see_other("/", visit.session_change("", 0))
 }
 
 /// `GET /static/<file>`: the stylesheet under its content-hashed name, cached for a year.

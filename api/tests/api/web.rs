@@ -970,3 +970,50 @@ async fn the_login_form_backs_off_like_the_api() {
     );
     assert!(!b.cookies.contains_key("kurz_session"), "not logged in");
 }
+
+/// A form token planted in the browser before a log-in (a sibling subdomain, or anyone on a
+/// plain-HTTP path, can write the host's cookies) is replaced at the log-in and at the log-out:
+/// forms forged with it are refused once the visitor is logged in.
+#[tokio::test]
+async fn a_planted_form_token_does_not_outlive_the_log_in() {
+    let app = spawn_app().await;
+    signed_up(&app, "planted").await;
+    let planted = "a".repeat(64);
+    let mut b = Browser::new(&app);
+    b.cookies.insert("csrf".into(), planted.clone());
+    let (_, login) = b.get("/login").await;
+    assert_eq!(
+        csrf_of(&login),
+        planted,
+        "the planted token is taken as the visitor's"
+    );
+    let res = b
+        .submit(
+            &login,
+            "/login",
+            &[("account", "planted"), ("password", "long enough pw")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_ne!(
+        b.cookies["csrf"], planted,
+        "a new token comes with the session"
+    );
+    // What the planter would forge with the token they know: refused, no key made.
+    let forged = b
+        .post(
+            "/ui/keys",
+            &[("csrf", planted.as_str()), ("name", "theirs")],
+        )
+        .await;
+    assert_eq!(forged.status(), 403);
+    let (_, keys) = b.get("/ui/keys").await;
+    assert!(keys.contains("No keys yet"), "{keys}");
+    // The visitor's own forms work with the new token, and the log-out replaces it again.
+    let res = b.submit(&keys, "/ui/keys", &[("name", "mine")]).await;
+    assert_eq!(res.status(), 201);
+    let before = b.cookies["csrf"].clone();
+    let (_, home) = b.get("/").await;
+    assert_eq!(b.submit(&home, "/logout", &[]).await.status(), 303);
+    assert_ne!(b.cookies["csrf"], before);
+}
