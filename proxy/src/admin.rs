@@ -41,6 +41,13 @@ impl ServeHttp for Admin {
             "/health/ready" | "/ready" => {
                 if crate::drain::draining() {
                     reply(503, json, br#"{"status":"draining"}"#.to_vec())
+                } else if !crate::reload::listening() {
+                    reply(
+                        503,
+                        json,
+                        br#"{"status":"not_ready","reload":"SIGHUP handler not installed yet"}"#
+                            .to_vec(),
+                    )
                 } else if !self.key_gate.attempted() {
                     reply(
                         503,

@@ -16,6 +16,15 @@ use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Whether SIGHUP reaches the reloader yet. Until it does, a SIGHUP takes its default action
+/// and ends the process (Pingora installs no handler for it), so readiness waits for this: a
+/// reload sent right after the edge reported ready (a harness, a deploy script) killed it.
+static LISTENING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn listening() -> bool {
+    LISTENING.load(std::sync::atomic::Ordering::Acquire)
+}
+
 pub struct Reloader {
     pub path: PathBuf,
     /// What the TLS listeners serve; `None` without HTTPS listeners.
@@ -73,6 +82,7 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        LISTENING.store(true, std::sync::atomic::Ordering::Release);
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.reload().await {
