@@ -8,11 +8,10 @@
 /// Whether a spreadsheet would take `cell` for a formula once its leading `'`s are read as
 /// text: a value that needs the escape, or one that is escaped already.
 fn formula_like(cell: &str) -> bool {
-    match cell.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => true,
-        Some('\'') => formula_like(&cell[1..]),
-        _ => false,
-    }
+    matches!(
+        cell.trim_start_matches('\'').chars().next(),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r')
+    )
 }
 
 /// `cell` as written into an export.

@@ -3,6 +3,11 @@
 /// Most tags on one link.
 pub const MAX_TAGS: usize = 20;
 
+/// The longest text a link's tags can take, separators and spaces included: an import cell
+/// longer than this is refused before it is split (16 million tags in one 32 MiB cell took a
+/// gigabyte to split and count).
+pub const MAX_TAGS_TEXT: usize = 4096;
+
 /// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
 pub fn normalise_tag(raw: &str) -> Result<String, String> {
     let tag = raw.trim().to_lowercase();

@@ -89,7 +89,6 @@
 //! + 1; errors about the whole document use record 0.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -354,9 +353,20 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
                 .map_err(|reason| err(record, header.name(col), reason))?,
             None => None,
         };
-        let tags = match tag_sep {
-            Some(sep) => split_tags(field(tags_col), sep),
-            None => Vec::new(),
+        let tags = match (tag_sep, tags_col) {
+            (Some(_), Some(col)) if field(tags_col).len() > crate::tags::MAX_TAGS_TEXT => {
+                return Err(err(
+                    record,
+                    header.name(col),
+                    format!(
+                        "at most {} tags, {} bytes in all",
+                        crate::tags::MAX_TAGS,
+                        crate::tags::MAX_TAGS_TEXT
+                    ),
+                ));
+            }
+            (Some(sep), _) => split_tags(field(tags_col), sep),
+            (None, _) => Vec::new(),
         };
 
         links.push(ForeignLink {
@@ -375,30 +385,27 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
 // ---------------------------------------------------------------- Kutt JSON
 
 fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
-    // Counted before anything is built: a JSON value costs far more than its text (`{"a":0}`,
-    // 8 bytes, is a ~600-byte map).
-    let mut counting = serde_json::Deserializer::from_slice(bytes);
-    if let Err(e) = serde::Deserializer::deserialize_any(&mut counting, KuttCount) {
-        return Err(match e.to_string().starts_with(TOO_MANY) {
+    // Read into the few fields the import takes, skipping everything else as it is read: a
+    // JSON value costs far more than its text (`{"a":0}`, 8 bytes, is a ~600-byte map), so a
+    // document parsed whole could hold gigabytes whatever the number of links.
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let doc = serde::Deserializer::deserialize_any(&mut reader, DocVisitor)
+        .and_then(|doc| reader.end().map(|()| doc))
+        .map_err(|e| match e.to_string().starts_with(TOO_MANY) {
             true => too_many(MAX_LINKS + 1),
             false => err(0, "", format!("invalid JSON: {e}")),
-        });
-    }
-    let root: Value =
-        serde_json::from_slice(bytes).map_err(|e| err(0, "", format!("invalid JSON: {e}")))?;
-    let items = match &root {
-        Value::Array(items) => items,
-        Value::Object(body) => match body.get("data") {
-            Some(Value::Array(items)) => items,
-            _ => {
-                return Err(err(
-                    0,
-                    "data",
-                    "expected the body of GET /api/v2/links: an object with a \"data\" array",
-                ))
-            }
-        },
-        _ => {
+        })?;
+    let items = match doc {
+        KuttDoc::Links(items) => items,
+        KuttDoc::Object(Some(items)) => items,
+        KuttDoc::Object(None) => {
+            return Err(err(
+                0,
+                "data",
+                "expected the body of GET /api/v2/links: an object with a \"data\" array",
+            ))
+        }
+        KuttDoc::Other => {
             return Err(err(
                 0,
                 "",
@@ -408,59 +415,55 @@ fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
     };
 
     let mut links = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
+    for (index, item) in items.into_iter().enumerate() {
         let record = index + 1;
-        let link = item
-            .as_object()
-            .ok_or_else(|| err(record, "", "link is not a JSON object"))?;
+        let link = item.ok_or_else(|| err(record, "", "link is not a JSON object"))?;
 
-        let original_url = json_str(link, "target", record)?
+        let original_url = json_str(&link.target, "target", record)?
             .map(str::trim)
             .unwrap_or("");
         if original_url.is_empty() {
             return Err(err(record, "target", "long URL is missing or empty"));
         }
 
-        let short_code = match json_str(link, "address", record)?.and_then(bare_code) {
+        let short_code = match json_str(&link.address, "address", record)?.and_then(bare_code) {
             Some(code) => Some(code),
             // `link` was an object in some Kutt releases; only a string helps.
-            None => match link.get("link") {
-                Some(Value::String(url)) => code_from_short_url(url),
+            None => match &link.link {
+                Scalar::Str(url) => code_from_short_url(url),
                 _ => None,
             },
         };
 
-        let created_at = match json_str(link, "created_at", record)? {
+        let created_at = match json_str(&link.created_at, "created_at", record)? {
             Some(raw) => {
                 parse_time_field(raw).map_err(|reason| err(record, "created_at", reason))?
             }
             None => None,
         };
 
-        let clicks = match link.get("visit_count") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(
-                n.as_u64()
-                    .and_then(|n| i64::try_from(n).ok())
-                    .ok_or_else(|| {
-                        err(
-                            record,
-                            "visit_count",
-                            format!("{n} is not a non-negative integer"),
-                        )
-                    })?,
-            ),
-            Some(Value::String(s)) => {
+        let clicks = match &link.visit_count {
+            Scalar::Null => None,
+            Scalar::Num(n) => Some(n.as_u64().and_then(|n| i64::try_from(n).ok()).ok_or_else(
+                || {
+                    err(
+                        record,
+                        "visit_count",
+                        format!("{n} is not a non-negative integer"),
+                    )
+                },
+            )?),
+            Scalar::Str(s) => {
                 parse_clicks(s).map_err(|reason| err(record, "visit_count", reason))?
             }
-            Some(_) => return Err(err(record, "visit_count", "expected a number")),
+            Scalar::Other => return Err(err(record, "visit_count", "expected a number")),
         };
 
         links.push(ForeignLink {
             record,
             short_code,
             original_url: original_url.to_string(),
-            title: json_str(link, "description", record)?.and_then(non_blank),
+            title: json_str(&link.description, "description", record)?.and_then(non_blank),
             tags: Vec::new(),
             created_at,
             clicks,
@@ -471,82 +474,236 @@ fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
 
 const TOO_MANY: &str = "too many links";
 
-/// Walks a Kutt document without keeping anything, failing once its links (the top-level
-/// array's items, or the `data` array's) pass [`MAX_LINKS`]; any other shape passes, for the
-/// parse to name what is wrong with it.
-struct KuttCount;
-
-impl<'de> serde::de::Visitor<'de> for KuttCount {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a Kutt links document")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut n = 0;
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-            n += 1;
-            if n > MAX_LINKS {
-                return Err(serde::de::Error::custom(TOO_MANY));
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "data" {
-                map.next_value_seed(KuttData)?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
+/// A Kutt document as the import reads it.
+enum KuttDoc {
+    /// A bare array of links.
+    Links(Vec<Option<KuttLink>>),
+    /// An object: its `data` array of links, if it has one.
+    Object(Option<Vec<Option<KuttLink>>>),
+    Other,
 }
 
-/// The value of `data`: counted when it is an array.
-struct KuttData;
+/// The fields of a link the import reads; `None` in the list for an item that is no object.
+#[derive(Default)]
+struct KuttLink {
+    target: Scalar,
+    address: Scalar,
+    link: Scalar,
+    description: Scalar,
+    created_at: Scalar,
+    visit_count: Scalar,
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for KuttData {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(KuttCount)
-    }
+/// A field's value when it is a string or a number; any other value is skipped as it is read.
+#[derive(Default)]
+enum Scalar {
+    #[default]
+    Null,
+    Str(String),
+    Num(serde_json::Number),
+    Other,
 }
 
 /// Missing and `null` both mean "no value"; any other non-string is an error
 /// rather than silently dropped, since it means the file is not what we think.
 fn json_str<'a>(
-    obj: &'a Map<String, Value>,
+    value: &'a Scalar,
     key: &str,
     record: usize,
 ) -> Result<Option<&'a str>, ForeignError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(err(record, key, "expected a string")),
+    match value {
+        Scalar::Null => Ok(None),
+        Scalar::Str(s) => Ok(Some(s)),
+        _ => Err(err(record, key, "expected a string")),
+    }
+}
+
+use serde::de::{Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Drains a sequence or map that is not kept.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the scalar visits of a visitor whose value for them is `$v`.
+macro_rules! scalars_are {
+    ($v:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+    };
+}
+
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = KuttDoc;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kutt links document")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<KuttDoc, A::Error> {
+        LinksVisitor.visit_seq(seq).map(KuttDoc::Links)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KuttDoc, A::Error> {
+        let mut data = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "data" {
+                data = map.next_value::<DataField>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(KuttDoc::Object(data))
+    }
+
+    scalars_are!(KuttDoc::Other);
+}
+
+/// The value of `data`: its links when it is an array.
+struct DataField(Option<Vec<Option<KuttLink>>>);
+
+impl<'de> serde::Deserialize<'de> for DataField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DataField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of links")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<DataField, A::Error> {
+                LinksVisitor.visit_seq(seq).map(|l| DataField(Some(l)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DataField, A::Error> {
+                skip_map(map).map(|()| DataField(None))
+            }
+            scalars_are!(DataField(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list of links, refused past [`MAX_LINKS`] before the next is read.
+struct LinksVisitor;
+
+impl<'de> Visitor<'de> for LinksVisitor {
+    type Value = Vec<Option<KuttLink>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of links")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut links = Vec::new();
+        while let Some(KuttItem(link)) = seq.next_element::<KuttItem>()? {
+            if links.len() == MAX_LINKS {
+                return Err(A::Error::custom(TOO_MANY));
+            }
+            links.push(link);
+        }
+        Ok(links)
+    }
+}
+
+/// One item of the links array: its fields, or `None` when it is no object.
+struct KuttItem(Option<KuttLink>);
+
+impl<'de> serde::Deserialize<'de> for KuttItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KuttItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a link object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KuttItem, A::Error> {
+                let mut link = KuttLink::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "target" => &mut link.target,
+                        "address" => &mut link.address,
+                        "link" => &mut link.link,
+                        "description" => &mut link.description,
+                        "created_at" => &mut link.created_at,
+                        "visit_count" => &mut link.visit_count,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<Scalar>()?;
+                }
+                Ok(KuttItem(Some(link)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<KuttItem, A::Error> {
+                skip_seq(seq).map(|()| KuttItem(None))
+            }
+            scalars_are!(KuttItem(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Num))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                skip_seq(seq).map(|()| Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+                skip_map(map).map(|()| Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -1044,6 +1201,51 @@ mod tests {
             let e = parse_str(Format::Kutt, &doc).unwrap_err();
             assert_eq!(e.record, MAX_LINKS + 1, "{}", e.reason);
         }
+    }
+
+    #[test]
+    fn kutt_values_the_import_does_not_read_are_skipped_and_wrong_types_named() {
+        let doc = r#"{"pad": {"x": [1, {"y": null}]}, "data": [
+            {"target": "https://a.example/", "pad": [{"a": 0}, {"b": [1, 2, {"c": 3}]}],
+             "link": {"id": 1}, "visit_count": 2, "banned": false}
+        ], "total": 1}"#;
+        let links = parse_str(Format::Kutt, doc).unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].original_url, "https://a.example/");
+        assert_eq!(links[0].short_code, None);
+        assert_eq!(links[0].clicks, Some(2));
+        for (doc, column) in [
+            (r#"[{"target": {"url": "https://a/"}}]"#, "target"),
+            (
+                r#"[{"target": "https://a/", "visit_count": [1]}]"#,
+                "visit_count",
+            ),
+            (
+                r#"[{"target": "https://a/", "description": 5}]"#,
+                "description",
+            ),
+        ] {
+            let e = parse_str(Format::Kutt, doc).unwrap_err();
+            assert_eq!((e.record, e.column.as_str()), (1, column), "{doc}");
+        }
+        // `data` that is no array, and text after the document, are the document's errors.
+        assert_eq!(
+            parse_str(Format::Kutt, r#"{"data": {"a": 1}}"#)
+                .unwrap_err()
+                .column,
+            "data"
+        );
+        let e = parse_str(Format::Kutt, "[] []").unwrap_err();
+        assert_eq!(e.record, 0);
+    }
+
+    #[test]
+    fn a_tags_cell_longer_than_any_link_can_hold_is_refused_before_it_is_split() {
+        let mut f = "long_url,tags\nhttps://a.example/,\"".to_owned();
+        f.push_str(&"a,".repeat(crate::tags::MAX_TAGS_TEXT));
+        f.push_str("\"\n");
+        let e = parse_str(Format::Bitly, &f).unwrap_err();
+        assert_eq!((e.record, e.column.as_str()), (1, "tags"));
     }
 
     #[test]

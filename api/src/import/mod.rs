@@ -213,7 +213,18 @@ pub async fn urls(
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| at.err("imported_clicks", "must be a non-negative integer"))?,
         });
-        let raw_tags: Vec<String> = restore(row.text("tags"))
+        let tags_text = restore(row.text("tags"));
+        if tags_text.len() > crate::tags::MAX_TAGS_TEXT {
+            return Err(at.err(
+                "tags",
+                format!(
+                    "at most {} tags, {} bytes in all",
+                    crate::tags::MAX_TAGS,
+                    crate::tags::MAX_TAGS_TEXT
+                ),
+            ));
+        }
+        let raw_tags: Vec<String> = tags_text
             .split(';')
             .filter(|t| !t.trim().is_empty())
             .map(str::to_owned)
