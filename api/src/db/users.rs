@@ -234,6 +234,20 @@ pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<Str
     Ok(c.query_opt(&stmt, &[&id]).await?.and_then(|r| r.get(0)))
 }
 
+/// The user's password hash, locking the row until the end of transaction `tx` (a password
+/// change's check and write happen under it).
+pub async fn password_hash_for_update(
+    tx: &impl GenericClient,
+    id: i64,
+) -> Result<Option<String>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT password_hash FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+        )
+        .await?;
+    Ok(tx.query_opt(&stmt, &[&id]).await?.and_then(|r| r.get(0)))
+}
+
 /// Replaces the password hash `checked` (the one the current password was verified against);
 /// `false` when the stored one is no longer it (another change came first) or the user is gone.
 pub async fn set_password(

@@ -272,6 +272,16 @@ pub async fn change_password(
         .await
         .map_err(|_| sessions_down())?;
     let hash = state.auth.passwords.hash(new.unwrap_or_default()).await?;
+    let mut client = state.client().await?;
+    let tx = client.transaction().await?;
+    // Under the user's row lock, and only over the hash the current password was checked
+    // against: of two changes made at once with the same current password, the second must
+    // neither replace the first's password nor end the session the first just answered with.
+    let changed =
+        || ApiError::Conflict("the password was changed meanwhile; log in with the new one".into());
+    if db::users::password_hash_for_update(&tx, me.id).await? != stored {
+        return Err(changed());
+    }
     // Sessions first: with Redis failing after the new password was stored, a stolen session
     // would outlive the change it was meant to end. This way a failure leaves the old password
     // and no sessions, and the user logs in again and retries.
@@ -281,15 +291,11 @@ pub async fn change_password(
         .revoke_all(me.id)
         .await
         .map_err(|_| sessions_down())?;
-    crate::deadline::committing()?;
-    let client = state.client().await?;
-    // Only over the hash the current password was checked against: of two changes made at
-    // once with the same current password, the second must not silently replace the first.
-    if !db::users::set_password(&client, me.id, stored.as_deref(), &hash).await? {
-        return Err(ApiError::Conflict(
-            "the password was changed meanwhile; log in with the new one".into(),
-        ));
+    if !db::users::set_password(&tx, me.id, stored.as_deref(), &hash).await? {
+        return Err(changed());
     }
+    crate::deadline::commit(tx).await?;
+    drop(client);
     // And again: a log-in with the old password in between made a session the first round did
     // not see. This narrows that window, it does not close it (a log-in that read the old hash
     // may finish after this). The new password is stored by now, so a failure here is logged,

@@ -579,10 +579,15 @@ async fn of_two_password_changes_at_once_one_wins() {
         change(&first, "the first new one"),
         change(&second, "the second new one")
     );
-    let statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let statuses = [a.status().as_u16(), b.status().as_u16()];
+    let bodies: [Value; 2] = [a.json().await.unwrap(), b.json().await.unwrap()];
     let won: Vec<usize> = (0..2).filter(|&i| statuses[i] == 200).collect();
     assert_eq!(won.len(), 1, "{statuses:?}");
     let lost = 1 - won[0];
+    // The loser ended no session: the winner's new one works.
+    let fresh = bodies[won[0]]["token"].as_str().unwrap();
+    assert_eq!(me(&app, fresh).await.status(), 200);
     assert!([401, 403, 409].contains(&statuses[lost]), "{statuses:?}");
     let passwords = ["the first new one", "the second new one"];
     let res = login(
