@@ -73,7 +73,7 @@ pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), ApiErr
 }
 
 /// Marks the request committed before a write that is one statement, not a transaction (see
-/// [`commit`]).
+/// [`commit`]): a statement still running at the deadline may yet commit.
 pub fn committing() -> Result<(), ApiError> {
     if commitment().is_some_and(|c| !c.commit()) {
         return Err(ApiError::Unavailable(

@@ -234,6 +234,11 @@ impl ClickRecorder {
             // the outbox replay raises it to the stored clicks once Redis answers again.
             crate::db::outbox::enqueue(&tx, code).await?;
         }
+        // The visit counts once committed: its request is answered with it, however late, or
+        // a retry of the redirect would count a second visit against the limit.
+        if let Some(commitment) = crate::deadline::commitment() {
+            commitment.commit();
+        }
         tx.commit().await?;
         if click.is_some() {
             self.metrics.clicks.with_label_values(&["direct"]).inc();

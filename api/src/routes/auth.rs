@@ -365,6 +365,7 @@ pub async fn delete_key(
     let me = caller.authenticated()?;
     let id = path_id(&id, "key")?;
     let client = state.client().await?;
+    crate::deadline::committing()?;
     if !db::api_keys::revoke_key(&client, me.user.id, id).await? {
         return Err(ApiError::NotFound(format!("key {id} not found")));
     }

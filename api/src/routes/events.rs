@@ -123,6 +123,7 @@ pub async fn create(
             return Err(ApiError::NotFound(format!("user {uid} not found")));
         }
     }
+    crate::deadline::committing()?;
     let event = db::events::insert_event(&client, url_id, user_id, &event_type, &details).await?;
     Ok((StatusCode::CREATED, Json(event.to_json())).into_response())
 }

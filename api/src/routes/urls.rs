@@ -470,6 +470,8 @@ pub async fn update(
     }
     let queued = db::outbox::enqueue(&tx, &saved.short_code).await?;
     crate::deadline::commit(tx).await?;
+    // Given back first: the cache update takes a connection of its own from the same pool.
+    drop(client);
     crate::cache_sync::after_write(&state, &saved, Some(queued)).await;
     Ok(Json(saved.to_json(state.config.base())).into_response())
 }
@@ -500,6 +502,7 @@ pub async fn delete(
     .await?;
     let queued = db::outbox::enqueue(&tx, &link.short_code).await?;
     crate::deadline::commit(tx).await?;
+    drop(client);
     crate::cache_sync::after_write(&state, &link, Some(queued)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

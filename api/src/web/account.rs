@@ -85,6 +85,7 @@ pub async fn revoke_key(
             .parse()
             .map_err(|_| ApiError::NotFound(format!("no key {id:?}")))?;
         let client = state.client().await?;
+        crate::deadline::committing()?;
         if crate::db::api_keys::revoke_key(&client, user_id, id).await? {
             Ok(())
         } else {
