@@ -441,10 +441,14 @@ pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResul
         .iter()
         .map(|id| id.and_then(|id| kept.remove(&id)))
         .collect();
+    // An event without a user is its link owner's, as a recorded click is: in `required` mode
+    // the owner lists events by that, and their stats count the click either way.
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, details, click_id) \
-             SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, t.user_id, t.kind, COALESCE(t.ts, now()), t.details, t.click_id \
+             SELECT COALESCE(t.id, nextval('events_id_seq')), t.url_id, \
+                    COALESCE(t.user_id, (SELECT u.user_id FROM urls u WHERE u.id = t.url_id)), \
+                    t.kind, COALESCE(t.ts, now()), t.details, t.click_id \
              FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[]) \
                   AS t(id, url_id, user_id, kind, ts, details, click_id)",
         )

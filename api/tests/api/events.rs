@@ -255,3 +255,31 @@ async fn scans(db: &tokio_postgres::Client) -> i64 {
     .unwrap()
     .get(0)
 }
+
+/// An imported event without a `user_id` is its link owner's, as a recorded click is: the
+/// owner lists it (in `required` mode by that) and the stats count it.
+#[tokio::test]
+async fn an_imported_event_without_a_user_is_its_links_owners() {
+    let app = spawn_app().await;
+    let owner = app.create_user("eventowner").await;
+    let link = app.create_url(owner, "https://example.com/owned").await;
+    let id = link["id"].as_i64().unwrap();
+    let csv = format!(
+        "url_id,user_id,event_type,timestamp,details\n{id},,click,2025-01-02T03:04:05,{{}}\n"
+    );
+    assert_eq!(
+        app.upload("/events/bulk", csv.into_bytes()).await.status(),
+        201
+    );
+    let clicks = app.clicks(id).await;
+    assert_eq!(clicks.len(), 1);
+    assert_eq!(clicks[0]["user_id"], owner, "{clicks:?}");
+    let listed: Vec<serde_json::Value> = app
+        .get(&format!("/events?user_id={owner}&event_type=click"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(app.stats(id).await["clicks"], 1);
+}
