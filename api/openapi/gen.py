@@ -694,7 +694,7 @@ paths["/tags"] = {"get": op("listTags", "Tags with their number of live links.",
 
 # Events
 paths["/events"] = {
-    "get": op("listEvents", "List events, oldest first.", ["events"], {
+    "get": op("listEvents", "List events in the order they were stored (by id; timestamps are not sorted).", ["events"], {
         "200": ok("The events.", list_of(R("Event")),
                   {**LIST_HEADERS, "X-Kurz-Clicks-Pending": H("Clicks-Pending")}),
         "400": RESP("BadRequest"), **WITH_CALLER},

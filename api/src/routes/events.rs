@@ -55,7 +55,7 @@ fn event_type_param(q: &Query) -> ApiResult<Option<&'static str>> {
     }
 }
 
-/// `GET /events`: oldest first, filters `url_id`, `user_id`, `event_type`.
+/// `GET /events`: by id (the order they were stored, not their timestamps), filters `url_id`, `user_id`, `event_type`.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -880,7 +880,14 @@ async fn daily_without_a_range_is_the_last_ninety_days() {
     let user = app.create_user("ninety").await;
     let link = app.create_url(user, "https://example.com/ninety").await;
     let id = link["id"].as_i64().unwrap();
-    let today = chrono::Utc::now().date_naive();
+    // The database's day, which the stats read takes "today" from.
+    let today: chrono::NaiveDate = app
+        .sql()
+        .await
+        .query_one("SELECT (now() AT TIME ZONE 'UTC')::date", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (in_range, out) = (today - chrono::Days::new(89), today - chrono::Days::new(90));
     let csv = format!(
         "url_id,user_id,event_type,timestamp,details\n\
