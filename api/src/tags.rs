@@ -3,10 +3,24 @@
 /// Most tags on one link.
 pub const MAX_TAGS: usize = 20;
 
-/// The longest text a link's tags can take, separators and spaces included: an import cell
-/// longer than this is refused before it is split (16 million tags in one 32 MiB cell took a
-/// gigabyte to split and count).
-pub const MAX_TAGS_TEXT: usize = 4096;
+/// The tags of a `sep`-separated text as written (trimmed, blanks dropped), each once however
+/// it is cased, and no more than one past [`MAX_TAGS`] of them: [`normalise_tags`] refuses that
+/// many all the same, and an import cell of 16 million tags must not become 16 million strings
+/// first.
+pub fn split_bounded(text: &str, sep: char) -> Vec<String> {
+    let (mut tags, mut keys): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for tag in text.split(sep).map(str::trim).filter(|t| !t.is_empty()) {
+        let key = tag.to_lowercase();
+        if !keys.contains(&key) {
+            tags.push(tag.to_owned());
+            keys.push(key);
+            if tags.len() > MAX_TAGS {
+                break;
+            }
+        }
+    }
+    tags
+}
 
 /// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
 pub fn normalise_tag(raw: &str) -> Result<String, String> {

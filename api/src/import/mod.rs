@@ -213,22 +213,7 @@ pub async fn urls(
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| at.err("imported_clicks", "must be a non-negative integer"))?,
         });
-        let tags_text = restore(row.text("tags"));
-        if tags_text.len() > crate::tags::MAX_TAGS_TEXT {
-            return Err(at.err(
-                "tags",
-                format!(
-                    "at most {} tags, {} bytes in all",
-                    crate::tags::MAX_TAGS,
-                    crate::tags::MAX_TAGS_TEXT
-                ),
-            ));
-        }
-        let raw_tags: Vec<String> = tags_text
-            .split(';')
-            .filter(|t| !t.trim().is_empty())
-            .map(str::to_owned)
-            .collect();
+        let raw_tags = crate::tags::split_bounded(restore(row.text("tags")), ';');
         tag_lists.push(crate::tags::normalise_tags(&raw_tags).map_err(|why| at.err("tags", why))?);
     }
     let tx = c.transaction().await?;
