@@ -235,14 +235,16 @@ pub async fn password_hash(c: &impl GenericClient, id: i64) -> Result<Option<Str
 }
 
 /// The user's password hash, locking the row until the end of transaction `tx` (a password
-/// change's check and write happen under it).
+/// change's check and write happen under it). `NO KEY`: inserts that reference the user (links,
+/// events, keys of every writer batch) check it with a key-share lock, which this one leaves
+/// them, while it is held across the change's Redis calls.
 pub async fn password_hash_for_update(
     tx: &impl GenericClient,
     id: i64,
 ) -> Result<Option<String>, Error> {
     let stmt = tx
         .prepare_cached(
-            "SELECT password_hash FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            "SELECT password_hash FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
         )
         .await?;
     Ok(tx.query_opt(&stmt, &[&id]).await?.and_then(|r| r.get(0)))

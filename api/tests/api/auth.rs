@@ -604,15 +604,40 @@ async fn of_two_password_changes_at_once_one_wins() {
     error_of(res, 401).await;
 }
 
+/// A password change holds its user's row through its Redis calls, but only against another
+/// change: inserts that reference the user (every create batch, click batch and key) still go
+/// through meanwhile.
+#[tokio::test]
+async fn a_password_change_in_progress_blocks_no_insert_for_its_user() {
+    let app = spawn_app().await;
+    let (_, user) = register(&app, "lockedrow").await;
+    let mut holder = app.state.db.get().await.unwrap();
+    let change = holder.transaction().await.unwrap();
+    kurz_api::db::users::password_hash_for_update(&change, user)
+        .await
+        .unwrap();
+    let other = app.sql().await;
+    other
+        .batch_execute("SET lock_timeout = '2s'")
+        .await
+        .unwrap();
+    other
+        .execute(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, 'x', 'kzk_x', 'h')",
+            &[&user],
+        )
+        .await
+        .expect("an insert that references the user is not held by the change");
+    change.rollback().await.unwrap();
+}
+
 /// A log-in waiting for a password-hash permit holds no database connection: during a flood
 /// of log-ins every other request still gets one (it got 503 once the queued log-ins held the
 /// pool).
 #[tokio::test]
 async fn log_ins_waiting_for_a_hash_leave_the_pool_to_other_requests() {
     let app = spawn_app_with(|c| {
-        c.database.max_connections = 4;
-        c.database.create_writers = 1;
-        c.database.acquire_timeout_ms = 500;
+        crate::helpers::request_pool(c, 3, 500);
         c.auth.max_concurrent_hashes = 1;
     })
     .await;

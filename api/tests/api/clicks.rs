@@ -84,9 +84,7 @@ async fn a_click_is_visible_to_the_next_read_without_waiting() {
 async fn a_stats_read_drains_on_the_pools_last_connection() {
     let app = spawn_app_with(|c| {
         c.clicks.poll_interval_ms = 3_600_000;
-        c.database.max_connections = 2;
-        c.database.create_writers = 1;
-        c.database.acquire_timeout_ms = 300;
+        crate::helpers::request_pool(c, 1, 300);
     })
     .await;
     let user = app.create_user("lastconn").await;

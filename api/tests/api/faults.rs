@@ -404,12 +404,7 @@ async fn a_write_that_committed_is_answered_not_503_past_its_deadline() {
 /// second that never came free (here for as long as the pool lets a caller wait, two minutes).
 #[tokio::test]
 async fn a_write_on_the_pools_last_connection_finishes() {
-    let app = spawn_app_with(|c| {
-        c.database.max_connections = 2;
-        c.database.create_writers = 1;
-        c.database.acquire_timeout_ms = 120_000;
-    })
-    .await;
+    let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 120_000)).await;
     let user = app.create_user("lastone").await;
     let (id, code) = link_of(&app.create_url(user, "https://example.com/last").await);
     let res = app
@@ -432,7 +427,7 @@ async fn a_write_on_the_pools_last_connection_finishes() {
 /// event.
 #[tokio::test]
 async fn an_event_posted_past_its_deadline_is_answered_with_it() {
-    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 1_000).await;
     let user = app.create_user("lateevent").await;
     let (id, _) = link_of(&app.create_url(user, "https://example.com/lateevent").await);
     let mut holder = app.sql().await;

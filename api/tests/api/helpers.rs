@@ -429,3 +429,12 @@ pub async fn wait_for_lock_waits(app: &TestApp, n: i64, what: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Gives requests a pool of `connections` (one more goes to the create writer), each waited
+/// for at most `acquire_timeout_ms`: the tests of what a request does with the pool's last
+/// connections.
+pub fn request_pool(c: &mut ApiConfig, connections: usize, acquire_timeout_ms: u64) {
+    c.database.create_writers = 1;
+    c.database.max_connections = connections + 1;
+    c.database.acquire_timeout_ms = acquire_timeout_ms;
+}
