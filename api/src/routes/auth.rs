@@ -60,7 +60,23 @@ pub async fn register(
 ) -> ApiResult<Response> {
     crate::extract::refuse_cross_site_form(&headers)?;
     let user = register_account(&state, body).await?;
-    session_answer(&state, &user, StatusCode::CREATED).await
+    session_answer(&state, &user, StatusCode::CREATED)
+        .await
+        .map_err(registered_without_session)
+}
+
+/// The account exists once registered: a session that cannot be started after that is no
+/// failed registration, and the "retry" of a plain 503 would only be answered 409 for the name
+/// just taken.
+pub(crate) fn registered_without_session(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Unavailable(_) => ApiError::Unavailable(
+            "the account was created, but no session could be started (Redis is down): \
+             log in shortly instead of registering again"
+                .into(),
+        ),
+        other => other,
+    }
 }
 
 /// Validates and creates an account (`username`, `email`, `password`); the JSON endpoint and

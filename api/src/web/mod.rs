@@ -552,7 +552,9 @@ pub async fn register(
             .insert("password".into(), Value::String(password.to_owned()));
     }
     let made = match crate::routes::auth::register_account(&state, body).await {
-        Ok(user) => crate::routes::auth::new_session(&state, &user).await,
+        Ok(user) => crate::routes::auth::new_session(&state, &user)
+            .await
+            .map_err(crate::routes::auth::registered_without_session),
         Err(e) => Err(e),
     };
     match made {

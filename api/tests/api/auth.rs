@@ -1226,6 +1226,56 @@ async fn logins_fail_with_503_when_redis_is_down() {
     assert!(users.is_empty(), "no account was created without a session");
 }
 
+/// Redis refuses writes after the registration's check that it answers: the account is
+/// created, and the 503 says so (log in, do not register again: that would be a 409).
+#[tokio::test]
+async fn a_registration_whose_session_fails_says_the_account_exists() {
+    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url.clone();
+        c.redis.timeout_ms = 300;
+    })
+    .await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Reads (the check's PING) still answer; the session's SET waits past the timeout.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body =
+        json!({"username": "halfway", "email": "halfway@example.com", "password": "longenough"});
+    let res = app.post_json("/auth/register", &body).await;
+    let message = error_of(res, 503).await["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("account was created"), "{message}");
+    let () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The account logs in once the API has its Redis connection back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = login(
+            &app,
+            json!({"email": "halfway@example.com", "password": "longenough"}),
+        )
+        .await;
+        match res.status().as_u16() {
+            200 => break,
+            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("log-in after the registration: {other}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn required_mode_enforces_ownership_and_admin_routes() {
     let app = required_app().await;
