@@ -3,13 +3,13 @@
 /// Most tags on one link.
 pub const MAX_TAGS: usize = 20;
 
-/// The tags of a `sep`-separated text as written (trimmed, blanks dropped), each once however
-/// it is cased, and no more than one past [`MAX_TAGS`] of them: [`normalise_tags`] refuses that
-/// many all the same, and an import cell of 16 million tags must not become 16 million strings
-/// first.
-pub fn split_bounded(text: &str, sep: char) -> Vec<String> {
+/// The tags of a text separated by any of `seps` as written (trimmed, blanks dropped), each
+/// once however it is cased, and no more than one past [`MAX_TAGS`] of them: [`normalise_tags`]
+/// refuses that many all the same, and an import cell of 16 million tags must not become 16
+/// million strings first.
+pub fn split_bounded(text: &str, seps: &[char]) -> Vec<String> {
     let (mut tags, mut keys): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    for tag in text.split(sep).map(str::trim).filter(|t| !t.is_empty()) {
+    for tag in text.split(seps).map(str::trim).filter(|t| !t.is_empty()) {
         let key = tag.to_lowercase();
         if !keys.contains(&key) {
             tags.push(tag.to_owned());

@@ -128,7 +128,8 @@ pub struct ForeignLink {
     pub short_code: Option<String>,
     pub original_url: String,
     pub title: Option<String>,
-    /// As the source has them, not normalised; empty if none.
+    /// As the source spells them, split on its separator and on `;`, each once whatever its
+    /// case, and at most one past the 20 a link holds; empty if none.
     pub tags: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub clicks: Option<i64>,
@@ -354,7 +355,9 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
             None => None,
         };
         let tags = match tag_sep {
-            Some(sep) => crate::tags::split_bounded(field(tags_col), sep),
+            // Split on `;` too: the bulk import that takes these joins them with it, and a tag
+            // holding one must count as the tags it becomes there.
+            Some(sep) => crate::tags::split_bounded(field(tags_col), &[sep, ';']),
             None => Vec::new(),
         };
 
@@ -1239,6 +1242,9 @@ mod tests {
         let many: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
         let links = parse_str(Format::Bitly, &cell(&many.join(","))).unwrap();
         assert_eq!(links[0].tags, many[..crate::tags::MAX_TAGS + 1]);
+        // A `;` separates there too: the bulk import these go through joins tags with it.
+        let links = parse_str(Format::Bitly, &cell(";,a;b,A")).unwrap();
+        assert_eq!(links[0].tags, ["a", "b"]);
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub async fn urls(
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| at.err("imported_clicks", "must be a non-negative integer"))?,
         });
-        let raw_tags = crate::tags::split_bounded(restore(row.text("tags")), ';');
+        let raw_tags = crate::tags::split_bounded(restore(row.text("tags")), &[';']);
         tag_lists.push(crate::tags::normalise_tags(&raw_tags).map_err(|why| at.err("tags", why))?);
     }
     let tx = c.transaction().await?;

@@ -392,3 +392,19 @@ async fn a_code_repeated_across_domains_keeps_it_once_and_generates_the_other() 
     assert_eq!(links[other]["original_url"], "https://example.com/two");
     assert_eq!(links[other]["imported_clicks"], 4);
 }
+
+/// More than 20 tags on one link are refused however the source spells them: a tag holding a
+/// `;` counts as the tags it becomes.
+#[tokio::test]
+async fn a_foreign_link_with_more_tags_than_a_link_holds_is_refused() {
+    let app = spawn_app().await;
+    let user = app.create_user("tagged").await;
+    let tags: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+    let file = format!(
+        "long_url,tags\nhttps://a.example/,\";,{}\"\n",
+        tags.join(",")
+    );
+    let body = error_of(import(&app, "bitly", user, file.as_bytes()).await, 400).await;
+    assert_eq!(body["details"]["column"], "tags", "{body}");
+    assert!(links_of(&app, user).await.is_empty());
+}
