@@ -226,17 +226,18 @@ pub async fn urls(
     {
         return Err(at.err("user_id", format!("user {uid} does not exist")));
     }
-    // Codes the upserted ids had before: their cache entries are stale too.
+    // Codes the upserted ids had before: their cache entries are stale too. And their owners:
+    // a link given to someone else takes its events along.
     let file_ids: Vec<i64> = ids.iter().flatten().copied().collect();
-    let old_codes: Vec<String> = tx
+    let before = tx
         .query(
-            "SELECT short_code FROM urls WHERE id = ANY($1)",
+            "SELECT id, short_code, user_id FROM urls WHERE id = ANY($1)",
             &[&file_ids],
         )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await?;
+    let old_codes: Vec<String> = before.iter().map(|r| r.get(1)).collect();
+    let old_owners: HashMap<i64, Option<i64>> =
+        before.iter().map(|r| (r.get(0), r.get(2))).collect();
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
     let locked: HashSet<i64> = tx
         .query(
@@ -304,6 +305,27 @@ pub async fn urls(
         )
         .await
         .map_err(conflict_detail)?;
+    }
+    // The events of a link that changed hands are its new owner's, as its stats are: in
+    // `required` mode the old owner would otherwise go on listing its clicks (and their
+    // details), and the new one would not see them.
+    let (mut moved, mut new_owners) = (Vec::new(), Vec::new());
+    for (id, owner) in ids.iter().zip(&users) {
+        if let Some(id) = id {
+            if old_owners.get(id).is_some_and(|old| old != owner) {
+                moved.push(*id);
+                new_owners.push(*owner);
+            }
+        }
+    }
+    if !moved.is_empty() {
+        tx.execute(
+            "UPDATE events e SET user_id = t.owner \
+             FROM UNNEST($1::int8[], $2::int8[]) AS t(url_id, owner) \
+             WHERE e.url_id = t.url_id AND e.user_id IS DISTINCT FROM t.owner",
+            &[&moved, &new_owners],
+        )
+        .await?;
     }
     // Tags by code (an id may be generated): the file's tags replace a re-imported link's.
     let (mut tag_codes, mut tag_values) = (Vec::new(), Vec::new());

@@ -417,3 +417,39 @@ async fn ids_past_the_ceiling_and_nul_in_details_are_the_rows_400() {
     assert_eq!(err["details"]["column"], "details");
     assert!(err["message"].as_str().unwrap().contains("NUL"), "{err}");
 }
+
+/// A link the import gives to another user takes its events along, as its stats go with it:
+/// the old owner no longer lists its clicks, the new one does.
+#[tokio::test]
+async fn a_link_given_to_another_user_takes_its_events_along() {
+    let app = spawn_app().await;
+    let (old, new) = (
+        app.create_user("giver").await,
+        app.create_user("taker").await,
+    );
+    let link = app.create_url(old, "https://example.com/given").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap(),
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    assert_eq!(app.clicks(id).await.len(), 1);
+    let before = listed(&app, old, id).await;
+    assert!(before >= 2, "the create and the click: {before}");
+    let csv = format!(
+        "id,user_id,short_code,original_url\n{id},{new},{code},https://example.com/given\n"
+    );
+    import(&app, "urls", csv.into_bytes()).await;
+    assert_eq!(listed(&app, old, id).await, 0);
+    assert_eq!(listed(&app, new, id).await, before);
+}
+
+/// How many events of link `id` the list shows for `user`.
+async fn listed(app: &TestApp, user: i64, id: i64) -> usize {
+    app.get(&format!("/events?user_id={user}&url_id={id}"))
+        .await
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+        .len()
+}
