@@ -69,12 +69,20 @@ pub async fn register(
 /// failed registration, and the "retry" of a plain 503 would only be answered 409 for the name
 /// just taken.
 pub(crate) fn registered_without_session(e: ApiError) -> ApiError {
+    done_without_session(
+        e,
+        "the account was created",
+        "log in shortly instead of registering again",
+    )
+}
+
+/// Says what was `done` (stored, for good) when the session that should follow cannot start,
+/// and what to do `then` instead of the retry a plain 503 asks for.
+fn done_without_session(e: ApiError, done: &str, then: &str) -> ApiError {
     match e {
-        ApiError::Unavailable(_) => ApiError::Unavailable(
-            "the account was created, but no session could be started (Redis is down): \
-             log in shortly instead of registering again"
-                .into(),
-        ),
+        ApiError::Unavailable(_) => ApiError::Unavailable(format!(
+            "{done}, but no session could be started (Redis is down): {then}"
+        )),
         other => other,
     }
 }
@@ -319,7 +327,16 @@ pub async fn change_password(
     if let Err(e) = state.auth.sessions.revoke_all(me.id).await {
         log::warn!(user_id = me.id, error = e.to_string(); "sessions not revoked again after a password change");
     }
-    session_answer(&state, &me, StatusCode::OK).await
+    // Changed for good by now: a retry with the old password would be a wrong one.
+    session_answer(&state, &me, StatusCode::OK)
+        .await
+        .map_err(|e| {
+            done_without_session(
+                e,
+                "the password was changed",
+                "log in with the new one shortly",
+            )
+        })
 }
 
 /// `POST /auth/keys`: the key is in this answer only.

@@ -1275,6 +1275,54 @@ async fn a_registration_whose_session_fails_says_the_account_exists() {
     }
 }
 
+/// The same for a password change: stored, then no session to answer with. The 503 says the
+/// password changed (a retry with the old one would be a wrong password, counted), and the new
+/// one logs in.
+#[tokio::test]
+async fn a_password_change_whose_session_fails_says_the_password_changed() {
+    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
+    let (token, _) = register(&app, "changer").await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .to_owned()
+    };
+    let () = acl("-set").query_async(&mut conn).await.unwrap();
+    let res = app
+        .client
+        .put(app.url("/auth/password"))
+        .header("authorization", bearer(&token))
+        .json(&json!({"current_password": "pw-changer-secret", "new_password": "the next secret"}))
+        .send()
+        .await
+        .unwrap();
+    let message = error_of(res, 503).await["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("password was changed"), "{message}");
+    let () = acl("+set").query_async(&mut conn).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = login(
+            &app,
+            json!({"email": "changer@example.com", "password": "the next secret"}),
+        )
+        .await;
+        match res.status().as_u16() {
+            200 => break,
+            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("log-in with the new password: {other}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn required_mode_enforces_ownership_and_admin_routes() {
     let app = required_app().await;
