@@ -105,10 +105,10 @@ pub async fn create(
     }
     f.finish()?;
     let (url_id, event_type) = (url_id.unwrap_or_default(), event_type.unwrap_or_default());
-    let user_id = caller.owner_for_write(match user_id {
-        Patch::Set(id) => Some(id),
+    let named = match user_id {
+        Patch::Set(id) => caller.owner_for_write(Some(id))?,
         _ => None,
-    })?;
+    };
     let details = match details {
         Patch::Set(map) => Value::Object(map),
         _ => Value::Object(Default::default()),
@@ -118,7 +118,10 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("url {url_id} not found")))?;
     caller.require_owner_or_admin(link.user_id)?;
-    if let Some(uid) = user_id {
+    // An event without a user is its link owner's, as a recorded click is: in `required` mode
+    // the owner lists events by that (an admin's event would have been the admin's).
+    let user_id = named.or(link.user_id);
+    if let Some(uid) = named {
         if !db::users::user_exists(&client, uid).await? {
             return Err(ApiError::NotFound(format!("user {uid} not found")));
         }

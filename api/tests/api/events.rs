@@ -283,3 +283,68 @@ async fn an_imported_event_without_a_user_is_its_links_owners() {
     assert_eq!(listed.len(), 1);
     assert_eq!(app.stats(id).await["clicks"], 1);
 }
+
+/// An event posted without a `user_id` is its link owner's, whoever posts it (here an admin in
+/// `required` mode, and anyone in `open` mode).
+#[tokio::test]
+async fn a_posted_event_without_a_user_is_its_links_owners() {
+    let app = spawn_app().await;
+    let owner = app.create_user("postowner").await;
+    let link = app.create_url(owner, "https://example.com/posted").await;
+    let res = app
+        .post_json(
+            "/events",
+            &json!({"url_id": link["id"], "event_type": "click"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["user_id"], owner);
+
+    let app = spawn_app_with(|c| {
+        c.auth.mode = kurz_api::config::AuthMode::Required;
+        c.auth.admins = vec!["boss@example.com".into()];
+    })
+    .await;
+    let admin = token_of(
+        &app,
+        json!({"username": "boss", "email": "boss@example.com", "password": "boss-secret-1"}),
+    )
+    .await;
+    let user = token_of(
+        &app,
+        json!({"username": "own", "email": "own@example.com", "password": "own-secret-12"}),
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url("/urls"))
+        .bearer_auth(&user)
+        .json(&json!({"original_url": "https://example.com/owned"}))
+        .send()
+        .await
+        .unwrap();
+    let link: Value = res.json().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/events"))
+        .bearer_auth(&admin)
+        .json(&json!({"url_id": link["id"], "event_type": "click"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["user_id"],
+        link["user_id"]
+    );
+}
+
+/// Registers `body`'s account: its session token.
+async fn token_of(app: &crate::helpers::TestApp, body: Value) -> String {
+    let res = app.post_json("/auth/register", &body).await;
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
