@@ -1226,24 +1226,58 @@ async fn logins_fail_with_503_when_redis_is_down() {
     assert!(users.is_empty(), "no account was created without a session");
 }
 
+/// An app on a private Redis whose default user may be refused `SET` (the session's write)
+/// while it still answers everything else: the app, and the switch.
+async fn app_whose_sessions_can_fail() -> (
+    TestApp,
+    impl AsyncFn(bool),
+    kurz_common::testing::PrivateRedis,
+) {
+    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
+    let conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let refuse_sessions = move |refuse: bool| {
+        let mut conn = conn.clone();
+        async move {
+            let rule = if refuse { "-set" } else { "+set" };
+            let () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    (app, refuse_sessions, redis)
+}
+
+/// Logs in with `email` and `password` once the API has its Redis connection back (503 until
+/// then, within a deadline).
+async fn log_in_once_sessions_are_back(app: &TestApp, email: &str, password: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = login(app, json!({"email": email, "password": password})).await;
+        match res.status().as_u16() {
+            200 => return,
+            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("log-in of {email}: {other}"),
+        }
+    }
+}
+
 /// Redis refuses the session's write after the registration's check that it answers: the
 /// account is created, and the 503 says so (log in, do not register again: that would be a
 /// 409).
 #[tokio::test]
 async fn a_registration_whose_session_fails_says_the_account_exists() {
-    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
-    let url = redis.url();
-    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    // The check's PING still answers; the session's SET is refused.
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-set")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (app, refuse_sessions, _redis) = app_whose_sessions_can_fail().await;
+    refuse_sessions(true).await;
     let body =
         json!({"username": "halfway", "email": "halfway@example.com", "password": "longenough"});
     let res = app.post_json("/auth/register", &body).await;
@@ -1252,27 +1286,8 @@ async fn a_registration_whose_session_fails_says_the_account_exists() {
         .unwrap()
         .to_owned();
     assert!(message.contains("account was created"), "{message}");
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("+set")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // The account logs in once the API has its Redis connection back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = login(
-            &app,
-            json!({"email": "halfway@example.com", "password": "longenough"}),
-        )
-        .await;
-        match res.status().as_u16() {
-            200 => break,
-            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            other => panic!("log-in after the registration: {other}"),
-        }
-    }
+    refuse_sessions(false).await;
+    log_in_once_sessions_are_back(&app, "halfway@example.com", "longenough").await;
 }
 
 /// The same for a password change: stored, then no session to answer with. The 503 says the
@@ -1280,20 +1295,9 @@ async fn a_registration_whose_session_fails_says_the_account_exists() {
 /// one logs in.
 #[tokio::test]
 async fn a_password_change_whose_session_fails_says_the_password_changed() {
-    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
-    let url = redis.url();
-    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
+    let (app, refuse_sessions, _redis) = app_whose_sessions_can_fail().await;
     let (token, _) = register(&app, "changer").await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let acl = |rule: &'static str| {
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg(rule)
-            .to_owned()
-    };
-    let () = acl("-set").query_async(&mut conn).await.unwrap();
+    refuse_sessions(true).await;
     let res = app
         .client
         .put(app.url("/auth/password"))
@@ -1307,20 +1311,8 @@ async fn a_password_change_whose_session_fails_says_the_password_changed() {
         .unwrap()
         .to_owned();
     assert!(message.contains("password was changed"), "{message}");
-    let () = acl("+set").query_async(&mut conn).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = login(
-            &app,
-            json!({"email": "changer@example.com", "password": "the next secret"}),
-        )
-        .await;
-        match res.status().as_u16() {
-            200 => break,
-            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            other => panic!("log-in with the new password: {other}"),
-        }
-    }
+    refuse_sessions(false).await;
+    log_in_once_sessions_are_back(&app, "changer@example.com", "the next secret").await;
 }
 
 #[tokio::test]
