@@ -508,7 +508,7 @@ async fn a_session_made_during_a_revocation_stays_revocable() {
     let sessions = &app.state.auth.sessions;
     let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = kurz_common::keys::KeySchema::new(&app.prefix, 4);
+    let keys = &app.state.keys;
     let listed_key = keys.user_sessions(user);
     // One connection carries both, in the order they are sent: a revocation delayed by 0 to 5
     // round trips reads the list before, between or after the steps of the new session's.
