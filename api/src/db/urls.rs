@@ -493,7 +493,7 @@ pub async fn next_version(c: &impl GenericClient) -> Result<i64, Error> {
 }
 
 /// List filters.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct UrlFilter {
     pub user_id: Option<i64>,
     pub is_active: Option<bool>,
@@ -567,6 +567,21 @@ pub async fn list_urls(
     offset: i64,
 ) -> Result<Vec<Link>, Error> {
     list_urls_by(c, filter, "id", limit, offset).await
+}
+
+/// Up to `limit` links after id `after` under `filter`, in id order: pages that a link created
+/// or deleted between two reads cannot shift.
+pub async fn list_urls_after(
+    c: &impl GenericClient,
+    filter: &UrlFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Link>, Error> {
+    let mut f = filter.filter();
+    f.param("id > {}", &after);
+    let select = format!("SELECT {COLUMNS} FROM urls");
+    let rows = f.page_by(c, &select, "id", limit, 0).await?;
+    Ok(rows.iter().map(Link::from_row).collect())
 }
 
 /// Like [`list_urls`], newest first.

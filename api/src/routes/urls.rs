@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use kurz_common::keys::REDIRECT_TYPES;
 use kurz_common::shortcode::ShortCode;
 use kurz_common::target::Target;
@@ -574,13 +575,38 @@ pub async fn tags(State(state): State<AppState>, caller: Caller) -> ApiResult<Re
     Ok(Json(body).into_response())
 }
 
-/// Links per page of the export's reads.
-const EXPORT_PAGE: i64 = 10_000;
+/// Links per page of the export's reads: what the export holds in memory at a time.
+const EXPORT_PAGE: i64 = 1_000;
+
+/// The export's columns, in the order each row writes them.
+const EXPORT_COLUMNS: [&str; 15] = [
+    "id",
+    "user_id",
+    "short_code",
+    "original_url",
+    "title",
+    "is_active",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "redirect_type",
+    "max_visits",
+    "imported_clicks",
+    "tags",
+    "clicks",
+    "has_password",
+];
 
 /// `GET /urls/export?format=csv`: every live link in the caller's scope (the caller's own in
 /// `required` mode; `user_id` narrows it), in the columns `POST /urls/bulk` reads, so the file
 /// imports back, with `redirect_type`, `max_visits` and `tags` (`;`-separated); plus `clicks`,
 /// which the import ignores.
+///
+/// The file is sent as it is read, a page at a time in id order, each page on a connection of
+/// its own: an admin's export of millions of links holds one page in memory, not the file, and
+/// a client that reads slowly holds no pool connection. Each page starts after the last id
+/// written, so a link created or deleted meanwhile cannot shift the pages: every link that
+/// lives through the export is written once.
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
@@ -601,69 +627,24 @@ pub async fn export(
         tags: Vec::new(),
         search: None,
     };
-    let mut client = state.client().await?;
-    // One snapshot for every page: a link deleted or created while the pages are read would
-    // otherwise move the later pages' offsets, and a link would be left out or written twice.
-    let snapshot = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let header = [
-        "id",
-        "user_id",
-        "short_code",
-        "original_url",
-        "title",
-        "is_active",
-        "created_at",
-        "updated_at",
-        "expires_at",
-        "redirect_type",
-        "max_visits",
-        "imported_clicks",
-        "tags",
-        "clicks",
-        "has_password",
-    ];
-    let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
-    let defuse = crate::csv_cell::defuse;
-    out.write_record(header).map_err(written)?;
-    let mut offset = 0;
-    loop {
-        let links = db::urls::list_urls(&snapshot, &filter, EXPORT_PAGE, offset).await?;
-        for l in &links {
-            let time = kurz_common::time::format;
-            out.write_record([
-                l.id.to_string(),
-                l.user_id.map(|u| u.to_string()).unwrap_or_default(),
-                defuse(l.short_code.clone()),
-                l.original_url.clone(),
-                defuse(l.title.clone().unwrap_or_default()),
-                if l.is_active { "True" } else { "False" }.to_owned(),
-                time(l.created_at),
-                time(l.updated_at),
-                l.expires_at.map(time).unwrap_or_default(),
-                l.redirect_type.to_string(),
-                l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
-                l.imported_clicks.to_string(),
-                defuse(l.tags.join(";")),
-                l.visits.to_string(),
-                if l.has_password { "True" } else { "False" }.to_owned(),
-            ])
-            .map_err(written)?;
+    // The first page is read before the answer starts: a database that fails now is a 503,
+    // not a 200 cut short.
+    let (first, after) = export_page(&state, &filter, 0, true).await?;
+    let rest = futures_util::stream::unfold(after, move |last| {
+        let (state, filter) = (state.clone(), filter.clone());
+        async move {
+            let last = last?;
+            match export_page(&state, &filter, last, false).await {
+                Ok((chunk, next)) => Some((Ok(chunk), next)),
+                Err(e) => {
+                    // The status is sent: cutting the body short is how the client learns.
+                    log::error!(error = e.to_string(), after_id = last; "export cut short");
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
+            }
         }
-        if (links.len() as i64) < EXPORT_PAGE {
-            break;
-        }
-        offset += EXPORT_PAGE;
-    }
-    snapshot.commit().await?;
-    let body = out
-        .into_inner()
-        .map_err(|e| ApiError::Internal(format!("csv export: {e}")))?;
+    });
+    let body = futures_util::stream::once(async move { Ok(first) }).chain(rest);
     Ok((
         StatusCode::OK,
         [
@@ -674,7 +655,56 @@ pub async fn export(
             ),
             (axum::http::header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        axum::body::Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The CSV of the links after id `after` (the header first when `header`), and the last id
+/// written when another page may follow.
+async fn export_page(
+    state: &AppState,
+    filter: &UrlFilter,
+    after: i64,
+    header: bool,
+) -> ApiResult<(Vec<u8>, Option<i64>)> {
+    let links = {
+        let client = state.client().await?;
+        db::urls::list_urls_after(&client, filter, after, EXPORT_PAGE).await?
+    };
+    let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
+    let defuse = crate::csv_cell::defuse;
+    let time = kurz_common::time::format;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    if header {
+        out.write_record(EXPORT_COLUMNS).map_err(written)?;
+    }
+    for l in &links {
+        out.write_record([
+            l.id.to_string(),
+            l.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            defuse(l.short_code.clone()),
+            l.original_url.clone(),
+            defuse(l.title.clone().unwrap_or_default()),
+            if l.is_active { "True" } else { "False" }.to_owned(),
+            time(l.created_at),
+            time(l.updated_at),
+            l.expires_at.map(time).unwrap_or_default(),
+            l.redirect_type.to_string(),
+            l.max_visits.map(|m| m.to_string()).unwrap_or_default(),
+            l.imported_clicks.to_string(),
+            defuse(l.tags.join(";")),
+            l.visits.to_string(),
+            if l.has_password { "True" } else { "False" }.to_owned(),
+        ])
+        .map_err(written)?;
+    }
+    let chunk = out
+        .into_inner()
+        .map_err(|e| ApiError::Internal(format!("csv export: {e}")))?;
+    let next = match links.last() {
+        Some(l) if links.len() as i64 == EXPORT_PAGE => Some(l.id),
+        _ => None,
+    };
+    Ok((chunk, next))
 }

@@ -595,6 +595,98 @@ async fn a_protected_link_comes_back_from_its_export_switched_off() {
     );
 }
 
+/// An export is sent as it is read, a page at a time, each page after the last id written:
+/// an admin's export of millions of links holds a page in memory, not the file, and a link
+/// deleted or created meanwhile shifts no page.
+#[tokio::test]
+async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() {
+    use std::fmt::Write as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    let user = app.create_user("exp").await;
+    // ~12 MiB of CSV at ~1 KiB a row: several times what the kernel buffers between the
+    // server and a client with a small receive buffer that has stopped reading.
+    const LINKS: i64 = 12_000;
+    let pad = "p".repeat(1000);
+    let mut csv = String::from("id,user_id,short_code,original_url\n");
+    for i in 1..=LINKS {
+        writeln!(csv, "{i},{user},ex{i:06},https://example.com/{pad}/{i}").unwrap();
+    }
+    let res = app.upload("/urls/bulk", csv.into_bytes()).await;
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /urls/export?user_id={user} HTTP/1.1\r\nHost: kurz\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the export closed before its head");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    // The head is here, so the first page was read; the last pages cannot have been.
+    let (first_page_link, last_page_link) = (5, LINKS - 10);
+    for id in [first_page_link, last_page_link] {
+        assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    }
+    let created = app.create_url(user, "https://example.com/during").await["id"]
+        .as_i64()
+        .unwrap();
+    conn.read_to_end(&mut raw).await.unwrap();
+
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let body = dechunk(&raw[head_end..]);
+    let mut reader = csv::Reader::from_reader(body.as_slice());
+    let ids: Vec<i64> = reader
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, each once"
+    );
+    let mut expected: Vec<i64> = (1..=LINKS).filter(|&id| id != last_page_link).collect();
+    expected.push(created);
+    assert_eq!(
+        ids, expected,
+        "the link deleted once its page was sent is in, the one deleted before is not, the new one is"
+    );
+}
+
+/// The body of a complete `Transfer-Encoding: chunked` message.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = std::str::from_utf8(&raw[..line]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[line + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[..size]);
+        assert_eq!(&raw[size..size + 2], b"\r\n", "a chunk ends its line");
+        raw = &raw[size + 2..];
+    }
+}
+
 #[tokio::test]
 async fn the_export_lists_what_a_user_owns_and_imports_back() {
     let app = spawn_app().await;
