@@ -108,10 +108,19 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     parse_yaml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
-/// Parses YAML text; an empty document gives the defaults.
+/// Parses YAML text. A text with no settings at all (empty, or only comments) is refused: it is
+/// what a failed template render or a full disk leaves, and taken as "all defaults" it would
+/// reload an edge onto the default upstream with no trusted proxies, logged as a success.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    if text.trim().is_empty() {
-        return serde_norway::from_str("{}").map_err(|e| e.to_string());
+    let nothing = text
+        .lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---");
+    if nothing {
+        return Err(
+            "holds no settings (it is empty or only comments); write `{}` to run on the defaults"
+                .into(),
+        );
     }
     serde_norway::from_str(text).map_err(|e| e.to_string())
 }
@@ -280,7 +289,20 @@ mod tests {
     }
 
     #[test]
-    fn empty_document_gives_defaults() {
-        assert_eq!(parse_yaml::<Sample>("").unwrap().port, 0);
+    fn a_file_without_settings_is_refused_and_an_empty_map_gives_defaults() {
+        for text in [
+            "",
+            "  \n",
+            "# proxy.yaml\n\n  # all commented out\n",
+            "---\n",
+        ] {
+            let err = parse_yaml::<Sample>(text).unwrap_err();
+            assert!(err.contains("holds no settings"), "{text:?}: {err}");
+        }
+        assert_eq!(parse_yaml::<Sample>("{}").unwrap().port, 0);
+        assert_eq!(
+            parse_yaml::<Sample>("# the defaults\n{}\n").unwrap().port,
+            0
+        );
     }
 }

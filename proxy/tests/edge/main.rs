@@ -462,7 +462,21 @@ fn check_accepts_the_shipped_config_and_rejects_a_typo() {
         .arg(&file)
         .output()
         .unwrap();
+    // What a failed template render leaves: refused, not run (or reloaded) on the defaults.
+    std::fs::write(&file, "# kurz edge\n").unwrap();
+    let empty = Command::new(bin)
+        .arg("--check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("holds no settings"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("severs"),
