@@ -199,6 +199,33 @@ impl ProxyHttp for Edge {
         let path = decoded_path(req.uri.path()).into_owned();
         ctx.class = classify(&req.method, &path);
 
+        // Before the move to HTTPS: plain HTTP is no way around a class's rate.
+        match self.limiter.check(ctx.class, ctx.client) {
+            Decision::Deny { limit, retry_after } => {
+                METRICS
+                    .rate_limited
+                    .with_label_values(&[ctx.class.as_str()])
+                    .inc();
+                let (limit, retry) = (limit.to_string(), retry_after.to_string());
+                let headers = [
+                    ("retry-after", retry.as_str()),
+                    ("x-ratelimit-limit", limit.as_str()),
+                    ("x-ratelimit-remaining", "0"),
+                ];
+                respond::json_error(
+                    session,
+                    self.reply(ctx),
+                    429,
+                    "rate_limited",
+                    "too many requests; retry later",
+                    &headers,
+                )
+                .await?;
+                ctx.answered = Some(429);
+                return Ok(true);
+            }
+            Decision::Allow { .. } | Decision::Unlimited => {}
+        }
         if self.settings.redirect_http_to_https && !ctx.https {
             // HTTP/1.0 may name the host only in an absolute-form target.
             // Parsed only when there is no Host: nearly every request has one.
@@ -245,32 +272,6 @@ impl ProxyHttp for Edge {
         // The id reaches the API through `upstream_request_filter`; writing it into the
         // downstream request here too cost ~2% of the redirect path's CPU (perf) for nothing.
 
-        match self.limiter.check(ctx.class, ctx.client) {
-            Decision::Deny { limit, retry_after } => {
-                METRICS
-                    .rate_limited
-                    .with_label_values(&[ctx.class.as_str()])
-                    .inc();
-                let (limit, retry) = (limit.to_string(), retry_after.to_string());
-                let headers = [
-                    ("retry-after", retry.as_str()),
-                    ("x-ratelimit-limit", limit.as_str()),
-                    ("x-ratelimit-remaining", "0"),
-                ];
-                respond::json_error(
-                    session,
-                    self.reply(ctx),
-                    429,
-                    "rate_limited",
-                    "too many requests; retry later",
-                    &headers,
-                )
-                .await?;
-                ctx.answered = Some(429);
-                return Ok(true);
-            }
-            Decision::Allow { .. } | Decision::Unlimited => {}
-        }
         // Whole segments: `/admins` may be a link's code (only `admin` itself is reserved).
         if path == "/metrics"
             || path.starts_with("/metrics/")

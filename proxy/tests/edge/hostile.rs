@@ -460,6 +460,35 @@ async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive
     counts(0.0).await;
 }
 
+/// Plain HTTP sent on to HTTPS spends the class's tokens like any request: a flood on port 80
+/// is held to the same rate as one on 443, not answered with a 308 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_sent_on_to_https_is_rate_limited_like_any_request() {
+    let stack = Stack::start(Options {
+        listen_extra: ", redirect_http_to_https: true".into(),
+        rate_limits: "{ redirect: { rate: 0.02, burst: 2 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
+        ..Options::default()
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+            .await
+            .unwrap();
+        conn.write_all(b"GET /abcdef HTTP/1.1\r\nHost: short.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut conn, Duration::from_secs(20)).await;
+        statuses.push(status_of(&answer));
+        if statuses.len() == 3 {
+            assert!(
+                answer.to_ascii_lowercase().contains("\r\nretry-after: "),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(statuses, [308, 308, 429]);
+}
+
 /// With `listen.hsts_max_age_seconds` every TLS answer carries HSTS, the redirects and errors
 /// the edge writes itself as well as the API's; with `listen.redirect_http_to_https` plain HTTP
 /// gets a 308 to the same host (port dropped, IPv6 kept whole) and a Host that names no host a
