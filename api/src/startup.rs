@@ -283,13 +283,20 @@ async fn republish_schema(cache: LinkCache, mut stop: tokio::sync::watch::Receiv
 
 /// Keeps the day's visitor salt fresh, as the edge does (`kurz_common::visitors`).
 async fn refresh_visitor_salt(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut failing = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(state.visitors.refresh_after()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(e) = state.visitors.refresh(&state.redis, &state.keys).await {
-            log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+        // Logged once per outage: while today's salt is unknown it is asked for every second.
+        match state.visitors.refresh(&state.redis, &state.keys).await {
+            Err(e) if !failing => {
+                log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
         }
     }
 }

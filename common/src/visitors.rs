@@ -53,6 +53,22 @@ impl VisitorSalt {
         Ok(())
     }
 
+    /// When to fetch again: soon while today's salt is unknown (Redis was down at start or
+    /// since before midnight), since every click meanwhile goes without a visitor id; else at
+    /// the steady pace, which keeps tomorrow's fetched well before it starts.
+    pub fn refresh_after(&self) -> std::time::Duration {
+        self.refresh_after_on(Utc::now().date_naive())
+    }
+
+    fn refresh_after_on(&self, day: NaiveDate) -> std::time::Duration {
+        let known = self.known.read().expect("visitor salt lock");
+        if known.iter().any(|(d, _)| *d == day) {
+            std::time::Duration::from_secs(30)
+        } else {
+            std::time::Duration::from_secs(1)
+        }
+    }
+
     /// The visitor id of a request now: 16 hex digits, or empty while today's salt is unknown
     /// (Redis unreachable since before midnight): such clicks count, only not as visitors.
     pub fn visitor(&self, ip: IpAddr, user_agent: &str) -> String {
@@ -120,5 +136,18 @@ mod tests {
         assert_ne!(v, with(day, "salt-two").visitor_on(day, ip, "UA/1"));
         // No salt for the day: no visitor id.
         assert_eq!(a.visitor_on(day.succ_opt().unwrap(), ip, "UA/1"), "");
+    }
+
+    #[test]
+    fn a_day_without_its_salt_asks_again_within_a_second() {
+        let day = NaiveDate::from_ymd_opt(2030, 1, 31).unwrap();
+        let secs = |s: &VisitorSalt, d| s.refresh_after_on(d).as_secs_f64();
+        assert!(secs(&VisitorSalt::default(), day) <= 1.0);
+        let a = with(day, "salt-one");
+        assert!(secs(&a, day.succ_opt().unwrap()) <= 1.0);
+        assert!(
+            secs(&a, day) >= 10.0,
+            "a known salt is not fetched in a loop"
+        );
     }
 }

@@ -8,11 +8,6 @@ use kurz_common::visitors::VisitorSalt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Often enough that the day's salt (fetched with tomorrow's ahead of midnight) is always
-/// there; a Redis outage longer than a day leaves clicks without a visitor id, nothing worse.
-const EVERY: Duration = Duration::from_secs(30);
 
 pub struct SaltRefresh {
     pub redis: RedisHandle,
@@ -23,12 +18,19 @@ pub struct SaltRefresh {
 #[async_trait]
 impl BackgroundService for SaltRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Logged once per outage: while today's salt is unknown it is asked for every second.
+        let mut failing = false;
         loop {
-            if let Err(e) = self.salt.refresh(&self.redis, &self.keys).await {
-                log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+            match self.salt.refresh(&self.redis, &self.keys).await {
+                Err(e) if !failing => {
+                    log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(()) => failing = false,
             }
             tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
+                _ = tokio::time::sleep(self.salt.refresh_after()) => {}
                 _ = shutdown.changed() => return,
             }
         }
