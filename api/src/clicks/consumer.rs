@@ -410,16 +410,20 @@ impl Consumer {
             let result = {
                 let mut work = self.work.lock().await;
                 let claim = last_claim.elapsed() >= claim_every;
+                // Twice the pace: a backlog that never clears must not hold them for ever.
+                let overdue = last_claim.elapsed() >= claim_every * 2;
                 let mut outcome = self.step_new(&mut work).await;
                 // Claims wait while there is a backlog of new entries, but not for a step that
                 // moved nothing: with steady traffic every step moves something, and a dead
-                // consumer's entries would wait for a lull.
+                // consumer's entries would wait for a lull. Nor past `overdue`: under a backlog
+                // that lasts (one hot link's partition is enough) they would wait until it
+                // clears, exposed to a Redis reset and marking every stats read pending.
                 let quiet = match outcome {
                     Ok(0) => true,
                     Ok(_) => self.caught_up.load(Ordering::Relaxed),
                     Err(_) => false,
                 };
-                if claim && quiet {
+                if claim && (quiet || overdue) {
                     let all = self.all_partitions();
                     let claimed = self.step_claim(&mut work, self.claim_idle_ms, &all).await;
                     // Keep claiming while there is something to take over.

@@ -746,6 +746,61 @@ async fn a_dead_consumers_clicks_are_taken_over_under_steady_traffic() {
     assert_eq!(clicks_in_db(&app, id).await, sent, "each click once");
 }
 
+/// A dead consumer's clicks are taken over while a backlog lasts: a partition that gives a
+/// full read at every step (one hot link) must not hold them until it clears.
+#[tokio::test]
+async fn a_dead_consumers_clicks_are_taken_over_under_a_backlog() {
+    let app = idle_consumer_app().await;
+    let (_, id, code) = app
+        .create_link("backlog", "https://example.com/backlog")
+        .await;
+    redirect_n(&app, &code, 5).await;
+    assert_eq!(
+        replica(&app, "dead").read_without_commit().await.unwrap(),
+        5
+    );
+    // A backlog on the link's partition that a consumer reading one entry a step takes
+    // thousands of steps to clear.
+    const BACKLOG: i64 = 5_000;
+    let stream = app.state.keys.clicks(app.state.keys.partition(&code));
+    let mut pipe = redis::pipe();
+    for n in 0..BACKLOG {
+        let click = kurz_common::clicks::Click {
+            id: kurz_common::clicks::new_id(),
+            url_id: id,
+            user_id: None,
+            code: code.clone(),
+            target: "https://example.com/backlog".into(),
+            referrer: String::new(),
+            user_agent: "backlog".into(),
+            ip: String::new(),
+            ts_ms: 1_700_000_000_000 + n,
+            visitor: String::new(),
+        };
+        pipe.add_command(click.xadd(&stream)).ignore();
+    }
+    app.state.redis.query::<()>(&pipe).await.unwrap();
+
+    let consumer = Arc::new(consumer(&app, "survivor", 1, 300));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(consumer.clone().run(stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pending_in(&app, "dead").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead consumer's clicks were never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = clicks_in_db(&app, id).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert!(
+        stored < BACKLOG,
+        "taken over only once the backlog had cleared ({stored} stored)"
+    );
+}
+
 /// The sink stores a click's fields in typed columns (migration V21), and the API shows them as
 /// the same `details` object as before: every key, no extra one. A click event posted with its
 /// own `details` keeps them as given, and both feed the rollups (the trigger reads a column and
