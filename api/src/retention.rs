@@ -1,6 +1,7 @@
 //! `events.retention_days`: click events older than that are deleted, a batch at a time, by one
 //! API replica at a time (an advisory lock), a minute after start and every hour after. The same
-//! job drops the per-visitor rows of past days ([`prune_visitors`]). The per-link rollups are
+//! job, under the same lock and in batches too, drops the per-visitor rows of past days
+//! ([`prune_visitors`]). The per-link rollups are
 //! kept: a link's total and its daily history outlive the raw clicks they were counted from.
 
 use crate::state::AppState;
@@ -17,6 +18,23 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// deploys) still run it, but not in the start-up's own rush.
 const FIRST_AFTER: Duration = Duration::from_secs(60);
 
+/// The job's connection, holding its advisory lock; `None` when another replica holds it.
+async fn lock(db: &Pool) -> Result<Option<deadpool_postgres::Client>, String> {
+    let client = db.get().await.map_err(|e| e.to_string())?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    Ok(locked.then_some(client))
+}
+
+async fn unlock(client: &deadpool_postgres::Client) {
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+}
+
 /// Deletes click events that occurred before `cutoff`; returns how many. `None` when another
 /// replica holds the job. Stops between batches once `stop` is set: a first pass over a large
 /// backlog must not hold a shutdown past its grace period (the next pass goes on).
@@ -25,15 +43,9 @@ pub async fn run_once(
     cutoff: DateTime<Utc>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<u64>, String> {
-    let client = db.get().await.map_err(|e| e.to_string())?;
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !locked {
+    let Some(client) = lock(db).await? else {
         return Ok(None);
-    }
+    };
     let mut deleted = 0;
     let result = loop {
         match crate::db::events::delete_clicks_before(&client, cutoff, BATCH).await {
@@ -46,23 +58,37 @@ pub async fn run_once(
             Err(e) => break Err(e.to_string()),
         }
     };
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
+    unlock(&client).await;
     result
 }
 
 /// Drops the per-visitor rows of days before yesterday: their days' counts are final, and the
-/// rows would only grow (`click_day_visitors`, migration V19). Returns how many went.
-pub async fn prune_visitors(db: &Pool) -> Result<u64, String> {
-    let client = db.get().await.map_err(|e| e.to_string())?;
-    client
-        .execute(
-            "DELETE FROM click_day_visitors WHERE day < (now() AT TIME ZONE 'UTC')::date - 1",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())
+/// rows would only grow (`click_day_visitors`, migration V19). Returns how many went; `None`
+/// when another replica holds the job. In batches, as [`run_once`]: a day's rows of a busy
+/// instance are millions, and one statement for them would outlast
+/// `database.statement_timeout_ms`, fail every hour and leave the table growing for good.
+pub async fn prune_visitors(
+    db: &Pool,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<u64>, String> {
+    let Some(client) = lock(db).await? else {
+        return Ok(None);
+    };
+    let (mut deleted, mut from) = (0, i64::MIN);
+    let result = loop {
+        match crate::db::events::delete_old_visitors(&client, from, BATCH).await {
+            Ok((n, last)) => {
+                deleted += n as u64;
+                from = last;
+                if n < BATCH || *stop.borrow() {
+                    break Ok(Some(deleted));
+                }
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    unlock(&client).await;
+    result
 }
 
 /// The background job: visitor rows always, click events when `events.retention_days` is set.
@@ -75,7 +101,7 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             _ = stop.wait_for(|s| *s) => return,
         }
         wait = EVERY;
-        if let Err(e) = prune_visitors(&state.db).await {
+        if let Err(e) = prune_visitors(&state.db, &stop).await {
             log::warn!(error = e; "old visitor rows not pruned");
         }
         if days == 0 {

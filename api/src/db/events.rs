@@ -279,6 +279,27 @@ async fn insert_clicks(
     .await
 }
 
+/// Deletes up to `limit` per-visitor rows of days before yesterday, of links from `from_url`
+/// on, in the primary key's order: each batch starts where the last ended instead of scanning
+/// past the rows already deleted. Returns how many went and the last link id among them.
+pub async fn delete_old_visitors(
+    c: &impl GenericClient,
+    from_url: i64,
+    limit: i64,
+) -> Result<(i64, i64), Error> {
+    let stmt = c
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM click_day_visitors WHERE ctid IN ( \
+               SELECT ctid FROM click_day_visitors \
+               WHERE url_id >= $1 AND day < (now() AT TIME ZONE 'UTC')::date - 1 \
+               ORDER BY url_id LIMIT $2) RETURNING url_id) \
+             SELECT count(*), coalesce(max(url_id), $1) FROM gone",
+        )
+        .await?;
+    let row = c.query_one(&stmt, &[&from_url, &limit]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Deletes at most `limit` click events that occurred before `cutoff`; returns how many.
 pub async fn delete_clicks_before(
     c: &impl GenericClient,

@@ -530,10 +530,10 @@ async fn unique_visitors_are_counted_from_a_daily_salted_hash() {
     .await
     .unwrap();
     assert_eq!(
-        kurz_api::retention::prune_visitors(&app.state.db)
+        kurz_api::retention::prune_visitors(&app.state.db, &tokio::sync::watch::channel(false).1)
             .await
             .unwrap(),
-        1
+        Some(1)
     );
     let kept: i64 = sql
         .query_one(

@@ -107,3 +107,77 @@ async fn old_clicks_go_and_everything_else_stays() {
         Some(0)
     );
 }
+
+/// Past days' visitor rows go in batches, by one replica at a time: a busy instance has
+/// millions a day, more than one statement may delete within its timeout. Rows of yesterday
+/// and today stay (their days still get clicks).
+#[tokio::test]
+async fn old_visitor_rows_go_in_batches_by_one_replica_at_a_time() {
+    let app = spawn_app().await;
+    let db = app.sql().await;
+    let old = 2 * kurz_api::retention::BATCH + 7;
+    // Over many links, so batches end and start inside the key's order.
+    db.batch_execute(&format!(
+        "INSERT INTO click_day_visitors (url_id, day, visitor) \
+         SELECT n % 500, (now() AT TIME ZONE 'UTC')::date - 2 - (n % 3), 'v' || n \
+         FROM generate_series(1, {old}) AS n; \
+         INSERT INTO click_day_visitors (url_id, day, visitor) \
+         SELECT n, (now() AT TIME ZONE 'UTC')::date - (n % 2), 'kept' FROM generate_series(1, 40) AS n"
+    ))
+    .await
+    .unwrap();
+
+    // Another replica's pass holds the job: this one leaves the rows alone.
+    let other = app.sql().await;
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&kurz_api::retention::LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kurz_api::retention::prune_visitors(&app.state.db, &running())
+            .await
+            .unwrap(),
+        None
+    );
+    drop(other);
+
+    let (tx, stopping) = tokio::sync::watch::channel(true);
+    let pruned = loop {
+        // The lock dies with the other session, which the server may not have ended yet.
+        if let Some(n) = kurz_api::retention::prune_visitors(&app.state.db, &stopping)
+            .await
+            .unwrap()
+        {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        pruned,
+        kurz_api::retention::BATCH as u64,
+        "one batch, then it stops"
+    );
+    drop(tx);
+    assert_eq!(
+        kurz_api::retention::prune_visitors(&app.state.db, &running())
+            .await
+            .unwrap(),
+        Some(kurz_api::retention::BATCH as u64 + 7)
+    );
+    let left: Vec<(i64, String)> = db
+        .query(
+            "SELECT count(*), min(visitor) FROM click_day_visitors \
+             WHERE day < (now() AT TIME ZONE 'UTC')::date - 1 \
+             UNION ALL SELECT count(*), min(visitor) FROM click_day_visitors",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect();
+    assert_eq!(left, [(0, String::new()), (40, "kept".to_owned())]);
+}
