@@ -5,7 +5,7 @@
 use crate::admin::Admin;
 use crate::click_log::{Batching, ClickLog};
 use crate::config::ProxyConfig;
-use crate::conn::{ConnLimits, Guarded};
+use crate::conn::{ConnLimits, Guarded, TlsListeners};
 use crate::invalidations::InvalidationListener;
 use crate::key_check::{KeyGate, KeySchemaCheck};
 use crate::metrics::METRICS;
@@ -135,22 +135,6 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     };
     let mut http = pingora::proxy::HttpProxy::new(edge, server.configuration.clone());
     http.handle_init_modules();
-    let limits = &cfg.limits;
-    let guarded = Guarded {
-        inner: Arc::new(http),
-        limits: Arc::new(ConnLimits::new(
-            Duration::from_millis(limits.header_timeout_ms),
-            Duration::from_millis(limits.body_total_timeout_ms),
-            limits.max_connections_per_client,
-            limiter.clone(),
-            trust.clone(),
-        )),
-    };
-    let mut proxy = Service::new("kurz edge".to_owned(), guarded);
-    let buffers = L4BufferSettings::default().read(cfg.listen.read_buffer_bytes);
-    for addr in &cfg.listen.http {
-        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));
-    }
     let cert = if cfg.listen.https.is_empty() {
         None
     } else {
@@ -164,15 +148,33 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         }
         Some(served)
     };
+    let tls = match &cert {
+        Some(served) => Some(TlsListeners::new(
+            tls_settings(&cfg, served.clone())?,
+            &cfg.listen.https,
+        )?),
+        None => None,
+    };
+    let limits = &cfg.limits;
+    let guarded = Guarded {
+        inner: Arc::new(http),
+        limits: Arc::new(ConnLimits::new(
+            Duration::from_millis(limits.header_timeout_ms),
+            Duration::from_millis(limits.body_total_timeout_ms),
+            limits.max_connections_per_client,
+            limiter.clone(),
+            trust.clone(),
+        )),
+        tls,
+    };
+    let mut proxy = Service::new("kurz edge".to_owned(), guarded);
+    let buffers = L4BufferSettings::default().read(cfg.listen.read_buffer_bytes);
+    for addr in &cfg.listen.http {
+        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));
+    }
+    // Plain TCP to Pingora: the connection layer shakes hands (`conn::tls`).
     for addr in &cfg.listen.https {
-        let served = cert
-            .clone()
-            .expect("loaded above when there is an HTTPS listener");
-        proxy.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(tls_settings(&cfg, served)?)
-                .l4_buffer(buffers),
-        );
+        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers));
     }
     let _ = &*METRICS;
 

@@ -7,6 +7,9 @@
 
 mod guard;
 pub mod head;
+mod tls;
+
+pub use tls::TlsListeners;
 
 use crate::rate_limit::{client_key, RateLimiter};
 use crate::service::SharedTrust;
@@ -109,6 +112,8 @@ impl Drop for Slot {
 pub struct Guarded<A> {
     pub inner: Arc<A>,
     pub limits: Arc<ConnLimits>,
+    /// The HTTPS listeners, whose handshake runs here (see `tls`).
+    pub tls: Option<TlsListeners>,
 }
 
 /// How long a keep-alive connection may sit idle between requests: Pingora's own default.
@@ -188,6 +193,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = self.tls.as_ref().filter(|t| t.serves(&stream));
         let Some(slot) = self.limits.admit(peer) else {
             crate::metrics::METRICS.connections_refused.inc();
             let refusal = Refusal::new(
@@ -202,16 +208,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 client = peer.map(|p| p.to_string()).unwrap_or_default(), edge = true;
                 "connection refused: too many open connections from the address"
             );
-            let reply = refusal.reply(&[("retry-after", "1")]);
-            // A few hundred bytes fit the socket's send buffer; a client that reads nothing
-            // still cannot hold this task.
-            let send = async {
-                stream.write_all(&reply).await?;
-                stream.flush().await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            // A client waiting for a TLS handshake could not read a plain answer: it is closed.
+            if tls.is_none() {
+                let reply = refusal.reply(&[("retry-after", "1")]);
+                // A few hundred bytes fit the socket's send buffer; a client that reads
+                // nothing still cannot hold this task.
+                let send = async {
+                    stream.write_all(&reply).await?;
+                    stream.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            }
             pingora::protocols::Shutdown::shutdown(&mut *stream).await;
             return None;
+        };
+        // Counted (`slot`) from accept, and within the head deadline, like a first head.
+        let stream = match tls {
+            None => stream,
+            Some(tls) => tls.handshake(stream, self.limits.header_timeout).await?,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;

@@ -460,6 +460,74 @@ async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive
     counts(0.0).await;
 }
 
+/// On the TLS port too a client holds at most its share of connections, counted from accept,
+/// and one that never finishes its handshake (silent, or half a ClientHello) is closed at the
+/// head deadline, not after Pingora's minute; others still get through the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tls_the_cap_and_the_head_deadline_hold_from_accept() {
+    const CAP: usize = 5;
+    const ATTEMPTS: usize = 20;
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        extra_yaml: format!(
+            "limits: {{ header_timeout_ms: 5000, max_connections_per_client: {CAP} }}\n"
+        ),
+        ..Options::default()
+    });
+    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], stack.https_port));
+    let mut conns = Vec::new();
+    for n in 0..ATTEMPTS {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut conn = socket.connect(edge).await.unwrap();
+        if n % 2 == 0 {
+            // The start of a ClientHello's record, never finished.
+            let _ = conn.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+        }
+        conns.push(conn);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = stack
+            .metric(
+                stack.admin_port,
+                "kurz_proxy_connections_refused_total",
+                &[],
+            )
+            .await;
+        if refused >= (ATTEMPTS - CAP) as f64 {
+            assert_eq!(refused, (ATTEMPTS - CAP) as f64);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{refused} of {ATTEMPTS} refused with a cap of {CAP}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every one of them is closed by now or at its head deadline (Pingora alone: 60 s).
+    for conn in &mut conns {
+        let mut out = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut out)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection stuck in its handshake was never closed"
+        );
+        assert!(out.is_empty(), "a plain answer on the TLS port: {out:?}");
+    }
+    // A real client from elsewhere shakes hands and is served.
+    let head = crate::harness::curl(&[
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        &format!("https://127.0.0.1:{}/health", stack.https_port),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 /// Plain HTTP sent on to HTTPS spends the class's tokens like any request: a flood on port 80
 /// is held to the same rate as one on 443, not answered with a 308 each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
