@@ -77,13 +77,11 @@ impl Metrics {
         )
         .expect("metric");
         let click_batch_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "kurz_api_click_batch_size",
-                "Stream entries per committed batch",
-            )
-            .buckets(vec![
-                1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
-            ]),
+            HistogramOpts::new("kurz_api_click_batch_size", "Clicks per committed batch").buckets(
+                vec![
+                    1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
+                ],
+            ),
         )
         .expect("metric");
         let click_insert_duration = Histogram::with_opts(
