@@ -1,6 +1,7 @@
 //! A deadline on every request: past `limits.request_timeout_ms` (bulk imports, imports of other
 //! shorteners' exports and exports: `limits.bulk_request_timeout_ms`) the request is abandoned
-//! with a 503 in our error shape.
+//! with a 503 in our error shape. (An export's answer starts with its first page; the pages
+//! after it are held to the same bound by the export itself, `routes::urls::export`.)
 //!
 //! Without it a stuck dependency (a PostgreSQL that accepts connections but never answers, a
 //! lock wait) holds the client, the edge's upstream connection and a pool slot for as long as

@@ -630,10 +630,20 @@ pub async fn export(
     // The first page is read before the answer starts: a database that fails now is a 503,
     // not a 200 cut short.
     let (first, after) = export_page(&state, &filter, 0, true).await?;
+    // The pages after the first are read as the client takes them, outside the request's
+    // deadline: the same bound holds them, or a client reading slowly would hold a stopping
+    // process past the grace period sized for it.
+    let until = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(state.config.limits.bulk_request_timeout_ms);
     let rest = futures_util::stream::unfold(after, move |last| {
         let (state, filter) = (state.clone(), filter.clone());
         async move {
             let last = last?;
+            if tokio::time::Instant::now() >= until {
+                log::warn!(after_id = last; "export cut at limits.bulk_request_timeout_ms");
+                let late = "the export outlasted limits.bulk_request_timeout_ms";
+                return Some((Err(std::io::Error::other(late)), None));
+            }
             match export_page(&state, &filter, last, false).await {
                 Ok((chunk, next)) => Some((Ok(chunk), next)),
                 Err(e) => {

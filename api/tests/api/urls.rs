@@ -1,4 +1,4 @@
-use crate::helpers::{error_of, spawn_app};
+use crate::helpers::{error_of, spawn_app, TestApp};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -595,39 +595,30 @@ async fn a_protected_link_comes_back_from_its_export_switched_off() {
     );
 }
 
-/// An export is sent as it is read, a page at a time, each page after the last id written:
-/// an admin's export of millions of links holds a page in memory, not the file, and a link
-/// deleted or created meanwhile shifts no page.
-#[tokio::test]
-async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() {
+/// Links the export tests read: ~1 KiB a row, so `n` of them make a file several times what
+/// the kernel buffers between the server and a client with a small receive buffer that has
+/// stopped reading (ids 1..=n, codes `ex000001`…).
+async fn wide_links(app: &TestApp, user: i64, n: i64) {
     use std::fmt::Write as _;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let app = spawn_app().await;
-    let user = app.create_user("exp").await;
-    // ~12 MiB of CSV at ~1 KiB a row: several times what the kernel buffers between the
-    // server and a client with a small receive buffer that has stopped reading.
-    const LINKS: i64 = 12_000;
     let pad = "p".repeat(1000);
     let mut csv = String::from("id,user_id,short_code,original_url\n");
-    for i in 1..=LINKS {
+    for i in 1..=n {
         writeln!(csv, "{i},{user},ex{i:06},https://example.com/{pad}/{i}").unwrap();
     }
     let res = app.upload("/urls/bulk", csv.into_bytes()).await;
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+}
 
+/// Starts `GET <path>` on a connection with a 16 KiB receive buffer and reads until the answer's
+/// head is in: the bytes read so far, and the connection, to read the rest at the test's pace.
+async fn start_export(app: &TestApp, path: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let addr = app.base.trim_start_matches("http://").parse().unwrap();
     let mut conn = socket.connect(addr).await.unwrap();
-    conn.write_all(
-        format!(
-            "GET /urls/export?user_id={user} HTTP/1.1\r\nHost: kurz\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: kurz\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -635,6 +626,30 @@ async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() 
         assert!(n > 0, "the export closed before its head");
         raw.extend_from_slice(&buf[..n]);
     }
+    (conn, raw)
+}
+
+/// The head (lower-cased) and the body of a whole HTTP/1.1 answer to an export, the body
+/// `None` when its chunked message never ended (the server cut it short).
+fn export_answer(raw: &[u8]) -> (String, Option<Vec<u8>>) {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    (head, dechunk(&raw[head_end..]))
+}
+
+/// An export is sent as it is read, a page at a time, each page after the last id written:
+/// an admin's export of millions of links holds a page in memory, not the file, and a link
+/// deleted or created meanwhile shifts no page.
+#[tokio::test]
+async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app().await;
+    let user = app.create_user("exp").await;
+    const LINKS: i64 = 12_000;
+    wide_links(&app, user, LINKS).await;
+    let (mut conn, mut raw) = start_export(&app, &format!("/urls/export?user_id={user}")).await;
     // The head is here, so the first page was read; the last pages cannot have been.
     let (first_page_link, last_page_link) = (5, LINKS - 10);
     for id in [first_page_link, last_page_link] {
@@ -645,11 +660,7 @@ async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() 
         .unwrap();
     conn.read_to_end(&mut raw).await.unwrap();
 
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    let body = dechunk(&raw[head_end..]);
+    let body = export_answer(&raw).1.expect("the whole chunked message");
     let mut reader = csv::Reader::from_reader(body.as_slice());
     let ids: Vec<i64> = reader
         .records()
@@ -667,19 +678,39 @@ async fn an_export_is_sent_as_it_is_read_and_writes_every_surviving_link_once() 
     );
 }
 
-/// The body of a complete `Transfer-Encoding: chunked` message.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+/// The pages after the first are held to `limits.bulk_request_timeout_ms` too: a client that
+/// reads slowly gets a body cut short there (a chunked message that never ends), and cannot
+/// hold a stopping process past the grace period sized for that bound.
+#[tokio::test]
+async fn an_export_read_past_its_deadline_is_cut_short() {
+    use tokio::io::AsyncReadExt;
+    let app = crate::helpers::spawn_app_with(|c| c.limits.bulk_request_timeout_ms = 3_000).await;
+    let user = app.create_user("slow").await;
+    const LINKS: i64 = 12_000;
+    wide_links(&app, user, LINKS).await;
+    let (mut conn, mut raw) = start_export(&app, &format!("/urls/export?user_id={user}")).await;
+    // Past the deadline, counted from the request, before reading on.
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    // However the server ends it (a close, or a reset), the message must not be whole.
+    let _ = conn.read_to_end(&mut raw).await;
+    let (_, body) = export_answer(&raw);
+    assert!(body.is_none(), "a cut export must not read as a whole file");
+}
+
+/// The body of a complete `Transfer-Encoding: chunked` message; `None` when it stops before
+/// its last chunk.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("a chunk size line");
+        let line = raw.windows(2).position(|w| w == b"\r\n")?;
         let size = std::str::from_utf8(&raw[..line]).unwrap();
         let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
         raw = &raw[line + 2..];
         if size == 0 {
-            return body;
+            return Some(body);
+        }
+        if raw.len() < size + 2 {
+            return None;
         }
         body.extend_from_slice(&raw[..size]);
         assert_eq!(&raw[size..size + 2], b"\r\n", "a chunk ends its line");
