@@ -1,8 +1,8 @@
 //! `events.retention_days`: click events older than that are deleted, a batch at a time, by one
 //! API replica at a time (an advisory lock), a minute after start and every hour after. The same
-//! job, under the same lock and in batches too, drops the per-visitor rows of past days
-//! ([`prune_visitors`]). The per-link rollups are
-//! kept: a link's total and its daily history outlive the raw clicks they were counted from.
+//! job drops the per-visitor rows of past days ([`prune_visitors`]), in batches too, one replica
+//! at a time (a lock of its own). The per-link rollups are kept: a link's total and its daily
+//! history outlive the raw clicks they were counted from.
 
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
@@ -11,6 +11,9 @@ use std::time::Duration;
 
 /// Advisory lock key of the retention job ("kurzret").
 pub const LOCK_KEY: i64 = 0x006b_7572_7a72_6574;
+/// Advisory lock key of the visitor-row prune ("kurzvis"): its own, so a long first pass of
+/// click retention on one replica does not hold every replica's prune for hours.
+pub const VISITORS_LOCK_KEY: i64 = 0x006b_7572_7a76_6973;
 /// Rows per delete statement: short transactions, no long lock on `events`.
 pub const BATCH: i64 = 10_000;
 const EVERY: Duration = Duration::from_secs(3600);
@@ -19,19 +22,19 @@ const EVERY: Duration = Duration::from_secs(3600);
 const FIRST_AFTER: Duration = Duration::from_secs(60);
 
 /// The job's connection, holding its advisory lock; `None` when another replica holds it.
-async fn lock(db: &Pool) -> Result<Option<deadpool_postgres::Client>, String> {
+async fn lock(db: &Pool, key: i64) -> Result<Option<deadpool_postgres::Client>, String> {
     let client = db.get().await.map_err(|e| e.to_string())?;
     let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .await
         .map_err(|e| e.to_string())?
         .get(0);
     Ok(locked.then_some(client))
 }
 
-async fn unlock(client: &deadpool_postgres::Client) {
+async fn unlock(client: &deadpool_postgres::Client, key: i64) {
     let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
         .await;
 }
 
@@ -43,7 +46,7 @@ pub async fn run_once(
     cutoff: DateTime<Utc>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<u64>, String> {
-    let Some(client) = lock(db).await? else {
+    let Some(client) = lock(db, LOCK_KEY).await? else {
         return Ok(None);
     };
     let mut deleted = 0;
@@ -58,25 +61,25 @@ pub async fn run_once(
             Err(e) => break Err(e.to_string()),
         }
     };
-    unlock(&client).await;
+    unlock(&client, LOCK_KEY).await;
     result
 }
 
 /// Drops the per-visitor rows of days before yesterday: their days' counts are final, and the
 /// rows would only grow (`click_day_visitors`, migration V19). Returns how many went; `None`
-/// when another replica holds the job. In batches, as [`run_once`]: a day's rows of a busy
+/// when another replica is pruning. In batches, as [`run_once`]: a day's rows of a busy
 /// instance are millions, and one statement for them would outlast
 /// `database.statement_timeout_ms`, fail every hour and leave the table growing for good.
 pub async fn prune_visitors(
     db: &Pool,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<u64>, String> {
-    let Some(client) = lock(db).await? else {
+    let Some(client) = lock(db, VISITORS_LOCK_KEY).await? else {
         return Ok(None);
     };
-    let (mut deleted, mut from) = (0, i64::MIN);
+    let (mut deleted, mut from) = (0, None);
     let result = loop {
-        match crate::db::events::delete_old_visitors(&client, from, BATCH).await {
+        match crate::db::events::delete_old_visitors(&client, from.as_ref(), BATCH).await {
             Ok((n, last)) => {
                 deleted += n as u64;
                 from = last;
@@ -87,7 +90,7 @@ pub async fn prune_visitors(
             Err(e) => break Err(e.to_string()),
         }
     };
-    unlock(&client).await;
+    unlock(&client, VISITORS_LOCK_KEY).await;
     result
 }
 

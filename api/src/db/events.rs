@@ -279,25 +279,42 @@ async fn insert_clicks(
     .await
 }
 
-/// Deletes up to `limit` per-visitor rows of days before yesterday, of links from `from_url`
-/// on, in the primary key's order: each batch starts where the last ended instead of scanning
-/// past the rows already deleted. Returns how many went and the last link id among them.
+/// Where a prune of per-visitor rows has got to: the last row it deleted, in key order.
+pub type VisitorKey = (i64, chrono::NaiveDate, String);
+
+/// Deletes up to `limit` per-visitor rows of days before yesterday, after `from` (from the
+/// start when `None`) in the primary key's order: each batch starts where the last ended,
+/// within a link too, instead of walking again past the rows already deleted. Returns how
+/// many went and the last of them.
 pub async fn delete_old_visitors(
     c: &impl GenericClient,
-    from_url: i64,
+    from: Option<&VisitorKey>,
     limit: i64,
-) -> Result<(i64, i64), Error> {
+) -> Result<(i64, Option<VisitorKey>), Error> {
+    const OLD: &str = "day < (now() AT TIME ZONE 'UTC')::date - 1";
+    let pick = match from {
+        None => format!("WHERE {OLD} ORDER BY url_id, day, visitor LIMIT $1"),
+        Some(_) => format!(
+            "WHERE (url_id, day, visitor) > ($2, $3, $4) AND {OLD} \
+             ORDER BY url_id, day, visitor LIMIT $1"
+        ),
+    };
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH gone AS (DELETE FROM click_day_visitors WHERE ctid IN ( \
-               SELECT ctid FROM click_day_visitors \
-               WHERE url_id >= $1 AND day < (now() AT TIME ZONE 'UTC')::date - 1 \
-               ORDER BY url_id LIMIT $2) RETURNING url_id) \
-             SELECT count(*), coalesce(max(url_id), $1) FROM gone",
-        )
+               SELECT ctid FROM click_day_visitors {pick}) RETURNING url_id, day, visitor) \
+             SELECT count(*) OVER (), url_id, day, visitor FROM gone \
+             ORDER BY url_id DESC, day DESC, visitor DESC LIMIT 1"
+        ))
         .await?;
-    let row = c.query_one(&stmt, &[&from_url, &limit]).await?;
-    Ok((row.get(0), row.get(1)))
+    let rows = match from {
+        None => c.query(&stmt, &[&limit]).await?,
+        Some((url, day, visitor)) => c.query(&stmt, &[&limit, url, day, visitor]).await?,
+    };
+    Ok(match rows.first() {
+        None => (0, None),
+        Some(r) => (r.get(0), Some((r.get(1), r.get(2), r.get(3)))),
+    })
 }
 
 /// Deletes at most `limit` click events that occurred before `cutoff`; returns how many.

@@ -132,7 +132,7 @@ async fn old_visitor_rows_go_in_batches_by_one_replica_at_a_time() {
     other
         .execute(
             "SELECT pg_advisory_lock($1)",
-            &[&kurz_api::retention::LOCK_KEY],
+            &[&kurz_api::retention::VISITORS_LOCK_KEY],
         )
         .await
         .unwrap();
