@@ -423,7 +423,9 @@ impl Consumer {
                     Ok(_) => self.caught_up.load(Ordering::Relaxed),
                     Err(_) => false,
                 };
-                if claim && (quiet || overdue) {
+                // Not on a failed step: Redis or PostgreSQL is down, and a claim would only try
+                // the same failed commit a second time.
+                if claim && (quiet || (overdue && outcome.is_ok())) {
                     let all = self.all_partitions();
                     let claimed = self.step_claim(&mut work, self.claim_idle_ms, &all).await;
                     // Keep claiming while there is something to take over.
