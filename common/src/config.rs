@@ -112,11 +112,10 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
 /// what a failed template render or a full disk leaves, and taken as "all defaults" it would
 /// reload an edge onto the default upstream with no trusted proxies, logged as a success.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let nothing = text
-        .lines()
-        .map(str::trim)
-        .all(|l| l.is_empty() || l.starts_with('#') || l == "---");
-    if nothing {
+    // Parsed as a document first, so every spelling of nothing (a byte order mark, `---`,
+    // `...`, directives, comments) is caught, while `{}` is a mapping and passes.
+    let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    if doc.is_null() {
         return Err(
             "holds no settings (it is empty or only comments); write `{}` to run on the defaults"
                 .into(),
@@ -295,6 +294,9 @@ mod tests {
             "  \n",
             "# proxy.yaml\n\n  # all commented out\n",
             "---\n",
+            "\u{feff}# with a byte order mark\n",
+            "--- # a comment\n...\n",
+            "%YAML 1.2\n---\n",
         ] {
             let err = parse_yaml::<Sample>(text).unwrap_err();
             assert!(err.contains("holds no settings"), "{text:?}: {err}");
