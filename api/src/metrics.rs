@@ -43,6 +43,9 @@ pub struct Metrics {
     pub db_pool_available: IntGauge,
     pub db_pool_in_use: IntGauge,
     pub db_pool_waiting: IntGauge,
+    /// 1 when this process got a PostgreSQL connection to answer at the last scrape: the alert
+    /// on PostgreSQL needs no exporter beside it (the Kubernetes and compose files ship none).
+    pub database_up: IntGauge,
 }
 
 impl Metrics {
@@ -150,6 +153,11 @@ impl Metrics {
             "Requests waiting for a PostgreSQL connection",
         )
         .expect("metric");
+        let database_up = IntGauge::new(
+            "kurz_api_database_up",
+            "1 when a PostgreSQL connection answered at this scrape, else 0",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -169,6 +177,7 @@ impl Metrics {
             Box::new(db_pool_size.clone()),
             Box::new(db_pool_available.clone()),
             Box::new(db_pool_waiting.clone()),
+            Box::new(database_up.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -200,6 +209,7 @@ impl Metrics {
             db_pool_available,
             db_pool_in_use,
             db_pool_waiting,
+            database_up,
         };
         metrics.init_series();
         metrics

@@ -354,6 +354,10 @@ async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppSt
         .metrics
         .db_pool_waiting
         .set((main.waiting + writers.waiting) as i64);
+    // Bounded well inside a scrape's timeout: a database that does not answer is down to it.
+    let answers = crate::routes::health::database_answers(&state);
+    let up = tokio::time::timeout(Duration::from_secs(2), answers).await == Ok(true);
+    state.metrics.database_up.set(i64::from(up));
     let _ = state.consumer.backlog().await;
     let _ = state.consumer.pending().await;
     state.metrics.render()

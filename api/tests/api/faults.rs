@@ -235,6 +235,7 @@ async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_
     })
     .await;
 
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
     pg.down();
     for i in 0..40 {
         assert_eq!(
@@ -254,6 +255,11 @@ async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_
         40,
         "every click waits in the stream"
     );
+    assert_eq!(
+        metric(&app, "kurz_api_database_up").await,
+        0.0,
+        "the alert's word without an exporter"
+    );
     let counts = delivery_counts(&app).await;
     assert!(!counts.is_empty(), "the consumer holds a batch");
     assert!(
@@ -269,6 +275,7 @@ async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_
     )
     .await;
     assert_eq!(clicks_stored(&app, id).await, 41, "none lost, none doubled");
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
 }
 
 #[tokio::test]
