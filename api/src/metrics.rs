@@ -20,7 +20,8 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     /// Clicks by path: `stream` (appended), `direct` (inserted, Redis down), `sampled_out`,
     /// `lost` (neither Redis nor PostgreSQL took it, or the streams holding it were lost with
-    /// Redis's data: then the backlog last sampled, an estimate).
+    /// Redis's data: then the backlog last sampled, an estimate), `dropped` (stream entries the
+    /// consumer could not read whole: one per entry, however many clicks its damaged part held).
     pub clicks: IntCounterVec,
     /// Entries per committed consumer batch.
     pub click_batch_size: Histogram,
@@ -221,7 +222,7 @@ impl Metrics {
         for result in ["hit", "negative", "miss", "error"] {
             self.cache_lookups.with_label_values(&[result]);
         }
-        for path in ["stream", "direct", "sampled_out", "lost"] {
+        for path in ["stream", "direct", "sampled_out", "lost", "dropped"] {
             self.clicks.with_label_values(&[path]);
         }
     }

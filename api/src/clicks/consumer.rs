@@ -193,6 +193,15 @@ impl Consumer {
             .store(clicks.div_ceil(entries.len()), Ordering::Relaxed);
     }
 
+    /// One log line per entry that could not be read whole, and one `clicks{path="dropped"}`:
+    /// what could not be read goes with the entry, and the troubleshooting table must see it.
+    fn drop_malformed(&self, entries: &[Entry]) {
+        for bad in entries.iter().filter(|e| e.malformed) {
+            self.metrics.clicks.with_label_values(&["dropped"]).inc();
+            log::warn!(stream_id = bad.id.as_str(), partition = bad.partition, clicks_kept = bad.clicks.len(); "malformed click entry dropped");
+        }
+    }
+
     /// Redis came back without the consumer group: every entry that was in the streams is
     /// gone. Counted as lost from the last backlog sample (at most [`BACKLOG_EVERY`] old), then
     /// the groups are recreated so consuming goes on.
@@ -286,7 +295,7 @@ impl Consumer {
         };
         match read {
             Ok(entries) => {
-                log_malformed(&entries);
+                self.drop_malformed(&entries);
                 self.note_read(&entries, asked);
                 Ok(entries)
             }
@@ -359,7 +368,7 @@ impl Consumer {
                 Err(e) => return Err(self.read_error(e).await),
             };
             work.cursors[usize::from(p)] = next;
-            log_malformed(&entries);
+            self.drop_malformed(&entries);
             work.claimed_last += entries.len();
             work.held = entries;
             handled += self.settle(work).await?;
@@ -499,13 +508,6 @@ impl Consumer {
             }
         }
         Ok(())
-    }
-}
-
-/// One log line per entry that could not be read whole; what could not is dropped with it.
-fn log_malformed(entries: &[Entry]) {
-    for bad in entries.iter().filter(|e| e.malformed) {
-        log::warn!(stream_id = bad.id.as_str(), partition = bad.partition, clicks_kept = bad.clicks.len(); "malformed click entry dropped");
     }
 }
 

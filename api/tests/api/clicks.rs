@@ -643,6 +643,16 @@ async fn a_packed_entry_stores_each_of_its_clicks_once() {
         .collect();
     let meant: Vec<String> = clicks.iter().map(|c| c.id.clone()).collect();
     assert_eq!(stored, meant, "each click once");
+    let dropped = app.metrics_text().await.lines().find_map(|l| {
+        l.strip_prefix("kurz_api_clicks_total{path=\"dropped\"} ")?
+            .parse()
+            .ok()
+    });
+    assert_eq!(
+        dropped,
+        Some(1.0),
+        "the cut frame is counted, not only logged"
+    );
     assert_eq!(
         app.state.consumer.backlog().await.unwrap(),
         0,
