@@ -239,6 +239,9 @@ enum Failure {
     NotConnected,
     /// Closed by the server before any byte of the response.
     Closed,
+    /// Closed by the server part-way through the response: it took the request (a redirect
+    /// has recorded its click), so it is counted as an error, never sent again.
+    Truncated,
     Transport,
     Malformed,
 }
@@ -248,6 +251,7 @@ impl Failure {
         match self {
             Failure::NotConnected | Failure::Transport => "transport",
             Failure::Closed => "closed",
+            Failure::Truncated => "truncated",
             Failure::Malformed => "malformed",
         }
     }
@@ -276,7 +280,6 @@ impl Conn {
         if self.stream.write_all(request).await.is_err() {
             return Err(Failure::Closed);
         }
-        let mut first_read = true;
         loop {
             if let Some((status, head_len, body_len, close)) = parse_head(&self.buf[..self.filled])?
             {
@@ -285,7 +288,10 @@ impl Conn {
                     self.buf.resize(total, 0);
                 }
                 while self.filled < total {
-                    self.read_more().await?;
+                    self.read_more().await.map_err(|f| match f {
+                        Failure::Closed => Failure::Truncated,
+                        other => other,
+                    })?;
                 }
                 self.buf.copy_within(total..self.filled, 0);
                 self.filled -= total;
@@ -297,9 +303,9 @@ impl Conn {
                 return Ok(status);
             }
             match self.read_more().await {
-                Err(Failure::Closed) if first_read => return Err(Failure::Closed),
+                Err(Failure::Closed) if self.filled > 0 => return Err(Failure::Truncated),
                 Err(e) => return Err(e),
-                Ok(()) => first_read = false,
+                Ok(()) => {}
             }
         }
     }
@@ -432,6 +438,57 @@ mod tests {
         .await;
         assert!(stats.requests > 6, "{}", stats.requests);
         assert_eq!(stats.errors, 0);
+    }
+
+    /// A response cut short after its first bytes is an error of its own, and the request is
+    /// not sent again: the server took it (a redirect has recorded its click), so a retry would
+    /// double what the clicks check counts.
+    #[tokio::test]
+    async fn a_response_cut_short_is_an_error_and_never_sent_again() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                // Each connection's first answer whole, its second cut short, so the cut falls
+                // on a kept-alive connection (where a closed one is retried).
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let head = "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 5\r\n\r\n";
+                    for body in ["moved", "mo"] {
+                        if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let stats = run(
+            addr,
+            Arc::new(Requests::one("/abc", 302)),
+            &Load::Closed { concurrency: 1 },
+            Duration::from_millis(200),
+            1,
+            1,
+        )
+        .await;
+        assert!(
+            stats.errors > 0 && stats.errors < stats.requests,
+            "{} errors of {}",
+            stats.errors,
+            stats.requests
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            stats.requests,
+            "none sent twice"
+        );
     }
 
     /// Open loop: every slot before the deadline is sent, on time or late, and a server that
