@@ -210,7 +210,11 @@ impl Metrics {
             db_pool_available,
             db_pool_in_use,
             db_pool_waiting,
-            database_up,
+            // A process serves only once PostgreSQL answered at start (`startup`).
+            database_up: {
+                database_up.set(1);
+                database_up
+            },
         };
         metrics.init_series();
         metrics

@@ -354,10 +354,22 @@ async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppSt
         .metrics
         .db_pool_waiting
         .set((main.waiting + writers.waiting) as i64);
-    // Bounded well inside a scrape's timeout: a database that does not answer is down to it.
-    let answers = crate::routes::health::database_answers(&state);
-    let up = tokio::time::timeout(Duration::from_secs(2), answers).await == Ok(true);
-    state.metrics.database_up.set(i64::from(up));
+    // Bounded well inside a scrape's timeout. A pool with every connection in use gives no
+    // word either way (its requests are running: PostgreSQL answered them), so a busy process
+    // does not page as a database outage; its own alert is the pool's.
+    let get = tokio::time::timeout(Duration::from_secs(2), state.db.get()).await;
+    let up = match get {
+        Err(_) | Ok(Err(deadpool_postgres::PoolError::Timeout(_))) => None,
+        Ok(Err(_)) => Some(false),
+        Ok(Ok(client)) => {
+            let select =
+                tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1"));
+            Some(matches!(select.await, Ok(Ok(_))))
+        }
+    };
+    if let Some(up) = up {
+        state.metrics.database_up.set(i64::from(up));
+    }
     let _ = state.consumer.backlog().await;
     let _ = state.consumer.pending().await;
     state.metrics.render()

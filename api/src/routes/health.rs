@@ -13,17 +13,12 @@ pub async fn live() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Whether a pooled PostgreSQL connection answers a query.
-pub async fn database_answers(state: &AppState) -> bool {
-    match state.db.get().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    }
-}
-
 /// `GET /ready`, `/health/ready`: PostgreSQL is required (503 without it); Redis only degrades.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let db_ok = database_answers(&state).await;
+    let db_ok = match state.db.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
     let cache_ok = state
         .redis
         .query::<String>(&redis::cmd("PING"))

@@ -278,6 +278,22 @@ async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_
     assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
 }
 
+/// A pool with every connection in use is not a database outage: `kurz_api_database_up` (which
+/// pages as `KurzPostgresDown`) keeps its word while the scrape cannot get a connection.
+#[tokio::test]
+async fn a_busy_pool_is_not_reported_as_postgres_down() {
+    let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 300)).await;
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
+    let held = app.state.db.get().await.unwrap();
+    assert_eq!(
+        metric(&app, "kurz_api_database_up").await,
+        1.0,
+        "no connection to spare is not PostgreSQL down"
+    );
+    drop(held);
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
+}
+
 #[tokio::test]
 async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
     let app = spawn_app_with(|c| {
