@@ -193,11 +193,15 @@ impl Consumer {
             .store(clicks.div_ceil(entries.len()), Ordering::Relaxed);
     }
 
-    /// One log line per entry that could not be read whole, and one `clicks{path="dropped"}`:
-    /// what could not be read goes with the entry, and the troubleshooting table must see it.
-    fn drop_malformed(&self, entries: &[Entry]) {
+    /// One log line per entry that could not be read whole, and one `clicks{path="dropped"}`
+    /// at its first delivery (`new`: a read of new entries; a claim delivers again what some
+    /// consumer read before): what could not be read goes with the entry, and the
+    /// troubleshooting table must see it once.
+    fn drop_malformed(&self, entries: &[Entry], new: bool) {
         for bad in entries.iter().filter(|e| e.malformed) {
-            self.metrics.clicks.with_label_values(&["dropped"]).inc();
+            if new {
+                self.metrics.clicks.with_label_values(&["dropped"]).inc();
+            }
             log::warn!(stream_id = bad.id.as_str(), partition = bad.partition, clicks_kept = bad.clicks.len(); "malformed click entry dropped");
         }
     }
@@ -295,7 +299,7 @@ impl Consumer {
         };
         match read {
             Ok(entries) => {
-                self.drop_malformed(&entries);
+                self.drop_malformed(&entries, true);
                 self.note_read(&entries, asked);
                 Ok(entries)
             }
@@ -368,7 +372,7 @@ impl Consumer {
                 Err(e) => return Err(self.read_error(e).await),
             };
             work.cursors[usize::from(p)] = next;
-            self.drop_malformed(&entries);
+            self.drop_malformed(&entries, false);
             work.claimed_last += entries.len();
             work.held = entries;
             handled += self.settle(work).await?;
