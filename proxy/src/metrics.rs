@@ -148,7 +148,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("metric"),
         heads_rejected: register_int_counter_vec!(
             "kurz_proxy_request_heads_rejected_total",
-            "Requests refused before parsing finished: too large, malformed, method, head or body timeout",
+            "Requests refused before parsing finished: too large, malformed, method, head or body timeout, TLS handshake failed or late",
             &["reason"]
         )
         .expect("metric"),

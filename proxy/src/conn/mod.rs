@@ -28,12 +28,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Labels of `kurz_proxy_request_heads_rejected_total`.
-pub const REJECT_REASONS: [&str; 5] = [
+pub const REJECT_REASONS: [&str; 6] = [
     "too_large",
     "malformed",
     "method",
     "head_timeout",
     "body_timeout",
+    "tls_handshake",
 ];
 
 /// The bounds, and who holds how many connections.

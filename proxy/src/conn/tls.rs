@@ -4,6 +4,7 @@
 //! TLS port for a minute each. Here the connection is counted from accept, and its handshake
 //! must finish within `limits.header_timeout_ms`.
 
+use crate::metrics::METRICS;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -41,33 +42,47 @@ impl TlsListeners {
         })
     }
 
-    /// Whether `stream` came in on an HTTPS listener (a wildcard listener matches any local
-    /// address on its port).
+    /// Whether `stream` came in on an HTTPS listener.
     pub fn serves(&self, stream: &Stream) -> bool {
-        let Some(local) = stream
+        stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
-        else {
-            return false;
-        };
-        self.addrs
-            .iter()
-            .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+            .is_some_and(|local| listens_on(&self.addrs, local))
     }
 
     /// The TLS stream over `stream`, or `None` when the handshake failed or took longer than
     /// `within`.
     pub async fn handshake(&self, stream: Stream, within: Duration) -> Option<Stream> {
-        match tokio::time::timeout(within, self.acceptor.tls_handshake(Plain(stream))).await {
-            Ok(Ok(tls)) => Some(Box::new(tls)),
-            Ok(Err(e)) => {
-                // A client that gave up, or does not trust the certificate: not ours to log loud.
-                log::debug!(error = e.to_string(); "TLS handshake failed");
-                None
-            }
-            Err(_) => None,
+        let shaken = tokio::time::timeout(within, self.acceptor.tls_handshake(Plain(stream))).await;
+        if let Ok(Ok(tls)) = shaken {
+            return Some(Box::new(tls));
         }
+        // Counted, so a flood of unfinished handshakes shows beside the other refusals.
+        METRICS
+            .heads_rejected
+            .with_label_values(&["tls_handshake"])
+            .inc();
+        if let Ok(Err(e)) = shaken {
+            // A client that gave up, or does not trust the certificate: not ours to log loud.
+            log::debug!(error = e.to_string(); "TLS handshake failed");
+        }
+        None
     }
+}
+
+/// Whether a connection to `local` came through one of the HTTPS listeners. A wildcard
+/// listener takes its own family's addresses, and an IPv6 one IPv4's too (as v4-mapped
+/// addresses); an IPv4 wildcard never takes IPv6, which the config's overlap check lets
+/// an HTTP listener have on the same port.
+fn listens_on(addrs: &[SocketAddr], local: SocketAddr) -> bool {
+    let v4 = match local.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+        std::net::IpAddr::V4(_) => true,
+    };
+    addrs.iter().any(|l| {
+        l.port() == local.port()
+            && (l.ip() == local.ip() || (l.ip().is_unspecified() && (l.is_ipv6() || v4)))
+    })
 }
 
 /// A boxed stream as the concrete stream type the TLS acceptor takes.
@@ -177,3 +192,29 @@ impl GetSocketDigest for Plain {
 
 // The handshake reads the ClientHello itself; nothing peeks.
 impl Peek for Plain {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether listeners on `addrs` take a connection to `local` as TLS.
+    fn tls(addrs: &[&str], local: &str) -> bool {
+        let addrs: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        listens_on(&addrs, local.parse().unwrap())
+    }
+
+    #[test]
+    fn a_connection_is_tls_only_on_an_https_listeners_address_and_family() {
+        let v4_any = ["0.0.0.0:8443"];
+        assert!(tls(&v4_any, "10.0.0.5:8443"));
+        assert!(!tls(&v4_any, "10.0.0.5:8080"));
+        // An HTTP listener on [::1]:8443 beside it: plain HTTP, no handshake.
+        assert!(!tls(&v4_any, "[::1]:8443"));
+        let v6_any = ["[::]:8443"];
+        assert!(tls(&v6_any, "[::1]:8443"));
+        assert!(tls(&v6_any, "[::ffff:10.0.0.5]:8443"));
+        let one = ["127.0.0.1:8443"];
+        assert!(tls(&one, "127.0.0.1:8443"));
+        assert!(!tls(&one, "127.0.0.2:8443"));
+    }
+}
