@@ -21,6 +21,8 @@ trap 'kill "$foreign" "$ours" 2>/dev/null; rm -rf "$dev"' EXIT
 field() { awk -v n="$2" '{ sub(/.*\) /, ""); print $(n - 2) }' "/proc/$1/stat" 2>/dev/null; }
 echo "$foreign 1" >"$dev/api-1.pid"
 echo "$ours $(field "$ours" 22)" >"$dev/api-2.pid"
+# An older deploy/dev's pidfile (the pid alone) naming a process that is not ours.
+echo "$foreign" >"$dev/api-3.pid"
 KURZ_DEV_DIR=$dev deploy/dev down >/dev/null
 [ "$(field "$foreign" 3)" = S ] || { echo "deploy/dev down signalled a process it did not start" >&2; exit 1; }
 case "$(field "$ours" 3)" in
