@@ -350,43 +350,72 @@ async fn a_body_that_stops_arriving_gets_a_408_after_the_per_read_timeout() {
     assert_eq!(retries, 0.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slowloris_from_one_address_holds_only_its_share_and_others_are_served() {
-    const CAP: usize = 50;
-    const ATTEMPTS: usize = 300;
-    let stack = Stack::start(Options {
+/// An edge holding each client to `cap` connections, a first head due within
+/// `header_timeout_ms` of accept.
+fn capped_edge(cap: usize, header_timeout_ms: u64) -> Stack {
+    Stack::start(Options {
         upstreams: 1,
         extra_yaml: format!(
-            "limits: {{ header_timeout_ms: 120000, max_connections_per_client: {CAP} }}\n"
+            "limits: {{ header_timeout_ms: {header_timeout_ms}, max_connections_per_client: {cap} }}\n"
         ),
         ..Options::default()
-    });
-    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], stack.http_port));
+    })
+}
+
+/// `n` connections to the edge's `port` from 127.0.0.2 (a client other than the harness's),
+/// the `k`th sent `first(k)` and left there.
+async fn open_from_another_client(
+    port: u16,
+    n: usize,
+    first: impl Fn(usize) -> &'static [u8],
+) -> Vec<TcpStream> {
+    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut conns = Vec::new();
-    for _ in 0..ATTEMPTS {
+    for k in 0..n {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut conn = socket.connect(edge).await.unwrap();
-        // Half a head, never finished.
-        let _ = conn.write_all(b"GET /abc HTTP/1.1\r\nHost: a\r\n").await;
+        let _ = conn.write_all(first(k)).await;
         conns.push(conn);
     }
+    conns
+}
+
+/// Waits until the edge has refused `n` connections for their client's cap, and checks it
+/// refused no more.
+async fn refused_exactly(stack: &Stack, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let counted = stack
+        let refused = stack
             .metric(
                 stack.admin_port,
                 "kurz_proxy_connections_refused_total",
                 &[],
             )
             .await;
-        if counted >= (ATTEMPTS - CAP) as f64 {
-            assert_eq!(counted, (ATTEMPTS - CAP) as f64);
-            break;
+        if refused >= n as f64 {
+            assert_eq!(refused, n as f64);
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "{counted} refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{refused} of {n} refused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_from_one_address_holds_only_its_share_and_others_are_served() {
+    const CAP: usize = 50;
+    const ATTEMPTS: usize = 300;
+    let stack = capped_edge(CAP, 120_000);
+    // Half a head each, never finished.
+    let mut conns = open_from_another_client(stack.http_port, ATTEMPTS, |_| {
+        b"GET /abc HTTP/1.1\r\nHost: a\r\n"
+    })
+    .await;
+    refused_exactly(&stack, ATTEMPTS - CAP).await;
     // Every refusal is written by now; a held connection gets nothing (its head deadline is
     // two minutes away).
     let answers = futures_util::future::join_all(
@@ -479,44 +508,17 @@ async fn a_silent_new_connection_is_closed_at_the_head_deadline_but_a_kept_alive
 async fn on_tls_the_cap_and_the_head_deadline_hold_from_accept() {
     const CAP: usize = 5;
     const ATTEMPTS: usize = 20;
-    let stack = Stack::start(Options {
-        upstreams: 1,
-        extra_yaml: format!(
-            "limits: {{ header_timeout_ms: 5000, max_connections_per_client: {CAP} }}\n"
-        ),
-        ..Options::default()
-    });
-    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], stack.https_port));
-    let mut conns = Vec::new();
-    for n in 0..ATTEMPTS {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let mut conn = socket.connect(edge).await.unwrap();
+    let stack = capped_edge(CAP, 5_000);
+    // Half of them send the start of a ClientHello's record, never finished; the rest nothing.
+    let mut conns = open_from_another_client(stack.https_port, ATTEMPTS, |n| {
         if n % 2 == 0 {
-            // The start of a ClientHello's record, never finished.
-            let _ = conn.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]
+        } else {
+            b""
         }
-        conns.push(conn);
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let refused = stack
-            .metric(
-                stack.admin_port,
-                "kurz_proxy_connections_refused_total",
-                &[],
-            )
-            .await;
-        if refused >= (ATTEMPTS - CAP) as f64 {
-            assert_eq!(refused, (ATTEMPTS - CAP) as f64);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{refused} of {ATTEMPTS} refused with a cap of {CAP}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    refused_exactly(&stack, ATTEMPTS - CAP).await;
     // Every one of them is closed by now or at its head deadline (Pingora alone: 60 s).
     for conn in &mut conns {
         let mut out = Vec::new();
