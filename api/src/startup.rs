@@ -289,15 +289,11 @@ async fn refresh_visitor_salt(state: AppState, mut stop: tokio::sync::watch::Rec
             _ = tokio::time::sleep(state.visitors.refresh_after()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        // Logged once per outage: while today's salt is unknown it is asked for every second.
-        match state.visitors.refresh(&state.redis, &state.keys).await {
-            Err(e) if !failing => {
-                log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
-                failing = true;
-            }
-            Err(_) => {}
-            Ok(()) => failing = false,
-        }
+        let (redis, keys) = (&state.redis, &state.keys);
+        state
+            .visitors
+            .refresh_logged(redis, keys, &mut failing)
+            .await;
     }
 }
 

@@ -53,6 +53,20 @@ impl VisitorSalt {
         Ok(())
     }
 
+    /// [`Self::refresh`] for the background loops of the edge and the API, its failure logged
+    /// once per outage (`failing` carries that between calls): while today's salt is unknown
+    /// the loops ask every second.
+    pub async fn refresh_logged(&self, redis: &RedisHandle, keys: &KeySchema, failing: &mut bool) {
+        match self.refresh(redis, keys).await {
+            Err(e) if !*failing => {
+                log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
+                *failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => *failing = false,
+        }
+    }
+
     /// When to fetch again: soon while today's salt is unknown (Redis was down at start or
     /// since before midnight), since every click meanwhile goes without a visitor id; else at
     /// the steady pace, which keeps tomorrow's fetched well before it starts.

@@ -18,17 +18,10 @@ pub struct SaltRefresh {
 #[async_trait]
 impl BackgroundService for SaltRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Logged once per outage: while today's salt is unknown it is asked for every second.
         let mut failing = false;
         loop {
-            match self.salt.refresh(&self.redis, &self.keys).await {
-                Err(e) if !failing => {
-                    log::warn!(error = e; "visitor salt not refreshed; clicks keep the last one known");
-                    failing = true;
-                }
-                Err(_) => {}
-                Ok(()) => failing = false,
-            }
+            let (redis, keys) = (&self.redis, &self.keys);
+            self.salt.refresh_logged(redis, keys, &mut failing).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.salt.refresh_after()) => {}
                 _ = shutdown.changed() => return,
