@@ -44,8 +44,9 @@ pub struct Metrics {
     pub db_pool_available: IntGauge,
     pub db_pool_in_use: IntGauge,
     pub db_pool_waiting: IntGauge,
-    /// 1 when this process got a PostgreSQL connection to answer at the last scrape: the alert
-    /// on PostgreSQL needs no exporter beside it (the Kubernetes and compose files ship none).
+    /// 1 when PostgreSQL answered this process at the last scrape (through the pool, or on a
+    /// connection of its own when the pool is busy): the alert on PostgreSQL needs no exporter
+    /// beside it (the Kubernetes and compose files ship none).
     pub database_up: IntGauge,
 }
 
@@ -210,11 +211,7 @@ impl Metrics {
             db_pool_available,
             db_pool_in_use,
             db_pool_waiting,
-            // A process serves only once PostgreSQL answered at start (`startup`).
-            database_up: {
-                database_up.set(1);
-                database_up
-            },
+            database_up,
         };
         metrics.init_series();
         metrics

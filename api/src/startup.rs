@@ -350,25 +350,46 @@ async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppSt
         .metrics
         .db_pool_waiting
         .set((main.waiting + writers.waiting) as i64);
-    // Bounded well inside a scrape's timeout. A pool with every connection in use gives no
-    // word either way (its requests are running: PostgreSQL answered them), so a busy process
-    // does not page as a database outage; its own alert is the pool's.
-    let get = tokio::time::timeout(Duration::from_secs(2), state.db.get()).await;
-    let up = match get {
-        Err(_) | Ok(Err(deadpool_postgres::PoolError::Timeout(_))) => None,
-        Ok(Err(_)) => Some(false),
-        Ok(Ok(client)) => {
-            let select =
-                tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1"));
-            Some(matches!(select.await, Ok(Ok(_))))
-        }
-    };
-    if let Some(up) = up {
-        state.metrics.database_up.set(i64::from(up));
-    }
+    let up = database_answers(&state).await;
+    state.metrics.database_up.set(i64::from(up));
     let _ = state.consumer.backlog().await;
     let _ = state.consumer.pending().await;
     state.metrics.render()
+}
+
+/// Whether PostgreSQL answers `SELECT 1`, within a few seconds (a scrape waits on it). Through
+/// the pool; when every pooled connection is in use, through a connection of the probe's own:
+/// a busy pool is not a database outage (it has an alert of its own), and a database that
+/// stopped answering must not hide behind requests holding every connection.
+async fn database_answers(state: &AppState) -> bool {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    const WITHIN: Duration = Duration::from_secs(2);
+    let busy = |s: deadpool_postgres::Status| s.size >= s.max_size && s.available == 0;
+    match tokio::time::timeout(WITHIN, state.db.get()).await {
+        Ok(Ok(client)) => {
+            let select = tokio::time::timeout(WITHIN, client.simple_query("SELECT 1"));
+            matches!(select.await, Ok(Ok(_)))
+        }
+        Ok(Err(PoolError::Timeout(TimeoutType::Wait))) => answers_directly(state).await,
+        Err(_) if busy(state.db.status()) => answers_directly(state).await,
+        // A connect that failed or timed out, here or in the pool: no answer.
+        Err(_) | Ok(Err(_)) => false,
+    }
+}
+
+/// [`database_answers`] on a connection opened for it and closed after.
+async fn answers_directly(state: &AppState) -> bool {
+    let probe = async {
+        let (mut pg, tls) = crate::db::tls::parse(&state.config.database.url).ok()?;
+        pg.application_name("kurz-api health probe");
+        let (client, connection) = pg.connect(tls).await.ok()?;
+        tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(_))
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

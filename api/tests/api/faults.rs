@@ -294,6 +294,25 @@ async fn a_busy_pool_is_not_reported_as_postgres_down() {
     assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
 }
 
+/// A PostgreSQL that takes connections and never answers (a frozen host, a proxy before a dead
+/// server) reads as down too, not as "no word": its connects time out rather than fail.
+#[tokio::test]
+async fn a_postgres_that_never_answers_is_reported_down() {
+    let pg = PrivatePg::start();
+    let pg_url = pg.url();
+    let app = spawn_app_with(|c| {
+        c.database.url = pg_url;
+        c.database.acquire_timeout_ms = 300;
+        c.database.connect_timeout_ms = 300;
+    })
+    .await;
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
+    pg.down();
+    // Its port taken by a listener that never accepts: connects complete, nothing answers.
+    let _silent = std::net::TcpListener::bind(("127.0.0.1", pg.port)).unwrap();
+    assert_eq!(metric(&app, "kurz_api_database_up").await, 0.0);
+}
+
 #[tokio::test]
 async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
     let app = spawn_app_with(|c| {
