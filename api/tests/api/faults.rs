@@ -27,6 +27,14 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
+/// An app on a PostgreSQL of the test's own, which it stops: waits and connects that give up
+/// soon, so an outage is answered (or seen) at once.
+fn on_private_pg(c: &mut kurz_api::config::ApiConfig, pg: &PrivatePg) {
+    c.database.url = pg.url();
+    c.database.acquire_timeout_ms = 300;
+    c.database.connect_timeout_ms = 300;
+}
+
 async fn redirect_with_id(app: &TestApp, code: &str, request_id: &str) -> u16 {
     app.client
         .get(app.url(&format!("/{code}")))
@@ -217,11 +225,8 @@ async fn delivery_counts(app: &TestApp) -> Vec<i64> {
 #[tokio::test]
 async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_once() {
     let pg = PrivatePg::start();
-    let pg_url = pg.url();
     let app = spawn_app_with(|c| {
-        c.database.url = pg_url;
-        c.database.acquire_timeout_ms = 300;
-        c.database.connect_timeout_ms = 300;
+        on_private_pg(c, &pg);
         c.clicks.poll_interval_ms = 20;
         // Claims would re-deliver entries idle this long: keep it well inside the outage.
         c.clicks.claim_idle_ms = 200;
@@ -299,13 +304,7 @@ async fn a_busy_pool_is_not_reported_as_postgres_down() {
 #[tokio::test]
 async fn a_postgres_that_never_answers_is_reported_down() {
     let pg = PrivatePg::start();
-    let pg_url = pg.url();
-    let app = spawn_app_with(|c| {
-        c.database.url = pg_url;
-        c.database.acquire_timeout_ms = 300;
-        c.database.connect_timeout_ms = 300;
-    })
-    .await;
+    let app = spawn_app_with(|c| on_private_pg(c, &pg)).await;
     assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
     pg.down();
     // Its port taken by a listener that never accepts: connects complete, nothing answers.
@@ -595,12 +594,7 @@ async fn assert_clean_503(res: reqwest::Response, what: &str) {
 async fn postgres_stopping_answers_503_with_retry_after_never_500_or_driver_text() {
     let pg = PrivatePg::start();
     let pg_url = pg.url();
-    let app = spawn_app_with(|c| {
-        c.database.url = pg_url.clone();
-        c.database.acquire_timeout_ms = 300;
-        c.database.connect_timeout_ms = 300;
-    })
-    .await;
+    let app = spawn_app_with(|c| on_private_pg(c, &pg)).await;
     let user = app.create_user("stopping").await;
     let (id, _) = link_of(&app.create_url(user, "https://example.com/stopping").await);
 
