@@ -476,18 +476,10 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
     tx.batch_execute("LOCK TABLE events IN SHARE MODE")
         .await
         .unwrap();
-    let post = {
-        let (client, url) = (app.client.clone(), app.url("/events"));
-        tokio::spawn(async move {
-            let res = client
-                .post(url)
-                .json(&serde_json::json!({"url_id": id, "user_id": user, "event_type": "click"}))
-                .send()
-                .await
-                .unwrap();
-            res.status().as_u16()
-        })
-    };
+    let post = app.spawn_post(
+        "/events",
+        serde_json::json!({"url_id": id, "user_id": user, "event_type": "click"}),
+    );
     crate::helpers::wait_for_lock_waits(&app, 1, "the event").await;
     // An update started after it waits on the same lock (its `updated` event) and gets its 503:
     // the post's deadline has passed too.
@@ -500,7 +492,7 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
         "the post was answered before its statement ended"
     );
     tx.rollback().await.unwrap();
-    assert_eq!(post.await.unwrap(), 201);
+    assert_eq!(post.await.unwrap().unwrap().status(), 201);
     let events: Vec<Value> = app
         .get(&format!("/events?url_id={id}&event_type=click"))
         .await
@@ -523,18 +515,10 @@ async fn a_create_past_its_deadline_but_in_a_statement_is_answered_not_503() {
     tx.batch_execute("LOCK TABLE urls IN SHARE MODE")
         .await
         .unwrap();
-    let create = {
-        let (client, url) = (app.client.clone(), app.url("/urls"));
-        tokio::spawn(async move {
-            let res = client
-                .post(url)
-                .json(&serde_json::json!({"user_id": user, "original_url": "https://example.com/late", "short_code": "lateone1"}))
-                .send()
-                .await
-                .unwrap();
-            (res.status().as_u16(), res.json::<Value>().await.unwrap())
-        })
-    };
+    let create = app.spawn_post(
+        "/urls",
+        serde_json::json!({"user_id": user, "original_url": "https://example.com/late", "short_code": "lateone1"}),
+    );
     crate::helpers::wait_for_lock_waits(&app, 1, "the create").await;
     let watcher = app.sql().await;
     // An update started after it waits on the same lock and gets its 503: the create's
@@ -551,7 +535,9 @@ async fn a_create_past_its_deadline_but_in_a_statement_is_answered_not_503() {
         "the create was answered before its statement ended"
     );
     tx.rollback().await.unwrap();
-    let (status, body) = create.await.unwrap();
+    let res = create.await.unwrap().unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
     let made: i64 = watcher
         .query_one(

@@ -303,6 +303,17 @@ impl TestApp {
         tokio::spawn(async move { client.put(url).json(&body).send().await })
     }
 
+    /// Sends `POST <path>` with the JSON `body` from a task of its own, for a test that holds a
+    /// lock the request waits on meanwhile.
+    pub fn spawn_post(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let (client, url) = (self.client.clone(), self.url(path));
+        tokio::spawn(async move { client.post(url).json(&body).send().await })
+    }
+
     /// A direct PostgreSQL connection to this test's database.
     pub async fn sql(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&db_url(&self.db_name), tokio_postgres::NoTls)
