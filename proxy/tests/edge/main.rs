@@ -448,43 +448,26 @@ fn check_accepts_the_shipped_config_and_rejects_a_typo() {
     let dir = std::env::temp_dir().join(format!("kurz-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("typo.yaml");
-    std::fs::write(&file, "upstreams:\n  severs: [\"127.0.0.1:8000\"]\n").unwrap();
-    let bad = Command::new(bin)
-        .arg("--check")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
-    std::fs::write(&file, "upstreams:\n  servers: [\"localhost\"]\n").unwrap();
-    let bad_value = Command::new(bin)
-        .arg("--check")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
+    // `--check` on `yaml`: it must fail, and what it says on stderr.
+    let refused = |yaml: &str| {
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(bin)
+            .arg("--check")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{yaml:?} passed --check");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let bad = refused("upstreams:\n  severs: [\"127.0.0.1:8000\"]\n");
+    let bad_value = refused("upstreams:\n  servers: [\"localhost\"]\n");
     // What a failed template render leaves: refused, not run (or reloaded) on the defaults.
-    std::fs::write(&file, "# kurz edge\n").unwrap();
-    let empty = Command::new(bin)
-        .arg("--check")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let empty = refused("# kurz edge\n");
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(!empty.status.success());
-    assert!(
-        String::from_utf8_lossy(&empty.stderr).contains("holds no settings"),
-        "{}",
-        String::from_utf8_lossy(&empty.stderr)
-    );
-    assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("severs"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
-    assert!(!bad_value.status.success());
-    assert!(String::from_utf8_lossy(&bad_value.stderr).contains("upstreams.servers"));
+    assert!(empty.contains("holds no settings"), "{empty}");
+    assert!(bad.contains("severs"), "{bad}");
+    assert!(bad_value.contains("upstreams.servers"), "{bad_value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
