@@ -94,6 +94,17 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
         ("GET /abc HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n".into(), 400, "NUL in a header"),
         ("POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n".into(), 400, "bad Content-Length"),
         (
+            "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}".into(),
+            400,
+            "Content-Length twice",
+        ),
+        ("POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\n{}".into(), 400, "Content-Length: 2, 2"),
+        (
+            "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775808\r\n\r\n".into(),
+            400,
+            "Content-Length past i64",
+        ),
+        (
             "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
             400,
             "Content-Length and chunked",
