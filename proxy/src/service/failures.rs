@@ -50,6 +50,11 @@ impl Edge {
         if e.esource() == &ErrorSource::Downstream {
             return e;
         }
+        // A read that timed out reached an upstream that has the request and is still at it: a
+        // replay would run it twice and keep the client past `read_timeout_ms` twice over.
+        if e.etype() == &ReadTimedout {
+            return e;
+        }
         // The upstream may have acted on the request: only requests that are safe to repeat
         // go again, once, and only while nothing of the answer reached the client.
         let req = session.req_header();

@@ -345,6 +345,14 @@ impl ProxyHttp for Edge {
                     !b.addr.as_inet().is_some_and(|a| failed.contains(a))
                 })
             })
+            // A retry with no other upstream left goes to the one that failed, on a new
+            // connection: with one upstream (a Kubernetes Service address, whose next connection
+            // may reach another pod) a reset pooled connection would otherwise be a 502.
+            .or_else(|| {
+                (!failed.is_empty())
+                    .then(|| self.lb.select_with(b"", 256, |_, _| true))
+                    .flatten()
+            })
             .ok_or_else(|| Error::explain(HTTPStatus(502), "no upstream available"))?;
         let mut peer = HttpPeer::new(backend, false, String::new());
         peer.options.connection_timeout = Some(self.settings.connect_timeout);

@@ -67,17 +67,20 @@ pub(super) fn redirect_code(path: &str) -> Option<&str> {
     (shortcode::is_code_shaped(code) && !shortcode::is_reserved(code)).then_some(code)
 }
 
-/// Whether a request that failed at its upstream may go to another: idempotent methods, and a
-/// create carrying an `Idempotency-Key` on the routes whose handler honours the key (the API
-/// answers a repeat with the first answer). A key on any other route guards nothing there, and
-/// replaying it could write twice.
+/// Whether a request that failed at its upstream after it was sent may go again: reads, a `PUT`
+/// (the same body leaves the same state and answer), and a create carrying an
+/// `Idempotency-Key` on the routes whose handler honours the key (the API answers a repeat with
+/// the first answer). A key on any other route guards nothing there, and replaying it could
+/// write twice.
 ///
+/// A `DELETE` is idempotent in its effect, not in its answer: a replay of a delete the first
+/// upstream committed answers 404, telling the client the link it just deleted never existed.
 /// `PUT /auth/password` is idempotent by its method only: once an API has stored the new
 /// password, the same body's `current_password` is wrong, and a replay would answer 403, count
 /// a failed guess against the user, and tell them the change they made failed.
 pub(super) fn replay_safe(method: &http::Method, path: &str, has_key: bool) -> bool {
     method.is_safe()
-        || (method.is_idempotent()
+        || (method == http::Method::PUT
             && !path.starts_with("/auth/")
             && !path.starts_with("/api/auth/"))
         || (has_key && method == http::Method::POST && matches!(path, "/urls" | "/links/create"))
@@ -175,7 +178,7 @@ mod tests {
         use http::Method;
         assert!(replay_safe(&Method::GET, "/urls", false));
         assert!(replay_safe(&Method::PUT, "/urls/1", false));
-        assert!(replay_safe(&Method::DELETE, "/urls/1", false));
+        assert!(!replay_safe(&Method::DELETE, "/urls/1", false));
         assert!(!replay_safe(&Method::PUT, "/auth/password", false));
         assert!(!replay_safe(&Method::PUT, "/api/auth/password", false));
         assert!(replay_safe(&Method::GET, "/auth/me", false));

@@ -444,6 +444,93 @@ async fn with_retries_off_a_request_an_upstream_dropped_is_not_sent_again() {
     assert_eq!(retries(&stack).await, 0.0);
 }
 
+/// An upstream that takes longer than `read_timeout_ms` has the request and is still at it:
+/// the client gets our 504 at once, and no other upstream runs the request a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_timed_out_is_answered_504_and_not_sent_again() {
+    let opts = || Options {
+        upstreams: 1,
+        read_timeout_ms: 300,
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (a, seen_a) = fake_upstream(Behaviour::Hold);
+    let (b, seen_b) = fake_upstream(Behaviour::Hold);
+    switch_to(&stack, &[a, b], &opts()).await;
+    let retried = retries(&stack).await;
+    let res = stack.get("/urls/slow").await;
+    assert_eq!(res.status(), 504);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "gateway_timeout", "{body}");
+    let sent = paths(&seen_a).len() + paths(&seen_b).len();
+    assert_eq!(sent, 1, "the timed-out request went again");
+    assert_eq!(retries(&stack).await - retried, 0.0);
+}
+
+/// With one upstream (a Kubernetes Service address) there is no other to retry on: a timeout is
+/// a 504, not a 502 for a retry that found no upstream, and a pooled connection that broke
+/// under a GET is tried again on a new connection to the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_upstream_a_timeout_is_504_and_a_broken_get_goes_again_to_it() {
+    let opts = || Options {
+        upstreams: 1,
+        read_timeout_ms: 300,
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (slow, seen_slow) = fake_upstream(Behaviour::Hold);
+    switch_to(&stack, std::slice::from_ref(&slow), &opts()).await;
+    let res = stack.get("/urls/slow").await;
+    assert_eq!(res.status(), 504, "{}", stack.proxy_log());
+    assert_eq!(paths(&seen_slow), ["/urls/slow"]);
+
+    let (flaky, seen_flaky) = fake_upstream(Behaviour::CloseFirst);
+    switch_to(&stack, std::slice::from_ref(&flaky), &opts()).await;
+    let retried = retries(&stack).await;
+    let res = stack.get("/urls/7").await;
+    assert_eq!(res.status(), 200, "{}", stack.proxy_log());
+    assert_eq!(paths(&seen_flaky), ["/urls/7", "/urls/7"]);
+    assert_eq!(retries(&stack).await - retried, 1.0);
+}
+
+/// A DELETE the upstream may have committed is not replayed: the replay would answer 404 for
+/// the link the client just deleted. The client gets our 502 (outcome unknown) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_an_upstream_dropped_is_not_replayed() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let (dying, seen_dying) = fake_upstream(Behaviour::Close);
+    let (good, seen_good) = fake_upstream(Behaviour::Answer);
+    switch_to(&stack, &[dying, good], &Options::default()).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let res = client
+            .delete(stack.url(&format!("/urls/{i}")))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    let dropped = paths(&seen_dying);
+    let answered = paths(&seen_good);
+    assert!(
+        !dropped.is_empty(),
+        "round robin never chose the dying upstream"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        dropped.len(),
+        "{statuses:?}"
+    );
+    assert!(
+        dropped.iter().all(|p| !answered.contains(p)),
+        "replayed: {dropped:?} {answered:?}"
+    );
+}
+
 /// With every API down the edge still answers the redirects Redis holds, so its readiness
 /// stays 200 and says it is degraded: a load balancer that follows it keeps the edge, and
 /// those redirects, in rotation. Forwarded requests get the edge's JSON error meanwhile.

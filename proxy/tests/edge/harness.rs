@@ -670,6 +670,8 @@ pub enum Behaviour {
     Close,
     /// `200 {}`.
     Answer,
+    /// Closes the connection of the first such request it receives, answers the others.
+    CloseFirst,
 }
 
 /// Each request's path and its headers (names lower-cased), as an upstream received them.
@@ -693,9 +695,11 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
     let addr = listener.local_addr().unwrap().to_string();
     let seen: Received = Default::default();
     let log = seen.clone();
+    let closed_one = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let log = log.clone();
+            let closed_one = closed_one.clone();
             std::thread::spawn(move || {
                 let mut out = conn.try_clone().unwrap();
                 let mut reader = BufReader::new(conn);
@@ -725,7 +729,12 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
                             // The next read ends when the edge closes the connection.
                             Behaviour::Hold => continue,
                             Behaviour::Close => return,
-                            Behaviour::Answer => {}
+                            Behaviour::CloseFirst
+                                if !closed_one.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                            {
+                                return
+                            }
+                            Behaviour::Answer | Behaviour::CloseFirst => {}
                         }
                     }
                     let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
