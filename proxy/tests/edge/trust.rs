@@ -245,3 +245,50 @@ async fn under_replica_acks_a_forwarded_visit_carries_the_edges_id_too() {
         "a forwarded visit carries the edge's id: {ids:?}"
     );
 }
+
+/// Headers about the client's connection stay at the edge (Pingora strips them, and those a
+/// `Connection` line names): a client's `Connection: close` would otherwise make the API close
+/// the edge's pooled connection after every request, and its `Proxy-Authorization`
+/// (credentials for a proxy) would reach the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded_to_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = || Options {
+        upstreams: 1,
+        rate_limits: format!("{{ {NO_LIMITS} }}"),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (_, seen) = recording_upstream_alone(&stack, &opts()).await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"GET /urls/hop HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Authorization: Basic eDp5\r\nTE: trailers\r\n\
+          X-Kept: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen.lock().unwrap().clone();
+    let (_, headers) = seen
+        .iter()
+        .find(|(path, _)| path == "/urls/hop")
+        .expect("the request was forwarded");
+    for name in ["x-secret", "keep-alive", "proxy-authorization", "te"] {
+        assert!(
+            values(headers, name).is_empty(),
+            "{name} forwarded: {headers:?}"
+        );
+    }
+    assert!(
+        values(headers, "connection")
+            .iter()
+            .all(|v| !v.contains("close")),
+        "{headers:?}"
+    );
+    assert_eq!(values(headers, "x-kept"), ["2"]);
+}
