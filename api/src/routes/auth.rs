@@ -175,11 +175,14 @@ pub(crate) async fn check_login(
     };
     f.finish()?;
     let password = password.unwrap_or_default();
-    let who = email
-        .as_deref()
-        .or(username.as_deref())
-        .unwrap_or("")
-        .to_lowercase();
+    // What names nobody is counted as the lookup matches it: an email in any case, a username
+    // as written. Folded usernames would share one count between `Bob` and `bob`, and the
+    // answer for one after locking the other out would tell whether it names an account.
+    let who = match (&email, &username) {
+        (Some(email), _) => email.to_lowercase(),
+        (None, Some(username)) => username.clone(),
+        (None, None) => String::new(),
+    };
     // The connection goes back before the hash: a queue of log-ins waiting for the hash
     // permits must not hold the pool (every other request got 503 during a login flood).
     let found = db::users::find_login(

@@ -895,6 +895,37 @@ async fn unknown_identifiers_are_locked_out_by_a_hash_of_them() {
     }
 }
 
+/// A username is matched as written, so an unknown one is counted as written: locking out
+/// `GHOST` must not lock out `ghost`, or the answer for `ghost` (429 when it names nobody, 401
+/// when it names an account, counted apart) would tell who exists.
+#[tokio::test]
+async fn unknown_usernames_are_counted_as_written_and_tell_nothing_of_who_exists() {
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures = 2;
+    })
+    .await;
+    register(&app, "dora").await;
+    for (locked, probe) in [("GHOST", "ghost"), ("DORA", "dora")] {
+        for _ in 0..3 {
+            error_of(
+                login(&app, json!({"username": locked, "password": "guess-1"})).await,
+                401,
+            )
+            .await;
+        }
+        error_of(
+            login(&app, json!({"username": locked, "password": "guess-1"})).await,
+            429,
+        )
+        .await;
+        error_of(
+            login(&app, json!({"username": probe, "password": "guess-1"})).await,
+            401,
+        )
+        .await;
+    }
+}
+
 /// One address guessing across many identifiers is held back by its own counter
 /// (`free_failures_per_ip`), while another address is not.
 #[tokio::test]
