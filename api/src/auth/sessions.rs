@@ -11,6 +11,11 @@ use std::sync::Arc;
 pub const SESSION_PREFIX: &str = "kzs_";
 pub const API_KEY_PREFIX: &str = "kzk_";
 
+/// Sessions one user may hold at once. Each log-in adds one and nothing else bounds them: a
+/// loop of log-ins would grow the user's set until reading it (every log-in, every password
+/// change) outlasts `redis.timeout_ms`, and the owner could no longer change the password.
+pub const MAX_LIVE_SESSIONS: usize = 100;
+
 /// A new random token with `prefix`: 32 bytes from the CSPRNG, hex.
 pub fn new_token(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::random();
@@ -63,12 +68,13 @@ impl Sessions {
     ///
     /// The user's set of session hashes has no TTL: sliding sessions live as long as they are
     /// used, and a set that expired before them would let a password change miss them. It stays
-    /// small because each new session first drops the hashes whose sessions have expired.
+    /// small because each new session first drops the hashes whose sessions have expired, and
+    /// ends the sessions nearest their end past [`MAX_LIVE_SESSIONS`].
     pub async fn create(&self, user_id: i64) -> Result<String, RedisDown> {
         let token = new_token(SESSION_PREFIX);
         let hash = token_hash(&token);
         let set = self.keys.user_sessions(user_id);
-        self.prune(&set).await?;
+        self.prune(&set, MAX_LIVE_SESSIONS - 1).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.keys.session(&hash))
@@ -82,30 +88,40 @@ impl Sessions {
         Ok(token)
     }
 
-    /// Drops the hashes of expired sessions from a user's set.
-    async fn prune(&self, set: &str) -> Result<(), RedisDown> {
+    /// Drops the hashes of expired sessions from a user's set, and ends the sessions nearest
+    /// their end (the least recently used, when sessions slide) past `keep`.
+    async fn prune(&self, set: &str, keep: usize) -> Result<(), RedisDown> {
         let hashes: Vec<String> = self.redis.query(redis::cmd("SMEMBERS").arg(set)).await?;
         if hashes.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         for h in &hashes {
-            pipe.cmd("EXISTS").arg(self.keys.session(h));
+            pipe.cmd("PTTL").arg(self.keys.session(h));
         }
-        let alive: Vec<i64> = self.redis.query(&pipe).await?;
-        let dead: Vec<&String> = hashes
-            .iter()
-            .zip(alive)
-            .filter(|(_, a)| *a == 0)
-            .map(|(h, _)| h)
-            .collect();
-        if dead.is_empty() {
+        let ttls: Vec<i64> = self.redis.query(&pipe).await?;
+        // -2: gone. Every session is made with a TTL, so -1 is none of ours; it sorts first.
+        let (mut alive, mut ended) = (Vec::new(), Vec::new());
+        for (ttl, h) in ttls.into_iter().zip(&hashes) {
+            if ttl == -2 {
+                ended.push(h);
+            } else {
+                alive.push((ttl, h));
+            }
+        }
+        if alive.len() > keep {
+            alive.sort_unstable();
+            ended.extend(alive[..alive.len() - keep].iter().map(|(_, h)| *h));
+        }
+        if ended.is_empty() {
             return Ok(());
         }
-        self.redis
-            .query::<i64>(redis::cmd("SREM").arg(set).arg(dead))
-            .await
-            .map(|_| ())
+        let mut pipe = redis::pipe();
+        for h in &ended {
+            pipe.cmd("DEL").arg(self.keys.session(h)).ignore();
+        }
+        pipe.cmd("SREM").arg(set).arg(ended).ignore();
+        self.redis.query::<()>(&pipe).await
     }
 
     /// The user of a session token, extending it when sessions slide.

@@ -552,6 +552,46 @@ async fn a_session_made_during_a_revocation_stays_revocable() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A user holds at most 100 sessions: the 101st log-in ends the one nearest its end, so a loop
+/// of log-ins cannot grow the set a password change must read (until it outlasts Redis's
+/// timeout and every change is refused).
+#[tokio::test]
+async fn a_user_holds_at_most_a_hundred_sessions_and_the_oldest_goes_first() {
+    let app = spawn_app().await;
+    let (_, user) = register(&app, "manylogins").await;
+    let sessions = &app.state.auth.sessions;
+    sessions.revoke_all(user).await.unwrap();
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let oldest = sessions.create(user).await.unwrap();
+    // Nearest its end of them all, as the least recently used sliding session is.
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(
+            app.state
+                .keys
+                .session(&kurz_api::auth::sessions::token_hash(&oldest)),
+        )
+        .arg(600_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut newer = Vec::new();
+    for _ in 0..kurz_api::auth::sessions::MAX_LIVE_SESSIONS {
+        newer.push(sessions.create(user).await.unwrap());
+    }
+    assert_eq!(sessions.user_of(&oldest).await.unwrap(), None);
+    for token in &newer {
+        assert_eq!(sessions.user_of(token).await.unwrap(), Some(user));
+    }
+    let listed: usize = redis::cmd("SCARD")
+        .arg(app.state.keys.user_sessions(user))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(listed, kurz_api::auth::sessions::MAX_LIVE_SESSIONS);
+    sessions.revoke_all(user).await.unwrap();
+}
+
 /// Two password changes made at once with the same current password: one wins, the other is
 /// refused (409, or 403 / 401 when it came after the first had finished), never both answered
 /// 200 with only the last password working.
