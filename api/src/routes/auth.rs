@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 
 const MIN_PASSWORD: usize = 8;
@@ -47,9 +47,13 @@ pub(crate) async fn new_session(state: &AppState, user: &User) -> ApiResult<Stri
 /// `{"token","expires_at","user"}` for a new session of `user`.
 async fn session_answer(state: &AppState, user: &User, status: StatusCode) -> ApiResult<Response> {
     let token = new_session(state, user).await?;
+    Ok((status, Json(session_body(state, user, &token))).into_response())
+}
+
+/// `{"token","expires_at","user"}` for the session `token` of `user`, made just now.
+fn session_body(state: &AppState, user: &User, token: &str) -> Value {
     let expires = chrono::Utc::now() + chrono::Duration::seconds(state.auth.sessions.ttl() as i64);
-    let body = json!({"token": token, "expires_at": kurz_common::time::format(expires), "user": user.to_json()});
-    Ok((status, Json(body)).into_response())
+    json!({"token": token, "expires_at": kurz_common::time::format(expires), "user": user.to_json()})
 }
 
 /// `POST /auth/register`.
@@ -150,17 +154,53 @@ pub async fn login(
 ) -> ApiResult<Response> {
     crate::extract::refuse_cross_site_form(&headers)?;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
-    let user = check_login(&state, ip, body).await?;
-    session_answer(&state, &user, StatusCode::OK).await
+    let (user, token) = log_in(&state, ip, body).await?;
+    Ok((StatusCode::OK, Json(session_body(&state, &user, &token))).into_response())
 }
 
-/// The account whose `email` or `username` and `password` the body names, through the
-/// lock-out; the JSON endpoint and the web page both come here.
-pub(crate) async fn check_login(
+/// Checks the credentials the body names and starts a session: the account and its token. The
+/// JSON endpoint and the web page both come here.
+///
+/// A password change commits, then ends every session it finds. A log-in that read the old
+/// hash before that commit and made its session after the change looked would keep a session
+/// the change was meant to end. So the session is made first and the hash read again after:
+/// either the change's last pass finds the session, or this finds the new hash and ends it.
+pub(crate) async fn log_in(
     state: &AppState,
     ip: std::net::IpAddr,
     body: JsonObject,
-) -> ApiResult<User> {
+) -> ApiResult<(User, String)> {
+    let (user, checked) = check_login(state, ip, body).await?;
+    let token = new_session(state, &user).await?;
+    let current = match state.client().await {
+        Ok(c) => db::users::password_hash(&c, user.id)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match current {
+        Ok(current) if current == checked => Ok((user, token)),
+        other => {
+            // The token never leaves this process: a failed revocation leaves a session nobody
+            // holds, which expires.
+            if let Err(e) = state.auth.sessions.revoke(&token, user.id).await {
+                log::warn!(user_id = user.id, error = e.to_string(); "a session made during a password change was not revoked");
+            }
+            Err(match other {
+                Err(e) => e,
+                Ok(_) => ApiError::Unauthorized("invalid credentials".into()),
+            })
+        }
+    }
+}
+
+/// The account whose `email` or `username` and `password` the body names, through the
+/// lock-out, and the hash the password was checked against.
+async fn check_login(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    body: JsonObject,
+) -> ApiResult<(User, Option<String>)> {
     let mut f = Fields::new(body);
     let email = f.opt_string("email");
     let username = f.opt_string("username");
@@ -211,14 +251,18 @@ pub(crate) async fn check_login(
             retry_after: wait,
         });
     }
-    let ok = state.auth.passwords.verify(password, stored).await?;
+    let ok = state
+        .auth
+        .passwords
+        .verify(password, stored.clone())
+        .await?;
     match user {
         Some(user) if ok => {
             lockout
                 .succeeded(&subject, ip)
                 .await
                 .map_err(|_| sessions_down())?;
-            Ok(user)
+            Ok((user, stored))
         }
         _ => Err(ApiError::Unauthorized("invalid credentials".into())),
     }

@@ -496,13 +496,8 @@ pub async fn login(
         "password".into(),
         Value::String(field(&fields, "password").to_owned()),
     );
-    let logged_in = match crate::routes::auth::check_login(&state, visit.ip, JsonObject(map)).await
-    {
-        Ok(user) => crate::routes::auth::new_session(&state, &user).await,
-        Err(e) => Err(e),
-    };
-    match logged_in {
-        Ok(token) => {
+    match crate::routes::auth::log_in(&state, visit.ip, JsonObject(map)).await {
+        Ok((_, token)) => {
             visit.end_replaced_session(&state).await;
             visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()))
         }

@@ -552,6 +552,64 @@ async fn a_session_made_during_a_revocation_stays_revocable() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A log-in that checked the old password while a change committed and revoked the sessions
+/// gets no session: it is held between reading the hash and checking it (at the hash permits),
+/// the change lands and ends the sessions it finds, then the log-in goes on. The old password
+/// was right when it was read, but the session it would make outlives the change.
+#[tokio::test]
+async fn a_log_in_that_read_the_old_password_during_a_change_gets_no_session() {
+    let app = spawn_app().await;
+    let (_, user) = register(&app, "slowlogin").await;
+    let held = app.state.auth.passwords.occupy_all().await;
+    let (client, url) = (app.client.clone(), app.url("/auth/login"));
+    let login = tokio::spawn(async move {
+        let res = client
+            .post(url)
+            .json(&json!({"username": "slowlogin", "password": "pw-slowlogin-secret"}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.state.auth.passwords.waiting() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the log-in never queued for a hash"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The change's own steps (its hashes need the permits this test holds): the new hash
+    // committed, then every session listed ended.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE users SET password_hash = 'replaced' WHERE id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    app.state.auth.sessions.revoke_all(user).await.unwrap();
+    drop(held);
+    let (status, body) = login.await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let listed: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(app.state.keys.user_sessions(user))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for hash in listed {
+        let live: bool = redis::cmd("EXISTS")
+            .arg(app.state.keys.session(&hash))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!live, "a session outlived the password change");
+    }
+}
+
 /// A user holds at most 100 sessions: the 101st log-in ends the one nearest its end, so a loop
 /// of log-ins cannot grow the set a password change must read (until it outlasts Redis's
 /// timeout and every change is refused).
