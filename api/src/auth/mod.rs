@@ -85,14 +85,28 @@ pub struct Caller {
     pub user: Option<AuthUser>,
 }
 
+/// The token of an `Authorization: Bearer <token>` header. A header of another scheme is not
+/// ours (`Basic` for a proxy in front): no token. One that carries a kurz token in another shape
+/// (`Token kzk_…`, the bare token, `Bearer` with nothing after it) is an empty token, which no
+/// session or key matches: its sender meant to authenticate, and must hear that it did not,
+/// rather than act anonymously (a link created without an owner).
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        .unwrap_or("")
+        .trim();
+    let meant_ours = || {
+        value.contains(sessions::SESSION_PREFIX)
+            || value.contains(sessions::API_KEY_PREFIX)
+            || value.eq_ignore_ascii_case("bearer")
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+        _ if meant_ours() => Some(""),
+        _ => None,
+    }
 }
 
 /// Generic over the state (anything that yields the auth settings and the pool), so this
@@ -114,6 +128,11 @@ where
         let Some(token) = bearer(parts) else {
             return Ok(Caller { mode, user: None });
         };
+        if token.is_empty() {
+            return Err(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".into(),
+            ));
+        }
         let invalid = || ApiError::Unauthorized("the token is invalid, expired or revoked".into());
         let client = deadpool_postgres::Pool::from_ref(state).get().await?;
         let (user_id, credential) = if token.starts_with(sessions::API_KEY_PREFIX) {

@@ -227,6 +227,45 @@ async fn expired_and_revoked_tokens_are_401() {
     let _ = id;
 }
 
+/// A kurz token sent in another shape than `Bearer <token>` is refused, not ignored: the
+/// client meant to act as its owner, and would otherwise act anonymously without a word.
+/// Another scheme (`Basic`, for a proxy in front) is not ours to judge.
+#[tokio::test]
+async fn a_token_in_the_wrong_shape_is_401_and_another_scheme_is_left_alone() {
+    let app = spawn_app().await;
+    let (token, user) = register(&app, "shapes").await;
+    let key = new_key(&app, &token).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |authorization: String| {
+        app.client
+            .post(app.url("/urls"))
+            .header("authorization", authorization)
+            .json(&json!({"user_id": user, "original_url": "https://example.com/shape"}))
+            .send()
+    };
+    for wrong in [
+        format!("Token {key}"),
+        key.clone(),
+        "Bearer".into(),
+        format!("Bearer{key}"),
+    ] {
+        let body = error_of(create(wrong.clone()).await.unwrap(), 401).await;
+        assert!(
+            body["message"].as_str().unwrap().contains("Bearer"),
+            "{wrong}: {body}"
+        );
+    }
+    // Anonymous, as without the header (open mode).
+    let res = create("Basic eDp5".into()).await.unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let res = create(bearer(&key)).await.unwrap();
+    assert_eq!(res.status(), 201);
+    let links: Vec<Value> = app.get("/urls?limit=10").await.json().await.unwrap();
+    assert_eq!(links.len(), 2, "{links:?}");
+}
+
 #[tokio::test]
 async fn a_password_change_revokes_every_session() {
     let app = spawn_app().await;
