@@ -85,16 +85,18 @@ pub async fn create(
     Ok(response)
 }
 
-/// What a keyed create is compared by: its body as JSON text, kept a day in
-/// `idempotency_keys`. A link's password is kept only as its argon2id hash, so the text holds a
-/// placeholder in its place: a retry must give a password or none as the first request did, and
-/// one that gives another password is answered the first request's link.
+/// What a keyed create is compared by, kept a day in `idempotency_keys`: the BLAKE2b-256 of its
+/// body as JSON text. The digest, not the text: fields the create ignores are compared too, and
+/// a body padded with them would otherwise store a megabyte a day per key. A link's password is
+/// kept only as its argon2id hash, so the text holds a placeholder in its place (a fast digest
+/// of it could be brute-forced): a retry must give a password or none as the first request did,
+/// and one that gives another password is answered the first request's link.
 fn fingerprint_of(body: &serde_json::Map<String, Value>) -> String {
     let mut body = body.clone();
     if let Some(password @ Value::String(_)) = body.get_mut("password") {
         *password = Value::String("(a password)".into());
     }
-    Value::Object(body).to_string()
+    crate::auth::sessions::token_hash(&Value::Object(body).to_string())
 }
 
 /// Validates, inserts and caches a new link; returns its JSON, and whether it is the answer an

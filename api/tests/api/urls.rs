@@ -360,6 +360,43 @@ async fn an_idempotency_key_keeps_no_password_in_clear() {
     error_of(send(open).await.unwrap(), 409).await;
 }
 
+/// A keyed create keeps a digest of its body for the day, whatever the body carries: a body
+/// padded with fields the create ignores must not make each key cost a megabyte of storage.
+/// The pad still counts: another pad is another request.
+#[tokio::test]
+async fn an_idempotency_key_keeps_a_digest_of_any_body_not_the_body() {
+    let app = spawn_app().await;
+    let user = app.create_user("idempad").await;
+    let pad = "x".repeat(512 * 1024);
+    let body = json!({"user_id": user, "original_url": "https://example.com/pad", "pad": pad});
+    let send = |b: &Value| {
+        app.client
+            .post(app.url("/urls"))
+            .header("idempotency-key", "k-pad")
+            .json(b)
+            .send()
+    };
+    let first = send(&body).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let stored: i32 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT octet_length(fingerprint) FROM idempotency_keys",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored <= 64, "{stored} bytes kept for one key");
+    let again = send(&body).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    let other = json!({"user_id": user, "original_url": "https://example.com/pad", "pad": "y"});
+    error_of(send(&other).await.unwrap(), 409).await;
+}
+
 #[tokio::test]
 async fn concurrent_creates_with_one_key_make_one_link_and_all_answer_it() {
     let app = spawn_app().await;
