@@ -37,6 +37,7 @@ pub async fn redirect(
     }
     let (entry, status) = redirecting(&state, &code).await?;
     if entry.protected {
+        refuse_used_up(&state, &code, &entry).await?;
         let token = FormToken::for_page(&state, peer, &headers);
         return Ok(link_password::ask(&headers, &code, Attempt::First, &token));
     }
@@ -63,6 +64,7 @@ pub async fn unlock(
     if !entry.protected {
         return Err(ApiError::MethodNotAllowed);
     }
+    refuse_used_up(&state, &code, &entry).await?;
     let submitted = link_password::password_of(&headers, &body)?;
     let token = FormToken::for_post(&state, peer, &headers);
     let ask = |attempt| link_password::ask(&headers, &code, attempt, &token);
@@ -118,6 +120,17 @@ async fn redirecting(state: &AppState, code: &str) -> ApiResult<(LinkEntry, u16)
         },
         CachedLink::Missing => Err(not_found(code)),
     }
+}
+
+/// A protected link whose visits are used up is gone before its password is asked for or
+/// checked: neither the edge's visit script nor the cache entry looks at the counter of a link
+/// that asks for a password first, and a wrong password for a dead link would count against the
+/// visitor's lock-out. Its preview and QR code answer 410 the same way.
+async fn refuse_used_up(state: &AppState, code: &str, entry: &LinkEntry) -> ApiResult<()> {
+    if entry.max_visits.is_some() {
+        super::preview::redirecting_link(state, &state.client().await?, code).await?;
+    }
+    Ok(())
 }
 
 /// The request a visit comes from.

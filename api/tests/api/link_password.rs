@@ -248,6 +248,18 @@ async fn a_protected_links_visit_limit_counts_unlocked_visits() {
     }
     let res = post_form(&app, code, "password=pw").await;
     assert_eq!(error_of(res, 410).await["error"], "gone");
+    // A used-up link asks for no password, and a wrong one is not checked (nor counted
+    // against the visitor's lock-out): it is gone, as its preview and QR code say.
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(error_of(res, 410).await["error"], "gone");
+    let runs = app.state.auth.passwords.runs();
+    let res = post_form(&app, code, "password=wrong").await;
+    assert_eq!(error_of(res, 410).await["error"], "gone");
+    assert_eq!(
+        app.state.auth.passwords.runs(),
+        runs,
+        "a password was checked"
+    );
     assert_eq!(
         app.clicks(id).await.len(),
         2,
