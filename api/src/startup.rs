@@ -183,6 +183,9 @@ impl Application {
             targets,
             auth,
             visitors: Arc::new(kurz_common::visitors::VisitorSalt::default()),
+            imports: Arc::new(tokio::sync::Semaphore::new(
+                crate::routes::bulk::MAX_CONCURRENT_IMPORTS,
+            )),
         };
         Ok(Self {
             listener,

@@ -30,6 +30,8 @@ pub struct AppState {
     pub targets: Arc<kurz_common::target::TargetPolicy>,
     /// Passwords, sessions, API keys.
     pub auth: Arc<crate::auth::Auth>,
+    /// Bulk uploads and imports running at once (`routes::bulk`).
+    pub imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

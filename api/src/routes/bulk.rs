@@ -16,6 +16,21 @@ use axum::Json;
 use kurz_common::shortcode::ShortCode;
 use serde_json::json;
 
+/// Uploads and imports one API process runs at once. Each holds its file (up to
+/// `limits.bulk_body_bytes`) and what is parsed from it, checks up to 100,000 rows and then
+/// holds a connection through its transaction: any user may import links, and a few dozen
+/// imports at once would take the memory and the pool every other request needs.
+pub const MAX_CONCURRENT_IMPORTS: usize = 2;
+
+/// A turn to upload and import, held until the import's answer; 503 while every turn is taken.
+fn import_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    state.imports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{MAX_CONCURRENT_IMPORTS} imports are running on this server; retry shortly"
+        ))
+    })
+}
+
 /// The bytes of the `file` field.
 async fn upload(state: &AppState, req: Request) -> ApiResult<Bytes> {
     let mut multipart = Multipart::from_request(req, state)
@@ -58,6 +73,7 @@ pub async fn users(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
     let mut client = state.client().await?;
     Ok(created(import::users(&mut client, &bytes).await?))
@@ -69,6 +85,7 @@ pub async fn urls(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets).await?;
@@ -86,6 +103,7 @@ pub async fn events(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
     let mut client = state.client().await?;
     Ok(created(import::events(&mut client, &bytes).await?))
@@ -116,6 +134,7 @@ pub async fn import_links(
             ))
         })?),
     };
+    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
     // Reading and converting a 32 MiB file takes long enough to stall every other request on
     // the worker it runs on.

@@ -408,3 +408,31 @@ async fn a_foreign_link_with_more_tags_than_a_link_holds_is_refused() {
     assert_eq!(body["details"]["column"], "tags", "{body}");
     assert!(links_of(&app, user).await.is_empty());
 }
+
+/// Imports run a few at a time per API process: past that they are refused at once, before
+/// their upload is read, with a 503 that says when to retry; then they go through as before.
+#[tokio::test]
+async fn imports_past_the_servers_few_at_once_get_503_and_a_retry_after() {
+    let app = spawn_app().await;
+    let user = app.create_user("queued").await;
+    let held = app
+        .state
+        .imports
+        .clone()
+        .acquire_many_owned(kurz_api::routes::bulk::MAX_CONCURRENT_IMPORTS as u32)
+        .await
+        .unwrap();
+    let res = import(&app, "bitly", user, BITLY).await;
+    assert_eq!(res.headers()["retry-after"], "2");
+    let body = error_of(res, 503).await;
+    assert_eq!(body["error"], "service_unavailable", "{body}");
+    let res = app
+        .upload("/urls/bulk", b"user_id,short_code,original_url\n".to_vec())
+        .await;
+    error_of(res, 503).await;
+    assert!(links_of(&app, user).await.is_empty());
+    drop(held);
+    let res = import(&app, "bitly", user, BITLY).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert!(!links_of(&app, user).await.is_empty());
+}
