@@ -359,16 +359,17 @@ impl ApiConfig {
             .ok()
             .and_then(|u| u.host_str().map(|h| vec![h.to_ascii_lowercase()]))
             .unwrap_or_default();
-        kurz_common::target::TargetPolicy {
-            own_hosts,
-            deny_hosts: self
-                .links
-                .deny_hosts
-                .iter()
-                .map(|h| h.trim().trim_start_matches('.').to_ascii_lowercase())
-                .collect(),
-            allow_private: self.links.allow_private_targets,
-        }
+        let deny_hosts: Vec<String> = self
+            .links
+            .deny_hosts
+            .iter()
+            .map(|h| h.trim().trim_start_matches('.').to_owned())
+            .collect();
+        kurz_common::target::TargetPolicy::new(
+            &own_hosts,
+            &deny_hosts,
+            self.links.allow_private_targets,
+        )
     }
 
     /// `base_url` without a trailing slash.
