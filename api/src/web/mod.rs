@@ -267,17 +267,26 @@ fn cookie_header(
     .expect("cookie of hex")
 }
 
-/// The value of cookie `name`, if the request has it.
+/// The value of cookie `name`, if the request has it once (or more, always the same).
+///
+/// Another site of the domain can set `name` for all of it with a longer path, and the browser
+/// then sends that one first, beside ours. Which is ours cannot be told, so neither is
+/// believed: a planted form token would forge the visitor's posts, and a planted session
+/// would collect the visitor's links in the planter's account.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim());
+    let first = values.next()?;
+    if values.any(|v| v != first) {
+        return None;
+    }
+    Some(first).filter(|v| !v.is_empty())
 }
 
 /// The fields of a form post, in order. Anything but a urlencoded form is a 415.

@@ -11,6 +11,9 @@ struct Browser<'a> {
     cookies: HashMap<String, String>,
     /// `Set-Cookie` lines of the last answer.
     last_set: Vec<String>,
+    /// Cookies another site of the domain set (`Domain=`, a longer `Path`): sent first, beside
+    /// the browser's own of the same name, as browsers order them.
+    planted: Vec<(String, String)>,
 }
 
 impl<'a> Browser<'a> {
@@ -19,12 +22,15 @@ impl<'a> Browser<'a> {
             app,
             cookies: HashMap::new(),
             last_set: Vec::new(),
+            planted: Vec::new(),
         }
     }
 
     fn cookie_header(&self) -> String {
-        self.cookies
+        self.planted
             .iter()
+            .map(|(k, v)| (k, v))
+            .chain(self.cookies.iter())
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("; ")
@@ -1016,4 +1022,59 @@ async fn a_planted_form_token_does_not_outlive_the_log_in() {
     let (_, home) = b.get("/").await;
     assert_eq!(b.submit(&home, "/logout", &[]).await.status(), 303);
     assert_ne!(b.cookies["csrf"], before);
+}
+
+/// Another site of the domain can set cookies for all of it with a longer path, which a browser
+/// sends before kurz's own of the same name. A name given twice with different values is
+/// believed in neither: a planted form token forges no post, and a planted session gets none
+/// of the visitor's links.
+#[tokio::test]
+async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
+    let app = spawn_app().await;
+    let planter = signed_up(&app, "planter").await;
+    let mut b = signed_up(&app, "sibling").await;
+    let planted = "a".repeat(64);
+    b.planted = vec![("csrf".into(), planted.clone())];
+    let forged = b
+        .post(
+            "/ui/keys",
+            &[("csrf", planted.as_str()), ("name", "theirs")],
+        )
+        .await;
+    assert_eq!(forged.status(), 403);
+    let keys: i64 = app
+        .sql()
+        .await
+        .query_one("SELECT count(*) FROM api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0, "the forged post made a key");
+
+    b.planted = vec![(
+        "kurz_session".into(),
+        planter.cookies["kurz_session"].clone(),
+    )];
+    let (_, home) = b.get("/").await;
+    assert!(!home.contains("planter"), "{home}");
+    b.submit(
+        &home,
+        "/ui/shorten",
+        &[("original_url", "https://example.com/mine")],
+    )
+    .await;
+    let theirs: i64 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM urls u JOIN users p ON p.id = u.user_id WHERE p.username = 'planter'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        theirs, 0,
+        "the visitor's link went to the planted session's account"
+    );
 }
