@@ -74,20 +74,37 @@ pub async fn insert_key(
     )
 }
 
-/// A live key of a live user by hash, marking it used (at most once a minute, to spare writes).
+/// A live key of a live user by hash, marking it used at most once a minute.
+///
+/// Read first, written only when the mark is stale: an `UPDATE` that sets the same value still
+/// writes a row version and WAL and takes the row's lock, so every request with one key queued
+/// behind the last one's commit, and a read-only database refused even reads.
 pub async fn find_active(c: &impl GenericClient, hash: &str) -> Result<Option<ApiKey>, Error> {
-    let stmt = c
+    let find = c
         .prepare_cached(
-            "UPDATE api_keys k SET last_used_at = CASE WHEN k.last_used_at IS NULL \
-               OR k.last_used_at < now() - interval '1 minute' THEN now() ELSE k.last_used_at END \
-             FROM users u WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.id = k.user_id AND u.deleted_at IS NULL \
-             RETURNING k.id, k.user_id, k.name, k.prefix, k.created_at, k.last_used_at",
+            "SELECT k.id, k.user_id, k.name, k.prefix, k.created_at, k.last_used_at, \
+               k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' \
+             FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.deleted_at IS NULL",
         )
         .await?;
-    Ok(c.query_opt(&stmt, &[&hash])
-        .await?
-        .as_ref()
-        .map(ApiKey::from_row))
+    let Some(row) = c.query_opt(&find, &[&hash]).await? else {
+        return Ok(None);
+    };
+    let mut key = ApiKey::from_row(&row);
+    if row.get::<_, bool>(6) {
+        let mark = c
+            .prepare_cached(
+                "UPDATE api_keys SET last_used_at = now() WHERE id = $1 \
+                 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') \
+                 RETURNING last_used_at",
+            )
+            .await?;
+        if let Some(marked) = c.query_opt(&mark, &[&key.id]).await? {
+            key.last_used_at = marked.get(0);
+        }
+    }
+    Ok(Some(key))
 }
 
 pub async fn list_keys(c: &impl GenericClient, user_id: i64) -> Result<Vec<ApiKey>, Error> {

@@ -227,6 +227,51 @@ async fn expired_and_revoked_tokens_are_401() {
     let _ = id;
 }
 
+/// A key's use is marked at most once a minute, and a use in between writes nothing: every
+/// request with one key had written its row (a new row version, WAL, the row's lock held to the
+/// commit), queueing the key's concurrent requests one behind the other.
+#[tokio::test]
+async fn a_keys_use_within_the_minute_writes_nothing() {
+    let app = spawn_app().await;
+    let (token, _) = register(&app, "quietkey").await;
+    let key = new_key(&app, &token).await;
+    let (id, secret) = (key["id"].as_i64().unwrap(), key["key"].as_str().unwrap());
+    let db = app.sql().await;
+    let version = || async {
+        let row = db
+            .query_one(
+                "SELECT xmin::text, last_used_at FROM api_keys WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, String>(0),
+            row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(1),
+        )
+    };
+    assert_eq!(me(&app, secret).await.status(), 200);
+    let (marked, used) = version().await;
+    assert!(used.is_some(), "the first use is marked");
+    for _ in 0..3 {
+        assert_eq!(me(&app, secret).await.status(), 200);
+    }
+    assert_eq!(
+        version().await,
+        (marked.clone(), used),
+        "a use within the minute wrote the row"
+    );
+    db.execute(
+        "UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(me(&app, secret).await.status(), 200);
+    let (_, later) = version().await;
+    assert!(later > used, "a use after the minute is marked: {later:?}");
+}
+
 /// A kurz token sent in another shape than `Bearer <token>` is refused, not ignored: the
 /// client meant to act as its owner, and would otherwise act anonymously without a word.
 /// Another scheme (`Basic`, for a proxy in front) is not ours to judge.
