@@ -167,7 +167,7 @@ pub async fn urls(
         if let Some(u) = user {
             user_rows.entry(u).or_insert(at);
         }
-        let title = restore(row.text("title"));
+        let title = restore(row.untrimmed("title"));
         if title.chars().count() > crate::routes::urls::MAX_TITLE {
             return Err(at.err(
                 "title",
@@ -181,7 +181,7 @@ pub async fn urls(
         users.push(user);
         codes.push(code);
         targets.push(url);
-        titles.push((!title.is_empty()).then(|| title.to_owned()));
+        titles.push((!title.trim().is_empty()).then(|| title.to_owned()));
         active.push(row.bool_or("is_active", true)?);
         protected.push(row.bool_or("has_password", false)?);
         created.push(row.opt_time("created_at")?);

@@ -57,8 +57,10 @@ impl Table {
     }
 
     pub(super) fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {
+        // Cells as written: a title may begin or end with spaces, and an export must import
+        // back unchanged. Every accessor but [`Row::untrimmed`] trims.
         let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
+            .trim(csv::Trim::Headers)
             .from_reader(bytes);
         let headers = reader
             .headers()
@@ -138,6 +140,11 @@ pub(super) struct Row<'a> {
 
 impl Row<'_> {
     pub(super) fn text(&self, col: &str) -> &str {
+        self.untrimmed(col).trim()
+    }
+
+    /// The cell as written, spaces around it included (a title's).
+    pub(super) fn untrimmed(&self, col: &str) -> &str {
         self.table
             .columns
             .get(col)

@@ -323,6 +323,8 @@ async fn an_export_runs_no_formula_in_a_spreadsheet_and_imports_back_unchanged()
         ("-1-1", title, json!(["-x", "y"])),
         ("plain1", "'=quoted already", json!([])),
         ("plain2", "'just a quote", json!(["-"])),
+        ("spaced1", "  Q3 report  ", json!([])),
+        ("spaced2", " '=x", json!([])),
     ] {
         let res = app
             .post_json(
@@ -367,6 +369,8 @@ async fn an_export_runs_no_formula_in_a_spreadsheet_and_imports_back_unchanged()
     assert_eq!(links["plain1"]["title"], "'=quoted already");
     assert_eq!(links["plain2"]["title"], "'just a quote");
     assert_eq!(links["plain2"]["tags"], json!(["-"]));
+    assert_eq!(links["spaced1"]["title"], "  Q3 report  ");
+    assert_eq!(links["spaced2"]["title"], " '=x");
 }
 
 /// Shlink keeps a code per domain, so one export can hold `abc` twice: the first keeps the
