@@ -42,8 +42,12 @@ pub fn check_click_details(
         Some(_) => return wrong("referrer", "must be a string or null".into()),
     }
     for key in ["browser", "os", "device", "visitor"] {
-        match details.get(key) {
+        match details.get_mut(key) {
             None | Some(Value::Null) => {}
+            // Nothing named: unknown, as a click without the field is (the stats list no `""`).
+            Some(v @ Value::String(_)) if v.as_str().is_some_and(|s| s.trim().is_empty()) => {
+                *v = Value::Null
+            }
             Some(Value::String(v)) if v.len() <= MAX_CLICK_DIMENSION => {}
             Some(Value::String(_)) => {
                 return wrong(key, format!("must be at most {MAX_CLICK_DIMENSION} bytes"))

@@ -155,6 +155,31 @@ async fn click_details_the_rollups_cannot_take_are_refused_by_name() {
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     let stats = app.stats(url_id).await;
     assert_eq!(stats["clicks"], 2);
+
+    // A dimension named by nothing is unknown, as one not given at all: never a `""` row.
+    let res = app
+        .post_json(
+            "/events",
+            &json!({"url_id": url_id, "event_type": "click",
+                    "details": {"browser": "", "os": " ", "device": ""}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let stats = app.stats(url_id).await;
+    for dimension in ["browsers", "operating_systems", "devices"] {
+        let names: Vec<&Value> = stats[dimension]
+            .as_array()
+            .unwrap_or_else(|| panic!("{dimension}: {stats}"))
+            .iter()
+            .map(|row| &row["name"])
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.as_str().is_some_and(|n| !n.trim().is_empty())),
+            "{dimension}: {names:?}"
+        );
+    }
 }
 
 #[tokio::test]
