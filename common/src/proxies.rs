@@ -29,7 +29,9 @@ pub fn client_key(ip: IpAddr, prefix_len: u8) -> IpAddr {
 /// Trusted proxies (`trusted_proxies` in both configs) and, among them, Cloudflare's.
 #[derive(Debug, Clone)]
 pub struct ProxyTrust {
+    /// The configured trusted proxies, then Cloudflare's (`named` of them configured).
     proxies: Vec<IpNet>,
+    named: usize,
     cloudflare: Vec<IpNet>,
     /// Whether the trusted proxies set `X-Real-IP` themselves. One that only appends
     /// `X-Forwarded-For` (AWS ALB, HAProxy's `option forwardfor`) passes a client's own
@@ -41,6 +43,7 @@ impl Default for ProxyTrust {
     fn default() -> Self {
         Self {
             proxies: Vec::new(),
+            named: 0,
             cloudflare: Vec::new(),
             real_ip: true,
         }
@@ -66,9 +69,11 @@ impl ProxyTrust {
             .iter()
             .map(|c| parse_net(c))
             .collect::<Result<Vec<_>, _>>()?;
+        let named = proxies.len();
         proxies.extend(cloudflare.iter().copied());
         Ok(Self {
             proxies,
+            named,
             cloudflare,
             real_ip: true,
         })
@@ -81,6 +86,16 @@ impl ProxyTrust {
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
         self.proxies.iter().any(|n| n.contains(&canonical(ip)))
+    }
+
+    /// Whether `ip`'s `X-Request-Id` names the request: a configured trusted proxy's, never one
+    /// that is trusted only as Cloudflare's. Cloudflare passes a client's own `X-Request-Id`
+    /// through, and the edge's request id is also the click's identity, stored once: a client
+    /// repeating one id would have its redirects counted, and its clicks stored, once.
+    pub fn names_request(&self, ip: IpAddr) -> bool {
+        self.proxies[..self.named]
+            .iter()
+            .any(|n| n.contains(&canonical(ip)))
     }
 
     /// The client's address: the peer's, or, from a trusted peer, `CF-Connecting-IP` (Cloudflare
@@ -280,5 +295,15 @@ mod tests {
         assert_eq!(t.client_ip(ip("173.245.48.5"), &h), ip("198.51.100.8"));
         // An internal proxy passes a client's forged header through: not believed.
         assert_eq!(t.client_ip(ip("10.0.0.2"), &h), ip("203.0.113.1"));
+    }
+
+    #[test]
+    fn a_request_id_is_believed_from_configured_proxies_not_from_cloudflare() {
+        let t = ProxyTrust::parse(&["10.0.0.0/8".into()], &["173.245.48.0/20".into()]).unwrap();
+        assert!(t.names_request(ip("10.1.2.3")));
+        assert!(t.trusts(ip("173.245.48.5")));
+        assert!(!t.names_request(ip("173.245.48.5")));
+        assert!(!t.names_request(ip("198.51.100.1")));
+        assert!(!ProxyTrust::default().names_request(ip("127.0.0.1")));
     }
 }

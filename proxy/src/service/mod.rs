@@ -60,7 +60,8 @@ pub struct Ctx {
 
 impl Edge {
     /// The request id is also the click's identity (stored once per id), so only a trusted
-    /// proxy may choose it: a client's own id could collide with another click and erase it.
+    /// proxy may choose it (`ProxyTrust::names_request`): a client's own id could collide with
+    /// another click and erase it.
     fn new_request_id(req: &RequestHeader, from_trusted: bool) -> String {
         let given = header(req, "x-request-id");
         if from_trusted && is_valid_id(given) {
@@ -194,7 +195,7 @@ impl ProxyHttp for Edge {
         // Behind a load balancer that ends TLS the edge itself sees plain HTTP: without its
         // word, a redirect to HTTPS would come back as plain HTTP again, for ever.
         ctx.https = tls || (trusted && forwarded_https(&req.headers));
-        ctx.request_id = Self::new_request_id(req, trusted);
+        ctx.request_id = Self::new_request_id(req, trust.names_request(peer));
         ctx.client = trust.client_ip(peer, &req.headers);
         let path = decoded_path(req.uri.path()).into_owned();
         ctx.class = classify(&req.method, &path);

@@ -102,6 +102,37 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
         cookie_is_secure(&stack).await,
         "a trusted load balancer's HTTPS was lost at the edge"
     );
+
+    // Cloudflare names the client, but passes a client's own request id through.
+    let behind_cloudflare = Options {
+        rate_limits: format!("{{ cloudflare_proxies: [\"127.0.0.0/8\"], {NO_LIMITS} }}"),
+        ..Options::default()
+    };
+    stack.write_config(&[0, 1], &behind_cloudflare);
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack
+        .metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"ok\""],
+        )
+        .await
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (rid, ip) = click_as(&stack, id, &code, 3).await;
+    assert_ne!(
+        rid, "forged-3",
+        "a client chose its request id through Cloudflare"
+    );
+    assert_eq!(ip, "198.51.100.0", "Cloudflare names the client");
 }
 
 /// The values of `name` among `headers`, in order.
