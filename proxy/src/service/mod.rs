@@ -356,6 +356,16 @@ impl ProxyHttp for Edge {
             })
             .ok_or_else(|| Error::explain(HTTPStatus(502), "no upstream available"))?;
         let mut peer = HttpPeer::new(backend, false, String::new());
+        // Back to an upstream that failed this request: another of its pooled connections may be
+        // as stale as the one that broke (the pod behind a Service address restarted). A group
+        // key of its own keeps the connection pool from handing one out: a new connection.
+        if peer
+            ._address
+            .as_inet()
+            .is_some_and(|a| ctx.failed.contains(a))
+        {
+            peer.group_key = 1;
+        }
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         // An import answers when it has committed: a read timeout shorter than the API's own
         // budget would answer 504 for an import that then succeeds.

@@ -450,7 +450,7 @@ async fn with_retries_off_a_request_an_upstream_dropped_is_not_sent_again() {
 async fn a_request_that_timed_out_is_answered_504_and_not_sent_again() {
     let opts = || Options {
         upstreams: 1,
-        read_timeout_ms: 300,
+        read_timeout_ms: 1_500,
         ..Options::default()
     };
     let stack = Stack::start(opts());
@@ -474,7 +474,7 @@ async fn a_request_that_timed_out_is_answered_504_and_not_sent_again() {
 async fn with_one_upstream_a_timeout_is_504_and_a_broken_get_goes_again_to_it() {
     let opts = || Options {
         upstreams: 1,
-        read_timeout_ms: 300,
+        read_timeout_ms: 1_500,
         ..Options::default()
     };
     let stack = Stack::start(opts());
