@@ -73,7 +73,7 @@ pub async fn create(
     let key = idempotency::key_from(&headers)?.map(|k| format!("{}:{k}", caller.scope_id()));
     // Only a keyed create is compared with an earlier one: the others skip copying the body.
     let fingerprint = key.as_ref().map(|_| fingerprint_of(&body.0));
-    let idem = key.as_deref().zip(fingerprint.as_deref());
+    let idem = key.as_deref().zip(fingerprint.as_ref());
     let (link, replayed) = create_link(&state, &caller, body, idem, false).await?;
     let mut response = (StatusCode::CREATED, Json(link)).into_response();
     if replayed {
@@ -91,12 +91,16 @@ pub async fn create(
 /// kept only as its argon2id hash, so the text holds a placeholder in its place (a fast digest
 /// of it could be brute-forced): a retry must give a password or none as the first request did,
 /// and one that gives another password is answered the first request's link.
-fn fingerprint_of(body: &serde_json::Map<String, Value>) -> String {
+fn fingerprint_of(body: &serde_json::Map<String, Value>) -> idempotency::Fingerprint {
     let mut body = body.clone();
     if let Some(password @ Value::String(_)) = body.get_mut("password") {
         *password = Value::String("(a password)".into());
     }
-    crate::auth::sessions::token_hash(&Value::Object(body).to_string())
+    let text = Value::Object(body).to_string();
+    idempotency::Fingerprint {
+        digest: crate::auth::sessions::token_hash(&text),
+        text,
+    }
 }
 
 /// Validates, inserts and caches a new link; returns its JSON, and whether it is the answer an
@@ -107,7 +111,7 @@ pub(crate) async fn create_link(
     state: &AppState,
     caller: &Caller,
     body: JsonObject,
-    idem: Option<(&str, &str)>,
+    idem: Option<(&str, &idempotency::Fingerprint)>,
     ownerless: bool,
 ) -> ApiResult<(Value, bool)> {
     let mut f = Fields::new(body);

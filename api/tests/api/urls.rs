@@ -395,6 +395,22 @@ async fn an_idempotency_key_keeps_a_digest_of_any_body_not_the_body() {
     assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
     let other = json!({"user_id": user, "original_url": "https://example.com/pad", "pad": "y"});
     error_of(send(&other).await.unwrap(), 409).await;
+
+    // A row an API before the digest wrote holds the body's text: its retry is still that
+    // create, and another body still is not.
+    let legacy = json!({"user_id": user, "original_url": "https://example.com/pad"});
+    app.sql()
+        .await
+        .execute(
+            "UPDATE idempotency_keys SET fingerprint = $1",
+            &[&legacy.to_string()],
+        )
+        .await
+        .unwrap();
+    let again = send(&legacy).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    error_of(send(&other).await.unwrap(), 409).await;
 }
 
 #[tokio::test]
