@@ -16,19 +16,25 @@ use axum::Json;
 use kurz_common::shortcode::ShortCode;
 use serde_json::json;
 
-/// Uploads and imports one API process runs at once. Each holds its file (up to
-/// `limits.bulk_body_bytes`) and what is parsed from it, checks up to 100,000 rows and then
-/// holds a connection through its transaction: any user may import links, and a few dozen
-/// imports at once would take the memory and the pool every other request needs.
+/// Imports one API process runs at once. Each holds what is parsed from its file, checks up to
+/// 100,000 rows and then holds a connection through its transaction: any user may import
+/// links, and a few dozen imports at once would take the memory and the pool every other
+/// request needs.
 pub const MAX_CONCURRENT_IMPORTS: usize = 2;
 
-/// A turn to upload and import, held until the import's answer; 503 while every turn is taken.
-fn import_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    state.imports.clone().try_acquire_owned().map_err(|_| {
-        ApiError::Unavailable(format!(
+/// How long an import waits for a turn before its 503: long enough for a loader that sends
+/// its seed files at once to have them taken one after the other.
+pub const IMPORT_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A turn to import, held until the import's answer. Taken once the file is read, so a slow
+/// upload holds none.
+async fn import_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(IMPORT_TURN_WAIT, state.imports.clone().acquire_owned()).await {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => Err(ApiError::Unavailable(format!(
             "{MAX_CONCURRENT_IMPORTS} imports are running on this server; retry shortly"
-        ))
-    })
+        ))),
+    }
 }
 
 /// The bytes of the `file` field.
@@ -73,8 +79,8 @@ pub async fn users(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
+    let _turn = import_turn(&state).await?;
     let mut client = state.client().await?;
     Ok(created(import::users(&mut client, &bytes).await?))
 }
@@ -85,8 +91,8 @@ pub async fn urls(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
+    let _turn = import_turn(&state).await?;
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
@@ -103,8 +109,8 @@ pub async fn events(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
+    let _turn = import_turn(&state).await?;
     let mut client = state.client().await?;
     Ok(created(import::events(&mut client, &bytes).await?))
 }
@@ -134,25 +140,30 @@ pub async fn import_links(
             ))
         })?),
     };
-    let _turn = import_turn(&state)?;
     let bytes = upload(&state, req).await?;
+    let turn = import_turn(&state).await?;
     // Reading and converting a 32 MiB file takes long enough to stall every other request on
-    // the worker it runs on.
-    let (csv_bytes, report) = tokio::task::spawn_blocking(move || match foreign_format {
-        None => ApiResult::Ok((own_export_as_bulk(&bytes, owner)?, None)),
-        Some(format) => {
-            let links = foreign::parse(format, &bytes).map_err(|e| ApiError::BadRow {
-                row: e.record,
-                line: e.record as u64 + 1,
-                column: e.column,
-                reason: e.reason,
-            })?;
-            let (csv, report) = foreign_as_bulk(format, &links, owner)?;
-            Ok((csv, Some(report)))
-        }
+    // the worker it runs on. The turn goes along: a request dropped meanwhile (its deadline,
+    // its client gone) leaves the conversion running, and the turn counts it until it ends.
+    let (converted, _turn) = tokio::task::spawn_blocking(move || {
+        let converted = || match foreign_format {
+            None => ApiResult::Ok((own_export_as_bulk(&bytes, owner)?, None)),
+            Some(format) => {
+                let links = foreign::parse(format, &bytes).map_err(|e| ApiError::BadRow {
+                    row: e.record,
+                    line: e.record as u64 + 1,
+                    column: e.column,
+                    reason: e.reason,
+                })?;
+                let (csv, report) = foreign_as_bulk(format, &links, owner)?;
+                Ok((csv, Some(report)))
+            }
+        };
+        (converted(), turn)
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))??;
+    .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
+    let (csv_bytes, report) = converted?;
     let mut client = state.client().await?;
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));

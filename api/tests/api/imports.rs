@@ -413,30 +413,40 @@ async fn a_foreign_link_with_more_tags_than_a_link_holds_is_refused() {
     assert!(links_of(&app, user).await.is_empty());
 }
 
-/// Imports run a few at a time per API process: past that they are refused at once, before
-/// their upload is read, with a 503 that says when to retry; then they go through as before.
+/// Imports run a few at a time per API process: past that one waits for a turn, and is
+/// refused with a 503 that says when to retry when none comes within the wait.
 #[tokio::test]
-async fn imports_past_the_servers_few_at_once_get_503_and_a_retry_after() {
+async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
+    use kurz_api::routes::bulk::{IMPORT_TURN_WAIT, MAX_CONCURRENT_IMPORTS};
     let app = spawn_app().await;
     let user = app.create_user("queued").await;
-    let held = app
-        .state
-        .imports
-        .clone()
-        .acquire_many_owned(kurz_api::routes::bulk::MAX_CONCURRENT_IMPORTS as u32)
-        .await
-        .unwrap();
+    let hold = || {
+        app.state
+            .imports
+            .clone()
+            .acquire_many_owned(MAX_CONCURRENT_IMPORTS as u32)
+    };
+    let held = hold().await.unwrap();
+    let started = std::time::Instant::now();
     let res = import(&app, "bitly", user, BITLY).await;
+    assert!(
+        started.elapsed() >= IMPORT_TURN_WAIT,
+        "refused without waiting"
+    );
     assert_eq!(res.headers()["retry-after"], "2");
     let body = error_of(res, 503).await;
     assert_eq!(body["error"], "service_unavailable", "{body}");
-    let res = app
-        .upload("/urls/bulk", b"user_id,short_code,original_url\n".to_vec())
-        .await;
-    error_of(res, 503).await;
     assert!(links_of(&app, user).await.is_empty());
-    drop(held);
+
+    // A turn that comes within the wait: the import goes through.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        drop(held);
+    });
     let res = import(&app, "bitly", user, BITLY).await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     assert!(!links_of(&app, user).await.is_empty());
+    release.await.unwrap();
+    // Every turn is back once the imports have answered.
+    drop(hold().await.unwrap());
 }
