@@ -29,7 +29,7 @@ pub async fn by_id(
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
     caller.require_owner_or_admin(link.user_id)?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(&short_url, format, size, &headers, "private, max-age=86400")
+    image(short_url, format, size, &headers, "private, max-age=86400").await
 }
 
 /// Anyone's, by code: for a link that redirects (a printed code of a dead link helps nobody).
@@ -46,7 +46,7 @@ pub async fn by_code(
     let client = state.client().await?;
     let link = super::preview::redirecting_link(&state, &client, &code).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(&short_url, format, size, &headers, "public, max-age=86400")
+    image(short_url, format, size, &headers, "public, max-age=86400").await
 }
 
 pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
@@ -74,14 +74,14 @@ pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
     Ok((format, size))
 }
 
-pub(crate) fn image(
-    text: &str,
+pub(crate) async fn image(
+    text: String,
     format: Format,
     size: u32,
     headers: &HeaderMap,
     cache: &'static str,
 ) -> ApiResult<Response> {
-    let etag = qr::etag(text, format, size);
+    let etag = qr::etag(&text, format, size);
     let tag = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
     let common = [
         (header::ETAG, tag),
@@ -94,7 +94,12 @@ pub(crate) fn image(
     if seen {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let body = qr::render(text, format, size).map_err(ApiError::Internal)?;
+    // A 2048-pixel PNG is millions of pixels and a deflate: on a request worker it would
+    // stall every request scheduled there, and the public route takes ~100 a second per address.
+    let body = tokio::task::spawn_blocking(move || qr::render(&text, format, size))
+        .await
+        .map_err(|e| ApiError::Internal(format!("QR drawing task: {e}")))?
+        .map_err(ApiError::Internal)?;
     let mut response = (StatusCode::OK, common, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
