@@ -368,9 +368,9 @@ pub async fn change_password(
     crate::deadline::commit(tx).await?;
     drop(client);
     // And again: a log-in with the old password in between made a session the first round did
-    // not see. This narrows that window, it does not close it (a log-in that read the old hash
-    // may finish after this). The new password is stored by now, so a failure here is logged,
-    // not answered as if the change had not happened.
+    // not see (one that reads the hash after this sees the new one: `log_in`). The new password
+    // is stored by now, so a failure here is logged, not answered as if the change had not
+    // happened.
     if let Err(e) = state.auth.sessions.revoke_all(me.id).await {
         log::warn!(user_id = me.id, error = e.to_string(); "sessions not revoked again after a password change");
     }
