@@ -146,37 +146,38 @@ impl IntoResponse for ApiError {
         let body = kurz_common::http::error_body(self.code(), &message, details);
         let mut response =
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        self.mark(&mut response);
+        response
+    }
+}
+
+impl ApiError {
+    /// What a response that answers this error carries besides its body: the cause of a 500 for
+    /// the request log (never sent), `Retry-After` on a 503 or 429, `WWW-Authenticate` on a 401.
+    /// The web app's pages answer errors with HTML of their own, and carry the same.
+    pub fn mark(&self, response: &mut Response) {
+        let headers = response.headers_mut();
         match self {
-            ApiError::Internal(cause) => {
-                response.extensions_mut().insert(ErrorCause(cause));
-            }
-            ApiError::StoreDown(cause) => {
-                response.extensions_mut().insert(ErrorCause(cause));
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from(RETRY_AFTER_SECONDS),
-                );
-            }
-            ApiError::Unavailable(_) => {
-                response.headers_mut().insert(
+            ApiError::StoreDown(_) | ApiError::Unavailable(_) => {
+                headers.insert(
                     header::RETRY_AFTER,
                     header::HeaderValue::from(RETRY_AFTER_SECONDS),
                 );
             }
             ApiError::Unauthorized(_) => {
-                response.headers_mut().insert(
+                headers.insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Bearer"),
                 );
             }
             ApiError::TooManyRequests { retry_after, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
             }
             _ => {}
         }
-        response
+        if let ApiError::Internal(cause) | ApiError::StoreDown(cause) = self {
+            response.extensions_mut().insert(ErrorCause(cause.clone()));
+        }
     }
 }
 

@@ -63,7 +63,10 @@ pub async fn make_key(
     let name = field(&fields, "name").trim();
     match crate::routes::auth::issue_key(&state, user_id, name).await {
         Ok((_, key)) => keys_page(&state, &visit, Some(&key), &[], StatusCode::CREATED).await,
-        Err(e) => keys_page(&state, &visit, None, &messages(&e), e.status()).await,
+        Err(e) => super::marked(
+            keys_page(&state, &visit, None, &messages(&e), e.status()).await,
+            &e,
+        ),
     }
 }
 

@@ -352,7 +352,15 @@ fn messages(e: &ApiError) -> Vec<String> {
 fn problem(visit: &Visit, state: &AppState, e: &ApiError) -> Response {
     let status = e.status();
     let html = pages::problem(&visit.page(state), status, &messages(e)).into_string();
-    visit.respond(status, html)
+    marked(visit.respond(status, html), e)
+}
+
+/// A page answering `e`, with what the JSON answer would carry besides its body: the cause of
+/// a 500 for the request log, which otherwise logs a failed page as a plain request, and the
+/// `Retry-After` of a 503 or 429.
+fn marked(mut response: Response, e: &ApiError) -> Response {
+    e.mark(&mut response);
+    response
 }
 
 /// An anonymous page for a request whose session could not even be read.
@@ -370,7 +378,7 @@ fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     response
         .headers_mut()
         .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
+    marked(response, &e)
 }
 
 /// The visit of a page request, or the page that says why it could not be read.
@@ -463,7 +471,7 @@ pub async fn shorten(
         }
         Err(e) => {
             let html = pages::home(&visit.page(&state), &form, &messages(&e)).into_string();
-            visit.respond(e.status(), html)
+            marked(visit.respond(e.status(), html), &e)
         }
     }
 }
@@ -512,13 +520,7 @@ pub async fn login(
         }
         Err(e) => {
             let html = pages::login(&visit.page(&state), account, &messages(&e)).into_string();
-            let mut response = visit.respond(e.status(), html);
-            if let ApiError::TooManyRequests { retry_after, .. } = e {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            }
-            response
+            marked(visit.respond(e.status(), html), &e)
         }
     }
 }
@@ -574,7 +576,7 @@ pub async fn register(
                 &messages(&e),
             )
             .into_string();
-            visit.respond(e.status(), html)
+            marked(visit.respond(e.status(), html), &e)
         }
     }
 }

@@ -1078,3 +1078,26 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
         "the visitor's link went to the planted session's account"
     );
 }
+
+/// A page that fails answers as the JSON API would besides its body: a 503 says when to retry
+/// (`Retry-After`), as the API's own 503 does.
+#[tokio::test]
+async fn a_page_the_database_cannot_serve_says_when_to_retry() {
+    let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 300)).await;
+    let b = signed_up(&app, "retrier").await;
+    let held = app.state.db.get().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/ui/links"))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "2");
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    drop(held);
+}
