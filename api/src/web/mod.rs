@@ -29,7 +29,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use pages::{Form, Page};
 use serde_json::{Map, Value};
@@ -42,23 +42,49 @@ pub use assets::{script, stylesheet};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
-        .route("/ui/shorten", post(shorten))
+        .route("/ui/shorten", get(to_home).post(shorten))
         .route("/login", get(login_page).post(login))
         .route("/register", get(register_page).post(register))
-        .route("/logout", post(logout))
+        .route("/logout", get(to_home).post(logout))
         .route("/ui/links", get(links::list))
         .route("/ui/links/{id}", get(links::show))
-        .route("/ui/links/{id}/state", post(links::set_state))
-        .route("/ui/links/{id}/edit", post(links::edit))
+        .route("/ui/links/{id}/state", get(to_link).post(links::set_state))
+        .route("/ui/links/{id}/edit", get(to_link).post(links::edit))
         .route("/ui/links/{id}/qr", get(links::qr))
         .route(
             "/ui/links/{id}/delete",
             get(links::confirm_delete).post(links::delete),
         )
         .route("/ui/keys", get(account::keys).post(account::make_key))
-        .route("/ui/keys/{id}/revoke", post(account::revoke_key))
+        .route(
+            "/ui/keys/{id}/revoke",
+            get(to_keys).post(account::revoke_key),
+        )
         .route("/ui/users", get(account::users))
         .route("/static/{file}", get(asset))
+}
+
+/// A form's address opened as a page (from the address bar after the form's answer, a restored
+/// tab): the page the form is on, rather than the JSON 405 a browser would show as text.
+async fn to_home() -> Response {
+    see_other_page("/")
+}
+
+async fn to_link(PathText(id): PathText) -> Response {
+    // Digits only into `Location`: the id is whatever was typed.
+    match id.parse::<u64>() {
+        Ok(id) => see_other_page(&format!("/ui/links/{id}")),
+        Err(_) => see_other_page("/ui/links"),
+    }
+}
+
+async fn to_keys() -> Response {
+    see_other_page("/ui/keys")
+}
+
+fn see_other_page(to: &str) -> Response {
+    let to = HeaderValue::from_str(to).expect("a path of ours");
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
 /// The session cookie.

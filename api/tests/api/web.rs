@@ -1101,3 +1101,26 @@ async fn a_page_the_database_cannot_serve_says_when_to_retry() {
         .starts_with("text/html"));
     drop(held);
 }
+
+/// A form's address opened as a page (the address bar after the form's answer, a restored tab)
+/// leads to the page the form is on, not to a JSON 405 shown as text.
+#[tokio::test]
+async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (path, to) in [
+        ("/ui/shorten", "/"),
+        ("/logout", "/"),
+        ("/ui/links/12/edit", "/ui/links/12"),
+        ("/ui/links/12/state", "/ui/links/12"),
+        ("/ui/links/abc/edit", "/ui/links"),
+        ("/ui/keys/3/revoke", "/ui/keys"),
+    ] {
+        let res = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 303, "{path}");
+        assert_eq!(res.headers()["location"], to, "{path}");
+    }
+}
