@@ -409,6 +409,11 @@ pub(crate) async fn issue_key(
     user_id: i64,
     name: &str,
 ) -> ApiResult<(db::api_keys::ApiKey, String)> {
+    // Here, not only in the JSON body's checks: the keys page sends what was typed, and a
+    // nameless key is a blank row nobody can tell from the others.
+    if name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
     if name.chars().count() > 100 {
         return Err(ApiError::field("name", "must be at most 100 characters"));
     }

@@ -830,6 +830,14 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .await
         .unwrap()
         .contains("name: must be at most 100"));
+    // As the JSON API: a key needs a name.
+    let res = b.submit(&page, "/ui/keys", &[("name", "  ")]).await;
+    assert_eq!(res.status(), 400);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("name: must not be empty"));
     let at = page.find("action=\"/ui/keys/").unwrap() + 8;
     let revoke = &page[at..at + page[at..].find('"').unwrap()];
     // Forged forms (no token) neither make nor revoke a key.
