@@ -125,13 +125,20 @@ pub async fn list(
     let found = async {
         let client = state.client().await?;
         let total = crate::db::urls::count_urls(&client, &filter).await?;
+        // Past the last page (its last link switched off or deleted, a typed `page`): the last
+        // page, rather than an empty list whose page links lead nowhere.
+        let last = ((total + PER_PAGE - 1) / PER_PAGE).max(1);
+        if query.page > last {
+            return Ok(Err(last));
+        }
         let offset = (query.page - 1) * PER_PAGE;
         let links = crate::db::urls::list_urls_newest(&client, &filter, PER_PAGE, offset).await?;
-        Ok::<_, ApiError>((total, links))
+        Ok::<_, ApiError>(Ok((total, links)))
     }
     .await;
     match found {
-        Ok((total, links)) => {
+        Ok(Err(last)) => visit.see_other_to(&format!("/ui/links?{}", query.at_page(last))),
+        Ok(Ok((total, links))) => {
             let html = link_pages::links(
                 &visit.page(&state),
                 &query,

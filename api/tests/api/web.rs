@@ -1132,3 +1132,37 @@ async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
         assert_eq!(res.headers()["location"], to, "{path}");
     }
 }
+
+/// A list page past the last (its last link switched off from it, a typed `page`) leads to the
+/// last page, keeping the filters, instead of an empty list with no way back.
+#[tokio::test]
+async fn a_page_past_the_last_leads_to_the_last() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "pager").await;
+    let user: i64 = app
+        .sql()
+        .await
+        .query_one("SELECT id FROM users WHERE username = 'pager'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for i in 0..21 {
+        app.create_url(user, &format!("https://example.com/p{i}"))
+            .await;
+    }
+    let (status, page) = b.get("/ui/links?state=active&page=2").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Page 2 of 2"), "{page}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client
+        .get(app.url("/ui/links?state=active&page=7"))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/links?state=active&page=2");
+}
