@@ -106,6 +106,7 @@ impl ClickRecorder {
     /// (`kurz_common::visit`): a visit the edge's script already counted is not counted again.
     pub async fn limited_visit(
         &self,
+        cache: &crate::cache::LinkCache,
         code: &str,
         link: &LinkEntry,
         click: Option<Click>,
@@ -167,7 +168,22 @@ impl ClickRecorder {
                         break;
                     }
                 }
-                // No entry (evicted or replaced since the lookup), or Redis down.
+                // Redis answers and holds no entry: the fill after the lookup was refused (a
+                // write elsewhere in the code's partition moved its generation), or the entry
+                // expired since. PostgreSQL alone would count only the clicks it has stored,
+                // not those still in the stream, and let visits past the limit: the entry goes
+                // back (versioned by the row, so a newer state wins) and the script runs again.
+                Ok((Reply::Miss, _)) if attempt == 0 => {
+                    let client = self.db.get().await?;
+                    let Some(row) = crate::db::urls::find_url_by_code(&client, code).await? else {
+                        return Ok(LimitedVisit::Changed(Verdict::NotFound));
+                    };
+                    drop(client);
+                    if cache.publish(code, &row.cache_state()).await.is_err() {
+                        break;
+                    }
+                }
+                // Still no entry, or Redis down.
                 _ => break,
             }
         }

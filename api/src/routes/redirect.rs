@@ -174,7 +174,7 @@ async fn visit_and_redirect(
             });
         match state
             .clicks
-            .limited_visit(code, entry, click, visit_id)
+            .limited_visit(&state.cache, code, entry, click, visit_id)
             .await?
         {
             LimitedVisit::Allowed => {}

@@ -486,3 +486,43 @@ async fn a_visit_an_edge_counted_before_forwarding_it_counts_once() {
         }
     }
 }
+
+/// Redis answering without the link's entry (a fill its partition refused, an entry expired
+/// since the lookup) does not hand a limited visit to PostgreSQL, which counts only the clicks
+/// it has stored: the entry goes back and the counter in Redis decides.
+#[tokio::test]
+async fn a_limited_visit_that_finds_no_entry_is_decided_by_the_counter() {
+    let app = spawn_app().await;
+    let user = app.create_user("mvmiss").await;
+    let (_, code) = limited_link(&app, user, json!(2)).await;
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Two visits counted whose clicks are still in the stream (none stored), and no entry.
+    let _: () = redis::cmd("SET")
+        .arg(app.state.keys.visits(&code))
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(app.state.keys.link(&code))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let db = app.state.db.get().await.unwrap();
+    let link = kurz_api::db::urls::find_url_by_code(&db, &code)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(db);
+    let kurz_common::keys::CachedLink::Found(entry) = link.cache_entry() else {
+        panic!("the link is live");
+    };
+    let visit = app
+        .state
+        .clicks
+        .limited_visit(&app.state.cache, &code, &entry, None, None)
+        .await
+        .unwrap();
+    assert_eq!(visit, kurz_api::clicks::LimitedVisit::Exhausted);
+}
