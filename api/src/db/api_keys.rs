@@ -100,8 +100,12 @@ pub async fn find_active(c: &impl GenericClient, hash: &str) -> Result<Option<Ap
                  RETURNING last_used_at",
             )
             .await?;
-        if let Some(marked) = c.query_opt(&mark, &[&key.id]).await? {
-            key.last_used_at = marked.get(0);
+        // A mark that cannot be written (a read-only database, a failover under way) costs the
+        // request nothing: the key is as valid as it was a minute ago.
+        match c.query_opt(&mark, &[&key.id]).await {
+            Ok(Some(marked)) => key.last_used_at = marked.get(0),
+            Ok(None) => {}
+            Err(e) => log::warn!(key_id = key.id, error = e.to_string(); "API key use not marked"),
         }
     }
     Ok(Some(key))

@@ -270,6 +270,17 @@ async fn a_keys_use_within_the_minute_writes_nothing() {
     assert_eq!(me(&app, secret).await.status(), 200);
     let (_, later) = version().await;
     assert!(later > used, "a use after the minute is marked: {later:?}");
+
+    // A mark the database refuses (read-only, a failover) fails no request.
+    db.batch_execute(
+        "UPDATE api_keys SET last_used_at = now() - interval '2 minutes'; \
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'read-only'; END $$; \
+         CREATE TRIGGER read_only BEFORE UPDATE ON api_keys FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    assert_eq!(me(&app, secret).await.status(), 200);
 }
 
 /// A kurz token sent in another shape than `Bearer <token>` is refused, not ignored: the
