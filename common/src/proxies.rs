@@ -93,9 +93,10 @@ impl ProxyTrust {
     /// through, and the edge's request id is also the click's identity, stored once: a client
     /// repeating one id would have its redirects counted, and its clicks stored, once.
     pub fn names_request(&self, ip: IpAddr) -> bool {
-        self.proxies[..self.named]
-            .iter()
-            .any(|n| n.contains(&canonical(ip)))
+        let ip = canonical(ip);
+        // Cloudflare's ranges pasted into `trusted_proxies` too are still Cloudflare's.
+        self.proxies[..self.named].iter().any(|n| n.contains(&ip))
+            && !self.cloudflare.iter().any(|n| n.contains(&ip))
     }
 
     /// The client's address: the peer's, or, from a trusted peer, `CF-Connecting-IP` (Cloudflare
@@ -305,5 +306,12 @@ mod tests {
         assert!(!t.names_request(ip("173.245.48.5")));
         assert!(!t.names_request(ip("198.51.100.1")));
         assert!(!ProxyTrust::default().names_request(ip("127.0.0.1")));
+        let both = ProxyTrust::parse(
+            &["10.0.0.0/8".into(), "173.245.48.0/20".into()],
+            &["173.245.48.0/20".into()],
+        )
+        .unwrap();
+        assert!(!both.names_request(ip("173.245.48.5")));
+        assert!(both.names_request(ip("10.1.2.3")));
     }
 }
