@@ -52,6 +52,8 @@ pub struct Ctx {
     answered: Option<u16>,
     /// Upstreams that failed this request, skipped on retry.
     failed: Vec<SocketAddr>,
+    /// This attempt goes back to an upstream that failed it (the only one left).
+    again_to_failed: bool,
     body_bytes: u64,
     /// The id of a visit the edge ran through the visit script, passed on if the request is
     /// forwarded after all: the API's run then does not count it again.
@@ -161,6 +163,7 @@ impl ProxyHttp for Edge {
             https: false,
             answered: None,
             failed: Vec::new(),
+            again_to_failed: false,
             body_bytes: 0,
             visit_id: None,
         }
@@ -358,12 +361,14 @@ impl ProxyHttp for Edge {
         let mut peer = HttpPeer::new(backend, false, String::new());
         // Back to an upstream that failed this request: another of its pooled connections may be
         // as stale as the one that broke (the pod behind a Service address restarted). A group
-        // key of its own keeps the connection pool from handing one out: a new connection.
-        if peer
+        // key of its own keeps the connection pool from handing one out: a new connection. It
+        // asks to be closed after its answer (`upstream_request_filter`), so it is not pooled
+        // under that key for the next such retry to take.
+        ctx.again_to_failed = peer
             ._address
             .as_inet()
-            .is_some_and(|a| ctx.failed.contains(a))
-        {
+            .is_some_and(|a| ctx.failed.contains(a));
+        if ctx.again_to_failed {
             peer.group_key = 1;
         }
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
@@ -418,6 +423,9 @@ impl ProxyHttp for Edge {
         )?;
         upstream.insert_header("x-real-ip", ctx.client.to_string())?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if ctx.again_to_failed {
+            upstream.insert_header("connection", "close")?;
+        }
         // Only an edge names a visit: a client's own id could pass a used-up link uncounted.
         upstream.remove_header(VISIT_ID_HEADER);
         if let Some(id) = &ctx.visit_id {

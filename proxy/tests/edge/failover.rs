@@ -490,6 +490,14 @@ async fn with_one_upstream_a_timeout_is_504_and_a_broken_get_goes_again_to_it() 
     let res = stack.get("/urls/7").await;
     assert_eq!(res.status(), 200, "{}", stack.proxy_log());
     assert_eq!(paths(&seen_flaky), ["/urls/7", "/urls/7"]);
+    // The retry's new connection is closed after its answer, never pooled for the next.
+    let closes: Vec<bool> = seen_flaky
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, h)| h.iter().any(|(n, v)| n == "connection" && v == "close"))
+        .collect();
+    assert_eq!(closes, [false, true]);
     assert_eq!(retries(&stack).await - retried, 1.0);
 }
 
