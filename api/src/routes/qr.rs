@@ -74,6 +74,10 @@ pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
     Ok((format, size))
 }
 
+/// QR codes drawn at once by one API process, and how long one waits for its turn.
+static DRAWING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+const DRAWING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn image(
     text: String,
     format: Format,
@@ -96,10 +100,22 @@ pub(crate) async fn image(
     }
     // A 2048-pixel PNG is millions of pixels and a deflate: on a request worker it would
     // stall every request scheduled there, and the public route takes ~100 a second per address.
-    let body = tokio::task::spawn_blocking(move || qr::render(&text, format, size))
-        .await
-        .map_err(|e| ApiError::Internal(format!("QR drawing task: {e}")))?
-        .map_err(ApiError::Internal)?;
+    // A few at a time: the blocking pool also runs the password hashes and the imports' parses.
+    let turn = match tokio::time::timeout(DRAWING_WAIT, DRAWING.acquire()).await {
+        Ok(Ok(turn)) => turn,
+        _ => {
+            return Err(ApiError::Unavailable(
+                "too many QR codes are being drawn; retry shortly".into(),
+            ))
+        }
+    };
+    let body = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        qr::render(&text, format, size)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("QR drawing task: {e}")))?
+    .map_err(ApiError::Internal)?;
     let mut response = (StatusCode::OK, common, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
