@@ -183,6 +183,9 @@ impl Application {
             targets,
             auth,
             visitors: Arc::new(kurz_common::visitors::VisitorSalt::default()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                crate::routes::bulk::MAX_CONCURRENT_UPLOADS,
+            )),
             imports: Arc::new(tokio::sync::Semaphore::new(
                 crate::routes::bulk::MAX_CONCURRENT_IMPORTS,
             )),

@@ -30,7 +30,8 @@ pub struct AppState {
     pub targets: Arc<kurz_common::target::TargetPolicy>,
     /// Passwords, sessions, API keys.
     pub auth: Arc<crate::auth::Auth>,
-    /// Bulk uploads and imports running at once (`routes::bulk`).
+    /// Bulk uploads held, and imports running, at once (`routes::bulk`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     pub imports: Arc<tokio::sync::Semaphore>,
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 pub mod foreign;
 mod table;
 
-pub use table::column_name;
+pub use table::{column_name, Turn};
 
 use table::{unique, At, Table};
 
@@ -57,8 +57,12 @@ async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> A
 }
 
 /// Users: `id,username,email,created_at` (`id`, `created_at` optional).
-pub async fn users(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
-    let table = Table::parse_off_worker(bytes, &["username", "email"]).await?;
+pub async fn users(
+    c: &mut deadpool_postgres::Client,
+    bytes: &[u8],
+    turn: Turn,
+) -> ApiResult<usize> {
+    let (table, _turn) = Table::parse_off_worker(bytes, &["username", "email"], turn).await?;
     let (mut ids, mut names, mut emails, mut created) = (vec![], vec![], vec![], vec![]);
     let (mut seen_id, mut seen_email) = (HashMap::new(), HashMap::new());
     for (at, row) in table.rows() {
@@ -138,8 +142,10 @@ pub async fn urls(
     c: &mut deadpool_postgres::Client,
     bytes: &[u8],
     policy: &kurz_common::target::TargetPolicy,
+    turn: Turn,
 ) -> ApiResult<ImportedUrls> {
-    let table = Table::parse_off_worker(bytes, &["user_id", "short_code", "original_url"]).await?;
+    let (table, _turn) =
+        Table::parse_off_worker(bytes, &["user_id", "short_code", "original_url"], turn).await?;
     let n = table.records.len();
     let (mut ids, mut users, mut codes, mut targets, mut titles) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -362,8 +368,12 @@ pub async fn urls(
 }
 
 /// Events: `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as text).
-pub async fn events(c: &mut deadpool_postgres::Client, bytes: &[u8]) -> ApiResult<usize> {
-    let table = Table::parse_off_worker(bytes, &["url_id", "event_type"]).await?;
+pub async fn events(
+    c: &mut deadpool_postgres::Client,
+    bytes: &[u8],
+    turn: Turn,
+) -> ApiResult<usize> {
+    let (table, _turn) = Table::parse_off_worker(bytes, &["url_id", "event_type"], turn).await?;
     let n = table.records.len();
     let (mut ids, mut urls, mut users, mut types, mut times, mut details) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

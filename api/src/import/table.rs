@@ -43,17 +43,24 @@ impl At {
     }
 }
 
+/// A turn among the imports one API process runs at once (`routes::bulk`).
+pub type Turn = tokio::sync::OwnedSemaphorePermit;
+
 impl Table {
     /// Parses on the blocking pool: a 32 MiB upload takes a worker long enough to stall every
-    /// other request scheduled on it.
+    /// other request scheduled on it. The import's `turn` goes along and comes back with the
+    /// table: a request dropped meanwhile leaves the parse running, and the turn counts it.
     pub(super) async fn parse_off_worker(
         bytes: &[u8],
         required: &'static [&'static str],
-    ) -> ApiResult<Self> {
+        turn: Turn,
+    ) -> ApiResult<(Self, Turn)> {
         let owned = bytes.to_vec();
-        tokio::task::spawn_blocking(move || Self::parse(&owned, required))
-            .await
-            .map_err(|e| ApiError::Internal(format!("CSV parse task: {e}")))?
+        let (parsed, turn) =
+            tokio::task::spawn_blocking(move || (Self::parse(&owned, required), turn))
+                .await
+                .map_err(|e| ApiError::Internal(format!("CSV parse task: {e}")))?;
+        Ok((parsed?, turn))
     }
 
     pub(super) fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {

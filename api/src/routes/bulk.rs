@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kurz_common::shortcode::ShortCode;
 use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Imports one API process runs at once. Each holds what is parsed from its file, checks up to
 /// 100,000 rows and then holds a connection through its transaction: any user may import
@@ -22,17 +24,24 @@ use serde_json::json;
 /// request needs.
 pub const MAX_CONCURRENT_IMPORTS: usize = 2;
 
-/// How long an import waits for a turn before its 503: long enough for a loader that sends
-/// its seed files at once to have them taken one after the other.
+/// Uploads one API process holds at once, each up to `limits.bulk_body_bytes` in memory from
+/// the start of its reading to its import's answer. More than the imports, so a slow upload
+/// (bounded by the edge's body deadline) holds no import up.
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+
+/// How long an upload or an import waits for its turn before its 503: long enough for a
+/// loader that sends its seed files at once to have them taken one after the other.
 pub const IMPORT_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A turn to import, held until the import's answer. Taken once the file is read, so a slow
-/// upload holds none.
-async fn import_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    match tokio::time::timeout(IMPORT_TURN_WAIT, state.imports.clone().acquire_owned()).await {
+/// A turn among `turns`, waited for up to [`IMPORT_TURN_WAIT`].
+async fn take_turn(
+    turns: &Arc<Semaphore>,
+    what: &str,
+) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(IMPORT_TURN_WAIT, turns.clone().acquire_owned()).await {
         Ok(Ok(turn)) => Ok(turn),
         _ => Err(ApiError::Unavailable(format!(
-            "{MAX_CONCURRENT_IMPORTS} imports are running on this server; retry shortly"
+            "every {what} turn of this server is taken; retry shortly"
         ))),
     }
 }
@@ -79,10 +88,11 @@ pub async fn users(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
-    let _turn = import_turn(&state).await?;
+    let turn = take_turn(&state.imports, "import").await?;
     let mut client = state.client().await?;
-    Ok(created(import::users(&mut client, &bytes).await?))
+    Ok(created(import::users(&mut client, &bytes, turn).await?))
 }
 
 pub async fn urls(
@@ -91,10 +101,11 @@ pub async fn urls(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
-    let _turn = import_turn(&state).await?;
+    let turn = take_turn(&state.imports, "import").await?;
     let mut client = state.client().await?;
-    let imported = import::urls(&mut client, &bytes, &state.targets).await?;
+    let imported = import::urls(&mut client, &bytes, &state.targets, turn).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
     Ok((
         StatusCode::CREATED,
@@ -109,10 +120,11 @@ pub async fn events(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
-    let _turn = import_turn(&state).await?;
+    let turn = take_turn(&state.imports, "import").await?;
     let mut client = state.client().await?;
-    Ok(created(import::events(&mut client, &bytes).await?))
+    Ok(created(import::events(&mut client, &bytes, turn).await?))
 }
 
 /// `POST /urls/import?format=bitly|yourls|shlink|kutt|csv` (multipart field `file`): another
@@ -140,12 +152,13 @@ pub async fn import_links(
             ))
         })?),
     };
+    let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
-    let turn = import_turn(&state).await?;
+    let turn = take_turn(&state.imports, "import").await?;
     // Reading and converting a 32 MiB file takes long enough to stall every other request on
     // the worker it runs on. The turn goes along: a request dropped meanwhile (its deadline,
     // its client gone) leaves the conversion running, and the turn counts it until it ends.
-    let (converted, _turn) = tokio::task::spawn_blocking(move || {
+    let (converted, turn) = tokio::task::spawn_blocking(move || {
         let converted = || match foreign_format {
             None => ApiResult::Ok((own_export_as_bulk(&bytes, owner)?, None)),
             Some(format) => {
@@ -168,7 +181,7 @@ pub async fn import_links(
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));
     }
-    let imported = import::urls(&mut client, &csv_bytes, &state.targets).await?;
+    let imported = import::urls(&mut client, &csv_bytes, &state.targets, turn).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
     let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
     body["imported"] = json!(imported.count);

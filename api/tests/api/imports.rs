@@ -417,7 +417,9 @@ async fn a_foreign_link_with_more_tags_than_a_link_holds_is_refused() {
 /// refused with a 503 that says when to retry when none comes within the wait.
 #[tokio::test]
 async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
-    use kurz_api::routes::bulk::{IMPORT_TURN_WAIT, MAX_CONCURRENT_IMPORTS};
+    use kurz_api::routes::bulk::{
+        IMPORT_TURN_WAIT, MAX_CONCURRENT_IMPORTS, MAX_CONCURRENT_UPLOADS,
+    };
     let app = spawn_app().await;
     let user = app.create_user("queued").await;
     let hold = || {
@@ -436,6 +438,10 @@ async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
     assert_eq!(res.headers()["retry-after"], "2");
     let body = error_of(res, 503).await;
     assert_eq!(body["error"], "service_unavailable", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("import"),
+        "{body}"
+    );
     assert!(links_of(&app, user).await.is_empty());
 
     // A turn that comes within the wait: the import goes through.
@@ -449,4 +455,19 @@ async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
     release.await.unwrap();
     // Every turn is back once the imports have answered.
     drop(hold().await.unwrap());
+
+    // Uploads held in memory are bounded too, before their files are read.
+    let uploads = app
+        .state
+        .uploads
+        .clone()
+        .acquire_many_owned(MAX_CONCURRENT_UPLOADS as u32)
+        .await
+        .unwrap();
+    let body = error_of(import(&app, "bitly", user, BITLY).await, 503).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("upload"),
+        "{body}"
+    );
+    drop(uploads);
 }

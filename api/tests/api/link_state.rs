@@ -157,7 +157,8 @@ async fn a_link_import_whose_cache_step_never_ran_still_reaches_redis() {
         "id,user_id,short_code,original_url,is_active\n{id},{user},{code},https://example.com/after,False\n"
     );
     let mut client = app.state.db.get().await.unwrap();
-    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets)
+    let turn = app.state.imports.clone().acquire_owned().await.unwrap();
+    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets, turn)
         .await
         .unwrap();
     assert!(imported.codes.contains(&code));
@@ -269,7 +270,8 @@ async fn a_late_publish_from_before_an_import_cannot_undo_it() {
     );
     // The bulk import's two steps, as its route runs them.
     let mut client = app.state.db.get().await.unwrap();
-    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets)
+    let turn = app.state.imports.clone().acquire_owned().await.unwrap();
+    let imported = kurz_api::import::urls(&mut client, csv.as_bytes(), &app.state.targets, turn)
         .await
         .unwrap();
     kurz_api::cache_sync::after_import(&app.state, &client, &imported).await;
