@@ -1098,24 +1098,19 @@ async fn unknown_usernames_are_counted_as_written_and_tell_nothing_of_who_exists
     })
     .await;
     register(&app, "dora").await;
+    let guess = |who: &'static str, status: u16| {
+        let app = &app;
+        async move {
+            let res = login(app, json!({"username": who, "password": "guess-1"})).await;
+            error_of(res, status).await;
+        }
+    };
     for (locked, probe) in [("GHOST", "ghost"), ("DORA", "dora")] {
         for _ in 0..3 {
-            error_of(
-                login(&app, json!({"username": locked, "password": "guess-1"})).await,
-                401,
-            )
-            .await;
+            guess(locked, 401).await;
         }
-        error_of(
-            login(&app, json!({"username": locked, "password": "guess-1"})).await,
-            429,
-        )
-        .await;
-        error_of(
-            login(&app, json!({"username": probe, "password": "guess-1"})).await,
-            401,
-        )
-        .await;
+        guess(locked, 429).await;
+        guess(probe, 401).await;
     }
 }
 

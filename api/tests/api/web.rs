@@ -55,16 +55,21 @@ impl<'a> Browser<'a> {
     }
 
     async fn get(&mut self, path: &str) -> (u16, String) {
-        let res = self
-            .app
+        let res = self.fetch(path).await;
+        self.keep_cookies(&res);
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// `GET path` with the browser's cookies: the whole answer, headers too, redirects not
+    /// followed, no cookie kept.
+    async fn fetch(&self, path: &str) -> Response {
+        self.app
             .client
             .get(self.app.url(path))
             .header("cookie", self.cookie_header())
             .send()
             .await
-            .unwrap();
-        self.keep_cookies(&res);
-        (res.status().as_u16(), res.text().await.unwrap())
+            .unwrap()
     }
 
     /// Posts `fields` as a form, adding the CSRF token the page carried.
@@ -100,12 +105,12 @@ fn csrf_of(page: &str) -> String {
 }
 
 async fn link_count(app: &TestApp) -> i64 {
-    app.sql()
-        .await
-        .query_one("SELECT count(*) FROM urls", &[])
-        .await
-        .unwrap()
-        .get(0)
+    number(app, "SELECT count(*) FROM urls").await
+}
+
+/// The one number `sql` selects.
+async fn number(app: &TestApp, sql: &str) -> i64 {
+    app.sql().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]
@@ -1050,13 +1055,7 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
         )
         .await;
     assert_eq!(forged.status(), 403);
-    let keys: i64 = app
-        .sql()
-        .await
-        .query_one("SELECT count(*) FROM api_keys", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let keys = number(&app, "SELECT count(*) FROM api_keys").await;
     assert_eq!(keys, 0, "the forged post made a key");
 
     b.planted = vec![(
@@ -1071,16 +1070,11 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
         &[("original_url", "https://example.com/mine")],
     )
     .await;
-    let theirs: i64 = app
-        .sql()
-        .await
-        .query_one(
-            "SELECT count(*) FROM urls u JOIN users p ON p.id = u.user_id WHERE p.username = 'planter'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let theirs = number(
+        &app,
+        "SELECT count(*) FROM urls u JOIN users p ON p.id = u.user_id WHERE p.username = 'planter'",
+    )
+    .await;
     assert_eq!(
         theirs, 0,
         "the visitor's link went to the planted session's account"
@@ -1094,13 +1088,7 @@ async fn a_page_the_database_cannot_serve_says_when_to_retry() {
     let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 300)).await;
     let b = signed_up(&app, "retrier").await;
     let held = app.state.db.get().await.unwrap();
-    let res = app
-        .client
-        .get(app.url("/ui/links"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
+    let res = b.fetch("/ui/links").await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "2");
     assert!(res.headers()["content-type"]
@@ -1115,10 +1103,6 @@ async fn a_page_the_database_cannot_serve_says_when_to_retry() {
 #[tokio::test]
 async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
     let app = spawn_app().await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     for (path, to) in [
         ("/ui/shorten", "/"),
         ("/logout", "/"),
@@ -1127,7 +1111,8 @@ async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
         ("/ui/links/abc/edit", "/ui/links"),
         ("/ui/keys/3/revoke", "/ui/keys"),
     ] {
-        let res = client.get(app.url(path)).send().await.unwrap();
+        // The app's client follows no redirect.
+        let res = app.get(path).await;
         assert_eq!(res.status(), 303, "{path}");
         assert_eq!(res.headers()["location"], to, "{path}");
     }
@@ -1139,13 +1124,7 @@ async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
 async fn a_page_past_the_last_leads_to_the_last() {
     let app = spawn_app().await;
     let mut b = signed_up(&app, "pager").await;
-    let user: i64 = app
-        .sql()
-        .await
-        .query_one("SELECT id FROM users WHERE username = 'pager'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let user = number(&app, "SELECT id FROM users WHERE username = 'pager'").await;
     for i in 0..21 {
         app.create_url(user, &format!("https://example.com/p{i}"))
             .await;
@@ -1153,16 +1132,7 @@ async fn a_page_past_the_last_leads_to_the_last() {
     let (status, page) = b.get("/ui/links?state=active&page=2").await;
     assert_eq!(status, 200);
     assert!(page.contains("Page 2 of 2"), "{page}");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let res = client
-        .get(app.url("/ui/links?state=active&page=7"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
+    let res = b.fetch("/ui/links?state=active&page=7").await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/ui/links?state=active&page=2");
 }

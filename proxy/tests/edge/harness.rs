@@ -576,6 +576,28 @@ impl Stack {
             .sum()
     }
 
+    /// Waits (bounded) until `kurz_proxy_config_reloads_total{result}` reaches `want`.
+    pub async fn reloads_reach(&self, result: &str, want: f64) {
+        let label = format!("result=\"{result}\"");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .metric(
+                self.admin_port,
+                "kurz_proxy_config_reloads_total",
+                &[&label],
+            )
+            .await
+            < want
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no {result} reload: {}",
+                self.proxy_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A counter the edge moves after the response has gone out (`kurz_proxy_requests_total`
     /// is counted in Pingora's logging phase): read once it reaches `want`, or after a deadline,
     /// so the caller can assert the exact value without racing the edge.

@@ -493,23 +493,7 @@ async fn sighup_picks_up_a_new_upstream_list() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stack
-        .metric(
-            stack.admin_port,
-            "kurz_proxy_config_reloads_total",
-            &["result=\"ok\""],
-        )
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no reload: {}",
-            stack.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.reloads_reach("ok", 1.0).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         assert_eq!(
@@ -525,28 +509,6 @@ async fn sighup_picks_up_a_new_upstream_list() {
             break;
         }
         assert!(Instant::now() < deadline, "the new upstream got no traffic");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (bounded) until `kurz_proxy_config_reloads_total{result}` reaches `want`.
-async fn reloads_reach(stack: &Stack, result: &str, want: f64) {
-    let label = format!("result=\"{result}\"");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack
-        .metric(
-            stack.admin_port,
-            "kurz_proxy_config_reloads_total",
-            &[&label],
-        )
-        .await
-        < want
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no {result} reload: {}",
-            stack.proxy_log()
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -586,7 +548,7 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
         },
     );
     stack.signal_proxy("HUP");
-    reloads_reach(&stack, "error", 1.0).await;
+    stack.reloads_reach("error", 1.0).await;
     assert!(
         stack.proxy_log().contains("rate_limitz"),
         "the refusal names the bad key: {}",
@@ -619,7 +581,7 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
         },
     );
     stack.signal_proxy("HUP");
-    reloads_reach(&stack, "ok", 1.0).await;
+    stack.reloads_reach("ok", 1.0).await;
     assert_eq!(applied().await, 1.0, "the fixed file runs");
     let client = from("127.0.0.3");
     for _ in 0..3 {
@@ -662,7 +624,7 @@ async fn an_environment_override_outlives_a_reload() {
     );
     stack.write_config(&[1], &Options::default());
     stack.signal_proxy("HUP");
-    reloads_reach(&stack, "ok", 1.0).await;
+    stack.reloads_reach("ok", 1.0).await;
     let before = health_at(0).await;
     for _ in 0..4 {
         assert_eq!(stack.get("/health").await.status(), 200);
@@ -715,19 +677,7 @@ async fn size_and_time_limits_answer_413_and_504_with_json() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stack
-        .metric(
-            stack.admin_port,
-            "kurz_proxy_config_reloads_total",
-            &["result=\"ok\""],
-        )
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "no reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.reloads_reach("ok", 1.0).await;
     // POST is not retried, so the upstream's silence is the answer: 504 after read_timeout_ms.
     let res = stack
         .client

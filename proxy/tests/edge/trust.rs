@@ -78,23 +78,7 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
     };
     stack.write_config(&[0, 1], &trusting);
     stack.signal_proxy("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack
-        .metric(
-            stack.admin_port,
-            "kurz_proxy_config_reloads_total",
-            &["result=\"ok\""],
-        )
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no reload: {}",
-            stack.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    stack.reloads_reach("ok", 1.0).await;
     let (rid, ip) = click_as(&stack, id, &code, 2).await;
     assert_eq!(rid, "forged-2", "a trusted proxy's request id is kept");
     assert_eq!(ip, "198.51.100.0", "a trusted proxy names the client");
@@ -110,23 +94,7 @@ async fn only_trusted_proxies_name_the_client_the_request_id_and_https_and_sighu
     };
     stack.write_config(&[0, 1], &behind_cloudflare);
     stack.signal_proxy("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack
-        .metric(
-            stack.admin_port,
-            "kurz_proxy_config_reloads_total",
-            &["result=\"ok\""],
-        )
-        .await
-        < 2.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no reload: {}",
-            stack.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    stack.reloads_reach("ok", 2.0).await;
     let (rid, ip) = click_as(&stack, id, &code, 3).await;
     assert_ne!(
         rid, "forged-3",
