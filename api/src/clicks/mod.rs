@@ -171,15 +171,24 @@ impl ClickRecorder {
                 // Redis answers and holds no entry: the fill after the lookup was refused (a
                 // write elsewhere in the code's partition moved its generation), or the entry
                 // expired since. PostgreSQL alone would count only the clicks it has stored,
-                // not those still in the stream, and let visits past the limit: the entry goes
-                // back (versioned by the row, so a newer state wins) and the script runs again.
+                // not those still in the stream, and let visits past the limit: the entry is
+                // filled again (as a lookup's miss is: no generation moved, no edge told) and
+                // the script runs once more.
                 Ok((Reply::Miss, _)) if attempt == 0 => {
+                    let seen = match cache.lookup(code).await {
+                        Ok(crate::cache::Lookup::Miss(seen)) => seen,
+                        // Filled meanwhile: the script reads it.
+                        Ok(crate::cache::Lookup::Hit(_)) => continue,
+                        Err(_) => break,
+                    };
                     let client = self.db.get().await?;
-                    let Some(row) = crate::db::urls::find_url_by_code(&client, code).await? else {
+                    let row = crate::db::urls::find_url_by_code(&client, code).await?;
+                    drop(client);
+                    // Gone, or the code moved to another link (an import) since the lookup.
+                    let Some(row) = row.filter(|r| r.id == link.url_id) else {
                         return Ok(LimitedVisit::Changed(Verdict::NotFound));
                     };
-                    drop(client);
-                    if cache.publish(code, &row.cache_state()).await.is_err() {
+                    if cache.fill(code, &row.cache_state(), &seen).await.is_err() {
                         break;
                     }
                 }
