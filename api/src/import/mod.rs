@@ -130,6 +130,8 @@ pub struct ImportedUrls {
     /// The codes of rows that say `has_password` and came in switched off: an export holds no
     /// password, and the link had none stored to keep.
     pub needs_password: Vec<String>,
+    /// The import's turn, held by the caller through the cache update that follows.
+    pub turn: Turn,
 }
 
 /// Links: `id,user_id,short_code,original_url,title,is_active,created_at,updated_at`
@@ -144,7 +146,7 @@ pub async fn urls(
     policy: &kurz_common::target::TargetPolicy,
     turn: Turn,
 ) -> ApiResult<ImportedUrls> {
-    let (table, _turn) =
+    let (table, turn) =
         Table::parse_off_worker(bytes, &["user_id", "short_code", "original_url"], turn).await?;
     let n = table.records.len();
     let (mut ids, mut users, mut codes, mut targets, mut titles) =
@@ -364,6 +366,7 @@ pub async fn urls(
         codes,
         queued,
         needs_password,
+        turn,
     })
 }
 
