@@ -386,6 +386,8 @@ fn problem(visit: &Visit, state: &AppState, e: &ApiError) -> Response {
 /// `Retry-After` of a 503 or 429.
 fn marked(mut response: Response, e: &ApiError) -> Response {
     e.mark(&mut response);
+    // A challenge for API tokens: pages log in by their form, not by a header.
+    response.headers_mut().remove(header::WWW_AUTHENTICATE);
     response
 }
 
