@@ -189,6 +189,7 @@ impl Application {
             imports: Arc::new(tokio::sync::Semaphore::new(
                 crate::routes::bulk::MAX_CONCURRENT_IMPORTS,
             )),
+            uploading: Arc::default(),
         };
         Ok(Self {
             listener,

@@ -30,9 +30,11 @@ pub struct AppState {
     pub targets: Arc<kurz_common::target::TargetPolicy>,
     /// Passwords, sessions, API keys.
     pub auth: Arc<crate::auth::Auth>,
-    /// Bulk uploads held, and imports running, at once (`routes::bulk`).
+    /// Bulk uploads held, and imports running, at once, and the client addresses with an upload
+    /// under way (`routes::bulk`).
     pub uploads: Arc<tokio::sync::Semaphore>,
     pub imports: Arc<tokio::sync::Semaphore>,
+    pub uploading: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
 }
 
 impl AppState {

@@ -9,12 +9,13 @@ use crate::import::{self, foreign};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{FromRequest, Multipart, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kurz_common::shortcode::ShortCode;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -25,9 +26,52 @@ use tokio::sync::Semaphore;
 pub const MAX_CONCURRENT_IMPORTS: usize = 2;
 
 /// Uploads one API process holds at once, each up to `limits.bulk_body_bytes` in memory from
-/// the start of its reading to its import's answer. More than the imports, so a slow upload
-/// (bounded by the edge's body deadline) holds no import up.
+/// the start of its reading to its import's answer (plus the parse of a request dropped
+/// meanwhile, which runs to its end). More than the imports, so a slow upload (bounded by the
+/// edge's body deadline) holds no import up, and one client address holds one of them at a
+/// time ([`one_per_client`]), so holding them all takes as many addresses.
 pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+
+/// The client address's upload, held to its answer: the set in `AppState::uploading` lists
+/// each address with one under way.
+pub struct ClientUpload {
+    uploading: Arc<std::sync::Mutex<std::collections::HashSet<IpAddr>>>,
+    client: IpAddr,
+}
+
+impl Drop for ClientUpload {
+    fn drop(&mut self) {
+        self.uploading
+            .lock()
+            .expect("uploading lock")
+            .remove(&self.client);
+    }
+}
+
+/// The request's client address's one upload at a time (an IPv6 /64 counts as one address);
+/// 429 while it has another under way.
+fn one_per_client(state: &AppState, req: &Request) -> ApiResult<ClientUpload> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let client = kurz_common::proxies::client_key(state.proxies.client_ip(peer, req.headers()), 64);
+    if !state
+        .uploading
+        .lock()
+        .expect("uploading lock")
+        .insert(client)
+    {
+        return Err(ApiError::TooManyRequests {
+            message: "an upload from this address is under way: one at a time".into(),
+            retry_after: 2,
+        });
+    }
+    Ok(ClientUpload {
+        uploading: state.uploading.clone(),
+        client,
+    })
+}
 
 /// How long an upload or an import waits for its turn before its 503: long enough for a
 /// loader that sends its seed files at once to have them taken one after the other.
@@ -88,6 +132,7 @@ pub async fn users(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _client = one_per_client(&state, &req)?;
     let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
     let turn = take_turn(&state.imports, "import").await?;
@@ -101,6 +146,7 @@ pub async fn urls(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _client = one_per_client(&state, &req)?;
     let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
     let turn = take_turn(&state.imports, "import").await?;
@@ -120,6 +166,7 @@ pub async fn events(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
+    let _client = one_per_client(&state, &req)?;
     let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
     let turn = take_turn(&state.imports, "import").await?;
@@ -152,6 +199,7 @@ pub async fn import_links(
             ))
         })?),
     };
+    let _client = one_per_client(&state, &req)?;
     let _upload = take_turn(&state.uploads, "upload").await?;
     let bytes = upload(&state, req).await?;
     let turn = take_turn(&state.imports, "import").await?;

@@ -470,4 +470,20 @@ async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
         "{body}"
     );
     drop(uploads);
+
+    // One upload at a time per client address: a second is refused at once.
+    let me: std::net::IpAddr = [127, 0, 0, 1].into();
+    assert!(app.state.uploading.lock().unwrap().insert(me));
+    let res = import(&app, "bitly", user, BITLY).await;
+    assert_eq!(res.headers()["retry-after"], "2");
+    error_of(res, 429).await;
+    app.state.uploading.lock().unwrap().remove(&me);
+    let res = app
+        .upload("/urls/bulk", b"user_id,short_code,original_url\n".to_vec())
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert!(
+        app.state.uploading.lock().unwrap().is_empty(),
+        "an upload kept its address"
+    );
 }
