@@ -190,6 +190,9 @@ impl Application {
                 crate::routes::bulk::MAX_CONCURRENT_IMPORTS,
             )),
             uploading: Arc::default(),
+            drawing: Arc::new(tokio::sync::Semaphore::new(
+                crate::routes::qr::MAX_CONCURRENT_DRAWINGS,
+            )),
         };
         Ok(Self {
             listener,

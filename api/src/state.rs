@@ -35,6 +35,8 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     pub imports: Arc<tokio::sync::Semaphore>,
     pub uploading: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
+    /// QR codes drawn at once (`routes::qr`).
+    pub drawing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -7,7 +7,7 @@ pub mod health;
 mod link_password;
 mod openapi;
 pub mod preview;
-pub(crate) mod qr;
+pub mod qr;
 mod redirect;
 pub mod urls;
 pub mod users;

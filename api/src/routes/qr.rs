@@ -29,7 +29,15 @@ pub async fn by_id(
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
     caller.require_owner_or_admin(link.user_id)?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(short_url, format, size, &headers, "private, max-age=86400").await
+    image(
+        &state.drawing,
+        short_url,
+        format,
+        size,
+        &headers,
+        "private, max-age=86400",
+    )
+    .await
 }
 
 /// Anyone's, by code: for a link that redirects (a printed code of a dead link helps nobody).
@@ -46,7 +54,15 @@ pub async fn by_code(
     let client = state.client().await?;
     let link = super::preview::redirecting_link(&state, &client, &code).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(short_url, format, size, &headers, "public, max-age=86400").await
+    image(
+        &state.drawing,
+        short_url,
+        format,
+        size,
+        &headers,
+        "public, max-age=86400",
+    )
+    .await
 }
 
 pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
@@ -74,11 +90,13 @@ pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
     Ok((format, size))
 }
 
-/// QR codes drawn at once by one API process, and how long one waits for its turn.
-static DRAWING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-const DRAWING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// QR codes drawn at once by one API process (`AppState::drawing`), and how long one waits for
+/// its turn.
+pub const MAX_CONCURRENT_DRAWINGS: usize = 2;
+pub const DRAWING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn image(
+    drawing: &std::sync::Arc<tokio::sync::Semaphore>,
     text: String,
     format: Format,
     size: u32,
@@ -101,7 +119,7 @@ pub(crate) async fn image(
     // A 2048-pixel PNG is millions of pixels and a deflate: on a request worker it would
     // stall every request scheduled there, and the public route takes ~100 a second per address.
     // A few at a time: the blocking pool also runs the password hashes and the imports' parses.
-    let turn = match tokio::time::timeout(DRAWING_WAIT, DRAWING.acquire()).await {
+    let turn = match tokio::time::timeout(DRAWING_WAIT, drawing.clone().acquire_owned()).await {
         Ok(Ok(turn)) => turn,
         _ => {
             return Err(ApiError::Unavailable(

@@ -185,7 +185,15 @@ pub async fn qr(
         let (format, size) = crate::routes::qr::options(raw.as_deref())?;
         let link = own_link(&state, &visit, &id).await?;
         let short_url = format!("{}/{}", state.config.base(), link.short_code);
-        crate::routes::qr::image(short_url, format, size, &headers, "private, max-age=86400").await
+        crate::routes::qr::image(
+            &state.drawing,
+            short_url,
+            format,
+            size,
+            &headers,
+            "private, max-age=86400",
+        )
+        .await
     };
     match drawn.await {
         Ok(image) => image,

@@ -77,3 +77,32 @@ async fn the_png_decodes_back_to_the_short_url() {
     assert_eq!(res.json::<Value>().await.unwrap()["is_active"], false);
     error_of(app.get(&format!("/{code}/qr")).await, 404).await;
 }
+
+/// QR codes are drawn a few at a time per process: one that finds every turn taken waits, then
+/// gets a 503 that says when to retry, and is drawn once a turn is free.
+#[tokio::test]
+async fn a_qr_code_waits_for_a_drawing_turn_then_gets_503() {
+    use kurz_api::routes::qr::{DRAWING_WAIT, MAX_CONCURRENT_DRAWINGS};
+    let app = spawn_app().await;
+    let user = app.create_user("qrbusy").await;
+    let code = app.create_url(user, "https://example.com/busy").await["short_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let held = app
+        .state
+        .drawing
+        .clone()
+        .acquire_many_owned(MAX_CONCURRENT_DRAWINGS as u32)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = app.get(&format!("/{code}/qr?format=png")).await;
+    assert!(started.elapsed() >= DRAWING_WAIT, "refused without waiting");
+    assert_eq!(res.headers()["retry-after"], "2");
+    error_of(res, 503).await;
+    drop(held);
+    let res = app.get(&format!("/{code}/qr?format=png")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/png");
+}
