@@ -28,16 +28,8 @@ pub async fn by_id(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
     caller.require_owner_or_admin(link.user_id)?;
-    let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(
-        &state.drawing,
-        short_url,
-        format,
-        size,
-        &headers,
-        "private, max-age=86400",
-    )
-    .await
+    let cache = "private, max-age=86400";
+    image(&state, &link.short_code, format, size, &headers, cache).await
 }
 
 /// Anyone's, by code: for a link that redirects (a printed code of a dead link helps nobody).
@@ -53,16 +45,8 @@ pub async fn by_code(
     let (format, size) = options(raw.as_deref())?;
     let client = state.client().await?;
     let link = super::preview::redirecting_link(&state, &client, &code).await?;
-    let short_url = format!("{}/{}", state.config.base(), link.short_code);
-    image(
-        &state.drawing,
-        short_url,
-        format,
-        size,
-        &headers,
-        "public, max-age=86400",
-    )
-    .await
+    let cache = "public, max-age=86400";
+    image(&state, &link.short_code, format, size, &headers, cache).await
 }
 
 pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
@@ -95,14 +79,16 @@ pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
 pub const MAX_CONCURRENT_DRAWINGS: usize = 2;
 pub const DRAWING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The QR code of `code`'s short URL.
 pub(crate) async fn image(
-    drawing: &std::sync::Arc<tokio::sync::Semaphore>,
-    text: String,
+    state: &AppState,
+    code: &str,
     format: Format,
     size: u32,
     headers: &HeaderMap,
     cache: &'static str,
 ) -> ApiResult<Response> {
+    let text = format!("{}/{}", state.config.base(), code);
     let etag = qr::etag(&text, format, size);
     let tag = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
     let common = [
@@ -119,7 +105,8 @@ pub(crate) async fn image(
     // A 2048-pixel PNG is millions of pixels and a deflate: on a request worker it would
     // stall every request scheduled there, and the public route takes ~100 a second per address.
     // A few at a time: the blocking pool also runs the password hashes and the imports' parses.
-    let turn = match tokio::time::timeout(DRAWING_WAIT, drawing.clone().acquire_owned()).await {
+    let turn = match tokio::time::timeout(DRAWING_WAIT, state.drawing.clone().acquire_owned()).await
+    {
         Ok(Ok(turn)) => turn,
         _ => {
             return Err(ApiError::Unavailable(

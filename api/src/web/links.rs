@@ -184,16 +184,8 @@ pub async fn qr(
     let drawn = async {
         let (format, size) = crate::routes::qr::options(raw.as_deref())?;
         let link = own_link(&state, &visit, &id).await?;
-        let short_url = format!("{}/{}", state.config.base(), link.short_code);
-        crate::routes::qr::image(
-            &state.drawing,
-            short_url,
-            format,
-            size,
-            &headers,
-            "private, max-age=86400",
-        )
-        .await
+        let cache = "private, max-age=86400";
+        crate::routes::qr::image(&state, &link.short_code, format, size, &headers, cache).await
     };
     match drawn.await {
         Ok(image) => image,

@@ -108,6 +108,12 @@ async fn link_count(app: &TestApp) -> i64 {
     number(app, "SELECT count(*) FROM urls").await
 }
 
+/// What another site would post with a form token it knows: a key named `theirs`. The status.
+async fn forged_key_post(b: &mut Browser<'_>, token: &str) -> u16 {
+    let fields = [("csrf", token), ("name", "theirs")];
+    b.post("/ui/keys", &fields).await.status().as_u16()
+}
+
 /// The one number `sql` selects.
 async fn number(app: &TestApp, sql: &str) -> i64 {
     app.sql().await.query_one(sql, &[]).await.unwrap().get(0)
@@ -1019,13 +1025,7 @@ async fn a_planted_form_token_does_not_outlive_the_log_in() {
         "a new token comes with the session"
     );
     // What the planter would forge with the token they know: refused, no key made.
-    let forged = b
-        .post(
-            "/ui/keys",
-            &[("csrf", planted.as_str()), ("name", "theirs")],
-        )
-        .await;
-    assert_eq!(forged.status(), 403);
+    assert_eq!(forged_key_post(&mut b, &planted).await, 403);
     let (_, keys) = b.get("/ui/keys").await;
     assert!(keys.contains("No keys yet"), "{keys}");
     // The visitor's own forms work with the new token, and the log-out replaces it again.
@@ -1048,13 +1048,7 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
     let mut b = signed_up(&app, "sibling").await;
     let planted = "a".repeat(64);
     b.planted = vec![("csrf".into(), planted.clone())];
-    let forged = b
-        .post(
-            "/ui/keys",
-            &[("csrf", planted.as_str()), ("name", "theirs")],
-        )
-        .await;
-    assert_eq!(forged.status(), 403);
+    assert_eq!(forged_key_post(&mut b, &planted).await, 403);
     let keys = number(&app, "SELECT count(*) FROM api_keys").await;
     assert_eq!(keys, 0, "the forged post made a key");
 
