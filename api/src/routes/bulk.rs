@@ -73,8 +73,9 @@ fn one_per_client(state: &AppState, req: &Request) -> ApiResult<ClientUpload> {
     })
 }
 
-/// How long an upload or an import waits for its turn before its 503: long enough for a
-/// loader that sends its seed files at once to have them taken one after the other.
+/// How long an upload or an import waits for its turn before its 503: long enough for imports
+/// sent at once from several addresses to be taken one after the other. One address sends one
+/// upload at a time ([`one_per_client`]): a loader sends its seed files one after the other.
 pub const IMPORT_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A turn among `turns`, waited for up to [`IMPORT_TURN_WAIT`].
