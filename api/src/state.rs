@@ -59,3 +59,17 @@ impl axum::extract::FromRef<AppState> for Pool {
         state.db.clone()
     }
 }
+
+/// A turn among `turns`, waited for up to `wait`: past it, a 503 saying `busy`.
+pub async fn turn(
+    turns: &Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+    busy: &str,
+) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::ApiError> {
+    match tokio::time::timeout(wait, turns.clone().acquire_owned()).await {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => Err(crate::error::ApiError::Unavailable(format!(
+            "{busy}; retry shortly"
+        ))),
+    }
+}

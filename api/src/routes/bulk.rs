@@ -17,7 +17,6 @@ use kurz_common::shortcode::ShortCode;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// Imports one API process runs at once. Each holds what is parsed from its file, checks up to
 /// 100,000 rows and then holds a connection through its transaction: any user may import
@@ -78,17 +77,28 @@ fn one_per_client(state: &AppState, req: &Request) -> ApiResult<ClientUpload> {
 /// upload at a time ([`one_per_client`]): a loader sends its seed files one after the other.
 pub const IMPORT_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A turn among `turns`, waited for up to [`IMPORT_TURN_WAIT`].
-async fn take_turn(
-    turns: &Arc<Semaphore>,
-    what: &str,
-) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    match tokio::time::timeout(IMPORT_TURN_WAIT, turns.clone().acquire_owned()).await {
-        Ok(Ok(turn)) => Ok(turn),
-        _ => Err(ApiError::Unavailable(format!(
-            "every {what} turn of this server is taken; retry shortly"
-        ))),
-    }
+/// A file received for an import, with the import's turn. What it holds besides is released
+/// with it, at the answer: the client address's one upload and the upload's turn.
+struct Received {
+    bytes: Bytes,
+    turn: import::Turn,
+    _held: (ClientUpload, tokio::sync::OwnedSemaphorePermit),
+}
+
+/// Reads the upload under the client address's one upload and an upload turn, then waits for
+/// an import turn.
+async fn receive(state: &AppState, req: Request) -> ApiResult<Received> {
+    let client = one_per_client(state, &req)?;
+    let busy = "every upload turn of this server is taken";
+    let upload_turn = crate::state::turn(&state.uploads, IMPORT_TURN_WAIT, busy).await?;
+    let bytes = upload(state, req).await?;
+    let busy = "every import turn of this server is taken";
+    let turn = crate::state::turn(&state.imports, IMPORT_TURN_WAIT, busy).await?;
+    Ok(Received {
+        bytes,
+        turn,
+        _held: (client, upload_turn),
+    })
 }
 
 /// The bytes of the `file` field.
@@ -133,10 +143,7 @@ pub async fn users(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _client = one_per_client(&state, &req)?;
-    let _upload = take_turn(&state.uploads, "upload").await?;
-    let bytes = upload(&state, req).await?;
-    let turn = take_turn(&state.imports, "import").await?;
+    let Received { bytes, turn, _held } = receive(&state, req).await?;
     let mut client = state.client().await?;
     Ok(created(import::users(&mut client, &bytes, turn).await?))
 }
@@ -147,10 +154,7 @@ pub async fn urls(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _client = one_per_client(&state, &req)?;
-    let _upload = take_turn(&state.uploads, "upload").await?;
-    let bytes = upload(&state, req).await?;
-    let turn = take_turn(&state.imports, "import").await?;
+    let Received { bytes, turn, _held } = receive(&state, req).await?;
     let mut client = state.client().await?;
     let imported = import::urls(&mut client, &bytes, &state.targets, turn).await?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
@@ -167,10 +171,7 @@ pub async fn events(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let _client = one_per_client(&state, &req)?;
-    let _upload = take_turn(&state.uploads, "upload").await?;
-    let bytes = upload(&state, req).await?;
-    let turn = take_turn(&state.imports, "import").await?;
+    let Received { bytes, turn, _held } = receive(&state, req).await?;
     let mut client = state.client().await?;
     Ok(created(import::events(&mut client, &bytes, turn).await?))
 }
@@ -200,10 +201,7 @@ pub async fn import_links(
             ))
         })?),
     };
-    let _client = one_per_client(&state, &req)?;
-    let _upload = take_turn(&state.uploads, "upload").await?;
-    let bytes = upload(&state, req).await?;
-    let turn = take_turn(&state.imports, "import").await?;
+    let Received { bytes, turn, _held } = receive(&state, req).await?;
     // Reading and converting a 32 MiB file takes long enough to stall every other request on
     // the worker it runs on. The turn goes along: a request dropped meanwhile (its deadline,
     // its client gone) leaves the conversion running, and the turn counts it until it ends.

@@ -105,15 +105,8 @@ pub(crate) async fn image(
     // A 2048-pixel PNG is millions of pixels and a deflate: on a request worker it would
     // stall every request scheduled there, and the public route takes ~100 a second per address.
     // A few at a time: the blocking pool also runs the password hashes and the imports' parses.
-    let turn = match tokio::time::timeout(DRAWING_WAIT, state.drawing.clone().acquire_owned()).await
-    {
-        Ok(Ok(turn)) => turn,
-        _ => {
-            return Err(ApiError::Unavailable(
-                "too many QR codes are being drawn; retry shortly".into(),
-            ))
-        }
-    };
+    let busy = "too many QR codes are being drawn";
+    let turn = crate::state::turn(&state.drawing, DRAWING_WAIT, busy).await?;
     let body = tokio::task::spawn_blocking(move || {
         let _turn = turn;
         qr::render(&text, format, size)
