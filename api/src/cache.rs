@@ -64,6 +64,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 "#;
 
+/// Whether Redis refused for want of memory (`OOM`): a pipeline's error holds its commands'
+/// server errors, whose codes `RedisError::code` does not give for a code it does not know.
+fn out_of_memory(e: &redis::RedisError) -> bool {
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+}
+
 fn versioned_script(source: &str) -> String {
     source.replace("__VERSION_OF_CUR__", &lua_entry_version("cur"))
 }
@@ -195,12 +203,19 @@ impl LinkCache {
         // is idempotent.
         let published = match self.publish_on(&conn, code, state, false).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.publish_on(&conn, code, state, true)
-                    .await
-                    .map_err(|e| self.redis.failed(e))
+                self.publish_on(&conn, code, state, true).await
             }
-            other => other.map_err(|e| self.redis.failed(e)),
-        }?;
+            other => other,
+        };
+        let published = match published {
+            Ok(published) => published,
+            Err(e) => {
+                if out_of_memory(&e) {
+                    self.unlink_refused(code).await;
+                }
+                return Err(self.redis.failed(e));
+            }
+        };
         // With `redis.replica_acks`, a state the replicas did not confirm could be lost to a
         // failover, and the promoted replica would serve the old one for its TTL: the write is
         // not done, and stays queued for the replay (`crate::cache_sync`) until it is.
@@ -209,6 +224,34 @@ impl LinkCache {
                 "the state of {code} was not confirmed by the replicas redis.replica_acks asks for"
             ))
         })
+    }
+
+    /// Redis past `maxmemory` under `noeviction` refuses the publish (it writes) but still
+    /// serves the old entry, to the edges and to this API's lookups, for as long as memory stays
+    /// full. It does take `UNLINK`, which frees: the entry goes and the edges drop their copies,
+    /// so the code is read from PostgreSQL until the replay (the write stays queued) can publish
+    /// its state. Best effort: the replay remains what makes it right.
+    async fn unlink_refused(&self, code: &str) {
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(self.keys.link(code));
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.keys.invalidations()).arg(code);
+        // Once: the replay retries the write every few seconds while memory stays full, and an
+        // entry already gone needs no second message to every edge.
+        let dropped = match self.redis.query::<i64>(&unlink).await {
+            Ok(1) => self.redis.query::<()>(&publish).await.map(|()| true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
+        match dropped {
+            Ok(false) => {}
+            Ok(true) => {
+                log::warn!(short_code = code; "Redis is out of memory: the link's entry was dropped until its state can be published")
+            }
+            Err(e) => {
+                log::warn!(short_code = code, error = e.to_string(); "Redis is out of memory and the link's entry could not be dropped")
+            }
+        }
     }
 
     async fn publish_on(

@@ -762,3 +762,58 @@ async fn invented_methods_share_one_metric_label() {
         "{text}"
     );
 }
+
+/// Redis past `maxmemory` (policy `noeviction`) refuses the publish of a deleted link's state
+/// but would go on serving its entry: the entry is dropped instead (`UNLINK` frees, so Redis
+/// takes it), the code is answered from PostgreSQL, and the state is published once Redis
+/// takes writes again.
+#[tokio::test]
+async fn a_link_deleted_while_redis_is_out_of_memory_stops_redirecting() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url.clone();
+        c.clicks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let user = app.create_user("oom").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/oom").await);
+    assert_eq!(redirect_with_id(&app, &code, "req-oom-1").await, 302);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entry_key = app.state.keys.link(&code);
+    let entry: Option<String> = redis::cmd("GET")
+        .arg(&entry_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(entry.is_some(), "the link is cached before the delete");
+    let set_maxmemory = |bytes: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .arg("maxmemory-policy")
+            .arg("noeviction");
+        cmd
+    };
+    set_maxmemory("1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    let entry: Option<String> = redis::cmd("GET")
+        .arg(&entry_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entry, None, "the refused publish dropped the entry");
+    assert_eq!(app.outbox_len().await, 1, "the state waits for the replay");
+    assert_eq!(redirect_with_id(&app, &code, "req-oom-2").await, 404);
+    set_maxmemory("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    app.wait_outbox_empty().await;
+    assert_eq!(redirect_with_id(&app, &code, "req-oom-3").await, 404);
+}
