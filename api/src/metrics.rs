@@ -82,7 +82,7 @@ impl Metrics {
         )
         .expect("metric");
         let click_batch_size = Histogram::with_opts(
-            HistogramOpts::new("kurz_api_click_batch_size", "Clicks per committed batch").buckets(
+            HistogramOpts::new("kurz_api_click_batch_size", "Clicks stored per insert statement").buckets(
                 vec![
                     1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
                 ],

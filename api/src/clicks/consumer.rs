@@ -1,8 +1,8 @@
 //! The click stream consumer: drains every partition's stream into `events`.
 //!
 //! Exactly-once effect, across replicas, restarts and retries: entries are read through one
-//! consumer group shared by all API replicas, inserted in one statement per batch keyed by their
-//! click id (`ON CONFLICT DO NOTHING`), and only then acknowledged and deleted. A consumer dying
+//! consumer group shared by all API replicas, inserted (in statements of at most
+//! `clicks.batch_size` clicks) keyed by their click id (`ON CONFLICT DO NOTHING`), and only then acknowledged and deleted. A consumer dying
 //! between commit and acknowledgement leaves entries pending; whoever claims them next inserts
 //! nothing for them and acknowledges. Deleting acknowledged entries keeps `XLEN` equal to the
 //! backlog.
@@ -230,23 +230,36 @@ impl Consumer {
         }
     }
 
-    /// Inserts the batch in one statement.
+    /// Inserts the batch in statements of at most `batch_size` clicks. A read is sized from the
+    /// clicks per entry of the read before, so after a start or a change of traffic it can bring
+    /// far more (an edge's entry holds up to `clicks.batch_max` clicks): in one statement such a
+    /// batch could outlast `database.statement_timeout_ms` at every retry and stall the
+    /// consumer for good. Statements that committed before a failed one are harmless to repeat:
+    /// a stored click id is skipped, and the rollups count only what a statement inserted.
     async fn commit(&self, entries: &[Entry]) -> Result<u64, StepError> {
         let clicks: Vec<&StreamClick> = entries.iter().flat_map(|e| &e.clicks).collect();
         if clicks.is_empty() {
             return Ok(0);
         }
-        let timer = self.metrics.click_insert_duration.start_timer();
         let client = self
             .db
             .get()
             .await
             .map_err(|e| StepError::Db(format!("pool: {e}")))?;
-        let inserted = insert_stream_clicks(&client, &clicks)
-            .await
-            .map_err(|e| StepError::Db(e.to_string()))?;
-        timer.observe_duration();
-        self.metrics.click_batch_size.observe(clicks.len() as f64);
+        let mut inserted = 0;
+        for part in clicks.chunks(self.batch_size.max(1)) {
+            let timer = self.metrics.click_insert_duration.start_timer();
+            let stored = insert_stream_clicks(&client, part)
+                .await
+                .map_err(|e| StepError::Db(e.to_string()))?;
+            timer.observe_duration();
+            // What it stored: a statement repeated after a later one failed stores nothing and
+            // is not counted again.
+            if stored > 0 {
+                self.metrics.click_batch_size.observe(stored as f64);
+            }
+            inserted += stored;
+        }
         Ok(inserted)
     }
 

@@ -38,7 +38,7 @@ impl Consumer {
         let Ok(mut work) = tokio::time::timeout_at(deadline, self.work.lock()).await else {
             return self.partial().await;
         };
-        // Each step is bounded (one batch, one statement), so the deadline is checked between
+        // Each step is bounded (one batch, statements of a bounded size), so the deadline is checked between
         // steps rather than by cancelling one halfway through its commit.
         while Instant::now() < deadline {
             let left = match self.stream.unconsumed_up_to(&heads).await {

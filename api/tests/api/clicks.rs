@@ -660,6 +660,42 @@ async fn a_packed_entry_stores_each_of_its_clicks_once() {
     );
 }
 
+/// A read sized from small entries can bring big ones (an edge's packed entry holds up to
+/// `clicks.batch_max` clicks): it is stored in statements of at most `clicks.batch_size` clicks,
+/// never one statement that could outlast the statement timeout at every retry.
+#[tokio::test]
+async fn a_read_past_the_batch_size_is_stored_in_statements_of_that_size() {
+    let app = idle_consumer_app().await;
+    let (_, id, code) = app.create_link("chunked", "https://example.com/c").await;
+    let db = app.sql().await;
+    db.batch_execute(
+        "CREATE TABLE insert_sizes (n int NOT NULL);
+         CREATE FUNCTION note_insert_size() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO insert_sizes SELECT count(*) FROM new_rows; RETURN NULL; END $$;
+         CREATE TRIGGER note_insert_size AFTER INSERT ON events
+           REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION note_insert_size();",
+    )
+    .await
+    .unwrap();
+    let clicks: Vec<_> = (0..100)
+        .map(|i| edge_click(&format!("chunked-{i:03}"), id, &code))
+        .collect();
+    append_packed(&app, &code, &clicks, b"").await;
+    // A read of about 16 clicks, which brings the one entry whole: 100 clicks.
+    let c = consumer(&app, "chunking", 16, app.state.config.clicks.claim_idle_ms);
+    assert_eq!(c.read_and_commit_without_ack().await.unwrap(), 100);
+    let sizes: Vec<i32> = db
+        .query("SELECT n FROM insert_sizes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sizes.iter().sum::<i32>(), 100, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 16), "{sizes:?}");
+    assert_eq!(clicks_in_db(&app, id).await, 100);
+}
+
 /// The background consumer pauses (`clicks.linger_ms`) only once it has caught up: a backlog
 /// is stored read after read without pausing, and while it pauses a read of events still sees
 /// every click, as it stores what is waiting itself.
