@@ -47,16 +47,6 @@ impl Default for RedisSettings {
 }
 
 impl RedisSettings {
-    /// `REDIS_CLUSTER_URLS`: a comma-separated list of seed nodes, which switches cluster mode on.
-    pub fn set_cluster_urls(&mut self, list: &str) {
-        self.cluster_nodes = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-    }
-
     /// Checks the values; `section` is the key's parent in the file (`redis`), for messages.
     pub fn validate(&self, section: &str) -> Result<(), String> {
         if redis::Client::open(self.url.as_str()).is_err() {

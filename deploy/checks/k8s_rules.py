@@ -35,7 +35,7 @@ def read(*patterns):
 
 
 # --- what the binaries accept, from their sources -------------------------------------------
-ENV_READ = re.compile(r'(?:\.get\(\s*|parse_var\(\s*env\s*,\s*|env\s*=\s*)"([A-Z][A-Z0-9_]+)"')
+ENV_READ = re.compile(r'(?:\.get\(\s*|(?:parse|list)_var\(\s*env\s*,\s*|env\s*=\s*)"([A-Z][A-Z0-9_]+)"')
 API_SRC = read("api/src/config/*.rs", "api/src/main.rs")
 PROXY_SRC = read("proxy/src/config/*.rs", "proxy/src/main.rs")
 BINARIES = {

@@ -5,7 +5,7 @@
 //! `REDIS_URL`, `DB_MAX_CONNECTIONS`, `BASE_URL`, `LOG_LEVEL`, `EVENT_LOG_SAMPLE_RATE`) and
 //! `KURZ_*` names for the rest (see [`ApiConfig::apply_env`]).
 
-use kurz_common::env::{parse_var, EnvSource};
+use kurz_common::env::{list_var, parse_var, EnvSource};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,8 +99,8 @@ impl ApiConfig {
         if let Some(url) = env.get("REDIS_URL") {
             self.redis.url = url;
         }
-        if let Some(nodes) = env.get("REDIS_CLUSTER_URLS") {
-            self.redis.set_cluster_urls(&nodes);
+        if let Some(nodes) = list_var(env, "REDIS_CLUSTER_URLS") {
+            self.redis.cluster_nodes = nodes;
         }
         if let Some(n) = parse_var(env, "KURZ_REDIS_REPLICA_ACKS")? {
             self.redis.replica_acks = n;
@@ -128,19 +128,11 @@ impl ApiConfig {
                 }
             };
         }
-        if let Some(admins) = env.get("KURZ_ADMINS") {
-            self.auth.admins = admins
-                .split(',')
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-                .collect();
+        if let Some(admins) = list_var(env, "KURZ_ADMINS") {
+            self.auth.admins = admins;
         }
-        if let Some(list) = env.get("KURZ_TRUSTED_PROXIES") {
-            self.trusted_proxies = list
-                .split(',')
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-                .collect();
+        if let Some(list) = list_var(env, "KURZ_TRUSTED_PROXIES") {
+            self.trusted_proxies = list;
         }
         if let Some(addr) = parse_var(env, "KURZ_LISTEN")? {
             self.listen = addr;
@@ -453,19 +445,38 @@ fn percent_encode(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use kurz_common::env::from_pairs as env;
 
     #[test]
     fn the_shipped_config_file_loads_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/api.yaml");
         ApiConfig::load(Some(&path), &env(&[])).expect("conf/api.yaml is valid");
+    }
+
+    /// `KURZ_ADMINS=` over a file that lists admins leaves none: an empty list variable is how
+    /// the environment says "none". Other variables set empty still count as unset.
+    #[test]
+    fn a_list_variable_set_empty_empties_the_files_list() {
+        let mut file = ApiConfig::default();
+        file.auth.admins = vec!["root@example.com".into()];
+        file.redis.cluster_nodes = vec!["redis://10.0.0.1:6379".into()];
+        let mut cfg = file.clone();
+        cfg.apply_env(&env(&[
+            ("KURZ_ADMINS", ""),
+            ("KURZ_TRUSTED_PROXIES", ""),
+            ("REDIS_CLUSTER_URLS", ""),
+            ("REDIS_URL", ""),
+        ]))
+        .unwrap();
+        assert!(cfg.auth.admins.is_empty());
+        assert!(cfg.trusted_proxies.is_empty());
+        assert!(cfg.redis.cluster_nodes.is_empty());
+        assert_eq!(cfg.redis.url, file.redis.url);
+        cfg.validate().expect("no admins, no trusted proxies");
+        let mut cfg = file.clone();
+        cfg.apply_env(&env(&[])).unwrap();
+        assert_eq!(cfg.auth.admins, file.auth.admins);
+        assert_eq!(cfg.trusted_proxies, file.trusted_proxies);
     }
 
     #[test]

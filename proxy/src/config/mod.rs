@@ -11,7 +11,7 @@ mod sections;
 pub use sections::*;
 
 use kurz_common::config::RedisSettings;
-use kurz_common::env::EnvSource;
+use kurz_common::env::{list_var, EnvSource};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,14 +30,6 @@ pub struct ProxyConfig {
     pub clicks: ClicksSection,
     pub privacy: kurz_common::clicks::PrivacySettings,
     pub log: LogSection,
-}
-
-fn list(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 impl ProxyConfig {
@@ -65,23 +57,23 @@ impl ProxyConfig {
         if let Some(v) = env.get("REDIS_URL") {
             self.redis.url = v;
         }
-        if let Some(v) = env.get("REDIS_CLUSTER_URLS") {
-            self.redis.set_cluster_urls(&v);
+        if let Some(v) = list_var(env, "REDIS_CLUSTER_URLS") {
+            self.redis.cluster_nodes = v;
         }
         if let Some(v) = env.get("KURZ_REDIS_PREFIX") {
             self.redis.prefix = v;
         }
-        if let Some(v) = env.get("KURZ_PROXY_HTTP") {
-            self.listen.http = list(&v);
+        if let Some(v) = list_var(env, "KURZ_PROXY_HTTP") {
+            self.listen.http = v;
         }
-        if let Some(v) = env.get("KURZ_PROXY_HTTPS") {
-            self.listen.https = list(&v);
+        if let Some(v) = list_var(env, "KURZ_PROXY_HTTPS") {
+            self.listen.https = v;
         }
         if let Some(v) = env.get("KURZ_PROXY_ADMIN") {
             self.admin.listen = v;
         }
-        if let Some(v) = env.get("KURZ_UPSTREAMS") {
-            self.upstreams.servers = list(&v);
+        if let Some(v) = list_var(env, "KURZ_UPSTREAMS") {
+            self.upstreams.servers = v;
         }
         if let Some(v) = env.get("KURZ_TLS_CERT") {
             self.listen.tls_cert = v;
