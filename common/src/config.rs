@@ -91,6 +91,16 @@ impl RedisSettings {
     }
 }
 
+/// Whether two listeners would take one socket: the same port on the same address, or on any
+/// address a wildcard of theirs covers (`0.0.0.0` its family's, `[::]` both: Linux binds it
+/// dual-stack by default). Port 0 asks the kernel for a free port each time: no clash.
+pub fn sockets_clash(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
+    let covers = |w: &std::net::SocketAddr, o: &std::net::SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv4() == o.is_ipv4() || w.is_ipv6())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// Reads and parses `path`. The error names the file and, from serde, the offending key.
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path)

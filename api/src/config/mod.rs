@@ -231,6 +231,20 @@ impl ApiConfig {
         if !(1..=60_000).contains(&self.clicks.read_drain_budget_ms) {
             return bad("clicks.read_drain_budget_ms", "must be 1..=60000");
         }
+        // A read waiting longer than its request may run would be cut off with a 503 instead of
+        // answering with `X-Kurz-Clicks-Pending`.
+        if self.clicks.read_drain_budget_ms >= self.limits.request_timeout_ms {
+            return bad(
+                "clicks.read_drain_budget_ms",
+                "must be below limits.request_timeout_ms (a read past it gets 503)",
+            );
+        }
+        if kurz_common::config::sockets_clash(&self.admin_listen, &self.listen) {
+            return bad(
+                "admin_listen",
+                "takes the socket of `listen` (KURZ_ADMIN_LISTEN, KURZ_LISTEN)",
+            );
+        }
 
         if self.limits.list_limit < 1 {
             return bad("limits.list_limit", "must be at least 1");
@@ -317,6 +331,23 @@ impl ApiConfig {
         }
         if !(1..=64).contains(&a.max_concurrent_hashes) {
             return bad("auth.max_concurrent_hashes", "must be 1..=64");
+        }
+        // At 0 an attempt locks as it is counted, before its password is checked: every log-in,
+        // good ones too, would lock (a good one lifts only its own account's locks).
+        for (key, v) in [
+            ("auth.lockout.free_failures", a.lockout.free_failures),
+            (
+                "auth.lockout.free_failures_all_addresses",
+                a.lockout.free_failures_all_addresses,
+            ),
+            (
+                "auth.lockout.free_failures_per_ip",
+                a.lockout.free_failures_per_ip,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
         }
         if a.lockout.max_delay_seconds < a.lockout.base_delay_seconds {
             return bad(
@@ -574,7 +605,7 @@ mod tests {
         assert!(err.contains("clicks.linger_ms"), "{err}");
         // Keys checked together still each answer with their own full name.
         type Tweak = fn(&mut ApiConfig);
-        let cases: [(&str, Tweak); 12] = [
+        let cases: [(&str, Tweak); 17] = [
             ("database.connect_timeout_ms", |c| {
                 c.database.connect_timeout_ms = 0
             }),
@@ -603,6 +634,21 @@ mod tests {
                 c.auth.lockout.base_delay_seconds = 10;
                 c.auth.lockout.max_delay_seconds = 5;
             }),
+            ("auth.lockout.free_failures", |c| {
+                c.auth.lockout.free_failures = 0
+            }),
+            ("auth.lockout.free_failures_per_ip", |c| {
+                c.auth.lockout.free_failures_per_ip = 0
+            }),
+            ("clicks.read_drain_budget_ms", |c| {
+                c.limits.request_timeout_ms = 2_000;
+                c.clicks.read_drain_budget_ms = 2_000;
+            }),
+            ("admin_listen", |c| c.admin_listen = c.listen),
+            ("admin_listen", |c| {
+                c.listen = "[::]:8000".parse().unwrap();
+                c.admin_listen = "127.0.0.1:8000".parse().unwrap();
+            }),
         ];
         for (key, tweak) in cases {
             let mut cfg = ApiConfig::default();
@@ -610,6 +656,19 @@ mod tests {
             let err = cfg.validate().unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
         }
+        // Their neighbours pass: a budget just inside the deadline, listeners apart, and two
+        // listeners on port 0 (each gets a free port of its own).
+        let mut cfg = ApiConfig::default();
+        cfg.auth.lockout.free_failures_per_ip = 1;
+        cfg.limits.request_timeout_ms = 2_000;
+        cfg.clicks.read_drain_budget_ms = 1_999;
+        cfg.listen = "127.0.0.1:8000".parse().unwrap();
+        cfg.admin_listen = "127.0.0.2:8000".parse().unwrap();
+        cfg.validate()
+            .expect("neighbours of the refused values pass");
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+        cfg.validate().expect("port 0 twice passes");
     }
 
     #[test]

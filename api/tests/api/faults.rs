@@ -348,7 +348,11 @@ async fn a_read_does_not_wait_on_a_backlog_beyond_its_budget() {
 
 #[tokio::test]
 async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
-    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| {
+        c.limits.request_timeout_ms = 300;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
     let user = app.create_user("stuck").await;
     let (id, code) = link_of(&app.create_url(user, "https://example.com/stuck").await);
     // Another transaction holds the row: the update waits on its lock until we let go.
@@ -468,7 +472,11 @@ async fn a_write_on_the_pools_last_connection_finishes() {
 /// event.
 #[tokio::test]
 async fn an_event_posted_past_its_deadline_is_answered_with_it() {
-    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 1_000).await;
+    let app = spawn_app_with(|c| {
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
     let user = app.create_user("lateevent").await;
     let (id, _) = link_of(&app.create_url(user, "https://example.com/lateevent").await);
     let mut holder = app.sql().await;
@@ -506,7 +514,11 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
 /// tells the client to retry, and a retry of a create that was made makes the link twice.
 #[tokio::test]
 async fn a_create_past_its_deadline_but_in_a_statement_is_answered_not_503() {
-    let app = spawn_app_with(|c| c.limits.request_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| {
+        c.limits.request_timeout_ms = 300;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
     let user = app.create_user("late").await;
     let (other, _) = link_of(&app.create_url(user, "https://example.com/other").await);
     let mut holder = app.sql().await;

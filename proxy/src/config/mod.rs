@@ -243,14 +243,9 @@ fn listeners_apart(c: &ProxyConfig) -> Result<(), String> {
         "admin.listen",
         c.admin.listen.parse().expect("checked above"),
     ));
-    // A wildcard takes its port on every address of its family, and `[::]` also on IPv4's
-    // (Linux binds it dual-stack by default).
-    let covers = |w: &SocketAddr, a: &SocketAddr| {
-        w.ip().is_unspecified() && (w.is_ipv4() == a.is_ipv4() || w.is_ipv6())
-    };
     for (i, (key, a)) in all.iter().enumerate() {
         for (other, b) in &all[..i] {
-            if a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a)) {
+            if kurz_common::config::sockets_clash(a, b) {
                 return Err(format!(
                     "config key `{key}` has {a}, which takes the socket of {b} in `{other}`"
                 ));
