@@ -97,8 +97,8 @@ impl ProxyConfig {
         if self.server.threads == 0 || self.server.threads > 256 {
             return bad("server.threads", "must be 1..=256");
         }
-        if self.server.upgrade_sock.is_empty() || self.server.pid_file.is_empty() {
-            return bad("server.upgrade_sock/pid_file", "must be set");
+        if self.server.upgrade_sock.is_empty() {
+            return bad("server.upgrade_sock", "must be set");
         }
         if self.listen.http.is_empty() && self.listen.https.is_empty() {
             return bad("listen", "needs at least one http or https address");
@@ -128,8 +128,19 @@ impl ProxyConfig {
                 }
             }
         }
-        if self.listen.redirect_http_to_https && self.listen.https.is_empty() {
-            return bad("listen.redirect_http_to_https", "needs an https listener");
+        // Without a TLS listener of its own, only a load balancer's `X-Forwarded-Proto: https`
+        // can tell a redirected request from a plain one: without a proxy it trusts, every
+        // request would be redirected again, for ever.
+        let rl = &self.rate_limits;
+        if self.listen.redirect_http_to_https
+            && self.listen.https.is_empty()
+            && rl.trusted_proxies.is_empty()
+            && rl.cloudflare_proxies.is_empty()
+        {
+            return bad(
+                "listen.redirect_http_to_https",
+                "needs an https listener, or the proxy that ends TLS in rate_limits.trusted_proxies",
+            );
         }
         addr("admin.listen", &self.admin.listen)?;
         listeners_apart(self)?;
@@ -181,9 +192,13 @@ impl ProxyConfig {
                 return bad(key, "must be above 0");
             }
         }
-        self.proxy_trust().map_err(|e| {
-            format!("config key `rate_limits.trusted_proxies`/`cloudflare_proxies`: {e}")
-        })?;
+        for (key, list) in [
+            ("rate_limits.trusted_proxies", &rl.trusted_proxies),
+            ("rate_limits.cloudflare_proxies", &rl.cloudflare_proxies),
+        ] {
+            kurz_common::proxies::ProxyTrust::parse(list, &[])
+                .map_err(|e| format!("config key `{key}`: {e}"))?;
+        }
         if self.rate_limits.max_tracked_clients < 1024 {
             return bad("rate_limits.max_tracked_clients", "must be at least 1024");
         }
@@ -424,6 +439,30 @@ mod tests {
         let err = kurz_common::config::parse_yaml::<ProxyConfig>("upstreams:\n  servrs: []\n")
             .unwrap_err();
         assert!(err.contains("servrs"), "{err}");
+        let err = kurz_common::config::parse_yaml::<ProxyConfig>(
+            "rate_limits:\n  redirect:\n    rat: 5\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("rat"), "{err}");
+    }
+
+    /// Every key of a rate-limit class is documented with a default: one given alone keeps the
+    /// other's.
+    #[test]
+    fn a_rate_limit_class_takes_one_key_alone() {
+        let c = kurz_common::config::parse_yaml::<ProxyConfig>(
+            "rate_limits:\n  redirect:\n    rate: 500\n  auth:\n    burst: 3\n",
+        )
+        .expect("one key of a class");
+        let d = RateLimitsSection::default();
+        let r = &c.rate_limits;
+        assert_eq!(
+            (r.redirect.rate, r.redirect.burst),
+            (500.0, d.redirect.burst)
+        );
+        assert_eq!((r.auth.rate, r.auth.burst), (d.auth.rate, 3.0));
+        assert_eq!(r.write, d.write);
+        assert_eq!(r.read, d.read);
     }
 
     #[test]
@@ -436,7 +475,34 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("listen.tls_cert"));
         let mut c = ProxyConfig::default();
         c.rate_limits.trusted_proxies = vec!["10.0.0.0/99".into()];
-        assert!(c.validate().unwrap_err().contains("trusted_proxies"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("`rate_limits.trusted_proxies`"));
+        // The list holding the bad entry, not both.
+        let mut c = ProxyConfig::default();
+        c.rate_limits.trusted_proxies = vec!["10.0.0.0/8".into()];
+        c.rate_limits.cloudflare_proxies = vec!["cloudflare".into()];
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("`rate_limits.cloudflare_proxies`"), "{err}");
+        assert!(!err.contains("trusted_proxies"), "{err}");
+        // Redirecting to HTTPS needs a TLS listener or a load balancer's word for it…
+        let mut c = ProxyConfig::default();
+        c.listen.redirect_http_to_https = true;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("`listen.redirect_http_to_https`"));
+        // …which a trusted proxy that ends TLS gives.
+        c.rate_limits.trusted_proxies = vec!["10.0.0.0/8".into()];
+        c.validate()
+            .expect("a load balancer ending TLS is enough for the redirect");
+        // No pid file is ever written: an empty one is no error.
+        let mut c = ProxyConfig::default();
+        c.server.pid_file.clear();
+        c.validate().expect("an empty pid_file");
+        c.server.upgrade_sock.clear();
+        assert!(c.validate().unwrap_err().contains("`server.upgrade_sock`"));
         let mut c = ProxyConfig::default();
         c.listen.read_buffer_bytes = 100;
         assert!(c

@@ -1,6 +1,6 @@
 //! The sections of `conf/proxy.yaml`, each with its defaults; `super` loads and validates them.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Pingora's own server settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -125,10 +125,46 @@ pub struct RateLimitsSection {
     pub max_tracked_clients: usize,
     /// IPv6 clients are limited by network of this many leading bits (a host holds a /64).
     pub ipv6_prefix_len: u8,
+    #[serde(deserialize_with = "redirect_limit")]
     pub redirect: Limit,
+    #[serde(deserialize_with = "write_limit")]
     pub write: Limit,
+    #[serde(deserialize_with = "auth_limit")]
     pub auth: Limit,
+    #[serde(deserialize_with = "read_limit")]
     pub read: Limit,
+}
+
+/// A class as the file gives it: `rate` or `burst` alone keeps the other's default, as the
+/// documented defaults of both keys promise.
+fn limit_or<'de, D: Deserializer<'de>>(d: D, default: Limit) -> Result<Limit, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Given {
+        rate: Option<f64>,
+        burst: Option<f64>,
+    }
+    let given = Given::deserialize(d)?;
+    Ok(Limit {
+        rate: given.rate.unwrap_or(default.rate),
+        burst: given.burst.unwrap_or(default.burst),
+    })
+}
+
+fn redirect_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+    limit_or(d, RateLimitsSection::default().redirect)
+}
+
+fn write_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+    limit_or(d, RateLimitsSection::default().write)
+}
+
+fn auth_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+    limit_or(d, RateLimitsSection::default().auth)
+}
+
+fn read_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+    limit_or(d, RateLimitsSection::default().read)
 }
 
 /// A token bucket: `rate` requests a second sustained, `burst` at once. `rate: 0` disables.
