@@ -148,7 +148,7 @@ pub fn leaf_keys(value: &serde_json::Value) -> Vec<String> {
 }
 
 /// The value at dotted `key` in `value`.
-fn at<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+pub fn at<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     key.split('.').try_fold(value, |v, k| v.get(k))
 }
 

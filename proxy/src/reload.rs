@@ -33,6 +33,8 @@ pub struct Reloader {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub limiter: Arc<RateLimiter>,
     pub trust: crate::service::SharedTrust,
+    /// The configuration the process started with: what keys a reload cannot apply still hold.
+    pub started: ProxyConfig,
 }
 
 impl Reloader {
@@ -68,6 +70,12 @@ impl Reloader {
         }
         let upstreams: Vec<String> = list.addrs().iter().map(|a| a.to_string()).collect();
         log::info!(upstreams = upstreams.join(","); "configuration reloaded");
+        // Applied in part is not applied: an operator who changed `clicks.batch_max` must not
+        // read "reloaded" alone and believe it runs.
+        let stale = self.started.changes_needing_restart(&cfg);
+        if !stale.is_empty() {
+            log::warn!(keys = stale.join(","); "configuration keys changed that need a restart; they keep their running values");
+        }
         Ok(())
     }
 }

@@ -204,6 +204,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         lb,
         limiter,
         trust,
+        started: cfg.clone(),
     };
 
     server.add_service(proxy);

@@ -42,6 +42,18 @@ impl ProxyConfig {
         .map(|t| t.with_real_ip(self.rate_limits.real_ip_header))
     }
 
+    /// The keys whose value differs between `self` (what runs) and `next` (a reloaded file)
+    /// that a SIGHUP cannot apply: they keep `self`'s until a restart or a graceful upgrade.
+    pub fn changes_needing_restart(&self, next: &ProxyConfig) -> Vec<String> {
+        use kurz_common::config::{at, leaf_keys};
+        let running = serde_json::to_value(self).expect("the config serializes");
+        let next = serde_json::to_value(next).expect("the config serializes");
+        leaf_keys(&running)
+            .into_iter()
+            .filter(|k| !reloaded(k) && at(&running, k) != at(&next, k))
+            .collect()
+    }
+
     /// File + environment, validated.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, String> {
         let mut cfg: ProxyConfig = kurz_common::config::load_yaml(path)?;
@@ -237,6 +249,15 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+/// What a SIGHUP applies (docs/configuration.md says the same): the upstream list, the rate
+/// limits but for the limiter's size, and the certificate files.
+fn reloaded(key: &str) -> bool {
+    matches!(
+        key,
+        "upstreams.servers" | "listen.tls_cert" | "listen.tls_key"
+    ) || (key.starts_with("rate_limits.") && key != "rate_limits.max_tracked_clients")
 }
 
 /// No two listeners bind the same socket. Pingora would retry the second bind for 30 s and then
@@ -444,6 +465,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("rat"), "{err}");
+    }
+
+    /// A reload names what it could not apply: every other changed key, and none it applied.
+    #[test]
+    fn a_reload_names_the_changed_keys_it_cannot_apply() {
+        let running = ProxyConfig::default();
+        let mut next = running.clone();
+        assert!(running.changes_needing_restart(&next).is_empty());
+        next.rate_limits.redirect.rate = 1.0;
+        next.rate_limits.trusted_proxies = vec!["10.0.0.0/8".into()];
+        next.upstreams.servers = vec!["127.0.0.1:9".into()];
+        next.listen.tls_cert = "/etc/kurz/new.pem".into();
+        assert!(running.changes_needing_restart(&next).is_empty());
+        next.clicks.batch_max = 7;
+        next.listen.http = vec!["127.0.0.1:81".into()];
+        next.rate_limits.max_tracked_clients = 4096;
+        let mut stale = running.changes_needing_restart(&next);
+        stale.sort();
+        assert_eq!(
+            stale,
+            [
+                "clicks.batch_max",
+                "listen.http",
+                "rate_limits.max_tracked_clients"
+            ]
+        );
     }
 
     /// Every key of a rate-limit class is documented with a default: one given alone keeps the
