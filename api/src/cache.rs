@@ -306,6 +306,35 @@ impl LinkCache {
         confirmed(&replies)
     }
 
+    /// Which Redis server process holds each partition (its `run_id`): a restart or a failover
+    /// changes it. Read through a script on a key of the partition, so on a cluster each
+    /// partition's answer comes from the node that holds it; on one Redis, one read stands for
+    /// all.
+    pub async fn servers(&self) -> Result<Vec<String>, RedisDown> {
+        const RUN_ID: &str = "return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')";
+        let partitions = if self.redis.is_cluster() {
+            self.keys.partitions()
+        } else {
+            1
+        };
+        let reads: Vec<_> = (0..partitions)
+            .map(|p| {
+                let mut read = redis::cmd("EVAL");
+                read.arg(RUN_ID).arg(1).arg(self.keys.generation(p));
+                (p, read)
+            })
+            .collect();
+        self.redis
+            .query_parts(&reads)
+            .await?
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value::<String>(v)
+                    .map_err(|e| RedisDown(format!("unexpected run_id reply: {e}")))
+            })
+            .collect()
+    }
+
     /// Publishes the key schema's fingerprint, which edges compare with their own before they
     /// answer redirects from Redis (see `kurz_common::keys::KeySchema::fingerprint`).
     pub async fn publish_schema(&self) -> Result<(), RedisDown> {

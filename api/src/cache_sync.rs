@@ -12,7 +12,8 @@ use crate::db::urls::Link;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// How often queued codes are published again.
 pub const REPLAY_EVERY: Duration = Duration::from_millis(500);
@@ -240,10 +241,73 @@ async fn replay_code(
         .map_err(|e| e.to_string())
 }
 
+/// How far back a restart or failover of Redis may have lost link states: those written in
+/// this span before Redis was last seen unchanged are published again when it changes. The
+/// shipped `appendfsync everysec` loses at most the last second or two; a promoted replica what
+/// it had not received yet; a restore from a backup more than this (docs/operations.md).
+pub const REPUBLISH_WINDOW: Duration = Duration::from_secs(300);
+
+/// Notices that the Redis server holding the links changed (its `run_id`: a restart, a
+/// failover) and queues every link state written in [`REPUBLISH_WINDOW`] before for the
+/// replay. Redis that comes back from its append-only file without its last second, or a
+/// replica promoted without the master's last writes, still holds older entries: a link
+/// deleted then would redirect again until the entry's TTL (a day) ran out. Publishing is
+/// idempotent (a state never replaces a newer one), so publishing too much costs only time.
+#[derive(Default)]
+pub struct RestartWatch {
+    servers: Option<Vec<String>>,
+    /// (when, the last link version handed out then), one a second at most, kept while Redis
+    /// is seen unchanged: the front is the newest mark at least [`REPUBLISH_WINDOW`] old.
+    marks: VecDeque<(Instant, i64)>,
+}
+
+impl RestartWatch {
+    /// One look at Redis; returns how many codes were queued (0 when nothing changed).
+    pub async fn check(&mut self, state: &AppState) -> Result<u64, String> {
+        let servers = state.cache.servers().await.map_err(|e| e.to_string())?;
+        let client = state.db.get().await.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let changed = self.servers.as_ref().is_some_and(|seen| *seen != servers);
+        let mut queued = 0;
+        if changed {
+            let since = self.marks.front().map_or(0, |m| m.1);
+            queued = db::outbox::enqueue_written_after(&client, since)
+                .await
+                .map_err(|e| e.to_string())?;
+            state.metrics.redis_server_changes.inc();
+            log::warn!(queued = queued, since_version = since;
+                "the Redis server holding the links changed (a restart or a failover): link states written shortly before are published again");
+        }
+        if changed
+            || self
+                .marks
+                .back()
+                .is_none_or(|m| now - m.0 >= Duration::from_secs(1))
+        {
+            let version = db::outbox::last_version(&client)
+                .await
+                .map_err(|e| e.to_string())?;
+            if changed {
+                self.marks.clear();
+            }
+            self.marks.push_back((now, version));
+        }
+        while self.marks.len() > 1 && now - self.marks[1].0 >= REPUBLISH_WINDOW {
+            self.marks.pop_front();
+        }
+        self.servers = Some(servers);
+        Ok(queued)
+    }
+}
+
 /// The replayer: a round every [`REPLAY_EVERY`] until `stop`.
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut failing = false;
+    let mut watch = RestartWatch::default();
     loop {
+        // Before the round, so what a restart lost goes out in it. A failure (Redis or
+        // PostgreSQL down) keeps what was seen: the change is noticed once both answer.
+        let _ = watch.check(&state).await;
         match replay_once(&state).await {
             Ok(n) => {
                 if n > 0 || failing {

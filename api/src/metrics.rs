@@ -37,6 +37,9 @@ pub struct Metrics {
     pub click_commit_failures: IntCounter,
     /// Links whose new state has not reached Redis yet (`link_outbox` rows), at the last replay.
     pub link_outbox: IntGauge,
+    /// Times the Redis server holding the links changed (a restart, a failover): the link
+    /// states changed shortly before were queued to be published again (`cache_sync`).
+    pub redis_server_changes: IntCounter,
     pub redis_errors: IntCounter,
     /// Entries delivered to a consumer but not yet acknowledged, refreshed at each scrape.
     pub click_stream_pending: IntGauge,
@@ -82,11 +85,13 @@ impl Metrics {
         )
         .expect("metric");
         let click_batch_size = Histogram::with_opts(
-            HistogramOpts::new("kurz_api_click_batch_size", "Clicks stored per insert statement").buckets(
-                vec![
-                    1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
-                ],
-            ),
+            HistogramOpts::new(
+                "kurz_api_click_batch_size",
+                "Clicks stored per insert statement",
+            )
+            .buckets(vec![
+                1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0,
+            ]),
         )
         .expect("metric");
         let click_insert_duration = Histogram::with_opts(
@@ -123,6 +128,11 @@ impl Metrics {
         let link_outbox = IntGauge::new(
             "kurz_api_link_outbox_pending",
             "Link writes whose new state has not reached Redis yet",
+        )
+        .expect("metric");
+        let redis_server_changes = IntCounter::new(
+            "kurz_api_redis_server_changes_total",
+            "Restarts or failovers of Redis seen; recent link states were published again",
         )
         .expect("metric");
         let redis_errors = IntCounter::new(
@@ -173,6 +183,7 @@ impl Metrics {
             Box::new(click_stream_resets.clone()),
             Box::new(click_commit_failures.clone()),
             Box::new(link_outbox.clone()),
+            Box::new(redis_server_changes.clone()),
             Box::new(redis_errors.clone()),
             Box::new(click_stream_pending.clone()),
             Box::new(db_pool_in_use.clone()),
@@ -205,6 +216,7 @@ impl Metrics {
             click_stream_resets,
             click_commit_failures,
             link_outbox,
+            redis_server_changes,
             redis_errors,
             click_stream_pending,
             db_pool_size,

@@ -40,6 +40,9 @@ pub enum Persistence {
     None,
     /// An append-only file fsynced on every write: a restart comes back with every write.
     AofAlways,
+    /// No append-only file: a restart comes back as of the test's last `SAVE` (empty without
+    /// one), as Redis does after losing its last writes or being restored from a backup.
+    Snapshot,
     /// The shipped `deploy/redis/redis.conf` (append-only file), with `appendfsync always` so
     /// a test's kill loses nothing it could assert on; the shipped `everysec` may lose the last
     /// second, which production counts as lost clicks.
@@ -122,7 +125,7 @@ fn signal(pid: u32, which: &str) {
 fn spawn_redis(port: u16, dir: &std::path::Path, persistence: Persistence) -> Child {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/redis/redis.conf");
     let (conf, aof): (&[&str], &[&str]) = match persistence {
-        Persistence::None => (&[], &["--appendonly", "no"]),
+        Persistence::None | Persistence::Snapshot => (&[], &["--appendonly", "no"]),
         Persistence::AofAlways => (&[], &["--appendonly", "yes", "--appendfsync", "always"]),
         Persistence::Shipped => (&[shipped], &["--appendfsync", "always"]),
     };

@@ -101,3 +101,27 @@ pub async fn count(c: &impl GenericClient) -> Result<i64, Error> {
     let stmt = c.prepare_cached("SELECT count(*) FROM link_outbox").await?;
     Ok(c.query_one(&stmt, &[]).await?.get(0))
 }
+
+/// The last link version handed out (`link_versions`): every state written later has a higher
+/// one.
+pub async fn last_version(c: &impl GenericClient) -> Result<i64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM link_versions",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Queues every code whose link state was written after `version` (deleted links included:
+/// their rows stay); returns how many. A scan of `urls`, for the rare event that needs it.
+pub async fn enqueue_written_after(c: &impl GenericClient, version: i64) -> Result<u64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO link_outbox (short_code) \
+             SELECT DISTINCT short_code FROM urls WHERE version > $1 \
+             ON CONFLICT (short_code) DO UPDATE SET queued_at = clock_timestamp()",
+        )
+        .await?;
+    c.execute(&stmt, &[&version]).await
+}

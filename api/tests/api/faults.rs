@@ -829,3 +829,42 @@ async fn a_link_deleted_while_redis_is_out_of_memory_stops_redirecting() {
     app.wait_outbox_empty().await;
     assert_eq!(redirect_with_id(&app, &code, "req-oom-3").await, 404);
 }
+
+/// Redis that comes back without its last writes (here from a snapshot taken before the
+/// delete: the AOF's last second, a replica promoted without them) holds the link's earlier
+/// entry again. Each API notices the new server and publishes the recent states again: the
+/// deleted link stops redirecting within a replay round, not when the entry's TTL ends.
+#[tokio::test]
+async fn a_link_deleted_just_before_redis_lost_its_last_writes_stays_deleted() {
+    let mut redis = PrivateRedis::start(Persistence::Snapshot);
+    let url = redis.url();
+    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
+    let user = app.create_user("rollback").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/rollback").await);
+    assert_eq!(redirect_with_id(&app, &code, "req-rollback-1").await, 302);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // A watch of the test's own, as the replayer runs one: it has seen this server.
+    let mut watch = kurz_api::cache_sync::RestartWatch::default();
+    assert_eq!(watch.check(&app.state).await.unwrap(), 0);
+    redis::cmd("SAVE")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    assert_eq!(redirect_with_id(&app, &code, "req-rollback-2").await, 404);
+    redis.kill();
+    redis.restart();
+    wait_cache_up(&app).await;
+    assert!(
+        watch.check(&app.state).await.unwrap() >= 1,
+        "the delete is queued again"
+    );
+    wait_for(
+        "the deleted link to stop redirecting again",
+        Duration::from_secs(20),
+        || async { redirect_with_id(&app, &code, "req-rollback-3").await == 404 },
+    )
+    .await;
+    assert!(metric(&app, "kurz_api_redis_server_changes_total").await >= 1.0);
+}
