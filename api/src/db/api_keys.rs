@@ -44,15 +44,34 @@ impl ApiKey {
 /// keys in a loop should stop with an answer, not fill a table.
 pub const MAX_LIVE_KEYS: i64 = 100;
 
-/// Stores a new key; `None` when the user already holds [`MAX_LIVE_KEYS`] live ones. In a
-/// transaction: the user's keys are counted under a lock that concurrent makers wait on.
+/// What [`insert_key`] did.
+pub enum NewKey {
+    Stored(ApiKey),
+    /// The user holds [`MAX_LIVE_KEYS`] live keys already.
+    TooMany,
+    /// The user was deleted (before this, or while this waited for the delete to commit).
+    UserGone,
+}
+
+/// Stores a new key. In a transaction: the user's keys are counted under a lock that concurrent
+/// makers wait on, and the user's row is key-share-locked, so a delete of the user in progress
+/// (which locks it `FOR UPDATE`) is waited for, and then no key is made, and one that starts
+/// later waits for this key, which its revocation of the user's keys then finds. Without it a
+/// key made while the user was deleted outlived the delete: a re-import of the user would bring
+/// it back. A password change's lock (`NO KEY UPDATE`) does not hold it up.
 pub async fn insert_key(
     c: &impl GenericClient,
     user_id: i64,
     name: &str,
     prefix: &str,
     hash: &str,
-) -> Result<Option<ApiKey>, Error> {
+) -> Result<NewKey, Error> {
+    let live = c
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR KEY SHARE")
+        .await?;
+    if c.query_opt(&live, &[&user_id]).await?.is_none() {
+        return Ok(NewKey::UserGone);
+    }
     let lock = c
         .prepare_cached(
             "SELECT pg_advisory_xact_lock(hashtextextended('kurz.api_keys:' || $1::int8::text, 0))",
@@ -67,10 +86,13 @@ pub async fn insert_key(
         ))
         .await?;
     Ok(
-        c.query_opt(&stmt, &[&user_id, &name, &prefix, &hash, &MAX_LIVE_KEYS])
+        match c
+            .query_opt(&stmt, &[&user_id, &name, &prefix, &hash, &MAX_LIVE_KEYS])
             .await?
-            .as_ref()
-            .map(ApiKey::from_row),
+        {
+            Some(row) => NewKey::Stored(ApiKey::from_row(&row)),
+            None => NewKey::TooMany,
+        },
     )
 }
 

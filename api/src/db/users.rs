@@ -137,10 +137,15 @@ pub async fn update_user(
         .map(User::from_row))
 }
 
-/// Soft delete; `false` when there was no such live user.
+/// Soft delete; `false` when there was no such live user. The row is locked `FOR UPDATE`, not
+/// the `NO KEY UPDATE` a plain update takes: a key being made (`api_keys::insert_key`) holds
+/// the user with a key-share lock, and must wait for the delete and then see it.
 pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error> {
     let stmt = c
-        .prepare_cached("UPDATE users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+        .prepare_cached(
+            "WITH live AS (SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE) \
+             UPDATE users SET deleted_at = now() FROM live WHERE users.id = live.id",
+        )
         .await?;
     Ok(c.execute(&stmt, &[&id]).await? == 1)
 }

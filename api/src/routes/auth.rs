@@ -421,14 +421,19 @@ pub(crate) async fn issue_key(
     let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
-    let stored = db::api_keys::insert_key(&tx, user_id, name, &prefix, &token_hash(&key))
-        .await?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "at most {} live API keys per user: revoke one first",
-                db::api_keys::MAX_LIVE_KEYS
-            ))
-        })?;
+    let stored =
+        match db::api_keys::insert_key(&tx, user_id, name, &prefix, &token_hash(&key)).await? {
+            db::api_keys::NewKey::Stored(stored) => stored,
+            db::api_keys::NewKey::TooMany => {
+                return Err(ApiError::Conflict(format!(
+                    "at most {} live API keys per user: revoke one first",
+                    db::api_keys::MAX_LIVE_KEYS
+                )))
+            }
+            db::api_keys::NewKey::UserGone => {
+                return Err(ApiError::Unauthorized("the account was deleted".into()))
+            }
+        };
     crate::deadline::commit(tx).await?;
     Ok((stored, key))
 }

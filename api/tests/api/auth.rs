@@ -903,6 +903,42 @@ async fn concurrent_key_makers_stop_at_the_ceiling() {
     assert_eq!(statuses, [201, 201, 409, 409, 409, 409]);
 }
 
+/// A key made while its user is being deleted does not outlive the delete: the maker waits
+/// for the delete to commit and gets 401, and no live key of the user is left for a re-import
+/// of the user to bring back.
+#[tokio::test]
+async fn a_key_made_while_its_user_is_deleted_does_not_outlive_the_delete() {
+    let app = spawn_app().await;
+    let (token, id) = register(&app, "keydelete").await;
+    let mut holder = app.state.db.get().await.unwrap();
+    // The delete's transaction (`DELETE /users/<id>`), held open before its commit.
+    let delete = holder.transaction().await.unwrap();
+    assert!(kurz_api::db::users::delete_user(&delete, id).await.unwrap());
+    kurz_api::db::api_keys::revoke_all(&delete, id)
+        .await
+        .unwrap();
+    let req = app
+        .client
+        .post(app.url("/auth/keys"))
+        .header("authorization", bearer(&token))
+        .json(&json!({"name": "late"}));
+    let maker = tokio::spawn(async move { req.send().await.unwrap().status().as_u16() });
+    crate::helpers::wait_for_lock_waits(&app, 1, "the key maker").await;
+    delete.commit().await.unwrap();
+    assert_eq!(maker.await.unwrap(), 401);
+    let live: i64 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0);
+}
+
 /// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
 /// waiting on a clock.
 async fn expire_locks(app: &TestApp) {
