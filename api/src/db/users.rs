@@ -41,6 +41,16 @@ impl User {
 /// no claim on it, though an import gave someone else the same). The table allows repeats
 /// (imports keep real exports as they are); API writes keep usernames unique by checking under
 /// this lock.
+/// Whether user `id` exists and is not deleted, locking its row until the end of `tx`.
+pub async fn lock_live(tx: &impl GenericClient, id: i64) -> Result<bool, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
+        )
+        .await?;
+    Ok(tx.query_opt(&stmt, &[&id]).await?.is_some())
+}
+
 pub async fn lock_username(
     tx: &impl GenericClient,
     username: &Username,

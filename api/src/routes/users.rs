@@ -121,6 +121,11 @@ pub async fn update(
     }
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
+    // First: a user that is not there is a 404, whatever the body asks for (its username check
+    // would otherwise answer 409 for a name someone holds).
+    if !db::users::lock_live(&tx, id).await? {
+        return Err(ApiError::NotFound(format!("user {id} not found")));
+    }
     if let Some(name) = &username {
         refuse_taken(&tx, name, Some(id)).await?;
     }

@@ -125,6 +125,13 @@ async fn unknown_or_non_numeric_user_ids_are_404() {
         404,
     )
     .await;
+    // A name someone holds changes nothing: the user in the path is not there.
+    app.create_user("held").await;
+    let gone = app.create_user("gone").await;
+    assert_eq!(app.delete(&format!("/users/{gone}")).await.status(), 204);
+    for path in ["/users/999999".to_owned(), format!("/users/{gone}")] {
+        error_of(app.put_json(&path, &json!({"username": "held"})).await, 404).await;
+    }
 }
 
 #[tokio::test]
