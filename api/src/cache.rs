@@ -72,6 +72,19 @@ fn out_of_memory(e: &redis::RedisError) -> bool {
         .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
 }
 
+/// Unlinks the entry unless a state newer than `ARGV[1]` is there: what Redis out of memory
+/// still takes (`GET` and `UNLINK` are not refused then). Same version rule as [`PUBLISH`]: a
+/// late publish of an older state, refused, must not remove the newer state's entry (a
+/// deleted link's tombstone), which would let a later older publish in. Returns 1 when it
+/// unlinked.
+const UNLINK_OLDER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local v = __VERSION_OF_CUR__
+if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
+return redis.call('UNLINK', KEYS[1])
+"#;
+
 fn versioned_script(source: &str) -> String {
     source.replace("__VERSION_OF_CUR__", &lua_entry_version("cur"))
 }
@@ -119,6 +132,7 @@ pub struct LinkCache {
     publish: Arc<str>,
     publish_sha: Arc<str>,
     mark_stale: Arc<str>,
+    unlink_older: Arc<str>,
     mark_stale_sha: Arc<str>,
 }
 
@@ -137,6 +151,7 @@ impl LinkCache {
                 .get_hash()
                 .into(),
             mark_stale: versioned_script(MARK_STALE).into(),
+            unlink_older: versioned_script(UNLINK_OLDER).into(),
             mark_stale_sha: redis::Script::new(&versioned_script(MARK_STALE))
                 .get_hash()
                 .into(),
@@ -211,7 +226,7 @@ impl LinkCache {
             Ok(published) => published,
             Err(e) => {
                 if out_of_memory(&e) {
-                    self.unlink_refused(code).await;
+                    self.unlink_refused(code, state.version).await;
                 }
                 return Err(self.redis.failed(e));
             }
@@ -228,12 +243,16 @@ impl LinkCache {
 
     /// Redis past `maxmemory` under `noeviction` refuses the publish (it writes) but still
     /// serves the old entry, to the edges and to this API's lookups, for as long as memory stays
-    /// full. It does take `UNLINK`, which frees: the entry goes and the edges drop their copies,
-    /// so the code is read from PostgreSQL until the replay (the write stays queued) can publish
-    /// its state. Best effort: the replay remains what makes it right.
-    async fn unlink_refused(&self, code: &str) {
-        let mut unlink = redis::cmd("UNLINK");
-        unlink.arg(self.keys.link(code));
+    /// full. It does take `UNLINK`, which frees: an entry older than `version` goes and the edges
+    /// drop their copies, so the code is read from PostgreSQL until the replay (the write stays
+    /// queued) can publish its state. Best effort: the replay remains what makes it right.
+    async fn unlink_refused(&self, code: &str, version: i64) {
+        let mut unlink = redis::cmd("EVAL");
+        unlink
+            .arg(&*self.unlink_older)
+            .arg(1)
+            .arg(self.keys.link(code))
+            .arg(version);
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.keys.invalidations()).arg(code);
         // Once: the replay retries the write every few seconds while memory stays full, and an
