@@ -244,12 +244,19 @@ async fn replay_code(
 /// How far back a restart or failover of Redis may have lost link states: those written in
 /// this span before Redis was last seen unchanged are published again when it changes. The
 /// shipped `appendfsync everysec` loses at most the last second or two; a promoted replica what
-/// it had not received yet; a restore from a backup more than this (docs/operations.md).
+/// it had not received yet; a restore from a backup more than this (docs/operations.md). At
+/// least: a state's version is taken when its statement runs, and a bulk write can commit
+/// (and publish) up to `limits.bulk_request_timeout_ms` later, so the span covers that too.
 pub const REPUBLISH_WINDOW: Duration = Duration::from_secs(300);
 
+fn republish_window(state: &AppState) -> Duration {
+    let bulk = Duration::from_millis(state.config.limits.bulk_request_timeout_ms);
+    REPUBLISH_WINDOW.max(bulk + Duration::from_secs(60))
+}
+
 /// Notices that the Redis server holding the links changed (its `run_id`: a restart, a
-/// failover) and queues every link state written in [`REPUBLISH_WINDOW`] before for the
-/// replay. Redis that comes back from its append-only file without its last second, or a
+/// failover) and queues every link state written in the span before (`REPUBLISH_WINDOW`, or
+/// longer for long bulk writes) for the replay. Redis that comes back from its append-only file without its last second, or a
 /// replica promoted without the master's last writes, still holds older entries: a link
 /// deleted then would redirect again until the entry's TTL (a day) ran out. Publishing is
 /// idempotent (a state never replaces a newer one), so publishing too much costs only time.
@@ -257,7 +264,7 @@ pub const REPUBLISH_WINDOW: Duration = Duration::from_secs(300);
 pub struct RestartWatch {
     servers: Option<Vec<String>>,
     /// (when, the last link version handed out then), one a second at most, kept while Redis
-    /// is seen unchanged: the front is the newest mark at least [`REPUBLISH_WINDOW`] old.
+    /// is seen unchanged: the front is the newest mark at least the span old.
     marks: VecDeque<(Instant, i64)>,
 }
 
@@ -288,11 +295,15 @@ impl RestartWatch {
                 .await
                 .map_err(|e| e.to_string())?;
             if changed {
-                self.marks.clear();
+                // From `since` still: what was just queued goes to the new server now, and a
+                // server that loses it again (a crash loop, a second failover) needs it again.
+                let since = self.marks.front().map_or(0, |m| m.1);
+                self.marks = VecDeque::from([(now, since)]);
             }
             self.marks.push_back((now, version));
         }
-        while self.marks.len() > 1 && now - self.marks[1].0 >= REPUBLISH_WINDOW {
+        let window = republish_window(state);
+        while self.marks.len() > 1 && now - self.marks[1].0 >= window {
             self.marks.pop_front();
         }
         self.servers = Some(servers);
@@ -304,10 +315,19 @@ impl RestartWatch {
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut failing = false;
     let mut watch = RestartWatch::default();
+    let mut watch_failing = false;
     loop {
         // Before the round, so what a restart lost goes out in it. A failure (Redis or
         // PostgreSQL down) keeps what was seen: the change is noticed once both answer.
-        let _ = watch.check(&state).await;
+        match watch.check(&state).await {
+            Ok(_) => watch_failing = false,
+            Err(e) => {
+                if !watch_failing {
+                    log::warn!(error = e; "cannot tell whether the Redis server changed; retrying");
+                }
+                watch_failing = true;
+            }
+        }
         match replay_once(&state).await {
             Ok(n) => {
                 if n > 0 || failing {
