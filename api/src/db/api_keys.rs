@@ -44,6 +44,17 @@ impl ApiKey {
 /// keys in a loop should stop with an answer, not fill a table.
 pub const MAX_LIVE_KEYS: i64 = 100;
 
+/// The user's key lock, until the end of the transaction: key makers and a delete of the user
+/// take turns on it.
+async fn lock_user_keys(c: &impl GenericClient, user_id: i64) -> Result<(), Error> {
+    let lock = c
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended('kurz.api_keys:' || $1::int8::text, 0))",
+        )
+        .await?;
+    c.execute(&lock, &[&user_id]).await.map(|_| ())
+}
+
 /// What [`insert_key`] did.
 pub enum NewKey {
     Stored(ApiKey),
@@ -53,12 +64,11 @@ pub enum NewKey {
     UserGone,
 }
 
-/// Stores a new key. In a transaction: the user's keys are counted under a lock that concurrent
-/// makers wait on, and the user's row is key-share-locked, so a delete of the user in progress
-/// (which locks it `FOR UPDATE`) is waited for, and then no key is made, and one that starts
-/// later waits for this key, which its revocation of the user's keys then finds. Without it a
-/// key made while the user was deleted outlived the delete: a re-import of the user would bring
-/// it back. A password change's lock (`NO KEY UPDATE`) does not hold it up.
+/// Stores a new key. In a transaction, under the user's key lock ([`lock_user_keys`]), which
+/// concurrent makers wait on while the user's keys are counted, and which a delete of the user
+/// takes before it revokes them: a maker that comes second sees the user deleted and makes
+/// nothing; one that comes first has its key revoked by the delete. Without it a key made while
+/// the user was deleted outlived the delete: a re-import of the user would bring it back.
 pub async fn insert_key(
     c: &impl GenericClient,
     user_id: i64,
@@ -66,18 +76,14 @@ pub async fn insert_key(
     prefix: &str,
     hash: &str,
 ) -> Result<NewKey, Error> {
+    lock_user_keys(c, user_id).await?;
+    // After the lock: a delete that held it has committed, and this statement sees it.
     let live = c
-        .prepare_cached("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR KEY SHARE")
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL")
         .await?;
     if c.query_opt(&live, &[&user_id]).await?.is_none() {
         return Ok(NewKey::UserGone);
     }
-    let lock = c
-        .prepare_cached(
-            "SELECT pg_advisory_xact_lock(hashtextextended('kurz.api_keys:' || $1::int8::text, 0))",
-        )
-        .await?;
-    c.execute(&lock, &[&user_id]).await?;
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO api_keys (user_id, name, prefix, key_hash) SELECT $1, $2, $3, $4 \
@@ -156,6 +162,9 @@ pub async fn revoke_key(c: &impl GenericClient, user_id: i64, id: i64) -> Result
 
 /// Revokes every active key of a user (the account was deleted).
 pub async fn revoke_all(c: &impl GenericClient, user_id: i64) -> Result<u64, Error> {
+    // A key being made now is waited for and revoked; one made later sees the user deleted
+    // (`insert_key`), when this runs in the delete's transaction.
+    lock_user_keys(c, user_id).await?;
     let stmt = c
         .prepare_cached(
             "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",

@@ -41,16 +41,6 @@ impl User {
 /// no claim on it, though an import gave someone else the same). The table allows repeats
 /// (imports keep real exports as they are); API writes keep usernames unique by checking under
 /// this lock.
-/// Whether user `id` exists and is not deleted, locking its row until the end of `tx`.
-pub async fn lock_live(tx: &impl GenericClient, id: i64) -> Result<bool, Error> {
-    let stmt = tx
-        .prepare_cached(
-            "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
-        )
-        .await?;
-    Ok(tx.query_opt(&stmt, &[&id]).await?.is_some())
-}
-
 pub async fn lock_username(
     tx: &impl GenericClient,
     username: &Username,
@@ -147,15 +137,18 @@ pub async fn update_user(
         .map(User::from_row))
 }
 
-/// Soft delete; `false` when there was no such live user. The row is locked `FOR UPDATE`, not
-/// the `NO KEY UPDATE` a plain update takes: a key being made (`api_keys::insert_key`) holds
-/// the user with a key-share lock, and must wait for the delete and then see it.
+/// Whether user `id` exists and is not deleted.
+pub async fn is_live(c: &impl GenericClient, id: i64) -> Result<bool, Error> {
+    let stmt = c
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id]).await?.is_some())
+}
+
+/// Soft delete; `false` when there was no such live user.
 pub async fn delete_user(c: &impl GenericClient, id: i64) -> Result<bool, Error> {
     let stmt = c
-        .prepare_cached(
-            "WITH live AS (SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE) \
-             UPDATE users SET deleted_at = now() FROM live WHERE users.id = live.id",
-        )
+        .prepare_cached("UPDATE users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
         .await?;
     Ok(c.execute(&stmt, &[&id]).await? == 1)
 }

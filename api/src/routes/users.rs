@@ -122,8 +122,9 @@ pub async fn update(
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
     // First: a user that is not there is a 404, whatever the body asks for (its username check
-    // would otherwise answer 409 for a name someone holds).
-    if !db::users::lock_live(&tx, id).await? {
+    // would otherwise answer 409 for a name someone holds). Unlocked: one deleted meanwhile is
+    // found missing by the update below.
+    if !db::users::is_live(&tx, id).await? {
         return Err(ApiError::NotFound(format!("user {id} not found")));
     }
     if let Some(name) = &username {
