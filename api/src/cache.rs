@@ -72,16 +72,17 @@ fn out_of_memory(e: &redis::RedisError) -> bool {
         .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
 }
 
-/// Unlinks the entry unless a state newer than `ARGV[1]` is there: what Redis out of memory
-/// still takes (`GET` and `UNLINK` are not refused then). Same version rule as [`PUBLISH`]: a
-/// late publish of an older state, refused, must not remove the newer state's entry (a
-/// deleted link's tombstone), which would let a later older publish in. Returns 1 when it
-/// unlinked.
+/// Unlinks the entry if it holds a state older than `ARGV[1]` (or one without a version): what
+/// Redis out of memory still takes (`GET` and `UNLINK` are not refused then). A late publish of
+/// an older state, refused, must not remove a newer state's entry (a deleted link's tombstone),
+/// which would let a later older publish in; nor one of the same version, which already is the
+/// refused state (where [`PUBLISH`] would rewrite it, this would only delete it). Returns 1
+/// when it unlinked.
 const UNLINK_OLDER: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local v = __VERSION_OF_CUR__
-if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
+if v and tonumber(v) >= tonumber(ARGV[1]) then return 0 end
 return redis.call('UNLINK', KEYS[1])
 "#;
 
