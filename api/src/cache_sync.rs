@@ -256,10 +256,11 @@ fn republish_window(state: &AppState) -> Duration {
 
 /// Notices that the Redis server holding the links changed (its `run_id`: a restart, a
 /// failover) and queues every link state written in the span before (`REPUBLISH_WINDOW`, or
-/// longer for long bulk writes) for the replay. Redis that comes back from its append-only file without its last second, or a
-/// replica promoted without the master's last writes, still holds older entries: a link
-/// deleted then would redirect again until the entry's TTL (a day) ran out. Publishing is
-/// idempotent (a state never replaces a newer one), so publishing too much costs only time.
+/// longer for long bulk writes) for the replay. Redis that comes back from its append-only file
+/// without its last second, or a replica promoted without the master's last writes, still holds
+/// older entries: a link deleted then would redirect again until the entry's TTL (a day) ran
+/// out. Publishing is idempotent (a state never replaces a newer one), so publishing too much
+/// costs only time.
 #[derive(Default)]
 pub struct RestartWatch {
     servers: Option<Vec<String>>,
@@ -284,6 +285,11 @@ impl RestartWatch {
             state.metrics.redis_server_changes.inc();
             log::warn!(queued = queued, since_version = since;
                 "the Redis server holding the links changed (a restart or a failover): link states written shortly before are published again");
+            // Seen, whatever fails below: the next look must not count this change again. From
+            // `since` still: what was just queued goes to the new server now, and a server that
+            // loses it again (a crash loop, a second failover) needs it again.
+            self.servers = Some(servers.clone());
+            self.marks = VecDeque::from([(now, since)]);
         }
         if changed
             || self
@@ -294,12 +300,6 @@ impl RestartWatch {
             let version = db::outbox::last_version(&client)
                 .await
                 .map_err(|e| e.to_string())?;
-            if changed {
-                // From `since` still: what was just queued goes to the new server now, and a
-                // server that loses it again (a crash loop, a second failover) needs it again.
-                let since = self.marks.front().map_or(0, |m| m.1);
-                self.marks = VecDeque::from([(now, since)]);
-            }
             self.marks.push_back((now, version));
         }
         let window = republish_window(state);
