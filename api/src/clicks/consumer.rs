@@ -2,10 +2,10 @@
 //!
 //! Exactly-once effect, across replicas, restarts and retries: entries are read through one
 //! consumer group shared by all API replicas, inserted (in statements of at most
-//! `clicks.batch_size` clicks) keyed by their click id (`ON CONFLICT DO NOTHING`), and only then acknowledged and deleted. A consumer dying
-//! between commit and acknowledgement leaves entries pending; whoever claims them next inserts
-//! nothing for them and acknowledges. Deleting acknowledged entries keeps `XLEN` equal to the
-//! backlog.
+//! `clicks.batch_size` clicks) keyed by their click id (`ON CONFLICT DO NOTHING`), and only
+//! then acknowledged and deleted. A consumer dying between commit and acknowledgement leaves
+//! entries pending; whoever claims them next inserts nothing for them and acknowledges.
+//! Deleting acknowledged entries keeps `XLEN` equal to the backlog.
 //!
 //! While PostgreSQL is down the consumer holds the batch it read and retries committing it with
 //! a growing pause; it reads and claims nothing more until that batch is stored. So an outage
