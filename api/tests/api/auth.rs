@@ -926,17 +926,43 @@ async fn a_key_made_while_its_user_is_deleted_does_not_outlive_the_delete() {
     crate::helpers::wait_for_lock_waits(&app, 1, "the key maker").await;
     delete.commit().await.unwrap();
     assert_eq!(maker.await.unwrap(), 401);
-    let live: i64 = app
-        .sql()
+    assert_eq!(live_keys(&app, id).await, 0);
+}
+
+/// The other order: a user deleted while a key of theirs is being made waits for that key and
+/// revokes it with the others.
+#[tokio::test]
+async fn a_user_deleted_while_a_key_is_made_takes_the_key_with_it() {
+    let app = spawn_app().await;
+    let (token, id) = register(&app, "keyfirst").await;
+    let mut holder = app.state.db.get().await.unwrap();
+    // The maker's transaction (`POST /auth/keys`), held open before its commit.
+    let maker = holder.transaction().await.unwrap();
+    let made = kurz_api::db::api_keys::insert_key(&maker, id, "first", "kzk_00000000", "h")
+        .await
+        .unwrap();
+    assert!(matches!(made, kurz_api::db::api_keys::NewKey::Stored(_)));
+    let req = app
+        .client
+        .delete(app.url(&format!("/users/{id}")))
+        .header("authorization", bearer(&token));
+    let delete = tokio::spawn(async move { req.send().await.unwrap().status().as_u16() });
+    crate::helpers::wait_for_lock_waits(&app, 1, "the delete").await;
+    maker.commit().await.unwrap();
+    assert_eq!(delete.await.unwrap(), 204);
+    assert_eq!(live_keys(&app, id).await, 0);
+}
+
+async fn live_keys(app: &TestApp, user_id: i64) -> i64 {
+    app.sql()
         .await
         .query_one(
             "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
-            &[&id],
+            &[&user_id],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(live, 0);
+        .get(0)
 }
 
 /// Ends every lock-out lock of the app's prefix: what the lock's expiry would do, without
