@@ -2,7 +2,7 @@
 //! quiet while PostgreSQL is down, Redis losing its data counted, and reads that do not wait on
 //! a backlog. Every server broken here is private to the test (`private.rs`).
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{cached, row_now, spawn_app_with, TestApp};
 use kurz_common::testing::{Persistence, PrivatePg, PrivateRedis};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -784,93 +784,56 @@ async fn a_link_deleted_while_redis_is_out_of_memory_stops_redirecting() {
     let redis = PrivateRedis::start(Persistence::None);
     let url = redis.url();
     let app = spawn_app_with(|c| {
-        c.redis.url = url.clone();
+        c.redis.url = url;
         c.clicks.poll_interval_ms = 3_600_000;
     })
     .await;
     let user = app.create_user("oom").await;
     let (id, code) = link_of(&app.create_url(user, "https://example.com/oom").await);
     assert_eq!(redirect_with_id(&app, &code, "req-oom-1").await, 302);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entry_key = app.state.keys.link(&code);
-    let entry: Option<String> = redis::cmd("GET")
-        .arg(&entry_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(entry.is_some(), "the link is cached before the delete");
-    let set_maxmemory = |bytes: &'static str| {
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("SET")
-            .arg("maxmemory")
-            .arg(bytes)
-            .arg("maxmemory-policy")
-            .arg("noeviction");
-        cmd
-    };
-    let before = kurz_api::db::urls::find_url_by_code(&app.state.db.get().await.unwrap(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    set_maxmemory("1")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert!(
+        cached(&app, &code).await.is_some(),
+        "the link is cached before the delete"
+    );
+    let before = row_now(&app, &code).await;
+    set_maxmemory(&app, "1").await;
     assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
-    let entry: Option<String> = redis::cmd("GET")
-        .arg(&entry_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(entry, None, "the refused publish dropped the entry");
+    assert_eq!(
+        cached(&app, &code).await,
+        None,
+        "the refused publish dropped the entry"
+    );
     assert_eq!(app.outbox_len().await, 1, "the state waits for the replay");
     assert_eq!(redirect_with_id(&app, &code, "req-oom-2").await, 404);
-    set_maxmemory("0")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    set_maxmemory(&app, "0").await;
     app.wait_outbox_empty().await;
     assert_eq!(redirect_with_id(&app, &code, "req-oom-3").await, 404);
     // A late publish of the state from before the delete, refused for memory again, leaves the
     // delete's newer entry alone: dropping it would let that older state in once memory frees.
-    let tombstone: Option<String> = redis::cmd("GET")
-        .arg(&entry_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let tombstone = cached(&app, &code).await;
     assert!(tombstone.is_some());
-    set_maxmemory("1")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
-    assert!(app
-        .state
-        .cache
-        .publish(&code, &before.cache_state())
-        .await
-        .is_err());
+    set_maxmemory(&app, "1").await;
+    let publish = |link: kurz_api::db::urls::Link| {
+        let app = &app;
+        let code = &code;
+        async move { app.state.cache.publish(code, &link.cache_state()).await }
+    };
+    assert!(publish(before).await.is_err());
     // Nor does the delete's own state published again (its replay), which the entry already is.
-    let deleted = kurz_api::db::urls::find_url_by_code(&app.state.db.get().await.unwrap(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(app
-        .state
-        .cache
-        .publish(&code, &deleted.cache_state())
-        .await
-        .is_err());
-    let entry: Option<String> = redis::cmd("GET")
-        .arg(&entry_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(entry, tombstone);
-    set_maxmemory("0")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert!(publish(row_now(&app, &code).await).await.is_err());
+    assert_eq!(cached(&app, &code).await, tombstone);
+    set_maxmemory(&app, "0").await;
+}
+
+/// `CONFIG SET maxmemory` on the app's Redis, with the policy that refuses writes past it.
+async fn set_maxmemory(app: &TestApp, bytes: &str) {
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .arg("maxmemory-policy")
+        .arg("noeviction");
+    app.state.redis.query::<()>(&cmd).await.unwrap();
 }
 
 /// Redis that comes back without its last writes (here from a snapshot taken before the
@@ -881,17 +844,16 @@ async fn a_link_deleted_while_redis_is_out_of_memory_stops_redirecting() {
 async fn a_link_deleted_just_before_redis_lost_its_last_writes_stays_deleted() {
     let mut redis = PrivateRedis::start(Persistence::Snapshot);
     let url = redis.url();
-    let app = spawn_app_with(|c| c.redis.url = url.clone()).await;
+    let app = spawn_app_with(|c| c.redis.url = url).await;
     let user = app.create_user("rollback").await;
     let (id, code) = link_of(&app.create_url(user, "https://example.com/rollback").await);
     assert_eq!(redirect_with_id(&app, &code, "req-rollback-1").await, 302);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // A watch of the test's own, as the replayer runs one: it has seen this server.
     let mut watch = kurz_api::cache_sync::RestartWatch::default();
     assert_eq!(watch.check(&app.state).await.unwrap(), 0);
-    redis::cmd("SAVE")
-        .query_async::<()>(&mut conn)
+    app.state
+        .redis
+        .query::<()>(&redis::cmd("SAVE"))
         .await
         .unwrap();
     assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);

@@ -449,3 +449,19 @@ pub fn request_pool(c: &mut ApiConfig, connections: usize, acquire_timeout_ms: u
     c.database.max_connections = connections + 1;
     c.database.acquire_timeout_ms = acquire_timeout_ms;
 }
+
+/// The row as a reader saw it at this point (the outbox replay, another replica's write).
+pub async fn row_now(app: &TestApp, code: &str) -> kurz_api::db::urls::Link {
+    let client = app.state.db.get().await.unwrap();
+    kurz_api::db::urls::find_url_by_code(&client, code)
+        .await
+        .unwrap()
+        .expect("the link has a row")
+}
+
+/// The link entry Redis holds for `code`, as stored.
+pub async fn cached(app: &TestApp, code: &str) -> Option<String> {
+    let mut get = redis::cmd("GET");
+    get.arg(app.state.keys.link(code));
+    app.state.redis.query(&get).await.unwrap()
+}

@@ -2,7 +2,7 @@
 //! fill that read PostgreSQL before a write can put the old state back, and no publish of an
 //! older state can replace a newer one.
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{cached, row_now, spawn_app, spawn_app_with, TestApp};
 use kurz_api::cache::{LinkState, Lookup, Published};
 use kurz_api::db;
 use kurz_common::keys::{CachedLink, LinkEntry};
@@ -171,21 +171,6 @@ async fn a_link_import_whose_cache_step_never_ran_still_reaches_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.wait_outbox_empty().await;
-}
-
-/// The row as a reader saw it at this point (the outbox replay, another replica's write).
-async fn row_now(app: &TestApp, code: &str) -> db::urls::Link {
-    let client = app.state.db.get().await.unwrap();
-    db::urls::find_url_by_code(&client, code)
-        .await
-        .unwrap()
-        .expect("the link has a row")
-}
-
-async fn cached(app: &TestApp, code: &str) -> Option<String> {
-    let mut get = redis::cmd("GET");
-    get.arg(app.state.keys.link(code));
-    app.state.redis.query(&get).await.unwrap()
 }
 
 /// Publishes land in the order of their round trips, not of their commits: a replica's publish
