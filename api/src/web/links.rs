@@ -184,7 +184,9 @@ pub async fn qr(
     let drawn = async {
         let (format, size) = crate::routes::qr::options(raw.as_deref())?;
         let link = own_link(&state, &visit, &id).await?;
-        let cache = "private, max-age=86400";
+        // Revalidated on every show (the ETag spares the drawing): a logged-in-only image the
+        // browser kept for a day still showed after the log-out, as no page does (`no-store`).
+        let cache = "private, no-cache";
         crate::routes::qr::image(&state, &link.short_code, format, size, &headers, cache).await
     };
     match drawn.await {

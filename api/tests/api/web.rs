@@ -723,6 +723,9 @@ async fn my_links_are_listed_searched_switched_edited_and_deleted() {
     assert!(page.contains(": 1 in all"), "{page}");
     let qr = format!("/ui/links/{alpha}/qr?format=svg&size=192");
     assert!(page.contains(&qr.replace('&', "&amp;")), "{page}");
+    let res = b.fetch(&qr).await;
+    // Asked again at every show: a kept image would outlive the log-out.
+    assert_eq!(res.headers()["cache-control"], "private, no-cache");
     let (status, svg) = b.get(&qr).await;
     assert_eq!(status, 200);
     assert!(svg.starts_with("<svg"), "{svg}");
