@@ -300,19 +300,31 @@ fn cookie_header(
 /// believed: a planted form token would forge the visitor's posts, and a planted session
 /// would collect the visitor's links in the planter's account.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut values = headers
+    match cookie_values(headers, name)[..] {
+        [one] => Some(one).filter(|v| !v.is_empty()),
+        _ => None,
+    }
+}
+
+/// Every distinct value of cookie `name`, in the order sent. Each pair is read on its own:
+/// browsers send another site's cookie for the domain as its bytes, and one value that is not
+/// ASCII (`pref=José`) must not hide the whole line, and with it the visitor's session and
+/// form token (every form would then answer "expired", log-out included).
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    let mut values: Vec<&str> = Vec::new();
+    let pairs = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim());
-    let first = values.next()?;
-    if values.any(|v| v != first) {
-        return None;
+        .filter(|(k, _)| *k == name);
+    for (_, v) in pairs {
+        if !values.contains(&v.trim()) {
+            values.push(v.trim());
+        }
     }
-    Some(first).filter(|v| !v.is_empty())
+    values
 }
 
 /// The fields of a form post, in order. Anything but a urlencoded form is a 415.

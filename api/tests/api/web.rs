@@ -1078,6 +1078,26 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
     );
 }
 
+/// Another app of the domain may set a cookie whose value is not ASCII; browsers send it as
+/// its bytes beside ours. It hides neither the session nor the form token.
+#[tokio::test]
+async fn a_cookie_value_that_is_not_ascii_hides_none_of_ours() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "accented").await;
+    b.planted = vec![("pref".into(), "José".into())];
+    let (_, home) = b.get("/").await;
+    assert!(home.contains("accented"), "the session was lost: {home}");
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[("original_url", "https://example.com/accented")],
+        )
+        .await;
+    assert_eq!(res.status(), 201, "the form token was lost");
+    assert_eq!(link_count(&app).await, 1);
+}
+
 /// A page that fails answers as the JSON API would besides its body: a 503 says when to retry
 /// (`Retry-After`), as the API's own 503 does.
 #[tokio::test]
