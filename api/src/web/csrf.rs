@@ -8,7 +8,16 @@
 //! `Lax` rather than `Strict`: a `Strict` cookie is also withheld when a person follows a link
 //! to kurz from another site, and the token made for that request replaced theirs, so every
 //! form left open in another tab answered "expired". For the same reason a cross-site post (a
-//! forged one: its cookie is withheld) gets no new token ([`Token::keep_cookie`]).
+//! forged one: its cookie is withheld) gets no new token ([`Token::posted`]).
+//!
+//! `Lax` still sends the cookie with a post from a sibling subdomain (same-site), which can
+//! also set the cookie: to a visitor without a token of their own it could plant one and post
+//! a log-in to the planter's account, or password guesses from the visitor's address. So a
+//! post the browser says another site made (`Sec-Fetch-Site` `same-site` or `cross-site`)
+//! matches no token at all, as the JSON API refuses such posts
+//! (`extract::refuse_cross_site_form`). Unlike the JSON API, a post with an `Origin` and no
+//! `Sec-Fetch-Site` (an older browser) is not refused for it: the pages' own posts carry an
+//! `Origin` too, and such a post is checked by its token alone.
 
 use axum::http::{HeaderMap, HeaderValue};
 
@@ -23,8 +32,10 @@ const MAX_AGE: u64 = 365 * 24 * 3600;
 pub struct Token {
     value: String,
     new: bool,
-    /// A new token is not to be set (see [`Token::keep_cookie`]).
+    /// A new token is not to be set (see [`Token::posted`]).
     keep: bool,
+    /// Another site made the post: nothing matches.
+    foreign: bool,
 }
 
 impl Token {
@@ -34,11 +45,13 @@ impl Token {
                 value: v.to_owned(),
                 new: false,
                 keep: false,
+                foreign: false,
             },
             None => Token {
                 value: crate::auth::sessions::new_token(""),
                 new: true,
                 keep: false,
+                foreign: false,
             },
         }
     }
@@ -62,17 +75,21 @@ impl Token {
             .then(|| super::cookie_header(FIELD, &self.value, "Lax", MAX_AGE, https))
     }
 
-    /// For a post another site made (the browser says so: `Sec-Fetch-Site: cross-site`): the
-    /// answer sets no new token, so a forged post cannot replace the visitor's and expire the
-    /// forms they have open.
-    pub fn keep_cookie(&mut self) {
-        self.keep = true;
+    /// For a post: one another site made (the browser says so in `Sec-Fetch-Site`) matches
+    /// nothing, and its answer sets no new token, so a forged post cannot replace the
+    /// visitor's and expire the forms they have open.
+    pub fn posted(&mut self, headers: &HeaderMap) {
+        let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+        self.foreign = site.is_some_and(|v| {
+            v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+        });
+        self.keep = self.foreign;
     }
 
     /// Whether a form's field equals the cookie (a token only just made matches nothing: the
     /// request had no cookie). Compared in constant time.
     pub fn matches(&self, field: &str) -> bool {
-        !self.new && field.len() == self.value.len() && {
+        !self.new && !self.foreign && field.len() == self.value.len() && {
             let diff = field
                 .bytes()
                 .zip(self.value.bytes())
@@ -80,14 +97,6 @@ impl Token {
             diff == 0
         }
     }
-}
-
-/// Whether the browser says another site made the request (`Sec-Fetch-Site: cross-site`): a
-/// post it made is answered without a new token ([`Token::keep_cookie`]).
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
 }
 
 /// 64 hex digits, as made here: anything else in the cookie is replaced.
@@ -116,6 +125,31 @@ mod tests {
         assert!(!token.matches(&t[..63]));
     }
 
+    /// A sibling subdomain can set the cookie and post with the same value (same-site): the
+    /// browser's word that another site posted outweighs a matching pair.
+    #[test]
+    fn a_post_another_site_made_matches_nothing() {
+        let t = "ab".repeat(32);
+        for (site, refused) in [
+            ("same-site", true),
+            ("Cross-Site", true),
+            ("same-origin", false),
+            ("none", false),
+        ] {
+            let mut headers = with_cookie(&format!("csrf={t}"));
+            headers.insert("sec-fetch-site", HeaderValue::from_static(site));
+            let mut token = Token::of(&headers);
+            token.posted(&headers);
+            assert_eq!(token.matches(&t), !refused, "{site}");
+        }
+        let mut token = Token::of(&with_cookie(&format!("csrf={t}")));
+        token.posted(&HeaderMap::new());
+        assert!(
+            token.matches(&t),
+            "browsers without Fetch Metadata post as before"
+        );
+    }
+
     #[test]
     fn without_a_cookie_nothing_matches_and_a_new_token_is_set() {
         let token = Token::of(&HeaderMap::new());
@@ -130,7 +164,9 @@ mod tests {
             assert!(set.contains(flag), "{set}");
         }
         let mut forged = Token::of(&HeaderMap::new());
-        forged.keep_cookie();
+        let mut cross = HeaderMap::new();
+        cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        forged.posted(&cross);
         assert!(forged.set_cookie(true).is_none());
         let odd = Token::of(&with_cookie("csrf=<script>"));
         assert!(

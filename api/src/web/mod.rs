@@ -249,13 +249,11 @@ impl FormToken {
         }
     }
 
-    /// For a post of the form: one another site made sets no new token (see
-    /// [`csrf::Token::keep_cookie`]).
+    /// For a post of the form: one another site made matches nothing and sets no new token
+    /// (see [`csrf::Token::posted`]).
     pub fn for_post(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         let mut form = Self::for_page(state, peer, headers);
-        if csrf::cross_site(headers) {
-            form.token.keep_cookie();
-        }
+        form.token.posted(headers);
         form
     }
 
@@ -440,9 +438,7 @@ async fn form_post(
     body: &Bytes,
 ) -> Result<(Visit, Vec<(String, String)>), Response> {
     let mut visit = visit_of(state, peer, headers).await?;
-    if csrf::cross_site(headers) {
-        visit.csrf.keep_cookie();
-    }
+    visit.csrf.posted(headers);
     let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
     if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
         return Err(problem(&visit, state, &csrf_refused()));

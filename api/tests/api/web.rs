@@ -1098,6 +1098,35 @@ async fn a_cookie_value_that_is_not_ascii_hides_none_of_ours() {
     assert_eq!(link_count(&app).await, 1);
 }
 
+/// A sibling subdomain can set the form token (`Domain=`) for a visitor who has none yet and
+/// post with the same value: the browser sends that post as `same-site`, and it is refused,
+/// so the visitor is neither logged in to the planter's account nor made to fail log-ins.
+#[tokio::test]
+async fn a_post_a_sibling_site_made_with_a_token_it_planted_is_refused() {
+    let app = spawn_app().await;
+    signed_up(&app, "planter2").await;
+    let planted = "b".repeat(64);
+    let body = format!("csrf={planted}&account=planter2&password=long+enough+pw");
+    let post = |site: &'static str| {
+        app.client
+            .post(app.url("/login"))
+            .header("cookie", format!("csrf={planted}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", site)
+            .body(body.clone())
+            .send()
+    };
+    for site in ["same-site", "cross-site"] {
+        let res = post(site).await.unwrap();
+        assert_eq!(res.status(), 403, "{site}");
+        let set: Vec<_> = res.headers().get_all("set-cookie").iter().collect();
+        assert!(set.is_empty(), "{site}: {set:?}");
+    }
+    // The same post from kurz's own page logs in: the refusal is the site's, not the token's.
+    let res = post("same-origin").await.unwrap();
+    assert_eq!(res.status(), 303);
+}
+
 /// A page that fails answers as the JSON API would besides its body: a 503 says when to retry
 /// (`Retry-After`), as the API's own 503 does.
 #[tokio::test]
