@@ -628,16 +628,36 @@ pub async fn logout(
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let (Some(user), Some(token)) = (&visit.user, &visit.session) {
-        if let Err(e) = state.auth.sessions.revoke(token, user.id).await {
-            log::warn!(error = e.to_string(); "web logout could not revoke the session");
-            let e = ApiError::Unavailable(
-                "sessions are unavailable right now; you are still logged in; retry shortly".into(),
-            );
-            return problem(&visit, &state, &e);
-        }
+    if let Err(e) = end_sessions(&state, &visit, &headers).await {
+        log::warn!(error = e.to_string(); "web logout could not revoke the session");
+        let e = ApiError::Unavailable(
+            "sessions are unavailable right now; you are still logged in; retry shortly".into(),
+        );
+        return problem(&visit, &state, &e);
     }
     visit.see_other("/", visit.session_change("", 0))
+}
+
+/// Revokes the session a log-out ends. With two session cookies (another site of the domain
+/// set one beside the visitor's) the page saw no session, yet one of them is the visitor's:
+/// each is revoked, so the log-out ends the visitor's session in Redis and not only in the
+/// browser; ending a planted one ends only its planter's.
+async fn end_sessions(
+    state: &AppState,
+    visit: &Visit,
+    headers: &HeaderMap,
+) -> Result<(), kurz_common::redis_handle::RedisDown> {
+    if let (Some(user), Some(token)) = (&visit.user, &visit.session) {
+        return state.auth.sessions.revoke(token, user.id).await;
+    }
+    // A few: one planted beside the visitor's is the case; a thousand sent by one post would
+    // be a thousand Redis round trips.
+    for token in cookie_values(headers, SESSION).into_iter().take(4) {
+        if let Some(uid) = state.auth.sessions.user_of(token).await? {
+            state.auth.sessions.revoke(token, uid).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `GET /static/<file>`: the stylesheet under its content-hashed name, cached for a year.

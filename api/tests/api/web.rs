@@ -1127,6 +1127,26 @@ async fn a_post_a_sibling_site_made_with_a_token_it_planted_is_refused() {
     assert_eq!(res.status(), 303);
 }
 
+/// With two session cookies (one planted beside the visitor's) the page sees nobody, yet the
+/// log-out still ends the visitor's session in Redis, not only in the browser.
+#[tokio::test]
+async fn a_log_out_beside_a_planted_session_still_ends_the_visitors() {
+    let app = spawn_app().await;
+    let planter = signed_up(&app, "planter3").await;
+    let mut b = signed_up(&app, "visitor3").await;
+    let own = b.cookies["kurz_session"].clone();
+    b.planted = vec![(
+        "kurz_session".into(),
+        planter.cookies["kurz_session"].clone(),
+    )];
+    let (_, home) = b.get("/").await;
+    assert_eq!(b.submit(&home, "/logout", &[]).await.status(), 303);
+    let mut later = Browser::new(&app);
+    later.cookies.insert("kurz_session".into(), own);
+    let (_, home) = later.get("/").await;
+    assert!(!home.contains("visitor3"), "the session lived on: {home}");
+}
+
 /// A page that fails answers as the JSON API would besides its body: a 503 says when to retry
 /// (`Retry-After`), as the API's own 503 does.
 #[tokio::test]
