@@ -337,7 +337,19 @@ fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)
             "pages take application/x-www-form-urlencoded forms, not {kind:?}"
         )));
     }
-    let fields: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let mut fields = Vec::new();
+    for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        let name = form_text(name)
+            .ok_or_else(|| ApiError::BadRequest("a form field's name is not UTF-8".into()))?;
+        // Replaced bytes (`�`) would let two different passwords hash the same, and show the
+        // person a field they never typed: refused by name, as the JSON API refuses them.
+        let value = form_text(value).ok_or_else(|| ApiError::field(&name, "must be UTF-8 text"))?;
+        fields.push((name, value));
+    }
     // PostgreSQL cannot store NUL in text: refused here by name, as the JSON API does.
     if let Some((name, _)) = fields
         .iter()
@@ -349,6 +361,17 @@ fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)
         ));
     }
     Ok(fields)
+}
+
+/// One name or value of a urlencoded form: `+` is a space, `%XX` a byte (a broken escape stays
+/// as it came); `None` when the bytes are not UTF-8.
+fn form_text(raw: &[u8]) -> Option<String> {
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    String::from_utf8(bytes).ok()
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {

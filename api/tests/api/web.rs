@@ -1147,6 +1147,35 @@ async fn a_log_out_beside_a_planted_session_still_ends_the_visitors() {
     assert!(!home.contains("visitor3"), "the session lived on: {home}");
 }
 
+/// Bytes that are not UTF-8 in a form are refused by field, not replaced: two different
+/// passwords would otherwise hash the same.
+#[tokio::test]
+async fn a_form_field_that_is_not_utf8_is_refused_by_name() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (_, page) = b.get("/register").await;
+    let body = format!(
+        "csrf={}&username=bytes1&email=bytes1%40example.com&password=long+enough+pw%FF%FE",
+        csrf_of(&page)
+    );
+    let res = app
+        .client
+        .post(app.url("/register"))
+        .header("cookie", b.cookie_header())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("password") && text.contains("UTF-8"),
+        "{text}"
+    );
+    assert_eq!(number(&app, "SELECT count(*) FROM users").await, 0);
+}
+
 /// A page that fails answers as the JSON API would besides its body: a 503 says when to retry
 /// (`Retry-After`), as the API's own 503 does.
 #[tokio::test]
