@@ -133,6 +133,18 @@ pub struct ForeignLink {
     pub tags: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub clicks: Option<i64>,
+    pub access: Access,
+}
+
+/// Who the source let follow the link. Only Kutt's format says: a link behind a password, one
+/// an admin banned or one with an expiry must not come in open to everyone.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Access {
+    /// Behind a password, which no export carries: it comes in switched off.
+    pub protected: bool,
+    /// Switched off where it came from.
+    pub disabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -369,6 +381,7 @@ fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignEr
             tags,
             created_at,
             clicks,
+            access: Access::default(),
         });
     }
     Ok(links)
@@ -450,7 +463,30 @@ fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
             Scalar::Str(s) => {
                 parse_clicks(s).map_err(|reason| err(record, "visit_count", reason))?
             }
-            Scalar::Other => return Err(err(record, "visit_count", "expected a number")),
+            Scalar::Other | Scalar::Bool(_) => {
+                return Err(err(record, "visit_count", "expected a number"))
+            }
+        };
+        // Kutt v3 on SQLite or MySQL passes `banned` on as the database gives it: 0 or 1.
+        let flag = |value: &Scalar, key: &str| match value {
+            Scalar::Null => Ok(false),
+            Scalar::Bool(b) => Ok(*b),
+            Scalar::Num(n) if n.as_u64() == Some(0) => Ok(false),
+            Scalar::Num(n) if n.as_u64() == Some(1) => Ok(true),
+            Scalar::Str(s) if matches!(s.as_str(), "0" | "false") => Ok(false),
+            Scalar::Str(s) if matches!(s.as_str(), "1" | "true") => Ok(true),
+            _ => Err(err(record, key, "expected true or false")),
+        };
+        let expires_at = match json_str(&link.expire_in, "expire_in", record)? {
+            Some(raw) => {
+                parse_time_field(raw).map_err(|reason| err(record, "expire_in", reason))?
+            }
+            None => None,
+        };
+        let access = Access {
+            protected: flag(&link.password, "password")?,
+            disabled: flag(&link.banned, "banned")?,
+            expires_at,
         };
 
         links.push(ForeignLink {
@@ -461,6 +497,7 @@ fn parse_kutt(bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
             tags: Vec::new(),
             created_at,
             clicks,
+            access,
         });
     }
     Ok(links)
@@ -486,6 +523,9 @@ struct KuttLink {
     description: Scalar,
     created_at: Scalar,
     visit_count: Scalar,
+    password: Scalar,
+    banned: Scalar,
+    expire_in: Scalar,
 }
 
 /// A field's value when it is a string or a number; any other value is skipped as it is read.
@@ -495,6 +535,7 @@ enum Scalar {
     Null,
     Str(String),
     Num(serde_json::Number),
+    Bool(bool),
     Other,
 }
 
@@ -643,6 +684,9 @@ impl<'de> serde::Deserialize<'de> for KuttItem {
                         "description" => &mut link.description,
                         "created_at" => &mut link.created_at,
                         "visit_count" => &mut link.visit_count,
+                        "password" => &mut link.password,
+                        "banned" => &mut link.banned,
+                        "expire_in" => &mut link.expire_in,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -672,8 +716,8 @@ impl<'de> serde::Deserialize<'de> for Scalar {
             fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
                 Ok(Scalar::Null)
             }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Other)
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
                 Ok(Scalar::Num(v.into()))
@@ -832,6 +876,7 @@ mod tests {
                     tags: tags(&["promo", "spring-2024"]),
                     created_at: ts("2024-03-01T09:15:00Z"),
                     clicks: Some(1532),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 2,
@@ -841,6 +886,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-03-05T17:40:12Z"),
                     clicks: Some(87),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 3,
@@ -850,6 +896,7 @@ mod tests {
                     tags: tags(&["docs"]),
                     created_at: ts("2023-12-31T23:59:59Z"),
                     clicks: Some(0),
+                    access: Access::default(),
                 },
             ]
         );
@@ -869,6 +916,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-01-10T08:00:00Z"),
                     clicks: Some(12),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 2,
@@ -878,6 +926,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-02-14T19:30:05Z"),
                     clicks: Some(0),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 3,
@@ -887,6 +936,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-03-01T12:00:00Z"),
                     clicks: Some(420),
+                    access: Access::default(),
                 },
             ]
         );
@@ -906,6 +956,7 @@ mod tests {
                     tags: tags(&["news", "release"]),
                     created_at: ts("2024-04-02T08:11:12Z"),
                     clicks: Some(57),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 2,
@@ -915,6 +966,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-04-03T08:00:00Z"),
                     clicks: Some(0),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 3,
@@ -924,6 +976,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-04-05T22:45:30Z"),
                     clicks: Some(3),
+                    access: Access::default(),
                 },
             ]
         );
@@ -943,6 +996,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-05-01T12:00:00Z"),
                     clicks: Some(42),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 2,
@@ -952,6 +1006,7 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-05-03T23:59:59.123Z"),
                     clicks: Some(0),
+                    access: Access::default(),
                 },
                 ForeignLink {
                     record: 3,
@@ -961,6 +1016,11 @@ mod tests {
                     tags: vec![],
                     created_at: ts("2024-06-10T07:05:00Z"),
                     clicks: Some(7),
+                    access: Access {
+                        protected: true,
+                        disabled: false,
+                        expires_at: ts("2025-06-10T07:05:00Z"),
+                    },
                 },
             ]
         );
@@ -1158,6 +1218,24 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.record, e.column.as_str()), (1, "description"));
         assert_eq!(parse_str(Format::Kutt, r#"{"data":[]}"#), Ok(vec![]));
+        let e = parse_str(Format::Kutt, r#"[{"target":"https://a/","banned":2}]"#).unwrap_err();
+        assert_eq!((e.record, e.column.as_str()), (1, "banned"));
+    }
+
+    /// Kutt v3 on SQLite or MySQL gives `banned` as the database stores it, 0 or 1.
+    #[test]
+    fn kutt_flags_from_a_database_that_stores_them_as_numbers() {
+        let links = parse_str(
+            Format::Kutt,
+            r#"[{"target":"https://a/","banned":0,"password":false},
+                {"target":"https://b/","banned":1,"password":"1"}]"#,
+        )
+        .unwrap();
+        let flags: Vec<(bool, bool)> = links
+            .iter()
+            .map(|l| (l.access.disabled, l.access.protected))
+            .collect();
+        assert_eq!(flags, vec![(false, false), (true, true)]);
     }
 
     #[test]

@@ -237,6 +237,11 @@ pub async fn import_links(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A boolean cell as kurz's export writes one.
+fn kurz_bool(value: bool) -> String {
+    if value { "True" } else { "False" }.to_owned()
+}
+
 /// Foreign links as the bulk CSV, owned by `owner`, with the report of what was mapped.
 fn foreign_as_bulk(
     format: foreign::Format,
@@ -253,6 +258,9 @@ fn foreign_as_bulk(
         "created_at",
         "imported_clicks",
         "tags",
+        "is_active",
+        "has_password",
+        "expires_at",
     ])
     .map_err(failed)?;
     let (mut codes, mut mapped) = (Vec::new(), std::collections::BTreeSet::new());
@@ -279,6 +287,9 @@ fn foreign_as_bulk(
             ("created_at", link.created_at.is_some()),
             ("clicks", link.clicks.is_some()),
             ("tags", !link.tags.is_empty()),
+            ("has_password", link.access.protected),
+            ("is_active", link.access.disabled),
+            ("expires_at", link.access.expires_at.is_some()),
         ] {
             if present {
                 mapped.insert(field);
@@ -304,6 +315,14 @@ fn foreign_as_bulk(
                 .unwrap_or_default(),
             link.clicks.unwrap_or(0).to_string(),
             defuse(link.tags.join(";")),
+            // A banned link stays off; one behind a password comes in off and is listed in
+            // `needs_password`, as a row of kurz's own export that says `has_password`.
+            kurz_bool(!link.access.disabled),
+            kurz_bool(link.access.protected),
+            link.access
+                .expires_at
+                .map(kurz_common::time::format)
+                .unwrap_or_default(),
         ])
         .map_err(failed)?;
     }

@@ -96,7 +96,16 @@ async fn each_products_export_becomes_links_with_what_it_carries() {
 
     let res = import(&app, "kutt", user, KUTT).await;
     assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    // Kutt's `promo` is behind a password no export carries: it comes in switched off, and
+    // keeps its expiry, rather than open to everyone.
+    assert_eq!(report["needs_password"], json!(["promo"]));
     let links = links_of(&app, user).await;
+    assert_eq!(links["promo"]["is_active"], false);
+    assert_eq!(links["promo"]["expires_at"], "2025-06-10T07:05:00");
+    assert_eq!(app.get("/promo").await.status(), 404);
+    assert_eq!(links["x7Kp2"]["is_active"], true);
+    assert_eq!(links["x7Kp2"]["expires_at"], Value::Null);
     assert_eq!(links["x7Kp2"]["title"], "Docs, \"quick start\"");
     assert_eq!(links["x7Kp2"]["imported_clicks"], 42);
     assert_eq!(links.len(), 3 + 3 + 3 + 3);
@@ -105,6 +114,27 @@ async fn each_products_export_becomes_links_with_what_it_carries() {
     let id = links["x7Kp2"]["id"].as_i64().unwrap();
     let stats = app.stats(id).await;
     assert_eq!(stats["imported_clicks"], 42);
+}
+
+/// A link Kutt's admin banned (a phishing target, say) comes in switched off; a flag that is
+/// no boolean is named.
+#[tokio::test]
+async fn a_banned_kutt_link_comes_in_switched_off() {
+    let app = spawn_app().await;
+    let user = app.create_user("banned").await;
+    let kutt =
+        br#"[{"target":"https://a.example/","address":"banned1","banned":true,"password":false},
+                   {"target":"https://b.example/","address":"fine1","banned":false}]"#;
+    let res = import(&app, "kutt", user, kutt).await;
+    assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["needs_password"], json!([]));
+    let links = links_of(&app, user).await;
+    assert_eq!(links["banned1"]["is_active"], false);
+    assert_eq!(links["fine1"]["is_active"], true);
+    let kutt = br#"[{"target":"https://a.example/","address":"odd1","password":"yes"}]"#;
+    let body = error_of(import(&app, "kutt", user, kutt).await, 400).await;
+    assert_eq!(body["details"]["column"], "password");
 }
 
 #[tokio::test]
