@@ -227,6 +227,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Tools that quote every cell and add a byte-order mark write `\u{feff}"id",…`: the first
+    /// column is still `id`, not an unknown column dropped without a word (the CSV reader
+    /// takes the mark off before it parses the quotes).
+    #[test]
+    fn a_byte_order_mark_before_a_quoted_header_is_ignored() {
+        let table =
+            Table::parse(b"\xEF\xBB\xBF\"id\",\"username\"\n7,ann\n", &["username"]).unwrap();
+        assert_eq!(table.columns.get("id"), Some(&0));
+        assert_eq!(&table.records[0][0], "7");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 

@@ -18,10 +18,10 @@ use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-/// Imports one API process runs at once. Each holds what is parsed from its file, checks up to
-/// 100,000 rows and then holds a connection through its transaction: any user may import
-/// links, and a few dozen imports at once would take the memory and the pool every other
-/// request needs.
+/// Imports one API process runs at once. Each holds what is parsed from its file (up to
+/// `limits.bulk_body_bytes`, and for `/urls/import` at most 100,000 links), checks its rows and
+/// then holds a connection through its transaction: any user may import links, and a few dozen
+/// imports at once would take the memory and the pool every other request needs.
 pub const MAX_CONCURRENT_IMPORTS: usize = 2;
 
 /// Uploads one API process holds at once, each up to `limits.bulk_body_bytes` in memory from
