@@ -441,6 +441,13 @@ impl AsyncRead for HeadGuard {
     }
 }
 
+/// Whether a write is an interim answer (`HTTP/1.1 100 Continue`, which Pingora passes on from
+/// the API when it begins to read the body): after one, a body that stalls still gets our 408.
+/// Pingora writes each head whole, so its status is in the write's first bytes.
+fn interim(data: &[u8]) -> bool {
+    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1'
+}
+
 impl AsyncWrite for HeadGuard {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -452,7 +459,7 @@ impl AsyncWrite for HeadGuard {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        this.answered |= n > 0;
+        this.answered |= n > 0 && !interim(data);
         Poll::Ready(Ok(n))
     }
 
@@ -466,7 +473,7 @@ impl AsyncWrite for HeadGuard {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        this.answered |= n > 0;
+        this.answered |= n > 0 && !bufs.first().is_some_and(|b| interim(b));
         Poll::Ready(Ok(n))
     }
 
@@ -654,6 +661,43 @@ mod tests {
         let mut reply = vec![0; 12];
         client.read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"HTTP/1.1 400");
+    }
+
+    /// `Expect: 100-continue`: the API's `100 Continue` goes out, then the body stalls. The 100
+    /// answered nothing, so the body deadline still answers 408 after it.
+    #[tokio::test]
+    async fn a_body_that_stalls_after_100_continue_still_gets_its_408() {
+        let (ours, mut client) = tokio::io::duplex(64 * 1024);
+        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
+            ProxyTrust::parse(&[], &[]).unwrap(),
+        )));
+        let limits = Arc::new(ConnLimits::new(
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            100,
+            Arc::new(crate::rate_limit::RateLimiter::new(
+                &crate::config::ProxyConfig::default().rate_limits,
+            )),
+            trust,
+        ));
+        let mut guard = HeadGuard::new(Box::new(ours), limits);
+        let head = b"POST /urls/bulk HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        assert_eq!(read_n(&mut guard, head.len()).await, head);
+        guard.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), guard.read_to_end(&mut rest))
+            .await
+            .expect("the body deadline ends the request")
+            .unwrap();
+        drop(guard);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 
     #[tokio::test]

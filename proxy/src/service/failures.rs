@@ -101,7 +101,12 @@ impl Edge {
                 _ => (500, "internal_error", "unexpected edge error"),
             },
         };
-        if status > 0 && session.response_written().is_none() {
+        // An interim `100 Continue` (the API's, passed on when it began to read the body) is
+        // no answer: the final one after it is still ours to write.
+        let unanswered = session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational());
+        if status > 0 && unanswered {
             // The connection closes after a failed request (`can_reuse_downstream` below): the
             // answer says so, or a client pooling connections sends its next request into the
             // closing socket and gets a reset.

@@ -691,6 +691,56 @@ async fn size_and_time_limits_answer_413_and_504_with_json() {
         res.json::<Value>().await.unwrap()["error"],
         "gateway_timeout"
     );
+
+    // An upload with `Expect: 100-continue` (curl sends one with `-F`): the upstream's
+    // `100 Continue` reaches the client, then the upstream falls silent. The 504 still comes.
+    let continuing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let continuing_addr = continuing.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut held = Vec::new();
+        for mut conn in continuing.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            held.push(conn);
+        }
+    });
+    stack.write_config_servers(&[continuing_addr], &opts());
+    stack.signal_proxy("HUP");
+    stack.reloads_reach("ok", 2.0).await;
+    let answer = tokio::task::spawn_blocking({
+        let port = stack.http_port;
+        move || {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            conn.write_all(
+                b"POST /users HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+                  Content-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            )
+            .unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf[..1]).unwrap();
+                assert!(n == 1, "closed before the 100: {seen:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            assert!(seen.starts_with(b"HTTP/1.1 100"), "{seen:?}");
+            conn.write_all(b"{}").unwrap();
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+            String::from_utf8_lossy(&rest).into_owned()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer:?}");
+    assert!(answer.contains("gateway_timeout"), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
