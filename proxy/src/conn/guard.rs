@@ -176,8 +176,27 @@ impl HeadGuard {
         }
     }
 
+    /// Drops empty lines before a head: RFC 9112 (2.2) has a server ignore a CRLF a client
+    /// sends after a body. Held, it started the head deadline (a 408 nobody asked for on a
+    /// connection idle past it) or made the head that followed "incomplete" (400).
+    fn drop_blank_lines(&mut self) {
+        let blank = self
+            .head
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if blank > 0 {
+            let _ = self.head.split_to(blank);
+            self.scanned = self.scanned.saturating_sub(blank);
+            if self.head.is_empty() {
+                self.head = BytesMut::new();
+            }
+        }
+    }
+
     /// Looks for the end of the head collected so far and checks it when it is there.
     fn examine_head(&mut self) {
+        self.drop_blank_lines();
         let Some(end) = head::head_end(&self.head, self.scanned.saturating_sub(2)) else {
             self.scanned = self.head.len();
             if self.deadline.is_none() && !self.head.is_empty() {
@@ -236,6 +255,9 @@ impl HeadGuard {
     /// maybe part of its body) is checked where it landed, in the caller's buffer. Returns how
     /// many of the read bytes to hand on, or `None` when the slow path must collect the head.
     fn check_in_place(&mut self, data: &[u8]) -> Option<usize> {
+        if data.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            return None;
+        }
         let end = head::head_end(data, 0).filter(|end| *end <= MAX_HEAD_BYTES)?;
         match head::check(&data[..end]) {
             Err(r) => {
@@ -270,6 +292,9 @@ impl HeadGuard {
     /// checked on the next read.
     pub fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         self.request_done = false;
+        if matches!(self.phase, Phase::Head) {
+            self.drop_blank_lines();
+        }
         if !self.ready.is_empty() || !self.head.is_empty() || !matches!(self.phase, Phase::Head) {
             return Poll::Ready(Ok(true));
         }
@@ -279,16 +304,21 @@ impl HeadGuard {
                 return Poll::Ready(Ok(false));
             }
         }
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
-        let mut buf = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
-        if buf.filled().is_empty() {
-            self.phase = Phase::Closed;
-            return Poll::Ready(Ok(false));
+        loop {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                self.phase = Phase::Closed;
+                return Poll::Ready(Ok(false));
+            }
+            self.head.extend_from_slice(buf.filled());
+            self.scanned = 0;
+            self.drop_blank_lines();
+            if !self.head.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
         }
-        self.head.extend_from_slice(buf.filled());
-        self.scanned = 0;
-        Poll::Ready(Ok(true))
     }
 
     fn expire(&mut self) {
@@ -698,6 +728,33 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&answer)
         );
+    }
+
+    /// A CRLF after a request (some clients send one after a body) is no next request: the
+    /// connection stays idle, without a head deadline, and a head after blank lines is taken.
+    #[tokio::test]
+    async fn blank_lines_between_requests_are_ignored() {
+        let (mut guard, mut client) = guarded_with(Duration::from_millis(200));
+        let first = b"GET /abc HTTP/1.1\r\nHost: a\r\n\r\n";
+        client.write_all(first).await.unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert_eq!(read_n(&mut guard, first.len()).await, first);
+        client.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            still_waiting(&mut guard).await,
+            "a blank line is no request"
+        );
+        let second = b"GET /def HTTP/1.1\r\nHost: a\r\n\r\n";
+        client.write_all(b"\r\n\r\n").await.unwrap();
+        client.write_all(second).await.unwrap();
+        assert!(poll_fn(|cx| guard.poll_next_request(cx)).await.unwrap());
+        assert_eq!(read_n(&mut guard, second.len()).await, second);
+        // Read without the wait first (a connection that is not paced): the same.
+        let (mut guard, mut client) = guarded();
+        client.write_all(b"\r\n\r\n").await.unwrap();
+        client.write_all(second).await.unwrap();
+        assert_eq!(read_n(&mut guard, second.len()).await, second);
     }
 
     #[tokio::test]
