@@ -122,8 +122,10 @@ pub fn check(head: &[u8]) -> Result<Framing, Refusal> {
         ));
     }
     let target = req.path.unwrap_or("");
+    // `*` (asterisk-form) names the server itself, for OPTIONS only (RFC 9112 3.2.4).
+    let asterisk = target == "*" && method.eq_ignore_ascii_case("OPTIONS");
     if target.parse::<http::Uri>().is_err()
-        || !(target.starts_with('/') || target.contains("://") || target == "*")
+        || !(target.starts_with('/') || target.contains("://") || asterisk)
     {
         return Err(Refusal::malformed("the request target is not a valid URI"));
     }
@@ -413,6 +415,8 @@ mod tests {
             431
         );
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"), 400);
+        assert_eq!(status("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert!(req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         assert_eq!(
             status("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n"),
             400

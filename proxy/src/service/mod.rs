@@ -7,7 +7,7 @@ mod settings;
 
 pub use settings::{EdgeSettings, SharedTrust};
 
-use routes::{classify, decoded_path, header, https_host, redirect_code};
+use routes::{classify, decoded_path, header, https_host, https_target, redirect_code};
 
 use crate::metrics::{HOT, METRICS};
 use crate::rate_limit::{Class, Decision, RateLimiter};
@@ -258,10 +258,7 @@ impl ProxyHttp for Edge {
                 ctx.answered = Some(400);
                 return Ok(true);
             };
-            let target = format!(
-                "https://{host}{}",
-                req.uri.path_and_query().map_or("/", |p| p.as_str())
-            );
+            let target = https_target(host, req.uri.path_and_query());
             respond::send(
                 session,
                 self.reply(ctx),

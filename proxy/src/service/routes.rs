@@ -121,6 +121,16 @@ pub(super) fn https_host(host: &str) -> Option<&str> {
     port_ok.then_some(name)
 }
 
+/// Where the HTTP→HTTPS redirect sends a request: the same path and query on `host`. An
+/// `OPTIONS *` has no path: `/`, not `https://host*`.
+pub(super) fn https_target(host: &str, target: Option<&http::uri::PathAndQuery>) -> String {
+    let path = target
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    format!("https://{host}{path}")
+}
+
 pub(super) fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
     req.headers
         .get(name)
@@ -171,6 +181,17 @@ mod tests {
         assert_eq!(classify(&Method::POST, "/abc1234"), Class::Auth);
         assert_eq!(classify(&Method::PUT, "/abc1234"), Class::Write);
         assert_eq!(classify(&Method::GET, "/ab"), Class::Read);
+    }
+
+    #[test]
+    fn the_https_redirect_keeps_the_path_and_query_and_never_appends_a_star() {
+        let target = |raw: &str| {
+            let uri: http::Uri = raw.parse().unwrap();
+            https_target("short.example", uri.path_and_query())
+        };
+        assert_eq!(target("/abc?x=1"), "https://short.example/abc?x=1");
+        assert_eq!(target("*"), "https://short.example/");
+        assert_eq!(target("http://other.example/p"), "https://short.example/p");
     }
 
     #[test]
