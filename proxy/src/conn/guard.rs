@@ -714,7 +714,10 @@ mod tests {
         let head = b"POST /urls/bulk HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
         client.write_all(head).await.unwrap();
         assert_eq!(read_n(&mut guard, head.len()).await, head);
-        guard.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        guard
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), guard.read_to_end(&mut rest))
             .await

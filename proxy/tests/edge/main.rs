@@ -717,7 +717,8 @@ async fn size_and_time_limits_answer_413_and_504_with_json() {
         move || {
             use std::io::{Read, Write};
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
             conn.write_all(
                 b"POST /users HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
                   Content-Length: 2\r\nExpect: 100-continue\r\n\r\n",
