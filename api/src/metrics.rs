@@ -238,6 +238,13 @@ impl Metrics {
         for path in ["stream", "direct", "sampled_out", "lost", "dropped"] {
             self.clicks.with_label_values(&[path]);
         }
+        // A series born at 1 has no sample before it, and `rate()` never counts that first
+        // step: on a quiet deployment (or a new pod) the first 5xx of each route was lost to
+        // `KurzApi5xxRatio`. Each documented operation's 5xx starts at zero (the web app's
+        // pages are not documented operations: theirs still start at their first answer).
+        for (route, method) in crate::routes::openapi::operations() {
+            self.requests.with_label_values(&[&route, method, "5xx"]);
+        }
     }
 
     /// The text exposition of every metric.
@@ -257,3 +264,19 @@ impl Default for Metrics {
 }
 
 pub use kurz_common::http::status_class;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_operations_5xx_is_exposed_from_the_start() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"kurz_api_requests_total{method="POST",route="/urls",status_class="5xx"} 0"#,
+            r#"kurz_api_requests_total{method="GET",route="/urls/{id}/stats",status_class="5xx"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+    }
+}

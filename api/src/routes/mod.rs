@@ -5,7 +5,7 @@ pub mod bulk;
 pub mod events;
 pub mod health;
 mod link_password;
-mod openapi;
+pub(crate) mod openapi;
 pub mod preview;
 pub mod qr;
 mod redirect;
