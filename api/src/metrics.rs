@@ -23,7 +23,8 @@ pub struct Metrics {
     /// Redis's data: then the backlog last sampled, an estimate), `dropped` (stream entries the
     /// consumer could not read whole: one per entry, however many clicks its damaged part held).
     pub clicks: IntCounterVec,
-    /// Entries per committed consumer batch.
+    /// Clicks stored per insert statement (a consumer's read goes in statements of at most
+    /// `clicks.batch_size` clicks).
     pub click_batch_size: Histogram,
     pub click_insert_duration: Histogram,
     /// Creates per statement of the create writers (`crate::creates`).
@@ -97,7 +98,7 @@ impl Metrics {
         let click_insert_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "kurz_api_click_insert_duration_seconds",
-                "Time to commit one click batch",
+                "Time of one click insert statement (at most clicks.batch_size clicks)",
             )
             .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
         )
