@@ -533,8 +533,11 @@ impl RedisCluster {
                 None => range.parse::<u16>() == Ok(slot),
             });
             if serves {
+                // A node listed without its address (`:0@0`) serves nobody: seen once right
+                // after a master's kill, for over a minute, with every client sent there by
+                // `MOVED <slot> :0`. Not a takeover until the owner has an address.
                 let addr = f[1].split('@').next().unwrap_or_default();
-                return addr.rsplit(':').next()?.parse().ok();
+                return addr.rsplit(':').next()?.parse().ok().filter(|p| *p != 0);
             }
         }
         None

@@ -71,7 +71,10 @@ async fn wait_stored(stack: &Stack, expected: &[(i64, usize)]) {
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "clicks not all stored in time");
+        assert!(
+            Instant::now() < deadline,
+            "clicks not all stored in time: stored {counts:?}, redirected {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
