@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 /// Users per page of the admins' list.
 pub const USERS_PER_PAGE: i64 = 50;
 
-/// The keys page, with a key just made (shown this once) and what went wrong.
+/// The keys page, with a key just made (shown this once), or what went wrong and the name the
+/// refused make came with.
 async fn keys_page(
     state: &AppState,
     visit: &Visit,
     made: Option<&str>,
+    typed: &str,
     problems: &[String],
     status: StatusCode,
 ) -> Response {
@@ -29,7 +31,8 @@ async fn keys_page(
     .await;
     match listed {
         Ok(keys) => {
-            let html = account_pages::keys(&visit.page(state), &keys, made, problems).into_string();
+            let html =
+                account_pages::keys(&visit.page(state), &keys, made, typed, problems).into_string();
             visit.respond(status, html)
         }
         Err(e) => problem(visit, state, &e),
@@ -43,7 +46,7 @@ pub async fn keys(
     headers: HeaderMap,
 ) -> Response {
     match logged_in(&state, peer, &headers).await {
-        Ok(visit) => keys_page(&state, &visit, None, &[], StatusCode::OK).await,
+        Ok(visit) => keys_page(&state, &visit, None, "", &[], StatusCode::OK).await,
         Err(r) => r,
     }
 }
@@ -62,9 +65,9 @@ pub async fn make_key(
     let user_id = visit.user.as_ref().expect("logged in").id;
     let name = field(&fields, "name").trim();
     match crate::routes::auth::issue_key(&state, user_id, name).await {
-        Ok((_, key)) => keys_page(&state, &visit, Some(&key), &[], StatusCode::CREATED).await,
+        Ok((_, key)) => keys_page(&state, &visit, Some(&key), "", &[], StatusCode::CREATED).await,
         Err(e) => super::marked(
-            keys_page(&state, &visit, None, &messages(&e), e.status()).await,
+            keys_page(&state, &visit, None, name, &messages(&e), e.status()).await,
             &e,
         ),
     }

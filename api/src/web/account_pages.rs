@@ -6,7 +6,14 @@ use crate::db::api_keys::ApiKey;
 use crate::db::users::User;
 use maud::{html, Markup};
 
-pub fn keys(page: &Page, keys: &[ApiKey], made: Option<&str>, problems: &[String]) -> Markup {
+/// `typed`: the name a refused make came with, to show again.
+pub fn keys(
+    page: &Page,
+    keys: &[ApiKey],
+    made: Option<&str>,
+    typed: &str,
+    problems: &[String],
+) -> Markup {
     layout(
         page,
         "API keys",
@@ -25,7 +32,7 @@ pub fn keys(page: &Page, keys: &[ApiKey], made: Option<&str>, problems: &[String
                 label for="name" {
                     "Name"
                     span.hint { "What it is for, up to 100 characters" }
-                    input #name type="text" name="name" maxlength="100";
+                    input #name type="text" name="name" maxlength="100" value=(typed);
                 }
                 button type="submit" { "Make a key" }
             }

@@ -938,6 +938,15 @@ async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
             .status(),
         400
     );
+    // A name past the form's maxlength: refused, and shown again to be shortened.
+    let long = format!("<{}>", "k".repeat(120));
+    let res = b.submit(&keys, "/ui/keys", &[("name", &long)]).await;
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(&format!("value=\"&lt;{}&gt;\"", "k".repeat(120))),
+        "{page}"
+    );
     for path in [
         "/ui/links?q=%00",
         "/ui/links?q=%25_%5C",
