@@ -14,10 +14,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 K8S_VERSIONS=(1.30.0 1.34.0)
 
-command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate==1.37.0 >/dev/null 2>&1 \
-  || { echo "k8s check: cannot install kubernetes-validate (pip install kubernetes-validate)" >&2; exit 1; }
-python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml >/dev/null 2>&1 \
-  || { echo "k8s check: cannot install PyYAML (pip install pyyaml)" >&2; exit 1; }
+# shellcheck source=deploy/checks/lib.sh
+. deploy/checks/lib.sh
+if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import yaml' 2>/dev/null; then
+  pip_tools kubernetes-validate==1.37.0 pyyaml \
+    || { echo "k8s check: cannot install kubernetes-validate and PyYAML from PyPI" >&2; exit 1; }
+fi
 # Neither PyPI nor Debian has a kustomize v5 to install (Debian's kubernetes-client is 1.20,
 # whose kustomize is v2): it comes with kubectl.
 if command -v kustomize >/dev/null; then

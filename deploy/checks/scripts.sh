@@ -5,7 +5,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-command -v shellcheck >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+# shellcheck source=deploy/checks/lib.sh
+. deploy/checks/lib.sh
+command -v shellcheck >/dev/null || apt_get shellcheck
 scripts=(deploy/dev deploy/checks/*.sh bench/run bench/consumer bench/ab .ci/run api/openapi/check.sh)
 shellcheck -S error "${scripts[@]}"
 echo "shell scripts ok: ${scripts[*]}"

