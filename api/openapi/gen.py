@@ -341,8 +341,10 @@ schemas["ImportReport"] = {
         "imported": {"type": "integer", "minimum": 0},
         "user_id": {"type": "integer", "format": "int64"},
         "mapped": {"type": "array", "items": {"type": "string", "enum": [
-            "short_code", "title", "created_at", "clicks", "tags"]},
-            "description": "absent for `csv`"},
+            "short_code", "title", "created_at", "clicks", "tags", "has_password", "is_active",
+            "expires_at"]},
+            "description": "absent for `csv`; `has_password`, `is_active`, `expires_at` when a "
+                           "record was behind a password, banned or expiring (Kutt)"},
         "codes": {"type": "array", "description": "absent for `csv`", "items": {
             "type": "object", "required": ["record", "source_code", "short_code", "generated"],
             "properties": {"record": {"type": "integer"},
@@ -351,8 +353,9 @@ schemas["ImportReport"] = {
                            "generated": {"type": "boolean"}},
             "additionalProperties": True}},
         "needs_password": {"type": "array", "items": {"type": "string"},
-                           "description": "the codes of rows marked `has_password`, imported "
-                                          "switched off (an export holds no password)"},
+                           "description": "the codes of rows marked `has_password` (Kutt: "
+                                          "`password: true`), imported switched off (an export "
+                                          "holds no password)"},
     },
     "additionalProperties": True,
 }
