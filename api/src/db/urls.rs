@@ -467,6 +467,15 @@ pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Opti
         .map(Link::from_row))
 }
 
+/// Which of `codes` a link holds, deleted links included (a code is never given again).
+pub async fn codes_taken(c: &impl GenericClient, codes: &[&str]) -> Result<Vec<String>, Error> {
+    let stmt = c
+        .prepare_cached("SELECT short_code FROM urls WHERE short_code = ANY($1)")
+        .await?;
+    let rows = c.query(&stmt, &[&codes]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Gives the live link holding `code` a new version and returns its current state: for a
 /// publish Redis refused because it holds a higher number that is not a newer state of this row
 /// (a code the replay published as missing while the link was being created). Under the row

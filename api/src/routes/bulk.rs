@@ -205,9 +205,9 @@ pub async fn import_links(
     // Reading and converting a 32 MiB file takes long enough to stall every other request on
     // the worker it runs on. The turn goes along: a request dropped meanwhile (its deadline,
     // its client gone) leaves the conversion running, and the turn counts it until it ends.
-    let (converted, turn) = tokio::task::spawn_blocking(move || {
-        let converted = || match foreign_format {
-            None => ApiResult::Ok((own_export_as_bulk(&bytes, owner)?, None)),
+    let (parsed, turn) = tokio::task::spawn_blocking(move || {
+        let parsed = || match foreign_format {
+            None => ApiResult::Ok(Parsed::Own(own_export_as_bulk(&bytes, owner)?)),
             Some(format) => {
                 let links = foreign::parse(format, &bytes).map_err(|e| ApiError::BadRow {
                     row: e.record,
@@ -215,16 +215,22 @@ pub async fn import_links(
                     column: e.column,
                     reason: e.reason,
                 })?;
-                let (csv, report) = foreign_as_bulk(format, &links, owner)?;
-                Ok((csv, Some(report)))
+                Ok(Parsed::Foreign(format, Arc::new(links)))
             }
         };
-        (converted(), turn)
+        (parsed(), turn)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
-    let (csv_bytes, report) = converted?;
     let mut client = state.client().await?;
+    let (csv_bytes, report) = match parsed? {
+        Parsed::Own(csv) => (csv, None),
+        Parsed::Foreign(format, links) => {
+            let draw = Arc::new(ShortCode::generate);
+            let (csv, report) = with_free_codes(&client, format, links, owner, draw).await?;
+            (csv, Some(report))
+        }
+    };
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));
     }
@@ -237,6 +243,67 @@ pub async fn import_links(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// An upload read: kurz's own export already as the bulk CSV, or another product's links.
+enum Parsed {
+    Own(Vec<u8>),
+    Foreign(foreign::Format, Arc<Vec<foreign::ForeignLink>>),
+}
+
+/// Draws for the generated codes before an import gives up on finding them free.
+const CODE_DRAWS: usize = 5;
+
+/// The foreign links as the bulk CSV, their generated codes checked against the links stored:
+/// drawn at random, one already taken (about 1 in 35 for 100,000 generated codes beside a
+/// million links) failed the whole import with a 409 naming a code the file never had. The
+/// taken ones are drawn again, up to [`CODE_DRAWS`] times. `draw` makes a code
+/// ([`ShortCode::generate`]; tests choose theirs).
+pub async fn with_free_codes(
+    client: &deadpool_postgres::Client,
+    format: foreign::Format,
+    links: Arc<Vec<foreign::ForeignLink>>,
+    owner: i64,
+    draw: Arc<dyn Fn() -> ShortCode + Send + Sync>,
+) -> ApiResult<(Vec<u8>, serde_json::Value)> {
+    let mut avoid = std::collections::HashSet::new();
+    for round in 1..=CODE_DRAWS {
+        let (links, taken, draw) = (links.clone(), avoid.clone(), draw.clone());
+        let converted = tokio::task::spawn_blocking(move || {
+            foreign_as_bulk(format, &links, owner, &mut || fresh_code(&taken, &*draw))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))??;
+        let generated: Vec<&str> = converted.1["codes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["generated"] == true)
+            .filter_map(|c| c["short_code"].as_str())
+            .collect();
+        if generated.is_empty() || round == CODE_DRAWS {
+            return Ok(converted);
+        }
+        let taken = crate::db::urls::codes_taken(client, &generated).await?;
+        if taken.is_empty() {
+            return Ok(converted);
+        }
+        avoid.extend(taken);
+    }
+    unreachable!("the last draw returns")
+}
+
+/// A code `draw` makes that is not one of `avoid`.
+fn fresh_code(
+    avoid: &std::collections::HashSet<String>,
+    draw: &dyn Fn() -> ShortCode,
+) -> ShortCode {
+    loop {
+        let code = draw();
+        if !avoid.contains(code.as_str()) {
+            return code;
+        }
+    }
+}
+
 /// A boolean cell as kurz's export writes one.
 fn kurz_bool(value: bool) -> String {
     if value { "True" } else { "False" }.to_owned()
@@ -247,6 +314,7 @@ fn foreign_as_bulk(
     format: foreign::Format,
     links: &[foreign::ForeignLink],
     owner: i64,
+    generate: &mut dyn FnMut() -> ShortCode,
 ) -> ApiResult<(Vec<u8>, serde_json::Value)> {
     let mut out = csv::Writer::from_writer(Vec::new());
     let failed = |e: csv::Error| ApiError::Internal(format!("import conversion: {e}"));
@@ -272,9 +340,10 @@ fn foreign_as_bulk(
             .short_code
             .as_deref()
             .filter(|c| ShortCode::parse(c).is_ok() && taken.insert(*c));
-        let code = kept.map_or_else(ShortCode::generate, |c| {
-            ShortCode::parse(c).expect("checked just above")
-        });
+        let code = match kept {
+            Some(c) => ShortCode::parse(c).expect("checked just above"),
+            None => generate(),
+        };
         codes.push(json!({
             "record": link.record,
             "source_code": link.short_code,

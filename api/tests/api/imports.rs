@@ -116,6 +116,46 @@ async fn each_products_export_becomes_links_with_what_it_carries() {
     assert_eq!(stats["imported_clicks"], 42);
 }
 
+/// A code generated for a record a link already holds is drawn again: before, the whole import
+/// failed with a 409 naming a code the file never had. The draws are the test's own.
+#[tokio::test]
+async fn a_generated_code_a_link_already_holds_is_drawn_again() {
+    use kurz_api::import::foreign::{Access, ForeignLink, Format};
+    use kurz_common::shortcode::ShortCode;
+    use std::sync::{Arc, Mutex};
+    let app = spawn_app().await;
+    let user = app.create_user("drawn").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/first", "short_code": "taken01"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let links = Arc::new(vec![ForeignLink {
+        record: 1,
+        short_code: None,
+        original_url: "https://example.com/second".into(),
+        title: None,
+        tags: vec![],
+        created_at: None,
+        clicks: None,
+        access: Access::default(),
+    }]);
+    // Taken first, then free.
+    let draws = Arc::new(Mutex::new(vec!["fresh01", "taken01"]));
+    let next = draws.clone();
+    let draw = Arc::new(move || ShortCode::parse(next.lock().unwrap().pop().unwrap()).unwrap());
+    let client = app.state.db.get().await.unwrap();
+    let (_, report) =
+        kurz_api::routes::bulk::with_free_codes(&client, Format::Shlink, links, user, draw)
+            .await
+            .unwrap();
+    assert_eq!(report["codes"][0]["short_code"], "fresh01");
+    assert_eq!(report["codes"][0]["generated"], true);
+    assert!(draws.lock().unwrap().is_empty());
+}
+
 /// A link Kutt's admin banned (a phishing target, say) comes in switched off; a flag that is
 /// no boolean is named.
 #[tokio::test]
