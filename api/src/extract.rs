@@ -213,6 +213,11 @@ impl Fields {
         }
     }
 
+    /// The value as sent, unchecked (`None` when absent).
+    pub fn raw(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name)
+    }
+
     /// An optional string; an empty or blank string counts as a value error.
     pub fn opt_string(&mut self, name: &str) -> Patch<String> {
         match self.map.remove(name) {

@@ -346,6 +346,7 @@ pub async fn update(
     if let Patch::Set(p) = &password {
         check_link_password(&mut f, p);
     }
+    let (code_sent, owner_sent) = (f.raw("short_code"), f.raw("user_id"));
     let tags = f
         .opt_string_list("tags")
         .and_then(|t| f.check("tags", crate::tags::normalise_tags(&t)));
@@ -382,6 +383,17 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
     caller.require_owner_or_admin(link.user_id)?;
+    // Neither moves by a PUT (the code names the link everywhere it was shared). Sent back as
+    // read, they are the link's own; another value is refused, not answered 200 unchanged.
+    if code_sent.is_some_and(|c| c != json!(link.short_code)) {
+        return Err(ApiError::field(
+            "short_code",
+            "cannot be changed; a link keeps its code (create a new link for another)",
+        ));
+    }
+    if owner_sent.is_some_and(|u| u != json!(link.user_id)) {
+        return Err(ApiError::field("user_id", "cannot be changed"));
+    }
     let mut changes: Vec<(&str, Value)> = Vec::new();
     match title {
         Patch::Set(t) if link.title.as_deref() != Some(t.as_str()) => {

@@ -229,6 +229,29 @@ async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
         404,
     )
     .await;
+
+    // The link read back whole and sent again: its own code and owner are no change.
+    let res = app.put_json(&format!("/urls/{id}"), &updated).await;
+    assert_eq!(res.status(), 200);
+    // Another code or owner is refused by name, not answered 200 with nothing changed.
+    let other = app.create_user("up2").await;
+    for (field, value) in [("short_code", json!("renamed1")), ("user_id", json!(other))] {
+        let err = error_of(
+            app.put_json(
+                &format!("/urls/{id}"),
+                &json!({field: value, "title": "Newer"}),
+            )
+            .await,
+            400,
+        )
+        .await;
+        assert!(err["details"][field].is_string(), "{err}");
+    }
+    let now: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(
+        (&now["short_code"], &now["user_id"], &now["title"]),
+        (&link["short_code"], &json!(user), &json!("New"))
+    );
 }
 
 #[tokio::test]
