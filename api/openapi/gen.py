@@ -590,7 +590,7 @@ paths["/users/{id}"] = {
 paths["/users/{id}/urls"] = {"parameters": [P("UserIdPath")], "get": op(
     "listUserUrls", "List a user's live links.", ["users", "urls"], {
         "200": ok("The links.", list_of(R("Link")), LIST_HEADERS), "400": RESP("BadRequest"),
-        "404": RESP("NotFound"), **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("IsActiveFilter")])}
+        "404": RESP("NotFound"), **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("IsActiveFilter"), P("TagFilter")])}
 
 # URLs
 url_links = {

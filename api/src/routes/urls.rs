@@ -270,15 +270,8 @@ pub async fn refresh_cache(state: &AppState, link: &Link) {
     crate::cache_sync::after_write(state, link, None).await;
 }
 
-/// `GET /urls`.
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    RawQuery(raw): RawQuery,
-    OriginalUri(uri): OriginalUri,
-) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
-    let page = Page::from_query(&q, state.config.limits.list_limit)?;
+/// The `tag` filters of a link list (repeatable: links carrying every one), normalised.
+pub(crate) fn tag_filter(q: &Query) -> ApiResult<Vec<String>> {
     let mut tags = Vec::new();
     for (k, v) in q.pairs() {
         if k == "tag" {
@@ -289,10 +282,22 @@ pub async fn list(
     }
     tags.sort();
     tags.dedup();
+    Ok(tags)
+}
+
+/// `GET /urls`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = UrlFilter {
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: q.bool("is_active")?,
-        tags,
+        tags: tag_filter(&q)?,
         search: None,
     };
     let client = state.client().await?;

@@ -177,7 +177,7 @@ pub async fn urls(
     let filter = UrlFilter {
         user_id: Some(id),
         is_active: q.bool("is_active")?,
-        tags: Vec::new(),
+        tags: super::urls::tag_filter(&q)?,
         search: None,
     };
     let client = state.client().await?;

@@ -161,6 +161,19 @@ async fn a_users_links_are_listed() {
     assert_eq!(res.headers()["x-total-count"], "2");
     let links: Vec<Value> = res.json().await.unwrap();
     assert!(links.iter().all(|l| l["user_id"] == a));
+    // The `tag` filter of `GET /urls` holds here too: never dropped without a word.
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": a, "original_url": "https://example.com/4", "tags": ["launch"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app.get(&format!("/users/{a}/urls?tag=Launch")).await;
+    assert_eq!(res.headers()["x-total-count"], "1");
+    let links: Vec<Value> = res.json().await.unwrap();
+    assert_eq!(links[0]["original_url"], "https://example.com/4");
+    error_of(app.get(&format!("/users/{a}/urls?tag=%20")).await, 400).await;
 }
 
 #[tokio::test]
