@@ -99,25 +99,44 @@ fn normal_host(host: &str) -> Option<String> {
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
             v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 0 // "this network": 0.x.y.z reaches the host itself on Linux
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10 carrier NAT
+                || v4.is_multicast()
+                || a == 0 // "this network": 0.x.y.z reaches the host itself on Linux
+                || (a == 100 && (b & 0xc0) == 64) // 100.64/10 carrier NAT
+                || (a == 198 && (b & 0xfe) == 18) // 198.18/15 benchmarking
+                || a >= 240 // 240/4 reserved
         }
         IpAddr::V6(v6) => {
             let seg = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (seg[0] & 0xfe00) == 0xfc00
                 || (seg[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .or_else(|| v6.to_ipv4())
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || embedded_v4(v6).is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, by the forms that reach it: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`), translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and
+/// 6to4 (`2002:aabb:ccdd::`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let seg = v6.segments();
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = v6.to_ipv4_mapped().or_else(|| v6.to_ipv4()) {
+        return Some(v4);
+    }
+    match seg {
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(low(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        _ => None,
     }
 }
 
@@ -252,8 +271,26 @@ mod tests {
             "https://KURZ.EXAMPLE:443/x",
             "https://kurz.example./x",
             "http://127.0.0.1:8080/abc",
+            // The IPv4 loopback in the IPv6 forms that carry an IPv4 address.
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[2002:7f00:1::]/",
+            // Multicast, benchmarking and reserved ranges.
+            "http://224.0.0.1/",
+            "http://[ff02::1]/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
         ] {
             assert!(p.parse(bad).is_err(), "{bad} accepted");
+        }
+        // Public addresses in the same forms still pass.
+        for good in [
+            "http://[64:ff9b::808:808]/",
+            "http://[2002:808:808::]/",
+            "http://198.20.0.1/",
+            "http://223.255.0.1/",
+        ] {
+            assert!(p.parse(good).is_ok(), "{good} refused");
         }
         // A homograph is stored as the punycode it really is, never as the host it imitates.
         let homograph = p.parse("https://kurz.exаmple/x").unwrap();
