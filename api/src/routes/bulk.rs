@@ -222,15 +222,16 @@ pub async fn import_links(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
-    let mut client = state.client().await?;
-    let (csv_bytes, report) = match parsed? {
-        Parsed::Own(csv) => (csv, None),
+    let (csv_bytes, report, turn) = match parsed? {
+        Parsed::Own(csv) => (csv, None, turn),
         Parsed::Foreign(format, links) => {
             let draw = Arc::new(ShortCode::generate);
-            let (csv, report) = with_free_codes(&client, format, links, owner, draw).await?;
-            (csv, Some(report))
+            let ((csv, report), turn) =
+                with_free_codes(&state.db, format, links, owner, draw, turn).await?;
+            (csv, Some(report), turn)
         }
     };
+    let mut client = state.client().await?;
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));
     }
@@ -255,23 +256,31 @@ const CODE_DRAWS: usize = 5;
 /// The foreign links as the bulk CSV, their generated codes checked against the links stored:
 /// drawn at random, one already taken (about 1 in 35 for 100,000 generated codes beside a
 /// million links) failed the whole import with a 409 naming a code the file never had. The
-/// taken ones are drawn again, up to [`CODE_DRAWS`] times. `draw` makes a code
-/// ([`ShortCode::generate`]; tests choose theirs).
-pub async fn with_free_codes(
-    client: &deadpool_postgres::Client,
+/// taken ones are drawn again, up to [`CODE_DRAWS`] times (each round fails with about that
+/// chance again: five in a row, never seen, is a 503 to retry). `draw` makes a code
+/// ([`ShortCode::generate`]; tests choose theirs). The import's `turn` goes along with each
+/// conversion, as with the file's parse: a request dropped meanwhile leaves the conversion
+/// running, and the turn counts it until it ends.
+pub async fn with_free_codes<T: Send + 'static>(
+    pool: &deadpool_postgres::Pool,
     format: foreign::Format,
     links: Arc<Vec<foreign::ForeignLink>>,
     owner: i64,
     draw: Arc<dyn Fn() -> ShortCode + Send + Sync>,
-) -> ApiResult<(Vec<u8>, serde_json::Value)> {
+    mut turn: T,
+) -> ApiResult<((Vec<u8>, serde_json::Value), T)> {
     let mut avoid = std::collections::HashSet::new();
-    for round in 1..=CODE_DRAWS {
+    for _ in 0..CODE_DRAWS {
         let (links, taken, draw) = (links.clone(), avoid.clone(), draw.clone());
-        let converted = tokio::task::spawn_blocking(move || {
-            foreign_as_bulk(format, &links, owner, &mut || fresh_code(&taken, &*draw))
+        let (converted, held) = tokio::task::spawn_blocking(move || {
+            let converted =
+                foreign_as_bulk(format, &links, owner, &mut || fresh_code(&taken, &*draw));
+            (converted, turn)
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))??;
+        .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
+        turn = held;
+        let converted = converted?;
         let generated: Vec<&str> = converted.1["codes"]
             .as_array()
             .into_iter()
@@ -279,16 +288,18 @@ pub async fn with_free_codes(
             .filter(|c| c["generated"] == true)
             .filter_map(|c| c["short_code"].as_str())
             .collect();
-        if generated.is_empty() || round == CODE_DRAWS {
-            return Ok(converted);
+        if generated.is_empty() {
+            return Ok((converted, turn));
         }
-        let taken = crate::db::urls::codes_taken(client, &generated).await?;
+        let taken = crate::db::urls::codes_taken(&pool.get().await?, &generated).await?;
         if taken.is_empty() {
-            return Ok(converted);
+            return Ok((converted, turn));
         }
         avoid.extend(taken);
     }
-    unreachable!("the last draw returns")
+    Err(ApiError::Unavailable(
+        "no free codes were found for the records that need generated ones; retry".into(),
+    ))
 }
 
 /// A code `draw` makes that is not one of `avoid`.

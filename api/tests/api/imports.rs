@@ -146,14 +146,56 @@ async fn a_generated_code_a_link_already_holds_is_drawn_again() {
     let draws = Arc::new(Mutex::new(vec!["fresh01", "taken01"]));
     let next = draws.clone();
     let draw = Arc::new(move || ShortCode::parse(next.lock().unwrap().pop().unwrap()).unwrap());
-    let client = app.state.db.get().await.unwrap();
-    let (_, report) =
-        kurz_api::routes::bulk::with_free_codes(&client, Format::Shlink, links, user, draw)
-            .await
-            .unwrap();
+    let ((_, report), ()) = kurz_api::routes::bulk::with_free_codes(
+        &app.state.db,
+        Format::Shlink,
+        links,
+        user,
+        draw,
+        (),
+    )
+    .await
+    .unwrap();
     assert_eq!(report["codes"][0]["short_code"], "fresh01");
     assert_eq!(report["codes"][0]["generated"], true);
     assert!(draws.lock().unwrap().is_empty());
+
+    // Taken at every draw, the last included: a 503 to retry, never a taken code imported.
+    let mut taken = Vec::new();
+    for i in 2..=5 {
+        let code = format!("taken0{i}");
+        let body =
+            json!({"user_id": user, "original_url": "https://example.com/t", "short_code": code});
+        assert_eq!(app.post_json("/urls", &body).await.status(), 201);
+        taken.push(code);
+    }
+    taken.push("taken01".into());
+    taken.reverse();
+    let next = Arc::new(Mutex::new(taken));
+    let draw = Arc::new(move || ShortCode::parse(&next.lock().unwrap().pop().unwrap()).unwrap());
+    let links = Arc::new(vec![ForeignLink {
+        record: 1,
+        short_code: None,
+        original_url: "https://example.com/third".into(),
+        title: None,
+        tags: vec![],
+        created_at: None,
+        clicks: None,
+        access: Access::default(),
+    }]);
+    let refused = kurz_api::routes::bulk::with_free_codes(
+        &app.state.db,
+        Format::Shlink,
+        links,
+        user,
+        draw,
+        (),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(kurz_api::error::ApiError::Unavailable(_))),
+        "{refused:?}"
+    );
 }
 
 /// A link Kutt's admin banned (a phishing target, say) comes in switched off; a flag that is
