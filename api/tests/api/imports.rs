@@ -132,16 +132,20 @@ async fn a_generated_code_a_link_already_holds_is_drawn_again() {
         )
         .await;
     assert_eq!(res.status(), 201);
-    let links = Arc::new(vec![ForeignLink {
-        record: 1,
-        short_code: None,
-        original_url: "https://example.com/second".into(),
-        title: None,
-        tags: vec![],
-        created_at: None,
-        clicks: None,
-        access: Access::default(),
-    }]);
+    // One record without a code of its own: it gets a generated one.
+    let record = |url: &str| {
+        Arc::new(vec![ForeignLink {
+            record: 1,
+            short_code: None,
+            original_url: url.into(),
+            title: None,
+            tags: vec![],
+            created_at: None,
+            clicks: None,
+            access: Access::default(),
+        }])
+    };
+    let links = record("https://example.com/second");
     // Taken first, then free.
     let draws = Arc::new(Mutex::new(vec!["fresh01", "taken01"]));
     let next = draws.clone();
@@ -173,16 +177,7 @@ async fn a_generated_code_a_link_already_holds_is_drawn_again() {
     taken.reverse();
     let next = Arc::new(Mutex::new(taken));
     let draw = Arc::new(move || ShortCode::parse(&next.lock().unwrap().pop().unwrap()).unwrap());
-    let links = Arc::new(vec![ForeignLink {
-        record: 1,
-        short_code: None,
-        original_url: "https://example.com/third".into(),
-        title: None,
-        tags: vec![],
-        created_at: None,
-        clicks: None,
-        access: Access::default(),
-    }]);
+    let links = record("https://example.com/third");
     let refused = kurz_api::routes::bulk::with_free_codes(
         &app.state.db,
         Format::Shlink,
