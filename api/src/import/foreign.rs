@@ -118,6 +118,16 @@ impl Format {
             Format::Kutt => "kutt",
         }
     }
+
+    /// What the format calls the long URL, for an error about it.
+    pub fn url_field(self) -> &'static str {
+        match self {
+            Format::Bitly => BITLY.url_label,
+            Format::Yourls => YOURLS.url_label,
+            Format::Shlink => SHLINK.url_label,
+            Format::Kutt => "target",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

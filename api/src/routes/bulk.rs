@@ -235,13 +235,43 @@ pub async fn import_links(
     if !crate::db::users::user_exists(&client, owner).await? {
         return Err(ApiError::NotFound(format!("user {owner} not found")));
     }
-    let imported = import::urls(&mut client, &csv_bytes, &state.targets, turn).await?;
+    let imported = import::urls(&mut client, &csv_bytes, &state.targets, turn)
+        .await
+        .map_err(|e| in_source_terms(e, foreign_format))?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
     let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
     body["imported"] = json!(imported.count);
     body["needs_password"] = json!(imported.needs_password);
     body["user_id"] = json!(owner);
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A row error of the converted file in the uploaded file's terms: the record's line as the
+/// parse gives it (one record, one row), and the format's own name for the long URL, the column
+/// the import's checks refuse most (a private or own-host target); the user's file has no
+/// `original_url`.
+fn in_source_terms(e: ApiError, format: Option<foreign::Format>) -> ApiError {
+    match (e, format) {
+        (
+            ApiError::BadRow {
+                row,
+                column,
+                reason,
+                ..
+            },
+            Some(format),
+        ) => ApiError::BadRow {
+            row,
+            line: row as u64 + 1,
+            column: if column == "original_url" {
+                format.url_field().to_owned()
+            } else {
+                column
+            },
+            reason,
+        },
+        (e, _) => e,
+    }
 }
 
 /// An upload read: kurz's own export already as the bulk CSV, or another product's links.

@@ -223,10 +223,18 @@ async fn an_import_is_all_or_nothing_and_never_overwrites() {
     let err = error_of(import(&app, "yourls", user, bad.as_bytes()).await, 400).await;
     assert_eq!(err["details"]["row"], 2);
     assert_eq!(err["details"]["column"], "url");
-    // A target kurz refuses is named the same way.
+    // A target kurz refuses is named the same way, by the file's own column name.
     let bad = "keyword,url\nok1,https://example.com/1\nlocal,http://127.0.0.1/admin\n";
     let err = error_of(import(&app, "yourls", user, bad.as_bytes()).await, 400).await;
     assert_eq!(err["details"]["row"], 2);
+    assert_eq!(err["details"]["column"], "url");
+    assert_eq!(err["details"]["line"], 3);
+    let bad = "Destination URL\nhttp://127.0.0.1/admin\n";
+    let err = error_of(import(&app, "bitly", user, bad.as_bytes()).await, 400).await;
+    assert_eq!(
+        (&err["details"]["row"], &err["details"]["column"]),
+        (&json!(1), &json!("Destination URL"))
+    );
     assert!(links_of(&app, user).await.is_empty());
 
     // A code already taken (by anyone): 409, and the rest of the file is not imported either.
