@@ -119,14 +119,27 @@ impl Format {
         }
     }
 
-    /// What the format calls the long URL, for an error about it.
-    pub fn url_field(self) -> &'static str {
-        match self {
-            Format::Bitly => BITLY.url_label,
-            Format::Yourls => YOURLS.url_label,
-            Format::Shlink => SHLINK.url_label,
-            Format::Kutt => "target",
-        }
+    /// What `bytes`, a file of this format, calls the long URL, for an error about it: the
+    /// header cell as written (Bitly's export says `Destination URL`, its API `long_url`).
+    pub fn url_column(self, bytes: &[u8]) -> String {
+        let spec = match self {
+            Format::Bitly => &BITLY,
+            Format::Yourls => &YOURLS,
+            Format::Shlink => &SHLINK,
+            Format::Kutt => return "target".into(),
+        };
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(bytes);
+        let Ok(names) = reader.headers() else {
+            return spec.url_label.into();
+        };
+        let header = Header::new(names);
+        header
+            .find(spec.url)
+            .map_or(spec.url_label, |i| header.name(i))
+            .to_owned()
     }
 }
 
@@ -1228,6 +1241,7 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.record, e.column.as_str()), (1, "description"));
         assert_eq!(parse_str(Format::Kutt, r#"{"data":[]}"#), Ok(vec![]));
+        assert_eq!(Format::Kutt.url_column(b"[]"), "target");
         let e = parse_str(Format::Kutt, r#"[{"target":"https://a/","banned":2}]"#).unwrap_err();
         assert_eq!((e.record, e.column.as_str()), (1, "banned"));
     }

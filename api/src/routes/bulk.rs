@@ -215,20 +215,21 @@ pub async fn import_links(
                     column: e.column,
                     reason: e.reason,
                 })?;
-                Ok(Parsed::Foreign(format, Arc::new(links)))
+                let url_column = format.url_column(&bytes);
+                Ok(Parsed::Foreign(format, Arc::new(links), url_column))
             }
         };
         (parsed(), turn)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))?;
-    let (csv_bytes, report, turn) = match parsed? {
-        Parsed::Own(csv) => (csv, None, turn),
-        Parsed::Foreign(format, links) => {
+    let (csv_bytes, report, turn, source_url) = match parsed? {
+        Parsed::Own(csv) => (csv, None, turn, None),
+        Parsed::Foreign(format, links, url_column) => {
             let draw = Arc::new(ShortCode::generate);
             let ((csv, report), turn) =
                 with_free_codes(&state.db, format, links, owner, draw, turn).await?;
-            (csv, Some(report), turn)
+            (csv, Some(report), turn, Some(url_column))
         }
     };
     let mut client = state.client().await?;
@@ -237,7 +238,7 @@ pub async fn import_links(
     }
     let imported = import::urls(&mut client, &csv_bytes, &state.targets, turn)
         .await
-        .map_err(|e| in_source_terms(e, foreign_format))?;
+        .map_err(|e| in_source_terms(e, source_url))?;
     crate::cache_sync::after_import(&state, &client, &imported).await;
     let mut body = report.unwrap_or_else(|| json!({"format": "csv"}));
     body["imported"] = json!(imported.count);
@@ -246,12 +247,12 @@ pub async fn import_links(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// A row error of the converted file in the uploaded file's terms: the record's line as the
-/// parse gives it (one record, one row), and the format's own name for the long URL, the column
-/// the import's checks refuse most (a private or own-host target); the user's file has no
-/// `original_url`.
-fn in_source_terms(e: ApiError, format: Option<foreign::Format>) -> ApiError {
-    match (e, format) {
+/// A row error of the converted file in the uploaded file's terms (`url_column`: what the file
+/// calls the long URL, for a foreign import): the record's line as the parse gives it (one
+/// record, one row), and the file's name for the long URL, the column the import's checks
+/// refuse most (a private or own-host target); the user's file has no `original_url`.
+fn in_source_terms(e: ApiError, url_column: Option<String>) -> ApiError {
+    match (e, url_column) {
         (
             ApiError::BadRow {
                 row,
@@ -259,12 +260,12 @@ fn in_source_terms(e: ApiError, format: Option<foreign::Format>) -> ApiError {
                 reason,
                 ..
             },
-            Some(format),
+            Some(url_column),
         ) => ApiError::BadRow {
             row,
             line: row as u64 + 1,
             column: if column == "original_url" {
-                format.url_field().to_owned()
+                url_column
             } else {
                 column
             },
@@ -277,7 +278,8 @@ fn in_source_terms(e: ApiError, format: Option<foreign::Format>) -> ApiError {
 /// An upload read: kurz's own export already as the bulk CSV, or another product's links.
 enum Parsed {
     Own(Vec<u8>),
-    Foreign(foreign::Format, Arc<Vec<foreign::ForeignLink>>),
+    /// The format, its links, and what the file calls the long URL.
+    Foreign(foreign::Format, Arc<Vec<foreign::ForeignLink>>, String),
 }
 
 /// Draws for the generated codes before an import gives up on finding them free.

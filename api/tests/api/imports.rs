@@ -229,12 +229,15 @@ async fn an_import_is_all_or_nothing_and_never_overwrites() {
     assert_eq!(err["details"]["row"], 2);
     assert_eq!(err["details"]["column"], "url");
     assert_eq!(err["details"]["line"], 3);
-    let bad = "Destination URL\nhttp://127.0.0.1/admin\n";
-    let err = error_of(import(&app, "bitly", user, bad.as_bytes()).await, 400).await;
-    assert_eq!(
-        (&err["details"]["row"], &err["details"]["column"]),
-        (&json!(1), &json!("Destination URL"))
-    );
+    // As the file spells it: Bitly's export says `Destination URL`, its API `long_url`.
+    for column in ["Destination URL", "long_url"] {
+        let bad = format!("{column}\nhttp://127.0.0.1/admin\n");
+        let err = error_of(import(&app, "bitly", user, bad.as_bytes()).await, 400).await;
+        assert_eq!(
+            (&err["details"]["row"], &err["details"]["column"]),
+            (&json!(1), &json!(column))
+        );
+    }
     assert!(links_of(&app, user).await.is_empty());
 
     // A code already taken (by anyone): 409, and the rest of the file is not imported either.
