@@ -508,8 +508,26 @@ pub struct UrlFilter {
     pub is_active: Option<bool>,
     /// Links carrying every one of these (normalised) tags.
     pub tags: Vec<String>,
-    /// Text the code, target or title contains (case-insensitive, taken literally).
-    pub search: Option<String>,
+    /// Texts one of which the code, target or title contains (case-insensitive, taken
+    /// literally): a search and its spellings in a stored target ([`search_spellings`]).
+    pub search: Vec<String>,
+}
+
+/// What a person typed, and how a stored target spells it: targets are stored normalised, a
+/// host in punycode (`bücher` is `xn--bcher-kva`) and a path percent-encoded (`a b` is
+/// `a%20b`, `ü` is `%C3%BC`), so the text as typed found neither.
+pub fn search_spellings(text: &str) -> Vec<String> {
+    use percent_encoding::{utf8_percent_encode, CONTROLS};
+    // What the URL parser encodes in a path and a query alike (and every byte past ASCII).
+    const ENCODED: &percent_encoding::AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>');
+    let mut all = vec![text.to_owned()];
+    all.push(utf8_percent_encode(text, ENCODED).to_string());
+    if let Ok(url::Host::Domain(host)) = url::Host::parse(text.trim_end_matches('.')) {
+        all.push(host);
+    }
+    all.sort();
+    all.dedup();
+    all
 }
 
 impl UrlFilter {
@@ -524,12 +542,13 @@ impl UrlFilter {
                 &self.tags,
             );
         }
-        if let Some(text) = &self.search {
+        if !self.search.is_empty() {
             // strpos, not LIKE: `%` and `_` in the text are literal.
             f.param(
-                "strpos(lower(short_code || ' ' || original_url || ' ' || coalesce(title, '')), \
-                 lower({})) > 0",
-                text,
+                "EXISTS (SELECT 1 FROM unnest({}::text[]) AS s(text) WHERE \
+                 strpos(lower(short_code || ' ' || original_url || ' ' || coalesce(title, '')), \
+                 lower(s.text)) > 0)",
+                &self.search,
             );
         }
         f
@@ -690,4 +709,18 @@ pub async fn delete_url(c: &impl GenericClient, id: i64) -> Result<Option<Link>,
         .await?
         .as_ref()
         .map(Link::from_row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_is_also_spelled_as_a_stored_target_spells_it() {
+        let bucher = search_spellings("bücher");
+        assert!(bucher.contains(&"xn--bcher-kva".to_owned()), "{bucher:?}");
+        assert!(bucher.contains(&"b%C3%BCcher".to_owned()), "{bucher:?}");
+        assert!(search_spellings("a b").contains(&"a%20b".to_owned()));
+        assert_eq!(search_spellings("plain"), vec!["plain".to_owned()]);
+    }
 }

@@ -298,7 +298,7 @@ pub async fn list(
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: q.bool("is_active")?,
         tags: tag_filter(&q)?,
-        search: None,
+        search: Vec::new(),
     };
     let client = state.client().await?;
     let total = db::urls::count_urls(&client, &filter).await?;
@@ -648,7 +648,7 @@ pub async fn export(
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: None,
         tags: Vec::new(),
-        search: None,
+        search: Vec::new(),
     };
     // The first page is read before the answer starts: a database that fails now is a 503,
     // not a 200 cut short.

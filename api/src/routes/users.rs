@@ -178,7 +178,7 @@ pub async fn urls(
         user_id: Some(id),
         is_active: q.bool("is_active")?,
         tags: super::urls::tag_filter(&q)?,
-        search: None,
+        search: Vec::new(),
     };
     let client = state.client().await?;
     if !db::users::user_exists(&client, id).await? {

@@ -120,7 +120,11 @@ pub async fn list(
             _ => None,
         },
         tags,
-        search: (!query.q.is_empty()).then(|| query.q.clone()),
+        search: if query.q.is_empty() {
+            Vec::new()
+        } else {
+            crate::db::urls::search_spellings(&query.q)
+        },
     };
     let found = async {
         let client = state.client().await?;

@@ -1087,6 +1087,33 @@ async fn a_cookie_planted_beside_ours_is_believed_in_neither() {
     );
 }
 
+/// Targets are stored normalised (punycode host, percent-encoded path): a search finds them
+/// as the person typed them.
+#[tokio::test]
+async fn a_search_finds_a_target_as_it_was_typed() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "typed").await;
+    let (_, home) = b.get("/").await;
+    let res = b
+        .submit(
+            &home,
+            "/ui/shorten",
+            &[("original_url", "https://bücher.example/neue liste")],
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    for q in ["bücher", "BÜCHER.example", "neue%20liste", "neue liste"] {
+        let path = format!(
+            "/ui/links?q={}",
+            url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+        );
+        let (_, found) = b.get(&path).await;
+        assert!(found.contains("1 link<"), "{q}: {found}");
+    }
+    let (_, none) = b.get("/ui/links?q=nowhere").await;
+    assert!(!none.contains("1 link<"), "{none}");
+}
+
 /// Another app of the domain may set a cookie whose value is not ASCII; browsers send it as
 /// its bytes beside ours. It hides neither the session nor the form token.
 #[tokio::test]
