@@ -23,6 +23,11 @@ pub fn defuse(cell: String) -> String {
     }
 }
 
+/// A boolean as the export writes one (and the imports read it back).
+pub fn bool_cell(value: bool) -> String {
+    if value { "True" } else { "False" }.to_owned()
+}
+
 /// A cell of an imported file as the value it stands for.
 pub fn restore(cell: &str) -> &str {
     match cell.strip_prefix('\'') {

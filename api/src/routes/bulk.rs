@@ -2,7 +2,7 @@
 //! `POST /urls/import`, links exported from other shorteners.
 
 use crate::auth::Caller;
-use crate::csv_cell::{defuse, restore};
+use crate::csv_cell::{bool_cell, defuse, restore};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
 use crate::import::{self, foreign};
@@ -347,11 +347,6 @@ fn fresh_code(
     }
 }
 
-/// A boolean cell as kurz's export writes one.
-fn kurz_bool(value: bool) -> String {
-    if value { "True" } else { "False" }.to_owned()
-}
-
 /// Foreign links as the bulk CSV, owned by `owner`, with the report of what was mapped.
 fn foreign_as_bulk(
     format: foreign::Format,
@@ -429,8 +424,8 @@ fn foreign_as_bulk(
             defuse(link.tags.join(";")),
             // A banned link stays off; one behind a password comes in off and is listed in
             // `needs_password`, as a row of kurz's own export that says `has_password`.
-            kurz_bool(!link.access.disabled),
-            kurz_bool(link.access.protected),
+            bool_cell(!link.access.disabled),
+            bool_cell(link.access.protected),
             link.access
                 .expires_at
                 .map(kurz_common::time::format)

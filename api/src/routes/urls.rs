@@ -706,7 +706,7 @@ async fn export_page(
         db::urls::list_urls_after(&client, filter, after, EXPORT_PAGE).await?
     };
     let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
-    let defuse = crate::csv_cell::defuse;
+    let (defuse, bool_cell) = (crate::csv_cell::defuse, crate::csv_cell::bool_cell);
     let time = kurz_common::time::format;
     let mut out = csv::Writer::from_writer(Vec::new());
     if header {
@@ -719,7 +719,7 @@ async fn export_page(
             defuse(l.short_code.clone()),
             l.original_url.clone(),
             defuse(l.title.clone().unwrap_or_default()),
-            if l.is_active { "True" } else { "False" }.to_owned(),
+            bool_cell(l.is_active),
             time(l.created_at),
             time(l.updated_at),
             l.expires_at.map(time).unwrap_or_default(),
@@ -728,7 +728,7 @@ async fn export_page(
             l.imported_clicks.to_string(),
             defuse(l.tags.join(";")),
             l.visits.to_string(),
-            if l.has_password { "True" } else { "False" }.to_owned(),
+            bool_cell(l.has_password),
         ])
         .map_err(written)?;
     }
