@@ -550,7 +550,14 @@ async fn a_302_is_sent_only_after_its_click_is_appended_even_when_redis_stalls()
     // only in Redis (the script appends it): both paths meet the stall below.
     assert_eq!(stack.get(&format!("/{warm}")).await.status(), 302);
     let admin = redis::Client::open(redis.url()).unwrap();
-    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    // The write below is meant to wait out the stall, which outlasts the client's default
+    // 500 ms response timeout.
+    let mut conn = admin
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
     // Writes stalled shorter than the edge's Redis timeout (1 s here): the edge waits for its
     // append; and longer: the edge gives up and the API records the click.
     for pause_ms in [600u64, 1500] {
