@@ -459,11 +459,11 @@ params["CodePath"] = {"name": "code", "in": "path", "required": True,
                       "description": "A short code (anything else answers 404).",
                       "schema": {"type": "string", "pattern": CODE_PATTERN}}
 params["UserIdFilter"] = {"name": "user_id", "in": "query", "required": False,
-                          "description": "Only this user's (empty: no filter).", "schema": ID_SCHEMA}
+                          "description": "Only this user's; absent: no filter, empty: 400.", "schema": ID_SCHEMA}
 params["UrlIdFilter"] = {"name": "url_id", "in": "query", "required": False,
-                         "description": "Only this link's (empty: no filter).", "schema": ID_SCHEMA}
+                         "description": "Only this link's; absent: no filter, empty: 400.", "schema": ID_SCHEMA}
 params["IsActiveFilter"] = {"name": "is_active", "in": "query", "required": False,
-                            "description": "`true`/`false` (also `1`/`0`, any case; empty: no filter).",
+                            "description": "`true`/`false` (also `1`/`0`, any case); absent: no filter, empty: 400.",
                             "schema": {"type": "boolean"}}
 params["TagFilter"] = {"name": "tag", "in": "query", "required": False, "style": "form", "explode": True,
                        "description": "Repeatable: links carrying every tag given (normalised like tags).",
