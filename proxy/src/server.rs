@@ -56,6 +56,24 @@ fn server_conf(cfg: &ProxyConfig) -> ServerConf {
     }
 }
 
+/// Pingora binds a service's listeners in a task of its own and, when a bind fails, loses only
+/// that service: the process stays up and the admin port answers ready while the public port
+/// refuses every connection. Binding each address once first makes an address this host does
+/// not have, a port another process holds or a privileged port a start-up error naming its key.
+/// (An upgrade takes its sockets from the running process, which holds them.)
+fn listeners_bind(cfg: &ProxyConfig) -> Result<(), String> {
+    let public = cfg.listen.http.iter().map(|a| ("listen.http", a));
+    let tls = cfg.listen.https.iter().map(|a| ("listen.https", a));
+    let admin = std::iter::once(("admin.listen", &cfg.admin.listen));
+    for (key, addr) in public.chain(tls).chain(admin) {
+        // std sets SO_REUSEADDR, as Pingora does: a port whose last connections linger in
+        // TIME_WAIT after a restart still passes.
+        std::net::TcpListener::bind(addr.as_str())
+            .map_err(|e| format!("config key `{key}`: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Builds and runs the server; returns only on a start-up error.
 pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     let opt = Opt {
@@ -65,6 +83,9 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         test: false,
         conf: None,
     };
+    if !upgrade {
+        listeners_bind(&cfg)?;
+    }
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&cfg));
     server.bootstrap();
 

@@ -470,6 +470,64 @@ fn check_accepts_the_shipped_config_and_rejects_a_typo() {
     assert!(bad_value.contains("upstreams.servers"), "{bad_value}");
 }
 
+/// A public port the edge cannot have (here: another process holds it) stops the edge at start
+/// with the key named, instead of an edge whose admin port says ready while its public port
+/// refuses every connection.
+#[test]
+fn a_listener_that_cannot_bind_stops_the_edge_naming_its_key() {
+    let held = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("kurz-bind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "server: {{ upgrade_sock: {d}/upgrade.sock }}\n\
+             listen: {{ http: [\"127.0.0.1:{port}\"], https: [] }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+             upstreams: {{ servers: [\"127.0.0.1:{upstream}\"] }}\n\
+             redis: {{ url: \"{redis}\", prefix: kurzbind{pid} }}\n",
+            d = dir.display(),
+            admin = free_port(),
+            upstream = free_port(),
+            redis = harness::default_redis_url(),
+            pid = std::process::id(),
+        ),
+    )
+    .unwrap();
+    let mut edge = Command::new(env!("CARGO_BIN_EXE_kurz-proxy"))
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = edge.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            edge.kill().unwrap();
+            edge.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut edge.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(held);
+    let status =
+        status.unwrap_or_else(|| panic!("the edge kept running without its port: {stderr}"));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("listen.http") && stderr.contains(&format!("127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_picks_up_a_new_upstream_list() {
     let opts = Options {
