@@ -141,7 +141,7 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if path.starts_with("/auth") || path.starts_with("/api/auth") {
+    if ["/auth", "/api/auth"].iter().any(|p| under(path, p)) {
         headers.insert("cache-control", HeaderValue::from_static("no-store"));
     }
     let duration_ms = millis(elapsed);
@@ -161,4 +161,10 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         );
     }
     response
+}
+
+/// `path` is `prefix` or below it: `/auth/me`, not a link coded `authors`.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

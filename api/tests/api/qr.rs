@@ -19,6 +19,31 @@ fn decode(png_bytes: &[u8]) -> String {
     grids[0].decode().unwrap().1
 }
 
+/// A code that only starts like `/auth` (here `authors`) keeps its link's caching: `no-store` is
+/// for the log-in routes.
+#[tokio::test]
+async fn a_code_that_starts_like_auth_keeps_its_links_caching() {
+    let app = spawn_app().await;
+    let user = app.create_user("authors").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &serde_json::json!({"user_id": user, "original_url": "https://example.com/a", "short_code": "authors"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let qr = app.get("/authors/qr").await;
+    assert_eq!(qr.status(), 200);
+    assert_eq!(qr.headers()["cache-control"], "public, max-age=86400");
+    let redirect = app.get("/authors").await;
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(redirect.headers()["cache-control"], "private, no-store");
+    assert_eq!(
+        app.get("/auth/me").await.headers()["cache-control"],
+        "no-store"
+    );
+}
+
 #[tokio::test]
 async fn the_png_decodes_back_to_the_short_url() {
     let app = spawn_app().await;
