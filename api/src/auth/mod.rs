@@ -91,20 +91,23 @@ pub struct Caller {
 /// session or key matches: its sender meant to authenticate, and must hear that it did not,
 /// rather than act anonymously (a link created without an owner).
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .unwrap_or("")
-        .trim();
-    let meant_ours = || {
+    let raw = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let meant_ours = |value: &str| {
         value.contains(sessions::SESSION_PREFIX)
             || value.contains(sessions::API_KEY_PREFIX)
             || value.eq_ignore_ascii_case("bearer")
     };
+    let Ok(value) = raw.to_str() else {
+        // Bytes no token holds (a non-breaking space pasted along with it): still a token
+        // meant, and refused, when it is one of ours or sent as `Bearer`.
+        let lossy = String::from_utf8_lossy(raw.as_bytes());
+        let scheme = lossy.trim_start().get(..6).unwrap_or("");
+        return (meant_ours(&lossy) || scheme.eq_ignore_ascii_case("bearer")).then_some("");
+    };
+    let value = value.trim();
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
-        _ if meant_ours() => Some(""),
+        _ if meant_ours(value) => Some(""),
         _ => None,
     }
 }

@@ -313,6 +313,10 @@ async fn a_token_in_the_wrong_shape_is_401_and_another_scheme_is_left_alone() {
             "{wrong}: {body}"
         );
     }
+    // A character that is not ASCII pasted along with the token (a non-breaking space).
+    for pasted in [format!("Bearer {key}\u{a0}"), format!("{key}\u{a0}")] {
+        error_of(create(pasted).await.unwrap(), 401).await;
+    }
     // Anonymous, as without the header (open mode).
     let res = create("Basic eDp5".into()).await.unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
