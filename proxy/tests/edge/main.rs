@@ -528,6 +528,41 @@ fn a_listener_that_cannot_bind_stops_the_edge_naming_its_key() {
     );
 }
 
+/// SIGINT stops the edge at once, also while clients keep connecting (Pingora's own fast
+/// shutdown could leave it spinning on failed accepts, never exiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_edge_at_once_while_clients_connect() {
+    let mut stack = Stack::start(Options::default());
+    let port = stack.http_port;
+    for round in 0..5 {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        let _ = std::io::Write::write_all(
+                            &mut s,
+                            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                        );
+                    }
+                }
+            })
+        };
+        stack.signal_proxy("INT");
+        let exited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stack.wait_proxy_exit(Duration::from_secs(30))
+        }));
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        assert!(
+            exited.is_ok(),
+            "round {round}: SIGINT did not stop the edge"
+        );
+        stack.start_proxy();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_picks_up_a_new_upstream_list() {
     let opts = Options {
