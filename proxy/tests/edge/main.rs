@@ -528,6 +528,15 @@ fn a_listener_that_cannot_bind_stops_the_edge_naming_its_key() {
     );
 }
 
+/// A SIGHUP that reaches the edge while it starts is ignored, not the end of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_edge_starts_does_not_stop_it() {
+    let mut stack = Stack::start(Options::default());
+    let (_, code) = stack.link("https://example.com/hup").await;
+    stack.restart_proxy_under_hangups();
+    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+}
+
 /// SIGINT stops the edge at once, also while clients keep connecting (Pingora's own fast
 /// shutdown could leave it spinning on failed accepts, never exiting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
