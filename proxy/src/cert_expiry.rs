@@ -1,11 +1,17 @@
 //! When the served TLS certificate expires, for the `kurz_proxy_tls_cert_expiry_timestamp_seconds`
 //! gauge (and its "expires in < 14 days" alert).
 
-/// `notAfter` of the first certificate in a PEM file, as unix seconds.
-pub fn not_after_pem(pem: &str) -> Option<i64> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
+/// `notAfter` of a DER certificate, as unix seconds.
+pub fn not_after_der(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(cert.validity().not_after.timestamp())
+}
+
+/// `notAfter` of the first certificate in a PEM file, as unix seconds.
+#[cfg(test)]
+fn not_after_pem(pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    not_after_der(&pem.contents)
 }
 
 #[cfg(test)]

@@ -46,15 +46,16 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Loaded, String> {
                 "no certificate in {cert_path} or no private key in {key_path}"
             ))
         })?;
-    let certs = certs.into_iter().map(|c| c.into_owned()).collect();
+    let certs: Vec<_> = certs.into_iter().map(|c| c.into_owned()).collect();
+    // From the leaf the listeners serve: the file's first PEM block may be its key.
+    let expiry = certs
+        .first()
+        .and_then(|leaf| crate::cert_expiry::not_after_der(leaf));
     let provider =
         CryptoProvider::get_default().ok_or_else(|| bad("no TLS crypto provider".into()))?;
     // Checks that the key belongs to the leaf certificate, so a half-rotated pair is refused.
     let key =
         CertifiedKey::from_der(certs, key.clone_key(), provider).map_err(|e| bad(e.to_string()))?;
-    let expiry = std::fs::read_to_string(cert_path)
-        .ok()
-        .and_then(|pem| crate::cert_expiry::not_after_pem(&pem));
     Ok(Loaded {
         key: Arc::new(key),
         expiry,
@@ -124,6 +125,13 @@ mod tests {
             (29.9..=30.1).contains(&days),
             "expiry followed the new pair: {days}"
         );
+        // One file holding the key first, then the certificate: served, and its expiry read.
+        let both = [path("b.key"), path("b.pem")]
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .concat();
+        std::fs::write(dir.join("both.pem"), both).unwrap();
+        let combined = load(&path("both.pem"), &path("both.pem")).unwrap();
+        assert_eq!(combined.expiry(), served.expiry());
         let mismatched = load(&path("a.pem"), &path("b.key")).err().unwrap();
         assert!(mismatched.contains("listen.tls_cert"), "{mismatched}");
         let missing = load(&path("nope.pem"), &path("a.key")).err().unwrap();
