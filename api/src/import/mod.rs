@@ -57,10 +57,16 @@ async fn reserve_ids(c: &impl GenericClient, table: &str, max_in_file: i64) -> A
 }
 
 /// Users: `id,username,email,created_at` (`id`, `created_at` optional).
+///
+/// A row that gives an existing account another email gives the id to someone else: the
+/// account's password, API keys and sessions do not go along (the caller reads the email
+/// anew on every request, so a session kept would act as the new email, an admin's
+/// included). Sessions end before the commit, or the import fails with a 503.
 pub async fn users(
     c: &mut deadpool_postgres::Client,
     bytes: &[u8],
     turn: Turn,
+    sessions: &crate::auth::sessions::Sessions,
 ) -> ApiResult<usize> {
     let (table, _turn) = Table::parse_off_worker(bytes, &["username", "email"], turn).await?;
     let (mut ids, mut names, mut emails, mut created) = (vec![], vec![], vec![], vec![]);
@@ -87,6 +93,16 @@ pub async fn users(
         ids.iter().flatten().copied().max().unwrap_or(1),
     )
     .await?;
+    let renamed: Vec<i64> = tx
+        .query(
+            "SELECT u.id FROM users u JOIN UNNEST($1::int8[], $2::text[]) AS t(id, email) ON u.id = t.id \
+             WHERE lower(u.email) <> lower(t.email) FOR UPDATE OF u",
+            &[&ids, &emails],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let stmt = tx
         .prepare_cached(
             "INSERT INTO users (id, username, email, created_at) \
@@ -94,6 +110,7 @@ pub async fn users(
              FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[]) AS t(id, username, email, created_at) \
              ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, email = EXCLUDED.email, \
                created_at = CASE WHEN $5 THEN EXCLUDED.created_at ELSE users.created_at END, \
+               password_hash = CASE WHEN lower(users.email) = lower(EXCLUDED.email) THEN users.password_hash END, \
                deleted_at = NULL",
         )
         .await?;
@@ -114,7 +131,23 @@ pub async fn users(
         .await
         .map_err(conflict_detail)?;
     }
+    let sessions_down =
+        || ApiError::Unavailable("sessions cannot be ended (Redis is down); retry shortly".into());
+    for id in &renamed {
+        crate::db::api_keys::revoke_all(&tx, *id).await?;
+        sessions
+            .revoke_all(*id)
+            .await
+            .map_err(|_| sessions_down())?;
+    }
     crate::deadline::commit(tx).await?;
+    // And again: a log-in with the old password before the commit made a session the first
+    // round did not see. The new identity is stored by now: logged, not failed.
+    for id in renamed {
+        if sessions.revoke_all(id).await.is_err() {
+            log::warn!(user_id = id; "sessions not ended again after an import gave the account another email");
+        }
+    }
     Ok(ids.len())
 }
 

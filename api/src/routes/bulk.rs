@@ -145,7 +145,8 @@ pub async fn users(
     caller.require_admin()?;
     let Received { bytes, turn, _held } = receive(&state, req).await?;
     let mut client = state.client().await?;
-    Ok(created(import::users(&mut client, &bytes, turn).await?))
+    let count = import::users(&mut client, &bytes, turn, &state.auth.sessions).await?;
+    Ok(created(count))
 }
 
 pub async fn urls(

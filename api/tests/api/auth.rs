@@ -504,6 +504,64 @@ async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
     assert_eq!(res.status(), 200);
 }
 
+/// A bulk import that gives an existing id another email gives the account to that email
+/// without the old owner's password, API keys or sessions (an id from a seed file that a
+/// registered user holds would otherwise let them act as whoever the file names, an admin's
+/// email included). A row that keeps the email, in another case, keeps them all.
+#[tokio::test]
+async fn an_import_that_gives_an_account_another_email_ends_its_credentials() {
+    let app = required_app().await;
+    let (boss, _) = register(&app, "boss").await;
+    let (mallory, mallory_id) = register(&app, "mallory").await;
+    let key = new_key(&app, &mallory).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (kept, kept_id) = register(&app, "kept").await;
+    let csv = format!(
+        "id,username,email\n{mallory_id},ops,ops@example.com\n{kept_id},kept,KEPT@example.com\n"
+    );
+    let part = reqwest::multipart::Part::bytes(csv.into_bytes())
+        .file_name("users.csv")
+        .mime_str("text/csv")
+        .unwrap();
+    let res = app
+        .client
+        .post(app.url("/users/bulk"))
+        .header("authorization", bearer(&boss))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert_eq!(
+        me(&app, &mallory).await.status(),
+        401,
+        "the session acts as ops"
+    );
+    assert_eq!(
+        me(&app, &key).await.status(),
+        401,
+        "the API key acts as ops"
+    );
+    for who in ["ops@example.com", "mallory@example.com"] {
+        let res = login(&app, json!({"email": who, "password": "pw-mallory-secret"})).await;
+        assert_eq!(res.status(), 401, "{who} logs in with mallory's password");
+    }
+    let res = me(&app, &kept).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["email"],
+        "KEPT@example.com"
+    );
+    let res = login(
+        &app,
+        json!({"email": "kept@example.com", "password": "pw-kept-secret"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+}
+
 #[tokio::test]
 async fn api_key_lifecycle() {
     let app = spawn_app().await;
