@@ -49,7 +49,11 @@ impl Consumer {
                 return Drained::Complete;
             }
             let result = match self.step_new(&mut work).await {
-                Ok(0) => self.step_claim(&mut work, 0, &left).await,
+                Ok(0) => match self.step_claim(&mut work, 0, &left).await {
+                    // Nothing new and nothing pending moved, yet entries remain.
+                    Ok(0) => self.delete_acknowledged(&left, &heads).await,
+                    other => other,
+                },
                 other => other,
             };
             if let Err(e) = result {
@@ -64,6 +68,30 @@ impl Consumer {
         }
         drop(work);
         self.partial().await
+    }
+
+    /// Entries of `left` that are neither new nor pending were acknowledged already: see
+    /// [`Stream::delete_acknowledged`](super::stream::Stream::delete_acknowledged).
+    async fn delete_acknowledged(
+        &self,
+        left: &[u16],
+        heads: &[Option<String>],
+    ) -> Result<usize, super::consumer::StepError> {
+        let mut deleted = 0;
+        for p in left {
+            let Some(head) = &heads[usize::from(*p)] else {
+                continue;
+            };
+            deleted += self
+                .stream
+                .delete_acknowledged(*p, head)
+                .await
+                .map_err(|e| super::consumer::StepError::Redis(e.to_string()))?;
+        }
+        if deleted > 0 {
+            log::warn!(entries = deleted; "deleted click entries acknowledged earlier but left in the streams");
+        }
+        Ok(deleted)
     }
 
     async fn partial(&self) -> Drained {

@@ -235,6 +235,63 @@ impl ClickStream {
             .collect())
     }
 
+    /// Deletes the entries of `partition` up to `head` that the group has delivered and no
+    /// consumer holds pending: acknowledged, with their `XDEL` lost (a failover or a cut AOF
+    /// that kept the `XACK` only). Nothing else would remove them, and every read's drain
+    /// would wait its whole budget on them. At most [`CLAIM_COUNT`] per call; how many went.
+    pub async fn delete_acknowledged(
+        &self,
+        partition: u16,
+        head: &str,
+    ) -> Result<usize, RedisDown> {
+        let key = self.keys.clicks(partition);
+        let groups: Value = self
+            .redis
+            .query(redis::cmd("XINFO").arg("GROUPS").arg(&key))
+            .await?;
+        let Some(delivered) = last_delivered(&groups, &self.group) else {
+            return Ok(0);
+        };
+        let listed: Vec<(String, Value)> = self
+            .redis
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg(head)
+                    .arg("COUNT")
+                    .arg(CLAIM_COUNT),
+            )
+            .await?;
+        let (Some((first, _)), Some((last, _))) = (listed.first(), listed.last()) else {
+            return Ok(0);
+        };
+        let pending: Vec<(String, String, u64, u64)> = self
+            .redis
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg(first)
+                    .arg(last)
+                    .arg(CLAIM_COUNT),
+            )
+            .await?;
+        let orphans: Vec<&str> = listed
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| stream_id(id) <= delivered && !pending.iter().any(|p| p.0 == *id))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let _: i64 = self
+            .redis
+            .query(redis::cmd("XDEL").arg(&key).arg(&orphans))
+            .await?;
+        Ok(orphans.len())
+    }
+
     /// Entries never delivered to the group, at most `per_partition` from each partition.
     pub async fn read_new(&self, per_partition: usize) -> Result<Vec<Entry>, ReadError> {
         self.ensure_groups().await?;
@@ -447,6 +504,45 @@ fn text_str(v: &Value) -> Option<&str> {
         Value::SimpleString(s) => Some(s),
         _ => None,
     }
+}
+
+/// A stream id's two parts, ordered as Redis orders them (`0-0` for what does not parse).
+fn stream_id(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
+}
+
+/// The group's `last-delivered-id` in an `XINFO GROUPS` reply.
+fn last_delivered(reply: &Value, group: &str) -> Option<(u64, u64)> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups.iter().find_map(|g| {
+        let fields: Vec<(String, Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| {
+                    Some((
+                        redis::from_redis_value(kv.first()?.clone()).ok()?,
+                        kv.get(1)?.clone(),
+                    ))
+                })
+                .collect(),
+            Value::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((redis::from_redis_value(k.clone()).ok()?, v.clone())))
+                .collect(),
+            _ => return None,
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+        };
+        (field("name")? == group).then(|| field("last-delivered-id").map(|id| stream_id(&id)))?
+    })
 }
 
 #[cfg(test)]

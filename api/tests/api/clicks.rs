@@ -155,6 +155,55 @@ async fn no_click_is_lost_or_doubled_when_consumers_die_mid_batch() {
     assert_eq!(clicks_in_db(&app, id).await, 15);
 }
 
+/// Entries acknowledged whose `XDEL` was lost (a failover or a cut AOF keeps the `XACK` only)
+/// are neither new nor pending: a read's drain deletes them instead of waiting its budget on
+/// them at every read, and stores nothing twice.
+#[tokio::test]
+async fn entries_acknowledged_but_left_in_the_streams_do_not_hold_reads() {
+    let app = spawn_app_with(|c| {
+        c.clicks.poll_interval_ms = 3_600_000;
+        c.clicks.read_drain_budget_ms = 5_000;
+    })
+    .await;
+    let (_, id, code) = app
+        .create_link("orphan", "https://example.com/orphan")
+        .await;
+    redirect_n(&app, &code, 6).await;
+    let a = replica(&app, "replica-a");
+    assert_eq!(a.read_and_commit_without_ack().await.unwrap(), 6);
+    let group = &app.state.config.clicks.group;
+    let mut acked = 0;
+    for key in app.state.keys.all_clicks() {
+        let listed: Vec<(String, redis::Value)> = app
+            .state
+            .redis
+            .query(redis::cmd("XRANGE").arg(&key).arg("-").arg("+"))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+        if !ids.is_empty() {
+            let n: i64 = app
+                .state
+                .redis
+                .query(redis::cmd("XACK").arg(&key).arg(group).arg(&ids))
+                .await
+                .unwrap();
+            acked += n;
+        }
+    }
+    assert!(acked > 0);
+    let res = app.get(&format!("/urls/{id}/stats")).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers().get("x-kurz-clicks-pending").is_none(),
+        "the read waited on acknowledged entries: {:?}",
+        res.headers().get("x-kurz-clicks-pending")
+    );
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["clicks"], 6);
+    assert_eq!(app.state.consumer.backlog().await.unwrap(), 0);
+    assert_eq!(clicks_in_db(&app, id).await, 6);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_flushes_pending_clicks() {
     let mut app = idle_consumer_app().await;
