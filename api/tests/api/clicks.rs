@@ -493,6 +493,17 @@ async fn bots_are_marked_and_kept_apart_and_stats_break_clicks_down() {
     ] {
         crate::helpers::error_of(app.get(&format!("/urls/{id}/stats{bad}")).await, 400).await;
     }
+    // The spellings docs/API.md gives besides `true`/`false`.
+    for (given, read) in [("1", true), ("TRUE", true), ("0", false), ("False", false)] {
+        let res = app
+            .get(&format!("/urls/{id}/stats?include_bots={given}"))
+            .await;
+        assert_eq!(res.status(), 200, "{given}");
+        assert_eq!(
+            res.json::<serde_json::Value>().await.unwrap()["include_bots"],
+            read
+        );
+    }
 }
 
 /// Unique visitors per day: the same address and agent count once a day, another agent is
