@@ -31,6 +31,9 @@ pub struct Metrics {
     /// 1 while the config file read last (at start or by the latest SIGHUP) is the one running,
     /// 0 after a refused reload: what an alert can hold until the file is fixed.
     pub config_applied: IntGauge,
+    /// Keys of the file the latest SIGHUP read that differ from the running process and only a
+    /// restart applies: a reload that took in part still leaves work to do.
+    pub config_keys_needing_restart: IntGauge,
     /// Invalidation messages received.
     pub invalidations: IntCounter,
     /// `notAfter` of the served certificate, unix seconds.
@@ -110,6 +113,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "1 while the latest config read (start-up or SIGHUP) is running, 0 after a refused reload"
         )
         .expect("metric"),
+        config_keys_needing_restart: register_int_gauge!(
+            "kurz_proxy_config_keys_needing_restart",
+            "Keys the latest reloaded config file changes that only a restart applies"
+        )
+        .expect("metric"),
         invalidations: register_int_counter!(
             "kurz_proxy_invalidations_total",
             "Near-cache invalidation messages received"
@@ -185,7 +193,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for result in ["ok", "failed", "sampled_out"] {
         m.clicks.with_label_values(&[result]);
     }
-    for result in ["ok", "error"] {
+    for result in ["ok", "partial", "error"] {
         m.reloads.with_label_values(&[result]);
     }
     // The process runs the file it started with.

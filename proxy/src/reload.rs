@@ -38,7 +38,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    async fn reload(&self) -> Result<(), String> {
+    /// The keys of the file that differ from the running process and need a restart: a reload
+    /// that applied the rest.
+    async fn reload(&self) -> Result<Vec<String>, String> {
         let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
         // Loaded before anything changes: a pair that does not load fails the whole reload.
         let cert = match &self.cert {
@@ -76,7 +78,7 @@ impl Reloader {
         if !stale.is_empty() {
             log::warn!(keys = stale.join(","); "configuration keys changed that need a restart; they keep their running values");
         }
-        Ok(())
+        Ok(stale)
     }
 }
 
@@ -94,9 +96,11 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.reload().await {
-                    Ok(()) => {
-                        METRICS.reloads.with_label_values(&["ok"]).inc();
+                    Ok(stale) => {
+                        let result = if stale.is_empty() { "ok" } else { "partial" };
+                        METRICS.reloads.with_label_values(&[result]).inc();
                         METRICS.config_applied.set(1);
+                        METRICS.config_keys_needing_restart.set(stale.len() as i64);
                     }
                     Err(e) => {
                         METRICS.reloads.with_label_values(&["error"]).inc();

@@ -692,6 +692,42 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
     let limited = client.get(&url).send().await.unwrap();
     assert_eq!(limited.status(), 429, "the reloaded limit applies");
     assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
+    let needing_restart = || async {
+        stack
+            .metric(
+                stack.admin_port,
+                "kurz_proxy_config_keys_needing_restart",
+                &[],
+            )
+            .await
+    };
+    assert_eq!(needing_restart().await, 0.0);
+
+    // A file that also changes a key only a restart applies: the rest applies, and the reload
+    // says it took in part rather than "ok".
+    stack.write_config(
+        &[0],
+        &Options {
+            rate_limits: LIMITED.into(),
+            extra_yaml: "clicks: { batch_max: 7 }\n".into(),
+            ..Options::default()
+        },
+    );
+    stack.signal_proxy("HUP");
+    stack.reloads_reach("partial", 1.0).await;
+    assert_eq!(needing_restart().await, 1.0);
+    assert!(stack.proxy_log().contains("clicks.batch_max"));
+    // Put back: nothing waits for a restart any more.
+    stack.write_config(
+        &[0],
+        &Options {
+            rate_limits: LIMITED.into(),
+            ..Options::default()
+        },
+    );
+    stack.signal_proxy("HUP");
+    stack.reloads_reach("ok", 2.0).await;
+    assert_eq!(needing_restart().await, 0.0);
 }
 
 /// docs/operations.md: the environment's overrides win over the file at every reload, so an
