@@ -578,8 +578,17 @@ pub async fn stats(
     // waiting on it with the connection it needs would starve it (with the pool's last
     // connection, every read answered with its clicks pending).
     let pending = crate::routes::events::drain_clicks(&state).await;
-    let client = state.client().await?;
-    let mut stats = db::stats::url_stats(&client, id, range).await?;
+    let mut client = state.client().await?;
+    // The totals, the days and the breakdowns are three statements: one snapshot, so clicks
+    // stored meanwhile cannot make the total differ from the sum of the days.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let mut stats = db::stats::url_stats(&tx, id, range).await?;
+    tx.commit().await?;
     stats["imported_clicks"] = json!(link.imported_clicks);
     let response = Json(stats).into_response();
     Ok(crate::routes::events::mark_pending(response, pending))

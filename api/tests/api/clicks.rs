@@ -204,6 +204,45 @@ async fn entries_acknowledged_but_left_in_the_streams_do_not_hold_reads() {
     assert_eq!(clicks_in_db(&app, id).await, 6);
 }
 
+/// A link's stats are read in one snapshot: with clicks stored while they are read, the total
+/// and the visitors are still the sums of the days' (docs/API.md).
+#[tokio::test]
+async fn stats_read_while_clicks_are_stored_add_up() {
+    let app = spawn_app().await;
+    let (user, id, _) = app
+        .create_link("snapshot", "https://example.com/snapshot")
+        .await;
+    let writer = {
+        let db = app.sql().await;
+        tokio::spawn(async move {
+            for n in 0..1_500 {
+                db.execute(
+                    "INSERT INTO events (url_id, user_id, event_type, click_id, visitor) \
+                     VALUES ($1, $2, 'click', $3, $3)",
+                    &[&id, &user, &format!("snap-{n}")],
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let stats = app.stats(id).await;
+        let days = stats["daily"].as_array().unwrap();
+        let sum = |field: &str| days.iter().map(|d| d[field].as_i64().unwrap()).sum::<i64>();
+        assert_eq!(stats["clicks"].as_i64().unwrap(), sum("clicks"), "{stats}");
+        assert_eq!(
+            stats["visitors"].as_i64().unwrap(),
+            sum("visitors"),
+            "{stats}"
+        );
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert_eq!(app.stats(id).await["clicks"], 1_500);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_flushes_pending_clicks() {
     let mut app = idle_consumer_app().await;
