@@ -15,6 +15,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+/// A read-only transaction at repeatable read: the statements of one answer (a count and its
+/// page, a link's totals and its days) then see one snapshot, whatever commits meanwhile.
+pub async fn snapshot(
+    c: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// Placeholder list builder for queries whose WHERE clause depends on the filters given.
 pub struct Filter<'a> {
     clauses: Vec<String>,

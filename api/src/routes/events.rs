@@ -70,9 +70,12 @@ pub async fn list(
         event_type: event_type_param(&q)?,
     };
     let pending = drain_clicks(&state).await;
-    let client = state.client().await?;
-    let total = db::events::count_events(&client, &filter).await?;
-    let events = db::events::list_events(&client, &filter, page.limit, page.offset).await?;
+    let mut client = state.client().await?;
+    // The count and the page in one snapshot: `X-Total-Count` counts the rows shown.
+    let tx = db::snapshot(&mut client).await?;
+    let total = db::events::count_events(&tx, &filter).await?;
+    let events = db::events::list_events(&tx, &filter, page.limit, page.offset).await?;
+    tx.commit().await?;
     let response = page.respond(
         events.iter().map(|e| e.to_json()).collect(),
         total,

@@ -300,9 +300,11 @@ pub async fn list(
         tags: tag_filter(&q)?,
         search: Vec::new(),
     };
-    let client = state.client().await?;
-    let total = db::urls::count_urls(&client, &filter).await?;
-    let links = db::urls::list_urls(&client, &filter, page.limit, page.offset).await?;
+    let mut client = state.client().await?;
+    let tx = db::snapshot(&mut client).await?;
+    let total = db::urls::count_urls(&tx, &filter).await?;
+    let links = db::urls::list_urls(&tx, &filter, page.limit, page.offset).await?;
+    tx.commit().await?;
     let base = state.config.base();
     Ok(page.respond(
         links.iter().map(|l| l.to_json(base)).collect(),
@@ -579,14 +581,9 @@ pub async fn stats(
     // connection, every read answered with its clicks pending).
     let pending = crate::routes::events::drain_clicks(&state).await;
     let mut client = state.client().await?;
-    // The totals, the days and the breakdowns are three statements: one snapshot, so clicks
-    // stored meanwhile cannot make the total differ from the sum of the days.
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    // The totals, the days and the breakdowns are three statements: clicks stored between
+    // them would make the total differ from the sum of the days.
+    let tx = db::snapshot(&mut client).await?;
     let mut stats = db::stats::url_stats(&tx, id, range).await?;
     tx.commit().await?;
     stats["imported_clicks"] = json!(link.imported_clicks);

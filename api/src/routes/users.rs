@@ -58,9 +58,11 @@ pub async fn list(
     caller.require_admin()?;
     let q = Query::parse(raw.as_deref());
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
-    let client = state.client().await?;
-    let total = db::users::count_users(&client).await?;
-    let users = db::users::list_users(&client, page.limit, page.offset).await?;
+    let mut client = state.client().await?;
+    let tx = db::snapshot(&mut client).await?;
+    let total = db::users::count_users(&tx).await?;
+    let users = db::users::list_users(&tx, page.limit, page.offset).await?;
+    tx.commit().await?;
     Ok(page.respond(
         users.iter().map(|u| u.to_json()).collect(),
         total,
@@ -180,12 +182,14 @@ pub async fn urls(
         tags: super::urls::tag_filter(&q)?,
         search: Vec::new(),
     };
-    let client = state.client().await?;
-    if !db::users::user_exists(&client, id).await? {
+    let mut client = state.client().await?;
+    let tx = db::snapshot(&mut client).await?;
+    if !db::users::user_exists(&tx, id).await? {
         return Err(ApiError::NotFound(format!("user {id} not found")));
     }
-    let total = db::urls::count_urls(&client, &filter).await?;
-    let links = db::urls::list_urls(&client, &filter, page.limit, page.offset).await?;
+    let total = db::urls::count_urls(&tx, &filter).await?;
+    let links = db::urls::list_urls(&tx, &filter, page.limit, page.offset).await?;
+    tx.commit().await?;
     let base = state.config.base();
     Ok(page.respond(
         links.iter().map(|l| l.to_json(base)).collect(),
