@@ -118,6 +118,21 @@ pub fn refuse_cross_site_form(headers: &axum::http::HeaderMap) -> Result<(), Api
     Ok(())
 }
 
+/// [`refuse_cross_site_form`] as an extractor placed before the body's: the body of such a
+/// post (a form) is not JSON, and read first it answered 400 instead of this 415.
+pub struct NotCrossSiteForm;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NotCrossSiteForm {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        refuse_cross_site_form(&parts.headers).map(|()| NotCrossSiteForm)
+    }
+}
+
 /// The path (`details.key`, `tags[2]`) of the first key or string holding a NUL character.
 pub(crate) fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
     fn walk(v: &Value, path: String) -> Option<String> {

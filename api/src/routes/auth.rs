@@ -59,10 +59,9 @@ fn session_body(state: &AppState, user: &User, token: &str) -> Value {
 /// `POST /auth/register`.
 pub async fn register(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: crate::extract::NotCrossSiteForm,
     body: JsonObject,
 ) -> ApiResult<Response> {
-    crate::extract::refuse_cross_site_form(&headers)?;
     let user = register_account(&state, body).await?;
     session_answer(&state, &user, StatusCode::CREATED)
         .await
@@ -150,9 +149,9 @@ pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    _: crate::extract::NotCrossSiteForm,
     body: JsonObject,
 ) -> ApiResult<Response> {
-    crate::extract::refuse_cross_site_form(&headers)?;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
     let (user, token) = log_in(&state, ip, body).await?;
     Ok((StatusCode::OK, Json(session_body(&state, &user, &token))).into_response())

@@ -1394,6 +1394,18 @@ async fn another_sites_page_cannot_make_visitors_fail_logins() {
                 "{path} {headers:?}"
             );
         }
+        // What a form really posts: a body that is not JSON at all.
+        let res = app
+            .client
+            .post(app.url(path))
+            .header("x-real-ip", ip)
+            .header("origin", "https://evil.example")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=victim%40example.com&password=wrong-on-purpose")
+            .send()
+            .await
+            .unwrap();
+        error_of(res, 415).await;
     }
     // Nothing was counted: the victim, from that same address, logs in at once, and a typo of
     // theirs is a plain 401.
