@@ -48,6 +48,11 @@ async fn generated_sample_data_imports_completely_and_moves_sequences() {
     let counts = import_dir(&app, &dir).await;
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(counts, [300, 20_000, 5_000]);
+    // A page asked for without per_page holds 50 (docs/API.md); without either, every row.
+    let page: Vec<Value> = app.get("/users?page=2").await.json().await.unwrap();
+    assert_eq!(page.len(), 50);
+    let all: Vec<Value> = app.get("/users").await.json().await.unwrap();
+    assert_eq!(all.len(), 300);
     let res = app.get("/urls?per_page=1").await;
     assert_eq!(res.headers()["x-total-count"], "20000");
     let first: Vec<Value> = res.json().await.unwrap();

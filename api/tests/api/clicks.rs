@@ -257,6 +257,48 @@ async fn stats_read_while_clicks_are_stored_add_up() {
     assert_eq!(app.stats(id).await["clicks"], 900);
 }
 
+/// docs/API.md: each breakdown lists its 10 largest values, most clicks first.
+#[tokio::test]
+async fn a_breakdown_lists_its_ten_largest_values() {
+    let app = spawn_app().await;
+    let (_, id, code) = app.create_link("top", "https://example.com/top").await;
+    // Twelve sites, the n-th sending n visits.
+    for n in 1..=12 {
+        for _ in 0..n {
+            let res = app
+                .client
+                .get(app.url(&format!("/{code}")))
+                .header("referer", format!("https://site{n}.example/page"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 302);
+        }
+    }
+    let stats = app.stats(id).await;
+    assert_eq!(stats["clicks"], 78);
+    for (list, name) in [("top_referrers", "referrer"), ("referrer_hosts", "host")] {
+        let shown: Vec<(String, i64)> = stats[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[name].as_str().unwrap().to_owned(),
+                    r["clicks"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let counts: Vec<i64> = shown.iter().map(|(_, c)| *c).collect();
+        assert_eq!(
+            counts,
+            (3..=12).rev().collect::<Vec<i64>>(),
+            "{list}: {shown:?}"
+        );
+        assert!(shown[0].0.contains("site12.example"), "{list}: {shown:?}");
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_flushes_pending_clicks() {
     let mut app = idle_consumer_app().await;

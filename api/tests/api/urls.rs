@@ -230,9 +230,19 @@ async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
     )
     .await;
 
-    // The link read back whole and sent again: its own code and owner are no change.
+    // The link read back whole and sent again: its own code and owner are no change, and no
+    // change writes no event and leaves updated_at (docs/API.md).
     let res = app.put_json(&format!("/urls/{id}"), &updated).await;
     assert_eq!(res.status(), 200);
+    let unchanged: Value = res.json().await.unwrap();
+    assert_eq!(unchanged["updated_at"], updated["updated_at"]);
+    let after: Vec<Value> = app
+        .get(&format!("/events?url_id={id}&event_type=updated"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after.len(), events.len(), "{after:?}");
     // Another code or owner is refused by name, not answered 200 with nothing changed.
     let other = app.create_user("up2").await;
     for (field, value) in [("short_code", json!("renamed1")), ("user_id", json!(other))] {

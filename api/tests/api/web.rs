@@ -132,9 +132,12 @@ async fn the_home_page_is_a_small_html_form_with_strict_browser_headers() {
         "style-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",
+        "img-src 'self' data:",
+        "base-uri 'none'",
     ] {
         assert!(csp.contains(rule), "{csp}");
     }
+    assert_eq!(h["referrer-policy"], "no-referrer");
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(
         !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
