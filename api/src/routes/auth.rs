@@ -214,14 +214,15 @@ async fn check_login(
     };
     f.finish()?;
     let password = password.unwrap_or_default();
-    // What names nobody is counted as the lookup matches it: an email in any case, a username
-    // as written. Folded usernames would share one count between `Bob` and `bob`, and the
-    // answer for one after locking the other out would tell whether it names an account.
-    let who = match (&email, &username) {
-        (Some(email), _) => email.to_lowercase(),
-        (None, Some(username)) => username.clone(),
-        (None, None) => String::new(),
-    };
+    // What names nobody is counted as written. A folded count would be shared by `Bob` and
+    // `bob`, and the answer for one after locking the other out would tell whether it names
+    // an account: an email matches in any case, but one sent as `email` that no account has is
+    // tried as a username, which matches as written.
+    let who = email
+        .as_ref()
+        .or(username.as_ref())
+        .cloned()
+        .unwrap_or_default();
     // The connection goes back before the hash: a queue of log-ins waiting for the hash
     // permits must not hold the pool (every other request got 503 during a login flood).
     let found = db::users::find_login(
