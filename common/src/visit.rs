@@ -39,6 +39,12 @@ use crate::keys::{lua_entry_pattern, CachedLink, KeySchema, VISIT_MARK_SECONDS};
 /// The header an edge passes a forwarded visit's id in (see the module docs).
 pub const VISIT_ID_HEADER: &str = "x-kurz-visit-id";
 
+/// The header an edge passes its click-sampling draw for a forwarded `GET` in (`1` kept, `0`
+/// sampled out): one draw per visit, so a redirect the edge could not record (its append
+/// failed) is not sampled a second time by the API, keeping `sample_rate` a rate rather than
+/// its square. Like the visit id, believed from trusted proxies only.
+pub const CLICK_SAMPLED_HEADER: &str = "x-kurz-click-sampled";
+
 /// What the script answers for a limited link whose visits are used up. Not a valid entry, so
 /// no decoder can mistake it for one.
 pub const EXHAUSTED: &str = "!";

@@ -273,14 +273,20 @@ impl ClickRecorder {
 
     /// Records one click before the redirect is answered: appended to its partition's stream,
     /// or inserted directly when Redis is down. A click neither can take is counted as lost; the
-    /// redirect still answers, because a visitor must not pay for our bookkeeping.
-    pub async fn record(&self, click: Click) {
-        if self.sample_rate < 1.0 && rand::random::<f64>() >= self.sample_rate {
-            self.metrics
-                .clicks
-                .with_label_values(&["sampled_out"])
-                .inc();
-            return;
+    /// redirect still answers, because a visitor must not pay for our bookkeeping. `drawn` is
+    /// the sampling draw an edge made for it already (and counted, when out).
+    pub async fn record(&self, click: Click, drawn: Option<bool>) {
+        match drawn {
+            Some(false) => return,
+            Some(true) => {}
+            None if self.sample_rate < 1.0 && rand::random::<f64>() >= self.sample_rate => {
+                self.metrics
+                    .clicks
+                    .with_label_values(&["sampled_out"])
+                    .inc();
+                return;
+            }
+            None => {}
         }
         let append = click.xadd(&self.keys.clicks_for(&click.code));
         let appended = match self.redis.replica_wait() {

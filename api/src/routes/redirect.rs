@@ -18,7 +18,7 @@ use axum::Extension;
 use kurz_common::clicks::{clip, Click};
 use kurz_common::keys::{CachedLink, LinkEntry, Verdict, GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::shortcode;
-use kurz_common::visit::VISIT_ID_HEADER;
+use kurz_common::visit::{CLICK_SAMPLED_HEADER, VISIT_ID_HEADER};
 use std::net::SocketAddr;
 
 pub async fn redirect(
@@ -183,7 +183,17 @@ async fn visit_and_redirect(
             LimitedVisit::Changed(_) => return Err(not_found(code)),
         }
     } else if let Some(click) = click {
-        state.clicks.record(click).await;
+        // The edge's draw for a visit it forwards: sampled once, by whoever saw it first.
+        let drawn = visit
+            .headers
+            .get(CLICK_SAMPLED_HEADER)
+            .filter(|_| state.proxies.trusts(visit.peer.ip()))
+            .and_then(|v| match v.as_bytes() {
+                b"1" => Some(true),
+                b"0" => Some(false),
+                _ => None,
+            });
+        state.clicks.record(click, drawn).await;
     }
     let location = HeaderValue::from_str(&entry.target).map_err(|_| {
         ApiError::Internal(format!(

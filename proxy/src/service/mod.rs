@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use kurz_common::clicks::{clip, is_valid_id, new_id, Click};
 use kurz_common::keys::{GONE_EXHAUSTED, GONE_EXPIRED};
 use kurz_common::proxies::ProxyTrust;
-use kurz_common::visit::VISIT_ID_HEADER;
+use kurz_common::visit::{CLICK_SAMPLED_HEADER, VISIT_ID_HEADER};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
@@ -58,6 +58,8 @@ pub struct Ctx {
     /// The id of a visit the edge ran through the visit script, passed on if the request is
     /// forwarded after all: the API's run then does not count it again.
     visit_id: Option<String>,
+    /// This `GET`'s click-sampling draw, passed on if the request is forwarded.
+    click_sampled: Option<bool>,
 }
 
 impl Edge {
@@ -118,6 +120,7 @@ impl Edge {
         if get && !sampled {
             HOT.clicks_sampled_out.inc();
         }
+        ctx.click_sampled = get.then_some(sampled);
         let outcome = self
             .redirector
             .resolve(code, click, sampled, &mut ctx.visit_id)
@@ -166,6 +169,7 @@ impl ProxyHttp for Edge {
             again_to_failed: false,
             body_bytes: 0,
             visit_id: None,
+            click_sampled: None,
         }
     }
 
@@ -427,6 +431,10 @@ impl ProxyHttp for Edge {
         upstream.remove_header(VISIT_ID_HEADER);
         if let Some(id) = &ctx.visit_id {
             upstream.insert_header(VISIT_ID_HEADER, id)?;
+        }
+        upstream.remove_header(CLICK_SAMPLED_HEADER);
+        if let Some(sampled) = ctx.click_sampled {
+            upstream.insert_header(CLICK_SAMPLED_HEADER, if sampled { "1" } else { "0" })?;
         }
         Ok(())
     }

@@ -528,6 +528,42 @@ fn a_listener_that_cannot_bind_stops_the_edge_naming_its_key() {
     );
 }
 
+/// A redirect the edge forwards (here: its cache entry gone) is sampled once, by the edge: the
+/// API records it as the edge drew, whatever its own rate, and a client cannot send a draw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_redirect_is_sampled_by_the_edge_only() {
+    // (edge's rate, API's rate, clicks the forwarded visits leave)
+    for (edge_rate, api_rate, stored) in [("1.0", "0.0", 6), ("0.0", "1.0", 0)] {
+        let stack = Stack::start(Options {
+            extra_yaml: format!("clicks: {{ sample_rate: {edge_rate} }}\n"),
+            api_env: vec![("EVENT_LOG_SAMPLE_RATE".into(), api_rate.into())],
+            ..Options::default()
+        });
+        let keys = kurz_common::keys::KeySchema::new(&stack.prefix, 16);
+        let admin = redis::Client::open(stack.redis_url.clone()).unwrap();
+        let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+        let mut total = 0;
+        for i in 0..6 {
+            let (id, code) = stack.link(&format!("https://example.com/drawn{i}")).await;
+            let _: () = redis::cmd("DEL")
+                .arg(keys.link(&code))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let res = stack
+                .client
+                .get(stack.url(&format!("/{code}")))
+                .header(kurz_common::visit::CLICK_SAMPLED_HEADER, "1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 302);
+            total += clicks(&stack, id).await;
+        }
+        assert_eq!(total, stored, "edge {edge_rate}, API {api_rate}");
+    }
+}
+
 /// A SIGHUP that reaches the edge while it starts is ignored, not the end of the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_while_the_edge_starts_does_not_stop_it() {
