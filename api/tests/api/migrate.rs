@@ -117,3 +117,104 @@ async fn an_older_release_starts_on_a_schema_a_newer_one_migrated() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// One pooled connection to `url`, as the API migrates with.
+async fn pooled(url: &str) -> deadpool_postgres::Client {
+    let cfg = deadpool_postgres::Config {
+        url: Some(url.to_owned()),
+        ..Default::default()
+    };
+    cfg.create_pool(
+        Some(deadpool_postgres::Runtime::Tokio1),
+        tokio_postgres::NoTls,
+    )
+    .unwrap()
+    .get()
+    .await
+    .unwrap()
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A migration whose table another transaction holds (a backup, a long import) waits for it a
+/// second at a time: the table's readers queue behind the waiting migration for no longer than
+/// that, instead of for as long as the other transaction runs. The migration is applied once
+/// the table is free.
+#[tokio::test]
+async fn a_migration_waiting_for_a_held_table_does_not_stall_its_readers() {
+    let (admin, name, url) = empty_database().await;
+    let mut client = pooled(&url).await;
+    kurz_api::migrate::run_to(&mut client, refinery::Target::Version(21))
+        .await
+        .unwrap();
+    // V22 alters `urls`; a transaction that read it holds it until it ends.
+    let holder = connect(&url).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM urls LIMIT 1")
+        .await
+        .unwrap();
+    let migrating = tokio::spawn(async move { kurz_api::migrate::run(&mut client).await });
+    let reader = connect(&url).await;
+    reader
+        .batch_execute("SET statement_timeout = '10s'")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        if let Err(e) = reader.query("SELECT id FROM urls WHERE id = 1", &[]).await {
+            admin
+                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+            panic!("a reader of urls stood behind the waiting migration: {e}");
+        }
+        // Spread over several of the migration's tries (a wait, not a bound asserted).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(!migrating.is_finished(), "migrated through a held table");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let migrated = migrating.await.unwrap();
+    let has_version = reader
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_name = 'urls' AND column_name = 'version'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    drop((holder, reader));
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    migrated.unwrap();
+    assert_eq!(has_version, 1);
+}
+
+/// A shipped migration older than the newest applied one that never ran (a fix merged after a
+/// later migration went out) stops start-up naming it, rather than being skipped.
+#[tokio::test]
+async fn a_migration_left_behind_a_later_one_stops_start_up_naming_it() {
+    let (admin, name, url) = empty_database().await;
+    let first = migrate(&url).output().expect("kurz-api starts");
+    let db = connect(&url).await;
+    db.batch_execute("DELETE FROM refinery_schema_history WHERE version = 21")
+        .await
+        .unwrap();
+    let again = migrate(&url).output().expect("kurz-api starts");
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert!(first.status.success());
+    assert!(!again.status.success(), "V21 was skipped");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("V21__click_columns"), "{stderr}");
+}
