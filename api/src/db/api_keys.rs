@@ -60,7 +60,8 @@ pub enum NewKey {
     Stored(ApiKey),
     /// The user holds [`MAX_LIVE_KEYS`] live keys already.
     TooMany,
-    /// The user was deleted (before this, or while this waited for the delete to commit).
+    /// The user was deleted, or an import gave the account another email (before this, or
+    /// while this waited for that to commit): the caller no longer holds the account.
     UserGone,
 }
 
@@ -69,19 +70,26 @@ pub enum NewKey {
 /// takes before it revokes them: a maker that comes second sees the user deleted and makes
 /// nothing; one that comes first has its key revoked by the delete. Without it a key made while
 /// the user was deleted outlived the delete: a re-import of the user would bring it back.
+///
+/// `email` is the account's email as the caller was authenticated with it: an import that gave
+/// the id another email revokes its keys under the same lock, and a key made after must not
+/// act as the new email.
 pub async fn insert_key(
     c: &impl GenericClient,
     user_id: i64,
+    email: &str,
     name: &str,
     prefix: &str,
     hash: &str,
 ) -> Result<NewKey, Error> {
     lock_user_keys(c, user_id).await?;
-    // After the lock: a delete that held it has committed, and this statement sees it.
+    // After the lock: a delete or an import that held it has committed, and this sees it.
     let live = c
-        .prepare_cached("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL")
+        .prepare_cached(
+            "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL AND lower(email) = lower($2)",
+        )
         .await?;
-    if c.query_opt(&live, &[&user_id]).await?.is_none() {
+    if c.query_opt(&live, &[&user_id, &email]).await?.is_none() {
         return Ok(NewKey::UserGone);
     }
     let stmt = c

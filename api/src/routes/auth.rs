@@ -396,7 +396,7 @@ pub async fn create_key(
     let mut f = Fields::new(body);
     let name = f.string("name");
     f.finish()?;
-    let (stored, key) = issue_key(&state, me.user.id, &name.unwrap_or_default()).await?;
+    let (stored, key) = issue_key(&state, &me.user, &name.unwrap_or_default()).await?;
     let mut body = stored.to_json();
     body["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -406,7 +406,7 @@ pub async fn create_key(
 /// stored). The JSON endpoint and the web app's keys page both come here.
 pub(crate) async fn issue_key(
     state: &AppState,
-    user_id: i64,
+    user: &db::users::User,
     name: &str,
 ) -> ApiResult<(db::api_keys::ApiKey, String)> {
     // Here, not only in the JSON body's checks: the keys page sends what was typed, and a
@@ -421,8 +421,9 @@ pub(crate) async fn issue_key(
     let prefix = key[..API_KEY_PREFIX.len() + 8].to_owned();
     let mut client = state.client().await?;
     let tx = client.transaction().await?;
+    let hash = token_hash(&key);
     let stored =
-        match db::api_keys::insert_key(&tx, user_id, name, &prefix, &token_hash(&key)).await? {
+        match db::api_keys::insert_key(&tx, user.id, &user.email, name, &prefix, &hash).await? {
             db::api_keys::NewKey::Stored(stored) => stored,
             db::api_keys::NewKey::TooMany => {
                 return Err(ApiError::Conflict(format!(
@@ -431,7 +432,9 @@ pub(crate) async fn issue_key(
                 )))
             }
             db::api_keys::NewKey::UserGone => {
-                return Err(ApiError::Unauthorized("the account was deleted".into()))
+                return Err(ApiError::Unauthorized(
+                    "the account was deleted or given to another email".into(),
+                ))
             }
         };
     crate::deadline::commit(tx).await?;

@@ -62,9 +62,9 @@ pub async fn make_key(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let user_id = visit.user.as_ref().expect("logged in").id;
+    let user = visit.user.as_ref().expect("logged in");
     let name = field(&fields, "name").trim();
-    match crate::routes::auth::issue_key(&state, user_id, name).await {
+    match crate::routes::auth::issue_key(&state, user, name).await {
         Ok((_, key)) => keys_page(&state, &visit, Some(&key), "", &[], StatusCode::CREATED).await,
         Err(e) => super::marked(
             keys_page(&state, &visit, None, name, &messages(&e), e.status()).await,

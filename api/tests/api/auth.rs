@@ -534,6 +534,19 @@ async fn an_import_that_gives_an_account_another_email_ends_its_credentials() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    // A key mallory's session asked for while the import ran is made after it, and must not
+    // act as ops either.
+    let late = kurz_api::db::api_keys::insert_key(
+        &app.state.db.get().await.unwrap(),
+        mallory_id,
+        "mallory@example.com",
+        "late",
+        "kzk_11111111",
+        "h",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(late, kurz_api::db::api_keys::NewKey::UserGone));
     assert_eq!(
         me(&app, &mallory).await.status(),
         401,
@@ -1000,7 +1013,8 @@ async fn a_user_deleted_while_a_key_is_made_takes_the_key_with_it() {
     let mut holder = app.state.db.get().await.unwrap();
     // The maker's transaction (`POST /auth/keys`), held open before its commit.
     let maker = holder.transaction().await.unwrap();
-    let made = kurz_api::db::api_keys::insert_key(&maker, id, "first", "kzk_00000000", "h")
+    let email = "keyfirst@example.com";
+    let made = kurz_api::db::api_keys::insert_key(&maker, id, email, "first", "kzk_00000000", "h")
         .await
         .unwrap();
     assert!(matches!(made, kurz_api::db::api_keys::NewKey::Stored(_)));
