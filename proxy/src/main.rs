@@ -32,7 +32,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    ignore_hangups_until_the_reloader_listens();
+    kurz_proxy::reload::note_early_hangups();
     let Args {
         config: path,
         check,
@@ -63,15 +63,4 @@ fn fail(msg: &str) -> ExitCode {
     kurz_common::logging::flush();
     eprintln!("{msg}");
     ExitCode::FAILURE
-}
-
-/// SIGHUP's default action ends the process, and the reloader installs its handler only once
-/// the server runs: a `systemctl reload` or a certificate hook right after a start (up to 5 s
-/// under `--upgrade`) stopped the edge. Until then a reload has nothing to do: the file was
-/// just read. The reloader's handler replaces this disposition.
-fn ignore_hangups_until_the_reloader_listens() {
-    // SAFETY: no other thread exists yet, and SIG_IGN runs no code in the handler.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
 }

@@ -28,8 +28,8 @@ pub struct Metrics {
     pub clicks: IntCounterVec,
     /// SIGHUP reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
-    /// 1 while the config file read last (at start or by the latest SIGHUP) is the one running,
-    /// 0 after a refused reload: what an alert can hold until the file is fixed.
+    /// 0 after a refused reload, 1 after a start or a reload that took (in part too: see
+    /// `config_keys_needing_restart`): what an alert can hold until the file is fixed.
     pub config_applied: IntGauge,
     /// Keys of the file the latest SIGHUP read that differ from the running process and only a
     /// restart applies: a reload that took in part still leaves work to do.
@@ -110,7 +110,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("metric"),
         config_applied: register_int_gauge!(
             "kurz_proxy_config_last_reload_success",
-            "1 while the latest config read (start-up or SIGHUP) is running, 0 after a refused reload"
+            "0 after a refused reload; 1 after a start or a reload that took (keys it could not apply: kurz_proxy_config_keys_needing_restart)"
         )
         .expect("metric"),
         config_keys_needing_restart: register_int_gauge!(

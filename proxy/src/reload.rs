@@ -16,10 +16,34 @@ use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Whether SIGHUP reaches the reloader yet. Until it does, a SIGHUP takes its default action
-/// and ends the process (Pingora installs no handler for it), so readiness waits for this: a
-/// reload sent right after the edge reported ready (a harness, a deploy script) killed it.
+/// Whether SIGHUP reaches the reloader yet. Readiness waits for this: until then a SIGHUP is
+/// only noted ([`note_early_hangups`]), and a deploy script that reloads right after the edge
+/// reported ready expects the reload to happen.
 static LISTENING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A SIGHUP came before the reloader listened.
+static EARLY_HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn early_hangup(_: libc::c_int) {
+    EARLY_HANGUP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGHUP's default action ends the process, and the reloader installs its handler only once
+/// the server runs (up to 5 s later under `--upgrade`, waiting for the sockets): a `systemctl
+/// reload` or a certificate hook in that window stopped the edge. From the first line of `main`
+/// a SIGHUP is noted instead, and the reloader reloads once as it starts, so a file changed and
+/// signalled in that window is applied rather than lost. The reloader's handler then takes
+/// over (tokio's registry keeps calling this one too, which only sets the flag again).
+pub fn note_early_hangups() {
+    // SAFETY: called before any other thread exists; the handler only stores to an atomic,
+    // which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            early_hangup as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
 
 pub fn listening() -> bool {
     LISTENING.load(std::sync::atomic::Ordering::Acquire)
@@ -93,22 +117,33 @@ impl BackgroundService for Reloader {
             }
         };
         LISTENING.store(true, std::sync::atomic::Ordering::Release);
+        if EARLY_HANGUP.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            log::info!("SIGHUP received while starting; reloading now");
+            self.apply().await;
+        }
         loop {
             tokio::select! {
-                _ = hup.recv() => match self.reload().await {
-                    Ok(stale) => {
-                        let result = if stale.is_empty() { "ok" } else { "partial" };
-                        METRICS.reloads.with_label_values(&[result]).inc();
-                        METRICS.config_applied.set(1);
-                        METRICS.config_keys_needing_restart.set(stale.len() as i64);
-                    }
-                    Err(e) => {
-                        METRICS.reloads.with_label_values(&["error"]).inc();
-                        METRICS.config_applied.set(0);
-                        log::error!(error = e; "configuration reload failed; keeping the running configuration");
-                    }
-                },
+                _ = hup.recv() => self.apply().await,
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// One reload, counted and logged.
+    async fn apply(&self) {
+        match self.reload().await {
+            Ok(stale) => {
+                let result = if stale.is_empty() { "ok" } else { "partial" };
+                METRICS.reloads.with_label_values(&[result]).inc();
+                METRICS.config_applied.set(1);
+                METRICS.config_keys_needing_restart.set(stale.len() as i64);
+            }
+            Err(e) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                METRICS.config_applied.set(0);
+                log::error!(error = e; "configuration reload failed; keeping the running configuration");
             }
         }
     }

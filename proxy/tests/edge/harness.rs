@@ -365,58 +365,6 @@ impl Stack {
         self.wait_ready();
     }
 
-    /// Stops the proxy at once (SIGINT) and starts it again with SIGHUPs sent to it from the
-    /// moment it can take them until it is ready, as a `systemctl reload` right after a start
-    /// would. Panics if one of them ends it.
-    pub fn restart_proxy_under_hangups(&mut self) {
-        self.signal_proxy("INT");
-        self.wait_proxy_exit(Duration::from_secs(30));
-        let child = self.spawn_proxy(false);
-        let pid = child.id().to_string();
-        self.proxy = Some(child);
-        // SIGHUP is bit 0 of the masks in /proc/<pid>/status. The first state seen after the
-        // exec must be "ignored": a handler first means the start-up window was open.
-        let hup = |mask: &str, status: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(mask))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-                .is_some_and(|m| m & 1 == 1)
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            if hup("SigIgn:", &status) {
-                break;
-            }
-            assert!(
-                !hup("SigCgt:", &status),
-                "the edge took SIGHUP's default action until its reloader listened"
-            );
-            assert!(Instant::now() < deadline, "the edge never ignored SIGHUP");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let admin = self.admin_port;
-        wait_until(
-            "the proxy ready under SIGHUPs",
-            Duration::from_secs(30),
-            || {
-                let hung_up = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-                let exited = self.proxy.as_mut().unwrap().try_wait().unwrap();
-                assert!(
-                    hung_up.success() && exited.is_none(),
-                    "a SIGHUP while the edge started ended it: {exited:?}"
-                );
-                Command::new("curl")
-                    .args(["-s", "-f"])
-                    .arg(format!("http://127.0.0.1:{admin}/health/ready"))
-                    .output()
-                    .is_ok_and(|o| o.stdout.ends_with(br#""upstreams":"ok"}"#))
-            },
-        );
-        self.wait_ready();
-    }
-
     fn spawn_proxy(&self, upgrade: bool) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -466,6 +414,12 @@ impl Stack {
     /// A graceful upgrade as docs/operations.md describes it: a new process started with
     /// `--upgrade`, then SIGQUIT to the old one. Returns once the old one exited (cleanly).
     pub fn upgrade_proxy(&mut self) {
+        self.upgrade_proxy_with(|_, _| {});
+    }
+
+    /// [`Self::upgrade_proxy`], running `meanwhile` with the new process's pid while it waits
+    /// for the sockets (before the old one is told to hand them over).
+    pub fn upgrade_proxy_with(&mut self, meanwhile: impl FnOnce(&Self, u32)) {
         let new = self.spawn_proxy(true);
         // The new process waits on the upgrade socket; the old one sends to it.
         let sock = self.dir.join("upgrade.sock");
@@ -474,6 +428,7 @@ impl Stack {
             Duration::from_secs(30),
             || sock.exists(),
         );
+        meanwhile(self, new.id());
         self.signal_proxy("QUIT");
         let mut old = self.proxy.replace(new).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);

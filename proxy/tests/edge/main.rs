@@ -564,13 +564,46 @@ async fn a_forwarded_redirect_is_sampled_by_the_edge_only() {
     }
 }
 
-/// A SIGHUP that reaches the edge while it starts is ignored, not the end of the process.
+/// A SIGHUP that reaches the edge while it starts (here: a new process of an upgrade, waiting
+/// for the sockets) is not the end of the process, nor lost: the file it signals is applied
+/// once the reloader listens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sighup_while_the_edge_starts_does_not_stop_it() {
+async fn a_sighup_while_the_edge_starts_is_applied_once_it_runs() {
     let mut stack = Stack::start(Options::default());
     let (_, code) = stack.link("https://example.com/hup").await;
-    stack.restart_proxy_under_hangups();
-    assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
+    let limited = Options {
+        rate_limits: "{ redirect: { rate: 0.001, burst: 2 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
+        ..Options::default()
+    };
+    let all: Vec<usize> = (0..stack.upstreams.len()).collect();
+    stack.upgrade_proxy_with(|stack, new| {
+        stack.write_config(&all, &limited);
+        let hup = Command::new("kill")
+            .args(["-HUP", &new.to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+    });
+    stack.reloads_reach("ok", 1.0).await;
+    let client = from("127.0.0.4");
+    for _ in 0..2 {
+        let res = client
+            .get(stack.url(&format!("/{code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302);
+    }
+    let res = client
+        .get(stack.url(&format!("/{code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        429,
+        "the file signalled while starting applies"
+    );
 }
 
 /// SIGINT stops the edge at once, also while clients keep connecting (Pingora's own fast
