@@ -71,7 +71,7 @@ impl Consumer {
     }
 
     /// Entries of `left` that are neither new nor pending were acknowledged already: see
-    /// [`Stream::delete_acknowledged`](super::stream::Stream::delete_acknowledged).
+    /// [`ClickStream::delete_acknowledged`](super::stream::ClickStream::delete_acknowledged).
     async fn delete_acknowledged(
         &self,
         left: &[u16],

@@ -277,10 +277,19 @@ impl ClickStream {
                     .arg(CLAIM_COUNT),
             )
             .await?;
+        // A full page of pending ids may leave out later ones (ids of entries deleted while
+        // pending count too): only ids up to the page's last are known not to be pending.
+        let known = match pending.last() {
+            Some(last) if pending.len() >= CLAIM_COUNT => stream_id(&last.0),
+            _ => delivered,
+        };
         let orphans: Vec<&str> = listed
             .iter()
             .map(|(id, _)| id.as_str())
-            .filter(|id| stream_id(id) <= delivered && !pending.iter().any(|p| p.0 == *id))
+            .filter(|id| {
+                let at = stream_id(id);
+                at <= delivered && at <= known && !pending.iter().any(|p| p.0 == *id)
+            })
             .collect();
         if orphans.is_empty() {
             return Ok(0);
