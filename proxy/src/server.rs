@@ -66,13 +66,28 @@ fn listeners_bind(cfg: &ProxyConfig) -> Result<(), String> {
     let tls = cfg.listen.https.iter().map(|a| ("listen.https", a));
     let admin = std::iter::once(("admin.listen", &cfg.admin.listen));
     for (key, addr) in public.chain(tls).chain(admin) {
-        // std sets SO_REUSEADDR, as Pingora does: a port whose last connections linger in
-        // TIME_WAIT after a restart still passes.
-        std::net::TcpListener::bind(addr.as_str())
-            .map_err(|e| format!("config key `{key}`: cannot listen on {addr}: {e}"))?;
+        // A port still held is waited for as Pingora would (30 tries a second apart): a
+        // previous edge may be finishing its drain.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // std sets SO_REUSEADDR, as Pingora does: a port whose last connections linger in
+            // TIME_WAIT after a restart still passes.
+            match std::net::TcpListener::bind(addr.as_str()) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < BIND_TRIES => {
+                    log::warn!(key = key, addr = addr.as_str(), attempt = tries; "address in use; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(format!("config key `{key}`: cannot listen on {addr}: {e}")),
+            }
+        }
     }
     Ok(())
 }
+
+/// Tries of a bind whose port is in use, as Pingora's own listener makes.
+const BIND_TRIES: u32 = 30;
 
 /// Builds and runs the server; returns only on a start-up error.
 pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
