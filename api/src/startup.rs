@@ -42,11 +42,16 @@ pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {
 /// a generic plan cannot know, so PostgreSQL's plan cache keeps choosing a custom plan and
 /// plans the statement again for every batch: about as much backend time as the insert itself
 /// for a group of four (docs/capacity.md). One plan fits every batch size a writer sends.
+///
+/// A writer serves every create of its process in turn: one insert waiting for a code another
+/// transaction holds uncommitted (an import's) held all the others for up to the statement
+/// timeout. A second's lock wait sends the batch one create at a time (`creates::commit`), and
+/// the create whose code is held answers 503 on its own.
 fn create_pool(config: &ApiConfig) -> Result<Pool, String> {
     pool_of(
         config,
         config.database.create_writers,
-        &["plan_cache_mode=force_generic_plan"],
+        &["plan_cache_mode=force_generic_plan", "lock_timeout=1000"],
     )
 }
 

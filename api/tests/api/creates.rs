@@ -167,6 +167,60 @@ async fn creates_waiting_together_share_a_statement_and_a_refused_row_fails_alon
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (8, 8));
 }
 
+/// A create whose custom code another transaction holds uncommitted (an import's) waits a
+/// second at most and answers 503 alone: the creates behind it on the same writer are made.
+#[tokio::test]
+async fn a_create_waiting_on_a_held_code_holds_no_other_create() {
+    let app = spawn_app().await;
+    let user = app.create_user("held").await;
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO urls (user_id, short_code, original_url) VALUES ($1, 'heldcode', 'https://example.com/h')",
+        &[&user],
+    )
+    .await
+    .unwrap();
+    let held = {
+        let (client, url) = (app.client.clone(), app.url("/urls"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"user_id": user, "original_url": "https://example.com/mine", "short_code": "heldcode"}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Until the create waits on the code's lock (or, its wait being bounded, was answered).
+    let watcher = app.sql().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 || held.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let other = app.create_url(user, "https://example.com/other").await;
+    assert!(other["short_code"].is_string());
+    let held = held.await.unwrap();
+    tx.rollback().await.unwrap();
+    error_of(held, 503).await;
+}
+
 #[tokio::test]
 async fn concurrent_creates_of_one_custom_code_make_one_link_and_409s() {
     let app = spawn_app().await;
