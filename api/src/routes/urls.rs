@@ -189,6 +189,12 @@ pub(crate) async fn create_link(
             let mut client = state.client().await?;
             let tx = client.transaction().await?;
             if let Some(earlier) = idempotency::claim(&tx, key, fingerprint).await? {
+                drop(tx);
+                drop(client);
+                // Published again: the first try may have ended between its commit and its
+                // publish (its API died, its request was cancelled), and a code looked up
+                // before it was made is cached as missing.
+                refresh_cache(state, &earlier).await;
                 return Ok((earlier.to_json(state.config.base()), true));
             }
             let link = insert(&tx, new, custom_given).await?;

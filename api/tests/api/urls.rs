@@ -328,6 +328,18 @@ async fn idempotency_key_replays_the_first_answer() {
     assert_eq!(first["id"], second["id"]);
     let list: Vec<Value> = app.get("/urls").await.json().await.unwrap();
     assert_eq!(list.len(), 1);
+    // A first try that ended between its commit and its publish, after a lookup of the code
+    // had cached it as missing: the replay publishes the link.
+    let code = first["short_code"].as_str().unwrap();
+    let _: () = app
+        .state
+        .redis
+        .query(redis::cmd("SET").arg(app.state.keys.link(code)).arg("0"))
+        .await
+        .unwrap();
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+    assert_eq!(send(body.clone()).await.unwrap().status(), 201);
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     let other = json!({"user_id": user, "original_url": "https://example.com/other"});
     error_of(send(other.clone()).await.unwrap(), 409).await;
 
