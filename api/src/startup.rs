@@ -68,6 +68,12 @@ fn pool_of(config: &ApiConfig, size: usize, settings: &[&str]) -> Result<Pool, S
             config.database.statement_timeout_ms
         ));
     }
+    if config.database.idle_in_transaction_timeout_ms > 0 {
+        options.push(format!(
+            "-c idle_in_transaction_session_timeout={}",
+            config.database.idle_in_transaction_timeout_ms
+        ));
+    }
     if !options.is_empty() {
         pg.options(options.join(" "));
     }

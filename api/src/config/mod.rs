@@ -321,6 +321,12 @@ impl ApiConfig {
                 "must be at most 2147483647 (PostgreSQL's limit)",
             );
         }
+        if self.database.idle_in_transaction_timeout_ms > i32::MAX as u64 {
+            return bad(
+                "database.idle_in_transaction_timeout_ms",
+                "must be at most 2147483647 (PostgreSQL's limit)",
+            );
+        }
         // Retention takes this many days from today: past chrono's range (~96 million days) the
         // task would panic, and nothing stored is older than a few thousand years.
         if self.events.retention_days > 36_500 {
@@ -742,6 +748,11 @@ mod tests {
             (
                 "database.statement_timeout_ms",
                 |c, v| c.database.statement_timeout_ms = v,
+                i32::MAX as u64,
+            ),
+            (
+                "database.idle_in_transaction_timeout_ms",
+                |c, v| c.database.idle_in_transaction_timeout_ms = v,
                 i32::MAX as u64,
             ),
             (

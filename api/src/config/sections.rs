@@ -25,6 +25,11 @@ pub struct DatabaseConfig {
     /// PostgreSQL cancels any statement running longer (its `statement_timeout`); 0: none.
     /// Migrations run without it.
     pub statement_timeout_ms: u64,
+    /// PostgreSQL ends a session that sits this long inside a transaction without sending a
+    /// statement (its `idle_in_transaction_session_timeout`); 0: never. An API host that died
+    /// or was cut off mid-transaction sends no FIN, and its locks (a claimed Idempotency-Key, a
+    /// custom code) would be held until TCP keepalive noticed, about two hours.
+    pub idle_in_transaction_timeout_ms: u64,
     /// Most link creates committed in one statement (`POST /urls` arriving together share it);
     /// 1 gives every create its own.
     pub create_batch_max: usize,
@@ -92,6 +97,7 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: 2000,
             connect_timeout_ms: 2000,
             statement_timeout_ms: 30_000,
+            idle_in_transaction_timeout_ms: 60_000,
             create_batch_max: 64,
             create_writers: 1,
         }

@@ -1,4 +1,4 @@
-use crate::helpers::{error_of, spawn_app, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -306,6 +306,33 @@ async fn links_aliases_create_and_read() {
         .await
         .unwrap();
     assert_eq!(read["short_code"], link["short_code"]);
+}
+
+/// A create whose API vanished inside its transaction (no FIN: here a pooled session that
+/// stops sending after claiming the key) holds its Idempotency-Key only until PostgreSQL's
+/// idle-in-transaction timeout: the retry then creates, rather than waiting until TCP
+/// keepalive notices, hours later.
+#[tokio::test]
+async fn a_key_a_silent_session_holds_is_freed_by_the_idle_timeout() {
+    let app = spawn_app_with(|c| c.database.idle_in_transaction_timeout_ms = 500).await;
+    let user = app.create_user("silent").await;
+    let silent = app.state.db.get().await.unwrap();
+    silent
+        .batch_execute(
+            "BEGIN; INSERT INTO idempotency_keys (scope_key, fingerprint) VALUES ('0:k-silent', 'x')",
+        )
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .post(app.url("/urls"))
+        .header("idempotency-key", "k-silent")
+        .json(&json!({"user_id": user, "original_url": "https://example.com/silent"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert!(silent.is_closed() || silent.batch_execute("SELECT 1").await.is_err());
 }
 
 #[tokio::test]
