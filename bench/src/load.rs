@@ -54,7 +54,9 @@ impl Stats {
             entry.1 += 1;
         }
         *self.statuses.entry(status).or_default() += 1;
-        let _ = self.latency_us.record((elapsed.as_micros() as u64).max(1));
+        // Clamped, not dropped: a sample past the bound still counts in the tail.
+        self.latency_us
+            .saturating_record((elapsed.as_micros() as u64).max(1));
     }
 
     /// What the workers merged into `total`, once they have all finished.
