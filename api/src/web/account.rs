@@ -125,16 +125,23 @@ pub async fn users(
         .unwrap_or(1)
         .clamp(1, 1_000_000);
     let listed = async {
-        let client = state.client().await?;
+        let mut client = state.client().await?;
+        let client = crate::db::snapshot(&mut client).await?;
         let total = crate::db::users::count_users(&client).await?;
+        // Past the last page: the last page, as the links list does.
+        let last = ((total + USERS_PER_PAGE - 1) / USERS_PER_PAGE).max(1);
+        if page > last {
+            return Ok(Err(last));
+        }
         let users =
             crate::db::users::list_users(&client, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE)
                 .await?;
-        Ok::<_, ApiError>((total, users))
+        Ok::<_, ApiError>(Ok((total, users)))
     }
     .await;
     match listed {
-        Ok((total, users)) => {
+        Ok(Err(last)) => visit.see_other_to(&format!("/ui/users?page={last}")),
+        Ok(Ok((total, users))) => {
             let html = account_pages::users(&visit.page(&state), &users, total, page).into_string();
             visit.respond(StatusCode::OK, html)
         }

@@ -902,6 +902,10 @@ async fn only_admins_see_the_users_page() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("plainuser") && page.contains("plainuser@example.com"));
     assert!(page.contains("2 in all"));
+    // Past the last page: sent to the last one, not shown an empty table.
+    let past = chief.fetch("/ui/users?page=9").await;
+    assert_eq!(past.status(), 303);
+    assert_eq!(past.headers()["location"], "/ui/users?page=1");
     // Admins' "my links" are everyone's.
     let (_, home) = plain.get("/").await;
     plain
