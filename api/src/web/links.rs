@@ -127,7 +127,9 @@ pub async fn list(
         },
     };
     let found = async {
-        let client = state.client().await?;
+        let mut client = state.client().await?;
+        // The count and the page in one snapshot, as the API's lists.
+        let client = crate::db::snapshot(&mut client).await?;
         let total = crate::db::urls::count_urls(&client, &filter).await?;
         // Past the last page (its last link switched off or deleted, a typed `page`): the last
         // page, rather than an empty list whose page links lead nowhere.
@@ -212,12 +214,14 @@ async fn detail(
         let link = own_link(state, visit, id).await?;
         // The clicks answered before this page was asked for are stored first, as for the API.
         crate::routes::events::drain_clicks(state).await;
-        let client = state.client().await?;
+        let mut client = state.client().await?;
         let range = crate::db::stats::Range {
             from: None,
             to: None,
             include_bots: false,
         };
+        // One snapshot, as for `GET /urls/<id>/stats`: the total is the sum of the days shown.
+        let client = crate::db::snapshot(&mut client).await?;
         let stats = crate::db::stats::url_stats(&client, link.id, range).await?;
         Ok::<_, ApiError>((link, stats))
     }
