@@ -18,6 +18,18 @@ fn count(n: i64, noun: &str) -> String {
     }
 }
 
+/// Why a switched-on link no longer redirects, if it does not: its expiry passed, or its
+/// visits are used up (its code then answers 410).
+fn ended(link: &Link) -> Option<&'static str> {
+    if link.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
+        Some("expired")
+    } else if link.max_visits.is_some_and(|m| link.visits >= i64::from(m)) {
+        Some("used up")
+    } else {
+        None
+    }
+}
+
 fn short_url(base: &str, link: &Link) -> String {
     format!("{base}/{}", link.short_code)
 }
@@ -75,6 +87,7 @@ pub fn links(page: &Page, query: &ListQuery, total: i64, list: &[Link], base: &s
                         li {
                             a.code href={ "/ui/links/" (link.id) } { (link.short_code) }
                             @if !link.is_active { " " span.badge { "inactive" } }
+                            @if let Some(why) = ended(link) { " " span.badge { (why) } }
                             div.target { (link.original_url) }
                             div.row {
                                 span.muted { (count(link.visits, "visit")) }
@@ -175,11 +188,18 @@ pub fn link(
         &link.short_code,
         html! {
             p { a href="/ui/links" { "← My links" } }
-            h1 { (link.short_code) @if !link.is_active { " " span.badge { "inactive" } } }
+            h1 {
+                (link.short_code)
+                @if !link.is_active { " " span.badge { "inactive" } }
+                @if let Some(why) = ended(link) { " " span.badge { (why) } }
+            }
             div.result {
                 output { a href=(short) { (short) } }
                 (copy_button(&short))
-                p.muted { "Redirects to " span.target { (link.original_url) } }
+                p.muted {
+                    @if ended(link).is_some() { "Redirected to " } @else { "Redirects to " }
+                    span.target { (link.original_url) }
+                }
                 @if let Some(t) = &link.title { p { (t) } }
             }
             div.row {

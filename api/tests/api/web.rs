@@ -890,6 +890,55 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
     assert_eq!(other.submit(&theirs, revoke, &[]).await.status(), 404);
 }
 
+/// A switched-on link that no longer redirects (expired, or its visits used up: its code
+/// answers 410) says so on the list and on its page, rather than "Redirects to".
+#[tokio::test]
+async fn an_expired_or_used_up_link_says_so_on_its_pages() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "ender").await;
+    for code in ["webgone", "webonce"] {
+        let (_, home) = b.get("/").await;
+        let target = format!("https://example.com/{code}");
+        let res = b
+            .submit(
+                &home,
+                "/ui/shorten",
+                &[("original_url", target.as_str()), ("short_code", code)],
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    let gone = id_of(&app, "webgone").await;
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
+            &[&gone],
+        )
+        .await
+        .unwrap();
+    let once = id_of(&app, "webonce").await;
+    let res = app
+        .put_json(
+            &format!("/urls/{once}"),
+            &serde_json::json!({"max_visits": 1}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.get("/webonce").await.status(), 302);
+    assert_eq!(app.get("/webonce").await.status(), 410);
+    for (id, why) in [(gone, "expired"), (once, "used up")] {
+        let (_, page) = b.get(&format!("/ui/links/{id}")).await;
+        assert!(page.contains(&format!("class=\"badge\">{why}<")), "{page}");
+        assert!(!page.contains("Redirects to"), "{page}");
+    }
+    let (_, list) = b.get("/ui/links").await;
+    assert!(
+        list.contains(">expired<") && list.contains(">used up<"),
+        "{list}"
+    );
+}
+
 #[tokio::test]
 async fn only_admins_see_the_users_page() {
     let app = spawn_app_with(|c| c.auth.admins = vec!["chief@example.com".into()]).await;
