@@ -214,15 +214,16 @@ async fn check_login(
     };
     f.finish()?;
     let password = password.unwrap_or_default();
-    // What names nobody is counted as written. A folded count would be shared by `Bob` and
-    // `bob`, and the answer for one after locking the other out would tell whether it names
-    // an account: an email matches in any case, but one sent as `email` that no account has is
-    // tried as a username, which matches as written.
-    let who = email
-        .as_ref()
-        .or(username.as_ref())
-        .cloned()
-        .unwrap_or_default();
+    // What names nobody is counted as the lookup would match it, or the answer for one
+    // spelling after locking out another would tell whether an account exists (429 when both
+    // count as nobody, 401 when one names an account, counted apart). An email matches in any
+    // case: its count is lower-case. A username matches as written, and so does an identifier
+    // sent as `email` that cannot be one (no '@'): it is only ever tried as a username.
+    let who = match (&email, &username) {
+        (Some(email), _) if email.contains('@') => email.to_lowercase(),
+        (Some(name), _) | (None, Some(name)) => name.clone(),
+        (None, None) => String::new(),
+    };
     // The connection goes back before the hash: a queue of log-ins waiting for the hash
     // permits must not hold the pool (every other request got 503 during a login flood).
     let found = db::users::find_login(
