@@ -14,7 +14,8 @@ const LOCK_KEY: i64 = 0x6b75_727a; // "kurz"
 /// every later query of that table queue behind it: the table would stand still for as long as
 /// the other transaction runs. Giving up after a second bounds that stall.
 const LOCK_WAIT: &str = "1s";
-/// Tries before start-up fails: about two minutes of a table held by someone else.
+/// Tries before start-up fails: about four minutes (a second's wait and a second's pause
+/// each) of a table held by someone else.
 const LOCK_TRIES: u32 = 120;
 
 /// Applies pending migrations; replicas serialise on an advisory lock.
@@ -109,19 +110,30 @@ async fn none_skipped(pg: &tokio_postgres::Client) -> Result<(), String> {
         .collect();
     let newest = applied.iter().copied().max().unwrap_or(i32::MIN);
     let runner = embedded::migrations::runner();
+    // What refinery itself records for a migration it applies, for the operator to add after
+    // running the file by hand: with the row, the next start goes on.
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let skipped: Vec<String> = runner
         .get_migrations()
         .iter()
         .filter(|m| m.version() < newest && !applied.contains(&m.version()))
-        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .map(|m| {
+            format!(
+                "V{v}__{name} (run its file, then in the same transaction: INSERT INTO \
+                 refinery_schema_history (version, name, applied_on, checksum) VALUES \
+                 ({v}, '{name}', '{at}', '{sum}'))",
+                v = m.version(),
+                name = m.name(),
+                sum = m.checksum(),
+            )
+        })
         .collect();
     if skipped.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "migration failed: {} not applied, but the database already has V{newest}: \
-             apply it by hand (psql -f) or restore the order",
-            skipped.join(", ")
+            "migration failed: not applied, though the database already has V{newest}: {}",
+            skipped.join("; ")
         ))
     }
 }
