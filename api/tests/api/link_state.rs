@@ -719,14 +719,29 @@ async fn the_documented_cache_drop_makes_visits_read_postgres_again() {
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.headers()["location"], "https://example.com/cached");
 
+    // A link password's lock-out, whose key also holds `:link:`: the flush leaves it.
+    let lock = app.state.keys.login("lock-acct", "link:1");
+    let _: () = app
+        .state
+        .redis
+        .query(redis::cmd("SET").arg(&lock).arg(1))
+        .await
+        .unwrap();
     // As docs/operations.md has it, with the prefix filled in and this test's Redis named.
     let script = format!(
-        "redis-cli -u {url} --scan --pattern '{prefix}:*:link:*' | xargs -r -n 500 redis-cli -u {url} unlink",
+        "redis-cli -u {url} --scan --pattern '{prefix}:{{p*}}:link:*' | xargs -r -n 500 redis-cli -u {url} unlink",
         url = crate::helpers::redis_url(),
         prefix = app.state.keys.prefix()
     );
     crate::helpers::sh(&script);
     assert_eq!(cached(&app, &code).await, None);
+    let kept: i64 = app
+        .state
+        .redis
+        .query(redis::cmd("EXISTS").arg(&lock))
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the flush took a log-in lock-out");
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.headers()["location"], "https://example.com/restored");
 }
