@@ -220,8 +220,12 @@ async fn detail(
             to: None,
             include_bots: false,
         };
-        // One snapshot, as for `GET /urls/<id>/stats`: the total is the sum of the days shown.
+        // One snapshot, as for `GET /urls/<id>/stats`: the total is the sum of the days shown,
+        // and the link (its visits, against `max_visits`) is read again after the drain.
         let client = crate::db::snapshot(&mut client).await?;
+        let link = crate::db::urls::find_url(&client, link.id)
+            .await?
+            .unwrap_or(link);
         let stats = crate::db::stats::url_stats(&client, link.id, range).await?;
         Ok::<_, ApiError>((link, stats))
     }
