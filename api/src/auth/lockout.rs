@@ -48,7 +48,8 @@ return 0
 pub enum Subject<'a> {
     /// An existing account.
     Account(i64),
-    /// An identifier that names no account: an email in lower case, a username as written.
+    /// An identifier that names no account, with its kind: `email:` folded by PostgreSQL's
+    /// `lower`, `name:` as written.
     Unknown(&'a str),
     /// A password-protected link, by id: guesses at its password back off like logins, per
     /// link and per address (the address's count is shared with logins: a guesser is a

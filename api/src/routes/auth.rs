@@ -214,24 +214,32 @@ async fn check_login(
     };
     f.finish()?;
     let password = password.unwrap_or_default();
-    // What names nobody is counted as the lookup would match it, or the answer for one
-    // spelling after locking out another would tell whether an account exists (429 when both
-    // count as nobody, 401 when one names an account, counted apart). An email matches in any
-    // case: its count is lower-case. A username matches as written, and so does an identifier
-    // sent as `email` that cannot be one (no '@'): it is only ever tried as a username.
-    let who = match (&email, &username) {
-        (Some(email), _) if email.contains('@') => email.to_lowercase(),
-        (Some(name), _) | (None, Some(name)) => name.clone(),
-        (None, None) => String::new(),
-    };
     // The connection goes back before the hash: a queue of log-ins waiting for the hash
     // permits must not hold the pool (every other request got 503 during a login flood).
-    let found = db::users::find_login(
-        &state.client().await?,
-        email.as_deref(),
-        username.as_deref(),
-    )
-    .await?;
+    let (found, who) = {
+        let client = state.client().await?;
+        let found = db::users::find_login(&client, email.as_deref(), username.as_deref()).await?;
+        // What names nobody is counted as the lookup would match it, or the answer for one
+        // spelling after locking out another would tell whether an account exists (429 when
+        // both count as nobody, 401 when one names an account, counted apart). An email
+        // matches in any case, folded by PostgreSQL's `lower` (Rust's folds some letters
+        // otherwise); a username as written, and so does an identifier sent as `email` that
+        // cannot be one (no '@'): it is only ever tried as a username. The kind is part of the
+        // count: `bob@x` locked out as a username says nothing of the email `bob@x`.
+        let who = match (&email, &username, &found) {
+            (_, _, Some(_)) => String::new(),
+            (Some(email), _, None) if email.contains('@') => {
+                let folded: String = client
+                    .query_one("SELECT lower($1::text)", &[email])
+                    .await?
+                    .get(0);
+                format!("email:{folded}")
+            }
+            (Some(name), _, None) | (None, Some(name), None) => format!("name:{name}"),
+            (None, None, None) => String::new(),
+        };
+        (found, who)
+    };
     let (user, stored) = match found {
         Some((user, hash)) => (Some(user), hash),
         None => (None, None),

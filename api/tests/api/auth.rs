@@ -1241,6 +1241,7 @@ async fn unknown_usernames_are_counted_as_written_and_tell_nothing_of_who_exists
     register(&app, "dora").await;
     register(&app, "nora").await;
     register(&app, "mara").await;
+    register(&app, "tara").await;
     let guess = |field: &'static str, who: &'static str, status: u16| {
         let app = &app;
         async move {
@@ -1250,19 +1251,54 @@ async fn unknown_usernames_are_counted_as_written_and_tell_nothing_of_who_exists
     };
     // A name sent as `email` that no email matches is tried as a username (the web form sends
     // whatever holds an '@' or not that way): without an '@' it is counted as written too.
-    for (field, locked, probe, then) in [
-        ("username", "GHOST", "ghost", 401),
-        ("username", "DORA", "dora", 401),
-        ("email", "SPOOK", "spook", 401),
-        ("email", "NORA", "nora", 401),
-        ("email", "MARA@EXAMPLE.COM", "mara@example.com", 429),
-        ("email", "WISP@EXAMPLE.COM", "wisp@example.com", 429),
+    // An email-shaped name locked out as a username says nothing of the email (tara's or
+    // nobody's). And emails fold as PostgreSQL folds them: `wİsp2` and `wi̇sp2` are two.
+    for (field, locked, probe_field, probe, then) in [
+        ("username", "GHOST", "username", "ghost", 401),
+        ("username", "DORA", "username", "dora", 401),
+        ("email", "SPOOK", "email", "spook", 401),
+        ("email", "NORA", "email", "nora", 401),
+        (
+            "email",
+            "MARA@EXAMPLE.COM",
+            "email",
+            "mara@example.com",
+            429,
+        ),
+        (
+            "email",
+            "WISP@EXAMPLE.COM",
+            "email",
+            "wisp@example.com",
+            429,
+        ),
+        (
+            "username",
+            "tara@example.com",
+            "email",
+            "tara@example.com",
+            401,
+        ),
+        (
+            "username",
+            "vapor@example.com",
+            "email",
+            "vapor@example.com",
+            401,
+        ),
+        (
+            "email",
+            "wi\u{307}sp2@example.com",
+            "email",
+            "w\u{130}sp2@example.com",
+            401,
+        ),
     ] {
         for _ in 0..3 {
             guess(field, locked, 401).await;
         }
         guess(field, locked, 429).await;
-        guess(field, probe, then).await;
+        guess(probe_field, probe, then).await;
     }
 }
 
