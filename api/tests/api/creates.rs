@@ -193,27 +193,7 @@ async fn a_create_waiting_on_a_held_code_holds_no_other_create() {
         })
     };
     // Until the create waits on the code's lock (or, its wait being bounded, was answered).
-    let watcher = app.sql().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 || held.is_finished() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the create never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    crate::helpers::wait_for_lock_waits_unless(&app, 1, "the create", || held.is_finished()).await;
     let other = app.create_url(user, "https://example.com/other").await;
     assert!(other["short_code"].is_string());
     let held = held.await.unwrap();

@@ -420,18 +420,30 @@ pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix:
 /// Waits until `n` statements of `app`'s database wait on a lock (`what` names them for the
 /// panic).
 pub async fn wait_for_lock_waits(app: &TestApp, n: i64, what: &str) {
+    wait_for_lock_waits_unless(app, n, what, || false).await;
+}
+
+/// [`wait_for_lock_waits`], or until `over` holds (a wait that is bounded may end before it is
+/// seen).
+pub async fn wait_for_lock_waits_unless(
+    app: &TestApp,
+    n: i64,
+    what: &str,
+    over: impl Fn() -> bool,
+) {
     let watcher = app.sql().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while watcher
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        < n
+    while !over()
+        && watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            < n
     {
         assert!(
             std::time::Instant::now() < deadline,
