@@ -709,14 +709,13 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
 
     // A file with a misspelt key, which would also switch upstreams and limit redirects: none of
     // it may take effect.
-    stack.write_config(
-        &[1],
-        &Options {
-            rate_limits: LIMITED.into(),
-            extra_yaml: "rate_limitz: {}\n".into(),
-            ..Options::default()
-        },
-    );
+    // The file with the new limits, and `extra` besides.
+    let limits_and = |extra: &str| Options {
+        rate_limits: LIMITED.into(),
+        extra_yaml: extra.into(),
+        ..Options::default()
+    };
+    stack.write_config(&[1], &limits_and("rate_limitz: {}\n"));
     stack.signal_proxy("HUP");
     stack.reloads_reach("error", 1.0).await;
     assert!(
@@ -743,13 +742,7 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
     assert_eq!(applied().await, 0.0, "the refused file is not running");
 
     // The same change without the typo is applied.
-    stack.write_config(
-        &[0],
-        &Options {
-            rate_limits: LIMITED.into(),
-            ..Options::default()
-        },
-    );
+    stack.write_config(&[0], &limits_and(""));
     stack.signal_proxy("HUP");
     stack.reloads_reach("ok", 1.0).await;
     assert_eq!(applied().await, 1.0, "the fixed file runs");
@@ -773,26 +766,13 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
 
     // A file that also changes a key only a restart applies: the rest applies, and the reload
     // says it took in part rather than "ok".
-    stack.write_config(
-        &[0],
-        &Options {
-            rate_limits: LIMITED.into(),
-            extra_yaml: "clicks: { batch_max: 7 }\n".into(),
-            ..Options::default()
-        },
-    );
+    stack.write_config(&[0], &limits_and("clicks: { batch_max: 7 }\n"));
     stack.signal_proxy("HUP");
     stack.reloads_reach("partial", 1.0).await;
     assert_eq!(needing_restart().await, 1.0);
     assert!(stack.proxy_log().contains("clicks.batch_max"));
     // Put back: nothing waits for a restart any more.
-    stack.write_config(
-        &[0],
-        &Options {
-            rate_limits: LIMITED.into(),
-            ..Options::default()
-        },
-    );
+    stack.write_config(&[0], &limits_and(""));
     stack.signal_proxy("HUP");
     stack.reloads_reach("ok", 2.0).await;
     assert_eq!(needing_restart().await, 0.0);
