@@ -181,6 +181,40 @@ async fn nul_or_bad_names_in_a_bulk_csv_fail_the_file_naming_the_cell() {
     assert_eq!(users.len(), 1, "nothing of a refused file was imported");
 }
 
+/// A header name is text PostgreSQL receives too (an import updates the columns its file
+/// names): NUL there is a 400 naming the header cell, on the admin's bulk load and on anyone's
+/// import of a kurz export, and nothing of the file is stored.
+#[tokio::test]
+async fn nul_in_a_csv_header_fails_the_file_naming_the_cell() {
+    let app = spawn_app().await;
+    let user = app.create_user("headnul").await;
+    let cases = [
+        (
+            "/urls/bulk".to_owned(),
+            format!(
+                "user_id,short_code,original_url,x\0y\n{user},nulhdr1,https://example.com/,v\n"
+            ),
+        ),
+        (
+            format!("/urls/import?format=csv&user_id={user}"),
+            "short_code,original_url,note\0\nnulhdr2,https://example.com/,v\n".to_owned(),
+        ),
+    ];
+    for (path, csv) in cases {
+        let err = error_of(app.upload(&path, csv.into_bytes()).await, 400).await;
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains("NUL") && message.contains("header cell"),
+            "{path}: {err}"
+        );
+    }
+    let links: Vec<Value> = app.get("/urls").await.json().await.unwrap();
+    assert!(
+        links.is_empty(),
+        "nothing of a refused file was stored: {links:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_malformed_user_id_is_reported_once_with_what_is_wrong() {
     let app = spawn_app().await;
