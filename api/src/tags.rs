@@ -23,20 +23,29 @@ pub fn split_bounded(text: &str, seps: &[char]) -> Vec<String> {
 }
 
 /// A tag as stored: trimmed, lower case, 1–32 letters, digits, spaces, `-`, `_` or `.`.
+///
+/// Lowering `İ` gives `i` and a combining dot above (U+0307), which is no letter: that mark
+/// after a letter is taken as part of it, and not counted, so a tag of letters only is not
+/// refused for holding something else, and the stored form reads back as the same tag.
 pub fn normalise_tag(raw: &str) -> Result<String, String> {
     let tag = raw.trim().to_lowercase();
-    let len = tag.chars().count();
+    let mut len = 0;
+    let mut after_letter = false;
+    for c in tag.chars() {
+        let part_of_letter = c == DOT_ABOVE && after_letter;
+        if !(part_of_letter || c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.')) {
+            return Err("a tag holds letters, digits, spaces, '-', '_' and '.' only".into());
+        }
+        len += usize::from(!part_of_letter);
+        after_letter = c.is_alphanumeric();
+    }
     if len == 0 || len > 32 {
         return Err("a tag is 1 to 32 characters".into());
     }
-    if !tag
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
-    {
-        return Err("a tag holds letters, digits, spaces, '-', '_' and '.' only".into());
-    }
     Ok(tag)
 }
+
+const DOT_ABOVE: char = '\u{307}';
 
 /// Normalised, sorted, without repeats; at most [`MAX_TAGS`].
 pub fn normalise_tags(raw: &[String]) -> Result<Vec<String>, String> {
@@ -70,6 +79,21 @@ mod tests {
         assert!(normalise_tag(&"x".repeat(33)).is_err());
         assert!(normalise_tag("a,b").is_err());
         assert!(normalise_tag("tab\there").is_err());
+        // Letters whose lower case holds a combining mark.
+        assert_eq!(normalise_tag("İzmir").unwrap(), "i\u{307}zmir");
+        assert_eq!(normalise_tag("i\u{307}zmir").unwrap(), "i\u{307}zmir");
+        let long = normalise_tag(&"İ".repeat(32)).unwrap();
+        assert_eq!(
+            normalise_tag(&long).unwrap(),
+            long,
+            "a stored tag reads back"
+        );
+        assert!(normalise_tag(&"İ".repeat(33)).is_err());
+        assert!(
+            normalise_tag("\u{307}zmir").is_err(),
+            "the mark alone is no letter"
+        );
+        assert!(normalise_tag("a \u{307}").is_err());
         let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
         assert!(normalise_tags(&many).is_err());
     }
