@@ -63,12 +63,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
+        let bytes = without_bom(&bytes);
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::BadRequest(
                 "request body is empty; send a JSON object".into(),
             ));
         }
-        match serde_json::from_slice::<Value>(&bytes) {
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => match nul_at(&map, "") {
                 // PostgreSQL cannot store NUL in text or JSON: refuse it here, by name.
                 Some(field) => Err(ApiError::field(
@@ -86,6 +87,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             ))),
         }
     }
+}
+
+/// A JSON text without the byte-order mark some Windows tools write first (RFC 8259 §8.1 lets
+/// a reader ignore it; serde_json would call the body invalid at line 1 column 1).
+pub fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
 /// Refuses a body another site's page could have made a visitor's browser send: one a form or

@@ -47,7 +47,9 @@ pub fn password_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<Submitted> {
             form_token = Some(token);
             password
         }
-        "application/json" => match serde_json::from_slice::<serde_json::Value>(body) {
+        "application/json" => match serde_json::from_slice::<serde_json::Value>(
+            crate::extract::without_bom(body),
+        ) {
             Ok(serde_json::Value::Object(mut map)) => match map.remove("password") {
                 Some(serde_json::Value::String(p)) => Some(p),
                 Some(_) => return Err(ApiError::field("password", "must be a string")),

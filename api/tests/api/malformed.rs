@@ -11,6 +11,9 @@ const BAD_BODIES: &[(&str, &str)] = &[
     ("{\"username\": \"x\"", "application/json"),
     ("42", "application/json"),
     ("null", "application/json"),
+    // A byte-order mark is skipped once, and then the body must still be an object.
+    ("\u{feff}", "application/json"),
+    ("\u{feff}\u{feff}{}", "application/json"),
 ];
 
 #[tokio::test]
@@ -45,6 +48,40 @@ async fn every_json_route_refuses_bodies_that_are_not_objects() {
             );
         }
     }
+}
+
+/// Windows tools (PowerShell's `Out-File`, Notepad) write JSON with a byte-order mark first;
+/// RFC 8259 lets a reader ignore it, and the body is then what it says.
+#[tokio::test]
+async fn a_json_body_after_a_byte_order_mark_is_read() {
+    let app = spawn_app().await;
+    let res = app
+        .post_raw(
+            "/users",
+            "\u{feff}{\"username\": \"bom\", \"email\": \"bom@example.com\"}",
+            "application/json",
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let user: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(user["username"], "bom");
+    let body = format!(
+        "\u{feff}{{\"user_id\": {}, \"original_url\": \"https://example.com/bom\", \"password\": \"sesame\"}}",
+        user["id"]
+    );
+    let res = app.post_raw("/urls", &body, "application/json").await;
+    assert_eq!(res.status(), 201);
+    let link: serde_json::Value = res.json().await.unwrap();
+    let code = link["short_code"].as_str().unwrap();
+    // The password form of a protected link reads JSON the same way.
+    let res = app
+        .post_raw(
+            &format!("/{code}"),
+            "\u{feff}{\"password\": \"sesame\"}",
+            "application/json",
+        )
+        .await;
+    assert_eq!(res.status(), 303);
 }
 
 #[tokio::test]
