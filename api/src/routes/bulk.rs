@@ -477,20 +477,21 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
             let e = foreign::too_many(n + 1);
             return Err(ApiError::BadRow {
                 row: e.record,
-                line: n as u64 + 2,
+                line: reader.position().line(),
                 column: e.column,
                 reason: e.reason,
             });
         }
+        // Lines as the file has them: a quoted title may span several.
         let row = row.map_err(|e| ApiError::BadRow {
             row: n + 1,
-            line: n as u64 + 2,
+            line: e.position().map_or(0, |p| p.line()),
             column: String::new(),
             reason: format!("malformed CSV: {e}"),
         })?;
         let bad = |col: usize, reason: &str| ApiError::BadRow {
             row: n + 1,
-            line: n as u64 + 2,
+            line: row.position().map_or(0, |p| p.line()),
             column: header[col].to_owned(),
             reason: reason.to_owned(),
         };

@@ -374,6 +374,22 @@ async fn a_csv_import_cannot_reach_another_users_link_by_its_id() {
     );
 }
 
+/// An error names the line the record starts on in the file, past titles that span lines (an
+/// export writes a title's line breaks inside its quotes).
+#[tokio::test]
+async fn an_own_csv_error_names_the_records_line_in_the_file() {
+    let app = spawn_app().await;
+    let importer = app.create_user("lines").await;
+    let csv = "short_code,original_url,title,clicks\n\
+               ml1,https://a.example/,\"two\nlines\",1\n\
+               ml2,https://b.example/,t,-1\n";
+    let err = error_of(import(&app, "csv", importer, csv.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["row"], 2, "{err}");
+    assert_eq!(err["details"]["line"], 4, "{err}");
+    assert_eq!(err["details"]["column"], "clicks", "{err}");
+    assert!(links_of(&app, importer).await.is_empty());
+}
+
 /// A date PostgreSQL cannot store is the record's error (400 naming it), not a 500.
 #[tokio::test]
 async fn a_date_out_of_range_is_the_records_error() {
