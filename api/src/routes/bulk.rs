@@ -373,7 +373,16 @@ fn foreign_as_bulk(
     let (mut codes, mut mapped) = (Vec::new(), std::collections::BTreeSet::new());
     // Shlink keeps one code per domain, so an export of several domains repeats codes: the
     // first keeps it, the others get generated ones instead of failing the whole file.
+    // A generated code must also miss every code the file keeps, later records' included, and
+    // every other generated one: the import would refuse the repeat naming a code the person
+    // never wrote.
+    let keeps: std::collections::HashSet<&str> = links
+        .iter()
+        .filter_map(|l| l.short_code.as_deref())
+        .filter(|c| ShortCode::parse(c).is_ok())
+        .collect();
     let mut taken = std::collections::HashSet::new();
+    let mut generated = std::collections::HashSet::new();
     for link in links {
         let kept = link
             .short_code
@@ -381,7 +390,12 @@ fn foreign_as_bulk(
             .filter(|c| ShortCode::parse(c).is_ok() && taken.insert(*c));
         let code = match kept {
             Some(c) => ShortCode::parse(c).expect("checked just above"),
-            None => generate(),
+            None => loop {
+                let code = generate();
+                if !keeps.contains(code.as_str()) && generated.insert(code.as_str().to_owned()) {
+                    break code;
+                }
+            },
         };
         codes.push(json!({
             "record": link.record,

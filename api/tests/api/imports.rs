@@ -191,6 +191,36 @@ async fn a_generated_code_a_link_already_holds_is_drawn_again() {
         matches!(refused, Err(kurz_api::error::ApiError::Unavailable(_))),
         "{refused:?}"
     );
+
+    // A draw that equals a code a later record keeps, or one generated before, is drawn again.
+    let mut file = Vec::new();
+    for (n, code) in [(1, None), (2, Some("kept001")), (3, None)] {
+        let mut link = record("https://example.com/file")[0].clone();
+        link.record = n;
+        link.short_code = code.map(str::to_owned);
+        file.push(link);
+    }
+    let draws = Arc::new(Mutex::new(vec!["gen0002", "gen0001", "gen0001", "kept001"]));
+    let next = draws.clone();
+    let draw = Arc::new(move || ShortCode::parse(next.lock().unwrap().pop().unwrap()).unwrap());
+    let ((_, report), ()) = kurz_api::routes::bulk::with_free_codes(
+        &app.state.db,
+        Format::Shlink,
+        Arc::new(file),
+        user,
+        draw,
+        (),
+    )
+    .await
+    .unwrap();
+    let codes: Vec<&str> = report["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["short_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["gen0001", "kept001", "gen0002"]);
+    assert!(draws.lock().unwrap().is_empty());
 }
 
 /// A link Kutt's admin banned (a phishing target, say) comes in switched off; a flag that is
