@@ -100,12 +100,30 @@ pub async fn bind(tx: &impl GenericClient, key: &str, url_id: i64) -> Result<(),
     Ok(())
 }
 
-/// Drops keys past their replay window; run from a periodic task.
-pub async fn prune(c: &impl GenericClient) -> Result<u64, ApiError> {
+/// Drops keys past their replay window, `batch` rows a statement, until none is left or `stop`
+/// is set; returns how many went. One statement for a day's keys of a busy instance would
+/// outlast `database.statement_timeout_ms` and fail every time, the table growing for good.
+/// Rows another session holds (a replica pruning at the same time, a claim of an expired key
+/// being taken over) are skipped, not waited for.
+pub async fn prune(
+    c: &impl GenericClient,
+    batch: i64,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<u64, ApiError> {
     let stmt = c
         .prepare_cached(&format!(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '{KEEP}'"
+            "DELETE FROM idempotency_keys WHERE scope_key IN ( \
+               SELECT scope_key FROM idempotency_keys \
+               WHERE created_at < now() - interval '{KEEP}' \
+               ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
         ))
         .await?;
-    Ok(c.execute(&stmt, &[]).await?)
+    let mut pruned = 0;
+    loop {
+        let n = c.execute(&stmt, &[&batch]).await?;
+        pruned += n;
+        if n < batch as u64 || *stop.borrow() {
+            return Ok(pruned);
+        }
+    }
 }

@@ -319,15 +319,18 @@ async fn refresh_visitor_salt(state: AppState, mut stop: tokio::sync::watch::Rec
 }
 
 /// Idempotency keys are replayed for 24 h; their rows go some time after. Claims ignore expired
-/// rows on their own, so this only bounds the table's size.
+/// rows on their own, so this only bounds the table's size. The first run comes a minute after
+/// start: an instance that restarts more often than the period still prunes.
 async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(60);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        wait = Duration::from_secs(600);
         let pruned = match state.client().await {
-            Ok(c) => crate::idempotency::prune(&c).await,
+            Ok(c) => crate::idempotency::prune(&c, crate::retention::BATCH, &stop).await,
             Err(e) => Err(e),
         };
         match pruned {

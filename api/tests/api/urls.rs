@@ -938,3 +938,59 @@ async fn the_export_lists_what_a_user_owns_and_imports_back() {
     let err = error_of(fresh.upload("/urls/bulk", bad.into()).await, 400).await;
     assert_eq!(err["details"]["column"], "max_visits");
 }
+
+/// Expired idempotency keys go in batches until none is left, fresh ones stay, and a row
+/// another session holds is skipped rather than waited for: two replicas pruning at once, or
+/// a prune beside a claim, never queue behind each other.
+#[tokio::test]
+async fn expired_idempotency_keys_are_pruned_in_batches_skipping_held_rows() {
+    let app = spawn_app().await;
+    let db = app.sql().await;
+    db.execute(
+        "INSERT INTO idempotency_keys (scope_key, fingerprint, created_at) \
+         SELECT 'old' || i, 'f', now() - interval '25 hours' FROM generate_series(1, 250) i",
+        &[],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO idempotency_keys (scope_key, fingerprint) VALUES ('fresh', 'f')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Another session holds one expired row.
+    let mut holder = app.sql().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM idempotency_keys WHERE scope_key = 'old7' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let pooled = app.state.db.get().await.unwrap();
+    let pruned = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        kurz_api::idempotency::prune(&pooled, 100, &stop),
+    )
+    .await
+    .expect("the prune waited on a held row")
+    .unwrap();
+    assert_eq!(pruned, 249);
+    let left: Vec<String> = db
+        .query("SELECT scope_key FROM idempotency_keys ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["fresh", "old7"]);
+    held.rollback().await.unwrap();
+    assert_eq!(
+        kurz_api::idempotency::prune(&pooled, 100, &stop)
+            .await
+            .unwrap(),
+        1
+    );
+}
