@@ -14,7 +14,8 @@ pub const LOCK_KEY: i64 = 0x006b_7572_7a72_6574;
 /// Advisory lock key of the visitor-row prune ("kurzvis"): its own, so a long first pass of
 /// click retention on one replica does not hold every replica's prune for hours.
 pub const VISITORS_LOCK_KEY: i64 = 0x006b_7572_7a76_6973;
-/// Rows per delete statement: short transactions, no long lock on `events`.
+/// Rows per delete statement: short transactions, no long lock on `events`. For click
+/// retention, the events one statement reads (at most this many are deleted).
 pub const BATCH: i64 = 10_000;
 const EVERY: Duration = Duration::from_secs(3600);
 /// The first pass: soon after start, so replicas that restart more often than hourly (rolling
@@ -38,29 +39,73 @@ async fn unlock(client: &deadpool_postgres::Client, key: i64) {
         .await;
 }
 
-/// Deletes click events that occurred before `cutoff`; returns how many. `None` when another
-/// replica holds the job. Stops between batches once `stop` is set: a first pass over a large
-/// backlog must not hold a shutdown past its grace period (the next pass goes on).
+/// Where a replica's next pass of click retention starts: before it, every click is gone.
+///
+/// Events are stored in about time order, so the clicks that expire are those at the front of
+/// the id order. A pass walks windows of ids from here and stops at the first window that
+/// holds clicks to keep and none to delete: what follows is newer. Each statement reads one
+/// window ([`BATCH`] events), so a pass costs what expired since the last one, not the table;
+/// a query for old rows by time alone rescanned the front of the table at every statement (a
+/// BRIN summary is never narrowed by deletes), past `database.statement_timeout_ms` once the
+/// backlog was large, and retention then failed every hour for good. Clicks stored with an
+/// old time long after it (an events import) lie past the stop and go once the front reaches
+/// them, `events.retention_days` after they were stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Resume {
+    after: i64,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub deleted: u64,
+    /// Events read, of every type: kept clicks and other events included.
+    pub read: u64,
+}
+
+/// Deletes click events that occurred before `cutoff`, from `resume` on, `batch` events read a
+/// statement. `None` when another replica holds the job. Stops between statements once `stop`
+/// is set: a first pass over a large backlog must not hold a shutdown past its grace period
+/// (the next pass goes on from where this one got).
 pub async fn run_once(
     db: &Pool,
     cutoff: DateTime<Utc>,
+    batch: i64,
+    resume: &mut Resume,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<Pass>, String> {
     let Some(client) = lock(db, LOCK_KEY).await? else {
         return Ok(None);
     };
-    let mut deleted = 0;
+    let mut pass = Pass::default();
+    let mut after = resume.after;
+    // Before the first click kept, every click read was deleted: the next pass starts there.
+    let mut kept_from: Option<i64> = None;
     let result = loop {
-        match crate::db::events::delete_clicks_before(&client, cutoff, BATCH).await {
-            Ok(n) => {
-                deleted += n;
-                if n < BATCH as u64 || *stop.borrow() {
-                    break Ok(Some(deleted));
+        match crate::db::events::delete_clicks_in_window(&client, after, batch, cutoff).await {
+            Ok(w) => {
+                pass.deleted += w.deleted;
+                pass.read += w.read;
+                if kept_from.is_none() {
+                    kept_from = w.first_kept_click.map(|id| id - 1);
+                }
+                let Some(last) = w.last else {
+                    break Ok(Some(pass));
+                };
+                after = last;
+                let newer_from_here = w.deleted == 0 && w.first_kept_click.is_some();
+                if newer_from_here || *stop.borrow() {
+                    break Ok(Some(pass));
                 }
             }
             Err(e) => break Err(e.to_string()),
         }
     };
+    // With no click kept in sight, the next pass starts where this one did: a click being
+    // stored as it read would have an id before its end, unseen.
+    if let (Ok(_), Some(from)) = (&result, kept_from) {
+        resume.after = from;
+    }
     unlock(&client, LOCK_KEY).await;
     result
 }
@@ -98,6 +143,7 @@ pub async fn prune_visitors(
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
     let mut wait = FIRST_AFTER;
+    let mut resume = Resume::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -111,9 +157,9 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        match run_once(&state.db, cutoff, &stop).await {
-            Ok(Some(n)) if n > 0 => {
-                log::info!(deleted = n, retention_days = days; "old click events deleted")
+        match run_once(&state.db, cutoff, BATCH, &mut resume, &stop).await {
+            Ok(Some(pass)) if pass.deleted > 0 => {
+                log::info!(deleted = pass.deleted, read = pass.read, retention_days = days; "old click events deleted")
             }
             Ok(_) => {}
             Err(e) => log::warn!(error = e; "click retention failed; next run in an hour"),

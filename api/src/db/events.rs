@@ -321,17 +321,44 @@ pub async fn delete_old_visitors(
     })
 }
 
-/// Deletes at most `limit` click events that occurred before `cutoff`; returns how many.
-pub async fn delete_clicks_before(
+/// What one retention statement saw in its window of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionWindow {
+    /// Click events that occurred before the cutoff, deleted.
+    pub deleted: u64,
+    /// Events the window held, of any type (0: past the last event).
+    pub read: u64,
+    /// Its last id: where the next window starts.
+    pub last: Option<i64>,
+    /// Its first click at or after the cutoff, if any.
+    pub first_kept_click: Option<i64>,
+}
+
+/// Deletes the click events that occurred before `cutoff` among the `limit` events after id
+/// `after`, in id order. The window is walked on the primary key from `after`, so a pass reads
+/// each event once, never the rows an earlier statement deleted or kept again.
+pub async fn delete_clicks_in_window(
     c: &impl GenericClient,
-    cutoff: DateTime<Utc>,
+    after: i64,
     limit: i64,
-) -> Result<u64, Error> {
+    cutoff: DateTime<Utc>,
+) -> Result<RetentionWindow, Error> {
     let stmt = c
         .prepare_cached(
-            "DELETE FROM events WHERE ctid IN ( \
-               SELECT ctid FROM events WHERE event_type = 'click' AND occurred_at < $1 LIMIT $2)",
+            "WITH win AS ( \
+               SELECT id, event_type = 'click' AND occurred_at < $3 AS old, \
+                      event_type = 'click' AND occurred_at >= $3 AS kept \
+               FROM events WHERE id > $1 ORDER BY id LIMIT $2), \
+             gone AS (DELETE FROM events WHERE id IN (SELECT id FROM win WHERE old) RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM win), \
+                    (SELECT max(id) FROM win), (SELECT min(id) FROM win WHERE kept)",
         )
         .await?;
-    c.execute(&stmt, &[&cutoff, &limit]).await
+    let row = c.query_one(&stmt, &[&after, &limit, &cutoff]).await?;
+    Ok(RetentionWindow {
+        deleted: row.get::<_, i64>(0) as u64,
+        read: row.get::<_, i64>(1) as u64,
+        last: row.get(2),
+        first_kept_click: row.get(3),
+    })
 }

@@ -2,15 +2,16 @@
 //! stats rollups stay.
 
 use crate::helpers::spawn_app;
+use kurz_api::retention::{Resume, BATCH};
 
 /// A retention pass's stop signal, not set (a receiver keeps the last value it was sent).
 fn running() -> tokio::sync::watch::Receiver<bool> {
     tokio::sync::watch::channel(false).1
 }
 
-/// A pass over a backlog larger than one batch stops after the batch in hand once the process
-/// is stopping, instead of holding the shutdown until the backlog is gone; the next pass goes
-/// on from there.
+/// A pass over a backlog larger than one batch stops after the statement in hand once the
+/// process is stopping, instead of holding the shutdown until the backlog is gone; the next
+/// pass goes on from there.
 #[tokio::test]
 async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
     let app = spawn_app().await;
@@ -29,15 +30,90 @@ async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
     .unwrap();
     let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
     let (tx, stopping) = tokio::sync::watch::channel(true);
-    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &stopping)
+    let batch = kurz_api::retention::BATCH;
+    let mut resume = Resume::default();
+    let first = kurz_api::retention::run_once(&app.state.db, cutoff, batch, &mut resume, &stopping)
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(deleted, Some(kurz_api::retention::BATCH as u64));
+    // One window: the link's `created` event and the clicks after it.
+    assert_eq!(first.read, batch as u64);
+    assert_eq!(first.deleted, batch as u64 - 1);
     drop(tx);
-    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &running())
+    let rest = kurz_api::retention::run_once(&app.state.db, cutoff, batch, &mut resume, &running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.deleted + rest.deleted, old as u64);
+}
+
+/// A pass reads what expired since the last one and a window past it, not the table: each
+/// statement walks the next window of ids, and the pass stops at the first window that holds
+/// clicks to keep and none to delete. The next pass starts at the first click kept. (Reading
+/// old rows by time alone rescanned the front of the table at every statement and, over a
+/// large backlog, failed at the statement timeout every hour.)
+#[tokio::test]
+async fn a_retention_pass_reads_what_expired_not_the_whole_table() {
+    let app = spawn_app().await;
+    let user = app.create_user("retwin").await;
+    let id = app.create_url(user, "https://example.com/retwin").await["id"]
+        .as_i64()
+        .unwrap();
+    let db = app.sql().await;
+    let insert = |n: i64, age: &str, tag: &str| {
+        format!(
+            "INSERT INTO events (url_id, user_id, event_type, occurred_at, click_id) \
+             SELECT {id}, {user}, 'click', now() - interval '{age}', '{tag}-' || n \
+             FROM generate_series(1, {n}) AS n"
+        )
+    };
+    // In storage order: 299 old events of other kinds (which never expire), 250 clicks 40
+    // days old, 2,000 of yesterday.
+    db.batch_execute(&format!(
+        "INSERT INTO events (url_id, user_id, event_type, occurred_at) \
+         SELECT {id}, {user}, 'created', now() - interval '90 days' FROM generate_series(1, 299)"
+    ))
+    .await
+    .unwrap();
+    db.batch_execute(&insert(250, "40 days", "old"))
         .await
         .unwrap();
-    assert_eq!(deleted, Some(kurz_api::retention::BATCH as u64 + 5));
+    db.batch_execute(&insert(2000, "1 day", "new"))
+        .await
+        .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    let mut resume = Resume::default();
+    let pass = kurz_api::retention::run_once(&app.state.db, cutoff, 100, &mut resume, &running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pass.deleted, 250);
+    // The 300 other events, the old clicks (the last window with the first new clicks), then
+    // one window of new clicks only.
+    assert_eq!(pass.read, 700, "{pass:?}");
+    // An hour later nothing new expired: one window read, from the first click kept, not the
+    // other events before it again.
+    let again = kurz_api::retention::run_once(&app.state.db, cutoff, 100, &mut resume, &running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.deleted, again.read), (0, 100));
+    // The day the new clicks expire, they all go: the walk goes on while windows delete.
+    let later = chrono::Utc::now();
+    let pass = kurz_api::retention::run_once(&app.state.db, later, 100, &mut resume, &running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pass.deleted, 2000);
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'click'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]
@@ -69,9 +145,15 @@ async fn old_clicks_go_and_everything_else_stays() {
         .await
         .unwrap();
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff, &running())
-            .await
-            .unwrap(),
+        kurz_api::retention::run_once(
+            &app.state.db,
+            cutoff,
+            BATCH,
+            &mut Resume::default(),
+            &running()
+        )
+        .await
+        .unwrap(),
         None
     );
     other
@@ -81,9 +163,16 @@ async fn old_clicks_go_and_everything_else_stays() {
         )
         .await
         .unwrap();
-    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, &running())
-        .await
-        .unwrap();
+    let deleted = kurz_api::retention::run_once(
+        &app.state.db,
+        cutoff,
+        BATCH,
+        &mut Resume::default(),
+        &running(),
+    )
+    .await
+    .unwrap()
+    .map(|p| p.deleted);
     assert_eq!(deleted, Some(3), "the three clicks older than 30 days");
     let count = |sql: &'static str| {
         let db = &db;
@@ -101,9 +190,16 @@ async fn old_clicks_go_and_everything_else_stays() {
     let stats_after = app.stats(id).await;
     assert_eq!(stats_after["clicks"], 5, "the rollups keep counting them");
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff, &running())
-            .await
-            .unwrap(),
+        kurz_api::retention::run_once(
+            &app.state.db,
+            cutoff,
+            BATCH,
+            &mut Resume::default(),
+            &running()
+        )
+        .await
+        .unwrap()
+        .map(|p| p.deleted),
         Some(0)
     );
 }
