@@ -6,10 +6,11 @@ use bytes::Bytes;
 /// Largest request head (request line and headers) accepted: 431 beyond.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header fields accepted: more is our 431. The API's HTTP server (hyper) takes at most 100,
-/// and answers more with an empty 431 of its own; the edge adds up to six to a forwarded
-/// request (`x-forwarded-for`, `-proto`, `x-real-ip`, `x-request-id`, the visit id of a
-/// forwarded redirect, and `connection: close` on a retry to the upstream that failed it).
-const MAX_HEADERS: usize = 94;
+/// and answers more with an empty 431 of its own; the edge adds up to seven to a forwarded
+/// request (`x-forwarded-for`, `-proto`, `x-real-ip`, `x-request-id`, the visit id and the
+/// sampling draw of a forwarded redirect, and `connection: close` on a retry to the upstream
+/// that failed it).
+const MAX_HEADERS: usize = 93;
 
 /// How the body after a head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
