@@ -81,6 +81,7 @@ impl Edge {
         e: &Error,
         ctx: &mut Ctx,
     ) -> FailToProxy {
+        let malformed;
         let (status, code, message) = match e.etype() {
             HTTPStatus(413) => (413, "payload_too_large", "request body is too large"),
             HTTPStatus(s) if *s == 502 => (502, "bad_gateway", "no API upstream could answer"),
@@ -95,6 +96,18 @@ impl Edge {
                 "gateway_timeout",
                 "the API upstream did not answer in time",
             ),
+            // What Pingora refuses in a request our connection layer let through (a `Connection`
+            // header naming `Host`, trailers or chunk extensions past its limits): the client is
+            // there and gets our error, not a closed connection.
+            t if e.esource() == &ErrorSource::Downstream && client_protocol_error(t) => {
+                malformed = format!(
+                    "malformed request: {}",
+                    e.context
+                        .as_ref()
+                        .map_or("refused by the HTTP parser", |c| c.as_str())
+                );
+                (400, "bad_request", malformed.as_str())
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, "bad_gateway", "no API upstream could answer"),
                 ErrorSource::Downstream => (0, "", ""),
@@ -131,5 +144,16 @@ impl Edge {
         }
         METRICS.retries.inc();
         e.set_retry(true);
+    }
+}
+
+/// An error of the client's request itself, as opposed to its connection failing (reset,
+/// closed, timed out): Pingora's header and chunk checks.
+fn client_protocol_error(t: &ErrorType) -> bool {
+    match t {
+        InvalidHTTPHeader | H1Error => true,
+        // pingora-core's body parser (`INVALID_CHUNK`, `INVALID_TRAILER_END`).
+        Custom(name) => matches!(*name, "InvalidChunk" | "InvalidTrailerEnd"),
+        _ => false,
     }
 }

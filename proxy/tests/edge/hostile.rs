@@ -203,6 +203,49 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
     assert_eq!(rejected, cases.len() as f64 + 1.0);
 }
 
+/// What Pingora itself refuses in a request the connection layer passed: our 400 JSON naming
+/// why, not a connection closed without a byte (which a client reports as a network failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_pingora_refuses_past_the_guard_gets_our_400() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let trailer = format!("x-t: {}\r\n", "a".repeat(70 * 1024));
+    let cases = [
+        (
+            "GET /urls HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-For\r\n\r\n".to_owned(),
+            "a Connection header naming a header the edge sets",
+        ),
+        (
+            "GET /urls HTTP/1.1\r\nHost: a\r\nConnection: \"close\"\r\n\r\n".to_owned(),
+            "a Connection token that is no token",
+        ),
+        (
+            format!(
+                "POST /urls HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n{trailer}\r\n"
+            ),
+            "70 KiB of trailers",
+        ),
+    ];
+    for (raw, what) in &cases {
+        let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+            .await
+            .unwrap();
+        conn.write_all(raw.as_bytes()).await.unwrap();
+        let response = read_to_close(&mut conn, Duration::from_secs(20)).await;
+        let v = assert_our_error(&response, 400, what);
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request"),
+            "{what}: {v}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_and_sized_bodies_in_pieces_pass_the_guard_on_one_connection() {
     let stack = Stack::start(Options {
