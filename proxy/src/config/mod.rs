@@ -195,6 +195,7 @@ impl ProxyConfig {
             ("limits.client_body_timeout_ms", l.client_body_timeout_ms),
             ("limits.header_timeout_ms", l.header_timeout_ms),
             ("limits.body_total_timeout_ms", l.body_total_timeout_ms),
+            ("limits.client_send_timeout_ms", l.client_send_timeout_ms),
             (
                 "limits.max_connections_per_client",
                 l.max_connections_per_client as u64,

@@ -102,6 +102,10 @@ pub struct LimitsSection {
     pub header_timeout_ms: u64,
     /// Longest time to receive a whole request body, however steadily it trickles (408 beyond).
     pub body_total_timeout_ms: u64,
+    /// Longest wait for the client to take the next piece of a response; the connection is
+    /// closed beyond. A client that stops reading would otherwise hold its connection, the
+    /// upstream connection behind it and the API's answer in memory for ever.
+    pub client_send_timeout_ms: u64,
     /// Open connections one client (address, or IPv6 network per `rate_limits.ipv6_prefix_len`)
     /// may hold; more are answered 429 and closed. Trusted proxies are exempt.
     pub max_connections_per_client: usize,
@@ -275,6 +279,7 @@ impl Default for LimitsSection {
             client_body_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             body_total_timeout_ms: 60_000,
+            client_send_timeout_ms: 60_000,
             max_connections_per_client: 256,
         }
     }

@@ -180,6 +180,8 @@ impl ProxyHttp for Edge {
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         session.set_read_timeout(Some(self.settings.client_body_timeout));
+        // Pingora waits on a client that takes no bytes for ever.
+        session.set_write_timeout(Some(self.settings.client_send_timeout));
         if crate::drain::draining() {
             // Answer, then close: the client's next request opens a connection to a process
             // that stays (the upgraded one, or another edge), instead of racing our exit.

@@ -13,6 +13,7 @@ pub type SharedTrust = Arc<std::sync::RwLock<Arc<ProxyTrust>>>;
 pub struct EdgeSettings {
     pub max_body: u64,
     pub client_body_timeout: Duration,
+    pub client_send_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub bulk_read_timeout: Duration,
@@ -32,6 +33,7 @@ impl EdgeSettings {
         Self {
             max_body: cfg.limits.max_request_body_bytes,
             client_body_timeout: Duration::from_millis(cfg.limits.client_body_timeout_ms),
+            client_send_timeout: Duration::from_millis(cfg.limits.client_send_timeout_ms),
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             bulk_read_timeout: Duration::from_millis(u.bulk_read_timeout_ms),

@@ -701,7 +701,13 @@ pub enum Behaviour {
     Answer,
     /// Closes the connection of the first such request it receives, answers the others.
     CloseFirst,
+    /// `200` with a gigabyte body, written until the edge takes no more; the write's failure
+    /// is then recorded as a request for [`FLOOD_ENDED`].
+    Flood,
 }
+
+/// What a [`Behaviour::Flood`] upstream records once the edge let go of its answer.
+pub const FLOOD_ENDED: &str = "<flood ended>";
 
 /// Each request's path and its headers (names lower-cased), as an upstream received them.
 pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>;
@@ -754,6 +760,14 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
                     }
                     if !path.starts_with("/health") {
                         log.lock().unwrap().push((path, headers));
+                        if behaviour == Behaviour::Flood {
+                            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1073741824\r\n\r\n";
+                            let chunk = vec![0u8; 64 << 10];
+                            let _ = out.write_all(head.as_bytes());
+                            while out.write_all(&chunk).is_ok() {}
+                            log.lock().unwrap().push((FLOOD_ENDED.into(), Vec::new()));
+                            return;
+                        }
                         match behaviour {
                             // The next read ends when the edge closes the connection.
                             Behaviour::Hold => continue,
@@ -763,7 +777,7 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
                             {
                                 return
                             }
-                            Behaviour::Answer | Behaviour::CloseFirst => {}
+                            Behaviour::Answer | Behaviour::CloseFirst | Behaviour::Flood => {}
                         }
                     }
                     let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -775,4 +789,28 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
         }
     });
     (addr, seen)
+}
+
+/// A [`fake_upstream`] that does `behaviour`, made the stack's only one (a reload with `opts`);
+/// returns once it is in rotation, its health check passed and it alone answers.
+pub async fn upstream_alone(
+    stack: &Stack,
+    opts: &Options,
+    behaviour: Behaviour,
+) -> (String, Received) {
+    let (addr, seen) = fake_upstream(behaviour);
+    stack.write_config_servers(std::slice::from_ref(&addr), opts);
+    stack.signal_proxy("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = stack.get("/health").await;
+        if res.status() == 200 && res.text().await.unwrap() == "{}" {
+            return (addr, seen);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fake upstream got no traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -2,7 +2,7 @@
 //! answer is our JSON with a request id; slow clients are cut at the configured deadlines; one
 //! client cannot hold more than its share of connections.
 
-use crate::harness::{Options, Stack};
+use crate::harness::{upstream_alone, Behaviour, Options, Stack, FLOOD_ENDED};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -418,6 +418,43 @@ async fn a_body_that_stops_arriving_gets_a_408_after_the_per_read_timeout() {
         .metric(stack.admin_port, "kurz_proxy_upstream_retries_total", &[])
         .await;
     assert_eq!(retries, 0.0);
+}
+
+/// A client that asks for a large answer and never reads it is cut off at
+/// `limits.client_send_timeout_ms`, and the upstream connection with it: the upstream's write
+/// fails instead of waiting for ever with the answer in its memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_with_its_upstream() {
+    let opts = || Options {
+        upstreams: 1,
+        extra_yaml: "limits: { client_send_timeout_ms: 500 }\n".into(),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (_, seen) = upstream_alone(&stack, &opts(), Behaviour::Flood).await;
+    // A small receive window, and nothing read: the edge's writes stall at once.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket
+        .connect(([127, 0, 0, 1], stack.http_port).into())
+        .await
+        .unwrap();
+    conn.write_all(b"GET /urls/export HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !seen.lock().unwrap().iter().any(|(p, _)| p == FLOOD_ENDED) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream is still writing an answer nobody reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client's connection ends too (after what the buffers held).
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the client's connection is still open");
+    assert!(sink.len() < 1 << 30, "the whole answer was never taken");
 }
 
 /// An edge holding each client to `cap` connections, a first head due within

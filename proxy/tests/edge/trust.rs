@@ -1,7 +1,7 @@
 //! Who names the client, the request id and the client's scheme: only trusted proxies, as
 //! configured, and a SIGHUP changes who that is.
 
-use crate::harness::{fake_upstream, Behaviour, Options, Received, Stack};
+use crate::harness::{upstream_alone, Behaviour, Options, Received, Stack};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -112,26 +112,6 @@ fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A recording upstream, made the stack's only one (a reload with `opts`); returns once it is
-/// in rotation, its health check passed and it alone answers.
-async fn recording_upstream_alone(stack: &Stack, opts: &Options) -> (String, Received) {
-    let (addr, seen) = fake_upstream(Behaviour::Answer);
-    stack.write_config_servers(std::slice::from_ref(&addr), opts);
-    stack.signal_proxy("HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = stack.get("/health").await;
-        if res.status() == 200 && res.text().await.unwrap() == "{}" {
-            return (addr, seen);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recording upstream got no traffic"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts() {
     let opts = || Options {
@@ -140,7 +120,7 @@ async fn the_edge_forwards_only_the_visit_id_it_minted_and_the_chain_it_trusts()
         ..Options::default()
     };
     let stack = Stack::start(opts());
-    let (addr, seen) = recording_upstream_alone(&stack, &opts()).await;
+    let (addr, seen) = upstream_alone(&stack, &opts(), Behaviour::Answer).await;
 
     let forged = "0123456789abcdef0123456789abcdef";
     let with_forged = |path: &str| {
@@ -231,7 +211,7 @@ async fn under_replica_acks_a_forwarded_visit_carries_the_edges_id_too() {
         ..Options::default()
     };
     let stack = Stack::start(opts());
-    let (_, seen) = recording_upstream_alone(&stack, &opts()).await;
+    let (_, seen) = upstream_alone(&stack, &opts(), Behaviour::Answer).await;
     assert_eq!(stack.get("/nosuch2").await.status(), 200);
     let seen = seen.lock().unwrap().clone();
     let visit = seen
@@ -258,7 +238,7 @@ async fn hop_by_hop_headers_are_not_forwarded_to_the_api() {
         ..Options::default()
     };
     let stack = Stack::start(opts());
-    let (_, seen) = recording_upstream_alone(&stack, &opts()).await;
+    let (_, seen) = upstream_alone(&stack, &opts(), Behaviour::Answer).await;
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
         .await
         .unwrap();
