@@ -45,6 +45,8 @@ pub struct Metrics {
     pub near_cache_enabled: IntGauge,
     /// Client connections open now.
     pub client_connections: IntGauge,
+    /// The open-file limit the process runs with (`open_files`).
+    pub open_files_limit: IntGauge,
     /// Connections refused at accept for the per-client cap.
     pub connections_refused: IntCounter,
     /// Requests answered by the connection layer before Pingora saw them, by reason.
@@ -147,6 +149,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         client_connections: register_int_gauge!(
             "kurz_proxy_client_connections",
             "Client connections open now"
+        )
+        .expect("metric"),
+        open_files_limit: register_int_gauge!(
+            "kurz_proxy_open_files_limit",
+            "Descriptors the process may hold (soft RLIMIT_NOFILE, raised to the hard limit at start): each client and upstream connection takes one"
         )
         .expect("metric"),
         connections_refused: register_int_counter!(

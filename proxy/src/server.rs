@@ -98,6 +98,17 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         test: false,
         conf: None,
     };
+    match crate::open_files::raise_to_hard() {
+        Ok((before, now)) => {
+            METRICS
+                .open_files_limit
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+            if before != now {
+                log::info!(before = before, now = now; "open-file limit raised to the hard limit");
+            }
+        }
+        Err(e) => log::warn!(error = e.to_string(); "cannot read or raise the open-file limit"),
+    }
     if !upgrade {
         listeners_bind(&cfg)?;
     }

@@ -159,6 +159,8 @@ pub struct Options {
     pub grace_period_seconds: u64,
     /// `log.level` of the proxy.
     pub log_level: &'static str,
+    /// The proxy's open-file limit at start (`soft:hard`, as `prlimit --nofile` takes it).
+    pub proxy_nofile: Option<String>,
 }
 
 impl Default for Options {
@@ -180,6 +182,7 @@ impl Default for Options {
             health_interval_ms: 200,
             grace_period_seconds: 0,
             log_level: "warn",
+            proxy_nofile: None,
             rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         }
     }
@@ -204,6 +207,7 @@ pub struct Stack {
     api_env: Vec<(String, String)>,
     /// The proxy's extra environment, for its next start.
     pub proxy_env: Vec<(String, String)>,
+    proxy_nofile: Option<String>,
 }
 
 impl Stack {
@@ -221,6 +225,7 @@ impl Stack {
             db,
             api_env: opts.api_env.clone(),
             proxy_env: opts.proxy_env.clone(),
+            proxy_nofile: opts.proxy_nofile.clone(),
             prefix,
             redis_url: opts.redis_url.clone(),
             redis_cluster: opts.redis_cluster.clone(),
@@ -371,7 +376,17 @@ impl Stack {
             .append(true)
             .open(self.dir.join("proxy.log"))
             .unwrap();
-        let mut cmd = Command::new(binary("kurz-proxy"));
+        let mut cmd = match &self.proxy_nofile {
+            // prlimit sets the limit on itself, then runs the proxy in its place (same pid).
+            Some(nofile) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={nofile}"))
+                    .arg("--")
+                    .arg(binary("kurz-proxy"));
+                cmd
+            }
+            None => Command::new(binary("kurz-proxy")),
+        };
         // The config file says which Redis; an operator's environment must not switch it.
         cmd.env_remove("REDIS_CLUSTER_URLS")
             .env_remove("KURZ_REDIS_REPLICA_ACKS")

@@ -993,3 +993,38 @@ async fn the_web_app_is_served_through_the_edge_and_its_links_redirect_at_the_ed
         .await;
     assert_eq!(auth, 1.0);
 }
+
+/// Started with a soft open-file limit of 1024 (a container runtime's or a shell's), the edge
+/// raises it to the hard limit before it accepts anything, and says what it runs with: at 1024
+/// accepts fail from about a thousand connections, whatever the edge was sized for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
+    // (soft, hard) of a process's "Max open files".
+    fn open_files(pid: &str) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut numbers = line.split_whitespace().skip(3);
+        let mut next = || numbers.next().unwrap().to_owned();
+        (next(), next())
+    }
+    // This process's hard limit: raising a hard limit needs privilege.
+    let (_, hard) = open_files("self");
+    assert!(
+        hard.parse::<u64>().unwrap() > 1024,
+        "a hard limit above 1024: {hard}"
+    );
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        proxy_nofile: Some(format!("1024:{hard}")),
+        ..Options::default()
+    });
+    let (soft, edge_hard) = open_files(&stack.proxy_pid().to_string());
+    assert_eq!((&soft, &edge_hard), (&hard, &hard));
+    let gauge = stack
+        .metric(stack.admin_port, "kurz_proxy_open_files_limit", &[])
+        .await;
+    assert_eq!(gauge.to_string(), hard);
+}
