@@ -66,6 +66,13 @@ impl Reloader {
     /// that applied the rest.
     async fn reload(&self) -> Result<Vec<String>, String> {
         let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
+        // The environment wins over the file at every reload: an operator who edited the
+        // upstream list in the file and sent SIGHUP must read why nothing changed.
+        let file: ProxyConfig = kurz_common::config::load_yaml(&self.path)?;
+        let from_env = cfg.reloadable_keys_from_env(&file);
+        if !from_env.is_empty() {
+            log::warn!(keys = from_env.join(","); "environment variables set these keys; the file's values are not used (docs/operations.md)");
+        }
         // Loaded before anything changes: a pair that does not load fails the whole reload.
         let cert = match &self.cert {
             Some(_) => Some(crate::tls_cert::load(

@@ -54,6 +54,19 @@ impl ProxyConfig {
             .collect()
     }
 
+    /// The keys a reload applies whose value in `file` (the YAML alone) is not what runs
+    /// (`self`, the file with the environment over it): an environment variable sets them, so
+    /// an edit of the file followed by a SIGHUP changes nothing.
+    pub fn reloadable_keys_from_env(&self, file: &ProxyConfig) -> Vec<String> {
+        use kurz_common::config::{at, leaf_keys};
+        let running = serde_json::to_value(self).expect("the config serializes");
+        let file = serde_json::to_value(file).expect("the config serializes");
+        leaf_keys(&running)
+            .into_iter()
+            .filter(|k| reloaded(k) && at(&running, k) != at(&file, k))
+            .collect()
+    }
+
     /// File + environment, validated.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, String> {
         let mut cfg: ProxyConfig = kurz_common::config::load_yaml(path)?;
@@ -492,6 +505,37 @@ mod tests {
                 "rate_limits.max_tracked_clients"
             ]
         );
+    }
+
+    /// A reloadable key an environment variable sets is named when the file says otherwise
+    /// (the reload then warns that the file's value is not used); one the file agrees with, or
+    /// a key no reload applies, is not.
+    #[test]
+    fn reloadable_keys_the_environment_sets_are_named_when_the_file_differs() {
+        let file = ProxyConfig::default();
+        let env = |vars: &[(&str, &str)]| -> HashMap<String, String> {
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut running = file.clone();
+        running
+            .apply_env(&env(&[
+                ("KURZ_UPSTREAMS", "10.0.0.1:8000,10.0.0.2:8000"),
+                ("KURZ_TLS_KEY", "/run/secrets/key.pem"),
+                ("REDIS_URL", "redis://10.0.0.9:6379"),
+            ]))
+            .unwrap();
+        let mut named = running.reloadable_keys_from_env(&file);
+        named.sort();
+        assert_eq!(named, ["listen.tls_key", "upstreams.servers"]);
+        let mut same = file.clone();
+        same.apply_env(&env(&[(
+            "KURZ_UPSTREAMS",
+            &file.upstreams.servers.join(","),
+        )]))
+        .unwrap();
+        assert!(same.reloadable_keys_from_env(&file).is_empty());
     }
 
     /// Every key of a rate-limit class is documented with a default: one given alone keeps the
