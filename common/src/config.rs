@@ -307,4 +307,60 @@ mod tests {
             0
         );
     }
+
+    /// A key a runbook or guide names in backticks (`redis.prefix`) is one the config files
+    /// have: an operator following the text sets it, and a misspelt one stops start-up (or, in
+    /// a runbook, sends the reader after a setting that does not exist). conf/*.yaml hold every
+    /// key of the code (`check_documented`), so they stand for the code here.
+    #[test]
+    fn every_dotted_key_the_docs_name_exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut keys = Vec::new();
+        for file in ["conf/api.yaml", "conf/proxy.yaml"] {
+            let yaml = std::fs::read_to_string(root.join(file)).unwrap();
+            let value: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+            keys.extend(leaf_keys(&value));
+        }
+        let sections: Vec<&str> = keys.iter().filter_map(|k| k.split('.').next()).collect();
+        let known = |name: &str| {
+            keys.iter()
+                .any(|k| k == name || k.starts_with(&format!("{name}.")))
+        };
+        // Names of that shape that are no key: a file and a table's column.
+        let not_keys = ["events.csv", "events.click_id"];
+        let mut texts = vec![root.join("README.md")];
+        let mut dirs = vec![root.join("docs")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "md") {
+                    texts.push(path);
+                }
+            }
+        }
+        let mut unknown = Vec::new();
+        for path in &texts {
+            let text = std::fs::read_to_string(path).unwrap();
+            for name in text.split('`').skip(1).step_by(2) {
+                let dotted = name.contains('.')
+                    && name.split('.').all(|p| {
+                        !p.is_empty()
+                            && p.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    });
+                let section = name.split('.').next().unwrap_or_default();
+                if dotted
+                    && sections.contains(&section)
+                    && !known(name)
+                    && !not_keys.contains(&name)
+                {
+                    unknown.push(format!("{}: `{name}`", path.display()));
+                }
+            }
+        }
+        assert!(texts.len() > 10, "the docs were found");
+        assert!(unknown.is_empty(), "no such config keys: {unknown:#?}");
+    }
 }
