@@ -244,6 +244,26 @@ pub fn check_documented(
             }
         }
     }
+    // The file's header lists every variable the table gives: an operator reads the file first.
+    let header: String = yaml
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for line in docs.lines().filter(|l| l.starts_with("| `")) {
+        // `| key | default | variables | what |`: an empty cell is `| |`.
+        let env_cell = line.split('|').nth(3).unwrap_or_default();
+        for name in env_cell.split('`').skip(1).step_by(2) {
+            let variable = name.len() > 1
+                && name.starts_with(|c: char| c.is_ascii_uppercase())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if variable && !header.contains(name) {
+                return Err(format!("the config file's header does not list {name}"));
+            }
+        }
+    }
     if let Some((stale, _)) = rows.iter().find(|(k, _)| !keys.iter().any(|key| key == k)) {
         return Err(format!(
             "docs/configuration.md documents `{stale}`, which is no key"
@@ -285,6 +305,18 @@ mod tests {
         let stale = format!("{docs}| `a.e` | `0` | | |\n");
         let err = check_documented(&defaults, yaml, &stale).unwrap_err();
         assert!(err.contains("a.e"), "{err}");
+        // A variable the table gives for a key is in the file's header.
+        let with_env = docs.replace(
+            "| `a.b` | `1` | |",
+            "| `a.b` | `1` | `A_B` (or `A_PART`/`_X`) |",
+        );
+        let err = check_documented(&defaults, yaml, &with_env).unwrap_err();
+        assert!(err.contains("A_B"), "{err}");
+        let listed = format!("# Overrides: A_B, A_PART/_X.\n{yaml}");
+        assert_eq!(check_documented(&defaults, &listed, &with_env), Ok(()));
+        let half = format!("# Overrides: A_B.\n{yaml}");
+        let err = check_documented(&defaults, &half, &with_env).unwrap_err();
+        assert!(err.contains("A_PART"), "{err}");
     }
 
     #[test]
