@@ -100,7 +100,8 @@ pub struct LimitsSection {
     /// Longest time to receive a request head: from accept for a connection's first request,
     /// from the first byte for later ones (408 beyond). Defeats heads trickled a byte at a time.
     pub header_timeout_ms: u64,
-    /// Longest time to receive a whole request body, however steadily it trickles (408 beyond).
+    /// Longest time to receive a whole request body, however steadily it trickles (408 beyond),
+    /// plus a second per `conn::guard::BODY_BYTES_PER_SECOND` received.
     pub body_total_timeout_ms: u64,
     /// Longest wait for the client to take the next piece of a response; the connection is
     /// closed beyond. A client that stops reading would otherwise hold its connection, the
