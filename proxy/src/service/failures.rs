@@ -100,12 +100,7 @@ impl Edge {
             // header naming `Host`, trailers or chunk extensions past its limits): the client is
             // there and gets our error, not a closed connection.
             t if e.esource() == &ErrorSource::Downstream && client_protocol_error(t) => {
-                malformed = format!(
-                    "malformed request: {}",
-                    e.context
-                        .as_ref()
-                        .map_or("refused by the HTTP parser", |c| c.as_str())
-                );
+                malformed = format!("malformed request: {}", parser_reason(e));
                 (400, "bad_request", malformed.as_str())
             }
             _ => match e.esource() {
@@ -155,5 +150,24 @@ fn client_protocol_error(t: &ErrorType) -> bool {
         // pingora-core's body parser (`INVALID_CHUNK`, `INVALID_TRAILER_END`).
         Custom(name) => matches!(*name, "InvalidChunk" | "InvalidTrailerEnd"),
         _ => false,
+    }
+}
+
+/// What Pingora's parser said of the request: the innermost error's own words. The outer
+/// ones are ours (`proxy_failed` adds the upstream's address, which is no business of the
+/// client's).
+fn parser_reason(e: &Error) -> &str {
+    let mut inner = e;
+    // A cause wrapped by `more_context` is held as the boxed error it was.
+    while let Some(cause) = inner.cause.as_ref().and_then(|c| {
+        c.downcast_ref::<Box<Error>>()
+            .map(|b| &**b)
+            .or_else(|| c.downcast_ref::<Error>())
+    }) {
+        inner = cause;
+    }
+    match &inner.context {
+        Some(c) if inner.etype() == e.etype() => c.as_str(),
+        _ => "refused by the HTTP parser",
     }
 }
