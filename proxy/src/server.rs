@@ -205,13 +205,16 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     let limits = &cfg.limits;
     let guarded = Guarded {
         inner: Arc::new(http),
-        limits: Arc::new(ConnLimits::new(
-            Duration::from_millis(limits.header_timeout_ms),
-            Duration::from_millis(limits.body_total_timeout_ms),
-            limits.max_connections_per_client,
-            limiter.clone(),
-            trust.clone(),
-        )),
+        limits: Arc::new(
+            ConnLimits::new(
+                Duration::from_millis(limits.header_timeout_ms),
+                Duration::from_millis(limits.body_total_timeout_ms),
+                limits.max_connections_per_client,
+                limiter.clone(),
+                trust.clone(),
+            )
+            .with_send_timeout(Duration::from_millis(limits.client_send_timeout_ms)),
+        ),
         tls,
     };
     let mut proxy = Service::new("kurz edge".to_owned(), guarded);

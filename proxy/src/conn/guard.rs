@@ -69,6 +69,9 @@ pub struct HeadGuard {
     /// The current request was handed on whole, and [`Self::poll_next_request`] has not been
     /// called since: bytes read now are the next request's.
     request_done: bool,
+    /// Armed while a write to the client waits (`ConnLimits::send_timeout`), dropped at any
+    /// progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -94,6 +97,7 @@ impl HeadGuard {
             answered: false,
             paced: false,
             request_done: false,
+            write_stall: None,
         }
     }
 
@@ -117,6 +121,33 @@ impl HeadGuard {
             Some(d) => d.as_mut().reset(at),
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
         }
+    }
+
+    /// A write's or flush's poll, bounded: Pingora times out body writes only (not a head, not
+    /// the final flush), and a client that reads nothing would hold its connection there for
+    /// ever. Any progress starts the wait again, so a slow reader is not cut, a stopped one is.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let timeout = self.limits.send_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.write_stall = None;
+            self.phase = Phase::Closed;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes within limits.client_send_timeout_ms",
+            )));
+        }
+        Poll::Pending
     }
 
     fn refuse(&mut self, r: Refusal) {
@@ -507,7 +538,8 @@ impl AsyncWrite for HeadGuard {
         if matches!(this.phase, Phase::Closed | Phase::Refusing { .. }) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        let n = ready!(this.bounded(cx, polled))?;
         this.answered |= n > 0 && !interim(data);
         Poll::Ready(Ok(n))
     }
@@ -521,7 +553,8 @@ impl AsyncWrite for HeadGuard {
         if matches!(this.phase, Phase::Closed | Phase::Refusing { .. }) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let n = ready!(this.bounded(cx, polled))?;
         this.answered |= n > 0 && !bufs.first().is_some_and(|b| interim(b));
         Poll::Ready(Ok(n))
     }
@@ -531,7 +564,9 @@ impl AsyncWrite for HeadGuard {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bounded(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -831,6 +866,54 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&answer)
         );
+    }
+
+    /// A write to a client that takes nothing fails at the send timeout, a head and a flush
+    /// included (Pingora bounds only its body writes); a client that reads slowly, a little at
+    /// a time, is not cut however long the whole answer takes.
+    #[tokio::test]
+    async fn a_write_to_a_client_that_reads_nothing_fails_at_the_send_timeout() {
+        let guard_of = |ours| {
+            let trust = Arc::new(std::sync::RwLock::new(Arc::new(
+                ProxyTrust::parse(&[], &[]).unwrap(),
+            )));
+            let limits = ConnLimits::new(
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                100,
+                Arc::new(crate::rate_limit::RateLimiter::new(
+                    &crate::config::ProxyConfig::default().rate_limits,
+                )),
+                trust,
+            )
+            .with_send_timeout(Duration::from_millis(300));
+            HeadGuard::new(Box::new(ours), Arc::new(limits))
+        };
+        let (ours, client) = tokio::io::duplex(1024);
+        let mut guard = guard_of(ours);
+        let stuck = tokio::time::timeout(Duration::from_secs(30), guard.write_all(&[b'x'; 8192]))
+            .await
+            .expect("the write ends at the send timeout");
+        assert_eq!(stuck.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        drop(client);
+
+        let (ours, mut client) = tokio::io::duplex(1024);
+        let mut guard = guard_of(ours);
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 512];
+            while got < 8192 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+        });
+        // 16 reads 100 ms apart: 1.6 s in all, past the timeout, progress at every read.
+        tokio::time::timeout(Duration::from_secs(30), guard.write_all(&[b'x'; 8192]))
+            .await
+            .expect("the slow reader takes it all")
+            .unwrap();
+        guard.flush().await.unwrap();
+        reader.await.unwrap();
     }
 
     /// A CRLF after a request (some clients send one after a body) is no next request: the

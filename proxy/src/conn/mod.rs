@@ -41,6 +41,8 @@ pub const REJECT_REASONS: [&str; 6] = [
 pub struct ConnLimits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Longest a write to the client may wait without progress (`limits.client_send_timeout_ms`).
+    pub send_timeout: Duration,
     pub max_per_client: usize,
     /// Read for its IPv6 prefix length, which SIGHUP changes: the connection cap and the rate
     /// limits must agree on who one client is.
@@ -60,11 +62,18 @@ impl ConnLimits {
         Self {
             header_timeout,
             body_timeout,
+            send_timeout: Duration::from_secs(60),
             max_per_client,
             limiter,
             trust,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With `limits.client_send_timeout_ms`.
+    pub fn with_send_timeout(mut self, send_timeout: Duration) -> Self {
+        self.send_timeout = send_timeout;
+        self
     }
 
     /// A slot for a new connection from `peer`, or `None` when that client holds its share.
