@@ -39,22 +39,6 @@ async fn unlock(client: &deadpool_postgres::Client, key: i64) {
         .await;
 }
 
-/// Where a replica's next pass of click retention starts: before it, every click is gone.
-///
-/// Events are stored in about time order, so the clicks that expire are those at the front of
-/// the id order. A pass walks windows of ids from here and stops at the first window that
-/// holds clicks to keep and none to delete: what follows is newer. Each statement reads one
-/// window ([`BATCH`] events), so a pass costs what expired since the last one, not the table;
-/// a query for old rows by time alone rescanned the front of the table at every statement (a
-/// BRIN summary is never narrowed by deletes), past `database.statement_timeout_ms` once the
-/// backlog was large, and retention then failed every hour for good. Clicks stored with an
-/// old time long after it (an events import) lie past the stop and go once the front reaches
-/// them, `events.retention_days` after they were stored.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Resume {
-    after: i64,
-}
-
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -63,32 +47,38 @@ pub struct Pass {
     pub read: u64,
 }
 
-/// Deletes click events that occurred before `cutoff`, from `resume` on, `batch` events read a
-/// statement. `None` when another replica holds the job. Stops between statements once `stop`
-/// is set: a first pass over a large backlog must not hold a shutdown past its grace period
-/// (the next pass goes on from where this one got).
+/// Deletes click events that occurred before `cutoff`, reading `batch` events a statement.
+/// `None` when another replica holds the job. Stops between statements once `stop` is set: a
+/// first pass over a large backlog must not hold a shutdown past its grace period (the next
+/// pass goes on).
+///
+/// Events are stored in about time order, so the clicks that expire are at the front of the
+/// id order. A pass walks windows of ids from the first and stops at the first window that
+/// holds clicks to keep and none to delete: what follows is newer. So it reads the events of
+/// other kinds at the front, what expired, and one window, never the rest of the table, and
+/// each statement reads one window: a query for old rows by time alone rescanned the front of
+/// the table at every statement (a BRIN summary is never narrowed by deletes), passed
+/// `database.statement_timeout_ms` once the backlog was large, and retention then failed every
+/// hour for good. Every pass starts at the first id: a click stored out of id order (a
+/// transaction that committed late, an events import that kept a file's low ids) is seen by
+/// the next one. Clicks stored with an old time and a new id (an events import) lie past the
+/// stop and go once the front reaches them, `events.retention_days` after they were stored.
 pub async fn run_once(
     db: &Pool,
     cutoff: DateTime<Utc>,
     batch: i64,
-    resume: &mut Resume,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Pass>, String> {
     let Some(client) = lock(db, LOCK_KEY).await? else {
         return Ok(None);
     };
     let mut pass = Pass::default();
-    let mut after = resume.after;
-    // Before the first click kept, every click read was deleted: the next pass starts there.
-    let mut kept_from: Option<i64> = None;
+    let mut after = 0;
     let result = loop {
         match crate::db::events::delete_clicks_in_window(&client, after, batch, cutoff).await {
             Ok(w) => {
                 pass.deleted += w.deleted;
                 pass.read += w.read;
-                if kept_from.is_none() {
-                    kept_from = w.first_kept_click.map(|id| id - 1);
-                }
                 let Some(last) = w.last else {
                     break Ok(Some(pass));
                 };
@@ -101,11 +91,6 @@ pub async fn run_once(
             Err(e) => break Err(e.to_string()),
         }
     };
-    // With no click kept in sight, the next pass starts where this one did: a click being
-    // stored as it read would have an id before its end, unseen.
-    if let (Ok(_), Some(from)) = (&result, kept_from) {
-        resume.after = from;
-    }
     unlock(&client, LOCK_KEY).await;
     result
 }
@@ -143,7 +128,6 @@ pub async fn prune_visitors(
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
     let mut wait = FIRST_AFTER;
-    let mut resume = Resume::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -157,7 +141,7 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        match run_once(&state.db, cutoff, BATCH, &mut resume, &stop).await {
+        match run_once(&state.db, cutoff, BATCH, &stop).await {
             Ok(Some(pass)) if pass.deleted > 0 => {
                 log::info!(deleted = pass.deleted, read = pass.read, retention_days = days; "old click events deleted")
             }
