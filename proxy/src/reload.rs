@@ -59,6 +59,8 @@ pub struct Reloader {
     pub trust: crate::service::SharedTrust,
     /// The configuration the process started with: what keys a reload cannot apply still hold.
     pub started: ProxyConfig,
+    /// The file alone as it was at start, without the environment.
+    pub started_file: ProxyConfig,
 }
 
 impl Reloader {
@@ -69,9 +71,9 @@ impl Reloader {
         // The environment wins over the file at every reload: an operator who edited the
         // upstream list in the file and sent SIGHUP must read why nothing changed.
         let file: ProxyConfig = kurz_common::config::load_yaml(&self.path)?;
-        let from_env = cfg.reloadable_keys_from_env(&file);
-        if !from_env.is_empty() {
-            log::warn!(keys = from_env.join(","); "environment variables set these keys; the file's values are not used (docs/operations.md)");
+        let unused = cfg.edits_the_environment_overrides(&self.started_file, &file);
+        if !unused.is_empty() {
+            log::warn!(keys = unused.join(","); "the file changed keys that environment variables set; the edits are not used (docs/operations.md)");
         }
         // Loaded before anything changes: a pair that does not load fails the whole reload.
         let cert = match &self.cert {

@@ -255,6 +255,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         limiter,
         trust,
         started: cfg.clone(),
+        started_file: kurz_common::config::load_yaml(path)?,
     };
 
     server.add_service(proxy);

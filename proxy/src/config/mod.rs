@@ -54,16 +54,25 @@ impl ProxyConfig {
             .collect()
     }
 
-    /// The keys a reload applies whose value in `file` (the YAML alone) is not what runs
-    /// (`self`, the file with the environment over it): an environment variable sets them, so
-    /// an edit of the file followed by a SIGHUP changes nothing.
-    pub fn reloadable_keys_from_env(&self, file: &ProxyConfig) -> Vec<String> {
+    /// The keys a reload applies that the file changed (from `file_then`, the YAML alone at
+    /// start, to `file_now`) to a value other than what runs (`self`, the file with the
+    /// environment over it): an environment variable sets them, so the edit changes nothing.
+    /// A key the environment sets and the file leaves alone is not named: Kubernetes and
+    /// compose give the upstreams by environment, and every reload would warn.
+    pub fn edits_the_environment_overrides(
+        &self,
+        file_then: &ProxyConfig,
+        file_now: &ProxyConfig,
+    ) -> Vec<String> {
         use kurz_common::config::{at, leaf_keys};
         let running = serde_json::to_value(self).expect("the config serializes");
-        let file = serde_json::to_value(file).expect("the config serializes");
+        let then = serde_json::to_value(file_then).expect("the config serializes");
+        let now = serde_json::to_value(file_now).expect("the config serializes");
         leaf_keys(&running)
             .into_iter()
-            .filter(|k| reloaded(k) && at(&running, k) != at(&file, k))
+            .filter(|k| {
+                reloaded(k) && at(&now, k) != at(&then, k) && at(&running, k) != at(&now, k)
+            })
             .collect()
     }
 
@@ -507,35 +516,43 @@ mod tests {
         );
     }
 
-    /// A reloadable key an environment variable sets is named when the file says otherwise
-    /// (the reload then warns that the file's value is not used); one the file agrees with, or
-    /// a key no reload applies, is not.
+    /// A reloadable key the file changed while an environment variable sets it is named (the
+    /// reload then warns that the edit is not used); one the environment sets and the file
+    /// leaves alone, one the file changed to what runs, or a key no reload applies, is not.
     #[test]
-    fn reloadable_keys_the_environment_sets_are_named_when_the_file_differs() {
-        let file = ProxyConfig::default();
-        let env = |vars: &[(&str, &str)]| -> HashMap<String, String> {
-            vars.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
+    fn edits_of_keys_the_environment_sets_are_named() {
+        let env: HashMap<String, String> = [
+            ("KURZ_UPSTREAMS", "10.0.0.1:8000,10.0.0.2:8000"),
+            ("KURZ_TLS_KEY", "/run/secrets/key.pem"),
+            ("REDIS_URL", "redis://10.0.0.9:6379"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // What a reload runs: the file now, the environment over it.
+        let running = |file: &ProxyConfig| {
+            let mut c = file.clone();
+            c.apply_env(&env).unwrap();
+            c
         };
-        let mut running = file.clone();
-        running
-            .apply_env(&env(&[
-                ("KURZ_UPSTREAMS", "10.0.0.1:8000,10.0.0.2:8000"),
-                ("KURZ_TLS_KEY", "/run/secrets/key.pem"),
-                ("REDIS_URL", "redis://10.0.0.9:6379"),
-            ]))
-            .unwrap();
-        let mut named = running.reloadable_keys_from_env(&file);
-        named.sort();
-        assert_eq!(named, ["listen.tls_key", "upstreams.servers"]);
-        let mut same = file.clone();
-        same.apply_env(&env(&[(
-            "KURZ_UPSTREAMS",
-            &file.upstreams.servers.join(","),
-        )]))
-        .unwrap();
-        assert!(same.reloadable_keys_from_env(&file).is_empty());
+        let then = ProxyConfig::default();
+        // Nothing edited: nothing named, though the environment sets three keys.
+        assert!(running(&then)
+            .edits_the_environment_overrides(&then, &then)
+            .is_empty());
+        let mut now = then.clone();
+        now.upstreams.servers = vec!["10.0.0.3:8000".into()];
+        now.redis.url = "redis://10.0.0.8:6379".into();
+        now.rate_limits.redirect.rate = 7.0;
+        assert_eq!(
+            running(&now).edits_the_environment_overrides(&then, &now),
+            ["upstreams.servers"]
+        );
+        // Edited to what the environment says: nothing is lost.
+        now.upstreams.servers = running(&then).upstreams.servers;
+        assert!(running(&now)
+            .edits_the_environment_overrides(&then, &now)
+            .is_empty());
     }
 
     /// Every key of a rate-limit class is documented with a default: one given alone keeps the
