@@ -47,6 +47,8 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// The open-file limit the process runs with (`open_files`).
     pub open_files_limit: IntGauge,
+    /// Descriptors open at the last scrape: client and upstream connections, Redis, files.
+    pub open_files: IntGauge,
     /// Connections refused at accept for the per-client cap.
     pub connections_refused: IntCounter,
     /// Requests answered by the connection layer before Pingora saw them, by reason.
@@ -154,6 +156,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         open_files_limit: register_int_gauge!(
             "kurz_proxy_open_files_limit",
             "Descriptors the process may hold (soft RLIMIT_NOFILE, raised to the hard limit at start): each client and upstream connection takes one"
+        )
+        .expect("metric"),
+        open_files: register_int_gauge!(
+            "kurz_proxy_open_files",
+            "Descriptors open at this scrape: client and upstream connections, Redis, files"
         )
         .expect("metric"),
         connections_refused: register_int_counter!(
@@ -278,6 +285,9 @@ impl Hot {
 
 /// The text exposition of the default registry.
 pub fn render() -> Vec<u8> {
+    if let Some(n) = crate::open_files::open_now() {
+        METRICS.open_files.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     let mut buf = Vec::new();
     TextEncoder::new()
         .encode(&prometheus::gather(), &mut buf)

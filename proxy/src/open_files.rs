@@ -4,6 +4,22 @@
 //! connections however the edge was sized. The soft limit may be raised to the hard one without
 //! privilege, as nginx's `worker_rlimit_nofile` does for its workers.
 
+/// The soft `RLIMIT_NOFILE` now.
+pub fn soft_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives for the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// Descriptors the process holds now (entries of `/proc/self/fd`, less the one reading it).
+pub fn open_now() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some((entries.count() as u64).saturating_sub(1))
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (before, after).
 pub fn raise_to_hard() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {

@@ -107,7 +107,15 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
                 log::info!(before = before, now = now; "open-file limit raised to the hard limit");
             }
         }
-        Err(e) => log::warn!(error = e.to_string(); "cannot read or raise the open-file limit"),
+        Err(e) => {
+            // The limit it runs with is still what the alert compares with.
+            if let Some(soft) = crate::open_files::soft_limit() {
+                METRICS
+                    .open_files_limit
+                    .set(i64::try_from(soft).unwrap_or(i64::MAX));
+            }
+            log::warn!(error = e.to_string(); "cannot raise the open-file limit")
+        }
     }
     if !upgrade {
         listeners_bind(&cfg)?;

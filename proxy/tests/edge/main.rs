@@ -1027,4 +1027,18 @@ async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
         .metric(stack.admin_port, "kurz_proxy_open_files_limit", &[])
         .await;
     assert_eq!(gauge.to_string(), hard);
+    // What it holds is counted at each scrape, every connection a descriptor.
+    let open = || stack.metric(stack.admin_port, "kurz_proxy_open_files", &[]);
+    let before = open().await;
+    assert!(before > 0.0);
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(std::net::TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open().await < before + 50.0 {
+        assert!(Instant::now() < deadline, "50 connections are not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
 }
