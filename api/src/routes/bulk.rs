@@ -491,7 +491,12 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
             let e = foreign::too_many(n + 1);
             return Err(ApiError::BadRow {
                 row: e.record,
-                line: reader.position().line(),
+                // The record's own start: the reader's position is already past it.
+                line: row
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.position())
+                    .map_or(0, |p| p.line()),
                 column: e.column,
                 reason: e.reason,
             });

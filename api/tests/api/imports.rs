@@ -418,6 +418,15 @@ async fn an_own_csv_error_names_the_records_line_in_the_file() {
     assert_eq!(err["details"]["line"], 4, "{err}");
     assert_eq!(err["details"]["column"], "clicks", "{err}");
     assert!(links_of(&app, importer).await.is_empty());
+    // The record past the most an import takes is named where it starts.
+    let max = kurz_api::import::foreign::MAX_LINKS;
+    let mut many = String::from("short_code,original_url\n");
+    for i in 0..=max {
+        many.push_str(&format!("m{i},https://a.example/\n"));
+    }
+    let err = error_of(import(&app, "csv", importer, many.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["row"], max + 1, "{err}");
+    assert_eq!(err["details"]["line"], max + 2, "{err}");
 }
 
 /// A date PostgreSQL cannot store is the record's error (400 naming it), not a 500.
