@@ -27,18 +27,21 @@ scenario() {
     --web.listen-address="127.0.0.1:$port" --cluster.listen-address= >"$dir/log" 2>&1 &
   pid=$!
   local am="http://127.0.0.1:$port"
-  for _ in $(seq 100); do
-    curl -fsS "$am/-/ready" >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
+  local ready=
+  for _ in $(seq 300); do
+    curl -fsS "$am/-/ready" >/dev/null 2>&1 && { ready=1; break; }
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  [ -n "$ready" ] || { echo "$name: Alertmanager did not start:" >&2; cat "$dir/log" >&2; exit 1; }
   printf '%s\n' "$alerts" | python3 -c '
 import json, sys
 print(json.dumps([{"labels": {"alertname": n, "severity": s, "instance": i}}
                   for n, s, i, _ in (line.split() for line in sys.stdin if line.strip())]))' |
     curl -fsS -XPOST -H 'content-type: application/json' --data-binary @- "$am/api/v2/alerts" >/dev/null
-  # The API decides inhibitions on every read.
-  curl -fsS "$am/api/v2/alerts" | python3 -c '
+  # The inhibitor takes new alerts in a goroutine of its own: read until it agrees, or 30 s.
+  local tries=300
+  until curl -fsS "$am/api/v2/alerts" | python3 -c '
 import json, sys
 expected = {(n, i): e for n, _, i, e in (line.split() for line in sys.argv[2].splitlines() if line.strip())}
 seen = {(a["labels"]["alertname"], a["labels"]["instance"]):
@@ -46,7 +49,11 @@ seen = {(a["labels"]["alertname"], a["labels"]["instance"]):
 wrong = [f"{n}@{i}: {seen.get((n, i))}, expected {e}" for (n, i), e in expected.items() if seen.get((n, i)) != e]
 if wrong:
     sys.exit(sys.argv[1] + ": " + "; ".join(wrong))
-' "$name" "$alerts"
+' "$name" "$alerts" 2>"$dir/wrong"; do
+    tries=$((tries - 1))
+    [ "$tries" -gt 0 ] || { cat "$dir/wrong" >&2; exit 1; }
+    sleep 0.1
+  done
 }
 
 # Clicks wait in the streams while PostgreSQL is down (KurzPostgresDown, "Impact"); a pool at
