@@ -570,14 +570,18 @@ impl AsyncWrite for HeadGuard {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.bounded(cx, polled)
     }
 }
 
 #[async_trait]
 impl Shutdown for HeadGuard {
+    /// Bounded as a write is: on TLS the close_notify waits for the socket like any write, and
+    /// Pingora awaits this without a deadline when a connection is not kept alive.
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        let _ = tokio::time::timeout(self.limits.send_timeout, self.inner.shutdown()).await;
     }
 }
 
@@ -914,6 +918,96 @@ mod tests {
             .unwrap();
         guard.flush().await.unwrap();
         reader.await.unwrap();
+    }
+
+    /// A stream that takes nothing: every write, flush and close waits for ever (a TLS
+    /// close_notify to a client that reads nothing).
+    #[derive(Debug)]
+    struct Stuck;
+
+    impl AsyncRead for Stuck {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Stuck {
+        async fn shutdown(&mut self) {
+            std::future::pending::<()>().await
+        }
+    }
+    impl UniqueID for Stuck {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for Stuck {}
+    impl GetTimingDigest for Stuck {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            vec![]
+        }
+    }
+    impl GetProxyDigest for Stuck {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for Stuck {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for Stuck {}
+
+    /// Closing a connection whose client takes nothing ends at the send timeout too, by
+    /// Pingora's `shutdown` and by a writer's `poll_shutdown`.
+    #[tokio::test]
+    async fn closing_on_a_client_that_takes_nothing_ends_at_the_send_timeout() {
+        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
+            ProxyTrust::parse(&[], &[]).unwrap(),
+        )));
+        let limits = ConnLimits::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+            Arc::new(crate::rate_limit::RateLimiter::new(
+                &crate::config::ProxyConfig::default().rate_limits,
+            )),
+            trust,
+        )
+        .with_send_timeout(Duration::from_millis(300));
+        let limits = Arc::new(limits);
+        let mut guard = HeadGuard::new(Box::new(Stuck), limits.clone());
+        tokio::time::timeout(Duration::from_secs(30), Shutdown::shutdown(&mut guard))
+            .await
+            .expect("Pingora's shutdown ends");
+        let mut guard = HeadGuard::new(Box::new(Stuck), limits);
+        let closed =
+            tokio::time::timeout(Duration::from_secs(30), AsyncWriteExt::shutdown(&mut guard))
+                .await
+                .expect("a writer's shutdown ends");
+        assert_eq!(closed.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 
     /// A CRLF after a request (some clients send one after a body) is no next request: the
