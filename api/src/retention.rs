@@ -45,40 +45,76 @@ pub struct Pass {
     pub deleted: u64,
     /// Events read, of every type: kept clicks and other events included.
     pub read: u64,
+    /// Just before the first click kept: every click read before it was deleted, so the next
+    /// pass may start there.
+    pub resume: Option<i64>,
 }
 
-/// Deletes click events that occurred before `cutoff`, reading `batch` events a statement.
-/// `None` when another replica holds the job. Stops between statements once `stop` is set: a
-/// first pass over a large backlog must not hold a shutdown past its grace period (the next
-/// pass goes on).
+/// Passes between walks from the first id: a day's.
+const FULL_WALK_EVERY: u32 = 24;
+
+/// Where each pass of this process starts.
 ///
 /// Events are stored in about time order, so the clicks that expire are at the front of the
-/// id order. A pass walks windows of ids from the first and stops at the first window that
-/// holds clicks to keep and none to delete: what follows is newer. So it reads the events of
-/// other kinds at the front, what expired, and one window, never the rest of the table, and
-/// each statement reads one window: a query for old rows by time alone rescanned the front of
-/// the table at every statement (a BRIN summary is never narrowed by deletes), passed
-/// `database.statement_timeout_ms` once the backlog was large, and retention then failed every
-/// hour for good. Every pass starts at the first id: a click stored out of id order (a
-/// transaction that committed late, an events import that kept a file's low ids) is seen by
-/// the next one. Clicks stored with an old time and a new id (an events import) lie past the
-/// stop and go once the front reaches them, `events.retention_days` after they were stored.
+/// id order. A pass walks windows of ids and stops at the first window that holds clicks to
+/// keep and none to delete: what follows is newer. It starts where the last one kept its first
+/// click, so it reads what expired since and one window: not the front of the table again,
+/// whose deleted rows' index entries stay until a vacuum and would be stepped through by every
+/// pass. The first pass after start and one a day walk from the first id instead: a click
+/// stored below where a pass got (an events import keeps its file's ids; a transaction that
+/// committed its lower id late) goes within a day. (A query for old rows by time alone
+/// rescanned the front of the table at every statement — a BRIN summary is never narrowed by
+/// deletes — passed `database.statement_timeout_ms` once the backlog was large, and retention
+/// then failed every hour for good.)
+#[derive(Debug, Default)]
+pub struct Walk {
+    resume: i64,
+    passes: u32,
+}
+
+impl Walk {
+    /// The id the next pass starts after.
+    pub fn start(&mut self) -> i64 {
+        let full = self.passes % FULL_WALK_EVERY == 0;
+        self.passes = self.passes.wrapping_add(1);
+        if full {
+            0
+        } else {
+            self.resume
+        }
+    }
+
+    /// A pass ended: with a click kept in sight, the next starts before it.
+    pub fn ended(&mut self, pass: &Pass) {
+        if let Some(resume) = pass.resume {
+            self.resume = resume;
+        }
+    }
+}
+
+/// Deletes click events that occurred before `cutoff` among the events after id `after`,
+/// reading `batch` a statement (see [`Walk`]). `None` when another replica holds the job.
+/// Stops between statements once `stop` is set: a first pass over a large backlog must not hold
+/// a shutdown past its grace period (the next pass goes on).
 pub async fn run_once(
     db: &Pool,
     cutoff: DateTime<Utc>,
     batch: i64,
+    mut after: i64,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Pass>, String> {
     let Some(client) = lock(db, LOCK_KEY).await? else {
         return Ok(None);
     };
     let mut pass = Pass::default();
-    let mut after = 0;
     let result = loop {
         match crate::db::events::delete_clicks_in_window(&client, after, batch, cutoff).await {
             Ok(w) => {
                 pass.deleted += w.deleted;
                 pass.read += w.read;
+                if pass.resume.is_none() {
+                    pass.resume = w.first_kept_click.map(|id| id - 1);
+                }
                 let Some(last) = w.last else {
                     break Ok(Some(pass));
                 };
@@ -128,6 +164,7 @@ pub async fn prune_visitors(
 pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
     let mut wait = FIRST_AFTER;
+    let mut walk = Walk::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -141,11 +178,14 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        match run_once(&state.db, cutoff, BATCH, &stop).await {
-            Ok(Some(pass)) if pass.deleted > 0 => {
-                log::info!(deleted = pass.deleted, read = pass.read, retention_days = days; "old click events deleted")
+        match run_once(&state.db, cutoff, BATCH, walk.start(), &stop).await {
+            Ok(Some(pass)) => {
+                walk.ended(&pass);
+                if pass.deleted > 0 {
+                    log::info!(deleted = pass.deleted, read = pass.read, retention_days = days; "old click events deleted");
+                }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => log::warn!(error = e; "click retention failed; next run in an hour"),
         }
     }

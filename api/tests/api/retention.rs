@@ -2,7 +2,7 @@
 //! stats rollups stay.
 
 use crate::helpers::spawn_app;
-use kurz_api::retention::BATCH;
+use kurz_api::retention::{Walk, BATCH};
 
 /// A retention pass's stop signal, not set (a receiver keeps the last value it was sent).
 fn running() -> tokio::sync::watch::Receiver<bool> {
@@ -31,7 +31,7 @@ async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
     let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
     let (tx, stopping) = tokio::sync::watch::channel(true);
     let batch = kurz_api::retention::BATCH;
-    let first = kurz_api::retention::run_once(&app.state.db, cutoff, batch, &stopping)
+    let first = kurz_api::retention::run_once(&app.state.db, cutoff, batch, 0, &stopping)
         .await
         .unwrap()
         .unwrap();
@@ -39,7 +39,7 @@ async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
     assert_eq!(first.read, batch as u64);
     assert_eq!(first.deleted, batch as u64 - 1);
     drop(tx);
-    let rest = kurz_api::retention::run_once(&app.state.db, cutoff, batch, &running())
+    let rest = kurz_api::retention::run_once(&app.state.db, cutoff, batch, 0, &running())
         .await
         .unwrap()
         .unwrap();
@@ -48,8 +48,9 @@ async fn a_stopping_process_ends_its_retention_pass_after_one_batch() {
 
 /// A pass reads what expired since the last one and a window past it, not the table: each
 /// statement walks the next window of ids, and the pass stops at the first window that holds
-/// clicks to keep and none to delete. Each pass starts at the first id, so a click stored
-/// below ids already walked (an events import keeps a file's ids) is found. (Reading
+/// clicks to keep and none to delete. A pass starts where the last kept its first click; the
+/// first after start and one a day start at the first id, so a click stored below ids
+/// already walked (an events import keeps a file's ids) is found within a day. (Reading
 /// old rows by time alone rescanned the front of the table at every statement and, over a
 /// large backlog, failed at the statement timeout every hour.)
 #[tokio::test]
@@ -82,39 +83,48 @@ async fn a_retention_pass_reads_what_expired_not_the_whole_table() {
         .await
         .unwrap();
     let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
-    let pass = kurz_api::retention::run_once(&app.state.db, cutoff, 100, &running())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut walk = Walk::default();
+    let pass_from = |cutoff, from: i64| {
+        let db = app.state.db.clone();
+        async move {
+            kurz_api::retention::run_once(&db, cutoff, 100, from, &running())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let from = walk.start();
+    assert_eq!(
+        from, 0,
+        "the first pass after start walks from the first id"
+    );
+    let pass = pass_from(cutoff, from).await;
+    walk.ended(&pass);
     assert_eq!(pass.deleted, 250);
     // The 300 other events, the old clicks (the last window with the first new clicks), then
     // one window of new clicks only.
     assert_eq!(pass.read, 700, "{pass:?}");
-    // An hour later nothing new expired: the other events and one window, not the 2,000.
-    let again = kurz_api::retention::run_once(&app.state.db, cutoff, 100, &running())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((again.deleted, again.read), (0, 400));
+    // An hour later nothing new expired: one window, from the first click kept; neither the
+    // other events before it again nor the 2,000.
+    let again = pass_from(cutoff, walk.start()).await;
+    assert_eq!((again.deleted, again.read), (0, 100));
     // An old click stored with an id among those walked already (an import keeps its file's
-    // ids): the next pass finds it.
+    // ids): a pass from where the last stopped misses it, the day's walk from the first id
+    // finds it.
     db.batch_execute(&format!(
         "INSERT INTO events (id, url_id, user_id, event_type, occurred_at, click_id) \
          VALUES (305, {id}, {user}, 'click', now() - interval '40 days', 'imported')"
     ))
     .await
     .unwrap();
-    let pass = kurz_api::retention::run_once(&app.state.db, cutoff, 100, &running())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pass.deleted, 1);
+    assert_eq!(pass_from(cutoff, walk.start()).await.deleted, 0);
+    // Within a day of hourly passes one walks from the first id.
+    let full = (0..24).map(|_| walk.start()).find(|from| *from == 0);
+    assert_eq!(full, Some(0), "no walk from the first id within a day");
+    assert_eq!(pass_from(cutoff, 0).await.deleted, 1);
     // The day the new clicks expire, they all go: the walk goes on while windows delete.
     let later = chrono::Utc::now();
-    let pass = kurz_api::retention::run_once(&app.state.db, later, 100, &running())
-        .await
-        .unwrap()
-        .unwrap();
+    let pass = pass_from(later, walk.start()).await;
     assert_eq!(pass.deleted, 2000);
     let left: i64 = db
         .query_one(
@@ -156,7 +166,7 @@ async fn old_clicks_go_and_everything_else_stays() {
         .await
         .unwrap();
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, &running())
+        kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, 0, &running())
             .await
             .unwrap(),
         None
@@ -168,7 +178,7 @@ async fn old_clicks_go_and_everything_else_stays() {
         )
         .await
         .unwrap();
-    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, &running())
+    let deleted = kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, 0, &running())
         .await
         .unwrap()
         .map(|p| p.deleted);
@@ -189,7 +199,7 @@ async fn old_clicks_go_and_everything_else_stays() {
     let stats_after = app.stats(id).await;
     assert_eq!(stats_after["clicks"], 5, "the rollups keep counting them");
     assert_eq!(
-        kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, &running())
+        kurz_api::retention::run_once(&app.state.db, cutoff, BATCH, 0, &running())
             .await
             .unwrap()
             .map(|p| p.deleted),
