@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         check,
         upgrade,
     } = <Args as clap::Parser>::parse();
-    let cfg = match ProxyConfig::load(&path, &ProcessEnv) {
+    let (cfg, file) = match ProxyConfig::load_with_file(&path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
     };
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     kurz_common::logging::init("kurz-proxy", &cfg.log.level);
-    match kurz_proxy::server::run(cfg, &path, upgrade) {
+    match kurz_proxy::server::run(cfg, file, &path, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("kurz-proxy: {e}")),
     }

@@ -67,10 +67,9 @@ impl Reloader {
     /// The keys of the file that differ from the running process and need a restart: a reload
     /// that applied the rest.
     async fn reload(&self) -> Result<Vec<String>, String> {
-        let cfg = ProxyConfig::load(&self.path, &ProcessEnv)?;
+        let (cfg, file) = ProxyConfig::load_with_file(&self.path, &ProcessEnv)?;
         // The environment wins over the file at every reload: an operator who edited the
         // upstream list in the file and sent SIGHUP must read why nothing changed.
-        let file: ProxyConfig = kurz_common::config::load_yaml(&self.path)?;
         let unused = cfg.edits_the_environment_overrides(&self.started_file, &file);
         if !unused.is_empty() {
             log::warn!(keys = unused.join(","); "the file changed keys that environment variables set; the edits are not used (docs/operations.md)");

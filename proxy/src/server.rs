@@ -90,7 +90,10 @@ fn listeners_bind(cfg: &ProxyConfig) -> Result<(), String> {
 const BIND_TRIES: u32 = 30;
 
 /// Builds and runs the server; returns only on a start-up error.
-pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
+/// `file`: the config file alone, as read with `cfg` (a reload compares edits with it). Read
+/// once before: under `--upgrade` nothing here may fail on the file after the sockets are
+/// taken over.
+pub fn run(cfg: ProxyConfig, file: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
     let opt = Opt {
         upgrade,
         daemon: false,
@@ -263,7 +266,7 @@ pub fn run(cfg: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
         limiter,
         trust,
         started: cfg.clone(),
-        started_file: kurz_common::config::load_yaml(path)?,
+        started_file: file,
     };
 
     server.add_service(proxy);

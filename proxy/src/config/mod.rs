@@ -78,10 +78,16 @@ impl ProxyConfig {
 
     /// File + environment, validated.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, String> {
-        let mut cfg: ProxyConfig = kurz_common::config::load_yaml(path)?;
+        Self::load_with_file(path, env).map(|(cfg, _)| cfg)
+    }
+
+    /// File + environment, validated, and the file alone: one read, so the two agree.
+    pub fn load_with_file(path: &Path, env: &dyn EnvSource) -> Result<(Self, Self), String> {
+        let file: ProxyConfig = kurz_common::config::load_yaml(path)?;
+        let mut cfg = file.clone();
         cfg.apply_env(env)?;
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, file))
     }
 
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), String> {

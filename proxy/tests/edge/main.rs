@@ -1042,3 +1042,16 @@ async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
     }
     drop(held);
 }
+
+/// The file is read once, before an upgrading process takes the sockets over: one rewritten
+/// (or emptied by a full disk) while it waits for them does not make it exit after the
+/// hand-over, when nothing else would be listening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_runs_on_the_file_it_started_with() {
+    let mut stack = Stack::start(Options::default());
+    let (_, code) = stack.link("https://example.com/upgrade-file").await;
+    let path = stack.config_path.clone();
+    stack.upgrade_proxy_with(|_, _| std::fs::write(&path, "").unwrap());
+    let res = stack.get(&format!("/{code}")).await;
+    assert_eq!(res.status(), 302, "the new process serves");
+}
