@@ -494,8 +494,7 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
                 // The record's own start: the reader's position is already past it.
                 line: row
                     .as_ref()
-                    .ok()
-                    .and_then(|r| r.position())
+                    .map_or_else(|e| e.position(), |r| r.position())
                     .map_or(0, |p| p.line()),
                 column: e.column,
                 reason: e.reason,

@@ -427,6 +427,11 @@ async fn an_own_csv_error_names_the_records_line_in_the_file() {
     let err = error_of(import(&app, "csv", importer, many.as_bytes()).await, 400).await;
     assert_eq!(err["details"]["row"], max + 1, "{err}");
     assert_eq!(err["details"]["line"], max + 2, "{err}");
+    // The same when that record is malformed itself (a field too many).
+    many.truncate(many.len() - 1);
+    many.push_str(",extra\n");
+    let err = error_of(import(&app, "csv", importer, many.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["line"], max + 2, "{err}");
 }
 
 /// A date PostgreSQL cannot store is the record's error (400 naming it), not a 500.
