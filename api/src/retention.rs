@@ -50,8 +50,8 @@ pub struct Pass {
     pub resume: Option<i64>,
 }
 
-/// Passes between walks from the first id: a day's.
-const FULL_WALK_EVERY: u32 = 24;
+/// Most time between two walks from the first id.
+const FULL_WALK_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Where each pass of this process starts.
 ///
@@ -60,34 +60,39 @@ const FULL_WALK_EVERY: u32 = 24;
 /// keep and none to delete: what follows is newer. It starts where the last one kept its first
 /// click, so it reads what expired since and one window: not the front of the table again,
 /// whose deleted rows' index entries stay until a vacuum and would be stepped through by every
-/// pass. The first pass after start and one a day walk from the first id instead: a click
-/// stored below where a pass got (an events import keeps its file's ids; a transaction that
-/// committed its lower id late) goes within a day. (A query for old rows by time alone
+/// pass. A pass walks from the first id instead when none has in a day (the first pass after
+/// start, too; one that could not run, another replica holding the job, or that failed, is
+/// made up by the next): a click stored below where a pass got (an events import keeps its
+/// file's ids; a click batch that committed its lower ids after a later one) goes within a day
+/// and an hour. (A query for old rows by time alone
 /// rescanned the front of the table at every statement — a BRIN summary is never narrowed by
 /// deletes — passed `database.statement_timeout_ms` once the backlog was large, and retention
 /// then failed every hour for good.)
 #[derive(Debug, Default)]
 pub struct Walk {
     resume: i64,
-    passes: u32,
+    /// When the last walk from the first id that ran to its end began.
+    walked: Option<std::time::Instant>,
 }
 
 impl Walk {
-    /// The id the next pass starts after.
-    pub fn start(&mut self) -> i64 {
-        let full = self.passes % FULL_WALK_EVERY == 0;
-        self.passes = self.passes.wrapping_add(1);
-        if full {
-            0
-        } else {
-            self.resume
+    /// The id a pass starting `now` starts after.
+    pub fn start(&self, now: std::time::Instant) -> i64 {
+        match self.walked {
+            Some(at) if now.saturating_duration_since(at) < FULL_WALK_EVERY => self.resume,
+            _ => 0,
         }
     }
 
-    /// A pass ended: with a click kept in sight, the next starts before it.
-    pub fn ended(&mut self, pass: &Pass) {
+    /// A pass that began at `began` after id `from` ran: with a click kept in sight, the next
+    /// starts before it; a walk from the first id that was not cut short by a shutdown counts
+    /// as the day's.
+    pub fn ended(&mut self, began: std::time::Instant, from: i64, pass: &Pass, stopped: bool) {
         if let Some(resume) = pass.resume {
             self.resume = resume;
+        }
+        if from == 0 && !stopped {
+            self.walked = Some(began);
         }
     }
 }
@@ -178,9 +183,11 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue;
         }
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        match run_once(&state.db, cutoff, BATCH, walk.start(), &stop).await {
+        let began = std::time::Instant::now();
+        let from = walk.start(began);
+        match run_once(&state.db, cutoff, BATCH, from, &stop).await {
             Ok(Some(pass)) => {
-                walk.ended(&pass);
+                walk.ended(began, from, &pass, *stop.borrow());
                 if pass.deleted > 0 {
                     log::info!(deleted = pass.deleted, read = pass.read, retention_days = days; "old click events deleted");
                 }
@@ -188,5 +195,39 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             Ok(None) => {}
             Err(e) => log::warn!(error = e; "click retention failed; next run in an hour"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A walk from the first id comes when none ran to its end for a day: an attempt that did
+    /// not run (another replica held the job, or it failed) leaves the next one due.
+    #[test]
+    fn the_walk_from_the_first_id_is_made_up_until_one_runs() {
+        let hour = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let mut walk = Walk::default();
+        let kept = Pass {
+            resume: Some(499),
+            ..Pass::default()
+        };
+        assert_eq!(walk.start(t0), 0, "the first pass after start");
+        walk.ended(t0, 0, &kept, false);
+        assert_eq!(walk.start(t0 + hour), 499);
+        assert_eq!(walk.start(t0 + 23 * hour), 499);
+        // A day on: due. This attempt does not run (no `ended`), nor does one that fails.
+        assert_eq!(walk.start(t0 + 24 * hour), 0);
+        assert_eq!(walk.start(t0 + 25 * hour), 0);
+        // One cut short by a shutdown does not count either.
+        walk.ended(t0 + 25 * hour, 0, &Pass::default(), true);
+        assert_eq!(walk.start(t0 + 26 * hour), 0);
+        walk.ended(t0 + 26 * hour, 0, &kept, false);
+        assert_eq!(walk.start(t0 + 27 * hour), 499);
+        // An ordinary pass that saw no kept click keeps the resume point.
+        walk.ended(t0 + 27 * hour, 499, &Pass::default(), false);
+        assert_eq!(walk.start(t0 + 28 * hour), 499);
     }
 }

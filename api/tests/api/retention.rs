@@ -93,20 +93,23 @@ async fn a_retention_pass_reads_what_expired_not_the_whole_table() {
                 .unwrap()
         }
     };
-    let from = walk.start();
+    // The walk's clock is the test's: an hour between passes.
+    let t0 = std::time::Instant::now();
+    let hour = std::time::Duration::from_secs(3600);
+    let from = walk.start(t0);
     assert_eq!(
         from, 0,
         "the first pass after start walks from the first id"
     );
     let pass = pass_from(cutoff, from).await;
-    walk.ended(&pass);
+    walk.ended(t0, from, &pass, false);
     assert_eq!(pass.deleted, 250);
     // The 300 other events, the old clicks (the last window with the first new clicks), then
     // one window of new clicks only.
     assert_eq!(pass.read, 700, "{pass:?}");
     // An hour later nothing new expired: one window, from the first click kept; neither the
     // other events before it again nor the 2,000.
-    let again = pass_from(cutoff, walk.start()).await;
+    let again = pass_from(cutoff, walk.start(t0 + hour)).await;
     assert_eq!((again.deleted, again.read), (0, 100));
     // An old click stored with an id among those walked already (an import keeps its file's
     // ids): a pass from where the last stopped misses it, the day's walk from the first id
@@ -117,14 +120,16 @@ async fn a_retention_pass_reads_what_expired_not_the_whole_table() {
     ))
     .await
     .unwrap();
-    assert_eq!(pass_from(cutoff, walk.start()).await.deleted, 0);
-    // Within a day of hourly passes one walks from the first id.
-    let full = (0..24).map(|_| walk.start()).find(|from| *from == 0);
-    assert_eq!(full, Some(0), "no walk from the first id within a day");
-    assert_eq!(pass_from(cutoff, 0).await.deleted, 1);
+    assert_eq!(
+        pass_from(cutoff, walk.start(t0 + 2 * hour)).await.deleted,
+        0
+    );
+    let day = walk.start(t0 + 24 * hour);
+    assert_eq!(day, 0, "a day on, the walk from the first id");
+    assert_eq!(pass_from(cutoff, day).await.deleted, 1);
     // The day the new clicks expire, they all go: the walk goes on while windows delete.
     let later = chrono::Utc::now();
-    let pass = pass_from(later, walk.start()).await;
+    let pass = pass_from(later, 0).await;
     assert_eq!(pass.deleted, 2000);
     let left: i64 = db
         .query_one(
