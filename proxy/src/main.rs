@@ -42,17 +42,20 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
     };
-    if !cfg.listen.https.is_empty() {
-        if let Err(e) = kurz_proxy::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key) {
-            return fail(&format!("kurz-proxy: invalid configuration: {e}"));
+    let cert = if cfg.listen.https.is_empty() {
+        None
+    } else {
+        match kurz_proxy::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
         }
-    }
+    };
     if check {
         println!("kurz-proxy: configuration {} ok", path.display());
         return ExitCode::SUCCESS;
     }
     kurz_common::logging::init("kurz-proxy", &cfg.log.level);
-    match kurz_proxy::server::run(cfg, file, &path, upgrade) {
+    match kurz_proxy::server::run(cfg, file, cert, &path, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("kurz-proxy: {e}")),
     }

@@ -90,10 +90,17 @@ fn listeners_bind(cfg: &ProxyConfig) -> Result<(), String> {
 const BIND_TRIES: u32 = 30;
 
 /// Builds and runs the server; returns only on a start-up error.
-/// `file`: the config file alone, as read with `cfg` (a reload compares edits with it). Read
-/// once before: under `--upgrade` nothing here may fail on the file after the sockets are
-/// taken over.
-pub fn run(cfg: ProxyConfig, file: ProxyConfig, path: &Path, upgrade: bool) -> Result<(), String> {
+/// `file`: the config file alone, as read with `cfg` (a reload compares edits with it); `cert`:
+/// the certificate and key `cfg` names, when it serves HTTPS. Both read before: under
+/// `--upgrade` nothing here may fail on a file after the sockets are taken over (a rotation
+/// rewriting the pair while the new process waits would leave nothing listening).
+pub fn run(
+    cfg: ProxyConfig,
+    file: ProxyConfig,
+    cert: Option<crate::tls_cert::Loaded>,
+    path: &Path,
+    upgrade: bool,
+) -> Result<(), String> {
     let opt = Opt {
         upgrade,
         daemon: false,
@@ -193,19 +200,14 @@ pub fn run(cfg: ProxyConfig, file: ProxyConfig, path: &Path, upgrade: bool) -> R
     };
     let mut http = pingora::proxy::HttpProxy::new(edge, server.configuration.clone());
     http.handle_init_modules();
-    let cert = if cfg.listen.https.is_empty() {
-        None
-    } else {
-        let served = Arc::new(ServedCert::new(crate::tls_cert::load(
-            &cfg.listen.tls_cert,
-            &cfg.listen.tls_key,
-        )?));
+    let cert = cert.map(|loaded| {
+        let served = Arc::new(ServedCert::new(loaded));
         match served.expiry() {
             Some(t) => METRICS.tls_cert_expiry.set(t),
             None => log::warn!("cannot read the certificate's expiry; the expiry alert is blind"),
         }
-        Some(served)
-    };
+        served
+    });
     let tls = match &cert {
         Some(served) => Some(TlsListeners::new(
             tls_settings(&cfg, served.clone())?,

@@ -1043,15 +1043,30 @@ async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
     drop(held);
 }
 
-/// The file is read once, before an upgrading process takes the sockets over: one rewritten
-/// (or emptied by a full disk) while it waits for them does not make it exit after the
-/// hand-over, when nothing else would be listening.
+/// The config file and the certificate are read once, before an upgrading process takes the
+/// sockets over: rewritten (a rotation half done, a full disk) while it waits for them, they do
+/// not make it exit after the hand-over, when nothing else would be listening.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_runs_on_the_file_it_started_with() {
+async fn an_upgrade_runs_on_the_files_it_started_with() {
     let mut stack = Stack::start(Options::default());
     let (_, code) = stack.link("https://example.com/upgrade-file").await;
-    let path = stack.config_path.clone();
-    stack.upgrade_proxy_with(|_, _| std::fs::write(&path, "").unwrap());
+    let (config, cert) = (stack.config_path.clone(), stack.dir.join("cert.pem"));
+    stack.upgrade_proxy_with(|_, _| {
+        std::fs::write(&config, "").unwrap();
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nhalf").unwrap();
+    });
     let res = stack.get(&format!("/{code}")).await;
     assert_eq!(res.status(), 302, "the new process serves");
+    let https = curl(&[
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://127.0.0.1:{}/{code}", stack.https_port),
+    ]);
+    assert_eq!(
+        https, "302",
+        "and serves HTTPS with the certificate it read"
+    );
 }
