@@ -187,9 +187,24 @@ fn render_into(out: &mut Vec<u8>, service: &str, record: &log::Record<'_>) {
     out.push(b'}');
 }
 
-/// `s` as a JSON string, quoted and escaped.
+/// Longest text of one field, in bytes: a request's path or method can be tens of KiB, and
+/// Docker's and containerd's log drivers split a line past 16 KiB into pieces that are no
+/// longer one JSON object each.
+const MAX_FIELD_BYTES: usize = 2048;
+
+/// `s` as a JSON string, quoted and escaped; past [`MAX_FIELD_BYTES`] cut at a character
+/// boundary, saying how much was left out.
 fn string(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.len() <= MAX_FIELD_BYTES {
+        let _ = serde_json::to_writer(&mut *out, s);
+        return;
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = format!("{}…[{} more bytes]", &s[..end], s.len() - end);
+    let _ = serde_json::to_writer(&mut *out, &cut);
 }
 
 /// The fields every line starts with.
@@ -453,6 +468,30 @@ mod tests {
     /// The line's own fields first, then the context in the call's order; every kind of value
     /// typed as JSON, strings escaped, and a context key that names one of the line's own fields
     /// kept under its own name rather than written twice.
+    /// A field of 100 KiB (a request's path or method) is cut, the line stays one JSON object
+    /// well under the 16 KiB at which log drivers split lines, and says how much was cut.
+    #[test]
+    fn a_huge_field_is_cut_and_the_line_stays_whole() {
+        let path = format!("/{}é", "a".repeat(100 << 10));
+        let kvs: &[(&str, Value<'_>)] = &[("path", Value::from(path.as_str()))];
+        let record = log::Record::builder()
+            .args(format_args!("request"))
+            .level(log::Level::Info)
+            .target("kurz_proxy::access")
+            .key_values(&kvs)
+            .build();
+        let line = render("kurz-proxy", &record);
+        assert!(line.len() < 4096, "{} bytes", line.len());
+        let v: Json = serde_json::from_str(&line).unwrap();
+        let logged = v["path"].as_str().unwrap();
+        assert!(path.starts_with(logged.split('…').next().unwrap()));
+        let left_out = path.len() - logged.split('…').next().unwrap().len();
+        assert!(
+            logged.ends_with(&format!("…[{left_out} more bytes]")),
+            "{logged:.40}"
+        );
+    }
+
     #[test]
     fn fields_keep_their_order_types_and_escapes() {
         let kvs: &[(&str, Value<'_>)] = &[
