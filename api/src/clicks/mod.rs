@@ -19,6 +19,7 @@ use deadpool_postgres::Pool;
 use kurz_common::clicks::Click;
 use kurz_common::keys::{CachedLink, KeySchema, LinkEntry, Verdict};
 use kurz_common::visit::{self, Record, Reply};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What `events` stores of a click, with what its user agent says (`agent`).
@@ -310,7 +311,9 @@ impl ClickRecorder {
             Ok(false) => "click not confirmed by redis.replica_acks replicas".to_owned(),
             Err(down) => down.to_string(),
         };
-        log::warn!(error = why, url_id = click.url_id; "click stream unavailable, inserting directly");
+        if let Some(since) = DIRECT_LINES.admit(unix_seconds()) {
+            log::warn!(error = why, url_id = click.url_id, clicks_since_last_line = since; "click stream unavailable, inserting directly");
+        }
         self.direct_or_lost(&click, false).await;
     }
 
@@ -335,10 +338,50 @@ impl ClickRecorder {
             Ok(()) => self.metrics.clicks.with_label_values(&["direct"]).inc(),
             Err(e) => {
                 self.metrics.clicks.with_label_values(&["lost"]).inc();
-                log::error!(error = e, url_id = click.url_id; "click lost: redis and postgres both failed");
+                if let Some(since) = LOST_LINES.admit(unix_seconds()) {
+                    log::error!(error = e, url_id = click.url_id, clicks_since_last_line = since; "click lost: redis and postgres both failed");
+                }
             }
         }
     }
+}
+
+/// At most one log line a second for a kind of event every click may cause. In an outage
+/// every click goes the direct way (or is lost), and a warning each was a synchronous write per
+/// click on the request threads during the very incident; the metric counts every click, the
+/// line says how many went since the one before.
+struct Throttle {
+    second: AtomicU64,
+    since: AtomicU64,
+}
+
+static DIRECT_LINES: Throttle = Throttle::new();
+static LOST_LINES: Throttle = Throttle::new();
+
+impl Throttle {
+    const fn new() -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether an event at `now` (seconds) gets a line: the first of its second does, with
+    /// the events since the last line, itself included.
+    fn admit(&self, now: u64) -> Option<u64> {
+        let since = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.second.swap(now, Ordering::Relaxed) == now {
+            return None;
+        }
+        self.since.fetch_sub(since, Ordering::Relaxed);
+        Some(since)
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Stores one click in `events` (once: its id is unique there), in the columns the sink uses.
@@ -374,4 +417,22 @@ async fn insert_click(c: &impl GenericClient, click: &Click) -> Result<(), tokio
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    /// A thousand clicks in one second make one line; the next second's first makes the next,
+    /// and says how many went between.
+    #[test]
+    fn a_click_outage_writes_a_line_a_second_counting_the_rest() {
+        let throttle = Throttle::new();
+        let lines: Vec<u64> = (0..1000).filter_map(|_| throttle.admit(100)).collect();
+        assert_eq!(lines, [1]);
+        assert_eq!(throttle.admit(100), None);
+        assert_eq!(throttle.admit(101), Some(1001));
+        assert_eq!(throttle.admit(101), None);
+        assert_eq!(throttle.admit(105), Some(2));
+    }
 }
