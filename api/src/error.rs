@@ -155,6 +155,15 @@ impl ApiError {
     /// What a response that answers this error carries besides its body: the cause of a 500 for
     /// the request log (never sent), `Retry-After` on a 503 or 429, `WWW-Authenticate` on a 401.
     /// The web app's pages answer errors with HTML of their own, and carry the same.
+    /// What went wrong, for the log: the cause behind a 500 or 503 (which the body withholds),
+    /// else the message.
+    pub fn cause(&self) -> String {
+        match self {
+            ApiError::Internal(cause) | ApiError::StoreDown(cause) => cause.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn mark(&self, response: &mut Response) {
         let headers = response.headers_mut();
         match self {
@@ -244,3 +253,22 @@ pub fn conflicted(e: &tokio_postgres::Error) -> bool {
 
 /// Handlers return this.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    /// A line logged after the answer (an export cut short) names what failed, which the
+    /// client's body withholds for a 500 or a 503.
+    #[test]
+    fn the_cause_behind_a_withheld_message_is_for_the_log() {
+        let down = ApiError::StoreDown("db error: connection refused".into());
+        assert_eq!(down.cause(), "db error: connection refused");
+        assert!(
+            !down.to_string().contains("refused"),
+            "the body withholds it"
+        );
+        let bad = ApiError::BadRequest("format must be csv".into());
+        assert_eq!(bad.cause(), bad.to_string());
+    }
+}

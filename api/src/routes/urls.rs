@@ -4,12 +4,14 @@ use crate::auth::Caller;
 use crate::db::{self, conflict_or, urls::Inserted, urls::Link, urls::NewLink, urls::UrlFilter};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, Fields, JsonObject, Patch, PathText, Query};
+use crate::http_log::RequestId;
 use crate::idempotency;
 use crate::pagination::Page;
 use crate::state::AppState;
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -646,6 +648,7 @@ pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
     RawQuery(raw): RawQuery,
+    Extension(RequestId(request_id)): Extension<RequestId>,
 ) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref());
     match q.get("format") {
@@ -670,12 +673,13 @@ pub async fn export(
     // process past the grace period sized for it.
     let until = tokio::time::Instant::now()
         + std::time::Duration::from_millis(state.config.limits.bulk_request_timeout_ms);
+    // Its lines come after the access line logged the 200: the request id ties them to it.
     let rest = futures_util::stream::unfold(after, move |last| {
-        let (state, filter) = (state.clone(), filter.clone());
+        let (state, filter, request_id) = (state.clone(), filter.clone(), request_id.clone());
         async move {
             let last = last?;
             if tokio::time::Instant::now() >= until {
-                log::warn!(after_id = last; "export cut at limits.bulk_request_timeout_ms");
+                log::warn!(request_id = request_id.as_str(), after_id = last; "export cut at limits.bulk_request_timeout_ms");
                 let late = "the export outlasted limits.bulk_request_timeout_ms";
                 return Some((Err(std::io::Error::other(late)), None));
             }
@@ -683,7 +687,7 @@ pub async fn export(
                 Ok((chunk, next)) => Some((Ok(chunk), next)),
                 Err(e) => {
                     // The status is sent: cutting the body short is how the client learns.
-                    log::error!(error = e.to_string(), after_id = last; "export cut short");
+                    log::error!(request_id = request_id.as_str(), error = e.cause(), after_id = last; "export cut short");
                     Some((Err(std::io::Error::other(e.to_string())), None))
                 }
             }
