@@ -18,6 +18,7 @@
 //! Warnings and errors are written out before the call returns, together with every line logged
 //! before them, so a process that exits or aborts right after one still leaves it (and what led
 //! to it) behind; [`flush`] does the same for the rest, and both binaries call it on their way out.
+//! Access lines are not, whatever their level (see [`urgent`]).
 
 use log::kv::{Error as KvError, Key, Value, VisitSource};
 use std::cell::RefCell;
@@ -135,7 +136,7 @@ impl log::Log for JsonLogger {
         thread_local! {
             static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
-        let urgent = record.level() <= log::Level::Warn;
+        let urgent = urgent(record.level(), record.target());
         LINE.with(|cell| {
             // A value whose `Display` logs would find the buffer taken: it gets one of its own.
             let mut own = Vec::new();
@@ -158,6 +159,17 @@ impl log::Log for JsonLogger {
     fn flush(&self) {
         self.sink.flush();
     }
+}
+
+/// Loggers whose lines are one per request: the edge's and the API's access lines.
+const PER_REQUEST: [&str; 2] = ["kurz_proxy::access", "kurz_api::http"];
+
+/// Whether a line is written by the thread that logs it: warnings and errors, but not a
+/// request's access line at those levels (a 5xx). In an outage every request logs one, and a
+/// synchronous write each, on the threads serving the requests, would slow them as the incident
+/// goes on; the writer thread takes them at once.
+fn urgent(level: log::Level, target: &str) -> bool {
+    level <= log::Level::Warn && !PER_REQUEST.contains(&target)
 }
 
 fn render_into(out: &mut Vec<u8>, service: &str, record: &log::Record<'_>) {
@@ -490,6 +502,18 @@ mod tests {
             logged.ends_with(&format!("…[{left_out} more bytes]")),
             "{logged:.40}"
         );
+    }
+
+    /// Warnings and errors are written at once, except a request's access line (a 5xx), which
+    /// every request makes in an outage.
+    #[test]
+    fn access_lines_of_failed_requests_are_not_written_by_their_request() {
+        use log::Level::*;
+        assert!(urgent(Error, "kurz_api::clicks"));
+        assert!(urgent(Warn, "kurz_proxy::reload"));
+        assert!(!urgent(Info, "kurz_api::clicks"));
+        assert!(!urgent(Warn, "kurz_proxy::access"));
+        assert!(!urgent(Error, "kurz_api::http"));
     }
 
     #[test]
