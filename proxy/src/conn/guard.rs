@@ -656,19 +656,30 @@ mod tests {
 
     fn guarded_with(header_timeout: Duration) -> (HeadGuard, DuplexStream) {
         let (ours, client) = tokio::io::duplex(64 * 1024);
+        let limits = limits(
+            header_timeout,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        (HeadGuard::new(Box::new(ours), limits), client)
+    }
+
+    /// The connection layer's limits with these deadlines, 100 connections a client, no
+    /// trusted proxy.
+    fn limits(header: Duration, body: Duration, send: Duration) -> Arc<ConnLimits> {
         let trust = Arc::new(std::sync::RwLock::new(Arc::new(
             ProxyTrust::parse(&[], &[]).unwrap(),
         )));
-        let limits = Arc::new(ConnLimits::new(
-            header_timeout,
-            Duration::from_secs(60),
+        let limits = ConnLimits::new(
+            header,
+            body,
             100,
             Arc::new(crate::rate_limit::RateLimiter::new(
                 &crate::config::ProxyConfig::default().rate_limits,
             )),
             trust,
-        ));
-        (HeadGuard::new(Box::new(ours), limits), client)
+        );
+        Arc::new(limits.with_send_timeout(send))
     }
 
     /// Whether waiting for the next request is still pending after everything runnable ran.
@@ -756,18 +767,11 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_stalls_after_100_continue_still_gets_its_408() {
         let (ours, mut client) = tokio::io::duplex(64 * 1024);
-        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
-            ProxyTrust::parse(&[], &[]).unwrap(),
-        )));
-        let limits = Arc::new(ConnLimits::new(
+        let limits = limits(
             Duration::from_secs(60),
             Duration::from_millis(300),
-            100,
-            Arc::new(crate::rate_limit::RateLimiter::new(
-                &crate::config::ProxyConfig::default().rate_limits,
-            )),
-            trust,
-        ));
+            Duration::from_secs(60),
+        );
         let mut guard = HeadGuard::new(Box::new(ours), limits);
         let head = b"POST /urls/bulk HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
         client.write_all(head).await.unwrap();
@@ -795,19 +799,12 @@ mod tests {
     /// faster than [`BODY_BYTES_PER_SECOND`]; one slower is still cut with a 408.
     #[tokio::test]
     async fn a_body_that_keeps_arriving_outlives_the_body_deadline() {
-        let guard_of = |ours| {
-            let trust = Arc::new(std::sync::RwLock::new(Arc::new(
-                ProxyTrust::parse(&[], &[]).unwrap(),
-            )));
-            let limits = Arc::new(ConnLimits::new(
+        let guard_of = |ours: DuplexStream| {
+            let limits = limits(
                 Duration::from_secs(60),
                 Duration::from_millis(300),
-                100,
-                Arc::new(crate::rate_limit::RateLimiter::new(
-                    &crate::config::ProxyConfig::default().rate_limits,
-                )),
-                trust,
-            ));
+                Duration::from_secs(60),
+            );
             HeadGuard::new(Box::new(ours), limits)
         };
         let piece = BODY_BYTES_PER_SECOND as usize;
@@ -877,21 +874,13 @@ mod tests {
     /// a time, is not cut however long the whole answer takes.
     #[tokio::test]
     async fn a_write_to_a_client_that_reads_nothing_fails_at_the_send_timeout() {
-        let guard_of = |ours| {
-            let trust = Arc::new(std::sync::RwLock::new(Arc::new(
-                ProxyTrust::parse(&[], &[]).unwrap(),
-            )));
-            let limits = ConnLimits::new(
+        let guard_of = |ours: DuplexStream| {
+            let limits = limits(
                 Duration::from_secs(60),
                 Duration::from_secs(60),
-                100,
-                Arc::new(crate::rate_limit::RateLimiter::new(
-                    &crate::config::ProxyConfig::default().rate_limits,
-                )),
-                trust,
-            )
-            .with_send_timeout(Duration::from_millis(300));
-            HeadGuard::new(Box::new(ours), Arc::new(limits))
+                Duration::from_millis(300),
+            );
+            HeadGuard::new(Box::new(ours), limits)
         };
         let (ours, client) = tokio::io::duplex(1024);
         let mut guard = guard_of(ours);
@@ -984,20 +973,11 @@ mod tests {
     /// Pingora's `shutdown` and by a writer's `poll_shutdown`.
     #[tokio::test]
     async fn closing_on_a_client_that_takes_nothing_ends_at_the_send_timeout() {
-        let trust = Arc::new(std::sync::RwLock::new(Arc::new(
-            ProxyTrust::parse(&[], &[]).unwrap(),
-        )));
-        let limits = ConnLimits::new(
+        let limits = limits(
             Duration::from_secs(60),
             Duration::from_secs(60),
-            100,
-            Arc::new(crate::rate_limit::RateLimiter::new(
-                &crate::config::ProxyConfig::default().rate_limits,
-            )),
-            trust,
-        )
-        .with_send_timeout(Duration::from_millis(300));
-        let limits = Arc::new(limits);
+            Duration::from_millis(300),
+        );
         let mut guard = HeadGuard::new(Box::new(Stuck), limits.clone());
         tokio::time::timeout(Duration::from_secs(30), Shutdown::shutdown(&mut guard))
             .await
