@@ -745,3 +745,38 @@ async fn the_documented_cache_drop_makes_visits_read_postgres_again() {
     let res = app.get(&format!("/{code}")).await;
     assert_eq!(res.headers()["location"], "https://example.com/restored");
 }
+
+/// The replay reads its oldest queued codes through an index, not by sorting the whole queue:
+/// after a long Redis outage the queue holds every code written meanwhile, and each batch
+/// would sort all of it on every replica.
+#[tokio::test]
+async fn the_replay_finds_its_oldest_codes_without_sorting_the_queue() {
+    let app = spawn_app().await;
+    let db = app.sql().await;
+    // Queued a day ahead: this replay leaves them alone.
+    db.batch_execute(
+        "INSERT INTO link_outbox (short_code, queued_at) \
+         SELECT 'q' || n, clock_timestamp() + interval '1 day' + n * interval '1 ms' \
+         FROM generate_series(1, 20000) AS n; \
+         ANALYZE link_outbox",
+    )
+    .await
+    .unwrap();
+    let plan: Vec<String> = db
+        .query(
+            "EXPLAIN SELECT short_code, queued_at FROM link_outbox \
+             WHERE queued_at <= clock_timestamp() + interval '2 days' ORDER BY queued_at LIMIT 500",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using link_outbox_queued_at"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Sort"), "{plan}");
+}
