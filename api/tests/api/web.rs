@@ -626,6 +626,22 @@ async fn signed_up<'a>(app: &'a TestApp, name: &str) -> Browser<'a> {
     b
 }
 
+/// Makes a link for each code through the home page's form, to `https://example.com/<code>`.
+async fn shorten_on_the_home_page(b: &mut Browser<'_>, codes: &[&str]) {
+    for code in codes {
+        let (_, home) = b.get("/").await;
+        let target = format!("https://example.com/{code}");
+        let res = b
+            .submit(
+                &home,
+                "/ui/shorten",
+                &[("original_url", target.as_str()), ("short_code", code)],
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+}
+
 async fn id_of(app: &TestApp, code: &str) -> i64 {
     app.sql()
         .await
@@ -641,18 +657,7 @@ async fn my_links_are_listed_searched_switched_edited_and_deleted() {
     let mut b = signed_up(&app, "lister").await;
     let (status, _) = Browser::new(&app).get("/ui/links").await;
     assert_eq!(status, 303, "anonymous visitors are sent to log in");
-    for code in ["webalpha", "webbeta", "webgamma"] {
-        let (_, home) = b.get("/").await;
-        let target = format!("https://example.com/{code}");
-        let res = b
-            .submit(
-                &home,
-                "/ui/shorten",
-                &[("original_url", target.as_str()), ("short_code", code)],
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-    }
+    shorten_on_the_home_page(&mut b, &["webalpha", "webbeta", "webgamma"]).await;
     // Someone else's link is neither listed nor reachable by id.
     let other = app.create_user("someoneelse").await;
     let theirs = app.create_url(other, "https://example.com/theirs").await;
@@ -896,18 +901,7 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
 async fn an_expired_or_used_up_link_says_so_on_its_pages() {
     let app = spawn_app().await;
     let mut b = signed_up(&app, "ender").await;
-    for code in ["webgone", "webonce"] {
-        let (_, home) = b.get("/").await;
-        let target = format!("https://example.com/{code}");
-        let res = b
-            .submit(
-                &home,
-                "/ui/shorten",
-                &[("original_url", target.as_str()), ("short_code", code)],
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-    }
+    shorten_on_the_home_page(&mut b, &["webgone", "webonce"]).await;
     let gone = id_of(&app, "webgone").await;
     app.sql()
         .await
