@@ -250,16 +250,19 @@ async fn check_login(
         None => Subject::Unknown(&who),
     };
     let lockout = &state.auth.lockout;
-    if let Some(wait) = lockout
+    let attempt = match lockout
         .admit(&subject, ip)
         .await
         .map_err(|_| sessions_down())?
     {
-        return Err(ApiError::TooManyRequests {
-            message: "too many failed logins; retry later".into(),
-            retry_after: wait,
-        });
-    }
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return Err(ApiError::TooManyRequests {
+                message: "too many failed logins; retry later".into(),
+                retry_after: wait,
+            })
+        }
+    };
     let ok = state
         .auth
         .passwords
@@ -268,12 +271,15 @@ async fn check_login(
     match user {
         Some(user) if ok => {
             lockout
-                .succeeded(&subject, ip)
+                .succeeded(&attempt)
                 .await
                 .map_err(|_| sessions_down())?;
             Ok((user, stored))
         }
-        _ => Err(ApiError::Unauthorized("invalid credentials".into())),
+        _ => {
+            lockout.failed(&attempt).await;
+            Err(ApiError::Unauthorized("invalid credentials".into()))
+        }
     }
 }
 
@@ -325,30 +331,31 @@ pub async fn change_password(
     let stored = db::users::password_hash(&state.client().await?, me.id).await?;
     let ip = state.proxies.client_ip(peer.ip(), &headers);
     let subject = Subject::Account(me.id);
-    if let Some(wait) = state
-        .auth
-        .lockout
+    let lockout = &state.auth.lockout;
+    let attempt = match lockout
         .admit(&subject, ip)
         .await
         .map_err(|_| sessions_down())?
     {
-        return Err(ApiError::TooManyRequests {
-            message: "too many failed attempts; retry later".into(),
-            retry_after: wait,
-        });
-    }
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return Err(ApiError::TooManyRequests {
+                message: "too many failed attempts; retry later".into(),
+                retry_after: wait,
+            })
+        }
+    };
     if !state
         .auth
         .passwords
         .verify(current.unwrap_or_default(), stored.clone())
         .await?
     {
+        lockout.failed(&attempt).await;
         return Err(ApiError::Forbidden("current_password is wrong".into()));
     }
-    state
-        .auth
-        .lockout
-        .succeeded(&subject, ip)
+    lockout
+        .succeeded(&attempt)
         .await
         .map_err(|_| sessions_down())?;
     let hash = state.auth.passwords.hash(new.unwrap_or_default()).await?;

@@ -81,15 +81,17 @@ pub async fn unlock(
     let subject = Subject::Link(entry.url_id);
     let lockout = &state.auth.lockout;
     let down = |_| ApiError::Unavailable("password checks are unavailable; retry shortly".into());
-    if let Some(wait) = lockout.admit(&subject, ip).await.map_err(down)? {
+    let attempt = match lockout.admit(&subject, ip).await.map_err(down)? {
+        Ok(attempt) => attempt,
         // A person at the form gets the form again, saying so; a client, the JSON 429.
-        return Ok(ask(Attempt::Locked(wait)));
-    }
+        Err(wait) => return Ok(ask(Attempt::Locked(wait))),
+    };
     let stored = db::urls::password_hash(&state.client().await?, entry.url_id).await?;
     if !state.auth.passwords.verify(password, stored).await? {
+        lockout.failed(&attempt).await;
         return Ok(ask(Attempt::Wrong));
     }
-    lockout.succeeded(&subject, ip).await.map_err(down)?;
+    lockout.succeeded(&attempt).await.map_err(down)?;
     let visit = Visit {
         request_id: &request_id,
         peer,

@@ -1411,6 +1411,77 @@ async fn a_guesser_locks_only_their_own_address_out_of_an_account() {
     );
 }
 
+/// People behind one address (a NAT) logging in after a few typos made from it: a good
+/// password neither locks the address for the next person nor keeps its count alive (a count
+/// is forgotten a window after its last failure); a wrong one restarts the window and, past
+/// the free failures, locks the address.
+#[tokio::test]
+async fn good_log_ins_behind_one_address_neither_lock_it_nor_keep_its_count() {
+    let app = spawn_app_with_lockout(|l| {
+        l.free_failures_per_ip = 2;
+        l.window_seconds = 900;
+    })
+    .await;
+    register(&app, "alice").await;
+    register(&app, "bob").await;
+    let nat = "203.0.113.40";
+    let log_in = |email: String, password: &str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", nat)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    let good = |name: &str| log_in(format!("{name}@example.com"), &format!("pw-{name}-secret"));
+    for n in 0..2 {
+        let res = log_in(format!("typo{n}@example.com"), "nope")
+            .await
+            .unwrap();
+        error_of(res, 401).await;
+    }
+    let mut redis = redis::Client::open(app.state.config.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let count = format!("{}:{{login}}:fail-ip:{nat}", app.prefix);
+    // What 800 s of the window passing would leave.
+    let () = redis::cmd("EXPIRE")
+        .arg(&count)
+        .arg(100)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut state = async || -> (i64, i64) {
+        let n: i64 = redis::cmd("GET")
+            .arg(&count)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&count)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        (n, ttl)
+    };
+    for name in ["alice", "bob", "alice", "bob"] {
+        assert_eq!(good(name).await.unwrap().status(), 200, "{name}");
+    }
+    let (n, ttl) = state().await;
+    assert_eq!(n, 2, "the good log-ins took back what they counted");
+    assert!(
+        (1..=100).contains(&ttl),
+        "the window still ends with the typos: {ttl}"
+    );
+    let res = log_in("typo2@example.com".into(), "nope").await.unwrap();
+    error_of(res, 401).await;
+    let (n, ttl) = state().await;
+    assert_eq!(n, 3);
+    assert!(ttl > 100, "a failure restarts the window: {ttl}");
+    assert_eq!(good("bob").await.unwrap().status(), 429);
+}
+
 /// A page on another site can make its visitors' browsers post to `/auth/login` without a
 /// preflight (a form, or `fetch` in `no-cors` mode, with a plain-text body). Those posts are
 /// refused before the lock-out counts them: the visitor's own address never gets locked out of
