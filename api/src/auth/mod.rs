@@ -137,12 +137,15 @@ where
             ));
         }
         let invalid = || ApiError::Unauthorized("the token is invalid, expired or revoked".into());
-        let client = deadpool_postgres::Pool::from_ref(state).get().await?;
-        let (user_id, credential) = if token.starts_with(sessions::API_KEY_PREFIX) {
+        let pool = deadpool_postgres::Pool::from_ref(state);
+        // A session is looked up in Redis before a connection is taken: a Redis that hangs
+        // must not hold the pool's connections for its timeout, from requests with keys too.
+        let (client, user_id, credential) = if token.starts_with(sessions::API_KEY_PREFIX) {
+            let client = pool.get().await?;
             let key = db::api_keys::find_active(&client, &sessions::token_hash(token))
                 .await?
                 .ok_or_else(invalid)?;
-            (key.user_id, Credential::ApiKey(key.id))
+            (client, key.user_id, Credential::ApiKey(key.id))
         } else {
             let uid = auth
                 .sessions
@@ -154,7 +157,11 @@ where
                     )
                 })?
                 .ok_or_else(invalid)?;
-            (uid, Credential::Session(token.to_owned()))
+            (
+                pool.get().await?,
+                uid,
+                Credential::Session(token.to_owned()),
+            )
         };
         let user = db::users::find_user(&client, user_id)
             .await?

@@ -1,6 +1,6 @@
 //! Accounts and access: sessions, API keys, lock-out, the required-mode policy.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, Relay, TestApp};
 use kurz_api::config::AuthMode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -1714,6 +1714,50 @@ async fn logins_fail_with_503_when_redis_is_down() {
     error_of(res, 503).await;
     let users: Vec<Value> = app.get("/users").await.json().await.unwrap();
     assert!(users.is_empty(), "no account was created without a session");
+}
+
+/// A session is looked up in Redis before a database connection is taken: while Redis does
+/// not answer, a request with a session holds no connection, and one with an API key is served
+/// from a pool of one.
+#[tokio::test]
+async fn a_session_waiting_on_redis_holds_no_database_connection() {
+    let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+    let port: u16 = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay = Relay::start(port).await;
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
+        c.redis.cluster_nodes.clear();
+        c.redis.timeout_ms = 20_000;
+        // One connection for requests (the other is the create writer's).
+        c.database.max_connections = 2;
+        c.database.acquire_timeout_ms = 1_000;
+    })
+    .await;
+    let (token, user) = register(&app, "kim").await;
+    let key = new_key(&app, &token).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    relay.hold();
+    let hash = kurz_api::auth::sessions::token_hash(&token);
+    let (by_session, by_key) = tokio::join!(me(&app, &token), async {
+        relay.wait_held(hash.as_bytes()).await;
+        let res = me(&app, &key).await;
+        relay.release();
+        res
+    });
+    assert_eq!(by_key.status(), 200, "the key's request got a connection");
+    assert_eq!(by_session.status(), 200);
+    assert_eq!(by_session.json::<Value>().await.unwrap()["id"], user);
 }
 
 /// An app on a private Redis whose default user may be refused `SET` (the session's write)

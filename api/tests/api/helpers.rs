@@ -477,3 +477,123 @@ pub async fn cached(app: &TestApp, code: &str) -> Option<String> {
     get.arg(app.state.keys.link(code));
     app.state.redis.query(&get).await.unwrap()
 }
+
+/// A TCP relay in front of a server whose client-to-server direction can be held: while held,
+/// what clients send is kept back (and can be looked for), as a server that has stopped reading
+/// would leave it; released, it is passed on and the relay carries on.
+pub struct Relay {
+    pub port: u16,
+    holding: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Bytes that start the hold when a read holds them ([`Relay::hold_at`]).
+    trigger: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Relay {
+    pub async fn start(target: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let holding = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let trigger = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (hold, trig, seen) = (holding.clone(), trigger.clone(), kept.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let (hold, trig, seen) = (hold.clone(), trig.clone(), seen.clone());
+                let mut held = hold.subscribe();
+                tokio::spawn(async move {
+                    let (mut buf, mut back) = (vec![0u8; 64 * 1024], Vec::new());
+                    loop {
+                        if !*held.borrow_and_update() && !back.is_empty() {
+                            if to_server.write_all(&back).await.is_err() {
+                                return;
+                            }
+                            back.clear();
+                        }
+                        tokio::select! {
+                            read = from_client.read(&mut buf) => {
+                                let n = match read {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                let chunk = &buf[..n];
+                                let triggered = trig
+                                    .lock()
+                                    .unwrap()
+                                    .take_if(|needle| holds(chunk, needle))
+                                    .is_some();
+                                if triggered {
+                                    hold.send_replace(true);
+                                }
+                                if *held.borrow() || triggered {
+                                    back.extend_from_slice(chunk);
+                                    seen.lock().unwrap().extend_from_slice(chunk);
+                                } else if to_server.write_all(chunk).await.is_err() {
+                                    return;
+                                }
+                            }
+                            changed = held.changed() => if changed.is_err() { return },
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            holding,
+            trigger,
+            kept,
+            task,
+        }
+    }
+
+    /// From now on, what clients send is kept back.
+    pub fn hold(&self) {
+        self.holding.send_replace(true);
+    }
+
+    /// What clients send is kept back from the first read that holds `needle` on (that read
+    /// included).
+    pub fn hold_at(&self, needle: &[u8]) {
+        *self.trigger.lock().unwrap() = Some(needle.to_vec());
+    }
+
+    /// Waits (20 s at most) until the bytes kept back hold `needle`.
+    pub async fn wait_held(&self, needle: &[u8]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !holds(&self.kept.lock().unwrap(), needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing sent through the relay held {:?}",
+                String::from_utf8_lossy(needle)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Passes on what was kept back and stops holding.
+    pub fn release(&self) {
+        self.holding.send_replace(false);
+        self.kept.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
