@@ -131,6 +131,10 @@ impl ClickRecorder {
                 click.as_ref(),
                 visit_id.map(visit::VisitMark::Take),
             );
+            // The script counts the visit and appends its click: from here on the request is
+            // answered with its outcome however late (`crate::deadline`), or the visitor's
+            // retry of a 503 would count and record the visit a second time.
+            crate::deadline::committing()?;
             let reply = self.run_visit(&inv, click.is_some()).await;
             match reply.map(|(raw, confirmed)| (Reply::from_raw(raw.as_deref()), confirmed)) {
                 Ok((Reply::Exhausted, _)) => return Ok(LimitedVisit::Exhausted),
@@ -262,10 +266,7 @@ impl ClickRecorder {
         }
         // The visit counts once committed: its request is answered with it, however late, or
         // a retry of the redirect would count a second visit against the limit.
-        if let Some(commitment) = crate::deadline::commitment() {
-            commitment.commit();
-        }
-        tx.commit().await?;
+        crate::deadline::commit(tx).await?;
         if click.is_some() {
             self.metrics.clicks.with_label_values(&["direct"]).inc();
         }
@@ -288,6 +289,12 @@ impl ClickRecorder {
                 return;
             }
             None => {}
+        }
+        // From the append on, the request is answered with the click however late: a 503 for
+        // a click that is stored (in the stream, or by the direct insert a lock held past the
+        // deadline) would have the visitor's retry store a second one (`crate::deadline`).
+        if crate::deadline::committing().is_err() {
+            return;
         }
         let append = click.xadd(&self.keys.clicks_for(&click.code));
         let appended = match self.redis.replica_wait() {

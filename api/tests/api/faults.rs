@@ -510,6 +510,58 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
     assert_eq!(events.len(), 1);
 }
 
+/// A click the API inserts directly (Redis down) whose insert is still waiting at the
+/// request's deadline may yet be stored: the redirect is answered with it, not a 503 that the
+/// visitor's retry would answer with a second click.
+#[tokio::test]
+async fn a_click_stored_past_its_deadline_is_answered_with_its_redirect() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
+        c.redis.cluster_nodes.clear();
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let user = app.create_user("lateclick").await;
+    let (id, code) = link_of(&app.create_url(user, "https://example.com/lateclick").await);
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
+    let visit = tokio::spawn(async move { client.get(url).send().await });
+    crate::helpers::wait_for_lock_waits(&app, 1, "the click").await;
+    // An update started after it waits on the same lock (its `updated` event) and gets its 503:
+    // the visit's deadline has passed too.
+    let res = app
+        .put_json(&format!("/urls/{id}"), &serde_json::json!({"title": "x"}))
+        .await;
+    crate::helpers::error_of(res, 503).await;
+    assert!(
+        !visit.is_finished(),
+        "the visit was answered before its click's insert ended"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(visit.await.unwrap().unwrap().status(), 302);
+    let clicks: i64 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE url_id = $1 AND event_type = 'click'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(clicks, 1);
+}
+
 /// A create whose statement has started is answered with its outcome, however late: a 503
 /// tells the client to retry, and a retry of a create that was made makes the link twice.
 #[tokio::test]

@@ -526,3 +526,47 @@ async fn a_limited_visit_that_finds_no_entry_is_decided_by_the_counter() {
         .unwrap();
     assert_eq!(visit, kurz_api::clicks::LimitedVisit::Exhausted);
 }
+
+/// A limited link's visit whose script reached Redis (the visit counted, its click appended) is
+/// answered with its redirect however late: a 503 past the deadline would have the visitor's
+/// retry count the visit a second time.
+#[tokio::test]
+async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let port: u16 = redis
+        .url()
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches("/0")
+        .parse()
+        .unwrap();
+    let relay = crate::helpers::Relay::start(port).await;
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
+        c.redis.cluster_nodes.clear();
+        c.redis.timeout_ms = 20_000;
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let user = app.create_user("latevisit").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    let (_, other) = limited_link(&app, user, json!(5)).await;
+    // Cached and seeded: the next visit's first script is its count.
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let script = kurz_common::visit::script();
+    let sha = script.get_hash().as_bytes();
+    relay.hold_at(sha);
+    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
+    let visit = tokio::spawn(async move { client.get(url).send().await });
+    relay.wait_held(sha).await;
+    // A visit started after it waits on Redis too and gets its 503: the first one's deadline
+    // has passed as well.
+    error_of(app.get(&format!("/{other}")).await, 503).await;
+    assert!(
+        !visit.is_finished(),
+        "the visit was answered before its count"
+    );
+    relay.release();
+    assert_eq!(visit.await.unwrap().unwrap().status(), 302);
+    wait_visits(&app, id, 2).await;
+}
