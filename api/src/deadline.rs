@@ -91,16 +91,24 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
     } else {
         limits.request_timeout_ms
     };
+    // A browser shows JSON as text: a page's 503 is a page (a log-in waiting for a password
+    // hash in a flood of them is the likely one).
+    let page = crate::web::is_page(req.uri().path()).then(|| req.headers().clone());
     let commitment = Commitment::default();
     let run = REQUEST.scope(commitment.clone(), next.run(req));
     tokio::pin!(run);
     match tokio::time::timeout(Duration::from_millis(budget_ms), &mut run).await {
         Ok(response) => response,
         Err(_) if !commitment.abandon() => run.await,
-        Err(_) => ApiError::Unavailable(format!(
-            "the request did not complete within {budget_ms} ms; retry shortly"
-        ))
-        .into_response(),
+        Err(_) => {
+            let e = ApiError::Unavailable(format!(
+                "the request did not complete within {budget_ms} ms; retry shortly"
+            ));
+            match page {
+                Some(headers) => crate::web::early_problem(&headers, e),
+                None => e.into_response(),
+            }
+        }
     }
 }
 

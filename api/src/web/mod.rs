@@ -424,8 +424,14 @@ fn marked(mut response: Response, e: &ApiError) -> Response {
     response
 }
 
-/// An anonymous page for a request whose session could not even be read.
-fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
+/// Whether `path` is one of the pages' (not their assets): what fails there is told as a page.
+pub fn is_page(path: &str) -> bool {
+    matches!(path, "/" | "/ui" | "/login" | "/register" | "/logout") || path.starts_with("/ui/")
+}
+
+/// An anonymous page for a request whose session could not even be read, or that was abandoned
+/// at its deadline (`crate::deadline`).
+pub(crate) fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     let csrf = csrf::Token::of(headers);
     let page = Page {
         user: None,

@@ -1288,6 +1288,39 @@ async fn a_page_the_database_cannot_serve_says_when_to_retry() {
     drop(held);
 }
 
+/// A page request abandoned at `limits.request_timeout_ms` (here a log-in waiting for a
+/// password-hash slot, as in a flood of them) is answered with a page saying to retry, not with
+/// the API's JSON, which a browser shows as text.
+#[tokio::test]
+async fn a_page_past_its_deadline_is_a_page_saying_to_retry() {
+    let app = spawn_app_with(|c| {
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let _ = signed_up(&app, "lateweb").await;
+    let held = app.state.auth.passwords.occupy_all().await;
+    let mut b = Browser::new(&app);
+    let (_, login) = b.get("/login").await;
+    let res = b
+        .submit(
+            &login,
+            "/login",
+            &[("account", "lateweb"), ("password", "long enough pw")],
+        )
+        .await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = res.text().await.unwrap();
+    assert!(page.contains("retry shortly"), "{page}");
+    drop(held);
+}
+
 /// A form's address opened as a page (the address bar after the form's answer, a restored tab)
 /// leads to the page the form is on, not to a JSON 405 shown as text.
 #[tokio::test]
