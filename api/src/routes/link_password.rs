@@ -160,9 +160,6 @@ pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt, token: &FormToken)
         "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         page,
     );
-    response
-        .headers_mut()
-        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if let Attempt::Locked(wait) = attempt {
         response
             .headers_mut()

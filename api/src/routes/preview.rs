@@ -100,15 +100,17 @@ pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiRe
          </main></body></html>\n",
         short = escape(&short_url),
     );
-    // Nothing on the page runs or loads: inline style only.
+    // Nothing on the page runs or loads: inline style only. Framed on another site, the page
+    // that says where a link leads could be shown in that site's words.
     Ok(html_page(
         StatusCode::OK,
-        "default-src 'none'; style-src 'unsafe-inline'",
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         page,
     ))
 }
 
-/// A page kurz writes itself: never cached, never sniffed, sent with no referrer, under `csp`.
+/// A page kurz writes itself: never cached, never sniffed, never framed (for browsers that
+/// predate `frame-ancestors`), sent with no referrer, under `csp`.
 pub(crate) fn html_page(status: StatusCode, csp: &'static str, page: String) -> Response {
     let mut response = (status, no_store(), page).into_response();
     let h = response.headers_mut();
@@ -128,6 +130,7 @@ pub(crate) fn html_page(status: StatusCode, csp: &'static str, page: String) -> 
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
 

@@ -161,7 +161,6 @@ impl Visit {
     fn respond(&self, status: StatusCode, html: String) -> Response {
         let mut response = crate::routes::preview::html_page(status, CSP, html);
         let h = response.headers_mut();
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         if let Some(set) = self.csrf.set_cookie(self.https) {
             h.append(header::SET_COOKIE, set);
         }
@@ -441,10 +440,7 @@ pub(crate) fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     };
     let status = e.status();
     let html = pages::problem(&page, status, &messages(&e)).into_string();
-    let mut response = crate::routes::preview::html_page(status, CSP, html);
-    response
-        .headers_mut()
-        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let response = crate::routes::preview::html_page(status, CSP, html);
     marked(response, &e)
 }
 

@@ -310,10 +310,10 @@ async fn the_preview_names_the_target_without_redirecting_or_counting() {
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("location").is_none());
     assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
-    assert!(res.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .starts_with("default-src 'none'"));
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
     let page = res.text().await.unwrap();
     // The stored target is normalised (`<2>` percent-encoded); the page escapes its `&`.
     assert_eq!(link["original_url"], "https://example.com/a?b=1&c=%3C2%3E");
