@@ -309,6 +309,54 @@ async fn a_person_signs_up_shortens_follows_switches_off_and_logs_out_in_chromiu
     c.close().await.unwrap();
 }
 
+/// Over plain HTTP on an address other than localhost (a LAN name), browsers give pages no
+/// clipboard: the copy buttons stay hidden there rather than shown and doing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_buttons_stay_hidden_where_the_browser_gives_no_clipboard() {
+    let stack = Stack::start(Options {
+        upstreams: 1,
+        ..Options::default()
+    });
+    let driver = Driver::start();
+    let c = driver
+        .browser_with(&[format!(
+            "--host-resolver-rules=MAP kurz.lan 127.0.0.1:{}",
+            stack.http_port
+        )])
+        .await;
+    c.goto("http://kurz.lan/").await.unwrap();
+    fill(&c, "#original_url", "https://example.com/on-the-lan").await;
+    click(&c, "form.card button[type=submit]").await;
+    assert!(text_of(&c, "#short_url").await.contains('/'));
+    // The script has run once the page has loaded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c
+        .execute("return document.readyState", vec![])
+        .await
+        .unwrap()
+        != "complete"
+    {
+        assert!(Instant::now() < deadline, "the page never finished loading");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let copy = find(&c, "button.copy").await;
+    assert!(
+        !copy.is_displayed().await.unwrap(),
+        "a copy button that cannot copy is shown"
+    );
+    let secure: bool = c
+        .execute("return window.isSecureContext", vec![])
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap();
+    assert!(
+        !secure,
+        "the page must be on an insecure origin for this test"
+    );
+    c.close().await.unwrap();
+}
+
 /// A page on another origin for a link to lead to: answers every request with a small page
 /// titled `landed`. Returns its port.
 async fn landing_page() -> u16 {
