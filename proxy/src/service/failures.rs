@@ -91,7 +91,7 @@ impl Edge {
                 "request_timeout",
                 "the request was not received in time",
             ),
-            ReadTimedout => (
+            ReadTimedout | WriteTimedout => (
                 504,
                 "gateway_timeout",
                 "the API upstream did not answer in time",

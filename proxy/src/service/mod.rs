@@ -377,13 +377,17 @@ impl ProxyHttp for Edge {
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         // An import answers when it has committed: a read timeout shorter than the API's own
         // budget would answer 504 for an import that then succeeds.
-        peer.options.read_timeout = Some(
-            if kurz_common::http::is_bulk_route(session.req_header().uri.path()) {
-                self.settings.bulk_read_timeout
-            } else {
-                self.settings.read_timeout
-            },
-        );
+        let budget = if kurz_common::http::is_bulk_route(session.req_header().uri.path()) {
+            self.settings.bulk_read_timeout
+        } else {
+            self.settings.read_timeout
+        };
+        peer.options.read_timeout = Some(budget);
+        // The same bound on each write of the request body: while one waits on an upstream that
+        // stopped reading (frozen, or its host gone), Pingora reads neither its answer (where
+        // the read timeout would fire) nor more of the client's body (where the body deadline
+        // would), and the request would hang until the kernel gave up, minutes later.
+        peer.options.write_timeout = Some(budget);
         peer.options.idle_timeout = Some(self.settings.idle_timeout);
         Ok(Box::new(peer))
     }

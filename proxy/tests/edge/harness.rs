@@ -719,6 +719,9 @@ pub enum Behaviour {
     /// `200` with a gigabyte body, written until the edge takes no more; the write's failure
     /// is then recorded as a request for [`FLOOD_ENDED`].
     Flood,
+    /// Reads the head and nothing more, the connection left open: a frozen API (stopped, its
+    /// host gone) under an upload.
+    Deaf,
 }
 
 /// What a [`Behaviour::Flood`] upstream records once the edge let go of its answer.
@@ -786,6 +789,10 @@ pub fn fake_upstream(behaviour: Behaviour) -> (String, Received) {
                         match behaviour {
                             // The next read ends when the edge closes the connection.
                             Behaviour::Hold => continue,
+                            Behaviour::Deaf => {
+                                std::thread::sleep(Duration::from_secs(300));
+                                return;
+                            }
                             Behaviour::Close => return,
                             Behaviour::CloseFirst
                                 if !closed_one.swap(true, std::sync::atomic::Ordering::SeqCst) =>

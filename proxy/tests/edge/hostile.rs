@@ -2,7 +2,7 @@
 //! answer is our JSON with a request id; slow clients are cut at the configured deadlines; one
 //! client cannot hold more than its share of connections.
 
-use crate::harness::{upstream_alone, Behaviour, Options, Stack, FLOOD_ENDED};
+use crate::harness::{paths, upstream_alone, Behaviour, Options, Stack, FLOOD_ENDED};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -459,6 +459,49 @@ async fn a_client_that_stops_reading_is_cut_off_with_its_upstream() {
     let ended = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut sink)).await;
     assert!(ended.is_ok(), "the client's connection is still open");
     assert!(sink.len() < 1 << 30, "the whole answer was never taken");
+}
+
+/// An upload to an upstream that stops reading it (frozen, or its host gone) ends in a 504
+/// after `upstreams.read_timeout_ms` without progress, instead of hanging: while the edge waits
+/// to write the body it reads neither the answer nor more of the client's body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_an_upstream_that_stops_reading_it_gets_504() {
+    let opts = || Options {
+        upstreams: 1,
+        read_timeout_ms: 1_000,
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (_, seen) = upstream_alone(&stack, &opts(), Behaviour::Deaf).await;
+    // More than the socket buffers between the edge and the upstream take.
+    let size = 16 << 20;
+    let conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let (mut from_edge, mut to_edge) = conn.into_split();
+    let upload = tokio::spawn(async move {
+        let head = format!(
+            "PUT /urls/1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        to_edge.write_all(head.as_bytes()).await?;
+        to_edge.write_all(&vec![b' '; size]).await
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match from_edge.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the upstream reads nothing");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert_eq!(paths(&seen), ["/urls/1"]);
+    upload.abort();
 }
 
 /// An edge holding each client to `cap` connections, a first head due within
