@@ -339,6 +339,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Each attempt counts the body from its start: a retry sends the body read so far again
+        // through `request_body_filter` (it is all in the retry buffer, or there is no retry),
+        // and counted twice it would make a body within the limit a 413.
+        ctx.body_bytes = 0;
         let failed = &ctx.failed;
         let backend = self
             .lb

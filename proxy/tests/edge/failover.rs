@@ -497,6 +497,34 @@ async fn with_one_upstream_a_timeout_is_504_and_a_broken_get_goes_again_to_it() 
     assert_eq!(retries(&stack).await - retried, 1.0);
 }
 
+/// A retried request's body is counted against `limits.max_request_body_bytes` once: the
+/// retry sends what was read of it again, and counted twice a body within the limit was a 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_body_within_the_limit_is_not_refused_as_too_large() {
+    let opts = || Options {
+        upstreams: 1,
+        extra_yaml: "limits: { max_request_body_bytes: 66000 }\n".into(),
+        ..Options::default()
+    };
+    let stack = Stack::start(opts());
+    let (flaky, seen) = fake_upstream(Behaviour::CloseFirst);
+    switch_to(&stack, std::slice::from_ref(&flaky), &opts()).await;
+    let retried = retries(&stack).await;
+    // Within the limit and within the retry buffer (64 KiB), so it may go again.
+    let body = format!("{{\"title\": \"{}\"}}", "x".repeat(65_000));
+    let res = stack
+        .client
+        .put(stack.url("/urls/7"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", stack.proxy_log());
+    assert_eq!(&paths(&seen)[..2], ["/urls/7", "/urls/7"]);
+    assert_eq!(retries(&stack).await - retried, 1.0);
+}
+
 /// A DELETE the upstream may have committed is not replayed: the replay would answer 404 for
 /// the link the client just deleted. The client gets our 502 (outcome unknown) instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
