@@ -20,7 +20,8 @@
 //!
 //! Counters are per account (the user id) when the identifier names one, so locking an account
 //! by its email also locks it by its username; for an identifier that names nobody they are
-//! per identifier, so the back-off itself reveals nothing about who exists.
+//! per identifier, so the back-off tells no more than whether an email and a username belong
+//! to one account (docs/security.md).
 
 use crate::config::LockoutConfig;
 use crate::redis_handle::{RedisDown, RedisHandle};
