@@ -131,10 +131,6 @@ impl ClickRecorder {
                 click.as_ref(),
                 visit_id.map(visit::VisitMark::Take),
             );
-            // The script counts the visit and appends its click: from here on the request is
-            // answered with its outcome however late (`crate::deadline`), or the visitor's
-            // retry of a 503 would count and record the visit a second time.
-            crate::deadline::committing()?;
             let reply = self.run_visit(&inv, click.is_some()).await;
             match reply.map(|(raw, confirmed)| (Reply::from_raw(raw.as_deref()), confirmed)) {
                 Ok((Reply::Exhausted, _)) => return Ok(LimitedVisit::Exhausted),
@@ -217,6 +213,12 @@ impl ClickRecorder {
         records: bool,
     ) -> Result<(Option<String>, bool), RedisDown> {
         let mut conn = self.redis.conn().await?;
+        // The script counts the visit and appends its click: from here on the request is
+        // answered with its outcome however late (`crate::deadline`), or the visitor's retry of
+        // a 503 would count and record the visit a second time. (Not before: with Redis
+        // refusing, what follows is bounded by the request's deadline again. And never
+        // refused: an abandoned request's work is dropped with its 503.)
+        let _ = crate::deadline::committing();
         let wait = self.redis.replica_wait().filter(|_| records);
         let Some(wait) = wait else {
             return inv

@@ -570,3 +570,38 @@ async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
     assert_eq!(visit.await.unwrap().unwrap().status(), 302);
     wait_visits(&app, id, 2).await;
 }
+
+/// With Redis refusing, a limited link's visit is decided by PostgreSQL under the link's row
+/// lock, and nothing is counted until that commits: a visit still waiting at its deadline gets
+/// its 503 then (and is never counted), instead of holding the visitor for as long as the lock.
+#[tokio::test]
+async fn a_visit_waiting_on_postgres_at_its_deadline_gets_503_and_counts_nothing() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
+        c.redis.cluster_nodes.clear();
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let user = app.create_user("waitvisit").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
+    let visit = tokio::spawn(async move { client.get(url).send().await });
+    crate::helpers::wait_for_lock_waits(&app, 1, "the visit").await;
+    let answered = tokio::time::timeout(Duration::from_secs(20), visit).await;
+    tx.rollback().await.unwrap();
+    let res = answered.expect("the visit waited for the lock past its deadline");
+    error_of(res.unwrap().unwrap(), 503).await;
+    let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(link["visits"], 0);
+}
