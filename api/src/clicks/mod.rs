@@ -158,8 +158,11 @@ impl ClickRecorder {
                     return Ok(LimitedVisit::Changed(Verdict::NotFound))
                 }
                 Ok((Reply::Unseeded, _)) if attempt == 0 => {
-                    let client = self.db.get().await?;
-                    let stored = crate::db::stats::total_clicks(&client, link.url_id).await?;
+                    // The connection goes back before Redis is waited on.
+                    let stored = {
+                        let client = self.db.get().await?;
+                        crate::db::stats::total_clicks(&client, link.url_id).await?
+                    };
                     if self
                         .redis
                         .query::<Option<String>>(&visit::seed(&self.keys, code, stored))
