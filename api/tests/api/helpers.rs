@@ -517,6 +517,8 @@ impl Relay {
                 let mut held = hold.subscribe();
                 tokio::spawn(async move {
                     let (mut buf, mut back) = (vec![0u8; 64 * 1024], Vec::new());
+                    // The end of what came before, for a trigger split across two reads.
+                    let mut tail: Vec<u8> = Vec::new();
                     loop {
                         if !*held.borrow_and_update() && !back.is_empty() {
                             if to_server.write_all(&back).await.is_err() {
@@ -531,17 +533,28 @@ impl Relay {
                                     Ok(n) => n,
                                 };
                                 let chunk = &buf[..n];
+                                // A match must end in this read: the earlier bytes it may start
+                                // in are fewer than the needle.
                                 let triggered = trig
                                     .lock()
                                     .unwrap()
-                                    .take_if(|needle| holds(chunk, needle))
+                                    .take_if(|needle| {
+                                        let from = tail.len().saturating_sub(needle.len() - 1);
+                                        holds(&[&tail[from..], chunk].concat(), needle)
+                                    })
                                     .is_some();
+                                tail.extend_from_slice(chunk);
+                                tail.drain(..tail.len().saturating_sub(1024));
                                 if triggered {
                                     hold.send_replace(true);
                                 }
-                                if *held.borrow() || triggered {
-                                    back.extend_from_slice(chunk);
+                                let holding = *held.borrow() || triggered;
+                                if holding {
                                     seen.lock().unwrap().extend_from_slice(chunk);
+                                }
+                                // Behind bytes still kept back (just released), in order.
+                                if holding || !back.is_empty() {
+                                    back.extend_from_slice(chunk);
                                 } else if to_server.write_all(chunk).await.is_err() {
                                     return;
                                 }
