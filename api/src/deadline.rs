@@ -84,6 +84,8 @@ pub fn committing() -> Result<(), ApiError> {
     Ok(())
 }
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limits = &state.config.limits;
     let budget_ms = if kurz_common::http::is_bulk_route(req.uri().path()) {
@@ -92,8 +94,17 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         limits.request_timeout_ms
     };
     // A browser shows JSON as text: a page's 503 is a page (a log-in waiting for a password
-    // hash in a flood of them is the likely one).
-    let page = crate::web::is_page(req.uri().path()).then(|| req.headers().clone());
+    // hash in a flood of them is the likely one). A form post is a browser's too, wherever it
+    // goes: the API's own routes take JSON; the protected link's password form posts to its
+    // code.
+    let form = req.method() == axum::http::Method::POST
+        && req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.get(..FORM.len()))
+            .is_some_and(|t| t.eq_ignore_ascii_case(FORM));
+    let page = (form || crate::web::is_page(req.uri().path())).then(|| req.headers().clone());
     let commitment = Commitment::default();
     let run = REQUEST.scope(commitment.clone(), next.run(req));
     tokio::pin!(run);

@@ -2,7 +2,7 @@
 //! and its click only after the right password, guesses backing off per link and client, the
 //! password never returned nor written to an event, and the preview keeping the target secret.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with_lockout, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
 use serde_json::{json, Value};
 
 async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
@@ -465,4 +465,27 @@ async fn a_first_visit_from_another_site_unlocks_at_the_first_try() {
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "https://example.com/secret");
     assert_eq!(app.clicks(id).await.len(), 1);
+}
+
+/// The password form's post abandoned at `limits.request_timeout_ms` (waiting for a hash slot,
+/// as in a flood of guesses) is answered with a page saying to retry, not with JSON a browser
+/// shows as text.
+#[tokio::test]
+async fn a_password_form_post_past_its_deadline_gets_a_page() {
+    let app = spawn_app_with(|c| {
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let (_, code) = protected_link(&app, "open sesame").await;
+    let held = app.state.auth.passwords.occupy_all().await;
+    let res = post_form(&app, &code, "password=open+sesame").await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(res.text().await.unwrap().contains("retry shortly"));
+    drop(held);
 }
