@@ -462,8 +462,9 @@ async fn a_client_that_stops_reading_is_cut_off_with_its_upstream() {
 }
 
 /// An upload to an upstream that stops reading it (frozen, or its host gone) ends in a 504
-/// after `upstreams.read_timeout_ms` without progress, instead of hanging: while the edge waits
-/// to write the body it reads neither the answer nor more of the client's body.
+/// once a write waited `upstreams.read_timeout_ms` (and the answer as long again), instead of
+/// hanging: while the edge waits to write the body it reads neither the answer nor more of the
+/// client's body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_to_an_upstream_that_stops_reading_it_gets_504() {
     let opts = || Options {
