@@ -154,6 +154,20 @@ impl Application {
         if let Err(e) = consumer.ensure_groups().await {
             log::warn!(error = e.to_string(); "redis unavailable at start-up; running degraded until it answers");
         }
+        // A lowered `redis.partitions` leaves the streams above it unread: refuse to start
+        // while they hold clicks, rather than never store them (docs/scaling.md).
+        if let Ok(stranded) = consumer.stranded_streams().await {
+            if let Some((key, len)) = stranded.first() {
+                return Err(format!(
+                    "config key `redis.partitions` is {}, but the click stream {key} of a \
+                     larger count still holds {len} entries ({} such streams): nothing would \
+                     read them. Set it back to a count that covers them until they are empty \
+                     (docs/scaling.md)",
+                    keys.partitions(),
+                    stranded.len()
+                ));
+            }
+        }
         let _ = cache.publish_schema().await;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             format!(

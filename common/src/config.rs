@@ -7,6 +7,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Most click stream partitions (`redis.partitions`).
+pub const MAX_PARTITIONS: u16 = 1024;
+
 /// Where Redis is and how kurz names its keys there; the same section in the edge's and the
 /// API's config, because both must agree on prefix and partitions.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -76,9 +79,9 @@ impl RedisSettings {
                 "config key `{section}.prefix` must be non-empty without braces, colons or spaces"
             ));
         }
-        if !(1..=1024).contains(&self.partitions) {
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
             return Err(format!(
-                "config key `{section}.partitions` must be 1..=1024"
+                "config key `{section}.partitions` must be 1..={MAX_PARTITIONS}"
             ));
         }
         if self.replica_acks > 5 {

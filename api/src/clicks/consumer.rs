@@ -138,6 +138,11 @@ impl Consumer {
         self.stream.ensure_groups().await
     }
 
+    /// See [`super::stream::ClickStream::stranded`].
+    pub async fn stranded_streams(&self) -> Result<Vec<(String, i64)>, RedisDown> {
+        self.stream.stranded().await
+    }
+
     /// Entries not yet consumed, summed over partitions (unread plus pending). Also the sample
     /// of what would be lost if Redis lost its data now; if it already did, the loss is counted
     /// from the previous sample first.

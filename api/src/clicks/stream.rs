@@ -95,6 +95,29 @@ impl ClickStream {
         Ok(())
     }
 
+    /// Streams of partitions at or above the configured count that hold entries, with their
+    /// lengths: what a count lowered while clicks were waiting left behind. Nothing reads them,
+    /// so their clicks would never be stored.
+    pub async fn stranded(&self) -> Result<Vec<(String, i64)>, RedisDown> {
+        let cmds: Vec<(u16, redis::Cmd)> = (self.keys.partitions()
+            ..kurz_common::config::MAX_PARTITIONS)
+            .map(|p| {
+                let mut cmd = redis::cmd("XLEN");
+                cmd.arg(self.keys.clicks(p));
+                (p, cmd)
+            })
+            .collect();
+        let lengths = self.redis.query_parts(&cmds).await?;
+        Ok(cmds
+            .iter()
+            .zip(lengths)
+            .filter_map(|((p, _), len)| match len {
+                Value::Int(n) if n > 0 => Some((self.keys.clicks(*p), n)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Entries not yet consumed, summed over partitions (unread plus pending): acknowledged
     /// entries are deleted, so `XLEN` is the backlog. Reports [`ReadError::GroupLost`] instead
     /// when a group this process created is gone, so a sample taken after Redis lost its data

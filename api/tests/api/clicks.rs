@@ -1219,3 +1219,39 @@ async fn daily_without_a_range_is_the_last_ninety_days() {
         .collect();
     assert_eq!(days, [in_range.to_string()]);
 }
+
+/// A `redis.partitions` lowered while clicks wait in the streams above the new count: nothing
+/// would read those again, so the API refuses to start, naming the key and a stream, rather
+/// than leave the clicks unstored for good.
+#[tokio::test]
+async fn a_partition_count_lowered_below_waiting_clicks_refuses_to_start() {
+    let app = spawn_app().await;
+    let config = (*app.state.config).clone();
+    let above = kurz_common::keys::KeySchema::new(&app.prefix, 8).clicks(6);
+    let mut redis = redis::Client::open(config.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&above)
+        .arg("*")
+        .arg("c")
+        .arg("x")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let refused = kurz_api::startup::Application::build(config).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&above)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let Err(e) = refused else {
+        panic!("the API started with clicks in {above} unread")
+    };
+    assert!(
+        e.contains("`redis.partitions` is 4") && e.contains(&above),
+        "{e}"
+    );
+}
