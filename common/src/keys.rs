@@ -245,7 +245,8 @@ pub const ENTRY_FIELDS: [(&str, &str); 8] = [
     ("url_id", "%d+"),
     ("user_id", "%d*"),
     ("active", "[01]"),
-    ("expires_at", "%d*"),
+    // Before 1970 (an import may carry such a date) the number is negative.
+    ("expires_at", "%-?%d*"),
     ("redirect_type", "%d+"),
     ("max_visits", "%d*"),
     ("protected", "[01]"),
@@ -471,6 +472,11 @@ mod tests {
         match class {
             "%d+" => digits && !text.is_empty(),
             "%d*" => digits,
+            "%-?%d*" => text
+                .strip_prefix('-')
+                .unwrap_or(text)
+                .bytes()
+                .all(|b| b.is_ascii_digit()),
             "[01]" => text == "0" || text == "1",
             other => panic!("ENTRY_FIELDS uses {other:?}, which this test does not know"),
         }
@@ -496,7 +502,11 @@ mod tests {
             max_visits: None,
             ..full.clone()
         };
-        for (entry, version) in [(full, 123_456_789_i64), (bare, 1)] {
+        let before_1970 = LinkEntry {
+            expires_at: Some(-86_400),
+            ..full.clone()
+        };
+        for (entry, version) in [(full, 123_456_789_i64), (bare, 1), (before_1970, 2)] {
             let text = CachedLink::Found(entry.clone()).encode(version);
             let fields: Vec<&str> = text.splitn(ENTRY_FIELDS.len() + 2, '|').collect();
             assert_eq!(fields[0], ENTRY_VERSION);
@@ -512,7 +522,7 @@ mod tests {
         }
         assert_eq!(
             lua_entry_pattern(&["version"]),
-            "^5|%d+|%d*|[01]|%d*|%d+|%d*|[01]|(%d+)|"
+            "^5|%d+|%d*|[01]|%-?%d*|%d+|%d*|[01]|(%d+)|"
         );
     }
 
