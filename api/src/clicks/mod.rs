@@ -68,6 +68,8 @@ pub enum LimitedVisit {
     Exhausted,
     /// A write changed the link since it was read: answer this instead.
     Changed(Verdict),
+    /// A password was set on the link since it was read: nothing was counted; ask for it.
+    Protected,
 }
 
 #[derive(Clone)]
@@ -140,6 +142,11 @@ impl ClickRecorder {
                         now_cached.verdict_at(now)
                     {
                         return Ok(LimitedVisit::Changed(refused));
+                    }
+                    // The script counts a protected link's visit only once its password was
+                    // checked: this one it only looked up.
+                    if now_cached.protected && record != Record::Unlocked {
+                        return Ok(LimitedVisit::Protected);
                     }
                     if let Some(click) = &click {
                         if confirmed {

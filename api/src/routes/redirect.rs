@@ -183,6 +183,15 @@ async fn visit_and_redirect(
             LimitedVisit::Exhausted => return Err(gone(code, GONE_EXHAUSTED)),
             LimitedVisit::Changed(Verdict::Gone) => return Err(gone(code, GONE_EXPIRED)),
             LimitedVisit::Changed(_) => return Err(not_found(code)),
+            LimitedVisit::Protected => {
+                let token = FormToken::for_page(state, visit.peer, visit.headers);
+                return Ok(link_password::ask(
+                    visit.headers,
+                    code,
+                    Attempt::First,
+                    &token,
+                ));
+            }
         }
     } else if let Some(click) = click {
         // The edge's draw for a visit it forwards: sampled once, by whoever saw it first.

@@ -605,3 +605,51 @@ async fn a_visit_waiting_on_postgres_at_its_deadline_gets_503_and_counts_nothing
     let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
     assert_eq!(link["visits"], 0);
 }
+
+/// A password set on a limited link between a visit's read of it and its count: the count
+/// script finds the link protected and counts nothing, and the visit is not redirected (it is
+/// asked for the password) rather than sent to the target uncounted and unrecorded.
+#[tokio::test]
+async fn a_visit_that_finds_a_password_set_since_its_read_is_not_redirected() {
+    let app = spawn_app().await;
+    let user = app.create_user("pwrace").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    // What the visit read: the link before its password.
+    let kurz_api::cache::Lookup::Hit(kurz_common::keys::CachedLink::Found(read)) =
+        app.state.cache.lookup(&code).await.unwrap()
+    else {
+        panic!("the link is cached after its visit")
+    };
+    assert!(!read.protected);
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"password": "set meanwhile"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let click = kurz_common::clicks::Click {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        url_id: id,
+        user_id: Some(user),
+        code: code.clone(),
+        target: read.target.clone(),
+        referrer: String::new(),
+        user_agent: String::new(),
+        ip: String::new(),
+        ts_ms: 0,
+        visitor: String::new(),
+    };
+    let visit = app
+        .state
+        .clicks
+        .limited_visit(&app.state.cache, &code, &read, Some(click), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(visit, kurz_api::clicks::LimitedVisit::Protected),
+        "the visit went on without the password"
+    );
+    wait_visits(&app, id, 1).await;
+}
