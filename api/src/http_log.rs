@@ -141,7 +141,12 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if ["/auth", "/api/auth"].iter().any(|p| under(path, p)) {
+    // An error is no answer to keep: a shared cache that kept a short code's 404 (caches may
+    // keep a 404 without being told) would answer it after the link is made. The edge's own
+    // errors say the same.
+    if ["/auth", "/api/auth"].iter().any(|p| under(path, p))
+        || (status >= 400 && !headers.contains_key(axum::http::header::CACHE_CONTROL))
+    {
         headers.insert("cache-control", HeaderValue::from_static("no-store"));
     }
     let duration_ms = millis(elapsed);

@@ -51,7 +51,10 @@ async fn head_redirects_without_counting_a_click() {
 #[tokio::test]
 async fn unknown_codes_are_404_and_cached_negatively() {
     let app = spawn_app().await;
-    let err = error_of(app.get("/NoSuchCode").await, 404).await;
+    let res = app.get("/NoSuchCode").await;
+    // Kept by no cache: the code may be made a moment later.
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let err = error_of(res, 404).await;
     assert_eq!(err["error"], "not_found");
     assert_eq!(
         redis_get(&keys(&app).link("NoSuchCode")).await.as_deref(),
@@ -181,10 +184,9 @@ async fn expired_links_stop_redirecting() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Expired is not unknown: 410 `gone`, while inactive and unknown codes stay 404.
-    assert_eq!(
-        error_of(app.get(&format!("/{code}")).await, 410).await["error"],
-        "gone"
-    );
+    let res = app.get(&format!("/{code}")).await;
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    assert_eq!(error_of(res, 410).await["error"], "gone");
     assert_eq!(
         app.clicks(link["id"].as_i64().unwrap()).await.len(),
         redirected,
