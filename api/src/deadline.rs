@@ -46,6 +46,13 @@ impl Commitment {
         }
     }
 
+    /// The work committed to turned out not to have started (see [`reopen`]).
+    fn reopen(&self) {
+        let _ = self
+            .0
+            .compare_exchange(COMMITTED, OPEN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// The deadline passed; `false` when the work was committed first (then wait for it).
     fn abandon(&self) -> bool {
         self.0
@@ -85,6 +92,15 @@ pub fn committing() -> Result<(), ApiError> {
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Takes back [`committing`] when what it was for did nothing after all and other work follows
+/// in its place: that work may be abandoned at the deadline again. A deadline that already
+/// passed while committed is waited out regardless.
+pub fn reopen() {
+    if let Some(c) = commitment() {
+        c.reopen();
+    }
+}
 
 pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limits = &state.config.limits;

@@ -261,6 +261,10 @@ impl ClickRecorder {
         max: i64,
         click: Option<&Click>,
     ) -> Result<LimitedVisit, ApiError> {
+        // PostgreSQL decides this visit and commits it with its transaction: until then nothing
+        // of it counts, so the request may still be abandoned at its deadline (a script that was
+        // sent and failed counted nothing this path goes by, which it takes for nothing).
+        crate::deadline::reopen();
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
         let lock = tx

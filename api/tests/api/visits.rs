@@ -653,3 +653,44 @@ async fn a_visit_that_finds_a_password_set_since_its_read_is_not_redirected() {
     );
     wait_visits(&app, id, 1).await;
 }
+
+/// A visit whose count script reached Redis but got no answer (Redis stalled) goes on to
+/// PostgreSQL, which decides it under the link's row lock: that wait is bounded by the
+/// request's deadline again (the script counted nothing the path goes by), a 503, rather than
+/// as long as the lock is held.
+#[tokio::test]
+async fn a_visit_whose_script_went_unanswered_is_bounded_by_its_deadline_again() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let port: u16 = redis
+        .url()
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches("/0")
+        .parse()
+        .unwrap();
+    let relay = crate::helpers::Relay::start(port).await;
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
+        c.redis.cluster_nodes.clear();
+        c.redis.timeout_ms = 200;
+        c.limits.request_timeout_ms = 1_000;
+        c.clicks.read_drain_budget_ms = 100;
+    })
+    .await;
+    let user = app.create_user("stallvisit").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let script = kurz_common::visit::script();
+    relay.hold_at(script.get_hash().as_bytes());
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
+    let visit = tokio::spawn(async move { client.get(url).send().await });
+    let answered = tokio::time::timeout(Duration::from_secs(20), visit).await;
+    tx.rollback().await.unwrap();
+    relay.release();
+    let res = answered.expect("the visit waited for the lock past its deadline");
+    error_of(res.unwrap().unwrap(), 503).await;
+}
