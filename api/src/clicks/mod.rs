@@ -207,7 +207,7 @@ impl ClickRecorder {
                 _ => break,
             }
         }
-        self.limited_visit_in_postgres(code, link.url_id, max, click.as_ref())
+        self.limited_visit_in_postgres(code, link, max, click.as_ref())
             .await
     }
 
@@ -257,7 +257,7 @@ impl ClickRecorder {
     async fn limited_visit_in_postgres(
         &self,
         code: &str,
-        url_id: i64,
+        link: &LinkEntry,
         max: i64,
         click: Option<&Click>,
     ) -> Result<LimitedVisit, ApiError> {
@@ -265,12 +265,21 @@ impl ClickRecorder {
         // of it counts, so the request may still be abandoned at its deadline (a script that was
         // sent and failed counted nothing this path goes by, which it takes for nothing).
         crate::deadline::reopen();
+        let url_id = link.url_id;
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
         let lock = tx
-            .prepare_cached("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE")
+            .prepare_cached("SELECT password_hash IS NOT NULL FROM urls WHERE id = $1 FOR UPDATE")
             .await?;
-        tx.execute(&lock, &[&url_id]).await?;
+        // A password set since the visit read the link (only a visit read as protected has had
+        // its password checked).
+        let protected = tx
+            .query_opt(&lock, &[&url_id])
+            .await?
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if protected && !link.protected {
+            return Ok(LimitedVisit::Protected);
+        }
         if crate::db::stats::total_clicks(&tx, url_id).await? >= max {
             return Ok(LimitedVisit::Exhausted);
         }

@@ -694,3 +694,62 @@ async fn a_visit_whose_script_went_unanswered_is_bounded_by_its_deadline_again()
     let res = answered.expect("the visit waited for the lock past its deadline");
     error_of(res.unwrap().unwrap(), 503).await;
 }
+
+/// With Redis down PostgreSQL decides a limited link's visit, and a password set since the
+/// visit read the link stops it there too: asked for the password, nothing counted.
+#[tokio::test]
+async fn a_visit_decided_by_postgres_finds_a_password_set_since_its_read() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
+        c.redis.cluster_nodes.clear();
+    })
+    .await;
+    let user = app.create_user("pgpwrace").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    // What the visit read: the link before its password.
+    let read = kurz_common::keys::LinkEntry {
+        url_id: id,
+        user_id: Some(user),
+        active: true,
+        expires_at: None,
+        redirect_type: 302,
+        max_visits: Some(5),
+        protected: false,
+        target: "https://example.com/limited".into(),
+    };
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &json!({"password": "set meanwhile"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let click = kurz_common::clicks::Click {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        url_id: id,
+        user_id: Some(user),
+        code: code.clone(),
+        target: read.target.clone(),
+        referrer: String::new(),
+        user_agent: String::new(),
+        ip: String::new(),
+        ts_ms: 0,
+        visitor: String::new(),
+    };
+    let visit = app
+        .state
+        .clicks
+        .limited_visit(&app.state.cache, &code, &read, Some(click), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(visit, kurz_api::clicks::LimitedVisit::Protected),
+        "the visit went on without the password"
+    );
+    assert!(app.clicks(id).await.is_empty());
+}
