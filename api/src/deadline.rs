@@ -110,10 +110,14 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         limits.request_timeout_ms
     };
     // A browser shows JSON as text: a page's 503 is a page (a log-in waiting for a password
-    // hash in a flood of them is the likely one). A form post is a browser's too, wherever it
-    // goes: the API's own routes take JSON; the protected link's password form posts to its
-    // code.
+    // hash in a flood of them is the likely one). So is a form post to a short code's path: the
+    // protected link's password form. (Not a form post elsewhere: `curl -d` sends JSON to the
+    // API's routes as a form, and its clients read the JSON.)
     let form = req.method() == axum::http::Method::POST
+        && req.uri().path().strip_prefix('/').is_some_and(|code| {
+            kurz_common::shortcode::is_code_shaped(code)
+                && !kurz_common::shortcode::is_reserved(code)
+        })
         && req
             .headers()
             .get(axum::http::header::CONTENT_TYPE)

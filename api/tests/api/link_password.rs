@@ -488,4 +488,20 @@ async fn a_password_form_post_past_its_deadline_gets_a_page() {
         .starts_with("text/html"));
     assert!(res.text().await.unwrap().contains("retry shortly"));
     drop(held);
+    // JSON that `curl -d` labels a form, to an API route, gets its 503 as JSON.
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE users IN SHARE MODE")
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .post(app.url("/users"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"username": "formjson", "email": "formjson@example.com"}"#)
+        .send()
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(error_of(res, 503).await["error"], "service_unavailable");
 }
