@@ -539,8 +539,16 @@ impl Relay {
                                     .lock()
                                     .unwrap()
                                     .take_if(|needle| {
-                                        let from = tail.len().saturating_sub(needle.len() - 1);
+                                        let from =
+                                            tail.len().saturating_sub(needle.len().max(1) - 1);
                                         holds(&[&tail[from..], chunk].concat(), needle)
+                                    })
+                                    .map(|needle| {
+                                        // Its start, if an earlier read held it, is looked for
+                                        // among the kept bytes too.
+                                        let from =
+                                            tail.len().saturating_sub(needle.len().max(1) - 1);
+                                        seen.lock().unwrap().extend_from_slice(&tail[from..]);
                                     })
                                     .is_some();
                                 tail.extend_from_slice(chunk);
