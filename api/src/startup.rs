@@ -156,16 +156,21 @@ impl Application {
         }
         // A lowered `redis.partitions` leaves the streams above it unread: refuse to start
         // while they hold clicks, rather than never store them (docs/scaling.md).
-        if let Ok(stranded) = consumer.stranded_streams().await {
-            if let Some((key, len)) = stranded.first() {
-                return Err(format!(
-                    "config key `redis.partitions` is {}, but the click stream {key} of a \
+        match consumer.stranded_streams().await {
+            Err(e) => {
+                log::warn!(error = e.to_string(); "could not look for click streams above redis.partitions at start-up (docs/scaling.md)")
+            }
+            Ok(stranded) => {
+                if let Some((key, len)) = stranded.first() {
+                    return Err(format!(
+                        "config key `redis.partitions` is {}, but the click stream {key} of a \
                      larger count still holds {len} entries ({} such streams): nothing would \
                      read them. Set it back to a count that covers them until they are empty \
                      (docs/scaling.md)",
-                    keys.partitions(),
-                    stranded.len()
-                ));
+                        keys.partitions(),
+                        stranded.len()
+                    ));
+                }
             }
         }
         let _ = cache.publish_schema().await;
