@@ -87,7 +87,9 @@ impl Stats {
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 },
-            "throughput_rps": (self.requests as f64 / seconds).round(),
+            // Answers as expected only: quick errors (a 429, a 503) must not raise the rate.
+            "throughput_rps": ((self.requests - self.errors) as f64 / seconds).round(),
+            "sent_rps": (self.requests as f64 / seconds).round(),
             "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": self.latency_us.max() as f64 / 1000.0},
             "by_kind": self.by_kind.iter().map(|(k, (n, e))| (k.clone(), serde_json::json!({"requests": n, "errors": e}))).collect::<serde_json::Map<_, _>>(),
             "statuses": self.statuses,
