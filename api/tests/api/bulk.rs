@@ -289,6 +289,28 @@ async fn a_re_import_keeps_what_its_file_has_no_column_for() {
     assert_eq!(link["redirect_type"], 307, "not in this file either");
 }
 
+/// A row naming a deleted link's id brings the link back, as a row naming a deleted user's
+/// brings the user back: the import restores what it names (docs/API.md).
+#[tokio::test]
+async fn a_re_import_of_a_deleted_links_row_brings_it_back() {
+    let app = spawn_app().await;
+    import(
+        &app,
+        "users",
+        "id,username,email\n5,a,a@example.com\n".into(),
+    )
+    .await;
+    let row = "id,user_id,short_code,original_url,is_active\n10,5,backagain,https://example.com/back,True\n";
+    import(&app, "urls", row.into()).await;
+    assert_eq!(app.get("/backagain").await.status(), 302);
+    assert_eq!(app.delete("/urls/10").await.status(), 204);
+    assert_eq!(app.get("/backagain").await.status(), 404);
+    assert_eq!(app.get("/urls/10").await.status(), 404);
+    import(&app, "urls", row.into()).await;
+    assert_eq!(app.get("/urls/10").await.status(), 200);
+    assert_eq!(app.get("/backagain").await.status(), 302);
+}
+
 /// An imported event row that names the id of a click the sink stored replaces all of it: the
 /// typed click columns (migration V21) go with the old row, so the event reads back with the
 /// imported `details` alone.
