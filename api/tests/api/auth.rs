@@ -1,6 +1,8 @@
 //! Accounts and access: sessions, API keys, lock-out, the required-mode policy.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, Relay, TestApp};
+use crate::helpers::{
+    error_of, spawn_app, spawn_app_through_relay, spawn_app_with, spawn_app_with_lockout, TestApp,
+};
 use kurz_api::config::AuthMode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -1722,24 +1724,9 @@ async fn logins_fail_with_503_when_redis_is_down() {
 #[tokio::test]
 async fn a_session_waiting_on_redis_holds_no_database_connection() {
     let redis = kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
-    let port: u16 = redis
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let relay = Relay::start(port).await;
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
-        c.redis.cluster_nodes.clear();
+    let (relay, app) = spawn_app_through_relay(redis.port, |c| {
         c.redis.timeout_ms = 20_000;
-        // One connection for requests (the other is the create writer's).
-        c.database.max_connections = 2;
-        c.database.acquire_timeout_ms = 1_000;
+        crate::helpers::request_pool(c, 1, 1_000);
     })
     .await;
     let (token, user) = register(&app, "kim").await;

@@ -515,14 +515,7 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
 /// visitor's retry would answer with a second click.
 #[tokio::test]
 async fn a_click_stored_past_its_deadline_is_answered_with_its_redirect() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
-        c.redis.cluster_nodes.clear();
+    let app = crate::helpers::spawn_app_without_redis(|c| {
         c.limits.request_timeout_ms = 1_000;
         c.clicks.read_drain_budget_ms = 100;
     })

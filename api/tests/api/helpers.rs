@@ -478,6 +478,43 @@ pub async fn cached(app: &TestApp, code: &str) -> Option<String> {
     app.state.redis.query(&get).await.unwrap()
 }
 
+/// A loopback port nothing listens on (bound, then let go): a Redis that refuses connections.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An app whose Redis refuses every connection, then `tweak`ed.
+pub async fn spawn_app_without_redis(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
+    let port = closed_port();
+    spawn_app_with(|c| {
+        c.redis.url = format!("redis://127.0.0.1:{port}/0");
+        c.redis.cluster_nodes.clear();
+        tweak(c);
+    })
+    .await
+}
+
+/// An app on the private Redis listening on `redis_port` through a [`Relay`] (its traffic can
+/// be held), then `tweak`ed: the relay and the app.
+pub async fn spawn_app_through_relay(
+    redis_port: u16,
+    tweak: impl FnOnce(&mut ApiConfig),
+) -> (Relay, TestApp) {
+    let relay = Relay::start(redis_port).await;
+    let url = format!("redis://127.0.0.1:{}/0", relay.port);
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.redis.cluster_nodes.clear();
+        tweak(c);
+    })
+    .await;
+    (relay, app)
+}
+
 /// A TCP relay in front of a server whose client-to-server direction can be held: while held,
 /// what clients send is kept back (and can be looked for), as a server that has stopped reading
 /// would leave it; released, it is passed on and the relay carries on.

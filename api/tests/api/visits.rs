@@ -533,16 +533,7 @@ async fn a_limited_visit_that_finds_no_entry_is_decided_by_the_counter() {
 #[tokio::test]
 async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
     let redis = PrivateRedis::start(Persistence::None);
-    let port: u16 = redis
-        .url()
-        .trim_start_matches("redis://127.0.0.1:")
-        .trim_end_matches("/0")
-        .parse()
-        .unwrap();
-    let relay = crate::helpers::Relay::start(port).await;
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
-        c.redis.cluster_nodes.clear();
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
         c.redis.timeout_ms = 20_000;
         c.limits.request_timeout_ms = 1_000;
         c.clicks.read_drain_budget_ms = 100;
@@ -576,14 +567,7 @@ async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
 /// its 503 then (and is never counted), instead of holding the visitor for as long as the lock.
 #[tokio::test]
 async fn a_visit_waiting_on_postgres_at_its_deadline_gets_503_and_counts_nothing() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
-        c.redis.cluster_nodes.clear();
+    let app = crate::helpers::spawn_app_without_redis(|c| {
         c.limits.request_timeout_ms = 1_000;
         c.clicks.read_drain_budget_ms = 100;
     })
@@ -622,35 +606,7 @@ async fn a_visit_that_finds_a_password_set_since_its_read_is_not_redirected() {
         panic!("the link is cached after its visit")
     };
     assert!(!read.protected);
-    let res = app
-        .put_json(
-            &format!("/urls/{id}"),
-            &json!({"password": "set meanwhile"}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    let click = kurz_common::clicks::Click {
-        id: "0123456789abcdef0123456789abcdef".into(),
-        url_id: id,
-        user_id: Some(user),
-        code: code.clone(),
-        target: read.target.clone(),
-        referrer: String::new(),
-        user_agent: String::new(),
-        ip: String::new(),
-        ts_ms: 0,
-        visitor: String::new(),
-    };
-    let visit = app
-        .state
-        .clicks
-        .limited_visit(&app.state.cache, &code, &read, Some(click), None)
-        .await
-        .unwrap();
-    assert!(
-        matches!(visit, kurz_api::clicks::LimitedVisit::Protected),
-        "the visit went on without the password"
-    );
+    password_set_since_stops_the_visit(&app, &code, &read).await;
     wait_visits(&app, id, 1).await;
 }
 
@@ -661,16 +617,7 @@ async fn a_visit_that_finds_a_password_set_since_its_read_is_not_redirected() {
 #[tokio::test]
 async fn a_visit_whose_script_went_unanswered_is_bounded_by_its_deadline_again() {
     let redis = PrivateRedis::start(Persistence::None);
-    let port: u16 = redis
-        .url()
-        .trim_start_matches("redis://127.0.0.1:")
-        .trim_end_matches("/0")
-        .parse()
-        .unwrap();
-    let relay = crate::helpers::Relay::start(port).await;
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{}/0", relay.port);
-        c.redis.cluster_nodes.clear();
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
         c.redis.timeout_ms = 200;
         c.limits.request_timeout_ms = 1_000;
         c.clicks.read_drain_budget_ms = 100;
@@ -699,16 +646,7 @@ async fn a_visit_whose_script_went_unanswered_is_bounded_by_its_deadline_again()
 /// visit read the link stops it there too: asked for the password, nothing counted.
 #[tokio::test]
 async fn a_visit_decided_by_postgres_finds_a_password_set_since_its_read() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = spawn_app_with(|c| {
-        c.redis.url = format!("redis://127.0.0.1:{closed}/0");
-        c.redis.cluster_nodes.clear();
-    })
-    .await;
+    let app = crate::helpers::spawn_app_without_redis(|_| {}).await;
     let user = app.create_user("pgpwrace").await;
     let (id, code) = limited_link(&app, user, json!(5)).await;
     // What the visit read: the link before its password.
@@ -722,18 +660,21 @@ async fn a_visit_decided_by_postgres_finds_a_password_set_since_its_read() {
         protected: false,
         target: "https://example.com/limited".into(),
     };
-    let res = app
-        .put_json(
-            &format!("/urls/{id}"),
-            &json!({"password": "set meanwhile"}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    password_set_since_stops_the_visit(&app, &code, &read).await;
+    assert!(app.clicks(id).await.is_empty());
+}
+
+/// The visit (a GET, with its click) of a limited link that read `read` of it.
+async fn visit_as_read(
+    app: &TestApp,
+    code: &str,
+    read: &kurz_common::keys::LinkEntry,
+) -> kurz_api::clicks::LimitedVisit {
     let click = kurz_common::clicks::Click {
         id: "0123456789abcdef0123456789abcdef".into(),
-        url_id: id,
-        user_id: Some(user),
-        code: code.clone(),
+        url_id: read.url_id,
+        user_id: read.user_id,
+        code: code.to_owned(),
         target: read.target.clone(),
         referrer: String::new(),
         user_agent: String::new(),
@@ -741,15 +682,29 @@ async fn a_visit_decided_by_postgres_finds_a_password_set_since_its_read() {
         ts_ms: 0,
         visitor: String::new(),
     };
-    let visit = app
-        .state
+    app.state
         .clicks
-        .limited_visit(&app.state.cache, &code, &read, Some(click), None)
+        .limited_visit(&app.state.cache, code, read, Some(click), None)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A password set on the link after the visit read `read`: the visit is asked for it.
+async fn password_set_since_stops_the_visit(
+    app: &TestApp,
+    code: &str,
+    read: &kurz_common::keys::LinkEntry,
+) {
+    let res = app
+        .put_json(
+            &format!("/urls/{}", read.url_id),
+            &json!({"password": "set meanwhile"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let visit = visit_as_read(app, code, read).await;
     assert!(
         matches!(visit, kurz_api::clicks::LimitedVisit::Protected),
         "the visit went on without the password"
     );
-    assert!(app.clicks(id).await.is_empty());
 }
