@@ -473,8 +473,7 @@ async fn a_write_on_the_pools_last_connection_finishes() {
 #[tokio::test]
 async fn an_event_posted_past_its_deadline_is_answered_with_it() {
     let app = spawn_app_with(|c| {
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let user = app.create_user("lateevent").await;
@@ -516,8 +515,7 @@ async fn an_event_posted_past_its_deadline_is_answered_with_it() {
 #[tokio::test]
 async fn a_click_stored_past_its_deadline_is_answered_with_its_redirect() {
     let app = crate::helpers::spawn_app_without_redis(|c| {
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let user = app.create_user("lateclick").await;

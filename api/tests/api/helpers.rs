@@ -478,6 +478,13 @@ pub async fn cached(app: &TestApp, code: &str) -> Option<String> {
     app.state.redis.query(&get).await.unwrap()
 }
 
+/// Abandons a request at `ms` (`limits.request_timeout_ms`), with the read-your-writes drain
+/// kept below it, as the config requires.
+pub fn request_deadline(c: &mut ApiConfig, ms: u64) {
+    c.limits.request_timeout_ms = ms;
+    c.clicks.read_drain_budget_ms = 100;
+}
+
 /// A loopback port nothing listens on (bound, then let go): a Redis that refuses connections.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -473,8 +473,7 @@ async fn a_first_visit_from_another_site_unlocks_at_the_first_try() {
 #[tokio::test]
 async fn a_password_form_post_past_its_deadline_gets_a_page() {
     let app = spawn_app_with(|c| {
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let (_, code) = protected_link(&app, "open sesame").await;

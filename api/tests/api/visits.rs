@@ -535,8 +535,7 @@ async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
     let redis = PrivateRedis::start(Persistence::None);
     let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
         c.redis.timeout_ms = 20_000;
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let user = app.create_user("latevisit").await;
@@ -568,8 +567,7 @@ async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
 #[tokio::test]
 async fn a_visit_waiting_on_postgres_at_its_deadline_gets_503_and_counts_nothing() {
     let app = crate::helpers::spawn_app_without_redis(|c| {
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let user = app.create_user("waitvisit").await;
@@ -619,8 +617,7 @@ async fn a_visit_whose_script_went_unanswered_is_bounded_by_its_deadline_again()
     let redis = PrivateRedis::start(Persistence::None);
     let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
         c.redis.timeout_ms = 200;
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let user = app.create_user("stallvisit").await;

@@ -1294,8 +1294,7 @@ async fn a_page_the_database_cannot_serve_says_when_to_retry() {
 #[tokio::test]
 async fn a_page_past_its_deadline_is_a_page_saying_to_retry() {
     let app = spawn_app_with(|c| {
-        c.limits.request_timeout_ms = 1_000;
-        c.clicks.read_drain_budget_ms = 100;
+        crate::helpers::request_deadline(c, 1_000);
     })
     .await;
     let _ = signed_up(&app, "lateweb").await;
