@@ -294,8 +294,8 @@ impl RedisHandle {
     }
 }
 
-/// A failure of the connection rather than of the command.
-fn is_transport(e: &RedisError) -> bool {
+/// A failure of the connection rather than of the command (whose outcome is then unknown).
+pub fn is_transport(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 

@@ -133,8 +133,16 @@ impl ClickRecorder {
                 click.as_ref(),
                 visit_id.map(visit::VisitMark::Take),
             );
-            let reply = self.run_visit(&inv, click.is_some()).await;
-            match reply.map(|(raw, confirmed)| (Reply::from_raw(raw.as_deref()), confirmed)) {
+            let reply = self
+                .run_visit(&inv, click.is_some())
+                .await
+                .map(|(raw, confirmed)| (Reply::from_raw(raw.as_deref()), confirmed));
+            // The script found no entry, or no counter, and counted nothing: what follows (a
+            // fill, a seed, PostgreSQL) may be abandoned at the deadline again.
+            if let Ok((Reply::Miss | Reply::Unseeded, _)) = &reply {
+                crate::deadline::reopen();
+            }
+            match reply {
                 Ok((Reply::Exhausted, _)) => return Ok(LimitedVisit::Exhausted),
                 Ok((Reply::Entry(CachedLink::Found(now_cached)), confirmed)) => {
                     // (A link that lost its limit since: the script recorded it like any click.)
@@ -235,7 +243,15 @@ impl ClickRecorder {
                 .invoke_async(&mut conn)
                 .await
                 .map(|reply| (reply, true))
-                .map_err(|e| self.redis.failed(e));
+                .map_err(|e| {
+                    // Redis answered with an error: the script did not run, and what follows
+                    // (PostgreSQL decides the visit) may be abandoned at the deadline again. A
+                    // reply that never came is no such proof: the script may yet run.
+                    if !kurz_common::redis_handle::is_transport(&e) {
+                        crate::deadline::reopen();
+                    }
+                    self.redis.failed(e)
+                });
         };
         let mut pipe = redis::pipe();
         pipe.invoke_script(inv).add_command(wait);
@@ -261,10 +277,6 @@ impl ClickRecorder {
         max: i64,
         click: Option<&Click>,
     ) -> Result<LimitedVisit, ApiError> {
-        // PostgreSQL decides this visit and commits it with its transaction: until then nothing
-        // of it counts, so the request may still be abandoned at its deadline (a script that was
-        // sent and failed counted nothing this path goes by, which it takes for nothing).
-        crate::deadline::reopen();
         let url_id = link.url_id;
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
