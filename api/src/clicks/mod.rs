@@ -280,15 +280,26 @@ impl ClickRecorder {
         let url_id = link.url_id;
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
+        // What changed since the visit read the link, as the script's answer would tell it: a
+        // delete or a switch-off, an expiry, a password set (only a visit read as protected has
+        // had its password checked).
         let lock = tx
-            .prepare_cached("SELECT password_hash IS NOT NULL FROM urls WHERE id = $1 FOR UPDATE")
+            .prepare_cached(
+                "SELECT deleted_at IS NULL AND is_active, \
+                        coalesce(expires_at <= now(), false), password_hash IS NOT NULL \
+                 FROM urls WHERE id = $1 FOR UPDATE",
+            )
             .await?;
-        // A password set since the visit read the link (only a visit read as protected has had
-        // its password checked).
-        let protected = tx
-            .query_opt(&lock, &[&url_id])
-            .await?
-            .is_some_and(|row| row.get::<_, bool>(0));
+        let Some(row) = tx.query_opt(&lock, &[&url_id]).await? else {
+            return Ok(LimitedVisit::Changed(Verdict::NotFound));
+        };
+        let (live, expired, protected): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        if !live {
+            return Ok(LimitedVisit::Changed(Verdict::NotFound));
+        }
+        if expired {
+            return Ok(LimitedVisit::Changed(Verdict::Gone));
+        }
         if protected && !link.protected {
             return Ok(LimitedVisit::Protected);
         }

@@ -689,6 +689,49 @@ async fn a_visit_whose_script_redis_refused_is_bounded_by_its_deadline_again() {
     error_of(res.unwrap().unwrap(), 503).await;
 }
 
+/// With Redis down PostgreSQL decides a limited link's visit, and a link that expired (410), or
+/// was switched off or deleted (404), since the visit read it is not redirected there, as the
+/// script would answer.
+#[tokio::test]
+async fn a_visit_decided_by_postgres_finds_a_link_switched_off_or_deleted_since() {
+    let app = crate::helpers::spawn_app_without_redis(|_| {}).await;
+    let user = app.create_user("pgoffrace").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    let read = read_before_a_change(id, user);
+    let sql = app.sql().await;
+    let expire = |at: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.execute(
+                &format!("UPDATE urls SET expires_at = {at} WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    expire("now() - interval '1 minute'").await;
+    assert!(matches!(
+        visit_as_read(&app, &code, &read).await,
+        kurz_api::clicks::LimitedVisit::Changed(kurz_common::keys::Verdict::Gone)
+    ));
+    expire("NULL").await;
+    let res = app
+        .put_json(&format!("/urls/{id}"), &json!({"is_active": false}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(matches!(
+        visit_as_read(&app, &code, &read).await,
+        kurz_api::clicks::LimitedVisit::Changed(kurz_common::keys::Verdict::NotFound)
+    ));
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    assert!(matches!(
+        visit_as_read(&app, &code, &read).await,
+        kurz_api::clicks::LimitedVisit::Changed(kurz_common::keys::Verdict::NotFound)
+    ));
+    assert!(app.clicks(id).await.is_empty());
+}
+
 /// With Redis down PostgreSQL decides a limited link's visit, and a password set since the
 /// visit read the link stops it there too: asked for the password, nothing counted.
 #[tokio::test]
@@ -696,17 +739,7 @@ async fn a_visit_decided_by_postgres_finds_a_password_set_since_its_read() {
     let app = crate::helpers::spawn_app_without_redis(|_| {}).await;
     let user = app.create_user("pgpwrace").await;
     let (id, code) = limited_link(&app, user, json!(5)).await;
-    // What the visit read: the link before its password.
-    let read = kurz_common::keys::LinkEntry {
-        url_id: id,
-        user_id: Some(user),
-        active: true,
-        expires_at: None,
-        redirect_type: 302,
-        max_visits: Some(5),
-        protected: false,
-        target: "https://example.com/limited".into(),
-    };
+    let read = read_before_a_change(id, user);
     password_set_since_stops_the_visit(&app, &code, &read).await;
     assert!(app.clicks(id).await.is_empty());
 }
@@ -754,4 +787,18 @@ async fn password_set_since_stops_the_visit(
         matches!(visit, kurz_api::clicks::LimitedVisit::Protected),
         "the visit went on without the password"
     );
+}
+
+/// What a visit read of a link `limited_link` made (`max_visits` 5), before a change to it.
+fn read_before_a_change(id: i64, user: i64) -> kurz_common::keys::LinkEntry {
+    kurz_common::keys::LinkEntry {
+        url_id: id,
+        user_id: Some(user),
+        active: true,
+        expires_at: None,
+        redirect_type: 302,
+        max_visits: Some(5),
+        protected: false,
+        target: "https://example.com/limited".into(),
+    }
 }
