@@ -525,15 +525,8 @@ async fn a_click_stored_past_its_deadline_is_answered_with_its_redirect() {
     tx.batch_execute("LOCK TABLE events IN SHARE MODE")
         .await
         .unwrap();
-    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
-    let visit = tokio::spawn(async move { client.get(url).send().await });
-    crate::helpers::wait_for_lock_waits(&app, 1, "the click").await;
-    // An update started after it waits on the same lock (its `updated` event) and gets its 503:
-    // the visit's deadline has passed too.
-    let res = app
-        .put_json(&format!("/urls/{id}"), &serde_json::json!({"title": "x"}))
-        .await;
-    crate::helpers::error_of(res, 503).await;
+    let visit = app.spawn_get(&format!("/{code}"));
+    app.past_the_deadline_of_a_lock_wait(id, "the click").await;
     assert!(
         !visit.is_finished(),
         "the visit was answered before its click's insert ended"

@@ -303,6 +303,27 @@ impl TestApp {
         tokio::spawn(async move { client.put(url).json(&body).send().await })
     }
 
+    /// Sends `GET <path>` from a task of its own, for a test that holds what the request waits
+    /// on meanwhile.
+    pub fn spawn_get(
+        &self,
+        path: &str,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let (client, url) = (self.client.clone(), self.url(path));
+        tokio::spawn(async move { client.get(url).send().await })
+    }
+
+    /// Waits until a request waits on a lock (`what` it is, for the failure message), then shows
+    /// its deadline has passed: an update of link `id` started after it waits on the same lock
+    /// (the row, or the events its `updated` event goes to) and gets its 503.
+    pub async fn past_the_deadline_of_a_lock_wait(&self, id: i64, what: &str) {
+        wait_for_lock_waits(self, 1, what).await;
+        let res = self
+            .put_json(&format!("/urls/{id}"), &serde_json::json!({"title": "x"}))
+            .await;
+        error_of(res, 503).await;
+    }
+
     /// Sends `POST <path>` with the JSON `body` from a task of its own, for a test that holds a
     /// lock the request waits on meanwhile.
     pub fn spawn_post(

@@ -532,17 +532,9 @@ async fn a_limited_visit_that_finds_no_entry_is_decided_by_the_counter() {
 /// retry count the visit a second time.
 #[tokio::test]
 async fn a_visit_counted_past_its_deadline_is_answered_with_its_redirect() {
-    let redis = PrivateRedis::start(Persistence::None);
-    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
-        c.redis.timeout_ms = 20_000;
-        crate::helpers::request_deadline(c, 1_000);
-    })
-    .await;
+    let (_redis, relay, app, id, code) = visited_limited_link_behind_a_relay(20_000).await;
     let user = app.create_user("latevisit").await;
-    let (id, code) = limited_link(&app, user, json!(5)).await;
     let (_, other) = limited_link(&app, user, json!(5)).await;
-    // Cached and seeded: the next visit's first script is its count.
-    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     let script = kurz_common::visit::script();
     let sha = script.get_hash().as_bytes();
     relay.hold_at(sha);
@@ -613,15 +605,7 @@ async fn a_visit_that_finds_a_password_set_since_its_read_is_not_redirected() {
 /// outcome however late, not with a 503 that the visitor's retry would count again.
 #[tokio::test]
 async fn a_visit_whose_script_went_unanswered_is_answered_with_its_outcome() {
-    let redis = PrivateRedis::start(Persistence::None);
-    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
-        c.redis.timeout_ms = 200;
-        crate::helpers::request_deadline(c, 1_000);
-    })
-    .await;
-    let user = app.create_user("stallvisit").await;
-    let (id, code) = limited_link(&app, user, json!(5)).await;
-    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let (_redis, relay, app, id, code) = visited_limited_link_behind_a_relay(200).await;
     let script = kurz_common::visit::script();
     relay.hold_at(script.get_hash().as_bytes());
     let mut holder = app.sql().await;
@@ -629,15 +613,8 @@ async fn a_visit_whose_script_went_unanswered_is_answered_with_its_outcome() {
     tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
         .await
         .unwrap();
-    let (client, url) = (app.client.clone(), app.url(&format!("/{code}")));
-    let visit = tokio::spawn(async move { client.get(url).send().await });
-    crate::helpers::wait_for_lock_waits(&app, 1, "the visit").await;
-    // An update started after it waits on the same lock and gets its 503: the visit's deadline
-    // has passed too.
-    let res = app
-        .put_json(&format!("/urls/{id}"), &json!({"title": "x"}))
-        .await;
-    error_of(res, 503).await;
+    let visit = app.spawn_get(&format!("/{code}"));
+    app.past_the_deadline_of_a_lock_wait(id, "the visit").await;
     assert!(
         !visit.is_finished(),
         "the visit was answered before PostgreSQL decided it"
@@ -801,4 +778,22 @@ fn read_before_a_change(id: i64, user: i64) -> kurz_common::keys::LinkEntry {
         protected: false,
         target: "https://example.com/limited".into(),
     }
+}
+
+/// A limited link (`max_visits` 5) of an app on a private Redis behind a relay, with Redis's
+/// `timeout_ms` and a one-second request deadline, visited once (cached and seeded: the next
+/// visit's first script is its count): the Redis, the relay, the app, the link's id and code.
+async fn visited_limited_link_behind_a_relay(
+    redis_timeout_ms: u64,
+) -> (PrivateRedis, crate::helpers::Relay, TestApp, i64, String) {
+    let redis = PrivateRedis::start(Persistence::None);
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+        c.redis.timeout_ms = redis_timeout_ms;
+        crate::helpers::request_deadline(c, 1_000);
+    })
+    .await;
+    let user = app.create_user("relayed").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    (redis, relay, app, id, code)
 }
