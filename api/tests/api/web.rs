@@ -80,6 +80,17 @@ impl<'a> Browser<'a> {
         self.post(path, &all).await
     }
 
+    /// Opens the log-in page and posts `account` and `password` with its form.
+    async fn log_in(&mut self, account: &str, password: &str) -> Response {
+        let (_, page) = self.get("/login").await;
+        self.submit(
+            &page,
+            "/login",
+            &[("account", account), ("password", password)],
+        )
+        .await
+    }
+
     async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
@@ -545,17 +556,7 @@ async fn a_new_login_in_the_same_browser_ends_the_session_it_replaces() {
     let app = spawn_app().await;
     let mut b = signed_up(&app, "twice").await;
     let first = b.cookies["kurz_session"].clone();
-    let (_, page) = b.get("/login").await;
-    let res = b
-        .submit(
-            &page,
-            "/login",
-            &[
-                ("account", "twice@example.com"),
-                ("password", "long enough pw"),
-            ],
-        )
-        .await;
+    let res = b.log_in("twice@example.com", "long enough pw").await;
     assert_eq!(res.status(), 303);
     let second = b.cookies["kurz_session"].clone();
     assert_ne!(first, second);
@@ -583,14 +584,7 @@ async fn a_name_with_an_at_sign_logs_in_from_the_form() {
     assert_eq!(app.post_json("/auth/register", &body).await.status(), 201);
     for account in ["bob@home", "BOB@example.com"] {
         let mut b = Browser::new(&app);
-        let (_, login) = b.get("/login").await;
-        let res = b
-            .submit(
-                &login,
-                "/login",
-                &[("account", account), ("password", "long enough pw")],
-            )
-            .await;
+        let res = b.log_in(account, "long enough pw").await;
         assert_eq!(res.status(), 303, "{account}");
     }
     // An email that is someone's wins over a name that spells it.
@@ -1300,14 +1294,7 @@ async fn a_page_past_its_deadline_is_a_page_saying_to_retry() {
     let _ = signed_up(&app, "lateweb").await;
     let held = app.state.auth.passwords.occupy_all().await;
     let mut b = Browser::new(&app);
-    let (_, login) = b.get("/login").await;
-    let res = b
-        .submit(
-            &login,
-            "/login",
-            &[("account", "lateweb"), ("password", "long enough pw")],
-        )
-        .await;
+    let res = b.log_in("lateweb", "long enough pw").await;
     assert_eq!(res.status(), 503);
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(res.headers()["x-frame-options"], "DENY");
