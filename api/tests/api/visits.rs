@@ -666,6 +666,53 @@ async fn a_visit_whose_script_redis_refused_is_bounded_by_its_deadline_again() {
     error_of(res.unwrap().unwrap(), 503).await;
 }
 
+/// A visit whose script found no counter (evicted, or a flushed Redis) counted nothing: it seeds
+/// the counter from the clicks PostgreSQL holds and runs the script again. While it waits on
+/// Redis for the seed it holds no database connection (a Redis that hangs would drain the pool),
+/// and that wait is bounded by the request's deadline again: a 503 with nothing counted.
+#[tokio::test]
+async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+        c.redis.timeout_ms = 20_000;
+        // Another request's wait for the one connection gives up well inside the visit's
+        // deadline, so the two outcomes cannot be confused.
+        crate::helpers::request_pool(c, 1, 300);
+        crate::helpers::request_deadline(c, 5_000);
+    })
+    .await;
+    let user = app.create_user("seeding").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    wait_visits(&app, id, 1).await;
+    let counter = app.state.keys.visits(&code);
+    let mut direct = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&counter)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let seed = format!("$3\r\nSET\r\n${}\r\n{counter}", counter.len());
+    relay.hold_at(seed.as_bytes());
+    let visit = app.spawn_get(&format!("/{code}"));
+    relay.wait_held(seed.as_bytes()).await;
+    assert_eq!(
+        app.get(&format!("/urls/{id}")).await.status(),
+        200,
+        "a request got the connection while the visit waited for its seed"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(20), visit).await;
+    relay.release();
+    let res = answered.expect("the visit waited for its seed past its deadline");
+    error_of(res.unwrap().unwrap(), 503).await;
+    let link: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(link["visits"], 1);
+}
+
 /// With Redis down PostgreSQL decides a limited link's visit, and a link that expired (410), or
 /// was switched off or deleted (404), since the visit read it is not redirected there, as the
 /// script would answer.
