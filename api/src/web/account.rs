@@ -29,13 +29,21 @@ async fn keys_page(
         Ok::<_, ApiError>(crate::db::api_keys::list_keys(&client, user.id).await?)
     }
     .await;
-    match listed {
-        Ok(keys) => {
-            let html =
-                account_pages::keys(&visit.page(state), &keys, made, typed, problems).into_string();
+    match (listed, made) {
+        (Ok(keys), _) => {
+            let html = account_pages::keys(&visit.page(state), Some(&keys), made, typed, problems)
+                .into_string();
             visit.respond(status, html)
         }
-        Err(e) => problem(visit, state, &e),
+        // The key exists and this answer is the only time it is shown: a list that could not
+        // be read must not take it with it.
+        (Err(e), Some(_)) => {
+            log::warn!(error = e.to_string(); "a key was made but the keys could not be listed");
+            let html =
+                account_pages::keys(&visit.page(state), None, made, typed, problems).into_string();
+            visit.respond(status, html)
+        }
+        (Err(e), None) => problem(visit, state, &e),
     }
 }
 

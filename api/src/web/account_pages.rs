@@ -6,10 +6,11 @@ use crate::db::api_keys::ApiKey;
 use crate::db::users::User;
 use maud::{html, Markup};
 
-/// `typed`: the name a refused make came with, to show again.
+/// `keys`: `None` when they could not be listed; `typed`: the name a refused make came with, to
+/// show again.
 pub fn keys(
     page: &Page,
-    keys: &[ApiKey],
+    keys: Option<&[ApiKey]>,
     made: Option<&str>,
     typed: &str,
     problems: &[String],
@@ -36,9 +37,7 @@ pub fn keys(
                 }
                 button type="submit" { "Make a key" }
             }
-            @if keys.is_empty() {
-                p.muted { "No keys yet." }
-            } @else {
+            @if let Some(keys) = keys.filter(|k| !k.is_empty()) {
                 table.breakdown {
                     caption { "Your keys" }
                     tr { th { "Name" } th { "Starts with" } th { "Made" } th { "Last used" } th {} }
@@ -57,6 +56,10 @@ pub fn keys(
                         }
                     }
                 }
+            } @else if keys.is_some() {
+                p.muted { "No keys yet." }
+            } @else {
+                p.muted { "Your keys could not be listed just now: reload the page to see them." }
             }
         },
     )

@@ -891,6 +891,46 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
 
 /// A switched-on link that no longer redirects (expired, or its visits used up: its code
 /// answers 410) says so on the list and on its page, rather than "Redirects to".
+/// A key is shown once, on the answer that made it: when the list beside it cannot be read, the
+/// page still shows the key (and says the list could not be read) rather than an error page that
+/// would take the only sight of it away.
+#[tokio::test]
+async fn a_key_made_while_the_list_cannot_be_read_is_still_shown() {
+    let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 1_000)).await;
+    let mut b = signed_up(&app, "keylost").await;
+    let (_, page) = b.get("/ui/keys").await;
+    // The key's insert leaves the one request connection unable to find any table: the make
+    // commits, the list that follows on that connection fails.
+    app.sql()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION lose_the_way() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM set_config('search_path', 'nowhere', false); RETURN NULL; END $$; \
+             CREATE TRIGGER lose_the_way AFTER INSERT ON api_keys \
+             FOR EACH STATEMENT EXECUTE FUNCTION lose_the_way();",
+        )
+        .await
+        .unwrap();
+    let res = b.submit(&page, "/ui/keys", &[("name", "ci")]).await;
+    assert_eq!(res.status(), 201);
+    let made = res.text().await.unwrap();
+    let tag = "<output id=\"new_key\"><code>";
+    let at = made.find(tag).expect("the new key is shown") + tag.len();
+    let key = &made[at..at + made[at..].find('<').unwrap()];
+    assert!(made.contains("could not be listed"), "{made}");
+    assert_eq!(
+        number(
+            &app,
+            &format!(
+                "SELECT count(*) FROM api_keys WHERE prefix = '{}'",
+                &key[..12]
+            )
+        )
+        .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn an_expired_or_used_up_link_says_so_on_its_pages() {
     let app = spawn_app().await;
