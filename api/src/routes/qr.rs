@@ -23,10 +23,13 @@ pub async fn by_id(
 ) -> ApiResult<Response> {
     let (format, size) = options(raw.as_deref())?;
     let id = path_id(&id, "url")?;
-    let client = state.client().await?;
-    let link = db::urls::find_url(&client, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    // The connection goes back before the wait for a drawing turn (`image`).
+    let link = {
+        let client = state.client().await?;
+        db::urls::find_url(&client, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?
+    };
     caller.require_owner_or_admin(link.user_id)?;
     let cache = "private, max-age=86400";
     image(&state, &link.short_code, format, size, &headers, cache).await
@@ -43,8 +46,13 @@ pub async fn by_code(
         return Err(ApiError::NotFound(format!("short code {code:?} not found")));
     }
     let (format, size) = options(raw.as_deref())?;
-    let client = state.client().await?;
-    let link = super::preview::redirecting_link(&state, &client, &code).await?;
+    // The connection goes back before the wait for a drawing turn: held through it, a burst
+    // of public QR codes would hold the pool while they queue, and every other request of
+    // this process would wait for a connection.
+    let link = {
+        let client = state.client().await?;
+        super::preview::redirecting_link(&state, &client, &code).await?
+    };
     let cache = "public, max-age=86400";
     image(&state, &link.short_code, format, size, &headers, cache).await
 }

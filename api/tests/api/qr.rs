@@ -131,3 +131,39 @@ async fn a_qr_code_waits_for_a_drawing_turn_then_gets_503() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/png");
 }
+
+/// A QR code waiting for a drawing turn holds no database connection: a burst of public QR
+/// codes would otherwise hold the pool while they queue, and every other request would wait
+/// for a connection and get 503.
+#[tokio::test]
+async fn a_qr_code_waiting_for_its_turn_holds_no_database_connection() {
+    let app = crate::helpers::spawn_app_with(|c| crate::helpers::request_pool(c, 1, 300)).await;
+    let user = app.create_user("qrpool").await;
+    let link = app.create_url(user, "https://example.com/pool").await;
+    let (id, code) = (
+        link["id"].as_i64().unwrap(),
+        link["short_code"].as_str().unwrap(),
+    );
+    let held = app
+        .state
+        .drawing
+        .clone()
+        .acquire_many_owned(kurz_api::routes::qr::MAX_CONCURRENT_DRAWINGS as u32)
+        .await
+        .unwrap();
+    for path in [format!("/{code}/qr?format=png"), format!("/urls/{id}/qr")] {
+        let qr = app.spawn_get(&path);
+        // Its wait for a turn lasts seconds: every request meanwhile finds the connection free.
+        while !qr.is_finished() {
+            let res = app.get(&format!("/urls/{id}")).await;
+            assert_eq!(
+                res.status(),
+                200,
+                "a request waited for the connection ({path})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        error_of(qr.await.unwrap().unwrap(), 503).await;
+    }
+    drop(held);
+}
