@@ -403,6 +403,10 @@ pub async fn urls(
     })
 }
 
+/// The longest `details` cell an events import parses: room for a click's referrer, which is cut
+/// after parsing, past `db::events::MAX_DETAILS_BYTES`.
+const MAX_DETAILS_CELL: usize = 64 * 1024;
+
 /// Events: `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as text).
 pub async fn events(
     c: &mut deadpool_postgres::Client,
@@ -436,6 +440,13 @@ pub async fn events(
         }
         let mut detail = match row.text("details") {
             "" => Value::Object(Default::default()),
+            // Not parsed at all: a cell of a file's size parses into gigabytes of values.
+            raw if raw.len() > MAX_DETAILS_CELL => {
+                return Err(at.err(
+                    "details",
+                    format!("must be at most {MAX_DETAILS_CELL} bytes"),
+                ))
+            }
             raw => match serde_json::from_str::<Value>(raw) {
                 // PostgreSQL's jsonb refuses NUL (`\u0000`): refuse it here, by name.
                 Ok(Value::Object(map)) => match crate::extract::nul_at(&map, "details") {
@@ -454,6 +465,9 @@ pub async fn events(
             if let Err((field, why)) = crate::db::events::check_click_details(map) {
                 return Err(at.err(&field, why));
             }
+        }
+        if let Value::Object(map) = &detail {
+            crate::db::events::check_details_size(map).map_err(|why| at.err("details", why))?;
         }
         ids.push(id);
         urls.push(url);

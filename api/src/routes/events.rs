@@ -106,6 +106,12 @@ pub async fn create(
             f.reject(&field, why);
         }
     }
+    // After the click's check, which cuts a long referrer as a live click's is.
+    if let Patch::Set(map) = &details {
+        if let Err(why) = db::events::check_details_size(map) {
+            f.reject("details", why);
+        }
+    }
     f.finish()?;
     let (url_id, event_type) = (url_id.unwrap_or_default(), event_type.unwrap_or_default());
     let named = match user_id {

@@ -88,6 +88,61 @@ async fn event_errors_are_explicit() {
     error_of(app.get("/events?url_id=x").await, 400).await;
 }
 
+/// A listing reads up to 1,000 events at once and a JSON value takes far more memory than its
+/// text: `details` given to the API are bounded in values (nested ones counted) and in bytes,
+/// on `POST /events` and in an events import, and refused by name past either bound.
+#[tokio::test]
+async fn event_details_are_bounded_in_values_and_bytes() {
+    let app = spawn_app().await;
+    let user = app.create_user("bounded").await;
+    let url_id = app.create_url(user, "https://example.com/bounded").await["id"]
+        .as_i64()
+        .unwrap();
+    let flat = |n: usize| -> Value { (0..n).map(|i| (format!("k{i}"), json!(i))).collect() };
+    let post = async |details: Value| {
+        app.post_json(
+            "/events",
+            &json!({"url_id": url_id, "event_type": "updated", "details": details}),
+        )
+        .await
+    };
+    assert_eq!(post(flat(64)).await.status(), 201);
+    for (details, why) in [
+        (flat(65), "values"),
+        // 41 values: the array and its 40 maps.
+        (json!({"x": vec![json!({"a": 0}); 40]}), "values"),
+        (json!({"note": "n".repeat(8 * 1024)}), "bytes"),
+    ] {
+        let err = error_of(post(details).await, 400).await;
+        let reason = err["details"]["details"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{err}");
+    }
+    assert_eq!(
+        post(json!({"x": vec![json!({"a": 0}); 30]})).await.status(),
+        201
+    );
+    // The same in an import, by row and column, and a cell far past the bound is not parsed.
+    let cell = |details: &Value| details.to_string().replace('"', "\"\"");
+    for (details, reason) in [
+        (cell(&flat(65)), "values"),
+        (
+            format!("{{\"\"a\"\":\"\"{}\"\"}}", "z".repeat(70_000)),
+            "65536 bytes",
+        ),
+    ] {
+        let csv = format!(
+            "id,url_id,user_id,event_type,timestamp,details\n\
+             900002,{url_id},,updated,2025-01-01 00:00:00,\"{details}\"\n"
+        );
+        let err = error_of(app.upload("/events/bulk", csv.into()).await, 400).await;
+        assert_eq!(err["details"]["column"], "details", "{err}");
+        assert!(
+            err["details"]["reason"].as_str().unwrap().contains(reason),
+            "{err}"
+        );
+    }
+}
+
 /// A click's details feed the rollups, which cast `is_bot` and index the referrer and the
 /// dimensions: values PostgreSQL cannot take are refused by name, and a referrer longer than a
 /// live click keeps is cut as a live click's is, not a 500.
