@@ -67,6 +67,7 @@ cat >"$WORK/baseline.json" <<'EOF'
     {"operation": "GET /urls", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /events", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /users/{id}/urls", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
+    {"operation": "GET /tags", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "POST /events", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "details bounded in values, nested ones counted"}
   ]
 }

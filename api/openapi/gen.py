@@ -693,8 +693,9 @@ paths["/urls/{id}/qr"] = {"parameters": [P("UrlIdPath")], "get": op(
     "getUrlQr", "QR code of a link, by id (owner or admin).", ["urls", "qr"], {
         "200": QR_OK, "304": QR_304, "400": RESP("BadRequest"), "404": RESP("NotFound"), **WITH_CALLER},
     params_=[P("QrFormat"), P("QrSize"), P("IfNoneMatch")])}
-paths["/tags"] = {"get": op("listTags", "Tags with their number of live links.", ["urls"], {
-    "200": ok("Tags, by tag.", list_of(R("TagCount"))), **WITH_CALLER})}
+paths["/tags"] = {"get": op("listTags", "Tags with their number of live links, paginated.", ["urls"], {
+    "200": ok("Tags, by tag.", list_of(R("TagCount")), LIST_HEADERS), "400": RESP("BadRequest"),
+    **WITH_CALLER}, params_=[P("Page"), P("PerPage")])}
 
 # Events
 paths["/events"] = {

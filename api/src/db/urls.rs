@@ -569,23 +569,37 @@ pub async fn set_tags(c: &impl GenericClient, url_id: i64, tags: &[String]) -> R
     c.execute(&stmt, &[&url_id, &tags]).await.map(|_| ())
 }
 
-/// Each tag with the number of live links carrying it, of one owner or of everyone.
+/// A slice of the tags, by tag, each with the number of live links carrying it, of one owner or
+/// of everyone.
 pub async fn tag_counts(
     c: &impl GenericClient,
     user_id: Option<i64>,
+    limit: i64,
+    offset: i64,
 ) -> Result<Vec<(String, i64)>, Error> {
     let stmt = c
         .prepare_cached(
             "SELECT t.tag, count(*) FROM link_tags t JOIN urls u ON u.id = t.url_id \
              WHERE u.deleted_at IS NULL AND ($1::int8 IS NULL OR u.user_id = $1) \
-             GROUP BY t.tag ORDER BY t.tag",
+             GROUP BY t.tag ORDER BY t.tag LIMIT $2 OFFSET $3",
         )
         .await?;
-    Ok(c.query(&stmt, &[&user_id])
+    Ok(c.query(&stmt, &[&user_id, &limit, &offset])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
+}
+
+/// How many tags [`tag_counts`] lists in all.
+pub async fn count_tags(c: &impl GenericClient, user_id: Option<i64>) -> Result<i64, Error> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT count(DISTINCT t.tag) FROM link_tags t JOIN urls u ON u.id = t.url_id \
+             WHERE u.deleted_at IS NULL AND ($1::int8 IS NULL OR u.user_id = $1)",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&user_id]).await?.get(0))
 }
 
 pub async fn list_urls(

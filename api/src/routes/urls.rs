@@ -600,16 +600,27 @@ pub async fn stats(
 }
 
 /// `GET /tags`: each tag with how many live links carry it (the caller's own in `required`
-/// mode, unless an admin).
-pub async fn tags(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+/// mode, unless an admin), by tag, paginated as every list is: an account may carry millions.
+pub async fn tags(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let scope = caller.scope_user_filter(None)?;
-    let client = state.client().await?;
-    let counts = db::urls::tag_counts(&client, scope).await?;
+    let mut client = state.client().await?;
+    // The count and the page in one snapshot: `X-Total-Count` counts the rows shown.
+    let tx = db::snapshot(&mut client).await?;
+    let total = db::urls::count_tags(&tx, scope).await?;
+    let counts = db::urls::tag_counts(&tx, scope, page.limit, page.offset).await?;
+    tx.commit().await?;
     let body: Vec<Value> = counts
         .into_iter()
         .map(|(tag, links)| json!({"tag": tag, "links": links}))
         .collect();
-    Ok(Json(body).into_response())
+    Ok(page.respond(body, total, uri.path(), &q))
 }
 
 /// Links per page of the export's reads: what the export holds in memory at a time.

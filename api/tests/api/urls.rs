@@ -994,3 +994,34 @@ async fn expired_idempotency_keys_are_pruned_in_batches_skipping_held_rows() {
         1
     );
 }
+
+/// An account may carry millions of tags (20 a link, links without a cap): `GET /tags` is a list
+/// like the others, cut at `limits.list_limit` unless paginated, with its total and links.
+#[tokio::test]
+async fn tags_are_listed_in_pages_and_stop_at_the_list_limit() {
+    let app = spawn_app_with(|c| c.limits.list_limit = 2).await;
+    let user = app.create_user("tagpages").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/t", "tags": ["c", "a", "b"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app.get("/tags").await;
+    assert_eq!(res.headers()["x-total-count"], "3");
+    assert!(res.headers()["link"]
+        .to_str()
+        .unwrap()
+        .contains("rel=\"next\""));
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(
+        first,
+        json!([{"tag": "a", "links": 1}, {"tag": "b", "links": 1}])
+    );
+    let res = app.get("/tags?page=2&per_page=2").await;
+    assert_eq!(res.headers()["x-total-count"], "3");
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(second, json!([{"tag": "c", "links": 1}]));
+    error_of(app.get("/tags?per_page=0").await, 400).await;
+}
