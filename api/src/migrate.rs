@@ -31,7 +31,9 @@ pub async fn run_to(
     let pg: &mut tokio_postgres::Client = client.as_mut();
     // An index build on a large table, or the wait for another replica's, may take longer than
     // `database.statement_timeout_ms`: this session runs without it, and gets it back after.
-    pg.batch_execute("SET statement_timeout = 0")
+    // Nor does the wait for the advisory lock end at a `lock_timeout` the role or database sets:
+    // the replica would fail to start while another migrates.
+    pg.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await
         .map_err(|e| format!("migration session: {e}"))?;
     pg.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])

@@ -197,6 +197,59 @@ async fn a_migration_waiting_for_a_held_table_does_not_stall_its_readers() {
     assert_eq!(has_version, 1);
 }
 
+/// A replica waiting for another's migrations waits for as long as they take, whatever
+/// `lock_timeout` the database or the role sets for everyone else.
+#[tokio::test]
+async fn the_wait_for_another_replicas_migrations_outlasts_a_lock_timeout() {
+    let (admin, name, url) = empty_database().await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} SET lock_timeout = '100ms'"))
+        .await
+        .unwrap();
+    // Another replica migrating: it holds the migrations' advisory lock.
+    let other = connect(&url).await;
+    other
+        .batch_execute("SELECT pg_advisory_lock(1802859130)") // 0x6b75727a, "kurz"
+        .await
+        .unwrap();
+    let mut client = pooled(&url).await;
+    let migrating = tokio::spawn(async move { kurz_api::migrate::run(&mut client).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = other
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 || migrating.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Ten lock timeouts (a wait, not a bound asserted: a slower machine only waits longer).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let gave_up = migrating.is_finished();
+    other
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    let migrated = migrating.await.unwrap();
+    drop(other);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert!(!gave_up, "the replica gave up waiting: {migrated:?}");
+    migrated.unwrap();
+}
+
 /// A shipped migration older than the newest applied one that never ran (a fix merged after a
 /// later migration went out) stops start-up naming it, rather than being skipped; the history
 /// row the message gives lets the next start go on once the file was run by hand.
