@@ -33,7 +33,8 @@ pub struct Range {
 const TOP_VALUES: i64 = TOP_REFERRERS;
 
 /// A link's stats from the rollups the database keeps as clicks are stored (migrations V9 and
-/// V16): a few rows per day, however many clicks the link has.
+/// V16): a few rows per day, however many clicks the link has, and one more per distinct
+/// referrer and agent of the day's clicks.
 pub async fn url_stats(c: &impl GenericClient, url_id: i64, range: Range) -> Result<Value, Error> {
     let (from, to, bots) = (range.from, range.to, range.include_bots);
     let totals = c
