@@ -5,7 +5,9 @@
 //!
 //! Without it a stuck dependency (a PostgreSQL that accepts connections but never answers, a
 //! lock wait) holds the client, the edge's upstream connection and a pool slot for as long as
-//! the client cares to wait.
+//! the client cares to wait. (What it does not stop: a statement already sent goes on in
+//! PostgreSQL until it ends or `database.statement_timeout_ms` cuts it, and the request that is
+//! given its connection next waits for that first.)
 
 //!
 //! A 503 says "retry": it must mean nothing was done. A create that a writer has already put in
