@@ -28,7 +28,11 @@ elif command -v kubectl >/dev/null; then
   renderer="kubectl kustomize $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')"
   render() { kubectl kustomize "$1"; }
 else
-  echo "k8s check: needs kustomize v5+ or kubectl 1.27+ (which has it built in) on PATH" >&2; exit 1
+  # Not a failure of the files: a machine without either cannot check them. Said loudly, so a
+  # run that skipped them is not taken for one that passed them.
+  echo "k8s check: SKIPPED: no kustomize v5+ or kubectl 1.27+ (which has it built in) on PATH;" \
+    "Debian packages neither (docs/kubernetes.md says where to get one)" >&2
+  exit 0
 fi
 case "$renderer" in
   *" v"[5-9]*|*" v"[1-9][0-9]*) ;;
