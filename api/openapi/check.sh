@@ -49,8 +49,8 @@ EOF
 #  - bulk uploads / imports: whether a file imports depends on its CSV (or JSON) content, which
 #    the document can only describe as a binary `file`, so random files are rightly refused (400);
 #  - stats: `from` must not be after `to` (a constraint between two parameters);
-#  - events: `details` holds at most 64 values counting nested ones, which JSON Schema cannot
-#    count (`maxProperties` sees one level);
+#  - events: `details` holds at most 64 values and 8 objects counting nested ones, which JSON
+#    Schema cannot count (`maxProperties` sees one level);
 #  - lists: `page` is accepted while page x per_page fits in 64 bits, so its upper bound depends
 #    on `per_page`; the document states the bound that holds for every `per_page`, and the API
 #    accepts a little more.
@@ -68,7 +68,7 @@ cat >"$WORK/baseline.json" <<'EOF'
     {"operation": "GET /events", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /users/{id}/urls", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /tags", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
-    {"operation": "POST /events", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "details bounded in values, nested ones counted"}
+    {"operation": "POST /events", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "details bounded in values and objects, nested ones counted"}
   ]
 }
 EOF

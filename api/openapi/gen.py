@@ -228,8 +228,8 @@ schemas["NewEvent"] = {
         "user_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1},
         "event_type": {"type": "string", "enum": EVENT_TYPES},
         "details": {"type": ["object", "null"], "additionalProperties": True,
-                    "description": "A JSON object (no key or string may hold NUL) of at most 64 values, "
-                                   "nested ones counted, and 8 KiB as JSON text; default `{}`."},
+                    "description": "A JSON object (no key or string may hold NUL) of at most 64 values and "
+                                   "8 objects, nested ones counted, and 8 KiB as JSON text; default `{}`."},
     },
 }
 

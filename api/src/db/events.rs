@@ -20,32 +20,38 @@ pub const TYPES: &[&str] = &["created", "updated", "deleted", "click"];
 pub const MAX_CLICK_DIMENSION: usize = 128;
 
 /// The most a `details` object written through the API (`POST /events`, the events import) may
-/// hold: values, nested ones counted, and bytes as JSON text. A value costs far more memory than
-/// its text (`{"a":0}`, 8 bytes, is a ~600-byte map) and a listing reads up to 1,000 events at
-/// once: unbounded, a few events of tiny nested objects made one `GET /events` hold gigabytes.
-/// The details kurz writes itself are well inside: a click's have 13 values and about 4 KiB.
+/// hold: values, nested ones counted, objects among them, and bytes as JSON text. A value costs
+/// more memory than its text, an object most (`{"a":0}`, 8 bytes, is a ~600-byte map), and an
+/// unpaginated listing reads up to `limits.list_limit` events (10,000 by default) at once:
+/// unbounded, a few events of tiny nested objects made one `GET /events` hold gigabytes. Within
+/// these an event's details take a few times their text (at most ~16 KiB). The details kurz
+/// writes itself are well inside: a click's have 13 values, no object, and about 4 KiB.
 pub const MAX_DETAILS_VALUES: usize = 64;
+pub const MAX_DETAILS_OBJECTS: usize = 8;
 pub const MAX_DETAILS_BYTES: usize = 8 * 1024;
 
-/// Checks `details` against [`MAX_DETAILS_VALUES`] and [`MAX_DETAILS_BYTES`]; what is wrong.
+/// Checks `details` against [`MAX_DETAILS_VALUES`], [`MAX_DETAILS_OBJECTS`] and
+/// [`MAX_DETAILS_BYTES`]; what is wrong.
 pub fn check_details_size(details: &serde_json::Map<String, Value>) -> Result<(), String> {
-    fn within(v: &Value, left: &mut usize) -> bool {
-        let Some(rest) = left.checked_sub(1) else {
-            return false;
-        };
-        *left = rest;
+    /// What is left to hold: values, and objects among them.
+    struct Left(usize, usize);
+    fn within(v: &Value, left: &mut Left) -> Result<(), String> {
+        left.0 = left.0.checked_sub(1).ok_or_else(|| {
+            format!("must hold at most {MAX_DETAILS_VALUES} values, nested ones counted")
+        })?;
         match v {
-            Value::Object(m) => m.values().all(|v| within(v, left)),
-            Value::Array(a) => a.iter().all(|v| within(v, left)),
-            _ => true,
+            Value::Object(m) => {
+                left.1 = left.1.checked_sub(1).ok_or_else(|| {
+                    format!("must hold at most {MAX_DETAILS_OBJECTS} objects, nested ones counted")
+                })?;
+                m.values().try_for_each(|v| within(v, left))
+            }
+            Value::Array(a) => a.iter().try_for_each(|v| within(v, left)),
+            _ => Ok(()),
         }
     }
-    let mut left = MAX_DETAILS_VALUES;
-    if !details.values().all(|v| within(v, &mut left)) {
-        return Err(format!(
-            "must hold at most {MAX_DETAILS_VALUES} values, nested ones counted"
-        ));
-    }
+    let mut left = Left(MAX_DETAILS_VALUES, MAX_DETAILS_OBJECTS);
+    details.values().try_for_each(|v| within(v, &mut left))?;
     let text = serde_json::to_string(details).map_err(|e| e.to_string())?;
     if text.len() > MAX_DETAILS_BYTES {
         return Err(format!("must be at most {MAX_DETAILS_BYTES} bytes as JSON"));

@@ -88,9 +88,10 @@ async fn event_errors_are_explicit() {
     error_of(app.get("/events?url_id=x").await, 400).await;
 }
 
-/// A listing reads up to 1,000 events at once and a JSON value takes far more memory than its
-/// text: `details` given to the API are bounded in values (nested ones counted) and in bytes,
-/// on `POST /events` and in an events import, and refused by name past either bound.
+/// A listing reads up to `limits.list_limit` events at once and a JSON value takes more memory
+/// than its text, an object most: `details` given to the API are bounded in values and objects
+/// (nested ones counted) and in bytes, on `POST /events` and in an events import, and refused
+/// by name past any bound.
 #[tokio::test]
 async fn event_details_are_bounded_in_values_and_bytes() {
     let app = spawn_app().await;
@@ -109,8 +110,10 @@ async fn event_details_are_bounded_in_values_and_bytes() {
     assert_eq!(post(flat(64)).await.status(), 201);
     for (details, why) in [
         (flat(65), "values"),
-        // 41 values: the array and its 40 maps.
-        (json!({"x": vec![json!({"a": 0}); 40]}), "values"),
+        // 71 values: the array and its 70 numbers.
+        (json!({"x": vec![0; 70]}), "values"),
+        // 19 values, 9 of them objects.
+        (json!({"x": vec![json!({"a": 0}); 9]}), "objects"),
         (json!({"note": "n".repeat(8 * 1024)}), "bytes"),
     ] {
         let err = error_of(post(details).await, 400).await;
@@ -118,7 +121,7 @@ async fn event_details_are_bounded_in_values_and_bytes() {
         assert!(reason.contains(why), "{err}");
     }
     assert_eq!(
-        post(json!({"x": vec![json!({"a": 0}); 30]})).await.status(),
+        post(json!({"x": vec![json!({"a": 0}); 8]})).await.status(),
         201
     );
     // The same in an import, by row and column, and a cell far past the bound is not parsed.
