@@ -889,8 +889,6 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
     assert_eq!(other.submit(&theirs, revoke, &[]).await.status(), 404);
 }
 
-/// A switched-on link that no longer redirects (expired, or its visits used up: its code
-/// answers 410) says so on the list and on its page, rather than "Redirects to".
 /// A key is shown once, on the answer that made it: when the list beside it cannot be read, the
 /// page still shows the key (and says the list could not be read) rather than an error page that
 /// would take the only sight of it away.
@@ -931,6 +929,8 @@ async fn a_key_made_while_the_list_cannot_be_read_is_still_shown() {
     );
 }
 
+/// A switched-on link that no longer redirects (expired, or its visits used up: its code
+/// answers 410) says so on the list and on its page, rather than "Redirects to".
 #[tokio::test]
 async fn an_expired_or_used_up_link_says_so_on_its_pages() {
     let app = spawn_app().await;
