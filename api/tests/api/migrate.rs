@@ -218,7 +218,8 @@ async fn the_wait_for_another_replicas_migrations_outlasts_a_lock_timeout() {
     loop {
         let waiting: i64 = other
             .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[],
             )
             .await
