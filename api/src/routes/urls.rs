@@ -152,8 +152,10 @@ pub(crate) async fn create_link(
         Patch::Set(code) => f.check("short_code", ShortCode::parse(&code)),
         _ => None,
     };
-    if let Patch::Set(at) = expires_at {
-        check_expiry(&mut f, at);
+    // A keyed retry is answered with the link its first try made, however late: an expiry that
+    // has passed since is checked only once the key turns out to be new (below).
+    if let (Patch::Set(at), None) = (&expires_at, idem) {
+        check_expiry(&mut f, *at);
     }
     f.finish()?;
     let (Some(target), true) = (target, user_id.is_some() || ownerless) else {
@@ -198,6 +200,9 @@ pub(crate) async fn create_link(
                 // before it was made is cached as missing.
                 refresh_cache(state, &earlier).await;
                 return Ok((earlier.to_json(state.config.base()), true));
+            }
+            if expires_at.is_some_and(|at| at <= Utc::now()) {
+                return Err(ApiError::field("expires_at", "must be in the future"));
             }
             let link = insert(&tx, new, custom_given).await?;
             idempotency::bind(&tx, key, link.id).await?;

@@ -399,6 +399,41 @@ async fn idempotency_key_replays_the_first_answer() {
     );
 }
 
+/// A keyed retry is answered with the link its first try made, however late: an expiry that has
+/// passed since (the first answer was lost, the client retried later) is no reason to refuse it.
+/// A new key with that expiry is refused.
+#[tokio::test]
+async fn a_keyed_retry_after_its_expiry_passed_gets_the_link() {
+    let app = spawn_app().await;
+    let user = app.create_user("idemexp").await;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let at = kurz_common::time::format(expires);
+    let body =
+        json!({"user_id": user, "original_url": "https://example.com/soon", "expires_at": at});
+    let send = |key: &'static str| {
+        app.client
+            .post(app.url("/urls"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("k-exp").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let past = kurz_common::time::parse(&at).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while chrono::Utc::now() <= past {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let res = send("k-exp").await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(res.json::<Value>().await.unwrap()["id"], first["id"]);
+    let err = error_of(send("k-new").await.unwrap(), 400).await;
+    assert_eq!(err["details"]["expires_at"], "must be in the future");
+}
+
 /// The key's row lasts a day: a protected link's password must not be in it, in clear.
 #[tokio::test]
 async fn an_idempotency_key_keeps_no_password_in_clear() {
