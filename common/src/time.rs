@@ -1,6 +1,6 @@
 //! The contract's timestamps: UTC, ISO 8601 to the second, no zone suffix (`2025-09-19T22:25:05`).
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc};
 use std::ops::RangeInclusive;
 
 /// The years a timestamp or date from a client may fall in: the four digits of the contract's
@@ -20,9 +20,16 @@ pub fn format(ts: DateTime<Utc>) -> String {
 
 /// Parses what clients and CSV files send: RFC 3339 with a zone, or a naive date-time (taken as
 /// UTC) with `T` or a space, with or without fractional seconds, or a bare date (midnight UTC).
-/// Years outside [`YEARS`] are refused.
+/// Years outside [`YEARS`] are refused, and so is a second 60: chrono takes it as a leap second
+/// in any minute, which PostgreSQL stores as the next minute and `format` writes back as `:60`.
+/// A fraction of a second is dropped: the contract's instants are whole seconds, and an expiry
+/// checked against the clock with its fraction (in the future) was cached and shown without it
+/// (already past).
 pub fn parse(raw: &str) -> Option<DateTime<Utc>> {
-    parse_any_year(raw.trim()).filter(in_range)
+    parse_any_year(raw.trim())
+        .filter(in_range)
+        .filter(|ts| ts.nanosecond() < 1_000_000_000)
+        .and_then(|ts| ts.with_nanosecond(0))
 }
 
 fn parse_any_year(raw: &str) -> Option<DateTime<Utc>> {
@@ -62,6 +69,24 @@ mod tests {
         );
         assert_eq!(format(parse("2025-03-26").unwrap()), "2025-03-26T00:00:00");
         assert!(parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn drops_fractions_and_refuses_second_sixty() {
+        for raw in [
+            "2025-09-19T22:25:05.999",
+            "2025-09-19 22:25:05.1",
+            "2025-09-19T22:25:05.5Z",
+        ] {
+            assert_eq!(parse(raw), parse("2025-09-19T22:25:05"), "{raw}");
+        }
+        for raw in [
+            "2030-01-01T12:34:60",
+            "2016-12-31T23:59:60Z",
+            "2030-01-01 12:34:60.5",
+        ] {
+            assert!(parse(raw).is_none(), "{raw}");
+        }
     }
 
     #[test]
