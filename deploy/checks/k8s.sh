@@ -16,10 +16,12 @@ K8S_VERSIONS=(1.30.0 1.34.0)
 
 # shellcheck source=deploy/checks/lib.sh
 . deploy/checks/lib.sh
-if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import yaml' 2>/dev/null; then
-  pip_tools kubernetes-validate==1.37.0 pyyaml \
-    || { echo "k8s check: cannot install kubernetes-validate and PyYAML from PyPI" >&2; exit 1; }
-fi
+# Needs no tool: checked wherever this runs.
+for f in api proxy; do
+  cmp -s "conf/$f.yaml" "deploy/k8s/base/config/$f.yaml" \
+    || { echo "deploy/k8s/base/config/$f.yaml differs from conf/$f.yaml: cp conf/$f.yaml deploy/k8s/base/config/" >&2; exit 1; }
+done
+
 # Neither PyPI nor Debian has a kustomize v5 to install (Debian's kubernetes-client is 1.20,
 # whose kustomize is v2): it comes with kubectl.
 if command -v kustomize >/dev/null; then
@@ -38,11 +40,10 @@ case "$renderer" in
   *" v"[5-9]*|*" v"[1-9][0-9]*) ;;
   *) echo "k8s check: $renderer is too old: kustomize v5 or newer renders these files" >&2; exit 1 ;;
 esac
-
-for f in api proxy; do
-  cmp -s "conf/$f.yaml" "deploy/k8s/base/config/$f.yaml" \
-    || { echo "deploy/k8s/base/config/$f.yaml differs from conf/$f.yaml: cp conf/$f.yaml deploy/k8s/base/config/" >&2; exit 1; }
-done
+if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import yaml' 2>/dev/null; then
+  pip_tools kubernetes-validate==1.37.0 pyyaml \
+    || { echo "k8s check: cannot install kubernetes-validate and PyYAML from PyPI" >&2; exit 1; }
+fi
 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 dirs=(deploy/k8s/base deploy/k8s/overlays/*)
