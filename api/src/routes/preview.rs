@@ -13,16 +13,15 @@ use serde_json::json;
 
 /// The link of `code` if it redirects now, read from PostgreSQL; else the redirect's own 404 or
 /// 410. What the preview and the public QR code show: a link that would not redirect has
-/// nothing to show.
-pub(crate) async fn redirecting_link(
-    state: &AppState,
-    client: &deadpool_postgres::Client,
-    code: &str,
-) -> ApiResult<db::urls::Link> {
+/// nothing to show. Its connection goes back before a limited link's counter is read from
+/// Redis: a Redis that hangs would otherwise hold the pool with public requests.
+pub(crate) async fn redirecting_link(state: &AppState, code: &str) -> ApiResult<db::urls::Link> {
     let not_found = || ApiError::NotFound(format!("short code {code:?} not found"));
-    let link = db::urls::find_url_by_code(client, code)
-        .await?
-        .ok_or_else(not_found)?;
+    let link = {
+        let client = state.client().await?;
+        db::urls::find_url_by_code(&client, code).await?
+    }
+    .ok_or_else(not_found)?;
     let CachedLink::Found(entry) = link.cache_entry() else {
         return Err(not_found());
     };
@@ -55,9 +54,8 @@ pub(crate) async fn redirecting_link(
 }
 
 pub async fn preview(state: &AppState, code: &str, headers: &HeaderMap) -> ApiResult<Response> {
-    let client = state.client().await?;
-    let link = redirecting_link(state, &client, code).await?;
-    let clicks = db::stats::total_clicks(&client, link.id).await?;
+    let link = redirecting_link(state, code).await?;
+    let clicks = db::stats::total_clicks(&state.client().await?, link.id).await?;
     let short_url = format!("{}/{}", state.config.base(), link.short_code);
     // Behind a password, where it leads is part of the secret.
     let (target, title) = if link.has_password {

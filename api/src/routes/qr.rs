@@ -46,13 +46,10 @@ pub async fn by_code(
         return Err(ApiError::NotFound(format!("short code {code:?} not found")));
     }
     let (format, size) = options(raw.as_deref())?;
-    // The connection goes back before the wait for a drawing turn: held through it, a burst
-    // of public QR codes would hold the pool while they queue, and every other request of
-    // this process would wait for a connection.
-    let link = {
-        let client = state.client().await?;
-        super::preview::redirecting_link(&state, &client, &code).await?
-    };
+    // Its connection goes back before the wait for a drawing turn (`redirecting_link`): held
+    // through it, a burst of public QR codes would hold the pool while they queue, and every
+    // other request of this process would wait for a connection.
+    let link = super::preview::redirecting_link(&state, &code).await?;
     let cache = "public, max-age=86400";
     image(&state, &link.short_code, format, size, &headers, cache).await
 }

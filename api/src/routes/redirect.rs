@@ -130,7 +130,7 @@ async fn redirecting(state: &AppState, code: &str) -> ApiResult<(LinkEntry, u16)
 /// visitor's lock-out. Its preview and QR code answer 410 the same way.
 async fn refuse_used_up(state: &AppState, code: &str, entry: &LinkEntry) -> ApiResult<()> {
     if entry.max_visits.is_some() {
-        super::preview::redirecting_link(state, &state.client().await?, code).await?;
+        super::preview::redirecting_link(state, code).await?;
     }
     Ok(())
 }

@@ -713,6 +713,33 @@ async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline(
     assert_eq!(link["visits"], 1);
 }
 
+/// A limited link's preview (and its public QR code, and its password form) reads the counter
+/// from Redis with no database connection held: a Redis that hangs would otherwise hold the
+/// pool with public requests, and every other request would wait for a connection.
+#[tokio::test]
+async fn a_preview_waiting_on_redis_for_the_counter_holds_no_connection() {
+    let redis = PrivateRedis::start(Persistence::None);
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+        c.redis.timeout_ms = 20_000;
+        crate::helpers::request_pool(c, 1, 300);
+    })
+    .await;
+    let user = app.create_user("previewpool").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    let counter = app.state.keys.visits(&code);
+    let read = format!("$3\r\nGET\r\n${}\r\n{counter}", counter.len());
+    relay.hold_at(read.as_bytes());
+    let preview = app.spawn_get(&format!("/{code}+"));
+    relay.wait_held(read.as_bytes()).await;
+    assert_eq!(
+        app.get(&format!("/urls/{id}")).await.status(),
+        200,
+        "a request got the connection while the preview waited on Redis"
+    );
+    relay.release();
+    assert_eq!(preview.await.unwrap().unwrap().status(), 200);
+}
+
 /// With Redis down PostgreSQL decides a limited link's visit, and a link that expired (410), or
 /// was switched off or deleted (404), since the visit read it is not redirected there, as the
 /// script would answer.
