@@ -91,9 +91,15 @@ pub enum Attempt {
 }
 
 /// The answer to a visitor without the right password: the form (HTML), or JSON to a client
-/// that asks for it (401, or the 429 of a lock).
+/// that asks for it or posted JSON (401, or the 429 of a lock): curl, fetch and most clients
+/// send `Accept: */*`, and one that posts JSON reads JSON, as its other errors (400, 415) are.
 pub fn ask(headers: &HeaderMap, code: &str, attempt: Attempt, token: &FormToken) -> Response {
-    if wants_json(headers) {
+    let posted_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if posted_json || wants_json(headers) {
         return match attempt {
             Attempt::First => ApiError::PasswordRequired(format!(
                 "short code {code:?} is protected by a password: POST it as {{\"password\": \"…\"}}"

@@ -76,6 +76,11 @@ async fn a_protected_link_redirects_only_after_its_password() {
     let res = post_form(&app, &code, "password=open+sesam").await;
     assert_eq!(res.status(), 401);
     assert!(res.text().await.unwrap().contains("not right"));
+    // Posted as JSON by a client that accepts anything (curl, fetch): JSON, not the form.
+    let res = app
+        .post_json(&format!("/{code}"), &json!({"password": "open sesam"}))
+        .await;
+    assert_eq!(error_of(res, 401).await["error"], "password_required");
     // Right password (form, then JSON): 303 to the target, one click each.
     let res = post_form(&app, &code, "password=open+sesame").await;
     assert_eq!(res.status(), 303);
