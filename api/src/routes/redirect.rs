@@ -62,7 +62,13 @@ pub async fn unlock(
 ) -> ApiResult<Response> {
     let (entry, _) = redirecting(&state, &code).await?;
     if !entry.protected {
-        return Err(ApiError::MethodNotAllowed);
+        // A 405 names what the path takes (RFC 9110 §15.5.6): axum adds `Allow` only for a
+        // method no route takes, and this route takes POST for protected links.
+        let mut refused = ApiError::MethodNotAllowed.into_response();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        return Ok(refused);
     }
     refuse_used_up(&state, &code, &entry).await?;
     let submitted = link_password::password_of(&headers, &body)?;

@@ -214,6 +214,7 @@ async fn wrong_passwords_back_off_per_link_and_bad_requests_are_clear() {
     let user = app.create_user("plain").await;
     let plain = app.create_url(user, "https://example.com/plain").await;
     let res = post_form(&app, plain["short_code"].as_str().unwrap(), "password=x").await;
+    assert_eq!(res.headers()["allow"], "GET,HEAD");
     error_of(res, 405).await;
     // Passwords on create: 1 to 128 characters, a string.
     for bad in [json!(""), json!(7), json!("x".repeat(129))] {
