@@ -103,7 +103,13 @@ pub(crate) async fn image(
     let seen = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        // Weak comparison (RFC 9110 §13.1.2): a cache that recompressed the image may send it
+        // back as `W/"…"`.
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim())
+                .any(|t| t.strip_prefix("W/").unwrap_or(t) == etag || t == "*")
+        });
     if seen {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }

@@ -78,6 +78,15 @@ async fn the_png_decodes_back_to_the_short_url() {
             .unwrap();
         assert_eq!(again.status(), 304, "{path}");
         assert!(again.bytes().await.unwrap().is_empty());
+        // Compared weakly: a cache that recompressed it sends the tag back weak.
+        let weak = app
+            .client
+            .get(app.url(&path))
+            .header("if-none-match", format!("W/{etag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(weak.status(), 304, "{path}");
     }
     let res = app.get(&format!("/{code}/qr")).await;
     assert_eq!(res.headers()["content-type"], "image/svg+xml");
