@@ -191,7 +191,7 @@ impl ApiError {
 }
 
 /// What a 503 tells the client to wait before retrying.
-const RETRY_AFTER_SECONDS: u64 = 2;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 2;
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {

@@ -30,9 +30,17 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         (true, false) => (StatusCode::OK, "degraded"),
     };
     let up = |ok: bool| if ok { "ok" } else { "down" };
-    (
+    let mut response = (
         status,
         Json(json!({"status": word, "db": up(db_ok), "cache": up(cache_ok)})),
     )
-        .into_response()
+        .into_response();
+    // As every 503 of the API's says when to retry.
+    if !db_ok {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }

@@ -111,6 +111,7 @@ async fn with_postgres_gone_requests_get_503_json_not_500() {
         .unwrap();
     let res = app.get("/ready").await;
     assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "2");
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "not_ready");
     let res = app
         .post_json(
