@@ -27,6 +27,20 @@ pub async fn snapshot(
         .await
 }
 
+/// A list's total and one page of it, read in one [`snapshot`]: `X-Total-Count` counts the rows
+/// shown, whatever commits between the two reads.
+pub async fn total_and_page<T>(
+    c: &mut deadpool_postgres::Client,
+    total: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<i64, tokio_postgres::Error>,
+    page: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<Vec<T>, tokio_postgres::Error>,
+) -> Result<(i64, Vec<T>), tokio_postgres::Error> {
+    let tx = snapshot(c).await?;
+    let total = total(&tx).await?;
+    let rows = page(&tx).await?;
+    tx.commit().await?;
+    Ok((total, rows))
+}
+
 /// Placeholder list builder for queries whose WHERE clause depends on the filters given.
 pub struct Filter<'a> {
     clauses: Vec<String>,

@@ -70,12 +70,12 @@ pub async fn list(
         event_type: event_type_param(&q)?,
     };
     let pending = drain_clicks(&state).await;
-    let mut client = state.client().await?;
-    // The count and the page in one snapshot: `X-Total-Count` counts the rows shown.
-    let tx = db::snapshot(&mut client).await?;
-    let total = db::events::count_events(&tx, &filter).await?;
-    let events = db::events::list_events(&tx, &filter, page.limit, page.offset).await?;
-    tx.commit().await?;
+    let (total, events) = db::total_and_page(
+        &mut state.client().await?,
+        async |tx| db::events::count_events(tx, &filter).await,
+        async |tx| db::events::list_events(tx, &filter, page.limit, page.offset).await,
+    )
+    .await?;
     let response = page.respond(
         events.iter().map(|e| e.to_json()).collect(),
         total,

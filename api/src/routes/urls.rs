@@ -313,11 +313,12 @@ pub async fn list(
         tags: tag_filter(&q)?,
         search: Vec::new(),
     };
-    let mut client = state.client().await?;
-    let tx = db::snapshot(&mut client).await?;
-    let total = db::urls::count_urls(&tx, &filter).await?;
-    let links = db::urls::list_urls(&tx, &filter, page.limit, page.offset).await?;
-    tx.commit().await?;
+    let (total, links) = db::total_and_page(
+        &mut state.client().await?,
+        async |tx| db::urls::count_urls(tx, &filter).await,
+        async |tx| db::urls::list_urls(tx, &filter, page.limit, page.offset).await,
+    )
+    .await?;
     let base = state.config.base();
     Ok(page.respond(
         links.iter().map(|l| l.to_json(base)).collect(),
@@ -615,12 +616,12 @@ pub async fn tags(
     let q = Query::parse(raw.as_deref());
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let scope = caller.scope_user_filter(None)?;
-    let mut client = state.client().await?;
-    // The count and the page in one snapshot: `X-Total-Count` counts the rows shown.
-    let tx = db::snapshot(&mut client).await?;
-    let total = db::urls::count_tags(&tx, scope).await?;
-    let counts = db::urls::tag_counts(&tx, scope, page.limit, page.offset).await?;
-    tx.commit().await?;
+    let (total, counts) = db::total_and_page(
+        &mut state.client().await?,
+        async |tx| db::urls::count_tags(tx, scope).await,
+        async |tx| db::urls::tag_counts(tx, scope, page.limit, page.offset).await,
+    )
+    .await?;
     let body: Vec<Value> = counts
         .into_iter()
         .map(|(tag, links)| json!({"tag": tag, "links": links}))

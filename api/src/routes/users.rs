@@ -58,11 +58,12 @@ pub async fn list(
     caller.require_admin()?;
     let q = Query::parse(raw.as_deref());
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
-    let mut client = state.client().await?;
-    let tx = db::snapshot(&mut client).await?;
-    let total = db::users::count_users(&tx).await?;
-    let users = db::users::list_users(&tx, page.limit, page.offset).await?;
-    tx.commit().await?;
+    let (total, users) = db::total_and_page(
+        &mut state.client().await?,
+        async |tx| db::users::count_users(tx).await,
+        async |tx| db::users::list_users(tx, page.limit, page.offset).await,
+    )
+    .await?;
     Ok(page.respond(
         users.iter().map(|u| u.to_json()).collect(),
         total,
