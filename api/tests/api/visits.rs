@@ -672,8 +672,7 @@ async fn a_visit_whose_script_redis_refused_is_bounded_by_its_deadline_again() {
 /// and that wait is bounded by the request's deadline again: a 503 with nothing counted.
 #[tokio::test]
 async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline() {
-    let redis = PrivateRedis::start(Persistence::None);
-    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+    let (redis, relay, app, id, code) = limited_link_behind_a_relay(|c| {
         c.redis.timeout_ms = 20_000;
         // Another request's wait for the one connection gives up well inside the visit's
         // deadline, so the two outcomes cannot be confused.
@@ -681,8 +680,6 @@ async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline(
         crate::helpers::request_deadline(c, 5_000);
     })
     .await;
-    let user = app.create_user("seeding").await;
-    let (id, code) = limited_link(&app, user, json!(5)).await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     wait_visits(&app, id, 1).await;
     let counter = app.state.keys.visits(&code);
@@ -696,7 +693,7 @@ async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline(
         .query_async(&mut direct)
         .await
         .unwrap();
-    let seed = format!("$3\r\nSET\r\n${}\r\n{counter}", counter.len());
+    let seed = command_on("SET", &counter);
     relay.hold_at(seed.as_bytes());
     let visit = app.spawn_get(&format!("/{code}"));
     relay.wait_held(seed.as_bytes()).await;
@@ -718,16 +715,12 @@ async fn a_visit_seeding_its_counter_holds_no_connection_and_keeps_its_deadline(
 /// pool with public requests, and every other request would wait for a connection.
 #[tokio::test]
 async fn a_preview_waiting_on_redis_for_the_counter_holds_no_connection() {
-    let redis = PrivateRedis::start(Persistence::None);
-    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+    let (_redis, relay, app, id, code) = limited_link_behind_a_relay(|c| {
         c.redis.timeout_ms = 20_000;
         crate::helpers::request_pool(c, 1, 300);
     })
     .await;
-    let user = app.create_user("previewpool").await;
-    let (id, code) = limited_link(&app, user, json!(5)).await;
-    let counter = app.state.keys.visits(&code);
-    let read = format!("$3\r\nGET\r\n${}\r\n{counter}", counter.len());
+    let read = command_on("GET", &app.state.keys.visits(&code));
     relay.hold_at(read.as_bytes());
     let preview = app.spawn_get(&format!("/{code}+"));
     relay.wait_held(read.as_bytes()).await;
@@ -860,14 +853,29 @@ fn read_before_a_change(id: i64, user: i64) -> kurz_common::keys::LinkEntry {
 async fn visited_limited_link_behind_a_relay(
     redis_timeout_ms: u64,
 ) -> (PrivateRedis, crate::helpers::Relay, TestApp, i64, String) {
-    let redis = PrivateRedis::start(Persistence::None);
-    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, |c| {
+    let (redis, relay, app, id, code) = limited_link_behind_a_relay(|c| {
         c.redis.timeout_ms = redis_timeout_ms;
         crate::helpers::request_deadline(c, 1_000);
     })
     .await;
-    let user = app.create_user("relayed").await;
-    let (id, code) = limited_link(&app, user, json!(5)).await;
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
     (redis, relay, app, id, code)
+}
+
+/// A limited link (`max_visits` 5), not visited, of an app `tweak`ed on a private Redis behind
+/// a relay: the Redis, the relay, the app, the link's id and code.
+async fn limited_link_behind_a_relay(
+    tweak: impl FnOnce(&mut kurz_api::config::ApiConfig),
+) -> (PrivateRedis, crate::helpers::Relay, TestApp, i64, String) {
+    let redis = PrivateRedis::start(Persistence::None);
+    let (relay, app) = crate::helpers::spawn_app_through_relay(redis.port, tweak).await;
+    let user = app.create_user("relayed").await;
+    let (id, code) = limited_link(&app, user, json!(5)).await;
+    (redis, relay, app, id, code)
+}
+
+/// The start of a Redis command `name` on `key` as it crosses the wire (RESP), for a relay to
+/// hold at.
+fn command_on(name: &str, key: &str) -> String {
+    format!("${}\r\n{name}\r\n${}\r\n{key}", name.len(), key.len())
 }
