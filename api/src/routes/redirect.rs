@@ -254,9 +254,9 @@ async fn resolve(state: &AppState, code: &str) -> ApiResult<CachedLink> {
             None
         }
     };
-    let client = state.client().await?;
     // A code without a row is filled without a version: a fill stores only where nothing is.
-    let link_state = db::urls::find_url_by_code(&client, code)
+    // The connection goes back before the fill waits on Redis: a miss is any scanner's request.
+    let link_state = db::urls::find_url_by_code(&state.client().await?, code)
         .await?
         .map_or_else(|| LinkState::absent(0), |link| link.cache_state());
     if let Some(seen) = seen {
