@@ -125,6 +125,13 @@ async fn forged_key_post(b: &mut Browser<'_>, token: &str) -> u16 {
     b.post("/ui/keys", &fields).await.status().as_u16()
 }
 
+/// The key a keys page shows once, just made.
+fn new_key_on(page: &str) -> &str {
+    let tag = "<output id=\"new_key\"><code>";
+    let at = page.find(tag).expect("the new key is shown") + tag.len();
+    &page[at..at + page[at..].find('<').unwrap()]
+}
+
 /// The one number `sql` selects.
 async fn number(app: &TestApp, sql: &str) -> i64 {
     app.sql().await.query_one(sql, &[]).await.unwrap().get(0)
@@ -815,9 +822,7 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .await;
     assert_eq!(res.status(), 201);
     let made = res.text().await.unwrap();
-    let tag = "<output id=\"new_key\"><code>";
-    let at = made.find(tag).expect("the new key") + tag.len();
-    let key = &made[at..at + made[at..].find('<').unwrap()];
+    let key = new_key_on(&made);
     assert!(made.contains("deploy &lt;bot&gt;"), "{made}");
     // The key works on the API, as its owner.
     let me = app
@@ -912,9 +917,7 @@ async fn a_key_made_while_the_list_cannot_be_read_is_still_shown() {
     let res = b.submit(&page, "/ui/keys", &[("name", "ci")]).await;
     assert_eq!(res.status(), 201);
     let made = res.text().await.unwrap();
-    let tag = "<output id=\"new_key\"><code>";
-    let at = made.find(tag).expect("the new key is shown") + tag.len();
-    let key = &made[at..at + made[at..].find('<').unwrap()];
+    let key = new_key_on(&made);
     assert!(made.contains("could not be listed"), "{made}");
     assert_eq!(
         number(
