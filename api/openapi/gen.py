@@ -390,6 +390,8 @@ headers["Link"] = {"description": "RFC 8288 `rel=\"next\"` / `rel=\"prev\"` page
                    "schema": {"type": "string"}}
 headers["Retry-After"] = {"required": True, "description": "Seconds to wait.",
                           "schema": {"type": "integer", "minimum": 0}}
+headers["Allow"] = {"required": True, "description": "The methods the path accepts.",
+                    "schema": {"type": "string"}}
 headers["WWW-Authenticate"] = {"required": True, "schema": {"type": "string", "const": "Bearer"}}
 headers["Location"] = {"required": True, "description": "The link's target (`original_url`).",
                        "schema": {"type": "string"}}
@@ -426,7 +428,8 @@ responses["Forbidden"] = err("`forbidden` (auth mode `required`): another user's
                              error_with("forbidden"))
 responses["NotFound"] = err("`not_found`: the resource in the path, or one the body references.",
                             error_with("not_found"))
-responses["MethodNotAllowed"] = err("`method_not_allowed`.", error_with("method_not_allowed"))
+responses["MethodNotAllowed"] = err("`method_not_allowed`; `Allow` lists the path's methods.",
+                                    error_with("method_not_allowed"), {"Allow": H("Allow")})
 responses["Conflict"] = err("`conflict`.", error_with("conflict"))
 responses["Gone"] = err("`gone`: the link expired or its `max_visits` are used up.", error_with("gone"))
 responses["PayloadTooLarge"] = err("`payload_too_large`: over the body limit (1 MiB JSON, 32 MiB uploads "
@@ -551,7 +554,8 @@ paths["/health/live"] = {"get": op("healthLive", "Liveness (same as /health).", 
 for path, oid in [("/ready", "ready"), ("/health/ready", "healthReady")]:
     paths[path] = {"get": op(oid, "Readiness: PostgreSQL required, Redis only degrades.", ["health"], {
         "200": ok("Ready (`ready`), or `degraded` with `cache: down` when Redis is down.", R("Readiness")),
-        "503": ok("PostgreSQL is down: `not_ready`.", R("Readiness")),
+        "503": ok("PostgreSQL is down: `not_ready`; ask again after `Retry-After` seconds.", R("Readiness"),
+                  {"Retry-After": H("Retry-After")}),
     }, security=[{}])}
 
 # Users
@@ -833,7 +837,8 @@ paths["/{code}"] = {
                 "headers": with_std_headers(),
                 "content": {**HTML, **json_content(error_with("forbidden"))}},
         "404": RESP("NotFound"),
-        "405": err("The link has no password: `method_not_allowed`.", error_with("method_not_allowed")),
+        "405": err("The link has no password: `method_not_allowed`, `Allow: GET,HEAD`.",
+                   error_with("method_not_allowed"), {"Allow": H("Allow")}),
         "410": RESP("Gone"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
         "429": {"description": "Too many wrong passwords: the form again saying how long to wait "
                                "(HTML), or `rate_limited` (JSON); wait `Retry-After` seconds.",

@@ -111,6 +111,15 @@ async fn unknown_routes_and_methods_answer_json() {
     let err = error_of(app.get("/users/1/nothing").await, 404).await;
     assert_eq!(err["error"], "not_found");
     let res = app.client.patch(app.url("/users")).send().await.unwrap();
+    // A client told 405 learns from `Allow` what it may send instead (RFC 9110 §15.5.6).
+    let mut allow: Vec<String> = res.headers()["allow"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .collect();
+    allow.sort();
     let err = error_of(res, 405).await;
     assert_eq!(err["error"], "method_not_allowed");
+    assert_eq!(allow, ["GET", "HEAD", "POST"], "the methods /users takes");
 }
