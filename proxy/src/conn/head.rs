@@ -53,7 +53,8 @@ impl Refusal {
     }
 
     /// The whole HTTP/1.1 answer: our error JSON, a fresh request id, and `connection: close`
-    /// (after a refused head the rest of the stream cannot be trusted to be framed).
+    /// (after a refused head the rest of the stream cannot be trusted to be framed). `date`
+    /// as on every answer Pingora writes: RFC 9110 §6.6.1 asks it of a 4xx.
     pub fn reply(&self, extra: &[(&str, &str)]) -> Bytes {
         let body = kurz_common::http::error_body(self.code, &self.message, serde_json::Value::Null);
         let reason = http::StatusCode::from_u16(self.status)
@@ -61,10 +62,13 @@ impl Refusal {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
-             x-content-type-options: nosniff\r\nx-request-id: {}\r\ncontent-length: {}\r\n\
-             connection: close\r\n",
+            "HTTP/1.1 {} {reason}\r\ndate: {}\r\ncontent-type: application/json\r\n\
+             cache-control: no-store\r\nx-content-type-options: nosniff\r\nx-request-id: {}\r\n\
+             content-length: {}\r\nconnection: close\r\n",
             self.status,
+            pingora::protocols::http::date::get_cached_date()
+                .to_str()
+                .unwrap_or_default(),
             self.id,
             body.len()
         );
@@ -485,6 +489,12 @@ mod tests {
         );
         assert!(text.contains("\r\nconnection: close\r\n"));
         assert!(text.contains("\r\nx-request-id: "));
+        // An IMF-fixdate, `Mon, 07 Dec 2026 17:34:38 GMT`.
+        let date = text
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("date: "))
+            .expect("a date header");
+        assert!(date.len() == 29 && date.ends_with(" GMT"), "{date}");
         let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"], "request_header_fields_too_large");
