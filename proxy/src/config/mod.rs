@@ -129,10 +129,20 @@ impl ProxyConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let bad = |key: &str, why: &str| Err(format!("config key `{key}` {why}"));
-        let addr = |key: &str, v: &str| -> Result<(), String> {
+        let addr = |key: &str, v: &str| -> Result<SocketAddr, String> {
             v.parse::<SocketAddr>()
-                .map(|_| ())
                 .map_err(|_| format!("config key `{key}` has {v:?}, not an ip:port address"))
+        };
+        // Port 0 binds a port the kernel picks: no client, probe or load balancer could find
+        // it, and an HTTPS listener on it would take its handshakes for plain HTTP (TLS is
+        // told apart by the configured port).
+        let listener = |key: &str, v: &str| -> Result<(), String> {
+            match addr(key, v)?.port() {
+                0 => Err(format!(
+                    "config key `{key}` has {v:?}: port 0 is no known port"
+                )),
+                _ => Ok(()),
+            }
         };
         if self.server.threads == 0 || self.server.threads > 256 {
             return bad("server.threads", "must be 1..=256");
@@ -150,10 +160,10 @@ impl ProxyConfig {
             );
         }
         for a in &self.listen.http {
-            addr("listen.http", a)?;
+            listener("listen.http", a)?;
         }
         for a in &self.listen.https {
-            addr("listen.https", a)?;
+            listener("listen.https", a)?;
         }
         if !self.listen.https.is_empty() {
             for (key, path) in [
@@ -182,13 +192,25 @@ impl ProxyConfig {
                 "needs an https listener, or the proxy that ends TLS in rate_limits.trusted_proxies",
             );
         }
-        addr("admin.listen", &self.admin.listen)?;
+        listener("admin.listen", &self.admin.listen)?;
         listeners_apart(self)?;
         if self.upstreams.servers.is_empty() {
             return bad("upstreams.servers", "needs at least one upstream");
         }
+        let mut seen = std::collections::HashSet::new();
         for s in &self.upstreams.servers {
-            addr("upstreams.servers", s)?;
+            let a = addr("upstreams.servers", s)?;
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return bad(
+                    "upstreams.servers",
+                    &format!("has {s:?}, which no connection can reach"),
+                );
+            }
+            // The list is a set: a second entry would not weigh an upstream twice, as an
+            // operator writing it might expect.
+            if !seen.insert(a) {
+                return bad("upstreams.servers", &format!("lists {s:?} twice"));
+            }
         }
         let u = &self.upstreams;
         let hc = &u.health_check;
@@ -212,6 +234,10 @@ impl ProxyConfig {
             ("upstreams.health_check.fall", hc.fall as u64),
             ("cache.near_capacity", self.cache.near_capacity as u64),
             ("cache.near_ttl_ms", self.cache.near_ttl_ms),
+            (
+                "server.upstream_keepalive_pool_size",
+                self.server.upstream_keepalive_pool_size as u64,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be above 0");
@@ -642,6 +668,43 @@ mod tests {
             let err = c.validate().unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
         }
+    }
+
+    /// Addresses that would start an edge nobody can reach, or a pool that is not what it says.
+    #[test]
+    fn unreachable_addresses_and_repeated_upstreams_are_refused() {
+        type Tweak = fn(&mut ProxyConfig);
+        let cases: [(&str, Tweak); 7] = [
+            ("listen.http", |c| {
+                c.listen.http = vec!["127.0.0.1:0".into()]
+            }),
+            ("admin.listen", |c| c.admin.listen = "127.0.0.1:0".into()),
+            ("upstreams.servers", |c| {
+                c.upstreams.servers = vec!["10.0.0.1:0".into()]
+            }),
+            ("upstreams.servers", |c| {
+                c.upstreams.servers = vec!["0.0.0.0:8000".into()]
+            }),
+            ("upstreams.servers", |c| {
+                c.upstreams.servers = vec!["10.0.0.1:8000".into(), "10.0.0.1:8000".into()]
+            }),
+            ("server.upstream_keepalive_pool_size", |c| {
+                c.server.upstream_keepalive_pool_size = 0
+            }),
+            // Checked before the certificate files, which this case lacks.
+            ("listen.https", |c| {
+                c.listen.https = vec!["127.0.0.1:0".into()]
+            }),
+        ];
+        for (key, tweak) in cases {
+            let mut c = ProxyConfig::default();
+            tweak(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        let mut c = ProxyConfig::default();
+        c.upstreams.servers = vec!["10.0.0.1:8000".into(), "10.0.0.2:8000".into()];
+        c.validate().expect("two upstreams");
     }
 
     #[test]
