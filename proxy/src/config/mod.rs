@@ -54,11 +54,13 @@ impl ProxyConfig {
             .collect()
     }
 
-    /// The keys a reload applies that the file changed (from `file_then`, the YAML alone at
-    /// start, to `file_now`) to a value other than what runs (`self`, the file with the
-    /// environment over it): an environment variable sets them, so the edit changes nothing.
-    /// A key the environment sets and the file leaves alone is not named: Kubernetes and
-    /// compose give the upstreams by environment, and every reload would warn.
+    /// The keys the file changed (from `file_then`, the YAML alone at start, to `file_now`) to
+    /// a value other than what runs (`self`, the file with the environment over it): an
+    /// environment variable sets them, so the edit changes nothing, now or after a restart
+    /// (a key no reload applies included: [`Self::changes_needing_restart`] compares file and
+    /// environment with file and environment, and would not see it). A key the environment
+    /// sets and the file leaves alone is not named: Kubernetes and compose give the upstreams
+    /// by environment, and every reload would warn.
     pub fn edits_the_environment_overrides(
         &self,
         file_then: &ProxyConfig,
@@ -70,9 +72,7 @@ impl ProxyConfig {
         let now = serde_json::to_value(file_now).expect("the config serializes");
         leaf_keys(&running)
             .into_iter()
-            .filter(|k| {
-                reloaded(k) && at(&now, k) != at(&then, k) && at(&running, k) != at(&now, k)
-            })
+            .filter(|k| at(&now, k) != at(&then, k) && at(&running, k) != at(&now, k))
             .collect()
     }
 
@@ -548,9 +548,9 @@ mod tests {
         );
     }
 
-    /// A reloadable key the file changed while an environment variable sets it is named (the
-    /// reload then warns that the edit is not used); one the environment sets and the file
-    /// leaves alone, one the file changed to what runs, or a key no reload applies, is not.
+    /// A key the file changed while an environment variable sets it is named, whether a reload
+    /// applies it or not (the reload then warns that the edit is not used); one the
+    /// environment sets and the file leaves alone, or one the file changed to what runs, is not.
     #[test]
     fn edits_of_keys_the_environment_sets_are_named() {
         let env: HashMap<String, String> = [
@@ -576,12 +576,12 @@ mod tests {
         now.upstreams.servers = vec!["10.0.0.3:8000".into()];
         now.redis.url = "redis://10.0.0.8:6379".into();
         now.rate_limits.redirect.rate = 7.0;
-        assert_eq!(
-            running(&now).edits_the_environment_overrides(&then, &now),
-            ["upstreams.servers"]
-        );
+        let mut named = running(&now).edits_the_environment_overrides(&then, &now);
+        named.sort();
+        assert_eq!(named, ["redis.url", "upstreams.servers"]);
         // Edited to what the environment says: nothing is lost.
         now.upstreams.servers = running(&then).upstreams.servers;
+        now.redis.url = running(&then).redis.url;
         assert!(running(&now)
             .edits_the_environment_overrides(&then, &now)
             .is_empty());
