@@ -75,13 +75,7 @@ impl Reloader {
             log::warn!(keys = unused.join(","); "the file changed keys that environment variables set; the edits are not used (docs/operations.md)");
         }
         // Loaded before anything changes: a pair that does not load fails the whole reload.
-        let cert = match &self.cert {
-            Some(_) => Some(crate::tls_cert::load(
-                &cfg.listen.tls_cert,
-                &cfg.listen.tls_key,
-            )?),
-            None => None,
-        };
+        let cert = next_cert(self.cert.is_some(), &cfg)?;
         let list = self.probation.list();
         let added = list
             .set(&cfg.upstreams.servers)
@@ -98,8 +92,12 @@ impl Reloader {
         *self.trust.write().expect("trust lock") = Arc::new(cfg.proxy_trust()?);
         if let (Some(served), Some(next)) = (&self.cert, cert) {
             served.replace(next);
-            if let Some(t) = served.expiry() {
-                METRICS.tls_cert_expiry.set(t);
+            match served.expiry() {
+                Some(t) => METRICS.tls_cert_expiry.set(t),
+                // As at start: said, since the gauge still shows the replaced one's date.
+                None => log::warn!(
+                    "cannot read the new certificate's expiry; the expiry gauge keeps the old one's"
+                ),
             }
         }
         let upstreams: Vec<String> = list.addrs().iter().map(|a| a.to_string()).collect();
@@ -112,6 +110,16 @@ impl Reloader {
         }
         Ok(stale)
     }
+}
+
+/// The pair a reload serves next: none when no TLS listener runs, or when the file no longer
+/// has one (TLS moved to a load balancer: `listen.https` needs a restart, named as such, and
+/// the pair served until then stays; loading the emptied paths failed every later reload).
+fn next_cert(serving: bool, cfg: &ProxyConfig) -> Result<Option<crate::tls_cert::Loaded>, String> {
+    if !serving || cfg.listen.https.is_empty() {
+        return Ok(None);
+    }
+    crate::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key).map(Some)
 }
 
 #[async_trait]
@@ -154,5 +162,26 @@ impl Reloader {
                 log::error!(error = e; "configuration reload failed; keeping the running configuration");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_without_https_reloads_without_a_pair() {
+        let mut cfg = ProxyConfig::default();
+        cfg.listen.https.clear();
+        cfg.listen.tls_cert.clear();
+        cfg.listen.tls_key.clear();
+        // An edge that serves TLS, reloaded with TLS taken out of the file: nothing to load.
+        assert!(next_cert(true, &cfg).unwrap().is_none());
+        assert!(next_cert(false, &cfg).unwrap().is_none());
+        // Still served by the file: its pair must load, or the reload fails naming the keys.
+        cfg.listen.https = vec!["127.0.0.1:8443".into()];
+        cfg.listen.tls_cert = "/nonexistent/cert.pem".into();
+        let err = next_cert(true, &cfg).err().expect("a missing pair fails");
+        assert!(err.contains("listen.tls_cert"), "{err}");
     }
 }
