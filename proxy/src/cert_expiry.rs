@@ -3,8 +3,33 @@
 
 /// `notAfter` of a DER certificate, as unix seconds.
 pub fn not_after_der(der: &[u8]) -> Option<i64> {
+    validity_der(der).map(|(_, until)| until)
+}
+
+/// `notBefore` and `notAfter` of a DER certificate, as unix seconds.
+pub fn validity_der(der: &[u8]) -> Option<(i64, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether a certificate valid from `not_before` until `not_after` may be served at `now`:
+/// every client refuses it outside that window, so loading it would only swap a working
+/// certificate for a failing one.
+pub fn in_force(not_before: i64, not_after: i64, now: i64) -> Result<(), String> {
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    };
+    if not_after <= now {
+        return Err(format!("the certificate expired at {}", when(not_after)));
+    }
+    if not_before > now {
+        return Err(format!(
+            "the certificate is not valid before {}",
+            when(not_before)
+        ));
+    }
+    Ok(())
 }
 
 /// `notAfter` of the first certificate in a PEM file, as unix seconds.

@@ -4,7 +4,8 @@
 //! resolver instead, on every handshake: SIGHUP loads `listen.tls_cert`/`listen.tls_key` again
 //! and swaps the pair in one step, so handshakes after the swap get the new certificate,
 //! connections already established keep theirs, and none fails. A pair that does not load (a
-//! missing file, a key that does not match the certificate) is refused and the old pair stays.
+//! missing file, a key that does not match the certificate, a certificate expired or not yet
+//! valid) is refused and the old pair stays.
 
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
@@ -48,9 +49,14 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Loaded, String> {
         })?;
     let certs: Vec<_> = certs.into_iter().map(|c| c.into_owned()).collect();
     // From the leaf the listeners serve: the file's first PEM block may be its key.
-    let expiry = certs
+    let validity = certs
         .first()
-        .and_then(|leaf| crate::cert_expiry::not_after_der(leaf));
+        .and_then(|leaf| crate::cert_expiry::validity_der(leaf));
+    if let Some((from, until)) = validity {
+        let now = chrono::Utc::now().timestamp();
+        crate::cert_expiry::in_force(from, until, now).map_err(bad)?;
+    }
+    let expiry = validity.map(|(_, until)| until);
     let provider =
         CryptoProvider::get_default().ok_or_else(|| bad("no TLS crypto provider".into()))?;
     // Checks that the key belongs to the leaf certificate, so a half-rotated pair is refused.
@@ -136,6 +142,72 @@ mod tests {
         assert!(mismatched.contains("listen.tls_cert"), "{mismatched}");
         let missing = load(&path("nope.pem"), &path("a.key")).err().unwrap();
         assert!(missing.contains("listen.tls_key"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A pair valid from `start` to `end` (`YYYYMMDDHHMMSSZ`): `openssl req` only issues
+    /// from now on, `openssl ca` takes both dates.
+    fn make_dated_pair(dir: &Path, name: &str, start: &str, end: &str) {
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "01\n").unwrap();
+        let conf = "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nnew_certs_dir = .\n\
+                    serial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n";
+        std::fs::write(dir.join("ca.cnf"), conf).unwrap();
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl must be installed");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        run(&[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t", "-keyout", &key,
+            "-out", &csr,
+        ]);
+        run(&[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-selfsign",
+            "-keyfile",
+            &key,
+            "-in",
+            &csr,
+            "-out",
+            &pem,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-batch",
+            "-notext",
+        ]);
+    }
+
+    /// An expired certificate (a renewal that copied the old file back) or one not valid yet
+    /// (a clock behind the issuer's) fails every handshake: refused, naming the keys.
+    #[test]
+    fn a_certificate_outside_its_validity_is_refused() {
+        let dir = std::env::temp_dir().join(format!("kurz-tls-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        make_dated_pair(&dir, "old", "20200101000000Z", "20200102000000Z");
+        let err = load(&path("old.pem"), &path("old.key")).err().unwrap();
+        assert!(
+            err.contains("listen.tls_cert") && err.contains("expired at 2020-01-02"),
+            "{err}"
+        );
+        make_dated_pair(&dir, "early", "20990101000000Z", "21000101000000Z");
+        let err = load(&path("early.pem"), &path("early.key")).err().unwrap();
+        assert!(err.contains("not valid before 2099-01-01"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
