@@ -93,7 +93,7 @@ pub async fn create(
 /// kept only as its argon2id hash, so the text holds a placeholder in its place (a fast digest
 /// of it could be brute-forced): a retry must give a password or none as the first request did,
 /// and one that gives another password is answered the first request's link.
-fn fingerprint_of(body: &serde_json::Map<String, Value>) -> idempotency::Fingerprint {
+pub(crate) fn fingerprint_of(body: &serde_json::Map<String, Value>) -> idempotency::Fingerprint {
     let mut body = body.clone();
     if let Some(password @ Value::String(_)) = body.get_mut("password") {
         *password = Value::String("(a password)".into());

@@ -491,6 +491,9 @@ pub async fn home(
     visit.respond(StatusCode::OK, html)
 }
 
+/// The shorten form's field that tells one page's posts from another's.
+pub(crate) const FORM_ID_FIELD: &str = "form_id";
+
 /// `POST /ui/shorten`: makes the link and shows it, or the form again with what is wrong.
 pub async fn shorten(
     State(state): State<AppState>,
@@ -515,14 +518,16 @@ pub async fn shorten(
     if let Some(user) = &visit.user {
         body.0.insert("user_id".into(), Value::from(user.id));
     }
-    let made = crate::routes::urls::create_link(
-        &state,
-        &visit.caller(&state),
-        body,
-        None,
-        visit.user.is_none(),
-    )
-    .await;
+    let caller = visit.caller(&state);
+    // A page's form sent again with the same fields is the same create, answered the same
+    // link; changed fields (the page kept by the browser's back button) are a new one.
+    let fingerprint = crate::routes::urls::fingerprint_of(&body.0);
+    let form_id = field(&fields, FORM_ID_FIELD);
+    let key = (!form_id.is_empty() && form_id.len() <= 64)
+        .then(|| format!("{}:web:{form_id}:{}", caller.scope_id(), fingerprint.digest));
+    let idem = key.as_deref().map(|k| (k, &fingerprint));
+    let made =
+        crate::routes::urls::create_link(&state, &caller, body, idem, visit.user.is_none()).await;
     match made {
         Ok((link, _)) => {
             let short = link["short_url"].as_str().unwrap_or_default();

@@ -93,6 +93,10 @@ pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
                 (errors(problems))
                 form.card method="post" action="/ui/shorten" {
                     (csrf_field(page))
+                    // One per page shown: the same form sent twice (a double click, a reload of
+                    // the answer) makes one link.
+                    input type="hidden" name=(super::FORM_ID_FIELD)
+                        value=(kurz_common::clicks::new_id());
                     label for="original_url" {
                         "Long URL"
                         input #original_url type="url" name="original_url" required

@@ -1388,3 +1388,66 @@ async fn a_page_past_the_last_leads_to_the_last() {
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/ui/links?state=active&page=2");
 }
+
+/// The value of the hidden field `name` in `page`.
+fn hidden_of<'p>(page: &'p str, name: &str) -> &'p str {
+    let tag = format!("type=\"hidden\" name=\"{name}\" value=\"");
+    let at = page
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + tag.len();
+    &page[at..at + page[at..].find('"').unwrap()]
+}
+
+/// The home form sent as a browser sends it: every hidden field of the page with the typed ones.
+async fn shorten_form(b: &mut Browser<'_>, home: &str, typed: &[(&str, &str)]) -> Response {
+    let mut fields: Vec<(&str, &str)> = vec![("form_id", hidden_of(home, "form_id"))];
+    if home.contains("name=\"as\"") {
+        fields.push(("as", hidden_of(home, "as")));
+    }
+    fields.extend_from_slice(typed);
+    b.submit(home, "/ui/shorten", &fields).await
+}
+
+/// A double click on "Shorten", or a reload of its answer, sends the page's form twice: one
+/// link, and both answers show it (a custom code is not "already taken" by its own maker).
+/// The same page sent with other fields (kept by the back button) is a new link.
+#[tokio::test]
+async fn the_same_shorten_form_sent_twice_makes_one_link() {
+    let app = spawn_app().await;
+    let visitors = [Browser::new(&app), signed_up(&app, "doubler").await];
+    for (code, mut b) in ["anon2x", "mine2x"].into_iter().zip(visitors) {
+        let before = link_count(&app).await;
+        let (_, home) = b.get("/").await;
+        // An empty field is no field: the two are one create.
+        for typed in [
+            &[("original_url", "https://example.com/twice")][..],
+            &[
+                ("original_url", "https://example.com/twice"),
+                ("short_code", ""),
+            ][..],
+        ] {
+            let first = shorten_form(&mut b, &home, typed).await;
+            assert_eq!(first.status(), 201);
+            let first = first.text().await.unwrap();
+            let again = shorten_form(&mut b, &home, typed).await;
+            assert_eq!(again.status(), 201);
+            let tag = "<output id=\"short_url\"><a href=\"";
+            let url = |page: &str| {
+                let at = page.find(tag).expect("the link is shown") + tag.len();
+                page[at..at + page[at..].find('"').unwrap()].to_owned()
+            };
+            assert_eq!(url(&again.text().await.unwrap()), url(&first));
+        }
+        let custom = [
+            ("original_url", "https://example.com/custom"),
+            ("short_code", code),
+        ];
+        assert_eq!(shorten_form(&mut b, &home, &custom).await.status(), 201);
+        assert_eq!(shorten_form(&mut b, &home, &custom).await.status(), 201);
+        // Another target from the same page: its own link.
+        let other = [("original_url", "https://example.com/other")];
+        assert_eq!(shorten_form(&mut b, &home, &other).await.status(), 201);
+        assert_eq!(link_count(&app).await - before, 3, "{code}");
+    }
+}
