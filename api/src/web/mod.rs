@@ -491,6 +491,8 @@ pub async fn home(
     visit.respond(StatusCode::OK, html)
 }
 
+/// The shorten form's field naming the user it was shown to.
+pub(crate) const SIGNED_AS_FIELD: &str = "as";
 /// The shorten form's field that tells one page's posts from another's.
 pub(crate) const FORM_ID_FIELD: &str = "form_id";
 
@@ -512,6 +514,18 @@ pub async fn shorten(
         original_url: field(&fields, "original_url").to_owned(),
         short_code: field(&fields, "short_code").to_owned(),
     };
+    // Filled in logged in, sent after the session ended (it expired, or a password change
+    // ended every session of the account): made now, the link would belong to no one and be
+    // out of its maker's reach for good.
+    let signed_as = field(&fields, SIGNED_AS_FIELD);
+    if !signed_as.is_empty() && visit.user.as_ref().map(|u| u.username.as_str()) != Some(signed_as)
+    {
+        let e = ApiError::Unauthorized(
+            "Your session has ended: log in again, then shorten the link.".into(),
+        );
+        let html = pages::home(&visit.page(&state), &form, &messages(&e)).into_string();
+        return marked(visit.respond(e.status(), html), &e);
+    }
     let mut body = json_of(&fields, &["original_url", "short_code"]);
     // A logged-in visitor's links are theirs, in either mode (open mode takes the owner from
     // the body, required mode checks it is the caller).

@@ -93,6 +93,10 @@ pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
                 (errors(problems))
                 form.card method="post" action="/ui/shorten" {
                     (csrf_field(page))
+                    // Whose form this is: a post after the session ended is not made ownerless.
+                    @if let Some(name) = page.user {
+                        input type="hidden" name=(super::SIGNED_AS_FIELD) value=(name);
+                    }
                     // One per page shown: the same form sent twice (a double click, a reload of
                     // the answer) makes one link.
                     input type="hidden" name=(super::FORM_ID_FIELD)

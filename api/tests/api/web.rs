@@ -1451,3 +1451,57 @@ async fn the_same_shorten_form_sent_twice_makes_one_link() {
         assert_eq!(link_count(&app).await - before, 3, "{code}");
     }
 }
+
+/// A form filled in while logged in and sent after the session ended (here a password change
+/// from the API, which ends every session) makes no link: made, it would belong to no one and
+/// its maker could never find, edit or delete it. The form comes back with what was typed.
+#[tokio::test]
+async fn a_form_sent_after_the_session_ended_makes_no_ownerless_link() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "lapsed").await;
+    let (_, home) = b.get("/").await;
+    let login = app
+        .post_json(
+            "/auth/login",
+            &serde_json::json!({"username": "lapsed", "password": "long enough pw"}),
+        )
+        .await;
+    let token: serde_json::Value = login.json().await.unwrap();
+    let res = app
+        .client
+        .put(app.url("/auth/password"))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .json(&serde_json::json!({
+            "current_password": "long enough pw", "new_password": "another long pw"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let before = link_count(&app).await;
+    let typed = [("original_url", "https://example.com/after-the-session")];
+    let res = shorten_form(&mut b, &home, &typed).await;
+    assert_eq!(res.status(), 401);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("session has ended"), "{page}");
+    assert!(
+        page.contains("value=\"https://example.com/after-the-session\""),
+        "what was typed is kept: {page}"
+    );
+    assert_eq!(link_count(&app).await, before, "no link was made");
+    // Logged in again, the page's new form makes it, theirs.
+    assert_eq!(b.log_in("lapsed", "another long pw").await.status(), 303);
+    let (_, home) = b.get("/").await;
+    assert_eq!(shorten_form(&mut b, &home, &typed).await.status(), 201);
+    let owner: Option<i64> = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT user_id FROM urls WHERE original_url = 'https://example.com/after-the-session'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(owner.is_some(), "the link is its maker's");
+}
