@@ -168,6 +168,14 @@ pub async fn revoke_key(c: &impl GenericClient, user_id: i64, id: i64) -> Result
     Ok(c.execute(&stmt, &[&id, &user_id]).await? == 1)
 }
 
+/// Whether the user's key `id` exists and is revoked.
+pub async fn is_revoked(c: &impl GenericClient, user_id: i64, id: i64) -> Result<bool, Error> {
+    let stmt = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND user_id = $2 AND revoked_at IS NOT NULL)")
+        .await?;
+    Ok(c.query_one(&stmt, &[&id, &user_id]).await?.get(0))
+}
+
 /// Revokes every active key of a user (the account was deleted).
 pub async fn revoke_all(c: &impl GenericClient, user_id: i64) -> Result<u64, Error> {
     // A key being made now is waited for and revoked; one made later sees the user deleted

@@ -443,6 +443,17 @@ pub async fn find_url(c: &impl GenericClient, id: i64) -> Result<Option<Link>, E
         .map(Link::from_row))
 }
 
+/// Any link by id, deleted ones included.
+pub async fn find_url_even_deleted(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
+    let stmt = c
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM urls WHERE id = $1"))
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Link::from_row))
+}
+
 /// Like [`find_url`], locking the row for an update in the same transaction.
 pub async fn find_url_for_update(c: &impl GenericClient, id: i64) -> Result<Option<Link>, Error> {
     let stmt = c

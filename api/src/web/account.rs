@@ -100,7 +100,10 @@ pub async fn revoke_key(
             .map_err(|_| ApiError::NotFound(format!("no key {id:?}")))?;
         let client = state.client().await?;
         crate::deadline::committing()?;
-        if crate::db::api_keys::revoke_key(&client, user_id, id).await? {
+        // Revoked already (the same form sent twice, or from two tabs): what was asked is done.
+        if crate::db::api_keys::revoke_key(&client, user_id, id).await?
+            || crate::db::api_keys::is_revoked(&client, user_id, id).await?
+        {
             Ok(())
         } else {
             Err(ApiError::NotFound(format!("no key {id}")))

@@ -76,19 +76,25 @@ pub(super) async fn logged_in(
 /// The link `id` if the visitor may see it (owner or admin); 404 for anyone else, so ids do
 /// not tell whose links exist.
 async fn own_link(state: &AppState, visit: &Visit, id: &str) -> Result<Link, ApiError> {
+    own_link_even_deleted(state, visit, id)
+        .await?
+        .filter(|l| !l.deleted)
+        .ok_or_else(|| ApiError::NotFound(format!("no link {id}")))
+}
+
+/// As [`own_link`], a deleted one too (`Ok(None)` for none the visitor may see).
+async fn own_link_even_deleted(
+    state: &AppState,
+    visit: &Visit,
+    id: &str,
+) -> Result<Option<Link>, ApiError> {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no link {id:?}")))?;
     let client = state.client().await?;
-    let link = crate::db::urls::find_url(&client, id)
-        .await?
-        .filter(|l| !l.deleted)
-        .ok_or_else(|| ApiError::NotFound(format!("no link {id}")))?;
+    let link = crate::db::urls::find_url_even_deleted(&client, id).await?;
     let user = visit.user.as_ref().expect("logged in");
-    if link.user_id != Some(user.id) && !state.auth.is_admin(user) {
-        return Err(ApiError::NotFound(format!("no link {id}")));
-    }
-    Ok(link)
+    Ok(link.filter(|l| l.user_id == Some(user.id) || state.auth.is_admin(user)))
 }
 
 /// `GET /ui/links`.
@@ -382,10 +388,21 @@ pub async fn delete(
     PathText(id): PathText,
     RawBody(body): RawBody,
 ) -> Response {
-    let (visit, _) = match post_on_own_link(&state, peer, &headers, &id, &body).await {
+    let (visit, _) = match checked_post(&state, peer, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
+    match own_link_even_deleted(&state, &visit, &id).await {
+        // Deleted already: the same form sent twice (a double click, a reload of the answer)
+        // or from two tabs. What was asked is done.
+        Ok(Some(link)) if link.deleted => return visit.see_other_to("/ui/links"),
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let e = ApiError::NotFound(format!("no link {id}"));
+            return problem(&visit, &state, &e);
+        }
+        Err(e) => return problem(&visit, &state, &e),
+    }
     let done = crate::routes::urls::delete(
         State(state.clone()),
         visit.caller(&state),

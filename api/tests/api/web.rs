@@ -762,6 +762,19 @@ async fn my_links_are_listed_searched_switched_edited_and_deleted() {
     assert_eq!(app.get("/webgamma").await.status(), 404);
     let (_, list) = b.get("/ui/links").await;
     assert!(list.contains("2 links") && !list.contains("webgamma"));
+    // The same form sent again (a double click, a reload of the answer): done already, not a
+    // page saying there is no such link. Anyone else still learns nothing of it.
+    let res = b
+        .submit(&confirm, &format!("/ui/links/{gamma}/delete"), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/links");
+    let mut other = signed_up(&app, "notlister").await;
+    let (_, home) = other.get("/").await;
+    let res = other
+        .submit(&home, &format!("/ui/links/{gamma}/delete"), &[])
+        .await;
+    assert_eq!(res.status(), 404);
 }
 
 #[tokio::test]
@@ -878,6 +891,9 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .unwrap();
     assert_eq!(me.status(), 200, "the key was not revoked");
     // Revoke: the key stops working at once.
+    let res = b.submit(&page, revoke, &[]).await;
+    assert_eq!(res.status(), 303);
+    // Sent twice (a double click): done already, not "no key".
     let res = b.submit(&page, revoke, &[]).await;
     assert_eq!(res.status(), 303);
     let me = app
