@@ -25,6 +25,7 @@ pub fn keys(
                 div.result role="status" {
                     p { "Your new key. Copy it now: it is not shown again." }
                     output #new_key { code { (key) } }
+                    (super::pages::copy_button(key))
                 }
             }
             (errors(problems))
@@ -33,7 +34,7 @@ pub fn keys(
                 label for="name" {
                     "Name"
                     span.hint { "What it is for, up to 100 characters" }
-                    input #name type="text" name="name" maxlength="100" value=(typed);
+                    input #name type="text" name="name" maxlength="100" required value=(typed);
                 }
                 button type="submit" { "Make a key" }
             }
@@ -50,7 +51,7 @@ pub fn keys(
                             td {
                                 form.inline method="post" action={ "/ui/keys/" (k.id) "/revoke" } {
                                     (csrf_field(page))
-                                    button.link type="submit" { "Revoke" }
+                                    button.link type="submit" aria-label={ "Revoke key " (k.name) } { "Revoke" }
                                 }
                             }
                         }

@@ -837,6 +837,8 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
     let made = res.text().await.unwrap();
     let key = new_key_on(&made);
     assert!(made.contains("deploy &lt;bot&gt;"), "{made}");
+    // The one value to copy before it is gone has its copy button.
+    assert!(made.contains(&format!("data-copy=\"{key}\"")), "{made}");
     // The key works on the API, as its owner.
     let me = app
         .client
