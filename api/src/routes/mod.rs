@@ -64,8 +64,21 @@ pub fn router(state: AppState) -> Router {
         .route("/events/bulk", post(bulk::events).layer(bulk_limit))
         .route("/{code}", get(redirect::redirect).post(redirect::unlock))
         .route("/{code}/qr", get(qr::by_code))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(no_such_route)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.body_bytes))
         .with_state(state)
+}
+
+/// No route for the path: the error JSON, or a page where a browser asked for one of the web
+/// app's (a mistyped `/ui/...` address showed the JSON as text).
+async fn no_such_route(
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let e = ApiError::NotFound("no such route".into());
+    if crate::web::is_page(uri.path()) {
+        return crate::web::early_problem(&headers, e);
+    }
+    axum::response::IntoResponse::into_response(e)
 }

@@ -1523,3 +1523,18 @@ async fn a_form_sent_after_the_session_ended_makes_no_ownerless_link() {
         .get(0);
     assert!(owner.is_some(), "the link is its maker's");
 }
+
+/// A mistyped page address shows a page, not the API's JSON as text.
+#[tokio::test]
+async fn a_mistyped_page_address_is_a_page() {
+    let app = spawn_app().await;
+    for path in ["/ui/nope", "/ui/link/5"] {
+        let res = app.get(path).await;
+        assert_eq!(res.status(), 404, "{path}");
+        let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    }
+    // Not a page's: the JSON error, as before.
+    let res = app.get("/users/1/nothing").await;
+    assert_eq!(res.headers()["content-type"], "application/json");
+}
