@@ -184,7 +184,13 @@ impl ApiError {
             }
             _ => {}
         }
-        if let ApiError::Internal(cause) | ApiError::StoreDown(cause) = self {
+        // Every 5xx is logged with its cause, at the level the 5xx runbook searches: a 503 at a
+        // request's deadline or with a queue full (a slow PostgreSQL, no `KurzPostgresDown`) was
+        // logged as a plain request, and the outage left no line saying why.
+        if let ApiError::Internal(cause)
+        | ApiError::StoreDown(cause)
+        | ApiError::Unavailable(cause) = self
+        {
             response.extensions_mut().insert(ErrorCause(cause.clone()));
         }
     }
@@ -270,5 +276,27 @@ mod tests {
         );
         let bad = ApiError::BadRequest("format must be csv".into());
         assert_eq!(bad.cause(), bad.to_string());
+    }
+
+    /// What the request log reads to write a 5xx as `request failed` with its cause: every
+    /// 5xx carries it, a 4xx none.
+    #[test]
+    fn every_5xx_carries_its_cause_for_the_log() {
+        let cause_of = |e: ApiError| {
+            let mut response = axum::response::IntoResponse::into_response(());
+            e.mark(&mut response);
+            response
+                .extensions()
+                .get::<super::ErrorCause>()
+                .map(|c| c.0.clone())
+        };
+        let late = "the request did not complete within 50 ms";
+        assert_eq!(
+            cause_of(ApiError::Unavailable(late.into())).as_deref(),
+            Some(late)
+        );
+        assert!(cause_of(ApiError::StoreDown("refused".into())).is_some());
+        assert!(cause_of(ApiError::Internal("bug".into())).is_some());
+        assert!(cause_of(ApiError::NotFound("no link".into())).is_none());
     }
 }
