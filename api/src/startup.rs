@@ -404,7 +404,7 @@ async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppSt
 /// the pool; when every pooled connection is in use, through a connection of the probe's own:
 /// a busy pool is not a database outage (it has an alert of its own), and a database that
 /// stopped answering must not hide behind requests holding every connection.
-async fn database_answers(state: &AppState) -> bool {
+pub(crate) async fn database_answers(state: &AppState) -> bool {
     use deadpool_postgres::{PoolError, TimeoutType};
     const WITHIN: Duration = Duration::from_secs(2);
     let busy = |s: deadpool_postgres::Status| s.size >= s.max_size && s.available == 0;

@@ -14,11 +14,10 @@ pub async fn live() -> Response {
 }
 
 /// `GET /ready`, `/health/ready`: PostgreSQL is required (503 without it); Redis only degrades.
+/// Asked as `kurz_api_database_up` asks: a pool with no connection to spare is not PostgreSQL
+/// down (it read as `"db":"down"`, and took every busy API out of rotation at once).
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let db_ok = match state.db.get().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    };
+    let db_ok = crate::startup::database_answers(&state).await;
     let cache_ok = state
         .redis
         .query::<String>(&redis::cmd("PING"))

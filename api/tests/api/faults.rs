@@ -284,7 +284,8 @@ async fn during_a_postgres_outage_clicks_wait_in_redis_read_once_and_are_stored_
 }
 
 /// A pool with every connection in use is not a database outage: `kurz_api_database_up` (which
-/// pages as `KurzPostgresDown`) keeps its word while the scrape cannot get a connection.
+/// pages as `KurzPostgresDown`) keeps its word while the scrape cannot get a connection, and
+/// `/ready` says the API is ready rather than `"db":"down"`.
 #[tokio::test]
 async fn a_busy_pool_is_not_reported_as_postgres_down() {
     let app = spawn_app_with(|c| crate::helpers::request_pool(c, 1, 300)).await;
@@ -294,6 +295,13 @@ async fn a_busy_pool_is_not_reported_as_postgres_down() {
         metric(&app, "kurz_api_database_up").await,
         1.0,
         "no connection to spare is not PostgreSQL down"
+    );
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["db"].as_str()),
+        (Some("ready"), Some("ok"))
     );
     drop(held);
     assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
