@@ -226,6 +226,13 @@ impl RedisHandle {
         self.state.lock().expect("redis state lock").conn.clone()
     }
 
+    /// Records a command the server refused inside a pipeline that otherwise answered (`OOM`,
+    /// `MISCONF`, `READONLY`, an unconfirmed `WAIT`): counted with the failures, the
+    /// connection kept.
+    pub fn refused(&self) {
+        self.errors.inc();
+    }
+
     /// Records a failed command; transport failures drop the connection so the next call
     /// reconnects (on a cluster: renew it in the background). Returns the error as
     /// [`RedisDown`] for `?`.

@@ -186,12 +186,20 @@ fn replies_to_stored(redis: &RedisHandle, replies: Option<Vec<Value>>, n: usize)
     };
     let replicated =
         !redis.waits_for_replicas() || replies.get(n).is_some_and(|w| redis.replicated(w));
+    // Counted as the errors of a failed round trip are: a Redis out of memory or read-only
+    // answers every append with an error, and `KurzRedisDown` watches this counter.
+    if !replicated {
+        redis.refused();
+    }
     (0..n)
         .map(|i| {
-            replicated
-                && replies
-                    .get(i)
-                    .is_some_and(|v| !matches!(v, Value::ServerError(_)))
+            let appended = replies
+                .get(i)
+                .is_some_and(|v| !matches!(v, Value::ServerError(_)));
+            if !appended {
+                redis.refused();
+            }
+            replicated && appended
         })
         .collect()
 }
@@ -242,16 +250,23 @@ mod tests {
     use kurz_common::clicks::EntryClicks;
     use prometheus::HistogramOpts;
 
-    fn redis(url: &str) -> Arc<RedisHandle> {
+    /// A handle on `url`, and its error counter.
+    fn counted(url: &str) -> (Arc<RedisHandle>, prometheus::IntCounter) {
         let errors = prometheus::IntCounter::new("t_errors", "t").unwrap();
-        Arc::new(RedisHandle::new(url, Duration::from_secs(5), errors).unwrap())
+        let handle = RedisHandle::new(url, Duration::from_secs(5), errors.clone()).unwrap();
+        (Arc::new(handle), errors)
+    }
+
+    fn redis(url: &str) -> Arc<RedisHandle> {
+        counted(url).0
+    }
+
+    fn test_redis_url() -> String {
+        std::env::var("KURZ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
     }
 
     fn test_redis() -> Arc<RedisHandle> {
-        redis(
-            &std::env::var("KURZ_TEST_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
-        )
+        redis(&test_redis_url())
     }
 
     fn click(id: &str) -> Click {
@@ -309,7 +324,7 @@ mod tests {
     /// the stream and their 302s go out.
     #[tokio::test]
     async fn a_failed_append_fails_only_its_own_request() {
-        let redis = test_redis();
+        let (redis, errors) = counted(&test_redis_url());
         let prefix = format!("t{:016x}", rand::random::<u64>());
         let (stream, not_a_stream) = (format!("{prefix}:clicks"), format!("{prefix}:string"));
         redis
@@ -325,6 +340,11 @@ mod tests {
         ])
         .await;
         assert_eq!(stored, vec![true, false, true]);
+        assert_eq!(
+            errors.get(),
+            1,
+            "the refused append is counted as a Redis error"
+        );
         assert_eq!(sizes.get_sample_count(), 1);
         let len: usize = redis.query(redis::cmd("XLEN").arg(&stream)).await.unwrap();
         assert_eq!(len, 1, "a and c share their stream's entry");
