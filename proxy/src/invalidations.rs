@@ -32,7 +32,8 @@ pub struct InvalidationListener {
 }
 
 impl InvalidationListener {
-    async fn listen(&self) -> Result<(), String> {
+    /// Listens until the subscription is lost; `was_up` says whether it was ever up.
+    async fn listen(&self, was_up: &mut bool) -> Result<(), String> {
         let n = self
             .attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -49,6 +50,7 @@ impl InvalidationListener {
         let (mut sink, mut messages) = subscribed.map_err(|e| e.to_string())?;
         // Messages may have been missed while not subscribed: start clean.
         self.near.set_enabled(true);
+        *was_up = true;
         log::info!(channel = self.channel.as_str(); "listening for link invalidations");
         let mut pings = tokio::time::interval(PING_EVERY);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -81,17 +83,34 @@ impl InvalidationListener {
     }
 }
 
+/// Whether the `failed`th attempt in a row is logged: the first, then one a minute. Retried
+/// every half second, a Redis down for an hour wrote 7,200 warnings per edge, each written
+/// synchronously on the way.
+fn worth_a_line(failed: u64) -> bool {
+    failed == 1 || failed % 120 == 0
+}
+
 #[async_trait]
 impl BackgroundService for InvalidationListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Attempts that failed since the last subscription.
+        let mut failed = 0u64;
         loop {
+            let mut was_up = false;
             tokio::select! {
-                result = self.listen() => {
+                result = self.listen(&mut was_up) => {
                     // Without the channel the near-cache could serve stale links: empty it and
                     // keep it empty until subscribed again (fills need the epoch unchanged).
                     self.near.set_enabled(false);
-                    if let Err(e) = result {
-                        log::warn!(error = e; "invalidation listener lost; retrying");
+                    if was_up {
+                        failed = 0;
+                    }
+                    failed += 1;
+                    match result {
+                        Err(e) if worth_a_line(failed) => {
+                            log::warn!(error = e, attempts = failed; "invalidation listener lost; retrying");
+                        }
+                        _ => {}
                     }
                 }
                 _ = shutdown.changed() => return,
@@ -101,5 +120,16 @@ impl BackgroundService for InvalidationListener {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lasting_outage_is_logged_once_a_minute() {
+        // An hour at two attempts a second: the first, then every 120th.
+        let logged = (1..=7_200).filter(|&n| super::worth_a_line(n)).count();
+        assert_eq!(logged, 1 + 60);
+        assert!(super::worth_a_line(1) && !super::worth_a_line(2));
     }
 }
