@@ -54,11 +54,20 @@ pub async fn after_write(state: &AppState, link: &Link, queued: Option<DateTime<
             }
         }
         Err(e) => {
-            log::warn!(error = e, short_code = code; "cache update failed; queued for replay");
-            if queued.is_none() {
-                if let Ok(client) = state.db.get().await {
-                    let _ = db::outbox::enqueue(&client, code).await;
-                }
+            let in_queue = match queued {
+                Some(_) => true,
+                None => match state.db.get().await {
+                    Ok(client) => db::outbox::enqueue(&client, code).await.is_ok(),
+                    Err(_) => false,
+                },
+            };
+            // Said after the fact: a create whose queueing failed too (Redis and PostgreSQL
+            // both failing) is not replayed, and its short code may answer a cached "missing"
+            // until that entry's TTL ends.
+            if in_queue {
+                log::warn!(error = e, short_code = code; "cache update failed; queued for replay");
+            } else {
+                log::error!(error = e, short_code = code; "cache update failed and could not be queued for replay");
             }
         }
     }
