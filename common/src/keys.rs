@@ -377,6 +377,58 @@ fn optional_i64(field: &str) -> Option<Option<i64>> {
 mod tests {
     use super::*;
 
+    /// The slot Redis Cluster gives a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
+    fn slot(key: &str) -> u16 {
+        let tagged = key
+            .find('{')
+            .and_then(|a| key[a + 1..].find('}').map(|b| &key[a + 1..a + 1 + b]))
+            .filter(|t| !t.is_empty())
+            .unwrap_or(key);
+        let mut crc: u16 = 0;
+        for &byte in tagged.as_bytes() {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    /// Partitions per master, fewest first, with `masters` holding the slots in the even
+    /// ranges `redis-cli --cluster create` gives them.
+    fn spread(masters: usize, partitions: u16) -> Vec<usize> {
+        let keys = KeySchema::new("kurz", partitions);
+        let mut per = vec![0; masters];
+        for p in 0..partitions {
+            let s = usize::from(slot(&keys.clicks(p)));
+            per[(s * masters / 16384).min(masters - 1)] += 1;
+        }
+        per.sort();
+        per
+    }
+
+    /// What docs/scaling.md says of how partitions fall on masters: their hash tags land
+    /// unevenly, so a count only a few times the masters leaves some masters twice the mean.
+    #[test]
+    fn partitions_spread_over_masters_as_scaling_md_says() {
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("123456789"), 0x31c3, "CRC16/XMODEM check value");
+        let ratio = |m: usize, p: u16| {
+            let per = spread(m, p);
+            *per.last().unwrap() as f64 / (f64::from(p) / m as f64)
+        };
+        // The default 16 on the 3 masters of `deploy/dev` and the tests.
+        assert_eq!(spread(3, 16), [4, 5, 7]);
+        // 64 on 16 masters: the busiest holds 8, twice the mean; 256 holds it to 14–18.
+        assert_eq!(spread(16, 64).last(), Some(&8));
+        assert_eq!((spread(16, 256)[0], spread(16, 256)[15]), (14, 18));
+        assert!(ratio(16, 256) < 1.15 && ratio(3, 256) < 1.15);
+    }
+
     #[test]
     fn link_and_its_click_stream_share_a_hash_tag() {
         let keys = KeySchema::new("kurz", 16);
