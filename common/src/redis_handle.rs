@@ -316,15 +316,33 @@ impl RedisHandle {
         conn: &RedisConn,
         cmds: &[(u16, Cmd)],
     ) -> RedisResult<Vec<Value>> {
+        self.pipeline_parts_each(conn, cmds)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// [`Self::pipeline_parts`], each command's reply on its own: on a cluster a partition
+    /// whose master fails or hangs fails only its own commands, and the others' replies (an
+    /// `XREADGROUP` that handed entries over, say) are not thrown away with it.
+    pub async fn pipeline_parts_each(
+        &self,
+        conn: &RedisConn,
+        cmds: &[(u16, Cmd)],
+    ) -> Vec<RedisResult<Value>> {
         if cmds.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         if !matches!(conn, RedisConn::Cluster(_)) {
             let mut pipe = redis::pipe();
             for (_, cmd) in cmds {
                 pipe.add_command(cmd.clone());
             }
-            return pipe.query_async(&mut conn.clone()).await;
+            // One server: the pipeline answers whole or fails whole.
+            return match pipe.query_async::<Vec<Value>>(&mut conn.clone()).await {
+                Ok(replies) => replies.into_iter().map(Ok).collect(),
+                Err(e) => cmds.iter().map(|_| Err(e.clone())).collect(),
+            };
         }
         let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, (p, _)) in cmds.iter().enumerate() {
@@ -342,13 +360,22 @@ impl RedisHandle {
             async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
         });
         let replies = futures_util::future::join_all(sent).await;
-        let mut out = vec![Value::Nil; cmds.len()];
+        let mut out: Vec<RedisResult<Value>> = cmds.iter().map(|_| Ok(Value::Nil)).collect();
         for ((_, members), reply) in parts.iter().zip(replies) {
-            for (&i, value) in members.iter().zip(reply?) {
-                out[i] = value;
+            match reply {
+                Ok(values) => {
+                    for (&i, value) in members.iter().zip(values) {
+                        out[i] = Ok(value);
+                    }
+                }
+                Err(e) => {
+                    for &i in members {
+                        out[i] = Err(e.clone());
+                    }
+                }
             }
         }
-        Ok(out)
+        out
     }
 
     /// [`Self::pipeline_parts`] on the shared connection, failures mapped through
@@ -429,6 +456,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(value.as_deref(), Some("1"));
+        // Work spanning partitions (the consumer's read of every stream) gets the healthy
+        // partition's reply, and only the hung one's fails.
+        let conn = handle.conn().await.unwrap();
+        let get = |key: &str| redis::cmd("GET").arg(key).to_owned();
+        let replies = handle
+            .pipeline_parts_each(&conn, &[(0, get(&hung)), (1, get(&healthy))])
+            .await;
+        assert!(replies[0].is_err(), "{replies:?}");
+        assert_eq!(
+            replies[1].as_ref().ok(),
+            Some(&Value::BulkString(b"1".to_vec()))
+        );
 
         cluster.wait_failover(&hung, hung_master);
         let deadline = Instant::now() + Duration::from_secs(30);

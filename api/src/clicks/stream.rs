@@ -343,13 +343,25 @@ impl ClickStream {
             })
             .collect();
         let conn = self.redis.conn().await?;
-        let replies = self.classify(self.redis.pipeline_parts(&conn, &cmds).await)?;
+        let replies = self.redis.pipeline_parts_each(&conn, &cmds).await;
         let mut entries = Vec::new();
+        let mut failed = None;
         for (partition, reply) in replies.into_iter().enumerate() {
-            read_reply_entries(partition as u16, reply, &mut entries)
-                .map_err(|e| RedisDown(format!("unexpected XREADGROUP reply: {e}")))?;
+            match reply {
+                Ok(reply) => read_reply_entries(partition as u16, reply, &mut entries)
+                    .map_err(|e| RedisDown(format!("unexpected XREADGROUP reply: {e}")))?,
+                // On a cluster, a master that fails or hangs holds up only its own partitions
+                // until its failover: the entries the others handed over are stored now, not
+                // left pending for a claim (`clicks.claim_idle_ms`) because one read failed.
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(entries)
+        match failed.map(|e| self.classify::<()>(Err(e))) {
+            Some(Err(e)) if entries.is_empty() => Err(e),
+            _ => Ok(entries),
+        }
     }
 
     /// Takes over up to [`CLAIM_COUNT`] entries of one partition pending for at least `idle_ms`
