@@ -345,7 +345,7 @@ impl ClickStream {
         let conn = self.redis.conn().await?;
         let replies = self.redis.pipeline_parts_each(&conn, &cmds).await;
         let mut entries = Vec::new();
-        let mut failed = None;
+        let (mut failed, mut lost) = (None, false);
         for (partition, reply) in replies.into_iter().enumerate() {
             match reply {
                 Ok(reply) => read_reply_entries(partition as u16, reply, &mut entries)
@@ -353,13 +353,21 @@ impl ClickStream {
                 // On a cluster, a master that fails or hangs holds up only its own partitions
                 // until its failover: the entries the others handed over are stored now, not
                 // left pending for a claim (`clicks.claim_idle_ms`) because one read failed.
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+                Err(e) => match self.classify::<()>(Err(e)) {
+                    // A master that came back empty: its loss is counted and reported by the
+                    // caller (`GroupLost`), even if it means reading the others' entries again
+                    // after `clicks.claim_idle_ms`.
+                    Err(ReadError::GroupLost) => lost = true,
+                    Err(other) => {
+                        failed.get_or_insert(other);
+                    }
+                    Ok(()) => {}
+                },
             }
         }
-        match failed.map(|e| self.classify::<()>(Err(e))) {
-            Some(Err(e)) if entries.is_empty() => Err(e),
+        match failed {
+            _ if lost => Err(ReadError::GroupLost),
+            Some(e) if entries.is_empty() => Err(e),
             _ => Ok(entries),
         }
     }

@@ -255,3 +255,43 @@ done"#,
     let res = app.get(&format!("/{}", codes[0])).await;
     assert_eq!(res.headers()["location"], "https://example.com/restored");
 }
+
+/// A master that came back empty (its partitions' consumer group gone) while the others' hold
+/// clicks: the read reports the loss, so the consumer counts it and recreates the group,
+/// rather than taking the others' entries and letting the group be recreated unnoticed.
+#[tokio::test]
+async fn a_group_lost_on_one_master_is_reported_though_others_answer() {
+    use kurz_api::clicks::stream::{ClickStream, ReadError};
+    let cluster = RedisCluster::start();
+    let errors = prometheus::IntCounter::new("t_errors", "t").unwrap();
+    let redis = std::sync::Arc::new(
+        kurz_api::redis_handle::RedisHandle::cluster(
+            &cluster.seeds(),
+            std::time::Duration::from_secs(5),
+            errors,
+        )
+        .unwrap(),
+    );
+    let keys = kurz_common::keys::KeySchema::new("grouplost", 16);
+    let stream = ClickStream::new(redis.clone(), keys.clone(), "g".into(), "c".into());
+    assert!(stream.read_new(10).await.is_ok(), "the groups are made");
+    let first = keys.clicks(0);
+    let other = (1..16)
+        .map(|p| keys.clicks(p))
+        .find(|k| cluster.master_of(k) != cluster.master_of(&first))
+        .expect("a partition on another master");
+    for key in [&first, &other] {
+        let _: String = redis
+            .query(redis::cmd("XADD").arg(key).arg("*").arg("f").arg("v"))
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis
+        .query(redis::cmd("XGROUP").arg("DESTROY").arg(&first).arg("g"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.read_new(10).await,
+        Err(ReadError::GroupLost)
+    ));
+}
