@@ -56,10 +56,13 @@ impl Sessions {
         self.sliding
     }
 
-    /// Whether sessions can be made now (checked before an account is created).
+    /// Whether sessions can be made now (checked before an account is created). Asked of the
+    /// node that holds them: on a cluster a `PING` goes to every master and fails with any one,
+    /// and a master down until its failover refused every sign-up though sessions live on one.
     pub async fn available(&self) -> bool {
+        // No user has id 0: a read of a key in the sessions' slot that touches nothing.
         self.redis
-            .query::<String>(&redis::cmd("PING"))
+            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.user_sessions(0)))
             .await
             .is_ok()
     }

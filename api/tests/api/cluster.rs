@@ -256,6 +256,46 @@ done"#,
     assert_eq!(res.headers()["location"], "https://example.com/restored");
 }
 
+/// A sign-up needs the master that holds sessions, not every master: with another one hung
+/// (until its failover) an account is still made, with its session.
+#[tokio::test]
+async fn a_sign_up_needs_only_the_master_holding_sessions() {
+    let cluster = RedisCluster::start();
+    let app = spawn_app_with(|c| {
+        c.redis.cluster_nodes = cluster.seeds();
+        c.redis.timeout_ms = 500;
+    })
+    .await;
+    let needed = [
+        cluster.master_of(&app.state.keys.user_sessions(0)),
+        cluster.master_of(&app.state.keys.login("account", "x")),
+    ];
+    let other = (0..)
+        .map(|i| cluster.master_of(&format!("t{i}")))
+        .find(|m| !needed.contains(m))
+        .expect("a master holding neither sessions nor log-in failures");
+    let _hung = cluster.paused(other);
+    let res = app
+        .post_json(
+            "/auth/register",
+            &json!({"username": "onemaster", "email": "one@example.com", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+}
+
 /// A master that came back empty (its partitions' consumer group gone) while the others' hold
 /// clicks: the read reports the loss, so the consumer counts it and recreates the group,
 /// rather than taking the others' entries and letting the group be recreated unnoticed.
