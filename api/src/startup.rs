@@ -223,6 +223,7 @@ impl Application {
             drawing: Arc::new(tokio::sync::Semaphore::new(
                 crate::routes::qr::MAX_CONCURRENT_DRAWINGS,
             )),
+            direct_probe: Arc::default(),
         };
         Ok(Self {
             listener,
@@ -420,8 +421,24 @@ pub(crate) async fn database_answers(state: &AppState) -> bool {
     }
 }
 
-/// [`database_answers`] on a connection opened for it and closed after.
+/// [`database_answers`] on a connection opened for it and closed after. `/ready` is public and
+/// asks this whenever the pool is full: one probe runs at a time and its answer stands for a
+/// second, so a flood of requests opens one connection a second, not one each, when
+/// PostgreSQL is already the busy one.
 async fn answers_directly(state: &AppState) -> bool {
+    const FRESH: Duration = Duration::from_secs(1);
+    let mut last = state.direct_probe.lock().await;
+    if let Some((at, up)) = *last {
+        if at.elapsed() < FRESH {
+            return up;
+        }
+    }
+    let up = probe_directly(state).await;
+    *last = Some((std::time::Instant::now(), up));
+    up
+}
+
+async fn probe_directly(state: &AppState) -> bool {
     let probe = async {
         let (mut pg, tls) = crate::db::tls::parse(&state.config.database.url).ok()?;
         pg.application_name("kurz-api health probe");

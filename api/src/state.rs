@@ -37,6 +37,9 @@ pub struct AppState {
     pub uploading: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
     /// QR codes drawn at once (`routes::qr`).
     pub drawing: Arc<tokio::sync::Semaphore>,
+    /// The last answer of PostgreSQL to a connection of its own (`startup::database_answers`
+    /// with the pool full), and when: one probe at a time, reused for a second.
+    pub direct_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
 
 impl AppState {

@@ -303,6 +303,36 @@ async fn a_busy_pool_is_not_reported_as_postgres_down() {
         (body["status"].as_str(), body["db"].as_str()),
         (Some("ready"), Some("ok"))
     );
+    // `/ready` is public: a burst of it opens a connection of its own once, not once per
+    // request, while PostgreSQL is the busy one. Counted by PostgreSQL: the sessions opened
+    // on the test's database (each probe's, flushed by its first transaction).
+    let watcher = app.sql().await;
+    let sessions = || async {
+        let row = watcher
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let before = sessions().await;
+    let answers = futures_util::future::join_all((0..30).map(|_| app.get("/ready"))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    // Settled: the same count twice, a quarter second apart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut opened = sessions().await - before;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = sessions().await - before;
+        if now == opened {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions still opening: {now}");
+        opened = now;
+    }
+    assert!(opened <= 3, "{opened} connections for 30 readiness checks");
     drop(held);
     assert_eq!(metric(&app, "kurz_api_database_up").await, 1.0);
 }
