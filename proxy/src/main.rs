@@ -46,7 +46,14 @@ fn main() -> ExitCode {
         None
     } else {
         match kurz_proxy::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key) {
-            Ok(loaded) => Some(loaded),
+            Ok(loaded) => {
+                // Served all the same: an edge that would not start also stops plain HTTP,
+                // and a reload takes the renewed pair.
+                if let Err(why) = loaded.in_force(chrono::Utc::now().timestamp()) {
+                    eprintln!("kurz-proxy: warning: {why}; clients will refuse it");
+                }
+                Some(loaded)
+            }
             Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
         }
     };

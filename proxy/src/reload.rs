@@ -75,7 +75,7 @@ impl Reloader {
             log::warn!(keys = unused.join(","); "the file changed keys that environment variables set; the edits are not used (docs/operations.md)");
         }
         // Loaded before anything changes: a pair that does not load fails the whole reload.
-        let cert = next_cert(self.cert.is_some(), &cfg)?;
+        let cert = next_cert(self.cert.is_some(), &cfg, chrono::Utc::now().timestamp())?;
         let list = self.probation.list();
         let added = list
             .set(&cfg.upstreams.servers)
@@ -115,11 +115,23 @@ impl Reloader {
 /// The pair a reload serves next: none when no TLS listener runs, or when the file no longer
 /// has one (TLS moved to a load balancer: `listen.https` needs a restart, named as such, and
 /// the pair served until then stays; loading the emptied paths failed every later reload).
-fn next_cert(serving: bool, cfg: &ProxyConfig) -> Result<Option<crate::tls_cert::Loaded>, String> {
+/// None too when the pair is expired or not yet valid at `now`: every handshake would fail
+/// with it, so the served one stays, and the rest of the reload still applies (failing the
+/// whole reload would block upstream changes for as long as no renewal lands).
+fn next_cert(
+    serving: bool,
+    cfg: &ProxyConfig,
+    now: i64,
+) -> Result<Option<crate::tls_cert::Loaded>, String> {
     if !serving || cfg.listen.https.is_empty() {
         return Ok(None);
     }
-    crate::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key).map(Some)
+    let loaded = crate::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key)?;
+    if let Err(why) = loaded.in_force(now) {
+        log::error!(error = why; "the certificate files hold a certificate no client would take; the served one stays");
+        return Ok(None);
+    }
+    Ok(Some(loaded))
 }
 
 #[async_trait]
@@ -175,13 +187,36 @@ mod tests {
         cfg.listen.https.clear();
         cfg.listen.tls_cert.clear();
         cfg.listen.tls_key.clear();
+        let now = chrono::Utc::now().timestamp();
         // An edge that serves TLS, reloaded with TLS taken out of the file: nothing to load.
-        assert!(next_cert(true, &cfg).unwrap().is_none());
-        assert!(next_cert(false, &cfg).unwrap().is_none());
+        assert!(next_cert(true, &cfg, now).unwrap().is_none());
+        assert!(next_cert(false, &cfg, now).unwrap().is_none());
         // Still served by the file: its pair must load, or the reload fails naming the keys.
         cfg.listen.https = vec!["127.0.0.1:8443".into()];
         cfg.listen.tls_cert = "/nonexistent/cert.pem".into();
-        let err = next_cert(true, &cfg).err().expect("a missing pair fails");
+        let err = next_cert(true, &cfg, now)
+            .err()
+            .expect("a missing pair fails");
         assert!(err.contains("listen.tls_cert"), "{err}");
+    }
+
+    /// An expired pair in the files is not swapped in, and does not fail the reload: the
+    /// served pair stays and the rest of the file applies. A valid pair is swapped in.
+    #[test]
+    fn an_expired_pair_is_kept_out_and_the_reload_goes_on() {
+        let dir = std::env::temp_dir().join(format!("kurz-reload-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::tls_cert::make_dated_pair(&dir, "old", "20200101000000Z", "20200102000000Z");
+        crate::tls_cert::make_dated_pair(&dir, "new", "20200101000000Z", "20991231000000Z");
+        let mut cfg = ProxyConfig::default();
+        cfg.listen.https = vec!["127.0.0.1:8443".into()];
+        let now = chrono::Utc::now().timestamp();
+        for (name, swapped) in [("old", false), ("new", true)] {
+            cfg.listen.tls_cert = dir.join(format!("{name}.pem")).to_string_lossy().into();
+            cfg.listen.tls_key = dir.join(format!("{name}.key")).to_string_lossy().into();
+            let next = next_cert(true, &cfg, now).expect("the reload goes on");
+            assert_eq!(next.is_some(), swapped, "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

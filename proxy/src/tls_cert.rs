@@ -4,8 +4,8 @@
 //! resolver instead, on every handshake: SIGHUP loads `listen.tls_cert`/`listen.tls_key` again
 //! and swaps the pair in one step, so handshakes after the swap get the new certificate,
 //! connections already established keep theirs, and none fails. A pair that does not load (a
-//! missing file, a key that does not match the certificate, a certificate expired or not yet
-//! valid) is refused and the old pair stays.
+//! missing file, a key that does not match the certificate) fails the reload and the old pair
+//! stays; one expired or not yet valid is not swapped in (the rest of the reload applies).
 
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
@@ -26,13 +26,23 @@ impl std::fmt::Debug for ServedCert {
 /// A certificate chain and its key, loaded and checked against each other.
 pub struct Loaded {
     key: Arc<CertifiedKey>,
-    expiry: Option<i64>,
+    /// `notBefore` and `notAfter` of the leaf, as unix seconds, when they could be read.
+    validity: Option<(i64, i64)>,
 }
 
 impl Loaded {
     /// `notAfter` of the leaf certificate, as unix seconds.
     pub fn expiry(&self) -> Option<i64> {
-        self.expiry
+        self.validity.map(|(_, until)| until)
+    }
+
+    /// Whether clients would take the leaf at `now` (unix seconds); the error names the key.
+    pub fn in_force(&self, now: i64) -> Result<(), String> {
+        match self.validity {
+            Some((from, until)) => crate::cert_expiry::in_force(from, until, now)
+                .map_err(|e| format!("config key `listen.tls_cert`: {e}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -52,11 +62,6 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Loaded, String> {
     let validity = certs
         .first()
         .and_then(|leaf| crate::cert_expiry::validity_der(leaf));
-    if let Some((from, until)) = validity {
-        let now = chrono::Utc::now().timestamp();
-        crate::cert_expiry::in_force(from, until, now).map_err(bad)?;
-    }
-    let expiry = validity.map(|(_, until)| until);
     let provider =
         CryptoProvider::get_default().ok_or_else(|| bad("no TLS crypto provider".into()))?;
     // Checks that the key belongs to the leaf certificate, so a half-rotated pair is refused.
@@ -64,22 +69,22 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Loaded, String> {
         CertifiedKey::from_der(certs, key.clone_key(), provider).map_err(|e| bad(e.to_string()))?;
     Ok(Loaded {
         key: Arc::new(key),
-        expiry,
+        validity,
     })
 }
 
 impl ServedCert {
     pub fn new(first: Loaded) -> Self {
         Self {
+            expiry: RwLock::new(first.expiry()),
             current: RwLock::new(first.key),
-            expiry: RwLock::new(first.expiry),
         }
     }
 
     /// Serves `next` from the next handshake on.
     pub fn replace(&self, next: Loaded) {
+        *self.expiry.write().expect("cert lock") = next.expiry();
         *self.current.write().expect("cert lock") = next.key;
-        *self.expiry.write().expect("cert lock") = next.expiry;
     }
 
     pub fn expiry(&self) -> Option<i64> {
@@ -91,6 +96,56 @@ impl ResolvesServerCert for ServedCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().expect("cert lock").clone())
     }
+}
+
+#[cfg(test)]
+/// A pair valid from `start` to `end` (`YYYYMMDDHHMMSSZ`): `openssl req` only issues
+/// from now on, `openssl ca` takes both dates (with an extension, so the certificate is a
+/// version 3 one, the only version rustls takes).
+pub(crate) fn make_dated_pair(dir: &std::path::Path, name: &str, start: &str, end: &str) {
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
+    let conf = "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nnew_certs_dir = .\n\
+                serial = serial\ndefault_md = sha256\npolicy = any\nx509_extensions = v3\n\
+                [any]\ncommonName = supplied\n[v3]\nbasicConstraints = CA:FALSE\n";
+    std::fs::write(dir.join("ca.cnf"), conf).unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    run(&[
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t", "-keyout", &key, "-out",
+        &csr,
+    ]);
+    run(&[
+        "ca",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        &key,
+        "-in",
+        &csr,
+        "-out",
+        &pem,
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-batch",
+        "-notext",
+    ]);
 }
 
 #[cfg(test)]
@@ -145,69 +200,32 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A pair valid from `start` to `end` (`YYYYMMDDHHMMSSZ`): `openssl req` only issues
-    /// from now on, `openssl ca` takes both dates.
-    fn make_dated_pair(dir: &Path, name: &str, start: &str, end: &str) {
-        std::fs::write(dir.join("index.txt"), "").unwrap();
-        std::fs::write(dir.join("serial"), "01\n").unwrap();
-        let conf = "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nnew_certs_dir = .\n\
-                    serial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n";
-        std::fs::write(dir.join("ca.cnf"), conf).unwrap();
-        let run = |args: &[&str]| {
-            let status = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .expect("openssl must be installed");
-            assert!(status.success(), "openssl {args:?}");
-        };
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        run(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t", "-keyout", &key,
-            "-out", &csr,
-        ]);
-        run(&[
-            "ca",
-            "-config",
-            "ca.cnf",
-            "-selfsign",
-            "-keyfile",
-            &key,
-            "-in",
-            &csr,
-            "-out",
-            &pem,
-            "-startdate",
-            start,
-            "-enddate",
-            end,
-            "-batch",
-            "-notext",
-        ]);
-    }
-
     /// An expired certificate (a renewal that copied the old file back) or one not valid yet
-    /// (a clock behind the issuer's) fails every handshake: refused, naming the keys.
+    /// (a clock behind the issuer's) fails every handshake: not in force, naming the key. A
+    /// few minutes ahead of our clock is in force (the issuer's clock may run ahead).
     #[test]
-    fn a_certificate_outside_its_validity_is_refused() {
+    fn a_certificate_outside_its_validity_is_not_in_force() {
         let dir = std::env::temp_dir().join(format!("kurz-tls-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let now = chrono::Utc::now().timestamp();
         make_dated_pair(&dir, "old", "20200101000000Z", "20200102000000Z");
-        let err = load(&path("old.pem"), &path("old.key")).err().unwrap();
+        let old = load(&path("old.pem"), &path("old.key")).unwrap();
+        let err = old.in_force(now).unwrap_err();
         assert!(
             err.contains("listen.tls_cert") && err.contains("expired at 2020-01-02"),
             "{err}"
         );
         make_dated_pair(&dir, "early", "20990101000000Z", "21000101000000Z");
-        let err = load(&path("early.pem"), &path("early.key")).err().unwrap();
+        let early = load(&path("early.pem"), &path("early.key")).unwrap();
+        let err = early.in_force(now).unwrap_err();
         assert!(err.contains("not valid before 2099-01-01"), "{err}");
+        let from = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+            .unwrap()
+            .timestamp();
+        early
+            .in_force(from - 60)
+            .expect("a minute early is in force");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
