@@ -83,18 +83,19 @@ impl InvalidationListener {
     }
 }
 
-/// Whether the `failed`th attempt in a row is logged: the first, then one a minute. Retried
-/// every half second, a Redis down for an hour wrote 7,200 warnings per edge, each written
-/// synchronously on the way.
-fn worth_a_line(failed: u64) -> bool {
-    failed == 1 || failed % 120 == 0
+/// Whether a failed attempt is logged, given how long ago the last line of this outage was
+/// (`None`: none yet): the first, then one a minute. Retried every half second, a Redis down
+/// for an hour wrote 7,200 warnings per edge, each written synchronously on the way.
+fn worth_a_line(since_last: Option<Duration>) -> bool {
+    since_last.is_none_or(|d| d >= Duration::from_secs(60))
 }
 
 #[async_trait]
 impl BackgroundService for InvalidationListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Attempts that failed since the last subscription.
+        // Attempts that failed since the last subscription, and when one was last logged.
         let mut failed = 0u64;
+        let mut logged: Option<std::time::Instant> = None;
         loop {
             let mut was_up = false;
             tokio::select! {
@@ -103,11 +104,12 @@ impl BackgroundService for InvalidationListener {
                     // keep it empty until subscribed again (fills need the epoch unchanged).
                     self.near.set_enabled(false);
                     if was_up {
-                        failed = 0;
+                        (failed, logged) = (0, None);
                     }
                     failed += 1;
                     match result {
-                        Err(e) if worth_a_line(failed) => {
+                        Err(e) if worth_a_line(logged.map(|at| at.elapsed())) => {
+                            logged = Some(std::time::Instant::now());
                             log::warn!(error = e, attempts = failed; "invalidation listener lost; retrying");
                         }
                         _ => {}
@@ -125,11 +127,22 @@ impl BackgroundService for InvalidationListener {
 
 #[cfg(test)]
 mod tests {
+    use super::worth_a_line;
+    use std::time::Duration;
+
+    /// An hour of attempts half a second apart (each failing at once, or after a 2 s timeout
+    /// against a silent Redis): the first line, then one a minute, whatever the pace.
     #[test]
     fn a_lasting_outage_is_logged_once_a_minute() {
-        // An hour at two attempts a second: the first, then every 120th.
-        let logged = (1..=7_200).filter(|&n| super::worth_a_line(n)).count();
-        assert_eq!(logged, 1 + 60);
-        assert!(super::worth_a_line(1) && !super::worth_a_line(2));
+        for step in [Duration::from_millis(500), Duration::from_millis(2_500)] {
+            let (mut now, mut last, mut lines) = (Duration::ZERO, None::<Duration>, 0);
+            while now < Duration::from_secs(3_600) {
+                if worth_a_line(last.map(|at| now - at)) {
+                    (last, lines) = (Some(now), lines + 1);
+                }
+                now += step;
+            }
+            assert_eq!(lines, 60, "{step:?}");
+        }
     }
 }
