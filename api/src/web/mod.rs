@@ -397,12 +397,28 @@ fn messages(e: &ApiError) -> Vec<String> {
     match e {
         ApiError::Validation(fields) => fields
             .iter()
-            .map(|(f, why)| format!("{}: {why}", f.replace('_', " ")))
+            .map(|(f, why)| format!("{}: {why}", label_of(f)))
             .collect(),
         ApiError::Internal(_) | ApiError::StoreDown(_) => {
             vec!["Something went wrong on our side; please try again.".into()]
         }
         other => vec![other.to_string()],
+    }
+}
+
+/// How the forms label field `name` (the API's field names): a message names what the visitor
+/// sees, "Long URL", not `original_url`.
+fn label_of(name: &str) -> String {
+    match name {
+        "original_url" => "Long URL".into(),
+        "short_code" => "Custom code".into(),
+        other => {
+            let spaced = other.replace('_', " ");
+            let mut chars = spaced.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
+        }
     }
 }
 

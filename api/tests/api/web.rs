@@ -337,7 +337,10 @@ async fn markup_in_a_target_or_a_name_shows_as_text() {
     assert_eq!(res.status(), 400);
     let page = res.text().await.unwrap();
     assert!(!page.contains("<script>alert(2)"), "{page}");
-    assert!(page.contains("original url:"), "the field is named: {page}");
+    assert!(
+        page.contains("Long URL:"),
+        "the field is named as its label: {page}"
+    );
     assert!(page.contains("&quot;&gt;&lt;script&gt;alert(2)"), "{page}");
 }
 
@@ -468,7 +471,7 @@ async fn a_sign_up_with_bad_fields_says_which_and_keeps_what_was_typed() {
     assert_eq!(res.status(), 400);
     let html = res.text().await.unwrap();
     assert!(
-        html.contains("email:") && html.contains("password:"),
+        html.contains("Email:") && html.contains("Password:"),
         "{html}"
     );
     assert!(html.contains("value=\"ok_name\""), "{html}");
@@ -722,7 +725,7 @@ async fn my_links_are_listed_searched_switched_edited_and_deleted() {
         .await;
     assert_eq!(res.status(), 400);
     let refused = res.text().await.unwrap();
-    assert!(refused.contains("original url:"), "{refused}");
+    assert!(refused.contains("Long URL:"), "{refused}");
     assert!(refused.contains("value=\"javascript:alert(1)\""));
 
     // The click of that redirect is on the link's page, in the total and in the chart.
@@ -865,7 +868,7 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .text()
         .await
         .unwrap()
-        .contains("name: must be at most 100"));
+        .contains("Name: must be at most 100"));
     // As the JSON API: a key needs a name.
     let res = b.submit(&page, "/ui/keys", &[("name", "  ")]).await;
     assert_eq!(res.status(), 400);
@@ -873,7 +876,7 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .text()
         .await
         .unwrap()
-        .contains("name: must not be empty"));
+        .contains("Name: must not be empty"));
     let at = page.find("action=\"/ui/keys/").unwrap() + 8;
     let revoke = &page[at..at + page[at..].find('"').unwrap()];
     // Forged forms (no token) neither make nor revoke a key.
@@ -1313,7 +1316,7 @@ async fn a_form_field_that_is_not_utf8_is_refused_by_name() {
     assert_eq!(res.status(), 400);
     let text = res.text().await.unwrap();
     assert!(
-        text.contains("password") && text.contains("UTF-8"),
+        text.contains("Password") && text.contains("UTF-8"),
         "{text}"
     );
     assert_eq!(number(&app, "SELECT count(*) FROM users").await, 0);
