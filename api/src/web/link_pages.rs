@@ -51,7 +51,15 @@ fn state_button(page: &Page, link: &Link, back: &str) -> Markup {
     }
 }
 
-pub fn links(page: &Page, query: &ListQuery, total: i64, list: &[Link], base: &str) -> Markup {
+/// The list page; `problems`: what is wrong with the filter (the list is then empty).
+pub fn links(
+    page: &Page,
+    query: &ListQuery,
+    total: i64,
+    list: &[Link],
+    base: &str,
+    problems: &[String],
+) -> Markup {
     let pages = ((total + PER_PAGE - 1) / PER_PAGE).max(1);
     let back = format!("/ui/links?{}", query.at_page(query.page));
     layout(
@@ -78,6 +86,7 @@ pub fn links(page: &Page, query: &ListQuery, total: i64, list: &[Link], base: &s
                 }
                 button type="submit" { "Filter" }
             }
+            (errors(problems))
             p.muted { (count(total, "link")) }
             @if list.is_empty() {
                 p { "No links here yet. " a href="/" { "Shorten one" } }

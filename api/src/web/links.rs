@@ -114,7 +114,15 @@ pub async fn list(
         "" => Vec::new(),
         t => match crate::tags::normalise_tag(t) {
             Ok(t) => vec![t],
-            Err(why) => return problem(&visit, &state, &ApiError::field("tag", why)),
+            // The list page again, its filter as typed and the reason beside it: a page with
+            // only the error lost the search and the state with the tag.
+            Err(why) => {
+                let e = ApiError::field("tag", why);
+                let page = visit.page(&state);
+                let base = state.config.base();
+                let html = link_pages::links(&page, &query, 0, &[], base, &super::messages(&e));
+                return super::marked(visit.respond(e.status(), html.into_string()), &e);
+            }
         },
     };
     let filter = UrlFilter {
@@ -157,6 +165,7 @@ pub async fn list(
                 total,
                 &links,
                 state.config.base(),
+                &[],
             )
             .into_string();
             visit.respond(StatusCode::OK, html)

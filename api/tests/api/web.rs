@@ -1067,6 +1067,14 @@ async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
         let (status, _) = b.get(path).await;
         assert!(status == 200 || status == 400, "{path}: {status}");
     }
+    // A tag the filter cannot take: the list page, its search kept and the reason given, not
+    // a page with only the error.
+    let (status, page) = b.get("/ui/links?q=kept&state=active&tag=c%2B%2B").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("name=\"q\" value=\"kept\""), "{page}");
+    assert!(page.contains("value=\"active\" selected"), "{page}");
+    assert!(page.contains("value=\"c++\""), "{page}");
+    assert!(page.contains("Tag: "), "{page}");
     for path in [
         "/ui/links/abc",
         "/ui/links/99999999999999999999",
