@@ -420,6 +420,11 @@ pub async fn delete(
     .await;
     match done {
         Ok(_) => visit.see_other_to("/ui/links"),
+        // Deleted meanwhile: a double click's two posts passed the check above together, and
+        // the first one's delete committed while this one waited for the row.
+        Err(ApiError::NotFound(_)) if matches!(own_link_even_deleted(&state, &visit, &id).await, Ok(Some(l)) if l.deleted) => {
+            visit.see_other_to("/ui/links")
+        }
         Err(e) => problem(&visit, &state, &e),
     }
 }

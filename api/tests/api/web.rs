@@ -1549,3 +1549,66 @@ async fn a_mistyped_page_address_is_a_page() {
     let res = app.get("/users/1/nothing").await;
     assert_eq!(res.headers()["content-type"], "application/json");
 }
+
+/// A double click on Delete sends two posts at once: both find the link there and both wait
+/// for its row while the first delete runs. The second then finds it deleted: both answer
+/// the same 303, neither a page saying there is no such link. (Here the row is held, and
+/// deleted, by a transaction of the test's, so both posts are surely waiting on it.)
+#[tokio::test]
+async fn two_deletes_of_one_link_at_once_both_answer_done() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "doubledel").await;
+    shorten_on_the_home_page(&mut b, &["twodel"]).await;
+    let id = id_of(&app, "twodel").await;
+    let (_, confirm) = b.get(&format!("/ui/links/{id}/delete")).await;
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM urls WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let path = format!("/ui/links/{id}/delete");
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("csrf", csrf_of(&confirm))])
+        .finish();
+    let post = || {
+        app.client
+            .post(app.url(&path))
+            .header("cookie", b.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+    };
+    let watcher = app.sql().await;
+    // Once both posts wait on the row, it is deleted and let go.
+    let release = async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} posts wait on the row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tx.execute("UPDATE urls SET deleted_at = now() WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    let ((first, second), ()) = tokio::join!(futures_util::future::join(post(), post()), release);
+    for res in [first.unwrap(), second.unwrap()] {
+        assert_eq!(res.status(), 303);
+        assert_eq!(res.headers()["location"], "/ui/links");
+    }
+}
