@@ -73,12 +73,14 @@ pub fn router(state: AppState) -> Router {
 /// No route for the path: the error JSON, or a page where a browser asked for one of the web
 /// app's (a mistyped `/ui/...` address showed the JSON as text).
 async fn no_such_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     let e = ApiError::NotFound("no such route".into());
     if crate::web::is_page(uri.path()) {
-        return crate::web::early_problem(&headers, e);
+        return crate::web::not_a_page(&state, peer, &headers, &e).await;
     }
     axum::response::IntoResponse::into_response(e)
 }

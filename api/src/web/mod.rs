@@ -460,6 +460,20 @@ pub(crate) fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     marked(response, &e)
 }
 
+/// The page for a page address that answers `e` (one that does not exist), in the visitor's
+/// own header (logged in or not).
+pub(crate) async fn not_a_page(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    e: &ApiError,
+) -> Response {
+    match visit_of(state, peer, headers).await {
+        Ok(visit) => problem(&visit, state, e),
+        Err(r) => r,
+    }
+}
+
 /// The visit of a page request, or the page that says why it could not be read.
 async fn visit_of(
     state: &AppState,

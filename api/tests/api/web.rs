@@ -1545,6 +1545,11 @@ async fn a_mistyped_page_address_is_a_page() {
         let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
         assert!(kind.starts_with("text/html"), "{path}: {kind}");
     }
+    // In the visitor's own header: still logged in.
+    let mut b = signed_up(&app, "mistyper").await;
+    let (status, page) = b.get("/ui/nope").await;
+    assert_eq!(status, 404);
+    assert!(page.contains("mistyper"), "{page}");
     // Not a page's: the JSON error, as before.
     let res = app.get("/users/1/nothing").await;
     assert_eq!(res.headers()["content-type"], "application/json");
