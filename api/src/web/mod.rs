@@ -139,6 +139,7 @@ impl Visit {
     fn page(&self, state: &AppState) -> Page<'_> {
         Page {
             user: self.user.as_ref().map(|u| u.username.as_str()),
+            user_id: self.user.as_ref().map(|u| u.id),
             csrf: self.csrf.value(),
             anonymous_may_shorten: state.auth.mode == AuthMode::Open,
             admin: self.user.as_ref().is_some_and(|u| state.auth.is_admin(u)),
@@ -450,6 +451,7 @@ pub(crate) fn early_problem(headers: &HeaderMap, e: ApiError) -> Response {
     let csrf = csrf::Token::of(headers);
     let page = Page {
         user: None,
+        user_id: None,
         csrf: csrf.value(),
         anonymous_may_shorten: false,
         admin: false,
@@ -543,12 +545,14 @@ pub async fn shorten(
     let form = Form {
         original_url: field(&fields, "original_url").to_owned(),
         short_code: field(&fields, "short_code").to_owned(),
+        signed_as: field(&fields, SIGNED_AS_FIELD).parse().ok(),
     };
     // Filled in logged in, sent after the session ended (it expired, or a password change
     // ended every session of the account): made now, the link would belong to no one and be
-    // out of its maker's reach for good.
+    // out of its maker's reach for good. By id: a rename keeps the session.
     let signed_as = field(&fields, SIGNED_AS_FIELD);
-    if !signed_as.is_empty() && visit.user.as_ref().map(|u| u.username.as_str()) != Some(signed_as)
+    if !signed_as.is_empty()
+        && visit.user.as_ref().map(|u| u.id.to_string()) != Some(signed_as.into())
     {
         let e = ApiError::Unauthorized(
             "Your session has ended: log in again, then shorten the link.".into(),

@@ -9,6 +9,8 @@ use maud::{html, Markup, DOCTYPE};
 pub struct Page<'a> {
     /// The logged-in user's name.
     pub user: Option<&'a str>,
+    /// The logged-in user's id.
+    pub user_id: Option<i64>,
     pub csrf: &'a str,
     /// `auth.mode: open`: anonymous visitors may shorten.
     pub anonymous_may_shorten: bool,
@@ -21,6 +23,9 @@ pub struct Page<'a> {
 pub struct Form {
     pub original_url: String,
     pub short_code: String,
+    /// The user the form was first shown to (its `as` field), when no one is logged in now:
+    /// sent again it is refused again, until they log in, rather than made ownerless.
+    pub signed_as: Option<i64>,
 }
 
 pub(super) fn csrf_field(page: &Page) -> Markup {
@@ -94,8 +99,8 @@ pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
                 form.card method="post" action="/ui/shorten" {
                     (csrf_field(page))
                     // Whose form this is: a post after the session ended is not made ownerless.
-                    @if let Some(name) = page.user {
-                        input type="hidden" name=(super::SIGNED_AS_FIELD) value=(name);
+                    @if let Some(id) = page.user_id.or(form.signed_as) {
+                        input type="hidden" name=(super::SIGNED_AS_FIELD) value=(id);
                     }
                     // One per page shown: the same form sent twice (a double click, a reload of
                     // the answer) makes one link.
@@ -221,6 +226,7 @@ mod tests {
     fn page() -> Page<'static> {
         Page {
             user: Some("<b>ada</b>"),
+            user_id: Some(1),
             csrf: "tok",
             anonymous_may_shorten: false,
             admin: false,
@@ -241,6 +247,7 @@ mod tests {
         let form = Form {
             original_url: "\"><script>x</script>".into(),
             short_code: String::new(),
+            signed_as: None,
         };
         let html = home(&page(), &form, &["bad <i>".into()]).into_string();
         assert!(

@@ -1518,6 +1518,10 @@ async fn a_form_sent_after_the_session_ended_makes_no_ownerless_link() {
         "what was typed is kept: {page}"
     );
     assert_eq!(link_count(&app).await, before, "no link was made");
+    // The form it answered with is still theirs: sent as it is, refused again.
+    let res = shorten_form(&mut b, &page, &typed).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(link_count(&app).await, before, "no link was made");
     // Logged in again, the page's new form makes it, theirs.
     assert_eq!(b.log_in("lapsed", "another long pw").await.status(), 303);
     let (_, home) = b.get("/").await;
