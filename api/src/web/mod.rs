@@ -494,13 +494,45 @@ async fn form_post(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Visit, Vec<(String, String)>), Response> {
-    let mut visit = visit_of(state, peer, headers).await?;
+    checked_form(state, peer, headers, body)
+        .await
+        .map_err(|refused| match refused {
+            Refused::Answer(r) => r,
+            Refused::Token(visit, _) => problem(&visit, state, &csrf_refused()),
+        })
+}
+
+/// Why a form post is not taken.
+enum Refused {
+    Answer(Response),
+    /// Its token does not match: its visit and fields, for a page that shows the form again.
+    Token(Visit, Vec<(String, String)>),
+}
+
+/// [`form_post`], a mismatched token told apart.
+async fn checked_form(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Visit, Vec<(String, String)>), Refused> {
+    let mut visit = visit_of(state, peer, headers)
+        .await
+        .map_err(Refused::Answer)?;
     visit.csrf.posted(headers);
-    let fields = form_fields(headers, body).map_err(|e| problem(&visit, state, &e))?;
+    let fields =
+        form_fields(headers, body).map_err(|e| Refused::Answer(problem(&visit, state, &e)))?;
     if !visit.csrf.matches(field(&fields, csrf::FIELD)) {
-        return Err(problem(&visit, state, &csrf_refused()));
+        return Err(Refused::Token(visit, fields));
     }
     Ok((visit, fields))
+}
+
+/// The browser says the post came from one of our own pages (`Sec-Fetch-Site: same-origin`).
+fn from_our_page(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"))
 }
 
 fn csrf_refused() -> ApiError {
@@ -535,18 +567,32 @@ pub async fn shorten(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    let (visit, fields) = match form_post(&state, peer, &headers, &body).await {
+    let typed = |fields: &[(String, String)]| Form {
+        original_url: field(fields, "original_url").to_owned(),
+        short_code: field(fields, "short_code").to_owned(),
+        signed_as: field(fields, SIGNED_AS_FIELD).parse().ok(),
+    };
+    let (visit, fields) = match checked_form(&state, peer, &headers, &body).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(Refused::Answer(r)) => return r,
+        // Our own page's form whose token changed since it was shown (a log-in or log-out in
+        // another tab replaces it): the form again as typed, with the token now in force,
+        // rather than a page that loses what was typed. A post another site made gets the
+        // bare refusal.
+        Err(Refused::Token(visit, fields)) if from_our_page(&headers) => {
+            let e = ApiError::Forbidden(
+                "This form expired (you logged in or out since it was shown): check it and send it again."
+                    .into(),
+            );
+            let html = pages::home(&visit.page(&state), &typed(&fields), &messages(&e));
+            return marked(visit.respond(e.status(), html.into_string()), &e);
+        }
+        Err(Refused::Token(visit, _)) => return problem(&visit, &state, &csrf_refused()),
     };
     if visit.user.is_none() && state.auth.mode == AuthMode::Required {
         return visit.see_other("/login", Vec::new());
     }
-    let form = Form {
-        original_url: field(&fields, "original_url").to_owned(),
-        short_code: field(&fields, "short_code").to_owned(),
-        signed_as: field(&fields, SIGNED_AS_FIELD).parse().ok(),
-    };
+    let form = typed(&fields);
     // Filled in logged in, sent after the session ended (it expired, or a password change
     // ended every session of the account): made now, the link would belong to no one and be
     // out of its maker's reach for good. By id: a rename keeps the session.

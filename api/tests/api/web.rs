@@ -1559,6 +1559,47 @@ async fn a_mistyped_page_address_is_a_page() {
     assert_eq!(res.headers()["content-type"], "application/json");
 }
 
+/// A home page left open while the visitor logged in (in another tab, here the same browser):
+/// its form's token was replaced, so the post is refused. Sent from our own page, the form
+/// comes back as typed, with the token now in force, and goes through when sent again. The
+/// same post made by another site gets the bare refusal, without the form.
+#[tokio::test]
+async fn an_expired_shorten_form_comes_back_as_typed() {
+    let app = spawn_app().await;
+    signed_up(&app, "tabs").await;
+    let mut b = Browser::new(&app);
+    let (_, stale) = b.get("/").await;
+    assert_eq!(b.log_in("tabs", "long enough pw").await.status(), 303);
+    let typed = "https://example.com/typed-before-the-log-in";
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("csrf", csrf_of(&stale).as_str()), ("original_url", typed)])
+        .finish();
+    let post = |site: &'static str| {
+        app.client
+            .post(app.url("/ui/shorten"))
+            .header("cookie", b.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", site)
+            .body(body.clone())
+            .send()
+    };
+    let before = link_count(&app).await;
+    let res = post("same-origin").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let again = res.text().await.unwrap();
+    assert!(again.contains(&format!("value=\"{typed}\"")), "{again}");
+    assert!(again.contains("This form expired"), "{again}");
+    assert_ne!(csrf_of(&again), csrf_of(&stale), "the token now in force");
+    let res = post("cross-site").await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(!res.text().await.unwrap().contains(typed));
+    assert_eq!(link_count(&app).await, before, "nothing was made");
+    let res = b
+        .submit(&again, "/ui/shorten", &[("original_url", typed)])
+        .await;
+    assert_eq!(res.status(), 201);
+}
+
 /// A double click on Delete sends two posts at once: both find the link there and both wait
 /// for its row while the first delete runs. The second then finds it deleted: both answer
 /// the same 303, neither a page saying there is no such link. (Here the row is held, and
