@@ -92,21 +92,23 @@ impl<'a> Browser<'a> {
     }
 
     async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let res = self.form_request(path, fields).send().await.unwrap();
+        self.keep_cookies(&res);
+        res
+    }
+
+    /// `fields` posted as a form to `path` with the browser's cookies, to send as it is or
+    /// with more headers; no cookie is kept from its answer.
+    fn form_request(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
-        let res = self
-            .app
+        self.app
             .client
             .post(self.app.url(path))
             .header("cookie", self.cookie_header())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&res);
-        res
     }
 }
 
@@ -1571,16 +1573,11 @@ async fn an_expired_shorten_form_comes_back_as_typed() {
     let (_, stale) = b.get("/").await;
     assert_eq!(b.log_in("tabs", "long enough pw").await.status(), 303);
     let typed = "https://example.com/typed-before-the-log-in";
-    let body: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("csrf", csrf_of(&stale).as_str()), ("original_url", typed)])
-        .finish();
+    let token = csrf_of(&stale);
+    let fields = [("csrf", token.as_str()), ("original_url", typed)];
     let post = |site: &'static str| {
-        app.client
-            .post(app.url("/ui/shorten"))
-            .header("cookie", b.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
+        b.form_request("/ui/shorten", &fields)
             .header("sec-fetch-site", site)
-            .body(body.clone())
             .send()
     };
     let before = link_count(&app).await;
@@ -1617,40 +1614,11 @@ async fn two_deletes_of_one_link_at_once_both_answer_done() {
         .await
         .unwrap();
     let path = format!("/ui/links/{id}/delete");
-    let body: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("csrf", csrf_of(&confirm))])
-        .finish();
-    let post = || {
-        app.client
-            .post(app.url(&path))
-            .header("cookie", b.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.clone())
-            .send()
-    };
-    let watcher = app.sql().await;
+    let token = csrf_of(&confirm);
+    let post = || b.form_request(&path, &[("csrf", &token)]).send();
     // Once both posts wait on the row, it is deleted and let go.
-    let release = async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting == 2 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{waiting} posts wait on the row"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let release = async {
+        crate::helpers::wait_for_lock_waits(&app, 2, "the two deletes").await;
         tx.execute("UPDATE urls SET deleted_at = now() WHERE id = $1", &[&id])
             .await
             .unwrap();
