@@ -353,21 +353,22 @@ impl ClickStream {
                 // On a cluster, a master that fails or hangs holds up only its own partitions
                 // until its failover: the entries the others handed over are stored now, not
                 // left pending for a claim (`clicks.claim_idle_ms`) because one read failed.
-                Err(e) => match self.classify::<()>(Err(e)) {
-                    // A master that came back empty: its loss is counted and reported by the
-                    // caller (`GroupLost`), even if it means reading the others' entries again
-                    // after `clicks.claim_idle_ms`.
-                    Err(ReadError::GroupLost) => lost = true,
-                    Err(other) => {
-                        failed.get_or_insert(other);
-                    }
-                    Ok(()) => {}
-                },
+                // A master that came back empty: its loss is counted and reported by the
+                // caller (`GroupLost`), even if it means reading the others' entries again
+                // after `clicks.claim_idle_ms`.
+                Err(e) if no_group(&e) => lost = true,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        match failed {
-            _ if lost => Err(ReadError::GroupLost),
-            Some(e) if entries.is_empty() => Err(e),
+        if lost {
+            self.groups_ready.store(false, Ordering::Release);
+            return Err(ReadError::GroupLost);
+        }
+        // One read failed once, however many partitions its failure spans: counted once.
+        match failed.map(|e| self.redis.failed(e)) {
+            Some(e) if entries.is_empty() => Err(e.into()),
             _ => Ok(entries),
         }
     }
@@ -449,14 +450,19 @@ impl ClickStream {
     fn classify<T>(&self, result: redis::RedisResult<T>) -> Result<T, ReadError> {
         match result {
             Ok(v) => Ok(v),
-            // A pipeline reports per-command failures in one error, so match on its text too.
-            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
+            Err(e) if no_group(&e) => {
                 self.groups_ready.store(false, Ordering::Release);
                 Err(ReadError::GroupLost)
             }
             Err(e) => Err(self.redis.failed(e).into()),
         }
     }
+}
+
+/// The consumer group is missing. A pipeline reports per-command failures in one error, so
+/// its text is looked at too.
+fn no_group(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
 
 fn parse_entry(partition: u16, sid: StreamId) -> Entry {

@@ -959,3 +959,27 @@ async fn a_link_deleted_just_before_redis_lost_its_last_writes_stays_deleted() {
     .await;
     assert!(metric(&app, "kurz_api_redis_server_changes_total").await >= 2.0);
 }
+
+/// One failed read of the click streams is one Redis error, however many partitions it
+/// spans: `KurzRedisDown` fires on the rate of the counter, and a read split per partition
+/// counted each of the sixteen.
+#[tokio::test]
+async fn a_failed_read_of_every_stream_counts_one_redis_error() {
+    use kurz_api::clicks::stream::{ClickStream, ReadError};
+    let redis = PrivateRedis::start(Persistence::None);
+    let errors = prometheus::IntCounter::new("t_errors", "t").unwrap();
+    let handle = std::sync::Arc::new(
+        kurz_api::redis_handle::RedisHandle::new(
+            &redis.url(),
+            Duration::from_millis(300),
+            errors.clone(),
+        )
+        .unwrap(),
+    );
+    let keys = kurz_common::keys::KeySchema::new("onecount", 16);
+    let stream = ClickStream::new(handle, keys, "g".into(), "c".into());
+    assert!(stream.read_new(10).await.is_ok(), "the groups are made");
+    let _paused = redis.paused();
+    assert!(matches!(stream.read_new(10).await, Err(ReadError::Down(_))));
+    assert_eq!(errors.get(), 1);
+}
