@@ -579,6 +579,15 @@ pub async fn shorten(
         // another tab replaces it): the form again as typed, with the token now in force,
         // rather than a page that loses what was typed. A post another site made gets the
         // bare refusal.
+        // Required mode draws no form for a visitor logged out since: to log in, as a post
+        // with a good token is sent.
+        Err(Refused::Token(visit, _))
+            if from_our_page(&headers)
+                && visit.user.is_none()
+                && state.auth.mode == AuthMode::Required =>
+        {
+            return visit.see_other("/login", Vec::new());
+        }
         Err(Refused::Token(visit, fields)) if from_our_page(&headers) => {
             let e = ApiError::Forbidden(
                 "This form expired (you logged in or out since it was shown): check it and send it again."

@@ -501,6 +501,22 @@ async fn in_required_mode_anonymous_visitors_are_sent_to_log_in() {
         .await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/login");
+    // A stale form of their own page (logged out in another tab since) likewise: to log in,
+    // not a refusal on a page with no form to show.
+    let res = b
+        .form_request(
+            "/ui/shorten",
+            &[
+                ("csrf", "stale"),
+                ("original_url", "https://example.com/anon"),
+            ],
+        )
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/login");
     assert_eq!(link_count(&app).await, 0);
 }
 
