@@ -413,6 +413,7 @@ fn label_of(name: &str) -> String {
     match name {
         "original_url" => "Long URL".into(),
         "short_code" => "Custom code".into(),
+        "account" => "Username or email".into(),
         other => {
             let spaced = other.replace('_', " ");
             let mut chars = spaced.chars();
@@ -688,6 +689,21 @@ pub async fn login(
             visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()))
         }
         Err(e) => {
+            // One field takes either: what the API says of `username` or `email` is said of it.
+            let e = match e {
+                ApiError::Validation(fields) => {
+                    let mut fields: Vec<(String, String)> = fields
+                        .into_iter()
+                        .map(|(name, why)| match name.as_str() {
+                            "username" | "email" => ("account".to_owned(), why),
+                            _ => (name, why),
+                        })
+                        .collect();
+                    fields.dedup_by(|a, b| a.0 == b.0);
+                    ApiError::Validation(fields)
+                }
+                other => other,
+            };
             let html = pages::login(&visit.page(&state), account, &messages(&e)).into_string();
             marked(visit.respond(e.status(), html), &e)
         }

@@ -615,6 +615,15 @@ async fn a_name_with_an_at_sign_logs_in_from_the_form() {
         let res = b.log_in(account, "long enough pw").await;
         assert_eq!(res.status(), 303, "{account}");
     }
+    // The form's one field for either is named as it is labelled, whichever the API refused.
+    let res = Browser::new(&app).log_in("   ", "long enough pw").await;
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Username or email:"), "{page}");
+    assert!(
+        !page.contains("Username:") && !page.contains("Email:"),
+        "{page}"
+    );
     // An email that is someone's wins over a name that spells it.
     let other = serde_json::json!({"username": "bob@example.com", "email": "b2@example.com", "password": "other long pw"});
     assert_eq!(app.post_json("/auth/register", &other).await.status(), 201);
