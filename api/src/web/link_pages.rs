@@ -87,10 +87,13 @@ pub fn links(
                 button type="submit" { "Filter" }
             }
             (errors(problems))
-            p.muted { (count(total, "link")) }
-            @if list.is_empty() {
+            // A refused filter listed nothing: no count, no "no links yet".
+            @if !problems.is_empty() {
+            } @else if list.is_empty() {
+                p.muted { (count(total, "link")) }
                 p { "No links here yet. " a href="/" { "Shorten one" } }
             } @else {
+                p.muted { (count(total, "link")) }
                 ul.links {
                     @for link in list {
                         li {

@@ -1101,6 +1101,7 @@ async fn hostile_form_and_query_values_get_clear_answers_not_500s() {
     assert!(page.contains("name=\"q\" value=\"kept\""), "{page}");
     assert!(page.contains("value=\"active\" selected"), "{page}");
     assert!(page.contains("value=\"c++\""), "{page}");
+    assert!(!page.contains("No links here yet"), "{page}");
     assert!(page.contains("Tag: "), "{page}");
     for path in [
         "/ui/links/abc",
