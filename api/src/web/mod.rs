@@ -571,7 +571,7 @@ pub async fn shorten(
     let typed = |fields: &[(String, String)]| Form {
         original_url: field(fields, "original_url").to_owned(),
         short_code: field(fields, "short_code").to_owned(),
-        signed_as: field(fields, SIGNED_AS_FIELD).parse().ok(),
+        signed_as: field(fields, SIGNED_AS_FIELD).to_owned(),
     };
     let (visit, fields) = match checked_form(&state, peer, &headers, &body).await {
         Ok(v) => v,

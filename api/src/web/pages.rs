@@ -25,7 +25,7 @@ pub struct Form {
     pub short_code: String,
     /// The user the form was first shown to (its `as` field), when no one is logged in now:
     /// sent again it is refused again, until they log in, rather than made ownerless.
-    pub signed_as: Option<i64>,
+    pub signed_as: String,
 }
 
 pub(super) fn csrf_field(page: &Page) -> Markup {
@@ -99,8 +99,11 @@ pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
                 form.card method="post" action="/ui/shorten" {
                     (csrf_field(page))
                     // Whose form this is: a post after the session ended is not made ownerless.
-                    @if let Some(id) = page.user_id.or(form.signed_as) {
-                        input type="hidden" name=(super::SIGNED_AS_FIELD) value=(id);
+                    @let signed_as = page
+                        .user_id
+                        .map_or_else(|| form.signed_as.clone(), |id| id.to_string());
+                    @if !signed_as.is_empty() {
+                        input type="hidden" name=(super::SIGNED_AS_FIELD) value=(signed_as);
                     }
                     // One per page shown: the same form sent twice (a double click, a reload of
                     // the answer) makes one link.
@@ -247,7 +250,7 @@ mod tests {
         let form = Form {
             original_url: "\"><script>x</script>".into(),
             short_code: String::new(),
-            signed_as: None,
+            signed_as: String::new(),
         };
         let html = home(&page(), &form, &["bad <i>".into()]).into_string();
         assert!(

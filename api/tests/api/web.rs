@@ -1617,10 +1617,21 @@ async fn an_expired_shorten_form_comes_back_as_typed() {
     assert_eq!(res.status(), 403);
     assert!(!res.text().await.unwrap().contains(typed));
     assert_eq!(link_count(&app).await, before, "nothing was made");
-    let res = b
-        .submit(&again, "/ui/shorten", &[("original_url", typed)])
-        .await;
+    // Sent again as a browser sends it: made, the user's now logged in.
+    let res = shorten_form(&mut b, &again, &[("original_url", typed)]).await;
     assert_eq!(res.status(), 201);
+    let owner: Option<String> = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT u.username FROM urls l JOIN users u ON u.id = l.user_id \
+             WHERE l.original_url = $1",
+            &[&typed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner.as_deref(), Some("tabs"));
 }
 
 /// A double click on Delete sends two posts at once: both find the link there and both wait
