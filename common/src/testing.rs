@@ -638,3 +638,52 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A pair valid from `start` to `end` (`YYYYMMDDHHMMSSZ`): `openssl req` only issues
+/// from now on, `openssl ca` takes both dates (with an extension, so the certificate is a
+/// version 3 one, the only version rustls takes).
+pub fn dated_pair(dir: &std::path::Path, name: &str, start: &str, end: &str) {
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
+    let conf = "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nnew_certs_dir = .\n\
+                serial = serial\ndefault_md = sha256\npolicy = any\nx509_extensions = v3\n\
+                [any]\ncommonName = supplied\n[v3]\nbasicConstraints = CA:FALSE\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n";
+    std::fs::write(dir.join("ca.cnf"), conf).unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    run(&[
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t", "-keyout", &key, "-out",
+        &csr,
+    ]);
+    run(&[
+        "ca",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        &key,
+        "-in",
+        &csr,
+        "-out",
+        &pem,
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-batch",
+        "-notext",
+    ]);
+}

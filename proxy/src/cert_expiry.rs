@@ -13,10 +13,6 @@ pub fn validity_der(der: &[u8]) -> Option<(i64, i64)> {
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
-/// How far ahead of our clock a certificate's `notBefore` may be: its issuer's clock may run
-/// ahead of ours, and a renewal hook signals once, right after writing it.
-pub const CLOCK_SKEW_SECONDS: i64 = 300;
-
 /// Whether a certificate valid from `not_before` until `not_after` may be served at `now`:
 /// every client refuses it outside that window, so loading it would only swap a working
 /// certificate for a failing one.
@@ -27,7 +23,7 @@ pub fn in_force(not_before: i64, not_after: i64, now: i64) -> Result<(), String>
     if not_after <= now {
         return Err(format!("the certificate expired at {}", when(not_after)));
     }
-    if not_before > now + CLOCK_SKEW_SECONDS {
+    if not_before > now {
         return Err(format!(
             "the certificate is not valid before {}",
             when(not_before)

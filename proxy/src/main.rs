@@ -46,14 +46,19 @@ fn main() -> ExitCode {
         None
     } else {
         match kurz_proxy::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key) {
-            Ok(loaded) => {
-                // Served all the same: an edge that would not start also stops plain HTTP,
-                // and a reload takes the renewed pair.
-                if let Err(why) = loaded.in_force(chrono::Utc::now().timestamp()) {
-                    eprintln!("kurz-proxy: warning: {why}; clients will refuse it");
+            Ok(loaded) => match loaded.in_force(chrono::Utc::now().timestamp()) {
+                // --check answers for the reload, which would refuse the pair.
+                Err(why) if check => {
+                    return fail(&format!("kurz-proxy: invalid configuration: {why}"))
                 }
-                Some(loaded)
-            }
+                // At start served all the same: an edge that did not start would stop plain
+                // HTTP too, and a reload takes the renewed pair.
+                Err(why) => {
+                    eprintln!("kurz-proxy: warning: {why}; clients will refuse it");
+                    Some(loaded)
+                }
+                Ok(()) => Some(loaded),
+            },
             Err(e) => return fail(&format!("kurz-proxy: invalid configuration: {e}")),
         }
     };

@@ -67,7 +67,8 @@ impl Reloader {
     /// The keys of the file that differ from the running process and need a restart: a reload
     /// that applied the rest.
     async fn reload(&self) -> Result<Vec<String>, String> {
-        let (cfg, file) = ProxyConfig::load_with_file(&self.path, &ProcessEnv)?;
+        let kept = |e: String| format!("{e}; the running configuration stays");
+        let (cfg, file) = ProxyConfig::load_with_file(&self.path, &ProcessEnv).map_err(kept)?;
         // The environment wins over the file at every reload: an operator who edited the
         // upstream list in the file and sent SIGHUP must read why nothing changed.
         let unused = cfg.edits_the_environment_overrides(&self.started_file, &file);
@@ -75,7 +76,14 @@ impl Reloader {
             log::warn!(keys = unused.join(","); "the file changed keys that environment variables set; the edits are not used (docs/operations.md)");
         }
         // Loaded before anything changes: a pair that does not load fails the whole reload.
-        let cert = next_cert(self.cert.is_some(), &cfg, chrono::Utc::now().timestamp())?;
+        let (cert, refused) =
+            match next_cert(self.cert.is_some(), &cfg, chrono::Utc::now().timestamp())
+                .map_err(kept)?
+            {
+                Next::Serve(pair) => (Some(pair), None),
+                Next::Keep => (None, None),
+                Next::Refuse(why) => (None, Some(why)),
+            };
         let list = self.probation.list();
         let added = list
             .set(&cfg.upstreams.servers)
@@ -108,30 +116,40 @@ impl Reloader {
         if !stale.is_empty() {
             log::warn!(keys = stale.join(","); "configuration keys changed that need a restart; they keep their running values");
         }
+        // A failed reload all the same (counted, alerted on): what was meant to be served is
+        // not, though the rest of the file is live.
+        if let Some(why) = refused {
+            return Err(format!(
+                "{why}: the served certificate stays; the rest of the file was applied"
+            ));
+        }
         Ok(stale)
     }
 }
 
-/// The pair a reload serves next: none when no TLS listener runs, or when the file no longer
-/// has one (TLS moved to a load balancer: `listen.https` needs a restart, named as such, and
-/// the pair served until then stays; loading the emptied paths failed every later reload).
-/// None too when the pair is expired or not yet valid at `now`: every handshake would fail
-/// with it, so the served one stays, and the rest of the reload still applies (failing the
-/// whole reload would block upstream changes for as long as no renewal lands).
-fn next_cert(
-    serving: bool,
-    cfg: &ProxyConfig,
-    now: i64,
-) -> Result<Option<crate::tls_cert::Loaded>, String> {
+/// What a reload does with the certificate pair.
+enum Next {
+    Serve(crate::tls_cert::Loaded),
+    /// No TLS listener runs, or the file no longer has one (TLS moved to a load balancer:
+    /// `listen.https` needs a restart, named as such, and the pair served until then stays;
+    /// loading the emptied paths failed every later reload).
+    Keep,
+    /// Expired or not yet valid at the reload: every handshake would fail with it, so the
+    /// served pair stays. The rest of the file still applies (failing it all would block
+    /// upstream changes for as long as no renewal lands), and the reload counts as failed.
+    Refuse(String),
+}
+
+/// The pair a reload serves next; an error for a pair that does not load.
+fn next_cert(serving: bool, cfg: &ProxyConfig, now: i64) -> Result<Next, String> {
     if !serving || cfg.listen.https.is_empty() {
-        return Ok(None);
+        return Ok(Next::Keep);
     }
     let loaded = crate::tls_cert::load(&cfg.listen.tls_cert, &cfg.listen.tls_key)?;
-    if let Err(why) = loaded.in_force(now) {
-        log::error!(error = why; "the certificate files hold a certificate no client would take; the served one stays");
-        return Ok(None);
-    }
-    Ok(Some(loaded))
+    Ok(match loaded.in_force(now) {
+        Ok(()) => Next::Serve(loaded),
+        Err(why) => Next::Refuse(why),
+    })
 }
 
 #[async_trait]
@@ -171,7 +189,7 @@ impl Reloader {
             Err(e) => {
                 METRICS.reloads.with_label_values(&["error"]).inc();
                 METRICS.config_applied.set(0);
-                log::error!(error = e; "configuration reload failed; keeping the running configuration");
+                log::error!(error = e; "configuration reload failed");
             }
         }
     }
@@ -189,8 +207,8 @@ mod tests {
         cfg.listen.tls_key.clear();
         let now = chrono::Utc::now().timestamp();
         // An edge that serves TLS, reloaded with TLS taken out of the file: nothing to load.
-        assert!(next_cert(true, &cfg, now).unwrap().is_none());
-        assert!(next_cert(false, &cfg, now).unwrap().is_none());
+        assert!(matches!(next_cert(true, &cfg, now), Ok(Next::Keep)));
+        assert!(matches!(next_cert(false, &cfg, now), Ok(Next::Keep)));
         // Still served by the file: its pair must load, or the reload fails naming the keys.
         cfg.listen.https = vec!["127.0.0.1:8443".into()];
         cfg.listen.tls_cert = "/nonexistent/cert.pem".into();
@@ -200,14 +218,14 @@ mod tests {
         assert!(err.contains("listen.tls_cert"), "{err}");
     }
 
-    /// An expired pair in the files is not swapped in, and does not fail the reload: the
-    /// served pair stays and the rest of the file applies. A valid pair is swapped in.
+    /// An expired pair in the files is not swapped in, yet loads: the served pair stays and
+    /// the rest of the file applies. A valid pair is swapped in.
     #[test]
     fn an_expired_pair_is_kept_out_and_the_reload_goes_on() {
         let dir = std::env::temp_dir().join(format!("kurz-reload-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
-        crate::tls_cert::make_dated_pair(&dir, "old", "20200101000000Z", "20200102000000Z");
-        crate::tls_cert::make_dated_pair(&dir, "new", "20200101000000Z", "20991231000000Z");
+        kurz_common::testing::dated_pair(&dir, "old", "20200101000000Z", "20200102000000Z");
+        kurz_common::testing::dated_pair(&dir, "new", "20200101000000Z", "20991231000000Z");
         let mut cfg = ProxyConfig::default();
         cfg.listen.https = vec!["127.0.0.1:8443".into()];
         let now = chrono::Utc::now().timestamp();
@@ -215,7 +233,13 @@ mod tests {
             cfg.listen.tls_cert = dir.join(format!("{name}.pem")).to_string_lossy().into();
             cfg.listen.tls_key = dir.join(format!("{name}.key")).to_string_lossy().into();
             let next = next_cert(true, &cfg, now).expect("the reload goes on");
-            assert_eq!(next.is_some(), swapped, "{name}");
+            match next {
+                Next::Serve(_) => assert!(swapped, "{name} served"),
+                Next::Refuse(why) => {
+                    assert!(!swapped && why.contains("expired"), "{name}: {why}")
+                }
+                Next::Keep => panic!("{name}: kept"),
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

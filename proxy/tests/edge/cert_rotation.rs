@@ -191,3 +191,41 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_does_not_match() {
         0.0
     );
 }
+
+/// A pair that expired, put back in place of the served one (a renewal that copied an old
+/// file): not swapped in, the reload counted as failed, the served pair still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_serving_the_old_pair_when_the_new_one_expired() {
+    let stack = Stack::start(Options::default());
+    let metric = |name: &'static str, labels: &'static [&'static str]| {
+        stack.metric(stack.admin_port, name, labels)
+    };
+    let expiry = metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await;
+    let old = stack.dir.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    kurz_common::testing::dated_pair(&old, "expired", "20200101000000Z", "20200102000000Z");
+    std::fs::rename(old.join("expired.key"), stack.dir.join("key.pem")).unwrap();
+    std::fs::rename(old.join("expired.pem"), stack.dir.join("cert.pem")).unwrap();
+    stack.signal_proxy("HUP");
+    let errors = || metric("kurz_proxy_config_reloads_total", &["result=\"error\""]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors().await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the pair was not refused: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served_cn(stack.https_port).contains("localhost"),
+        "the running pair is still served"
+    );
+    assert_eq!(
+        metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await,
+        expiry
+    );
+    assert!(stack
+        .proxy_log()
+        .contains("the rest of the file was applied"));
+}
