@@ -144,6 +144,32 @@ async fn sighup_serves_a_renewed_certificate_without_failing_a_handshake() {
     );
 }
 
+/// Sends SIGHUP and waits for the reload to count as failed; the pair the stack started with
+/// (`localhost`) is still served.
+async fn reload_refused_keeping_the_served_pair(stack: &Stack) {
+    stack.signal_proxy("HUP");
+    let errors = || {
+        stack.metric(
+            stack.admin_port,
+            "kurz_proxy_config_reloads_total",
+            &["result=\"error\""],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors().await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload was not refused: {}",
+            stack.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served_cn(stack.https_port).contains("localhost"),
+        "the running pair is still served"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_keeps_serving_the_old_pair_when_the_new_one_does_not_match() {
     let stack = Stack::start(Options::default());
@@ -159,22 +185,7 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_does_not_match() {
     );
     new_pair(&new_cert, &new_key, "mismatched");
     std::fs::rename(&new_cert, stack.dir.join("cert.pem")).unwrap();
-    stack.signal_proxy("HUP");
-    let errors = || metric("kurz_proxy_config_reloads_total", &["result=\"error\""]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while errors().await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the reload was not refused: {}",
-            stack.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    assert!(
-        served_cn(stack.https_port).contains("localhost"),
-        "the running pair is still served"
-    );
+    reload_refused_keeping_the_served_pair(&stack).await;
     let url = format!("https://127.0.0.1:{}/health/live", stack.https_port);
     let out = Command::new("curl")
         .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
@@ -206,21 +217,7 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_expired() {
     kurz_common::testing::dated_pair(&old, "expired", "20200101000000Z", "20200102000000Z");
     std::fs::rename(old.join("expired.key"), stack.dir.join("key.pem")).unwrap();
     std::fs::rename(old.join("expired.pem"), stack.dir.join("cert.pem")).unwrap();
-    stack.signal_proxy("HUP");
-    let errors = || metric("kurz_proxy_config_reloads_total", &["result=\"error\""]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while errors().await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the pair was not refused: {}",
-            stack.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        served_cn(stack.https_port).contains("localhost"),
-        "the running pair is still served"
-    );
+    reload_refused_keeping_the_served_pair(&stack).await;
     assert_eq!(
         metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await,
         expiry
