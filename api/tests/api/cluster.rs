@@ -2,9 +2,26 @@
 //! redirects, clicks stored exactly once, read-your-writes, cache invalidation, sessions and the
 //! login lock-out, whose keys span several hash slots and partitions.
 
-use crate::helpers::{error_of, spawn_app_with};
+use crate::helpers::{error_of, spawn_app_with, TestApp};
 use kurz_common::testing::RedisCluster;
 use serde_json::{json, Value};
+
+/// Signs up `name` (`<name>@example.com`, password `correct horse`): its session token.
+async fn registered(app: &TestApp, name: &str) -> String {
+    let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse"});
+    let res = app.post_json("/auth/register", &body).await;
+    assert_eq!(res.status(), 201, "register {name}");
+    res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The status of `GET /auth/me` with `token`.
+async fn me(app: &TestApp, token: &str) -> reqwest::StatusCode {
+    let res = app.client.get(app.url("/auth/me")).bearer_auth(token);
+    res.send().await.unwrap().status()
+}
 
 #[tokio::test]
 async fn the_api_works_on_a_redis_cluster() {
@@ -64,30 +81,8 @@ async fn the_api_works_on_a_redis_cluster() {
     error_of(app.get(&format!("/{code0}")).await, 404).await;
 
     // Sessions: register, use, log out.
-    let res = app
-        .post_json(
-            "/auth/register",
-            &json!({"username": "clus", "email": "clus@example.com", "password": "correct horse"}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let token = res.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let me = |token: String| {
-        let app = &app;
-        async move {
-            app.client
-                .get(app.url("/auth/me"))
-                .header("authorization", format!("Bearer {token}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
-    assert_eq!(me(token.clone()).await, 200);
+    let token = registered(&app, "clus").await;
+    assert_eq!(me(&app, &token).await, 200);
     let res = app
         .client
         .post(app.url("/auth/logout"))
@@ -96,7 +91,7 @@ async fn the_api_works_on_a_redis_cluster() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    assert_eq!(me(token).await, 401);
+    assert_eq!(me(&app, &token).await, 401);
 
     // The lock-out script reads account and address keys together.
     for _ in 0..3 {
@@ -275,25 +270,8 @@ async fn a_sign_up_needs_only_the_master_holding_sessions() {
         .find(|m| !needed.contains(m))
         .expect("a master holding neither sessions nor log-in failures");
     let _hung = cluster.paused(other);
-    let res = app
-        .post_json(
-            "/auth/register",
-            &json!({"username": "onemaster", "email": "one@example.com", "password": "correct horse"}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let token = res.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let me = app
-        .client
-        .get(app.url("/auth/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
+    let token = registered(&app, "onemaster").await;
+    assert_eq!(me(&app, &token).await, 200);
 }
 
 /// A master that came back empty (its partitions' consumer group gone) while the others' hold
