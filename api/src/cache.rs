@@ -211,7 +211,8 @@ impl LinkCache {
     /// that PostgreSQL allowed while Redis did not answer are counted, never lost from the
     /// limit.
     pub async fn publish(&self, code: &str, state: &LinkState) -> Result<Published, RedisDown> {
-        let conn = self.redis.conn().await?;
+        let redis = self.redis.for_waits();
+        let conn = redis.conn().await?;
         // By hash: the source is ~700 bytes that Redis would hash again for every create (`EVAL`
         // of it cost 7.67 µs a call in `bench/run create`, where the import's `EVALSHA` of a
         // smaller script cost 1.95). Redis that lost its scripts (a restart, a failover) answers
@@ -229,7 +230,7 @@ impl LinkCache {
                 if out_of_memory(&e) {
                     self.unlink_refused(code, state.version).await;
                 }
-                return Err(self.redis.failed(e));
+                return Err(redis.failed(e));
             }
         };
         // With `redis.replica_acks`, a state the replicas did not confirm could be lost to a

@@ -84,6 +84,8 @@ pub struct RedisHandle {
     state: Arc<Mutex<ConnState>>,
     connecting: tokio::sync::Mutex<()>,
     errors: IntCounter,
+    /// The handle for writes followed by `WAIT` (see [`RedisHandle::for_waits`]).
+    waits: Option<Box<RedisHandle>>,
 }
 
 struct ConnState {
@@ -134,9 +136,28 @@ impl RedisHandle {
         };
         if settings.replica_acks > 0 {
             // Half the command timeout: the WAIT must answer before the client gives up on it.
-            handle.durable = Some((settings.replica_acks, (settings.timeout_ms / 2).max(1)));
+            let durable = Some((settings.replica_acks, (settings.timeout_ms / 2).max(1)));
+            let mut waits = Self::from_settings(
+                &RedisSettings {
+                    replica_acks: 0,
+                    ..settings.clone()
+                },
+                handle.errors.clone(),
+            )?;
+            waits.durable = durable;
+            handle.durable = durable;
+            handle.waits = Some(Box::new(waits));
         }
         Ok(handle)
+    }
+
+    /// The handle to send a write and its `WAIT` on. Redis holds a client in `WAIT` until the
+    /// replicas answer, and every command the client sent after it with it: up to half
+    /// `redis.timeout_ms` for each write while a shard has lost its replica. On connections of
+    /// their own, such writes hold up only each other, not the session checks, lookups and
+    /// writes that do not wait. Without `redis.replica_acks`: this handle.
+    pub fn for_waits(&self) -> &RedisHandle {
+        self.waits.as_deref().unwrap_or(self)
     }
 
     /// `WAIT` for the replicas `redis.replica_acks` asks for, to send after a write in the same
@@ -175,6 +196,7 @@ impl RedisHandle {
             })),
             connecting: tokio::sync::Mutex::new(()),
             errors,
+            waits: None,
         }
     }
 

@@ -230,14 +230,19 @@ impl ClickRecorder {
         inv: &redis::ScriptInvocation<'_>,
         records: bool,
     ) -> Result<(Option<String>, bool), RedisDown> {
-        let mut conn = self.redis.conn().await?;
+        let redis = if records {
+            self.redis.for_waits()
+        } else {
+            &self.redis
+        };
+        let mut conn = redis.conn().await?;
         // The script counts the visit and appends its click: from here on the request is
         // answered with its outcome however late (`crate::deadline`), or the visitor's retry of
         // a 503 would count and record the visit a second time. (Not before: with Redis
         // refusing, what follows is bounded by the request's deadline again. And never
         // refused: an abandoned request's work is dropped with its 503.)
         let _ = crate::deadline::committing();
-        let wait = self.redis.replica_wait().filter(|_| records);
+        let wait = redis.replica_wait().filter(|_| records);
         let Some(wait) = wait else {
             return inv
                 .invoke_async(&mut conn)
@@ -250,7 +255,7 @@ impl ClickRecorder {
                     if !kurz_common::redis_handle::is_transport(&e) {
                         crate::deadline::reopen();
                     }
-                    self.redis.failed(e)
+                    redis.failed(e)
                 });
         };
         let mut pipe = redis::pipe();
@@ -260,14 +265,14 @@ impl ClickRecorder {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 inv.load_async(&mut conn)
                     .await
-                    .map_err(|e| self.redis.failed(e))?;
+                    .map_err(|e| redis.failed(e))?;
                 pipe.query_async(&mut conn).await
             }
             other => other,
         };
         let (reply, acked): (Option<String>, redis::Value) =
-            replies.map_err(|e| self.redis.failed(e))?;
-        Ok((reply, self.redis.replicated(&acked)))
+            replies.map_err(|e| redis.failed(e))?;
+        Ok((reply, redis.replicated(&acked)))
     }
 
     async fn limited_visit_in_postgres(
@@ -351,6 +356,7 @@ impl ClickRecorder {
                 let mut pipe = redis::pipe();
                 pipe.add_command(append).add_command(wait);
                 self.redis
+                    .for_waits()
                     .query::<(String, redis::Value)>(&pipe)
                     .await
                     .map(|(_, acked)| self.redis.replicated(&acked))

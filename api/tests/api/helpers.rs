@@ -8,6 +8,7 @@
 use kurz_api::config::ApiConfig;
 use kurz_api::startup::Application;
 use kurz_api::state::AppState;
+use kurz_common::testing::{Persistence, PrivateRedis};
 use reqwest::{Client, Response};
 use serde_json::Value;
 use std::time::Duration;
@@ -682,4 +683,58 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An app whose writes wait for one replica (`redis.replica_acks: 1`, the rest as `tweak` sets
+/// it), on a Redis of its own that has none yet: every such write waits half of
+/// `redis.timeout_ms` and stays unconfirmed until [`replica_of`] gives it one.
+pub async fn spawn_app_waiting_for_a_replica(
+    tweak: impl FnOnce(&mut ApiConfig),
+) -> (PrivateRedis, TestApp) {
+    let master = PrivateRedis::start(Persistence::None);
+    let url = master.url();
+    let app = spawn_app_with(|c| {
+        c.redis.url = url;
+        c.redis.replica_acks = 1;
+        tweak(c);
+    })
+    .await;
+    (master, app)
+}
+
+/// A new Redis replicating `master`.
+pub async fn replica_of(master: &PrivateRedis) -> PrivateRedis {
+    let replica = PrivateRedis::start(Persistence::None);
+    // redis://127.0.0.1:<port>/0
+    let url = master.url();
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    let mut conn = private_conn(&replica).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    replica
+}
+
+/// The clients `redis` holds blocked (in `WAIT`, say), from `INFO clients`.
+pub async fn blocked_clients(redis: &PrivateRedis) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut private_conn(redis).await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
+}
+
+async fn private_conn(redis: &PrivateRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }

@@ -2,7 +2,10 @@
 //! fill that read PostgreSQL before a write can put the old state back, and no publish of an
 //! older state can replace a newer one.
 
-use crate::helpers::{cached, row_now, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    blocked_clients, cached, replica_of, row_now, spawn_app, spawn_app_waiting_for_a_replica,
+    spawn_app_with, TestApp,
+};
 use kurz_api::cache::{LinkState, Lookup, Published};
 use kurz_api::db;
 use kurz_common::keys::{CachedLink, LinkEntry};
@@ -410,24 +413,12 @@ async fn a_new_link_is_not_kept_out_by_a_missing_entry_with_a_higher_number() {
     app.wait_outbox_empty().await;
 }
 
-/// An app whose writes wait for one replica, on a Redis of its own that has none yet.
-async fn app_with_replica_acks() -> (PrivateRedis, TestApp) {
-    let master = PrivateRedis::start(Persistence::None);
-    let url = master.url();
-    let app = spawn_app_with(|c| {
-        c.redis.url = url;
-        c.redis.replica_acks = 1;
-    })
-    .await;
-    (master, app)
-}
-
 /// With `redis.replica_acks`, a link's new state is done only once a replica confirmed it: a
 /// failover could otherwise promote a replica that still serves the old one. Without a replica
 /// the write stays queued, and the replay finishes it once one is there.
 #[tokio::test]
 async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
-    let (master, app) = app_with_replica_acks().await;
+    let (master, app) = spawn_app_waiting_for_a_replica(|_| {}).await;
     let (_, id, _) = app.create_link("acks", "https://example.com/acks").await;
     let res = app
         .put_json(&format!("/urls/{id}"), &json!({"title": "unconfirmed"}))
@@ -439,26 +430,53 @@ async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
     );
     assert!(kurz_api::cache_sync::replay_once(&app.state).await.is_err());
 
-    let replica = PrivateRedis::start(Persistence::None);
-    // redis://127.0.0.1:<port>/0
-    let port = master
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let client = redis::Client::open(replica.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(&port)
-        .query_async(&mut conn)
+    let _replica = replica_of(&master).await;
+    app.wait_outbox_empty().await;
+}
+
+/// With `redis.replica_acks`, Redis holds the connection of a write in `WAIT` until a replica
+/// answers, and every command sent on it after the write: half of `redis.timeout_ms` while a
+/// shard has lost its replica. What does not wait (a session check) must not queue behind it.
+#[tokio::test]
+async fn a_write_waiting_for_a_replica_holds_up_no_session_check() {
+    // Each WAIT here lasts 30 s: far longer than the check below takes on any machine.
+    let (master, app) = spawn_app_waiting_for_a_replica(|c| c.redis.timeout_ms = 60_000).await;
+    let res = app
+        .post_json(
+            "/auth/register",
+            &json!({"username": "waiter", "email": "waiter@example.com", "password": "pw-waiter-secret"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let signed_up: Value = res.json().await.unwrap();
+    let token = signed_up["token"].as_str().unwrap().to_owned();
+    let create = {
+        let (client, url) = (app.client.clone(), app.url("/urls"));
+        let body = json!({"user_id": signed_up["user"]["id"], "original_url": "https://example.com/waits"});
+        tokio::spawn(async move { client.post(url).json(&body).send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_clients(&master).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the create's publish never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
         .await
         .unwrap();
-    app.wait_outbox_empty().await;
+    assert_eq!(me.status(), 200, "{:?}", me.text().await);
+    assert_eq!(
+        blocked_clients(&master).await,
+        1,
+        "the check was answered after the wait ended, not beside it"
+    );
+    create.abort();
 }
 
 /// With `redis.replica_acks`, a limited visit whose count no replica confirmed queues its link:
@@ -466,7 +484,7 @@ async fn with_replica_acks_a_link_state_stays_queued_until_a_replica_has_it() {
 /// next publish raises the counter to the stored clicks.
 #[tokio::test]
 async fn with_replica_acks_an_unconfirmed_visit_count_queues_its_link() {
-    let (_master, app) = app_with_replica_acks().await;
+    let (_master, app) = spawn_app_waiting_for_a_replica(|_| {}).await;
     let user = app.create_user("unconfirmed").await;
     let res = app
         .post_json(
