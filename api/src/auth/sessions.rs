@@ -152,7 +152,7 @@ impl Sessions {
             .arg(self.keys.user_sessions(user_id))
             .arg(&hash)
             .ignore();
-        self.redis.query::<()>(&pipe).await
+        self.ended(pipe).await
     }
 
     /// Ends every session of a user (password change).
@@ -172,7 +172,28 @@ impl Sessions {
             pipe.cmd("DEL").arg(self.keys.session(h)).ignore();
         }
         pipe.cmd("SREM").arg(&set).arg(&hashes).ignore();
-        self.redis.query::<()>(&pipe).await
+        self.ended(pipe).await
+    }
+
+    /// Sends the deletes that end sessions (`pipe`, replies ignored). With `redis.replica_acks`,
+    /// done only once the replicas confirm them: a failover to a replica that had not got the
+    /// deletes would bring the sessions back, after a log-out or a password change had answered
+    /// that they were over.
+    async fn ended(&self, mut pipe: redis::Pipeline) -> Result<(), RedisDown> {
+        let redis = self.redis.for_waits();
+        let Some(wait) = redis.replica_wait() else {
+            return redis.query::<()>(&pipe).await;
+        };
+        pipe.add_command(wait);
+        let (acked,): (redis::Value,) = redis.query(&pipe).await?;
+        if redis.replicated(&acked) {
+            return Ok(());
+        }
+        redis.refused();
+        Err(RedisDown(
+            "the end of the session was not confirmed by the replicas redis.replica_acks asks for"
+                .into(),
+        ))
     }
 }
 

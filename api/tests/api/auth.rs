@@ -1,7 +1,8 @@
 //! Accounts and access: sessions, API keys, lock-out, the required-mode policy.
 
 use crate::helpers::{
-    error_of, spawn_app, spawn_app_through_relay, spawn_app_with, spawn_app_with_lockout, TestApp,
+    error_of, replica_of, spawn_app, spawn_app_through_relay, spawn_app_waiting_for_a_replica,
+    spawn_app_with, spawn_app_with_lockout, TestApp,
 };
 use kurz_api::config::AuthMode;
 use serde_json::{json, Value};
@@ -55,6 +56,15 @@ async fn me_id(app: &TestApp, token: &str) -> i64 {
         .unwrap()
 }
 
+async fn log_out(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/auth/logout"))
+        .header("authorization", bearer(token))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/auth/me"))
@@ -104,14 +114,7 @@ async fn register_login_me_and_logout() {
         "ann@example.com"
     );
 
-    let res = app
-        .client
-        .post(app.url("/auth/logout"))
-        .header("authorization", bearer(token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(log_out(&app, token).await.status(), 204);
     assert_eq!(
         error_of(me(&app, token).await, 401).await["error"],
         "unauthorized"
@@ -124,6 +127,47 @@ async fn register_login_me_and_logout() {
     )
     .await;
     error_of(app.get("/auth/me").await, 401).await;
+}
+
+/// With `redis.replica_acks`, a log-out is over once a replica holds its delete: a replica
+/// promoted without it would bring the session back. Unconfirmed, it answers 503 (sent again,
+/// its 401 says the master has no such session); confirmed, 204.
+#[tokio::test]
+async fn with_replica_acks_a_log_out_waits_for_a_replica() {
+    let (master, app) = spawn_app_waiting_for_a_replica(|_| {}).await;
+    let (token, _) = register(&app, "replicated").await;
+    let refused = error_of(log_out(&app, &token).await, 503).await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("log-out could not be confirmed"),
+        "{refused}"
+    );
+
+    let _replica = replica_of(&master).await;
+    let credentials = json!({"username": "replicated", "password": "pw-replicated-secret"});
+    // The replica confirms nothing until its first sync is over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = login(&app, credentials.clone()).await;
+        assert_eq!(res.status(), 200);
+        let token = res.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let res = log_out(&app, &token).await;
+        if res.status() == 204 {
+            assert_eq!(me(&app, &token).await.status(), 401);
+            break;
+        }
+        error_of(res, 503).await;
+        assert!(
+            Instant::now() < deadline,
+            "no replica ever confirmed a log-out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
