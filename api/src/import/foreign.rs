@@ -88,6 +88,7 @@
 //! `expire_in`, `updated_at`. Kutt has no tags. `record` is the array index
 //! + 1; errors about the whole document use record 0.
 
+use super::bounds::shown;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,9 @@ impl Format {
             Format::Kutt => return "target".into(),
         };
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        if super::bounds::too_wide(bytes).is_some() {
+            return spec.url_label.into();
+        }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(bytes);
@@ -283,6 +287,9 @@ const SHLINK: CsvSpec = CsvSpec {
     clicks: &["visits", "visitscount"],
 };
 
+/// Characters of a header cell kept to match and name columns by.
+const MAX_NAME_CHARS: usize = 128;
+
 struct Header {
     /// Trimmed original spelling, so errors name the column as the user sees it.
     names: Vec<String>,
@@ -291,7 +298,11 @@ struct Header {
 
 impl Header {
     fn new(record: &csv::StringRecord) -> Header {
-        let names: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
+        // Cut: no alias is longer, and errors name columns by these.
+        let names: Vec<String> = record
+            .iter()
+            .map(|h| h.trim().chars().take(MAX_NAME_CHARS).collect())
+            .collect();
         let keys = names.iter().map(|n| n.to_lowercase()).collect();
         Header { names, keys }
     }
@@ -330,6 +341,13 @@ fn csv_error(e: &csv::Error, header: Option<&Header>, fallback_record: usize) ->
 }
 
 fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
+    if let Some((record, _)) = super::bounds::too_wide(bytes) {
+        return Err(err(
+            record,
+            "",
+            format!("has more than {} fields", super::bounds::MAX_FIELDS),
+        ));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(bytes);
@@ -798,7 +816,7 @@ fn parse_clicks(s: &str) -> Result<Option<i64>, String> {
         .ok()
         .and_then(|n| i64::try_from(n).ok())
         .map(Some)
-        .ok_or_else(|| format!("{t:?} is not a non-negative integer"))
+        .ok_or_else(|| format!("{} is not a non-negative integer", shown(t)))
 }
 
 fn parse_time_field(s: &str) -> Result<Option<DateTime<Utc>>, String> {
@@ -812,7 +830,12 @@ fn parse_time_field(s: &str) -> Result<Option<DateTime<Utc>>, String> {
         .filter(|ts| ts.nanosecond() < 1_000_000_000)
         .and_then(|ts| ts.with_nanosecond(0))
         .map(Some)
-        .ok_or_else(|| format!("{t:?} is not a recognised timestamp of the years 1 to 9999"))
+        .ok_or_else(|| {
+            format!(
+                "{} is not a recognised timestamp of the years 1 to 9999",
+                shown(t)
+            )
+        })
 }
 
 fn parse_timestamp(t: &str) -> Option<DateTime<Utc>> {

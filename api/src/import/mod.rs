@@ -14,6 +14,7 @@ use kurz_common::shortcode::ShortCode;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
+pub mod bounds;
 pub mod foreign;
 mod table;
 

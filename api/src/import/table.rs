@@ -1,6 +1,7 @@
 //! The CSV side of imports: the file with its header, rows with typed accessors, and errors
 //! that name the row, the file line and the column.
 
+use super::bounds::shown;
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ impl Table {
     }
 
     pub(super) fn parse(bytes: &[u8], required: &[&str]) -> ApiResult<Self> {
+        super::bounds::check_width(bytes)?;
         // Cells as written: a title may begin or end with spaces, and an export must import
         // back unchanged. Every accessor but [`Row::untrimmed`] trims.
         let mut reader = csv::ReaderBuilder::new()
@@ -77,9 +79,9 @@ impl Table {
         // import updates): refused here, as a record's cell is.
         if let Some(at) = headers.iter().position(|h| h.contains('\0')) {
             return Err(ApiError::BadRequest(format!(
-                "CSV header cell {} ({:?}) must not contain the NUL character",
+                "CSV header cell {} ({}) must not contain the NUL character",
                 at + 1,
-                headers[at].replace('\0', "")
+                shown(&headers[at].replace('\0', ""))
             )));
         }
         let mut columns: HashMap<String, usize> = HashMap::new();
@@ -91,8 +93,8 @@ impl Table {
             }
             if columns.insert(name, i).is_some() {
                 return Err(ApiError::BadRequest(format!(
-                    "CSV header names column {:?} more than once",
-                    column_name(h)
+                    "CSV header names column {} more than once",
+                    shown(&column_name(h))
                 )));
             }
         }

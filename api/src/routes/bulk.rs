@@ -462,6 +462,7 @@ fn foreign_as_bulk(
 /// kurz's own export, for the bulk import: the owner's, with no ids (the links are new here,
 /// never overwriting rows of the same id elsewhere).
 fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
+    import::bounds::check_width(bytes)?;
     let mut reader = csv::Reader::from_reader(bytes);
     let header = reader
         .headers()
@@ -552,4 +553,22 @@ fn own_export_as_bulk(bytes: &[u8], owner: i64) -> ApiResult<Vec<u8>> {
     }
     out.into_inner()
         .map_err(|e| ApiError::Internal(format!("import conversion: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conversion indexes the header's columns before the bulk import's own checks run:
+    /// a file too wide for them is refused before it.
+    #[test]
+    fn an_own_export_too_wide_is_refused_before_its_conversion() {
+        let wide = format!("id,short_code,original_url{}\n", ",".repeat(1_000));
+        match own_export_as_bulk(wide.as_bytes(), 1) {
+            Err(ApiError::BadRequest(why)) => assert!(why.contains("more than 1000"), "{why}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        let narrow = "id,short_code,original_url\n1,abc,https://example.com/\n";
+        assert!(own_export_as_bulk(narrow.as_bytes(), 1).is_ok());
+    }
 }

@@ -665,3 +665,54 @@ async fn imports_past_the_servers_few_at_once_wait_then_get_503() {
         "an upload kept its address"
     );
 }
+
+/// A file whose records are wider than any export, or whose bad cell is huge, costs what a
+/// normal file does: refused before the parse that would hold gigabytes for it, and a cell an
+/// error quotes back is quoted short.
+#[tokio::test]
+async fn a_file_too_wide_or_a_huge_bad_cell_is_refused_in_a_short_answer() {
+    let app = spawn_app().await;
+    let user = app.create_user("wide").await;
+    let header = format!("Destination URL{}\n", ",".repeat(1_000));
+    for format in ["bitly", "yourls", "shlink", "csv"] {
+        let err = error_of(import(&app, format, user, header.as_bytes()).await, 400).await;
+        assert!(
+            err["message"].as_str().unwrap().contains("more than 1000"),
+            "{format}: {err}"
+        );
+    }
+    let row = format!(
+        "Destination URL\nhttps://example.com/a\nhttps://example.com/b{}\n",
+        ",".repeat(1_000)
+    );
+    let err = error_of(import(&app, "bitly", user, row.as_bytes()).await, 400).await;
+    assert_eq!(err["details"]["row"], 2, "{err}");
+    for kind in ["users", "urls", "events"] {
+        let err = error_of(
+            app.upload(&format!("/{kind}/bulk"), header.clone().into_bytes())
+                .await,
+            400,
+        )
+        .await;
+        assert!(
+            err["message"].as_str().unwrap().contains("more than 1000"),
+            "{kind}: {err}"
+        );
+    }
+
+    let huge = "\u{1}".repeat(100_000);
+    let file = format!("Destination URL,Date created\nhttps://example.com/a,{huge}\n");
+    let res = import(&app, "bitly", user, file.as_bytes()).await;
+    let body = res.bytes().await.unwrap();
+    assert!(body.len() < 2_000, "{} bytes", body.len());
+    assert!(String::from_utf8_lossy(&body).contains("not a recognised timestamp"));
+    let file = format!("id,username,email,{huge}\0\n");
+    let body = app
+        .upload("/users/bulk", file.into_bytes())
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body.len() < 2_000, "{} bytes", body.len());
+    assert!(String::from_utf8_lossy(&body).contains("NUL"));
+}
