@@ -190,6 +190,7 @@ pub async fn urls(
     let mut limits: Vec<Option<i32>> = vec![];
     let mut imported_clicks: Vec<i64> = vec![];
     let mut protected: Vec<bool> = vec![];
+    let mut rows_at: Vec<At> = vec![];
     let (mut seen_id, mut seen_code) = (HashMap::new(), HashMap::new());
     let mut user_rows: HashMap<i64, At> = HashMap::new();
     for (at, row) in table.rows() {
@@ -219,6 +220,7 @@ pub async fn urls(
                 ),
             ));
         }
+        rows_at.push(at);
         ids.push(id);
         users.push(user);
         codes.push(code);
@@ -268,8 +270,7 @@ pub async fn urls(
     {
         return Err(at.err("user_id", format!("user {uid} does not exist")));
     }
-    // Codes the upserted ids had before: their cache entries are stale too. And their owners:
-    // a link given to someone else takes its events along.
+    // The upserted ids' owners: a link given to someone else takes its events along.
     let file_ids: Vec<i64> = ids.iter().flatten().copied().collect();
     let before = tx
         .query(
@@ -277,7 +278,21 @@ pub async fn urls(
             &[&file_ids],
         )
         .await?;
-    let old_codes: Vec<String> = before.iter().map(|r| r.get(1)).collect();
+    // A link keeps its code, deleted or not, as a PUT keeps it: a new one would free the old
+    // code for anyone to take, and every link printed with it would lead where the taker says.
+    let stored_codes: HashMap<i64, String> = before.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let Some(id) = id else { continue };
+        if let Some(stored) = stored_codes.get(id).filter(|c| **c != codes[i]) {
+            return Err(rows_at[i].err(
+                "short_code",
+                format!(
+                    "link {id} has the code {stored}; a link's code never changes (its old one \
+                     would be free for anyone to take)"
+                ),
+            ));
+        }
+    }
     let old_owners: HashMap<i64, Option<i64>> =
         before.iter().map(|r| (r.get(0), r.get(2))).collect();
     reserve_ids(&tx, "urls", file_ids.iter().copied().max().unwrap_or(1)).await?;
@@ -390,7 +405,6 @@ pub async fn urls(
         )
         .await?;
     }
-    codes.extend(old_codes);
     // In the import's transaction: a crash between the commit and the cache update cannot
     // leave the old entries serving until their TTL.
     let queued = crate::db::outbox::enqueue_many(&tx, &codes).await?;

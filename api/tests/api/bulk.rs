@@ -480,3 +480,32 @@ async fn listed(app: &TestApp, user: i64, id: i64) -> usize {
         .unwrap()
         .len()
 }
+
+/// A row naming a stored link under another code is refused, deleted link or not: the link's
+/// old code would be free for anyone to take, and what was printed with it would lead to them.
+#[tokio::test]
+async fn a_bulk_row_cannot_change_a_links_code() {
+    let app = spawn_app().await;
+    let (user, id, code) = app.create_link("keeper", "https://example.com/kept").await;
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    let row = |code: &str| {
+        format!("id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/kept\n")
+    };
+    let err = error_of(app.upload("/urls/bulk", row("moved").into()).await, 400).await;
+    assert_eq!(err["details"]["column"], "short_code", "{err}");
+    assert_eq!(err["details"]["row"], 1);
+    // The old code is still the deleted link's: a create asking for it is refused.
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/taker", "short_code": code}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    // The same code restores the link, as before.
+    assert_eq!(
+        import(&app, "urls", row(&code).into_bytes()).await["count"],
+        1
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+}
