@@ -437,6 +437,9 @@ responses["PayloadTooLarge"] = err("`payload_too_large`: over the body limit (1 
 responses["UnsupportedMediaType"] = err("`unsupported_media_type`.", error_with("unsupported_media_type"))
 responses["TooManyRequests"] = err("`rate_limited`: too many failures; wait `Retry-After` seconds.",
                                    error_with("rate_limited"), {"Retry-After": H("Retry-After")})
+responses["UploadUnderWay"] = err("`rate_limited`: an upload from this address is under way (one at a "
+                                  "time); retry after `Retry-After` seconds.",
+                                  error_with("rate_limited"), {"Retry-After": H("Retry-After")})
 responses["ServiceUnavailable"] = err("`service_unavailable`: PostgreSQL (or, for sessions, Redis) is "
                                       "down or saturated, or the request ran past its deadline.",
                                       error_with("service_unavailable"), {"Retry-After": H("Retry-After")})
@@ -578,7 +581,8 @@ paths["/users"] = {
 paths["/users/bulk"] = {"post": op(
     "bulkUsers", "Import users from CSV (all or nothing; admins only in `required` mode).", ["users", "bulk"], {
         "201": ok("Imported.", R("BulkCount")), "400": RESP("BadRequest"),
-        "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"), **WITH_CALLER},
+        "409": RESP("Conflict"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
+        "429": RESP("UploadUnderWay"), **WITH_CALLER},
     body=upload_body(),
     description="CSV header `id,username,email,created_at` (`id`, `created_at` optional). Rows with an "
                 "`id` are upserted by id. A bad row: 400 naming `row`, `line`, `column`.")}
@@ -637,7 +641,7 @@ paths["/urls/bulk"] = {"post": op(
     ["urls", "bulk"], {
         "201": ok("Imported.", R("UrlsBulkCount")), "400": RESP("BadRequest"), "404": RESP("NotFound"),
         "409": RESP("Conflict"), "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
-        **WITH_CALLER}, body=upload_body(),
+        "429": RESP("UploadUnderWay"), **WITH_CALLER}, body=upload_body(),
     description="Columns `id,user_id,short_code,original_url,title,is_active,created_at,updated_at` "
                 "(`is_active` `True`/`False`), optionally `expires_at`, `redirect_type`, `max_visits`, "
                 "`imported_clicks`, `tags` (`;`-separated), `has_password` (`True`: the row comes in "
@@ -648,10 +652,11 @@ paths["/urls/import"] = {"post": op(
         "201": ok("Imported.", R("ImportReport")), "400": RESP("BadRequest"),
         "404": RESP("NotFound"), "409": err("`conflict`: a code is already taken; nothing imported.",
                                             error_with("conflict")),
-        "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"), **WITH_CALLER},
+        "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
+        "429": RESP("UploadUnderWay"), **WITH_CALLER},
     params_=[{"name": "format", "in": "query", "required": True,
               "schema": {"type": "string", "enum": ["bitly", "yourls", "shlink", "kutt", "csv"]}},
-             {"name": "user_id", "in": "query", "required": True, "schema": ID_SCHEMA,
+             {"name": "user_id", "in": "query", "required": False, "schema": ID_SCHEMA,
               "description": "The owner (required in `open` mode; in `required` mode the caller by default)."}],
     body=upload_body())}
 paths["/urls/export"] = {"get": op(
@@ -717,7 +722,8 @@ paths["/events/bulk"] = {"post": op(
     "bulkEvents", "Import events from the seed CSV (all or nothing; admins only in `required` mode).",
     ["events", "bulk"], {
         "201": ok("Imported.", R("BulkCount")), "400": RESP("BadRequest"), "404": RESP("NotFound"),
-        "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"), **WITH_CALLER},
+        "413": RESP("PayloadTooLarge"), "415": RESP("UnsupportedMediaType"),
+        "429": RESP("UploadUnderWay"), **WITH_CALLER},
     body=upload_body(),
     description="Columns `id,url_id,user_id,event_type,timestamp,details` (`details` a JSON object as a string).")}
 
