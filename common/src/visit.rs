@@ -21,6 +21,8 @@
 //! appends again, and leaves the API's mark (`a`) in its place. The two runs can reach Redis in either order (the edge's may still
 //! be queued when the API's arrives), so an API run that counts leaves a mark of its own, and
 //! an edge's run that finds it counts nothing: the visit counts once whichever comes first.
+//! Nor does an edge's run that finds its own mark: the cluster client sends a script again when
+//! the connection dropped before the reply, after it may have run.
 //! An API's mark also passes one API run (it becomes `r`, retried): the edge sends a forwarded
 //! GET again to another API when the first died before answering, maybe after its run counted.
 //! Only the edge mints ids (it drops the header from clients' requests, the API reads it only
@@ -65,7 +67,7 @@ else
     redis.call('SET', KEYS[4], 'a', 'KEEPTTL')
     return v
   end
-  if (mark == 'a' or mark == 'r') and ARGV[__MARK_ARG__] == 'set' then return v end
+  if mark and ARGV[__MARK_ARG__] == 'set' then return v end
   if mark == 'a' and ARGV[__MARK_ARG__] == 'take' then
     redis.call('SET', KEYS[4], 'r', 'KEEPTTL')
     return v

@@ -420,6 +420,26 @@ async fn a_forwarded_visit_counts_once_when_the_edge_run_comes_late() {
     wait_visits(&app, id, 3).await;
 }
 
+/// The cluster client sends a script again when its connection dropped before the reply, which
+/// may come after the script ran: the edge's run sent twice under one visit id counts once.
+#[tokio::test]
+async fn an_edge_run_sent_twice_counts_its_visit_once() {
+    let app = spawn_app().await;
+    let user = app.create_user("twice").await;
+    let (id, code) = limited_link(&app, user, json!(3)).await;
+    // The first visit seeds the counter.
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let (visit_id, click_id) = (kurz_common::clicks::new_id(), kurz_common::clicks::new_id());
+    for _ in 0..2 {
+        // Each run answers the link's entry: the edge redirects.
+        let reply = edge_run(&app, &code, &visit_id, &click_id).await;
+        assert!(reply.as_ref().is_some_and(|v| v.len() > 1), "{reply:?}");
+    }
+    wait_visits(&app, id, 2).await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    assert_exhausted(app.get(&format!("/{code}")).await).await;
+}
+
 /// An edge ran a limited link's visit through the script, then forwarded the request after all
 /// (its Redis call timed out after the script had run). It passes the visit's id, and the API's
 /// run finds the visit counted: the link is not used up one visit early. The id is believed
