@@ -16,7 +16,10 @@ use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, RedisError, RedisFuture, RedisResult, ServerErrorKind,
+    Value,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -268,14 +271,30 @@ impl RedisHandle {
             }
             Target::Cluster(_) if e.kind() != redis::ErrorKind::ClusterConnectionNotFound => {}
             _ if is_transport(&e) || e.is_unrecoverable_error() => {
-                let mut state = self.state.lock().expect("redis state lock");
-                if state.conn.take().is_some() {
-                    log::warn!(error = e.to_string(); "redis connection lost");
-                }
+                self.drop_conn("redis connection lost", &e.to_string())
+            }
+            Target::Single(..) if demoted(server_kind(&e)) => {
+                self.drop_conn(DEMOTED, &e.to_string())
             }
             _ => {}
         }
         RedisDown(format!("redis command failed: {e}"))
+    }
+
+    /// Records a command of a pipeline that the server answered with `e` (the pipeline sent
+    /// with its errors kept), as [`Self::failed`] records a failed call.
+    pub fn refused_with(&self, e: &redis::ServerError) {
+        self.errors.inc();
+        if matches!(self.target, Target::Single(..)) && demoted(e.kind()) {
+            self.drop_conn(DEMOTED, &e.to_string());
+        }
+    }
+
+    fn drop_conn(&self, why: &str, error: &str) {
+        let mut state = self.state.lock().expect("redis state lock");
+        if state.conn.take().is_some() {
+            log::warn!(error = error; "{why}");
+        }
     }
 
     /// A cluster node timed out or dropped its connection. The cluster connection keeps the
@@ -320,6 +339,27 @@ impl RedisHandle {
     ) -> Result<T, RedisDown> {
         let mut conn = self.conn().await?;
         cmd.run(&mut conn).await.map_err(|e| self.failed(e))
+    }
+}
+
+/// What is logged when a single Redis stopped taking writes and its connection is dropped.
+const DEMOTED: &str =
+    "redis takes no writes on this connection (a master demoted to a replica?); reconnecting";
+
+/// Whether the server answered as a replica does to a write. A master demoted by a failover
+/// behind one address (DNS, a moved IP; Sentinel would close the clients' connections itself)
+/// keeps the connections it had: only a new one reaches the server the address names now.
+fn demoted(kind: Option<ServerErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+    )
+}
+
+fn server_kind(e: &RedisError) -> Option<ServerErrorKind> {
+    match e.kind() {
+        redis::ErrorKind::Server(kind) => Some(kind),
+        _ => None,
     }
 }
 
@@ -439,7 +479,33 @@ impl RedisRunnable for &mut redis::Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::RedisCluster;
+    use crate::testing::{Persistence, PrivateRedis, RedisCluster};
+
+    /// A master demoted behind its address (a failover by DNS or a moved IP) keeps the
+    /// connections it had and answers every write `READONLY`: the handle leaves it for a new
+    /// connection, which reaches whatever the address names now.
+    #[tokio::test]
+    async fn a_single_redis_that_takes_no_writes_is_connected_again() {
+        let redis = PrivateRedis::start(Persistence::None);
+        let errors = IntCounter::new("test_redis_errors", "test").unwrap();
+        let handle = RedisHandle::new(&redis.url(), Duration::from_secs(2), errors).unwrap();
+        let first: i64 = handle.query(redis::cmd("CLIENT").arg("ID")).await.unwrap();
+        redis.demote();
+        assert!(handle
+            .query::<()>(redis::cmd("SET").arg("k").arg("v"))
+            .await
+            .is_err());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let next: i64 = loop {
+            // A reconnect waits RETRY_AFTER after the last attempt.
+            match handle.query(redis::cmd("CLIENT").arg("ID")).await {
+                Ok(id) => break id,
+                Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_ne!(next, first, "the demoted server's connection was kept");
+    }
 
     /// On a Redis Cluster a master that stops answering fails the commands of its own slots
     /// only: the connection to the other masters is kept, so their partitions go on without

@@ -90,6 +90,21 @@ impl PrivateRedis {
         Paused(self)
     }
 
+    /// Makes this Redis a replica (of a port nothing listens on), as a failover demotes a
+    /// master: it keeps its data and connections and answers writes `READONLY`.
+    pub fn demote(&self) {
+        let closed = free_port();
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "REPLICAOF", "127.0.0.1"])
+            .arg(closed.to_string())
+            .output()
+            .expect("redis-cli");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("OK"),
+            "REPLICAOF: {out:?}"
+        );
+    }
+
     /// Starts again on the same port and directory: empty without persistence, from the AOF
     /// with it.
     pub fn restart(&mut self) {

@@ -193,12 +193,17 @@ fn replies_to_stored(redis: &RedisHandle, replies: Option<Vec<Value>>, n: usize)
     }
     (0..n)
         .map(|i| {
-            let appended = replies
-                .get(i)
-                .is_some_and(|v| !matches!(v, Value::ServerError(_)));
-            if !appended {
-                redis.refused();
-            }
+            let appended = match replies.get(i) {
+                Some(Value::ServerError(e)) => {
+                    redis.refused_with(e);
+                    false
+                }
+                Some(_) => true,
+                None => {
+                    redis.refused();
+                    false
+                }
+            };
             replicated && appended
         })
         .collect()
@@ -352,6 +357,32 @@ mod tests {
             .query::<()>(redis::cmd("DEL").arg(&stream).arg(&not_a_stream))
             .await
             .unwrap();
+    }
+
+    /// A Redis demoted to a replica behind its address answers each append `READONLY`: the
+    /// lane leaves its connection for a new one, which reaches the new master.
+    #[tokio::test]
+    async fn an_append_a_demoted_redis_refuses_drops_its_connection() {
+        let private =
+            kurz_common::testing::PrivateRedis::start(kurz_common::testing::Persistence::None);
+        let (redis, errors) = counted(&private.url());
+        let first: i64 = redis.query(redis::cmd("CLIENT").arg("ID")).await.unwrap();
+        let (log, _) = click_log(redis.clone(), Duration::ZERO, 256);
+        private.demote();
+        assert!(!log.append("s", &click("x")).await);
+        assert_eq!(errors.get(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let next: i64 = loop {
+            match redis.query(redis::cmd("CLIENT").arg("ID")).await {
+                Ok(id) => break id,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "never reconnected: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_ne!(next, first, "the demoted server's connection was kept");
     }
 
     /// Without a window, a lone click is sent at once, and with Redis unreachable it is
