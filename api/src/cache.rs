@@ -64,12 +64,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 "#;
 
-/// Whether Redis refused for want of memory (`OOM`): a pipeline's error holds its commands'
-/// server errors, whose codes `RedisError::code` does not give for a code it does not know.
-fn out_of_memory(e: &redis::RedisError) -> bool {
-    e.clone()
-        .into_server_errors()
-        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+/// Why Redis refused a publish while it still serves the entry the publish would replace, if
+/// that is why: for want of memory (`OOM`), or because the link's slot is being moved to
+/// another master (`TRYAGAIN`, or an `ASK` not followed): a script naming a key the move has
+/// not reached yet (a link without a limit has no visit counter) is refused until the move
+/// ends, minutes for a large partition. A pipeline's error holds its commands' server errors,
+/// whose codes `RedisError::code` does not give for a code it does not know.
+fn refused_keeping_entry(e: &redis::RedisError) -> Option<&'static str> {
+    let errors = e.clone().into_server_errors()?;
+    errors.iter().find_map(|(_, e)| match e.code() {
+        "OOM" => Some("Redis is out of memory"),
+        "TRYAGAIN" | "ASK" => Some("the link's slot is being moved between masters"),
+        _ => None,
+    })
 }
 
 /// Unlinks the entry if it holds a state older than `ARGV[1]` (or one without a version): what
@@ -227,8 +234,8 @@ impl LinkCache {
         let published = match published {
             Ok(published) => published,
             Err(e) => {
-                if out_of_memory(&e) {
-                    self.unlink_refused(code, state.version).await;
+                if let Some(why) = refused_keeping_entry(&e) {
+                    self.unlink_refused(code, state.version, why).await;
                 }
                 return Err(redis.failed(e));
             }
@@ -245,10 +252,12 @@ impl LinkCache {
 
     /// Redis past `maxmemory` under `noeviction` refuses the publish (it writes) but still
     /// serves the old entry, to the edges and to this API's lookups, for as long as memory stays
-    /// full. It does take `UNLINK`, which frees: an entry older than `version` goes and the edges
-    /// drop their copies, so the code is read from PostgreSQL until the replay (the write stays
+    /// full; a slot being moved refuses the publish's script and serves the entry from either
+    /// master (`why` says which). Both take an `UNLINK` of the one key (it frees, and a move
+    /// follows it to the key's node): an entry older than `version` goes and the edges drop
+    /// their copies, so the code is read from PostgreSQL until the replay (the write stays
     /// queued) can publish its state. Best effort: the replay remains what makes it right.
-    async fn unlink_refused(&self, code: &str, version: i64) {
+    async fn unlink_refused(&self, code: &str, version: i64, why: &str) {
         let mut unlink = redis::cmd("EVAL");
         unlink
             .arg(&*self.unlink_older)
@@ -257,8 +266,8 @@ impl LinkCache {
             .arg(version);
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.keys.invalidations()).arg(code);
-        // Once: the replay retries the write every few seconds while memory stays full, and an
-        // entry already gone needs no second message to every edge.
+        // Once: the replay retries the write every few seconds while it is refused, and an entry
+        // already gone needs no second message to every edge.
         let dropped = match self.redis.query::<i64>(&unlink).await {
             Ok(1) => self.redis.query::<()>(&publish).await.map(|()| true),
             Ok(_) => Ok(false),
@@ -267,10 +276,10 @@ impl LinkCache {
         match dropped {
             Ok(false) => {}
             Ok(true) => {
-                log::warn!(short_code = code; "Redis is out of memory: the link's entry was dropped until its state can be published")
+                log::warn!(short_code = code, reason = why; "the link's entry was dropped until its state can be published")
             }
             Err(e) => {
-                log::warn!(short_code = code, error = e.to_string(); "Redis is out of memory and the link's entry could not be dropped")
+                log::warn!(short_code = code, reason = why, error = e.to_string(); "the link's entry could not be dropped")
             }
         }
     }

@@ -113,6 +113,22 @@ impl PrivateRedis {
     }
 }
 
+/// A slot [`RedisCluster::migrating`] put in the middle of a move; left where it was on drop.
+pub struct SlotMoving<'a> {
+    cluster: &'a RedisCluster,
+    slot: String,
+    nodes: [u16; 2],
+}
+
+impl Drop for SlotMoving<'_> {
+    fn drop(&mut self) {
+        for port in self.nodes {
+            self.cluster
+                .cli(port, &["CLUSTER", "SETSLOT", &self.slot, "STABLE"]);
+        }
+    }
+}
+
 /// A [`PrivateRedis`] stopped by [`PrivateRedis::paused`]; resumed on drop.
 pub struct Paused<'a>(&'a PrivateRedis);
 
@@ -592,6 +608,34 @@ impl RedisCluster {
             .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
             .and_then(|f| port_of(f[1]))
             .expect("the master has a replica")
+    }
+
+    /// The slot of `key` in the middle of a move (resharding) to another master: `MIGRATING`
+    /// on its master, `IMPORTING` on the other, no key moved yet, until the returned guard is
+    /// dropped (both nodes `STABLE` again, the slot where it was).
+    pub fn migrating(&self, key: &str) -> SlotMoving<'_> {
+        let from = self.master_of(key);
+        let slot = self
+            .cli(from, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .to_owned();
+        let id_of = |port: u16| self.cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let to = self
+            .nodes
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| *p != from && self.cli(*p, &["ROLE"]).starts_with("master"))
+            .expect("another master");
+        let (from_id, to_id) = (id_of(from), id_of(to));
+        for (port, how, other) in [(to, "IMPORTING", &from_id), (from, "MIGRATING", &to_id)] {
+            let said = self.cli(port, &["CLUSTER", "SETSLOT", &slot, how, other]);
+            assert!(said.starts_with("OK"), "SETSLOT {how}: {said}");
+        }
+        SlotMoving {
+            cluster: self,
+            slot,
+            nodes: [from, to],
+        }
     }
 
     /// `SIGSTOP` of one node: it goes silent with its connections open, as a hung or

@@ -313,3 +313,25 @@ async fn a_group_lost_on_one_master_is_reported_though_others_answer() {
         Err(ReadError::GroupLost)
     ));
 }
+
+/// While a partition's slot moves to another master (resharding), Redis refuses a script that
+/// names a key the move has not reached, as the publish of a link without a visit counter
+/// does, but serves the link's entry from where it is: a link deleted meanwhile must stop
+/// redirecting all the same, and its state is published once the move is over.
+#[tokio::test]
+async fn a_link_deleted_while_its_slot_moves_stops_redirecting() {
+    let cluster = RedisCluster::start();
+    let app = spawn_app_with(|c| c.redis.cluster_nodes = cluster.seeds()).await;
+    let (_, id, code) = app.create_link("mover", "https://example.com/moving").await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+    let moving = cluster.migrating(&app.state.keys.link(&code));
+    assert_eq!(app.delete(&format!("/urls/{id}")).await.status(), 204);
+    assert!(
+        app.outbox_len().await >= 1,
+        "the refused publish left the queue"
+    );
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+    drop(moving);
+    app.wait_outbox_empty().await;
+    assert_eq!(app.get(&format!("/{code}")).await.status(), 404);
+}
