@@ -353,6 +353,12 @@ schemas["ImportReport"] = {
                            "short_code": {"type": "string"},
                            "generated": {"type": "boolean"}},
             "additionalProperties": True}},
+        "dropped_tags": {"type": "array", "description": "absent for `csv`; tags kurz does not take "
+                         "(other characters than letters, digits, spaces, `-`, `_`, `.`, or over "
+                         "32), left out of their links", "items": {
+            "type": "object", "required": ["record", "tag"],
+            "properties": {"record": {"type": "integer"}, "tag": {"type": "string"}},
+            "additionalProperties": True}},
         "needs_password": {"type": "array", "items": {"type": "string"},
                            "description": "the codes of rows marked `has_password` (Kutt: "
                                           "`password: true`), imported switched off (an export "

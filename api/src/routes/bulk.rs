@@ -383,6 +383,7 @@ fn foreign_as_bulk(
         .collect();
     let mut taken = std::collections::HashSet::new();
     let mut generated = std::collections::HashSet::new();
+    let mut dropped_tags = Vec::new();
     for link in links {
         let kept = link
             .short_code
@@ -417,6 +418,19 @@ fn foreign_as_bulk(
                 mapped.insert(field);
             }
         }
+        // Other products take tags kurz does not (`c#`, `r&d`, `2024/q1`, longer than 32
+        // characters): each is left out and listed, as a code kurz cannot take is replaced,
+        // rather than the whole file refused for it.
+        let (tags, dropped): (Vec<&str>, Vec<&str>) = link
+            .tags
+            .iter()
+            .map(String::as_str)
+            .partition(|tag| crate::tags::normalise_tag(tag).is_ok());
+        dropped_tags.extend(
+            dropped
+                .into_iter()
+                .map(|tag| json!({"record": link.record, "tag": tag})),
+        );
         // The bulk import reads this as kurz's own CSV, a value written as an export writes it.
         out.write_record([
             owner.to_string(),
@@ -436,7 +450,7 @@ fn foreign_as_bulk(
                 .map(kurz_common::time::format)
                 .unwrap_or_default(),
             link.clicks.unwrap_or(0).to_string(),
-            defuse(link.tags.join(";")),
+            defuse(tags.join(";")),
             // A banned link stays off; one behind a password comes in off and is listed in
             // `needs_password`, as a row of kurz's own export that says `has_password`.
             bool_cell(!link.access.disabled),
@@ -455,6 +469,7 @@ fn foreign_as_bulk(
         "format": format.name(),
         "mapped": mapped.into_iter().collect::<Vec<_>>(),
         "codes": codes,
+        "dropped_tags": dropped_tags,
     });
     Ok((body, report))
 }

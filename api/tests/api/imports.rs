@@ -716,3 +716,29 @@ async fn a_file_too_wide_or_a_huge_bad_cell_is_refused_in_a_short_answer() {
     assert!(body.len() < 2_000, "{} bytes", body.len());
     assert!(String::from_utf8_lossy(&body).contains("NUL"));
 }
+
+/// Another product's tags that kurz does not take leave their links, listed in the report,
+/// rather than refuse the whole file: the links and their other tags come in.
+#[tokio::test]
+async fn a_foreign_tag_kurz_does_not_take_is_left_out_and_listed() {
+    let app = spawn_app().await;
+    let user = app.create_user("tagger").await;
+    let long = "x".repeat(33);
+    let file = format!(
+        "long_url,tags\nhttps://a.example/,\"c#, ok, r&d\"\nhttps://b.example/,\"{long}, fine\"\n"
+    );
+    let res = import(&app, "bitly", user, file.as_bytes()).await;
+    assert_eq!(res.status(), 201);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(
+        report["dropped_tags"],
+        json!([{"record": 1, "tag": "c#"}, {"record": 1, "tag": "r&d"}, {"record": 2, "tag": long}])
+    );
+    let mut tags: Vec<Value> = links_of(&app, user)
+        .await
+        .into_values()
+        .map(|l| l["tags"].clone())
+        .collect();
+    tags.sort_by_key(|t| t.to_string());
+    assert_eq!(tags, vec![json!(["fine"]), json!(["ok"])]);
+}
