@@ -112,11 +112,19 @@ impl Application {
                     .to_owned()
             })?;
         let db = pool_of(&config, requests, &[])?;
-        wait_for_db(&db).await?;
-        {
+        let admin_listener = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+            format!(
+                "cannot listen on {} (config key `admin_listen`): {e}",
+                config.admin_listen
+            )
+        })?;
+        metrics_meanwhile(&admin_listener, &metrics, async {
+            wait_for_db(&db).await?;
+            metrics.database_up.set(1);
             let mut client = db.get().await.map_err(|e| format!("database: {e}"))?;
-            migrate::run(&mut client).await?;
-        }
+            migrate::run(&mut client).await
+        })
+        .await?;
         let redis = Arc::new(
             RedisHandle::from_settings(&config.redis, metrics.redis_errors.clone()).map_err(
                 |e| format!("config key `redis.url`/`redis.cluster_nodes` is invalid: {e}"),
@@ -178,12 +186,6 @@ impl Application {
             format!(
                 "cannot listen on {} (config key `listen`): {e}",
                 config.listen
-            )
-        })?;
-        let admin_listener = TcpListener::bind(config.admin_listen).await.map_err(|e| {
-            format!(
-                "cannot listen on {} (config key `admin_listen`): {e}",
-                config.admin_listen
             )
         })?;
         let targets = Arc::new(config.target_policy());
@@ -359,6 +361,61 @@ async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::R
             Err(e) => log::warn!(error = e.to_string(); "idempotency keys not pruned"),
         }
     }
+}
+
+/// Serves `/metrics` on the admin listener while `start` (the wait for PostgreSQL and the
+/// migrations) runs, with `kurz_api_database_up` 0 until PostgreSQL answered: an API started
+/// during an outage was otherwise a target refusing scrapes until it gave up, and once every
+/// API had restarted no process exported the gauge `KurzPostgresDown` watches. The listener's
+/// socket is shared with a copy; the copy closes before `start`'s result is returned, and the
+/// real admin server serves the socket from then on.
+async fn metrics_meanwhile<R>(
+    listener: &TcpListener,
+    metrics: &Arc<Metrics>,
+    start: impl Future<Output = R>,
+) -> R {
+    use std::future::IntoFuture;
+    use std::os::fd::AsFd;
+    metrics.database_up.set(0);
+    let copy = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+        .and_then(TcpListener::from_std);
+    let copy = match copy {
+        Ok(copy) => copy,
+        Err(e) => {
+            log::warn!(error = e.to_string(); "no metrics while waiting for PostgreSQL");
+            return start.await;
+        }
+    };
+    let shown = metrics.clone();
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let shown = shown.clone();
+            async move { shown.render() }
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(copy, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let started = start.await;
+    let _ = stop.send(());
+    // A scrape under way finishes; one that does not within a second is cut.
+    if tokio::time::timeout(Duration::from_secs(1), &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+        let _ = server.await;
+    }
+    started
 }
 
 async fn wait_for_db(db: &Pool) -> Result<(), String> {

@@ -1,16 +1,41 @@
 //! Degradation: Redis down (from the start, or killed mid-run) and PostgreSQL gone.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with};
+use crate::helpers::{closed_port, error_of, spawn_app, spawn_app_with};
+use kurz_api::config::ApiConfig;
+use kurz_api::startup::Application;
 use kurz_common::testing::{Persistence, PrivateRedis};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// An API started while PostgreSQL does not answer serves its metrics meanwhile, saying so:
+/// monitoring sees the database down (`KurzPostgresDown`), not only a process refusing scrapes.
+#[tokio::test]
+async fn an_api_waiting_for_postgres_at_start_exports_it_down() {
+    let admin = closed_port();
+    let mut config = ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: format!("127.0.0.1:{admin}").parse().unwrap(),
+        ..ApiConfig::default()
+    };
+    config.database.url = format!("postgres://postgres@127.0.0.1:{}/kurz", closed_port());
+    config.log_level = "warn".into();
+    config.validate().expect("test config is valid");
+    let starting = tokio::spawn(Application::build(config));
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        if let Ok(res) = reqwest::get(&url).await {
+            break res.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no metrics while waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        text.lines().any(|l| l == "kurz_api_database_up 0"),
+        "{text}"
+    );
+    assert!(!starting.is_finished(), "the start gave up already");
+    starting.abort();
 }
 
 #[tokio::test]
