@@ -48,6 +48,7 @@ pub struct Metrics {
     pub db_pool_available: IntGauge,
     pub db_pool_in_use: IntGauge,
     pub db_pool_waiting: IntGauge,
+    pub creates_waiting: IntGauge,
     /// 1 when PostgreSQL answered this process at the last scrape (through the pool, or on a
     /// connection of its own when the pool is busy): the alert on PostgreSQL needs no exporter
     /// beside it (the Kubernetes and compose files ship none).
@@ -166,6 +167,11 @@ impl Metrics {
             "Requests waiting for a PostgreSQL connection",
         )
         .expect("metric");
+        let creates_waiting = IntGauge::new(
+            "kurz_api_create_queue_waiters",
+            "Link creates queued for the create writers, not yet in a statement",
+        )
+        .expect("metric");
         let database_up = IntGauge::new(
             "kurz_api_database_up",
             "1 when a PostgreSQL connection answered at this scrape, else 0",
@@ -191,6 +197,7 @@ impl Metrics {
             Box::new(db_pool_size.clone()),
             Box::new(db_pool_available.clone()),
             Box::new(db_pool_waiting.clone()),
+            Box::new(creates_waiting.clone()),
             Box::new(database_up.clone()),
         ] {
             registry.register(c).expect("unique metric");
@@ -224,6 +231,7 @@ impl Metrics {
             db_pool_available,
             db_pool_in_use,
             db_pool_waiting,
+            creates_waiting,
             database_up,
         };
         metrics.init_series();

@@ -451,6 +451,12 @@ async fn metrics_handler(axum::extract::State(state): axum::extract::State<AppSt
         .metrics
         .db_pool_waiting
         .set((main.waiting + writers.waiting) as i64);
+    // Grouped creates queue briefly under any load (a batch forms while a statement is in
+    // flight): a queue that stays long is PostgreSQL not keeping up with the creates.
+    state
+        .metrics
+        .creates_waiting
+        .set(i64::try_from(state.creates.waiting()).unwrap_or(i64::MAX));
     let up = database_answers(&state).await;
     state.metrics.database_up.set(i64::from(up));
     let _ = state.consumer.backlog().await;

@@ -1,7 +1,7 @@
 //! The group commit of creates (`kurz_api::creates`): a batch answers each create as its own
 //! statement would, and one refused row fails only its own create.
 
-use crate::helpers::{error_of, spawn_app};
+use crate::helpers::{error_of, spawn_app, wait_for_lock_waits};
 use kurz_api::creates::Creates;
 use kurz_api::db::urls::{insert_urls, Inserted, NewLink};
 use kurz_api::metrics::Metrics;
@@ -240,4 +240,44 @@ async fn concurrent_creates_of_one_custom_code_make_one_link_and_409s() {
         .await
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 1));
+}
+
+/// Creates queued behind a statement in flight show in `kurz_api_create_queue_waiters` (a queue
+/// that stays long is PostgreSQL not keeping up), and leave it once written.
+#[tokio::test]
+async fn creates_queued_behind_a_statement_show_in_a_gauge() {
+    let app = spawn_app().await;
+    let user = app.create_user("gauged").await;
+    let gauge = || async {
+        app.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("kurz_api_create_queue_waiters "))
+            .map(str::to_owned)
+    };
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    // Inserts wait for this lock; reads (the owner's check) do not.
+    tx.batch_execute("LOCK TABLE urls IN SHARE MODE")
+        .await
+        .unwrap();
+    let body =
+        |i: i32| json!({"user_id": user, "original_url": format!("https://example.com/q{i}")});
+    let mut posts = vec![app.spawn_post("/urls", body(0))];
+    wait_for_lock_waits(&app, 1, "the first create's statement").await;
+    posts.extend((1..4).map(|i| app.spawn_post("/urls", body(i))));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gauge().await.as_deref() != Some("3") {
+        assert!(
+            Instant::now() < deadline,
+            "the gauge says {:?}",
+            gauge().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.rollback().await.unwrap();
+    for post in posts {
+        assert_eq!(post.await.unwrap().unwrap().status(), 201);
+    }
+    assert_eq!(gauge().await.as_deref(), Some("0"));
 }
