@@ -5,7 +5,7 @@ use super::{account_pages, field, messages, problem, Visit};
 use crate::error::ApiError;
 use crate::extract::{PathText, RawBody};
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, OriginalUri, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use std::net::SocketAddr;
@@ -52,8 +52,9 @@ pub async fn keys(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
 ) -> Response {
-    match logged_in(&state, peer, &headers).await {
+    match logged_in(&state, peer, &headers, &uri).await {
         Ok(visit) => keys_page(&state, &visit, None, "", &[], StatusCode::OK).await,
         Err(r) => r,
     }
@@ -121,9 +122,10 @@ pub async fn users(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let visit = match logged_in(&state, peer, &headers).await {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
         Ok(v) => v,
         Err(r) => return r,
     };

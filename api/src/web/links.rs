@@ -9,8 +9,8 @@ use crate::error::ApiError;
 use crate::extract::{JsonObject, PathText, RawBody};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, OriginalUri, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -61,14 +61,23 @@ impl ListQuery {
 }
 
 /// The visit of a logged-in user, or the answer that sends them to log in.
+/// `uri`: the page asked for, which the log-in goes back to.
 pub(super) async fn logged_in(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
+    uri: &Uri,
 ) -> Result<Visit, Response> {
     let visit = super::visit_of(state, peer, headers).await?;
     if visit.user.is_none() {
-        return Err(visit.see_other("/login", Vec::new()));
+        let asked = uri.path_and_query().map_or("", |p| p.as_str());
+        return Err(match super::page_to_return_to(asked) {
+            Some(page) => {
+                let page: String = url::form_urlencoded::byte_serialize(page.as_bytes()).collect();
+                visit.see_other_to(&format!("/login?{}={page}", super::NEXT_FIELD))
+            }
+            None => visit.see_other("/login", Vec::new()),
+        });
     }
     Ok(visit)
 }
@@ -102,9 +111,10 @@ pub async fn list(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let visit = match logged_in(&state, peer, &headers).await {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -179,9 +189,10 @@ pub async fn show(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     PathText(id): PathText,
 ) -> Response {
-    let visit = match logged_in(&state, peer, &headers).await {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -195,10 +206,11 @@ pub async fn qr(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     PathText(id): PathText,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let visit = match logged_in(&state, peer, &headers).await {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -373,9 +385,10 @@ pub async fn confirm_delete(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     PathText(id): PathText,
 ) -> Response {
-    let visit = match logged_in(&state, peer, &headers).await {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonObject, PathText, RawBody};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -646,17 +646,34 @@ pub async fn shorten(
     }
 }
 
-/// `GET /login`.
+/// The log-in form's field (and `GET /login`'s parameter) naming the page to go back to.
+pub(crate) const NEXT_FIELD: &str = "next";
+
+/// `next` if it is the address of one of our pages (`/ui…`, path and query): a log-in goes
+/// back there, never to another site (`//evil.example` and `/\evil.example` are other hosts to
+/// a browser) nor to what is no page of ours.
+pub(crate) fn page_to_return_to(next: &str) -> Option<&str> {
+    let ours = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
+    let plain = next.len() <= 2048 && next.chars().all(|c| c.is_ascii_graphic() && c != '\\');
+    (ours && plain).then_some(next)
+}
+
+/// `GET /login` (`?next=` the page to go back to once logged in).
 pub async fn login_page(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let visit = match visit_of(&state, peer, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let html = pages::login(&visit.page(&state), "", &[]).into_string();
+    let next = url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == NEXT_FIELD)
+        .map(|(_, v)| v.into_owned());
+    let next = next.as_deref().and_then(page_to_return_to);
+    let html = pages::login(&visit.page(&state), "", next, &[]).into_string();
     visit.respond(StatusCode::OK, html)
 }
 
@@ -672,6 +689,7 @@ pub async fn login(
         Err(r) => return r,
     };
     let account = field(&fields, "account").trim();
+    let next = page_to_return_to(field(&fields, NEXT_FIELD));
     let mut map = Map::new();
     let key = if account.contains('@') {
         "email"
@@ -686,7 +704,12 @@ pub async fn login(
     match crate::routes::auth::log_in(&state, visit.ip, JsonObject(map)).await {
         Ok((_, token)) => {
             visit.end_replaced_session(&state).await;
-            visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()))
+            let mut back =
+                visit.see_other("/", visit.session_change(&token, state.auth.sessions.ttl()));
+            if let Some(Ok(next)) = next.map(HeaderValue::from_str) {
+                back.headers_mut().insert(header::LOCATION, next);
+            }
+            back
         }
         Err(e) => {
             // One field takes either: what the API says of `username` or `email` is said of it.
@@ -704,7 +727,8 @@ pub async fn login(
                 }
                 other => other,
             };
-            let html = pages::login(&visit.page(&state), account, &messages(&e)).into_string();
+            let html =
+                pages::login(&visit.page(&state), account, next, &messages(&e)).into_string();
             marked(visit.respond(e.status(), html), &e)
         }
     }

@@ -150,7 +150,8 @@ pub fn created(page: &Page, short_url: &str, target: &str) -> Markup {
     )
 }
 
-pub fn login(page: &Page, account: &str, problems: &[String]) -> Markup {
+/// The log-in page; `next` the page of ours to go back to once logged in.
+pub fn login(page: &Page, account: &str, next: Option<&str>, problems: &[String]) -> Markup {
     layout(
         page,
         "Log in",
@@ -159,6 +160,9 @@ pub fn login(page: &Page, account: &str, problems: &[String]) -> Markup {
             (errors(problems))
             form.card method="post" action="/login" {
                 (csrf_field(page))
+                @if let Some(next) = next {
+                    input type="hidden" name=(super::NEXT_FIELD) value=(next);
+                }
                 label for="account" {
                     "Username or email"
                     input #account type="text" name="account" required value=(account)
@@ -265,7 +269,7 @@ mod tests {
         p.anonymous_may_shorten = true;
         for html in [
             home(&p, &Form::default(), &[]).into_string(),
-            login(&p, "", &[]).into_string(),
+            login(&p, "", None, &[]).into_string(),
             register(&p, "", "", &[]).into_string(),
         ] {
             let forms = html.matches("<form").count();

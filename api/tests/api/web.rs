@@ -1667,3 +1667,79 @@ async fn two_deletes_of_one_link_at_once_both_answer_done() {
         assert_eq!(res.headers()["location"], "/ui/links");
     }
 }
+
+/// A page asked for logged out sends to log in and, once logged in, back to that page (path
+/// and query); an address that is not one of our pages is never where a log-in goes.
+#[tokio::test]
+async fn logging_in_goes_back_to_the_page_asked_for() {
+    let app = spawn_app().await;
+    signed_up(&app, "returner").await;
+    let mut b = Browser::new(&app);
+    let res = b.fetch("/ui/keys?x=1").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        res.headers()["location"],
+        "/login?next=%2Fui%2Fkeys%3Fx%3D1"
+    );
+    let (_, page) = b.get("/login?next=%2Fui%2Fkeys%3Fx%3D1").await;
+    assert!(
+        page.contains("name=\"next\" value=\"/ui/keys?x=1\""),
+        "{page}"
+    );
+    let res = b
+        .submit(
+            &page,
+            "/login",
+            &[
+                ("account", "returner"),
+                ("password", "wrong password"),
+                ("next", "/ui/keys?x=1"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 401);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("name=\"next\" value=\"/ui/keys?x=1\""),
+        "kept: {page}"
+    );
+    let res = b
+        .submit(
+            &page,
+            "/login",
+            &[
+                ("account", "returner"),
+                ("password", "long enough pw"),
+                ("next", "/ui/keys?x=1"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/keys?x=1");
+
+    for elsewhere in [
+        "//evil.example/ui",
+        "https://evil.example/ui",
+        "/\\evil.example",
+        "/ui\\..\\x",
+        "/uix",
+        "/ui/ spaced",
+        "/static/app.js",
+    ] {
+        let mut b = Browser::new(&app);
+        let (_, page) = b.get("/login").await;
+        assert!(!page.contains("name=\"next\""));
+        let res = b
+            .submit(
+                &page,
+                "/login",
+                &[
+                    ("account", "returner"),
+                    ("password", "long enough pw"),
+                    ("next", elsewhere),
+                ],
+            )
+            .await;
+        assert_eq!(res.headers()["location"], "/", "{elsewhere}");
+    }
+}
