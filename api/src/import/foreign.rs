@@ -341,12 +341,8 @@ fn csv_error(e: &csv::Error, header: Option<&Header>, fallback_record: usize) ->
 }
 
 fn parse_csv(spec: &CsvSpec, bytes: &[u8]) -> Result<Vec<ForeignLink>, ForeignError> {
-    if let Some((record, _)) = super::bounds::too_wide(bytes) {
-        return Err(err(
-            record,
-            "",
-            format!("has more than {} fields", super::bounds::MAX_FIELDS),
-        ));
+    if let Some(wide) = super::bounds::too_wide(bytes) {
+        return Err(err(wide.record, "", wide.reason()));
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
