@@ -355,10 +355,13 @@ schemas["ImportReport"] = {
             "additionalProperties": True}},
         "dropped_tags": {"type": "array", "description": "absent for `csv`; tags kurz does not take "
                          "(other characters than letters, digits, spaces, `-`, `_`, `.`, or over "
-                         "32), left out of their links", "items": {
+                         "32), left out of their links; the first 1,000, each cut to 64 "
+                         "characters", "items": {
             "type": "object", "required": ["record", "tag"],
             "properties": {"record": {"type": "integer"}, "tag": {"type": "string"}},
             "additionalProperties": True}},
+        "dropped_tag_count": {"type": "integer", "minimum": 0,
+                              "description": "absent for `csv`; every tag left out"},
         "needs_password": {"type": "array", "items": {"type": "string"},
                            "description": "the codes of rows marked `has_password` (Kutt: "
                                           "`password: true`), imported switched off (an export "

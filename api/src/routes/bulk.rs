@@ -283,6 +283,9 @@ enum Parsed {
     Foreign(foreign::Format, Arc<Vec<foreign::ForeignLink>>, String),
 }
 
+/// Tags left out of an import that its answer lists; `dropped_tag_count` counts them all.
+const MAX_DROPPED_LISTED: usize = 1_000;
+
 /// Draws for the generated codes before an import gives up on finding them free.
 const CODE_DRAWS: usize = 5;
 
@@ -383,7 +386,7 @@ fn foreign_as_bulk(
         .collect();
     let mut taken = std::collections::HashSet::new();
     let mut generated = std::collections::HashSet::new();
-    let mut dropped_tags = Vec::new();
+    let (mut dropped_tags, mut dropped_count) = (Vec::new(), 0);
     for link in links {
         let kept = link
             .short_code
@@ -400,7 +403,8 @@ fn foreign_as_bulk(
         };
         codes.push(json!({
             "record": link.record,
-            "source_code": link.short_code,
+            // Cut: the answer must not grow with a huge cell of the file.
+            "source_code": link.short_code.as_deref().map(import::bounds::cut),
             "short_code": code.as_str(),
             "generated": kept.is_none(),
         }));
@@ -420,16 +424,19 @@ fn foreign_as_bulk(
         }
         // Other products take tags kurz does not (`c#`, `r&d`, `2024/q1`, longer than 32
         // characters): each is left out and listed, as a code kurz cannot take is replaced,
-        // rather than the whole file refused for it.
-        let (tags, dropped): (Vec<&str>, Vec<&str>) = link
-            .tags
-            .iter()
-            .map(String::as_str)
-            .partition(|tag| crate::tags::normalise_tag(tag).is_ok());
+        // rather than the whole file refused for it. Not from a link past the tags a link
+        // holds (its list was read only that far): that one is refused whole, as before.
+        let (tags, dropped): (Vec<&str>, Vec<&str>) =
+            link.tags.iter().map(String::as_str).partition(|tag| {
+                link.tags.len() > crate::tags::MAX_TAGS || crate::tags::normalise_tag(tag).is_ok()
+            });
+        dropped_count += dropped.len();
+        let room = MAX_DROPPED_LISTED.saturating_sub(dropped_tags.len());
         dropped_tags.extend(
             dropped
                 .into_iter()
-                .map(|tag| json!({"record": link.record, "tag": tag})),
+                .take(room)
+                .map(|tag| json!({"record": link.record, "tag": import::bounds::cut(tag)})),
         );
         // The bulk import reads this as kurz's own CSV, a value written as an export writes it.
         out.write_record([
@@ -470,6 +477,7 @@ fn foreign_as_bulk(
         "mapped": mapped.into_iter().collect::<Vec<_>>(),
         "codes": codes,
         "dropped_tags": dropped_tags,
+        "dropped_tag_count": dropped_count,
     });
     Ok((body, report))
 }

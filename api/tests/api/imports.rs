@@ -724,21 +724,38 @@ async fn a_foreign_tag_kurz_does_not_take_is_left_out_and_listed() {
     let app = spawn_app().await;
     let user = app.create_user("tagger").await;
     let long = "x".repeat(33);
+    // Repeated in the answer cut short, as the huge code of the third record.
+    let huge = "y".repeat(100_000);
     let file = format!(
-        "long_url,tags\nhttps://a.example/,\"c#, ok, r&d\"\nhttps://b.example/,\"{long}, fine\"\n"
+        "long_url,tags,link\nhttps://a.example/,\"c#, ok, r&d\",\nhttps://b.example/,\"{long}, fine\",\n\
+         https://c.example/,{huge}#,https://bit.ly/{huge}\n"
     );
     let res = import(&app, "bitly", user, file.as_bytes()).await;
     assert_eq!(res.status(), 201);
     let report: Value = res.json().await.unwrap();
+    let cut = format!("{}…", "y".repeat(64));
     assert_eq!(
         report["dropped_tags"],
-        json!([{"record": 1, "tag": "c#"}, {"record": 1, "tag": "r&d"}, {"record": 2, "tag": long}])
+        json!([{"record": 1, "tag": "c#"}, {"record": 1, "tag": "r&d"}, {"record": 2, "tag": long},
+               {"record": 3, "tag": cut.clone()}])
     );
+    assert_eq!(report["dropped_tag_count"], 4);
+    assert_eq!(report["codes"][2]["source_code"], cut);
+    assert_eq!(report["codes"][2]["generated"], true);
     let mut tags: Vec<Value> = links_of(&app, user)
         .await
         .into_values()
         .map(|l| l["tags"].clone())
         .collect();
     tags.sort_by_key(|t| t.to_string());
-    assert_eq!(tags, vec![json!(["fine"]), json!(["ok"])]);
+    assert_eq!(tags, vec![json!(["fine"]), json!(["ok"]), json!([])]);
+
+    // A record past the tags a link holds was read only that far: refused whole, not cut.
+    let many: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+    let file = format!(
+        "long_url,tags\nhttps://d.example/,\"c#,{}\"\n",
+        many.join(",")
+    );
+    let body = error_of(import(&app, "bitly", user, file.as_bytes()).await, 400).await;
+    assert_eq!(body["details"]["column"], "tags", "{body}");
 }
