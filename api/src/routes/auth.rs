@@ -293,15 +293,7 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<
                 .sessions
                 .revoke(token, me.user.id)
                 .await
-                .map_err(|_| {
-                    // Redis down, or (`redis.replica_acks`) its replicas did not confirm the
-                    // delete the master made: either way the session may outlive this answer.
-                    ApiError::Unavailable(
-                        "the log-out could not be confirmed; send it again shortly (a 401 then \
-                         means the session is over)"
-                            .into(),
-                    )
-                })?;
+                .map_err(|_| sessions_down())?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Credential::ApiKey(_) => Err(ApiError::BadRequest(

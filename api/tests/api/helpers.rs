@@ -720,15 +720,29 @@ pub async fn replica_of(master: &PrivateRedis) -> PrivateRedis {
 
 /// The clients `redis` holds blocked (in `WAIT`, say), from `INFO clients`.
 pub async fn blocked_clients(redis: &PrivateRedis) -> i64 {
+    info_line(redis, "clients", "blocked_clients:")
+        .await
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
+}
+
+/// The `WAIT`s `redis` has run, from `INFO commandstats`.
+pub async fn waits_sent(redis: &PrivateRedis) -> u64 {
+    info_line(redis, "commandstats", "cmdstat_wait:calls=")
+        .await
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// What follows `prefix` on its line of `INFO <section>` of `redis`.
+async fn info_line(redis: &PrivateRedis, section: &str, prefix: &str) -> Option<String> {
     let info: String = redis::cmd("INFO")
-        .arg("clients")
+        .arg(section)
         .query_async(&mut private_conn(redis).await)
         .await
         .unwrap();
     info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("INFO clients has blocked_clients")
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::to_owned)
 }
 
 async fn private_conn(redis: &PrivateRedis) -> redis::aio::MultiplexedConnection {
