@@ -333,7 +333,8 @@ pub async fn urls(
                max_visits = CASE WHEN 'max_visits' = ANY($13) THEN EXCLUDED.max_visits ELSE urls.max_visits END, \
                imported_clicks = CASE WHEN 'imported_clicks' = ANY($13) \
                  THEN EXCLUDED.imported_clicks ELSE urls.imported_clicks END, \
-               deleted_at = NULL, version = nextval('link_versions')",
+               deleted_at = NULL, version = nextval('link_versions') \
+             WHERE urls.short_code = EXCLUDED.short_code",
         )
         .await?;
     // A column the file lacks says nothing of a re-imported link: it keeps what it had (the
@@ -342,26 +343,37 @@ pub async fn urls(
     let present: Vec<&str> = table.columns.keys().map(String::as_str).collect();
     for s in (0..n).step_by(CHUNK) {
         let e = (s + CHUNK).min(n);
-        tx.execute(
-            &stmt,
-            &[
-                &&ids[s..e],
-                &&users[s..e],
-                &&codes[s..e],
-                &&targets[s..e],
-                &&titles[s..e],
-                &&active[s..e],
-                &&created[s..e],
-                &&updated[s..e],
-                &&expires[s..e],
-                &&statuses[s..e],
-                &&limits[s..e],
-                &&imported_clicks[s..e],
-                &present,
-            ],
-        )
-        .await
-        .map_err(conflict_detail)?;
+        let written = tx
+            .execute(
+                &stmt,
+                &[
+                    &&ids[s..e],
+                    &&users[s..e],
+                    &&codes[s..e],
+                    &&targets[s..e],
+                    &&titles[s..e],
+                    &&active[s..e],
+                    &&created[s..e],
+                    &&updated[s..e],
+                    &&expires[s..e],
+                    &&statuses[s..e],
+                    &&limits[s..e],
+                    &&imported_clicks[s..e],
+                    &present,
+                ],
+            )
+            .await
+            .map_err(conflict_detail)?;
+        // The check of the stored codes above took no lock: a create that took a file's id
+        // since (the sequence is moved past the file's ids only now), or another import of the
+        // same id, leaves a row of another code, which the upsert skips rather than rename.
+        if written != (e - s) as u64 {
+            return Err(ApiError::Conflict(
+                "a link the file names by id got another code meanwhile (a link's code never \
+                 changes); nothing was imported"
+                    .into(),
+            ));
+        }
     }
     // The events of a link that changed hands are its new owner's, as its stats are: in
     // `required` mode the old owner would otherwise go on listing its clicks (and their

@@ -1,6 +1,6 @@
 //! Bulk CSV imports: the seed formats, all-or-nothing, sequences, cache.
 
-use crate::helpers::{error_of, spawn_app, TestApp};
+use crate::helpers::{error_of, spawn_app, wait_for_lock_waits, TestApp};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -508,4 +508,43 @@ async fn a_bulk_row_cannot_change_a_links_code() {
         1
     );
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
+}
+
+/// The check that a row keeps its link's code holds when the link is being written meanwhile:
+/// a row of the same id inserted by another transaction (another import, a create that drew
+/// the id) and committed while the import waits on it is not renamed by the import.
+#[tokio::test]
+async fn a_bulk_row_cannot_rename_a_link_written_meanwhile() {
+    let app = spawn_app().await;
+    let user = app.create_user("racer").await;
+    let mut holder = app.sql().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO urls (id, user_id, short_code, original_url) \
+         VALUES (900001, $1, 'heldcode', 'https://example.com/held')",
+        &[&user],
+    )
+    .await
+    .unwrap();
+    let csv = format!(
+        "id,user_id,short_code,original_url\n900001,{user},filecode,https://example.com/file\n"
+    );
+    let import = {
+        let (client, url) = (app.client.clone(), app.url("/urls/bulk"));
+        tokio::spawn(async move {
+            let part = reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("urls.csv");
+            let form = reqwest::multipart::Form::new().part("file", part);
+            client.post(url).multipart(form).send().await.unwrap()
+        })
+    };
+    wait_for_lock_waits(&app, 1, "the import's upsert").await;
+    tx.commit().await.unwrap();
+    let res = import.await.unwrap();
+    error_of(res, 409).await;
+    let code: String = holder
+        .query_one("SELECT short_code FROM urls WHERE id = 900001", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(code, "heldcode");
 }
