@@ -370,19 +370,24 @@ mod tests {
         let (log, _) = click_log(redis.clone(), Duration::ZERO, 256);
         private.demote();
         assert!(!log.append("s", &click("x")).await);
-        assert_eq!(errors.get(), 1);
+        assert!(errors.get() >= 1);
+        // Appends go on being refused; past the young connection's grace, one drops it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let next: i64 = loop {
-            match redis.query(redis::cmd("CLIENT").arg("ID")).await {
-                Ok(id) => break id,
+        loop {
+            assert!(!log.append("s", &click("x")).await);
+            match redis.query::<i64>(redis::cmd("CLIENT").arg("ID")).await {
+                Ok(id) if id != first => break,
+                Ok(_) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the connection was kept"
+                ),
                 Err(e) => assert!(
                     std::time::Instant::now() < deadline,
                     "never reconnected: {e}"
                 ),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_ne!(next, first, "the demoted server's connection was kept");
+        }
     }
 
     /// Without a window, a lone click is sent at once, and with Redis unreachable it is
