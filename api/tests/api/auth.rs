@@ -65,6 +65,22 @@ async fn log_out(app: &TestApp, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// `PUT /auth/password` with `token`'s session.
+async fn change_password(
+    app: &TestApp,
+    token: &str,
+    current: &str,
+    new: &str,
+) -> reqwest::Response {
+    app.client
+        .put(app.url("/auth/password"))
+        .header("authorization", bearer(token))
+        .json(&json!({"current_password": current, "new_password": new}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/auth/me"))
@@ -159,14 +175,7 @@ async fn with_replica_acks_a_log_out_waits_for_a_replica() {
         .as_str()
         .unwrap()
         .to_owned();
-    let res = app
-        .client
-        .put(app.url("/auth/password"))
-        .header("authorization", bearer(&token))
-        .json(&json!({"current_password": "pw-replicated-secret", "new_password": "a new secret"}))
-        .send()
-        .await
-        .unwrap();
+    let res = change_password(&app, &token, "pw-replicated-secret", "a new secret").await;
     assert_eq!(res.status(), 200);
     error_of(me(&app, &token).await, 401).await;
 }
@@ -1864,14 +1873,7 @@ async fn a_password_change_whose_session_fails_says_the_password_changed() {
     let (app, refuse_sessions, _redis) = app_whose_sessions_can_fail().await;
     let (token, _) = register(&app, "changer").await;
     refuse_sessions(true).await;
-    let res = app
-        .client
-        .put(app.url("/auth/password"))
-        .header("authorization", bearer(&token))
-        .json(&json!({"current_password": "pw-changer-secret", "new_password": "the next secret"}))
-        .send()
-        .await
-        .unwrap();
+    let res = change_password(&app, &token, "pw-changer-secret", "the next secret").await;
     let message = error_of(res, 503).await["message"]
         .as_str()
         .unwrap()

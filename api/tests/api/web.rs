@@ -1668,6 +1668,16 @@ async fn two_deletes_of_one_link_at_once_both_answer_done() {
     }
 }
 
+/// Posts the log-in `page`'s form as `returner` with `password`, asking to go back to `next`.
+async fn log_in_back(b: &mut Browser<'_>, page: &str, password: &str, next: &str) -> Response {
+    let fields = [
+        ("account", "returner"),
+        ("password", password),
+        ("next", next),
+    ];
+    b.submit(page, "/login", &fields).await
+}
+
 /// A page asked for logged out sends to log in and, once logged in, back to that page (path
 /// and query); an address that is not one of our pages is never where a log-in goes.
 #[tokio::test]
@@ -1686,34 +1696,14 @@ async fn logging_in_goes_back_to_the_page_asked_for() {
         page.contains("name=\"next\" value=\"/ui/keys?x=1\""),
         "{page}"
     );
-    let res = b
-        .submit(
-            &page,
-            "/login",
-            &[
-                ("account", "returner"),
-                ("password", "wrong password"),
-                ("next", "/ui/keys?x=1"),
-            ],
-        )
-        .await;
+    let res = log_in_back(&mut b, &page, "wrong password", "/ui/keys?x=1").await;
     assert_eq!(res.status(), 401);
     let page = res.text().await.unwrap();
     assert!(
         page.contains("name=\"next\" value=\"/ui/keys?x=1\""),
         "kept: {page}"
     );
-    let res = b
-        .submit(
-            &page,
-            "/login",
-            &[
-                ("account", "returner"),
-                ("password", "long enough pw"),
-                ("next", "/ui/keys?x=1"),
-            ],
-        )
-        .await;
+    let res = log_in_back(&mut b, &page, "long enough pw", "/ui/keys?x=1").await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/ui/keys?x=1");
 
@@ -1729,17 +1719,7 @@ async fn logging_in_goes_back_to_the_page_asked_for() {
         let mut b = Browser::new(&app);
         let (_, page) = b.get("/login").await;
         assert!(!page.contains("name=\"next\""));
-        let res = b
-            .submit(
-                &page,
-                "/login",
-                &[
-                    ("account", "returner"),
-                    ("password", "long enough pw"),
-                    ("next", elsewhere),
-                ],
-            )
-            .await;
+        let res = log_in_back(&mut b, &page, "long enough pw", elsewhere).await;
         assert_eq!(res.headers()["location"], "/", "{elsewhere}");
     }
 }
