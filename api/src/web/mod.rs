@@ -651,11 +651,17 @@ pub(crate) const NEXT_FIELD: &str = "next";
 
 /// `next` if it is the address of one of our pages (`/ui…`, path and query): a log-in goes
 /// back there, never to another site (`//evil.example` and `/\evil.example` are other hosts to
-/// a browser) nor to what is no page of ours.
+/// a browser) nor to what is no page of ours. A browser resolves dot segments, written or
+/// percent-encoded: `/ui/%2e%2e/<code>` is the redirect of `<code>`, wherever its link leads.
 pub(crate) fn page_to_return_to(next: &str) -> Option<&str> {
     let ours = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
     let plain = next.len() <= 2048 && next.chars().all(|c| c.is_ascii_graphic() && c != '\\');
-    (ours && plain).then_some(next)
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let dotted = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    (ours && plain && !dotted).then_some(next)
 }
 
 /// `GET /login` (`?next=` the page to go back to once logged in).

@@ -1715,6 +1715,10 @@ async fn logging_in_goes_back_to_the_page_asked_for() {
         "/uix",
         "/ui/ spaced",
         "/static/app.js",
+        "/ui/../abc123",
+        "/ui/%2e%2e/abc123",
+        "/ui/.%2E/abc123",
+        "/ui/keys/./../../abc123",
     ] {
         let mut b = Browser::new(&app);
         let (_, page) = b.get("/login").await;
