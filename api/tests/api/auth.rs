@@ -1,8 +1,8 @@
 //! Accounts and access: sessions, API keys, lock-out, the required-mode policy.
 
 use crate::helpers::{
-    error_of, spawn_app, spawn_app_through_relay, spawn_app_waiting_for_a_replica, spawn_app_with,
-    spawn_app_with_lockout, waits_sent, TestApp,
+    error_of, replica_of, spawn_app, spawn_app_through_relay, spawn_app_waiting_for_a_replica,
+    spawn_app_with, spawn_app_with_lockout, waits_sent, TestApp,
 };
 use kurz_api::config::AuthMode;
 use serde_json::{json, Value};
@@ -175,9 +175,39 @@ async fn with_replica_acks_a_log_out_waits_for_a_replica() {
         .as_str()
         .unwrap()
         .to_owned();
+    let waits = waits_sent(&master).await;
     let res = change_password(&app, &token, "pw-replicated-secret", "a new secret").await;
     assert_eq!(res.status(), 200);
+    assert!(
+        waits_sent(&master).await > waits,
+        "the password change sent no WAIT"
+    );
     error_of(me(&app, &token).await, 401).await;
+
+    // With a replica, once its first sync is over, a log-out is confirmed: no error counted.
+    let _replica = replica_of(&master).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = login(
+            &app,
+            json!({"username": "replicated", "password": "a new secret"}),
+        )
+        .await;
+        let token = res.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let errors = app.state.metrics.redis_errors.get();
+        assert_eq!(log_out(&app, &token).await.status(), 204);
+        if app.state.metrics.redis_errors.get() == errors {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica ever confirmed a log-out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
