@@ -50,6 +50,16 @@ async fn login(app: &TestApp, body: Value) -> reqwest::Response {
     app.post_json("/auth/login", &body).await
 }
 
+/// Logs `username` in: the new session's token.
+async fn session_of(app: &TestApp, username: &str, password: &str) -> String {
+    let res = login(app, json!({"username": username, "password": password})).await;
+    assert_eq!(res.status(), 200, "log-in of {username}");
+    res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn me_id(app: &TestApp, token: &str) -> i64 {
     me(app, token).await.json::<Value>().await.unwrap()["id"]
         .as_i64()
@@ -166,15 +176,7 @@ async fn with_replica_acks_a_log_out_waits_for_a_replica() {
     assert!(app.state.metrics.redis_errors.get() > errors);
     error_of(me(&app, &token).await, 401).await;
 
-    let res = login(
-        &app,
-        json!({"username": "replicated", "password": "pw-replicated-secret"}),
-    )
-    .await;
-    let token = res.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = session_of(&app, "replicated", "pw-replicated-secret").await;
     let waits = waits_sent(&master).await;
     let res = change_password(&app, &token, "pw-replicated-secret", "a new secret").await;
     assert_eq!(res.status(), 200);
@@ -188,15 +190,7 @@ async fn with_replica_acks_a_log_out_waits_for_a_replica() {
     let _replica = replica_of(&master).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let res = login(
-            &app,
-            json!({"username": "replicated", "password": "a new secret"}),
-        )
-        .await;
-        let token = res.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = session_of(&app, "replicated", "a new secret").await;
         let errors = app.state.metrics.redis_errors.get();
         assert_eq!(log_out(&app, &token).await.status(), 204);
         if app.state.metrics.redis_errors.get() == errors {
