@@ -529,14 +529,7 @@ async fn a_bulk_row_cannot_rename_a_link_written_meanwhile() {
     let csv = format!(
         "id,user_id,short_code,original_url\n900001,{user},filecode,https://example.com/file\n"
     );
-    let import = {
-        let (client, url) = (app.client.clone(), app.url("/urls/bulk"));
-        tokio::spawn(async move {
-            let part = reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("urls.csv");
-            let form = reqwest::multipart::Form::new().part("file", part);
-            client.post(url).multipart(form).send().await.unwrap()
-        })
-    };
+    let import = app.spawn_upload("/urls/bulk", csv.into_bytes());
     wait_for_lock_waits(&app, 1, "the import's upsert").await;
     tx.commit().await.unwrap();
     let res = import.await.unwrap();

@@ -404,22 +404,7 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     let csv = format!(
         "id,user_id,short_code,original_url\n{id},{user},{code},https://example.com/bulk\n"
     );
-    let import = {
-        let (client, url) = (app.client.clone(), app.url("/urls/bulk"));
-        tokio::spawn(async move {
-            let form = reqwest::multipart::Form::new().part(
-                "file",
-                reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("urls.csv"),
-            );
-            client
-                .post(url)
-                .multipart(form)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let import = app.spawn_upload("/urls/bulk", csv.into_bytes());
     crate::helpers::wait_for_lock_waits(&app, 1, "the import").await;
     let res = app
         .put_json(
@@ -432,7 +417,7 @@ async fn a_request_stuck_on_the_database_is_answered_503_at_its_deadline() {
     assert!(!import.is_finished(), "the import gave up with the update");
     tx.rollback().await.unwrap();
     assert_eq!(
-        import.await.unwrap(),
+        import.await.unwrap().status(),
         201,
         "the import, past the update's deadline"
     );

@@ -180,17 +180,22 @@ impl TestApp {
 
     /// Uploads `csv` as multipart field `file`.
     pub async fn upload(&self, path: &str, csv: Vec<u8>) -> Response {
-        let part = reqwest::multipart::Part::bytes(csv)
-            .file_name("data.csv")
-            .mime_str("text/csv")
-            .unwrap();
-        let form = reqwest::multipart::Form::new().part("file", part);
         self.client
             .post(self.url(path))
-            .multipart(form)
+            .multipart(csv_form(csv))
             .send()
             .await
             .expect("request")
+    }
+
+    /// [`TestApp::upload`] from a task of its own, for a test that holds a lock the import
+    /// waits on meanwhile.
+    pub fn spawn_upload(&self, path: &str, csv: Vec<u8>) -> tokio::task::JoinHandle<Response> {
+        let (client, url) = (self.client.clone(), self.url(path));
+        tokio::spawn(async move {
+            let sent = client.post(url).multipart(csv_form(csv)).send().await;
+            sent.expect("request")
+        })
     }
 
     /// Creates a user and returns its id.
@@ -354,6 +359,15 @@ pub fn sh(script: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{script}: {out:?}");
+}
+
+/// `csv` as multipart field `file`, as the upload endpoints take it.
+fn csv_form(csv: Vec<u8>) -> reqwest::multipart::Form {
+    let part = reqwest::multipart::Part::bytes(csv)
+        .file_name("data.csv")
+        .mime_str("text/csv")
+        .unwrap();
+    reqwest::multipart::Form::new().part("file", part)
 }
 
 /// Reads a JSON error body and checks its shape.
