@@ -123,17 +123,21 @@ pub fn check_width(bytes: &[u8]) -> ApiResult<()> {
 
 /// `value` quoted for an error message, cut to its first [`SHOWN_CHARS`] characters.
 pub fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{value:?}"),
-        Some((end, _)) => format!("{:?}…", &value[..end]),
-    }
+    let (head, more) = head_of(value);
+    format!("{head:?}{more}")
 }
 
 /// `value` as a report names it: its first [`SHOWN_CHARS`] characters, then `…` if cut.
 pub fn cut(value: &str) -> String {
+    let (head, more) = head_of(value);
+    format!("{head}{more}")
+}
+
+/// The first [`SHOWN_CHARS`] characters of `value`, and `…` when that is not all of it.
+fn head_of(value: &str) -> (&str, &'static str) {
     match value.char_indices().nth(SHOWN_CHARS) {
-        None => value.to_owned(),
-        Some((end, _)) => format!("{}…", &value[..end]),
+        None => (value, ""),
+        Some((end, _)) => (&value[..end], "…"),
     }
 }
 
