@@ -80,7 +80,14 @@ fn main() -> ExitCode {
             let mut client = pool.get().await.map_err(|e| format!("database: {e}"))?;
             return kurz_api::migrate::run(&mut client).await;
         }
-        let app = Application::build(config).await?;
+        let mut stop = Box::pin(startup::shutdown_signal());
+        let app = tokio::select! {
+            app = Application::build(config) => app?,
+            () = &mut stop => {
+                log::info!("kurz-api stopped before it served");
+                return Ok(());
+            }
+        };
         log::info!(listen = app.addr().to_string(), admin = app.admin_addr().to_string(); "kurz-api listening");
         app.run_until(startup::shutdown_signal()).await
     });

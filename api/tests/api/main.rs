@@ -20,6 +20,7 @@ mod link_state;
 mod malformed;
 mod migrate;
 mod openapi;
+mod process;
 mod qr;
 mod redirect;
 mod resilience;
