@@ -67,6 +67,14 @@ fn main() -> ExitCode {
         println!("kurz-api: configuration ok");
         return ExitCode::SUCCESS;
     }
+    // Before any socket is opened (see `kurz_common::open_files`).
+    match kurz_common::open_files::raise_to_hard() {
+        Ok((before, now)) if before != now => {
+            log::info!(before = before, now = now; "open-file limit raised to the hard limit")
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!(error = e.to_string(); "cannot raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +97,7 @@ fn main() -> ExitCode {
             }
         };
         log::info!(listen = app.addr().to_string(), admin = app.admin_addr().to_string(); "kurz-api listening");
-        app.run_until(startup::shutdown_signal()).await
+        app.run_until(stop).await
     });
     match result {
         Ok(()) => {

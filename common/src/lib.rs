@@ -11,6 +11,7 @@
 //! - [`shortcode`]: generating and validating short codes, reserved words.
 //! - [`target`]: the rules a link's target URL must meet.
 //! - [`logging`]: the JSON line format every kurz log uses.
+//! - [`open_files`]: raising the open-file limit a container or a shell starts a process with.
 //! - [`redis_handle`]: a Redis connection that survives Redis going away.
 //! - [`time`]: the contract's timestamp format.
 //! - [`visit`]: the one Redis script a redirect runs: look up, count, append the click.
@@ -26,6 +27,7 @@ pub mod env;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod open_files;
 pub mod proxies;
 pub mod redis_handle;
 pub mod shortcode;

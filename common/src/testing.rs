@@ -746,3 +746,16 @@ pub fn dated_pair(dir: &std::path::Path, name: &str, start: &str, end: &str) {
         "-notext",
     ]);
 }
+
+/// (soft, hard) of a process's "Max open files", as `/proc/<pid>/limits` prints them
+/// (`pid` may be `self`).
+pub fn open_file_limits(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut numbers = line.split_whitespace().skip(3);
+    let mut next = || numbers.next().unwrap().to_owned();
+    (next(), next())
+}

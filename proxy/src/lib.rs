@@ -12,7 +12,6 @@
 //! - [`upstreams`]: the API pool, its health checks and its reloadable list; [`reload`]: SIGHUP.
 //! - [`admin`]: `/metrics` and health on the admin listener; [`metrics`]: metric definitions.
 //! - [`respond`]: responses the edge writes itself; [`cert_expiry`]: the TLS expiry gauge.
-//! - [`open_files`]: the descriptor limit raised for the connections the edge is sized for.
 //! - [`server`]: assembling the Pingora server from the config.
 
 pub mod admin;
@@ -25,7 +24,6 @@ pub mod invalidations;
 pub mod key_check;
 pub mod metrics;
 pub mod near_cache;
-pub mod open_files;
 pub mod rate_limit;
 pub mod redirect;
 pub mod reload;

@@ -285,7 +285,7 @@ impl Hot {
 
 /// The text exposition of the default registry.
 pub fn render() -> Vec<u8> {
-    if let Some(n) = crate::open_files::open_now() {
+    if let Some(n) = kurz_common::open_files::open_now() {
         METRICS.open_files.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     let mut buf = Vec::new();

@@ -108,7 +108,7 @@ pub fn run(
         test: false,
         conf: None,
     };
-    match crate::open_files::raise_to_hard() {
+    match kurz_common::open_files::raise_to_hard() {
         Ok((before, now)) => {
             METRICS
                 .open_files_limit
@@ -119,7 +119,7 @@ pub fn run(
         }
         Err(e) => {
             // The limit it runs with is still what the alert compares with.
-            if let Some(soft) = crate::open_files::soft_limit() {
+            if let Some(soft) = kurz_common::open_files::soft_limit() {
                 METRICS
                     .open_files_limit
                     .set(i64::try_from(soft).unwrap_or(i64::MAX));

@@ -2,6 +2,7 @@
 //! while it waits for PostgreSQL, and the open-file limit it is handed.
 
 use crate::helpers::{closed_port, redis_url};
+use kurz_common::testing::open_file_limits;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -98,4 +99,19 @@ async fn a_stop_signal_while_waiting_for_postgres_stops_the_api() {
         let status = api.exit_status().await;
         assert!(status.success(), "SIG{signal}: {status}");
     }
+}
+
+/// Started with a soft open-file limit of 1024 (a container runtime's default), the API
+/// raises it to the hard limit before anything else: every client, PostgreSQL and Redis
+/// connection is a descriptor, and 1024 refuses accepts from about a thousand connections.
+#[tokio::test]
+async fn the_api_raises_its_open_file_limit_to_the_hard_one() {
+    let (_, hard) = open_file_limits("self");
+    assert!(
+        hard.parse::<u64>().unwrap() > 1024,
+        "a hard limit above 1024: {hard}"
+    );
+    let api = Waiting::start(Some(&format!("1024:{hard}"))).await;
+    let (soft, api_hard) = open_file_limits(&api.child.id().to_string());
+    assert_eq!((&soft, &api_hard), (&hard, &hard));
 }

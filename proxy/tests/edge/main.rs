@@ -999,19 +999,9 @@ async fn the_web_app_is_served_through_the_edge_and_its_links_redirect_at_the_ed
 /// accepts fail from about a thousand connections, whatever the edge was sized for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
-    // (soft, hard) of a process's "Max open files".
-    fn open_files(pid: &str) -> (String, String) {
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        let line = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .unwrap();
-        let mut numbers = line.split_whitespace().skip(3);
-        let mut next = || numbers.next().unwrap().to_owned();
-        (next(), next())
-    }
+    use kurz_common::testing::open_file_limits;
     // This process's hard limit: raising a hard limit needs privilege.
-    let (_, hard) = open_files("self");
+    let (_, hard) = open_file_limits("self");
     assert!(
         hard.parse::<u64>().unwrap() > 1024,
         "a hard limit above 1024: {hard}"
@@ -1021,7 +1011,7 @@ async fn the_edge_raises_its_open_file_limit_to_the_hard_one() {
         proxy_nofile: Some(format!("1024:{hard}")),
         ..Options::default()
     });
-    let (soft, edge_hard) = open_files(&stack.proxy_pid().to_string());
+    let (soft, edge_hard) = open_file_limits(&stack.proxy_pid().to_string());
     assert_eq!((&soft, &edge_hard), (&hard, &hard));
     let gauge = stack
         .metric(stack.admin_port, "kurz_proxy_open_files_limit", &[])

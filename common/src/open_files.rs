@@ -1,8 +1,8 @@
-//! The open-file limit. Every client connection is a descriptor, and so is every upstream
-//! connection behind it; container runtimes (Docker 29, containerd 2) and shells start a
-//! process with a soft limit of 1024, which would refuse accepts from about a thousand
-//! connections however the edge was sized. The soft limit may be raised to the hard one without
-//! privilege, as nginx's `worker_rlimit_nofile` does for its workers.
+//! The open-file limit. Every client connection is a descriptor, and so is every upstream,
+//! PostgreSQL and Redis connection behind it; container runtimes (Docker 29, containerd 2) and
+//! shells start a process with a soft limit of 1024, which would refuse accepts from about a
+//! thousand connections however the edge or the API was sized. The soft limit may be raised to
+//! the hard one without privilege, as nginx's `worker_rlimit_nofile` does for its workers.
 
 /// The soft `RLIMIT_NOFILE` now.
 pub fn soft_limit() -> Option<u64> {
