@@ -114,6 +114,17 @@ async fn each_products_export_becomes_links_with_what_it_carries() {
     let id = links["x7Kp2"]["id"].as_i64().unwrap();
     let stats = app.stats(id).await;
     assert_eq!(stats["imported_clicks"], 42);
+    // A count that carries no day is whole in any range.
+    let ranged: Value = app
+        .get(&format!("/urls/{id}/stats?from=2030-01-01&to=2030-01-31"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&ranged["clicks"], &ranged["imported_clicks"]),
+        (&json!(0), &json!(42))
+    );
 }
 
 /// A code generated for a record a link already holds is drawn again: before, the whole import
