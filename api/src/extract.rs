@@ -438,21 +438,56 @@ pub fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("{what} {raw:?} not found")))
 }
 
-/// Query parameters of a list request.
+/// Query parameters of a request.
 pub struct Query {
     pairs: Vec<(String, String)>,
 }
 
+/// What every paginated list takes besides its own filters.
+const PAGE_PARAMS: [&str; 2] = ["page", "per_page"];
+
+/// The one parameter that may be given more than once: `tag=a&tag=b` asks for links carrying both.
+const REPEATABLE: [&str; 1] = ["tag"];
+
 impl Query {
-    pub fn parse(raw: Option<&str>) -> Self {
-        let pairs = raw
+    /// The query of an endpoint that takes the parameters `accepted` and no other. A misspelt
+    /// or unknown name (`tags=`, `limit=`, `after=`) would widen a list the client meant to
+    /// narrow and answer 200, and a name given twice would leave the client guessing which
+    /// value counted: both are a 400 that names the parameter.
+    pub fn parse(raw: Option<&str>, accepted: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = raw
             .map(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
                     .into_owned()
                     .collect()
             })
             .unwrap_or_default();
-        Self { pairs }
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !accepted.contains(&name.as_str()) {
+                let takes = if accepted.is_empty() {
+                    "it takes none".to_owned()
+                } else {
+                    format!("it takes {}", accepted.join(", "))
+                };
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {} is not one this endpoint takes ({takes})",
+                    crate::import::bounds::shown(name)
+                )));
+            }
+            let again = pairs[..i].iter().any(|(earlier, _)| earlier == name);
+            if again && !REPEATABLE.contains(&name.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {name} is given more than once"
+                )));
+            }
+        }
+        Ok(Self { pairs })
+    }
+
+    /// [`Query::parse`] for a paginated list: `accepted` and `page`, `per_page`.
+    pub fn list(raw: Option<&str>, accepted: &[&str]) -> Result<Self, ApiError> {
+        let all: Vec<&str> = accepted.iter().chain(&PAGE_PARAMS).copied().collect();
+        Self::parse(raw, &all)
     }
 
     /// Every parameter in order.
@@ -463,7 +498,6 @@ impl Query {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }

@@ -130,15 +130,20 @@ mod tests {
     #[test]
     fn a_cut_list_points_at_a_page_that_is_accepted_and_starts_at_the_cut() {
         for limit in [3, 1000, 1500, 2000, 10_000, 1009] {
-            let page = Page::from_query(&Query::parse(None), limit).unwrap();
-            let res = page.respond(Vec::new(), limit + 1, "/urls", &Query::parse(Some("q=a")));
+            let page = Page::from_query(&Query::list(None, &[]).unwrap(), limit).unwrap();
+            let res = page.respond(
+                Vec::new(),
+                limit + 1,
+                "/urls",
+                &Query::list(Some("q=a"), &["q"]).unwrap(),
+            );
             let link = res.headers()["link"].to_str().unwrap().to_owned();
             let target = link
                 .strip_prefix("</urls?")
                 .and_then(|l| l.strip_suffix(">; rel=\"next\""))
                 .unwrap_or_else(|| panic!("{limit}: {link}"));
             assert!(target.starts_with("q=a&"), "{limit}: {link}");
-            let next = Page::from_query(&Query::parse(Some(target)), limit)
+            let next = Page::from_query(&Query::list(Some(target), &["q"]).unwrap(), limit)
                 .unwrap_or_else(|e| panic!("{limit}: {link}: {e:?}"));
             assert_eq!(next.offset, limit, "{limit}: {link}");
         }

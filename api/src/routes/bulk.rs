@@ -189,7 +189,7 @@ pub async fn import_links(
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
+    let q = Query::parse(raw.as_deref(), &["format", "user_id"])?;
     let format = q.get("format").unwrap_or("");
     let owner = caller
         .owner_for_write(q.id("user_id")?)?

@@ -62,7 +62,7 @@ pub async fn list(
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
+    let q = Query::list(raw.as_deref(), &["url_id", "user_id", "event_type"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = EventFilter {
         url_id: q.id("url_id")?,

@@ -55,7 +55,7 @@ pub async fn by_code(
 }
 
 pub(crate) fn options(raw: Option<&str>) -> ApiResult<(Format, u32)> {
-    let q = Query::parse(raw);
+    let q = Query::parse(raw, &["format", "size"])?;
     let format = match q.get("format") {
         None => Format::Svg,
         Some(f) => Format::parse(f).ok_or_else(|| {

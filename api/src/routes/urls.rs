@@ -305,7 +305,7 @@ pub async fn list(
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
+    let q = Query::list(raw.as_deref(), &["user_id", "is_active", "tag"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = UrlFilter {
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
@@ -571,7 +571,7 @@ pub async fn stats(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let id = path_id(&id, "url")?;
-    let q = Query::parse(raw.as_deref());
+    let q = Query::parse(raw.as_deref(), &["from", "to", "include_bots"])?;
     let range = db::stats::Range {
         from: query_date(&q, "from")?,
         to: query_date(&q, "to")?,
@@ -613,7 +613,7 @@ pub async fn tags(
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
+    let q = Query::list(raw.as_deref(), &[])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let scope = caller.scope_user_filter(None)?;
     let (total, counts) = db::total_and_page(
@@ -667,7 +667,7 @@ pub async fn export(
     RawQuery(raw): RawQuery,
     Extension(RequestId(request_id)): Extension<RequestId>,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref());
+    let q = Query::parse(raw.as_deref(), &["format", "user_id"])?;
     match q.get("format") {
         None | Some("csv") => {}
         Some(other) => {

@@ -56,7 +56,7 @@ pub async fn list(
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let q = Query::parse(raw.as_deref());
+    let q = Query::list(raw.as_deref(), &[])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let (total, users) = db::total_and_page(
         &mut state.client().await?,
@@ -175,7 +175,7 @@ pub async fn urls(
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
     caller.require_self_or_admin(id)?;
-    let q = Query::parse(raw.as_deref());
+    let q = Query::list(raw.as_deref(), &["is_active", "tag"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = UrlFilter {
         user_id: Some(id),

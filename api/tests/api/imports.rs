@@ -21,7 +21,7 @@ async fn import(app: &TestApp, format: &str, user: i64, bytes: &[u8]) -> reqwest
 /// The user's links by code.
 async fn links_of(app: &TestApp, user: i64) -> std::collections::HashMap<String, Value> {
     let links: Vec<Value> = app
-        .get(&format!("/urls?user_id={user}&limit=100"))
+        .get(&format!("/urls?user_id={user}"))
         .await
         .json()
         .await

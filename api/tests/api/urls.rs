@@ -176,6 +176,58 @@ async fn list_urls_filters_by_user_and_active() {
     error_of(app.get("/urls?is_active=maybe").await, 400).await;
 }
 
+/// A misspelt filter used to be ignored: `tags=` or `limit=` answered 200 with every link, the
+/// wider list the client meant to narrow. An unknown name, or a filter given twice, is a 400
+/// naming it; `tag`, the one filter meant to repeat, still does.
+#[tokio::test]
+async fn an_unknown_or_repeated_query_parameter_is_refused_naming_it() {
+    let app = spawn_app().await;
+    let user = app.create_user("qp").await;
+    let link = app.create_url(user, "https://example.com/qp").await;
+    let id = link["id"].as_i64().unwrap();
+    for (path, named) in [
+        ("/urls?tags=launch".to_owned(), "tags"),
+        ("/urls?limit=10".to_owned(), "limit"),
+        ("/urls?per_page=5&after=3".to_owned(), "after"),
+        ("/events?url=1".to_owned(), "url"),
+        ("/users?is_active=true".to_owned(), "is_active"),
+        (format!("/users/{user}/urls?user_id=7"), "user_id"),
+        (format!("/urls/{id}/stats?form=2030-01-01"), "form"),
+        ("/urls/export?format=csv&tag=x".to_owned(), "tag"),
+        ("/tags?tag=x".to_owned(), "tag"),
+        (format!("/urls/{id}/qr?sizes=512"), "sizes"),
+        (format!("/urls?user_id={user}&user_id=99"), "user_id"),
+        ("/urls?page=1&page=2".to_owned(), "page"),
+        (
+            "/events?event_type=click&event_type=created".to_owned(),
+            "event_type",
+        ),
+    ] {
+        let err = error_of(app.get(&path).await, 400).await;
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(named), "{path}: {err}");
+    }
+    let err = error_of(app.get("/urls?lmit=5").await, 400).await;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("user_id, is_active, tag, page, per_page"),
+        "the answer lists what the endpoint takes: {err}"
+    );
+    // A name is quoted cut short, as a value is.
+    let long = "x".repeat(5_000);
+    let err = error_of(app.get(&format!("/urls?{long}=1")).await, 400).await;
+    assert!(err["message"].as_str().unwrap().len() < 300, "{err}");
+
+    let res = app.get("/urls?tag=a&tag=b&per_page=5&page=1").await;
+    assert_eq!(res.status(), 200, "tag repeats");
+    let res = app
+        .get(&format!("/urls/{id}/stats?from=2020-01-01&include_bots=1"))
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
 #[tokio::test]
 async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
     let app = spawn_app().await;
