@@ -482,8 +482,10 @@ params["IsActiveFilter"] = {"name": "is_active", "in": "query", "required": Fals
                             "description": "`true`/`false` (also `1`/`0`, any case); absent: no filter, empty: 400.",
                             "schema": {"type": "boolean"}}
 params["TagFilter"] = {"name": "tag", "in": "query", "required": False, "style": "form", "explode": True,
-                       "description": "Repeatable: links carrying every tag given (normalised like tags).",
-                       "schema": {"type": "array", "items": {"type": "string", "pattern": TAG_PATTERN}}}
+                       "description": "Repeatable: links carrying every tag given (normalised like tags); "
+                                      "more than 20 (what a link carries at most): 400.",
+                       "schema": {"type": "array", "maxItems": 20,
+                                  "items": {"type": "string", "pattern": TAG_PATTERN}}}
 params["EventTypeFilter"] = {"name": "event_type", "in": "query", "required": False,
                              "schema": {"type": "string", "enum": EVENT_TYPES}}
 params["QrFormat"] = {"name": "format", "in": "query", "required": False,

@@ -546,11 +546,14 @@ impl UrlFilter {
         let mut f = Filter::new(&["deleted_at IS NULL"]);
         f.eq("user_id", &self.user_id);
         f.eq("is_active", &self.is_active);
-        if !self.tags.is_empty() {
+        // One semi-join per tag, not a grouping of every link carrying one of them: the planner
+        // then walks either the owner's links (checking each in the primary key) or the tag's
+        // index, whichever is smaller, where the grouping read every tenant's links with a
+        // common tag before the owner filter.
+        for tag in &self.tags {
             f.param(
-                "id IN (SELECT url_id FROM link_tags WHERE tag = ANY({}) \
-                 GROUP BY url_id HAVING count(*) = cardinality({}))",
-                &self.tags,
+                "EXISTS (SELECT 1 FROM link_tags t WHERE t.url_id = urls.id AND t.tag = {})",
+                tag,
             );
         }
         if !self.search.is_empty() {

@@ -295,6 +295,14 @@ pub(crate) fn tag_filter(q: &Query) -> ApiResult<Vec<String>> {
     }
     tags.sort();
     tags.dedup();
+    // Each tag is a clause of the query; no link carries more than this many.
+    if tags.len() > crate::tags::MAX_TAGS {
+        return Err(ApiError::BadRequest(format!(
+            "query parameter tag is given {} times: a link carries at most {} tags",
+            tags.len(),
+            crate::tags::MAX_TAGS
+        )));
+    }
     Ok(tags)
 }
 

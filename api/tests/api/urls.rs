@@ -222,6 +222,12 @@ async fn an_unknown_or_repeated_query_parameter_is_refused_naming_it() {
 
     let res = app.get("/urls?tag=a&tag=b&per_page=5&page=1").await;
     assert_eq!(res.status(), 200, "tag repeats");
+    let many: String = (0..21).map(|i| format!("tag=t{i}&")).collect();
+    let err = error_of(app.get(&format!("/urls?{many}")).await, 400).await;
+    assert!(
+        err["message"].as_str().unwrap().contains("at most 20"),
+        "{err}"
+    );
     let res = app
         .get(&format!("/urls/{id}/stats?from=2020-01-01&include_bots=1"))
         .await;
