@@ -465,6 +465,13 @@ params["PerPage"] = {"name": "per_page", "in": "query", "required": False,
                                     "every row up to `limits.list_limit` (default 10000).",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": INT64_MAX}
+params["AfterId"] = {"name": "after_id", "in": "query", "required": False,
+                     "description": "Instead of `page`: the rows with an id above this one (0: from the "
+                                    "start), `per_page` of them (default 50). Rows deleted or stored "
+                                    "between two such pages shift nothing. `X-Total-Count` then counts "
+                                    "the rows after it; `Link` has `rel=\"next\"` only, after the "
+                                    "page's last id. With `page`: 400.",
+                     "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX}}
 params["UserIdPath"] = {"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA,
                         "description": "A user id (a non-numeric id answers 404)."}
 params["UrlIdPath"] = {"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA,
@@ -587,7 +594,7 @@ paths["/users"] = {
         body=json_body(R("NewUser"))),
     "get": op("listUsers", "List users, by id (admins only in `required` mode).", ["users"], {
         "200": ok("The users.", list_of(R("User")), LIST_HEADERS), "400": RESP("BadRequest"),
-        **WITH_CALLER}, params_=[P("Page"), P("PerPage")]),
+        **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("AfterId")]),
 }
 paths["/users/bulk"] = {"post": op(
     "bulkUsers", "Import users from CSV (all or nothing; admins only in `required` mode).", ["users", "bulk"], {
@@ -610,7 +617,7 @@ paths["/users/{id}"] = {
 paths["/users/{id}/urls"] = {"parameters": [P("UserIdPath")], "get": op(
     "listUserUrls", "List a user's live links.", ["users", "urls"], {
         "200": ok("The links.", list_of(R("Link")), LIST_HEADERS), "400": RESP("BadRequest"),
-        "404": RESP("NotFound"), **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("IsActiveFilter"), P("TagFilter")])}
+        "404": RESP("NotFound"), **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("AfterId"), P("IsActiveFilter"), P("TagFilter")])}
 
 # URLs
 url_links = {
@@ -643,8 +650,8 @@ paths["/urls"] = {
     "post": create_link_op("createUrl", "Create a short link."),
     "get": op("listUrls", "List live links, by id.", ["urls"], {
         "200": ok("The links.", list_of(R("Link")), LIST_HEADERS), "400": RESP("BadRequest"),
-        **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("UserIdFilter"), P("IsActiveFilter"),
-                                 P("TagFilter")]),
+        **WITH_CALLER}, params_=[P("Page"), P("PerPage"), P("AfterId"), P("UserIdFilter"),
+                                 P("IsActiveFilter"), P("TagFilter")]),
 }
 paths["/links/create"] = {"post": create_link_op("createLink", "Create a short link (alias of POST /urls).")}
 paths["/urls/bulk"] = {"post": op(
@@ -723,7 +730,8 @@ paths["/events"] = {
         "200": ok("The events.", list_of(R("Event")),
                   {**LIST_HEADERS, "X-Kurz-Clicks-Pending": H("Clicks-Pending")}),
         "400": RESP("BadRequest"), **WITH_CALLER},
-        params_=[P("Page"), P("PerPage"), P("UrlIdFilter"), P("UserIdFilter"), P("EventTypeFilter")]),
+        params_=[P("Page"), P("PerPage"), P("AfterId"), P("UrlIdFilter"), P("UserIdFilter"),
+                 P("EventTypeFilter")]),
     "post": op("createEvent", "Record an event.", ["events"], {
         "201": ok("Created.", R("Event")), **JSON_BODY_ERRS,
         "404": RESP("NotFound"), **WITH_CALLER}, body=json_body(R("NewEvent")),

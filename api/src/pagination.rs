@@ -18,6 +18,10 @@ pub struct Page {
     pub offset: i64,
     /// `(page, per_page)` when the client asked for pages.
     requested: Option<(i64, i64)>,
+    /// `after_id`: the rows after this id (the list's filter holds it), `limit` of them. A
+    /// row deleted or committed late between two such pages shifts nothing, where an
+    /// `OFFSET` page would skip or repeat a row, and a deep page reads no skipped rows.
+    pub after: Option<i64>,
 }
 
 impl Page {
@@ -32,11 +36,25 @@ impl Page {
                 )));
             }
         }
+        if let Some(after) = after_id(q)? {
+            if page.is_some() {
+                return Err(ApiError::BadRequest(
+                    "query parameters page and after_id both pick the page: give one".into(),
+                ));
+            }
+            return Ok(Self {
+                limit: per_page.unwrap_or(DEFAULT_PER_PAGE),
+                offset: 0,
+                requested: None,
+                after: Some(after),
+            });
+        }
         if page.is_none() && per_page.is_none() {
             return Ok(Self {
                 limit: list_limit,
                 offset: 0,
                 requested: None,
+                after: None,
             });
         }
         let page = page.unwrap_or(1);
@@ -50,14 +68,28 @@ impl Page {
             limit: per_page,
             offset,
             requested: Some((page, per_page)),
+            after: None,
         })
     }
 
     /// A 200 with the items as a bare array, `X-Total-Count` and, when there are neighbours,
     /// an RFC 8288 `Link` header. `path` and `query` rebuild the links with the same filters.
+    ///
+    /// After `after_id`, `total` counts the rows after it (this page and the ones after), and
+    /// the `next` link starts after the page's last id.
     pub fn respond(&self, items: Vec<Value>, total: i64, path: &str, query: &Query) -> Response {
         let mut headers = HeaderMap::new();
         headers.insert("x-total-count", HeaderValue::from(total));
+        if self.after.is_some() {
+            let last = items.last().and_then(|item| item["id"].as_i64());
+            if let Some(last) = last.filter(|_| total > items.len() as i64) {
+                let next = list_url(path, query, &[("after_id", last), ("per_page", self.limit)]);
+                if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+                    headers.insert("link", v);
+                }
+            }
+            return (StatusCode::OK, headers, axum::Json(Value::Array(items))).into_response();
+        }
         let (page, per_page) = match self.requested {
             Some(p) => p,
             // An unpaginated list cut at the limit points at the rest in pages of the largest
@@ -109,15 +141,38 @@ fn positive(q: &Query, name: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// `after_id`: a whole number from 0 (0 starts the list: ids are positive).
+fn after_id(q: &Query) -> Result<Option<i64>, ApiError> {
+    match q.get("after_id") {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "query parameter after_id={v:?} must be a whole number from 0"
+                ))
+            }),
+    }
+}
+
 fn page_url(path: &str, query: &Query, page: i64, per_page: i64) -> String {
+    list_url(path, query, &[("page", page), ("per_page", per_page)])
+}
+
+/// `path` with the query's filters and `picks` (which replace whatever picked the page).
+fn list_url(path: &str, query: &Query, picks: &[(&str, i64)]) -> String {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in query.pairs() {
-        if k != "page" && k != "per_page" {
+        if !matches!(k, "page" | "per_page" | "after_id") {
             ser.append_pair(k, v);
         }
     }
-    ser.append_pair("page", &page.to_string());
-    ser.append_pair("per_page", &per_page.to_string());
+    for (k, v) in picks {
+        ser.append_pair(k, &v.to_string());
+    }
     format!("{path}?{}", ser.finish())
 }
 

@@ -172,6 +172,8 @@ pub struct EventFilter {
     pub user_id: Option<i64>,
     /// One of [`TYPES`]: it goes into the SQL as a literal (see `Filter::eq_literal`).
     pub event_type: Option<&'static str>,
+    /// Only events with a greater id (`after_id`).
+    pub after_id: Option<i64>,
 }
 
 impl EventFilter {
@@ -179,6 +181,9 @@ impl EventFilter {
         let mut f = Filter::new(&[]);
         f.eq("url_id", &self.url_id);
         f.eq("user_id", &self.user_id);
+        if let Some(after) = &self.after_id {
+            f.param("id > {}", after);
+        }
         // A literal, not a parameter: `events_type_idx` covers only the non-click types, and a
         // generic plan could not prove that `$n` is one of them.
         f.eq_literal("event_type", self.event_type);

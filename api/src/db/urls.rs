@@ -522,6 +522,8 @@ pub struct UrlFilter {
     /// Texts one of which the code, target or title contains (case-insensitive, taken
     /// literally): a search and its spellings in a stored target ([`search_spellings`]).
     pub search: Vec<String>,
+    /// Only links with a greater id (`after_id`).
+    pub after_id: Option<i64>,
 }
 
 /// What a person typed, and how a stored target spells it: targets are stored normalised, a
@@ -546,6 +548,9 @@ impl UrlFilter {
         let mut f = Filter::new(&["deleted_at IS NULL"]);
         f.eq("user_id", &self.user_id);
         f.eq("is_active", &self.is_active);
+        if let Some(after) = &self.after_id {
+            f.param("id > {}", after);
+        }
         // One semi-join per tag, not a grouping of every link carrying one of them: the planner
         // then walks either the owner's links (checking each in the primary key) or the tag's
         // index, whichever is smaller, where the grouping read every tenant's links with a

@@ -93,28 +93,32 @@ pub async fn user_exists(c: &impl GenericClient, id: i64) -> Result<bool, Error>
     Ok(find_user(c, id).await?.is_some())
 }
 
+/// Live users with an id above `after` (ids start at 1: 0 is all of them), in id order.
 pub async fn list_users(
     c: &impl GenericClient,
+    after: i64,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<User>, Error> {
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM users WHERE deleted_at IS NULL ORDER BY id LIMIT $1 OFFSET $2"
+            "SELECT {COLUMNS} FROM users WHERE deleted_at IS NULL AND id > $1 \
+             ORDER BY id LIMIT $2 OFFSET $3"
         ))
         .await?;
-    Ok(c.query(&stmt, &[&limit, &offset])
+    Ok(c.query(&stmt, &[&after, &limit, &offset])
         .await?
         .iter()
         .map(User::from_row)
         .collect())
 }
 
-pub async fn count_users(c: &impl GenericClient) -> Result<i64, Error> {
+/// How many users [`list_users`] lists after `after`.
+pub async fn count_users(c: &impl GenericClient, after: i64) -> Result<i64, Error> {
     let stmt = c
-        .prepare_cached("SELECT count(*) FROM users WHERE deleted_at IS NULL")
+        .prepare_cached("SELECT count(*) FROM users WHERE deleted_at IS NULL AND id > $1")
         .await?;
-    Ok(c.query_one(&stmt, &[]).await?.get(0))
+    Ok(c.query_one(&stmt, &[&after]).await?.get(0))
 }
 
 /// Sets the given fields; `None` keeps the current value.

@@ -62,12 +62,16 @@ pub async fn list(
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
-    let q = Query::list(raw.as_deref(), &["url_id", "user_id", "event_type"])?;
+    let q = Query::list(
+        raw.as_deref(),
+        &["url_id", "user_id", "event_type", "after_id"],
+    )?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = EventFilter {
         url_id: q.id("url_id")?,
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         event_type: event_type_param(&q)?,
+        after_id: page.after,
     };
     let pending = drain_clicks(&state).await;
     let (total, events) = db::total_and_page(

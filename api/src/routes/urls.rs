@@ -313,13 +313,14 @@ pub async fn list(
     RawQuery(raw): RawQuery,
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
-    let q = Query::list(raw.as_deref(), &["user_id", "is_active", "tag"])?;
+    let q = Query::list(raw.as_deref(), &["user_id", "is_active", "tag", "after_id"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = UrlFilter {
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
         is_active: q.bool("is_active")?,
         tags: tag_filter(&q)?,
         search: Vec::new(),
+        after_id: page.after,
     };
     let (total, links) = db::total_and_page(
         &mut state.client().await?,
@@ -689,6 +690,7 @@ pub async fn export(
         is_active: None,
         tags: Vec::new(),
         search: Vec::new(),
+        after_id: None,
     };
     // The first page is read before the answer starts: a database that fails now is a 503,
     // not a 200 cut short.

@@ -56,12 +56,13 @@ pub async fn list(
     OriginalUri(uri): OriginalUri,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let q = Query::list(raw.as_deref(), &[])?;
+    let q = Query::list(raw.as_deref(), &["after_id"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
+    let after = page.after.unwrap_or(0);
     let (total, users) = db::total_and_page(
         &mut state.client().await?,
-        async |tx| db::users::count_users(tx).await,
-        async |tx| db::users::list_users(tx, page.limit, page.offset).await,
+        async |tx| db::users::count_users(tx, after).await,
+        async |tx| db::users::list_users(tx, after, page.limit, page.offset).await,
     )
     .await?;
     Ok(page.respond(
@@ -175,13 +176,14 @@ pub async fn urls(
 ) -> ApiResult<Response> {
     let id = path_id(&id, "user")?;
     caller.require_self_or_admin(id)?;
-    let q = Query::list(raw.as_deref(), &["is_active", "tag"])?;
+    let q = Query::list(raw.as_deref(), &["is_active", "tag", "after_id"])?;
     let page = Page::from_query(&q, state.config.limits.list_limit)?;
     let filter = UrlFilter {
         user_id: Some(id),
         is_active: q.bool("is_active")?,
         tags: super::urls::tag_filter(&q)?,
         search: Vec::new(),
+        after_id: page.after,
     };
     let mut client = state.client().await?;
     let tx = db::snapshot(&mut client).await?;

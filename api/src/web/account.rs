@@ -140,14 +140,14 @@ pub async fn users(
     let listed = async {
         let mut client = state.client().await?;
         let client = crate::db::snapshot(&mut client).await?;
-        let total = crate::db::users::count_users(&client).await?;
+        let total = crate::db::users::count_users(&client, 0).await?;
         // Past the last page: the last page, as the links list does.
         let last = ((total + USERS_PER_PAGE - 1) / USERS_PER_PAGE).max(1);
         if page > last {
             return Ok(Err(last));
         }
         let users =
-            crate::db::users::list_users(&client, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE)
+            crate::db::users::list_users(&client, 0, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE)
                 .await?;
         Ok::<_, ApiError>(Ok((total, users)))
     }

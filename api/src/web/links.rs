@@ -149,6 +149,7 @@ pub async fn list(
         } else {
             crate::db::urls::search_spellings(&query.q)
         },
+        after_id: None,
     };
     let found = async {
         let mut client = state.client().await?;

@@ -212,7 +212,7 @@ async fn an_unknown_or_repeated_query_parameter_is_refused_naming_it() {
         err["message"]
             .as_str()
             .unwrap()
-            .contains("user_id, is_active, tag, page, per_page"),
+            .contains("user_id, is_active, tag, after_id, page, per_page"),
         "the answer lists what the endpoint takes: {err}"
     );
     // A name is quoted cut short, as a value is.
@@ -232,6 +232,75 @@ async fn an_unknown_or_repeated_query_parameter_is_refused_naming_it() {
         .get(&format!("/urls/{id}/stats?from=2020-01-01&include_bots=1"))
         .await;
     assert_eq!(res.status(), 200);
+}
+
+/// Pages after an id: a link deleted from a page already read, or one committed late, shifts
+/// nothing, where `page=2` would then skip the first link of the next page. The `next` link
+/// goes on after the page's last id; `X-Total-Count` counts what is after the cursor.
+#[tokio::test]
+async fn pages_after_an_id_skip_nothing_when_links_go() {
+    let app = spawn_app().await;
+    let user = app.create_user("keyset").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let link = app
+            .create_url(user, &format!("https://example.com/k{i}"))
+            .await;
+        ids.push(link["id"].as_i64().unwrap());
+    }
+    let page = |path: String| {
+        let app = &app;
+        async move {
+            let res = app.get(&path).await;
+            assert_eq!(res.status(), 200, "{path}");
+            let total = res.headers()["x-total-count"].to_str().unwrap().to_owned();
+            let next = res
+                .headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned());
+            let links: Vec<Value> = res.json().await.unwrap();
+            let got: Vec<i64> = links.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+            (got, total, next)
+        }
+    };
+    let (first, total, next) = page(format!("/urls?user_id={user}&after_id=0&per_page=2")).await;
+    assert_eq!((first, total.as_str()), (ids[..2].to_vec(), "5"));
+    let next = next.expect("a next link");
+    assert_eq!(
+        next,
+        format!(
+            "</urls?user_id={user}&after_id={}&per_page=2>; rel=\"next\"",
+            ids[1]
+        )
+    );
+    assert_eq!(app.delete(&format!("/urls/{}", ids[0])).await.status(), 204);
+    let path = next.trim_start_matches('<').split('>').next().unwrap();
+    let (second, total, next) = page(path.to_owned()).await;
+    assert_eq!((second, total.as_str()), (ids[2..4].to_vec(), "3"));
+    let path = next.expect("a next link");
+    let path = path.trim_start_matches('<').split('>').next().unwrap();
+    let (last, total, next) = page(path.to_owned()).await;
+    assert_eq!((last, total.as_str(), next), (ids[4..].to_vec(), "1", None));
+    // The same on a user's links and on events.
+    let (mine, _, _) = page(format!("/users/{user}/urls?after_id={}", ids[2])).await;
+    assert_eq!(mine, ids[3..].to_vec());
+    let (users, total, _) = page(format!("/users?after_id={}", user - 1)).await;
+    assert_eq!((users, total.as_str()), (vec![user], "1"));
+    let (users, total, _) = page(format!("/users?after_id={user}")).await;
+    assert_eq!((users, total.as_str()), (vec![], "0"));
+    let res = app
+        .get(&format!("/events?url_id={}&after_id=0&per_page=1", ids[1]))
+        .await;
+    assert_eq!(res.headers()["x-total-count"], "1", "its created event");
+
+    let err = error_of(app.get("/urls?after_id=3&page=2").await, 400).await;
+    assert!(
+        err["message"].as_str().unwrap().contains("after_id"),
+        "{err}"
+    );
+    error_of(app.get("/urls?after_id=-1").await, 400).await;
+    error_of(app.get("/urls?after_id=").await, 400).await;
+    error_of(app.get("/tags?after_id=0").await, 400).await;
 }
 
 #[tokio::test]
