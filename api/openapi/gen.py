@@ -684,7 +684,14 @@ paths["/urls/export"] = {"get": op(
             "content": {"text/csv": {"schema": {"type": "string"}}}},
         "400": RESP("BadRequest"), **WITH_CALLER},
     params_=[{"name": "format", "in": "query", "required": False,
-              "schema": {"type": "string", "enum": ["csv"], "default": "csv"}}, P("UserIdFilter")])}
+              "schema": {"type": "string", "enum": ["csv"], "default": "csv"}}, P("UserIdFilter"),
+             {"name": "after_id", "in": "query", "required": False,
+              "description": "Only links with an id above this one: where the file before ended.",
+              "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX}},
+             {"name": "limit", "in": "query", "required": False,
+              "description": "At most this many links (an import takes 100,000 per file); a file "
+                             "that holds this many may have more after its last id.",
+              "schema": ID_SCHEMA}])}
 paths["/urls/{id}"] = {
     "parameters": [P("UrlIdPath")],
     "get": op("getUrl", "Get a live link.", ["urls"], {

@@ -142,7 +142,7 @@ fn positive(q: &Query, name: &str) -> Result<Option<i64>, ApiError> {
 }
 
 /// `after_id`: a whole number from 0 (0 starts the list: ids are positive).
-fn after_id(q: &Query) -> Result<Option<i64>, ApiError> {
+pub fn after_id(q: &Query) -> Result<Option<i64>, ApiError> {
     match q.get("after_id") {
         None => Ok(None),
         Some(v) => v

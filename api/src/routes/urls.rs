@@ -676,7 +676,7 @@ pub async fn export(
     RawQuery(raw): RawQuery,
     Extension(RequestId(request_id)): Extension<RequestId>,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref(), &["format", "user_id"])?;
+    let q = Query::parse(raw.as_deref(), &["format", "user_id", "after_id", "limit"])?;
     match q.get("format") {
         None | Some("csv") => {}
         Some(other) => {
@@ -687,14 +687,16 @@ pub async fn export(
     }
     let filter = UrlFilter {
         user_id: caller.scope_user_filter(q.id("user_id")?)?,
-        is_active: None,
-        tags: Vec::new(),
-        search: Vec::new(),
-        after_id: None,
+        ..UrlFilter::default()
     };
+    // A file of `limit` links from `after_id` on: an export bigger than an import takes is
+    // split into files that each import back, each starting after the last id of the one
+    // before.
+    let start = crate::pagination::after_id(&q)?.unwrap_or(0);
+    let limit = q.id("limit")?.unwrap_or(i64::MAX);
     // The first page is read before the answer starts: a database that fails now is a 503,
     // not a 200 cut short.
-    let (first, after) = export_page(&state, &filter, 0, true).await?;
+    let (first, after) = export_page(&state, &filter, (start, limit), true).await?;
     // The pages after the first are read as the client takes them, outside the request's
     // deadline: the same bound holds them, or a client reading slowly would hold a stopping
     // process past the grace period sized for it.
@@ -706,7 +708,7 @@ pub async fn export(
         async move {
             let last = last?;
             if tokio::time::Instant::now() >= until {
-                log::warn!(request_id = request_id.as_str(), after_id = last; "export cut at limits.bulk_request_timeout_ms");
+                log::warn!(request_id = request_id.as_str(), after_id = last.0; "export cut at limits.bulk_request_timeout_ms");
                 let late = "the export outlasted limits.bulk_request_timeout_ms";
                 return Some((Err(std::io::Error::other(late)), None));
             }
@@ -714,7 +716,7 @@ pub async fn export(
                 Ok((chunk, next)) => Some((Ok(chunk), next)),
                 Err(e) => {
                     // The status is sent: cutting the body short is how the client learns.
-                    log::error!(request_id = request_id.as_str(), error = e.cause(), after_id = last; "export cut short");
+                    log::error!(request_id = request_id.as_str(), error = e.cause(), after_id = last.0; "export cut short");
                     Some((Err(std::io::Error::other(e.to_string())), None))
                 }
             }
@@ -736,17 +738,19 @@ pub async fn export(
         .into_response())
 }
 
-/// The CSV of the links after id `after` (the header first when `header`), and the last id
-/// written when another page may follow.
+/// The CSV of the links after id `after`, at most `left` of them (the header first when
+/// `header`), and where the next page starts (the last id written, the links still to
+/// write) when another may follow.
 async fn export_page(
     state: &AppState,
     filter: &UrlFilter,
-    after: i64,
+    (after, left): (i64, i64),
     header: bool,
-) -> ApiResult<(Vec<u8>, Option<i64>)> {
+) -> ApiResult<(Vec<u8>, Option<(i64, i64)>)> {
+    let take = left.min(EXPORT_PAGE);
     let links = {
         let client = state.client().await?;
-        db::urls::list_urls_after(&client, filter, after, EXPORT_PAGE).await?
+        db::urls::list_urls_after(&client, filter, after, take).await?
     };
     let written = |e: csv::Error| ApiError::Internal(format!("csv export: {e}"));
     let (defuse, bool_cell) = (crate::csv_cell::defuse, crate::csv_cell::bool_cell);
@@ -779,7 +783,7 @@ async fn export_page(
         .into_inner()
         .map_err(|e| ApiError::Internal(format!("csv export: {e}")))?;
     let next = match links.last() {
-        Some(l) if links.len() as i64 == EXPORT_PAGE => Some(l.id),
+        Some(l) if links.len() as i64 == take && left > take => Some((l.id, left - take)),
         _ => None,
     };
     Ok((chunk, next))

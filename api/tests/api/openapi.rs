@@ -117,7 +117,7 @@ async fn every_documented_query_parameter_is_taken_by_its_endpoint() {
                 let value = match name {
                     "user_id" => user.to_string(),
                     "url_id" => link["id"].to_string(),
-                    "page" | "per_page" => "1".into(),
+                    "page" | "per_page" | "limit" => "1".into(),
                     "after_id" => "0".into(),
                     "is_active" | "include_bots" => "true".into(),
                     "tag" => "x".into(),

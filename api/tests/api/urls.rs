@@ -303,6 +303,50 @@ async fn pages_after_an_id_skip_nothing_when_links_go() {
     error_of(app.get("/tags?after_id=0").await, 400).await;
 }
 
+/// An export bigger than one import takes is cut into files: `limit` links each, the next
+/// file starting after the last id of the one before; together they hold every link once.
+#[tokio::test]
+async fn an_export_is_cut_into_files_by_after_id_and_limit() {
+    let app = spawn_app().await;
+    let user = app.create_user("split").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let link = app
+            .create_url(user, &format!("https://example.com/s{i}"))
+            .await;
+        ids.push(link["id"].as_i64().unwrap());
+    }
+    let file = |after: i64| {
+        let app = &app;
+        async move {
+            let res = app
+                .get(&format!(
+                    "/urls/export?user_id={user}&after_id={after}&limit=2"
+                ))
+                .await;
+            assert_eq!(res.status(), 200);
+            let text = res.text().await.unwrap();
+            let mut rows = csv::Reader::from_reader(text.as_bytes());
+            rows.records()
+                .map(|r| r.unwrap()[0].parse::<i64>().unwrap())
+                .collect::<Vec<i64>>()
+        }
+    };
+    let mut seen: Vec<i64> = Vec::new();
+    let mut after = 0;
+    loop {
+        let got = file(after).await;
+        assert!(got.len() <= 2, "{got:?}");
+        seen.extend(&got);
+        match got.last() {
+            Some(last) if got.len() == 2 => after = *last,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    error_of(app.get("/urls/export?limit=0").await, 400).await;
+}
+
 #[tokio::test]
 async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
     let app = spawn_app().await;
