@@ -152,7 +152,7 @@ impl Sessions {
             .arg(self.keys.user_sessions(user_id))
             .arg(&hash)
             .ignore();
-        self.ended(pipe).await
+        self.ended(pipe, user_id).await
     }
 
     /// Ends every session of a user (password change).
@@ -172,7 +172,7 @@ impl Sessions {
             pipe.cmd("DEL").arg(self.keys.session(h)).ignore();
         }
         pipe.cmd("SREM").arg(&set).arg(&hashes).ignore();
-        self.ended(pipe).await
+        self.ended(pipe, user_id).await
     }
 
     /// Sends the deletes that end sessions (`pipe`, replies ignored). With `redis.replica_acks`,
@@ -180,8 +180,9 @@ impl Sessions {
     /// the deletes would bring the sessions back after a log-out or a password change said
     /// they were over. A replica that does not confirm in time is logged and counted, not
     /// refused: the master has deleted them, and refusing would leave a shard without its
-    /// replica unable to change a password (whose change is what ends a stolen session).
-    async fn ended(&self, mut pipe: redis::Pipeline) -> Result<(), RedisDown> {
+    /// replica unable to change a password (whose change is what ends a stolen session). The
+    /// log names the user whose sessions a failover now could bring back.
+    async fn ended(&self, mut pipe: redis::Pipeline, user_id: i64) -> Result<(), RedisDown> {
         let redis = self.redis.for_waits();
         let Some(wait) = redis.replica_wait() else {
             return redis.query::<()>(&pipe).await;
@@ -190,7 +191,7 @@ impl Sessions {
         let (acked,): (redis::Value,) = redis.query(&pipe).await?;
         if !redis.replicated(&acked) {
             redis.refused();
-            log::warn!("sessions ended on the Redis master were not confirmed by the replicas redis.replica_acks asks for: a failover now could bring them back");
+            log::warn!(user_id = user_id; "sessions ended on the Redis master were not confirmed by the replicas redis.replica_acks asks for: a failover now could bring them back");
         }
         Ok(())
     }
