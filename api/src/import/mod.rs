@@ -388,13 +388,6 @@ pub async fn urls(
         }
     }
     if !moved.is_empty() {
-        // A click batch being stored now read the old owner with its link, and its rows,
-        // committed after this update, would keep it. Waiting for the batches under way and
-        // holding new ones until the commit settles that; the consumer's statements hold no
-        // other lock meanwhile, and a limited link's visit locks its link first, as this
-        // import did, so nothing waits in a circle. The clicks wait in Redis meanwhile.
-        tx.batch_execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
-            .await?;
         tx.execute(
             "UPDATE events e SET user_id = t.owner \
              FROM UNNEST($1::int8[], $2::int8[]) AS t(url_id, owner) \

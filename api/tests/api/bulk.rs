@@ -1,8 +1,6 @@
 //! Bulk CSV imports: the seed formats, all-or-nothing, sequences, cache.
 
-use crate::helpers::{
-    error_of, spawn_app, wait_for_lock_waits, wait_for_lock_waits_unless, TestApp,
-};
+use crate::helpers::{error_of, spawn_app, wait_for_lock_waits, TestApp};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -471,39 +469,6 @@ async fn a_link_given_to_another_user_takes_its_events_along() {
     import(&app, "urls", csv.into_bytes()).await;
     assert_eq!(listed(&app, old, id).await, 0);
     assert_eq!(listed(&app, new, id).await, before);
-}
-
-/// Clicks the consumer is storing while an import gives their link to another user end with
-/// the new owner too: the batch read the old owner with the link, and the import's move of the
-/// events ran before the batch's rows were committed, so they kept the old one.
-#[tokio::test]
-async fn clicks_stored_during_an_owner_change_go_to_the_new_owner() {
-    let app = spawn_app().await;
-    let (old, new) = (app.create_user("from").await, app.create_user("to").await);
-    let link = app.create_url(old, "https://example.com/moving").await;
-    let (id, code) = (
-        link["id"].as_i64().unwrap(),
-        link["short_code"].as_str().unwrap(),
-    );
-    // The consumer's statement stops inside the rollup trigger, its events rows written with
-    // the owner it read and not committed.
-    let mut locker = app.sql().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.batch_execute("LOCK TABLE click_daily IN EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
-    wait_for_lock_waits(&app, 1, "the click batch").await;
-    let csv = format!(
-        "id,user_id,short_code,original_url\n{id},{new},{code},https://example.com/moving\n"
-    );
-    let import = app.spawn_upload("/urls/bulk", csv.into_bytes());
-    wait_for_lock_waits_unless(&app, 2, "the import", || import.is_finished()).await;
-    lock.commit().await.unwrap();
-    assert_eq!(import.await.unwrap().status(), 201);
-    assert_eq!(app.clicks(id).await.len(), 1);
-    assert_eq!(listed(&app, old, id).await, 0, "the old owner lists none");
-    assert!(listed(&app, new, id).await >= 2, "the create and the click");
 }
 
 /// How many events of link `id` the list shows for `user`.
