@@ -53,7 +53,8 @@ EOF
 #    Schema cannot count (`maxProperties` sees one level);
 #  - lists: `page` is accepted while page x per_page fits in 64 bits, so its upper bound depends
 #    on `per_page`; the document states the bound that holds for every `per_page`, and the API
-#    accepts a little more.
+#    accepts a little more; and `page` and `after_id` each pick the page, so both at once is a
+#    400 (another constraint between two parameters).
 cat >"$WORK/baseline.json" <<'EOF'
 {
   "format_version": 1,
@@ -68,6 +69,10 @@ cat >"$WORK/baseline.json" <<'EOF'
     {"operation": "GET /events", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /users/{id}/urls", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
     {"operation": "GET /tags", "check": "negative_data_rejection", "failure": "AcceptedNegativeData", "signature": "200", "reason": "page bound depends on per_page"},
+    {"operation": "GET /users", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "page with after_id"},
+    {"operation": "GET /urls", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "page with after_id"},
+    {"operation": "GET /events", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "page with after_id"},
+    {"operation": "GET /users/{id}/urls", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "page with after_id"},
     {"operation": "POST /events", "check": "positive_data_acceptance", "failure": "RejectedPositiveData", "signature": "400", "reason": "details bounded in values and objects, nested ones counted"}
   ]
 }
