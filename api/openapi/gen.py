@@ -467,8 +467,9 @@ params["PerPage"] = {"name": "per_page", "in": "query", "required": False,
 ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": INT64_MAX}
 params["AfterId"] = {"name": "after_id", "in": "query", "required": False,
                      "description": "Instead of `page`: the rows with an id above this one (0: from the "
-                                    "start), `per_page` of them (default 50). Rows deleted or stored "
-                                    "between two such pages shift nothing. `X-Total-Count` then counts "
+                                    "start), `per_page` of them (default 50). Rows deleted between two "
+                                    "such pages shift nothing; a row committed after a page holding a "
+                                    "higher id was read is behind the cursor. `X-Total-Count` then counts "
                                     "the rows after it; `Link` has `rel=\"next\"` only, after the "
                                     "page's last id. With `page`: 400.",
                      "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX}}
