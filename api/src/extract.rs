@@ -462,8 +462,10 @@ impl Query {
                     .collect()
             })
             .unwrap_or_default();
-        for (i, (name, _)) in pairs.iter().enumerate() {
-            if !accepted.contains(&name.as_str()) {
+        // By position in `accepted`: one pass, however many pairs a long query holds.
+        let mut seen = vec![false; accepted.len()];
+        for (name, _) in &pairs {
+            let Some(at) = accepted.iter().position(|a| a == name) else {
                 let takes = if accepted.is_empty() {
                     "it takes none".to_owned()
                 } else {
@@ -473,9 +475,8 @@ impl Query {
                     "query parameter {} is not one this endpoint takes ({takes})",
                     crate::import::bounds::shown(name)
                 )));
-            }
-            let again = pairs[..i].iter().any(|(earlier, _)| earlier == name);
-            if again && !REPEATABLE.contains(&name.as_str()) {
+            };
+            if std::mem::replace(&mut seen[at], true) && !REPEATABLE.contains(&name.as_str()) {
                 return Err(ApiError::BadRequest(format!(
                     "query parameter {name} is given more than once"
                 )));
