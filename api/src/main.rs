@@ -83,12 +83,20 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("kurz-api: cannot start the runtime: {e}")),
     };
     let result = runtime.block_on(async move {
-        if command == Command::Migrate {
-            let pool = startup::build_pool(&config)?;
-            let mut client = pool.get().await.map_err(|e| format!("database: {e}"))?;
-            return kurz_api::migrate::run(&mut client).await;
-        }
         let mut stop = Box::pin(startup::shutdown_signal());
+        if command == Command::Migrate {
+            // A migration Job's process is PID 1 too, and may wait long on another replica's
+            // advisory lock. Stopped, it says the migrations did not finish.
+            let migrate = async {
+                let pool = startup::build_pool(&config)?;
+                let mut client = pool.get().await.map_err(|e| format!("database: {e}"))?;
+                kurz_api::migrate::run(&mut client).await
+            };
+            return tokio::select! {
+                done = migrate => done,
+                () = &mut stop => Err("stopped by a signal before the migrations finished".into()),
+            };
+        }
         let app = tokio::select! {
             app = Application::build(config) => app?,
             () = &mut stop => {

@@ -289,3 +289,65 @@ async fn a_migration_left_behind_a_later_one_stops_start_up_naming_it() {
         String::from_utf8_lossy(&third.stderr)
     );
 }
+
+/// A migration Job stopped while it waits for another replica's migrations (the advisory
+/// lock) ends at once and says the migrations did not finish: as PID 1 in a container, an
+/// uncaught SIGTERM did nothing and the pod waited out its grace period.
+#[tokio::test]
+async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
+    let (admin, name, url) = empty_database().await;
+    let holder = connect(&url).await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x6b75_727a_i64])
+        .await
+        .unwrap();
+    let migrator = migrate(&url).spawn().expect("kurz-api starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "migrate never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &migrator.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    // Waited for with a deadline: a process that swallowed the signal would never exit.
+    let mut migrator = migrator;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while migrator.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = migrator.kill();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = migrator.wait_with_output().unwrap();
+    drop(holder);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an exit, not a kill: {}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("before the migrations finished"),
+        "{stderr}"
+    );
+}
