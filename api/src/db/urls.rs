@@ -467,6 +467,16 @@ pub async fn find_url_for_update(c: &impl GenericClient, id: i64) -> Result<Opti
         .map(Link::from_row))
 }
 
+/// A link's tags, in order, as committed when this statement starts.
+pub async fn tags_of(c: &impl GenericClient, url_id: i64) -> Result<Vec<String>, Error> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT coalesce(array_agg(tag ORDER BY tag), '{}') FROM link_tags WHERE url_id = $1",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&url_id]).await?.get(0))
+}
+
 /// Any link by code, deleted ones included (they are cached as missing).
 pub async fn find_url_by_code(c: &impl GenericClient, code: &str) -> Result<Option<Link>, Error> {
     let stmt = c

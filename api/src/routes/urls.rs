@@ -412,6 +412,10 @@ pub async fn update(
     let mut link = db::urls::find_url_for_update(&tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("url {id} not found")))?;
+    // A statement that waited for the row's lock returns the row as the other writer left it,
+    // but reads the tags as they were when it started: a PUT that changed them meanwhile would
+    // be unseen, and a PUT setting them back taken for no change. Read again, after the lock.
+    link.tags = db::urls::tags_of(&tx, id).await?;
     caller.require_owner_or_admin(link.user_id)?;
     // Neither moves by a PUT (the code names the link everywhere it was shared). Sent back as
     // read, they are the link's own; another value is refused, not answered 200 unchanged.
@@ -510,9 +514,7 @@ pub async fn update(
     if let Some(hash) = new_password {
         db::urls::set_password_hash(&tx, link.id, hash).await?;
     }
-    let mut saved = db::urls::save_url(&tx, &link).await?;
-    // The statement's RETURNING read the tags before this transaction's change.
-    saved.tags = link.tags.clone();
+    let saved = db::urls::save_url(&tx, &link).await?;
     for (field, new_value) in &changes {
         let details = json!({"field": field, "new_value": new_value});
         db::events::insert_event(&tx, saved.id, saved.user_id, "updated", &details).await?;

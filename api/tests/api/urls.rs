@@ -1,4 +1,4 @@
-use crate::helpers::{error_of, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{error_of, spawn_app, spawn_app_with, wait_for_lock_waits, TestApp};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -345,6 +345,43 @@ async fn an_export_is_cut_into_files_by_after_id_and_limit() {
     }
     assert_eq!(seen, ids);
     error_of(app.get("/urls/export?limit=0").await, 400).await;
+}
+
+/// A PUT that waited for another writer's lock on the link sees the tags that writer stored:
+/// it read them as they were when its statement started, so setting them back looked like no
+/// change, was dropped, and answered 200 with tags nothing had stored.
+#[tokio::test]
+async fn a_put_that_waited_for_another_writer_sees_its_tags() {
+    let app = spawn_app().await;
+    let user = app.create_user("tagrace").await;
+    let res = app
+        .post_json(
+            "/urls",
+            &json!({"user_id": user, "original_url": "https://example.com/tr", "tags": ["a"]}),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    // The other writer: tags `x`, and the link's row held until it commits.
+    let mut other = app.sql().await;
+    let tx = other.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "UPDATE urls SET updated_at = now() WHERE id = {id}; \
+         DELETE FROM link_tags WHERE url_id = {id}; INSERT INTO link_tags VALUES ({id}, 'x')"
+    ))
+    .await
+    .unwrap();
+    let put = app.spawn_put(id, json!({"tags": ["a"]}));
+    wait_for_lock_waits(&app, 1, "the PUT").await;
+    tx.commit().await.unwrap();
+    let res = put.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["tags"], json!(["a"]));
+    let stored: Value = app.get(&format!("/urls/{id}")).await.json().await.unwrap();
+    assert_eq!(
+        stored["tags"],
+        json!(["a"]),
+        "the last write is the one stored"
+    );
 }
 
 #[tokio::test]
