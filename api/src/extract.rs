@@ -181,7 +181,7 @@ fn kind(v: &Value) -> &'static str {
 /// An integer sent as a JSON number, including a whole one written with a fraction (`7.0`, as
 /// Python's `json.dumps(7.0)` writes it: JSON Schema counts it an integer, so clients generated
 /// from our OpenAPI document may send it). `None` for anything else.
-fn integer(n: &serde_json::Number) -> Option<i64> {
+pub fn integer(n: &serde_json::Number) -> Option<i64> {
     n.as_i64().or_else(|| {
         // Beyond 2^53 a float no longer holds every integer: such a value is not taken as one.
         n.as_f64()

@@ -425,7 +425,12 @@ pub async fn update(
             "cannot be changed; a link keeps its code (create a new link for another)",
         ));
     }
-    if owner_sent.is_some_and(|u| u != json!(link.user_id)) {
+    let owner_kept = |sent: &Value| match (sent, link.user_id) {
+        (Value::Null, None) => true,
+        (Value::Number(n), Some(owner)) => crate::extract::integer(n) == Some(owner),
+        _ => false,
+    };
+    if owner_sent.is_some_and(|u| !owner_kept(&u)) {
         return Err(ApiError::field("user_id", "cannot be changed"));
     }
     let mut changes: Vec<(&str, Value)> = Vec::new();

@@ -384,6 +384,32 @@ async fn a_put_that_waited_for_another_writer_sees_its_tags() {
     );
 }
 
+/// `user_id` sent back as read is ignored, written as a whole number with a fraction (`3.0`,
+/// as Python's `json` writes a float) too: the contract takes those for integers.
+#[tokio::test]
+async fn a_put_sending_the_owner_back_as_a_float_is_taken() {
+    let app = spawn_app().await;
+    let user = app.create_user("floaty").await;
+    let link = app.create_url(user, "https://example.com/float").await;
+    let res = app
+        .put_json(
+            &format!("/urls/{}", link["id"]),
+            &json!({"user_id": user as f64, "title": "kept"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let other = error_of(
+        app.put_json(
+            &format!("/urls/{}", link["id"]),
+            &json!({"user_id": (user + 1) as f64}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(other["details"]["user_id"].is_string(), "{other}");
+}
+
 #[tokio::test]
 async fn update_changes_fields_moves_updated_at_and_logs_one_event_per_field() {
     let app = spawn_app().await;
