@@ -272,8 +272,10 @@ async fn insert_generated(
             Inserted::CodeTaken => {}
         }
     }
-    Err(ApiError::Internal(format!(
-        "{CODE_ATTEMPTS} generated short codes in a row were taken"
+    // The code space is that full only when codes are too short for the links stored: no bug in
+    // the request, and a retry draws again.
+    Err(ApiError::Unavailable(format!(
+        "{CODE_ATTEMPTS} generated short codes in a row were taken; retry, or give a short_code"
     )))
 }
 
