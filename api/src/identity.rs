@@ -6,7 +6,19 @@ const MAX_USERNAME: usize = 64;
 /// RFC 5321's limit on a forward path.
 const MAX_EMAIL: usize = 254;
 
-/// A username: at most 64 characters, no spaces or control characters. Not unique by itself:
+/// Code points a text renderer shows as nothing (Unicode's `Default_Ignorable_Code_Point`,
+/// 15.1): zero-width spaces and joiners, direction marks and overrides, the soft hyphen,
+/// variation selectors, tags. In a name they make `admin` and `admin\u{200b}` two accounts
+/// that read the same, or a name that reads as nothing.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x34F | 0x61C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// A username: at most 64 characters, no spaces, control or invisible characters. Not unique by itself:
 /// imports keep real exports' repeats, API writes check under a lock (`routes::users`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
@@ -17,8 +29,11 @@ impl Username {
             Err("must not be empty".into())
         } else if name.chars().count() > MAX_USERNAME {
             Err(format!("must be at most {MAX_USERNAME} characters"))
-        } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            Err("must not contain spaces or control characters".into())
+        } else if name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || invisible(c))
+        {
+            Err("must not contain spaces, control characters or invisible ones (zero-width, direction marks)".into())
         } else {
             Ok(Self(name.to_owned()))
         }
@@ -36,7 +51,9 @@ pub struct Email(String);
 impl Email {
     pub fn parse(email: &str) -> Result<Self, String> {
         let valid = email.len() <= MAX_EMAIL
-            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !email
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || invisible(c))
             && match email.split_once('@') {
                 Some((local, domain)) => {
                     !local.is_empty()
@@ -81,6 +98,24 @@ mod tests {
         assert_eq!(Username::parse("ada").unwrap().as_str(), "ada");
         for bad in ["", "sp ace", "tab\t", "nul\0", &"x".repeat(65)] {
             assert!(Username::parse(bad).is_err(), "{bad:?}");
+        }
+        // What reads as another name, or as none.
+        for bad in [
+            "admin\u{200b}",
+            "\u{200b}",
+            "ad\u{ad}min",
+            "\u{202e}nimda",
+            "admin\u{2060}",
+            "\u{feff}admin",
+            "admin\u{fe0f}",
+            "admin\u{e0041}",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad:?}");
+            assert!(Email::parse(&format!("{bad}@b.co")).is_err(), "{bad:?}");
+        }
+        // Letters of any script, and marks on them, are names.
+        for good in ["José", "Jose\u{301}", "ł", "李", "مريم", "dév_1.x"] {
+            assert!(Username::parse(good).is_ok(), "{good:?}");
         }
         assert_eq!(Email::parse("a@b.co").unwrap().as_str(), "a@b.co");
         for bad in [
