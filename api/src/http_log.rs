@@ -60,7 +60,9 @@ fn millis(d: std::time::Duration) -> f64 {
 /// A request in the books until its answer is counted and logged. When the caller hangs up
 /// mid-request (the edge gave up: its client left, a timeout, a health check's deadline), hyper
 /// drops the handler and nothing after its await runs: the drop then takes the request out of
-/// the in-flight gauge and logs it as 499, as nginx does for a request its client closed.
+/// the in-flight gauge and logs it as 499, as nginx does for a request its client closed. Its
+/// time goes into the latency histogram too: the requests the edge gives up on at its timeout
+/// are the slowest ones, and a histogram without them would show a p99 nobody waited.
 struct Pending {
     metrics: Arc<Metrics>,
     id: String,
@@ -81,7 +83,12 @@ impl Drop for Pending {
             .requests
             .with_label_values(&[&self.route, method_label(&self.method), status_class(499)])
             .inc();
-        let duration_ms = millis(self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .request_duration
+            .with_label_values(&[&self.route])
+            .observe(elapsed.as_secs_f64());
+        let duration_ms = millis(elapsed);
         log::info!(
             target: "kurz_api::http",
             request_id = self.id.as_str(), method = self.method.as_str(), route = self.route.as_str(),

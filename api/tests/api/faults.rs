@@ -778,7 +778,8 @@ async fn a_database_turned_read_only_is_a_503_not_a_500() {
 
 /// A caller that hangs up while its request waits (the edge gave up on it: its client left, a
 /// timeout) leaves the books straight: the request leaves `kurz_api_requests_in_flight` and is
-/// counted as a 4xx (logged as 499), instead of the gauge climbing for good.
+/// counted as a 4xx (logged as 499), instead of the gauge climbing for good; its time is in the
+/// latency histogram, where the slowest requests belong.
 #[tokio::test]
 async fn a_request_whose_caller_hangs_up_leaves_the_in_flight_gauge() {
     let app = spawn_app_with(|_| {}).await;
@@ -805,6 +806,14 @@ async fn a_request_whose_caller_hangs_up_leaves_the_in_flight_gauge() {
         metric(
             &app,
             "kurz_api_requests_total{method=\"PUT\",route=\"/urls/{id}\",status_class=\"4xx\"} "
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "kurz_api_request_duration_seconds_count{route=\"/urls/{id}\"} "
         )
         .await,
         1.0
