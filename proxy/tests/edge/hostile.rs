@@ -205,6 +205,38 @@ async fn malformed_requests_get_our_json_error_with_a_request_id_never_an_empty_
 
 /// What Pingora itself refuses in a request the connection layer passed: our 400 JSON naming
 /// why, not a connection closed without a byte (which a client reports as a network failure).
+/// A body declared over the limit is answered 413 and its connection closed: kept open, the
+/// edge went on reading and throwing away whatever the client sent of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_too_large_is_refused_and_its_connection_closed() {
+    let stack = Stack::start(Options {
+        extra_yaml: "limits: { max_request_body_bytes: 1024 }\n".into(),
+        ..Options::default()
+    });
+    let mut conn = TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /users HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+          Content-Length: 9000000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // No body is sent: bytes left unread when the edge closes would make it reset the
+    // connection, and the reset could take the answer with it.
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut out)).await;
+    let response = String::from_utf8_lossy(&out).into_owned();
+    assert_our_error(&response, 413, "a body declared too large");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    assert!(closed.is_ok(), "the connection stays open: {response}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_pingora_refuses_past_the_guard_gets_our_400() {
     let stack = Stack::start(Options {
