@@ -1,6 +1,6 @@
 //! When an upstream fails: which requests go again and to whom, and what the client is told.
 
-use super::routes::{header, replay_safe};
+use super::routes::{connection_names, header, replay_safe};
 use super::{Ctx, Edge};
 use crate::metrics::METRICS;
 use crate::respond;
@@ -58,11 +58,11 @@ impl Edge {
         // The upstream may have acted on the request: only requests that are safe to repeat
         // go again, once, and only while nothing of the answer reached the client.
         let req = session.req_header();
-        let replay_safe = replay_safe(
-            &req.method,
-            req.uri.path(),
-            !header(req, "idempotency-key").is_empty(),
-        );
+        // A key the client names in `Connection` is a hop-by-hop header, which Pingora does not
+        // send on: the API never saw it, and a replay would create a second link.
+        let key_sent =
+            !header(req, "idempotency-key").is_empty() && !connection_names(req, "idempotency-key");
+        let replay_safe = replay_safe(&req.method, req.uri.path(), key_sent);
         if self.settings.retry_idempotent
             && replay_safe
             && ctx.failed.is_empty()

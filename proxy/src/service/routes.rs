@@ -138,9 +138,31 @@ pub(super) fn header<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// Whether a `Connection` header of `req` names `name` (a header the client made hop-by-hop,
+/// which is not sent upstream).
+pub(super) fn connection_names(req: &RequestHeader, name: &str) -> bool {
+    req.headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_named_in_connection_is_found_in_any_of_them() {
+        let mut req = RequestHeader::build("POST", b"/urls", None).unwrap();
+        assert!(!connection_names(&req, "idempotency-key"));
+        req.append_header("connection", "keep-alive").unwrap();
+        req.append_header("connection", "x-a ,  Idempotency-Key")
+            .unwrap();
+        assert!(connection_names(&req, "idempotency-key"));
+        assert!(!connection_names(&req, "idempotency"));
+    }
 
     #[test]
     fn routes_are_classified() {
