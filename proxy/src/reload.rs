@@ -69,6 +69,15 @@ impl Reloader {
     async fn reload(&self) -> Result<Vec<String>, String> {
         let kept = |e: String| format!("{e}; the running configuration stays");
         let (cfg, file) = ProxyConfig::load_with_file(&self.path, &ProcessEnv).map_err(kept)?;
+        // The file passed alone; its proxies must also end the redirect that keeps running:
+        // a file turning the redirect off and emptying the trusted proxies would leave it on,
+        // with nothing to say a request came in over TLS, and every request redirected.
+        cfg.https_redirect_can_end(&self.started.listen)
+            .map_err(|e| {
+                kept(format!(
+                    "{e} (the running listeners and redirect change only at a restart)"
+                ))
+            })?;
         // The environment wins over the file at every reload: an operator who edited the
         // upstream list in the file and sent SIGHUP must read why nothing changed.
         let unused = cfg.edits_the_environment_overrides(&self.started_file, &file);

@@ -127,6 +127,27 @@ impl ProxyConfig {
         Ok(())
     }
 
+    /// Without a TLS listener of its own, only a load balancer's `X-Forwarded-Proto: https`
+    /// can tell a redirected request from a plain one: without a proxy it trusts, every
+    /// request would be redirected again, for ever. `listen` is the listeners' section to
+    /// check this file's proxies against: its own at start, the running one on a reload (the
+    /// redirect and the listeners change only at a restart, the proxies at a reload).
+    pub fn https_redirect_can_end(&self, listen: &ListenSection) -> Result<(), String> {
+        let rl = &self.rate_limits;
+        if listen.redirect_http_to_https
+            && listen.https.is_empty()
+            && rl.trusted_proxies.is_empty()
+            && rl.cloudflare_proxies.is_empty()
+        {
+            return Err(
+                "config key `listen.redirect_http_to_https` needs an https listener, or \
+                 the proxy that ends TLS in rate_limits.trusted_proxies"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let bad = |key: &str, why: &str| Err(format!("config key `{key}` {why}"));
         let addr = |key: &str, v: &str| -> Result<SocketAddr, String> {
@@ -178,20 +199,8 @@ impl ProxyConfig {
                 }
             }
         }
-        // Without a TLS listener of its own, only a load balancer's `X-Forwarded-Proto: https`
-        // can tell a redirected request from a plain one: without a proxy it trusts, every
-        // request would be redirected again, for ever.
+        self.https_redirect_can_end(&self.listen)?;
         let rl = &self.rate_limits;
-        if self.listen.redirect_http_to_https
-            && self.listen.https.is_empty()
-            && rl.trusted_proxies.is_empty()
-            && rl.cloudflare_proxies.is_empty()
-        {
-            return bad(
-                "listen.redirect_http_to_https",
-                "needs an https listener, or the proxy that ends TLS in rate_limits.trusted_proxies",
-            );
-        }
         listener("admin.listen", &self.admin.listen)?;
         listeners_apart(self)?;
         if self.upstreams.servers.is_empty() {
@@ -357,6 +366,25 @@ mod tests {
 
     fn strings(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A reload checks the file's proxies against the redirect that keeps running (it changes
+    /// only at a restart): a file that turns the redirect off and empties the trusted proxies
+    /// is fine alone, but the running redirect would then loop.
+    #[test]
+    fn a_reload_cannot_leave_the_running_https_redirect_without_its_proxy() {
+        let mut started = ProxyConfig::default();
+        started.listen.redirect_http_to_https = true;
+        started.rate_limits.trusted_proxies = strings(&["10.0.0.0/8"]);
+        started.validate().unwrap();
+        let mut next = started.clone();
+        next.listen.redirect_http_to_https = false;
+        next.rate_limits.trusted_proxies.clear();
+        next.validate().expect("alone, the file is fine");
+        let err = next.https_redirect_can_end(&started.listen).unwrap_err();
+        assert!(err.contains("`listen.redirect_http_to_https`"), "{err}");
+        next.rate_limits.cloudflare_proxies = strings(&["cloudflare"]);
+        next.https_redirect_can_end(&started.listen).unwrap();
     }
 
     /// Listeners that would bind one socket twice are refused at start and on reload, naming
