@@ -204,6 +204,8 @@ pub fn check(head: &[u8]) -> Result<Framing, Refusal> {
                 "the request target must not carry userinfo",
             ));
         }
+        // Byte for byte, as Pingora compares them (`Example.com` and `example.com:80` differ
+        // there too, though RFC 9110 makes them one server): refused here, with our answer.
         if host.is_some_and(|h| h != authority.as_str().as_bytes()) {
             return Err(Refusal::malformed(
                 "the Host header differs from the request target's authority",
