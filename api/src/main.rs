@@ -87,14 +87,23 @@ fn main() -> ExitCode {
         if command == Command::Migrate {
             // A migration Job's process is PID 1 too, and may wait long on another replica's
             // advisory lock. Stopped, it says the migrations did not finish.
-            let migrate = async {
-                let pool = startup::build_pool(&config)?;
-                let mut client = pool.get().await.map_err(|e| format!("database: {e}"))?;
-                kurz_api::migrate::run(&mut client).await
+            const STOPPED: &str = "stopped by a signal before the migrations finished";
+            let pool = startup::build_pool(&config)?;
+            let mut client = tokio::select! {
+                got = pool.get() => got.map_err(|e| format!("database: {e}"))?,
+                () = &mut stop => return Err(STOPPED.into()),
             };
+            let cancel = client.cancel_token();
             return tokio::select! {
-                done = migrate => done,
-                () = &mut stop => Err("stopped by a signal before the migrations finished".into()),
+                done = kurz_api::migrate::run(&mut client) => done,
+                () = &mut stop => {
+                    // A dropped connection leaves its statement running on the server, holding
+                    // its table's lock until it ends: it is cancelled there too.
+                    if let Ok((_, tls)) = kurz_api::db::tls::parse(&config.database.url) {
+                        let _ = cancel.cancel_query(tls).await;
+                    }
+                    Err(STOPPED.into())
+                }
             };
         }
         let app = tokio::select! {

@@ -301,10 +301,8 @@ async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
         .execute("SELECT pg_advisory_lock($1)", &[&0x6b75_727a_i64])
         .await
         .unwrap();
-    let migrator = migrate(&url).spawn().expect("kurz-api starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let waiting: i64 = holder
+    let waiting = || async {
+        holder
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
                  AND wait_event_type = 'Lock'",
@@ -312,7 +310,12 @@ async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
             )
             .await
             .unwrap()
-            .get(0);
+            .get::<_, i64>(0)
+    };
+    let migrator = migrate(&url).spawn().expect("kurz-api starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting = waiting().await;
         if waiting > 0 {
             break;
         }
@@ -334,6 +337,14 @@ async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let out = migrator.wait_with_output().unwrap();
+    // Its statement is cancelled on the server too: a backend left waiting (or holding a
+    // table's lock mid-migration) until it noticed its client gone would go on blocking.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut left_waiting = waiting().await;
+    while left_waiting > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        left_waiting = waiting().await;
+    }
     drop(holder);
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
@@ -349,5 +360,9 @@ async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
     assert!(
         stderr.contains("before the migrations finished"),
         "{stderr}"
+    );
+    assert_eq!(
+        left_waiting, 0,
+        "the stopped migration still waits on the server"
     );
 }
