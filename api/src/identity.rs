@@ -7,13 +7,14 @@ const MAX_USERNAME: usize = 64;
 const MAX_EMAIL: usize = 254;
 
 /// Code points a text renderer shows as nothing (Unicode's `Default_Ignorable_Code_Point`,
-/// 15.1): zero-width spaces and joiners, direction marks and overrides, the soft hyphen,
-/// variation selectors, tags. In a name they make `admin` and `admin\u{200b}` two accounts
-/// that read the same, or a name that reads as nothing.
+/// 15.1): zero-width spaces, direction marks and overrides, the soft hyphen, variation
+/// selectors, tags. In a name they make `admin` and `admin\u{200b}` two accounts that read the
+/// same, or a name that reads as nothing. Less the zero-width non-joiner and joiner (U+200C,
+/// U+200D), which Persian and several Indic scripts write in ordinary names.
 fn invisible(c: char) -> bool {
     matches!(c as u32,
         0xAD | 0x34F | 0x61C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
-        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0x200B | 0x200E..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
         | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
         | 0xE0000..=0xE0FFF)
 }
@@ -114,7 +115,15 @@ mod tests {
             assert!(Email::parse(&format!("{bad}@b.co")).is_err(), "{bad:?}");
         }
         // Letters of any script, and marks on them, are names.
-        for good in ["José", "Jose\u{301}", "ł", "李", "مريم", "dév_1.x"] {
+        for good in [
+            "José",
+            "Jose\u{301}",
+            "ł",
+            "李",
+            "مريم",
+            "dév_1.x",
+            "نی\u{200c}لوفر",
+        ] {
             assert!(Username::parse(good).is_ok(), "{good:?}");
         }
         assert_eq!(Email::parse("a@b.co").unwrap().as_str(), "a@b.co");
