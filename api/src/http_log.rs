@@ -75,10 +75,16 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.metrics.in_flight.dec();
-        if self.answered {
-            return;
+        if !self.answered {
+            self.abandoned();
         }
+        // Last: whoever sees the gauge fall (a scrape, a test) sees the request counted.
+        self.metrics.in_flight.dec();
+    }
+}
+
+impl Pending {
+    fn abandoned(&self) {
         self.metrics
             .requests
             .with_label_values(&[&self.route, method_label(&self.method), status_class(499)])
