@@ -450,7 +450,8 @@ responses["UploadUnderWay"] = err("`rate_limited`: an upload from this address i
                                   "time); retry after `Retry-After` seconds.",
                                   error_with("rate_limited"), {"Retry-After": H("Retry-After")})
 responses["ServiceUnavailable"] = err("`service_unavailable`: PostgreSQL (or, for sessions, Redis) is "
-                                      "down or saturated, or the request ran past its deadline.",
+                                      "down or saturated, the request ran past its deadline, or (a "
+                                      "create) no free generated short code was found.",
                                       error_with("service_unavailable"), {"Retry-After": H("Retry-After")})
 
 # ---------------------------------------------------------------- parameters
