@@ -82,6 +82,44 @@ pub async fn make_key(
     }
 }
 
+/// `GET /ui/keys/<id>/revoke`: are you sure? A revoked key cannot be brought back, and every
+/// program sending it is refused from then on: one click on a list was too little for that.
+pub async fn confirm_revoke(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    PathText(id): PathText,
+) -> Response {
+    let visit = match logged_in(&state, peer, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let user_id = visit.user.as_ref().expect("logged in").id;
+    let found = async {
+        let id: i64 = id
+            .parse()
+            .map_err(|_| ApiError::NotFound(format!("no key {id:?}")))?;
+        let client = state.client().await?;
+        let keys = crate::db::api_keys::list_keys(&client, user_id).await?;
+        match keys.into_iter().find(|k| k.id == id) {
+            Some(key) => Ok(Some(key)),
+            // Revoked already (the page opened again after its form was sent): done.
+            None if crate::db::api_keys::is_revoked(&client, user_id, id).await? => Ok(None),
+            None => Err(ApiError::NotFound(format!("no key {id}"))),
+        }
+    }
+    .await;
+    match found {
+        Ok(Some(key)) => {
+            let html = account_pages::confirm_revoke(&visit.page(&state), &key).into_string();
+            visit.respond(StatusCode::OK, html)
+        }
+        Ok(None) => visit.see_other_to("/ui/keys"),
+        Err(e) => problem(&visit, &state, &e),
+    }
+}
+
 /// `POST /ui/keys/<id>/revoke`.
 pub async fn revoke_key(
     State(state): State<AppState>,

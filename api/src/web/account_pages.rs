@@ -49,10 +49,7 @@ pub fn keys(
                             td { (k.created_at.format("%Y-%m-%d")) }
                             td { (k.last_used_at.map_or("never".to_owned(), |t| t.format("%Y-%m-%d").to_string())) }
                             td {
-                                form.inline method="post" action={ "/ui/keys/" (k.id) "/revoke" } {
-                                    (csrf_field(page))
-                                    button.link type="submit" aria-label={ "Revoke key " (k.name) } { "Revoke" }
-                                }
+                                a href={ "/ui/keys/" (k.id) "/revoke" } aria-label={ "Revoke key " (k.name) } { "Revoke" }
                             }
                         }
                     }
@@ -62,6 +59,25 @@ pub fn keys(
             } @else {
                 p.muted { "Your keys could not be listed just now: reload the page to see them." }
             }
+        },
+    )
+}
+
+pub fn confirm_revoke(page: &Page, key: &ApiKey) -> Markup {
+    layout(
+        page,
+        "Revoke key",
+        html! {
+            h1 { "Revoke the key " (key.name) "?" }
+            p {
+                "Every program that sends the key starting with " code { (key.prefix) "…" }
+                " is refused from then on. This cannot be undone: a program that still needs a key gets a new one."
+            }
+            form.card method="post" action={ "/ui/keys/" (key.id) "/revoke" } {
+                (csrf_field(page))
+                button.danger type="submit" { "Revoke the key" }
+            }
+            p { a href="/ui/keys" { "Keep it" } }
         },
     )
 }

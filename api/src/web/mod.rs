@@ -58,7 +58,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/keys", get(account::keys).post(account::make_key))
         .route(
             "/ui/keys/{id}/revoke",
-            get(to_keys).post(account::revoke_key),
+            get(account::confirm_revoke).post(account::revoke_key),
         )
         .route("/ui/users", get(account::users))
         .route("/static/{file}", get(asset))
@@ -76,10 +76,6 @@ async fn to_link(PathText(id): PathText) -> Response {
         Ok(id) => see_other_page(&format!("/ui/links/{id}")),
         Err(_) => see_other_page("/ui/links"),
     }
-}
-
-async fn to_keys() -> Response {
-    see_other_page("/ui/keys")
 }
 
 fn see_other_page(to: &str) -> Response {

@@ -904,8 +904,16 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .await
         .unwrap()
         .contains("Name: must not be empty"));
-    let at = page.find("action=\"/ui/keys/").unwrap() + 8;
+    let at = page.find("href=\"/ui/keys/").unwrap() + 6;
     let revoke = &page[at..at + page[at..].find('"').unwrap()];
+    // Revoking asks first, naming the key; opening the question revokes nothing.
+    let (status, confirm) = b.get(revoke).await;
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("Revoke the key deploy &lt;bot&gt;?"),
+        "{confirm}"
+    );
+    assert!(confirm.contains("cannot be undone"), "{confirm}");
     // Forged forms (no token) neither make nor revoke a key.
     assert_eq!(
         b.post("/ui/keys", &[("name", "forged")]).await.status(),
@@ -923,11 +931,14 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
         .unwrap();
     assert_eq!(me.status(), 200, "the key was not revoked");
     // Revoke: the key stops working at once.
-    let res = b.submit(&page, revoke, &[]).await;
+    let res = b.submit(&confirm, revoke, &[]).await;
     assert_eq!(res.status(), 303);
     // Sent twice (a double click): done already, not "no key".
-    let res = b.submit(&page, revoke, &[]).await;
+    let res = b.submit(&confirm, revoke, &[]).await;
     assert_eq!(res.status(), 303);
+    // The question opened again (a back button): nothing left to ask.
+    let (status, _) = b.get(revoke).await;
+    assert_eq!(status, 303);
     let me = app
         .client
         .get(app.url("/auth/me"))
@@ -940,6 +951,7 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
     let mut other = signed_up(&app, "notholder").await;
     let (_, theirs) = other.get("/ui/keys").await;
     assert_eq!(other.submit(&theirs, revoke, &[]).await.status(), 404);
+    assert_eq!(other.get(revoke).await.0, 404);
 }
 
 /// A key is shown once, on the answer that made it: when the list beside it cannot be read, the
@@ -1418,7 +1430,6 @@ async fn a_forms_address_opened_as_a_page_leads_back_to_its_page() {
         ("/ui/links/12/edit", "/ui/links/12"),
         ("/ui/links/12/state", "/ui/links/12"),
         ("/ui/links/abc/edit", "/ui/links"),
-        ("/ui/keys/3/revoke", "/ui/keys"),
     ] {
         // The app's client follows no redirect.
         let res = app.get(path).await;
