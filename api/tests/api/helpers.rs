@@ -469,24 +469,25 @@ pub async fn wait_for_lock_waits_unless(
 ) {
     let watcher = app.sql().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !over()
-        && watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            < n
-    {
+    while !over() && lock_waits(&watcher).await < n {
         assert!(
             std::time::Instant::now() < deadline,
             "{what} never waited on the lock"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many statements of the database `c` is connected to wait on a lock now.
+pub async fn lock_waits(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// Gives requests a pool of `connections` (one more goes to the create writer), each waited

@@ -1,7 +1,7 @@
 //! Several API instances starting together on an empty database: each runs the migrations under
 //! one advisory lock, so they take turns, all succeed, and every migration is applied once.
 
-use crate::helpers::{admin_db_url, db_url};
+use crate::helpers::{admin_db_url, db_url, lock_waits};
 use std::process::{Command, Stdio};
 
 /// A new empty database: the admin connection (to drop it after), its name and its URL.
@@ -301,17 +301,7 @@ async fn a_migrate_stopped_while_it_waits_says_so_and_exits() {
         .execute("SELECT pg_advisory_lock($1)", &[&0x6b75_727a_i64])
         .await
         .unwrap();
-    let waiting = || async {
-        holder
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let waiting = || lock_waits(&holder);
     let migrator = migrate(&url).spawn().expect("kurz-api starts");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -234,20 +234,26 @@ async fn an_unknown_or_repeated_query_parameter_is_refused_naming_it() {
     assert_eq!(res.status(), 200);
 }
 
-/// Pages after an id: a link deleted from a page already read, or one committed late, shifts
-/// nothing, where `page=2` would then skip the first link of the next page. The `next` link
-/// goes on after the page's last id; `X-Total-Count` counts what is after the cursor.
-#[tokio::test]
-async fn pages_after_an_id_skip_nothing_when_links_go() {
-    let app = spawn_app().await;
-    let user = app.create_user("keyset").await;
+/// A new user with `n` links; their ids in order.
+async fn user_with_links(app: &TestApp, name: &str, n: usize) -> (i64, Vec<i64>) {
+    let user = app.create_user(name).await;
     let mut ids = Vec::new();
-    for i in 0..5 {
+    for i in 0..n {
         let link = app
-            .create_url(user, &format!("https://example.com/k{i}"))
+            .create_url(user, &format!("https://example.com/{name}/{i}"))
             .await;
         ids.push(link["id"].as_i64().unwrap());
     }
+    (user, ids)
+}
+
+/// Pages after an id: a link deleted from a page already read shifts nothing, where `page=2`
+/// would then skip the first link of the next page. The `next` link goes on after the page's
+/// last id; `X-Total-Count` counts what is after the cursor.
+#[tokio::test]
+async fn pages_after_an_id_skip_nothing_when_links_go() {
+    let app = spawn_app().await;
+    let (user, ids) = user_with_links(&app, "keyset", 5).await;
     let page = |path: String| {
         let app = &app;
         async move {
@@ -308,14 +314,7 @@ async fn pages_after_an_id_skip_nothing_when_links_go() {
 #[tokio::test]
 async fn an_export_is_cut_into_files_by_after_id_and_limit() {
     let app = spawn_app().await;
-    let user = app.create_user("split").await;
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let link = app
-            .create_url(user, &format!("https://example.com/s{i}"))
-            .await;
-        ids.push(link["id"].as_i64().unwrap());
-    }
+    let (user, ids) = user_with_links(&app, "split", 5).await;
     let file = |after: i64| {
         let app = &app;
         async move {
