@@ -161,6 +161,8 @@ pub struct Options {
     pub log_level: &'static str,
     /// The proxy's open-file limit at start (`soft:hard`, as `prlimit --nofile` takes it).
     pub proxy_nofile: Option<String>,
+    /// Plain HTTP only: no `listen.https` (TLS ended by a load balancer in front).
+    pub no_https: bool,
 }
 
 impl Default for Options {
@@ -183,6 +185,7 @@ impl Default for Options {
             grace_period_seconds: 0,
             log_level: "warn",
             proxy_nofile: None,
+            no_https: false,
             rate_limits: "{ redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }".into(),
         }
     }
@@ -208,6 +211,8 @@ pub struct Stack {
     /// The proxy's extra environment, for its next start.
     pub proxy_env: Vec<(String, String)>,
     proxy_nofile: Option<String>,
+    /// Whether the proxy serves TLS (`listen.https`).
+    serves_https: bool,
 }
 
 impl Stack {
@@ -230,6 +235,7 @@ impl Stack {
             redis_url: opts.redis_url.clone(),
             redis_cluster: opts.redis_cluster.clone(),
             replica_acks: opts.replica_acks,
+            serves_https: !opts.no_https,
             upstreams: Vec::new(),
             http_port: free_port(),
             https_port: free_port(),
@@ -331,7 +337,7 @@ impl Stack {
         let d = self.dir.display();
         let yaml = format!(
             "server: {{ threads: 2, grace_period_seconds: {}, graceful_shutdown_timeout_seconds: 1, upgrade_sock: {d}/upgrade.sock, pid_file: {d}/proxy.pid }}\n\
-             listen: {{ http: [\"127.0.0.1:{}\"], https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem{} }}\n\
+             listen: {{ http: [\"127.0.0.1:{}\"]{}{} }}\n\
              admin: {{ listen: \"127.0.0.1:{}\" }}\n\
              upstreams: {{ servers: [{}], connect_timeout_ms: 500, read_timeout_ms: {}, health_check: {{ interval_ms: {}, timeout_ms: 500, rise: 1, fall: 1 }}{} }}\n\
              redis: {{ url: \"{}\", cluster_nodes: [{}], prefix: {}, timeout_ms: 1000, replica_acks: {}{} }}\n\
@@ -339,7 +345,14 @@ impl Stack {
              log: {{ level: {} }}\n{}",
             opts.grace_period_seconds,
             self.http_port,
-            self.https_port,
+            if opts.no_https {
+                String::new()
+            } else {
+                format!(
+                    ", https: [\"127.0.0.1:{}\"], tls_cert: {d}/cert.pem, tls_key: {d}/key.pem",
+                    self.https_port
+                )
+            },
             opts.listen_extra,
             self.admin_port,
             servers.join(", "),
@@ -473,7 +486,8 @@ impl Stack {
         );
         // Each Pingora service binds its listeners on its own thread: the admin listener
         // answering says nothing about the public ones.
-        for port in [self.http_port, self.https_port] {
+        let https = self.serves_https.then_some(self.https_port);
+        for port in std::iter::once(self.http_port).chain(https) {
             wait_until("the proxy's listeners", Duration::from_secs(30), || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             });

@@ -778,6 +778,45 @@ async fn sighup_refuses_a_bad_file_and_then_applies_new_rate_limits() {
     assert_eq!(needing_restart().await, 0.0);
 }
 
+/// TLS ended by a load balancer the edge trusts, plain HTTP redirected to HTTPS: a reload whose
+/// file empties the trusted proxies (and turns the redirect off, which only a restart applies)
+/// is refused whole. Applied, the running redirect would have no proxy left to say a request
+/// came over TLS, and would send every request to HTTPS again, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_leave_the_https_redirect_without_its_proxy() {
+    let trusting = "{ trusted_proxies: [\"127.0.0.1/32\"], redirect: { rate: 0, burst: 1 }, \
+                    write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 } }";
+    let opts = |redirect: bool, rate_limits: String| Options {
+        no_https: true,
+        listen_extra: format!(", redirect_http_to_https: {redirect}"),
+        rate_limits,
+        ..Options::default()
+    };
+    let stack = Stack::start(opts(true, trusting.into()));
+    // From the load balancer (127.0.0.1 here), over TLS: answered, not redirected.
+    let over_tls = || {
+        stack
+            .client
+            .get(stack.url("/health"))
+            .header("x-forwarded-proto", "https")
+            .send()
+    };
+    assert_eq!(over_tls().await.unwrap().status(), 200);
+    stack.write_config(&[0, 1], &opts(false, Options::default().rate_limits));
+    stack.signal_proxy("HUP");
+    stack.reloads_reach("error", 1.0).await;
+    assert!(
+        stack.proxy_log().contains("listen.redirect_http_to_https"),
+        "the refusal names the key: {}",
+        stack.proxy_log()
+    );
+    assert_eq!(
+        over_tls().await.unwrap().status(),
+        200,
+        "the trusted proxy stays"
+    );
+}
+
 /// docs/operations.md: the environment's overrides win over the file at every reload, so an
 /// upstream list set in the environment stays whatever the file says after a SIGHUP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
