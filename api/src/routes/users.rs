@@ -103,11 +103,23 @@ pub async fn update(
             f.reject(name, "must not be null");
         }
     }
+    // A name or email stored before a rule that now refuses it (invisible characters) is still
+    // the account's: sent back unchanged, as a client sends back what it read, it is kept.
+    let refused = |p: &Patch<String>, ok: fn(&str) -> bool| matches!(p, Patch::Set(v) if !ok(v));
+    let stored = if refused(&username, |u| Username::parse(u).is_ok())
+        || refused(&email, |e| Email::parse(e).is_ok())
+    {
+        db::users::find_user(&state.client().await?, id).await?
+    } else {
+        None
+    };
     let username = match username {
+        Patch::Set(u) if stored.as_ref().is_some_and(|s| s.username == u) => None,
         Patch::Set(u) => f.check("username", Username::parse(&u)),
         _ => None,
     };
     let email = match email {
+        Patch::Set(e) if stored.as_ref().is_some_and(|s| s.email == e) => None,
         Patch::Set(e) => f.check("email", Email::parse(&e)),
         _ => None,
     };

@@ -221,3 +221,43 @@ async fn unpaginated_lists_stop_at_the_list_limit() {
     assert_eq!(res.headers()["x-total-count"], "4");
     assert_eq!(res.json::<Vec<Value>>().await.unwrap().len(), 3);
 }
+
+/// A username or email stored before invisible characters were refused stays the account's:
+/// sent back unchanged in a PUT (a client sends back what it read), it is kept, not refused;
+/// another such value is still refused.
+#[tokio::test]
+async fn a_name_stored_before_a_rule_refused_it_can_be_sent_back() {
+    let app = spawn_app().await;
+    let id = app.create_user("legacy").await;
+    let legacy = "leg\u{200b}acy";
+    app.sql()
+        .await
+        .execute(
+            "UPDATE users SET username = $1 WHERE id = $2",
+            &[&legacy, &id],
+        )
+        .await
+        .unwrap();
+    let res = app
+        .put_json(
+            &format!("/users/{id}"),
+            &json!({"username": legacy, "email": "moved@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(
+        (user["username"].as_str(), user["email"].as_str()),
+        (Some(legacy), Some("moved@example.com"))
+    );
+    let err = error_of(
+        app.put_json(
+            &format!("/users/{id}"),
+            &json!({"username": "new\u{200b}one"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(err["details"]["username"].is_string(), "{err}");
+}
