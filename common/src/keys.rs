@@ -155,6 +155,12 @@ impl KeySchema {
         format!("{}:{{sessions}}:user-sessions:{user_id}", self.prefix)
     }
 
+    /// A web form already sent, by the one-time token its page carried: sent again (a double
+    /// click, a reload of its answer), its work is not done twice.
+    pub fn form_sent(&self, user_id: i64, token: &str) -> String {
+        format!("{}:form-sent:{user_id}:{token}", self.prefix)
+    }
+
     /// Failed-login bookkeeping: `kind` is `fail-pair`, `fail-acct`, `fail-ip`, `lock-pair`,
     /// `lock-acct` or `lock-ip`.
     /// One hash slot (`{login}`) for all of it: the lock-out script reads an account's and an

@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 /// Users per page of the admins' list.
 pub const USERS_PER_PAGE: i64 = 50;
 
+/// How long a sent form's token is remembered: far past any double click or reload.
+const ONCE_SECONDS: u64 = 3600;
+
 /// The keys page, with a key just made (shown this once), or what went wrong and the name the
 /// refused make came with.
 async fn keys_page(
@@ -73,13 +76,49 @@ pub async fn make_key(
     };
     let user = visit.user.as_ref().expect("logged in");
     let name = field(&fields, "name").trim();
+    if sent_before(&state, user.id, field(&fields, super::FORM_ID_FIELD)).await {
+        // The key the first sending made was shown on its answer, and is never shown again.
+        let e = ApiError::Conflict(
+            "this form was sent already: the key it made was shown on the answer to the first \
+             sending and cannot be shown again; revoke it below if it was not copied"
+                .into(),
+        );
+        return super::marked(
+            keys_page(&state, &visit, None, "", &messages(&e), e.status()).await,
+            &e,
+        );
+    }
     match crate::routes::auth::issue_key(&state, user, name).await {
         Ok((_, key)) => keys_page(&state, &visit, Some(&key), "", &[], StatusCode::CREATED).await,
-        Err(e) => super::marked(
-            keys_page(&state, &visit, None, name, &messages(&e), e.status()).await,
-            &e,
-        ),
+        Err(e) => {
+            // Nothing was made: the same form sent again (after a 503, say) may make its key.
+            let sent = state
+                .keys
+                .form_sent(user.id, field(&fields, super::FORM_ID_FIELD));
+            let _: Result<(), _> = state.redis.query(redis::cmd("DEL").arg(sent)).await;
+            super::marked(
+                keys_page(&state, &visit, None, name, &messages(&e), e.status()).await,
+                &e,
+            )
+        }
     }
+}
+
+/// Whether a form carrying the one-time `token` was sent before by `user_id` (a double click
+/// makes two keys otherwise, the first of them never seen). Without a token (a form of an
+/// older page), or with Redis unavailable, the form is taken as new: one key too many beats
+/// no key.
+async fn sent_before(state: &AppState, user_id: i64, token: &str) -> bool {
+    if token.is_empty() || token.len() > 64 {
+        return false;
+    }
+    let mut set = redis::cmd("SET");
+    set.arg(state.keys.form_sent(user_id, token))
+        .arg(1)
+        .arg("NX")
+        .arg("EX")
+        .arg(ONCE_SECONDS);
+    matches!(state.redis.query::<Option<String>>(&set).await, Ok(None))
 }
 
 /// `GET /ui/keys/<id>/revoke`: are you sure? A revoked key cannot be brought back, and every

@@ -31,6 +31,9 @@ pub fn keys(
             (errors(problems))
             form.card method="post" action="/ui/keys" {
                 (csrf_field(page))
+                // One per page shown: the form sent twice (a double click, a reload of the
+                // answer) makes one key.
+                input type="hidden" name=(super::FORM_ID_FIELD) value=(kurz_common::clicks::new_id());
                 label for="name" {
                     "Name"
                     span.hint { "What it is for, up to 100 characters" }

@@ -954,6 +954,31 @@ async fn api_keys_are_made_shown_once_used_and_revoked_from_the_keys_page() {
     assert_eq!(other.get(revoke).await.0, 404);
 }
 
+/// The make-a-key form sent twice (a double click, a reload of its answer) makes one key: the
+/// second answer says the first showed it, and where to revoke it. A sending that made nothing
+/// (a bad name) leaves the form free to be sent again.
+#[tokio::test]
+async fn a_make_key_form_sent_twice_makes_one_key() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "twice").await;
+    let (_, page) = b.get("/ui/keys").await;
+    let once = hidden_of(&page, "form_id").to_owned();
+    let blank = b
+        .submit(&page, "/ui/keys", &[("name", " "), ("form_id", &once)])
+        .await;
+    assert_eq!(blank.status(), 400);
+    let fields = [("name", "ci"), ("form_id", once.as_str())];
+    assert_eq!(b.submit(&page, "/ui/keys", &fields).await.status(), 201);
+    let again = b.submit(&page, "/ui/keys", &fields).await;
+    assert_eq!(again.status(), 409);
+    let text = again.text().await.unwrap();
+    assert!(text.contains("sent already"), "{text}");
+    let (_, listed) = b.get("/ui/keys").await;
+    assert_eq!(listed.matches("/revoke\"").count(), 1, "one key: {listed}");
+    // Each page carries a token of its own.
+    assert_ne!(hidden_of(&listed, "form_id"), once);
+}
+
 /// A key is shown once, on the answer that made it: when the list beside it cannot be read, the
 /// page still shows the key (and says the list could not be read) rather than an error page that
 /// would take the only sight of it away.
