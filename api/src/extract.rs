@@ -507,17 +507,20 @@ impl Query {
     /// An empty value (`?user_id=`) is refused like any other non-number: a filter that
     /// silently vanished would widen a query the client meant to narrow.
     pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.integer_from(name, 1, "a positive integer")
+    }
+
+    /// An optional integer parameter of at least `min`; `what` names the range in the 400.
+    pub fn integer_from(&self, name: &str, min: i64, what: &str) -> Result<Option<i64>, ApiError> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v
                 .parse::<i64>()
                 .ok()
-                .filter(|n| *n > 0)
+                .filter(|n| *n >= min)
                 .map(Some)
                 .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "query parameter {name}={v:?} must be a positive integer"
-                    ))
+                    ApiError::BadRequest(format!("query parameter {name}={v:?} must be {what}"))
                 }),
         }
     }

@@ -19,16 +19,16 @@ pub struct Page {
     /// `(page, per_page)` when the client asked for pages.
     requested: Option<(i64, i64)>,
     /// `after_id`: the rows after this id (the list's filter holds it), `limit` of them. A
-    /// row deleted or committed late between two such pages shifts nothing, where an
-    /// `OFFSET` page would skip or repeat a row, and a deep page reads no skipped rows.
+    /// row deleted between two such pages shifts nothing, where an `OFFSET` page would skip
+    /// one, and a deep page reads no skipped rows.
     pub after: Option<i64>,
 }
 
 impl Page {
     /// With neither parameter: everything up to `list_limit`. Bad values are a 400.
     pub fn from_query(q: &Query, list_limit: i64) -> Result<Self, ApiError> {
-        let page = positive(q, "page")?;
-        let per_page = positive(q, "per_page")?;
+        let page = q.id("page")?;
+        let per_page = q.id("per_page")?;
         if let Some(pp) = per_page {
             if pp > MAX_PER_PAGE {
                 return Err(ApiError::BadRequest(format!(
@@ -125,37 +125,9 @@ impl Page {
     }
 }
 
-fn positive(q: &Query, name: &str) -> Result<Option<i64>, ApiError> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "query parameter {name}={v:?} must be a positive integer"
-                ))
-            }),
-    }
-}
-
 /// `after_id`: a whole number from 0 (0 starts the list: ids are positive).
 pub fn after_id(q: &Query) -> Result<Option<i64>, ApiError> {
-    match q.get("after_id") {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "query parameter after_id={v:?} must be a whole number from 0"
-                ))
-            }),
-    }
+    q.integer_from("after_id", 0, "a whole number from 0")
 }
 
 fn page_url(path: &str, query: &Query, page: i64, per_page: i64) -> String {
