@@ -105,24 +105,27 @@ pub async fn update(
     }
     // A name or email stored before a rule that now refuses it (invisible characters) is still
     // the account's: sent back unchanged, as a client sends back what it read, it is kept.
-    let refused = |p: &Patch<String>, ok: fn(&str) -> bool| matches!(p, Patch::Set(v) if !ok(v));
-    let stored = if refused(&username, |u| Username::parse(u).is_ok())
-        || refused(&email, |e| Email::parse(e).is_ok())
+    let set = |p: Patch<String>| match p {
+        Patch::Set(v) => Some(v),
+        _ => None,
+    };
+    let username = set(username).map(|u| (Username::parse(&u), u));
+    let email = set(email).map(|e| (Email::parse(&e), e));
+    let stored = if username.as_ref().is_some_and(|(parsed, _)| parsed.is_err())
+        || email.as_ref().is_some_and(|(parsed, _)| parsed.is_err())
     {
         db::users::find_user(&state.client().await?, id).await?
     } else {
         None
     };
-    let username = match username {
-        Patch::Set(u) if stored.as_ref().is_some_and(|s| s.username == u) => None,
-        Patch::Set(u) => f.check("username", Username::parse(&u)),
-        _ => None,
-    };
-    let email = match email {
-        Patch::Set(e) if stored.as_ref().is_some_and(|s| s.email == e) => None,
-        Patch::Set(e) => f.check("email", Email::parse(&e)),
-        _ => None,
-    };
+    let username = username.and_then(|(parsed, sent)| {
+        let kept = stored.as_ref().is_some_and(|s| s.username == sent);
+        (!kept).then(|| f.check("username", parsed)).flatten()
+    });
+    let email = email.and_then(|(parsed, sent)| {
+        let kept = stored.as_ref().is_some_and(|s| s.email == sent);
+        (!kept).then(|| f.check("email", parsed)).flatten()
+    });
     f.finish()?;
     // An admin's email makes its holder an admin (`auth.admins`): only an admin gives it.
     if email
