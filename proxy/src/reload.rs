@@ -125,6 +125,9 @@ impl Reloader {
         if !stale.is_empty() {
             log::warn!(keys = stale.join(","); "configuration keys changed that need a restart; they keep their running values");
         }
+        // Set here, not by the caller: a reload that fails on its certificate below has applied
+        // this file all the same, and `KurzConfigNeedsRestart` must see its restart-only keys.
+        METRICS.config_keys_needing_restart.set(stale.len() as i64);
         // A failed reload all the same (counted, alerted on): what was meant to be served is
         // not, though the rest of the file is live.
         if let Some(why) = refused {
@@ -193,7 +196,6 @@ impl Reloader {
                 let result = if stale.is_empty() { "ok" } else { "partial" };
                 METRICS.reloads.with_label_values(&[result]).inc();
                 METRICS.config_applied.set(1);
-                METRICS.config_keys_needing_restart.set(stale.len() as i64);
             }
             Err(e) => {
                 METRICS.reloads.with_label_values(&["error"]).inc();

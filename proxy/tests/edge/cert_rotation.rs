@@ -217,6 +217,13 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_expired() {
     kurz_common::testing::dated_pair(&old, "expired", "20200101000000Z", "20200102000000Z");
     std::fs::rename(old.join("expired.key"), stack.dir.join("key.pem")).unwrap();
     std::fs::rename(old.join("expired.pem"), stack.dir.join("cert.pem")).unwrap();
+    // The same file changes a key only a restart applies: the rest is applied, and the
+    // restart it waits for is counted although the reload failed on its pair.
+    let restart_only = Options {
+        extra_yaml: "clicks: { batch_max: 7 }\n".into(),
+        ..Options::default()
+    };
+    stack.write_config(&[0, 1], &restart_only);
     reload_refused_keeping_the_served_pair(&stack).await;
     assert_eq!(
         metric("kurz_proxy_tls_cert_expiry_timestamp_seconds", &[]).await,
@@ -225,4 +232,8 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_expired() {
     assert!(stack
         .proxy_log()
         .contains("the rest of the file was applied"));
+    assert_eq!(
+        metric("kurz_proxy_config_keys_needing_restart", &[]).await,
+        1.0
+    );
 }
