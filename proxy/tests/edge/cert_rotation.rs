@@ -237,3 +237,79 @@ async fn sighup_keeps_serving_the_old_pair_when_the_new_one_expired() {
         1.0
     );
 }
+
+/// An expired pair: `--check` refuses it, as a reload would; a start serves it all the same with
+/// a warning (an edge that did not start would stop plain HTTP too, and the systemd unit starts
+/// without `--check` for that reason), and a reload then takes the renewed pair.
+#[test]
+fn an_expired_pair_fails_the_check_and_is_served_at_start_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("kurz-expired-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    kurz_common::testing::dated_pair(&dir, "expired", "20200101000000Z", "20200102000000Z");
+    let https = crate::harness::free_port();
+    let prefix = format!("kurzexpired{}", std::process::id());
+    let file = dir.join("proxy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "server: {{ upgrade_sock: {d}/upgrade.sock }}\n\
+             listen: {{ http: [\"127.0.0.1:{http}\"], https: [\"127.0.0.1:{https}\"], tls_cert: {d}/expired.pem, tls_key: {d}/expired.key }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+             upstreams: {{ servers: [\"127.0.0.1:{upstream}\"] }}\n\
+             redis: {{ url: \"{redis}\", prefix: {prefix} }}\n",
+            d = dir.display(),
+            http = crate::harness::free_port(),
+            admin = crate::harness::free_port(),
+            upstream = crate::harness::free_port(),
+            redis = crate::harness::default_redis_url(),
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_kurz-proxy");
+    let check = Command::new(bin)
+        .arg("--check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(!check.status.success(), "--check passed an expired pair");
+    assert!(said.contains("listen.tls_cert"), "{said}");
+
+    let mut edge = Command::new(bin)
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut served = false;
+    while Instant::now() < deadline && edge.try_wait().unwrap().is_none() {
+        // The pair's subject is `CN = t`; nothing listening gives no subject.
+        if served_cn(https).contains("CN") {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = edge.kill();
+    edge.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut edge.stderr.take().unwrap(), &mut stderr).unwrap();
+    let client = redis::Client::open(crate::harness::default_redis_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    for key in keys {
+        let _: i64 = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(served, "the expired pair was not served: {stderr}");
+    assert!(
+        stderr.starts_with("kurz-proxy: warning: config key `listen.tls_cert`"),
+        "{stderr}"
+    );
+}
