@@ -28,6 +28,16 @@ pub async fn run_to(
     client: &mut deadpool_postgres::Client,
     target: refinery::Target,
 ) -> Result<(), String> {
+    run_trying(client, target, LOCK_TRIES).await
+}
+
+/// [`run_to`], giving up after `tries` waits for a held table (tests see the end of the
+/// patience without four minutes of it).
+pub async fn run_trying(
+    client: &mut deadpool_postgres::Client,
+    target: refinery::Target,
+    tries: u32,
+) -> Result<(), String> {
     let pg: &mut tokio_postgres::Client = client.as_mut();
     // An index build on a large table, or the wait for another replica's, may take longer than
     // `database.statement_timeout_ms`: this session runs without it, and gets it back after.
@@ -39,7 +49,7 @@ pub async fn run_to(
     pg.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(|e| format!("migration lock: {e}"))?;
-    let result = migrate_holding_the_lock(pg, target).await;
+    let result = migrate_holding_the_lock(pg, target, tries).await;
     let _ = pg
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
@@ -52,6 +62,7 @@ pub async fn run_to(
 async fn migrate_holding_the_lock(
     pg: &mut tokio_postgres::Client,
     target: refinery::Target,
+    patience: u32,
 ) -> Result<(), String> {
     none_skipped(pg).await?;
     // After the advisory lock: waiting for another replica's migrations is no table stall.
@@ -70,14 +81,14 @@ async fn migrate_holding_the_lock(
             .run_async(pg)
             .await;
         match result {
-            Err(e) if lock_not_available(&e) && tries < LOCK_TRIES => {
+            Err(e) if lock_not_available(&e) && tries < patience => {
                 log::warn!(attempt = tries, error = e.to_string(); "a migration's table is held by another transaction; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) if lock_not_available(&e) => {
                 return Err(format!(
                     "migration failed: its table stayed locked by another transaction through \
-                     {LOCK_TRIES} tries of {LOCK_WAIT} (see pg_stat_activity): {e}"
+                     {patience} tries of {LOCK_WAIT} (see pg_stat_activity): {e}"
                 ))
             }
             other => break other.map_err(|e| format!("migration failed: {e}"))?,

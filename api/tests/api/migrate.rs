@@ -197,6 +197,50 @@ async fn a_migration_waiting_for_a_held_table_does_not_stall_its_readers() {
     assert_eq!(has_version, 1);
 }
 
+/// A migration whose table stays held past its tries stops the start naming the cause, and
+/// leaves nothing half done: its transaction is rolled back whole, and the next start runs it
+/// from its beginning.
+#[tokio::test]
+async fn a_migration_that_gives_up_on_a_held_table_leaves_nothing_half_done() {
+    let (admin, name, url) = empty_database().await;
+    let mut client = pooled(&url).await;
+    kurz_api::migrate::run_to(&mut client, refinery::Target::Version(21))
+        .await
+        .unwrap();
+    let holder = connect(&url).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM urls LIMIT 1")
+        .await
+        .unwrap();
+    let gave_up =
+        kurz_api::migrate::run_trying(&mut client, refinery::Target::Version(22), 2).await;
+    let reader = connect(&url).await;
+    let state = |sql: &'static str| {
+        let reader = &reader;
+        async move { reader.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let columns = "SELECT count(*) FROM information_schema.columns \
+                   WHERE table_name = 'urls' AND column_name = 'version'";
+    let newest = "SELECT max(version)::bigint FROM refinery_schema_history";
+    let (half_column, half_newest) = (state(columns).await, state(newest).await);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let again = kurz_api::migrate::run_to(&mut client, refinery::Target::Version(22)).await;
+    let (column, newest) = (state(columns).await, state(newest).await);
+    drop((holder, reader, client));
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    let why = gave_up.expect_err("migrated through a held table");
+    assert!(
+        why.contains("stayed locked by another transaction through 2 tries"),
+        "{why}"
+    );
+    assert_eq!((half_column, half_newest), (0, 21), "nothing of V22 stayed");
+    again.unwrap();
+    assert_eq!((column, newest), (1, 22));
+}
+
 /// A replica waiting for another's migrations waits for as long as they take, whatever
 /// `lock_timeout` the database or the role sets for everyone else.
 #[tokio::test]
