@@ -114,7 +114,7 @@ impl Metrics {
         .expect("metric");
         let click_stream_length = IntGauge::new(
             "kurz_api_click_stream_length",
-            "Click stream entries not yet consumed",
+            "Click stream entries not yet consumed; -1 while Redis cannot be asked",
         )
         .expect("metric");
         let click_stream_resets = IntCounter::new(
@@ -154,7 +154,7 @@ impl Metrics {
         .expect("metric");
         let click_stream_pending = IntGauge::new(
             "kurz_api_click_stream_pending",
-            "Click entries delivered but not yet acknowledged",
+            "Click entries delivered but not yet acknowledged; -1 while Redis cannot be asked",
         )
         .expect("metric");
         let db_pool_in_use = IntGauge::new(

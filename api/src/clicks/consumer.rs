@@ -146,7 +146,13 @@ impl Consumer {
     /// Entries not yet consumed, summed over partitions (unread plus pending). Also the sample
     /// of what would be lost if Redis lost its data now; if it already did, the loss is counted
     /// from the previous sample first.
+    /// While Redis cannot be asked the gauge says -1 (unknown), not the last sample: a backlog
+    /// shown still while the streams may be growing or gone would mislead a dashboard's reader.
     pub async fn backlog(&self) -> Result<i64, RedisDown> {
+        let unknown = |d: RedisDown| {
+            self.metrics.click_stream_length.set(-1);
+            d
+        };
         let total = match self.stream.backlog().await {
             Ok(total) => total,
             Err(ReadError::GroupLost) => {
@@ -154,10 +160,10 @@ impl Consumer {
                 match self.stream.backlog().await {
                     Ok(total) => total,
                     Err(ReadError::GroupLost) => 0,
-                    Err(ReadError::Down(d)) => return Err(d),
+                    Err(ReadError::Down(d)) => return Err(unknown(d)),
                 }
             }
-            Err(ReadError::Down(d)) => return Err(d),
+            Err(ReadError::Down(d)) => return Err(unknown(d)),
         };
         self.metrics.click_stream_length.set(total);
         self.last_backlog.store(total, Ordering::Release);
@@ -166,7 +172,9 @@ impl Consumer {
 
     /// Entries delivered but not acknowledged, summed over partitions (consumer lag in flight).
     pub async fn pending(&self) -> Result<i64, RedisDown> {
-        let total = self.stream.pending().await?;
+        let total = self.stream.pending().await.inspect_err(|_| {
+            self.metrics.click_stream_pending.set(-1);
+        })?;
         self.metrics.click_stream_pending.set(total);
         Ok(total)
     }

@@ -184,6 +184,9 @@ async fn redis_restarted_empty_counts_the_clicks_it_lost() {
     // The consumer's periodic sample, taken here so the test decides when.
     assert_eq!(app.state.consumer.backlog().await.unwrap(), 5);
     redis.kill();
+    // Unknown while Redis cannot be asked, not the 5 of the last sample.
+    assert_eq!(metric(&app, "kurz_api_click_stream_length").await, -1.0);
+    assert_eq!(metric(&app, "kurz_api_click_stream_pending").await, -1.0);
     redis.restart();
     wait_cache_up(&app).await;
     // The next read finds the group gone, counts the loss and goes on with a new group.
