@@ -24,6 +24,17 @@ use std::sync::Arc;
 /// Message on the invalidation channel meaning "drop every cached link" (bulk imports).
 pub const INVALIDATE_ALL: &str = "*";
 
+/// Marks a fingerprint as published now in the set of running APIs' fingerprints
+/// (`KeySchema::schemas`), by the clock of the Redis holding the set (one clock for every API),
+/// and drops those older than `ARGV[2]` ms: their APIs stopped. `ARGV[1]`: the fingerprint.
+const PUBLISH_SCHEMA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) - 1)
+return 1
+"#;
+
 /// Publishes a link's state. `KEYS`: the entry, the partition's generation, the visit counter.
 /// `ARGV`: the entry text, its TTL in seconds, its version, and the clicks stored for a limited
 /// link (empty for a link without a limit, whose counter goes). The generation moves in every
@@ -368,8 +379,18 @@ impl LinkCache {
     /// Publishes the key schema's fingerprint, which edges compare with their own before they
     /// answer redirects from Redis (see `kurz_common::keys::KeySchema::fingerprint`).
     pub async fn publish_schema(&self) -> Result<(), RedisDown> {
+        let fingerprint = self.keys.fingerprint();
+        // The single key is for edges from before the set; two commands, as the keys may be
+        // on two nodes of a cluster.
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.schema()).arg(self.keys.fingerprint());
+        cmd.arg(self.keys.schema()).arg(&fingerprint);
+        self.redis.query::<()>(&cmd).await?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUBLISH_SCHEMA)
+            .arg(1)
+            .arg(self.keys.schemas())
+            .arg(&fingerprint)
+            .arg(kurz_common::keys::SCHEMA_ALIVE_MS);
         self.redis.query::<()>(&cmd).await
     }
 

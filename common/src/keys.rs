@@ -117,14 +117,27 @@ impl KeySchema {
     }
 
     /// What an edge and an API must agree on to share keys: the partition count, the partition
-    /// hash and the link entry format. The API publishes it under [`Self::schema`]; an edge that
-    /// finds another value (or none: a different prefix) answers no redirect from Redis, since
-    /// its lookups and click appends would miss what the API writes and reads.
+    /// hash, the link entry format and the click stream's entries (packed, with as many values
+    /// a click as [`crate::clicks::FIELDS`] names: a consumer of another release drops an entry
+    /// it cannot read). The API publishes it under [`Self::schema`] and [`Self::schemas`]; an
+    /// edge that finds another value (or none: a different prefix) answers no redirect from
+    /// Redis, since its lookups and click appends would miss what the API writes and reads.
     pub fn fingerprint(&self) -> String {
         format!(
-            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry={ENTRY_VERSION} click-fields=3 visits=1",
-            self.partitions
+            "kurz-keys/1 partitions={} partition-hash=fnv1a32 link-entry={ENTRY_VERSION} click-entry=packed-{} visits=1",
+            self.partitions,
+            crate::clicks::FIELDS.len()
         )
+    }
+
+    /// The fingerprints of the APIs that run: a sorted set, each scored with the time (ms, by
+    /// the clock of the Redis holding it) an API last published it. While APIs of two releases
+    /// run side by side each rewrites [`Self::schema`], which then holds whichever wrote last:
+    /// an edge reading only that key would match half the time, and append clicks the other
+    /// release's consumers drop. The set holds both, until the old release's last publish is
+    /// [`SCHEMA_ALIVE_MS`] older than the newest.
+    pub fn schemas(&self) -> String {
+        format!("{}:schemas", self.prefix)
     }
 
     /// The salt of visitor ids on `day` (`YYYY-MM-DD`, UTC).
@@ -174,6 +187,25 @@ impl KeySchema {
 /// How long a counted visit's mark lasts: longer than any retry of it (an edge's Redis
 /// timeout, then the forward to an API).
 pub const VISIT_MARK_SECONDS: u64 = 120;
+
+/// How long a fingerprint in [`KeySchema::schemas`] counts as that of an API still running
+/// after its last publish: six of the API's publishes (every 5 s), so one missed while Redis
+/// was slow does not open an edge's gate with the other release still consuming.
+pub const SCHEMA_ALIVE_MS: i64 = 30_000;
+
+/// The fingerprints of [`KeySchema::schemas`] (each with its score) that count as running:
+/// those published within [`SCHEMA_ALIVE_MS`] of the newest. Measured from the newest, not
+/// from a clock of the reader's, so a skewed clock on an edge's machine changes nothing.
+pub fn live_fingerprints(scored: &[(String, f64)]) -> Vec<&str> {
+    let newest = scored.iter().map(|(_, t)| *t).fold(f64::MIN, f64::max);
+    let mut live: Vec<&str> = scored
+        .iter()
+        .filter(|(_, t)| *t >= newest - SCHEMA_ALIVE_MS as f64)
+        .map(|(f, _)| f.as_str())
+        .collect();
+    live.sort_unstable();
+    live
+}
 
 /// What the link cache holds for a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,9 +497,25 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_count_as_running_within_a_window_of_the_newest() {
+        let scored = |list: &[(&str, f64)]| -> Vec<(String, f64)> {
+            list.iter().map(|(f, t)| (f.to_string(), *t)).collect()
+        };
+        let alive = SCHEMA_ALIVE_MS as f64;
+        let both = scored(&[("new", 1e12), ("old", 1e12 - alive)]);
+        assert_eq!(live_fingerprints(&both), ["new", "old"]);
+        let gone = scored(&[("old", 1e12 - alive - 1.0), ("new", 1e12)]);
+        assert_eq!(live_fingerprints(&gone), ["new"]);
+        assert!(live_fingerprints(&[]).is_empty());
+    }
+
+    #[test]
     fn fingerprints_differ_when_partitions_do() {
         let a = KeySchema::new("kurz", 16);
         assert_eq!(a.fingerprint(), KeySchema::new("other", 16).fingerprint());
+        assert!(a
+            .fingerprint()
+            .contains(&format!("packed-{}", crate::clicks::FIELDS.len())));
         assert_ne!(a.fingerprint(), KeySchema::new("kurz", 8).fingerprint());
         assert_eq!(a.schema(), "kurz:schema");
     }

@@ -4,7 +4,9 @@
 //! what the API cached and every click the edge appends goes to a stream no consumer reads. The
 //! API publishes its fingerprint (`kurz_common::keys::KeySchema::fingerprint`); until this edge
 //! has read a matching one it answers no redirect from Redis and forwards them to the API, which
-//! answers and records them correctly. The mismatch is logged and exported as
+//! answers and records them correctly. While APIs of two releases run (a rolling upgrade that
+//! changes the fingerprint), the gate stays closed until the old release's have stopped: every
+//! running API's fingerprint must match, not only the last one written. The mismatch is logged and exported as
 //! `kurz_proxy_key_schema_match` (0; -1 until a first read, 1 once matched), which the
 //! `KurzKeySchemaMismatch` alert watches.
 
@@ -63,21 +65,37 @@ pub struct KeySchemaCheck {
 }
 
 impl KeySchemaCheck {
-    /// One check. Redis being down decides nothing: redirects then go to the API anyway.
-    async fn check(&self) {
-        let published: Option<String> = match self
+    /// The fingerprints of the APIs that run: those of the set, or, when it is empty (APIs from
+    /// before it), the single key's.
+    async fn published(&self) -> Result<Vec<String>, kurz_common::redis_handle::RedisDown> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.keys.schemas())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        let scored: Vec<(String, f64)> = self.redis.query(&cmd).await?;
+        if !scored.is_empty() {
+            let live = kurz_common::keys::live_fingerprints(&scored);
+            return Ok(live.into_iter().map(str::to_owned).collect());
+        }
+        let single: Option<String> = self
             .redis
             .query(redis::cmd("GET").arg(self.keys.schema()))
-            .await
-        {
-            Ok(v) => v,
-            Err(_) => {
-                self.gate.attempted.store(true, Ordering::Release);
-                return;
-            }
+            .await?;
+        Ok(single.into_iter().collect())
+    }
+
+    /// One check. Redis being down decides nothing: redirects then go to the API anyway.
+    async fn check(&self) {
+        let Ok(published) = self.published().await else {
+            self.gate.attempted.store(true, Ordering::Release);
+            return;
         };
         let expected = self.keys.fingerprint();
-        let matched = published.as_deref() == Some(expected.as_str());
+        // Every running API's, not only one: an API of another release still reads the
+        // click streams, and would drop what this edge appends.
+        let matched = published == [expected.as_str()];
+        let published = published.join(" | ");
         let changed = self.gate.set(matched);
         self.gate.attempted.store(true, Ordering::Release);
         if !changed {
@@ -88,8 +106,8 @@ impl KeySchemaCheck {
         } else {
             log::error!(
                 key = self.keys.schema().as_str(), expected = expected.as_str(),
-                published = published.as_deref().unwrap_or("(none: no API uses this prefix)");
-                "redis key schema differs from the API's (redis.prefix / redis.partitions); forwarding every redirect to the API"
+                published = if published.is_empty() { "(none: no API uses this prefix)" } else { published.as_str() };
+                "redis key schema differs from the API's (redis.prefix / redis.partitions, or APIs of another release running); forwarding every redirect to the API"
             );
         }
     }
