@@ -226,17 +226,21 @@ async fn check_login(
         // otherwise); a username as written, and so does an identifier sent as `email` that
         // cannot be one (no '@'): it is only ever tried as a username. The kind is part of the
         // count: `bob@x` locked out as a username says nothing of the email `bob@x`.
-        let who = match (&email, &username, &found) {
-            (_, _, Some(_)) => String::new(),
-            (Some(email), _, None) if email.contains('@') => {
-                let folded: String = client
-                    .query_one("SELECT lower($1::text)", &[email])
-                    .await?
-                    .get(0);
-                format!("email:{folded}")
+        //
+        // Folded whether an account has the email or not: a lookup of nobody that ran one more
+        // statement than a lookup of someone would tell them apart by the answer's time.
+        let folded = match &email {
+            Some(e) if e.contains('@') => {
+                let fold = client.prepare_cached("SELECT lower($1::text)").await?;
+                Some(client.query_one(&fold, &[e]).await?.get::<_, String>(0))
             }
-            (Some(name), _, None) | (None, Some(name), None) => format!("name:{name}"),
-            (None, None, None) => String::new(),
+            _ => None,
+        };
+        let who = match (&email, &username, &found, folded) {
+            (_, _, Some(_), _) => String::new(),
+            (_, _, None, Some(folded)) => format!("email:{folded}"),
+            (Some(name), _, None, None) | (None, Some(name), None, None) => format!("name:{name}"),
+            (None, None, None, None) => String::new(),
         };
         (found, who)
     };
