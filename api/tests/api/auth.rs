@@ -584,6 +584,39 @@ async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
     assert_eq!(res.status(), 200);
 }
 
+/// A new email by `PUT /users/<id>` is the same person's account at another address: its
+/// password, sessions and keys go on working, and the log-in takes the new email only. (Giving
+/// an account to someone else is the import's, which ends them: the test below.)
+#[tokio::test]
+async fn a_put_of_a_new_email_keeps_the_accounts_credentials() {
+    let app = spawn_app().await;
+    let (token, id) = register(&app, "mover").await;
+    let key = new_key(&app, &token).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .put(app.url(&format!("/users/{id}")))
+        .header("authorization", bearer(&token))
+        .json(&json!({"email": "mover@new.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for credential in [&token, &key] {
+        let res = me(&app, credential).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["email"],
+            "mover@new.example"
+        );
+    }
+    let by = |email: &str| json!({"email": email, "password": "pw-mover-secret"});
+    assert_eq!(login(&app, by("MOVER@new.example")).await.status(), 200);
+    assert_eq!(login(&app, by("mover@example.com")).await.status(), 401);
+}
+
 /// A bulk import that gives an existing id another email gives the account to that email
 /// without the old owner's password, API keys or sessions (an id from a seed file that a
 /// registered user holds would otherwise let them act as whoever the file names, an admin's
