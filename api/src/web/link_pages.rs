@@ -101,6 +101,13 @@ pub fn links(
                             @if !link.is_active { " " span.badge { "inactive" } }
                             @if let Some(why) = ended(link) { " " span.badge { (why) } }
                             div.target { (link.original_url) }
+                            @if !link.tags.is_empty() {
+                                div.row {
+                                    @for tag in &link.tags {
+                                        a.badge href={ "/ui/links?" (super::links::tag_query(tag)) } { (tag) }
+                                    }
+                                }
+                            }
                             div.row {
                                 span.muted { (count(link.visits, "visit")) }
                                 a href=(short_url(base, link)) { "Open" }
@@ -185,14 +192,144 @@ fn breakdown(caption: &str, rows: &Value, key: &str) -> Markup {
     }
 }
 
+/// The edit form's values: the link's own, or what was typed when an edit came back refused
+/// (never a password: that field is always empty).
+pub struct Edit {
+    pub original_url: String,
+    pub title: String,
+    /// Comma-separated.
+    pub tags: String,
+    /// As a `datetime-local` input holds it, in UTC: `2030-01-31T12:00:00`.
+    pub expires_at: String,
+    pub max_visits: String,
+    pub redirect_type: String,
+}
+
+impl Edit {
+    pub fn of(link: &Link) -> Self {
+        Self {
+            original_url: link.original_url.clone(),
+            title: link.title.clone().unwrap_or_default(),
+            tags: link.tags.join(", "),
+            expires_at: link
+                .expires_at
+                .map(|at| at.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .unwrap_or_default(),
+            max_visits: link.max_visits.map(|m| m.to_string()).unwrap_or_default(),
+            redirect_type: link.redirect_type.to_string(),
+        }
+    }
+}
+
+impl Edit {
+    /// These values with those of the form's `fields` that a post carried, as typed.
+    pub fn with_sent(mut self, fields: &[(String, String)]) -> Self {
+        for (name, value) in fields {
+            let slot = match name.as_str() {
+                "original_url" => &mut self.original_url,
+                "title" => &mut self.title,
+                "tags" => &mut self.tags,
+                "expires_at" => &mut self.expires_at,
+                "max_visits" => &mut self.max_visits,
+                "redirect_type" => &mut self.redirect_type,
+                _ => continue,
+            };
+            *slot = value.trim().to_owned();
+        }
+        self
+    }
+}
+
+/// What a redirect status means to someone choosing one.
+fn redirect_name(status: u16) -> &'static str {
+    match status {
+        301 => "301 Moved Permanently (browsers may keep it)",
+        302 => "302 Found (the default)",
+        307 => "307 Temporary Redirect (keeps the method)",
+        308 => "308 Permanent Redirect (keeps the method; browsers may keep it)",
+        _ => "another status",
+    }
+}
+
+/// The attributes of an input whose field an edit was refused for: marked invalid, pointing
+/// at the messages, and the first of them focused, so a screen reader lands on what to fix.
+struct Refused<'a> {
+    fields: &'a [String],
+}
+
+impl Refused<'_> {
+    fn invalid(&self, name: &str) -> Option<&'static str> {
+        self.fields.iter().any(|f| f == name).then_some("true")
+    }
+
+    fn described(&self, name: &str) -> Option<&'static str> {
+        self.invalid(name).map(|_| "edit-errors")
+    }
+
+    /// The first refused field in the form's order.
+    fn first(&self, name: &str) -> bool {
+        let order = [
+            "original_url",
+            "title",
+            "tags",
+            "expires_at",
+            "max_visits",
+            "redirect_type",
+            "password",
+        ];
+        order
+            .into_iter()
+            .find(|f| self.fields.iter().any(|r| r == f))
+            == Some(name)
+    }
+}
+
+/// The link's settings as they are: tags, expiry, visit limit, password, redirect status.
+fn settings(link: &Link) -> Markup {
+    html! {
+        dl.settings {
+            dt { "Tags" }
+            dd {
+                @if link.tags.is_empty() { span.muted { "none" } }
+                @for tag in &link.tags {
+                    a.badge href={ "/ui/links?" (super::links::tag_query(tag)) } { (tag) } " "
+                }
+            }
+            dt { "Expires" }
+            dd {
+                @match link.expires_at {
+                    Some(at) => { (at.format("%Y-%m-%d %H:%M:%S")) " UTC" }
+                    None => { span.muted { "never" } }
+                }
+            }
+            dt { "Visit limit" }
+            dd {
+                @match link.max_visits {
+                    Some(max) => { (link.visits) " of " (max) " used" }
+                    None => { span.muted { "none" } }
+                }
+            }
+            dt { "Password" }
+            dd {
+                @if link.has_password { "asked before the redirect" }
+                @else { span.muted { "none" } }
+            }
+            dt { "Redirect" }
+            dd { (redirect_name(link.redirect_type)) }
+        }
+    }
+}
+
 pub fn link(
     page: &Page,
     link: &Link,
     base: &str,
     stats: &Value,
-    typed: (&str, &str),
+    typed: &Edit,
     problems: &[String],
+    refused: &[String],
 ) -> Markup {
+    let refused = Refused { fields: refused };
     let short = short_url(base, link);
     let self_path = format!("/ui/links/{}", link.id);
     layout(
@@ -236,17 +373,82 @@ pub fn link(
             img.qr src={ "/ui/links/" (link.id) "/qr?format=svg&size=192" } width="192" height="192"
                 alt={ "QR code of " (short) };
             p { a href={ "/ui/links/" (link.id) "/qr?format=png&size=1024" } download={ (link.short_code) ".png" } { "Download as PNG" } }
-            h2 { "Edit" }
-            (errors(problems))
+            h2 { "Settings" }
+            (settings(link))
+            h2 #edit { "Edit" }
+            div #edit-errors { (errors(problems)) }
             form.card method="post" action={ "/ui/links/" (link.id) "/edit" } {
                 (csrf_field(page))
                 label for="original_url" {
                     "Long URL"
-                    input #original_url type="url" name="original_url" required value=(typed.0);
+                    input #original_url type="url" name="original_url" required
+                        value=(typed.original_url)
+                        aria-invalid=[refused.invalid("original_url")]
+                        aria-describedby=[refused.described("original_url")]
+                        autofocus[refused.first("original_url")];
                 }
                 label for="title" {
                     "Title"
-                    input #title type="text" name="title" value=(typed.1);
+                    input #title type="text" name="title" value=(typed.title)
+                        aria-invalid=[refused.invalid("title")]
+                        aria-describedby=[refused.described("title")]
+                        autofocus[refused.first("title")];
+                }
+                label for="tags" {
+                    "Tags"
+                    span.hint { "Separated by commas; letters, digits, spaces, - _ and ." }
+                    input #tags type="text" name="tags" value=(typed.tags)
+                        aria-invalid=[refused.invalid("tags")]
+                        aria-describedby=[refused.described("tags")]
+                        autofocus[refused.first("tags")];
+                }
+                label for="expires_at" {
+                    "Expires at"
+                    span.hint { "UTC; empty for never" }
+                    input #expires_at type="datetime-local" step="1" name="expires_at"
+                        value=(typed.expires_at)
+                        aria-invalid=[refused.invalid("expires_at")]
+                        aria-describedby=[refused.described("expires_at")]
+                        autofocus[refused.first("expires_at")];
+                }
+                label for="max_visits" {
+                    "Visit limit"
+                    span.hint { "Visits allowed in all; empty for no limit" }
+                    input #max_visits type="number" min="1" step="1" name="max_visits"
+                        value=(typed.max_visits)
+                        aria-invalid=[refused.invalid("max_visits")]
+                        aria-describedby=[refused.described("max_visits")]
+                        autofocus[refused.first("max_visits")];
+                }
+                label for="redirect_type" {
+                    "Redirect"
+                    select #redirect_type name="redirect_type"
+                        aria-invalid=[refused.invalid("redirect_type")]
+                        aria-describedby=[refused.described("redirect_type")]
+                        autofocus[refused.first("redirect_type")] {
+                        @for status in kurz_common::keys::REDIRECT_TYPES {
+                            option value=(status) selected[typed.redirect_type == status.to_string()] {
+                                (redirect_name(status))
+                            }
+                        }
+                    }
+                }
+                label for="password" {
+                    "New password"
+                    span.hint {
+                        @if link.has_password { "Empty keeps the one it has" }
+                        @else { "Optional: visitors then type it before the redirect" }
+                    }
+                    input #password type="password" name="password" autocomplete="new-password"
+                        aria-invalid=[refused.invalid("password")]
+                        aria-describedby=[refused.described("password")]
+                        autofocus[refused.first("password")];
+                }
+                @if link.has_password {
+                    label.check for="remove_password" {
+                        input #remove_password type="checkbox" name="remove_password" value="on";
+                        "Remove the password"
+                    }
                 }
                 button type="submit" { "Save" }
             }

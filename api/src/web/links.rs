@@ -3,6 +3,7 @@
 //! change goes through the API's own handlers, so the rules (ownership, validation, cache
 //! invalidation at the edges, events) are the API's.
 
+use super::link_pages::Edit;
 use super::{field, link_pages, messages, problem, Visit};
 use crate::db::urls::{Link, UrlFilter};
 use crate::error::ApiError;
@@ -58,6 +59,13 @@ impl ListQuery {
         s.append_pair("page", &page.to_string());
         s.finish()
     }
+}
+
+/// The list's query string filtering by `tag`.
+pub fn tag_query(tag: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("tag", tag)
+        .finish()
 }
 
 /// The visit of a logged-in user, or the answer that sends them to log in.
@@ -197,7 +205,7 @@ pub async fn show(
         Ok(v) => v,
         Err(r) => return r,
     };
-    detail(&state, &visit, &id, None, &[]).await
+    detail(&state, &visit, &id, &[], &[], &[]).await
 }
 
 /// `GET /ui/links/<id>/qr`: the link's QR code for its owner (or an admin), whatever its state.
@@ -229,14 +237,15 @@ pub async fn qr(
     }
 }
 
-/// The link page, with an edit form holding `typed` (target, title) and `problems` when an edit
-/// came back invalid.
+/// The link page; when an edit came back invalid, its form holds what was `typed` (the link's
+/// own values for fields the post did not carry), its `problems` and the `refused` fields.
 async fn detail(
     state: &AppState,
     visit: &Visit,
     id: &str,
-    typed: Option<(&str, &str)>,
+    typed: &[(String, String)],
     problems: &[String],
+    refused: &[String],
 ) -> Response {
     let shown = async {
         let link = own_link(state, visit, id).await?;
@@ -260,10 +269,7 @@ async fn detail(
     .await;
     match shown {
         Ok((link, stats)) => {
-            let (target, title) = typed.unwrap_or((
-                link.original_url.as_str(),
-                link.title.as_deref().unwrap_or(""),
-            ));
+            let typed = Edit::of(&link).with_sent(typed);
             let status = if problems.is_empty() {
                 StatusCode::OK
             } else {
@@ -274,8 +280,9 @@ async fn detail(
                 &link,
                 state.config.base(),
                 &stats,
-                (target, title),
+                &typed,
                 problems,
+                refused,
             )
             .into_string();
             visit.respond(status, html)
@@ -349,7 +356,8 @@ pub async fn set_state(
     }
 }
 
-/// `POST /ui/links/<id>/edit`: target and title.
+/// `POST /ui/links/<id>/edit`: the link's settings. A field the post does not carry (a page
+/// shown before the form had it) is left as it is, not cleared.
 pub async fn edit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -361,24 +369,90 @@ pub async fn edit(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let target = field(&fields, "original_url").trim();
-    let title = field(&fields, "title").trim();
-    let mut change = Map::new();
-    change.insert("original_url".into(), Value::String(target.to_owned()));
-    change.insert(
-        "title".into(),
-        match title {
-            "" => Value::Null,
-            t => Value::String(t.to_owned()),
-        },
-    );
-    match update(&state, &visit, &id, change).await {
+    let done = match edit_of(&fields) {
+        Ok(change) => update(&state, &visit, &id, change).await,
+        Err(e) => Err(e),
+    };
+    match done {
         Ok(()) => visit.see_other_to(&format!("/ui/links/{id}")),
         Err(e @ (ApiError::Validation(_) | ApiError::BadRequest(_))) => {
-            detail(&state, &visit, &id, Some((target, title)), &messages(&e)).await
+            let refused: Vec<String> = match &e {
+                ApiError::Validation(list) => list.iter().map(|(f, _)| f.clone()).collect(),
+                _ => Vec::new(),
+            };
+            detail(&state, &visit, &id, &fields, &messages(&e), &refused).await
         }
         Err(e) => problem(&visit, &state, &e),
     }
+}
+
+/// The `PUT /urls/<id>` body the edit form's fields ask for; the API's own checks judge the
+/// values. Only what the form itself decides is refused here: a new password and its removal
+/// together.
+fn edit_of(fields: &[(String, String)]) -> Result<Map<String, Value>, ApiError> {
+    let sent = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+    };
+    let text_or_null = |v: &str| match v {
+        "" => Value::Null,
+        v => Value::String(v.to_owned()),
+    };
+    // A number when it reads as one; else the text, for the API to say what is wrong with it.
+    let number_or_text = |v: &str| match v.parse::<i64>() {
+        Ok(n) => Value::from(n),
+        Err(_) => text_or_null(v),
+    };
+    let mut change = Map::new();
+    if let Some(v) = sent("original_url") {
+        change.insert("original_url".into(), Value::String(v.to_owned()));
+    }
+    if let Some(v) = sent("title") {
+        change.insert("title".into(), text_or_null(v));
+    }
+    if let Some(v) = sent("tags") {
+        let tags = crate::tags::split_bounded(v, &[',']);
+        change.insert("tags".into(), tags.into_iter().map(Value::String).collect());
+    }
+    if let Some(v) = sent("expires_at") {
+        // A `datetime-local` input leaves out seconds that are zero.
+        let full = if v.len() == "2030-01-31T12:00".len() && v.get(13..14) == Some(":") {
+            format!("{v}:00")
+        } else {
+            v.to_owned()
+        };
+        change.insert("expires_at".into(), text_or_null(&full));
+    }
+    if let Some(v) = sent("max_visits") {
+        change.insert("max_visits".into(), number_or_text(v));
+    }
+    if let Some(v) = sent("redirect_type") {
+        change.insert("redirect_type".into(), number_or_text(v));
+    }
+    // Not trimmed: a password is what was typed. Empty keeps the one the link has.
+    let password = fields
+        .iter()
+        .find(|(k, _)| k == "password")
+        .map_or("", |(_, v)| v.as_str());
+    let remove = field(fields, "remove_password") == "on";
+    match (password.is_empty(), remove) {
+        (true, false) => {}
+        (true, true) => {
+            change.insert("password".into(), Value::Null);
+        }
+        (false, false) => {
+            change.insert("password".into(), Value::String(password.to_owned()));
+        }
+        (false, true) => {
+            return Err(ApiError::field(
+                "password",
+                "type a new password or remove it, not both",
+            ));
+        }
+    }
+    Ok(change)
 }
 
 /// `GET /ui/links/<id>/delete`: are you sure?

@@ -410,6 +410,9 @@ fn label_of(name: &str) -> String {
         "original_url" => "Long URL".into(),
         "short_code" => "Custom code".into(),
         "account" => "Username or email".into(),
+        // As the link page's edit form names them.
+        "max_visits" => "Visit limit".into(),
+        "redirect_type" => "Redirect".into(),
         other => {
             let spaced = other.replace('_', " ");
             let mut chars = spaced.chars();

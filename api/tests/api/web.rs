@@ -1763,3 +1763,197 @@ async fn logging_in_goes_back_to_the_page_asked_for() {
         assert_eq!(res.headers()["location"], "/", "{elsewhere}");
     }
 }
+
+/// The value a page's form shows in the input named `name`.
+fn input_of<'p>(page: &'p str, name: &str) -> &'p str {
+    let at = page
+        .find(&format!("name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no input {name} in {page}"));
+    let tag = &page[at..at + page[at..].find('>').unwrap()];
+    let value = tag.find("value=\"").map_or("", |v| &tag[v + 7..]);
+    &value[..value.find('"').unwrap_or(0)]
+}
+
+/// The edit form of `page` sent as a browser sends it: what it shows, changed by `typed`.
+async fn edit_form(b: &mut Browser<'_>, page: &str, id: i64, typed: &[(&str, &str)]) -> Response {
+    let shown = ["original_url", "title", "tags", "expires_at", "max_visits"];
+    let mut fields: Vec<(&str, &str)> = shown
+        .iter()
+        .filter(|n| !typed.iter().any(|(t, _)| t == *n))
+        .map(|n| (*n, input_of(page, n)))
+        .collect();
+    if !typed.iter().any(|(t, _)| *t == "password") {
+        fields.push(("password", ""));
+    }
+    if !typed.iter().any(|(t, _)| *t == "redirect_type") {
+        let selected = page.find("\" selected>").expect("a redirect chosen");
+        fields.push(("redirect_type", &page[selected - 3..selected]));
+    }
+    fields.extend_from_slice(typed);
+    b.submit(page, &format!("/ui/links/{id}/edit"), &fields)
+        .await
+}
+
+async fn updated_events(app: &TestApp, id: i64) -> i64 {
+    let sql = format!("SELECT count(*) FROM events WHERE url_id = {id} AND event_type = 'updated'");
+    number(app, &sql).await
+}
+
+/// Tags, expiry, visit limit, redirect status and password are set from a link's page, shown
+/// there and in the list, and the form sent back as shown changes nothing, even once expired.
+#[tokio::test]
+async fn a_links_settings_are_shown_and_edited_from_its_page() {
+    let app = spawn_app().await;
+    let mut b = signed_up(&app, "settler").await;
+    shorten_on_the_home_page(&mut b, &["websettings"]).await;
+    let id = id_of(&app, "websettings").await;
+    let path = format!("/ui/links/{id}");
+    let (_, page) = b.get(&path).await;
+    assert!(
+        page.contains("<dt>Expires</dt><dd><span class=\"muted\">never"),
+        "{page}"
+    );
+    assert!(page.contains("302 Found (the default)</option>"), "{page}");
+
+    // A datetime-local input leaves out zero seconds.
+    let res = edit_form(
+        &mut b,
+        &page,
+        id,
+        &[
+            ("tags", " Launch, q3 ,launch"),
+            ("expires_at", "2030-01-31T12:00"),
+            ("max_visits", "5"),
+            ("redirect_type", "301"),
+            ("password", "open sesame"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    let link = app
+        .get(&format!("/urls/{id}"))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(link["tags"], serde_json::json!(["launch", "q3"]), "{link}");
+    assert_eq!(link["expires_at"], "2030-01-31T12:00:00");
+    assert_eq!(
+        (link["max_visits"].as_i64(), link["redirect_type"].as_i64()),
+        (Some(5), Some(301))
+    );
+    assert_eq!(link["has_password"], true);
+
+    let (_, page) = b.get(&path).await;
+    assert!(page.contains("href=\"/ui/links?tag=launch\""), "{page}");
+    assert!(page.contains("2030-01-31 12:00:00 UTC"), "{page}");
+    assert!(page.contains("0 of 5 used"), "{page}");
+    assert!(page.contains("asked before the redirect"), "{page}");
+    assert_eq!(input_of(&page, "expires_at"), "2030-01-31T12:00:00");
+    assert_eq!(input_of(&page, "tags"), "launch, q3");
+    let (_, list) = b.get("/ui/links").await;
+    assert!(list.contains(">q3</a>"), "{list}");
+    let (_, tagged) = b.get("/ui/links?tag=q3").await;
+    assert!(tagged.contains("1 link<"), "{tagged}");
+
+    // Sent back as shown (a title fixed, say): the rest is the same, the password kept.
+    let before = updated_events(&app, id).await;
+    let res = edit_form(&mut b, &page, id, &[]).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(updated_events(&app, id).await, before, "nothing changed");
+    assert_eq!(
+        app.get("/websettings").await.status(),
+        200,
+        "the password page"
+    );
+
+    // Refused: each bad field marked for assistive technology, the first one focused, what was
+    // typed kept, nothing stored.
+    let res = edit_form(&mut b, &page, id, &[("tags", "a/b"), ("max_visits", "0")]).await;
+    assert_eq!(res.status(), 400);
+    let refused = res.text().await.unwrap();
+    assert!(refused.contains("Tags: a tag holds"), "{refused}");
+    assert!(refused.contains("Visit limit: "), "{refused}");
+    for (name, invalid, focus) in [
+        ("tags", true, true),
+        ("max_visits", true, false),
+        ("expires_at", false, false),
+    ] {
+        let at = refused.find(&format!("name=\"{name}\"")).unwrap();
+        let tag = &refused[at..at + refused[at..].find('>').unwrap()];
+        assert_eq!(tag.contains("aria-invalid=\"true\""), invalid, "{tag}");
+        assert_eq!(tag.contains("aria-describedby=\"edit-errors\""), invalid);
+        assert_eq!(tag.contains("autofocus"), focus, "{tag}");
+    }
+    assert!(refused.contains("id=\"edit-errors\""), "{refused}");
+    assert_eq!(input_of(&refused, "tags"), "a/b");
+    assert_eq!(updated_events(&app, id).await, before);
+
+    // A new password and its removal together is a question, not a guess.
+    let res = edit_form(
+        &mut b,
+        &page,
+        id,
+        &[("password", "x2"), ("remove_password", "on")],
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("not both"));
+    let res = edit_form(&mut b, &page, id, &[("remove_password", "on")]).await;
+    assert_eq!(res.status(), 303);
+    let (_, page) = b.get(&path).await;
+    assert!(!page.contains("remove_password"), "{page}");
+    assert_eq!(app.get("/websettings").await.status(), 301);
+
+    // A page shown before the form had these fields sends only target and title: the rest
+    // stays as it is.
+    let res = b
+        .submit(
+            &page,
+            &format!("/ui/links/{id}/edit"),
+            &[("original_url", "https://example.com/moved"), ("title", "")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let link = app
+        .get(&format!("/urls/{id}"))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            link["tags"].as_array().map(Vec::len),
+            link["max_visits"].as_i64()
+        ),
+        (Some(2), Some(5))
+    );
+
+    // Once expired, its page's form still goes back as shown: the past expiry is the one it has.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (_, page) = b.get(&path).await;
+    let res = edit_form(&mut b, &page, id, &[("title", "Still mine")]).await;
+    assert_eq!(res.status(), 303);
+    let (_, page) = b.get(&path).await;
+    assert!(page.contains("Still mine"), "{page}");
+    // Cleared: empty is never and no limit.
+    let res = edit_form(&mut b, &page, id, &[("expires_at", ""), ("max_visits", "")]).await;
+    assert_eq!(res.status(), 303);
+    let link = app
+        .get(&format!("/urls/{id}"))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(
+        link.get("expires_at").is_none() && link["max_visits"].is_null(),
+        "{link}"
+    );
+}
