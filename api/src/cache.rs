@@ -26,12 +26,19 @@ pub const INVALIDATE_ALL: &str = "*";
 
 /// Marks a fingerprint as published now in the set of running APIs' fingerprints
 /// (`KeySchema::schemas`), by the clock of the Redis holding the set (one clock for every API),
-/// and drops those older than `ARGV[2]` ms: their APIs stopped. `ARGV[1]`: the fingerprint.
+/// and drops those older than `ARGV[2]` ms: their APIs stopped. `ARGV[1]`: the fingerprint;
+/// `ARGV[3]`, when not empty: another fingerprint found in the single key, marked as published
+/// now too. The set expires when no API has published for twice `ARGV[2]`: APIs from before it
+/// (after a rollback) then leave only the single key, which edges read when the set is gone.
 const PUBLISH_SCHEMA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return 1
 "#;
 
@@ -153,6 +160,8 @@ pub struct LinkCache {
     mark_stale: Arc<str>,
     unlink_older: Arc<str>,
     mark_stale_sha: Arc<str>,
+    /// This process has written the schema key before: what it finds there was written since.
+    schema_written: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LinkCache {
@@ -174,6 +183,7 @@ impl LinkCache {
             mark_stale_sha: redis::Script::new(&versioned_script(MARK_STALE))
                 .get_hash()
                 .into(),
+            schema_written: Arc::default(),
         }
     }
 
@@ -380,17 +390,27 @@ impl LinkCache {
     /// answer redirects from Redis (see `kurz_common::keys::KeySchema::fingerprint`).
     pub async fn publish_schema(&self) -> Result<(), RedisDown> {
         let fingerprint = self.keys.fingerprint();
-        // The single key is for edges from before the set; two commands, as the keys may be
-        // on two nodes of a cluster.
+        // The single key is for edges from before the set. Another fingerprint found there,
+        // written since this process last wrote its own, is an API from before the set (it
+        // writes only that key) still running, and goes into the set as such. Not at the first
+        // write: that finds what the stopped release left. Two commands, as the keys may be on
+        // two nodes of a cluster.
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.schema()).arg(&fingerprint);
-        self.redis.query::<()>(&cmd).await?;
+        cmd.arg(self.keys.schema()).arg(&fingerprint).arg("GET");
+        let before: Option<String> = self.redis.query(&cmd).await?;
+        let wrote_before = self
+            .schema_written
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        let other = before
+            .filter(|b| wrote_before && *b != fingerprint)
+            .unwrap_or_default();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(PUBLISH_SCHEMA)
             .arg(1)
             .arg(self.keys.schemas())
             .arg(&fingerprint)
-            .arg(kurz_common::keys::SCHEMA_ALIVE_MS);
+            .arg(kurz_common::keys::SCHEMA_ALIVE_MS)
+            .arg(other);
         self.redis.query::<()>(&cmd).await
     }
 

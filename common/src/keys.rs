@@ -193,17 +193,24 @@ pub const VISIT_MARK_SECONDS: u64 = 120;
 /// was slow does not open an edge's gate with the other release still consuming.
 pub const SCHEMA_ALIVE_MS: i64 = 30_000;
 
-/// The fingerprints of [`KeySchema::schemas`] (each with its score) that count as running:
-/// those published within [`SCHEMA_ALIVE_MS`] of the newest. Measured from the newest, not
-/// from a clock of the reader's, so a skewed clock on an edge's machine changes nothing.
-pub fn live_fingerprints(scored: &[(String, f64)]) -> Vec<&str> {
+/// The fingerprints of the APIs that run: those of [`KeySchema::schemas`] (each with its
+/// score) published within [`SCHEMA_ALIVE_MS`] of the newest, and the one in
+/// [`KeySchema::schema`] (`single`), which an API from before the set writes alone (the only
+/// kind left once the set has expired). Measured from the newest, not from a clock of the
+/// reader's, so a skewed clock on an edge's machine changes nothing.
+pub fn running_fingerprints<'a>(
+    scored: &'a [(String, f64)],
+    single: Option<&'a str>,
+) -> Vec<&'a str> {
     let newest = scored.iter().map(|(_, t)| *t).fold(f64::MIN, f64::max);
     let mut live: Vec<&str> = scored
         .iter()
         .filter(|(_, t)| *t >= newest - SCHEMA_ALIVE_MS as f64)
         .map(|(f, _)| f.as_str())
+        .chain(single)
         .collect();
     live.sort_unstable();
+    live.dedup();
     live
 }
 
@@ -503,10 +510,14 @@ mod tests {
         };
         let alive = SCHEMA_ALIVE_MS as f64;
         let both = scored(&[("new", 1e12), ("old", 1e12 - alive)]);
-        assert_eq!(live_fingerprints(&both), ["new", "old"]);
+        assert_eq!(running_fingerprints(&both, Some("new")), ["new", "old"]);
         let gone = scored(&[("old", 1e12 - alive - 1.0), ("new", 1e12)]);
-        assert_eq!(live_fingerprints(&gone), ["new"]);
-        assert!(live_fingerprints(&[]).is_empty());
+        assert_eq!(running_fingerprints(&gone, None), ["new"]);
+        // An API from before the set writes only the single key; once the set has expired
+        // (a rollback), that key is all there is.
+        assert_eq!(running_fingerprints(&gone, Some("old")), ["new", "old"]);
+        assert_eq!(running_fingerprints(&[], Some("old")), ["old"]);
+        assert!(running_fingerprints(&[], None).is_empty());
     }
 
     #[test]

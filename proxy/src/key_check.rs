@@ -65,8 +65,7 @@ pub struct KeySchemaCheck {
 }
 
 impl KeySchemaCheck {
-    /// The fingerprints of the APIs that run: those of the set, or, when it is empty (APIs from
-    /// before it), the single key's.
+    /// The fingerprints of the APIs that run (`kurz_common::keys::running_fingerprints`).
     async fn published(&self) -> Result<Vec<String>, kurz_common::redis_handle::RedisDown> {
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(self.keys.schemas())
@@ -74,15 +73,16 @@ impl KeySchemaCheck {
             .arg(-1)
             .arg("WITHSCORES");
         let scored: Vec<(String, f64)> = self.redis.query(&cmd).await?;
-        if !scored.is_empty() {
-            let live = kurz_common::keys::live_fingerprints(&scored);
-            return Ok(live.into_iter().map(str::to_owned).collect());
-        }
         let single: Option<String> = self
             .redis
             .query(redis::cmd("GET").arg(self.keys.schema()))
             .await?;
-        Ok(single.into_iter().collect())
+        Ok(
+            kurz_common::keys::running_fingerprints(&scored, single.as_deref())
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        )
     }
 
     /// One check. Redis being down decides nothing: redirects then go to the API anyway.

@@ -793,3 +793,54 @@ async fn the_replay_finds_its_oldest_codes_without_sorting_the_queue() {
     );
     assert!(!plan.contains("Sort"), "{plan}");
 }
+
+/// What an API finds in the single schema key, written there by an API from before the set of
+/// fingerprints since its own last write, goes into the set as a running API's; what its first
+/// write finds is what a stopped release left, and does not.
+#[tokio::test]
+async fn another_releases_fingerprint_in_the_single_key_joins_the_set_once_rewritten() {
+    let app = spawn_app().await;
+    let fresh =
+        kurz_api::cache::LinkCache::new(app.state.redis.clone(), app.state.keys.clone(), 60, 5);
+    let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (key, set) = (app.state.keys.schema(), app.state.keys.schemas());
+    let old = "kurz-keys/1 partitions=16 link-entry=4 click-fields=3";
+    let in_set = |mut conn: redis::aio::MultiplexedConnection, set: String| async move {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&set)
+            .arg(old)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        score.is_some()
+    };
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(old)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    fresh.publish_schema().await.unwrap();
+    assert!(
+        !in_set(conn.clone(), set.clone()).await,
+        "left by a stopped release"
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(old)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    fresh.publish_schema().await.unwrap();
+    assert!(
+        in_set(conn.clone(), set.clone()).await,
+        "written since: running"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&set)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the set goes when no API that knows it publishes");
+}
