@@ -1,8 +1,9 @@
 //! Templates of "my links", a link's page and the delete confirmation.
 
 use super::links::{ListQuery, PER_PAGE};
-use super::pages::{copy_button, csrf_field, errors, layout, Page};
+use super::pages::{copy_button, csrf_field, errors, layout, Page, Refusal};
 use crate::db::urls::Link;
+use chrono::Timelike;
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -194,16 +195,32 @@ fn breakdown(caption: &str, rows: &Value, key: &str) -> Markup {
 
 /// The edit form's values: the link's own, or what was typed when an edit came back refused
 /// (never a password: that field is always empty).
+#[derive(Clone)]
 pub struct Edit {
     pub original_url: String,
     pub title: String,
     /// Comma-separated.
     pub tags: String,
-    /// As a `datetime-local` input holds it, in UTC: `2030-01-31T12:00:00`.
+    /// As a `datetime-local` input holds it, in UTC: `2030-01-31T12:00`, or with the seconds
+    /// when they are not zero (the form the browser sends back untouched).
     pub expires_at: String,
     pub max_visits: String,
     pub redirect_type: String,
 }
+
+/// The edit form's fields but the password, each also sent as it was shown, in a hidden
+/// `shown_<name>` field: the edit changes only what the visitor changed (see `links::edit`).
+pub const EDIT_FIELDS: [&str; 6] = [
+    "original_url",
+    "title",
+    "tags",
+    "expires_at",
+    "max_visits",
+    "redirect_type",
+];
+
+/// The prefix of a field holding the value its input showed.
+pub const SHOWN: &str = "shown_";
 
 impl Edit {
     pub fn of(link: &Link) -> Self {
@@ -213,30 +230,54 @@ impl Edit {
             tags: link.tags.join(", "),
             expires_at: link
                 .expires_at
-                .map(|at| at.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .map(|at| {
+                    let minutes = at.format("%Y-%m-%dT%H:%M").to_string();
+                    match at.second() {
+                        0 => minutes,
+                        s => format!("{minutes}:{s:02}"),
+                    }
+                })
                 .unwrap_or_default(),
             max_visits: link.max_visits.map(|m| m.to_string()).unwrap_or_default(),
             redirect_type: link.redirect_type.to_string(),
         }
     }
-}
 
-impl Edit {
-    /// These values with those of the form's `fields` that a post carried, as typed.
-    pub fn with_sent(mut self, fields: &[(String, String)]) -> Self {
-        for (name, value) in fields {
-            let slot = match name.as_str() {
-                "original_url" => &mut self.original_url,
-                "title" => &mut self.title,
-                "tags" => &mut self.tags,
-                "expires_at" => &mut self.expires_at,
-                "max_visits" => &mut self.max_visits,
-                "redirect_type" => &mut self.redirect_type,
-                _ => continue,
-            };
-            *slot = value.trim().to_owned();
+    fn slot(&mut self, name: &str) -> Option<&mut String> {
+        Some(match name {
+            "original_url" => &mut self.original_url,
+            "title" => &mut self.title,
+            "tags" => &mut self.tags,
+            "expires_at" => &mut self.expires_at,
+            "max_visits" => &mut self.max_visits,
+            "redirect_type" => &mut self.redirect_type,
+            _ => return None,
+        })
+    }
+
+    /// These values with those a post carried under `prefix` and their names, trimmed (the
+    /// first of a name sent twice, as the edit reads it).
+    pub fn with_posted(mut self, fields: &[(String, String)], prefix: &str) -> Self {
+        for name in EDIT_FIELDS {
+            let sent = fields
+                .iter()
+                .find(|(k, _)| k.strip_prefix(prefix) == Some(name));
+            if let (Some((_, value)), Some(slot)) = (sent, self.slot(name)) {
+                *slot = value.trim().to_owned();
+            }
         }
         self
+    }
+
+    fn shown_fields(&self) -> [(&'static str, &str); 6] {
+        [
+            ("shown_original_url", &self.original_url),
+            ("shown_title", &self.title),
+            ("shown_tags", &self.tags),
+            ("shown_expires_at", &self.expires_at),
+            ("shown_max_visits", &self.max_visits),
+            ("shown_redirect_type", &self.redirect_type),
+        ]
     }
 }
 
@@ -248,39 +289,6 @@ fn redirect_name(status: u16) -> &'static str {
         307 => "307 Temporary Redirect (keeps the method)",
         308 => "308 Permanent Redirect (keeps the method; browsers may keep it)",
         _ => "another status",
-    }
-}
-
-/// The attributes of an input whose field an edit was refused for: marked invalid, pointing
-/// at the messages, and the first of them focused, so a screen reader lands on what to fix.
-struct Refused<'a> {
-    fields: &'a [String],
-}
-
-impl Refused<'_> {
-    fn invalid(&self, name: &str) -> Option<&'static str> {
-        self.fields.iter().any(|f| f == name).then_some("true")
-    }
-
-    fn described(&self, name: &str) -> Option<&'static str> {
-        self.invalid(name).map(|_| "edit-errors")
-    }
-
-    /// The first refused field in the form's order.
-    fn first(&self, name: &str) -> bool {
-        let order = [
-            "original_url",
-            "title",
-            "tags",
-            "expires_at",
-            "max_visits",
-            "redirect_type",
-            "password",
-        ];
-        order
-            .into_iter()
-            .find(|f| self.fields.iter().any(|r| r == f))
-            == Some(name)
     }
 }
 
@@ -326,10 +334,18 @@ pub fn link(
     base: &str,
     stats: &Value,
     typed: &Edit,
-    problems: &[String],
-    refused: &[String],
+    shown: &Edit,
+    refusal: &Refusal,
 ) -> Markup {
-    let refused = Refused { fields: refused };
+    let marks = refusal.marks(&[
+        "original_url",
+        "title",
+        "tags",
+        "expires_at",
+        "max_visits",
+        "redirect_type",
+        "password",
+    ]);
     let short = short_url(base, link);
     let self_path = format!("/ui/links/{}", link.id);
     layout(
@@ -376,56 +392,59 @@ pub fn link(
             h2 { "Settings" }
             (settings(link))
             h2 #edit { "Edit" }
-            div #edit-errors { (errors(problems)) }
+            (errors(&refusal.messages))
             form.card method="post" action={ "/ui/links/" (link.id) "/edit" } {
                 (csrf_field(page))
+                @for (name, value) in shown.shown_fields() {
+                    input type="hidden" name=(name) value=(value);
+                }
                 label for="original_url" {
                     "Long URL"
                     input #original_url type="url" name="original_url" required
                         value=(typed.original_url)
-                        aria-invalid=[refused.invalid("original_url")]
-                        aria-describedby=[refused.described("original_url")]
-                        autofocus[refused.first("original_url")];
+                        aria-invalid=[marks.invalid("original_url")]
+                        aria-describedby=[marks.described("original_url")]
+                        autofocus[marks.first("original_url")];
                 }
                 label for="title" {
                     "Title"
                     input #title type="text" name="title" value=(typed.title)
-                        aria-invalid=[refused.invalid("title")]
-                        aria-describedby=[refused.described("title")]
-                        autofocus[refused.first("title")];
+                        aria-invalid=[marks.invalid("title")]
+                        aria-describedby=[marks.described("title")]
+                        autofocus[marks.first("title")];
                 }
                 label for="tags" {
                     "Tags"
                     span.hint { "Separated by commas; letters, digits, spaces, - _ and ." }
                     input #tags type="text" name="tags" value=(typed.tags)
-                        aria-invalid=[refused.invalid("tags")]
-                        aria-describedby=[refused.described("tags")]
-                        autofocus[refused.first("tags")];
+                        aria-invalid=[marks.invalid("tags")]
+                        aria-describedby=[marks.described("tags")]
+                        autofocus[marks.first("tags")];
                 }
                 label for="expires_at" {
                     "Expires at"
                     span.hint { "UTC; empty for never" }
                     input #expires_at type="datetime-local" step="1" name="expires_at"
                         value=(typed.expires_at)
-                        aria-invalid=[refused.invalid("expires_at")]
-                        aria-describedby=[refused.described("expires_at")]
-                        autofocus[refused.first("expires_at")];
+                        aria-invalid=[marks.invalid("expires_at")]
+                        aria-describedby=[marks.described("expires_at")]
+                        autofocus[marks.first("expires_at")];
                 }
                 label for="max_visits" {
                     "Visit limit"
                     span.hint { "Visits allowed in all; empty for no limit" }
                     input #max_visits type="number" min="1" step="1" name="max_visits"
                         value=(typed.max_visits)
-                        aria-invalid=[refused.invalid("max_visits")]
-                        aria-describedby=[refused.described("max_visits")]
-                        autofocus[refused.first("max_visits")];
+                        aria-invalid=[marks.invalid("max_visits")]
+                        aria-describedby=[marks.described("max_visits")]
+                        autofocus[marks.first("max_visits")];
                 }
                 label for="redirect_type" {
                     "Redirect"
                     select #redirect_type name="redirect_type"
-                        aria-invalid=[refused.invalid("redirect_type")]
-                        aria-describedby=[refused.described("redirect_type")]
-                        autofocus[refused.first("redirect_type")] {
+                        aria-invalid=[marks.invalid("redirect_type")]
+                        aria-describedby=[marks.described("redirect_type")]
+                        autofocus[marks.first("redirect_type")] {
                         @for status in kurz_common::keys::REDIRECT_TYPES {
                             option value=(status) selected[typed.redirect_type == status.to_string()] {
                                 (redirect_name(status))
@@ -440,9 +459,9 @@ pub fn link(
                         @else { "Optional: visitors then type it before the redirect" }
                     }
                     input #password type="password" name="password" autocomplete="new-password"
-                        aria-invalid=[refused.invalid("password")]
-                        aria-describedby=[refused.described("password")]
-                        autofocus[refused.first("password")];
+                        aria-invalid=[marks.invalid("password")]
+                        aria-describedby=[marks.described("password")]
+                        autofocus[marks.first("password")];
                 }
                 @if link.has_password {
                     label.check for="remove_password" {
@@ -479,6 +498,38 @@ pub fn confirm_delete(page: &Page, link: &Link, base: &str) -> Markup {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_edit_takes_the_first_of_a_field_sent_twice_and_its_copy_apart() {
+        let edit = Edit {
+            original_url: "https://example.com/".into(),
+            title: String::new(),
+            tags: "kept".into(),
+            expires_at: String::new(),
+            max_visits: String::new(),
+            redirect_type: "302".into(),
+        };
+        let fields: Vec<(String, String)> = [
+            ("tags", " a "),
+            ("tags", "b"),
+            ("shown_tags", "c"),
+            ("shown_redirect_type", "301"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let typed = edit.clone().with_posted(&fields, "");
+        assert_eq!(
+            (typed.tags.as_str(), typed.redirect_type.as_str()),
+            ("a", "302")
+        );
+        let shown = edit.with_posted(&fields, SHOWN);
+        assert_eq!(
+            (shown.tags.as_str(), shown.redirect_type.as_str()),
+            ("c", "301")
+        );
+        assert_eq!(shown.original_url, "https://example.com/");
+    }
 
     #[test]
     fn the_chart_has_a_bar_per_day_scaled_to_the_busiest() {

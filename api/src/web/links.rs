@@ -4,7 +4,8 @@
 //! invalidation at the edges, events) are the API's.
 
 use super::link_pages::Edit;
-use super::{field, link_pages, messages, problem, Visit};
+use super::pages::Refusal;
+use super::{field, link_pages, problem, refusal, Visit};
 use crate::db::urls::{Link, UrlFilter};
 use crate::error::ApiError;
 use crate::extract::{JsonObject, PathText, RawBody};
@@ -205,7 +206,7 @@ pub async fn show(
         Ok(v) => v,
         Err(r) => return r,
     };
-    detail(&state, &visit, &id, &[], &[], &[]).await
+    detail(&state, &visit, &id, &[], &Refusal::default()).await
 }
 
 /// `GET /ui/links/<id>/qr`: the link's QR code for its owner (or an admin), whatever its state.
@@ -238,14 +239,13 @@ pub async fn qr(
 }
 
 /// The link page; when an edit came back invalid, its form holds what was `typed` (the link's
-/// own values for fields the post did not carry), its `problems` and the `refused` fields.
+/// own values for fields the post did not carry) and why.
 async fn detail(
     state: &AppState,
     visit: &Visit,
     id: &str,
     typed: &[(String, String)],
-    problems: &[String],
-    refused: &[String],
+    refusal: &Refusal,
 ) -> Response {
     let shown = async {
         let link = own_link(state, visit, id).await?;
@@ -269,8 +269,12 @@ async fn detail(
     .await;
     match shown {
         Ok((link, stats)) => {
-            let typed = Edit::of(&link).with_sent(typed);
-            let status = if problems.is_empty() {
+            // The hidden copies of a refused post carry on what its page first showed, so the
+            // next post still changes only what the visitor changed.
+            let own = Edit::of(&link);
+            let shown = own.clone().with_posted(typed, link_pages::SHOWN);
+            let typed = own.with_posted(typed, "");
+            let status = if refusal.messages.is_empty() {
                 StatusCode::OK
             } else {
                 StatusCode::BAD_REQUEST
@@ -281,8 +285,8 @@ async fn detail(
                 state.config.base(),
                 &stats,
                 &typed,
-                problems,
-                refused,
+                &shown,
+                refusal,
             )
             .into_string();
             visit.respond(status, html)
@@ -376,11 +380,7 @@ pub async fn edit(
     match done {
         Ok(()) => visit.see_other_to(&format!("/ui/links/{id}")),
         Err(e @ (ApiError::Validation(_) | ApiError::BadRequest(_))) => {
-            let refused: Vec<String> = match &e {
-                ApiError::Validation(list) => list.iter().map(|(f, _)| f.clone()).collect(),
-                _ => Vec::new(),
-            };
-            detail(&state, &visit, &id, &fields, &messages(&e), &refused).await
+            detail(&state, &visit, &id, &fields, &refusal(&e)).await
         }
         Err(e) => problem(&visit, &state, &e),
     }
@@ -389,12 +389,20 @@ pub async fn edit(
 /// The `PUT /urls/<id>` body the edit form's fields ask for; the API's own checks judge the
 /// values. Only what the form itself decides is refused here: a new password and its removal
 /// together.
+///
+/// A field left as its page showed it (its hidden `shown_` copy) asks for no change: a change
+/// made since the page was shown, in another tab or by an API client, stays. A post without the
+/// copies (a page shown before the form had them) asks for what it carries.
 fn edit_of(fields: &[(String, String)]) -> Result<Map<String, Value>, ApiError> {
-    let sent = |name: &str| {
+    let posted = |name: &str| {
         fields
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.trim())
+    };
+    let sent = |name: &str| {
+        let value = posted(name)?;
+        (posted(&format!("{}{name}", link_pages::SHOWN)) != Some(value)).then_some(value)
     };
     let text_or_null = |v: &str| match v {
         "" => Value::Null,
@@ -417,13 +425,7 @@ fn edit_of(fields: &[(String, String)]) -> Result<Map<String, Value>, ApiError> 
         change.insert("tags".into(), tags.into_iter().map(Value::String).collect());
     }
     if let Some(v) = sent("expires_at") {
-        // A `datetime-local` input leaves out seconds that are zero.
-        let full = if v.len() == "2030-01-31T12:00".len() && v.get(13..14) == Some(":") {
-            format!("{v}:00")
-        } else {
-            v.to_owned()
-        };
-        change.insert("expires_at".into(), text_or_null(&full));
+        change.insert("expires_at".into(), text_or_null(&full_time(v)));
     }
     if let Some(v) = sent("max_visits") {
         change.insert("max_visits".into(), number_or_text(v));
@@ -453,6 +455,16 @@ fn edit_of(fields: &[(String, String)]) -> Result<Map<String, Value>, ApiError> 
         }
     }
     Ok(change)
+}
+
+/// A `datetime-local` value with its seconds: the input leaves out seconds that are zero.
+/// Anything else as it is.
+fn full_time(v: &str) -> String {
+    if v.len() == "2030-01-31T12:00".len() && v.get(13..14) == Some(":") {
+        format!("{v}:00")
+    } else {
+        v.to_owned()
+    }
 }
 
 /// `GET /ui/links/<id>/delete`: are you sure?

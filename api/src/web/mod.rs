@@ -31,7 +31,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use pages::{Form, Page};
+use pages::{Form, Page, Refusal};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 
@@ -390,6 +390,17 @@ fn json_of(fields: &[(String, String)], names: &[&str]) -> JsonObject {
 }
 
 /// What went wrong, as sentences for the page: each invalid field by name.
+/// What a form refused by `e` comes back with: its messages, and the fields they are about.
+fn refusal(e: &ApiError) -> pages::Refusal {
+    pages::Refusal {
+        messages: messages(e),
+        fields: match e {
+            ApiError::Validation(list) => list.iter().map(|(f, _)| f.clone()).collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
 fn messages(e: &ApiError) -> Vec<String> {
     match e {
         ApiError::Validation(fields) => fields
@@ -551,7 +562,8 @@ pub async fn home(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let html = pages::home(&visit.page(&state), &Form::default(), &[]).into_string();
+    let html =
+        pages::home(&visit.page(&state), &Form::default(), &Refusal::default()).into_string();
     visit.respond(StatusCode::OK, html)
 }
 
@@ -593,7 +605,7 @@ pub async fn shorten(
                 "This form expired (you logged in or out since it was shown): check it and send it again."
                     .into(),
             );
-            let html = pages::home(&visit.page(&state), &typed(&fields), &messages(&e));
+            let html = pages::home(&visit.page(&state), &typed(&fields), &refusal(&e));
             return marked(visit.respond(e.status(), html.into_string()), &e);
         }
         Err(Refused::Token(visit, _)) => return problem(&visit, &state, &csrf_refused()),
@@ -612,7 +624,7 @@ pub async fn shorten(
         let e = ApiError::Unauthorized(
             "Your session has ended: log in again, then shorten the link.".into(),
         );
-        let html = pages::home(&visit.page(&state), &form, &messages(&e)).into_string();
+        let html = pages::home(&visit.page(&state), &form, &refusal(&e)).into_string();
         return marked(visit.respond(e.status(), html), &e);
     }
     let mut body = json_of(&fields, &["original_url", "short_code"]);
@@ -639,7 +651,7 @@ pub async fn shorten(
             visit.respond(StatusCode::CREATED, html)
         }
         Err(e) => {
-            let html = pages::home(&visit.page(&state), &form, &messages(&e)).into_string();
+            let html = pages::home(&visit.page(&state), &form, &refusal(&e)).into_string();
             marked(visit.respond(e.status(), html), &e)
         }
     }
@@ -749,7 +761,7 @@ pub async fn register_page(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let html = pages::register(&visit.page(&state), "", "", &[]).into_string();
+    let html = pages::register(&visit.page(&state), "", "", &Refusal::default()).into_string();
     visit.respond(StatusCode::OK, html)
 }
 
@@ -787,7 +799,7 @@ pub async fn register(
                 &visit.page(&state),
                 field(&fields, "username").trim(),
                 field(&fields, "email").trim(),
-                &messages(&e),
+                &refusal(&e),
             )
             .into_string();
             marked(visit.respond(e.status(), html), &e)

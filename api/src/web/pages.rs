@@ -74,10 +74,57 @@ pub(super) fn copy_button(text: &str) -> Markup {
     html! { button.copy type="button" data-copy=(text) hidden { "Copy" } }
 }
 
+/// What a refused form post comes back with: the messages, and the fields they are about.
+#[derive(Default)]
+pub struct Refusal {
+    pub messages: Vec<String>,
+    /// The API's names of the refused fields (`original_url`, …).
+    pub fields: Vec<String>,
+}
+
+impl Refusal {
+    /// The marks of a form whose inputs come in `order`.
+    pub(super) fn marks<'a>(&'a self, order: &[&'a str]) -> Marks<'a> {
+        let focus = order
+            .iter()
+            .copied()
+            .find(|name| self.fields.iter().any(|f| f == name));
+        Marks {
+            fields: &self.fields,
+            focus,
+        }
+    }
+}
+
+/// The attributes of a refused form's inputs: each refused one marked invalid and described
+/// by the messages ([`errors`]), the first of them in the form's order focused, so a screen
+/// reader lands on what to fix.
+pub(super) struct Marks<'a> {
+    fields: &'a [String],
+    focus: Option<&'a str>,
+}
+
+impl Marks<'_> {
+    pub(super) fn invalid(&self, name: &str) -> Option<&'static str> {
+        self.fields.iter().any(|f| f == name).then_some("true")
+    }
+
+    pub(super) fn described(&self, name: &str) -> Option<&'static str> {
+        self.invalid(name).map(|_| ERRORS_ID)
+    }
+
+    pub(super) fn first(&self, name: &str) -> bool {
+        self.focus == Some(name)
+    }
+}
+
+/// The id of a page's messages ([`errors`]), which refused inputs point at.
+const ERRORS_ID: &str = "errors";
+
 pub(super) fn errors(list: &[String]) -> Markup {
     html! {
         @if !list.is_empty() {
-            div.errors role="alert" {
+            div.errors id=(ERRORS_ID) role="alert" {
                 @if list.len() == 1 { p { (list[0]) } } @else {
                     ul { @for e in list { li { (e) } } }
                 }
@@ -87,15 +134,16 @@ pub(super) fn errors(list: &[String]) -> Markup {
 }
 
 /// The home page: the shorten form, or an invitation to log in where anonymous use is off.
-pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
+pub fn home(page: &Page, form: &Form, refusal: &Refusal) -> Markup {
     let may_shorten = page.user.is_some() || page.anonymous_may_shorten;
+    let marks = refusal.marks(&["original_url", "short_code"]);
     layout(
         page,
         "Shorten a link",
         html! {
             h1 { "Shorten a link" }
             @if may_shorten {
-                (errors(problems))
+                (errors(&refusal.messages))
                 form.card method="post" action="/ui/shorten" {
                     (csrf_field(page))
                     // Whose form this is: a post after the session ended is not made ownerless.
@@ -112,13 +160,19 @@ pub fn home(page: &Page, form: &Form, problems: &[String]) -> Markup {
                     label for="original_url" {
                         "Long URL"
                         input #original_url type="url" name="original_url" required
-                            placeholder="https://example.com/a/long/path" value=(form.original_url);
+                            placeholder="https://example.com/a/long/path" value=(form.original_url)
+                            aria-invalid=[marks.invalid("original_url")]
+                            aria-describedby=[marks.described("original_url")]
+                            autofocus[marks.first("original_url")];
                     }
                     label for="short_code" {
                         "Custom code"
                         span.hint { "Optional: 3–64 letters, digits, - or _" }
                         input #short_code type="text" name="short_code" value=(form.short_code)
-                            autocomplete="off" spellcheck="false";
+                            autocomplete="off" spellcheck="false"
+                            aria-invalid=[marks.invalid("short_code")]
+                            aria-describedby=[marks.described("short_code")]
+                            autofocus[marks.first("short_code")];
                     }
                     button type="submit" { "Shorten" }
                 }
@@ -180,30 +234,40 @@ pub fn login(page: &Page, account: &str, next: Option<&str>, problems: &[String]
     )
 }
 
-pub fn register(page: &Page, username: &str, email: &str, problems: &[String]) -> Markup {
+pub fn register(page: &Page, username: &str, email: &str, refusal: &Refusal) -> Markup {
+    let marks = refusal.marks(&["username", "email", "password"]);
     layout(
         page,
         "Sign up",
         html! {
             h1 { "Sign up" }
-            (errors(problems))
+            (errors(&refusal.messages))
             form.card method="post" action="/register" {
                 (csrf_field(page))
                 label for="username" {
                     "Username"
                     input #username type="text" name="username" required value=(username)
-                        autocomplete="username";
+                        autocomplete="username"
+                        aria-invalid=[marks.invalid("username")]
+                        aria-describedby=[marks.described("username")]
+                        autofocus[marks.first("username")];
                 }
                 label for="email" {
                     "Email"
                     input #email type="email" name="email" required value=(email)
-                        autocomplete="email";
+                        autocomplete="email"
+                        aria-invalid=[marks.invalid("email")]
+                        aria-describedby=[marks.described("email")]
+                        autofocus[marks.first("email")];
                 }
                 label for="password" {
                     "Password"
                     span.hint { "At least 8 characters" }
                     input #password type="password" name="password" required minlength="8"
-                        autocomplete="new-password";
+                        autocomplete="new-password"
+                        aria-invalid=[marks.invalid("password")]
+                        aria-describedby=[marks.described("password")]
+                        autofocus[marks.first("password")];
                 }
                 button type="submit" { "Sign up" }
             }
@@ -256,7 +320,11 @@ mod tests {
             short_code: String::new(),
             signed_as: String::new(),
         };
-        let html = home(&page(), &form, &["bad <i>".into()]).into_string();
+        let refusal = Refusal {
+            messages: vec!["bad <i>".into()],
+            fields: vec!["original_url".into()],
+        };
+        let html = home(&page(), &form, &refusal).into_string();
         assert!(
             !html.contains("<script>") && !html.contains("<i>"),
             "{html}"
@@ -268,9 +336,9 @@ mod tests {
         let mut p = page();
         p.anonymous_may_shorten = true;
         for html in [
-            home(&p, &Form::default(), &[]).into_string(),
+            home(&p, &Form::default(), &Refusal::default()).into_string(),
             login(&p, "", None, &[]).into_string(),
-            register(&p, "", "", &[]).into_string(),
+            register(&p, "", "", &Refusal::default()).into_string(),
         ] {
             let forms = html.matches("<form").count();
             assert!(forms >= 2, "the page's form and the logout form");

@@ -344,6 +344,12 @@ async fn markup_in_a_target_or_a_name_shows_as_text() {
         "the field is named as its label: {page}"
     );
     assert!(page.contains("&quot;&gt;&lt;script&gt;alert(2)"), "{page}");
+    let tag = tag_of(&page, "original_url");
+    assert!(
+        tag.contains("aria-invalid=\"true\"") && tag.contains("autofocus"),
+        "{tag}"
+    );
+    assert!(!tag_of(&page, "short_code").contains("aria-invalid"));
 }
 
 #[tokio::test]
@@ -477,7 +483,26 @@ async fn a_sign_up_with_bad_fields_says_which_and_keeps_what_was_typed() {
         "{html}"
     );
     assert!(html.contains("value=\"ok_name\""), "{html}");
+    // Marked for assistive technology: the refused inputs, the first of them focused.
+    for (name, invalid, focus) in [
+        ("username", false, false),
+        ("email", true, true),
+        ("password", true, false),
+    ] {
+        let tag = tag_of(&html, name);
+        assert_eq!(tag.contains("aria-invalid=\"true\""), invalid, "{tag}");
+        assert_eq!(tag.contains("aria-describedby=\"errors\""), invalid);
+        assert_eq!(tag.contains("autofocus"), focus, "{tag}");
+    }
     assert!(!b.cookies.contains_key("kurz_session"));
+}
+
+/// The opening tag of the input named `name`, from its name on.
+fn tag_of<'p>(page: &'p str, name: &str) -> &'p str {
+    let at = page
+        .find(&format!("name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no input {name} in {page}"));
+    &page[at..at + page[at..].find('>').unwrap()]
 }
 
 #[tokio::test]
@@ -1766,22 +1791,30 @@ async fn logging_in_goes_back_to_the_page_asked_for() {
 
 /// The value a page's form shows in the input named `name`.
 fn input_of<'p>(page: &'p str, name: &str) -> &'p str {
-    let at = page
-        .find(&format!("name=\"{name}\""))
-        .unwrap_or_else(|| panic!("no input {name} in {page}"));
-    let tag = &page[at..at + page[at..].find('>').unwrap()];
+    let tag = tag_of(page, name);
     let value = tag.find("value=\"").map_or("", |v| &tag[v + 7..]);
     &value[..value.find('"').unwrap_or(0)]
 }
 
-/// The edit form of `page` sent as a browser sends it: what it shows, changed by `typed`.
+/// The edit form of `page` sent as a browser sends it: what it shows (its hidden copies of the
+/// values shown too), changed by `typed`.
 async fn edit_form(b: &mut Browser<'_>, page: &str, id: i64, typed: &[(&str, &str)]) -> Response {
     let shown = ["original_url", "title", "tags", "expires_at", "max_visits"];
+    let copies: Vec<(String, &str)> = shown
+        .iter()
+        .chain(&["redirect_type"])
+        .map(|n| {
+            let copy = format!("shown_{n}");
+            let value = hidden_of(page, &copy);
+            (copy, value)
+        })
+        .collect();
     let mut fields: Vec<(&str, &str)> = shown
         .iter()
         .filter(|n| !typed.iter().any(|(t, _)| t == *n))
         .map(|n| (*n, input_of(page, n)))
         .collect();
+    fields.extend(copies.iter().map(|(n, v)| (n.as_str(), *v)));
     if !typed.iter().any(|(t, _)| *t == "password") {
         fields.push(("password", ""));
     }
@@ -1849,14 +1882,15 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     assert!(page.contains("2030-01-31 12:00:00 UTC"), "{page}");
     assert!(page.contains("0 of 5 used"), "{page}");
     assert!(page.contains("asked before the redirect"), "{page}");
-    assert_eq!(input_of(&page, "expires_at"), "2030-01-31T12:00:00");
+    // As a browser sends it back untouched: no seconds when they are zero.
+    assert_eq!(input_of(&page, "expires_at"), "2030-01-31T12:00");
     assert_eq!(input_of(&page, "tags"), "launch, q3");
     let (_, list) = b.get("/ui/links").await;
     assert!(list.contains(">q3</a>"), "{list}");
     let (_, tagged) = b.get("/ui/links?tag=q3").await;
     assert!(tagged.contains("1 link<"), "{tagged}");
 
-    // Sent back as shown (a title fixed, say): the rest is the same, the password kept.
+    // Sent back as shown: nothing changes, the password is kept.
     let before = updated_events(&app, id).await;
     let res = edit_form(&mut b, &page, id, &[]).await;
     assert_eq!(res.status(), 303);
@@ -1866,6 +1900,37 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
         200,
         "the password page"
     );
+
+    // Changed elsewhere after the page was shown (another tab, an API client): the page's
+    // form, sent to fix the title, changes the title only.
+    let res = app
+        .put_json(
+            &format!("/urls/{id}"),
+            &serde_json::json!({"max_visits": 9, "tags": ["launch", "q3", "q4"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = edit_form(&mut b, &page, id, &[("title", "Fixed")]).await;
+    assert_eq!(res.status(), 303);
+    let link = app
+        .get(&format!("/urls/{id}"))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        (link["title"].as_str(), link["max_visits"].as_i64()),
+        (Some("Fixed"), Some(9)),
+        "{link}"
+    );
+    assert_eq!(link["tags"].as_array().map(Vec::len), Some(3), "{link}");
+    assert_eq!(
+        updated_events(&app, id).await,
+        before + 3,
+        "two by the API, one by the form"
+    );
+    let (_, page) = b.get(&path).await;
+    let before = updated_events(&app, id).await;
 
     // Refused: each bad field marked for assistive technology, the first one focused, what was
     // typed kept, nothing stored.
@@ -1879,13 +1944,12 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
         ("max_visits", true, false),
         ("expires_at", false, false),
     ] {
-        let at = refused.find(&format!("name=\"{name}\"")).unwrap();
-        let tag = &refused[at..at + refused[at..].find('>').unwrap()];
+        let tag = tag_of(&refused, name);
         assert_eq!(tag.contains("aria-invalid=\"true\""), invalid, "{tag}");
-        assert_eq!(tag.contains("aria-describedby=\"edit-errors\""), invalid);
+        assert_eq!(tag.contains("aria-describedby=\"errors\""), invalid);
         assert_eq!(tag.contains("autofocus"), focus, "{tag}");
     }
-    assert!(refused.contains("id=\"edit-errors\""), "{refused}");
+    assert!(refused.contains("id=\"errors\""), "{refused}");
     assert_eq!(input_of(&refused, "tags"), "a/b");
     assert_eq!(updated_events(&app, id).await, before);
 
@@ -1926,7 +1990,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
             link["tags"].as_array().map(Vec::len),
             link["max_visits"].as_i64()
         ),
-        (Some(2), Some(5))
+        (Some(3), Some(9))
     );
 
     // Once expired, its page's form still goes back as shown: the past expiry is the one it has.
