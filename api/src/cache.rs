@@ -28,14 +28,14 @@ pub const INVALIDATE_ALL: &str = "*";
 /// (`KeySchema::schemas`), by the clock of the Redis holding the set (one clock for every API),
 /// and drops those older than `ARGV[2]` ms: their APIs stopped. `ARGV[1]`: the fingerprint;
 /// `ARGV[3]`, when not empty: another fingerprint found in the single key, marked as published
-/// now too. The set expires when no API has published for twice `ARGV[2]`: APIs from before it
-/// (after a rollback) then leave only the single key, which edges read when the set is gone.
+/// `ARGV[4]` ms ago (never moved back). The set expires when no API has published for twice
+/// `ARGV[2]`: APIs from before it (after a rollback) then leave only the single key.
 const PUBLISH_SCHEMA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZADD', KEYS[1], 'GT', now - tonumber(ARGV[4]), ARGV[3])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) - 1)
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
@@ -390,28 +390,40 @@ impl LinkCache {
     /// answer redirects from Redis (see `kurz_common::keys::KeySchema::fingerprint`).
     pub async fn publish_schema(&self) -> Result<(), RedisDown> {
         let fingerprint = self.keys.fingerprint();
-        // The single key is for edges from before the set. Another fingerprint found there,
-        // written since this process last wrote its own, is an API from before the set (it
-        // writes only that key) still running, and goes into the set as such. Not at the first
-        // write: that finds what the stopped release left. Two commands, as the keys may be on
-        // two nodes of a cluster.
+        // The single key is for edges from before the set. Another fingerprint found there is
+        // an API from before the set (it writes only that key), and goes into the set. Written
+        // since this process last wrote its own, that API runs: published now. Found by the
+        // first write, it may be what a stopped release left: published long enough ago to
+        // age out after two of its publishes, so one still running is seen again first (and an
+        // edge opens not in between). Two commands, as the keys may be on two nodes of a
+        // cluster; the set is written whatever became of the key.
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.keys.schema()).arg(&fingerprint).arg("GET");
-        let before: Option<String> = self.redis.query(&cmd).await?;
+        let before: Result<Option<String>, RedisDown> = self.redis.query(&cmd).await;
         let wrote_before = self
             .schema_written
             .swap(true, std::sync::atomic::Ordering::AcqRel);
         let other = before
-            .filter(|b| wrote_before && *b != fingerprint)
+            .as_ref()
+            .ok()
+            .and_then(Option::as_deref)
+            .filter(|b| *b != fingerprint)
             .unwrap_or_default();
+        let aged = if wrote_before {
+            0
+        } else {
+            kurz_common::keys::SCHEMA_ALIVE_MS - 2 * kurz_common::keys::SCHEMA_EVERY_MS
+        };
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(PUBLISH_SCHEMA)
             .arg(1)
             .arg(self.keys.schemas())
             .arg(&fingerprint)
             .arg(kurz_common::keys::SCHEMA_ALIVE_MS)
-            .arg(other);
-        self.redis.query::<()>(&cmd).await
+            .arg(other)
+            .arg(aged);
+        self.redis.query::<()>(&cmd).await?;
+        before.map(|_| ())
     }
 
     /// After a bulk import: move every partition's generation (fills in flight from before the

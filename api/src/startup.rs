@@ -30,7 +30,7 @@ pub struct Application {
 const DB_WAIT: Duration = Duration::from_secs(30);
 
 /// How often the key schema fingerprint is written again (see `republish_schema`).
-const SCHEMA_EVERY: Duration = Duration::from_secs(5);
+const SCHEMA_EVERY: Duration = Duration::from_millis(kurz_common::keys::SCHEMA_EVERY_MS as u64);
 
 /// A pool of `database.max_connections` connections.
 pub fn build_pool(config: &ApiConfig) -> Result<Pool, String> {

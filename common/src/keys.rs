@@ -188,10 +188,13 @@ impl KeySchema {
 /// timeout, then the forward to an API).
 pub const VISIT_MARK_SECONDS: u64 = 120;
 
+/// How often an API publishes its fingerprint.
+pub const SCHEMA_EVERY_MS: i64 = 5_000;
+
 /// How long a fingerprint in [`KeySchema::schemas`] counts as that of an API still running
-/// after its last publish: six of the API's publishes (every 5 s), so one missed while Redis
-/// was slow does not open an edge's gate with the other release still consuming.
-pub const SCHEMA_ALIVE_MS: i64 = 30_000;
+/// after its last publish: six of the API's publishes, so one missed while Redis was slow does
+/// not open an edge's gate with the other release still consuming.
+pub const SCHEMA_ALIVE_MS: i64 = 6 * SCHEMA_EVERY_MS;
 
 /// The fingerprints of the APIs that run: those of [`KeySchema::schemas`] (each with its
 /// score) published within [`SCHEMA_ALIVE_MS`] of the newest, and the one in

@@ -800,45 +800,45 @@ async fn the_replay_finds_its_oldest_codes_without_sorting_the_queue() {
 #[tokio::test]
 async fn another_releases_fingerprint_in_the_single_key_joins_the_set_once_rewritten() {
     let app = spawn_app().await;
-    let fresh =
-        kurz_api::cache::LinkCache::new(app.state.redis.clone(), app.state.keys.clone(), 60, 5);
+    // Keys of their own (under the app's prefix, so cleaned with it): the app's own publishes
+    // every 5 s must not see what the test writes.
+    let keys = kurz_common::keys::KeySchema::new(&format!("{}:other", app.state.keys.prefix()), 16);
+    let fresh = kurz_api::cache::LinkCache::new(app.state.redis.clone(), keys.clone(), 60, 5);
     let client = redis::Client::open(app.state.config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let (key, set) = (app.state.keys.schema(), app.state.keys.schemas());
     let old = "kurz-keys/1 partitions=16 link-entry=4 click-fields=3";
-    let in_set = |mut conn: redis::aio::MultiplexedConnection, set: String| async move {
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&set)
+    // Its first publish may find what a stopped release left: in the set, but as published
+    // two of its publishes before the end of its life. The next finds what one still running
+    // wrote since: published now.
+    let alive = kurz_common::keys::SCHEMA_ALIVE_MS as f64;
+    let every = kurz_common::keys::SCHEMA_EVERY_MS as f64;
+    for (age, why) in [
+        (alive - 2.0 * every, "left by a stopped release, or not"),
+        (0.0, "written since: running"),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(keys.schema())
             .arg(old)
             .query_async(&mut conn)
             .await
             .unwrap();
-        score.is_some()
-    };
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(old)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    fresh.publish_schema().await.unwrap();
-    assert!(
-        !in_set(conn.clone(), set.clone()).await,
-        "left by a stopped release"
-    );
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(old)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    fresh.publish_schema().await.unwrap();
-    assert!(
-        in_set(conn.clone(), set.clone()).await,
-        "written since: running"
-    );
+        fresh.publish_schema().await.unwrap();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(keys.schemas())
+            .arg(old)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        let published_ago = (secs * 1000 + micros / 1000) as f64 - score.expect(why);
+        // Less than two publishes apart, to tell the two apart on a slow machine too.
+        assert!(
+            (age..age + 2.0 * every).contains(&published_ago),
+            "{why}: published {published_ago} ms ago"
+        );
+    }
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(&set)
+        .arg(keys.schemas())
         .query_async(&mut conn)
         .await
         .unwrap();
