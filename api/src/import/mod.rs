@@ -528,8 +528,11 @@ pub async fn events(
     .await?;
     let given: Vec<i64> = ids.iter().flatten().copied().collect();
     let mut kept = HashMap::new();
+    let mut unrolled = Vec::new();
     for chunk in given.chunks(CHUNK) {
-        kept.extend(replace_events(&tx, chunk).await?);
+        let (click_ids, days) = replace_events(&tx, chunk).await?;
+        kept.extend(click_ids);
+        unrolled.extend(days);
     }
     let click_ids: Vec<Option<String>> = ids
         .iter()
@@ -564,8 +567,34 @@ pub async fn events(
         .await
         .map_err(conflict_detail)?;
     }
+    drop_emptied_days(&tx, unrolled).await?;
     crate::deadline::commit(tx).await?;
     Ok(n)
+}
+
+/// Drops the rollup rows of the days replaced events were taken out of that the import left
+/// without clicks (a row the unroll inserted, for a click counted nowhere, included): the stats
+/// no longer list them. After the import's rows went in, not before: a day they fill again
+/// keeps its row, and with it its count of distinct visitors, which the rows going in again
+/// do not add to (see [`replace_events`]).
+async fn drop_emptied_days(
+    tx: &impl GenericClient,
+    days: Vec<(i64, chrono::NaiveDate)>,
+) -> ApiResult<()> {
+    if days.is_empty() {
+        return Ok(());
+    }
+    let (links, days): (Vec<i64>, Vec<chrono::NaiveDate>) = days.into_iter().unzip();
+    for table in ["click_daily", "click_day_sources"] {
+        let empty = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE (url_id, day) IN \
+                 (SELECT * FROM UNNEST($1::int8[], $2::date[])) AND clicks <= 0"
+            ))
+            .await?;
+        tx.execute(&empty, &[&links, &days]).await?;
+    }
+    Ok(())
 }
 
 /// Deletes the stored events an import replaces (rows are upserted by id) and takes their clicks
@@ -574,22 +603,29 @@ pub async fn events(
 /// would not fire the trigger, which counts inserts only: a click turned into another type, or
 /// moved to another link or day, would have stayed counted where it was. Returns the replaced
 /// events' click ids by event id: the new rows keep them, so a copy of the click still in a
-/// stream is still recognised as stored.
+/// stream is still recognised as stored; and the days their clicks were taken out of, for
+/// [`drop_emptied_days`] once the import's rows are in.
 ///
 /// What the rollups cannot give back: a day's distinct visitors and its last click time keep
-/// the replaced click's. A click stored before V16 was counted as an unknown agent without a
+/// the replaced click's. So that a click going in again on its day does not count its visitor
+/// a second time, the replaced clicks' visitors are marked as seen on their days again (the
+/// hourly prune drops those marks for days before yesterday, `db::events::delete_old_visitors`:
+/// a re-import of an older click would otherwise find its visitor new). A click stored before V16 was counted as an unknown agent without a
 /// bot flag, whatever its details said; taking it out by its details cannot go below zero, and
 /// days and sources left without clicks go. Rollup rows are locked in key order within each
 /// statement, as the trigger's are, but an import spans several statements: a click batch
 /// waiting on the same rows may make PostgreSQL abort one of the two (a deadlock), and the
 /// import answers 503 for a retry.
-async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<HashMap<i64, String>> {
+async fn replace_events(
+    tx: &impl GenericClient,
+    ids: &[i64],
+) -> ApiResult<(HashMap<i64, String>, Vec<(i64, chrono::NaiveDate)>)> {
     let unroll = tx
         .prepare_cached(
             "WITH gone AS ( \
                  DELETE FROM events WHERE id = ANY($1::int8[]) \
                  RETURNING id, click_id, url_id, event_type, occurred_at, details, is_bot, \
-                           referrer, browser, os, device \
+                           referrer, browser, os, device, visitor \
              ), c AS MATERIALIZED ( \
                  SELECT url_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, \
                         coalesce(is_bot, details->>'is_bot' ~* '^\\s*(t|tr|tru|true|y|ye|yes|on|1)\\s*$', \
@@ -597,8 +633,15 @@ async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<HashM
                         coalesce(referrer, details->>'referrer', '') AS referrer, \
                         coalesce(browser, details->>'browser', 'unknown') AS browser, \
                         coalesce(os, details->>'os', 'unknown') AS os, \
-                        coalesce(device, details->>'device', 'other') AS device \
+                        coalesce(device, details->>'device', 'other') AS device, \
+                        coalesce(visitor, details->>'visitor') AS visitor \
                  FROM gone WHERE event_type = 'click' \
+             ), seen AS ( \
+                 INSERT INTO click_day_visitors (url_id, day, visitor) \
+                 SELECT DISTINCT url_id, day, visitor FROM c \
+                 WHERE visitor IS NOT NULL AND visitor <> '' AND NOT bot \
+                 ORDER BY 1, 2, 3 \
+                 ON CONFLICT DO NOTHING \
              ), daily AS ( \
                  INSERT INTO click_daily AS d (url_id, day, clicks, bots, visitors, last_click_at) \
                  SELECT url_id, day, -count(*), -count(*) FILTER (WHERE bot), 0, now() \
@@ -620,7 +663,7 @@ async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<HashM
         )
         .await?;
     let mut click_ids = HashMap::new();
-    let (mut links, mut days) = (Vec::new(), Vec::new());
+    let mut days = Vec::new();
     for row in tx.query(&unroll, &[&ids]).await? {
         if let (Some(id), Some(click_id)) = (row.get::<_, Option<i64>>(0), row.get(1)) {
             click_ids.insert(id, click_id);
@@ -629,25 +672,10 @@ async fn replace_events(tx: &impl GenericClient, ids: &[i64]) -> ApiResult<HashM
             row.get::<_, Option<i64>>(2),
             row.get::<_, Option<chrono::NaiveDate>>(3),
         ) {
-            links.push(link);
-            days.push(day);
+            days.push((link, day));
         }
     }
-    if links.is_empty() {
-        return Ok(click_ids);
-    }
-    // A day or a source left without clicks is no longer one the stats list (a row the
-    // unroll inserted, for a click counted nowhere, included).
-    for table in ["click_daily", "click_day_sources"] {
-        let empty = tx
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE (url_id, day) IN \
-                 (SELECT * FROM UNNEST($1::int8[], $2::date[])) AND clicks <= 0"
-            ))
-            .await?;
-        tx.execute(&empty, &[&links, &days]).await?;
-    }
-    Ok(click_ids)
+    Ok((click_ids, days))
 }
 
 /// A unique violation against rows already stored names the value, from PostgreSQL's detail.

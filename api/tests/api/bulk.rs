@@ -367,6 +367,51 @@ async fn an_imported_event_replaces_a_stored_click_with_the_same_id_entirely() {
     assert_eq!(link["visits"], 0);
 }
 
+/// The same click events imported again (by id) leave the stats as they were: a day's distinct
+/// visitors are counted once, today as on a day whose per-visitor rows the hourly prune has
+/// dropped (a re-import counted them again there, and emptied today's count).
+#[tokio::test]
+async fn a_re_import_of_the_same_clicks_leaves_the_visitors_as_they_were() {
+    let app = spawn_app().await;
+    let (user, id, _) = app
+        .create_link("revisit", "https://example.com/revisit")
+        .await;
+    let today = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    let old = (chrono::Utc::now() - chrono::Duration::days(10))
+        .format("%Y-%m-%d 12:00:00")
+        .to_string();
+    let mut csv = String::from("id,url_id,user_id,event_type,timestamp,details\n");
+    let clicks = [
+        (&today, "v1"),
+        (&today, "v2"),
+        (&today, "v3"),
+        (&old, "w1"),
+        (&old, "w2"),
+    ];
+    for (n, (at, visitor)) in clicks.iter().enumerate() {
+        csv.push_str(&format!(
+            "{},{id},{user},click,{at},\"{{\"\"visitor\"\": \"\"{visitor}\"\"}}\"\n",
+            9_000_001 + n
+        ));
+    }
+    let prune = || async {
+        let db = app.state.client().await.unwrap();
+        kurz_api::db::events::delete_old_visitors(&db, None, 1000)
+            .await
+            .unwrap();
+    };
+    for round in 0..3 {
+        import(&app, "events", csv.clone().into()).await;
+        prune().await;
+        let stats = app.stats(id).await;
+        assert_eq!(
+            (stats["clicks"].as_i64(), stats["visitors"].as_i64()),
+            (Some(5), Some(5)),
+            "import {round}: {stats}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn imported_links_replace_stale_cache_entries() {
     let app = spawn_app().await;
