@@ -412,6 +412,38 @@ async fn a_re_import_of_the_same_clicks_leaves_the_visitors_as_they_were() {
     }
 }
 
+/// A referrer's host as the stats list it: an IPv6 literal whole, and a host written with the
+/// root's trailing dot as the same host.
+#[tokio::test]
+async fn referrer_hosts_keep_ipv6_literals_whole() {
+    let app = spawn_app().await;
+    let (user, id, _) = app
+        .create_link("refhost", "https://example.com/refhost")
+        .await;
+    let mut csv = String::from("id,url_id,user_id,event_type,timestamp,details\n");
+    for referrer in [
+        "https://[2001:DB8::1]:8443/x",
+        "http://[2001:db8::1]/",
+        "https://someone@[2001:db8::1]",
+        "https://Example.com./a",
+        "https://example.com:444/b",
+    ] {
+        csv.push_str(&format!(
+            ",{id},{user},click,,\"{{\"\"referrer\"\": \"\"{referrer}\"\"}}\"\n"
+        ));
+    }
+    import(&app, "events", csv.into()).await;
+    let stats = app.stats(id).await;
+    assert_eq!(
+        stats["referrer_hosts"],
+        json!([
+            {"host": "[2001:db8::1]", "clicks": 3},
+            {"host": "example.com", "clicks": 2}
+        ]),
+        "{stats}"
+    );
+}
+
 #[tokio::test]
 async fn imported_links_replace_stale_cache_entries() {
     let app = spawn_app().await;
