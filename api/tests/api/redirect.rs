@@ -306,7 +306,20 @@ async fn the_preview_names_the_target_without_redirecting_or_counting() {
         link["short_code"].as_str().unwrap().to_owned(),
     );
     assert_eq!(app.get(&format!("/{code}")).await.status(), 302);
-    app.clicks(id).await; // stored, so the rollup counts it
+    // A link-preview fetcher's: the preview counts it, the stats leave it out by default.
+    let bot = app
+        .client
+        .get(app.url(&format!("/{code}")))
+        .header(
+            "user-agent",
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bot.status(), 302);
+    app.clicks(id).await; // stored, so the rollup counts them
+    assert_eq!(app.stats(id).await["clicks"], 1);
 
     let res = app.get(&format!("/{code}+")).await;
     assert_eq!(res.status(), 200);
@@ -328,7 +341,7 @@ async fn the_preview_names_the_target_without_redirecting_or_counting() {
         "{page}"
     );
     assert!(!page.contains("<script>"), "the title is escaped");
-    assert!(page.contains("Followed 1 times"), "{page}");
+    assert!(page.contains("Followed 2 times"), "{page}");
 
     let res = app
         .client
@@ -341,10 +354,10 @@ async fn the_preview_names_the_target_without_redirecting_or_counting() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["original_url"], link["original_url"]);
     assert_eq!(v["short_code"], code.as_str());
-    assert_eq!(v["clicks"], 1);
+    assert_eq!(v["clicks"], 2);
     assert_eq!(v["short_url"], format!("http://kurz.test/{code}"));
 
-    assert_eq!(app.clicks(id).await.len(), 1, "previews count no click");
+    assert_eq!(app.clicks(id).await.len(), 2, "previews count no click");
     assert_eq!(
         error_of(app.get("/NoSuchCode+").await, 404).await["error"],
         "not_found"
