@@ -1,7 +1,7 @@
 //! Templates of "my links", a link's page and the delete confirmation.
 
 use super::links::{ListQuery, PER_PAGE};
-use super::pages::{copy_button, csrf_field, errors, layout, Page, Refusal};
+use super::pages::{copy_button, csrf_field, errors, layout, Input, Page, Refusal};
 use crate::db::urls::Link;
 use chrono::Timelike;
 use maud::{html, Markup};
@@ -400,44 +400,55 @@ pub fn link(
                 }
                 label for="original_url" {
                     "Long URL"
-                    input #original_url type="url" name="original_url" required
-                        value=(typed.original_url)
-                        aria-invalid=[marks.invalid("original_url")]
-                        aria-describedby=[marks.described("original_url")]
-                        autofocus[marks.first("original_url")];
+                    (marks.input(Input {
+                        name: "original_url",
+                        kind: "url",
+                        value: Some(&typed.original_url),
+                        required: true,
+                        ..Input::default()
+                    }))
                 }
                 label for="title" {
                     "Title"
-                    input #title type="text" name="title" value=(typed.title)
-                        aria-invalid=[marks.invalid("title")]
-                        aria-describedby=[marks.described("title")]
-                        autofocus[marks.first("title")];
+                    (marks.input(Input {
+                        name: "title",
+                        kind: "text",
+                        value: Some(&typed.title),
+                        ..Input::default()
+                    }))
                 }
                 label for="tags" {
                     "Tags"
                     span.hint { "Separated by commas; letters, digits, spaces, - _ and ." }
-                    input #tags type="text" name="tags" value=(typed.tags)
-                        aria-invalid=[marks.invalid("tags")]
-                        aria-describedby=[marks.described("tags")]
-                        autofocus[marks.first("tags")];
+                    (marks.input(Input {
+                        name: "tags",
+                        kind: "text",
+                        value: Some(&typed.tags),
+                        ..Input::default()
+                    }))
                 }
                 label for="expires_at" {
                     "Expires at"
                     span.hint { "UTC; empty for never" }
-                    input #expires_at type="datetime-local" step="1" name="expires_at"
-                        value=(typed.expires_at)
-                        aria-invalid=[marks.invalid("expires_at")]
-                        aria-describedby=[marks.described("expires_at")]
-                        autofocus[marks.first("expires_at")];
+                    (marks.input(Input {
+                        name: "expires_at",
+                        kind: "datetime-local",
+                        value: Some(&typed.expires_at),
+                        step: Some("1"),
+                        ..Input::default()
+                    }))
                 }
                 label for="max_visits" {
                     "Visit limit"
                     span.hint { "Visits allowed in all; empty for no limit" }
-                    input #max_visits type="number" min="1" step="1" name="max_visits"
-                        value=(typed.max_visits)
-                        aria-invalid=[marks.invalid("max_visits")]
-                        aria-describedby=[marks.described("max_visits")]
-                        autofocus[marks.first("max_visits")];
+                    (marks.input(Input {
+                        name: "max_visits",
+                        kind: "number",
+                        value: Some(&typed.max_visits),
+                        min: Some("1"),
+                        step: Some("1"),
+                        ..Input::default()
+                    }))
                 }
                 label for="redirect_type" {
                     "Redirect"
@@ -458,10 +469,12 @@ pub fn link(
                         @if link.has_password { "Empty keeps the one it has" }
                         @else { "Optional: visitors then type it before the redirect" }
                     }
-                    input #password type="password" name="password" autocomplete="new-password"
-                        aria-invalid=[marks.invalid("password")]
-                        aria-describedby=[marks.described("password")]
-                        autofocus[marks.first("password")];
+                    (marks.input(Input {
+                        name: "password",
+                        kind: "password",
+                        autocomplete: Some("new-password"),
+                        ..Input::default()
+                    }))
                 }
                 @if link.has_password {
                     label.check for="remove_password" {

@@ -389,7 +389,6 @@ fn json_of(fields: &[(String, String)], names: &[&str]) -> JsonObject {
     JsonObject(map)
 }
 
-/// What went wrong, as sentences for the page: each invalid field by name.
 /// What a form refused by `e` comes back with: its messages, and the fields they are about.
 fn refusal(e: &ApiError) -> pages::Refusal {
     pages::Refusal {
@@ -401,6 +400,7 @@ fn refusal(e: &ApiError) -> pages::Refusal {
     }
 }
 
+/// What went wrong, as sentences for the page: each invalid field by name.
 fn messages(e: &ApiError) -> Vec<String> {
     match e {
         ApiError::Validation(fields) => fields

@@ -116,6 +116,36 @@ impl Marks<'_> {
     pub(super) fn first(&self, name: &str) -> bool {
         self.focus == Some(name)
     }
+
+    /// `input`, marked if refused.
+    pub(super) fn input(&self, input: Input) -> Markup {
+        let name = input.name;
+        html! {
+            input id=(name) type=(input.kind) name=(name) value=[input.value]
+                required[input.required] placeholder=[input.placeholder]
+                autocomplete=[input.autocomplete] spellcheck=[input.spellcheck]
+                min=[input.min] step=[input.step] minlength=[input.minlength]
+                aria-invalid=[self.invalid(name)] aria-describedby=[self.described(name)]
+                autofocus[self.first(name)];
+        }
+    }
+}
+
+/// An input of a form that marks its refused fields ([`Marks::input`]); `name` is its id too.
+#[derive(Default)]
+pub(super) struct Input<'a> {
+    pub name: &'a str,
+    /// Its `type`.
+    pub kind: &'a str,
+    /// `None` for a password, never written back into a page.
+    pub value: Option<&'a str>,
+    pub required: bool,
+    pub placeholder: Option<&'a str>,
+    pub autocomplete: Option<&'a str>,
+    pub spellcheck: Option<&'a str>,
+    pub min: Option<&'a str>,
+    pub step: Option<&'a str>,
+    pub minlength: Option<&'a str>,
 }
 
 /// The id of a page's messages ([`errors`]), which refused inputs point at.
@@ -159,20 +189,26 @@ pub fn home(page: &Page, form: &Form, refusal: &Refusal) -> Markup {
                         value=(kurz_common::clicks::new_id());
                     label for="original_url" {
                         "Long URL"
-                        input #original_url type="url" name="original_url" required
-                            placeholder="https://example.com/a/long/path" value=(form.original_url)
-                            aria-invalid=[marks.invalid("original_url")]
-                            aria-describedby=[marks.described("original_url")]
-                            autofocus[marks.first("original_url")];
+                        (marks.input(Input {
+                            name: "original_url",
+                            kind: "url",
+                            value: Some(&form.original_url),
+                            required: true,
+                            placeholder: Some("https://example.com/a/long/path"),
+                            ..Input::default()
+                        }))
                     }
                     label for="short_code" {
                         "Custom code"
                         span.hint { "Optional: 3–64 letters, digits, - or _" }
-                        input #short_code type="text" name="short_code" value=(form.short_code)
-                            autocomplete="off" spellcheck="false"
-                            aria-invalid=[marks.invalid("short_code")]
-                            aria-describedby=[marks.described("short_code")]
-                            autofocus[marks.first("short_code")];
+                        (marks.input(Input {
+                            name: "short_code",
+                            kind: "text",
+                            value: Some(&form.short_code),
+                            autocomplete: Some("off"),
+                            spellcheck: Some("false"),
+                            ..Input::default()
+                        }))
                     }
                     button type="submit" { "Shorten" }
                 }
@@ -246,28 +282,37 @@ pub fn register(page: &Page, username: &str, email: &str, refusal: &Refusal) -> 
                 (csrf_field(page))
                 label for="username" {
                     "Username"
-                    input #username type="text" name="username" required value=(username)
-                        autocomplete="username"
-                        aria-invalid=[marks.invalid("username")]
-                        aria-describedby=[marks.described("username")]
-                        autofocus[marks.first("username")];
+                    (marks.input(Input {
+                        name: "username",
+                        kind: "text",
+                        value: Some(username),
+                        required: true,
+                        autocomplete: Some("username"),
+                        ..Input::default()
+                    }))
                 }
                 label for="email" {
                     "Email"
-                    input #email type="email" name="email" required value=(email)
-                        autocomplete="email"
-                        aria-invalid=[marks.invalid("email")]
-                        aria-describedby=[marks.described("email")]
-                        autofocus[marks.first("email")];
+                    (marks.input(Input {
+                        name: "email",
+                        kind: "email",
+                        value: Some(email),
+                        required: true,
+                        autocomplete: Some("email"),
+                        ..Input::default()
+                    }))
                 }
                 label for="password" {
                     "Password"
                     span.hint { "At least 8 characters" }
-                    input #password type="password" name="password" required minlength="8"
-                        autocomplete="new-password"
-                        aria-invalid=[marks.invalid("password")]
-                        aria-describedby=[marks.described("password")]
-                        autofocus[marks.first("password")];
+                    (marks.input(Input {
+                        name: "password",
+                        kind: "password",
+                        required: true,
+                        minlength: Some("8"),
+                        autocomplete: Some("new-password"),
+                        ..Input::default()
+                    }))
                 }
                 button type="submit" { "Sign up" }
             }

@@ -484,17 +484,27 @@ async fn a_sign_up_with_bad_fields_says_which_and_keeps_what_was_typed() {
     );
     assert!(html.contains("value=\"ok_name\""), "{html}");
     // Marked for assistive technology: the refused inputs, the first of them focused.
-    for (name, invalid, focus) in [
-        ("username", false, false),
-        ("email", true, true),
-        ("password", true, false),
-    ] {
-        let tag = tag_of(&html, name);
-        assert_eq!(tag.contains("aria-invalid=\"true\""), invalid, "{tag}");
-        assert_eq!(tag.contains("aria-describedby=\"errors\""), invalid);
-        assert_eq!(tag.contains("autofocus"), focus, "{tag}");
-    }
+    assert_marked(
+        &html,
+        &[
+            ("username", false, false),
+            ("email", true, true),
+            ("password", true, false),
+        ],
+    );
     assert!(!b.cookies.contains_key("kurz_session"));
+}
+
+/// Each `(input, refused, focused)`: a refused input is marked invalid and described by the
+/// page's messages, and only the first refused one is focused.
+fn assert_marked(page: &str, inputs: &[(&str, bool, bool)]) {
+    for (name, invalid, focus) in inputs {
+        let tag = tag_of(page, name);
+        assert_eq!(tag.contains("aria-invalid=\"true\""), *invalid, "{tag}");
+        assert_eq!(tag.contains("aria-describedby=\"errors\""), *invalid);
+        assert_eq!(tag.contains("autofocus"), *focus, "{tag}");
+    }
+    assert!(page.contains("id=\"errors\""), "{page}");
 }
 
 /// The opening tag of the input named `name`, from its name on.
@@ -1939,17 +1949,14 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     let refused = res.text().await.unwrap();
     assert!(refused.contains("Tags: a tag holds"), "{refused}");
     assert!(refused.contains("Visit limit: "), "{refused}");
-    for (name, invalid, focus) in [
-        ("tags", true, true),
-        ("max_visits", true, false),
-        ("expires_at", false, false),
-    ] {
-        let tag = tag_of(&refused, name);
-        assert_eq!(tag.contains("aria-invalid=\"true\""), invalid, "{tag}");
-        assert_eq!(tag.contains("aria-describedby=\"errors\""), invalid);
-        assert_eq!(tag.contains("autofocus"), focus, "{tag}");
-    }
-    assert!(refused.contains("id=\"errors\""), "{refused}");
+    assert_marked(
+        &refused,
+        &[
+            ("tags", true, true),
+            ("max_visits", true, false),
+            ("expires_at", false, false),
+        ],
+    );
     assert_eq!(input_of(&refused, "tags"), "a/b");
     assert_eq!(updated_events(&app, id).await, before);
 
