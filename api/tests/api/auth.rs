@@ -42,6 +42,14 @@ async fn new_key(app: &TestApp, token: &str) -> Value {
     res.json().await.unwrap()
 }
 
+/// A new API key's secret, made with `token`'s session.
+async fn key_of(app: &TestApp, token: &str) -> String {
+    new_key(app, token).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -370,10 +378,7 @@ async fn a_keys_use_within_the_minute_writes_nothing() {
 async fn a_token_in_the_wrong_shape_is_401_and_another_scheme_is_left_alone() {
     let app = spawn_app().await;
     let (token, user) = register(&app, "shapes").await;
-    let key = new_key(&app, &token).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = key_of(&app, &token).await;
     let create = |authorization: String| {
         app.client
             .post(app.url("/urls"))
@@ -553,10 +558,7 @@ async fn an_admins_email_cannot_be_claimed_by_someone_else() {
 async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
     let app = spawn_app().await;
     let (token, id) = register(&app, "gone").await;
-    let key = new_key(&app, &token).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = key_of(&app, &token).await;
     let res = app
         .client
         .delete(app.url(&format!("/users/{id}")))
@@ -591,10 +593,7 @@ async fn a_deleted_account_keeps_no_session_or_key_to_come_back_with() {
 async fn a_put_of_a_new_email_keeps_the_accounts_credentials() {
     let app = spawn_app().await;
     let (token, id) = register(&app, "mover").await;
-    let key = new_key(&app, &token).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = key_of(&app, &token).await;
     let res = app
         .client
         .put(app.url(&format!("/users/{id}")))
@@ -626,10 +625,7 @@ async fn an_import_that_gives_an_account_another_email_ends_its_credentials() {
     let app = required_app().await;
     let (boss, _) = register(&app, "boss").await;
     let (mallory, mallory_id) = register(&app, "mallory").await;
-    let key = new_key(&app, &mallory).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = key_of(&app, &mallory).await;
     let (kept, kept_id) = register(&app, "kept").await;
     let csv = format!(
         "id,username,email\n{mallory_id},ops,ops@example.com\n{kept_id},kept,KEPT@example.com\n"
@@ -1841,10 +1837,7 @@ async fn a_session_waiting_on_redis_holds_no_database_connection() {
     })
     .await;
     let (token, user) = register(&app, "kim").await;
-    let key = new_key(&app, &token).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = key_of(&app, &token).await;
     relay.hold();
     let hash = kurz_api::auth::sessions::token_hash(&token);
     let (by_session, by_key) = tokio::join!(me(&app, &token), async {

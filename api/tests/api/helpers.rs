@@ -500,6 +500,19 @@ pub fn request_pool(c: &mut ApiConfig, connections: usize, acquire_timeout_ms: u
 }
 
 /// The row as a reader saw it at this point (the outbox replay, another replica's write).
+/// Puts link `id`'s expiry a minute in the past in PostgreSQL, behind the API's back (what
+/// Redis holds is not told).
+pub async fn expire_behind_the_api(app: &TestApp, id: i64) {
+    app.sql()
+        .await
+        .execute(
+            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+}
+
 pub async fn row_now(app: &TestApp, code: &str) -> kurz_api::db::urls::Link {
     let client = app.state.db.get().await.unwrap();
     kurz_api::db::urls::find_url_by_code(&client, code)

@@ -2,7 +2,9 @@
 //! and its click only after the right password, guesses backing off per link and client, the
 //! password never returned nor written to an event, and the preview keeping the target secret.
 
-use crate::helpers::{error_of, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
+use crate::helpers::{
+    error_of, expire_behind_the_api, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp,
+};
 use serde_json::{json, Value};
 
 async fn protected_link(app: &TestApp, password: &str) -> (i64, String) {
@@ -316,14 +318,7 @@ async fn the_form_is_inert_the_unlock_is_303_and_an_expired_link_is_gone() {
     assert_eq!(res.headers()["location"], "https://example.com/moved");
 
     // Expired in the database, and republished by the next write.
-    app.sql()
-        .await
-        .execute(
-            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    expire_behind_the_api(&app, id).await;
     let res = app
         .put_json(&format!("/urls/{id}"), &json!({"title": "expired now"}))
         .await;

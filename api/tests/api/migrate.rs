@@ -134,6 +134,21 @@ async fn pooled(url: &str) -> deadpool_postgres::Client {
     .unwrap()
 }
 
+/// The database at `url` migrated to V21, and a transaction holding `urls` (which V22 alters)
+/// until it ends: the holder's `COMMIT` releases it.
+async fn at_v21_with_urls_held(url: &str) -> (deadpool_postgres::Client, tokio_postgres::Client) {
+    let mut client = pooled(url).await;
+    kurz_api::migrate::run_to(&mut client, refinery::Target::Version(21))
+        .await
+        .unwrap();
+    let holder = connect(url).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM urls LIMIT 1")
+        .await
+        .unwrap();
+    (client, holder)
+}
+
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -149,16 +164,7 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 #[tokio::test]
 async fn a_migration_waiting_for_a_held_table_does_not_stall_its_readers() {
     let (admin, name, url) = empty_database().await;
-    let mut client = pooled(&url).await;
-    kurz_api::migrate::run_to(&mut client, refinery::Target::Version(21))
-        .await
-        .unwrap();
-    // V22 alters `urls`; a transaction that read it holds it until it ends.
-    let holder = connect(&url).await;
-    holder
-        .batch_execute("BEGIN; SELECT 1 FROM urls LIMIT 1")
-        .await
-        .unwrap();
+    let (mut client, holder) = at_v21_with_urls_held(&url).await;
     let migrating = tokio::spawn(async move { kurz_api::migrate::run(&mut client).await });
     let reader = connect(&url).await;
     reader
@@ -203,15 +209,7 @@ async fn a_migration_waiting_for_a_held_table_does_not_stall_its_readers() {
 #[tokio::test]
 async fn a_migration_that_gives_up_on_a_held_table_leaves_nothing_half_done() {
     let (admin, name, url) = empty_database().await;
-    let mut client = pooled(&url).await;
-    kurz_api::migrate::run_to(&mut client, refinery::Target::Version(21))
-        .await
-        .unwrap();
-    let holder = connect(&url).await;
-    holder
-        .batch_execute("BEGIN; SELECT 1 FROM urls LIMIT 1")
-        .await
-        .unwrap();
+    let (mut client, holder) = at_v21_with_urls_held(&url).await;
     let gave_up =
         kurz_api::migrate::run_trying(&mut client, refinery::Target::Version(22), 2).await;
     let reader = connect(&url).await;

@@ -1,7 +1,9 @@
 //! The web app's pages as a browser uses them: cookies, forms with their CSRF token, HTML
 //! escaping, the security headers, and the flows register → shorten → log out → log in.
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp};
+use crate::helpers::{
+    expire_behind_the_api, spawn_app, spawn_app_with, spawn_app_with_lockout, TestApp,
+};
 use reqwest::Response;
 use std::collections::HashMap;
 
@@ -1060,14 +1062,7 @@ async fn an_expired_or_used_up_link_says_so_on_its_pages() {
     let mut b = signed_up(&app, "ender").await;
     shorten_on_the_home_page(&mut b, &["webgone", "webonce"]).await;
     let gone = id_of(&app, "webgone").await;
-    app.sql()
-        .await
-        .execute(
-            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
-            &[&gone],
-        )
-        .await
-        .unwrap();
+    expire_behind_the_api(&app, gone).await;
     let once = id_of(&app, "webonce").await;
     let res = app
         .put_json(
@@ -2001,14 +1996,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     );
 
     // Once expired, its page's form still goes back as shown: the past expiry is the one it has.
-    app.sql()
-        .await
-        .execute(
-            "UPDATE urls SET expires_at = now() - interval '1 minute' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    expire_behind_the_api(&app, id).await;
     let (_, page) = b.get(&path).await;
     let res = edit_form(&mut b, &page, id, &[("title", "Still mine")]).await;
     assert_eq!(res.status(), 303);

@@ -276,13 +276,7 @@ fn an_expired_pair_fails_the_check_and_is_served_at_start_with_a_warning() {
     assert!(!check.status.success(), "--check passed an expired pair");
     assert!(said.contains("listen.tls_cert"), "{said}");
 
-    let mut edge = Command::new(bin)
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut edge = crate::harness::edge_reading_stderr(&file);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut served = false;
     while Instant::now() < deadline && edge.try_wait().unwrap().is_none() {

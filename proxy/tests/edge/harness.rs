@@ -34,6 +34,17 @@ pub fn default_redis_cluster() -> Vec<String> {
         .collect()
 }
 
+/// The edge on config `file`, alone (no stack), its stderr piped for the test to read.
+pub fn edge_reading_stderr(file: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kurz-proxy"))
+        .arg("-c")
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A free port in the range the tests' servers share (clear of the Redis cluster's buses).
 pub fn free_port() -> u16 {
     use kurz_common::testing::FREE_PORTS;
@@ -551,6 +562,15 @@ impl Stack {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// Link `id`'s stored clicks, through the edge and the API (`GET /events`).
+    pub async fn clicks_of(&self, id: i64) -> Vec<serde_json::Value> {
+        self.get(&format!("/events?url_id={id}&event_type=click"))
+            .await
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -2,7 +2,6 @@
 //! forwards them, so they are still answered and counted once, and says so in a metric.
 
 use crate::harness::{Options, Stack};
-use serde_json::Value;
 
 #[tokio::test]
 async fn an_edge_with_other_partitions_than_the_api_forwards_every_redirect() {
@@ -22,12 +21,7 @@ async fn an_edge_with_other_partitions_than_the_api_forwards_every_redirect() {
         4.0,
         "every redirect went to the API, none was answered from mismatched keys"
     );
-    let clicks: Vec<Value> = stack
-        .get(&format!("/events?url_id={id}&event_type=click"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let clicks = stack.clicks_of(id).await;
     assert_eq!(clicks.len(), 4, "each recorded once, by the API");
     let matched = stack
         .metric(stack.admin_port, "kurz_proxy_key_schema_match", &[])
@@ -180,11 +174,6 @@ async fn an_api_of_another_release_still_running_keeps_the_edge_forwarding() {
         assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
         assert_eq!(super::api_redirects(&stack).await, forwarded);
     }
-    let clicks: Vec<Value> = stack
-        .get(&format!("/events?url_id={id}&event_type=click"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let clicks = stack.clicks_of(id).await;
     assert_eq!(clicks.len(), 7, "each recorded once");
 }

@@ -100,12 +100,7 @@ async fn the_edge_answers_each_links_status_and_410_once_expired() {
         assert_eq!(res.status(), 404);
         assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
     }
-    let clicks: Vec<Value> = stack
-        .get(&format!("/events?url_id={id}&event_type=click"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let clicks = stack.clicks_of(id).await;
     assert_eq!(clicks.len(), 3, "no click for the refusals");
 }
 
@@ -123,12 +118,7 @@ async fn privacy_store_ip_applies_at_the_edge() {
             assert_eq!(stack.get(&format!("/{code}")).await.status(), 302);
         }
         assert_eq!(api_redirects(&stack).await, 0.0, "recorded by the edge");
-        let clicks: Vec<Value> = stack
-            .get(&format!("/events?url_id={id}&event_type=click"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let clicks = stack.clicks_of(id).await;
         assert_eq!(clicks.len(), 2);
         for click in &clicks {
             assert_eq!(click["details"]["ip"].as_str(), expected, "{setting}");

@@ -496,13 +496,7 @@ fn a_listener_that_cannot_bind_stops_the_edge_naming_its_key() {
         ),
     )
     .unwrap();
-    let mut edge = Command::new(env!("CARGO_BIN_EXE_kurz-proxy"))
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut edge = harness::edge_reading_stderr(&file);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = edge.try_wait().unwrap() {

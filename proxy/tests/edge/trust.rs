@@ -2,7 +2,6 @@
 //! configured, and a SIGHUP changes who that is.
 
 use crate::harness::{upstream_alone, Behaviour, Options, Received, Stack};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const NO_LIMITS: &str = "redirect: { rate: 0, burst: 1 }, write: { rate: 0, burst: 1 }, auth: { rate: 0, burst: 1 }, read: { rate: 0, burst: 1 }";
@@ -38,12 +37,7 @@ async fn click_as(stack: &Stack, id: i64, code: &str, n: usize) -> (String, Stri
     let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let clicks: Vec<Value> = stack
-            .get(&format!("/events?url_id={id}&event_type=click"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let clicks = stack.clicks_of(id).await;
         if clicks.len() == n {
             let ip = clicks[n - 1]["details"]["ip"].as_str().unwrap().to_owned();
             return (rid, ip);
