@@ -1832,6 +1832,11 @@ async fn edit_form(b: &mut Browser<'_>, page: &str, id: i64, typed: &[(&str, &st
         .await
 }
 
+/// `GET /urls/<id>`'s answer.
+async fn link_json(app: &TestApp, id: i64) -> serde_json::Value {
+    app.get(&format!("/urls/{id}")).await.json().await.unwrap()
+}
+
 async fn updated_events(app: &TestApp, id: i64) -> i64 {
     let sql = format!("SELECT count(*) FROM events WHERE url_id = {id} AND event_type = 'updated'");
     number(app, &sql).await
@@ -1868,12 +1873,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     )
     .await;
     assert_eq!(res.status(), 303);
-    let link = app
-        .get(&format!("/urls/{id}"))
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let link = link_json(&app, id).await;
     assert_eq!(link["tags"], serde_json::json!(["launch", "q3"]), "{link}");
     assert_eq!(link["expires_at"], "2030-01-31T12:00:00");
     assert_eq!(
@@ -1917,12 +1917,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     assert_eq!(res.status(), 200);
     let res = edit_form(&mut b, &page, id, &[("title", "Fixed")]).await;
     assert_eq!(res.status(), 303);
-    let link = app
-        .get(&format!("/urls/{id}"))
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let link = link_json(&app, id).await;
     assert_eq!(
         (link["title"].as_str(), link["max_visits"].as_i64()),
         (Some("Fixed"), Some(9)),
@@ -1981,12 +1976,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
         )
         .await;
     assert_eq!(res.status(), 303);
-    let link = app
-        .get(&format!("/urls/{id}"))
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let link = link_json(&app, id).await;
     assert_eq!(
         (
             link["tags"].as_array().map(Vec::len),
@@ -2005,12 +1995,7 @@ async fn a_links_settings_are_shown_and_edited_from_its_page() {
     // Cleared: empty is never and no limit.
     let res = edit_form(&mut b, &page, id, &[("expires_at", ""), ("max_visits", "")]).await;
     assert_eq!(res.status(), 303);
-    let link = app
-        .get(&format!("/urls/{id}"))
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let link = link_json(&app, id).await;
     assert!(
         link.get("expires_at").is_none() && link["max_visits"].is_null(),
         "{link}"
