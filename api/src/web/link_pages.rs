@@ -398,58 +398,48 @@ pub fn link(
                 @for (name, value) in shown.shown_fields() {
                     input type="hidden" name=(name) value=(value);
                 }
-                label for="original_url" {
-                    "Long URL"
-                    (marks.input(Input {
+                (marks.field(Input {
                         name: "original_url",
+                    label: "Long URL",
                         kind: "url",
                         value: Some(&typed.original_url),
                         required: true,
                         ..Input::default()
-                    }))
-                }
-                label for="title" {
-                    "Title"
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "title",
+                    label: "Title",
                         kind: "text",
                         value: Some(&typed.title),
                         ..Input::default()
-                    }))
-                }
-                label for="tags" {
-                    "Tags"
-                    span.hint { "Separated by commas; letters, digits, spaces, - _ and ." }
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "tags",
+                    label: "Tags",
+                    hint: Some("Separated by commas; letters, digits, spaces, - _ and ."),
                         kind: "text",
                         value: Some(&typed.tags),
                         ..Input::default()
-                    }))
-                }
-                label for="expires_at" {
-                    "Expires at"
-                    span.hint { "UTC; empty for never" }
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "expires_at",
+                    label: "Expires at",
+                    hint: Some("UTC; empty for never"),
                         kind: "datetime-local",
                         value: Some(&typed.expires_at),
                         step: Some("1"),
                         ..Input::default()
-                    }))
-                }
-                label for="max_visits" {
-                    "Visit limit"
-                    span.hint { "Visits allowed in all; empty for no limit" }
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "max_visits",
+                    label: "Visit limit",
+                    hint: Some("Visits allowed in all; empty for no limit"),
                         kind: "number",
                         value: Some(&typed.max_visits),
                         min: Some("1"),
                         step: Some("1"),
                         ..Input::default()
-                    }))
-                }
+                }))
                 label for="redirect_type" {
                     "Redirect"
                     select #redirect_type name="redirect_type"
@@ -463,19 +453,18 @@ pub fn link(
                         }
                     }
                 }
-                label for="password" {
-                    "New password"
-                    span.hint {
-                        @if link.has_password { "Empty keeps the one it has" }
-                        @else { "Optional: visitors then type it before the redirect" }
-                    }
-                    (marks.input(Input {
-                        name: "password",
-                        kind: "password",
-                        autocomplete: Some("new-password"),
-                        ..Input::default()
-                    }))
-                }
+                (marks.field(Input {
+                    name: "password",
+                    label: "New password",
+                    hint: Some(if link.has_password {
+                        "Empty keeps the one it has"
+                    } else {
+                        "Optional: visitors then type it before the redirect"
+                    }),
+                    kind: "password",
+                    autocomplete: Some("new-password"),
+                    ..Input::default()
+                }))
                 @if link.has_password {
                     label.check for="remove_password" {
                         input #remove_password type="checkbox" name="remove_password" value="on";

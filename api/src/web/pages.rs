@@ -117,24 +117,32 @@ impl Marks<'_> {
         self.focus == Some(name)
     }
 
-    /// `input`, marked if refused.
-    pub(super) fn input(&self, input: Input) -> Markup {
+    /// `input` in its label, marked if refused: the label's `for` is the input's id by
+    /// construction.
+    pub(super) fn field(&self, input: Input) -> Markup {
         let name = input.name;
         html! {
-            input id=(name) type=(input.kind) name=(name) value=[input.value]
-                required[input.required] placeholder=[input.placeholder]
-                autocomplete=[input.autocomplete] spellcheck=[input.spellcheck]
-                min=[input.min] step=[input.step] minlength=[input.minlength]
-                aria-invalid=[self.invalid(name)] aria-describedby=[self.described(name)]
-                autofocus[self.first(name)];
+            label for=(name) {
+                (input.label)
+                @if let Some(hint) = input.hint { span.hint { (hint) } }
+                input id=(name) type=(input.kind) name=(name) value=[input.value]
+                    required[input.required] placeholder=[input.placeholder]
+                    autocomplete=[input.autocomplete] spellcheck=[input.spellcheck]
+                    min=[input.min] step=[input.step] minlength=[input.minlength]
+                    aria-invalid=[self.invalid(name)] aria-describedby=[self.described(name)]
+                    autofocus[self.first(name)];
+            }
         }
     }
 }
 
-/// An input of a form that marks its refused fields ([`Marks::input`]); `name` is its id too.
+/// An input of a form that marks its refused fields ([`Marks::field`]); `name` is its id too.
 #[derive(Default)]
 pub(super) struct Input<'a> {
     pub name: &'a str,
+    pub label: &'a str,
+    /// Below the label, in smaller type.
+    pub hint: Option<&'a str>,
     /// Its `type`.
     pub kind: &'a str,
     /// `None` for a password, never written back into a page.
@@ -187,29 +195,25 @@ pub fn home(page: &Page, form: &Form, refusal: &Refusal) -> Markup {
                     // the answer) makes one link.
                     input type="hidden" name=(super::FORM_ID_FIELD)
                         value=(kurz_common::clicks::new_id());
-                    label for="original_url" {
-                        "Long URL"
-                        (marks.input(Input {
+                    (marks.field(Input {
                             name: "original_url",
+                        label: "Long URL",
                             kind: "url",
                             value: Some(&form.original_url),
                             required: true,
                             placeholder: Some("https://example.com/a/long/path"),
                             ..Input::default()
-                        }))
-                    }
-                    label for="short_code" {
-                        "Custom code"
-                        span.hint { "Optional: 3–64 letters, digits, - or _" }
-                        (marks.input(Input {
+                    }))
+                    (marks.field(Input {
                             name: "short_code",
+                        label: "Custom code",
+                        hint: Some("Optional: 3–64 letters, digits, - or _"),
                             kind: "text",
                             value: Some(&form.short_code),
                             autocomplete: Some("off"),
                             spellcheck: Some("false"),
                             ..Input::default()
-                        }))
-                    }
+                    }))
                     button type="submit" { "Shorten" }
                 }
             } @else {
@@ -280,40 +284,34 @@ pub fn register(page: &Page, username: &str, email: &str, refusal: &Refusal) -> 
             (errors(&refusal.messages))
             form.card method="post" action="/register" {
                 (csrf_field(page))
-                label for="username" {
-                    "Username"
-                    (marks.input(Input {
+                (marks.field(Input {
                         name: "username",
+                    label: "Username",
                         kind: "text",
                         value: Some(username),
                         required: true,
                         autocomplete: Some("username"),
                         ..Input::default()
-                    }))
-                }
-                label for="email" {
-                    "Email"
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "email",
+                    label: "Email",
                         kind: "email",
                         value: Some(email),
                         required: true,
                         autocomplete: Some("email"),
                         ..Input::default()
-                    }))
-                }
-                label for="password" {
-                    "Password"
-                    span.hint { "At least 8 characters" }
-                    (marks.input(Input {
+                }))
+                (marks.field(Input {
                         name: "password",
+                    label: "Password",
+                    hint: Some("At least 8 characters"),
                         kind: "password",
                         required: true,
                         minlength: Some("8"),
                         autocomplete: Some("new-password"),
                         ..Input::default()
-                    }))
-                }
+                }))
                 button type="submit" { "Sign up" }
             }
             p { "Have an account? " a href="/login" { "Log in" } }
